@@ -1,0 +1,97 @@
+"""The ``p2pfed`` command.
+
+Theory of operation: every module in ``p2pfed.cli.commands`` defines ``NAME``, ``HELP`` and
+``register(parser)``; ``register`` adds arguments and sets ``func`` (called with the parsed
+namespace, returning an exit code). Modules are found at start-up, so adding a command never
+touches this file, and heavy imports (torch, libp2p) happen inside ``func`` only, keeping
+``p2pfed --help`` fast.
+
+Any ``P2PFedError`` (or a ``topologies`` error) ends the command with its one-sentence
+message on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Protocol, cast
+
+from p2pfed import __version__
+from p2pfed.errors import P2PFedError
+from topologies.errors import TopologyError
+
+CommandFunc = Callable[[argparse.Namespace], int]
+
+
+class CommandModule(Protocol):
+    """What a module in ``p2pfed.cli.commands`` provides."""
+
+    NAME: str
+    HELP: str
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        """Add arguments (or sub-commands) and set ``func``."""
+
+
+def discover(package: ModuleType) -> list[CommandModule]:
+    """The command modules of ``package`` (its public sub-modules), sorted by name."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            found.append(
+                cast(CommandModule, importlib.import_module(f"{package.__name__}.{info.name}"))
+            )
+    return found
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], package: ModuleType
+) -> None:
+    """Register every command module of ``package`` as a sub-command."""
+    for module in discover(package):
+        module.register(sub.add_parser(module.NAME, help=module.HELP, description=module.HELP))
+
+
+def add_group(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Make ``parser`` a group of sub-commands that prints its help when given none."""
+
+    def show_help(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    parser.set_defaults(func=show_help)
+    return parser.add_subparsers(dest=f"{parser.prog.replace(' ', '_')}_command", metavar="COMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with one sub-command per command module."""
+    parser = argparse.ArgumentParser(
+        prog="p2pfed",
+        description="Serverless peer-to-peer federated learning for hospitals.",
+    )
+    parser.add_argument("--version", action="version", version=f"p2pfed {__version__}")
+    from p2pfed.cli import commands
+
+    add_commands(add_group(parser), commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = cast(CommandFunc, args.func)
+    try:
+        return func(args)
+    except (P2PFedError, TopologyError) as exc:
+        print(f"p2pfed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("p2pfed: interrupted", file=sys.stderr)
+        return 130

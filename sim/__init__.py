@@ -1,0 +1,1 @@
+"""The many-peer simulation harness (see docs/simulation.md)."""
