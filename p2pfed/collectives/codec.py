@@ -1,9 +1,10 @@
 """The one codec of the collectives: messages to frames to bytes, and back.
 
 Theory of operation: ``encode`` turns a message of ``p2pfed.collectives.messages`` into one
-frame: a fixed header (magic, version, kind, round, per-stream sequence number, lengths),
-the sender's peer ID and consortium, then the message body. ``Decoder`` is sans-I/O: feed it
-bytes as they arrive and pull whole ``Envelope`` objects out; it caps every length before it
+``p2pfed.wire`` CONTROL frame (which carries consortium, round, sender and a per-stream
+sequence number); the frame payload is one kind byte, a small fixed header for the message
+and, for vector messages, the raw words. ``Decoder`` is sans-I/O: feed it bytes as they
+arrive and pull whole ``Envelope`` objects out; the wire decoder caps every length before it
 buffers, so a hostile peer cannot make it hold more than one maximal frame.
 
 ``MessageStream`` is the thin async layer over a transport ``Stream``: it numbers outgoing
@@ -26,7 +27,6 @@ import trio
 from p2pfed.collectives.messages import (
     MAX_CHUNK_BYTES,
     MAX_COHORT,
-    MESSAGE_VERSION,
     Abort,
     Cohort,
     GossipValue,
@@ -42,11 +42,13 @@ from p2pfed.errors import (
     RemoteProtocolError,
 )
 from p2pfed.transport.base import Stream
+from p2pfed.wire import Frame, FrameDecoder, FrameType, Limits, encode_frame
 
-_MAGIC = b"PC"
-_HEADER = struct.Struct("<2sBBQQBBI")
-MAX_FRAME_BODY = MAX_CHUNK_BYTES + 64 * 1024
-"""Largest body accepted: one maximal chunk plus room for a full cohort listing."""
+LIMITS = Limits(
+    max_payload=MAX_CHUNK_BYTES + 64 * 1024,
+    max_frame_bytes=MAX_CHUNK_BYTES + 65 * 1024,
+)
+"""Wire limits for collectives: one maximal chunk plus room for a full cohort listing."""
 
 _KINDS: dict[type[Message], int] = {
     RingChunk: 1,
@@ -106,20 +108,9 @@ def _body(message: Message) -> tuple[bytes, bytes]:
 def encode(message: Message, consortium: str, sender: str, seq: int) -> tuple[bytes, int]:
     """Encode one message as a frame; returns the bytes and how many of them are payload."""
     head, data = _body(message)
-    sender_raw, consortium_raw = sender.encode(), consortium.encode()
-    if len(sender_raw) > 255 or len(consortium_raw) > 255:
-        raise LocalProtocolError("sender and consortium IDs must be at most 255 bytes")
-    header = _HEADER.pack(
-        _MAGIC,
-        MESSAGE_VERSION,
-        _KINDS[type(message)],
-        message.round,
-        seq,
-        len(sender_raw),
-        len(consortium_raw),
-        len(head) + len(data),
-    )
-    return b"".join((header, sender_raw, consortium_raw, head, data)), len(data)
+    body = b"".join((bytes([_KINDS[type(message)]]), head, data))
+    frame = Frame(FrameType.CONTROL, consortium, message.round, sender, seq, body)
+    return encode_frame(frame, LIMITS), len(data)
 
 
 class _Reader:
@@ -210,62 +201,51 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
 class Decoder:
     """Sans-I/O frame decoder: ``feed`` bytes, then call ``next`` until it returns None."""
 
-    def __init__(self, peer: str, max_body: int = MAX_FRAME_BODY) -> None:
+    def __init__(self, peer: str) -> None:
         self._peer = peer
-        self._max_body = max_body
-        self._buffer = bytearray()
+        self._frames = FrameDecoder(LIMITS)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet returned."""
+        return self._frames.buffered
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
-        self._buffer += data
+        self._frames.feed(data)
 
     def next(self) -> Envelope | None:
         """The next whole frame, or None if more bytes are needed."""
-        if len(self._buffer) < _HEADER.size:
-            return None
-        magic, version, kind, round, seq, n_sender, n_consortium, n_body = _HEADER.unpack_from(
-            self._buffer
-        )
         peer = self._peer
-        if magic != _MAGIC:
+        try:
+            frame = self._frames.next_frame()
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(exc.reason, f"peer {peer}: {exc}", peer) from None
+        if frame is None:
+            return None
+        if frame.type is not FrameType.CONTROL or not frame.payload:
             raise RemoteProtocolError(
-                ReasonCode.MALFORMED, f"peer {peer} sent a frame without the magic", peer
-            )
-        if version != MESSAGE_VERSION:
-            raise RemoteProtocolError(
-                ReasonCode.UNKNOWN_VERSION, f"peer {peer} sent frame version {version}", peer
-            )
-        if n_body > self._max_body:
-            raise RemoteProtocolError(
-                ReasonCode.OVERSIZED,
-                f"peer {peer} announced a {n_body}-byte frame (limit {self._max_body})",
+                ReasonCode.UNKNOWN_TYPE,
+                f"peer {peer} sent a {frame.type.name} frame where a collective message was due",
                 peer,
             )
-        total = _HEADER.size + n_sender + n_consortium + n_body
-        if len(self._buffer) < total:
-            return None
-        view = memoryview(self._buffer)
+        body = memoryview(frame.payload)
         try:
-            at = _HEADER.size
-            sender = bytes(view[at : at + n_sender]).decode()
-            at += n_sender
-            consortium = bytes(view[at : at + n_consortium]).decode()
-            at += n_consortium
-            try:
-                message = _decode_body(kind, round, _Reader(view[at:total], peer))
-            except LocalProtocolError as exc:
-                raise RemoteProtocolError(
-                    ReasonCode.MALFORMED, f"peer {peer} sent an invalid message: {exc}", peer
-                ) from None
-            except UnicodeDecodeError:
-                raise RemoteProtocolError(
-                    ReasonCode.MALFORMED, f"peer {peer} sent a non-UTF-8 identifier", peer
-                ) from None
+            message = _decode_body(body[0], frame.round, _Reader(body[1:], peer))
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(
+                ReasonCode.MALFORMED, f"peer {peer} sent an invalid message: {exc}", peer
+            ) from None
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(
+                ReasonCode.MALFORMED, f"peer {peer} sent a non-UTF-8 identifier", peer
+            ) from None
         finally:
-            view.release()
-        del self._buffer[:total]
+            body.release()
         payload = len(message.data) if isinstance(message, RingChunk | GossipValue) else 0
-        return Envelope(sender, consortium, seq, message, total, payload)
+        return Envelope(
+            frame.sender, frame.consortium, frame.seq, message, frame.encoded_size, payload
+        )
 
 
 @dataclass(slots=True)
@@ -329,7 +309,7 @@ class MessageStream:
                     self.peer,
                 )
             if not data:
-                if self._decoder.next() is None and self._decoder._buffer:
+                if self._decoder.next() is None and self._decoder.buffered:
                     raise BrokenError(f"stream from {self.peer} ended inside a frame")
                 return None
             self._decoder.feed(data)
