@@ -8,6 +8,8 @@ from p2pfed.collectives.codec import Decoder, encode
 from p2pfed.collectives.messages import (
     Abort,
     Cohort,
+    Commit,
+    Done,
     GossipValue,
     Message,
     Ready,
@@ -23,8 +25,12 @@ words = st.sampled_from(list(WordType))
 
 @st.composite
 def messages(draw: st.DrawFn) -> Message:
-    kind = draw(st.sampled_from(["ring", "ready", "cohort", "abort", "gossip"]))
+    kind = draw(st.sampled_from(["ring", "ready", "cohort", "abort", "gossip", "done", "commit"]))
     rnd = draw(rounds)
+    if kind == "done":
+        return Done(rnd, draw(st.integers(0, 255)))
+    if kind == "commit":
+        return Commit(rnd, draw(st.integers(0, 255)))
     if kind == "ring":
         word = draw(words)
         n = draw(st.integers(0, 20))

@@ -29,6 +29,8 @@ from p2pfed.collectives.messages import (
     MAX_COHORT,
     Abort,
     Cohort,
+    Commit,
+    Done,
     GossipValue,
     Message,
     Ready,
@@ -56,6 +58,8 @@ _KINDS: dict[type[Message], int] = {
     Cohort: 3,
     Abort: 4,
     GossipValue: 5,
+    Done: 6,
+    Commit: 7,
 }
 _RING = struct.Struct("<BHIB")
 _GOSSIP = struct.Struct("<QQB")
@@ -101,6 +105,8 @@ def _body(message: Message) -> tuple[bytes, bytes]:
         parts += [_short(member) for member in message.members]
         parts.append(_short(message.signature))
         return b"".join(parts), b""
+    if isinstance(message, Done | Commit):
+        return struct.pack("<B", message.attempt), b""
     head = struct.pack("<B", message.attempt) + _short(message.accused) + _short(message.reason)
     return head, b""
 
@@ -193,6 +199,9 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
     if kind == 4:
         (attempt,) = body.take(1)
         return Abort(round, attempt, body.short(), body.short())
+    if kind in (6, 7):
+        (attempt,) = body.take(1)
+        return Done(round, attempt) if kind == 6 else Commit(round, attempt)
     raise RemoteProtocolError(
         ReasonCode.UNKNOWN_TYPE, f"peer {sender} sent unknown frame kind {kind}", sender
     )

@@ -209,6 +209,32 @@ class Abort:
 
 
 @dataclass(frozen=True, slots=True)
+class Done:
+    """A cohort member tells the coordinator that its ring finished with the whole sum."""
+
+    round: int
+    attempt: int
+    version: int = MESSAGE_VERSION
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        _check_attempt(self.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The coordinator saw every member done: the attempt's sum is the round's result."""
+
+    round: int
+    attempt: int
+    version: int = MESSAGE_VERSION
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        _check_attempt(self.attempt)
+
+
+@dataclass(frozen=True, slots=True)
 class GossipValue:
     """A peer's current vector (or a slice of it) for one gossip round or push-pull exchange."""
 
@@ -240,4 +266,4 @@ class GossipValue:
         return len(self.data) // self.word.dtype.itemsize
 
 
-Message = RingChunk | Ready | Cohort | Abort | GossipValue
+Message = RingChunk | Ready | Cohort | Abort | Done | Commit | GossipValue
