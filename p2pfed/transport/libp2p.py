@@ -47,6 +47,7 @@ from libp2p.crypto.keys import KeyPair, PrivateKey
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.network.swarm import Swarm
@@ -320,6 +321,7 @@ class Libp2pTransport(Transport):
             swarm.retry_config = RetryConfig(max_retries=0)
             self._noise, self._host = noise, host
             await stack.enter_async_context(host.run([self._listen]))
+            _hold_inbound_only_while_open(swarm)
             # libp2p's auto-connector dials peers from the peerstore on its own to reach a
             # connection quota; we connect to roster members when a protocol asks, not before.
             await swarm.auto_connector.stop()
@@ -508,6 +510,40 @@ class Libp2pTransport(Transport):
             await self.disconnect(peer)
         await trio.lowlevel.checkpoint()
         return dropped
+
+
+def _hold_inbound_only_while_open(swarm: Swarm) -> None:
+    """Make the swarm's per-inbound-connection task end when that connection closes.
+
+    py-libp2p 0.8.1 keeps the listener's task for each inbound TCP connection alive until the
+    whole swarm stops (trio closes the socket when that task returns), so a long-lived peer
+    leaks one task per connection it ever accepted. This replaces that step, for this swarm
+    instance only, with one that upgrades the connection and then waits for *it* to close.
+    """
+
+    async def upgrade_then_wait_for_close(
+        read_write_closer: Any, maddr: multiaddr.Multiaddr, failure_event: Any
+    ) -> None:
+        raw_conn = RawConnection(read_write_closer, False)
+        try:
+            muxed = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
+        except Exception as exc:  # refused or failed upgrades are already logged by libp2p
+            log.debug("inbound connection on %s not upgraded: %r", maddr, exc)
+            with trio.CancelScope(shield=True):
+                try:
+                    await raw_conn.close()
+                except Exception as close_exc:
+                    log.debug("closing a failed inbound connection: %r", close_exc)
+            return
+        closed = getattr(muxed, "event_closed", None)
+        if isinstance(closed, trio.Event):
+            await closed.wait()
+        else:
+            await swarm.manager.wait_finished()
+
+    if not hasattr(swarm, "_do_handle_inbound_connection"):
+        raise RuntimeError("this py-libp2p has no Swarm._do_handle_inbound_connection to replace")
+    swarm._do_handle_inbound_connection = upgrade_then_wait_for_close  # type: ignore[method-assign]
 
 
 def _describe(value: object) -> str:
