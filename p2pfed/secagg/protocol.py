@@ -622,6 +622,12 @@ class SecAggPeer:
                         f"contributors {v!r} and {u!r} disagree on their pair mask",
                     )
         dropped = frozenset().union(*(self._commits[v] for v in survivors)) - survivors
+        keyless = sorted((survivors | dropped) - set(self._adverts))
+        if keyless:
+            return (
+                ReasonCode.PROTOCOL_VIOLATION,
+                f"the keys of {keyless} never arrived, so their masks cannot be removed",
+            )
         for dealer in sorted(survivors | dropped):
             holding = len(self.plan.holders(dealer) & survivors)
             if holding < self.plan.threshold:
@@ -668,23 +674,20 @@ class SecAggPeer:
     def _try_recover(self) -> bool:
         """Rebuild every needed secret that has t shares; True when all are recovered."""
         for dealer, kind in sorted(self._needed.items()):
-            if dealer in self._recovered:
-                continue
-            shares = {
-                h: s
-                for h, s in self._revealed.get((dealer, kind), {}).items()
-                if h not in self.excluded
-            }
-            if len(shares) < self.plan.threshold:
-                continue
-            chosen = sorted(shares, key=self.plan.x)[: self.plan.threshold]
-            secret = self._combine(dealer, kind, {h: shares[h] for h in chosen})
-            if secret is None:
-                self._blame(dealer, kind, shares)
-                if self.stage is Stage.ABORTED:
+            while dealer not in self._recovered:
+                shares = {
+                    h: s
+                    for h, s in self._revealed.get((dealer, kind), {}).items()
+                    if h not in self.excluded
+                }
+                if len(shares) < self.plan.threshold:
+                    break
+                chosen = sorted(shares, key=self.plan.x)[: self.plan.threshold]
+                secret = self._combine(dealer, kind, {h: shares[h] for h in chosen})
+                if secret is not None:
+                    self._recovered[dealer] = secret
+                elif not self._blame(dealer, kind, shares):
                     return False
-                continue
-            self._recovered[dealer] = secret
         return len(self._recovered) == len(self._needed)
 
     def _combine(
@@ -694,9 +697,7 @@ class SecAggPeer:
             secret = shamir.combine({self.plan.x(h): s.share for h, s in shares.items()})
         except DataError:
             return None
-        advert = self._adverts.get(dealer)
-        if advert is None:
-            return None
+        advert = self._adverts[dealer]
         c, r = self.config.consortium, self.config.round
         if kind is ShareKind.SELF_SEED:
             ok = commitment(secret, c, r, dealer) == advert.seed_commitment
@@ -704,8 +705,12 @@ class SecAggPeer:
             ok = AgreementKeyPair.from_secret(secret).public == advert.mask_public
         return secret if ok else None
 
-    def _blame(self, dealer: str, kind: ShareKind, shares: Mapping[str, RevealedShare]) -> None:
-        """A rebuilt secret failed its check: find the liar by the dealer's signatures."""
+    def _blame(self, dealer: str, kind: ShareKind, shares: Mapping[str, RevealedShare]) -> bool:
+        """A rebuilt secret failed its check: name the liars by the dealer's signatures.
+
+        Returns True if some revealer was excluded (try again without it); otherwise the
+        dealer itself dealt bad shares, which is excluded, and the round aborts.
+        """
         public = self._identities[dealer]
         liars = [
             h
@@ -718,10 +723,10 @@ class SecAggPeer:
             self._reject(
                 holder, ReasonCode.BAD_SHARE, f"revealed a forged share of {dealer!r}", exclude=True
             )
-        if not liars:
-            # Every share carries the dealer's signature, so the dealer itself dealt shares
-            # that do not rebuild its committed secret.
-            self._reject(dealer, ReasonCode.BAD_SHARE, "dealt inconsistent shares", exclude=True)
-            self._abort(
-                ReasonCode.BAD_SHARE, f"{dealer!r} dealt shares that do not rebuild its secret"
-            )
+        if liars:
+            return True
+        # Every share carries the dealer's signature, so the dealer itself dealt shares
+        # that do not rebuild its committed secret.
+        self._reject(dealer, ReasonCode.BAD_SHARE, "dealt inconsistent shares", exclude=True)
+        self._abort(ReasonCode.BAD_SHARE, f"{dealer!r} dealt shares that do not rebuild its secret")
+        return False
