@@ -22,6 +22,7 @@ def plain_sum(inputs, who, dtype=np.uint32):
     return total.astype(dtype) if dtype == np.uint32 else total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("n", "d", "graph"),
     [

@@ -137,7 +137,7 @@ def run_cohort(
     def pump() -> None:
         while queue:
             sender, recipient, data = queue.popleft()
-            if recipient in run.dead or peers[recipient].done:
+            if recipient in run.dead or peers[recipient].stage is Stage.ABORTED:
                 continue
             try:
                 out = peers[recipient].receive_bytes(sender, data)

@@ -268,7 +268,9 @@ class SecAggPeer:
             self._refuse(sender, ReasonCode.WRONG_CONSORTIUM, "message of another consortium")
         if message.round != self.config.round:
             self._refuse(sender, ReasonCode.WRONG_ROUND, f"message of round {message.round}")
-        if sender in self.excluded:
+        # An excluded peer stays out of every share and mask relation, but if its vector
+        # made it into the sum its mask set is still needed to unmask.
+        if sender in self.excluded and kind is not MessageKind.INPUT_COMMIT:
             self._refuse(sender, ReasonCode.PROTOCOL_VIOLATION, f"{sender!r} is excluded")
         if sender in self._inbox[kind]:
             self._refuse(sender, ReasonCode.DUPLICATE, f"second {kind.name} from {sender!r}")
@@ -427,6 +429,15 @@ class SecAggPeer:
                         exclude=True,
                     )
             case Reveal():
+                if self.survivors and message.survivors_digest != survivors_digest(
+                    self.config, self.survivors
+                ):
+                    self._refuse(
+                        sender,
+                        ReasonCode.PROTOCOL_VIOLATION,
+                        "reveal for another survivor set",
+                        exclude=True,
+                    )
                 for share in message.shares:
                     if share.dealer not in self._identities or sender not in self.plan.holders(
                         share.dealer
@@ -589,15 +600,12 @@ class SecAggPeer:
         self._commits[self.me] = self.mask_set
         self._move(Event.RECEIPTS_COLLECTED)
         commit = InputCommit(c, r, tuple(sorted(self.mask_set)))
-        return [
-            Outgoing(peer, commit)
-            for peer in self.plan.peers
-            if peer != self.me and peer not in self.excluded
-        ]
+        # Excluded peers get it too: if their vectors reach the sum they must unmask it.
+        return [Outgoing(peer, commit) for peer in self.plan.peers if peer != self.me]
 
     def _absorb_commits(self) -> None:
         for peer, message in self._inbox[MessageKind.INPUT_COMMIT].items():
-            if isinstance(message, InputCommit) and peer not in self.excluded:
+            if isinstance(message, InputCommit):
                 self._commits[peer] = frozenset(message.mask_set)
 
     def _check_survivors(self, survivors: frozenset[str]) -> tuple[ReasonCode, str] | None:
