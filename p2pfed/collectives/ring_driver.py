@@ -281,7 +281,8 @@ class RingService:
                     outbox_send.close()
                 except RemoteProtocolError as exc:
                     accuse(exc.reason, predecessor, str(exc))
-                except BrokenError as exc:
+                except (BrokenError, ClosedError) as exc:
+                    # ClosedError: our own side went away under us (this peer is crashing).
                     accuse(ReasonCode.DROPPED, predecessor, str(exc))
                 finally:
                     counts.add(stream.counts)
