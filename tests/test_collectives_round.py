@@ -204,3 +204,14 @@ async def test_misshapen_vector_excludes_its_sender_with_a_reason(
     assert accusers == 1
     bad = outcomes["p3"][0]
     assert isinstance(bad, RoundOutcome) and bad.phase is Phase.LEFT_OUT
+
+
+def test_protocol_doc_diagrams_match_the_transition_tables() -> None:
+    from pathlib import Path
+
+    from p2pfed.collectives.diagram import render_document
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "protocols.md"
+    text = doc.read_text(encoding="utf-8")
+    assert text.count("```mermaid") == 3
+    assert render_document(text) == text
