@@ -14,6 +14,7 @@ from p2pfed.collectives.messages import (
     Message,
     Ready,
     RingChunk,
+    SecAggData,
     WordType,
 )
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
@@ -25,8 +26,12 @@ words = st.sampled_from(list(WordType))
 
 @st.composite
 def messages(draw: st.DrawFn) -> Message:
-    kind = draw(st.sampled_from(["ring", "ready", "cohort", "abort", "gossip", "done", "commit"]))
+    kind = draw(
+        st.sampled_from(["ring", "ready", "cohort", "abort", "gossip", "done", "commit", "secagg"])
+    )
     rnd = draw(rounds)
+    if kind == "secagg":
+        return SecAggData(rnd, draw(st.binary(min_size=1, max_size=40)))
     if kind == "done":
         return Done(rnd, draw(st.integers(0, 255)))
     if kind == "commit":

@@ -35,6 +35,7 @@ from p2pfed.collectives.messages import (
     Message,
     Ready,
     RingChunk,
+    SecAggData,
     WordType,
 )
 from p2pfed.errors import (
@@ -60,6 +61,7 @@ _KINDS: dict[type[Message], int] = {
     GossipValue: 5,
     Done: 6,
     Commit: 7,
+    SecAggData: 8,
 }
 _RING = struct.Struct("<BHIB")
 _GOSSIP = struct.Struct("<QQB")
@@ -105,6 +107,8 @@ def _body(message: Message) -> tuple[bytes, bytes]:
         parts += [_short(member) for member in message.members]
         parts.append(_short(message.signature))
         return b"".join(parts), b""
+    if isinstance(message, SecAggData):
+        return b"", message.data
     if isinstance(message, Done | Commit):
         return struct.pack("<B", message.attempt), b""
     head = struct.pack("<B", message.attempt) + _short(message.accused) + _short(message.reason)
@@ -116,7 +120,8 @@ def encode(message: Message, consortium: str, sender: str, seq: int) -> tuple[by
     head, data = _body(message)
     body = b"".join((bytes([_KINDS[type(message)]]), head, data))
     frame = Frame(FrameType.CONTROL, consortium, message.round, sender, seq, body)
-    return encode_frame(frame, LIMITS), len(data)
+    payload = len(data) if isinstance(message, RingChunk | GossipValue) else 0
+    return encode_frame(frame, LIMITS), payload
 
 
 class _Reader:
@@ -199,6 +204,8 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
     if kind == 4:
         (attempt,) = body.take(1)
         return Abort(round, attempt, body.short(), body.short())
+    if kind == 8:
+        return SecAggData(round, body.rest())
     if kind in (6, 7):
         (attempt,) = body.take(1)
         return Done(round, attempt) if kind == 6 else Commit(round, attempt)
@@ -252,6 +259,8 @@ class Decoder:
         finally:
             body.release()
         payload = len(message.data) if isinstance(message, RingChunk | GossipValue) else 0
+        # Secure-aggregation messages are protocol overhead, not vector payload: they count
+        # as framing.
         return Envelope(
             frame.sender, frame.consortium, frame.seq, message, frame.encoded_size, payload
         )

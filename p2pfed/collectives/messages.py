@@ -266,4 +266,21 @@ class GossipValue:
         return len(self.data) // self.word.dtype.itemsize
 
 
-Message = RingChunk | Ready | Cohort | Abort | Done | Commit | GossipValue
+@dataclass(frozen=True, slots=True)
+class SecAggData:
+    """One encoded ``p2pfed.secagg`` message, carried between peers for round ``round``."""
+
+    round: int
+    data: bytes
+    version: int = MESSAGE_VERSION
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        if not 0 < len(self.data) <= MAX_CHUNK_BYTES:
+            raise LocalProtocolError(
+                f"secure-aggregation message of {len(self.data)} bytes is empty or exceeds "
+                f"{MAX_CHUNK_BYTES} bytes"
+            )
+
+
+Message = RingChunk | Ready | Cohort | Abort | Done | Commit | GossipValue | SecAggData

@@ -49,8 +49,16 @@ _MAX_AHEAD = 4  # rounds ahead of ours we buffer messages for; further is refuse
 class ControlService:
     """Sends and receives round-control messages for one local peer."""
 
-    def __init__(self, transport: Transport, consortium: str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        consortium: str,
+        *,
+        timeout: float = 5.0,
+        protocol: str = CONTROL_PROTOCOL,
+    ) -> None:
         self.transport = transport
+        self.protocol = protocol
         self.consortium = consortium
         self.timeout = timeout
         self.exclusions: list[Exclusion] = []
@@ -59,7 +67,7 @@ class ControlService:
             int, tuple[trio.MemorySendChannel[tuple[str, Message]], trio.MemoryReceiveChannel[Any]]
         ] = {}
         self._finished: dict[int, RoundAgreement] = {}
-        transport.serve(CONTROL_PROTOCOL, self._handle)
+        transport.serve(protocol, self._handle)
 
     def _box(
         self, round: int
@@ -76,13 +84,14 @@ class ControlService:
         receive: trio.MemoryReceiveChannel[tuple[str, Message]] = self._box(round)[1]
         return receive
 
-    def close_round(self, agreement: RoundAgreement) -> None:
-        """Retire a round; keep its agreement to answer stragglers."""
-        box = self._boxes.pop(agreement.round, None)
+    def close_round(self, round: int, agreement: RoundAgreement | None = None) -> None:
+        """Retire a round; keep its agreement (if any) to answer stragglers."""
+        box = self._boxes.pop(round, None)
         if box is not None:
             box[0].close()
-        self.floor = max(self.floor, agreement.round + 1)
-        self._finished[agreement.round] = agreement
+        self.floor = max(self.floor, round + 1)
+        if agreement is not None:
+            self._finished[round] = agreement
         for old in sorted(self._finished)[:-_KEEP_FINISHED]:
             del self._finished[old]
 
@@ -90,7 +99,7 @@ class ControlService:
         """Deliver one message, best effort: a peer we cannot reach is the protocol's problem."""
         try:
             with trio.fail_after(self.timeout):
-                stream = await self.transport.open_stream(peer, CONTROL_PROTOCOL)
+                stream = await self.transport.open_stream(peer, self.protocol)
                 async with stream:
                     out = MessageStream(stream, self.consortium, self.transport.local_peer)
                     await out.send(message)
@@ -254,7 +263,7 @@ class RingRound:
                             fault: RemoteProtocolError = event[2]
                             execute(agreement.ring_failed(fault.peer, fault.reason, now))
                 work.cancel_scope.cancel()
-            self.control.close_round(agreement)
+            self.control.close_round(round, agreement)
         committed = agreement.phase is Phase.COMMITTED
         return RoundOutcome(
             round,
