@@ -56,7 +56,9 @@ class ControlService:
         *,
         timeout: float = 5.0,
         protocol: str = CONTROL_PROTOCOL,
+        max_ahead: int = _MAX_AHEAD,
     ) -> None:
+        self.max_ahead = max_ahead
         self.transport = transport
         self.protocol = protocol
         self.consortium = consortium
@@ -76,11 +78,18 @@ class ControlService:
             self._boxes[round] = trio.open_memory_channel[tuple[str, Message]](math.inf)
         return self._boxes[round]
 
-    def open_round(self, round: int) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
-        """The mailbox of ``round``: (sender, message) pairs, including any that came early."""
-        self.floor = max(self.floor, round)
-        for old in [r for r in self._boxes if r < round]:
-            self._boxes.pop(old)[0].close()
+    def open_round(
+        self, round: int, *, retire_older: bool = True
+    ) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
+        """The mailbox of ``round``: (sender, message) pairs, including any that came early.
+
+        With ``retire_older`` the rounds below are over: their mailboxes close and their
+        messages are rejected from now on.
+        """
+        if retire_older:
+            self.floor = max(self.floor, round)
+            for old in [r for r in self._boxes if r < round]:
+                self._boxes.pop(old)[0].close()
         receive: trio.MemoryReceiveChannel[tuple[str, Message]] = self._box(round)[1]
         return receive
 
@@ -129,7 +138,7 @@ class ControlService:
                 return []
             actions = agreement.receive(peer, message, trio.current_time())
             return [a for a in actions if isinstance(a, Send)]
-        if round < self.floor or round > self.floor + _MAX_AHEAD:
+        if round < self.floor or round > self.floor + self.max_ahead:
             self.exclusions.append(
                 Exclusion(
                     round,
