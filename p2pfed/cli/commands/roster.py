@@ -171,8 +171,9 @@ def _load(path: str) -> Roster:
 def _saved(roster: Roster, path: str, what: str) -> int:
     roster.save(path)
     print(
-        f"{path}: {what}; now version {roster.version} with {len(roster.members)} members, "
-        f"{len(roster.signatures)} of {roster.threshold} required signatures"
+        f"{path}: {what}; now version {roster.version} with {len(roster.members)} "
+        f"member{'' if len(roster.members) == 1 else 's'}, unsigned (needs {roster.threshold} "
+        f"admin signature{'' if roster.threshold == 1 else 's'})"
     )
     return 0
 
