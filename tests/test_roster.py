@@ -15,6 +15,7 @@ from p2pfed.identity import (
     Role,
     Roster,
     RosterError,
+    RosterGate,
     RosterProblem,
     RosterStore,
     check_roster,
@@ -354,3 +355,23 @@ def test_roster_file_errors(tmp_path: Path) -> None:
     r = signed(roster(), ADMINS[0])
     r.save(tmp_path / "r.json")
     assert Roster.load(tmp_path / "r.json") == r
+
+
+def test_roster_gate_follows_updates_and_expiry(tmp_path: Path) -> None:
+    path, state = tmp_path / "roster.json", tmp_path / "state.json"
+    v1 = signed(roster(), ADMINS[0])
+    v1.save(path)
+    clock = [NOW]
+    gate = RosterGate.open(path, state=state, clock=lambda: clock[0])
+    assert gate(PEERS[2].peer_id) and not gate(PEERS[4].peer_id)
+    v2 = signed(v1.without_member("hospital-2"), ADMINS[0])
+    gate.update(v2)
+    assert gate.roster == v2 and not gate(PEERS[2].peer_id) and gate(PEERS[0].peer_id)
+    with pytest.raises(RosterError):
+        gate.update(v1)  # never moves backwards
+    assert not gate(PEERS[2].peer_id)
+    clock[0] = LATER
+    assert not gate(PEERS[0].peer_id)  # an expired roster admits no one
+    # A restarted peer cannot be handed the old roster either.
+    with pytest.raises(RosterError):
+        RosterGate(RosterStore(state), v1, clock=lambda: NOW)

@@ -25,7 +25,8 @@ small state file, written atomically with fsync, so rollback protection survives
 A member removed in version v is absent from v's member list, and a peer holding v never
 goes back below v, so ``Roster.is_member`` refuses it from v on. The first roster a peer
 sees is trusted on first use: compare its admin keys out of band (``p2pfed roster verify``
-prints them).
+prints them). ``RosterGate`` is the live check a transport calls for every connection and
+stream: listed in the newest accepted roster, and that roster not expired by the clock.
 
 Errors: ``RosterError`` (a ``ConfigError``) with a ``RosterProblem`` naming the kind of
 refusal, and one sentence naming what was wrong; ``IntegrityError`` for a corrupted state
@@ -41,7 +42,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -675,3 +676,43 @@ def load_roster(
 ) -> Roster:
     """Read the roster at ``path`` and accept it against the state file ``state``."""
     return RosterStore(state).accept(Roster.load(path), now=now)
+
+
+class RosterGate:
+    """The live admission check a transport calls (a ``PeerGate``) for each peer.
+
+    A peer is admitted while it is listed in the newest accepted roster *and* that roster
+    has not expired by the injected ``clock``: a consortium whose admins stop renewing the
+    roster stops admitting anyone, rather than running on stale membership. ``update``
+    accepts a newer roster through the ``RosterStore``, so the gate never moves backwards.
+    """
+
+    def __init__(self, store: RosterStore, roster: Roster, clock: Callable[[], datetime]) -> None:
+        store.check(roster, now=clock())
+        self._store = store
+        self._roster = roster
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        state: str | os.PathLike[str],
+        clock: Callable[[], datetime],
+    ) -> RosterGate:
+        """Load and accept the roster at ``path`` against ``state``; the gate over it."""
+        store = RosterStore(state)
+        return cls(store, store.accept(Roster.load(path), now=clock()), clock)
+
+    @property
+    def roster(self) -> Roster:
+        """The roster currently in force."""
+        return self._roster
+
+    def __call__(self, peer_id: str) -> bool:
+        return not self._roster.is_expired(self._clock()) and self._roster.is_member(peer_id)
+
+    def update(self, roster: Roster) -> None:
+        """Accept ``roster`` (raising ``RosterError`` if refused) and enforce it from now on."""
+        self._roster = self._store.accept(roster, now=self._clock())

@@ -312,7 +312,10 @@ class FrameDecoder:
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
+        # Frames are consumed by advancing _pos; the consumed prefix is dropped only when it
+        # is at least half the buffer, so many frames fed at once cost linear time.
         self._buf = bytearray()
+        self._pos = 0
         self._frame_size: int | None = None
         self._error: RemoteProtocolError | None = None
 
@@ -324,12 +327,15 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes fed but not yet returned as frames."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes; raises the decoder's earlier error if it has failed."""
         if self._error is not None:
             raise self._error
+        if self._pos and 2 * self._pos >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
 
     def needed(self) -> int:
@@ -339,15 +345,16 @@ class FrameDecoder:
         """
         size = self._current_size()
         if size is None:
-            return HEADER_SIZE - len(self._buf)
-        return max(size - len(self._buf), 0)
+            return HEADER_SIZE - self.buffered
+        return max(size - self.buffered, 0)
 
     def _current_size(self) -> int | None:
         if self._error is not None:
             raise self._error
         if self._frame_size is None:
+            head = bytes(self._buf[self._pos : self._pos + HEADER_SIZE])
             try:
-                self._frame_size = _check_prefix(self._buf, self._limits)
+                self._frame_size = _check_prefix(head, self._limits)
             except RemoteProtocolError as exc:
                 self._error = exc
                 raise
@@ -360,15 +367,18 @@ class FrameDecoder:
         that the decoder stays failed.
         """
         size = self._current_size()
-        if size is None or len(self._buf) < size:
+        if size is None or self.buffered < size:
             return None
-        data = bytes(self._buf[:size])
+        data = bytes(self._buf[self._pos : self._pos + size])
         try:
             frame = _parse_frame(data, self._limits)
         except RemoteProtocolError as exc:
             self._error = exc
             raise
-        del self._buf[:size]
+        self._pos += size
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
         self._frame_size = None
         return frame
 
@@ -376,10 +386,10 @@ class FrameDecoder:
         """Declare end of input; raises ``RemoteProtocolError`` if a frame was cut short."""
         if self._error is not None:
             raise self._error
-        if self._buf:
+        if self.buffered:
             self._error = RemoteProtocolError(
                 ReasonCode.MALFORMED,
-                f"stream ended inside a frame ({len(self._buf)} bytes of an incomplete frame)",
+                f"stream ended inside a frame ({self.buffered} bytes of an incomplete frame)",
             )
             raise self._error
 
