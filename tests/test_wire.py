@@ -632,3 +632,34 @@ async def test_send_tensor_checks_its_own_limits() -> None:
 
     with pytest.raises(LocalProtocolError):
         await talk(read_frame, client)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=garbage, cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_read_frame_fuzz_over_a_stream(data: bytes, cuts: list[int]) -> None:
+    """Whatever arrives, in whatever pieces, read_frame returns frames or a typed error."""
+    points = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    expected_frames, _ = decode_all([data])
+    got: list[Frame] = []
+    ended: list[BaseException] = []
+
+    async def handler(stream: Stream) -> None:
+        try:
+            while True:
+                got.append(await read_frame(stream, timeout=5, check_sender=False))
+        except (RemoteProtocolError, BrokenError) as exc:
+            ended.append(exc)
+
+    async def client(stream: Stream) -> None:
+        for piece in pieces:
+            if piece:
+                await stream.send_all(piece)
+        await stream.send_eof()
+
+    async def main() -> None:
+        await talk(handler, client)
+
+    trio.run(main)
+    assert got == expected_frames
+    assert len(ended) == 1

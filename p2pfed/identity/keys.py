@@ -178,7 +178,7 @@ class Identity:
         """
         path = Path(path)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise ConfigError(f"key file {path} does not exist") from None
         except OSError as exc:

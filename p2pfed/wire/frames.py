@@ -269,9 +269,9 @@ def _check_prefix(buf: bytes | bytearray, limits: Limits) -> int | None:
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 
 
-def _decode_text(raw: bytes, what: str) -> str:
+def _decode_text(raw: bytes | memoryview, what: str) -> str:
     try:
-        text = raw.decode("utf-8")
+        text = str(raw, "utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(
             ReasonCode.MALFORMED, f"frame {what} is not valid UTF-8"
@@ -283,22 +283,24 @@ def _decode_text(raw: bytes, what: str) -> str:
     return text
 
 
-def _parse_frame(data: bytes, limits: Limits) -> Frame:
-    """Build the frame held whole in ``data`` (its header already checked)."""
-    _, version, ftype, c_len, s_len, rnd, seq, p_len = _HEADER.unpack_from(data)
-    start = HEADER_SIZE
-    consortium = _decode_text(data[start : start + c_len], "consortium id")
-    start += c_len
-    sender = _decode_text(data[start : start + s_len], "sender")
-    start += s_len
-    return Frame(
-        FrameType(ftype),
-        consortium,
-        rnd,
-        sender,
-        seq,
-        data[start : start + p_len],
-        version=version,
+def _frame_from_parts(
+    header: bytes | bytearray | memoryview, strings: bytes | memoryview, payload: bytes
+) -> Frame:
+    """Build a frame from its checked header, its two strings and its payload."""
+    _, version, ftype, c_len, _, rnd, seq, _ = _HEADER.unpack_from(header)
+    strings = memoryview(strings)
+    consortium = _decode_text(strings[:c_len], "consortium id")
+    sender = _decode_text(strings[c_len:], "sender")
+    return Frame(FrameType(ftype), consortium, rnd, sender, seq, payload, version=version)
+
+
+def _parse_frame(data: memoryview, size: int) -> Frame:
+    """Build the frame at the start of ``data`` (its header checked, ``size`` bytes long)."""
+    c_len, s_len = data[_OFF_CONSORTIUM_LEN], data[_OFF_SENDER_LEN]
+    body = HEADER_SIZE + c_len + s_len
+    # One copy of the payload, straight out of the receive buffer.
+    return _frame_from_parts(
+        bytes(data[:HEADER_SIZE]), bytes(data[HEADER_SIZE:body]), bytes(data[body:size])
     )
 
 
@@ -369,9 +371,9 @@ class FrameDecoder:
         size = self._current_size()
         if size is None or self.buffered < size:
             return None
-        data = bytes(self._buf[self._pos : self._pos + size])
         try:
-            frame = _parse_frame(data, self._limits)
+            with memoryview(self._buf) as view:
+                frame = _parse_frame(view[self._pos :], size)
         except RemoteProtocolError as exc:
             self._error = exc
             raise
