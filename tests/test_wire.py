@@ -663,3 +663,19 @@ def test_read_frame_fuzz_over_a_stream(data: bytes, cuts: list[int]) -> None:
     trio.run(main)
     assert got == expected_frames
     assert len(ended) == 1
+
+
+def test_bench_wire_prints_its_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from p2pfed.cli import main
+
+    assert main(["bench", "wire", "--sizes", "1", "--repeat", "1"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["bench"] == "wire"
+    (case,) = document["cases"]
+    assert case["size_mb"] == 1
+    for key in ("memcpy", "sha256", "encode_tensor", "decode_tensor", "frame_decoder"):
+        assert case[f"{key}_mb_s"] > 0
+    assert case["memory_exchange_mb_s"] > 0
+    assert main(["bench", "wire", "--sizes", "0"]) == 2
