@@ -73,6 +73,7 @@ from p2pfed.secagg.primitives import (
     agree,
     commitment,
     domain,
+    mask_vector,
     pair_mask_key,
     ring_dtype,
     self_mask_key,
@@ -212,8 +213,12 @@ class SecAggPeer:
 
     # ----------------------------------------------------------------- public API
 
-    def start(self, words: UIntVector) -> list[Outgoing]:
-        """Begin the round with this peer's quantised input; returns the key advertisements."""
+    def start(self, words: UIntVector, *, copy: bool = True) -> list[Outgoing]:
+        """Begin the round with this peer's quantised input; returns the key advertisements.
+
+        With ``copy=False`` the peer masks ``words`` in place (it must be a writable,
+        contiguous array the caller no longer needs), saving one vector of memory.
+        """
         dtype = ring_dtype(self.config.ring_bits)
         if words.dtype != dtype or words.shape != (self.config.dimension,):
             raise DataError(
@@ -221,7 +226,9 @@ class SecAggPeer:
                 f"got {words.dtype} of shape {words.shape}"
             )
         self._move(Event.START)
-        self._input = cast(UIntVector, np.array(words, dtype=dtype, copy=True))
+        if copy or not (words.flags.writeable and words.flags.c_contiguous):
+            words = cast(UIntVector, np.array(words, dtype=dtype, copy=True))
+        self._input = words
         advert = AdvertiseKeys(
             self.config.consortium,
             self.config.round,
@@ -345,8 +352,13 @@ class SecAggPeer:
                 share, signature = held.mask_share, held.mask_signature
             shares.append(RevealedShare(dealer, kind, share, signature))
         reveal = Reveal(self.config.consortium, self.config.round, digest, tuple(shares))
-        self._total = cast(UIntVector, np.array(total, dtype=dtype, copy=True))
-        self.masked_vector = None
+        # The masked vector's buffer is free once summed: reuse it for the total, so a peer
+        # never holds more than its input, one working vector and the incoming sum.
+        buffer = self.masked_vector
+        if buffer is None:
+            buffer = cast(UIntVector, np.empty(self.config.dimension, dtype=dtype))
+        np.copyto(buffer, total)
+        self._total, self.masked_vector = buffer, None
         self._move(Event.SUM_RECEIVED)
         self._use_reveal(self.me, reveal)
         out = [Outgoing(peer, reveal) for peer in sorted(survivors - {self.me})]
@@ -369,6 +381,11 @@ class SecAggPeer:
                     self._expander.apply(out, key, -self.plan.sign(v, d))
             self._result = out
         return self._result
+
+    def held_bytes(self) -> int:
+        """Bytes of vectors this peer holds now (input, masked vector, sum, result)."""
+        arrays = {id(a): a for a in (self._input, self.masked_vector, self._total, self._result)}
+        return sum(a.nbytes for a in arrays.values() if a is not None)
 
     @property
     def done(self) -> bool:
@@ -590,12 +607,16 @@ class SecAggPeer:
         assert self._input is not None
         vector, self._input = self._input, None
         c, r = self.config.consortium, self.config.round
-        self._expander.apply(vector, self_mask_key(self._seed, c, r, self.me), 1)
-        for peer in sorted(self.mask_set):
-            secret = agree(self._mask.secret, self._adverts[peer].mask_public)
-            self._expander.apply(
-                vector, pair_mask_key(secret, c, r, self.me, peer), self.plan.sign(self.me, peer)
+        pair_keys = [
+            (
+                pair_mask_key(
+                    agree(self._mask.secret, self._adverts[peer].mask_public), c, r, self.me, peer
+                ),
+                self.plan.sign(self.me, peer),
             )
+            for peer in sorted(self.mask_set)
+        ]
+        mask_vector(vector, self_mask_key(self._seed, c, r, self.me), pair_keys, self._expander)
         self.masked_vector = vector
         self._commits[self.me] = self.mask_set
         self._move(Event.RECEIPTS_COLLECTED)
