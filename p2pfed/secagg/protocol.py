@@ -372,13 +372,14 @@ class SecAggPeer:
             out = self._total
             self._total = None
             c, r = self.config.consortium, self.config.round
-            for v in sorted(self.survivors):
-                self._expander.apply(out, self_mask_key(self._recovered[v], c, r, v), -1)
+            removals = [
+                (self_mask_key(self._recovered[v], c, r, v), -1) for v in sorted(self.survivors)
+            ]
             for v in sorted(self.survivors):
                 for d in sorted(self._commits[v] & self.dropped):
                     secret = agree(self._recovered[d], self._adverts[v].mask_public)
-                    key = pair_mask_key(secret, c, r, v, d)
-                    self._expander.apply(out, key, -self.plan.sign(v, d))
+                    removals.append((pair_mask_key(secret, c, r, v, d), -self.plan.sign(v, d)))
+            self._expander.apply_many(out, removals)
             self._result = out
         return self._result
 
