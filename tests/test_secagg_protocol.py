@@ -182,3 +182,13 @@ def test_reveals_never_carry_both_secrets_of_a_peer():
     assert revealed[names(n)[1]] == {ShareKind.PAIR_SECRET}
     assert revealed[names(n)[0]] == {ShareKind.SELF_SEED}
     assert all(len(kinds) == 1 for kinds in revealed.values())
+
+
+def test_the_documented_diagram_is_generated_from_the_table():
+    from pathlib import Path
+
+    from p2pfed.secagg.state import accepts_table
+
+    doc = (Path(__file__).parent.parent / "docs" / "secure-aggregation.md").read_text()
+    assert "```mermaid\n" + mermaid() + "```" in doc
+    assert accepts_table() in doc

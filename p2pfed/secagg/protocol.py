@@ -208,6 +208,8 @@ class SecAggPeer:
         self._needed: dict[str, ShareKind] = {}
         self._revealed: dict[tuple[str, ShareKind], dict[str, RevealedShare]] = {}
         self._reveal_seen: set[str] = set()
+        self._touched: set[str] = set()
+        self._digest = b""
         self._recovered: dict[str, bytes] = {}
         self._result: UIntVector | None = None
 
@@ -342,7 +344,7 @@ class SecAggPeer:
         self._needed = {v: ShareKind.SELF_SEED for v in survivors}
         self._needed |= {d: ShareKind.PAIR_SECRET for d in self.dropped}
         reveal_plan = plan_reveal(self._held, survivors, self.dropped)
-        digest = survivors_digest(self.config, survivors)
+        digest = self._digest = survivors_digest(self.config, survivors)
         shares = []
         for dealer, kind in sorted(reveal_plan.items()):
             held = self._held[dealer]
@@ -447,9 +449,7 @@ class SecAggPeer:
                         exclude=True,
                     )
             case Reveal():
-                if self.survivors and message.survivors_digest != survivors_digest(
-                    self.config, self.survivors
-                ):
+                if self.survivors and message.survivors_digest != self._digest:
                     self._refuse(
                         sender,
                         ReasonCode.PROTOCOL_VIOLATION,
@@ -669,11 +669,12 @@ class SecAggPeer:
         return None
 
     def _absorb_reveals(self) -> None:
-        for sender, message in self._inbox[MessageKind.REVEAL].items():
-            if sender in self._reveal_seen or not isinstance(message, Reveal):
-                continue
+        inbox = self._inbox[MessageKind.REVEAL]
+        for sender in inbox.keys() - self._reveal_seen:
+            message = inbox[sender]
             self._reveal_seen.add(sender)
-            self._use_reveal(sender, message)
+            if isinstance(message, Reveal):
+                self._use_reveal(sender, message)
 
     def _use_reveal(self, sender: str, message: Reveal) -> None:
         if sender not in self.survivors:
@@ -681,7 +682,7 @@ class SecAggPeer:
                 sender, ReasonCode.PROTOCOL_VIOLATION, "reveal from a non-survivor", exclude=False
             )
             return
-        if message.survivors_digest != survivors_digest(self.config, self.survivors):
+        if message.survivors_digest != self._digest:
             self._reject(
                 sender,
                 ReasonCode.PROTOCOL_VIOLATION,
@@ -700,10 +701,17 @@ class SecAggPeer:
                 return
         for share in message.shares:
             self._revealed.setdefault((share.dealer, share.kind), {})[sender] = share
+            self._touched.add(share.dealer)
 
     def _try_recover(self) -> bool:
-        """Rebuild every needed secret that has t shares; True when all are recovered."""
-        for dealer, kind in sorted(self._needed.items()):
+        """Rebuild every needed secret that has t shares; True when all are recovered.
+
+        Only dealers with new shares since the last call are looked at, so a peer does
+        O(shares) work over the whole unmask stage, not O(secrets) per message.
+        """
+        touched, self._touched = self._touched, set()
+        for dealer in sorted(touched):
+            kind = self._needed[dealer]
             while dealer not in self._recovered:
                 shares = {
                     h: s
