@@ -20,13 +20,19 @@ from p2pfed.privacy.accountants import (
     noise_multiplier_for,
     releases_within_budget,
 )
+from p2pfed.privacy.ledger import LedgerRecord, PrivacyLedger, Release
+from p2pfed.privacy.mechanisms import NoiseMode
 
 __all__ = [
     "ACCOUNTANT_KINDS",
     "DEFAULT_ACCOUNTANT",
     "Accountant",
+    "LedgerRecord",
+    "NoiseMode",
     "PLDAccountant",
+    "PrivacyLedger",
     "RDPAccountant",
+    "Release",
     "Step",
     "epsilon_for",
     "make_accountant",

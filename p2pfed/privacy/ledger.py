@@ -144,6 +144,8 @@ class PrivacyLedger:
 
     Raises ``IntegrityError`` on open if the file is corrupted (never resets it),
     ``LocalError`` if another process holds it, ``ConfigError`` for a bad budget or δ.
+    ``read_only=True`` (for reports beside a running node) takes no lock, creates and
+    repairs nothing, and refuses ``reserve``.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class PrivacyLedger:
         delta: float,
         accountant_kind: str = "pld",
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.budget_epsilon = validate.epsilon(budget_epsilon)
@@ -164,7 +167,11 @@ class PrivacyLedger:
         self.torn_tail: bytes | None = None  # what a crash left, if it was set aside
         self._fd: int | None = None
         self._lock_fd: int | None = None
-        self._open()
+        self.read_only = read_only
+        if read_only:
+            self._open_read_only()
+        else:
+            self._open()
 
     # --- opening ------------------------------------------------------------------------
 
@@ -189,7 +196,17 @@ class PrivacyLedger:
             self.close()
             raise
 
-    def _load(self, data: bytes) -> None:
+    def _open_read_only(self) -> None:
+        """For reports while the node runs: no lock, no creation, no repair, no reserve."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError as exc:
+            raise LocalError(f"privacy ledger {self.path} does not exist") from exc
+        except OSError as exc:
+            raise LocalError(f"cannot read privacy ledger {self.path}: {exc.strerror}") from exc
+        self._load(data, repair=False)
+
+    def _load(self, data: bytes, repair: bool = True) -> None:
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline
         if not lines:
@@ -226,7 +243,7 @@ class PrivacyLedger:
                 steps=rec.release.steps,
             )
         self._records = records
-        if tail:
+        if tail and repair:
             self._repair(lines[0], records, tail)
 
     def _repair(self, header_line: bytes, records: list[LedgerRecord], tail: bytes) -> None:
@@ -312,6 +329,8 @@ class PrivacyLedger:
         return record
 
     def _writable_fd(self) -> int:
+        if self.read_only:
+            raise LocalError(f"privacy ledger {self.path} was opened read-only")
         if self._fd is None:
             raise LocalError(f"privacy ledger {self.path} is closed")
         return self._fd
