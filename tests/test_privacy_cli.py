@@ -18,7 +18,12 @@ def _ledger(path: Path, n: int, sigma: float = 5.0) -> None:
 
 
 CONFIG = """
+[node]
+name = "st-olav"
+
 [privacy]
+mode = "distributed"
+clip_norm = 1.0
 ledger = "node.ledger"
 epsilon_budget = 8.0
 delta = 1e-5
@@ -91,8 +96,13 @@ def test_config_table_checks(tmp_path: Path) -> None:
         PrivacyConfig.from_table(
             {"ledger": "l", "epsilon": 1.0, "delta": 1e-5, "epsilon_budget": 1.0}, tmp_path
         )
-    with pytest.raises(ConfigError, match="missing the required key 'delta'"):
-        PrivacyConfig.from_table({"ledger": "l", "epsilon_budget": 1.0}, tmp_path)
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        PrivacyConfig.from_table({"mode": "central"}, tmp_path)
+    with pytest.raises(ConfigError, match="clipping norm S must be > 0"):
+        PrivacyConfig.from_table({"clip_norm": 0}, tmp_path)
+    defaults = PrivacyConfig.from_table({}, tmp_path)  # the daemon's defaults
+    assert defaults.ledger == tmp_path / "state/privacy.ledger"
+    assert (defaults.epsilon_budget, defaults.delta, defaults.noise_multiplier) == (10.0, 1e-5, 1.0)
     with pytest.raises(ConfigError, match="accountant must be one of"):
         PrivacyConfig.from_table(
             {"ledger": "l", "epsilon_budget": 1.0, "delta": 1e-5, "accountant": "gdp"}, tmp_path
