@@ -172,15 +172,16 @@ class Simulator:
             loss = loss + 0.5 * weight_decay * (theta**2).sum()
         return loss
 
+    def _batch_sizes(self) -> torch.Tensor:
+        """Per-peer batch size b_i = min(B, m_i): a small peer uses all its samples."""
+        return torch.clamp(self.counts, max=self.scenario.training.batch_size).clamp_min(1)
+
     def _steps_per_peer(self, active: NDArray[np.bool_], straggling: NDArray[np.bool_]) -> Any:
         spec = self.scenario.training
         counts = self.counts
         if spec.local_epochs > 0:
-            steps = torch.div(
-                spec.local_epochs * counts + spec.batch_size - 1,
-                spec.batch_size,
-                rounding_mode="floor",
-            )
+            b = self._batch_sizes()
+            steps = torch.div(spec.local_epochs * counts + b - 1, b, rounding_mode="floor")
         else:
             steps = torch.where(counts > 0, spec.local_steps, 0)
         fraction = self.scenario.faults.straggler_fraction
@@ -195,30 +196,34 @@ class Simulator:
         correction: torch.Tensor | None,
         mu: float,
     ) -> LocalResult:
-        """Every peer's local SGD steps at once (``steps[i]`` steps for peer i)."""
+        """Every peer's local SGD steps at once (``steps[i]`` steps for peer i).
+
+        Peer i walks a fresh random permutation of its m_i samples in batches of
+        b_i = min(B, m_i), wrapping around when it makes more than one pass; in epoch mode
+        the walk stops after E·m_i samples (the last batch may be partial).
+        """
         spec = self.scenario.training
         n, width = self.indices.shape
         batch = spec.batch_size
         counts = self.counts
+        b = self._batch_sizes()
         keys = torch.rand(n, width, generator=self.batch_gen, dtype=torch.float64)
         keys = keys.masked_fill(torch.arange(width)[None, :] >= counts[:, None], math.inf)
         order = torch.argsort(keys, dim=1)
-        total = (
-            spec.local_epochs * counts
-            if spec.local_epochs > 0
-            else torch.full_like(counts, batch) * steps
-        )
         anchor = theta
         current = theta.clone()
         grad_sum = torch.zeros_like(theta)
         loss_sum = torch.zeros(n, dtype=self.dtype)
         max_steps = int(steps.max().item()) if n else 0
-        offsets = torch.arange(batch)
-        safe_counts = counts.clamp_min(1)
+        width_b = max(1, min(batch, int(counts.max().item()) if n else 1))
+        offsets = torch.arange(width_b)[None, :]  # [1, B]
+        in_batch = (offsets < b[:, None]) & (counts[:, None] > 0)
+        limit = spec.local_epochs * counts if spec.local_epochs > 0 else None
+        safe_counts = counts.clamp_min(1)[:, None]
         for s in range(max_steps):
-            position = s * batch + offsets[None, :]  # [1, B]
-            valid = (position < total[:, None]) & (counts[:, None] > 0)
-            slot = torch.remainder(position, safe_counts[:, None])  # [N, B]
+            position = s * b[:, None] + offsets  # [N, B]
+            valid = in_batch if limit is None else in_batch & (position < limit[:, None])
+            slot = torch.remainder(position, safe_counts)
             sample = torch.gather(self.indices, 1, torch.gather(order, 1, slot))
             xb = self.x_train[sample]
             yb = self.y_train[sample]
@@ -385,8 +390,24 @@ class Simulator:
             epsilon=eps,
         )
 
-    def run(self, on_round: Callable[[int], None] | None = None) -> list[RoundRecord]:
-        """Play every round; returns the metric records (round 0 and each evaluated round)."""
+    def run(
+        self, on_round: Callable[[int], None] | None = None, threads: int = 1
+    ) -> list[RoundRecord]:
+        """Play every round; returns the metric records (round 0 and each evaluated round).
+
+        torch runs on ``threads`` intra-op threads for the duration (restored afterwards):
+        one by default, because the per-step tensors are small and extra threads only
+        contend on a shared machine, and because a fixed thread count keeps float
+        reductions, hence results, bit-for-bit stable.
+        """
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return self._run(on_round)
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self, on_round: Callable[[int], None] | None) -> list[RoundRecord]:
         sc = self.scenario
         zeros = np.zeros(sc.n, dtype=np.float64)
         records = [self._record(0, zeros, 0.0, sc.n, math.nan)]
@@ -408,7 +429,7 @@ def _csr(w: Any, dtype: torch.dtype) -> torch.Tensor:
 
 
 def run_scenario(
-    scenario: Scenario, on_round: Callable[[int], None] | None = None
+    scenario: Scenario, on_round: Callable[[int], None] | None = None, threads: int = 1
 ) -> list[RoundRecord]:
     """Build a simulator for ``scenario`` and play it out."""
-    return Simulator(scenario).run(on_round)
+    return Simulator(scenario).run(on_round, threads)

@@ -72,10 +72,12 @@ def grid_points(
     return points
 
 
-def run_point(scenario: Scenario, on_round: Callable[[int], None] | None = None) -> RunResult:
+def run_point(
+    scenario: Scenario, on_round: Callable[[int], None] | None = None, threads: int = 1
+) -> RunResult:
     """Play one scenario and package its result (records and theoretical ρ)."""
     sim = Simulator(scenario)
-    records = sim.run(on_round)
+    records = sim.run(on_round, threads)
     topology = getattr(sim, "topology", None)
     rho = theoretical_rho(scenario, topology, sim.model.size)
     return RunResult(scenario.digest(), scenario.to_dict(), rho, tuple(records))
@@ -91,6 +93,7 @@ def run_sweep(
     out: Path,
     on_point: Callable[[SweepPoint, bool], None] | None = None,
     on_round: Callable[[int], None] | None = None,
+    threads: int = 1,
 ) -> list[RunResult]:
     """Run the points not already stored in ``out``; returns every point's result in order.
 
@@ -103,7 +106,7 @@ def run_sweep(
         if on_point is not None:
             on_point(point, stored is not None)
         if stored is None:
-            stored = run_point(point.scenario, on_round)
+            stored = run_point(point.scenario, on_round, threads)
             atomic_write(path, stored.to_json())
         results.append(stored)
     return results

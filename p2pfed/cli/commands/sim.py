@@ -46,6 +46,16 @@ def resolve_scenario(text: str) -> Path:
     )
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     """Add ``run``, ``sweep`` and ``list``."""
     sub = add_group(parser)
@@ -60,6 +70,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="PATH=VALUE",
         help="override one scenario value, e.g. --set training.lr=0.05 (repeatable)",
     )
+    run.add_argument("--threads", type=_positive, default=1, help="torch threads (1)")
     run.set_defaults(func=_run)
 
     sweep = sub.add_parser("sweep", help="Run a grid of scenarios (resumable).")
@@ -73,6 +84,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     sweep.add_argument("--seeds", type=int, default=1, help="seeds per grid point (1)")
     sweep.add_argument("--out", type=Path, default=None, help="output folder (out/sweeps/NAME)")
+    sweep.add_argument("--threads", type=_positive, default=1, help="torch threads (1)")
     sweep.set_defaults(func=_sweep)
 
     lst = sub.add_parser("list", help="List the scenarios shipped with p2pfed.")
@@ -115,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
     ) as progress:
         task = progress.add_task(scenario.name, total=scenario.rounds)
-        result = run_point(scenario, lambda r: progress.update(task, completed=r))
+        result = run_point(scenario, lambda r: progress.update(task, completed=r), args.threads)
     wall = time.perf_counter() - started
     atomic_write(out / "result.json", result.to_json())
     atomic_write(out / "metrics.csv", records_csv(result.records))
@@ -189,7 +201,7 @@ def _sweep(args: argparse.Namespace) -> int:
             if r == progress.tasks[rounds].total:
                 progress.advance(overall)
 
-        results = run_sweep(points, out, on_point, on_round)
+        results = run_sweep(points, out, on_point, on_round, args.threads)
     atomic_write(out / "sweep.csv", sweep_csv(points, results))
     maybe_parquet(out / "sweep.csv")
     rows = summary_rows(points, results)
