@@ -229,7 +229,7 @@ def write_atomically(path: Path, data: bytes, *, overwrite: bool, mode: int = 0o
     directory = path.parent if str(path.parent) else Path(".")
     if not overwrite and path.exists():
         raise ConfigError(f"{path} already exists; refusing to overwrite it (use --force)")
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    tmp = directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileNotFoundError:

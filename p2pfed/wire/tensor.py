@@ -251,8 +251,8 @@ def tensor_bytes(array: Tensor) -> tuple[TensorHeader, bytes]:
 
 def encode_tensor(array: Tensor) -> bytes:
     """One payload holding ``array``: header, then its raw little-endian bytes."""
-    header, raw = tensor_bytes(array)
-    return header.encode() + raw
+    header, raw = tensor_view(array)
+    return b"".join((header.encode(), raw))
 
 
 def check_finite(array: Tensor) -> None:
