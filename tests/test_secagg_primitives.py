@@ -135,3 +135,15 @@ def test_masked_vectors_are_indistinguishable_from_uniform():
     a, b = list(seen.values())[:2]
     joint = np.bincount(((a >> 28) * 16 + (b >> 28)).astype(np.int64), minlength=256)
     assert chisquare(joint).pvalue > 1e-4
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3000), st.lists(st.sampled_from([1, -1]), min_size=0, max_size=5))
+def test_fused_masking_equals_one_key_at_a_time(d, signs):
+    keyed = [(bytes([i]) * 32, s) for i, s in enumerate(signs)]
+    x = np.arange(d, dtype=np.uint32)
+    fused, serial = x.copy(), x.copy()
+    MaskExpander(chunk_bytes=256).apply_many(fused, keyed)
+    for key, sign in keyed:
+        MaskExpander(chunk_bytes=1024).apply(serial, key, sign)
+    assert np.array_equal(fused, serial)

@@ -182,3 +182,40 @@ def test_reveals_never_carry_both_secrets_of_a_peer():
     assert revealed[names(n)[1]] == {ShareKind.PAIR_SECRET}
     assert revealed[names(n)[0]] == {ShareKind.SELF_SEED}
     assert all(len(kinds) == 1 for kinds in revealed.values())
+
+
+def test_the_documented_diagram_is_generated_from_the_table():
+    from pathlib import Path
+
+    from p2pfed.secagg.state import accepts_table
+
+    doc = (Path(__file__).parent.parent / "docs" / "secure-aggregation.md").read_text()
+    assert "```mermaid\n" + mermaid() + "```" in doc
+    assert accepts_table() in doc
+
+
+def test_no_coalition_below_threshold_rebuilds_a_peers_secrets():
+    import itertools
+
+    from p2pfed.secagg import shamir
+    from p2pfed.secagg.primitives import AgreementKeyPair
+
+    n, d = 6, 8
+    inputs = {p: np.ones(d, dtype=np.uint32) for p in names(n)}
+    run = run_cohort(SecAggConfig("c", 1, d), inputs, random_seed=8)
+    dealer = run.peers[names(n)[0]]
+    t = dealer.plan.threshold
+    assert t == 4
+    for size in range(1, n):
+        for coalition in itertools.combinations(names(n)[1:], size):
+            held = {dealer.plan.x(p): run.peers[p]._held[dealer.me] for p in coalition}
+            try:
+                seed = shamir.combine({x: h.seed_share for x, h in held.items()})
+                mask = shamir.combine({x: h.mask_share for x, h in held.items()})
+            except DataError:  # an interpolated value ≥ 2^256 is no secret at all
+                assert size < t
+                continue
+            rebuilt = seed == dealer._seed or (
+                AgreementKeyPair.from_secret(mask).public == dealer._mask.public
+            )
+            assert rebuilt == (size >= t)

@@ -15,15 +15,20 @@ broadcast); a peer dropped at MASKED_INPUT commits but never contributes its vec
 dropped at UNMASK contributes its vector but reveals nothing (or half).
 
 ``compute_results`` chooses which survivors run the (costly, identical) final unmasking;
-by default all of them.
+by default all of them. ``probe`` names one peer whose memory is measured: around each of
+its calls, the vectors it holds plus the peak of what ``tracemalloc`` sees it allocate
+(plus its own input and the incoming sum, which it holds in a real deployment).
 """
 
 from __future__ import annotations
 
 import os
+import tracemalloc
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from p2pfed.errors import ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.secagg.messages import encode
@@ -32,6 +37,8 @@ from p2pfed.secagg.primitives import Ed25519Signer, RandomBytes, UIntVector
 from p2pfed.secagg.protocol import Outgoing, SecAggPeer
 from p2pfed.secagg.state import Stage
 from p2pfed.secagg.summation import DirectMaskedSum, MaskedSum
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,7 @@ class CohortRun:
     bytes_sent: dict[str, int]
     vector_bytes: dict[str, int]
     refused: list[tuple[str, str, ReasonCode]] = field(default_factory=list)
+    probe_peak_bytes: int = 0
 
     @property
     def aborted(self) -> dict[str, tuple[ReasonCode, str]]:
@@ -95,11 +103,14 @@ def run_cohort(
     random_seed: int | None = None,
     compute_results: Collection[str] | None = None,
     tamper: Callable[[str, str, bytes], bytes] | None = None,
+    copy_inputs: bool = True,
+    probe: str | None = None,
 ) -> CohortRun:
     """Run every peer of ``inputs`` to completion; see the module docstring.
 
     ``random_seed`` makes the run reproducible (None: ``os.urandom``); ``tamper(sender,
-    recipient, data)`` may rewrite any message in flight (to test rejections).
+    recipient, data)`` may rewrite any message in flight (to test rejections);
+    ``copy_inputs=False`` lets peers mask the given arrays in place (saves memory).
     """
     drops = dict(drops or {})
     names = sorted(inputs)
@@ -118,6 +129,19 @@ def run_cohort(
     }
     run = CohortRun(peers, {}, frozenset(), set(), dict.fromkeys(names, 0), dict.fromkeys(names, 0))
     queue: deque[tuple[str, str, bytes]] = deque()
+
+    def call(name: str, step: Callable[[], T], external: int = 0) -> T:
+        if name != probe:
+            return step()
+        held = peers[name].held_bytes()
+        tracemalloc.start()
+        try:
+            out = step()
+        finally:
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        run.probe_peak_bytes = max(run.probe_peak_bytes, held + peak + external)
+        return out
 
     def emit(sender: str, outgoing: list[Outgoing]) -> None:
         drop = drops.get(sender)
@@ -140,14 +164,15 @@ def run_cohort(
             if recipient in run.dead or peers[recipient].stage is Stage.ABORTED:
                 continue
             try:
-                out = peers[recipient].receive_bytes(sender, data)
+                out = call(recipient, partial(peers[recipient].receive_bytes, sender, data))
             except RemoteProtocolError as exc:
                 run.refused.append((recipient, sender, exc.reason))
                 continue
             emit(recipient, out)
 
     for n in names:
-        emit(n, peers[n].start(inputs[n]))
+        own = 0 if copy_inputs else inputs[n].nbytes
+        emit(n, call(n, partial(peers[n].start, inputs[n], copy=copy_inputs), own))
     pre_sum = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.RECEIPTS)
     order = {stage: i for i, stage in enumerate(pre_sum)}
     while True:
@@ -158,7 +183,7 @@ def run_cohort(
         earliest = min(order[peers[n].stage] for n in waiting)
         for n in waiting:
             if order[peers[n].stage] == earliest and n not in run.dead:
-                emit(n, peers[n].deadline())
+                emit(n, call(n, peers[n].deadline))
     contributions = {
         n: peers[n].masked_vector
         for n in names
@@ -172,10 +197,11 @@ def run_cohort(
         run.survivors = survivors
         del vectors, contributions
         for n in sorted(survivors):
-            peers[n].masked_vector = None
-        for n in sorted(survivors):
             if n not in run.dead:
-                emit(n, peers[n].receive_sum(total, survivors))
+                emit(
+                    n,
+                    call(n, partial(peers[n].receive_sum, total, survivors), total.nbytes),
+                )
         del total
         pump()
     for n in names:
@@ -184,5 +210,5 @@ def run_cohort(
     wanted = set(names) if compute_results is None else set(compute_results)
     for n in names:
         if n in wanted and n not in run.dead and peers[n].stage is Stage.DONE:
-            run.results[n] = peers[n].result()
+            run.results[n] = call(n, peers[n].result)
     return run

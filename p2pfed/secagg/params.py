@@ -79,9 +79,11 @@ class CohortPlan:
     threshold: int
     min_survivors: int
 
+    index: dict[str, int] = field(repr=False)
+
     def x(self, peer: str) -> int:
         """The Shamir x coordinate of ``peer`` (1-based position in the sorted cohort)."""
-        return self.peers.index(peer) + 1
+        return self.index[peer] + 1
 
     def holders(self, peer: str) -> frozenset[str]:
         """The peers that hold shares of ``peer``'s secrets: its neighbours and itself."""
@@ -139,4 +141,5 @@ def plan_cohort(config: SecAggConfig, cohort: set[str] | frozenset[str]) -> Coho
     min_survivors = config.min_survivors if config.min_survivors is not None else threshold
     if min_survivors > n:
         raise ConfigError(f"min_survivors {min_survivors} exceeds the cohort size {n}")
-    return CohortPlan(peers, kind, neighbours, threshold, min_survivors)
+    index = {p: i for i, p in enumerate(peers)}
+    return CohortPlan(peers, kind, neighbours, threshold, min_survivors, index)

@@ -73,6 +73,7 @@ from p2pfed.secagg.primitives import (
     agree,
     commitment,
     domain,
+    mask_vector,
     pair_mask_key,
     ring_dtype,
     self_mask_key,
@@ -207,13 +208,19 @@ class SecAggPeer:
         self._needed: dict[str, ShareKind] = {}
         self._revealed: dict[tuple[str, ShareKind], dict[str, RevealedShare]] = {}
         self._reveal_seen: set[str] = set()
+        self._touched: set[str] = set()
+        self._digest = b""
         self._recovered: dict[str, bytes] = {}
         self._result: UIntVector | None = None
 
     # ----------------------------------------------------------------- public API
 
-    def start(self, words: UIntVector) -> list[Outgoing]:
-        """Begin the round with this peer's quantised input; returns the key advertisements."""
+    def start(self, words: UIntVector, *, copy: bool = True) -> list[Outgoing]:
+        """Begin the round with this peer's quantised input; returns the key advertisements.
+
+        With ``copy=False`` the peer masks ``words`` in place (it must be a writable,
+        contiguous array the caller no longer needs), saving one vector of memory.
+        """
         dtype = ring_dtype(self.config.ring_bits)
         if words.dtype != dtype or words.shape != (self.config.dimension,):
             raise DataError(
@@ -221,7 +228,9 @@ class SecAggPeer:
                 f"got {words.dtype} of shape {words.shape}"
             )
         self._move(Event.START)
-        self._input = cast(UIntVector, np.array(words, dtype=dtype, copy=True))
+        if copy or not (words.flags.writeable and words.flags.c_contiguous):
+            words = cast(UIntVector, np.array(words, dtype=dtype, copy=True))
+        self._input = words
         advert = AdvertiseKeys(
             self.config.consortium,
             self.config.round,
@@ -335,7 +344,7 @@ class SecAggPeer:
         self._needed = {v: ShareKind.SELF_SEED for v in survivors}
         self._needed |= {d: ShareKind.PAIR_SECRET for d in self.dropped}
         reveal_plan = plan_reveal(self._held, survivors, self.dropped)
-        digest = survivors_digest(self.config, survivors)
+        digest = self._digest = survivors_digest(self.config, survivors)
         shares = []
         for dealer, kind in sorted(reveal_plan.items()):
             held = self._held[dealer]
@@ -345,8 +354,13 @@ class SecAggPeer:
                 share, signature = held.mask_share, held.mask_signature
             shares.append(RevealedShare(dealer, kind, share, signature))
         reveal = Reveal(self.config.consortium, self.config.round, digest, tuple(shares))
-        self._total = cast(UIntVector, np.array(total, dtype=dtype, copy=True))
-        self.masked_vector = None
+        # The masked vector's buffer is free once summed: reuse it for the total, so a peer
+        # never holds more than its input, one working vector and the incoming sum.
+        buffer = self.masked_vector
+        if buffer is None:
+            buffer = cast(UIntVector, np.empty(self.config.dimension, dtype=dtype))
+        np.copyto(buffer, total)
+        self._total, self.masked_vector = buffer, None
         self._move(Event.SUM_RECEIVED)
         self._use_reveal(self.me, reveal)
         out = [Outgoing(peer, reveal) for peer in sorted(survivors - {self.me})]
@@ -360,15 +374,21 @@ class SecAggPeer:
             out = self._total
             self._total = None
             c, r = self.config.consortium, self.config.round
-            for v in sorted(self.survivors):
-                self._expander.apply(out, self_mask_key(self._recovered[v], c, r, v), -1)
+            removals = [
+                (self_mask_key(self._recovered[v], c, r, v), -1) for v in sorted(self.survivors)
+            ]
             for v in sorted(self.survivors):
                 for d in sorted(self._commits[v] & self.dropped):
                     secret = agree(self._recovered[d], self._adverts[v].mask_public)
-                    key = pair_mask_key(secret, c, r, v, d)
-                    self._expander.apply(out, key, -self.plan.sign(v, d))
+                    removals.append((pair_mask_key(secret, c, r, v, d), -self.plan.sign(v, d)))
+            self._expander.apply_many(out, removals)
             self._result = out
         return self._result
+
+    def held_bytes(self) -> int:
+        """Bytes of vectors this peer holds now (input, masked vector, sum, result)."""
+        arrays = {id(a): a for a in (self._input, self.masked_vector, self._total, self._result)}
+        return sum(a.nbytes for a in arrays.values() if a is not None)
 
     @property
     def done(self) -> bool:
@@ -429,9 +449,7 @@ class SecAggPeer:
                         exclude=True,
                     )
             case Reveal():
-                if self.survivors and message.survivors_digest != survivors_digest(
-                    self.config, self.survivors
-                ):
+                if self.survivors and message.survivors_digest != self._digest:
                     self._refuse(
                         sender,
                         ReasonCode.PROTOCOL_VIOLATION,
@@ -590,12 +608,16 @@ class SecAggPeer:
         assert self._input is not None
         vector, self._input = self._input, None
         c, r = self.config.consortium, self.config.round
-        self._expander.apply(vector, self_mask_key(self._seed, c, r, self.me), 1)
-        for peer in sorted(self.mask_set):
-            secret = agree(self._mask.secret, self._adverts[peer].mask_public)
-            self._expander.apply(
-                vector, pair_mask_key(secret, c, r, self.me, peer), self.plan.sign(self.me, peer)
+        pair_keys = [
+            (
+                pair_mask_key(
+                    agree(self._mask.secret, self._adverts[peer].mask_public), c, r, self.me, peer
+                ),
+                self.plan.sign(self.me, peer),
             )
+            for peer in sorted(self.mask_set)
+        ]
+        mask_vector(vector, self_mask_key(self._seed, c, r, self.me), pair_keys, self._expander)
         self.masked_vector = vector
         self._commits[self.me] = self.mask_set
         self._move(Event.RECEIPTS_COLLECTED)
@@ -647,11 +669,12 @@ class SecAggPeer:
         return None
 
     def _absorb_reveals(self) -> None:
-        for sender, message in self._inbox[MessageKind.REVEAL].items():
-            if sender in self._reveal_seen or not isinstance(message, Reveal):
-                continue
+        inbox = self._inbox[MessageKind.REVEAL]
+        for sender in inbox.keys() - self._reveal_seen:
+            message = inbox[sender]
             self._reveal_seen.add(sender)
-            self._use_reveal(sender, message)
+            if isinstance(message, Reveal):
+                self._use_reveal(sender, message)
 
     def _use_reveal(self, sender: str, message: Reveal) -> None:
         if sender not in self.survivors:
@@ -659,7 +682,7 @@ class SecAggPeer:
                 sender, ReasonCode.PROTOCOL_VIOLATION, "reveal from a non-survivor", exclude=False
             )
             return
-        if message.survivors_digest != survivors_digest(self.config, self.survivors):
+        if message.survivors_digest != self._digest:
             self._reject(
                 sender,
                 ReasonCode.PROTOCOL_VIOLATION,
@@ -678,10 +701,17 @@ class SecAggPeer:
                 return
         for share in message.shares:
             self._revealed.setdefault((share.dealer, share.kind), {})[sender] = share
+            self._touched.add(share.dealer)
 
     def _try_recover(self) -> bool:
-        """Rebuild every needed secret that has t shares; True when all are recovered."""
-        for dealer, kind in sorted(self._needed.items()):
+        """Rebuild every needed secret that has t shares; True when all are recovered.
+
+        Only dealers with new shares since the last call are looked at, so a peer does
+        O(shares) work over the whole unmask stage, not O(secrets) per message.
+        """
+        touched, self._touched = self._touched, set()
+        for dealer in sorted(touched):
+            kind = self._needed[dealer]
             while dealer not in self._recovered:
                 shares = {
                     h: s

@@ -35,11 +35,11 @@ class Stage(enum.Enum):
 class Event(enum.Enum):
     """What moves a peer from one stage to the next."""
 
-    START = "start: advertise keys"
-    KEYS_COLLECTED = "keys collected: deal shares"
-    SHARES_COLLECTED = "shares collected: send receipts"
-    RECEIPTS_COLLECTED = "receipts collected: mask input, commit mask set"
-    SUM_RECEIVED = "masked sum received: reveal shares"
+    START = "start, advertise keys"
+    KEYS_COLLECTED = "keys collected, deal shares"
+    SHARES_COLLECTED = "shares collected, send receipts"
+    RECEIPTS_COLLECTED = "receipts collected, mask input, commit mask set"
+    SUM_RECEIVED = "masked sum received, reveal shares"
     SECRETS_RECOVERED = "secrets recovered"
     ABORT = "abort"
 
@@ -95,6 +95,15 @@ def next_stage(stage: Stage, event: Event) -> Stage:
         ) from None
 
 
+def accepts_table() -> str:
+    """``ACCEPTS`` as a markdown table (stage → message kinds stored in it)."""
+    rows = ["| stage | message kinds accepted (buffered until their stage) |", "|---|---|"]
+    for stage, kinds in ACCEPTS.items():
+        names = ", ".join(k.name for k in sorted(kinds)) or "none"
+        rows.append(f"| {stage.value} | {names} |")
+    return "\n".join(rows) + "\n"
+
+
 def mermaid() -> str:
     """The transition table as a mermaid ``stateDiagram-v2``."""
     lines = ["stateDiagram-v2", f"    [*] --> {Stage.IDLE.value}"]
@@ -105,6 +114,6 @@ def mermaid() -> str:
         else:
             lines.append(f"    {stage.value} --> {target.value}: {event.value}")
     for stage_name in aborting:
-        lines.append(f"    {stage_name} --> {Stage.ABORTED.value}: abort (reason code)")
+        lines.append(f"    {stage_name} --> {Stage.ABORTED.value}: abort with a reason code")
     lines += [f"    {Stage.DONE.value} --> [*]", f"    {Stage.ABORTED.value} --> [*]"]
     return "\n".join(lines) + "\n"

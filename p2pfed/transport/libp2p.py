@@ -56,6 +56,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
@@ -66,8 +67,10 @@ from p2pfed.transport.libp2p_logging import route_libp2p_logging
 log = logging.getLogger(__name__)
 
 SEED_BYTES = 32
-YAMUX_MAX_FRAME_PAYLOAD = 65_524
-"""The most payload py-libp2p's Yamux puts in one frame (64 KiB minus its 12-byte header)."""
+YAMUX_INITIAL_WINDOW = 256 * 1024
+YAMUX_HEADER_BYTES = 12
+YAMUX_MAX_FRAME_PAYLOAD = YAMUX_INITIAL_WINDOW - YAMUX_HEADER_BYTES
+"""The most payload our Yamux frames carry (py-libp2p's own sender stops at 65,524 B)."""
 
 ACCEPT = b"\x01"
 REFUSE = b"\x00"
@@ -78,6 +81,20 @@ DEFAULT_ADMISSION_TIMEOUT = 10.0
 
 PeerAddrs = Mapping[str, str | Sequence[str]]
 """Where peers listen: peer ID → one multiaddr or several (``/ip4/10.0.0.2/tcp/4001``)."""
+
+
+def _use_large_yamux_frames() -> None:
+    """Let py-libp2p's Yamux sender put up to 256 KiB in one DATA frame instead of 64 KiB.
+
+    py-libp2p spends most of a bulk transfer in per-frame Python work on both ends (locks,
+    header parsing, buffer bookkeeping, a window update per read); four times fewer frames
+    roughly doubled measured throughput. Yamux bounds a frame only by the receiver's window, and
+    256 KiB is the window every stream starts with, so any Yamux receiver must accept it (the
+    sender still never exceeds the window it was granted). Noise still splits each frame into
+    messages of at most 65,519 B. This sets a module constant of py-libp2p, so it applies to
+    every py-libp2p Yamux connection of this process.
+    """
+    yamux_module.MAX_MESSAGE_SIZE = YAMUX_INITIAL_WINDOW
 
 
 def _gate_allows(gate: PeerGate, peer: str) -> bool:
@@ -303,6 +320,7 @@ class Libp2pTransport(Transport):
         if self._exit_stack is not None or self._closed:
             raise ClosedError("a Libp2pTransport can be entered only once")
         route_libp2p_logging()
+        _use_large_yamux_frames()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:

@@ -269,9 +269,9 @@ def _check_prefix(buf: bytes | bytearray, limits: Limits) -> int | None:
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 
 
-def _decode_text(raw: bytes, what: str) -> str:
+def _decode_text(raw: bytes | memoryview, what: str) -> str:
     try:
-        text = raw.decode("utf-8")
+        text = str(raw, "utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(
             ReasonCode.MALFORMED, f"frame {what} is not valid UTF-8"
@@ -283,22 +283,24 @@ def _decode_text(raw: bytes, what: str) -> str:
     return text
 
 
-def _parse_frame(data: bytes, limits: Limits) -> Frame:
-    """Build the frame held whole in ``data`` (its header already checked)."""
-    _, version, ftype, c_len, s_len, rnd, seq, p_len = _HEADER.unpack_from(data)
-    start = HEADER_SIZE
-    consortium = _decode_text(data[start : start + c_len], "consortium id")
-    start += c_len
-    sender = _decode_text(data[start : start + s_len], "sender")
-    start += s_len
-    return Frame(
-        FrameType(ftype),
-        consortium,
-        rnd,
-        sender,
-        seq,
-        data[start : start + p_len],
-        version=version,
+def _frame_from_parts(
+    header: bytes | bytearray | memoryview, strings: bytes | memoryview, payload: bytes
+) -> Frame:
+    """Build a frame from its checked header, its two strings and its payload."""
+    _, version, ftype, c_len, _, rnd, seq, _ = _HEADER.unpack_from(header)
+    strings = memoryview(strings)
+    consortium = _decode_text(strings[:c_len], "consortium id")
+    sender = _decode_text(strings[c_len:], "sender")
+    return Frame(FrameType(ftype), consortium, rnd, sender, seq, payload, version=version)
+
+
+def _parse_frame(data: memoryview, size: int) -> Frame:
+    """Build the frame at the start of ``data`` (its header checked, ``size`` bytes long)."""
+    c_len, s_len = data[_OFF_CONSORTIUM_LEN], data[_OFF_SENDER_LEN]
+    body = HEADER_SIZE + c_len + s_len
+    # One copy of the payload, straight out of the receive buffer.
+    return _frame_from_parts(
+        bytes(data[:HEADER_SIZE]), bytes(data[HEADER_SIZE:body]), bytes(data[body:size])
     )
 
 
@@ -312,7 +314,10 @@ class FrameDecoder:
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
+        # Frames are consumed by advancing _pos; the consumed prefix is dropped only when it
+        # is at least half the buffer, so many frames fed at once cost linear time.
         self._buf = bytearray()
+        self._pos = 0
         self._frame_size: int | None = None
         self._error: RemoteProtocolError | None = None
 
@@ -324,12 +329,15 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes fed but not yet returned as frames."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes; raises the decoder's earlier error if it has failed."""
         if self._error is not None:
             raise self._error
+        if self._pos and 2 * self._pos >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
 
     def needed(self) -> int:
@@ -339,15 +347,16 @@ class FrameDecoder:
         """
         size = self._current_size()
         if size is None:
-            return HEADER_SIZE - len(self._buf)
-        return max(size - len(self._buf), 0)
+            return HEADER_SIZE - self.buffered
+        return max(size - self.buffered, 0)
 
     def _current_size(self) -> int | None:
         if self._error is not None:
             raise self._error
         if self._frame_size is None:
+            head = bytes(self._buf[self._pos : self._pos + HEADER_SIZE])
             try:
-                self._frame_size = _check_prefix(self._buf, self._limits)
+                self._frame_size = _check_prefix(head, self._limits)
             except RemoteProtocolError as exc:
                 self._error = exc
                 raise
@@ -360,15 +369,18 @@ class FrameDecoder:
         that the decoder stays failed.
         """
         size = self._current_size()
-        if size is None or len(self._buf) < size:
+        if size is None or self.buffered < size:
             return None
-        data = bytes(self._buf[:size])
         try:
-            frame = _parse_frame(data, self._limits)
+            with memoryview(self._buf) as view:
+                frame = _parse_frame(view[self._pos :], size)
         except RemoteProtocolError as exc:
             self._error = exc
             raise
-        del self._buf[:size]
+        self._pos += size
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
         self._frame_size = None
         return frame
 
@@ -376,10 +388,10 @@ class FrameDecoder:
         """Declare end of input; raises ``RemoteProtocolError`` if a frame was cut short."""
         if self._error is not None:
             raise self._error
-        if self._buf:
+        if self.buffered:
             self._error = RemoteProtocolError(
                 ReasonCode.MALFORMED,
-                f"stream ended inside a frame ({len(self._buf)} bytes of an incomplete frame)",
+                f"stream ended inside a frame ({self.buffered} bytes of an incomplete frame)",
             )
             raise self._error
 

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import math
 
+import numpy as np
 import numpy.typing as npt
 import trio
 
@@ -41,13 +42,15 @@ from p2pfed.errors import (
 )
 from p2pfed.transport.base import Stream
 from p2pfed.wire.frames import (
+    _OFF_CONSORTIUM_LEN,
+    _OFF_SENDER_LEN,
     DEFAULT_LIMITS,
     HEADER_SIZE,
     Frame,
     FrameType,
     Limits,
     _check_prefix,
-    _parse_frame,
+    _frame_from_parts,
     decode_ack,
     decode_reject,
     encode_ack,
@@ -59,7 +62,7 @@ from p2pfed.wire.tensor import (
     Tensor,
     array_from_raw,
     check_finite,
-    tensor_bytes,
+    tensor_view,
 )
 
 DEFAULT_TIMEOUT = 30.0
@@ -166,8 +169,11 @@ async def read_frame(
             header += data
             total = _check_prefix(header, limits)
         assert total is not None  # a whole header always yields the frame size
-        body = await _receive_exactly(stream, total - HEADER_SIZE, timeout)
-        frame = _parse_frame(bytes(header) + body, limits)
+        string_len = header[_OFF_CONSORTIUM_LEN] + header[_OFF_SENDER_LEN]
+        strings = await _receive_exactly(stream, string_len, timeout)
+        # Read apart from the strings so a one-part payload is used without a copy.
+        payload = await _receive_exactly(stream, total - HEADER_SIZE - string_len, timeout)
+        frame = _frame_from_parts(header, strings, payload)
     except RemoteProtocolError as exc:
         raise _blame(exc, stream) from None
     if check_sender and frame.sender != stream.remote_peer:
@@ -200,13 +206,14 @@ async def send_tensor(
     """Send ``array`` in chunks and wait until the receiver has acknowledged every chunk.
 
     Frames use sequence numbers ``seq`` (the header), ``seq + 1``, ... (the chunks);
-    returns the next unused sequence number.
+    returns the next unused sequence number. A contiguous little-endian array is sent from
+    its own memory without a full copy, so do not modify it until this returns.
 
     Raises ``DataError`` (unsupported array), ``LocalProtocolError`` (chunk size or window
     beyond ``limits``), ``RejectedByPeer``, ``RemoteProtocolError`` (a bad ACK),
     ``ReadTimeout`` / ``BrokenError``.
     """
-    header, raw = tensor_bytes(array)
+    header, raw = tensor_view(array)
     if chunk_bytes > limits.max_payload or window > limits.max_ack_window:
         raise LocalProtocolError(
             f"chunk size {chunk_bytes} and window {window} must be at most "
@@ -248,9 +255,9 @@ async def send_tensor(
             while i - acked >= 2 * window:
                 acked = await wait_ack(acked, i)
             start = i * chunk_bytes
-            chunk = raw[start : start + chunk_bytes]
+            chunk = bytes(raw[start : start + chunk_bytes])
             await write_frame(stream, frame(FrameType.TENSOR_CHUNK, 1 + i, chunk), limits, timeout)
-    except RejectedByPeer:
+    except (RejectedByPeer, ReadTimeout):
         raise
     except BrokenError as exc:
         # A receiver that refuses the tensor sends REJECT and closes: our next write breaks,
@@ -333,8 +340,9 @@ async def receive_tensor(
             )
         plan = ChunkedTensorHeader.decode(first.payload, limits)
         plan.header.check_expected(expected_shape, expected_dtype)
-        buf = bytearray(plan.header.nbytes)
-        view = memoryview(buf)
+        # np.empty leaves pages untouched until the chunks are copied in: no memset.
+        buf = np.empty(plan.header.nbytes, dtype=np.uint8)
+        view = buf.data
         hasher = hashlib.sha256()
         n = plan.n_chunks
         offset = 0

@@ -226,10 +226,11 @@ class ChunkedTensorHeader:
         return cls(header, chunk_bytes, window)
 
 
-def tensor_bytes(array: Tensor) -> tuple[TensorHeader, bytes]:
-    """The header and raw little-endian C-order bytes of ``array``.
+def tensor_view(array: Tensor) -> tuple[TensorHeader, memoryview]:
+    """The header and a flat byte view of ``array``'s little-endian C-order elements.
 
-    Raises ``DataError`` for an unsupported dtype or a non-array.
+    No copy when the array is already contiguous and little-endian. Raises ``DataError``
+    for an unsupported dtype or a non-array.
     """
     if not isinstance(array, np.ndarray):
         raise DataError(f"expected a numpy array, not {type(array).__name__}")
@@ -237,15 +238,21 @@ def tensor_bytes(array: Tensor) -> tuple[TensorHeader, bytes]:
     if array.ndim > 255:
         raise DataError(f"tensor has {array.ndim} dimensions; at most 255 can be sent")
     little = np.ascontiguousarray(array, dtype=np.dtype(name).newbyteorder("<"))
-    raw = little.tobytes()
+    raw = little.reshape(-1).view(np.uint8).data
     header = TensorHeader(name, tuple(int(d) for d in array.shape), hashlib.sha256(raw).digest())
     return header, raw
 
 
+def tensor_bytes(array: Tensor) -> tuple[TensorHeader, bytes]:
+    """The header and raw little-endian C-order bytes of ``array`` (see ``tensor_view``)."""
+    header, raw = tensor_view(array)
+    return header, bytes(raw)
+
+
 def encode_tensor(array: Tensor) -> bytes:
     """One payload holding ``array``: header, then its raw little-endian bytes."""
-    header, raw = tensor_bytes(array)
-    return header.encode() + raw
+    header, raw = tensor_view(array)
+    return b"".join((header.encode(), raw))
 
 
 def check_finite(array: Tensor) -> None:
@@ -254,7 +261,7 @@ def check_finite(array: Tensor) -> None:
         raise RemoteProtocolError(ReasonCode.NON_FINITE, "tensor holds NaN or infinite values")
 
 
-def array_from_raw(header: TensorHeader, raw: bytes | bytearray) -> Tensor:
+def array_from_raw(header: TensorHeader, raw: bytes | bytearray | npt.NDArray[np.uint8]) -> Tensor:
     """Turn verified raw bytes into an array in native byte order (writable if ``raw`` is)."""
     little = np.frombuffer(raw, dtype=np.dtype(header.dtype).newbyteorder("<"))
     native = little if little.dtype.isnative else little.astype(np.dtype(header.dtype))
