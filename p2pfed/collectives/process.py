@@ -324,21 +324,24 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
                 "head": [float(v) for v in result.vector[:4]],
             }
         elif kind == "round":
+            from p2pfed.collectives.agreement import AgreementTiming
+            from p2pfed.collectives.ring_driver import RingConfig
             from p2pfed.collectives.round import RingRound
 
-            runner = (
-                RingRound(
-                    self.transport,
-                    self.consortium,
-                    1,
-                    self.peers,
-                    self.cohort_signer,
-                    timing=self.timing,
-                    ring_config=self.ring_config,
-                    fault=self._fault(task),
-                )
-                if "round" not in self._services
-                else self._services["round"]
+            timing = AgreementTiming(
+                collect_window=float(task.get("collect_window", 3.0)),
+                takeover_timeout=float(task.get("takeover_timeout", 8.0)),
+                commit_timeout=30.0,
+            )
+            runner = self._services.get("round") or RingRound(
+                self.transport,
+                self.consortium,
+                1,
+                self.peers,
+                self.cohort_signer,
+                timing=timing,
+                ring_config=RingConfig(timeout=float(task.get("ring_timeout", 10.0))),
+                fault=self._fault(task),
             )
             self._services["round"] = runner
             outcome = await runner.all_reduce(task_vector(task, self.index), int(task["round"]))

@@ -105,10 +105,15 @@ class ControlService:
             del self._finished[old]
 
     async def send(self, peer: str, message: Message) -> None:
-        """Deliver one message, best effort: a peer we cannot reach is the protocol's problem."""
+        """Deliver one message, best effort: a peer we cannot reach is the protocol's problem.
+
+        Opening the stream is retried with backoff until the timeout (a first dial can lose a
+        race with the peer dialling us); once the message may have left it is never resent,
+        so a receiver sees each message at most once.
+        """
         try:
             with trio.fail_after(self.timeout):
-                stream = await self.transport.open_stream(peer, self.protocol)
+                stream = await self._open(peer)
                 async with stream:
                     out = MessageStream(stream, self.consortium, self.transport.local_peer)
                     await out.send(message)
@@ -118,6 +123,15 @@ class ControlService:
                         pass
         except (trio.TooSlowError, BrokenError, ClosedError, RemoteProtocolError) as exc:
             log.info("control: %s to %s not delivered: %s", type(message).__name__, peer, exc)
+
+    async def _open(self, peer: str) -> Stream:
+        delay = 0.05
+        while True:
+            try:
+                return await self.transport.open_stream(peer, self.protocol)
+            except BrokenError:
+                await trio.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     async def _handle(self, stream: Stream) -> None:
         peer = stream.remote_peer
