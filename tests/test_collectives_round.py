@@ -215,3 +215,26 @@ def test_protocol_doc_diagrams_match_the_transition_tables() -> None:
     text = doc.read_text(encoding="utf-8")
     assert text.count("```mermaid") == 3
     assert render_document(text) == text
+
+
+async def test_slow_peer_mid_ring_times_out_the_attempt_and_rejoins_the_retry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    peers = [f"p{i}" for i in range(4)]
+    vectors = vectors_for(peers)
+    # p1 stalls past the ring timeout once; silence is no evidence, so it is not excluded.
+    plan = FaultPlan(Fault.DELAY, at=2, delay=RING.timeout * 3)
+    outcomes = await run_peers(peers, vectors, [0], faults={"p1": plan})
+    for p in peers:
+        got = outcomes[p][0]
+        assert isinstance(got, RoundOutcome) and got.committed, got
+        assert got.attempts == 2 and got.cohort == tuple(peers)
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result.vector, total(vectors, peers))
+    timeouts = [
+        e
+        for p in peers
+        for e in outcomes[p][0].exclusions  # type: ignore[union-attr]
+        if e.reason is ReasonCode.TIMEOUT
+    ]
+    assert any(e.peer == "p1" for e in timeouts)

@@ -230,6 +230,7 @@ class RingRound:
             max_attempts=self.max_attempts,
         )
         mailbox = self.control.open_round(round)
+        seen = (len(self.ring.exclusions), len(self.control.exclusions))
         events_in, events = trio.open_memory_channel[tuple[Any, ...]](math.inf)
         results: dict[int, RingResult] = {}
         scopes: dict[int, trio.CancelScope] = {}
@@ -294,5 +295,7 @@ class RingRound:
             results.get(agreement.attempt) if committed else None,
             agreement.cohort if committed else None,
             agreement.attempt + 1,
-            agreement.exclusions + self.ring.exclusions + self.control.exclusions,
+            agreement.exclusions
+            + self.ring.exclusions[seen[0] :]
+            + self.control.exclusions[seen[1] :],
         )
