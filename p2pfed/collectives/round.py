@@ -149,6 +149,14 @@ class ControlService:
         if round in self._finished:
             agreement = self._finished[round]
             if not isinstance(message, Ready):
+                self.exclusions.append(
+                    Exclusion(
+                        round,
+                        peer,
+                        ReasonCode.WRONG_ROUND,
+                        f"{type(message).__name__} for round {round}, which is over here",
+                    )
+                )
                 return []
             actions = agreement.receive(peer, message, trio.current_time())
             return [a for a in actions if isinstance(a, Send)]
