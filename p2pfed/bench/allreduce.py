@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                         "seed": round_number,
                         "chunk_bytes": args.chunk_kb * 1024,
                     }
+                    group.run({"kind": "prepare", "task": task}, timeout=600)
                     results = group.run(task, timeout=600)
                     if any(r is None for r in results):
                         raise BrokenError(f"a peer died during the all-reduce at n={n}")
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
                             "dtype": "uint32",
                             "seed": round_number,
                         }
+                        group.run({"kind": "prepare", "task": task}, timeout=600)
                         results = group.run(task, timeout=600)
                         if any(r is None or not r["ok"] for r in results):
                             raise BrokenError(f"a secure round failed at n={n}, M={mb} MB")

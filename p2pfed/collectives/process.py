@@ -291,7 +291,13 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         self.consortium = "process-group"
         self.ring = RingService(transport, self.consortium, accept_timeout=30.0)
         self._services: dict[str, Any] = {}
+        self._prepared: dict[tuple[int, int, str], npt.NDArray[Any]] = {}
         transport.serve(BANDWIDTH_PROTOCOL, self._serve_bandwidth)
+
+    def _vector(self, task: Mapping[str, Any]) -> npt.NDArray[Any]:
+        key = (int(task["seed"]), int(task["words"]), str(task.get("dtype", "float32")))
+        cached = self._prepared.pop(key, None)
+        return cached if cached is not None else task_vector(task, self.index)
 
     def _fault(self, task: Mapping[str, Any]) -> Any:
         from p2pfed.collectives.faults import Fault, FaultPlan
@@ -306,11 +312,18 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         kind = task["kind"]
         start = trio.current_time()
         out: Result = {"task": kind, "peer": self.me, "index": self.index}
-        if kind == "ring":
+        if kind == "prepare":
+            # Draw the vector of the task that follows now, so peers start it together: a
+            # peer still drawing 64 MB while its predecessor streams to it would stall the
+            # stream (py-libp2p's Yamux resets a stream whose reader pauses for 5 s).
+            inner = dict(task["task"])
+            key = (int(inner["seed"]), int(inner["words"]), str(inner.get("dtype", "float32")))
+            self._prepared[key] = task_vector(inner, self.index)
+        elif kind == "ring":
             from p2pfed.collectives.ring import ring_order
             from p2pfed.collectives.ring_driver import RingConfig
 
-            vector = task_vector(task, self.index)
+            vector = self._vector(task)
             order = ring_order(self.consortium, 1, int(task["round"]), self.peers)
             self.ring.fault = self._fault(task)
             config = RingConfig(chunk_bytes=int(task.get("chunk_bytes", 256 * 1024)), timeout=30)
@@ -344,7 +357,7 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
                 fault=self._fault(task),
             )
             self._services["round"] = runner
-            outcome = await runner.all_reduce(task_vector(task, self.index), int(task["round"]))
+            outcome = await runner.all_reduce(self._vector(task), int(task["round"]))
             out |= {
                 "phase": outcome.phase.value,
                 "cohort": list(outcome.cohort or ()),
@@ -367,7 +380,7 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
                 fault=self._fault(task),
             )
             self._services["secure"] = secure
-            words = task_vector(task, self.index)
+            words = self._vector(task)
             secure_outcome = await secure.aggregate(words, int(task["round"]))
             out |= {
                 "ok": secure_outcome.ok,
@@ -384,7 +397,7 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
             import topologies
 
             topo = topologies.build(task["topology"], len(self.peers))
-            x = task_vector(task, self.index).astype(np.float64)
+            x = self._vector(task).astype(np.float64)
             service = self._services.get(kind)
             if service is None:
                 if kind == "gossip":
