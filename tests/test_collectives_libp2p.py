@@ -84,6 +84,12 @@ def test_gossip_rounds_apply_the_mixing_matrix(group: ProcessGroup, kind: str) -
         np.testing.assert_allclose(r["vector"], x[i], atol=tolerance)
 
 
+def test_bare_ring_after_agreement_rounds_shares_the_ring_service(group: ProcessGroup) -> None:
+    task = {"kind": "ring", "round": 50, "words": 30_000, "dtype": "uint32", "seed": 16}
+    for r in group.run(task, timeout=60):
+        assert r is not None and r["digest"] == digest(expected_sum(task, list(range(N))))
+
+
 def test_peer_process_killed_mid_all_reduce_survivors_commit_their_sum() -> None:
     task = {
         "kind": "round",

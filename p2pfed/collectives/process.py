@@ -294,6 +294,27 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         self._prepared: dict[tuple[int, int, str], npt.NDArray[Any]] = {}
         transport.serve(BANDWIDTH_PROTOCOL, self._serve_bandwidth)
 
+    def _ring_round(self, timing: Any, ring_config: Any, task: Mapping[str, Any]) -> Any:
+        # One transport serves each protocol once: every ring user shares one RingService
+        # and one RingRound (the first task that needs it fixes its timing).
+        from p2pfed.collectives.round import RingRound
+
+        runner = self._services.get("round")
+        if runner is None:
+            runner = RingRound(
+                self.transport,
+                self.consortium,
+                1,
+                self.peers,
+                self.cohort_signer,
+                timing=timing,
+                ring_config=ring_config,
+                fault=self._fault(task),
+                ring=self.ring,
+            )
+            self._services["round"] = runner
+        return runner
+
     def _vector(self, task: Mapping[str, Any]) -> npt.NDArray[Any]:
         key = (int(task["seed"]), int(task["words"]), str(task.get("dtype", "float32")))
         cached = self._prepared.pop(key, None)
@@ -339,24 +360,15 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         elif kind == "round":
             from p2pfed.collectives.agreement import AgreementTiming
             from p2pfed.collectives.ring_driver import RingConfig
-            from p2pfed.collectives.round import RingRound
 
             timing = AgreementTiming(
                 collect_window=float(task.get("collect_window", 3.0)),
                 takeover_timeout=float(task.get("takeover_timeout", 8.0)),
                 commit_timeout=30.0,
             )
-            runner = self._services.get("round") or RingRound(
-                self.transport,
-                self.consortium,
-                1,
-                self.peers,
-                self.cohort_signer,
-                timing=timing,
-                ring_config=RingConfig(timeout=float(task.get("ring_timeout", 10.0))),
-                fault=self._fault(task),
+            runner = self._ring_round(
+                timing, RingConfig(timeout=float(task.get("ring_timeout", 10.0))), task
             )
-            self._services["round"] = runner
             outcome = await runner.all_reduce(self._vector(task), int(task["round"]))
             out |= {
                 "phase": outcome.phase.value,
@@ -369,15 +381,13 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
 
             secure = self._services.get("secure") or SecureRingRound(
                 self.transport,
-                self.consortium + "-secure",
+                self.consortium,
                 1,
                 self.keys,
                 self.signer,
                 self.cohort_signer,
-                timing=self.timing,
-                ring_config=self.ring_config,
                 stage_timeout=20.0,
-                fault=self._fault(task),
+                ring_round=self._ring_round(self.timing, self.ring_config, task),
             )
             self._services["secure"] = secure
             words = self._vector(task)

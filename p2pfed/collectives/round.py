@@ -36,7 +36,13 @@ from p2pfed.collectives.faults import Exclusion, FaultPlan
 from p2pfed.collectives.messages import Message, Ready
 from p2pfed.collectives.ring import ring_order
 from p2pfed.collectives.ring_driver import RingConfig, RingResult, RingService
-from p2pfed.errors import BrokenError, ClosedError, ReasonCode, RemoteProtocolError
+from p2pfed.errors import (
+    BrokenError,
+    ClosedError,
+    LocalProtocolError,
+    ReasonCode,
+    RemoteProtocolError,
+)
 from p2pfed.transport.base import Stream, Transport
 
 log = logging.getLogger(__name__)
@@ -207,7 +213,14 @@ class RingRound:
         ring_config: RingConfig | None = None,
         fault: FaultPlan | None = None,
         max_attempts: int = 8,
+        ring: RingService | None = None,
     ) -> None:
+        """``ring``: an existing ``RingService`` of this transport to share.
+
+        A transport serves each protocol once (a second ``serve`` replaces the first), so
+        everything that runs rings on one transport must share one ``RingService``, and one
+        transport holds at most one ``RingRound``.
+        """
         self.consortium = consortium
         self.roster_version = roster_version
         self.members = tuple(members)
@@ -215,10 +228,18 @@ class RingRound:
         self.timing = timing or AgreementTiming()
         self.ring_config = ring_config or RingConfig()
         self.max_attempts = max_attempts
+        if ring is not None and (ring.transport is not transport or ring.consortium != consortium):
+            raise LocalProtocolError(
+                "a shared RingService must use the same transport and consortium"
+            )
         self.control = ControlService(transport, consortium, timeout=self.timing.collect_window)
-        self.ring = RingService(
-            transport, consortium, accept_timeout=self.ring_config.timeout, fault=fault
-        )
+        if ring is None:
+            ring = RingService(
+                transport, consortium, accept_timeout=self.ring_config.timeout, fault=fault
+            )
+        elif fault is not None:
+            ring.fault = fault
+        self.ring = ring
         self.me = transport.local_peer
 
     async def all_reduce(self, vector: npt.NDArray[Any], round: int) -> RoundOutcome:

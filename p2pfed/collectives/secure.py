@@ -184,7 +184,9 @@ class SecureRingRound:
         stage_timeout: float = 5.0,
         fault: FaultPlan | None = None,
         random_bytes: RandomBytes = os.urandom,
+        ring_round: RingRound | None = None,
     ) -> None:
+        """``ring_round``: the transport's existing ``RingRound`` to share (see RingRound)."""
         if stage_timeout <= 0:
             raise LocalProtocolError(f"stage_timeout {stage_timeout} must be positive")
         self.consortium = consortium
@@ -193,7 +195,9 @@ class SecureRingRound:
         self.stage_timeout = stage_timeout
         self.random_bytes = random_bytes
         members: Sequence[str] = sorted(identities)
-        self.ring_round = RingRound(
+        if ring_round is not None and ring_round.consortium != consortium:
+            raise LocalProtocolError("a shared RingRound must belong to the same consortium")
+        self.ring_round = ring_round or RingRound(
             transport,
             consortium,
             roster_version,
