@@ -157,8 +157,12 @@ def run(args: argparse.Namespace) -> int:
                         results = group.run(
                             task | {"start_at": time.monotonic() + _START_DELAY}, timeout=600
                         )
-                        if any(r is None or not r["ok"] for r in results):
-                            raise BrokenError(f"a secure round failed at n={n}, M={mb} MB")
+                        if any(
+                            r is None or not r["ok"] or len(r["survivors"]) != n for r in results
+                        ):
+                            raise BrokenError(
+                                f"a secure round failed or lost a peer at n={n}, M={mb} MB"
+                            )
                         secure_best = min(
                             secure_best, max(float(r["time_s"]) for r in results if r)
                         )
