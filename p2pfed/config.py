@@ -19,7 +19,7 @@ from p2pfed.training.models import BUILTIN_MODELS
 from p2pfed.training.trainer import OPTIMIZERS
 
 MODES = ("ring", "gossip")
-PRIVACY_MODES = ("distributed", "local", "off")
+PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
 ACCOUNTANTS = ("pld", "rdp")
 
 
@@ -119,6 +119,24 @@ class SchemaSection:
     labels: tuple[int, ...] = (0, 1)
     types: tuple[str, ...] = ()
     label_distribution: tuple[float, ...] = ()
+    center: tuple[float, ...] = ()
+    """Agreed per-feature centre for standardisation; empty: each node uses its own mean."""
+    scale: tuple[float, ...] = ()
+    """Agreed per-feature scale; empty: each node uses its own standard deviation."""
+
+    def validate(self) -> None:
+        check(
+            len(self.center) == len(self.scale),
+            "[schema] scale",
+            "must have one entry per center entry",
+        )
+        check(all(s > 0 for s in self.scale), "[schema] scale", "entries must be positive")
+        if self.features and self.center:
+            check(
+                len(self.center) == len(self.features),
+                "[schema] center",
+                "needs one entry per feature",
+            )
 
 
 @dataclass(frozen=True)
@@ -160,6 +178,10 @@ class PrivacySection:
     mode: str = "distributed"
     clip_norm: float = 1.0
     noise_multiplier: float = 1.0
+    sample_rate: float = 1.0
+    """dp-sgd: Poisson rate of each local step (expected batch = rate × local rows)."""
+    steps_per_round: int = 1
+    """For reports' "rounds left": accountant steps one release composes (dp-sgd: local steps)."""
     delta: float = 1e-5
     epsilon_budget: float = 10.0
     accountant: str = "pld"
@@ -169,6 +191,8 @@ class PrivacySection:
         check(self.mode in PRIVACY_MODES, "[privacy] mode", f"must be one of {PRIVACY_MODES}")
         check(self.clip_norm > 0, "[privacy] clip_norm", "must be positive")
         check(self.noise_multiplier > 0, "[privacy] noise_multiplier", "must be positive")
+        check(0 < self.sample_rate <= 1, "[privacy] sample_rate", "must be in (0, 1]")
+        check(self.steps_per_round >= 1, "[privacy] steps_per_round", "must be ≥ 1")
         check(0 < self.delta < 1, "[privacy] delta", f"must be in (0, 1), not {self.delta}")
         check(self.epsilon_budget > 0, "[privacy] epsilon_budget", "must be positive")
         check(
@@ -295,9 +319,11 @@ fedprox_mu = 0.0               # > 0 adds (mu/2)|w - w_global|^2 against client 
 personal_prefixes = []         # parameter-name prefixes that never leave this node
 
 [privacy]
-mode = "distributed"           # distributed, local, or off
-clip_norm = 1.0                # L2 bound S on each update
+mode = "distributed"           # distributed, local, dp-sgd (per patient), or off
+clip_norm = 1.0                # L2 bound S on each update (dp-sgd: on each example's gradient)
 noise_multiplier = 1.0         # sigma: noise std is sigma * S (split across members)
+sample_rate = 1.0              # dp-sgd: Poisson rate of each local step
+steps_per_round = 1            # for `privacy report`: dp-sgd local steps per round
 delta = 1e-5
 epsilon_budget = 10.0          # the node refuses any release past this
 accountant = "pld"             # pld (tightest) or rdp

@@ -498,6 +498,11 @@ class Libp2pTransport(Transport):
             if not addrs:
                 raise BrokenError(f"peer {peer} is unreachable: no address is known for it")
             self._noise.authenticated.discard(peer)
+            # libp2p blocks a peer for 60 s after a failed dial ("negative cache"); a member
+            # that restarts must be reachable at once, and our own timeouts bound each dial.
+            unblock = getattr(self._host.get_network(), "unblock_peer", None)
+            if unblock is not None:
+                unblock(peer_id)
             try:
                 with trio.fail_after(self._connect_timeout):
                     await self._host.connect(PeerInfo(peer_id, list(addrs)))

@@ -1,0 +1,242 @@
+"""``Peer``: one institution's participant, composed of small parts.
+
+Theory of operation: a round is train → privatise → aggregate → apply. The peer starts from
+the consortium's shared weights after round r−1, trains locally (``LocalTrainer``), hands
+its update to the privacy layer (``PrivateReleaser``: clip, record the spend durably in the
+ledger, then noise — nothing leaves before the ledger says yes), then to the ``Aggregator``
+(secure ring by default), and applies the mean update it gets back. After each committed
+round the model is checkpointed atomically, so a restarted peer resumes where it stopped.
+
+A peer that misses a round (it crashed, came late, or was left out) asks the other members
+for the newest model (``ModelSync``) and joins the next round from there. Round numbers only
+go forward: a round that failed for everyone is not re-run under the same number (its
+secure-aggregation session and privacy record are spent), the next number starts from the
+same weights. ``model_round`` is the round the weights are from; ``next_round`` the next to
+attempt. Every part is
+injected, so the same class runs in the daemon over libp2p and in tests over the in-memory
+transport; nothing here knows which.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trio
+from numpy.typing import NDArray
+
+from p2pfed.errors import P2PFedError
+from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
+from p2pfed.node.sync import ModelSync, weights_digest
+from p2pfed.privacy.release import PrivateReleaser
+from p2pfed.training.data import Dataset
+from p2pfed.training.trainer import LocalTrainer
+from p2pfed.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one round did at this peer."""
+
+    round: int
+    committed: bool
+    contributors: int
+    train_loss: float
+    test_accuracy: float
+    test_loss: float
+    epsilon: float | None
+    bytes_sent: int
+    duration_s: float
+    model_digest: str
+    reason: str = ""
+    exclusions: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Peer:
+    """A federated-learning participant; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        consortium: str,
+        members: Sequence[str],
+        trainer: LocalTrainer,
+        train: Dataset,
+        test: Dataset,
+        aggregator: Aggregator,
+        releaser: PrivateReleaser | None,
+        state_dir: str | Path,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.consortium = consortium
+        self.members = tuple(sorted(members))
+        self.trainer = trainer
+        self.train = train
+        self.test = test
+        self.aggregator = aggregator
+        self.releaser = releaser
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.model_round = -1
+        self.next_round = 0
+        self.weights = trainer.shared_weights()
+        self.bytes_sent = 0
+        self.sync = ModelSync(transport, consortium, self._current, self.weights.size)
+        self._resume()
+
+    @property
+    def me(self) -> str:
+        """This peer's ID."""
+        return self.transport.local_peer
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the model after the last completed round is kept."""
+        return self.state_dir / CHECKPOINT
+
+    def _current(self) -> tuple[int, NDArray[np.float32]]:
+        return self.model_round, self.weights
+
+    def _resume(self) -> None:
+        if self.checkpoint_path.exists():
+            self.model_round, extra = self.trainer.load_checkpoint(self.checkpoint_path)
+            self.weights = self.trainer.shared_weights()
+            self.bytes_sent = int(extra.get("bytes_sent", 0))
+            self.next_round = max(self.model_round + 1, int(extra.get("next_round", 0)))
+            log.info("resumed from checkpoint after round %d", self.model_round)
+
+    def _save(self) -> None:
+        extra = {"bytes_sent": self.bytes_sent, "next_round": self.next_round}
+        self.trainer.save_checkpoint(self.checkpoint_path, self.model_round, extra)
+
+    def _adopt(self, round_: int, weights: NDArray[np.float32]) -> None:
+        self.trainer.load_shared(weights)
+        self.weights = self.trainer.shared_weights()
+        self.model_round = round_
+        self.next_round = max(self.next_round, round_ + 1)
+        self._save()
+
+    @property
+    def epsilon(self) -> float | None:
+        """Privacy spent so far (None when DP is off)."""
+        return None if self.releaser is None else self.releaser.ledger.spent_epsilon()
+
+    async def catch_up(self) -> bool:
+        """Fetch a newer model from the other members; True if one was adopted."""
+        others = [m for m in self.members if m != self.me]
+        fetched = await self.sync.best_model(others, newer_than=self.model_round)
+        if fetched is None:
+            return False
+        self._adopt(fetched.round, fetched.weights)
+        log.info("caught up to round %d from %s", fetched.round, fetched.peer)
+        return True
+
+    async def wait_for_members(self, needed: int, timeout: float) -> int:
+        """Wait until ``needed`` members (this one included) answer, or ``timeout``; count."""
+        others = [m for m in self.members if m != self.me]
+        reachable: set[str] = set()
+        with trio.move_on_after(timeout):
+            while len(reachable) + 1 < needed:
+
+                async def probe(peer: str) -> None:
+                    try:
+                        with trio.fail_after(2.0):
+                            await self.sync.status_of(peer)
+                        reachable.add(peer)
+                    except (P2PFedError, trio.TooSlowError):
+                        pass
+
+                async with trio.open_nursery() as nursery:
+                    for peer in others:
+                        if peer not in reachable:
+                            nursery.start_soon(probe, peer)
+                if len(reachable) + 1 < needed:
+                    await trio.sleep(0.5)
+        return len(reachable) + 1
+
+    async def run_round(self) -> RoundReport:
+        """Train, privatise, aggregate and apply round ``next_round``."""
+        round_ = self.next_round
+        self.next_round += 1
+        started = self.clock()
+        result = self.trainer.train_round(self.train, self.weights)
+        update = result.update
+        if self.releaser is not None:
+            # The ledger records the spend before this returns; only then may it leave.
+            update = self.releaser.release(
+                round_, update, sample_rate=result.sample_rate, steps=result.steps
+            ).astype(np.float32)
+        outcome = await self.aggregator.aggregate(round_, update)
+        exclusions = tuple(f"{e.peer}:{e.reason}" for e in outcome.exclusions)
+        if isinstance(outcome, Missed):
+            self.trainer.load_shared(self.weights)  # undo local steps: the round did not happen
+            self._save()
+            metrics = self.trainer.evaluate(self.test)
+            return RoundReport(
+                round_,
+                False,
+                0,
+                result.loss,
+                metrics.accuracy,
+                metrics.loss,
+                self.epsilon,
+                0,
+                self.clock() - started,
+                weights_digest(self.weights).hex(),
+                outcome.reason,
+                exclusions,
+            )
+        assert isinstance(outcome, Aggregate)
+        self.bytes_sent += outcome.bytes_sent
+        self._adopt(round_, self.weights + outcome.mean)
+        metrics = self.trainer.evaluate(self.test)
+        return RoundReport(
+            round_,
+            True,
+            len(outcome.contributors),
+            result.loss,
+            metrics.accuracy,
+            metrics.loss,
+            self.epsilon,
+            outcome.bytes_sent,
+            self.clock() - started,
+            weights_digest(self.weights).hex(),
+            "",
+            exclusions,
+        )
+
+    async def run(
+        self,
+        rounds: int,
+        on_report: Callable[[RoundReport], None] | None = None,
+        startup_timeout: float = 30.0,
+    ) -> list[RoundReport]:
+        """Run rounds numbered below ``rounds``; a missed round triggers a catch-up.
+
+        First waits (up to ``startup_timeout``) for every member to answer, so a consortium
+        started together does not spend its first round on peers still booting.
+        """
+        reports = []
+        up = await self.wait_for_members(len(self.members), startup_timeout)
+        log.info("%d of %d members reachable; starting", up, len(self.members))
+        await self.catch_up()
+        while self.next_round < rounds:
+            report = await self.run_round()
+            reports.append(report)
+            if on_report is not None:
+                on_report(report)
+            if not report.committed:
+                log.warning("round %d missed (%s); catching up", report.round, report.reason)
+                await self.catch_up()
+        return reports
