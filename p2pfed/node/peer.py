@@ -29,7 +29,6 @@ import numpy as np
 import trio
 from numpy.typing import NDArray
 
-from p2pfed.errors import P2PFedError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.sync import ModelSync, weights_digest
 from p2pfed.privacy.release import PrivateReleaser
@@ -132,38 +131,55 @@ class Peer:
         """Privacy spent so far (None when DP is off)."""
         return None if self.releaser is None else self.releaser.ledger.spent_epsilon()
 
-    async def catch_up(self) -> bool:
-        """Fetch a newer model from the other members; True if one was adopted."""
-        others = [m for m in self.members if m != self.me]
-        fetched = await self.sync.best_model(others, newer_than=self.model_round)
-        if fetched is None:
-            return False
-        self._adopt(fetched.round, fetched.weights)
-        log.info("caught up to round %d from %s", fetched.round, fetched.peer)
-        return True
+    async def catch_up(self, round_: int | None = None, timeout: float = 0.0) -> bool:
+        """Adopt a newer model from the other members; True if one was adopted.
+
+        With ``round_``, wait up to ``timeout`` for some member to complete that round first:
+        a peer that missed a round must not race ahead of the others into the next one
+        (it would wait there for messages they have not sent yet, and miss again).
+        """
+        deadline = trio.current_time() + timeout
+        target = self.model_round if round_ is None else round_ - 1
+        while True:
+            fetched = await self.sync.best_model(self.others, newer_than=self.model_round)
+            if fetched is not None and fetched.round > target:
+                self._adopt(fetched.round, fetched.weights)
+                log.info("caught up to round %d from %s", fetched.round, fetched.peer)
+                return True
+            if fetched is not None:
+                self._adopt(fetched.round, fetched.weights)  # newer than ours, not yet enough
+            if trio.current_time() >= deadline:
+                return False
+            await trio.sleep(0.2)
+
+    @property
+    def others(self) -> list[str]:
+        """The other members."""
+        return [m for m in self.members if m != self.me]
 
     async def wait_for_members(self, needed: int, timeout: float) -> int:
         """Wait until ``needed`` members (this one included) answer, or ``timeout``; count."""
-        others = [m for m in self.members if m != self.me]
         reachable: set[str] = set()
         with trio.move_on_after(timeout):
             while len(reachable) + 1 < needed:
-
-                async def probe(peer: str) -> None:
-                    try:
-                        with trio.fail_after(2.0):
-                            await self.sync.status_of(peer)
-                        reachable.add(peer)
-                    except (P2PFedError, trio.TooSlowError):
-                        pass
-
-                async with trio.open_nursery() as nursery:
-                    for peer in others:
-                        if peer not in reachable:
-                            nursery.start_soon(probe, peer)
+                pending = [m for m in self.others if m not in reachable]
+                reachable |= set(await self.sync.probe_all(pending, 2.0))
                 if len(reachable) + 1 < needed:
                     await trio.sleep(0.5)
         return len(reachable) + 1
+
+    async def linger(self, final_round: int, timeout: float) -> None:
+        """Keep serving the final model until every reachable member has it, or ``timeout``.
+
+        A member that is restarting or came late fetches the final model from us; members
+        that cannot be reached are not waited for.
+        """
+        with trio.move_on_after(timeout):
+            while True:
+                statuses = await self.sync.probe_all(self.others, 2.0)
+                if all(s.round >= final_round for s in statuses.values()):
+                    return
+                await trio.sleep(0.5)
 
     async def run_round(self) -> RoundReport:
         """Train, privatise, aggregate and apply round ``next_round``."""
@@ -221,12 +237,17 @@ class Peer:
         rounds: int,
         on_report: Callable[[RoundReport], None] | None = None,
         startup_timeout: float = 30.0,
+        miss_timeout: float | None = None,
     ) -> list[RoundReport]:
         """Run rounds numbered below ``rounds``; a missed round triggers a catch-up.
 
         First waits (up to ``startup_timeout``) for every member to answer, so a consortium
-        started together does not spend its first round on peers still booting.
+        started together does not spend its first round on peers still booting. After a
+        missed round, waits up to ``miss_timeout`` (default ``startup_timeout``) for a member
+        to complete it and adopts that model; if none does, the round failed for everyone
+        and the next number starts from the same weights.
         """
+        miss_timeout = startup_timeout if miss_timeout is None else miss_timeout
         reports = []
         up = await self.wait_for_members(len(self.members), startup_timeout)
         log.info("%d of %d members reachable; starting", up, len(self.members))
@@ -238,5 +259,6 @@ class Peer:
                 on_report(report)
             if not report.committed:
                 log.warning("round %d missed (%s); catching up", report.round, report.reason)
-                await self.catch_up()
+                await self.catch_up(report.round, miss_timeout)
+        await self.linger(self.model_round, startup_timeout)
         return reports

@@ -171,20 +171,25 @@ class ModelSync:
         status, _ = await self._ask(peer, STATUS)
         return status
 
-    async def best_model(self, peers: Sequence[str], newer_than: int) -> FetchedModel | None:
-        """The model of the most advanced reachable peer, if it is past ``newer_than``."""
+    async def probe_all(self, peers: Sequence[str], timeout: float) -> dict[str, ModelStatus]:
+        """The status of every peer that answers within ``timeout`` (asked concurrently)."""
         statuses: dict[str, ModelStatus] = {}
 
         async def probe(peer: str) -> None:
             try:
-                with trio.fail_after(self.timeout):
+                with trio.fail_after(timeout):
                     statuses[peer] = await self.status_of(peer)
             except (P2PFedError, trio.TooSlowError) as exc:
-                log.info("model sync: %s unavailable (%s)", peer, exc)
+                log.debug("model sync: %s unavailable (%s)", peer, exc)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(probe, peer)
+        return statuses
+
+    async def best_model(self, peers: Sequence[str], newer_than: int) -> FetchedModel | None:
+        """The model of the most advanced reachable peer, if it is past ``newer_than``."""
+        statuses = await self.probe_all(peers, self.timeout)
         votes: dict[tuple[int, bytes], int] = {}
         for status in statuses.values():
             votes[(status.round, status.digest)] = votes.get((status.round, status.digest), 0) + 1
@@ -202,7 +207,9 @@ class ModelSync:
             except (P2PFedError, trio.TooSlowError) as exc:
                 log.info("model sync: fetching from %s failed (%s)", peer, exc)
                 continue
-            if weights is not None and status == statuses[peer]:
+            # The member may have finished another round since it was probed: any model
+            # past ours will do (its digest was checked against its own announcement).
+            if weights is not None and status.round > newer_than:
                 return FetchedModel(peer, status.round, weights)
         return None
 
