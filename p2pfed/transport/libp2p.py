@@ -54,8 +54,10 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.exceptions import HandshakeFailure
+from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
@@ -63,6 +65,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pfed.errors import BrokenError, ClosedError, ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
 from p2pfed.transport.libp2p_logging import route_libp2p_logging
+from p2pfed.transport.noise_session import BufferedNoiseSession
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,13 @@ def _gate_allows(gate: PeerGate, peer: str) -> bool:
         return False
 
 
+def _buffered(secured: ISecureConn) -> ISecureConn:
+    # Same cipher states and wire format, fewer socket calls (see noise_session).
+    if isinstance(secured, SecureSession) and isinstance(secured.conn, NoiseTransportReadWriter):
+        return BufferedNoiseSession(secured)
+    return secured
+
+
 class _GatedNoise(NoiseTransport):
     """Noise (XX) that refuses any authenticated peer the gate does not admit.
 
@@ -124,13 +134,13 @@ class _GatedNoise(NoiseTransport):
     async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
         secured = await super().secure_inbound(conn)
         await self._admit(secured, "inbound")
-        return secured
+        return _buffered(secured)
 
     async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
         secured = await super().secure_outbound(conn, peer_id)
         await self._admit(secured, "outbound")
         self.authenticated.add(str(secured.get_remote_peer()))
-        return secured
+        return _buffered(secured)
 
     async def _admit(self, secured: ISecureConn, direction: str) -> None:
         peer = str(secured.get_remote_peer())

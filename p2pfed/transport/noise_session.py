@@ -1,0 +1,100 @@
+"""A Noise transport session that moves many Noise messages per socket call.
+
+Theory of operation: after the Noise XX handshake, py-libp2p's ``SecureSession`` reads one
+Noise message at a time — two socket reads for the 2-byte length, more for the body — and
+copies each plaintext through a ``BytesIO``; it writes one socket call per Noise message. On a
+bulk transfer that Python bookkeeping, not the cipher, is where the time goes.
+
+``BufferedNoiseSession`` takes over the *same* cipher states once the handshake is done and
+keeps the wire format byte for byte (``u16 length || ChaCha20-Poly1305 ciphertext``, at most
+65,535 bytes per message, nonces in order), so the peer cannot tell the difference:
+
+- reading: one socket read of up to ``READ_SIZE`` bytes, then every complete message in it is
+  authenticated and decrypted into a plaintext buffer; ``read(n)`` serves from that buffer;
+- writing: ``write(data)`` encrypts ``data`` as consecutive messages of at most 65,519
+  plaintext bytes and sends them with one socket call.
+
+Memory stays bounded: the session reads from the socket only when the plaintext buffer cannot
+serve the caller, so it holds at most one socket read of ciphertext plus its plaintext.
+A message that fails authentication raises, as py-libp2p's own session does; the muxer then
+closes the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libp2p.abc import IRawConnection
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
+from libp2p.security.secure_session import SecureSession
+
+READ_SIZE = 256 * 1024
+"""Most ciphertext bytes taken from the socket per read."""
+
+_LENGTH_BYTES = 2
+
+
+class BufferedNoiseSession(SecureSession):
+    """Drop-in replacement for py-libp2p's Noise ``SecureSession`` after the handshake."""
+
+    def __init__(self, handshaken: SecureSession) -> None:
+        conn = handshaken.conn
+        if not isinstance(conn, NoiseTransportReadWriter):
+            raise TypeError(f"expected a Noise transport session, got {type(conn).__name__}")
+        super().__init__(
+            local_peer=handshaken.local_peer,
+            local_private_key=handshaken.local_private_key,
+            remote_peer=handshaken.remote_peer,
+            remote_permanent_pubkey=handshaken.remote_permanent_pubkey,
+            is_initiator=handshaken.is_initiator,
+            conn=conn,
+        )
+        self._raw: IRawConnection = conn.read_writer.read_write_closer  # type: ignore[assignment]
+        self._noise: Any = conn.noise_state
+        self._ciphertext = bytearray()
+        self._plaintext = bytearray()
+
+    async def _read_more(self) -> bool:
+        """Read once from the socket and decrypt every complete message; False at EOF."""
+        data = await self._raw.read(READ_SIZE)
+        if not data:
+            return False
+        buffer = self._ciphertext
+        buffer += data
+        position, end = 0, len(buffer)
+        while end - position >= _LENGTH_BYTES:
+            length = (buffer[position] << 8) | buffer[position + 1]
+            start = position + _LENGTH_BYTES
+            if end - start < length:
+                break
+            self._plaintext += self._noise.decrypt(bytes(buffer[start : start + length]))
+            position = start + length
+        del buffer[:position]
+        return True
+
+    async def read(self, n: int | None = None) -> bytes:
+        """``n`` bytes (fewer only if the connection ends); all buffered bytes if ``n`` is None."""
+        if n == 0:
+            return b""
+        while not self._plaintext:
+            if not await self._read_more():
+                raise ConnectionClosedError("Connection closed")
+        if n is None:
+            n = len(self._plaintext)
+        while len(self._plaintext) < n:
+            if not await self._read_more():
+                break  # the connection ended: hand over what there is, as SecureSession does
+        out = bytes(self._plaintext[:n])
+        del self._plaintext[:n]
+        return out
+
+    async def write(self, data: bytes) -> None:
+        """Encrypt ``data`` as one or more Noise messages and send them in one socket call."""
+        view = memoryview(data)
+        out = bytearray()
+        for start in range(0, max(len(view), 1), MAX_PLAINTEXT_LENGTH):
+            sealed = self._noise.encrypt(bytes(view[start : start + MAX_PLAINTEXT_LENGTH]))
+            out += len(sealed).to_bytes(_LENGTH_BYTES, "big")
+            out += sealed
+        await self._raw.write(bytes(out))
