@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from libp2p.abc import IRawConnection
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
@@ -90,10 +91,17 @@ class BufferedNoiseSession(SecureSession):
         return out
 
     async def write(self, data: bytes) -> None:
-        """Encrypt ``data`` as one or more Noise messages and send them in one socket call."""
+        """Encrypt ``data`` as one or more Noise messages and send them in one socket call.
+
+        Nothing is sent for empty ``data``: py-libp2p's reader takes an empty message for the
+        end of the connection.
+        """
         view = memoryview(data)
+        if not view:
+            await trio.lowlevel.checkpoint()
+            return
         out = bytearray()
-        for start in range(0, max(len(view), 1), MAX_PLAINTEXT_LENGTH):
+        for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
             sealed = self._noise.encrypt(bytes(view[start : start + MAX_PLAINTEXT_LENGTH]))
             out += len(sealed).to_bytes(_LENGTH_BYTES, "big")
             out += sealed
