@@ -208,6 +208,7 @@ async def test_libp2p_log_records_go_through_p2pfed_logging() -> None:
         pass  # entering a transport routes libp2p's logging
     ours = Collect()
     logging.getLogger("p2pfed").addHandler(ours)
+    logging.getLogger("p2pfed.libp2p").setLevel(logging.NOTSET)  # whatever ran before
     try:
         logging.getLogger("libp2p.network.swarm").warning("probe %d", 42)
         logging.getLogger("libp2p.network.swarm").debug("hot path %d", 1)  # below the level
