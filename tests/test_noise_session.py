@@ -104,6 +104,20 @@ async def test_empty_write_sends_nothing() -> None:
         await server.close()
 
 
+async def test_a_tampered_message_is_refused() -> None:
+    from libp2p.io.exceptions import DecryptionFailedException
+
+    with trio.fail_after(20):
+        client, server = await handshaken_pair()
+        reader = BufferedNoiseSession(server)
+        forged = b"\x00\x20" + b"x" * 32  # well framed, but not sealed with the session key
+        await client.conn.read_writer.read_write_closer.write(forged)  # type: ignore[attr-defined]
+        with pytest.raises(DecryptionFailedException, match="failed authentication"):
+            await reader.read(1)
+        await client.close()
+        await reader.close()
+
+
 def test_only_noise_sessions_are_accepted() -> None:
     class NotNoise:
         conn = object()

@@ -25,8 +25,9 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from cryptography.exceptions import InvalidTag
 from libp2p.abc import IRawConnection
-from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.exceptions import ConnectionClosedError, DecryptionFailedException
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.secure_session import SecureSession
 
@@ -53,6 +54,7 @@ class BufferedNoiseSession(SecureSession):
         )
         self._raw: IRawConnection = conn.read_writer.read_write_closer  # type: ignore[assignment]
         self._noise: Any = conn.noise_state
+        self._decrypt = self._noise.noise_protocol.cipher_state_decrypt.decrypt_with_ad
         self._ciphertext = bytearray()
         self._plaintext = bytearray()
 
@@ -61,18 +63,35 @@ class BufferedNoiseSession(SecureSession):
         data = await self._raw.read(READ_SIZE)
         if not data:
             return False
-        buffer = self._ciphertext
-        buffer += data
-        position, end = 0, len(buffer)
-        while end - position >= _LENGTH_BYTES:
-            length = (buffer[position] << 8) | buffer[position + 1]
-            start = position + _LENGTH_BYTES
-            if end - start < length:
-                break
-            self._plaintext += self._noise.decrypt(bytes(buffer[start : start + length]))
-            position = start + length
-        del buffer[:position]
+        if self._ciphertext:
+            self._ciphertext += data
+            source: bytes | bytearray = self._ciphertext
+        else:
+            source = data  # the common case: parse the socket's bytes without copying them
+        position = 0
+        with memoryview(source) as view:
+            end = len(view)
+            while end - position >= _LENGTH_BYTES:
+                length = (view[position] << 8) | view[position + 1]
+                start = position + _LENGTH_BYTES
+                if end - start < length:
+                    break
+                with view[start : start + length] as sealed:
+                    self._plaintext += self._open(sealed)
+                position = start + length
+            if source is data:
+                self._ciphertext = bytearray(view[position:])
+        if source is not data:
+            del self._ciphertext[:position]
         return True
+
+    def _open(self, sealed: memoryview) -> bytes:
+        # The cipher state itself takes any buffer, sparing the copy NoiseConnection.decrypt
+        # needs (it insists on bytes); nonce handling stays in the noise library.
+        try:
+            return bytes(self._decrypt(None, sealed))
+        except InvalidTag as exc:
+            raise DecryptionFailedException("a Noise message failed authentication") from exc
 
     async def read(self, n: int | None = None) -> bytes:
         """``n`` bytes (fewer only if the connection ends); all buffered bytes if ``n`` is None."""
