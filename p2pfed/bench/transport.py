@@ -3,8 +3,10 @@
 Theory of operation: for every payload size, two cases run back to back — our
 ``Libp2pTransport`` (TCP + Noise + Yamux, roster-gated) and plain trio TCP, the baseline that
 shares the machine's state at that moment. Each case starts a *fresh* receiver process
-(multiprocessing "spawn"), so the receiver's peak RSS (``ru_maxrss``) belongs to that case
-alone; the sender is this process. The receiver reads the payload into one preallocated
+(``python -m p2pfed.bench.transport --receive ...``, which reports JSON lines on stdout),
+so the receiver's peak RSS (``VmHWM``, see ``peak_rss_kb``) belongs to that case alone; the
+sender is this process. Sender and receiver CPU seconds are reported too (``cpu_mb_s``: the
+MB/s the slower side's CPU time allows). The receiver reads the payload into one preallocated
 buffer (as a peer receiving a tensor would), then answers with one byte; the clock runs from
 the sender's first payload byte to that answer, so connection set-up is excluded from MB/s and
 reported separately: ``libp2p_connect_ms`` is the first connect + Noise + Yamux + first
@@ -19,15 +21,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import resource
+import select
 import statistics
 import struct
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 NAME = "transport"
@@ -40,6 +44,9 @@ WARM_CONNECTS = 5
 CHUNK = 1 << 20
 CASE_TIMEOUT_S = 300.0
 _LENGTH = struct.Struct(">Q")
+
+Report = Callable[[dict[str, Any]], None]
+"""How a receiver hands its messages (ready, figures, error) to the sender's process."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -145,37 +152,56 @@ def run_case(kind: str, size_mb: int, streams: int) -> dict[str, float]:
 
     from p2pfed.errors import BrokenError
 
-    ctx = multiprocessing.get_context("spawn")
-    parent_end, child_end = ctx.Pipe()
     size = size_mb << 20
-    child = ctx.Process(
-        target=receiver_main, args=(kind, size, streams, child_end), name=f"bench-recv-{kind}"
+    # A fresh interpreter running only this module (not the CLI that started us), so its
+    # peak RSS is the receiver's own: interpreter, py-libp2p, the payload buffer.
+    child = subprocess.Popen(
+        [sys.executable, "-m", __name__, "--receive", kind, str(size), str(streams)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    child.start()
-    child_end.close()
     try:
-        if not parent_end.poll(60):
-            raise BrokenError(f"the {kind} receiver process did not start within 60 s")
-        ready: dict[str, Any] = parent_end.recv()
+        ready = _read_report(child, 60, f"the {kind} receiver process did not start within 60 s")
         payload = os.urandom(size)
         figures = trio.run(_send, kind, ready, payload, streams)
-        if not parent_end.poll(CASE_TIMEOUT_S):
-            raise BrokenError(f"the {kind} receiver process did not report its figures")
-        report: dict[str, Any] = parent_end.recv()
-        if report.get("error"):
-            raise BrokenError(f"the {kind} receiver failed: {report['error']}")
+        report = _read_report(
+            child, CASE_TIMEOUT_S, f"the {kind} receiver process did not report its figures"
+        )
         figures["peak_rss_mb"] = report["peak_rss_kb"] / 1024
         figures["receiver_cpu_s"] = report["cpu_s"]
         # What the slower side's CPU time allows, had each side a core of its own: on a busy
         # machine wall-clock MB/s mostly measures the neighbours, this measures our code.
         figures["cpu_mb_s"] = size / 1e6 / max(figures["cpu_s"], report["cpu_s"], 1e-9)
         return figures
+    except BrokenError:
+        raise
+    except Exception as exc:
+        raise BrokenError(f"the {kind} case of {size_mb} MiB failed: {exc!r}") from exc
     finally:
-        child.join(10)
-        if child.is_alive():
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
             child.kill()
-            child.join()
-        parent_end.close()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def _read_report(child: subprocess.Popen[str], timeout: float, late: str) -> dict[str, Any]:
+    """The receiver's next JSON line; ``BrokenError`` if it is late, failed or exited."""
+    from p2pfed.errors import BrokenError
+
+    assert child.stdout is not None
+    readable, _, _ = select.select([child.stdout], [], [], timeout)
+    if not readable:
+        raise BrokenError(late)
+    line = child.stdout.readline()
+    if not line:
+        raise BrokenError(f"the receiver process exited with status {child.wait()}")
+    report: dict[str, Any] = json.loads(line)
+    if report.get("error"):
+        raise BrokenError(f"the receiver failed: {report['error']}")
+    return report
 
 
 async def _send(kind: str, ready: dict[str, Any], payload: bytes, streams: int) -> dict[str, float]:
@@ -233,27 +259,51 @@ async def _nothing(stream: Any) -> None:
     """Handler of the connect probe: admission is all it measures."""
 
 
-def receiver_main(
-    kind: str, size: int, streams: int, conn: multiprocessing.connection.Connection
-) -> None:
-    """Entry point of a receiver process: receive one payload, report peak RSS."""
+def receiver_main(kind: str, size: int, streams: int, report: Report) -> None:
+    """Body of a receiver process: receive one payload, report CPU time and peak RSS."""
     import trio
 
     logging.getLogger("p2pfed.libp2p").setLevel(logging.CRITICAL)
     try:
-        cpu_s = trio.run(_receive, kind, size, streams, conn)
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        conn.send({"peak_rss_kb": peak_kb, "cpu_s": cpu_s})
-    except BaseException as exc:
-        conn.send({"error": repr(exc)})
+        cpu_s = trio.run(_receive, kind, size, streams, report)
+    except Exception as exc:
+        report({"error": repr(exc)})
         raise
-    finally:
-        conn.close()
+    report({"peak_rss_kb": peak_rss_kb(), "cpu_s": cpu_s})
 
 
-async def _receive(
-    kind: str, size: int, streams: int, conn: multiprocessing.connection.Connection
-) -> float:
+def peak_rss_kb() -> int:
+    """This process's peak resident set size in KiB.
+
+    Linux carries ``ru_maxrss`` over ``fork``/``exec`` (a child started by a 90 MB parent
+    reports at least 90 MB however small it stays), so the peak of this process's own address
+    space, ``VmHWM``, is read where it exists.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _report_on_stdout(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _receiver_cli(argv: list[str]) -> int:
+    """``python -m p2pfed.bench.transport --receive KIND SIZE STREAMS`` (used by run_case)."""
+    if len(argv) != 4 or argv[0] != "--receive" or argv[1] not in ("tcp", "libp2p"):
+        print("usage: python -m p2pfed.bench.transport --receive tcp|libp2p SIZE STREAMS")
+        return 2
+    receiver_main(argv[1], int(argv[2]), int(argv[3]), _report_on_stdout)
+    return 0
+
+
+async def _receive(kind: str, size: int, streams: int, report: Report) -> float:
     """Receive one payload; returns the CPU seconds spent from its first byte to the end."""
     import trio
 
@@ -283,7 +333,7 @@ async def _receive(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, serve, listeners)
-            conn.send({"port": port})
+            report({"port": port})
             with trio.fail_after(CASE_TIMEOUT_S):
                 await done.wait()
             cpu_end = time.process_time()
@@ -310,9 +360,13 @@ async def _receive(
     async with transport:
         transport.serve(PROTOCOL, on_stream)
         transport.serve(PING_PROTOCOL, _nothing)
-        conn.send({"peer_id": transport.local_peer, "addrs": list(transport.listen_addrs)})
+        report({"peer_id": transport.local_peer, "addrs": list(transport.listen_addrs)})
         with trio.fail_after(CASE_TIMEOUT_S):
             await done.wait()
             cpu_end = time.process_time()
             await trio.sleep(0.05)  # let the acknowledgement leave before the host closes
     return cpu_end - cpu_start[0]
+
+
+if __name__ == "__main__":
+    sys.exit(_receiver_cli(sys.argv[1:]))

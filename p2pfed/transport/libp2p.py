@@ -179,7 +179,9 @@ class Libp2pStream(Stream):
         view = memoryview(data).cast("B")
         try:
             for start in range(0, len(view), YAMUX_MAX_FRAME_PAYLOAD):
-                await self._stream.write(bytes(view[start : start + YAMUX_MAX_FRAME_PAYLOAD]))
+                # Yamux copies each frame into header + payload anyway, so a view suffices.
+                piece = view[start : start + YAMUX_MAX_FRAME_PAYLOAD]
+                await self._stream.write(cast(bytes, piece))
         except StreamClosed as exc:
             if self._closed:
                 raise ClosedError("stream was closed by us") from exc

@@ -22,7 +22,8 @@ closes the connection.
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from typing import Any, cast
 
 import trio
 from cryptography.exceptions import InvalidTag
@@ -54,9 +55,14 @@ class BufferedNoiseSession(SecureSession):
         )
         self._raw: IRawConnection = conn.read_writer.read_write_closer  # type: ignore[assignment]
         self._noise: Any = conn.noise_state
+        # The cipher states take any buffer, sparing the copies NoiseConnection's
+        # encrypt/decrypt need (they insist on bytes); nonces stay in the noise library.
+        self._encrypt = self._noise.noise_protocol.cipher_state_encrypt.encrypt_with_ad
         self._decrypt = self._noise.noise_protocol.cipher_state_decrypt.decrypt_with_ad
         self._ciphertext = bytearray()
-        self._plaintext = bytearray()
+        self._plaintext: deque[bytes] = deque()  # decrypted messages, oldest first
+        self._offset = 0  # bytes of the oldest message already handed out
+        self._buffered = 0  # plaintext bytes not yet handed out
 
     async def _read_more(self) -> bool:
         """Read once from the socket and decrypt every complete message; False at EOF."""
@@ -77,7 +83,10 @@ class BufferedNoiseSession(SecureSession):
                 if end - start < length:
                     break
                 with view[start : start + length] as sealed:
-                    self._plaintext += self._open(sealed)
+                    opened = self._open(sealed)
+                if opened:
+                    self._plaintext.append(opened)
+                    self._buffered += len(opened)
                 position = start + length
             if source is data:
                 self._ciphertext = bytearray(view[position:])
@@ -86,28 +95,49 @@ class BufferedNoiseSession(SecureSession):
         return True
 
     def _open(self, sealed: memoryview) -> bytes:
-        # The cipher state itself takes any buffer, sparing the copy NoiseConnection.decrypt
-        # needs (it insists on bytes); nonce handling stays in the noise library.
         try:
             return bytes(self._decrypt(None, sealed))
         except InvalidTag as exc:
             raise DecryptionFailedException("a Noise message failed authentication") from exc
 
+    def _take(self, n: int) -> bytes:
+        """Remove and return the first ``n`` buffered plaintext bytes (at most one copy)."""
+        chunks = self._plaintext
+        first = chunks[0]
+        if self._offset == 0 and len(first) == n:
+            chunks.popleft()  # the caller wants exactly one decrypted message: no copy at all
+            self._buffered -= n
+            return first
+        pieces: list[memoryview] = []
+        left = n
+        while left:
+            view = memoryview(chunks[0])[self._offset :]
+            if len(view) <= left:
+                pieces.append(view)
+                chunks.popleft()
+                self._offset = 0
+                left -= len(view)
+            else:
+                pieces.append(view[:left])
+                self._offset += left
+                left = 0
+        self._buffered -= n
+        return b"".join(pieces)
+
     async def read(self, n: int | None = None) -> bytes:
         """``n`` bytes (fewer only if the connection ends); all buffered bytes if ``n`` is None."""
         if n == 0:
             return b""
-        while not self._plaintext:
+        while not self._buffered:
             if not await self._read_more():
                 raise ConnectionClosedError("Connection closed")
         if n is None:
-            n = len(self._plaintext)
-        while len(self._plaintext) < n:
+            n = self._buffered
+        while self._buffered < n:
             if not await self._read_more():
-                break  # the connection ended: hand over what there is, as SecureSession does
-        out = bytes(self._plaintext[:n])
-        del self._plaintext[:n]
-        return out
+                n = self._buffered  # the connection ended: hand over what there is, as
+                break  # SecureSession does
+        return self._take(n)
 
     async def write(self, data: bytes) -> None:
         """Encrypt ``data`` as one or more Noise messages and send them in one socket call.
@@ -121,7 +151,9 @@ class BufferedNoiseSession(SecureSession):
             return
         out = bytearray()
         for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
-            sealed = self._noise.encrypt(bytes(view[start : start + MAX_PLAINTEXT_LENGTH]))
+            with view[start : start + MAX_PLAINTEXT_LENGTH] as piece:
+                sealed = self._encrypt(None, piece)
             out += len(sealed).to_bytes(_LENGTH_BYTES, "big")
             out += sealed
-        await self._raw.write(bytes(out))
+        # trio sends any buffer; handing over the bytearray itself spares one more copy.
+        await self._raw.write(cast(bytes, out))
