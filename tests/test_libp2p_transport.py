@@ -15,6 +15,8 @@ import os
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import multiaddr
 import numpy as np
@@ -33,8 +35,10 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from transport_harness import libp2p_group, seed_for
 
 from p2pfed.errors import ConfigError, ReasonCode, RemoteProtocolError
+from p2pfed.identity import Identity, Member, Roster, RosterGate, RosterStore
 from p2pfed.transport import Stream
 from p2pfed.transport.libp2p import Libp2pTransport
+from p2pfed.wire import receive_tensor, send_tensor
 
 pytestmark = pytest.mark.network
 
@@ -45,7 +49,7 @@ def frame(payload: bytes) -> bytes:
     return struct.pack(">Q", len(payload)) + hashlib.sha256(payload).digest() + payload
 
 
-async def read_frame(stream: Stream) -> bytes:
+async def read_frame_with_digest(stream: Stream) -> bytes:
     (length,) = struct.unpack(">Q", await stream.receive_exactly(8))
     digest = await stream.receive_exactly(32)
     payload = await stream.receive_exactly(length)
@@ -59,19 +63,44 @@ async def test_member_exchanges_a_64_mb_tensor_intact() -> None:
     received: list[np.ndarray] = []
 
     async def take_tensor(stream: Stream) -> None:
-        payload = await read_frame(stream)
-        received.append(np.frombuffer(payload, dtype="<f4"))
-        await stream.send_all(hashlib.sha256(payload).digest())  # application-level ACK
+        # The wire codec checks the digest and acknowledges every chunk.
+        received.append(
+            await receive_tensor(
+                stream,
+                local_peer=b.local_peer,
+                consortium="test",
+                round=3,
+                expected_shape=tensor.shape,
+                expected_dtype=np.float32,
+            )
+        )
 
     with trio.fail_after(60):
         async with libp2p_group(2, "tensor") as g:
             a, b = g.transports
             b.serve("/tensor/1", take_tensor)
             async with await a.open_stream(b.local_peer, "/tensor/1") as stream:
-                await stream.send_all(frame(tensor.astype("<f4").tobytes()))
-                ack = await stream.receive_exactly(32)
-    assert ack == hashlib.sha256(tensor.tobytes()).digest()
-    assert len(received) == 1 and np.array_equal(received[0], tensor)
+                await send_tensor(stream, tensor, consortium="test", round=3, sender=a.local_peer)
+            with trio.fail_after(10):
+                while not received:
+                    await trio.sleep(0.01)
+    assert np.array_equal(received[0], tensor)
+
+
+async def test_length_prefixed_payload_with_digest_round_trips() -> None:
+    payload = np.random.default_rng(8).bytes(3 * 2**20 + 5)
+
+    async def echo_digest(stream: Stream) -> None:
+        got = await read_frame_with_digest(stream)
+        await stream.send_all(hashlib.sha256(got).digest())
+
+    with trio.fail_after(20):
+        async with libp2p_group(2, "digest") as g:
+            a, b = g.transports
+            b.serve("/digest/1", echo_digest)
+            async with await a.open_stream(b.local_peer, "/digest/1") as stream:
+                await stream.send_all(frame(payload))
+                assert await stream.receive_exactly(32) == hashlib.sha256(payload).digest()
 
 
 async def test_unknown_peer_with_a_valid_noise_identity_is_refused() -> None:
@@ -191,6 +220,50 @@ async def test_removed_member_is_refused_for_new_connections_and_streams() -> No
                     await trio.sleep(0.01)
             # ...and a fresh connection is refused right after the Noise handshake.
             with pytest.raises(RemoteProtocolError) as info:
+                await a.open_stream(b.local_peer, "/ok/1")
+            assert info.value.reason is ReasonCode.UNKNOWN_PEER
+
+
+async def test_member_removed_from_a_signed_roster_is_refused(tmp_path: Path) -> None:
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    admin = Identity.from_seed(seed_for("roster-admin"))
+    alice, bob = Identity.from_seed(seed_for("alice")), Identity.from_seed(seed_for("bob"))
+    v1 = Roster(
+        consortium_id="hospitals",
+        version=1,
+        expires_at=now + timedelta(days=30),
+        members=(
+            Member.from_public_key("alice", alice.public_key),
+            Member.from_public_key("bob", bob.public_key),
+        ),
+        admins=(admin.public_key,),
+    ).signed_by(admin)
+    gates = [
+        RosterGate(RosterStore(tmp_path / f"{name}.state"), v1, lambda: now)
+        for name in ("alice", "bob")
+    ]
+
+    async def ok(stream: Stream) -> None:
+        await stream.send_all(b"ok")
+
+    with trio.fail_after(30):
+        async with (
+            Libp2pTransport(alice.seed, gates[0]) as a,
+            Libp2pTransport(bob.seed, gates[1]) as b,
+        ):
+            assert (a.local_peer, b.local_peer) == (alice.peer_id, bob.peer_id)
+            a.set_peer_addrs(b.local_peer, b.listen_addrs)
+            b.serve("/ok/1", ok)
+            async with await a.open_stream(b.local_peer, "/ok/1") as stream:
+                assert await stream.receive_exactly(2) == b"ok"
+            gates[1].update(v1.without_member("alice").signed_by(admin))  # bob loads v2
+            with pytest.raises(RemoteProtocolError):  # an open connection: refused per stream
+                await a.open_stream(b.local_peer, "/ok/1")
+            assert await b.drop_refused_peers() == [a.local_peer]
+            with trio.fail_after(5):
+                while a.local_peer in b.connected_peers():
+                    await trio.sleep(0.01)
+            with pytest.raises(RemoteProtocolError) as info:  # a new connection: refused
                 await a.open_stream(b.local_peer, "/ok/1")
             assert info.value.reason is ReasonCode.UNKNOWN_PEER
 
