@@ -25,6 +25,11 @@ listener (leaving ``host.run()`` alone does not stop the listener in py-libp2p 0
 Streams split large writes into Yamux-frame-sized pieces and map libp2p's errors onto
 ``ClosedError`` (we closed it) and ``BrokenError`` (the peer or the network broke it).
 
+Adjustments to py-libp2p 0.8.1, each covered by a test (docs/transport.md says why): Yamux
+frames of up to 256 KiB and a Noise session that batches socket I/O (same wire format, about
+half the CPU per byte); the listener's per-connection task ends with its connection (py-libp2p
+leaks one per connection); no auto-connector, no dial retries, one connection per peer.
+
 Raises (construction): ``ConfigError`` for a seed that is not 32 bytes or a bad address.
 """
 
