@@ -28,7 +28,7 @@ Streams split large writes into Yamux-frame-sized pieces and map libp2p's errors
 Adjustments to py-libp2p 0.8.1, each covered by a test (docs/transport.md says why): Yamux
 frames of up to 256 KiB and a Noise session that batches socket I/O (same wire format, about
 half the CPU per byte); the listener's per-connection task ends with its connection (py-libp2p
-leaks one per connection); no auto-connector, no dial retries, one connection per peer.
+leaks it, and its inbound slot); no auto-connector, no dial retries, one connection per peer.
 
 Raises (construction): ``ConfigError`` for a seed that is not 32 bytes or a bad address.
 """
@@ -552,8 +552,10 @@ def _hold_inbound_only_while_open(swarm: Swarm) -> None:
 
     py-libp2p 0.8.1 keeps the listener's task for each inbound TCP connection alive until the
     whole swarm stops (trio closes the socket when that task returns), so a long-lived peer
-    leaks one task per connection it ever accepted. This replaces that step, for this swarm
-    instance only, with one that upgrades the connection and then waits for *it* to close.
+    leaks one task per connection it ever accepted, and holds one of its 250 inbound slots per
+    connection forever, so it refuses every connection after the 250th. This replaces that step,
+    for this swarm instance only, with one that upgrades the connection and then waits for *it*
+    to close (releasing the slot). It skips libp2p's IP allow/deny check, which we do not set.
     """
 
     async def upgrade_then_wait_for_close(
