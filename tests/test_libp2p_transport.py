@@ -252,7 +252,8 @@ async def test_member_removed_from_a_signed_roster_is_refused(tmp_path: Path) ->
             Libp2pTransport(bob.seed, gates[1]) as b,
         ):
             assert (a.local_peer, b.local_peer) == (alice.peer_id, bob.peer_id)
-            a.set_peer_addrs(b.local_peer, b.listen_addrs)
+            # Roster-style addresses, with the /p2p/ suffix.
+            a.set_peer_addrs(b.local_peer, [f"{x}/p2p/{b.local_peer}" for x in b.listen_addrs])
             b.serve("/ok/1", ok)
             async with await a.open_stream(b.local_peer, "/ok/1") as stream:
                 assert await stream.receive_exactly(2) == b"ok"
@@ -299,8 +300,15 @@ def test_bad_configuration_is_named() -> None:
         Libp2pTransport(seed_for("x"), lambda _: True, host="localhost")
     with pytest.raises(ConfigError, match="listen port"):
         Libp2pTransport(seed_for("x"), lambda _: True, port=70000)
+    peer = Libp2pTransport(seed_for("y"), lambda _: True).local_peer
     with pytest.raises(ConfigError, match="not a multiaddr"):
-        Libp2pTransport(seed_for("x"), lambda _: True, peer_addrs={"12D3KooW": "nonsense"})
+        Libp2pTransport(seed_for("x"), lambda _: True, peer_addrs={peer: "nonsense"})
+    with pytest.raises(ConfigError, match="not a base58 libp2p peer ID"):
+        Libp2pTransport(seed_for("x"), lambda _: True, peer_addrs={"bob": "/ip4/1.2.3.4/tcp/1"})
+    with pytest.raises(ConfigError, match="names another peer"):
+        Libp2pTransport(
+            seed_for("x"), lambda _: True, peer_addrs={peer: "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWx"}
+        )
 
 
 def test_peer_id_derives_from_the_seed() -> None:

@@ -307,18 +307,22 @@ class Libp2pTransport(Transport):
         return 0 if self._noise is None else self._noise.refused_inbound
 
     def set_peer_addrs(self, peer: str, addrs: str | Iterable[str]) -> None:
-        """Record where ``peer`` listens (replacing what was known)."""
+        """Record where ``peer`` listens (replacing what was known).
+
+        Addresses may end in ``/p2p/<peer>`` as roster entries do; that part must name
+        ``peer``. Raises ``ConfigError`` naming a malformed address or peer ID.
+        """
+        _parse_peer_id(peer)
         raw = [addrs] if isinstance(addrs, str) else list(addrs)
         parsed = []
         for text in raw:
+            transport_part, _, named = str(text).partition("/p2p/")
+            if named and named != peer:
+                raise ConfigError(f"address {text!r} names another peer than {peer}")
             try:
-                parsed.append(multiaddr.Multiaddr(text))
+                parsed.append(multiaddr.Multiaddr(transport_part))
             except Exception as exc:
                 raise ConfigError(f"address {text!r} of peer {peer} is not a multiaddr") from exc
-        try:
-            ID.from_base58(peer)
-        except Exception as exc:
-            raise ConfigError(f"peer ID {peer!r} is not a base58 libp2p peer ID") from exc
         self._peer_addrs[peer] = tuple(parsed)
 
     def connected_peers(self) -> list[str]:
@@ -581,6 +585,21 @@ def _hold_inbound_only_while_open(swarm: Swarm) -> None:
     if not hasattr(swarm, "_do_handle_inbound_connection"):
         raise RuntimeError("this py-libp2p has no Swarm._do_handle_inbound_connection to replace")
     swarm._do_handle_inbound_connection = upgrade_then_wait_for_close  # type: ignore[method-assign]
+
+
+def _parse_peer_id(peer: str) -> ID:
+    """The ID of a peer-ID string that embeds its public key, as Ed25519 IDs do.
+
+    Raises ``ConfigError`` otherwise: plain base58 decoding accepts almost any word.
+    """
+    try:
+        peer_id = ID.from_base58(peer)
+        key = peer_id.extract_public_key()
+    except Exception:
+        key = None
+    if key is None or ID.from_pubkey(key) != peer_id or peer_id.to_base58() != peer:
+        raise ConfigError(f"peer ID {peer!r} is not a base58 libp2p peer ID embedding its key")
+    return peer_id
 
 
 def _describe(value: object) -> str:
