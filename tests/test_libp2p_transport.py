@@ -25,11 +25,14 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, create_new_key_pair
 from libp2p.crypto.keys import KeyPair, PrivateKey, PublicKey
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from transport_harness import libp2p_group, seed_for
@@ -37,7 +40,7 @@ from transport_harness import libp2p_group, seed_for
 from p2pfed.errors import ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.identity import Identity, Member, Roster, RosterGate, RosterStore
 from p2pfed.transport import Stream
-from p2pfed.transport.libp2p import Libp2pTransport
+from p2pfed.transport.libp2p import Libp2pStream, Libp2pTransport
 from p2pfed.wire import receive_tensor, send_tensor
 
 pytestmark = pytest.mark.network
@@ -267,6 +270,48 @@ async def test_member_removed_from_a_signed_roster_is_refused(tmp_path: Path) ->
             with pytest.raises(RemoteProtocolError) as info:  # a new connection: refused
                 await a.open_stream(b.local_peer, "/ok/1")
             assert info.value.reason is ReasonCode.UNKNOWN_PEER
+
+
+async def test_interoperates_with_a_stock_py_libp2p_host() -> None:
+    """Our data path (256 KiB Yamux frames, batched Noise session) against py-libp2p's own
+    Noise session and Yamux on the other end, both directions."""
+    stock_keys = create_new_key_pair(seed_for("stock"))
+    stock = new_host(
+        key_pair=stock_keys,
+        sec_opt={
+            NOISE_PROTOCOL_ID: NoiseTransport(stock_keys, create_x25519_key_pair().private_key)
+        },
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+    payload = np.random.default_rng(9).bytes(3 * 2**20 + 11)
+
+    async def stock_echo(stream: object) -> None:
+        received = bytearray()
+        while len(received) < len(payload):
+            received += await stream.read(1 << 20)
+        await stream.write(hashlib.sha256(received).digest() + bytes(received))
+        await stream.close()
+
+    stock.set_stream_handler("/echo/1", stock_echo)
+    with trio.fail_after(30):
+        async with running(stock):
+            stock_id = str(stock.get_id())
+            async with Libp2pTransport(
+                seed_for("ours"),
+                lambda p: p == stock_id,
+                peer_addrs={stock_id: [str(a).split("/p2p/")[0] for a in stock.get_addrs()]},
+            ) as ours:
+                # The stock host speaks no admission byte, so go below open_stream.
+                await ours._ensure_connected(stock_id, stock.get_id())
+                raw = await ours._host.new_stream(stock.get_id(), ["/echo/1"])
+                stream = Libp2pStream(raw, stock_id)
+                await stream.send_all(payload)
+                digest = await stream.receive_exactly(32)
+                echoed = await stream.receive_exactly(len(payload))
+                await stream.aclose()
+    assert digest == hashlib.sha256(payload).digest()
+    assert echoed == payload
 
 
 async def test_libp2p_log_records_go_through_p2pfed_logging() -> None:
