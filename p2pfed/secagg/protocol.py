@@ -160,6 +160,20 @@ def plan_reveal(
     return plan
 
 
+def _components(survivors: frozenset[str], commits: Mapping[str, frozenset[str]]) -> int:
+    """Number of connected groups of ``survivors`` under their pair masks."""
+    unseen = set(survivors)
+    groups = 0
+    while unseen:
+        groups += 1
+        frontier = [unseen.pop()]
+        while frontier:
+            for other in commits[frontier.pop()] & unseen:
+                unseen.discard(other)
+                frontier.append(other)
+    return groups
+
+
 class SecAggPeer:
     """The protocol state of one peer in one round (see the module docstring)."""
 
@@ -605,6 +619,11 @@ class SecAggPeer:
             ):
                 mask_set.add(peer)
         self.mask_set = frozenset(mask_set)
+        if not self.mask_set:
+            # With no pair mask, the self mask alone would hide the input, and its seed is
+            # revealed at unmasking: refuse to contribute rather than expose the input.
+            self._abort(ReasonCode.DROPPED, "no neighbour completed the share exchange with us")
+            return []
         assert self._input is not None
         vector, self._input = self._input, None
         c, r = self.config.consortium, self.config.round
@@ -651,6 +670,15 @@ class SecAggPeer:
                         ReasonCode.PROTOCOL_VIOLATION,
                         f"contributors {v!r} and {u!r} disagree on their pair mask",
                     )
+        groups = _components(survivors, self._commits)
+        if groups > 1:
+            # Once seeds are revealed, a group of survivors with no pair mask to anyone
+            # outside it is unmasked by any partial sum over it (a ring all-reduce forms such
+            # partial sums), so its members' inputs would leak.
+            return (
+                ReasonCode.DROPPED,
+                f"the survivors' pair masks fall apart into {groups} groups; nothing was revealed",
+            )
         dropped = frozenset().union(*(self._commits[v] for v in survivors)) - survivors
         keyless = sorted((survivors | dropped) - set(self._adverts))
         if keyless:
