@@ -12,12 +12,15 @@ Theory of operation (Bonawitz et al. 2017, with SecAgg+ neighbourhoods, no serve
    if both accepted each other's shares, so pair masks are symmetric between survivors.
 4. MASKED_INPUT: y = x + PRG(b) + Σ ±PRG(s_uv) over the mask set, which it broadcasts as an
    ``InputCommit`` before handing y to the pluggable ``MaskedSum``.
-5. UNMASK: given the masked sum and its contributors S, it reveals — once, for S only — its
-   shares of b for dealers in S and of s for dealers outside S whose masks sit in the sum;
-   never both for one dealer (S and the dropped set are disjoint, and a second, different S
-   is refused). Reveals tied to another S (digest) are rejected. With t shares per secret it
-   rebuilds each secret, checks it against the seed commitment or the advertised s key, and
-   on a mismatch checks dealer signatures to name and exclude the peer that lied.
+5. UNMASK: given the masked sum and its contributors S — after checking that S is large
+   enough, that every mask set is known and symmetric, that the survivors' pair masks
+   connect them all and that every needed secret has t surviving holders — it reveals,
+   once, for S only, its shares of b for dealers in S and of s for dealers outside S whose
+   masks sit in the sum; never both for one dealer (S and the dropped set are disjoint,
+   and a second, different S is refused). Reveals tied to another S (digest) are rejected.
+   With t shares per secret it rebuilds each secret, checks it against the seed commitment
+   or the advertised s key, and on a mismatch checks dealer signatures to name and exclude
+   the peer that lied.
 6. DONE: ``result()`` removes the recovered masks from the sum (computed on demand: it costs
    one keystream pass per survivor and per dropped pair).
 
@@ -337,8 +340,11 @@ class SecAggPeer:
         """The masked sum of ``contributors``' vectors: check it, then reveal shares once.
 
         Aborts (nothing revealed) when this peer is not a contributor, too few peers
-        contributed, a contributor's mask set is unknown or asymmetric, or some needed
-        secret has fewer than t surviving holders.
+        contributed, a contributor's mask set or keys are unknown, two contributors disagree
+        on their pair mask, the survivors' pair masks fall apart into separate groups, or
+        some needed secret has fewer than t surviving holders. Raises ``LocalProtocolError``
+        when called outside MASKED_INPUT (in particular a second time: a peer reveals for one
+        survivor set only) and ``DataError`` for a sum of the wrong dtype or length.
         """
         survivors = frozenset(contributors)
         if self.stage is not Stage.MASKED_INPUT:
