@@ -219,3 +219,16 @@ def test_no_coalition_below_threshold_rebuilds_a_peers_secrets():
                 AgreementKeyPair.from_secret(mask).public == dealer._mask.public
             )
             assert rebuilt == (size >= t)
+
+
+def test_the_documented_example_runs():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "secure-aggregation.md").read_text()
+    code = doc.split("```python\n", 2)[2].split("```", 1)[0]  # the block after the interface
+    scope: dict = {}
+    exec(compile(code, "secure-aggregation.md", "exec"), scope)
+    assert scope["run"].survivors == {f"hospital-{i}" for i in (0, 1, 2, 4)}
+    survivors = scope["run"].survivors
+    exact = sum(scope["updates"][p] for p in survivors) / len(survivors)
+    assert np.abs(scope["average"] - exact).max() <= scope["fp"].step
