@@ -63,7 +63,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="largest n·4d (MiB) for which the whole protocol runs at the full dimension",
     )
     parser.add_argument("--repeats", type=int, default=3, help="repeats of timed kernels (best)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of inputs and key material")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random input vectors")
     parser.set_defaults(func=run)
 
 
