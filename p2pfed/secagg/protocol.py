@@ -244,6 +244,11 @@ class SecAggPeer:
                 f"the input must be a {dtype.__name__} vector of length {self.config.dimension}, "
                 f"got {words.dtype} of shape {words.shape}"
             )
+        bits = self.config.input_bits
+        if bits is not None and words.size and int(words.max()) >> bits:
+            raise DataError(
+                f"an input word exceeds {bits} bits, so the sum could wrap the ring silently"
+            )
         self._move(Event.START)
         if copy or not (words.flags.writeable and words.flags.c_contiguous):
             words = cast(UIntVector, np.array(words, dtype=dtype, copy=True))
