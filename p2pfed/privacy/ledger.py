@@ -299,14 +299,19 @@ class PrivacyLedger:
         budget, ``LocalError`` when the ledger is closed.
         """
         fd = self._writable_fd()
-        spent = self.spent_epsilon()
-        after = self.epsilon_after(release)
+        candidate = self._accountant.copy()
+        candidate.step(
+            noise_multiplier=release.noise_multiplier,
+            sample_rate=release.sample_rate,
+            steps=release.steps,
+        )
+        after = candidate.get_epsilon(self.delta)
         if not after <= self.budget_epsilon:  # also refuses a NaN ε
             raise BudgetExceededError(
                 f"release for round {release.round} (σ={release.noise_multiplier:g}, "
                 f"q={release.sample_rate:g}, {release.steps} step(s)) would raise ε from "
-                f"{spent:.4g} to {after:.4g} at δ={self.delta:g}, over the budget of "
-                f"{self.budget_epsilon:g} ({self.accountant_kind} accountant); "
+                f"{self.spent_epsilon():.4g} to {after:.4g} at δ={self.delta:g}, over the "
+                f"budget of {self.budget_epsilon:g} ({self.accountant_kind} accountant); "
                 "refused, nothing was released"
             )
         timestamp = float(self._clock())
@@ -321,11 +326,7 @@ class PrivacyLedger:
             )
         os.fsync(fd)
         self._records.append(record)
-        self._accountant.step(
-            noise_multiplier=release.noise_multiplier,
-            sample_rate=release.sample_rate,
-            steps=release.steps,
-        )
+        self._accountant = candidate  # already holds this history's composition, cached
         return record
 
     def _writable_fd(self) -> int:
