@@ -264,3 +264,16 @@ def test_every_truncation_of_the_last_record_is_handled(tmp_path: Path) -> None:
             # only the whole record (with or without its newline) counts as the 4th
             assert len(led.records) == (4 if cut >= len(full) - 1 else 3)
         assert path.read_bytes() in (full, full[:last_start])  # repaired to a clean file
+
+
+def test_numpy_scalars_are_recorded_as_plain_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "l"
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        led.reserve(
+            Release(
+                np.int64(3), np.float32(2.0), np.float64(0.5), np.int32(4), np.float64(1), "local"
+            )
+        )  # type: ignore[arg-type]
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        assert led.records[0].release == _release(3, 2.0, 0.5, 4)
+        assert type(led.records[0].release.round) is int

@@ -61,9 +61,12 @@ class Step:
     steps: int
 
     def __post_init__(self) -> None:
-        validate.noise_multiplier(self.noise_multiplier)
-        validate.sample_rate(self.sample_rate)
-        validate.count("steps", self.steps)
+        # normalised to plain float/int so numpy scalars never reach JSON or cache keys
+        object.__setattr__(
+            self, "noise_multiplier", validate.noise_multiplier(self.noise_multiplier)
+        )
+        object.__setattr__(self, "sample_rate", validate.sample_rate(self.sample_rate))
+        object.__setattr__(self, "steps", validate.count("steps", self.steps))
 
 
 def _merged(history: Iterable[Step]) -> dict[tuple[float, float], int]:

@@ -70,12 +70,17 @@ class Release:
     mode: NoiseMode
 
     def __post_init__(self) -> None:
-        validate.count("round", self.round, minimum=0)
-        validate.noise_multiplier(self.noise_multiplier)
-        validate.sample_rate(self.sample_rate)
-        validate.count("steps", self.steps)
-        validate.clip_norm(self.clip_norm)
-        object.__setattr__(self, "mode", NoiseMode(self.mode))
+        # normalised to plain int/float so numpy scalars serialise like Python numbers
+        checked = {
+            "round": validate.count("round", self.round, minimum=0),
+            "noise_multiplier": validate.noise_multiplier(self.noise_multiplier),
+            "sample_rate": validate.sample_rate(self.sample_rate),
+            "steps": validate.count("steps", self.steps),
+            "clip_norm": validate.clip_norm(self.clip_norm),
+            "mode": NoiseMode(self.mode),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
