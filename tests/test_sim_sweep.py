@@ -140,3 +140,13 @@ def test_cli_reports_bad_input_in_one_sentence(
     assert "[training] lr must be a number" in capsys.readouterr().err
     assert main(["sim", "list"]) == 0
     assert "topology_study" in capsys.readouterr().out
+
+
+def test_bench_case_reports_rates_and_rss() -> None:
+    from p2pfed.bench.sim import measure_case
+
+    case = measure_case(8, 2, 1, True)
+    assert case["n"] == 8
+    assert case["vectorized_peer_rounds_s"] > 0 and case["loop_peer_rounds_s"] > 0
+    assert case["peak_rss_mb"] > 50
+    assert torch.get_num_threads() >= 1
