@@ -55,13 +55,20 @@ def _save(fig: Any, ax: Any, path: Path) -> Path:
 
 
 def accuracy_plot(groups: Mapping[str, Sequence[RunResult]], path: Path) -> Path:
-    """Mean test accuracy across peers vs round, one line per group."""
+    """Test accuracy vs round: mean over peers (solid) and worst peer (dotted) per group."""
     fig, ax = _figure()
+    floor = 1.0
     for label, results in groups.items():
         rounds, acc = _mean_series(results, "accuracy_mean")
-        ax.plot(rounds, acc, label=label)
+        _, worst = _mean_series(results, "accuracy_min")
+        (line,) = ax.plot(rounds, acc, label=label)
+        ax.plot(rounds, worst, ":", color=line.get_color(), linewidth=1.0)
+        settled = worst[len(worst) // 10 :]
+        floor = min(floor, float(settled.min()) if len(settled) else 0.0)
+    # Zoom on the settled part: the first rounds' climb from chance would flatten the rest.
+    ax.set_ylim(max(0.0, floor - 0.03), 1.0)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (mean over peers)")
+    ax.set_ylabel("test accuracy (solid: peer mean, dotted: worst peer)")
     return _save(fig, ax, path)
 
 
