@@ -44,7 +44,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
-from sim.cost import round_cost
+from sim.cost import RoundCost, round_cost
 from sim.data import Dataset, load_dataset
 from sim.mixing import MixingSchedule, build_topology, receive_counts, send_counts, with_faults
 from sim.models import FlatModel, build_model, default_init_scale
@@ -89,9 +89,26 @@ class LocalResult:
     """What the local phase returns: new parameters and the raw gradient statistics."""
 
     theta: torch.Tensor
-    grad_sum: torch.Tensor
+    #: Sum of the raw gradients over the steps (gradient tracking only, else None).
+    grad_sum: torch.Tensor | None
     steps_done: torch.Tensor
     loss_mean: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoundOutcome:
+    """What one round did: bytes per peer, communication time, who took part, losses."""
+
+    bytes_sent: NDArray[np.float64]
+    comm_time_s: float
+    active: NDArray[np.bool_]
+    steps: torch.Tensor
+    loss_mean: torch.Tensor
+
+    def train_loss(self) -> float:
+        """Mean local training loss over the peers that made at least one step."""
+        trained = torch.from_numpy(self.active) & (self.steps > 0)
+        return float(self.loss_mean[trained].mean()) if bool(trained.any()) else math.nan
 
 
 class Simulator:
@@ -135,6 +152,8 @@ class Simulator:
         self.tracker = torch.zeros_like(self.theta)
         self.last_direction = torch.zeros_like(self.theta)
         self.bytes_cumulative = np.zeros(n, dtype=np.float64)
+        self._plan_batches()
+        self._cost_cache: dict[int, RoundCost] = {}
         self._grad_fn = torch.func.vmap(
             torch.func.grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0, None, None)
         )
@@ -174,22 +193,38 @@ class Simulator:
             loss = loss + 0.5 * weight_decay * (theta**2).sum()
         return loss
 
-    def _batch_sizes(self) -> torch.Tensor:
-        """Per-peer batch size b_i = min(B, m_i): a small peer uses all its samples."""
-        return torch.clamp(self.counts, max=self.scenario.training.batch_size).clamp_min(1)
-
-    def _steps_per_peer(self, active: NDArray[np.bool_], straggling: NDArray[np.bool_]) -> Any:
+    def _plan_batches(self) -> None:
+        """Per-peer constants of the local phase, computed once (they depend on m_i only)."""
         spec = self.scenario.training
         counts = self.counts
+        # Batch size b_i = min(B, m_i): a small peer uses all its samples in each step.
+        b = torch.clamp(counts, max=spec.batch_size).clamp_min(1)
         if spec.local_epochs > 0:
-            b = self._batch_sizes()
             steps = torch.div(spec.local_epochs * counts + b - 1, b, rounding_mode="floor")
         else:
             steps = torch.where(counts > 0, spec.local_steps, 0)
-        fraction = self.scenario.faults.straggler_fraction
-        cut = torch.ceil(steps.to(torch.float64) * fraction).to(torch.int64)
-        steps = torch.where(torch.from_numpy(straggling), cut, steps)
-        return torch.where(torch.from_numpy(active), steps, 0)
+        self.base_steps = steps
+        self.base_max_steps = int(steps.max().item()) if len(steps) else 0
+        width_b = max(1, min(spec.batch_size, int(counts.max().item()) if len(counts) else 1))
+        offsets = torch.arange(width_b)[None, :]
+        self.batch_step = b[:, None]
+        self.batch_offsets = offsets
+        self.batch_mask = (offsets < b[:, None]) & (counts[:, None] > 0)
+        self.batch_limit = (spec.local_epochs * counts)[:, None] if spec.local_epochs > 0 else None
+        self.safe_counts = counts.clamp_min(1)[:, None]
+        self.pad_mask = torch.arange(self.indices.shape[1])[None, :] >= counts[:, None]
+
+    def _steps_per_peer(
+        self, active: NDArray[np.bool_] | None, straggling: NDArray[np.bool_] | None
+    ) -> torch.Tensor:
+        steps = self.base_steps
+        if straggling is not None:
+            fraction = self.scenario.faults.straggler_fraction
+            cut = torch.ceil(steps.to(torch.float64) * fraction).to(torch.int64)
+            steps = torch.where(torch.from_numpy(straggling), cut, steps)
+        if active is not None:
+            steps = torch.where(torch.from_numpy(active), steps, 0)
+        return steps
 
     def local_phase(
         self,
@@ -206,41 +241,38 @@ class Simulator:
         """
         spec = self.scenario.training
         n, width = self.indices.shape
-        batch = spec.batch_size
-        counts = self.counts
-        b = self._batch_sizes()
         keys = torch.rand(n, width, generator=self.batch_gen, dtype=torch.float64)
-        keys = keys.masked_fill(torch.arange(width)[None, :] >= counts[:, None], math.inf)
-        order = torch.argsort(keys, dim=1)
+        order = torch.argsort(keys.masked_fill(self.pad_mask, math.inf), dim=1)
         shuffled = torch.gather(self.indices, 1, order)  # row i: peer i's samples, shuffled
-        track = correction is not None
+        # Every peer doing the same number of steps (the common case) needs no step masks.
+        uniform = steps is self.base_steps and bool((steps == self.base_max_steps).all())
         anchor = theta
-        current = theta.clone()
-        grad_sum = torch.zeros_like(theta)
+        current = theta
+        grad_sum = torch.zeros_like(theta) if correction is not None else None
         loss_sum = torch.zeros(n, dtype=self.dtype)
-        max_steps = int(steps.max().item()) if n else 0
-        width_b = max(1, min(batch, int(counts.max().item()) if n else 1))
-        offsets = torch.arange(width_b)[None, :]  # [1, B]
-        in_batch = (offsets < b[:, None]) & (counts[:, None] > 0)
-        limit = spec.local_epochs * counts if spec.local_epochs > 0 else None
-        safe_counts = counts.clamp_min(1)[:, None]
-        for s in range(max_steps):
-            position = s * b[:, None] + offsets  # [N, B]
-            valid = in_batch if limit is None else in_batch & (position < limit[:, None])
-            slot = torch.remainder(position, safe_counts)
-            sample = torch.gather(shuffled, 1, slot)
+        for s in range(self.base_max_steps):
+            position = s * self.batch_step + self.batch_offsets  # [N, B]
+            valid = self.batch_mask
+            if self.batch_limit is not None:
+                valid = valid & (position < self.batch_limit)
+            sample = torch.gather(shuffled, 1, torch.remainder(position, self.safe_counts))
             xb = self.x_train[sample]
             yb = self.y_train[sample]
             wb = valid.to(self.dtype)
             grads, losses = self._grad_fn(current, xb, yb, wb, anchor, mu, spec.weight_decay)
-            live = (s < steps).to(self.dtype)[:, None]
             direction = grads if correction is None else grads + correction
-            current = current - spec.lr * live * direction
-            if track:
-                grad_sum = grad_sum + live * grads
-            loss_sum = loss_sum + live[:, 0] * losses.detach()
-        done = steps.to(self.dtype)
-        loss_mean = loss_sum / done.clamp_min(1.0)
+            if uniform:
+                current = current - spec.lr * direction
+                loss_sum = loss_sum + losses
+                if grad_sum is not None:
+                    grad_sum = grad_sum + grads
+            else:
+                live = (s < steps).to(self.dtype)[:, None]
+                current = current - spec.lr * live * direction
+                loss_sum = loss_sum + live[:, 0] * losses
+                if grad_sum is not None:
+                    grad_sum = grad_sum + live * grads
+        loss_mean = loss_sum / steps.to(self.dtype).clamp_min(1.0)
         return LocalResult(current, grad_sum, steps, loss_mean)
 
     # -- release (DP and attacks) -----------------------------------------------------------
@@ -267,14 +299,20 @@ class Simulator:
 
     # -- one round ----------------------------------------------------------------------------
 
-    def step(self, t: int) -> tuple[NDArray[np.float64], float, int, torch.Tensor]:
-        """Play round t (0-based); returns bytes sent per peer, comm time, active count, loss."""
+    def step(self, t: int) -> RoundOutcome:
+        """Play round t (0-based)."""
         sc = self.scenario
         faults = sc.faults
         n = sc.n
-        active = self.fault_rng.random(n) >= faults.dropout
-        straggling = self.fault_rng.random(n) < faults.straggler_prob
-        steps = self._steps_per_peer(active, straggling)
+        # Draw only the faults the scenario has, so a fault-free round costs no RNG calls.
+        dropped = self.fault_rng.random(n) < faults.dropout if faults.dropout > 0.0 else None
+        straggling = (
+            self.fault_rng.random(n) < faults.straggler_prob
+            if faults.straggler_prob > 0.0
+            else None
+        )
+        active = ~dropped if dropped is not None else np.ones(n, dtype=np.bool_)
+        steps = self._steps_per_peer(None if dropped is None else active, straggling)
         algo = sc.algorithm.name
         mu = sc.algorithm.mu if algo == "fedprox" else 0.0
         start = self.theta
@@ -297,14 +335,17 @@ class Simulator:
         if algo == "local":
             self.theta = sent
         elif algo in ("fedavg", "fedprox"):
-            act = torch.from_numpy(active)
-            if act.any():
+            if active.all():
+                self.theta = sent.mean(dim=0, keepdim=True).expand(n, -1).clone()
+            elif active.any():
+                act = torch.from_numpy(active)
                 mean = sent[act].mean(dim=0, keepdim=True)
                 self.theta = torch.where(act[:, None], mean, start)
         elif algo == "gossip":
             self.theta = w_torch @ sent
         else:  # gradient_tracking
             vectors = 2
+            assert local.grad_sum is not None
             done = local.steps_done.to(self.dtype)[:, None]
             direction = torch.where(
                 done > 0, local.grad_sum / done.clamp_min(1.0), self.last_direction
@@ -319,29 +360,30 @@ class Simulator:
             moved = start - sc.training.lr * done * self.tracker
             self.theta = w_torch @ moved
 
-        if w_round is not None:
-            sends = send_counts(w_round)
-            groups = receive_counts(w_round) + 1
-        else:
-            sends = np.zeros(n, dtype=np.int64)
-            groups = np.ones(n, dtype=np.int64)
-        cost = round_cost(
-            self.model.size,
-            sends,
-            groups,
-            active if algo != "local" else np.zeros(n, dtype=np.bool_),
-            algo in ("fedavg", "fedprox"),
-            vectors,
-            sc.network,
-            sc.secagg,
-        )
+        faulty_links = faults.dropout > 0.0 or faults.link_failure > 0.0
+        phase = t % self.schedule.period if self.schedule is not None else 0
+        cost = None if faulty_links else self._cost_cache.get(phase)
+        if cost is None:
+            if w_round is not None:
+                sends = send_counts(w_round)
+                groups = receive_counts(w_round) + 1
+            else:
+                sends = np.zeros(n, dtype=np.int64)
+                groups = np.ones(n, dtype=np.int64)
+            cost = round_cost(
+                self.model.size,
+                sends,
+                groups,
+                active if algo != "local" else np.zeros(n, dtype=np.bool_),
+                algo in ("fedavg", "fedprox"),
+                vectors,
+                sc.network,
+                sc.secagg,
+            )
+            if not faulty_links:
+                self._cost_cache[phase] = cost
         self.bytes_cumulative += cost.bytes_sent
-        return (
-            cost.bytes_sent,
-            cost.time_s,
-            int(active.sum()),
-            local.loss_mean[torch.from_numpy(active & (steps.numpy() > 0))],
-        )
+        return RoundOutcome(cost.bytes_sent, cost.time_s, active, steps, local.loss_mean)
 
     # -- metrics --------------------------------------------------------------------------
 
@@ -420,11 +462,18 @@ class Simulator:
         zeros = np.zeros(sc.n, dtype=np.float64)
         records = [self._record(0, zeros, 0.0, sc.n, math.nan)]
         for t in range(sc.rounds):
-            sent, comm, active, losses = self.step(t)
+            outcome = self.step(t)
             done = t + 1
             if done % sc.eval_every == 0 or done == sc.rounds:
-                train_loss = float(losses.mean()) if losses.numel() else math.nan
-                records.append(self._record(done, sent, comm, active, train_loss))
+                records.append(
+                    self._record(
+                        done,
+                        outcome.bytes_sent,
+                        outcome.comm_time_s,
+                        int(outcome.active.sum()),
+                        outcome.train_loss(),
+                    )
+                )
             if on_round is not None:
                 on_round(done)
         return records
