@@ -45,7 +45,7 @@ class RunResult:
         payload = {
             "digest": self.digest,
             "scenario": self.scenario,
-            "rho": self.rho,
+            "rho": None if math.isnan(self.rho) else self.rho,
             "records": [_record_dict(r) for r in self.records],
         }
         return json.dumps(payload, indent=1, sort_keys=True) + "\n"
@@ -57,7 +57,8 @@ class RunResult:
             RoundRecord(**{k: _from_json_float(v) for k, v in r.items()})
             for r in payload["records"]
         )
-        return cls(payload["digest"], payload["scenario"], float(payload["rho"]), records)
+        rho = math.nan if payload["rho"] is None else float(payload["rho"])
+        return cls(payload["digest"], payload["scenario"], rho, records)
 
 
 def _record_dict(record: RoundRecord) -> dict[str, Any]:
@@ -72,13 +73,23 @@ def _from_json_float(value: Any) -> Any:
     return math.nan if value is None else value
 
 
+#: Above this many peers ρ is not computed (ARPACK on n = 10,000 takes tens of seconds,
+#: more than the simulation); ``p2pfed topology analyze`` gives it on demand.
+RHO_MAX_N = 4096
+
+
 def theoretical_rho(scenario: Scenario, topology: Any | None, model_size: int) -> float:
-    """Per-round contraction of the mixing step: topologies' ρ, 0 (exact) or 1 (none)."""
+    """Per-round contraction of the mixing step: topologies' ρ, 0 (exact) or 1 (none).
+
+    NaN when the graph has more than ``RHO_MAX_N`` nodes (stored as null).
+    """
     algo = scenario.algorithm.name
     if algo in ("fedavg", "fedprox"):
         return 0.0
     if algo == "local" or topology is None:
         return 1.0
+    if scenario.n > RHO_MAX_N:
+        return math.nan
     import topologies
 
     return float(topologies.analyze(topology, model_bytes=model_size * 4).rho)

@@ -11,6 +11,7 @@ imported inside the command functions so ``p2pfed --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -139,6 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         f"round {last.round}: accuracy mean {last.accuracy_mean:.4f} "
         f"(min {last.accuracy_min:.4f}, max {last.accuracy_max:.4f}), consensus distance "
         f"{last.consensus_distance:.3g}, ρ = {result.rho:.4f}{eps}; {wall:.1f} s"
+        + (" (ρ not computed above 4096 peers)" if math.isnan(result.rho) else "")
     )
     print(f"wrote {out / 'metrics.csv'}, {out / 'result.json'}, " + ", ".join(map(str, figures)))
     return 0
