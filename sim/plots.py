@@ -75,9 +75,14 @@ def accuracy_plot(groups: Mapping[str, Sequence[RunResult]], path: Path) -> Path
 def consensus_plot(groups: Mapping[str, Sequence[RunResult]], path: Path) -> Path:
     """Consensus distance vs round with the theoretical ρ^t reference lines."""
     fig, ax = _figure()
+    low, high = np.inf, 0.0
     for label, results in groups.items():
         rounds, dist = _mean_series(results, "consensus_distance")
-        (line,) = ax.plot(rounds, dist, label=label)
+        shown = np.where(dist > 0, dist, np.nan)  # log scale: 0 (identical models) is off-axis
+        (line,) = ax.plot(rounds, shown, label=label)
+        if np.isfinite(shown).any():
+            low = min(low, float(np.nanmin(shown)))
+            high = max(high, float(np.nanmax(shown)))
         rho = results[0].rho
         nonzero = np.flatnonzero(dist > 0)
         if 0.0 < rho < 1.0 and len(nonzero):
@@ -85,6 +90,9 @@ def consensus_plot(groups: Mapping[str, Sequence[RunResult]], path: Path) -> Pat
             ref = dist[t0] * rho ** (rounds - rounds[t0])
             ax.plot(rounds[t0:], ref[t0:], "--", color=line.get_color(), label=f"ρ^t, ρ={rho:.3f}")
     ax.set_yscale("log")
+    if high > 0.0:
+        # Keep the measured curves readable; reference lines may run off the bottom.
+        ax.set_ylim(max(low / 10.0, high * 1e-17), high * 2.0)
     ax.set_xlabel("round")
     ax.set_ylabel("consensus distance ‖X − X̄‖_F / √N")
     return _save(fig, ax, path)

@@ -54,7 +54,7 @@ class RunResult:
     def from_json(cls, text: str) -> RunResult:
         payload = json.loads(text)
         records = tuple(
-            RoundRecord(**{k: _from_json_float(v) for k, v in r.items()})
+            RoundRecord(**{k: v if k == "epsilon" else _from_json_float(v) for k, v in r.items()})
             for r in payload["records"]
         )
         rho = math.nan if payload["rho"] is None else float(payload["rho"])

@@ -150,3 +150,13 @@ def test_bench_case_reports_rates_and_rss() -> None:
     assert case["vectorized_peer_rounds_s"] > 0 and case["loop_peer_rounds_s"] > 0
     assert case["peak_rss_mb"] > 50
     assert torch.get_num_threads() >= 1
+
+
+def test_stored_results_round_trip_exactly(tmp_path: Path) -> None:
+    from sim.results import RunResult
+
+    plain = run_point(_small(**{"privacy.enabled": False}))
+    again = RunResult.from_json(plain.to_json())
+    assert again == plain or again.to_json() == plain.to_json()
+    assert again.records[-1].epsilon is None
+    assert RunResult.from_json(run_point(_small()).to_json()).records[-1].epsilon is not None
