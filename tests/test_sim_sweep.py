@@ -145,7 +145,7 @@ def test_cli_reports_bad_input_in_one_sentence(
 def test_bench_case_reports_rates_and_rss() -> None:
     from p2pfed.bench.sim import measure_case
 
-    case = measure_case(8, 2, 1, True)
+    case = measure_case(8, 2, 1, True, repeats=2)
     assert case["n"] == 8
     assert case["vectorized_peer_rounds_s"] > 0 and case["loop_peer_rounds_s"] > 0
     assert case["peak_rss_mb"] > 50

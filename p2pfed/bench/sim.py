@@ -9,7 +9,8 @@ steps), then exact averaging (FedAvg) — and times
 - the straightforward loop (``sim.reference.loop_round``: per peer, copy the weights into an
   ``nn.Linear``, train with ``torch.optim.SGD``, then average),
 
-both on one torch thread, after warm-up rounds (3 for the simulator, 1 for the loop).
+both on one torch thread, after warm-up rounds (3 for the simulator, 1 for the loop), as
+the best of several timings each (the machine is shared; the minimum is the least disturbed).
 Peak RSS is the child's ``ru_maxrss`` read after the vectorised run and before the loop
 starts, so it is the simulator's high-water mark (interpreter, torch and data included).
 The loop is timed on fewer rounds than the simulator; rates are per peer-round either way.
@@ -45,16 +46,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sizes", type=_sizes, default=[64, 256, 1024], help="N values (64,256,1024)"
     )
-    parser.add_argument("--rounds", type=int, default=30, help="simulator rounds timed (30)")
-    parser.add_argument("--loop-rounds", type=int, default=2, help="loop rounds timed (2)")
+    parser.add_argument("--rounds", type=int, default=10, help="simulator rounds per timing (10)")
+    parser.add_argument("--loop-rounds", type=int, default=1, help="loop rounds per timing (1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per side; best kept (5)")
     parser.add_argument(
         "--loop-max-n", type=int, default=4096, help="skip the loop above this N (4096)"
     )
     parser.set_defaults(func=_main)
 
 
-def measure_case(n: int, rounds: int, loop_rounds: int, run_loop: bool) -> dict[str, Any]:
+def measure_case(
+    n: int, rounds: int, loop_rounds: int, run_loop: bool, repeats: int = 3
+) -> dict[str, Any]:
     """Time one N in this process (meant to run in a fresh subprocess)."""
+    import math
     import resource
     import time
 
@@ -65,12 +70,13 @@ def measure_case(n: int, rounds: int, loop_rounds: int, run_loop: bool) -> dict[
     from sim.scenario import Scenario, with_overrides
 
     torch.set_num_threads(1)
+    warmup_rounds = 3
     scenario = with_overrides(
         Scenario(),
         {
             "name": f"bench-{n}",
             "n": n,
-            "rounds": rounds + 3,
+            "rounds": warmup_rounds + rounds * repeats,
             "algorithm": "fedavg",
             "data": "breast_cancer",
             "model": "logreg",
@@ -82,13 +88,19 @@ def measure_case(n: int, rounds: int, loop_rounds: int, run_loop: bool) -> dict[
         },
     )
     sim = Simulator(scenario)
-    warmup = 3  # first-call costs of vmap, the allocator and the caches
+    warmup = warmup_rounds  # first-call costs of vmap, the allocator and the caches
     for t in range(warmup):
         sim.step(t)
-    started = time.perf_counter()
-    for t in range(warmup, warmup + rounds):
-        sim.step(t)
-    vector_s = time.perf_counter() - started
+    # Best of `repeats` timings for both sides: the machine is shared, and the minimum is
+    # the least disturbed estimate of each implementation's own cost.
+    vector_s = math.inf
+    t = warmup
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(rounds):
+            sim.step(t)
+            t += 1
+        vector_s = min(vector_s, time.perf_counter() - started)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     loop_rate: float | None = None
     if run_loop:
@@ -96,10 +108,13 @@ def measure_case(n: int, rounds: int, loop_rounds: int, run_loop: bool) -> dict[
         gen = torch.Generator().manual_seed(0)
         theta = sim.theta[0].clone()
         theta = loop_round(theta, sim.x_train, sim.y_train, peers, 2, 16, 0.1, gen)  # warm-up
-        started = time.perf_counter()
-        for _ in range(loop_rounds):
-            theta = loop_round(theta, sim.x_train, sim.y_train, peers, 2, 16, 0.1, gen)
-        loop_rate = n * loop_rounds / (time.perf_counter() - started)
+        loop_s = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(loop_rounds):
+                theta = loop_round(theta, sim.x_train, sim.y_train, peers, 2, 16, 0.1, gen)
+            loop_s = min(loop_s, time.perf_counter() - started)
+        loop_rate = n * loop_rounds / loop_s
     return {
         "n": n,
         "vectorized_peer_rounds_s": round(n * rounds / vector_s, 1),
@@ -108,14 +123,15 @@ def measure_case(n: int, rounds: int, loop_rounds: int, run_loop: bool) -> dict[
         "peak_rss_mb": round(peak_rss_mb, 1),
         "vectorized_rounds": rounds,
         "loop_rounds": loop_rounds if run_loop else 0,
+        "repeats": repeats,
     }
 
 
-def _child(n: int, rounds: int, loop_rounds: int, run_loop: bool) -> dict[str, Any]:
+def _child(n: int, rounds: int, loop_rounds: int, run_loop: bool, repeats: int) -> dict[str, Any]:
     code = (
         "import json, sys\n"
         "from p2pfed.bench.sim import measure_case\n"
-        f"print(json.dumps(measure_case({n}, {rounds}, {loop_rounds}, {run_loop})))\n"
+        f"print(json.dumps(measure_case({n}, {rounds}, {loop_rounds}, {run_loop}, {repeats})))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -129,13 +145,13 @@ def _main(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
 
-    if args.rounds < 1 or args.loop_rounds < 1:
-        raise ConfigError("--rounds and --loop-rounds must be at least 1")
+    if min(args.rounds, args.loop_rounds, args.repeats) < 1:
+        raise ConfigError("--rounds, --loop-rounds and --repeats must be at least 1")
     cases = []
     for n in args.sizes:
         if not args.json:
             print(f"n = {n} ...", file=sys.stderr)
-        cases.append(_child(n, args.rounds, args.loop_rounds, n <= args.loop_max_n))
+        cases.append(_child(n, args.rounds, args.loop_rounds, n <= args.loop_max_n, args.repeats))
     payload = {
         "bench": "sim",
         "workload": "logreg, breast_cancer, 32 samples/peer, 1 local epoch, batch 16, fedavg",
