@@ -1,0 +1,123 @@
+"""``p2pfed audit verify | compare``: check audit logs for tampering and for agreement."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+NAME = "audit"
+HELP = "Verify a node's signed audit log, or compare members' logs round by round."
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add ``verify`` and ``compare``."""
+    from p2pfed.cli import add_group
+
+    sub = add_group(parser)
+    ver = sub.add_parser(
+        "verify",
+        help="Check signatures, sequence and hash chain; name the first bad entry.",
+    )
+    ver.add_argument("log", help="the audit log (JSONL)")
+    trust = ver.add_mutually_exclusive_group()
+    trust.add_argument("--roster", help="roster file: the signer must be a member with its key")
+    trust.add_argument("--public-key", help="the signer's Ed25519 public key (64 hex digits)")
+    ver.add_argument("--json", action="store_true", help="print JSON")
+    ver.set_defaults(func=_verify)
+
+    cmp = sub.add_parser("compare", help="Check that members agree on every round's model hash.")
+    cmp.add_argument("logs", nargs="+", metavar="LOG", help="two or more members' audit logs")
+    cmp.add_argument("--roster", help="roster file: every signer must be a member with its key")
+    cmp.add_argument("--json", action="store_true", help="print JSON")
+    cmp.set_defaults(func=_compare)
+
+
+def _public_key(text: str) -> bytes:
+    from p2pfed.errors import ConfigError
+
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"--public-key {text!r} is not 64 hex digits (an Ed25519 public key)")
+    return key
+
+
+def roster_members(path: str) -> Mapping[str, bytes]:
+    """Peer ID → public key of each member of the roster file at ``path``.
+
+    Uses ``p2pfed.identity.Roster`` (which checks the roster's own signatures); imported
+    by name so that this module does not depend on the identity package at type-check time.
+    """
+    import importlib
+
+    from p2pfed.errors import ConfigError
+
+    try:
+        identity = importlib.import_module("p2pfed.identity")
+    except ImportError:
+        raise ConfigError(
+            "--roster needs the p2pfed.identity package, which this build lacks; "
+            "use --public-key instead"
+        ) from None
+    roster = identity.Roster.load(path)
+    return {m.peer_id: bytes(m.public_key) for m in roster.members}
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from p2pfed.cli.util import print_json
+    from p2pfed.governance.audit import verify_log
+
+    members = roster_members(args.roster) if args.roster else None
+    key = _public_key(args.public_key) if args.public_key else None
+    report = verify_log(args.log, public_key=key, members=members)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.summary())
+        if report.ok and report.trust == "self":
+            print("note: the signer was not checked against a roster or --public-key")
+    return 0 if report.ok else 1
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from p2pfed.cli.util import print_json
+    from p2pfed.governance.audit import compare_logs
+
+    members = roster_members(args.roster) if args.roster else None
+    report = compare_logs(args.logs, members=members)
+    if args.json:
+        print_json(report.to_dict())
+        return 0 if report.ok else 1
+    for why in report.unverified.values():
+        print(f"not compared (failed verification): {why}")
+    for name, rounds in report.missing.items():
+        print(f"{name}: no model_version entry for round(s) {_ranges(rounds)}")
+    first = report.first_disagreement
+    if first is not None:
+        groups = "; ".join(
+            f"{h[:16]}… in {', '.join(logs)}" for h, logs in sorted(first.hashes.items())
+        )
+        print(f"DISAGREE at round {first.round}: {groups}")
+        if len(report.disagreements) > 1:
+            print(f"({len(report.disagreements)} rounds disagree in all)")
+    elif not report.unverified:
+        print(
+            f"OK: {len(args.logs)} logs agree on all {report.agreed} round(s) recorded by "
+            f"two or more of them ({report.rounds} round(s) in all)"
+        )
+    return 0 if report.ok else 1
+
+
+def _ranges(rounds: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = rounds[0]
+    for r in [*rounds[1:], None]:
+        if r is not None and r == prev + 1:
+            prev = r
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if r is not None:
+            start = prev = r
+    return ", ".join(parts)

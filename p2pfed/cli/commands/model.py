@@ -1,0 +1,127 @@
+"""``p2pfed model list | show | export | check``: the node's model versions and lineage."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+NAME = "model"
+HELP = "List, inspect and export the aggregated model of each round, with its lineage."
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add ``list``, ``show``, ``export`` and ``check``."""
+    from p2pfed.cli import add_group
+
+    sub = add_group(parser)
+
+    def registry_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--registry", default="models", help="model registry folder (default: ./models)"
+        )
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    lst = sub.add_parser("list", help="One line per stored model version.")
+    registry_arg(lst)
+    lst.set_defaults(func=_list)
+
+    show = sub.add_parser("show", help="A version's manifest and its chain of parents.")
+    show.add_argument("version", help="'latest', a round number, or a model-hash prefix")
+    registry_arg(show)
+    show.set_defaults(func=_show)
+
+    exp = sub.add_parser("export", help="Write a version as a torch or safetensors file.")
+    exp.add_argument("version", help="'latest', a round number, or a model-hash prefix")
+    exp.add_argument("--out", required=True, help="file to write (its manifest goes next to it)")
+    exp.add_argument("--format", choices=["torch", "safetensors"], default="torch")
+    registry_arg(exp)
+    exp.set_defaults(func=_export)
+
+    chk = sub.add_parser("check", help="Check an exported file against its manifest's hash.")
+    chk.add_argument("file", help="the exported model file")
+    chk.add_argument("--manifest", help="its manifest (default: FILE.manifest.json)")
+    chk.set_defaults(func=_check)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from p2pfed.cli.util import print_json
+    from p2pfed.governance.models import ModelRegistry
+
+    versions = ModelRegistry.open_existing(args.registry).versions()
+    if args.json:
+        print_json([m.to_dict() for m in versions])
+        return 0
+    if not versions:
+        print(f"no models in {args.registry}")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"models in {args.registry}")
+    for col in ("round", "version", "parent", "peers", "ε", "metrics", "created"):
+        table.add_column(col)
+    for m in versions:
+        eps = m.dp.get("epsilon")
+        table.add_row(
+            str(m.round),
+            m.version,
+            m.parent_hash[:16] if m.parent_hash else "-",
+            str(len(m.participants)),
+            "-" if eps is None else str(eps),
+            ", ".join(f"{k}={v:.4g}" for k, v in m.metrics.items()),
+            _when(m.created),
+        )
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(table)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from p2pfed.cli.util import print_json
+    from p2pfed.governance.models import ModelManifest, ModelRegistry
+
+    registry = ModelRegistry.open_existing(args.registry)
+    manifest = registry.resolve(args.version)
+    chain = registry.lineage(manifest.model_hash)
+    hashes = [c.model_hash if isinstance(c, ModelManifest) else c for c in chain]
+    if args.json:
+        print_json({"manifest": manifest.to_dict(), "lineage": hashes})
+        return 0
+    doc: dict[str, Any] = manifest.to_dict()
+    print(f"model {manifest.model_hash}")
+    print(f"  round        {manifest.round}")
+    print(f"  created      {_when(manifest.created)}")
+    print(f"  parameters   {manifest.parameters} in {len(manifest.tensors)} tensors")
+    print(f"  participants {len(manifest.participants)} (salted hashes)")
+    print(f"  dp           {doc['dp']}")
+    print(f"  metrics      {doc['metrics']}")
+    print("lineage (newest first):")
+    for item in chain:
+        if isinstance(item, ModelManifest):
+            print(f"  round {item.round:>6}  {item.model_hash}")
+        else:
+            print(f"  (not in this registry) {item}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from p2pfed.governance.models import ModelRegistry
+
+    registry = ModelRegistry.open_existing(args.registry)
+    out, manifest = registry.export(args.version, args.out, args.format)
+    print(f"wrote {out} ({args.format}) and {manifest}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from p2pfed.governance.models import import_model
+
+    manifest, _ = import_model(args.file, args.manifest)
+    print(f"OK: {args.file} matches its manifest")
+    print(f"model {manifest.model_hash}, round {manifest.round}")
+    return 0

@@ -1,0 +1,97 @@
+"""Structured logging: plain text for people, or one JSON object per line for machines.
+
+Theory of operation: ``setup_logging`` installs one handler on the root logger (replacing
+the one it installed before, never anyone else's) with either a plain formatter or
+``JsonFormatter``. The JSON form is one object per line with ``ts`` (UTC, ISO 8601, ms),
+``level``, ``logger``, ``msg`` and every ``extra=`` field the caller passed, so a log
+shipper can index ``round`` or ``peer`` without parsing text. Loggers that do not
+propagate to the root (py-libp2p's ``libp2p`` logger writes straight to stderr) can be
+captured too, so the JSON stream is not interleaved with stray text lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import IO, Any
+
+# The attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "taskName"}
+)
+_MARK = "_p2pfed_handler"
+_displaced: dict[str, list[logging.Handler]] = {}
+"""Handlers taken off captured loggers, put back by ``remove_logging``."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg, extras (and exc if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_") and key not in doc:
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        # default=str: an extra that JSON cannot hold (a Path, an enum) still logs.
+        return json.dumps(doc, default=str, ensure_ascii=False, allow_nan=True)
+
+
+def setup_logging(
+    level: int | str = "INFO",
+    *,
+    json_format: bool = False,
+    stream: IO[str] | None = None,
+    capture: Sequence[str] = ("libp2p",),
+) -> logging.Handler:
+    """Install p2pfed's handler on the root logger (and on ``capture`` loggers); returns it.
+
+    Calling it again replaces the handler it installed before. ``remove_logging`` undoes it.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if json_format
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    setattr(handler, _MARK, True)
+    root = logging.getLogger()
+    remove_logging()
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in capture:
+        logger = logging.getLogger(name)
+        if not logger.propagate:
+            _displaced[name] = list(logger.handlers)
+            for old in _displaced[name]:
+                logger.removeHandler(old)
+            logger.addHandler(handler)
+    return handler
+
+
+def remove_logging() -> None:
+    """Remove the handler ``setup_logging`` installed and give captured loggers theirs back."""
+    for logger in [logging.getLogger(), *_all_loggers()]:
+        for handler in list(logger.handlers):
+            if getattr(handler, _MARK, False):
+                logger.removeHandler(handler)
+    for name, handlers in _displaced.items():
+        for old in handlers:
+            logging.getLogger(name).addHandler(old)
+    _displaced.clear()
+
+
+def _all_loggers() -> list[logging.Logger]:
+    return [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]

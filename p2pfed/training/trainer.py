@@ -1,0 +1,196 @@
+"""Local training: FedAvg-style local steps, FedProx, personal layers, checkpoints.
+
+Theory of operation: each round a peer loads the consortium's shared weights into its model
+(personal layers keep their local values), runs ``local_epochs`` of minibatch steps on its
+own data, and returns its *update*: local minus global shared weights, as one float32
+vector in the ``ParameterLayout`` order. Only that vector may leave the node, after the
+privacy layer has clipped and noised it. FedProx adds ``(μ/2)‖w − w_global‖²`` over the
+shared weights to the loss, limiting client drift on non-IID data. Randomness (shuffling)
+comes from an injected ``torch.Generator`` so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from p2pfed.durable import atomic_write, seal, unseal
+from p2pfed.errors import ConfigError, DataError, IntegrityError
+from p2pfed.training.data import Dataset
+from p2pfed.training.params import ParameterLayout
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a peer trains locally each round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    fedprox_mu: float = 0.0
+    personal_prefixes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.local_epochs >= 1, "training.local_epochs must be ≥ 1"),
+            (self.batch_size >= 1, "training.batch_size must be ≥ 1"),
+            (self.learning_rate > 0, "training.learning_rate must be positive"),
+            (self.optimizer in OPTIMIZERS, f"training.optimizer must be one of {OPTIMIZERS}"),
+            (0 <= self.momentum < 1, "training.momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "training.weight_decay must be ≥ 0"),
+            (self.fedprox_mu >= 0, "training.fedprox_mu must be ≥ 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Loss and accuracy of a model on a data set."""
+
+    loss: float
+    accuracy: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one round of local training produced."""
+
+    update: NDArray[np.float32]
+    loss: float
+    steps: int
+    samples: int
+
+
+class LocalTrainer:
+    """Trains one peer's model; owns the model, optimizer and shuffling generator."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainingConfig,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.layout = ParameterLayout.of(model, config.personal_prefixes)
+        self.generator = generator if generator is not None else torch.Generator()
+        self.optimizer = self._make_optimizer()
+        self._loss = nn.CrossEntropyLoss()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        params = self.model.parameters()
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        return torch.optim.SGD(
+            params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay
+        )
+
+    def shared_weights(self) -> NDArray[np.float32]:
+        """The current shared weights as a flat vector."""
+        return self.layout.flatten(self.model)
+
+    def load_shared(self, vector: NDArray[np.floating]) -> None:
+        """Set the shared weights (personal layers keep theirs)."""
+        self.layout.load_flat(self.model, vector)
+
+    def train_round(self, data: Dataset, global_weights: NDArray[np.floating]) -> TrainResult:
+        """Start from ``global_weights``, train locally, return ``local − global``."""
+        if len(data) == 0:
+            raise DataError(f"{data.name}: no rows to train on")
+        if not np.all(np.isfinite(data.x)):
+            raise DataError(f"{data.name}: features hold NaN or infinite values; clean them first")
+        self.load_shared(global_weights)
+        reference = [
+            p.detach().clone()
+            for name, p in self.model.named_parameters()
+            if name in set(self.layout.names)
+        ]
+        shared = [p for name, p in self.model.named_parameters() if name in set(self.layout.names)]
+        x = torch.from_numpy(data.x)
+        y = torch.from_numpy(data.y)
+        mu = self.config.fedprox_mu
+        self.model.train()
+        steps, total = 0, 0.0
+        for _ in range(self.config.local_epochs):
+            order = torch.randperm(len(data), generator=self.generator)
+            for start in range(0, len(data), self.config.batch_size):
+                idx = order[start : start + self.config.batch_size]
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._loss(self.model(x[idx]), y[idx])
+                if mu > 0:
+                    prox = sum(((p - r) ** 2).sum() for p, r in zip(shared, reference, strict=True))
+                    loss = loss + 0.5 * mu * prox
+                loss.backward()
+                self.optimizer.step()
+                steps += 1
+                total += float(loss.detach())
+        if not np.isfinite(total):
+            raise DataError("local training diverged (loss is not finite); lower the learning rate")
+        update = self.shared_weights() - np.asarray(global_weights, dtype=np.float32)
+        return TrainResult(update.astype(np.float32), total / steps, steps, len(data))
+
+    @torch.no_grad()
+    def evaluate(self, data: Dataset) -> Metrics:
+        """Loss and accuracy of the current model on ``data``."""
+        if len(data) == 0:
+            raise DataError(f"{data.name}: no rows to evaluate on")
+        self.model.eval()
+        logits = self.model(torch.from_numpy(data.x))
+        y = torch.from_numpy(data.y)
+        loss = float(self._loss(logits, y))
+        accuracy = float((logits.argmax(dim=1) == y).float().mean())
+        return Metrics(loss, accuracy, len(data))
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | Path, round_number: int, extra: dict[str, Any]) -> None:
+        """Atomically write model, optimizer and generator state after ``round_number``."""
+        state = {
+            "round": round_number,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "layout": [list(self.layout.names), [list(s) for s in self.layout.shapes]],
+            "extra": extra,
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(path, seal(buffer.getvalue()))
+
+    def load_checkpoint(self, path: str | Path) -> tuple[int, dict[str, Any]]:
+        """Restore state from ``save_checkpoint``; returns (round, extra).
+
+        Raises ``IntegrityError`` if the file is corrupted or from another model.
+        """
+        path = Path(path)
+        try:
+            payload = unseal(path.read_bytes(), f"checkpoint {path}")
+        except FileNotFoundError:
+            raise IntegrityError(f"checkpoint {path} does not exist") from None
+        try:
+            state = torch.load(io.BytesIO(payload), weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad archive
+            raise IntegrityError(f"checkpoint {path} cannot be read ({exc})") from None
+        layout = [list(self.layout.names), [list(s) for s in self.layout.shapes]]
+        if state.get("layout") != layout:
+            raise IntegrityError(f"checkpoint {path} is for a different model architecture")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        return int(state["round"]), dict(state["extra"])

@@ -1,0 +1,69 @@
+"""Shared helpers for the governance tests: a PyNaCl signer and a fake clock."""
+
+from __future__ import annotations
+
+from nacl.signing import SigningKey
+
+from p2pfed.governance.audit import peer_id_of
+
+SALT = b"consortium-salt-for-tests-32byte"
+
+
+class NaclSigner:
+    """An Ed25519 signer with the shape of ``p2pfed.identity.Identity``."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._key = SigningKey(seed)
+        self.public_key = bytes(self._key.verify_key)
+        self.peer_id = peer_id_of(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self._key.sign(data).signature)
+
+
+class FakeClock:
+    """Advances one second per reading."""
+
+    def __init__(self, start: float = 1_764_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def model_hash_for(round_number: int, variant: str = "") -> str:
+    import hashlib
+
+    return hashlib.sha256(f"model-{round_number}{variant}".encode()).hexdigest()
+
+
+def write_demo_log(path, signer, rounds=3, cohort=("peer-a", "peer-b", "peer-c"), variant=None):
+    """A log as a daemon would write it; ``variant`` maps round → suffix for its model hash."""
+    from p2pfed.errors import ReasonCode
+    from p2pfed.governance.audit import AuditLog
+
+    variant = variant or {}
+    with AuditLog(path, signer, salt=SALT, clock=FakeClock()) as log:
+        log.daemon_start(software_version="0.1.0", consortium="demo", roster_version=1)
+        log.roster_version(1, roster_digest="ab" * 32)
+        parent = None
+        for r in range(1, rounds + 1):
+            log.round_start(r, roster_version=1, mode="ring")
+            log.cohort(r, cohort)
+            if r == 2:
+                log.exclusion(r, "peer-x", ReasonCode.BAD_SIGNATURE, "frame signature invalid")
+            h = model_hash_for(r, variant.get(r, ""))
+            log.model_version(r, model_hash=h, parent_hash=parent)
+            parent = h
+            log.dp(
+                r,
+                noise_multiplier=1.1,
+                clip_norm=1.0,
+                sample_rate=1.0,
+                delta=1e-5,
+                epsilon=0.5 * r,
+                accountant="rdp",
+            )
+            log.round_end(r, outcome="completed", duration_s=2.5, participants=len(cohort))
+        log.daemon_stop(reason="shutdown")

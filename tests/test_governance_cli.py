@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from p2pfed.cli import main
+from tests.governance_helpers import NaclSigner, write_demo_log
+
+ALICE = NaclSigner(b"a" * 32)
+
+
+@pytest.fixture
+def logs(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_demo_log(a, ALICE)
+    write_demo_log(b, NaclSigner(b"b" * 32), variant={2: "x"})
+    return a, b
+
+
+def test_audit_verify_ok_and_json(logs, capsys):
+    a, _ = logs
+    assert main(["audit", "verify", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "OK, 19 entries" in out and "not checked against a roster" in out
+    assert main(["audit", "verify", str(a), "--public-key", ALICE.public_key.hex(), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["trust"] == "public-key" and doc["problem"] is None
+
+
+def test_audit_verify_names_the_first_bad_entry(logs, capsys):
+    a, _ = logs
+    lines = a.read_bytes().splitlines(keepends=True)
+    del lines[6]
+    a.write_bytes(b"".join(lines))
+    assert main(["audit", "verify", str(a), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["problem"] == {
+        "line": 7,
+        "seq": 7,
+        "kind": "missing-entries",
+        "msg": "sequence jumps from 5 to 7: entries 6 were removed",
+    }
+    assert main(["audit", "verify", str(a)]) == 1
+    assert "BAD at line 7 (seq 7): missing-entries" in capsys.readouterr().out
+
+
+def test_audit_verify_with_wrong_public_key(logs, capsys):
+    a, _ = logs
+    other = NaclSigner(b"z" * 32).public_key.hex()
+    assert main(["audit", "verify", str(a), "--public-key", other]) == 1
+    assert "untrusted-key" in capsys.readouterr().out
+
+
+def test_audit_compare(logs, capsys):
+    a, b = logs
+    assert main(["audit", "compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "DISAGREE at round 2" in out and str(a) in out and str(b) in out
+    assert main(["audit", "compare", str(a), str(a)]) == 2
+    assert "listed twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["audit", "verify", "/nonexistent/log.jsonl"], "cannot read audit log /nonexistent"),
+        (["audit", "verify", "{log}", "--public-key", "abcd"], "is not 64 hex digits"),
+        (["audit", "compare", "{log}"], "at least two audit logs"),
+    ],
+)
+def test_audit_cli_one_clear_error(logs, capsys, argv, message):
+    argv = [x.replace("{log}", str(logs[0])) for x in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p2pfed: error: ") and message in err
+    assert err.count("\n") == 1
