@@ -52,7 +52,9 @@ from sim.partition import Partition, partition
 from sim.privacy import epsilon
 from sim.scenario import Scenario
 
-_STREAMS = ("data", "partition", "init", "batches", "faults", "noise", "topology")
+# Appending a stream leaves the earlier ones unchanged (SeedSequence children are keyed by
+# their index), so old seeds keep their meaning.
+_STREAMS = ("data", "partition", "init", "batches", "faults", "noise", "topology", "secagg")
 
 
 def _seeds(seed: int) -> dict[str, np.random.SeedSequence]:
@@ -137,6 +139,7 @@ class Simulator:
         self.batch_gen = _torch_generator(seeds["batches"])
         self.noise_gen = _torch_generator(seeds["noise"])
         self.fault_rng = np.random.default_rng(seeds["faults"])
+        self.secagg_rng = np.random.default_rng(seeds["secagg"])
         n = scenario.n
         self.byzantine = np.zeros(n, dtype=np.bool_)
         if scenario.faults.byzantine:
@@ -316,6 +319,7 @@ class Simulator:
         algo = sc.algorithm.name
         mu = sc.algorithm.mu if algo == "fedprox" else 0.0
         start = self.theta
+        real_bytes: NDArray[np.float64] | None = None
         w_round = None
         if self.schedule is not None:
             w_round = self.schedule.scipy_at(t)
@@ -335,7 +339,11 @@ class Simulator:
         if algo == "local":
             self.theta = sent
         elif algo in ("fedavg", "fedprox"):
-            if active.all():
+            if sc.secagg.real and active.any():
+                mean, real_bytes = self._secure_mean(sent, active, t)
+                act = torch.from_numpy(active)
+                self.theta = torch.where(act[:, None], mean[None, :], start)
+            elif active.all():
                 self.theta = sent.mean(dim=0, keepdim=True).expand(n, -1).clone()
             elif active.any():
                 act = torch.from_numpy(active)
@@ -382,8 +390,50 @@ class Simulator:
             )
             if not faulty_links:
                 self._cost_cache[phase] = cost
+        if real_bytes is not None:
+            cost = RoundCost(real_bytes, cost.time_s)
         self.bytes_cumulative += cost.bytes_sent
         return RoundOutcome(cost.bytes_sent, cost.time_s, active, steps, local.loss_mean)
+
+    def _secure_mean(
+        self, sent: torch.Tensor, active: NDArray[np.bool_], t: int
+    ) -> tuple[torch.Tensor, NDArray[np.float64]]:
+        """The active peers' mean computed by p2pfed.secagg's masked-sum protocol.
+
+        Each peer encodes its vector in fixed point, the whole protocol runs in process
+        (keys, shares, masks, the masked sum, unmasking), and the unmasked sum is decoded.
+        Bytes per peer are the protocol's encoded messages plus a ring all-reduce of the
+        masked vector, 2(k-1)/k of its size.
+        """
+        from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
+
+        spec = self.scenario.secagg
+        members = [int(i) for i in np.flatnonzero(active)]
+        k = len(members)
+        point = FixedPoint(clip=spec.clip_range, level_bits=spec.level_bits, ring_bits=spec.bits)
+        values = sent.detach().to(torch.float64).numpy()
+        names = {i: f"peer-{i:05d}" for i in members}
+        inputs = {names[i]: point.encode(values[i], self.secagg_rng, peers=k) for i in members}
+        config = SecAggConfig(
+            consortium=self.scenario.name,
+            round=t,
+            dimension=self.model.size,
+            ring_bits=spec.bits,
+        )
+        run = run_cohort(
+            config,
+            inputs,
+            random_seed=int(self.secagg_rng.integers(2**63 - 1)),
+            compute_results={names[members[0]]},
+        )
+        total = run.results[names[members[0]]]
+        contributors = len(run.survivors)
+        mean = point.decode_sum(total, contributors) / contributors
+        sent_bytes = np.zeros(self.scenario.n, dtype=np.float64)
+        for i in members:
+            vector = run.vector_bytes.get(names[i], 0)
+            sent_bytes[i] = run.bytes_sent[names[i]] + 2 * (k - 1) / k * vector
+        return torch.from_numpy(mean).to(self.dtype), sent_bytes
 
     # -- metrics --------------------------------------------------------------------------
 
