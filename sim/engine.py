@@ -50,6 +50,7 @@ from sim.mixing import MixingSchedule, build_topology, receive_counts, send_coun
 from sim.models import FlatModel, build_model, default_init_scale
 from sim.partition import Partition, partition
 from sim.privacy import epsilon
+from sim.results import RoundRecord
 from sim.scenario import Scenario
 
 # Appending a stream leaves the earlier ones unchanged (SeedSequence children are keyed by
@@ -64,26 +65,6 @@ def _seeds(seed: int) -> dict[str, np.random.SeedSequence]:
 def _torch_generator(seq: np.random.SeedSequence) -> torch.Generator:
     state = seq.generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RoundRecord:
-    """Metrics after one round (round 0 = the initial state)."""
-
-    round: int
-    accuracy_mean: float
-    accuracy_min: float
-    accuracy_max: float
-    average_model_accuracy: float
-    test_loss_mean: float
-    train_loss_mean: float
-    consensus_distance: float
-    bytes_sent_mean: float
-    bytes_sent_max: float
-    bytes_cumulative_mean: float
-    comm_time_s: float
-    active_peers: int
-    epsilon: float | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -25,9 +25,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from p2pfed.errors import ConfigError
-from sim.engine import RoundRecord
 from sim.scenario import Scenario
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """Metrics after one round (round 0 = the initial state)."""
+
+    round: int
+    accuracy_mean: float
+    accuracy_min: float
+    accuracy_max: float
+    average_model_accuracy: float
+    test_loss_mean: float
+    train_loss_mean: float
+    consensus_distance: float
+    bytes_sent_mean: float
+    bytes_sent_max: float
+    bytes_cumulative_mean: float
+    comm_time_s: float
+    active_peers: int
+    epsilon: float | None
+
 
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RoundRecord))
 
@@ -150,9 +169,3 @@ def maybe_parquet(csv_path: Path) -> Path | None:
     out = csv_path.with_suffix(".parquet")
     parquet.write_table(pacsv.read_csv(str(csv_path)), str(out))
     return out
-
-
-def check_directory(out: Path) -> None:
-    """Refuse an output path that exists and is not a directory."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output path {out} exists and is not a directory")
