@@ -46,7 +46,14 @@ from torch.nn import functional as F
 
 from sim.cost import RoundCost, round_cost
 from sim.data import Dataset, load_dataset
-from sim.mixing import MixingSchedule, build_topology, receive_counts, send_counts, with_faults
+from sim.mixing import (
+    MixingSchedule,
+    build_topology,
+    receive_counts,
+    send_counts,
+    to_torch_csr,
+    with_faults,
+)
 from sim.models import FlatModel, build_model, default_init_scale
 from sim.partition import Partition, partition
 from sim.privacy import epsilon
@@ -128,6 +135,7 @@ class Simulator:
             self.byzantine[chosen] = True
         self.honest = torch.from_numpy(~self.byzantine)
         self.theta = self._initial_parameters(seeds["init"])
+        self.topology: Any | None = None  # a topologies.Topology, for gossip and tracking
         self.schedule: MixingSchedule | None = None
         if scenario.algorithm.name in ("gossip", "gradient_tracking"):
             topo_seed = int(seeds["topology"].generate_state(1, np.uint32)[0])
@@ -306,7 +314,7 @@ class Simulator:
             w_round = self.schedule.scipy_at(t)
             if faults.dropout > 0.0 or faults.link_failure > 0.0:
                 w_round = with_faults(w_round, active, faults.link_failure, self.fault_rng)
-                w_torch = _csr(w_round, self.dtype)
+                w_torch = to_torch_csr(w_round, self.dtype)
             else:
                 w_torch = self.schedule.torch_at(t)
 
@@ -508,12 +516,6 @@ class Simulator:
             if on_round is not None:
                 on_round(done)
         return records
-
-
-def _csr(w: Any, dtype: torch.dtype) -> torch.Tensor:
-    from sim.mixing import to_torch_csr
-
-    return to_torch_csr(w, dtype)
 
 
 def run_scenario(

@@ -79,8 +79,7 @@ def run_point(
 
     sim = Simulator(scenario)
     records = sim.run(on_round, threads)
-    topology = getattr(sim, "topology", None)
-    rho = theoretical_rho(scenario, topology, sim.model.size)
+    rho = theoretical_rho(scenario, sim.topology, sim.model.size)
     return RunResult(scenario.digest(), scenario.to_dict(), rho, tuple(records))
 
 
