@@ -9,6 +9,7 @@ from p2pfed.collectives.messages import (
     Abort,
     Cohort,
     Commit,
+    Contributors,
     Done,
     GossipValue,
     Message,
@@ -27,9 +28,23 @@ words = st.sampled_from(list(WordType))
 @st.composite
 def messages(draw: st.DrawFn) -> Message:
     kind = draw(
-        st.sampled_from(["ring", "ready", "cohort", "abort", "gossip", "done", "commit", "secagg"])
+        st.sampled_from(
+            [
+                "ring",
+                "ready",
+                "cohort",
+                "abort",
+                "gossip",
+                "done",
+                "commit",
+                "secagg",
+                "contributors",
+            ]
+        )
     )
     rnd = draw(rounds)
+    if kind == "contributors":
+        return Contributors(rnd, tuple(draw(st.lists(peer, min_size=1, max_size=6, unique=True))))
     if kind == "secagg":
         return SecAggData(rnd, draw(st.binary(min_size=1, max_size=40)))
     if kind == "done":

@@ -215,3 +215,58 @@ def test_protocol_doc_diagrams_match_the_transition_tables() -> None:
     text = doc.read_text(encoding="utf-8")
     assert text.count("```mermaid") == 3
     assert render_document(text) == text
+
+
+async def test_slow_peer_mid_ring_times_out_the_attempt_and_rejoins_the_retry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    peers = [f"p{i}" for i in range(4)]
+    vectors = vectors_for(peers)
+    # p1 stalls past the ring timeout once; silence is no evidence, so it is not excluded.
+    plan = FaultPlan(Fault.DELAY, at=2, delay=RING.timeout * 3)
+    outcomes = await run_peers(peers, vectors, [0], faults={"p1": plan})
+    for p in peers:
+        got = outcomes[p][0]
+        assert isinstance(got, RoundOutcome) and got.committed, got
+        assert got.attempts == 2 and got.cohort == tuple(peers)
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result.vector, total(vectors, peers))
+    timeouts = [
+        e
+        for p in peers
+        for e in outcomes[p][0].exclusions  # type: ignore[union-attr]
+        if e.reason is ReasonCode.TIMEOUT
+    ]
+    assert any(e.peer == "p1" for e in timeouts)
+
+
+async def test_control_messages_for_finished_rounds_and_replayed_frames_are_rejected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from p2pfed.collectives.codec import encode
+    from p2pfed.collectives.messages import Abort, Done
+    from p2pfed.collectives.round import CONTROL_PROTOCOL
+
+    peers = ["a", "b"]
+    keys = signers(peers)
+    net = MemoryNetwork()
+    vector = np.ones(8, np.uint32)
+    async with net.open("a") as a, net.open("b") as b:
+        ra = RingRound(a, CONSORTIUM, 1, peers, keys["a"], timing=TIMING, ring_config=RING)
+        rb = RingRound(b, CONSORTIUM, 1, peers, keys["b"], timing=TIMING, ring_config=RING)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ra.all_reduce, vector, 4)
+            nursery.start_soon(rb.all_reduce, vector, 4)
+        # A late Abort for round 4 and an Abort for round 2 (long over) from b.
+        await rb.control.send("a", Abort(4, 0, "a", "timeout"))
+        await rb.control.send("a", Abort(2, 0, "a", "timeout"))
+        reasons = [(e.round, e.peer, e.reason) for e in ra.control.exclusions]
+        assert (4, "b", ReasonCode.WRONG_ROUND) in reasons
+        assert (2, "b", ReasonCode.WRONG_ROUND) in reasons
+        # The same frame twice on one stream: the second is a replay.
+        stream = await b.open_stream("a", CONTROL_PROTOCOL)
+        frame, _ = encode(Done(5, 0), CONSORTIUM, "b", 0)
+        await stream.send_all(frame + frame)
+        await stream.send_eof()
+        assert await stream.receive_some() == b""
+        assert ra.control.exclusions[-1].reason is ReasonCode.REPLAY

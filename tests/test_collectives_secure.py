@@ -142,3 +142,108 @@ async def test_masked_sum_refuses_other_peers_vectors() -> None:
             await masked.sum({"b": np.zeros(3, np.uint32)}, 32, 0)
         with pytest.raises(DataError):
             await masked.sum({"a": np.zeros(3, np.uint64)}, 32, 0)
+
+
+async def run_secure_gossip(
+    topo: Any,
+    vectors: dict[str, npt.NDArray[Any]],
+    rounds: int,
+    absent: frozenset[str] = frozenset(),
+) -> dict[str, list[Any]]:
+    from p2pfed.collectives.secure_gossip import SecureGossipService
+
+    net = MemoryNetwork()
+    names = list(vectors)
+    signers, identities = make_identities(names)
+    present = [p for p in names if p not in absent]
+    out: dict[str, list[Any]] = {p: [] for p in present}
+    ready = trio.Event()
+    built: set[str] = set()
+
+    async def peer(me: str) -> None:
+        async with net.open(me) as transport:
+            service = SecureGossipService(
+                transport,
+                CONSORTIUM,
+                names,
+                topo,
+                identities,
+                signers[me],
+                stage_timeout=2.0,
+                rng=np.random.default_rng(names.index(me)),
+                random_bytes=seeded_random_bytes(3, me),
+            )
+            built.add(me)
+            if len(built) == len(present):
+                ready.set()
+            await ready.wait()
+            x = vectors[me]
+            for t in range(rounds):
+                outcome = await service.sync_round(t, x)
+                out[me].append(outcome)
+                x = outcome.vector
+            await trio.sleep(5.0)
+
+    async with trio.open_nursery() as nursery:
+        for p in present:
+            nursery.start_soon(peer, p)
+    return out
+
+
+async def test_secure_gossip_matches_plain_mixing_within_quantisation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    import topologies
+
+    n = 5
+    topo = topologies.build("ring", n)
+    rng = np.random.default_rng(4)
+    vectors = {f"h{i}": rng.uniform(-1, 1, 40) for i in range(n)}
+    out = await run_secure_gossip(topo, vectors, 2)
+    x = np.stack(list(vectors.values()))
+    for t in range(2):
+        x = topo.mixing_at(t) @ x
+        for i, p in enumerate(vectors):
+            got = out[p][t]
+            assert got.contributors == {f"h{j}" for j in ((i - 1) % n, i, (i + 1) % n)}
+            np.testing.assert_allclose(got.vector, x[i], atol=1e-4)
+
+
+async def test_secure_gossip_folds_an_absent_neighbour_into_self(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    import topologies
+
+    n = 5
+    topo = topologies.build("ring", n)
+    vectors = {f"h{i}": np.full(8, float(i) / 10) for i in range(n)}
+    out = await run_secure_gossip(topo, vectors, 1, absent=frozenset({"h2"}))
+    w = topo.mixing_at(0).toarray()
+    for i in (1, 3):
+        got = out[f"h{i}"][0]
+        assert got.missing == ("h2",)
+        expected = (w[i, i] + w[i, 2]) * i / 10 + sum(
+            w[i, j] * j / 10 for j in range(n) if j not in (i, 2)
+        )
+        np.testing.assert_allclose(got.vector, expected, atol=1e-4)
+
+
+async def test_secure_gossip_refuses_groups_of_two() -> None:
+    import topologies
+    from p2pfed.collectives.secure_gossip import SecureGossipService
+    from p2pfed.errors import ConfigError
+
+    names = [f"h{i}" for i in range(4)]
+    signers, identities = make_identities(names)
+    net = MemoryNetwork()
+    async with net.open("h0") as transport:
+        service = SecureGossipService(
+            transport,
+            CONSORTIUM,
+            names,
+            topologies.build("one_peer_exponential", 4),
+            identities,
+            signers["h0"],
+        )
+        with pytest.raises(ConfigError, match="at least 3"):
+            await service.sync_round(0, np.zeros(4))

@@ -30,6 +30,7 @@ from p2pfed.collectives.messages import (
     Abort,
     Cohort,
     Commit,
+    Contributors,
     Done,
     GossipValue,
     Message,
@@ -62,6 +63,7 @@ _KINDS: dict[type[Message], int] = {
     Done: 6,
     Commit: 7,
     SecAggData: 8,
+    Contributors: 9,
 }
 _RING = struct.Struct("<BHIB")
 _GOSSIP = struct.Struct("<QQB")
@@ -109,6 +111,10 @@ def _body(message: Message) -> tuple[bytes, bytes]:
         return b"".join(parts), b""
     if isinstance(message, SecAggData):
         return b"", message.data
+    if isinstance(message, Contributors):
+        parts = [struct.pack("<H", len(message.members))]
+        parts += [_short(member) for member in message.members]
+        return b"".join(parts), b""
     if isinstance(message, Done | Commit):
         return struct.pack("<B", message.attempt), b""
     head = struct.pack("<B", message.attempt) + _short(message.accused) + _short(message.reason)
@@ -206,6 +212,13 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
         return Abort(round, attempt, body.short(), body.short())
     if kind == 8:
         return SecAggData(round, body.rest())
+    if kind == 9:
+        (count,) = body.unpack(_U16)
+        if count > MAX_COHORT:
+            raise RemoteProtocolError(
+                ReasonCode.OVERSIZED, f"peer {sender} listed {count} contributors", sender
+            )
+        return Contributors(round, tuple(body.short() for _ in range(count)))
     if kind in (6, 7):
         (attempt,) = body.take(1)
         return Done(round, attempt) if kind == 6 else Commit(round, attempt)

@@ -283,4 +283,24 @@ class SecAggData:
             )
 
 
-Message = RingChunk | Ready | Cohort | Abort | Done | Commit | GossipValue | SecAggData
+@dataclass(frozen=True, slots=True)
+class Contributors:
+    """Whose masked vectors a group's owner summed (sent with the total to each member)."""
+
+    round: int
+    members: tuple[str, ...]
+    version: int = MESSAGE_VERSION
+
+    def __post_init__(self) -> None:
+        _check_round(self.round)
+        if not 0 < len(self.members) <= MAX_COHORT:
+            raise LocalProtocolError(f"contributors must list 1..{MAX_COHORT} peers")
+        for member in self.members:
+            _check_peer(member, "contributor")
+        if len(set(self.members)) != len(self.members):
+            raise LocalProtocolError("contributors list a peer twice")
+
+
+Message = (
+    RingChunk | Ready | Cohort | Abort | Done | Commit | GossipValue | SecAggData | Contributors
+)

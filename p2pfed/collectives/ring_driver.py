@@ -230,7 +230,7 @@ class RingService:
         async def send_all() -> None:
             try:
                 with trio.move_on_after(config.timeout) as scope:
-                    stream = await self.transport.open_stream(successor, RING_PROTOCOL)
+                    stream = await self._open(successor)
                 if scope.cancelled_caught:
                     accuse(ReasonCode.TIMEOUT, successor, f"could not reach {successor}")
                     return
@@ -322,6 +322,17 @@ class RingService:
             self._reject(round, fault.peer or predecessor, fault.reason, str(fault))
             raise fault
         return RingResult(core.result, order, round, attempt, counts)
+
+    async def _open(self, successor: str) -> Stream:
+        # Retried until the caller's timeout: a first dial can lose a race with the peer
+        # dialling us. A refusal by the roster gate is final.
+        delay = 0.05
+        while True:
+            try:
+                return await self.transport.open_stream(successor, RING_PROTOCOL)
+            except BrokenError:
+                await trio.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     async def _send_stream(
         self,

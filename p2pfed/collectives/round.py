@@ -36,7 +36,13 @@ from p2pfed.collectives.faults import Exclusion, FaultPlan
 from p2pfed.collectives.messages import Message, Ready
 from p2pfed.collectives.ring import ring_order
 from p2pfed.collectives.ring_driver import RingConfig, RingResult, RingService
-from p2pfed.errors import BrokenError, ClosedError, ReasonCode, RemoteProtocolError
+from p2pfed.errors import (
+    BrokenError,
+    ClosedError,
+    LocalProtocolError,
+    ReasonCode,
+    RemoteProtocolError,
+)
 from p2pfed.transport.base import Stream, Transport
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,9 @@ class ControlService:
         *,
         timeout: float = 5.0,
         protocol: str = CONTROL_PROTOCOL,
+        max_ahead: int = _MAX_AHEAD,
     ) -> None:
+        self.max_ahead = max_ahead
         self.transport = transport
         self.protocol = protocol
         self.consortium = consortium
@@ -76,11 +84,18 @@ class ControlService:
             self._boxes[round] = trio.open_memory_channel[tuple[str, Message]](math.inf)
         return self._boxes[round]
 
-    def open_round(self, round: int) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
-        """The mailbox of ``round``: (sender, message) pairs, including any that came early."""
-        self.floor = max(self.floor, round)
-        for old in [r for r in self._boxes if r < round]:
-            self._boxes.pop(old)[0].close()
+    def open_round(
+        self, round: int, *, retire_older: bool = True
+    ) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
+        """The mailbox of ``round``: (sender, message) pairs, including any that came early.
+
+        With ``retire_older`` the rounds below are over: their mailboxes close and their
+        messages are rejected from now on.
+        """
+        if retire_older:
+            self.floor = max(self.floor, round)
+            for old in [r for r in self._boxes if r < round]:
+                self._boxes.pop(old)[0].close()
         receive: trio.MemoryReceiveChannel[tuple[str, Message]] = self._box(round)[1]
         return receive
 
@@ -96,10 +111,15 @@ class ControlService:
             del self._finished[old]
 
     async def send(self, peer: str, message: Message) -> None:
-        """Deliver one message, best effort: a peer we cannot reach is the protocol's problem."""
+        """Deliver one message, best effort: a peer we cannot reach is the protocol's problem.
+
+        Opening the stream is retried with backoff until the timeout (a first dial can lose a
+        race with the peer dialling us); once the message may have left it is never resent,
+        so a receiver sees each message at most once.
+        """
         try:
             with trio.fail_after(self.timeout):
-                stream = await self.transport.open_stream(peer, self.protocol)
+                stream = await self._open(peer)
                 async with stream:
                     out = MessageStream(stream, self.consortium, self.transport.local_peer)
                     await out.send(message)
@@ -109,6 +129,15 @@ class ControlService:
                         pass
         except (trio.TooSlowError, BrokenError, ClosedError, RemoteProtocolError) as exc:
             log.info("control: %s to %s not delivered: %s", type(message).__name__, peer, exc)
+
+    async def _open(self, peer: str) -> Stream:
+        delay = 0.05
+        while True:
+            try:
+                return await self.transport.open_stream(peer, self.protocol)
+            except BrokenError:
+                await trio.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     async def _handle(self, stream: Stream) -> None:
         peer = stream.remote_peer
@@ -126,10 +155,18 @@ class ControlService:
         if round in self._finished:
             agreement = self._finished[round]
             if not isinstance(message, Ready):
+                self.exclusions.append(
+                    Exclusion(
+                        round,
+                        peer,
+                        ReasonCode.WRONG_ROUND,
+                        f"{type(message).__name__} for round {round}, which is over here",
+                    )
+                )
                 return []
             actions = agreement.receive(peer, message, trio.current_time())
             return [a for a in actions if isinstance(a, Send)]
-        if round < self.floor or round > self.floor + _MAX_AHEAD:
+        if round < self.floor or round > self.floor + self.max_ahead:
             self.exclusions.append(
                 Exclusion(
                     round,
@@ -176,7 +213,14 @@ class RingRound:
         ring_config: RingConfig | None = None,
         fault: FaultPlan | None = None,
         max_attempts: int = 8,
+        ring: RingService | None = None,
     ) -> None:
+        """``ring``: an existing ``RingService`` of this transport to share.
+
+        A transport serves each protocol once (a second ``serve`` replaces the first), so
+        everything that runs rings on one transport must share one ``RingService``, and one
+        transport holds at most one ``RingRound``.
+        """
         self.consortium = consortium
         self.roster_version = roster_version
         self.members = tuple(members)
@@ -184,10 +228,18 @@ class RingRound:
         self.timing = timing or AgreementTiming()
         self.ring_config = ring_config or RingConfig()
         self.max_attempts = max_attempts
+        if ring is not None and (ring.transport is not transport or ring.consortium != consortium):
+            raise LocalProtocolError(
+                "a shared RingService must use the same transport and consortium"
+            )
         self.control = ControlService(transport, consortium, timeout=self.timing.collect_window)
-        self.ring = RingService(
-            transport, consortium, accept_timeout=self.ring_config.timeout, fault=fault
-        )
+        if ring is None:
+            ring = RingService(
+                transport, consortium, accept_timeout=self.ring_config.timeout, fault=fault
+            )
+        elif fault is not None:
+            ring.fault = fault
+        self.ring = ring
         self.me = transport.local_peer
 
     async def all_reduce(self, vector: npt.NDArray[Any], round: int) -> RoundOutcome:
@@ -207,6 +259,7 @@ class RingRound:
             max_attempts=self.max_attempts,
         )
         mailbox = self.control.open_round(round)
+        seen = (len(self.ring.exclusions), len(self.control.exclusions))
         events_in, events = trio.open_memory_channel[tuple[Any, ...]](math.inf)
         results: dict[int, RingResult] = {}
         scopes: dict[int, trio.CancelScope] = {}
@@ -271,5 +324,7 @@ class RingRound:
             results.get(agreement.attempt) if committed else None,
             agreement.cohort if committed else None,
             agreement.attempt + 1,
-            agreement.exclusions + self.ring.exclusions + self.control.exclusions,
+            agreement.exclusions
+            + self.ring.exclusions[seen[0] :]
+            + self.control.exclusions[seen[1] :],
         )

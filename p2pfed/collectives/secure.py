@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -29,12 +29,12 @@ import trio
 
 from p2pfed.collectives.agreement import AgreementTiming, CohortSigner
 from p2pfed.collectives.faults import Exclusion, FaultPlan
-from p2pfed.collectives.messages import SecAggData
+from p2pfed.collectives.messages import Message, SecAggData
 from p2pfed.collectives.ring_driver import RingConfig
 from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
 from p2pfed.errors import DataError, LocalProtocolError, RemoteProtocolError
 from p2pfed.secagg import SecAggConfig, SecAggPeer, Stage
-from p2pfed.secagg.messages import encode
+from p2pfed.secagg.messages import InputCommit, decode, encode
 from p2pfed.secagg.primitives import RandomBytes, Signer, UIntVector, ring_dtype
 from p2pfed.secagg.protocol import Outgoing
 from p2pfed.transport.base import Transport
@@ -43,6 +43,81 @@ log = logging.getLogger(__name__)
 
 SECAGG_PROTOCOL = "/p2pfed/secagg/1.0.0"
 _PRE_SUM = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.RECEIPTS)
+
+
+Summation = Callable[[UIntVector], Awaitable[tuple[UIntVector, frozenset[str]] | None]]
+"""Sums this peer's masked vector with the others'; (total, contributors), or None if it failed."""
+
+
+async def drive_secagg(
+    peer: SecAggPeer,
+    words: UIntVector,
+    channel: ControlService,
+    mailbox: trio.MemoryReceiveChannel[tuple[str, Message]],
+    round: int,
+    stage_timeout: float,
+    summation: Summation,
+) -> None:
+    """Run ``peer`` on ``words`` to its end: messages over ``channel``, sum by ``summation``.
+
+    ``round`` is the frame round its messages travel under (their mailbox is ``mailbox``).
+    Each pre-sum stage and the unmasking wait for what they need or ``stage_timeout``.
+    """
+    progressed = trio.Event()
+    # Who has committed its mask set: the sum can only be taken once every contributor's
+    # commitment is in, and commitments travel apart from (and may trail) the vectors.
+    committed: set[str] = {peer.me}
+
+    def stage() -> Stage:
+        # A function, not the attribute: the peer's stage changes behind awaits.
+        return peer.stage
+
+    async with trio.open_nursery() as senders:
+
+        def emit(outgoing: list[Outgoing]) -> None:
+            for item in outgoing:
+                frame = SecAggData(round, encode(item.message))
+                senders.start_soon(channel.send, item.to, frame)
+
+        async def pump() -> None:
+            nonlocal progressed
+            async for sender, message in mailbox:
+                if not isinstance(message, SecAggData):
+                    continue
+                try:
+                    emit(peer.receive_bytes(sender, message.data))
+                except RemoteProtocolError as exc:
+                    log.info("secagg: refused a message from %s: %s", sender, exc)
+                else:
+                    if isinstance(decode(message.data), InputCommit):
+                        committed.add(sender)
+                progressed.set()
+                progressed = trio.Event()
+
+        async def wait_stage_change(stages: tuple[Stage, ...]) -> bool:
+            with trio.move_on_after(stage_timeout) as scope:
+                while stage() in stages:
+                    await progressed.wait()
+            return not scope.cancelled_caught
+
+        async with trio.open_nursery() as work:
+            work.start_soon(pump)
+            emit(peer.start(words))
+            while stage() in _PRE_SUM:
+                if not await wait_stage_change((stage(),)):
+                    emit(peer.deadline())
+            if stage() is Stage.MASKED_INPUT and peer.masked_vector is not None:
+                summed = await summation(peer.masked_vector)
+                if summed is not None:
+                    with trio.move_on_after(stage_timeout):
+                        while not summed[1] <= committed:
+                            await progressed.wait()
+                    emit(peer.receive_sum(*summed))
+                    if stage() is Stage.UNMASK and not await wait_stage_change((Stage.UNMASK,)):
+                        peer.deadline()
+                elif stage() is Stage.MASKED_INPUT:
+                    peer.deadline()
+            work.cancel_scope.cancel()
 
 
 class RingMaskedSum:
@@ -109,7 +184,9 @@ class SecureRingRound:
         stage_timeout: float = 5.0,
         fault: FaultPlan | None = None,
         random_bytes: RandomBytes = os.urandom,
+        ring_round: RingRound | None = None,
     ) -> None:
+        """``ring_round``: the transport's existing ``RingRound`` to share (see RingRound)."""
         if stage_timeout <= 0:
             raise LocalProtocolError(f"stage_timeout {stage_timeout} must be positive")
         self.consortium = consortium
@@ -118,7 +195,9 @@ class SecureRingRound:
         self.stage_timeout = stage_timeout
         self.random_bytes = random_bytes
         members: Sequence[str] = sorted(identities)
-        self.ring_round = RingRound(
+        if ring_round is not None and ring_round.consortium != consortium:
+            raise LocalProtocolError("a shared RingRound must belong to the same consortium")
+        self.ring_round = ring_round or RingRound(
             transport,
             consortium,
             roster_version,
@@ -145,55 +224,17 @@ class SecureRingRound:
             config, self.me, self.signer, self.identities, random_bytes=self.random_bytes
         )
         mailbox = self.channel.open_round(round)
-        progressed = trio.Event()
         ring_outcome: RoundOutcome | None = None
 
-        async with trio.open_nursery() as senders:
+        async def summation(masked: UIntVector) -> tuple[UIntVector, frozenset[str]] | None:
+            nonlocal ring_outcome
+            ring_outcome = await self.ring_round.all_reduce(masked, round)
+            if not ring_outcome.committed or ring_outcome.result is None:
+                return None
+            assert ring_outcome.cohort is not None
+            return cast(UIntVector, ring_outcome.result.vector), frozenset(ring_outcome.cohort)
 
-            def emit(outgoing: list[Outgoing]) -> None:
-                for item in outgoing:
-                    frame = SecAggData(round, encode(item.message))
-                    senders.start_soon(self.channel.send, item.to, frame)
-
-            async def pump() -> None:
-                nonlocal progressed
-                async for sender, message in mailbox:
-                    if not isinstance(message, SecAggData):
-                        continue
-                    try:
-                        emit(peer.receive_bytes(sender, message.data))
-                    except RemoteProtocolError as exc:
-                        log.info("secagg: refused a message from %s: %s", sender, exc)
-                    progressed.set()
-                    progressed = trio.Event()
-
-            def stage() -> Stage:
-                # A function, not the attribute: the peer's stage changes behind awaits.
-                return peer.stage
-
-            async def wait_stage_change(stages: tuple[Stage, ...]) -> bool:
-                with trio.move_on_after(self.stage_timeout) as scope:
-                    while stage() in stages:
-                        await progressed.wait()
-                return not scope.cancelled_caught
-
-            async with trio.open_nursery() as work:
-                work.start_soon(pump)
-                emit(peer.start(words))
-                while stage() in _PRE_SUM:
-                    if not await wait_stage_change((stage(),)):
-                        emit(peer.deadline())
-                if stage() is Stage.MASKED_INPUT and peer.masked_vector is not None:
-                    ring_outcome = await self.ring_round.all_reduce(peer.masked_vector, round)
-                    if ring_outcome.committed and ring_outcome.result is not None:
-                        assert ring_outcome.cohort is not None
-                        total = cast(UIntVector, ring_outcome.result.vector)
-                        emit(peer.receive_sum(total, ring_outcome.cohort))
-                        if stage() is Stage.UNMASK and not await wait_stage_change((Stage.UNMASK,)):
-                            peer.deadline()
-                    elif stage() is Stage.MASKED_INPUT:
-                        peer.deadline()
-                work.cancel_scope.cancel()
+        await drive_secagg(peer, words, self.channel, mailbox, round, self.stage_timeout, summation)
         self.channel.close_round(round)
         result = peer.result() if peer.stage is Stage.DONE else None
         exclusions = list(ring_outcome.exclusions) if ring_outcome is not None else []

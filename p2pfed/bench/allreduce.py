@@ -1,0 +1,181 @@
+"""``p2pfed bench allreduce``: ring all-reduce between peer processes over libp2p on loopback.
+
+Theory of operation: for each peer count n, n peer processes start (``ProcessGroup``), each
+with its own libp2p host on 127.0.0.1. For each vector size M the same processes then
+
+1. open their ring connections (a small probe to each peer's ring successor),
+2. measure the link rate B *in the same run with the same processes*: every peer streams
+   S = 2(n−1)/n·M bytes to its ring successor at once, so CPU sharing among the n processes
+   on this machine's cores is inside B; bound_s = S/B is the slowest peer's streaming time,
+   i.e. the bandwidth lower bound 2(n−1)M/(nB) of ring all-reduce (Patarasuk & Yuan),
+3. time the ring all-reduce of an M-byte float32 vector over the same ring (time_s is the
+   slowest peer's time), with its bytes sent per peer (payload + framing) against the ideal
+   2(n−1)/n·M,
+4. with ``--secure``, time a whole secure-aggregation round (key exchange, shares, masking
+   of M bytes of uint32 words, the masked ring, unmasking) against the same bound.
+
+Each timing is the best of ``--repeats`` runs. The load average is reported with the
+figures, as the machine is shared. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+NAME = "allreduce"
+HELP = "Ring all-reduce between peer processes over libp2p vs the bandwidth bound (JSON)."
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add ``--peers``, ``--mb``, ``--secure``, ``--repeats`` and ``--json``."""
+    parser.add_argument("--peers", type=_int_list, default=[4, 8], help="peer counts (4,8)")
+    parser.add_argument("--mb", type=_int_list, default=[16, 64], help="vector sizes in MB")
+    parser.add_argument("--secure", action="store_true", help="also time secure rounds")
+    parser.add_argument("--repeats", type=int, default=2, help="timings per case (best kept)")
+    parser.add_argument(
+        "--chunk-kb", type=int, default=256, help="ring pipeline chunk size in KiB (256)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (the default)")
+    parser.set_defaults(func=run)
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _progress(message: str) -> None:
+    print(f"allreduce: {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every case and print one JSON document."""
+    from p2pfed.cli.util import print_json
+    from p2pfed.collectives.process import ProcessGroup
+    from p2pfed.errors import BrokenError, ConfigError
+
+    if not 1 <= args.chunk_kb <= 8192:
+        raise ConfigError(f"--chunk-kb must lie in 1..8192, got {args.chunk_kb}")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
+    if min(args.peers) < 2 or max(args.peers) > 32:
+        raise ConfigError(f"--peers must lie in 2..32, got {args.peers}")
+    cases: list[dict[str, Any]] = []
+    load_before = _load()
+    round_number = 1
+    for n in args.peers:
+        _progress(f"starting {n} peer processes")
+        with ProcessGroup(n, tag=f"bench-{n}", start_timeout=120) as group:
+            for mb in args.mb:
+                m_bytes = mb * 1_000_000
+                words = m_bytes // 4
+                ideal = 2 * (n - 1) / n * words * 4
+                round_number += 1
+                order_round = round_number
+                # Connect along this case's ring first, so no timing includes a dial.
+                group.run(
+                    {"kind": "bandwidth", "bytes": 1 << 16, "order_round": order_round},
+                    timeout=120,
+                )
+                bound = time_best = float("inf")
+                bytes_sent = 0
+                # Probe and all-reduce alternate, so both see the same (shared) machine.
+                for _ in range(args.repeats):
+                    _progress(f"n={n} M={mb} MB: link probe")
+                    probe = group.run(
+                        {"kind": "bandwidth", "bytes": int(ideal), "order_round": order_round},
+                        timeout=600,
+                    )
+                    if any(r is None for r in probe):
+                        raise BrokenError(f"a peer died during the link probe at n={n}")
+                    bound = min(bound, max(float(r["seconds"]) for r in probe if r))
+                    _progress(f"n={n} M={mb} MB: ring all-reduce")
+                    task = {
+                        "kind": "ring",
+                        "round": order_round,
+                        "words": words,
+                        "dtype": "float32",
+                        "seed": round_number,
+                        "chunk_bytes": args.chunk_kb * 1024,
+                    }
+                    group.run({"kind": "prepare", "task": task}, timeout=600)
+                    results = group.run(task, timeout=600)
+                    if any(r is None for r in results):
+                        raise BrokenError(f"a peer died during the all-reduce at n={n}")
+                    time_best = min(time_best, max(float(r["time_s"]) for r in results if r))
+                    bytes_sent = max(
+                        int(r["payload_sent"]) + int(r["framing_sent"]) for r in results if r
+                    )
+                    # A round runs once: the next repeat uses the next round (and its ring).
+                    round_number += 1
+                    order_round = round_number
+                    group.run(
+                        {"kind": "bandwidth", "bytes": 1 << 16, "order_round": order_round},
+                        timeout=120,
+                    )
+                cases.append(_case(n, mb, False, time_best, bound, bytes_sent, ideal))
+                if args.secure:
+                    secure_best = float("inf")
+                    secure_bytes = 0
+                    for _ in range(args.repeats):
+                        _progress(f"n={n} M={mb} MB: secure round")
+                        round_number += 1
+                        task = {
+                            "kind": "secure",
+                            "round": round_number,
+                            "words": words,
+                            "dtype": "uint32",
+                            "seed": round_number,
+                        }
+                        group.run({"kind": "prepare", "task": task}, timeout=600)
+                        results = group.run(task, timeout=600)
+                        if any(r is None or not r["ok"] for r in results):
+                            raise BrokenError(f"a secure round failed at n={n}, M={mb} MB")
+                        secure_best = min(
+                            secure_best, max(float(r["time_s"]) for r in results if r)
+                        )
+                        secure_bytes = max(int(r["bytes_sent"] or 0) for r in results if r)
+                    cases.append(_case(n, mb, True, secure_best, bound, secure_bytes, ideal))
+    print_json(
+        {
+            "bench": "allreduce",
+            "transport": "libp2p (Noise, Yamux) on 127.0.0.1, one process per peer",
+            "cpus": os.cpu_count(),
+            "load_before": load_before,
+            "load_after": _load(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cases": cases,
+        }
+    )
+    return 0
+
+
+def _case(
+    n: int, mb: int, secure: bool, time_s: float, bound_s: float, sent: int, ideal: float
+) -> dict[str, Any]:
+    return {
+        "peers": n,
+        "mb": mb,
+        "secure": secure,
+        "time_s": round(time_s, 4),
+        "bound_s": round(bound_s, 4),
+        "time_over_bound": round(time_s / bound_s, 3),
+        "bytes_sent_per_peer": sent,
+        "bytes_ideal": int(ideal),
+        "bytes_over_ideal": round(sent / ideal, 5),
+    }
