@@ -13,14 +13,14 @@ from p2pfed.governance.audit import (
     compare_logs,
     entry_hash,
     hash_peer_id,
-    peer_id_of,
     signing_message,
     verify_log,
 )
-from tests.governance_helpers import SALT, FakeClock, NaclSigner, model_hash_for, write_demo_log
+from p2pfed.identity import peer_id_from_public_key
+from tests.governance_helpers import SALT, FakeClock, make_signer, model_hash_for, write_demo_log
 
-ALICE = NaclSigner(b"a" * 32)
-MALLORY = NaclSigner(b"m" * 32)
+ALICE = make_signer(b"a" * 32)
+MALLORY = make_signer(b"m" * 32)
 
 
 @pytest.fixture
@@ -312,7 +312,7 @@ def test_peer_id_matches_libp2p():
     from libp2p.peer.id import ID
 
     pk = Ed25519PublicKey.from_bytes(ALICE.public_key)
-    assert peer_id_of(ALICE.public_key) == ID.from_pubkey(pk).to_base58()
+    assert peer_id_from_public_key(ALICE.public_key) == ID.from_pubkey(pk).to_base58()
 
 
 # --- compare ------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_compare_agreeing_logs(tmp_path):
     paths = []
     for i, seed in enumerate((b"1", b"2", b"3")):
         p = tmp_path / f"n{i}.jsonl"
-        write_demo_log(p, NaclSigner(seed * 32))
+        write_demo_log(p, make_signer(seed * 32))
         paths.append(p)
     report = compare_logs(paths)
     assert report.ok and report.rounds == 3 and report.agreed == 3
@@ -331,9 +331,9 @@ def test_compare_agreeing_logs(tmp_path):
 
 def test_compare_names_first_disagreement_and_missing_rounds(tmp_path):
     a, b, c = (tmp_path / f"{x}.jsonl" for x in "abc")
-    write_demo_log(a, NaclSigner(b"1" * 32), rounds=4)
-    write_demo_log(b, NaclSigner(b"2" * 32), rounds=4, variant={3: "evil", 4: "evil"})
-    write_demo_log(c, NaclSigner(b"3" * 32), rounds=2)
+    write_demo_log(a, make_signer(b"1" * 32), rounds=4)
+    write_demo_log(b, make_signer(b"2" * 32), rounds=4, variant={3: "evil", 4: "evil"})
+    write_demo_log(c, make_signer(b"3" * 32), rounds=2)
     report = compare_logs([a, b, c])
     assert not report.ok
     first = report.first_disagreement
@@ -346,16 +346,16 @@ def test_compare_names_first_disagreement_and_missing_rounds(tmp_path):
 
 def test_compare_missing_rounds_alone_are_not_disagreement(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    write_demo_log(a, NaclSigner(b"1" * 32), rounds=3)
-    write_demo_log(b, NaclSigner(b"2" * 32), rounds=1)
+    write_demo_log(a, make_signer(b"1" * 32), rounds=3)
+    write_demo_log(b, make_signer(b"2" * 32), rounds=1)
     report = compare_logs([a, b])
     assert report.ok and report.missing == {str(b): [2, 3]}
 
 
 def test_compare_reports_a_tampered_log_as_unverified(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    write_demo_log(a, NaclSigner(b"1" * 32))
-    write_demo_log(b, NaclSigner(b"2" * 32))
+    write_demo_log(a, make_signer(b"1" * 32))
+    write_demo_log(b, make_signer(b"2" * 32))
     write_lines(b, lines_of(b)[:3] + lines_of(b)[5:])
     report = compare_logs([a, b])
     assert not report.ok and str(b) in report.unverified

@@ -3,16 +3,16 @@ import json
 import pytest
 
 from p2pfed.cli import main
-from tests.governance_helpers import NaclSigner, write_demo_log
+from tests.governance_helpers import make_signer, write_demo_log
 
-ALICE = NaclSigner(b"a" * 32)
+ALICE = make_signer(b"a" * 32)
 
 
 @pytest.fixture
 def logs(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write_demo_log(a, ALICE)
-    write_demo_log(b, NaclSigner(b"b" * 32), variant={2: "x"})
+    write_demo_log(b, make_signer(b"b" * 32), variant={2: "x"})
     return a, b
 
 
@@ -45,7 +45,7 @@ def test_audit_verify_names_the_first_bad_entry(logs, capsys):
 
 def test_audit_verify_with_wrong_public_key(logs, capsys):
     a, _ = logs
-    other = NaclSigner(b"z" * 32).public_key.hex()
+    other = make_signer(b"z" * 32).public_key.hex()
     assert main(["audit", "verify", str(a), "--public-key", other]) == 1
     assert "untrusted-key" in capsys.readouterr().out
 
@@ -73,3 +73,42 @@ def test_audit_cli_one_clear_error(logs, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("p2pfed: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def write_roster(path, *signers, expires_days=365, sign=True):
+    from datetime import UTC, datetime, timedelta
+
+    from p2pfed.identity import Member, Roster
+
+    admin = make_signer(b"A" * 32)
+    roster = Roster(
+        consortium_id="demo",
+        version=1,
+        expires_at=datetime.now(UTC) + timedelta(days=expires_days),
+        members=tuple(Member.from_public_key(f"h{i}", s.public_key) for i, s in enumerate(signers)),
+        admins=(admin.public_key,),
+        threshold=1,
+    )
+    if sign:
+        roster = roster.signed_by(admin)
+    roster.save(path)
+    return path
+
+
+def test_audit_verify_against_a_roster(logs, tmp_path, capsys):
+    a, b = logs
+    roster = write_roster(tmp_path / "roster.json", ALICE)
+    assert main(["audit", "verify", str(a), "--roster", str(roster), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trust"] == "roster"
+    assert main(["audit", "verify", str(b), "--roster", str(roster)]) == 1
+    assert "not-a-member" in capsys.readouterr().out
+    # An expired roster still verifies old logs; an unsigned one does not vouch for anything.
+    old = write_roster(tmp_path / "old.json", ALICE, expires_days=-30)
+    assert main(["audit", "verify", str(a), "--roster", str(old)]) == 0
+    capsys.readouterr()
+    unsigned = write_roster(tmp_path / "unsigned.json", ALICE, sign=False)
+    assert main(["audit", "verify", str(a), "--roster", str(unsigned)]) == 2
+    assert "signature" in capsys.readouterr().err
+    assert main(["audit", "compare", str(a), str(b), "--roster", str(roster), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc["unverified"]) == [str(b)]

@@ -44,14 +44,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-
 from p2pfed.durable import fsync_dir
 from p2pfed.errors import ConfigError, IntegrityError, LocalError, ReasonCode
+from p2pfed.identity import Roster, check_roster, peer_id_from_public_key, verify_signature
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"p2pfed audit entry v1\x00"
@@ -132,23 +131,6 @@ def hash_peer_id(salt: bytes, peer_id: str) -> str:
 def generate_salt() -> bytes:
     """32 random bytes for a new consortium's peer-ID salt (shared with the roster config)."""
     return secrets.token_bytes(32)
-
-
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-# Identity multihash (code 0, length 36) of the protobuf PublicKey{Type: Ed25519, Data: 32 B}.
-_ED25519_PEER_ID_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
-
-
-def peer_id_of(public_key: bytes) -> str:
-    """The libp2p peer ID of an Ed25519 public key (the key is inlined, base58btc)."""
-    raw = _ED25519_PEER_ID_PREFIX + public_key
-    number = int.from_bytes(raw, "big")
-    digits = []
-    while number:
-        number, rem = divmod(number, 58)
-        digits.append(_B58[rem])
-    zeros = len(raw) - len(raw.lstrip(b"\x00"))
-    return "1" * zeros + "".join(reversed(digits))
 
 
 def _finite(value: float, what: str) -> float | str:
@@ -306,11 +288,7 @@ def _signature_ok(entry: Mapping[str, Any]) -> bool:
     sig = entry["sig"]
     if not _is_hex(sig, 64):
         return False
-    try:
-        VerifyKey(bytes.fromhex(entry["key"])).verify(signing_message(entry), bytes.fromhex(sig))
-    except (BadSignatureError, ValueError):
-        return False
-    return True
+    return verify_signature(bytes.fromhex(entry["key"]), signing_message(entry), bytes.fromhex(sig))
 
 
 def verify_entries(
@@ -371,7 +349,7 @@ def verify_entries(
         if shape is not None:
             return bad(line, ProblemKind.MALFORMED, shape)
         key = bytes.fromhex(entry["key"])
-        if entry["signer"] != peer_id_of(key):
+        if entry["signer"] != peer_id_from_public_key(key):
             return bad(
                 line,
                 ProblemKind.SIGNER_MISMATCH,
@@ -452,6 +430,19 @@ def verify_log(
     return verify_entries(data, str(path), public_key=public_key, members=members)
 
 
+def roster_members(path: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Peer ID → public key of the members of the roster file at ``path``.
+
+    The roster's own admin signatures and threshold are checked (a forged roster must not
+    vouch for a forged log), but not its expiry: an audit reads old logs against the
+    roster of their time.
+    """
+    roster = Roster.load(path)
+    just_before_expiry = roster.expires_at - timedelta(microseconds=1)
+    check_roster(roster, now=min(datetime.now(UTC), just_before_expiry), accepted=None)
+    return {m.peer_id: m.public_key for m in roster.members}
+
+
 def read_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The entries of a log that verifies (``IntegrityError`` naming the first bad one)."""
     report = verify_log(path)
@@ -481,7 +472,7 @@ class AuditLog:
     ) -> None:
         if not isinstance(salt, bytes) or len(salt) < MIN_SALT_BYTES:
             raise ConfigError(f"the audit salt must be at least {MIN_SALT_BYTES} bytes")
-        if signer.peer_id != peer_id_of(signer.public_key):
+        if signer.peer_id != peer_id_from_public_key(signer.public_key):
             raise ConfigError(f"signer peer ID {signer.peer_id} is not the ID of its public key")
         self.path = Path(path)
         self._signer = signer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 
 NAME = "audit"
 HELP = "Verify a node's signed audit log, or compare members' logs round by round."
@@ -44,30 +43,9 @@ def _public_key(text: str) -> bytes:
     return key
 
 
-def roster_members(path: str) -> Mapping[str, bytes]:
-    """Peer ID → public key of each member of the roster file at ``path``.
-
-    Uses ``p2pfed.identity.Roster`` (which checks the roster's own signatures); imported
-    by name so that this module does not depend on the identity package at type-check time.
-    """
-    import importlib
-
-    from p2pfed.errors import ConfigError
-
-    try:
-        identity = importlib.import_module("p2pfed.identity")
-    except ImportError:
-        raise ConfigError(
-            "--roster needs the p2pfed.identity package, which this build lacks; "
-            "use --public-key instead"
-        ) from None
-    roster = identity.Roster.load(path)
-    return {m.peer_id: bytes(m.public_key) for m in roster.members}
-
-
 def _verify(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
-    from p2pfed.governance.audit import verify_log
+    from p2pfed.governance.audit import roster_members, verify_log
 
     members = roster_members(args.roster) if args.roster else None
     key = _public_key(args.public_key) if args.public_key else None
@@ -83,7 +61,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
-    from p2pfed.governance.audit import compare_logs
+    from p2pfed.governance.audit import compare_logs, roster_members
 
     members = roster_members(args.roster) if args.roster else None
     report = compare_logs(args.logs, members=members)
