@@ -580,18 +580,24 @@ class AuditLog:
         )
 
     def round_end(
-        self, round_number: int, *, outcome: str, duration_s: float, participants: int
+        self,
+        round_number: int,
+        *,
+        outcome: str,
+        duration_s: float,
+        participants: int,
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        """A round finished (``outcome``: completed, failed, aborted)."""
-        return self.append(
-            EntryKind.ROUND_END,
-            {
-                "round": round_number,
-                "outcome": outcome,
-                "duration_s": _finite(duration_s, "round duration"),
-                "participants": participants,
-            },
-        )
+        """A round finished (``outcome``: completed, failed, aborted; ``reason`` if not)."""
+        body: dict[str, Any] = {
+            "round": round_number,
+            "outcome": outcome,
+            "duration_s": _finite(duration_s, "round duration"),
+            "participants": participants,
+        }
+        if reason is not None:
+            body["reason"] = reason
+        return self.append(EntryKind.ROUND_END, body)
 
     def cohort(self, round_number: int, peer_ids: Iterable[str]) -> dict[str, Any]:
         """The round's participants, as salted hashes (sorted, so order reveals nothing)."""
