@@ -85,11 +85,14 @@ def _header(name: str, array: NDArray[Any]) -> bytes:
     )
 
 
-def _le(array: NDArray[Any]) -> bytes:
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+def _le(array: NDArray[Any]) -> memoryview:
+    # A view, not a copy, when the array is already little-endian and C-contiguous: hashing
+    # a large model then reads its memory once.
+    contiguous = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return contiguous.reshape(-1).data.cast("B")
 
 
-def _chunks(tensors: Sequence[tuple[str, NDArray[Any]]]) -> Iterator[bytes]:
+def _chunks(tensors: Sequence[tuple[str, NDArray[Any]]]) -> Iterator[bytes | memoryview]:
     names = [name for name, _ in tensors]
     if len(set(names)) != len(names):
         raise DataError("a tensor name appears twice in the model")
