@@ -112,3 +112,21 @@ def test_audit_verify_against_a_roster(logs, tmp_path, capsys):
     assert main(["audit", "compare", str(a), str(b), "--roster", str(roster), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert list(doc["unverified"]) == [str(b)]
+
+
+def test_audit_show_filters_and_stops_at_the_first_bad_entry(logs, capsys):
+    a, _ = logs
+    assert main(["audit", "show", str(a), "--kind", "dp", "--round", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and "epsilon=1.0" in out and "OK, 19 entries" in err
+    assert main(["audit", "show", str(a), "--kind", "cohort", "--json"]) == 0
+    docs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [d["body"]["round"] for d in docs] == [1, 2, 3]
+    lines = a.read_bytes().splitlines(keepends=True)
+    del lines[4]
+    a.write_bytes(b"".join(lines))
+    assert main(["audit", "show", str(a)]) == 1
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 4 and "BAD at line 5" in err
+    assert main(["audit", "show", str(a), "--kind", "nope"]) == 2
+    assert "is not one of" in capsys.readouterr().err

@@ -40,7 +40,9 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ GENESIS_HASH = "0" * 64
 MAX_LINE_BYTES = 1 << 20
 """A cohort of thousands of hashed peer IDs fits; a line beyond this is treated as damage."""
 MIN_SALT_BYTES = 16
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
 
 ENTRY_FIELDS = frozenset({"v", "seq", "ts", "kind", "body", "prev", "signer", "key", "sig"})
 
@@ -223,6 +226,7 @@ class _Line:
     number: int
     entry: dict[str, Any] | None
     error: str | None
+    raw: bytes = b""
 
 
 def _split_lines(data: bytes) -> tuple[list[_Line], bool]:
@@ -244,7 +248,7 @@ def _split_lines(data: bytes) -> tuple[list[_Line], bool]:
         if not isinstance(value, dict):
             lines.append(_Line(number, None, "not a JSON object"))
             continue
-        lines.append(_Line(number, value, None))
+        lines.append(_Line(number, value, None, raw))
     return lines, torn
 
 
@@ -275,13 +279,12 @@ def _shape_error(entry: Mapping[str, Any]) -> str | None:
 
 
 def _is_hex(value: object, size: int) -> bool:
-    if not isinstance(value, str) or len(value) != 2 * size:
-        return False
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        return False
-    return True
+    # Lower-case only: one spelling per value, so the bytes of a verified line are unique.
+    return (
+        isinstance(value, str)
+        and _LOWER_HEX.fullmatch(value) is not None
+        and (len(value) == 2 * size)
+    )
 
 
 def _signature_ok(entry: Mapping[str, Any]) -> bool:
@@ -382,6 +385,12 @@ def verify_entries(
             )
         if (check_signatures == "all" or last) and not _signature_ok(entry):
             return bad(line, ProblemKind.BAD_SIGNATURE, "the signature does not match the entry")
+        if line.raw != canonical_json(entry):
+            return bad(
+                line,
+                ProblemKind.MALFORMED,
+                "the line is not in canonical form (it was rewritten after signing)",
+            )
         seq, expected = entry["seq"], len(seen)
         if seq != expected:
             if seq in seen:
@@ -479,6 +488,7 @@ class AuditLog:
         self._salt = salt
         self._clock = clock
         self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         file = os.fdopen(fd, "r+b")
@@ -528,29 +538,36 @@ class AuditLog:
         return hash_peer_id(self._salt, peer_id)
 
     def append(self, kind: EntryKind, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Sign, chain and durably write one entry; returns it as written."""
-        if self._file is None:
-            raise LocalError(f"audit log {self.path} is closed")
-        entry: dict[str, Any] = {
-            "v": FORMAT_VERSION,
-            "seq": self._next_seq,
-            "ts": self._clock(),
-            "kind": EntryKind(kind).value,
-            "body": dict(body),
-            "prev": self._head,
-            "signer": self._signer.peer_id,
-            "key": self._signer.public_key.hex(),
-        }
-        entry["sig"] = self._signer.sign(signing_message(entry)).hex()
-        line = canonical_json(entry)
-        if len(line) > MAX_LINE_BYTES:
-            raise LocalError(f"audit entry of {len(line)} bytes is over the {MAX_LINE_BYTES} limit")
-        self._file.write(line + b"\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._next_seq += 1
-        self._head = entry_hash(entry)
-        return entry
+        """Sign, chain and durably write one entry; returns it as written.
+
+        Safe to call from several threads: appends are serialised, so sequence numbers
+        and the chain stay in file order.
+        """
+        with self._lock:
+            if self._file is None:
+                raise LocalError(f"audit log {self.path} is closed")
+            entry: dict[str, Any] = {
+                "v": FORMAT_VERSION,
+                "seq": self._next_seq,
+                "ts": self._clock(),
+                "kind": EntryKind(kind).value,
+                "body": dict(body),
+                "prev": self._head,
+                "signer": self._signer.peer_id,
+                "key": self._signer.public_key.hex(),
+            }
+            entry["sig"] = self._signer.sign(signing_message(entry)).hex()
+            line = canonical_json(entry)
+            if len(line) > MAX_LINE_BYTES:
+                raise LocalError(
+                    f"audit entry of {len(line)} bytes is over the {MAX_LINE_BYTES} limit"
+                )
+            self._file.write(line + b"\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._next_seq += 1
+            self._head = entry_hash(entry)
+            return entry
 
     # Typed helpers: the daemon calls these rather than building bodies itself, so every
     # log carries the same fields under the same names.
@@ -691,9 +708,10 @@ class AuditLog:
 
     def close(self) -> None:
         """Release the lock and the file (idempotent)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def __enter__(self) -> AuditLog:
         return self
@@ -781,12 +799,18 @@ def compare_logs(
             unverified[name] = report.summary()
             continue
         rounds: dict[int, set[str]] = {}
-        for line in Path(name).read_bytes().splitlines():
+        for number, line in enumerate(Path(name).read_bytes().splitlines(), start=1):
             entry = json.loads(line)
-            if entry["kind"] == EntryKind.MODEL_VERSION:
-                body = entry["body"]
-                rounds.setdefault(int(body["round"]), set()).add(str(body["model_hash"]))
-        per_log[name] = rounds
+            if entry["kind"] != EntryKind.MODEL_VERSION:
+                continue
+            body = entry["body"]
+            rnd, model = body.get("round"), body.get("model_hash")
+            if not isinstance(rnd, int) or not _is_hex(model, 32):
+                unverified[name] = f"{name}: line {number}: model_version entry lacks round or hash"
+                break
+            rounds.setdefault(rnd, set()).add(model)
+        else:
+            per_log[name] = rounds
     all_rounds = sorted(set().union(*(r.keys() for r in per_log.values())))
     disagreements: list[Disagreement] = []
     missing: dict[str, list[int]] = {}
