@@ -62,3 +62,24 @@ async def test_cut_link() -> None:
             await stream.send_all(b"x")
         with pytest.raises(BrokenError):
             await a.open_stream("b", "/echo")
+
+
+async def test_errors_inside_the_block_propagate() -> None:
+    # Regression: cleanup used to replace the block's exception with a swallowed Cancelled.
+    net = MemoryNetwork()
+    with pytest.raises(AssertionError, match="boom"):
+        async with net.open("a") as a, net.open("b") as b:
+            b.serve("/echo", echo)
+            await a.open_stream("b", "/echo")
+            raise AssertionError("boom")
+
+
+async def test_closing_a_transport_leaves_the_block_running() -> None:
+    net = MemoryNetwork()
+    async with net.open("a") as a, net.open("b") as b:
+        b.serve("/echo", echo)
+        await a.open_stream("b", "/echo")
+        await b.aclose()
+        await trio.sleep(0)  # still running: only b's handlers were cancelled
+        with pytest.raises(BrokenError):
+            await a.open_stream("b", "/echo")

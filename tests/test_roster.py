@@ -17,6 +17,7 @@ from p2pfed.identity import (
     RosterError,
     RosterGate,
     RosterProblem,
+    RosterSignature,
     RosterStore,
     check_roster,
     load_roster,
@@ -375,3 +376,14 @@ def test_roster_gate_follows_updates_and_expiry(tmp_path: Path) -> None:
     # A restarted peer cannot be handed the old roster either.
     with pytest.raises(RosterError):
         RosterGate(RosterStore(state), v1, clock=lambda: NOW)
+
+
+def test_a_stray_bad_signature_does_not_spoil_enough_good_ones() -> None:
+    r = signed(roster(admins=3, threshold=2), ADMINS[0], ADMINS[1])
+    forged = RosterSignature(ADMINS[2].public_key, bytes(64))
+    check_roster(dataclasses.replace(r, signatures=(*r.signatures, forged)), now=NOW, accepted=None)
+    # With too few good signatures the bad one is reported as tampering.
+    one = signed(roster(admins=3, threshold=2), ADMINS[0])
+    assert problem(dataclasses.replace(one, signatures=(*one.signatures, forged))) == (
+        RosterProblem.TAMPERED
+    )

@@ -10,9 +10,9 @@ with no signatures: it is a new document that the admins must sign again.
 
 A peer accepts a roster (``check_roster``/``RosterStore.accept``) only if:
 
-1. at least m *distinct* admin keys of that roster signed it (unknown signers and repeated
-   signatures do not count; a signature by an admin key that does not verify means the body
-   was changed after signing: *tampered*);
+1. at least m *distinct* admin keys of that roster signed it (unknown signers, repeated and
+   invalid signatures do not count; when too few are valid and an admin's signature does not
+   verify, the body was changed after signing: *tampered*, else *under-signed*);
 2. it is for the same consortium as the roster accepted before;
 3. its version is not lower than the highest accepted before (*rolled back*), and a
    version equal to it is the very same document;
@@ -550,6 +550,11 @@ def _count(n: int, word: str) -> str:
 
 
 def _check_signed(roster: Roster, admins: tuple[bytes, ...], threshold: int, whose: str) -> None:
+    valid = len(roster.valid_signers(admins))
+    if valid >= threshold:
+        # Enough distinct valid signatures: a stray invalid one does not count, as an
+        # unknown signer does not.
+        return
     bad = roster.bad_signers(admins)
     if bad:
         raise RosterError(
@@ -557,13 +562,11 @@ def _check_signed(roster: Roster, admins: tuple[bytes, ...], threshold: int, who
             f"roster version {roster.version} was changed after it was signed: the signature "
             f"of {whose} admin {sorted(bad)[0].hex()[:16]}… does not match its content",
         )
-    valid = len(roster.valid_signers(admins))
-    if valid < threshold:
-        raise RosterError(
-            RosterProblem.UNDER_SIGNED,
-            f"roster version {roster.version} carries {_count(valid, 'valid signature')} of "
-            f"{whose} admins; {threshold} of {len(admins)} are required",
-        )
+    raise RosterError(
+        RosterProblem.UNDER_SIGNED,
+        f"roster version {roster.version} carries {_count(valid, 'valid signature')} of "
+        f"{whose} admins; {threshold} of {len(admins)} are required",
+    )
 
 
 def check_roster(roster: Roster, *, now: datetime, accepted: AcceptedRoster | None) -> None:

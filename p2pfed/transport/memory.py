@@ -109,13 +109,22 @@ class MemoryNetwork:
         """Attach a transport for ``peer``; it is closed on exit."""
         if peer in self._peers:
             raise ValueError(f"peer {peer} is already attached to this network")
-        async with trio.open_nursery() as nursery:
-            transport = MemoryTransport(self, peer, gate, nursery)
-            self._peers[peer] = transport
-            try:
-                yield transport
-            finally:
-                await transport.aclose()
+        try:
+            async with trio.open_nursery() as nursery:
+                transport = MemoryTransport(self, peer, gate, nursery)
+                self._peers[peer] = transport
+                try:
+                    yield transport
+                finally:
+                    # Shielded: an error raised in the block must come out as itself, not be
+                    # replaced by a Cancelled from cleanup (which the nursery would absorb).
+                    with trio.CancelScope(shield=True):
+                        await transport.aclose()
+        except BaseExceptionGroup as group:
+            # The block's own error, alone, is re-raised bare: the nursery is our detail.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     def crash(self, peer: str) -> None:
         """Break every stream of ``peer`` and make it unreachable, as a killed process."""
@@ -153,6 +162,7 @@ class MemoryTransport(Transport):
         self._nursery = nursery
         self._handlers: dict[str, Handler] = {}
         self._streams: list[MemoryStream] = []
+        self._handler_scopes: set[trio.CancelScope] = set()
         self._closed = False
 
     @property
@@ -191,13 +201,17 @@ class MemoryTransport(Transport):
 
     async def _run_handler(self, handler: Handler, stream: MemoryStream) -> None:
         # The gate is checked again per stream: the roster may have changed since.
+        scope = trio.CancelScope()
+        self._handler_scopes.add(scope)
         try:
-            if self._gate(stream.remote_peer):
-                await handler(stream)
+            with scope:
+                if self._gate(stream.remote_peer):
+                    await handler(stream)
         except (BrokenError, ClosedError, RemoteProtocolError) as exc:
             # One broken or misbehaving stream must not take the peer down.
             log.info("handler for stream from %s ended: %s", stream.remote_peer, exc)
         finally:
+            self._handler_scopes.discard(scope)
             await stream.aclose()
 
     def _break_streams_to(self, peer: str) -> None:
@@ -216,6 +230,8 @@ class MemoryTransport(Transport):
             return
         self._closed = True
         self._network._detach(self._peer)
-        self._nursery.cancel_scope.cancel()
+        # Cancel our handlers only: the caller's own code in the block goes on.
+        for scope in list(self._handler_scopes):
+            scope.cancel()
         for stream in self._streams:
             await stream.aclose()

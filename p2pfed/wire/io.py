@@ -257,7 +257,7 @@ async def send_tensor(
             start = i * chunk_bytes
             chunk = bytes(raw[start : start + chunk_bytes])
             await write_frame(stream, frame(FrameType.TENSOR_CHUNK, 1 + i, chunk), limits, timeout)
-    except RejectedByPeer:
+    except (RejectedByPeer, ReadTimeout):
         raise
     except BrokenError as exc:
         # A receiver that refuses the tensor sends REJECT and closes: our next write breaks,

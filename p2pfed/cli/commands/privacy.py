@@ -1,0 +1,161 @@
+"""``p2pfed privacy report|plan``: what a node has spent, and what a plan will cost.
+
+``report`` reads a ledger (read-only, so it works beside a running node) given either
+``--config FILE`` (its ``[privacy]`` table) or ``--ledger PATH --budget E --delta D``, and
+prints ε spent with each accountant, budget left, and rounds left at the current settings
+(from the config or flags, else the last release's). ``plan`` finds the noise multiplier
+that keeps R rounds of T steps at rate q within (ε, δ), with each accountant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+NAME = "privacy"
+HELP = "Differential-privacy budget: report what a ledger has spent, or plan a noise level."
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``report`` and ``plan`` sub-commands."""
+    from p2pfed.cli import add_group
+
+    sub = add_group(parser)
+    report = sub.add_parser("report", help="ε spent per accountant, budget and rounds left.")
+    report.add_argument("--config", type=Path, help="TOML file with a [privacy] table")
+    report.add_argument("--ledger", type=Path, help="ledger file (instead of --config)")
+    report.add_argument("--budget", type=float, help="ε budget (with --ledger)")
+    report.add_argument("--delta", type=float, help="δ (with --ledger)")
+    report.add_argument("--accountant", choices=["pld", "rdp"], help="accountant that governs")
+    report.add_argument("--noise-multiplier", type=float, help="σ per release, for rounds left")
+    report.add_argument("--sample-rate", type=float, help="q per step, for rounds left")
+    report.add_argument("--steps-per-round", type=int, help="steps per release, for rounds left")
+    report.add_argument("--json", action="store_true", help="print one JSON document")
+    report.set_defaults(func=run_report)
+
+    plan = sub.add_parser("plan", help="Noise multiplier for a target (ε, δ) over R rounds.")
+    plan.add_argument("--epsilon", type=float, required=True, help="target ε after all rounds")
+    plan.add_argument("--delta", type=float, required=True, help="δ")
+    plan.add_argument("--rounds", type=int, required=True, help="number of rounds R")
+    plan.add_argument("--sample-rate", type=float, default=1.0, help="q per step (default 1)")
+    plan.add_argument("--steps-per-round", type=int, default=1, help="steps per round (default 1)")
+    plan.add_argument("--json", action="store_true", help="print one JSON document")
+    plan.set_defaults(func=run_plan)
+
+
+def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int]:
+    """(ledger, σ, q, T) from --config or the flags; flags override the config."""
+    from p2pfed.errors import ConfigError
+    from p2pfed.privacy.config import PrivacyConfig
+    from p2pfed.privacy.ledger import PrivacyLedger
+
+    if args.config is not None:
+        if args.ledger is not None or args.budget is not None or args.delta is not None:
+            raise ConfigError("give either --config or --ledger/--budget/--delta, not both")
+        cfg = PrivacyConfig.load(args.config)
+        path, budget, delta, kind = cfg.ledger, cfg.epsilon_budget, cfg.delta, cfg.accountant
+        sigma, q, t = cfg.noise_multiplier, cfg.sample_rate, cfg.steps_per_round
+    else:
+        if args.ledger is None or args.budget is None or args.delta is None:
+            raise ConfigError("give --config FILE, or all of --ledger, --budget and --delta")
+        path, budget, delta, kind = args.ledger, args.budget, args.delta, "pld"
+        sigma, q, t = None, None, None
+    kind = args.accountant or kind
+    ledger = PrivacyLedger(path, budget, delta, kind, read_only=True)
+    last = ledger.records[-1].release if ledger.records else None
+    sigma = args.noise_multiplier or sigma or (last.noise_multiplier if last else None)
+    q = args.sample_rate or q or (last.sample_rate if last else 1.0)
+    t = args.steps_per_round or t or (last.steps if last else 1)
+    return ledger, sigma, q, t
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Print what the ledger has spent, per accountant."""
+    from p2pfed.cli.util import print_json
+    from p2pfed.privacy import ACCOUNTANT_KINDS, make_accountant, releases_within_budget
+
+    ledger, sigma, q, t = _settings(args)
+    per: dict[str, Any] = {}
+    for kind in ACCOUNTANT_KINDS:
+        acc = make_accountant(kind)
+        for rec in ledger.records:
+            r = rec.release
+            acc.step(noise_multiplier=r.noise_multiplier, sample_rate=r.sample_rate, steps=r.steps)
+        spent = acc.get_epsilon(ledger.delta)
+        left = None
+        if sigma is not None:
+            left = releases_within_budget(acc, ledger.budget_epsilon, ledger.delta, sigma, q, t)
+        per[kind] = {
+            "epsilon_spent": spent,
+            "budget_left": max(0.0, ledger.budget_epsilon - spent),
+            "rounds_left": left,
+        }
+    doc = {
+        "ledger": str(ledger.path),
+        "releases": len(ledger.records),
+        "last_round": ledger.records[-1].release.round if ledger.records else None,
+        "budget_epsilon": ledger.budget_epsilon,
+        "delta": ledger.delta,
+        "governing_accountant": ledger.accountant_kind,
+        "settings": {"noise_multiplier": sigma, "sample_rate": q, "steps_per_round": t},
+        "torn_tail_bytes": len(ledger.torn_tail) if ledger.torn_tail else 0,
+        "accountants": per,
+    }
+    if args.json:
+        print_json(doc)
+        return 0
+    print(f"ledger {doc['ledger']}: {doc['releases']} release(s), last round {doc['last_round']}")
+    print(f"budget ε = {ledger.budget_epsilon:g} at δ = {ledger.delta:g}")
+    where = f"σ={sigma:g}, q={q:g}, {t} step(s)/round" if sigma else "no settings known"
+    for name, v in per.items():
+        mark = " (governs)" if name == ledger.accountant_kind else ""
+        rounds = "?" if v["rounds_left"] is None else v["rounds_left"]
+        print(
+            f"  {name}{mark}: ε spent {v['epsilon_spent']:.4f}, left {v['budget_left']:.4f}, "
+            f"rounds left {rounds} ({where})"
+        )
+    if doc["torn_tail_bytes"]:
+        print(f"note: a torn final record ({doc['torn_tail_bytes']} bytes) is not counted")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Print the noise multiplier needed with each accountant and the ε it gives."""
+    from p2pfed.cli.util import print_json
+    from p2pfed.privacy import ACCOUNTANT_KINDS, epsilon_for, noise_multiplier_for, validate
+
+    eps = validate.epsilon(args.epsilon)
+    delta = validate.delta(args.delta)
+    rounds = validate.count("rounds", args.rounds)
+    q = validate.sample_rate(args.sample_rate)
+    t = validate.count("steps per round", args.steps_per_round)
+    steps = rounds * t
+    sigma: dict[str, float] = {}
+    for kind in ACCOUNTANT_KINDS:
+        if not args.json:
+            print(f"searching σ with the {kind} accountant…", file=sys.stderr, flush=True)
+        sigma[kind] = noise_multiplier_for(eps, delta, q, steps, kind)
+    best = min(sigma, key=lambda k: sigma[k])
+    after = {kind: epsilon_for(sigma[best], delta, q, steps, kind) for kind in ACCOUNTANT_KINDS}
+    doc = {
+        "target": {"epsilon": eps, "delta": delta},
+        "rounds": rounds,
+        "sample_rate": q,
+        "steps_per_round": t,
+        "total_steps": steps,
+        "noise_multiplier": sigma,
+        "recommended": {"accountant": best, "noise_multiplier": sigma[best]},
+        "epsilon_after_rounds": after,
+    }
+    if args.json:
+        print_json(doc)
+        return 0
+    print(f"target ε = {eps:g}, δ = {delta:g}; {rounds} rounds × {t} step(s) at q = {q:g}")
+    for kind in ACCOUNTANT_KINDS:
+        print(f"  noise multiplier needed ({kind}): σ = {sigma[kind]:.4f}")
+    print(f"with σ = {sigma[best]:.4f} ({best}), ε after {rounds} rounds:")
+    for kind in ACCOUNTANT_KINDS:
+        print(f"  {kind}: ε = {after[kind]:.4f}")
+    return 0

@@ -1,0 +1,213 @@
+"""``p2pfed sim``: run simulation scenarios and sweeps (see docs/simulation.md).
+
+Theory of operation: ``run`` plays one scenario and writes ``metrics.csv``, ``result.json``
+and figures into ``--out``; ``sweep`` expands ``--set`` grids and ``--seeds`` into points,
+skipping points whose result file is already stored (resume), and writes ``sweep.csv``,
+``summary.md`` and figures. A scenario argument is a TOML path, or the name of a scenario
+shipped in ``sim/scenarios`` (``p2pfed sim list`` shows them). torch and the simulator are
+imported inside the command functions so ``p2pfed --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from importlib import resources
+from pathlib import Path
+
+from p2pfed.cli import add_group
+from p2pfed.errors import ConfigError
+
+NAME = "sim"
+HELP = "Simulate many virtual peers: run a scenario, sweep a grid, list shipped scenarios."
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    """Scenario files shipped in ``sim/scenarios``, by stem."""
+    folder = resources.files("sim") / "scenarios"
+    found: dict[str, Path] = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".toml"):
+            found[entry.name[: -len(".toml")]] = Path(str(entry))
+    return dict(sorted(found.items()))
+
+
+def resolve_scenario(text: str) -> Path:
+    """A scenario argument as a file path: an existing path, or a shipped scenario's name."""
+    path = Path(text)
+    if path.exists():
+        return path
+    shipped = bundled_scenarios()
+    if text in shipped:
+        return shipped[text]
+    raise ConfigError(
+        f"scenario {text!r} is neither a file nor a shipped scenario "
+        f"({', '.join(shipped) or 'none shipped'})"
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add ``run``, ``sweep`` and ``list``."""
+    sub = add_group(parser)
+
+    run = sub.add_parser("run", help="Run one scenario and write metrics and figures.")
+    run.add_argument("scenario", help="scenario TOML file, or a shipped scenario's name")
+    run.add_argument("--out", type=Path, default=None, help="output folder (out/sim/NAME)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override one scenario value, e.g. --set training.lr=0.05 (repeatable)",
+    )
+    run.add_argument("--threads", type=_positive, default=1, help="torch threads (1)")
+    run.set_defaults(func=_run)
+
+    sweep = sub.add_parser("sweep", help="Run a grid of scenarios (resumable).")
+    sweep.add_argument("scenario", help="scenario TOML file, or a shipped scenario's name")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2",
+        help="sweep a scenario value over a list, e.g. --set topology=ring,torus (repeatable)",
+    )
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds per grid point (1)")
+    sweep.add_argument("--out", type=Path, default=None, help="output folder (out/sweeps/NAME)")
+    sweep.add_argument("--threads", type=_positive, default=1, help="torch threads (1)")
+    sweep.set_defaults(func=_sweep)
+
+    lst = sub.add_parser("list", help="List the scenarios shipped with p2pfed.")
+    lst.set_defaults(func=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    for name, path in bundled_scenarios().items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sim.plots import all_plots
+    from sim.results import atomic_write, check_directory, maybe_parquet, records_csv
+    from sim.scenario import load_scenario, with_overrides
+    from sim.sweep import parse_set, run_point
+
+    path = resolve_scenario(args.scenario)
+    scenario = load_scenario(path)
+    overrides = {}
+    for key, values in parse_set(args.set):
+        if len(values) != 1:
+            raise ConfigError(f"--set {key} takes one value in sim run (use sim sweep for lists)")
+        overrides[key] = values[0]
+    scenario = with_overrides(scenario, overrides)
+    out: Path = args.out or Path("out") / "sim" / scenario.name
+    check_directory(out)
+    print(
+        f"scenario {scenario.name}: {scenario.n} peers, {scenario.algorithm.name} on "
+        f"{scenario.topology.name}, {scenario.rounds} rounds, data {scenario.data.name}"
+    )
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+    ) as progress:
+        task = progress.add_task(scenario.name, total=scenario.rounds)
+        result = run_point(scenario, lambda r: progress.update(task, completed=r), args.threads)
+    wall = time.perf_counter() - started
+    atomic_write(out / "result.json", result.to_json())
+    atomic_write(out / "metrics.csv", records_csv(result.records))
+    maybe_parquet(out / "metrics.csv")
+    figures = all_plots({scenario.name: [result]}, out)
+    last = result.records[-1]
+    eps = "" if last.epsilon is None else f", ε = {last.epsilon:.3f}"
+    print(
+        f"round {last.round}: accuracy mean {last.accuracy_mean:.4f} "
+        f"(min {last.accuracy_min:.4f}, max {last.accuracy_max:.4f}), consensus distance "
+        f"{last.consensus_distance:.3g}, ρ = {result.rho:.4f}{eps}; {wall:.1f} s"
+    )
+    print(f"wrote {out / 'metrics.csv'}, {out / 'result.json'}, " + ", ".join(map(str, figures)))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from sim.plots import all_plots
+    from sim.results import atomic_write, check_directory, maybe_parquet
+    from sim.scenario import load_scenario
+    from sim.sweep import (
+        SweepPoint,
+        grid_points,
+        group_by_label,
+        markdown_table,
+        parse_set,
+        run_sweep,
+        summary_rows,
+        sweep_csv,
+    )
+
+    scenario = load_scenario(resolve_scenario(args.scenario))
+    points = grid_points(scenario, parse_set(args.set), args.seeds)
+    out: Path = args.out or Path("out") / "sweeps" / scenario.name
+    check_directory(out)
+    print(f"sweep {scenario.name}: {len(points)} points into {out}")
+    skipped = 0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ) as progress:
+        overall = progress.add_task("points", total=len(points))
+        rounds = progress.add_task("rounds", total=None)
+
+        def on_point(point: SweepPoint, was_stored: bool) -> None:
+            nonlocal skipped
+            if was_stored:
+                skipped += 1
+                progress.advance(overall)
+            progress.update(
+                rounds,
+                description=f"{point.label} seed={point.seed}",
+                total=point.scenario.rounds,
+                completed=point.scenario.rounds if was_stored else 0,
+            )
+
+        def on_round(r: int) -> None:
+            progress.update(rounds, completed=r)
+            if r == progress.tasks[rounds].total:
+                progress.advance(overall)
+
+        results = run_sweep(points, out, on_point, on_round, args.threads)
+    atomic_write(out / "sweep.csv", sweep_csv(points, results))
+    maybe_parquet(out / "sweep.csv")
+    rows = summary_rows(points, results)
+    atomic_write(out / "summary.md", markdown_table(rows))
+    figures = all_plots(group_by_label(points, results), out)
+    print(markdown_table(rows), end="")
+    print(f"{len(points) - skipped} points run, {skipped} already stored (skipped)")
+    print(f"wrote {out / 'sweep.csv'}, {out / 'summary.md'}, " + ", ".join(map(str, figures)))
+    return 0

@@ -1,0 +1,69 @@
+"""Injectable faults and the record of exclusions.
+
+Theory of operation: a ``FaultPlan`` tells a driver to misbehave on purpose at its k-th
+outgoing vector message: crash (the process dies there), stall for a while, send a vector of
+the wrong length or word type, replay a message, or stamp it with an earlier round. Tests and
+the fault benchmarks use it to make each failure the collectives must survive happen exactly
+where intended, on the in-memory network and on real processes alike.
+
+Whatever a driver rejects or whomever it excludes is written down as an ``Exclusion`` with a
+reason code: a misbehaving peer is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from p2pfed.errors import LocalProtocolError, ReasonCode
+
+
+class Fault(enum.Enum):
+    """A way to misbehave at one outgoing vector message."""
+
+    CRASH = "crash"
+    DELAY = "delay"
+    WRONG_SHAPE = "wrong-shape"
+    WRONG_DTYPE = "wrong-dtype"
+    REPLAY = "replay"
+    STALE_ROUND = "stale-round"
+
+
+class InjectedCrash(Exception):
+    """Raised in the faulty peer's own task when a ``Fault.CRASH`` fires (it is 'dead')."""
+
+
+def _no_hook() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    """Misbehave with ``fault`` at outgoing vector message number ``at`` (0-based).
+
+    ``delay`` is the stall in seconds for ``Fault.DELAY``; ``on_crash`` runs when a crash
+    fires (for example ``MemoryNetwork.crash(peer)`` or ``os._exit``) before
+    ``InjectedCrash`` is raised.
+    """
+
+    fault: Fault
+    at: int = 0
+    delay: float = 0.0
+    on_crash: Callable[[], None] = field(default=_no_hook, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.at < 0:
+            raise LocalProtocolError(f"fault position {self.at} is negative")
+        if self.delay < 0:
+            raise LocalProtocolError(f"fault delay {self.delay} is negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    """A peer (or one of its messages) rejected for a round, and why."""
+
+    round: int
+    peer: str
+    reason: ReasonCode
+    detail: str

@@ -1,0 +1,204 @@
+"""Gossip averaging over a topology, as sans-I/O cores.
+
+Theory of operation. *Synchronous mode*: in round t peer i sends its vector x_i to every
+peer that mixes it in (the non-zero off-diagonal entries of column i of W_t) and waits, until
+a deadline, for the vectors of its in-neighbours (row i). ``GossipRound`` then sets
+
+    x_i ← W_ii·x_i + Σ_{j heard} W_ij·x_j + Σ_{j missing} W_ij·x_i,
+
+folding each missing neighbour's weight into the self weight, so the update stays a convex
+combination (row sums stay 1: no value ever leaves the hull of the inputs). What folding
+costs is column stochasticity: if i misses j but j heard i, column sums of the effective
+matrix are no longer 1 and the network average drifts by W_ij·(x_i − x_j)/n that round. When
+both ends miss each other (a cut link, a crashed peer seen by everyone) the effective matrix
+stays symmetric, hence doubly stochastic, and the average is preserved exactly.
+
+*Asynchronous push-pull mode* (no barrier, for stragglers): a peer picks a random neighbour,
+sends x_i, and the neighbour answers with its current x_j and moves halfway,
+x_j ← x_j + (x_i − x_j)/2; the initiator applies x_i ← x_i + (x_j − x_i^sent)/2. Updates are
+written as deltas against the values actually exchanged, so the sum over peers is conserved
+even if other exchanges touched x_i meanwhile (``push_pull_delta``).
+
+Vectors are float32/float64 and mixed in float64. Misbehaviour raises
+``RemoteProtocolError`` naming the sender: wrong round (``WRONG_ROUND``), a second vector
+(``REPLAY``), a peer that is not an in-neighbour this round (``PROTOCOL_VIOLATION``), the
+wrong length or word type (``WRONG_SHAPE``/``WRONG_DTYPE``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pfed.collectives.messages import WordType
+from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
+
+
+class MixingTopology(Protocol):
+    """What gossip needs from a ``topologies.Topology``."""
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        ...
+
+    def mixing_at(self, t: int) -> Any:
+        """The n×n mixing matrix of round t (a scipy sparse array)."""
+        ...
+
+
+class GossipState(enum.Enum):
+    """Where one synchronous gossip round stands."""
+
+    WAITING = "waiting"
+    MIXED = "mixed"
+
+
+class GossipEvent(enum.Enum):
+    """What moves a synchronous gossip round."""
+
+    ALL_HEARD = "all-heard"
+    DEADLINE = "deadline"
+
+
+GOSSIP_TRANSITIONS: dict[tuple[GossipState, GossipEvent], GossipState] = {
+    (GossipState.WAITING, GossipEvent.ALL_HEARD): GossipState.MIXED,
+    (GossipState.WAITING, GossipEvent.DEADLINE): GossipState.MIXED,
+}
+
+
+def mixing_row_and_targets(
+    topology: MixingTopology, t: int, i: int
+) -> tuple[dict[int, float], float, tuple[int, ...]]:
+    """Row i of W_t as {j: W_ij} without i, the self weight W_ii, and who mixes i in."""
+    if not 0 <= i < topology.n:
+        raise LocalProtocolError(f"node {i} is outside 0..{topology.n - 1}")
+    matrix = topology.mixing_at(t).tocsr()
+    row = matrix[[i], :]
+    weights: dict[int, float] = {}
+    self_weight = 0.0
+    for j, w in zip(row.indices.tolist(), row.data.tolist(), strict=True):
+        if j == i:
+            self_weight = float(w)
+        elif w != 0:
+            weights[int(j)] = float(w)
+    column = matrix.tocsc()[:, [i]]
+    targets = tuple(
+        sorted(
+            int(j)
+            for j, w in zip(column.indices.tolist(), column.data.tolist(), strict=True)
+            if j != i and w != 0
+        )
+    )
+    return weights, self_weight, targets
+
+
+class GossipRound:
+    """One peer's synchronous gossip round: collect neighbours' vectors, then mix."""
+
+    def __init__(
+        self,
+        vector: npt.NDArray[Any],
+        round: int,
+        weights: Mapping[str, float],
+        self_weight: float,
+    ) -> None:
+        if vector.ndim != 1:
+            raise LocalProtocolError(f"gossip needs a flat vector, got {vector.ndim}-D")
+        self.word = WordType.of(vector.dtype.newbyteorder("<"))
+        if self.word.is_integer:
+            raise LocalProtocolError("gossip averages float32/float64 vectors, not integers")
+        total = self_weight + sum(weights.values())
+        if abs(total - 1.0) > 1e-9 or self_weight < 0 or min(weights.values(), default=0) < 0:
+            raise LocalProtocolError(
+                f"mixing row must be non-negative and sum to 1, sums to {total:.12g}"
+            )
+        self.round = round
+        self.vector = vector
+        self.weights = dict(weights)
+        self.self_weight = self_weight
+        self.heard: dict[str, npt.NDArray[Any]] = {}
+        self.state = GossipState.WAITING
+
+    def _fire(self, event: GossipEvent) -> None:
+        try:
+            self.state = GOSSIP_TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"gossip round cannot take {event.value} in state {self.state.value}"
+            ) from None
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """In-neighbours not heard from (yet)."""
+        return tuple(sorted(set(self.weights) - set(self.heard)))
+
+    def receive(self, sender: str, round: int, word: WordType, data: bytes) -> bool:
+        """Take ``sender``'s vector; returns True once every in-neighbour was heard."""
+        if round != self.round:
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_ROUND,
+                f"peer {sender} sent a gossip vector of round {round} into round {self.round}",
+                sender,
+            )
+        if self.state is not GossipState.WAITING:
+            raise RemoteProtocolError(
+                ReasonCode.UNEXPECTED_STAGE, f"peer {sender} sent after the round mixed", sender
+            )
+        if sender not in self.weights:
+            raise RemoteProtocolError(
+                ReasonCode.PROTOCOL_VIOLATION,
+                f"peer {sender} is not an in-neighbour in gossip round {self.round}",
+                sender,
+            )
+        if sender in self.heard:
+            raise RemoteProtocolError(
+                ReasonCode.REPLAY, f"peer {sender} sent its round-{round} vector twice", sender
+            )
+        if word is not self.word:
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_DTYPE,
+                f"peer {sender} sent {word.name.lower()} words, expected {self.word.name.lower()}",
+                sender,
+            )
+        values = np.frombuffer(data, dtype=self.word.dtype)
+        if values.shape != self.vector.shape:
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_SHAPE,
+                f"peer {sender} sent {values.size} words, expected {self.vector.size}",
+                sender,
+            )
+        self.heard[sender] = values
+        if not self.missing:
+            self._fire(GossipEvent.ALL_HEARD)
+            return True
+        return False
+
+    def mix(self) -> npt.NDArray[Any]:
+        """The mixed vector; missing neighbours' weight goes to the self weight."""
+        if self.state is GossipState.WAITING:
+            self._fire(GossipEvent.DEADLINE)
+        own = self.self_weight + sum(self.weights[j] for j in self.missing)
+        out = own * self.vector.astype(np.float64)
+        for j, values in self.heard.items():
+            out += self.weights[j] * values.astype(np.float64)
+        return out.astype(self.vector.dtype)
+
+
+def push_pull_delta(sent: npt.NDArray[Any], other: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """What a peer adds to its vector after a push-pull exchange: (other − sent)/2."""
+    if sent.shape != other.shape:
+        raise LocalProtocolError(
+            f"push-pull vectors differ in shape: {sent.shape} vs {other.shape}"
+        )
+    delta: npt.NDArray[np.float64] = (other.astype(np.float64) - sent.astype(np.float64)) / 2
+    return delta
+
+
+def peer_weights(peers: Sequence[str], weights: Mapping[int, float]) -> dict[str, float]:
+    """Map node-indexed weights to peer IDs (node k is ``peers[k]``)."""
+    return {peers[j]: w for j, w in weights.items()}

@@ -1,0 +1,274 @@
+"""Ring all-reduce as a sans-I/O state machine: reduce-scatter, then all-gather.
+
+Theory of operation: the n peers of a cohort sit on a ring in an order every peer computes
+alone (``ring_order``: sort by SHA-256 of consortium, roster version, round, attempt and
+peer ID). The flat vector is cut into n segments and every segment into the same number of
+pipeline chunks. Over 2(n−1) steps, peer r sends segment (r − s) mod n to its successor and
+receives segment (r − s − 1) mod n from its predecessor: in the first n − 1 steps it adds
+what it receives into its own copy (reduce-scatter; afterwards peer r holds the complete sum
+of segment r + 1), in the last n − 1 it overwrites (all-gather). The segment sent at step
+s + 1 is the one received at step s, so chunk c of step s + 1 leaves as soon as chunk c of
+step s has arrived: sends and receives overlap chunk by chunk instead of step by step.
+
+Each peer sends 2(n−1) segments of ≈ M/n bytes: 2(n−1)/n·M payload bytes, the bandwidth
+optimum. Integer words (masked vectors) are summed modulo 2^k; floats in their own precision.
+
+The core is strict, so every deviation has a culprit: chunks from the predecessor must come
+in exactly the order it must send them, for this round and attempt, with the expected word
+type and length. Anything else raises ``RemoteProtocolError`` naming the predecessor with
+``WRONG_ROUND``, ``REPLAY``, ``OUT_OF_ORDER``, ``WRONG_DTYPE`` or ``WRONG_SHAPE``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pfed.collectives.messages import MAX_COHORT, RingChunk, WordType
+from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
+
+
+def ring_order(
+    consortium: str, roster_version: int, round: int, cohort: Iterable[str], attempt: int = 0
+) -> tuple[str, ...]:
+    """The ring order of ``cohort`` for one attempt of one round; the same on every peer.
+
+    A hash order (rather than, say, sorted IDs) moves every peer's neighbours from round to
+    round and attempt to attempt, so one bad link does not fail every retry.
+    """
+    members = sorted(set(cohort))
+    if not members:
+        raise LocalProtocolError("a ring needs at least one peer")
+
+    def key(peer: str) -> bytes:
+        text = f"{consortium}\x00{roster_version}\x00{round}\x00{attempt}\x00{peer}"
+        return hashlib.sha256(text.encode()).digest()
+
+    return tuple(sorted(members, key=key))
+
+
+class RingState(enum.Enum):
+    """Where one peer's all-reduce stands."""
+
+    READY = "ready"
+    REDUCE_SCATTER = "reduce-scatter"
+    ALL_GATHER = "all-gather"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class RingEvent(enum.Enum):
+    """What moves the ring state machine."""
+
+    START = "start"
+    SCATTERED = "scattered"
+    GATHERED = "gathered"
+    FAULT = "fault"
+
+
+RING_TRANSITIONS: dict[tuple[RingState, RingEvent], RingState] = {
+    (RingState.READY, RingEvent.START): RingState.REDUCE_SCATTER,
+    (RingState.REDUCE_SCATTER, RingEvent.SCATTERED): RingState.ALL_GATHER,
+    (RingState.ALL_GATHER, RingEvent.GATHERED): RingState.DONE,
+    (RingState.READY, RingEvent.FAULT): RingState.FAILED,
+    (RingState.REDUCE_SCATTER, RingEvent.FAULT): RingState.FAILED,
+    (RingState.ALL_GATHER, RingEvent.FAULT): RingState.FAILED,
+}
+"""Every legal transition; anything else is a local protocol error."""
+
+
+def chunk_bounds(length: int, peers: int, chunk_words: int) -> list[list[tuple[int, int]]]:
+    """``[segment][chunk] -> (start, stop)`` word ranges, the same on every peer.
+
+    Every segment gets the same number of chunks (the pipeline pairs chunk c of one step
+    with chunk c of the next), so chunks of shorter segments are at most one word shorter.
+    """
+    if peers < 1 or chunk_words < 1 or length < 0:
+        raise LocalProtocolError("chunk_bounds needs peers ≥ 1, chunk_words ≥ 1, length ≥ 0")
+    seg_edges = np.linspace(0, length, peers + 1).round().astype(np.int64)
+    longest = int(np.max(np.diff(seg_edges))) if peers else 0
+    chunks = max(1, -(-longest // chunk_words))
+    out: list[list[tuple[int, int]]] = []
+    for s in range(peers):
+        lo, hi = int(seg_edges[s]), int(seg_edges[s + 1])
+        edges = np.linspace(lo, hi, chunks + 1).round().astype(np.int64)
+        out.append([(int(edges[c]), int(edges[c + 1])) for c in range(chunks)])
+    return out
+
+
+class RingAllReduce:
+    """One peer's side of one ring all-reduce attempt.
+
+    Call ``start`` for the first chunks to send, then ``receive`` each chunk from the
+    predecessor; both return the chunks to send to the successor next. ``done`` turns true
+    once the last chunk has arrived; ``result`` is then the sum over the cohort.
+    """
+
+    def __init__(
+        self,
+        vector: npt.NDArray[Any],
+        rank: int,
+        size: int,
+        *,
+        round: int,
+        attempt: int = 0,
+        chunk_bytes: int = 256 * 1024,
+        modulus_bits: int | None = None,
+    ) -> None:
+        if vector.ndim != 1:
+            raise LocalProtocolError(f"ring all-reduce needs a flat vector, got {vector.ndim}-D")
+        self.word = WordType.of(vector.dtype.newbyteorder("<"))
+        if not 1 <= size <= MAX_COHORT:
+            raise LocalProtocolError(f"ring size {size} is outside 1..{MAX_COHORT}")
+        if not 0 <= rank < size:
+            raise LocalProtocolError(f"rank {rank} is outside 0..{size - 1}")
+        itemsize = self.word.dtype.itemsize
+        if chunk_bytes < itemsize:
+            raise LocalProtocolError(f"chunk_bytes {chunk_bytes} is smaller than one word")
+        self._mask: int | None = None
+        if self.word.is_integer:
+            width = itemsize * 8
+            bits = width if modulus_bits is None else modulus_bits
+            if not 1 <= bits <= width:
+                raise LocalProtocolError(
+                    f"modulus 2^{bits} does not fit {self.word.name.lower()} words"
+                )
+            if bits < width:
+                self._mask = (1 << bits) - 1
+                if vector.size and int(vector.max()) > self._mask:
+                    raise LocalProtocolError(f"vector has words ≥ 2^{bits}, the modulus")
+        elif modulus_bits is not None:
+            raise LocalProtocolError("a modulus applies to uint32/uint64 vectors only")
+        self.rank = rank
+        self.size = size
+        self.round = round
+        self.attempt = attempt
+        self.state = RingState.READY
+        self._buf: npt.NDArray[Any] = np.array(vector, dtype=self.word.dtype, copy=True)
+        self._bounds = chunk_bounds(len(vector), size, max(1, chunk_bytes // itemsize))
+        self.chunks_per_segment = len(self._bounds[0])
+        self.total_steps = 2 * (size - 1)
+        self._expect = (0, 0)
+        self.payload_bytes_sent = 0
+        self.payload_bytes_received = 0
+
+    def _fire(self, event: RingEvent) -> None:
+        try:
+            self.state = RING_TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"ring all-reduce cannot take event {event.value} in state {self.state.value}"
+            ) from None
+
+    @property
+    def done(self) -> bool:
+        """True once the sum is complete on this peer."""
+        return self.state is RingState.DONE
+
+    @property
+    def result(self) -> npt.NDArray[Any]:
+        """The element-wise sum over the cohort; only once ``done``."""
+        if not self.done:
+            raise LocalProtocolError(f"ring all-reduce result read in state {self.state.value}")
+        return self._buf
+
+    @property
+    def expected(self) -> tuple[int, int]:
+        """The (step, chunk) the predecessor must send next."""
+        return self._expect
+
+    def _chunk(self, step: int, chunk: int) -> RingChunk:
+        segment = (self.rank - step) % self.size
+        lo, hi = self._bounds[segment][chunk]
+        data = self._buf[lo:hi].tobytes()
+        self.payload_bytes_sent += len(data)
+        return RingChunk(self.round, self.attempt, step, chunk, self.word, data)
+
+    def start(self) -> list[RingChunk]:
+        """Begin; returns every chunk of step 0 (empty for a ring of one)."""
+        self._fire(RingEvent.START)
+        if self.size == 1:
+            self._fire(RingEvent.SCATTERED)
+            self._fire(RingEvent.GATHERED)
+            return []
+        return [self._chunk(0, c) for c in range(self.chunks_per_segment)]
+
+    def fail(self) -> None:
+        """Record that this attempt failed (the driver saw a fault)."""
+        if self.state is not RingState.FAILED:
+            self._fire(RingEvent.FAULT)
+
+    def receive(self, message: RingChunk, sender: str) -> list[RingChunk]:
+        """Take one chunk from the predecessor ``sender``; returns the chunks to send next.
+
+        Raises ``RemoteProtocolError`` naming ``sender`` for a chunk of another round or
+        attempt (``WRONG_ROUND``), one already received (``REPLAY``) or skipped ahead
+        (``OUT_OF_ORDER``), of the wrong word type (``WRONG_DTYPE``) or length
+        (``WRONG_SHAPE``); the state machine is then ``FAILED``.
+        """
+        if self.state not in (RingState.REDUCE_SCATTER, RingState.ALL_GATHER):
+            raise LocalProtocolError(f"ring chunk received in state {self.state.value}")
+        try:
+            view = self._check(message, sender)
+        except RemoteProtocolError:
+            self._fire(RingEvent.FAULT)
+            raise
+        step, chunk = self._expect
+        incoming = np.frombuffer(message.data, dtype=self.word.dtype)
+        if step < self.size - 1:
+            np.add(view, incoming, out=view)
+            if self._mask is not None:
+                np.bitwise_and(view, self._mask, out=view)
+        else:
+            view[...] = incoming
+        self.payload_bytes_received += len(message.data)
+        chunk += 1
+        if chunk == self.chunks_per_segment:
+            step, chunk = step + 1, 0
+        self._expect = (step, chunk)
+        if step == self.size - 1 and chunk == 0:
+            self._fire(RingEvent.SCATTERED)
+        if step == self.total_steps:
+            self._fire(RingEvent.GATHERED)
+        if message.step + 1 < self.total_steps:
+            return [self._chunk(message.step + 1, message.chunk)]
+        return []
+
+    def _check(self, message: RingChunk, sender: str) -> npt.NDArray[Any]:
+        if message.round != self.round or message.attempt != self.attempt:
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_ROUND,
+                f"peer {sender} sent a chunk of round {message.round} attempt "
+                f"{message.attempt} into round {self.round} attempt {self.attempt}",
+                sender,
+            )
+        got, want = (message.step, message.chunk), self._expect
+        if got != want:
+            reason = ReasonCode.REPLAY if got < want else ReasonCode.OUT_OF_ORDER
+            raise RemoteProtocolError(
+                reason,
+                f"peer {sender} sent ring chunk {got} when {want} was due",
+                sender,
+            )
+        if message.word is not self.word:
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_DTYPE,
+                f"peer {sender} sent {message.word.name.lower()} words into a "
+                f"{self.word.name.lower()} all-reduce",
+                sender,
+            )
+        segment = (self.rank - message.step - 1) % self.size
+        lo, hi = self._bounds[segment][message.chunk]
+        if message.count != hi - lo:
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_SHAPE,
+                f"peer {sender} sent {message.count} words where ring chunk {got} has {hi - lo}",
+                sender,
+            )
+        view: npt.NDArray[Any] = self._buf[lo:hi]
+        return view

@@ -1,0 +1,275 @@
+"""The trio driver of a whole round: agree on the cohort, run the ring, commit or retry.
+
+Theory of operation: ``ControlService`` carries the small control messages of round
+agreement (``Ready``, ``Cohort``, ``Done``, ``Commit``, ``Abort``), one short stream per
+message, into a per-round mailbox; messages for rounds this peer has left are rejected with
+``WRONG_ROUND`` and recorded (except a late ``Ready``, which is answered with the cohort so the
+straggler learns it was left out). ``RingRound`` composes it with ``RingService``: it feeds
+mailbox messages, ring outcomes and deadlines into the sans-I/O ``RoundAgreement`` and carries
+out the actions it returns, starting and cancelling ring attempts. Time is
+``trio.current_time()``, so tests run the whole protocol under a mock clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+import trio
+
+from p2pfed.collectives.agreement import (
+    Action,
+    AgreementTiming,
+    CancelRing,
+    CohortSigner,
+    Phase,
+    RoundAgreement,
+    Send,
+    StartRing,
+)
+from p2pfed.collectives.codec import MessageStream
+from p2pfed.collectives.faults import Exclusion, FaultPlan
+from p2pfed.collectives.messages import Message, Ready
+from p2pfed.collectives.ring import ring_order
+from p2pfed.collectives.ring_driver import RingConfig, RingResult, RingService
+from p2pfed.errors import BrokenError, ClosedError, ReasonCode, RemoteProtocolError
+from p2pfed.transport.base import Stream, Transport
+
+log = logging.getLogger(__name__)
+
+CONTROL_PROTOCOL = "/p2pfed/round/1.0.0"
+_KEEP_FINISHED = 4  # finished rounds kept to answer stragglers' late Ready messages
+_MAX_AHEAD = 4  # rounds ahead of ours we buffer messages for; further is refused
+
+
+class ControlService:
+    """Sends and receives round-control messages for one local peer."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        consortium: str,
+        *,
+        timeout: float = 5.0,
+        protocol: str = CONTROL_PROTOCOL,
+    ) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.consortium = consortium
+        self.timeout = timeout
+        self.exclusions: list[Exclusion] = []
+        self.floor = 0
+        self._boxes: dict[
+            int, tuple[trio.MemorySendChannel[tuple[str, Message]], trio.MemoryReceiveChannel[Any]]
+        ] = {}
+        self._finished: dict[int, RoundAgreement] = {}
+        transport.serve(protocol, self._handle)
+
+    def _box(
+        self, round: int
+    ) -> tuple[trio.MemorySendChannel[tuple[str, Message]], trio.MemoryReceiveChannel[Any]]:
+        if round not in self._boxes:
+            self._boxes[round] = trio.open_memory_channel[tuple[str, Message]](math.inf)
+        return self._boxes[round]
+
+    def open_round(self, round: int) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
+        """The mailbox of ``round``: (sender, message) pairs, including any that came early."""
+        self.floor = max(self.floor, round)
+        for old in [r for r in self._boxes if r < round]:
+            self._boxes.pop(old)[0].close()
+        receive: trio.MemoryReceiveChannel[tuple[str, Message]] = self._box(round)[1]
+        return receive
+
+    def close_round(self, round: int, agreement: RoundAgreement | None = None) -> None:
+        """Retire a round; keep its agreement (if any) to answer stragglers."""
+        box = self._boxes.pop(round, None)
+        if box is not None:
+            box[0].close()
+        self.floor = max(self.floor, round + 1)
+        if agreement is not None:
+            self._finished[round] = agreement
+        for old in sorted(self._finished)[:-_KEEP_FINISHED]:
+            del self._finished[old]
+
+    async def send(self, peer: str, message: Message) -> None:
+        """Deliver one message, best effort: a peer we cannot reach is the protocol's problem."""
+        try:
+            with trio.fail_after(self.timeout):
+                stream = await self.transport.open_stream(peer, self.protocol)
+                async with stream:
+                    out = MessageStream(stream, self.consortium, self.transport.local_peer)
+                    await out.send(message)
+                    await stream.send_eof()
+                    # The handler closes once it has read everything: then the message is in.
+                    while await stream.receive_some():
+                        pass
+        except (trio.TooSlowError, BrokenError, ClosedError, RemoteProtocolError) as exc:
+            log.info("control: %s to %s not delivered: %s", type(message).__name__, peer, exc)
+
+    async def _handle(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        messages = MessageStream(stream, self.consortium, self.transport.local_peer)
+        try:
+            while (envelope := await messages.receive(self.timeout)) is not None:
+                for reply in self._deliver(peer, envelope.message):
+                    await self.send(reply.peer, reply.message)
+        except RemoteProtocolError as exc:
+            self.exclusions.append(Exclusion(-1, peer, exc.reason, str(exc)))
+
+    def _deliver(self, peer: str, message: Message) -> list[Send]:
+        """Queue a message for its round; returns replies owed for rounds already over."""
+        round = message.round
+        if round in self._finished:
+            agreement = self._finished[round]
+            if not isinstance(message, Ready):
+                return []
+            actions = agreement.receive(peer, message, trio.current_time())
+            return [a for a in actions if isinstance(a, Send)]
+        if round < self.floor or round > self.floor + _MAX_AHEAD:
+            self.exclusions.append(
+                Exclusion(
+                    round,
+                    peer,
+                    ReasonCode.WRONG_ROUND,
+                    f"{type(message).__name__} for round {round} while this peer is at "
+                    f"round {self.floor}",
+                )
+            )
+            return []
+        self._box(round)[0].send_nowait((peer, message))
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOutcome:
+    """How one round ended for this peer."""
+
+    round: int
+    phase: Phase
+    result: RingResult | None
+    cohort: tuple[str, ...] | None
+    attempts: int
+    exclusions: list[Exclusion] = field(default_factory=list)
+
+    @property
+    def committed(self) -> bool:
+        """True when ``result`` is the round's agreed sum."""
+        return self.phase is Phase.COMMITTED
+
+
+class RingRound:
+    """Agreement plus ring all-reduce, with retries, for one local peer."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        consortium: str,
+        roster_version: int,
+        members: Sequence[str],
+        signer: CohortSigner,
+        *,
+        timing: AgreementTiming | None = None,
+        ring_config: RingConfig | None = None,
+        fault: FaultPlan | None = None,
+        max_attempts: int = 8,
+    ) -> None:
+        self.consortium = consortium
+        self.roster_version = roster_version
+        self.members = tuple(members)
+        self.signer = signer
+        self.timing = timing or AgreementTiming()
+        self.ring_config = ring_config or RingConfig()
+        self.max_attempts = max_attempts
+        self.control = ControlService(transport, consortium, timeout=self.timing.collect_window)
+        self.ring = RingService(
+            transport, consortium, accept_timeout=self.ring_config.timeout, fault=fault
+        )
+        self.me = transport.local_peer
+
+    async def all_reduce(self, vector: npt.NDArray[Any], round: int) -> RoundOutcome:
+        """Agree on round ``round``'s cohort and sum ``vector`` over it, retrying on faults.
+
+        Returns the outcome: ``COMMITTED`` with the sum over the committed cohort,
+        ``LEFT_OUT`` when this peer came too late, ``FAILED`` when no attempt succeeded.
+        Raises ``InjectedCrash`` if this peer's fault plan kills it.
+        """
+        agreement = RoundAgreement(
+            self.me,
+            self.consortium,
+            round,
+            self.members,
+            self.signer,
+            self.timing,
+            max_attempts=self.max_attempts,
+        )
+        mailbox = self.control.open_round(round)
+        events_in, events = trio.open_memory_channel[tuple[Any, ...]](math.inf)
+        results: dict[int, RingResult] = {}
+        scopes: dict[int, trio.CancelScope] = {}
+
+        async with trio.open_nursery() as senders:
+            async with trio.open_nursery() as work:
+
+                async def forward() -> None:
+                    async for sender, message in mailbox:
+                        events_in.send_nowait(("message", sender, message))
+
+                async def run_ring(attempt: int, cohort: tuple[str, ...]) -> None:
+                    order = ring_order(self.consortium, self.roster_version, round, cohort, attempt)
+                    with trio.CancelScope() as scope:
+                        scopes[attempt] = scope
+                        try:
+                            result = await self.ring.all_reduce(
+                                vector,
+                                order,
+                                round=round,
+                                attempt=attempt,
+                                config=self.ring_config,
+                            )
+                        except RemoteProtocolError as exc:
+                            events_in.send_nowait(("failed", attempt, exc))
+                        else:
+                            events_in.send_nowait(("done", attempt, result))
+
+                def execute(actions: list[Action]) -> None:
+                    for action in actions:
+                        if isinstance(action, Send):
+                            senders.start_soon(self.control.send, action.peer, action.message)
+                        elif isinstance(action, StartRing):
+                            work.start_soon(run_ring, action.attempt, action.cohort)
+                        elif isinstance(action, CancelRing) and action.attempt in scopes:
+                            scopes[action.attempt].cancel()
+
+                work.start_soon(forward)
+                execute(agreement.start(trio.current_time()))
+                while not agreement.final:
+                    event: tuple[Any, ...] = ("deadline",)
+                    with trio.move_on_at(agreement.deadline or math.inf):
+                        event = await events.receive()
+                    now = trio.current_time()
+                    if event[0] == "deadline":
+                        execute(agreement.tick(now))
+                    elif event[0] == "message":
+                        execute(agreement.receive(event[1], event[2], now))
+                    elif event[1] == agreement.attempt and agreement.phase is Phase.RUNNING:
+                        if event[0] == "done":
+                            results[event[1]] = event[2]
+                            execute(agreement.ring_done(now))
+                        else:
+                            fault: RemoteProtocolError = event[2]
+                            execute(agreement.ring_failed(fault.peer, fault.reason, now))
+                work.cancel_scope.cancel()
+            self.control.close_round(round, agreement)
+        committed = agreement.phase is Phase.COMMITTED
+        return RoundOutcome(
+            round,
+            agreement.phase,
+            results.get(agreement.attempt) if committed else None,
+            agreement.cohort if committed else None,
+            agreement.attempt + 1,
+            agreement.exclusions + self.ring.exclusions + self.control.exclusions,
+        )

@@ -1,0 +1,320 @@
+"""The peer daemon's configuration (``config.toml``), parsed and checked in one place.
+
+Theory of operation: every table of the file maps onto one frozen dataclass below, parsed by
+``p2pfed.settings`` — so the accepted keys are exactly these fields, and an unknown key, a
+wrong type or a bad value ends in one ``ConfigError`` naming the key. Relative paths are
+resolved against the folder holding the config file, so an institution folder can be moved
+as a whole. ``render_default`` writes the commented file ``p2pfed init`` creates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pfed.settings import check, parse, read_toml
+from p2pfed.training.data import BUILTIN_DATASETS
+from p2pfed.training.models import BUILTIN_MODELS
+from p2pfed.training.trainer import OPTIMIZERS
+
+MODES = ("ring", "gossip")
+PRIVACY_MODES = ("distributed", "local", "off")
+ACCOUNTANTS = ("pld", "rdp")
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """Who this node is and where it keeps its state."""
+
+    name: str
+    identity: str = "identity.key"
+    state_dir: str = "state"
+    log_json: bool = False
+    log_level: str = "info"
+
+    def validate(self) -> None:
+        check(bool(self.name.strip()), "[node] name", "must not be empty")
+        levels = ("debug", "info", "warning", "error")
+        check(self.log_level in levels, "[node] log_level", f"must be one of {levels}")
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """Where to listen, the consortium roster, and whom to dial first."""
+
+    listen: str = "/ip4/0.0.0.0/tcp/4001"
+    roster: str = "roster.json"
+    bootstrap: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        check(
+            self.listen.startswith("/ip"),
+            "[network] listen",
+            "must be a multiaddr like /ip4/0.0.0.0/tcp/4001",
+        )
+
+
+@dataclass(frozen=True)
+class RoundsSection:
+    """How rounds are run: aggregation mode, topology for gossip, count and pacing."""
+
+    mode: str = "ring"
+    topology: str = "exponential"
+    rounds: int = 20
+    min_peers: int = 2
+    round_timeout_s: float = 120.0
+
+    def validate(self) -> None:
+        check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
+        check(self.rounds >= 1, "[rounds] rounds", "must be ≥ 1")
+        check(self.min_peers >= 2, "[rounds] min_peers", "must be ≥ 2")
+        check(self.round_timeout_s > 0, "[rounds] round_timeout_s", "must be positive")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The model architecture every member builds (same seed: same starting weights)."""
+
+    kind: str = "logistic"
+    hidden: tuple[int, ...] = (32,)
+    seed: int = 0
+
+    def validate(self) -> None:
+        ok = self.kind in BUILTIN_MODELS or ":" in self.kind
+        check(ok, "[model] kind", f"must be one of {BUILTIN_MODELS} or module:factory")
+        check(all(h >= 1 for h in self.hidden), "[model] hidden", "must list positive widths")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The local data: a CSV file or a built-in data set, and the held-out test share."""
+
+    path: str = ""
+    builtin: str = ""
+    label_column: str = "label"
+    feature_columns: tuple[str, ...] = ()
+    test_fraction: float = 0.2
+
+    def validate(self) -> None:
+        check(
+            bool(self.path) != bool(self.builtin),
+            "[data] path",
+            "or [data] builtin must be set (exactly one)",
+        )
+        if self.builtin:
+            check(
+                self.builtin in BUILTIN_DATASETS,
+                "[data] builtin",
+                f"must be one of {BUILTIN_DATASETS}",
+            )
+        check(0 < self.test_fraction < 1, "[data] test_fraction", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class SchemaSection:
+    """The consortium's declared data schema (empty features: taken from the data)."""
+
+    features: tuple[str, ...] = ()
+    labels: tuple[int, ...] = (0, 1)
+    types: tuple[str, ...] = ()
+    label_distribution: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidationSection:
+    """Limits past which the node refuses to join (see p2pfed.training.validation)."""
+
+    min_samples: int = 30
+    max_missing_fraction: float = 0.0
+    max_label_skew: float = 0.45
+    min_classes: int = 1
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    """Local training each round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    fedprox_mu: float = 0.0
+    personal_prefixes: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        check(self.local_epochs >= 1, "[training] local_epochs", "must be ≥ 1")
+        check(self.batch_size >= 1, "[training] batch_size", "must be ≥ 1")
+        check(self.learning_rate > 0, "[training] learning_rate", "must be positive")
+        check(self.optimizer in OPTIMIZERS, "[training] optimizer", f"must be one of {OPTIMIZERS}")
+        check(0 <= self.momentum < 1, "[training] momentum", "must be in [0, 1)")
+        check(self.fedprox_mu >= 0, "[training] fedprox_mu", "must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class PrivacySection:
+    """Differential privacy of every released update, and the institution's budget."""
+
+    mode: str = "distributed"
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    epsilon_budget: float = 10.0
+    accountant: str = "pld"
+    ledger: str = "state/privacy.ledger"
+
+    def validate(self) -> None:
+        check(self.mode in PRIVACY_MODES, "[privacy] mode", f"must be one of {PRIVACY_MODES}")
+        check(self.clip_norm > 0, "[privacy] clip_norm", "must be positive")
+        check(self.noise_multiplier > 0, "[privacy] noise_multiplier", "must be positive")
+        check(0 < self.delta < 1, "[privacy] delta", f"must be in (0, 1), not {self.delta}")
+        check(self.epsilon_budget > 0, "[privacy] epsilon_budget", "must be positive")
+        check(
+            self.accountant in ACCOUNTANTS, "[privacy] accountant", f"must be one of {ACCOUNTANTS}"
+        )
+
+
+@dataclass(frozen=True)
+class SecAggSection:
+    """Masked-sum secure aggregation of the updates."""
+
+    enabled: bool = True
+    threshold: int = 0
+    """Shares needed to recover a dropped peer's masks; 0 means ⌊n/2⌋ + 1."""
+    bits: int = 32
+    clip_range: float = 8.0
+    """Each quantised coordinate is clipped to ±clip_range before masking."""
+
+    def validate(self) -> None:
+        check(self.threshold >= 0, "[secagg] threshold", "must be ≥ 0 (0 picks ⌊n/2⌋ + 1)")
+        check(self.bits in (32, 64), "[secagg] bits", "must be 32 or 64")
+        check(self.clip_range > 0, "[secagg] clip_range", "must be positive")
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """Prometheus metrics endpoint; off unless a port is set."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+
+    def validate(self) -> None:
+        check(0 <= self.port < 65536, "[metrics] port", "must be 0 (off) or a TCP port")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole ``config.toml``."""
+
+    node: NodeSection
+    network: NetworkSection = field(default_factory=NetworkSection)
+    rounds: RoundsSection = field(default_factory=RoundsSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=lambda: DataSection(builtin="breast_cancer"))
+    schema: SchemaSection = field(default_factory=SchemaSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    base_dir: str = ""
+    """Folder relative paths are resolved against (set by ``load_config``, not the file)."""
+
+    def path(self, relative: str) -> Path:
+        """``relative`` resolved against the config file's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir or ".") / p
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a daemon config file; ``ConfigError`` names any bad key."""
+    path = Path(path)
+    raw = read_toml(path)
+    check(
+        "base_dir" not in raw,
+        "base_dir",
+        "is not a setting (paths are relative to the config file)",
+    )
+    config = parse(Config, raw)
+    return dataclasses.replace(config, base_dir=str(path.parent.resolve()))
+
+
+DEFAULT_TEMPLATE = """\
+# p2pfed peer configuration for {name}.
+# Relative paths are resolved against this file's folder. Every key is optional except
+# [node] name; unknown keys are refused, so a typo never goes unnoticed.
+
+[node]
+name = "{name}"
+identity = "identity.key"      # Ed25519 key, mode 0600; never share it
+state_dir = "state"            # checkpoints, ledger, audit log, status
+log_json = false               # one JSON object per log line
+log_level = "info"
+
+[network]
+listen = "/ip4/0.0.0.0/tcp/4001"   # open this TCP port to consortium members only
+roster = "roster.json"             # the consortium's signed member list
+bootstrap = []                     # multiaddrs of members to dial first
+
+[rounds]
+mode = "ring"                  # ring (exact average) or gossip (neighbours in a topology)
+topology = "exponential"       # for gossip: see `p2pfed topology list`
+rounds = 20
+min_peers = 2                  # a round needs at least this many members
+round_timeout_s = 120.0        # a member silent this long is dropped for the round
+
+[model]
+kind = "logistic"              # logistic, mlp, or module:factory
+hidden = [32]                  # mlp hidden layer widths
+seed = 0                       # every member must use the same seed
+
+[data]
+builtin = "breast_cancer"      # or: path = "data/patients.csv" (and remove builtin)
+label_column = "label"
+feature_columns = []           # empty: every column but the label
+test_fraction = 0.2            # held out locally for evaluation
+
+[schema]                       # the consortium's declared data schema
+features = []                  # empty: taken from the data
+labels = [0, 1]
+
+[validation]                   # the node refuses to join past these limits
+min_samples = 30
+max_missing_fraction = 0.0
+max_label_skew = 0.45          # total-variation distance from the declared label shares
+min_classes = 1
+
+[training]
+local_epochs = 1
+batch_size = 32
+learning_rate = 0.1
+optimizer = "sgd"              # sgd or adam
+fedprox_mu = 0.0               # > 0 adds (mu/2)|w - w_global|^2 against client drift
+personal_prefixes = []         # parameter-name prefixes that never leave this node
+
+[privacy]
+mode = "distributed"           # distributed, local, or off
+clip_norm = 1.0                # L2 bound S on each update
+noise_multiplier = 1.0         # sigma: noise std is sigma * S (split across members)
+delta = 1e-5
+epsilon_budget = 10.0          # the node refuses any release past this
+accountant = "pld"             # pld (tightest) or rdp
+ledger = "state/privacy.ledger"
+
+[secagg]
+enabled = true
+threshold = 0                  # shares needed to recover a dropped member; 0 = n/2 + 1
+bits = 32                      # ring Z_2^bits
+clip_range = 8.0
+
+[metrics]
+port = 0                       # Prometheus endpoint; 0 = off
+host = "127.0.0.1"
+"""
+
+
+def render_default(name: str) -> str:
+    """The commented ``config.toml`` that ``p2pfed init`` writes."""
+    return DEFAULT_TEMPLATE.format(name=name.replace('"', ""))

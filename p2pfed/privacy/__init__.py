@@ -1,0 +1,41 @@
+"""Differential privacy: clipping and noise mechanisms, accountants, a persistent ledger.
+
+Theory of operation: a node clips its update to L2 ≤ S, checks it is finite, reserves the
+privacy cost of releasing it in its ``PrivacyLedger`` (an fsynced, checksummed, append-only
+file re-read on every start), and only then adds Gaussian noise and lets it go. The ledger
+composes releases with an accountant: ``PLDAccountant`` (tight, the default) or
+``RDPAccountant`` (fast). Example-level DP-SGD for local training lives in
+``p2pfed.privacy.dpsgd`` (imports torch; not imported here). See docs/privacy.md.
+"""
+
+from p2pfed.privacy.accountants import (
+    ACCOUNTANT_KINDS,
+    DEFAULT_ACCOUNTANT,
+    Accountant,
+    PLDAccountant,
+    RDPAccountant,
+    Step,
+    epsilon_for,
+    make_accountant,
+    noise_multiplier_for,
+    releases_within_budget,
+)
+from p2pfed.privacy.ledger import LedgerRecord, PrivacyLedger, Release
+from p2pfed.privacy.mechanisms import NoiseMode
+
+__all__ = [
+    "ACCOUNTANT_KINDS",
+    "DEFAULT_ACCOUNTANT",
+    "Accountant",
+    "LedgerRecord",
+    "NoiseMode",
+    "PLDAccountant",
+    "PrivacyLedger",
+    "RDPAccountant",
+    "Release",
+    "Step",
+    "epsilon_for",
+    "make_accountant",
+    "noise_multiplier_for",
+    "releases_within_budget",
+]

@@ -1,0 +1,145 @@
+"""Round parameters and the cohort plan: who masks with whom, who holds whose shares.
+
+Theory of operation: every peer of a round derives the *same* plan from public facts only
+(the consortium, the round number, the cohort's peer IDs and the ``SecAggConfig``), so no
+coordinator is needed. The cohort is sorted by peer ID; a peer's Shamir x coordinate is its
+position + 1, and in a pair the lower-sorted peer adds the pair mask while the other
+subtracts it. The neighbour graph is the complete graph for small cohorts (Bonawitz et al.
+2017) and, for large ones, the SecAgg+ Harary graph H(k, n) (Bell et al. 2020): peers are
+placed on a ring in a public pseudo-random order (SHA-256 of consortium, round and peer ID)
+and joined to the k/2 nearest on each side, k ≈ 2·log2 n. A peer's *holders* are its
+neighbours and itself; it Shamir-shares its secrets among them with threshold t, by default
+a strict majority of the holder set (t > m/2), which also makes two disjoint majorities —
+one revealing a self-mask share, the other a pair-secret share of the same peer — impossible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from p2pfed.errors import ConfigError
+from p2pfed.secagg.primitives import domain, ring_dtype
+
+MAX_PEERS: Final = 4096
+MAX_PEER_ID_BYTES: Final = 128
+MAX_CONSORTIUM_BYTES: Final = 128
+MAX_DIMENSION: Final = 1 << 31
+
+GraphKind = Literal["auto", "complete", "harary"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggConfig:
+    """Parameters of one secure-aggregation round (see docs/secure-aggregation.md)."""
+
+    consortium: str
+    round: int
+    dimension: int
+    ring_bits: int = 32
+    graph: GraphKind = "auto"
+    complete_max: int = 16
+    degree: int | None = None
+    threshold: int | None = None
+    min_survivors: int | None = None
+
+    def __post_init__(self) -> None:
+        ring_dtype(self.ring_bits)
+        if not self.consortium or len(self.consortium.encode()) > MAX_CONSORTIUM_BYTES:
+            raise ConfigError(f"the consortium ID must be 1..{MAX_CONSORTIUM_BYTES} bytes of UTF-8")
+        if not 0 <= self.round < 1 << 63:
+            raise ConfigError(f"the round must be a non-negative 63-bit integer, got {self.round}")
+        if not 1 <= self.dimension <= MAX_DIMENSION:
+            raise ConfigError(f"the dimension must lie in 1..{MAX_DIMENSION}, got {self.dimension}")
+        if self.graph not in ("auto", "complete", "harary"):
+            raise ConfigError(f"graph must be auto, complete or harary, got {self.graph!r}")
+        if self.degree is not None and (self.degree < 2 or self.degree % 2):
+            raise ConfigError(f"the SecAgg+ degree must be an even number ≥ 2, got {self.degree}")
+        if self.threshold is not None and self.threshold < 2:
+            raise ConfigError(f"the threshold must be at least 2, got {self.threshold}")
+        if self.min_survivors is not None and self.min_survivors < 2:
+            raise ConfigError(f"min_survivors must be at least 2, got {self.min_survivors}")
+
+
+def default_degree(n: int) -> int:
+    """SecAgg+ degree ≈ 2·log2 n, rounded up to an even number."""
+    k = 2 * math.ceil(math.log2(max(n, 2)))
+    return k + (k % 2)
+
+
+@dataclass(frozen=True, slots=True)
+class CohortPlan:
+    """The public plan of a round, identical at every peer."""
+
+    peers: tuple[str, ...]
+    graph: Literal["complete", "harary"]
+    neighbours: dict[str, frozenset[str]] = field(repr=False)
+    threshold: int
+    min_survivors: int
+
+    index: dict[str, int] = field(repr=False)
+
+    def x(self, peer: str) -> int:
+        """The Shamir x coordinate of ``peer`` (1-based position in the sorted cohort)."""
+        return self.index[peer] + 1
+
+    def holders(self, peer: str) -> frozenset[str]:
+        """The peers that hold shares of ``peer``'s secrets: its neighbours and itself."""
+        return self.neighbours[peer] | {peer}
+
+    def sign(self, me: str, other: str) -> int:
+        """+1 if ``me`` adds the pair mask of {me, other}, −1 if it subtracts it."""
+        return 1 if me < other else -1
+
+    @property
+    def degree(self) -> int:
+        """Number of neighbours of every peer (the graphs are regular)."""
+        return len(self.neighbours[self.peers[0]])
+
+
+def plan_cohort(config: SecAggConfig, cohort: set[str] | frozenset[str]) -> CohortPlan:
+    """The plan for ``cohort`` under ``config``; ``ConfigError`` for an unusable cohort."""
+    peers = tuple(sorted(cohort))
+    n = len(peers)
+    if not 3 <= n <= MAX_PEERS:
+        raise ConfigError(f"a secure-aggregation cohort needs 3..{MAX_PEERS} peers, got {n}")
+    for peer in peers:
+        if not peer or len(peer.encode()) > MAX_PEER_ID_BYTES:
+            raise ConfigError(f"peer ID {peer[:40]!r} must be 1..{MAX_PEER_ID_BYTES} bytes")
+    kind: Literal["complete", "harary"]
+    if config.graph == "auto":
+        kind = "complete" if n <= config.complete_max else "harary"
+    else:
+        kind = config.graph
+    degree = n - 1 if kind == "complete" else (config.degree or default_degree(n))
+    if degree >= n - 1:
+        kind, degree = "complete", n - 1
+    neighbours: dict[str, frozenset[str]]
+    if kind == "complete":
+        everyone = frozenset(peers)
+        neighbours = {p: everyone - {p} for p in peers}
+    else:
+        order = sorted(
+            peers,
+            key=lambda p: hashlib.sha256(
+                domain(config.consortium, config.round, p, "harary-order")
+            ).digest(),
+        )
+        half = degree // 2
+        neighbours = {
+            p: frozenset(order[(i + j) % n] for j in range(-half, half + 1) if j)
+            for i, p in enumerate(order)
+        }
+    holders = degree + 1
+    threshold = config.threshold if config.threshold is not None else holders // 2 + 1
+    if not 2 <= threshold <= holders:
+        raise ConfigError(
+            f"threshold {threshold} is impossible with {holders} share holders per peer"
+        )
+    min_survivors = config.min_survivors if config.min_survivors is not None else threshold
+    if min_survivors > n:
+        raise ConfigError(f"min_survivors {min_survivors} exceeds the cohort size {n}")
+    index = {p: i for i, p in enumerate(peers)}
+    return CohortPlan(peers, kind, neighbours, threshold, min_survivors, index)

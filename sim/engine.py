@@ -1,0 +1,435 @@
+"""The vectorised simulator: N virtual peers as one ``[N, P]`` parameter tensor.
+
+Theory of operation. Everything random comes from one scenario seed, split with
+``numpy.random.SeedSequence`` into independent streams (data split, partition, model init,
+minibatches, faults, DP noise, topology), and torch generators are explicit, so a run is
+bit-for-bit reproducible on one machine. Every kernel used (gather, index, argsort, CSR
+matmul, dense maths) is deterministic on the CPU, so we do not switch on
+``torch.use_deterministic_algorithms`` — it costs seconds of imports (torch's compiler stack)
+and changes nothing here; a test checks that two runs of one seed give identical bytes.
+
+A round t, for the active (not dropped-out) peers:
+
+1. **Local steps.** Every peer walks a fresh random permutation of its own samples in
+   minibatches; all peers step together: ``vmap(grad(loss))`` over the peer dimension, the
+   loss being masked cross-entropy (padding and finished peers weigh 0) plus
+   FedProx's (μ/2)‖θ − θ_round‖² and weight decay. Peers with fewer steps to do (small data,
+   stragglers, dropouts) have their remaining steps masked to no-ops.
+2. **Release.** The update Δ_i = θ_i' − θ_i is clipped to L2 ≤ S and noised with N(0, (σS)²)
+   when DP is on; a Byzantine peer replaces Δ_i by −Δ_i (sign flip) or c·Δ_i (scale).
+3. **Mixing**, by algorithm:
+
+   - ``local``: no communication (baseline);
+   - ``gossip`` (D-PSGD, local steps then gossip): X ← W_t X';
+   - ``fedavg`` (exact averaging ≡ ring all-reduce): every active peer gets the mean of the
+     active peers' X' (uniform weights, as a ring all-reduce sums);
+   - ``fedprox``: ``fedavg`` with the proximal term in the local loss;
+   - ``gradient_tracking`` (GT-DSGD / DIGing, adapt-then-combine, with local steps): a
+     tracker y_i of the network-average gradient corrects the local steps (g + y_i − d_i)
+     and moves the model: d_i = mean raw gradient of the round, y ← W y + d − d_prev,
+     X ← W(X − Kη y). With K = 1 this is the classical GT update.
+
+Metrics come from ``sim.metrics`` after every ``eval_every`` rounds (and round 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.nn import functional as F
+
+from sim.cost import round_cost
+from sim.data import Dataset, load_dataset
+from sim.mixing import MixingSchedule, build_topology, receive_counts, send_counts, with_faults
+from sim.models import FlatModel, build_model, default_init_scale
+from sim.partition import Partition, partition
+from sim.privacy import epsilon
+from sim.scenario import Scenario
+
+_STREAMS = ("data", "partition", "init", "batches", "faults", "noise", "topology")
+
+
+def _seeds(seed: int) -> dict[str, np.random.SeedSequence]:
+    return dict(zip(_STREAMS, np.random.SeedSequence(seed).spawn(len(_STREAMS)), strict=True))
+
+
+def _torch_generator(seq: np.random.SeedSequence) -> torch.Generator:
+    state = seq.generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """Metrics after one round (round 0 = the initial state)."""
+
+    round: int
+    accuracy_mean: float
+    accuracy_min: float
+    accuracy_max: float
+    average_model_accuracy: float
+    test_loss_mean: float
+    train_loss_mean: float
+    consensus_distance: float
+    bytes_sent_mean: float
+    bytes_sent_max: float
+    bytes_cumulative_mean: float
+    comm_time_s: float
+    active_peers: int
+    epsilon: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalResult:
+    """What the local phase returns: new parameters and the raw gradient statistics."""
+
+    theta: torch.Tensor
+    grad_sum: torch.Tensor
+    steps_done: torch.Tensor
+    loss_mean: torch.Tensor
+
+
+class Simulator:
+    """One scenario's state: data, partition, topology, parameters; ``run`` plays it out."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.dtype = torch.float64 if scenario.dtype == "float64" else torch.float32
+        seeds = _seeds(scenario.seed)
+        self.dataset: Dataset = load_dataset(scenario.data, np.random.default_rng(seeds["data"]))
+        self.partition: Partition = partition(
+            scenario.partition,
+            self.dataset.y_train,
+            scenario.n,
+            np.random.default_rng(seeds["partition"]),
+        )
+        self.model: FlatModel = build_model(
+            scenario.model, self.dataset.features, self.dataset.classes
+        )
+        self.x_train = torch.from_numpy(self.dataset.x_train).to(self.dtype)
+        self.y_train = torch.from_numpy(self.dataset.y_train)
+        self.x_test = torch.from_numpy(self.dataset.x_test).to(self.dtype)
+        self.y_test = torch.from_numpy(self.dataset.y_test)
+        self.indices = torch.from_numpy(self.partition.indices)
+        self.counts = torch.from_numpy(self.partition.counts)
+        self.batch_gen = _torch_generator(seeds["batches"])
+        self.noise_gen = _torch_generator(seeds["noise"])
+        self.fault_rng = np.random.default_rng(seeds["faults"])
+        n = scenario.n
+        self.byzantine = np.zeros(n, dtype=np.bool_)
+        if scenario.faults.byzantine:
+            chosen = self.fault_rng.choice(n, size=scenario.faults.byzantine, replace=False)
+            self.byzantine[chosen] = True
+        self.honest = torch.from_numpy(~self.byzantine)
+        self.theta = self._initial_parameters(seeds["init"])
+        self.schedule: MixingSchedule | None = None
+        if scenario.algorithm.name in ("gossip", "gradient_tracking"):
+            topo_seed = int(seeds["topology"].generate_state(1, np.uint32)[0])
+            self.topology = build_topology(scenario.topology, n, topo_seed)
+            self.schedule = MixingSchedule(self.topology, self.dtype)
+        self.tracker = torch.zeros_like(self.theta)
+        self.last_direction = torch.zeros_like(self.theta)
+        self.bytes_cumulative = np.zeros(n, dtype=np.float64)
+        self._grad_fn = torch.func.vmap(
+            torch.func.grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0, None, None)
+        )
+        self._eval_fn = torch.func.vmap(self.model.forward, in_dims=(0, None))
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _initial_parameters(self, seq: np.random.SeedSequence) -> torch.Tensor:
+        spec = self.scenario.model
+        gen = _torch_generator(seq)
+        scale = default_init_scale(spec, self.dataset.features)
+        if spec.init == "independent":
+            return self.model.init(self.scenario.n, scale, gen, self.dtype)
+        one = self.model.init(1, scale, gen, self.dtype)
+        return one.expand(self.scenario.n, -1).clone()
+
+    # -- local training -------------------------------------------------------------------
+
+    def _loss(
+        self,
+        theta: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+        anchor: torch.Tensor,
+        mu: float,
+        weight_decay: float,
+    ) -> torch.Tensor:
+        logits = self.model.forward(theta, xb)
+        ce = F.cross_entropy(logits, yb, reduction="none")
+        loss = (ce * wb).sum() / wb.sum().clamp_min(1.0)
+        if mu > 0.0:
+            loss = loss + 0.5 * mu * ((theta - anchor) ** 2).sum()
+        if weight_decay > 0.0:
+            loss = loss + 0.5 * weight_decay * (theta**2).sum()
+        return loss
+
+    def _batch_sizes(self) -> torch.Tensor:
+        """Per-peer batch size b_i = min(B, m_i): a small peer uses all its samples."""
+        return torch.clamp(self.counts, max=self.scenario.training.batch_size).clamp_min(1)
+
+    def _steps_per_peer(self, active: NDArray[np.bool_], straggling: NDArray[np.bool_]) -> Any:
+        spec = self.scenario.training
+        counts = self.counts
+        if spec.local_epochs > 0:
+            b = self._batch_sizes()
+            steps = torch.div(spec.local_epochs * counts + b - 1, b, rounding_mode="floor")
+        else:
+            steps = torch.where(counts > 0, spec.local_steps, 0)
+        fraction = self.scenario.faults.straggler_fraction
+        cut = torch.ceil(steps.to(torch.float64) * fraction).to(torch.int64)
+        steps = torch.where(torch.from_numpy(straggling), cut, steps)
+        return torch.where(torch.from_numpy(active), steps, 0)
+
+    def local_phase(
+        self,
+        theta: torch.Tensor,
+        steps: torch.Tensor,
+        correction: torch.Tensor | None,
+        mu: float,
+    ) -> LocalResult:
+        """Every peer's local SGD steps at once (``steps[i]`` steps for peer i).
+
+        Peer i walks a fresh random permutation of its m_i samples in batches of
+        b_i = min(B, m_i), wrapping around when it makes more than one pass; in epoch mode
+        the walk stops after E·m_i samples (the last batch may be partial).
+        """
+        spec = self.scenario.training
+        n, width = self.indices.shape
+        batch = spec.batch_size
+        counts = self.counts
+        b = self._batch_sizes()
+        keys = torch.rand(n, width, generator=self.batch_gen, dtype=torch.float64)
+        keys = keys.masked_fill(torch.arange(width)[None, :] >= counts[:, None], math.inf)
+        order = torch.argsort(keys, dim=1)
+        anchor = theta
+        current = theta.clone()
+        grad_sum = torch.zeros_like(theta)
+        loss_sum = torch.zeros(n, dtype=self.dtype)
+        max_steps = int(steps.max().item()) if n else 0
+        width_b = max(1, min(batch, int(counts.max().item()) if n else 1))
+        offsets = torch.arange(width_b)[None, :]  # [1, B]
+        in_batch = (offsets < b[:, None]) & (counts[:, None] > 0)
+        limit = spec.local_epochs * counts if spec.local_epochs > 0 else None
+        safe_counts = counts.clamp_min(1)[:, None]
+        for s in range(max_steps):
+            position = s * b[:, None] + offsets  # [N, B]
+            valid = in_batch if limit is None else in_batch & (position < limit[:, None])
+            slot = torch.remainder(position, safe_counts)
+            sample = torch.gather(self.indices, 1, torch.gather(order, 1, slot))
+            xb = self.x_train[sample]
+            yb = self.y_train[sample]
+            wb = valid.to(self.dtype)
+            grads, losses = self._grad_fn(current, xb, yb, wb, anchor, mu, spec.weight_decay)
+            live = (s < steps).to(self.dtype)[:, None]
+            direction = grads if correction is None else grads + correction
+            current = current - spec.lr * live * direction
+            grad_sum = grad_sum + live * grads
+            loss_sum = loss_sum + live[:, 0] * losses.detach()
+        done = steps.to(self.dtype)
+        loss_mean = loss_sum / done.clamp_min(1.0)
+        return LocalResult(current, grad_sum, steps, loss_mean)
+
+    # -- release (DP and attacks) -----------------------------------------------------------
+
+    def release(self, start: torch.Tensor, trained: torch.Tensor, active: Any) -> torch.Tensor:
+        """What each peer sends: its update clipped and noised (DP), or attacked (Byzantine)."""
+        delta = trained - start
+        dp = self.scenario.privacy
+        if dp.enabled:
+            norms = torch.linalg.vector_norm(delta, dim=1, keepdim=True)
+            delta = delta * torch.clamp(dp.clip / norms.clamp_min(1e-12), max=1.0)
+            noise = torch.randn(delta.shape, generator=self.noise_gen, dtype=self.dtype)
+            delta = delta + (dp.noise_multiplier * dp.clip) * noise
+        if self.byzantine.any():
+            faults = self.scenario.faults
+            factor = -1.0 if faults.attack == "sign_flip" else faults.attack_scale
+            byz = torch.from_numpy(self.byzantine)[:, None]
+            delta = torch.where(byz, factor * delta, delta)
+        delta = delta * torch.as_tensor(active, dtype=self.dtype)[:, None]
+        return start + delta
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def step(self, t: int) -> tuple[NDArray[np.float64], float, int, torch.Tensor]:
+        """Play round t (0-based); returns bytes sent per peer, comm time, active count, loss."""
+        sc = self.scenario
+        faults = sc.faults
+        n = sc.n
+        active = self.fault_rng.random(n) >= faults.dropout
+        straggling = self.fault_rng.random(n) < faults.straggler_prob
+        steps = self._steps_per_peer(active, straggling)
+        algo = sc.algorithm.name
+        mu = sc.algorithm.mu if algo == "fedprox" else 0.0
+        start = self.theta
+        w_round = None
+        if self.schedule is not None:
+            w_round = self.schedule.scipy_at(t)
+            if faults.dropout > 0.0 or faults.link_failure > 0.0:
+                w_round = with_faults(w_round, active, faults.link_failure, self.fault_rng)
+                w_torch = _csr(w_round, self.dtype)
+            else:
+                w_torch = self.schedule.torch_at(t)
+
+        correction = None
+        if algo == "gradient_tracking":
+            correction = self.tracker - self.last_direction
+        local = self.local_phase(start, steps, correction, mu)
+        sent = self.release(start, local.theta, active)
+
+        vectors = 1
+        if algo == "local":
+            self.theta = sent
+        elif algo in ("fedavg", "fedprox"):
+            act = torch.from_numpy(active)
+            if act.any():
+                mean = sent[act].mean(dim=0, keepdim=True)
+                self.theta = torch.where(act[:, None], mean, start)
+        elif algo == "gossip":
+            self.theta = w_torch @ sent
+        else:  # gradient_tracking
+            vectors = 2
+            done = local.steps_done.to(self.dtype)[:, None]
+            direction = torch.where(
+                done > 0, local.grad_sum / done.clamp_min(1.0), self.last_direction
+            )
+            if self.byzantine.any():
+                faults_spec = sc.faults
+                factor = -1.0 if faults_spec.attack == "sign_flip" else faults_spec.attack_scale
+                byz = torch.from_numpy(self.byzantine)[:, None]
+                direction = torch.where(byz, factor * direction, direction)
+            self.tracker = w_torch @ self.tracker + direction - self.last_direction
+            self.last_direction = direction
+            moved = start - sc.training.lr * done * self.tracker
+            self.theta = w_torch @ moved
+
+        if w_round is not None:
+            sends = send_counts(w_round)
+            groups = receive_counts(w_round) + 1
+        else:
+            sends = np.zeros(n, dtype=np.int64)
+            groups = np.ones(n, dtype=np.int64)
+        cost = round_cost(
+            self.model.size,
+            sends,
+            groups,
+            active if algo != "local" else np.zeros(n, dtype=np.bool_),
+            algo in ("fedavg", "fedprox"),
+            vectors,
+            sc.network,
+            sc.secagg,
+        )
+        self.bytes_cumulative += cost.bytes_sent
+        return (
+            cost.bytes_sent,
+            cost.time_s,
+            int(active.sum()),
+            local.loss_mean[torch.from_numpy(active & (steps.numpy() > 0))],
+        )
+
+    # -- metrics --------------------------------------------------------------------------
+
+    def evaluate(self) -> tuple[NDArray[np.float64], NDArray[np.float64], float, float]:
+        """Per-peer test accuracy and loss, average-model accuracy, consensus distance.
+
+        Only honest peers count; the consensus distance is ‖X − 1x̄ᵀ‖_F / √N over them.
+        """
+        theta = self.theta[self.honest]
+        accs: list[torch.Tensor] = []
+        losses: list[torch.Tensor] = []
+        chunk = max(1, 2_000_000 // max(1, self.x_test.shape[0] * self.dataset.classes))
+        with torch.no_grad():
+            for lo in range(0, theta.shape[0], chunk):
+                logits = self._eval_fn(theta[lo : lo + chunk], self.x_test)
+                accs.append(
+                    (logits.argmax(dim=2) == self.y_test[None, :]).to(torch.float64).mean(1)
+                )
+                flat = logits.reshape(-1, logits.shape[-1])
+                ce = F.cross_entropy(flat, self.y_test.repeat(logits.shape[0]), reduction="none")
+                losses.append(ce.view(logits.shape[0], -1).to(torch.float64).mean(1))
+            mean = theta.mean(dim=0)
+            avg_logits = self.model.forward(mean, self.x_test)
+            avg_acc = float((avg_logits.argmax(dim=1) == self.y_test).to(torch.float64).mean())
+            spread = torch.linalg.matrix_norm(theta - mean[None, :]).item()
+        consensus = spread / math.sqrt(theta.shape[0])
+        return torch.cat(accs).numpy(), torch.cat(losses).numpy(), avg_acc, consensus
+
+    def _record(
+        self,
+        t: int,
+        sent: NDArray[np.float64],
+        comm: float,
+        active: int,
+        train_loss: float,
+    ) -> RoundRecord:
+        acc, loss, avg_acc, consensus = self.evaluate()
+        dp = self.scenario.privacy
+        eps = epsilon(dp.noise_multiplier, t, dp.delta, dp.accountant) if dp.enabled else None
+        return RoundRecord(
+            round=t,
+            accuracy_mean=float(acc.mean()),
+            accuracy_min=float(acc.min()),
+            accuracy_max=float(acc.max()),
+            average_model_accuracy=avg_acc,
+            test_loss_mean=float(loss.mean()),
+            train_loss_mean=train_loss,
+            consensus_distance=consensus,
+            bytes_sent_mean=float(sent.mean()),
+            bytes_sent_max=float(sent.max()),
+            bytes_cumulative_mean=float(self.bytes_cumulative.mean()),
+            comm_time_s=comm,
+            active_peers=active,
+            epsilon=eps,
+        )
+
+    def run(
+        self, on_round: Callable[[int], None] | None = None, threads: int = 1
+    ) -> list[RoundRecord]:
+        """Play every round; returns the metric records (round 0 and each evaluated round).
+
+        torch runs on ``threads`` intra-op threads for the duration (restored afterwards):
+        one by default, because the per-step tensors are small and extra threads only
+        contend on a shared machine, and because a fixed thread count keeps float
+        reductions, hence results, bit-for-bit stable.
+        """
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return self._run(on_round)
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self, on_round: Callable[[int], None] | None) -> list[RoundRecord]:
+        sc = self.scenario
+        zeros = np.zeros(sc.n, dtype=np.float64)
+        records = [self._record(0, zeros, 0.0, sc.n, math.nan)]
+        for t in range(sc.rounds):
+            sent, comm, active, losses = self.step(t)
+            done = t + 1
+            if done % sc.eval_every == 0 or done == sc.rounds:
+                train_loss = float(losses.mean()) if losses.numel() else math.nan
+                records.append(self._record(done, sent, comm, active, train_loss))
+            if on_round is not None:
+                on_round(done)
+        return records
+
+
+def _csr(w: Any, dtype: torch.dtype) -> torch.Tensor:
+    from sim.mixing import to_torch_csr
+
+    return to_torch_csr(w, dtype)
+
+
+def run_scenario(
+    scenario: Scenario, on_round: Callable[[int], None] | None = None, threads: int = 1
+) -> list[RoundRecord]:
+    """Build a simulator for ``scenario`` and play it out."""
+    return Simulator(scenario).run(on_round, threads)

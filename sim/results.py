@@ -1,0 +1,147 @@
+"""Result files: per-round metrics as CSV, one JSON document per run, written atomically.
+
+Theory of operation: a run's result is its scenario (canonical form), the scenario digest,
+the topology's theoretical per-round contraction ρ (``topologies.analyze``; 0 for exact
+averaging, 1 for no communication) and the metric records. It is written to a temporary
+file in the target directory and renamed over the final name, so a crash leaves either the
+old file or the new one, never half of one; a sweep trusts a point file only if it parses
+and its stored digest matches the point's. Wall-clock times are kept out of result files so
+two runs of one seed give byte-identical files. Parquet is written alongside CSV only when
+``pyarrow`` happens to be installed (it is not a dependency).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import importlib.util
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from p2pfed.errors import ConfigError
+from sim.engine import RoundRecord
+from sim.scenario import Scenario
+
+RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RoundRecord))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunResult:
+    """Everything a finished run leaves behind (no wall-clock times: reproducible bytes)."""
+
+    digest: str
+    scenario: dict[str, Any]
+    rho: float
+    records: tuple[RoundRecord, ...]
+
+    def to_json(self) -> str:
+        payload = {
+            "digest": self.digest,
+            "scenario": self.scenario,
+            "rho": self.rho,
+            "records": [_record_dict(r) for r in self.records],
+        }
+        return json.dumps(payload, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResult:
+        payload = json.loads(text)
+        records = tuple(
+            RoundRecord(**{k: _from_json_float(v) for k, v in r.items()})
+            for r in payload["records"]
+        )
+        return cls(payload["digest"], payload["scenario"], float(payload["rho"]), records)
+
+
+def _record_dict(record: RoundRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in RECORD_FIELDS:
+        value = getattr(record, key)
+        out[key] = None if isinstance(value, float) and math.isnan(value) else value
+    return out
+
+
+def _from_json_float(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def theoretical_rho(scenario: Scenario, topology: Any | None, model_size: int) -> float:
+    """Per-round contraction of the mixing step: topologies' ρ, 0 (exact) or 1 (none)."""
+    algo = scenario.algorithm.name
+    if algo in ("fedavg", "fedprox"):
+        return 0.0
+    if algo == "local" or topology is None:
+        return 1.0
+    import topologies
+
+    return float(topologies.analyze(topology, model_bytes=model_size * 4).rho)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename (crash-safe)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_result(path: Path, digest: str | None = None) -> RunResult | None:
+    """A stored result, or None if missing, unreadable or for another digest."""
+    try:
+        result = RunResult.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if digest is not None and result.digest != digest:
+        return None
+    return result
+
+
+def records_csv(
+    records: Sequence[RoundRecord], extra: dict[str, Any] | None = None, header: bool = True
+) -> str:
+    """Records as CSV text; ``extra`` columns (e.g. the sweep point) come first."""
+    extra = extra or {}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header:
+        writer.writerow([*extra, *RECORD_FIELDS])
+    for record in records:
+        row = [*extra.values()]
+        for key in RECORD_FIELDS:
+            value = getattr(record, key)
+            row.append(
+                "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+            )
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def maybe_parquet(csv_path: Path) -> Path | None:
+    """Also write ``csv_path`` as Parquet when pyarrow is installed; returns the path."""
+    if importlib.util.find_spec("pyarrow") is None:
+        return None
+    pacsv: Any = importlib.import_module("pyarrow.csv")
+    parquet: Any = importlib.import_module("pyarrow.parquet")
+    out = csv_path.with_suffix(".parquet")
+    parquet.write_table(pacsv.read_csv(str(csv_path)), str(out))
+    return out
+
+
+def check_directory(out: Path) -> None:
+    """Refuse an output path that exists and is not a directory."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} exists and is not a directory")

@@ -1,0 +1,433 @@
+"""Scenarios: what one simulation run is, parsed from TOML into frozen dataclasses.
+
+Theory of operation: a scenario file is a flat top level (``name``, ``seed``, ``n``,
+``rounds``, ...) plus one table per concern (``[data]``, ``[partition]``, ``[model]``,
+``[topology]``, ``[algorithm]``, ``[training]``, ``[privacy]``, ``[secagg]``, ``[network]``,
+``[faults]``). Each table maps onto one frozen, slotted dataclass; the parser walks the
+dataclass fields, so the accepted keys *are* the fields and an unknown key, a wrong type or
+a value out of range ends in one ``ConfigError`` sentence naming the key (``[data] name``).
+
+Sweeps override values by dotted path (``training.lr=0.1``); a path naming a table sets its
+``name`` (``topology=ring`` means ``topology.name=ring``). A scenario has a canonical
+dictionary form, and its SHA-256 is the identity of a sweep point (resume skips a point
+whose stored hash matches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from p2pfed.errors import ConfigError
+
+#: Bumped whenever the simulator's numerics change, so stale sweep points are recomputed.
+ENGINE_VERSION = 1
+
+Scalar = int | float | str | bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DataSpec:
+    """Which data set, and how it is split into a training and a test part."""
+
+    name: str = "breast_cancer"
+    test_fraction: float = 0.2
+    #: Synthetic data only: number of samples, features and classes.
+    samples: int = 2000
+    features: int = 20
+    classes: int = 2
+
+    def validate(self) -> None:
+        _check(0.0 < self.test_fraction < 1.0, "data", "test_fraction", "must be in (0, 1)")
+        _check(self.samples >= 10, "data", "samples", "must be at least 10")
+        _check(self.features >= 1, "data", "features", "must be at least 1")
+        _check(self.classes >= 2, "data", "classes", "must be at least 2")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionSpec:
+    """How training samples are dealt out to the peers."""
+
+    scheme: str = "iid"
+    #: Dirichlet concentration (scheme ``dirichlet``; also the size skew of ``quantity``).
+    alpha: float = 0.5
+    #: Number of classes each peer holds (scheme ``classes``).
+    classes_per_peer: int = 2
+    #: 0: split the training set; > 0: every peer draws this many samples (with replacement
+    #: across peers) following its scheme, so N may exceed the data set size.
+    samples_per_peer: int = 0
+
+    def validate(self) -> None:
+        _check(
+            self.scheme in PARTITION_SCHEMES,
+            "partition",
+            "scheme",
+            f"must be one of {', '.join(PARTITION_SCHEMES)}",
+        )
+        _check(self.alpha > 0.0, "partition", "alpha", "must be > 0")
+        _check(self.classes_per_peer >= 1, "partition", "classes_per_peer", "must be >= 1")
+        _check(self.samples_per_peer >= 0, "partition", "samples_per_peer", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """The model every peer trains (functional torch modules)."""
+
+    name: str = "logreg"
+    #: Hidden width (``mlp`` only).
+    hidden: int = 32
+    #: ``same``: one initial model for all peers; ``independent``: one draw per peer.
+    init: str = "same"
+    #: Standard deviation of the initial weights (0 gives zeros for ``logreg``).
+    init_scale: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.name in MODELS, "model", "name", f"must be one of {', '.join(MODELS)}")
+        _check(self.hidden >= 1, "model", "hidden", "must be >= 1")
+        _check(self.init in ("same", "independent"), "model", "init", "must be same or independent")
+        _check(self.init_scale >= 0.0, "model", "init_scale", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopologySpec:
+    """The communication graph (a ``topologies`` name) and how its weights are chosen."""
+
+    name: str = "ring"
+    #: A ``topologies`` weighting rule; ``auto`` is the topology's usual one
+    #: (Metropolis–Hastings for undirected graphs, uniform for directed ones).
+    mixing: str = "auto"
+    #: Laziness β: W ← βI + (1-β)W (0 leaves W as it is).
+    lazy: float = 0.0
+    #: Extra parameters passed to ``topologies.build`` (e.g. ``p`` for erdos_renyi).
+    params: tuple[tuple[str, Scalar], ...] = ()
+
+    def validate(self) -> None:
+        from topologies.mixing import MIXING_RULES
+
+        rules = ("auto", *MIXING_RULES)
+        _check(self.mixing in rules, "topology", "mixing", f"must be one of {', '.join(rules)}")
+        _check(0.0 <= self.lazy < 1.0, "topology", "lazy", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlgorithmSpec:
+    """The decentralised optimisation algorithm."""
+
+    name: str = "gossip"
+    #: FedProx proximal weight μ (``fedprox`` only).
+    mu: float = 0.01
+
+    def validate(self) -> None:
+        _check(
+            self.name in ALGORITHMS,
+            "algorithm",
+            "name",
+            f"must be one of {', '.join(ALGORITHMS)}",
+        )
+        _check(self.mu >= 0.0, "algorithm", "mu", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrainingSpec:
+    """Local training: SGD steps per round on minibatches of each peer's data."""
+
+    lr: float = 0.1
+    #: Minibatch steps per round (ignored when ``local_epochs`` > 0). 0 = mixing only.
+    local_steps: int = 1
+    #: If > 0, each peer makes ceil(epochs * m_i / batch_size) steps per round.
+    local_epochs: int = 0
+    batch_size: int = 16
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.lr >= 0.0 and math.isfinite(self.lr), "training", "lr", "must be >= 0")
+        _check(self.local_steps >= 0, "training", "local_steps", "must be >= 0")
+        _check(self.local_epochs >= 0, "training", "local_epochs", "must be >= 0")
+        _check(self.batch_size >= 1, "training", "batch_size", "must be >= 1")
+        _check(self.weight_decay >= 0.0, "training", "weight_decay", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrivacySpec:
+    """Peer-level DP: each round's model update is clipped to L2 ≤ clip and noised."""
+
+    enabled: bool = False
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+    def validate(self) -> None:
+        _check(self.clip > 0.0, "privacy", "clip", "must be > 0")
+        _check(self.noise_multiplier > 0.0, "privacy", "noise_multiplier", "must be > 0")
+        _check(0.0 < self.delta < 1.0, "privacy", "delta", "must be in (0, 1)")
+        _check(self.accountant in ("rdp", "pld"), "privacy", "accountant", "must be rdp or pld")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecAggSpec:
+    """Cost model of masked-sum secure aggregation (bytes and time; no real masking)."""
+
+    enabled: bool = False
+    #: Width of the fixed-point ring Z_2^k each coordinate is sent in.
+    bits: int = 32
+    #: Bytes of one public key and of one Shamir share on the wire.
+    key_bytes: int = 32
+    share_bytes: int = 49
+    #: Mask expansion speed (stream cipher), GB/s per core.
+    prg_gbps: float = 0.96
+
+    def validate(self) -> None:
+        _check(self.bits in (16, 32, 64), "secagg", "bits", "must be 16, 32 or 64")
+        _check(self.key_bytes >= 1, "secagg", "key_bytes", "must be >= 1")
+        _check(self.share_bytes >= 1, "secagg", "share_bytes", "must be >= 1")
+        _check(self.prg_gbps > 0.0, "secagg", "prg_gbps", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """Link model used to turn bytes into time."""
+
+    bandwidth_mbps: float = 100.0
+    latency_ms: float = 20.0
+    #: Bytes per parameter on the wire without secure aggregation (4 = float32).
+    bytes_per_param: int = 4
+
+    def validate(self) -> None:
+        _check(self.bandwidth_mbps > 0.0, "network", "bandwidth_mbps", "must be > 0")
+        _check(self.latency_ms >= 0.0, "network", "latency_ms", "must be >= 0")
+        _check(self.bytes_per_param in (2, 4, 8), "network", "bytes_per_param", "must be 2, 4 or 8")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """Injected faults, drawn per round from the scenario seed."""
+
+    #: Probability that a peer sits a round out (no training, no messages).
+    dropout: float = 0.0
+    #: Probability that a peer straggles in a round, finishing only a fraction of its steps.
+    straggler_prob: float = 0.0
+    straggler_fraction: float = 0.5
+    #: Probability that an undirected link fails for one round.
+    link_failure: float = 0.0
+    #: Number of Byzantine peers (fixed for the run) and what they send.
+    byzantine: int = 0
+    attack: str = "sign_flip"
+    #: Factor applied to a Byzantine peer's update (``scale`` attack).
+    attack_scale: float = 10.0
+
+    def validate(self) -> None:
+        for key in ("dropout", "straggler_prob", "link_failure"):
+            value = getattr(self, key)
+            _check(0.0 <= value < 1.0, "faults", key, "must be in [0, 1)")
+        _check(
+            0.0 < self.straggler_fraction <= 1.0,
+            "faults",
+            "straggler_fraction",
+            "must be in (0, 1]",
+        )
+        _check(self.byzantine >= 0, "faults", "byzantine", "must be >= 0")
+        _check(self.attack in ATTACKS, "faults", "attack", f"must be one of {', '.join(ATTACKS)}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scenario:
+    """One simulation run, fully determined by its fields (the seed included)."""
+
+    name: str = "scenario"
+    seed: int = 0
+    #: Number of virtual peers.
+    n: int = 16
+    rounds: int = 50
+    #: Evaluate metrics every this many rounds (and always after the last).
+    eval_every: int = 1
+    dtype: str = "float32"
+    data: DataSpec = DataSpec()
+    partition: PartitionSpec = PartitionSpec()
+    model: ModelSpec = ModelSpec()
+    topology: TopologySpec = TopologySpec()
+    algorithm: AlgorithmSpec = AlgorithmSpec()
+    training: TrainingSpec = TrainingSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    secagg: SecAggSpec = SecAggSpec()
+    network: NetworkSpec = NetworkSpec()
+    faults: FaultSpec = FaultSpec()
+
+    def validate(self) -> None:
+        _check(self.n >= 1, "", "n", "must be >= 1")
+        _check(self.rounds >= 1, "", "rounds", "must be >= 1")
+        _check(self.eval_every >= 1, "", "eval_every", "must be >= 1")
+        _check(self.seed >= 0, "", "seed", "must be >= 0")
+        _check(self.dtype in ("float32", "float64"), "", "dtype", "must be float32 or float64")
+        _check(
+            self.faults.byzantine < self.n,
+            "faults",
+            "byzantine",
+            f"must be smaller than n = {self.n}",
+        )
+        if self.privacy.enabled and self.algorithm.name == "gradient_tracking":
+            raise ConfigError(
+                "[privacy] enabled cannot be combined with [algorithm] name = "
+                "gradient_tracking: its tracker variable would be released un-noised"
+            )
+        for sub in _SECTIONS:
+            getattr(self, sub).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical dictionary form (TOML-able; tuples of pairs become tables)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                table: dict[str, Any] = {}
+                for g in dataclasses.fields(value):
+                    item = getattr(value, g.name)
+                    table[g.name] = dict(item) if isinstance(item, tuple) else item
+                out[f.name] = table
+            else:
+                out[f.name] = value
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical form plus the engine version: a sweep point's identity."""
+        payload = {"engine": ENGINE_VERSION, "scenario": self.to_dict()}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+PARTITION_SCHEMES = ("iid", "dirichlet", "classes", "quantity")
+MODELS = ("logreg", "mlp")
+ALGORITHMS = ("local", "gossip", "fedavg", "fedprox", "gradient_tracking")
+ATTACKS = ("sign_flip", "scale")
+_SECTIONS = (
+    "data",
+    "partition",
+    "model",
+    "topology",
+    "algorithm",
+    "training",
+    "privacy",
+    "secagg",
+    "network",
+    "faults",
+)
+
+
+def _check(ok: bool, section: str, key: str, why: str) -> None:
+    if not ok:
+        where = f"[{section}] {key}" if section else key
+        raise ConfigError(f"scenario key {where} {why}")
+
+
+def _coerce(value: object, hint: Any, where: str) -> object:
+    """Check one TOML value against a field's type hint; ints are accepted as floats."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"scenario key {where} must be true or false, not {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"scenario key {where} must be an integer, not {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            result = float(value)
+            if not math.isfinite(result):
+                raise ConfigError(f"scenario key {where} must be finite, not {value!r}")
+            return result
+        raise ConfigError(f"scenario key {where} must be a number, not {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"scenario key {where} must be a string, not {value!r}")
+    # tuple[tuple[str, Scalar], ...]: a table of scalar parameters.
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"scenario key {where} must be a table of parameters, not {value!r}")
+    pairs: list[tuple[str, Scalar]] = []
+    for key, item in sorted(value.items()):
+        if not isinstance(item, int | float | str | bool):
+            raise ConfigError(f"scenario key {where}.{key} must be a number, string or boolean")
+        pairs.append((str(key), item))
+    return tuple(pairs)
+
+
+def _build_section(cls: type[Any], table: object, section: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"scenario key [{section}] must be a table, not {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, object] = {}
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown scenario key [{section}] {key!r}; expected one of {', '.join(names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"[{section}] {key}")
+    return cls(**kwargs)
+
+
+def scenario_from_dict(raw: Mapping[str, object]) -> Scenario:
+    """Build and validate a scenario from a parsed TOML document."""
+    hints = typing.get_type_hints(Scenario)
+    names = [f.name for f in dataclasses.fields(Scenario)]
+    kwargs: dict[str, object] = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"unknown scenario key {key!r}; expected one of {', '.join(names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build_section(hint, value, key)  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(value, hint, key)
+    scenario = Scenario(**kwargs)  # type: ignore[arg-type]
+    scenario.validate()
+    return scenario
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario TOML file."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"scenario file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"scenario file {path} is not valid TOML: {exc}") from None
+    return scenario_from_dict(raw)
+
+
+def parse_value(text: str) -> Scalar:
+    """A ``--set`` value: TOML scalar syntax (``0.1``, ``true``, ``64``), else a bare string."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+    if isinstance(parsed, int | float | str | bool):
+        return parsed
+    return text
+
+
+def with_overrides(scenario: Scenario, overrides: Mapping[str, Scalar]) -> Scenario:
+    """A copy of ``scenario`` with dotted-path overrides applied and re-validated."""
+    raw = scenario.to_dict()
+    for path, value in overrides.items():
+        parts = path.split(".")
+        if len(parts) == 1 and isinstance(raw.get(parts[0]), dict):
+            parts.append("name")
+        if len(parts) > 2 or parts[0] not in raw:
+            raise ConfigError(f"--set path {path!r} names no scenario key")
+        if len(parts) == 1:
+            raw[parts[0]] = value
+        else:
+            table = raw[parts[0]]
+            if not isinstance(table, dict) or parts[1] not in table:
+                raise ConfigError(f"--set path {path!r} names no scenario key")
+            table[parts[1]] = value
+    return scenario_from_dict(raw)

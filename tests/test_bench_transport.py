@@ -1,0 +1,31 @@
+import json
+
+import pytest
+
+from p2pfed.bench.transport import parse_sizes
+from p2pfed.cli import main
+from p2pfed.errors import ConfigError
+
+
+def test_sizes_are_parsed_and_bad_entries_named() -> None:
+    assert parse_sizes("1, 16,64") == [1, 16, 64]
+    with pytest.raises(ConfigError, match="'x' is not a whole number of MiB"):
+        parse_sizes("1,x")
+    with pytest.raises(ConfigError, match="'0'"):
+        parse_sizes("0")
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_bench_runs_both_transports_in_separate_processes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "transport", "--sizes", "1", "--streams", "2", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["bench"] == "transport"
+    (case,) = document["cases"]
+    assert case["size_mb"] == 1 and case["streams"] == 2
+    for key in ("libp2p_mb_s", "tcp_mb_s", "receiver_peak_rss_mb", "libp2p_connect_ms"):
+        assert case[key] > 0, key
+    # A receiver holds the 1 MiB payload plus an interpreter: tens of MB, not nothing.
+    assert 10 < case["receiver_peak_rss_mb"] < 1000

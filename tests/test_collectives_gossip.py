@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import trio
+import trio.testing
+
+import topologies
+from p2pfed.collectives.gossip import GossipRound, mixing_row_and_targets
+from p2pfed.collectives.gossip_driver import GossipConfig, GossipOutcome, GossipService
+from p2pfed.collectives.messages import WordType
+from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
+from p2pfed.transport import MemoryNetwork
+
+CONSORTIUM = "gossip-test"
+CONFIG = GossipConfig(chunk_bytes=256, deadline=2.0, timeout=2.0)
+
+
+async def run_sync(
+    topo: Any,
+    vectors: dict[str, npt.NDArray[Any]],
+    rounds: int,
+    *,
+    absent: frozenset[str] = frozenset(),
+    tamper: dict[str, npt.NDArray[Any]] | None = None,
+) -> dict[str, list[GossipOutcome]]:
+    net = MemoryNetwork()
+    peers = list(vectors)
+    present = [p for p in peers if p not in absent]
+    out: dict[str, list[GossipOutcome]] = {p: [] for p in present}
+    ready = trio.Event()
+    started: set[str] = set()
+
+    async def peer(me: str) -> None:
+        async with net.open(me) as transport:
+            service = GossipService(transport, CONSORTIUM, peers, topo, config=CONFIG)
+            started.add(me)
+            if len(started) == len(present):
+                ready.set()
+            await ready.wait()
+            x = (tamper or {}).get(me, vectors[me])
+            for t in range(rounds):
+                outcome = await service.sync_round(t, x)
+                out[me].append(outcome)
+                x = outcome.vector
+            await trio.sleep(CONFIG.deadline)
+
+    async with trio.open_nursery() as nursery:
+        for p in present:
+            nursery.start_soon(peer, p)
+    return out
+
+
+def stack(vectors: dict[str, npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return np.stack(list(vectors.values()))
+
+
+@pytest.mark.parametrize("name", ["ring", "torus", "exponential", "complete"])
+async def test_sync_round_applies_the_mixing_matrix(
+    name: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    n = 9 if name == "torus" else 8
+    topo = topologies.build(name, n)
+    rng = np.random.default_rng(1)
+    vectors = {f"p{i}": rng.normal(size=50) for i in range(n)}
+    out = await run_sync(topo, vectors, 2)
+    x = stack(vectors)
+    for t in range(2):
+        x = topo.mixing_at(t) @ x
+        for i, p in enumerate(vectors):
+            np.testing.assert_allclose(out[p][t].vector, x[i], rtol=1e-12, atol=1e-12)
+            assert not out[p][t].missing
+
+
+async def test_one_peer_exponential_reaches_the_exact_average(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    n = 16
+    topo = topologies.build("one_peer_exponential", n)
+    rng = np.random.default_rng(2)
+    vectors = {f"p{i}": rng.normal(size=20) for i in range(n)}
+    out = await run_sync(topo, vectors, 4)
+    mean = stack(vectors).mean(axis=0)
+    for p in vectors:
+        np.testing.assert_allclose(out[p][-1].vector, mean, rtol=1e-9, atol=1e-12)
+
+
+async def test_missing_neighbour_weight_is_folded_into_self_weight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    n = 6
+    topo = topologies.build("ring", n)
+    vectors = {f"p{i}": np.full(10, float(i)) for i in range(n)}
+    out = await run_sync(topo, vectors, 1, absent=frozenset({"p3"}))
+    w = topo.mixing_at(0).toarray()
+    for i in (2, 4):
+        got = out[f"p{i}"][0]
+        assert got.missing == ("p3",)
+        expected = (w[i, i] + w[i, 3]) * i + sum(w[i, j] * j for j in range(n) if j not in (i, 3))
+        np.testing.assert_allclose(got.vector, expected)
+        assert min(vectors[f"p{j}"][0] for j in range(n)) <= got.vector[0] <= 5
+
+
+async def test_wrong_shape_and_dtype_vectors_are_rejected_with_reasons(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    n = 4
+    topo = topologies.build("complete", n)
+    vectors = {f"p{i}": np.ones(10) for i in range(n)}
+    tamper = {"p1": np.ones(9), "p2": np.ones(10, np.float32)}
+    out = await run_sync(topo, vectors, 1, tamper=tamper)
+    reasons = {(e.peer, e.reason) for e in out["p0"][0].exclusions}
+    assert reasons == {("p1", ReasonCode.WRONG_SHAPE), ("p2", ReasonCode.WRONG_DTYPE)}
+    assert out["p0"][0].missing == ("p1", "p2")
+    np.testing.assert_allclose(out["p0"][0].vector, 1.0)
+
+
+def test_gossip_round_core_checks() -> None:
+    core = GossipRound(np.zeros(4), 3, {"a": 0.25, "b": 0.25}, 0.5)
+    with pytest.raises(RemoteProtocolError) as info:
+        core.receive("a", 2, WordType.FLOAT64, bytes(32))
+    assert info.value.reason is ReasonCode.WRONG_ROUND
+    with pytest.raises(RemoteProtocolError) as info:
+        core.receive("c", 3, WordType.FLOAT64, bytes(32))
+    assert info.value.reason is ReasonCode.PROTOCOL_VIOLATION
+    assert not core.receive("a", 3, WordType.FLOAT64, np.ones(4).tobytes())
+    with pytest.raises(RemoteProtocolError) as info:
+        core.receive("a", 3, WordType.FLOAT64, bytes(32))
+    assert info.value.reason is ReasonCode.REPLAY
+    np.testing.assert_allclose(core.mix(), 0.25)
+    with pytest.raises(LocalProtocolError, match="sum to 1"):
+        GossipRound(np.zeros(4), 0, {"a": 0.6}, 0.6)
+    with pytest.raises(LocalProtocolError, match="integers"):
+        GossipRound(np.zeros(4, np.uint32), 0, {"a": 0.5}, 0.5)
+
+
+def test_directed_rows_and_targets_are_consistent() -> None:
+    topo = topologies.build("one_peer_exponential", 8)
+    for t in range(3):
+        for i in range(8):
+            weights, self_weight, targets = mixing_row_and_targets(topo, t, i)
+            assert abs(sum(weights.values()) + self_weight - 1) < 1e-12
+            for j in targets:
+                assert i in mixing_row_and_targets(topo, t, j)[0]
+
+
+async def test_push_pull_conserves_the_sum_and_contracts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    n = 8
+    topo = topologies.build("ring", n)
+    rng = np.random.default_rng(3)
+    vectors = {f"p{i}": rng.normal(size=30) for i in range(n)}
+    net = MemoryNetwork()
+    services: dict[str, GossipService] = {}
+    ready = trio.Event()
+    finished = trio.Event()
+    done: set[str] = set()
+
+    async def peer(me: str, seed: int) -> None:
+        async with net.open(me) as transport:
+            service = GossipService(
+                transport, CONSORTIUM, list(vectors), topo, config=CONFIG, rng=random.Random(seed)
+            )
+            service.set_value(vectors[me])
+            services[me] = service
+            if len(services) == n:
+                ready.set()
+            await ready.wait()
+            for t in range(25):
+                await service.push_pull(t)
+                await trio.sleep(random.Random(seed * 100 + t).random() * 0.01)
+            done.add(me)
+            if len(done) == n:
+                finished.set()
+            await finished.wait()
+
+    async with trio.open_nursery() as nursery:
+        for k, p in enumerate(vectors):
+            nursery.start_soon(peer, p, k)
+    before = stack(vectors)
+    after = np.stack([services[p].value for p in vectors])  # type: ignore[misc]
+    np.testing.assert_allclose(after.sum(axis=0), before.sum(axis=0), rtol=1e-9, atol=1e-9)
+    assert np.var(after, axis=0).mean() < 0.05 * np.var(before, axis=0).mean()

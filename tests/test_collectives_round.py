@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import trio
+import trio.testing
+
+from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
+from p2pfed.collectives.agreement import (
+    AGREEMENT_TRANSITIONS,
+    FINAL_PHASES,
+    AgreementTiming,
+    Phase,
+    coordinator_of,
+)
+from p2pfed.collectives.round import RingRound, RoundOutcome
+from p2pfed.collectives.signing import Ed25519CohortSigner
+from p2pfed.errors import ReasonCode
+from p2pfed.transport import MemoryNetwork
+
+CONSORTIUM = "round-test"
+TIMING = AgreementTiming(collect_window=1.0, takeover_timeout=3.0, commit_timeout=6.0)
+RING = RingConfig(chunk_bytes=512, timeout=2.0)
+
+
+def signers(peers: list[str]) -> dict[str, Ed25519CohortSigner]:
+    seeds = {p: bytes([i + 1]) * 32 for i, p in enumerate(peers)}
+    public = {p: Ed25519CohortSigner(seeds[p], {}).public_key for p in peers}
+    return {p: Ed25519CohortSigner(seeds[p], public) for p in peers}
+
+
+async def run_peers(
+    peers: list[str],
+    vectors: dict[str, npt.NDArray[Any]],
+    rounds: list[int],
+    *,
+    faults: dict[str, FaultPlan] | None = None,
+    late: dict[tuple[str, int], float] | None = None,
+    absent: set[str] = frozenset(),  # type: ignore[assignment]
+    network: MemoryNetwork | None = None,
+) -> dict[str, dict[int, RoundOutcome | BaseException]]:
+    net = network or MemoryNetwork()
+    keys = signers(peers)
+    outcomes: dict[str, dict[int, RoundOutcome | BaseException]] = {p: {} for p in peers}
+    registered: set[str] = set()
+    all_ready = trio.Event()
+    present = [p for p in peers if p not in absent]
+
+    async def peer(me: str) -> None:
+        async with net.open(me) as transport:
+            runner = RingRound(
+                transport,
+                CONSORTIUM,
+                1,
+                peers,
+                keys[me],
+                timing=TIMING,
+                ring_config=RING,
+                fault=(faults or {}).get(me),
+            )
+            registered.add(me)
+            if len(registered) == len(present):
+                all_ready.set()
+            await all_ready.wait()
+            for r in rounds:
+                await trio.sleep((late or {}).get((me, r), 0.0))
+                try:
+                    outcomes[me][r] = await runner.all_reduce(vectors[me], r)
+                except InjectedCrash as exc:
+                    outcomes[me][r] = exc
+                    return
+            # Stay reachable a little so that late messages find us.
+            await trio.sleep(TIMING.takeover_timeout)
+
+    async with trio.open_nursery() as nursery:
+        for p in present:
+            nursery.start_soon(peer, p)
+    return outcomes
+
+
+def total(vectors: dict[str, npt.NDArray[Any]], peers: list[str] | set[str]) -> Any:
+    out = np.zeros_like(next(iter(vectors.values())))
+    for p in peers:
+        out = out + vectors[p]
+    return out
+
+
+def vectors_for(peers: list[str], length: int = 3000) -> dict[str, npt.NDArray[Any]]:
+    rng = np.random.default_rng(len(peers))
+    return {p: rng.integers(0, 2**32, length, dtype=np.uint64).astype(np.uint32) for p in peers}
+
+
+def test_transition_table_is_closed_and_final_phases_have_no_exits() -> None:
+    assert not [k for k in AGREEMENT_TRANSITIONS if k[0] in FINAL_PHASES]
+    reachable = {Phase.IDLE} | set(AGREEMENT_TRANSITIONS.values())
+    assert reachable == set(Phase)
+
+
+def test_coordinator_rotates_with_round_and_takeover() -> None:
+    peers = ["a", "b", "c", "d"]
+    assert [coordinator_of(peers, r, 0, 0) for r in range(4)] == ["a", "b", "c", "d"]
+    assert coordinator_of(peers, 0, 0, 1) == "b"
+    assert coordinator_of(list(reversed(peers)), 5, 1, 2) == coordinator_of(peers, 5, 1, 2)
+
+
+@pytest.mark.parametrize("n", [2, 4, 9])
+async def test_round_commits_the_sum_over_everyone(
+    n: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    peers = [f"p{i}" for i in range(n)]
+    vectors = vectors_for(peers)
+    outcomes = await run_peers(peers, vectors, [0, 1])
+    for p in peers:
+        for r in (0, 1):
+            got = outcomes[p][r]
+            assert isinstance(got, RoundOutcome) and got.committed
+            assert got.cohort == tuple(peers) and got.attempts == 1
+            assert got.result is not None
+            np.testing.assert_array_equal(got.result.vector, total(vectors, peers))
+
+
+async def test_peer_killed_mid_all_reduce_survivors_retry_and_commit_their_sum(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    peers = [f"p{i}" for i in range(6)]
+    vectors = vectors_for(peers)
+    net = MemoryNetwork()
+    plan = FaultPlan(Fault.CRASH, at=4, on_crash=lambda: net.crash("p2"))
+    start = trio.current_time()
+    outcomes = await run_peers(peers, vectors, [0], faults={"p2": plan}, network=net)
+    survivors = [p for p in peers if p != "p2"]
+    for p in survivors:
+        got = outcomes[p][0]
+        assert isinstance(got, RoundOutcome) and got.committed, got
+        assert got.cohort == tuple(survivors) and got.attempts == 2
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result.vector, total(vectors, survivors))
+    assert not isinstance(outcomes["p2"].get(0), RoundOutcome)
+    # Detection within the ring timeout, the whole retry within a few timeouts.
+    elapsed = trio.current_time() - start - TIMING.takeover_timeout
+    assert elapsed < RING.timeout + TIMING.collect_window + TIMING.takeover_timeout + 1
+
+
+async def test_straggler_is_left_out_and_rejoins_next_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    peers = [f"p{i}" for i in range(5)]
+    vectors = vectors_for(peers)
+    # p4 is not the coordinator of round 0 (p0 is) and arrives after the collect window.
+    outcomes = await run_peers(peers, vectors, [0, 1], late={("p4", 0): 1.5})
+    on_time = peers[:4]
+    for p in on_time:
+        got = outcomes[p][0]
+        assert isinstance(got, RoundOutcome) and got.committed
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result.vector, total(vectors, on_time))
+    late = outcomes["p4"][0]
+    assert isinstance(late, RoundOutcome) and late.phase is Phase.LEFT_OUT
+    for p in peers:
+        got = outcomes[p][1]
+        assert isinstance(got, RoundOutcome) and got.committed
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result.vector, total(vectors, peers))
+
+
+async def test_dead_coordinator_is_replaced_by_the_next_in_rotation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    peers = [f"p{i}" for i in range(5)]
+    vectors = vectors_for(peers)
+    # Round 1's first coordinator is p1, which never shows up.
+    outcomes = await run_peers(peers, vectors, [1], absent={"p1"})
+    alive = [p for p in peers if p != "p1"]
+    for p in alive:
+        got = outcomes[p][1]
+        assert isinstance(got, RoundOutcome) and got.committed
+        assert got.cohort == tuple(alive)
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result.vector, total(vectors, alive))
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [(Fault.WRONG_SHAPE, ReasonCode.WRONG_SHAPE), (Fault.WRONG_DTYPE, ReasonCode.WRONG_DTYPE)],
+)
+async def test_misshapen_vector_excludes_its_sender_with_a_reason(
+    fault: Fault, reason: ReasonCode, autojump_clock: trio.testing.MockClock
+) -> None:
+    peers = [f"p{i}" for i in range(5)]
+    vectors = vectors_for(peers)
+    outcomes = await run_peers(peers, vectors, [0], faults={"p3": FaultPlan(fault, at=2)})
+    honest = [p for p in peers if p != "p3"]
+    accusers = 0
+    for p in honest:
+        got = outcomes[p][0]
+        assert isinstance(got, RoundOutcome) and got.committed, got
+        assert got.cohort == tuple(honest)
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result.vector, total(vectors, honest))
+        accusers += any(e.peer == "p3" and e.reason is reason for e in got.exclusions)
+    assert accusers == 1
+    bad = outcomes["p3"][0]
+    assert isinstance(bad, RoundOutcome) and bad.phase is Phase.LEFT_OUT
+
+
+def test_protocol_doc_diagrams_match_the_transition_tables() -> None:
+    from pathlib import Path
+
+    from p2pfed.collectives.diagram import render_document
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "protocols.md"
+    text = doc.read_text(encoding="utf-8")
+    assert text.count("```mermaid") == 3
+    assert render_document(text) == text

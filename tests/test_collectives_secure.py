@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import trio
+import trio.testing
+
+from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
+from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.secure import SecureOutcome, SecureRingRound
+from p2pfed.collectives.signing import Ed25519CohortSigner
+from p2pfed.errors import DataError
+from p2pfed.secagg.harness import make_identities, seeded_random_bytes
+from p2pfed.transport import MemoryNetwork
+
+CONSORTIUM = "secure-test"
+TIMING = AgreementTiming(collect_window=1.0, takeover_timeout=3.0, commit_timeout=6.0)
+RING = RingConfig(chunk_bytes=1024, timeout=2.0)
+
+
+async def run_secure(
+    inputs: dict[str, npt.NDArray[Any]],
+    *,
+    faults: dict[str, FaultPlan] | None = None,
+    network: MemoryNetwork | None = None,
+) -> dict[str, SecureOutcome | BaseException]:
+    net = network or MemoryNetwork()
+    names = sorted(inputs)
+    signers, identities = make_identities(names)
+    outcomes: dict[str, SecureOutcome | BaseException] = {}
+    ready = trio.Event()
+    built: set[str] = set()
+
+    async def peer(me: str) -> None:
+        async with net.open(me) as transport:
+            secure = SecureRingRound(
+                transport,
+                CONSORTIUM,
+                1,
+                identities,
+                signers[me],
+                Ed25519CohortSigner(signers[me].seed, identities),
+                timing=TIMING,
+                ring_config=RING,
+                stage_timeout=3.0,
+                fault=(faults or {}).get(me),
+                random_bytes=seeded_random_bytes(7, me),
+            )
+            built.add(me)
+            if len(built) == len(names):
+                ready.set()
+            await ready.wait()
+            try:
+                outcomes[me] = await secure.aggregate(inputs[me], 5)
+            except InjectedCrash as exc:
+                outcomes[me] = exc
+                return
+            await trio.sleep(4.0)  # stay up for slower peers' reveals
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(peer, name)
+    return outcomes
+
+
+def inputs_for(n: int, length: int = 2000) -> dict[str, npt.NDArray[Any]]:
+    rng = np.random.default_rng(n)
+    return {
+        f"h{i}": rng.integers(0, 2**32, length, dtype=np.uint64).astype(np.uint32) for i in range(n)
+    }
+
+
+def plain_sum(inputs: dict[str, npt.NDArray[Any]], peers: set[str] | frozenset[str]) -> Any:
+    total = np.zeros_like(next(iter(inputs.values())))
+    for p in sorted(peers):
+        total += inputs[p]
+    return total
+
+
+@pytest.mark.parametrize("n", [3, 5])
+async def test_secure_ring_unmasks_the_exact_sum(
+    n: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    inputs = inputs_for(n)
+    outcomes = await run_secure(inputs)
+    for name in inputs:
+        got = outcomes[name]
+        assert isinstance(got, SecureOutcome) and got.ok, got
+        assert got.survivors == frozenset(inputs)
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result, plain_sum(inputs, set(inputs)))
+        # What crossed the ring was masked: no peer's sum equals a plain partial sum.
+        assert got.ring is not None and got.ring.result is not None
+        assert not np.array_equal(got.ring.result.vector, got.result)
+
+
+async def test_peer_killed_during_the_masked_ring_is_recovered_by_threshold(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inputs = inputs_for(5)
+    net = MemoryNetwork()
+    plan = FaultPlan(Fault.CRASH, at=3, on_crash=lambda: net.crash("h1"))
+    outcomes = await run_secure(inputs, faults={"h1": plan}, network=net)
+    survivors = frozenset(inputs) - {"h1"}
+    for name in survivors:
+        got = outcomes[name]
+        assert isinstance(got, SecureOutcome) and got.ok, got
+        assert got.survivors == survivors
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result, plain_sum(inputs, survivors))
+        assert got.ring is not None and got.ring.attempts == 2
+    assert not isinstance(outcomes.get("h1"), SecureOutcome)
+
+
+async def test_three_peers_one_killed_at_its_first_chunk_two_recover(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inputs = inputs_for(3)
+    net = MemoryNetwork()
+    plan = FaultPlan(Fault.CRASH, at=0, on_crash=lambda: net.crash("h0"))
+    outcomes = await run_secure(inputs, faults={"h0": plan}, network=net)
+    for name in ("h1", "h2"):
+        got = outcomes[name]
+        assert isinstance(got, SecureOutcome) and got.ok, got
+        assert got.survivors == {"h1", "h2"}
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result, plain_sum(inputs, {"h1", "h2"}))
+
+
+async def test_masked_sum_refuses_other_peers_vectors() -> None:
+    from p2pfed.collectives.round import RingRound
+    from p2pfed.collectives.secure import RingMaskedSum
+
+    net = MemoryNetwork()
+    async with net.open("a") as a:
+        signer = Ed25519CohortSigner(bytes(32), {})
+        masked = RingMaskedSum(RingRound(a, CONSORTIUM, 1, ["a", "b"], signer))
+        with pytest.raises(DataError):
+            await masked.sum({"b": np.zeros(3, np.uint32)}, 32, 0)
+        with pytest.raises(DataError):
+            await masked.sum({"a": np.zeros(3, np.uint64)}, 32, 0)

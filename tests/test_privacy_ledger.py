@@ -1,0 +1,249 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pfed.errors import BudgetExceededError, ConfigError, DataError, IntegrityError, LocalError
+from p2pfed.privacy import RDPAccountant, epsilon_for
+from p2pfed.privacy.ledger import PrivacyLedger, Release
+from p2pfed.privacy.mechanisms import NoiseMode
+from p2pfed.privacy.release import PrivateReleaser
+
+
+def _release(rnd: int, sigma: float = 1.0, q: float = 1.0, steps: int = 1) -> Release:
+    return Release(
+        round=rnd,
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        clip_norm=1.0,
+        mode=NoiseMode.LOCAL,
+    )
+
+
+def _fake_clock() -> float:
+    return 1_800_000_000.0
+
+
+def test_records_survive_reopen_and_epsilon_is_recomputed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    with PrivacyLedger(path, 50.0, 1e-5, "pld", clock=_fake_clock) as led:
+        assert led.spent_epsilon() == 0.0
+        rec = led.reserve(_release(0, 2.0))
+        assert rec.seq == 1 and rec.timestamp == _fake_clock()
+        led.reserve(_release(1, 1.5, q=0.1, steps=20))
+        spent = led.spent_epsilon()
+    with PrivacyLedger(path, 50.0, 1e-5, "pld") as again:
+        assert [r.release for r in again.records] == [_release(0, 2.0), _release(1, 1.5, 0.1, 20)]
+        assert again.spent_epsilon() == pytest.approx(spent, rel=1e-12)
+        assert again.remaining_epsilon() == pytest.approx(50.0 - spent)
+    with PrivacyLedger(path, 50.0, 1e-5, "rdp") as as_rdp:  # the same records, another accountant
+        assert as_rdp.spent_epsilon() > spent
+    lines = path.read_bytes().split(b"\n")
+    assert len(lines) == 4 and lines[-1] == b""  # header, two records, final newline
+
+
+def test_budget_refusal_names_spent_budget_and_request(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    with PrivacyLedger(path, 3.0, 1e-5, "rdp") as led:
+        n = led.rounds_left(4.0, 1.0, 1)
+        assert n > 1
+        for r in range(n):
+            led.reserve(_release(r, 4.0))
+        size = path.stat().st_size
+        with pytest.raises(
+            BudgetExceededError,
+            match=r"round 99 .*σ=4.*would raise ε from .* to .* budget of 3 \(rdp",
+        ):
+            led.reserve(_release(99, 4.0))
+        assert path.stat().st_size == size  # nothing written
+        assert led.spent_epsilon() <= 3.0
+        assert led.rounds_left(4.0, 1.0, 1) == 0
+
+
+def test_bad_release_and_budget_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ε \(epsilon\) must be > 0"):
+        PrivacyLedger(tmp_path / "a", 0.0, 1e-5)
+    with pytest.raises(ConfigError, match=r"δ \(delta\) must lie in"):
+        PrivacyLedger(tmp_path / "a", 1.0, 1.0)
+    with pytest.raises(ConfigError, match="σ must be > 0"):
+        _release(0, sigma=-1.0)
+    with pytest.raises(ConfigError, match="round must be ≥ 0"):
+        _release(-1)
+    with pytest.raises(ValueError, match="'central'"):
+        Release(0, 1.0, 1.0, 1, 1.0, "central")  # type: ignore[arg-type]
+
+
+def _write_three(path: Path) -> None:
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        for r in range(3):
+            led.reserve(_release(r, 2.0))
+
+
+def test_corrupted_middle_record_stops_and_is_never_reset(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _write_three(path)
+    data = bytearray(path.read_bytes())
+    lines = data.split(b"\n")
+    offset = len(lines[0]) + 1 + len(lines[1]) - 5
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="line 2 fails its checksum"):
+        PrivacyLedger(path, 100.0, 1e-5, "rdp")
+    assert path.read_bytes() == bytes(data)  # untouched
+
+
+def test_missing_record_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _write_three(path)
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join([lines[0], lines[1], lines[3], b""]))
+    with pytest.raises(IntegrityError, match="seq 3 where 2 was expected"):
+        PrivacyLedger(path, 100.0, 1e-5, "rdp")
+
+
+def test_empty_or_foreign_file_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(IntegrityError, match="no complete header"):
+        PrivacyLedger(empty, 1.0, 1e-5)
+    other = tmp_path / "other.jsonl"
+    other.write_text("hello world\n")
+    with pytest.raises(IntegrityError, match="line 1"):
+        PrivacyLedger(other, 1.0, 1e-5)
+
+
+def test_torn_partial_tail_is_set_aside_and_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _write_three(path)
+    whole = path.read_bytes()
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        eps3 = led.spent_epsilon()
+        led.reserve(_release(3, 2.0))
+    fourth = path.read_bytes()[len(whole) :]
+    torn = fourth[: len(fourth) // 2]
+    path.write_bytes(whole + torn)  # a crash inside write: half a line, no newline
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        assert led.torn_tail == torn
+        assert len(led.records) == 3
+        assert led.spent_epsilon() == pytest.approx(eps3)
+        led.reserve(_release(3, 2.0))  # appends cleanly after the repair
+    assert (tmp_path / "ledger.jsonl.torn").read_bytes() == torn + b"\n"
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        assert led.torn_tail is None and len(led.records) == 4
+
+
+def test_complete_tail_without_newline_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _write_three(path)
+    path.write_bytes(path.read_bytes()[:-1])
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        assert len(led.records) == 3 and led.torn_tail is None
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_second_process_cannot_open(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    with (
+        PrivacyLedger(path, 1.0, 1e-5, "rdp"),
+        pytest.raises(LocalError, match="in use by another process"),
+    ):
+        PrivacyLedger(path, 1.0, 1e-5, "rdp")
+    PrivacyLedger(path, 1.0, 1e-5, "rdp").close()
+
+
+def test_releaser_records_before_returning_and_refuses_nan(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    with PrivacyLedger(path, 5.0, 1e-5, "rdp") as led:
+        rel = PrivateReleaser(
+            led,
+            clip_norm=1.0,
+            noise_multiplier=3.0,
+            mode=NoiseMode.DISTRIBUTED,
+            n_peers=4,
+            rng=np.random.default_rng(0),
+        )
+        out = rel.release(0, np.full(10_000, 5.0))
+        assert len(led.records) == 1
+        assert float(np.std(out)) == pytest.approx(3.0 / 2, rel=0.03)
+        bad = np.ones(10)
+        bad[0] = np.nan
+        with pytest.raises(DataError):
+            rel.release(1, bad)
+        assert len(led.records) == 1
+        with pytest.raises(BudgetExceededError):
+            for r in range(1, 1000):
+                rel.release(r, np.ones(10))
+        assert led.spent_epsilon() <= 5.0
+        sgd = PrivateReleaser(led, clip_norm=1.0, noise_multiplier=3.0, mode=NoiseMode.DP_SGD)
+        with pytest.raises(BudgetExceededError):
+            sgd.release(5000, np.ones(3), sample_rate=0.5, steps=100)
+
+
+CHILD = r"""
+import json, os, random, sys
+from p2pfed.privacy.ledger import PrivacyLedger, Release
+path, released, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+led = PrivacyLedger(path, 1e9, 1e-5, "rdp")
+rng = random.Random(seed)
+rnd = len(led.records)
+print("ready", flush=True)
+while True:
+    rel = Release(round=rnd, noise_multiplier=rng.choice([0.8, 1.0, 2.0]),
+                  sample_rate=rng.choice([0.01, 0.2, 1.0]), steps=rng.randint(1, 50),
+                  clip_norm=1.0, mode="local")
+    led.reserve(rel)
+    # only now may the update leave; record that it did (one small write: not torn by a kill)
+    line = json.dumps([rel.round, rel.noise_multiplier, rel.sample_rate, rel.steps]) + "\n"
+    fd = os.open(released, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, line.encode())
+    os.close(fd)
+    rnd += 1
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_never_undercounts(tmp_path: Path) -> None:
+    path, released = tmp_path / "ledger.jsonl", tmp_path / "released.jsonl"
+    rng = random.Random(20261127)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for kill in range(6):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path), str(released), str(kill)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.3))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        done = (
+            [json.loads(x) for x in released.read_text().splitlines()] if released.exists() else []
+        )
+        with PrivacyLedger(path, 1e9, 1e-5, "rdp") as led:
+            recorded = {r.release.round: r.release for r in led.records}
+            for rnd, sigma, q, steps in done:  # every release that left is in the ledger
+                assert recorded[rnd] == Release(rnd, sigma, q, steps, 1.0, NoiseMode.LOCAL)
+            truth = RDPAccountant()
+            for _, sigma, q, steps in done:
+                truth.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+            assert led.spent_epsilon() >= truth.get_epsilon(1e-5)
+            assert len(led.records) >= len(done)
+    assert len(done) > 5  # the loop really ran between kills
+    print(f"{len(done)} releases over 6 kills")
+
+
+def test_ledger_pld_matches_plain_accountant(tmp_path: Path) -> None:
+    with PrivacyLedger(tmp_path / "l", 100.0, 1e-6, "pld") as led:
+        for r in range(5):
+            led.reserve(_release(r, 3.0))
+        assert led.spent_epsilon() == pytest.approx(epsilon_for(3.0, 1e-6, 1.0, 5, "pld"), rel=1e-9)

@@ -1,0 +1,32 @@
+import json
+
+from p2pfed.cli import main
+
+
+def test_bench_prints_the_documented_json(capsys):
+    assert (
+        main(["bench", "secagg", "--json", "--n", "3", "12", "--d", "2000", "--repeats", "1"]) == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["bench"] == "secagg" and doc["keystream_gb_s"] > 0
+    assert [(c["n"], c["d"]) for c in doc["cases"]] == [(3, 2000), (12, 2000)]
+    for case in doc["cases"]:
+        for key in (
+            "graph",
+            "mask_s",
+            "mask_bound_s",
+            "protocol_s",
+            "plain_sum_s",
+            "bytes_per_peer",
+            "masked_vector_bytes",
+        ):
+            assert key in case
+        assert case["exact"] is True
+        assert case["masked_vector_bytes"] == 4 * 2000
+        assert case["bytes_per_peer"] > case["masked_vector_bytes"]
+        assert case["peer_peak_bytes"] > 0
+
+
+def test_bench_refuses_bad_sizes(capsys):
+    assert main(["bench", "secagg", "--n", "2"]) == 2
+    assert "--n" in capsys.readouterr().err

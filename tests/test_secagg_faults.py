@@ -1,0 +1,113 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pfed.errors import ReasonCode
+from p2pfed.secagg.harness import Drop, run_cohort
+from p2pfed.secagg.messages import MessageKind
+from p2pfed.secagg.params import SecAggConfig
+from p2pfed.secagg.state import Stage
+
+STAGES = [Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.RECEIPTS, Stage.MASKED_INPUT, Stage.UNMASK]
+D = 24
+
+
+def names(n):
+    return [f"p{i}" for i in range(n)]
+
+
+def inputs_for(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {p: rng.integers(0, 2**20, D, dtype=np.uint32) for p in names(n)}
+
+
+def run_with_spy(config, inputs, drops, seed):
+    kinds_sent: list[int] = []
+
+    def spy(sender, recipient, data):
+        kinds_sent.append(data[3])
+        return data
+
+    run = run_cohort(config, inputs, drops=drops, random_seed=seed, tamper=spy)
+    return run, kinds_sent
+
+
+def check(n, drops, seed=0):
+    inputs = inputs_for(n, seed)
+    config = SecAggConfig("faults", 3, D)
+    threshold = n // 2 + 1
+    run, kinds_sent = run_with_spy(config, inputs, drops, seed)
+    live = set(names(n)) - set(drops)
+    if len(drops) <= n - threshold:
+        contributed = live | {p for p, drop in drops.items() if drop.stage is Stage.UNMASK}
+        assert run.survivors == contributed
+        expected = sum(inputs[p].astype(np.uint64) for p in contributed).astype(np.uint32)
+        assert set(run.results) == live, run.aborted
+        for result in run.results.values():
+            assert np.array_equal(result, expected)
+    else:
+        # A peer scheduled to drop at a later stage may abort first: it is live, not dead.
+        live = set(names(n)) - run.dead
+        expected = sum(inputs[p].astype(np.uint64) for p in run.survivors)
+        for result in run.results.values():
+            # Only a crash mid-reveal can still hand someone t shares; then it is exact.
+            assert any(d.stage is Stage.UNMASK and d.partial for d in drops.values())
+            assert np.array_equal(result, np.asarray(expected).astype(np.uint32))
+        assert set(run.aborted) == live - set(run.results)
+        for code, reason in run.aborted.values():
+            assert code in (ReasonCode.DROPPED, ReasonCode.TIMEOUT) and reason
+        if len(run.survivors) < threshold:
+            assert MessageKind.REVEAL not in kinds_sent  # nothing revealed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_every_drop_pattern_at_every_stage(n):
+    for k in range(0, n + 1):
+        for dropped in itertools.combinations(names(n), k):
+            # k ≤ n − t: every assignment of stages; beyond: one stage for all (abort cases)
+            if k <= n - (n // 2 + 1):
+                assignments = itertools.product(STAGES, repeat=k)
+            else:
+                assignments = ((s,) * k for s in STAGES)
+            for stages in assignments:
+                check(n, {p: Drop(s) for p, s in zip(dropped, stages, strict=True)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(4, 7), st.data())
+def test_random_drops_including_crashes_mid_broadcast(n, data):
+    dropped = data.draw(st.lists(st.sampled_from(names(n)), unique=True, max_size=n))
+    drops = {p: Drop(data.draw(st.sampled_from(STAGES)), data.draw(st.booleans())) for p in dropped}
+    check(n, drops, seed=data.draw(st.integers(0, 3)))
+
+
+def test_secagg_plus_tolerates_scattered_drops_and_aborts_cleanly_otherwise():
+    n = 24
+    inputs = inputs_for(n, 9)
+    config = SecAggConfig("faults", 4, D, graph="harary", degree=4)  # 5 holders, t = 3
+    run = run_cohort(config, inputs, random_seed=1)
+    plan = run.peers["p0"].plan
+    assert plan.graph == "harary" and plan.threshold == 3
+    # Drop two peers that share no holder set: every neighbourhood keeps ≥ 3 of 5.
+    first = "p0"
+    second = next(
+        p for p in sorted(plan.peers) if p != first and not plan.holders(p) & plan.holders(first)
+    )
+    drops = {first: Drop(Stage.MASKED_INPUT), second: Drop(Stage.SHARE_KEYS)}
+    run = run_cohort(config, inputs, drops=drops, random_seed=2)
+    contributed = set(names(n)) - {first, second}
+    expected = sum(inputs[p].astype(np.uint64) for p in contributed).astype(np.uint32)
+    assert run.survivors == contributed
+    assert len(run.results) == n - 2
+    assert all(np.array_equal(r, expected) for r in run.results.values())
+    # Kill a whole neighbourhood's majority: recovery is impossible, so a clean abort.
+    victim = "p5"
+    killed = sorted(plan.holders(victim) - {victim})[:3]
+    drops = {p: Drop(Stage.MASKED_INPUT) for p in killed}
+    run = run_cohort(config, inputs, drops=drops, random_seed=3)
+    assert not run.results
+    assert {code for code, _ in run.aborted.values()} == {ReasonCode.DROPPED}

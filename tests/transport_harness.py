@@ -1,0 +1,71 @@
+"""Groups of connected transports for the conformance suite: in-memory and real libp2p hosts.
+
+Each harness opens ``n`` peers whose gates read a mutable set of admitted peer IDs per peer
+(``allowed[i]``), initially every peer of the group, so a test can "remove a member" by
+discarding its ID. Libp2p peers listen on 127.0.0.1 with ephemeral ports and know each other's
+addresses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from p2pfed.transport import MemoryNetwork, Transport
+
+
+@dataclass
+class Group:
+    transports: list[Transport]
+    allowed: list[set[str]]
+
+    @property
+    def ids(self) -> list[str]:
+        return [t.local_peer for t in self.transports]
+
+
+def seed_for(name: str) -> bytes:
+    return hashlib.sha256(f"p2pfed-test-peer:{name}".encode()).digest()
+
+
+@asynccontextmanager
+async def memory_group(n: int) -> AsyncIterator[Group]:
+    net = MemoryNetwork()
+    names = [f"peer{i}" for i in range(n)]
+    allowed = [set(names) for _ in range(n)]
+    async with AsyncExitStack() as stack:
+        transports: list[Transport] = []
+        for i, name in enumerate(names):
+            transports.append(
+                await stack.enter_async_context(
+                    net.open(name, gate=lambda p, i=i: p in allowed[i])  # type: ignore[misc]
+                )
+            )
+        yield Group(transports, allowed)
+
+
+@asynccontextmanager
+async def libp2p_group(n: int, tag: str = "") -> AsyncIterator[Group]:
+    from p2pfed.transport.libp2p import Libp2pTransport
+
+    allowed: list[set[str]] = [set() for _ in range(n)]
+    built = [
+        Libp2pTransport(seed_for(f"{tag}{i}"), lambda p, i=i: p in allowed[i])  # type: ignore[misc]
+        for i in range(n)
+    ]
+    ids = {t.local_peer for t in built}
+    for s in allowed:
+        s.update(ids)
+    async with AsyncExitStack() as stack:
+        for t in built:
+            await stack.enter_async_context(t)
+        for t in built:
+            for other in built:
+                if other is not t:
+                    t.set_peer_addrs(other.local_peer, other.listen_addrs)
+        yield Group(list(built), allowed)
+
+
+GROUPS = {"memory": memory_group, "libp2p": libp2p_group}
