@@ -135,8 +135,9 @@ class GovernanceRecorder:
         self.audit.round_start(round_number, roster_version=roster_version, mode=mode)
         self.audit.cohort(round_number, self._cohort)
         if self.metrics is not None:
+            # peers_connected is the transport's to set: the cohort is who answered, not
+            # who is connected.
             self.metrics.round_started(round_number)
-            self.metrics.set_peers(max(len(self._cohort) - 1, 0))
         log.info("round started", extra={"round": round_number, "cohort": len(self._cohort)})
 
     def exclude(
