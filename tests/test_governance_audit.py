@@ -271,9 +271,11 @@ def test_second_writer_is_refused(tmp_path):
         AuditLog(path, ALICE, salt=SALT)
 
 
-def test_bad_salt_closed_log_and_bad_values():
+def test_bad_salt_and_unopenable_path():
     with pytest.raises(ConfigError, match="salt"):
         AuditLog("/nonexistent/x", ALICE, salt=b"short")
+    with pytest.raises(ConfigError, match="cannot open audit log /nonexistent/x: No such file"):
+        AuditLog("/nonexistent/x", ALICE, salt=SALT)
 
 
 def test_closed_log_and_non_finite_values(tmp_path):

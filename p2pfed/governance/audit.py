@@ -499,7 +499,10 @@ class AuditLog:
         self._file: IO[bytes] | None = None
         self._lock = threading.Lock()
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open audit log {self.path}: {exc.strerror}") from None
         file = os.fdopen(fd, "r+b")
         try:
             try:

@@ -360,10 +360,13 @@ class ModelRegistry:
             tensors=_tensor_infos(tensors),
         )
         folder = self.root / f"{round_number:08d}-{digest[:16]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / "model.bin", serialize_model(tensors), 0o644)
-        _write_json(folder / "manifest.json", manifest.to_dict())
-        fsync_dir(self.root)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(folder / "model.bin", serialize_model(tensors), 0o644)
+            _write_json(folder / "manifest.json", manifest.to_dict())
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise ConfigError(f"cannot store model in {folder}: {exc.strerror}") from None
         return manifest
 
     def versions(self) -> list[ModelManifest]:
