@@ -130,3 +130,21 @@ def test_audit_show_filters_and_stops_at_the_first_bad_entry(logs, capsys):
     assert out.count("\n") == 4 and "BAD at line 5" in err
     assert main(["audit", "show", str(a), "--kind", "nope"]) == 2
     assert "is not one of" in capsys.readouterr().err
+
+
+def test_bench_governance_prints_figures_with_baselines(tmp_path, capsys):
+    argv = ["bench", "governance", "--entries", "5", "--model-mb", "1", "--repeat", "1"]
+    assert main([*argv, "--dir", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for key in (
+        "append_ms_per_entry",
+        "baseline_write_fsync_ms_per_entry",
+        "verify_us_per_entry",
+        "baseline_ed25519_verify_us_per_entry",
+        "model_hash_mb_s",
+        "baseline_sha256_mb_s",
+    ):
+        assert doc[key] > 0, key
+    assert list(tmp_path.iterdir()) == []  # temporary files removed
+    assert main([*argv, "--dir", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
