@@ -218,6 +218,29 @@ class SecAggSection:
 
 
 @dataclass(frozen=True)
+class GovernanceSection:
+    """Audit log salt and drift thresholds."""
+
+    audit_salt: str = ""
+    """Hex, ≥ 16 bytes, the same at every member (so logs can be compared); empty derives
+    one from the consortium id, which hides peer IDs only from those who lack the roster."""
+    accuracy_drop: float = 0.05
+    """Alert when accuracy falls this much below the best of recent rounds."""
+    psi_major: float = 0.2
+    """Population stability index above which an input feature counts as shifted."""
+
+    def validate(self) -> None:
+        if self.audit_salt:
+            try:
+                raw = bytes.fromhex(self.audit_salt)
+            except ValueError:
+                raw = b""
+            check(len(raw) >= 16, "[governance] audit_salt", "must be at least 32 hex digits")
+        check(0 < self.accuracy_drop < 1, "[governance] accuracy_drop", "must be in (0, 1)")
+        check(self.psi_major > 0, "[governance] psi_major", "must be positive")
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """Prometheus metrics endpoint; off unless a port is set."""
 
@@ -242,6 +265,7 @@ class Config:
     training: TrainingSection = field(default_factory=TrainingSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     secagg: SecAggSection = field(default_factory=SecAggSection)
+    governance: GovernanceSection = field(default_factory=GovernanceSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     base_dir: str = ""
     """Folder relative paths are resolved against (set by ``load_config``, not the file)."""
@@ -334,6 +358,11 @@ enabled = true
 threshold = 0                  # shares needed to recover a dropped member; 0 = n/2 + 1
 bits = 32                      # ring Z_2^bits
 clip_range = 8.0
+
+[governance]
+audit_salt = ""                # hex, >= 32 digits, the same at every member
+accuracy_drop = 0.05           # drift alert when accuracy falls this much
+psi_major = 0.2                # drift alert when a feature's PSI exceeds this
 
 [metrics]
 port = 0                       # Prometheus endpoint; 0 = off

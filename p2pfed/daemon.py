@@ -11,6 +11,7 @@ files are closed on the way out, and the last completed round stays checkpointed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,9 +27,15 @@ import numpy as np
 import torch
 import trio
 
+from p2pfed import __version__
 from p2pfed.config import Config
 from p2pfed.durable import atomic_write
-from p2pfed.errors import BudgetExceededError, ConfigError, DataError
+from p2pfed.errors import BudgetExceededError, ConfigError, DataError, IntegrityError
+from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
+from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
+from p2pfed.governance.metrics import MetricsConfig, NodeMetrics, serve_if_enabled
+from p2pfed.governance.models import ModelRegistry, tensors_from_flat
+from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterGate
 from p2pfed.privacy import NoiseMode, PrivacyLedger
@@ -138,6 +145,55 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     return Prepared(config, identity, gate, train, test, report, state_dir)
 
 
+AUDIT_FILE = "audit.jsonl"
+MODELS_DIR = "models"
+
+
+def audit_salt(config: Config, consortium: str) -> bytes:
+    """The consortium's audit salt: configured, or derived from the consortium id."""
+    if config.governance.audit_salt:
+        return bytes.fromhex(config.governance.audit_salt)
+    return hashlib.sha256(b"p2pfed audit salt\0" + consortium.encode()).digest()
+
+
+def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
+    """Open the node's audit log; a line torn by a crash mid-append is set aside first.
+
+    A torn last line was never a complete signed entry, so removing it loses no record;
+    its bytes are kept in ``audit.jsonl.torn`` for the auditors. Any other problem stops the
+    node (``IntegrityError``): an audit log is never repaired silently.
+    """
+    try:
+        return AuditLog(path, identity, salt=salt)
+    except IntegrityError:
+        report = verify_log(path)
+        if report.problem is None or report.problem.kind is not ProblemKind.TORN:
+            raise
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        with (path.parent / (path.name + ".torn")).open("ab") as aside:
+            aside.write(data[keep:] + b"\n")
+        atomic_write(path, data[:keep], 0o600)
+        log.warning("audit log: set aside a line torn by a crash (%d bytes)", len(data) - keep)
+        return AuditLog(path, identity, salt=salt)
+
+
+def open_governance(prepared: Prepared, consortium: str, classes: int) -> GovernanceRecorder:
+    """Audit log, model registry, drift monitor and metrics for this node."""
+    g = prepared.config.governance
+    audit = open_audit_log(
+        prepared.state_dir / AUDIT_FILE, prepared.identity, audit_salt(prepared.config, consortium)
+    )
+    drift = DriftMonitor(
+        DriftConfig(rules=(MetricRule("accuracy", g.accuracy_drop),), psi_major=g.psi_major),
+        classes,
+    )
+    drift.set_reference(prepared.train)
+    return GovernanceRecorder(
+        audit, ModelRegistry(prepared.state_dir / MODELS_DIR), drift=drift, metrics=NodeMetrics()
+    )
+
+
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
     """Atomically replace ``status.json`` (read by ``p2pfed status`` and the demo)."""
     status = {**status, "updated": time.time(), "pid": os.getpid()}
@@ -160,7 +216,7 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
     from p2pfed.collectives.round import RingRound
     from p2pfed.collectives.secure import SecureRingRound
     from p2pfed.collectives.signing import Ed25519CohortSigner
-    from p2pfed.node import Peer, RingAggregator, SecureRingAggregator
+    from p2pfed.node import Peer, RingAggregator, RoundReport, SecureRingAggregator
     from p2pfed.node.aggregators import Aggregator
     from p2pfed.node.sync import weights_digest
     from p2pfed.secagg.fixedpoint import FixedPoint
@@ -203,6 +259,19 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
             if config.privacy.mode == "dp-sgd"
             else None
         ),
+    )
+    classes = max(len(config.schema.labels), int(prepared.train.y.max()) + 1)
+    recorder = open_governance(prepared, consortium, classes)
+    recorder.start(
+        software_version=__version__,
+        consortium=consortium,
+        roster_version=roster.version,
+        roster_digest=roster.digest(),
+    )
+    assert recorder.metrics is not None  # open_governance always attaches metrics
+    metrics_server = serve_if_enabled(
+        recorder.metrics,
+        MetricsConfig(config.metrics.port != 0, config.metrics.host, config.metrics.port or 9464),
     )
     p = config.privacy
     ledger = None
@@ -278,11 +347,50 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
             )
             status |= {"state": "running", "listen": list(transport.listen_addrs)}
 
-            def on_report(report: Any) -> None:
+            def on_report(report: RoundReport) -> None:
+                recorder.begin_round(
+                    report.round,
+                    roster_version=roster.version,
+                    mode=config.rounds.mode,
+                    cohort=report.cohort,
+                )
+                for e in report.exclusions:
+                    recorder.exclude(report.round, e.peer, e.reason, e.detail)
+                if report.committed:
+                    record = recorder.finish_round(
+                        report.round,
+                        tensors_from_flat(
+                            trainer.layout.names, trainer.layout.shapes, peer.weights
+                        ),
+                        dp=DPRecord(
+                            noise_multiplier=p.noise_multiplier if ledger else 0.0,
+                            clip_norm=p.clip_norm,
+                            sample_rate=report.sample_rate,
+                            delta=p.delta,
+                            epsilon=report.epsilon or 0.0,
+                            accountant=p.accountant if ledger else "off",
+                            steps=report.steps,
+                            epsilon_budget=p.epsilon_budget if ledger else None,
+                        ),
+                        metrics={"accuracy": report.test_accuracy, "loss": report.test_loss},
+                        duration_s=report.duration_s,
+                        bytes_sent=report.bytes_sent,
+                    )
+                    status["model_version"] = record.manifest.version
+                    status["drift_alerts"] = [a.to_dict() for a in record.alerts]
+                else:
+                    recorder.fail_round(
+                        report.round, duration_s=report.duration_s, reason=report.reason
+                    )
+                if recorder.metrics is not None:
+                    recorder.metrics.set_peers(len(transport.connected_peers()))
                 status.update(
                     round=report.round,
                     completed_round=peer.model_round,
-                    last=asdict(report),
+                    last={
+                        k: v for k, v in asdict(report).items() if k not in ("exclusions", "cohort")
+                    },
+                    exclusions=[f"{e.peer}:{e.reason}" for e in report.exclusions],
                     epsilon=report.epsilon,
                     bytes_sent=peer.bytes_sent,
                     connected_peers=len(transport.connected_peers()),
@@ -318,6 +426,9 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
     finally:
         if ledger is not None:
             ledger.close()
+        if metrics_server is not None:
+            metrics_server.close()
+        recorder.stop(reason=str(status.get("state", "stopped")))
         write_status(prepared.state_dir, status)
     return status
 

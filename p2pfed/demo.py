@@ -95,6 +95,7 @@ class Consortium:
     test: Dataset
     center: np.ndarray
     scale: np.ndarray
+    audit_salt: str = field(default_factory=lambda: os.urandom(16).hex())
     started: float = field(default_factory=time.monotonic)
 
 
@@ -192,6 +193,9 @@ ledger = "state/privacy.ledger"
 
 [secagg]
 enabled = true
+
+[governance]
+audit_salt = "{c.audit_salt}"
 """
 
 
@@ -336,6 +340,16 @@ def references(c: Consortium) -> tuple[float, list[float]]:
     centralized = _train_plain(c, c.pooled, epochs)
     local = [_train_plain(c, h.train, epochs) for h in c.hospitals]
     return centralized, local
+
+
+def check_audit_logs(c: Consortium) -> tuple[bool, bool]:
+    """(every hospital's audit log verifies against the roster, all agree on every round)."""
+    from p2pfed.governance.audit import compare_logs, verify_log
+
+    members = {h.identity.peer_id: h.identity.public_key for h in c.hospitals}
+    paths = [h.state / "audit.jsonl" for h in c.hospitals]
+    verified = all(verify_log(p, members=members).problem is None for p in paths)
+    return verified, compare_logs(paths, members=members).ok
 
 
 def federated_accuracy(c: Consortium, h: Hospital) -> float:

@@ -29,6 +29,7 @@ import numpy as np
 import trio
 from numpy.typing import NDArray
 
+from p2pfed.collectives.faults import Exclusion
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.sync import ModelSync, weights_digest
 from p2pfed.privacy.release import PrivateReleaser
@@ -56,7 +57,11 @@ class RoundReport:
     duration_s: float
     model_digest: str
     reason: str = ""
-    exclusions: tuple[str, ...] = field(default_factory=tuple)
+    exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+    cohort: tuple[str, ...] = field(default_factory=tuple)
+    """Peer IDs whose updates are in this round's aggregate (empty when missed)."""
+    sample_rate: float = 1.0
+    steps: int = 1
 
 
 class Peer:
@@ -194,42 +199,30 @@ class Peer:
                 round_, update, sample_rate=result.sample_rate, steps=result.steps
             ).astype(np.float32)
         outcome = await self.aggregator.aggregate(round_, update)
-        exclusions = tuple(f"{e.peer}:{e.reason}" for e in outcome.exclusions)
+        committed = isinstance(outcome, Aggregate)
         if isinstance(outcome, Missed):
             self.trainer.load_shared(self.weights)  # undo local steps: the round did not happen
             self._save()
-            metrics = self.trainer.evaluate(self.test)
-            return RoundReport(
-                round_,
-                False,
-                0,
-                result.loss,
-                metrics.accuracy,
-                metrics.loss,
-                self.epsilon,
-                0,
-                self.clock() - started,
-                weights_digest(self.weights).hex(),
-                outcome.reason,
-                exclusions,
-            )
-        assert isinstance(outcome, Aggregate)
-        self.bytes_sent += outcome.bytes_sent
-        self._adopt(round_, self.weights + outcome.mean)
+        else:
+            self.bytes_sent += outcome.bytes_sent
+            self._adopt(round_, self.weights + outcome.mean)
         metrics = self.trainer.evaluate(self.test)
         return RoundReport(
-            round_,
-            True,
-            len(outcome.contributors),
-            result.loss,
-            metrics.accuracy,
-            metrics.loss,
-            self.epsilon,
-            outcome.bytes_sent,
-            self.clock() - started,
-            weights_digest(self.weights).hex(),
-            "",
-            exclusions,
+            round=round_,
+            committed=committed,
+            contributors=len(outcome.contributors) if isinstance(outcome, Aggregate) else 0,
+            train_loss=result.loss,
+            test_accuracy=metrics.accuracy,
+            test_loss=metrics.loss,
+            epsilon=self.epsilon,
+            bytes_sent=outcome.bytes_sent if isinstance(outcome, Aggregate) else 0,
+            duration_s=self.clock() - started,
+            model_digest=weights_digest(self.weights).hex(),
+            reason=outcome.reason if isinstance(outcome, Missed) else "",
+            exclusions=tuple(outcome.exclusions),
+            cohort=tuple(sorted(outcome.contributors)) if isinstance(outcome, Aggregate) else (),
+            sample_rate=result.sample_rate,
+            steps=result.steps,
         )
 
     async def run(

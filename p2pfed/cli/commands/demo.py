@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from p2pfed.demo import (
         DemoSettings,
         build_consortium,
+        check_audit_logs,
         federated_accuracy,
         launch,
         references,
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     centralized, local = references(consortium)
     federated = [federated_accuracy(consortium, h) for h in consortium.hospitals]
     digests = {s.get("model_digest") for s in final}
+    audit_verified, audit_agree = check_audit_logs(consortium)
     epsilon = max(float(s.get("epsilon") or 0.0) for s in final)
     sent = [int(s.get("bytes_sent", 0)) for s in final]
     summary = {
@@ -115,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         "bytes_sent_per_peer": float(sum(sent) / len(sent)),
         "wall_s": round(wall, 2),
         "models_agree": len(digests) == 1,
+        "audit_logs_verify": audit_verified,
+        "audit_logs_agree": audit_agree,
     }
     if args.json:
         json.dump(summary, sys.stdout, indent=2, sort_keys=True)
@@ -148,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
         out.print(
             f"ε = {epsilon:.2f} at δ = {settings.delta:g} per patient (DP-SGD, worst hospital), "
             f"secure aggregation on, all models identical: {summary['models_agree']}, "
-            f"wall time {wall:.1f} s"
+            f"audit logs verify: {audit_verified} and agree: {audit_agree}, wall time {wall:.1f} s"
         )
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    return 0 if summary["models_agree"] else 1
+    return 0 if summary["models_agree"] and audit_verified and audit_agree else 1

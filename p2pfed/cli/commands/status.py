@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         ("node", f"{status.get('name')} ({status.get('peer_id')})"),
         ("state", f"{status.get('state')} (updated {status['age_s']} s ago)"),
-        ("round", f"{status.get('completed_round', -1)} of {status.get('rounds')}"),
+        ("rounds done", f"{int(status.get('completed_round', -1)) + 1} of {status.get('rounds')}"),
         ("connected peers", str(status.get("connected_peers", 0))),
         ("test accuracy", _fmt(status.get("test_accuracy"))),
         ("ε spent", _fmt(status.get("epsilon")) + f" of {status.get('epsilon_budget', '—')}"),
