@@ -94,11 +94,16 @@ class CohortRun:
         }
 
 
-def make_identities(names: Collection[str]) -> tuple[dict[str, Ed25519Signer], dict[str, bytes]]:
-    """Deterministic test identities: signer and public key per peer name."""
+def identity_seed(name: str) -> bytes:
+    """The deterministic Ed25519 seed of test peer ``name`` (as ``make_identities`` uses)."""
     import hashlib
 
-    signers = {n: Ed25519Signer(hashlib.sha256(b"identity:" + n.encode()).digest()) for n in names}
+    return hashlib.sha256(b"identity:" + name.encode()).digest()
+
+
+def make_identities(names: Collection[str]) -> tuple[dict[str, Ed25519Signer], dict[str, bytes]]:
+    """Deterministic test identities: signer and public key per peer name."""
+    signers = {n: Ed25519Signer(identity_seed(n)) for n in names}
     return signers, {n: s.public_key for n, s in signers.items()}
 
 
