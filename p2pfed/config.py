@@ -16,7 +16,7 @@ from pathlib import Path
 from p2pfed.settings import check, parse, read_toml
 from p2pfed.training.data import BUILTIN_DATASETS
 from p2pfed.training.models import BUILTIN_MODELS
-from p2pfed.training.trainer import OPTIMIZERS
+from p2pfed.training.trainer import TrainingConfig
 
 MODES = ("ring", "gossip")
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
@@ -150,28 +150,6 @@ class ValidationSection:
 
 
 @dataclass(frozen=True)
-class TrainingSection:
-    """Local training each round."""
-
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    fedprox_mu: float = 0.0
-    personal_prefixes: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        check(self.local_epochs >= 1, "[training] local_epochs", "must be ≥ 1")
-        check(self.batch_size >= 1, "[training] batch_size", "must be ≥ 1")
-        check(self.learning_rate > 0, "[training] learning_rate", "must be positive")
-        check(self.optimizer in OPTIMIZERS, "[training] optimizer", f"must be one of {OPTIMIZERS}")
-        check(0 <= self.momentum < 1, "[training] momentum", "must be in [0, 1)")
-        check(self.fedprox_mu >= 0, "[training] fedprox_mu", "must be ≥ 0")
-
-
-@dataclass(frozen=True)
 class PrivacySection:
     """Differential privacy of every released update, and the institution's budget."""
 
@@ -262,7 +240,7 @@ class Config:
     data: DataSection = field(default_factory=lambda: DataSection(builtin="breast_cancer"))
     schema: SchemaSection = field(default_factory=SchemaSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     secagg: SecAggSection = field(default_factory=SecAggSection)
     governance: GovernanceSection = field(default_factory=GovernanceSection)

@@ -42,7 +42,7 @@ from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.training.data import Dataset, load_builtin, load_csv, train_test_split
 from p2pfed.training.models import build_model
-from p2pfed.training.trainer import DPSGD, LocalTrainer, TrainingConfig
+from p2pfed.training.trainer import DPSGD, LocalTrainer
 from p2pfed.training.validation import Schema, Thresholds, ValidationReport, validate
 
 log = logging.getLogger(__name__)
@@ -236,19 +236,9 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
         config.model.hidden,
         config.model.seed,
     )
-    t = config.training
     trainer = LocalTrainer(
         model,
-        TrainingConfig(
-            t.local_epochs,
-            t.batch_size,
-            t.learning_rate,
-            t.optimizer,
-            t.momentum,
-            t.weight_decay,
-            t.fedprox_mu,
-            t.personal_prefixes,
-        ),
+        config.training,
         torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")),
         dp_sgd=(
             DPSGD(

@@ -43,12 +43,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, ConfigError, IntegrityError, LocalError
 from p2pfed.privacy import validate
 from p2pfed.privacy.accountants import (
     MECHANISM,
     Accountant,
-    atomic_write,
     make_accountant,
     releases_within_budget,
 )

@@ -46,13 +46,13 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.local_epochs >= 1, "training.local_epochs must be ≥ 1"),
-            (self.batch_size >= 1, "training.batch_size must be ≥ 1"),
-            (self.learning_rate > 0, "training.learning_rate must be positive"),
-            (self.optimizer in OPTIMIZERS, f"training.optimizer must be one of {OPTIMIZERS}"),
-            (0 <= self.momentum < 1, "training.momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "training.weight_decay must be ≥ 0"),
-            (self.fedprox_mu >= 0, "training.fedprox_mu must be ≥ 0"),
+            (self.local_epochs >= 1, "[training] local_epochs must be ≥ 1"),
+            (self.batch_size >= 1, "[training] batch_size must be ≥ 1"),
+            (self.learning_rate > 0, "[training] learning_rate must be positive"),
+            (self.optimizer in OPTIMIZERS, f"[training] optimizer must be one of {OPTIMIZERS}"),
+            (0 <= self.momentum < 1, "[training] momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "[training] weight_decay must be ≥ 0"),
+            (self.fedprox_mu >= 0, "[training] fedprox_mu must be ≥ 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -92,9 +92,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     lst.set_defaults(func=_list)
 
 
-def _check_directory(out: Path) -> None:
+def _prepare_directory(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -116,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides[key.strip()] = parse_value(value.strip())
     scenario = with_overrides(scenario, overrides)
     out: Path = args.out or Path("out") / "sim" / scenario.name
-    _check_directory(out)
+    _prepare_directory(out)
     print(
         f"scenario {scenario.name}: {scenario.n} peers, {scenario.algorithm.name} on "
         f"{scenario.topology.name}, {scenario.rounds} rounds, data {scenario.data.name}",
@@ -125,8 +126,9 @@ def _run(args: argparse.Namespace) -> int:
     # Heavy imports (torch, matplotlib) only after the first line is out.
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from p2pfed.durable import atomic_write
     from sim.plots import all_plots
-    from sim.results import atomic_write, maybe_parquet, records_csv
+    from sim.results import maybe_parquet, records_csv
     from sim.sweep import run_point
 
     started = time.perf_counter()
@@ -139,8 +141,8 @@ def _run(args: argparse.Namespace) -> int:
         task = progress.add_task(scenario.name, total=scenario.rounds)
         result = run_point(scenario, lambda r: progress.update(task, completed=r), args.threads)
     wall = time.perf_counter() - started
-    atomic_write(out / "result.json", result.to_json())
-    atomic_write(out / "metrics.csv", records_csv(result.records))
+    atomic_write(out / "result.json", result.to_json().encode(), 0o644)
+    atomic_write(out / "metrics.csv", records_csv(result.records).encode(), 0o644)
     maybe_parquet(out / "metrics.csv")
     figures = all_plots({scenario.name: [result]}, out)
     last = result.records[-1]
@@ -171,11 +173,12 @@ def _sweep(args: argparse.Namespace) -> int:
     scenario = load_scenario(resolve_scenario(args.scenario))
     points = grid_points(scenario, parse_set(args.set), args.seeds)
     out: Path = args.out or Path("out") / "sweeps" / scenario.name
-    _check_directory(out)
+    _prepare_directory(out)
     print(f"sweep {scenario.name}: {len(points)} points into {out}", flush=True)
     # Heavy imports (torch, matplotlib) only after the first line is out.
+    from p2pfed.durable import atomic_write
     from sim.plots import all_plots
-    from sim.results import atomic_write, maybe_parquet
+    from sim.results import maybe_parquet
     from sim.sweep import group_by_label, markdown_table, run_sweep, summary_rows, sweep_csv
 
     skipped = 0
@@ -207,10 +210,10 @@ def _sweep(args: argparse.Namespace) -> int:
                 progress.advance(overall)
 
         results = run_sweep(points, out, on_point, on_round, args.threads)
-    atomic_write(out / "sweep.csv", sweep_csv(points, results))
+    atomic_write(out / "sweep.csv", sweep_csv(points, results).encode(), 0o644)
     maybe_parquet(out / "sweep.csv")
     rows = summary_rows(points, results)
-    atomic_write(out / "summary.md", markdown_table(rows))
+    atomic_write(out / "summary.md", markdown_table(rows).encode(), 0o644)
     figures = all_plots(group_by_label(points, results), out)
     print(markdown_table(rows), end="")
     print(f"{len(points) - skipped} points run, {skipped} already stored (skipped)")
