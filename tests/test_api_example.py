@@ -10,7 +10,8 @@ EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "custom_peer.py"
 
 def test_example_is_under_40_lines_of_code() -> None:
     lines = [
-        line for line in EXAMPLE.read_text().splitlines()
+        line
+        for line in EXAMPLE.read_text().splitlines()
         if line.strip() and not line.strip().startswith(("#", '"""', "import", "from"))
     ]
     assert len(lines) < 40

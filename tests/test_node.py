@@ -180,3 +180,28 @@ async def test_personal_layers_stay_home(tmp_path: Path) -> None:
     assert len({p.weights.tobytes() for p in peers}) == 1
     heads = {p.trainer.model[2].weight.detach().numpy().tobytes() for p in peers}
     assert len(heads) == 3  # each hospital's output layer is its own
+
+
+async def test_a_diverged_peer_adopts_the_majority_model(tmp_path: Path) -> None:
+    c = Consortium(tmp_path, 3)
+    peers: dict[int, Peer] = {}
+    done = trio.Event()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+
+            async def one(k: int) -> None:
+                async with c.peer(k) as peer:
+                    await peer.run(2, startup_timeout=5.0)
+                    peers[k] = peer
+                    await done.wait()  # keep serving the model while the test checks
+
+            for k in range(3):
+                nursery.start_soon(one, k)
+            while len(peers) < 3:
+                await trio.sleep(0.05)
+            odd = peers[0]
+            odd._adopt(odd.model_round, odd.weights + 0.5)  # as if it committed another sum
+            assert await odd.reconcile()
+            assert odd.weights.tobytes() == peers[1].weights.tobytes()
+            assert not await peers[1].reconcile()  # the majority keeps its model
+            done.set()

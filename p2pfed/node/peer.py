@@ -183,11 +183,44 @@ class Peer:
             while True:
                 statuses = await self.sync.probe_all(self.others, 2.0)
                 if all(s.round >= final_round for s in statuses.values()):
+                    await self.reconcile()  # the last round gets the same check as any other
                     return
                 await trio.sleep(0.5)
 
+    async def reconcile(self) -> bool:
+        """Adopt the majority's model if the members at our round hold a different one.
+
+        Round agreement has no consensus under timeouts: a member that missed the final
+        ``Commit`` may retry and commit a different cohort's sum for the same round. The
+        members at our round vote with their weights digest; if most of them (counting us)
+        hold another model, we fetch it, so a divergence lasts at most one round.
+        """
+        if self.model_round < 0:
+            return False
+        mine = weights_digest(self.weights)
+        votes: dict[bytes, list[str]] = {mine: [self.me]}
+        for peer, status in (await self.sync.probe_all(self.others, 2.0)).items():
+            if status.round == self.model_round:
+                votes.setdefault(status.digest, []).append(peer)
+        best = max(votes, key=lambda d: (len(votes[d]), d == mine))
+        if best == mine:
+            return False
+        for peer in votes[best]:
+            fetched = await self.sync.fetch(peer)
+            if fetched is not None and weights_digest(fetched.weights) == best:
+                log.warning(
+                    "round %d: our model differs from %d of %d members; adopting theirs",
+                    self.model_round,
+                    len(votes[best]),
+                    sum(map(len, votes.values())),
+                )
+                self._adopt(fetched.round, fetched.weights)
+                return True
+        return False
+
     async def run_round(self) -> RoundReport:
         """Train, privatise, aggregate and apply round ``next_round``."""
+        await self.reconcile()
         round_ = self.next_round
         self.next_round += 1
         started = self.clock()

@@ -187,6 +187,16 @@ class ModelSync:
                 nursery.start_soon(probe, peer)
         return statuses
 
+    async def fetch(self, peer: str) -> FetchedModel | None:
+        """``peer``'s current model, or None if it cannot be had within the timeout."""
+        try:
+            with trio.fail_after(self.timeout * 4):
+                status, weights = await self._ask(peer, MODEL)
+        except (P2PFedError, trio.TooSlowError) as exc:
+            log.info("model sync: fetching from %s failed (%s)", peer, exc)
+            return None
+        return None if weights is None else FetchedModel(peer, status.round, weights)
+
     async def best_model(self, peers: Sequence[str], newer_than: int) -> FetchedModel | None:
         """The model of the most advanced reachable peer, if it is past ``newer_than``."""
         statuses = await self.probe_all(peers, self.timeout)
@@ -201,16 +211,11 @@ class ModelSync:
         for peer in sorted(statuses, key=rank):
             if statuses[peer].round <= newer_than:
                 break
-            try:
-                with trio.fail_after(self.timeout * 4):
-                    status, weights = await self._ask(peer, MODEL)
-            except (P2PFedError, trio.TooSlowError) as exc:
-                log.info("model sync: fetching from %s failed (%s)", peer, exc)
-                continue
+            fetched = await self.fetch(peer)
             # The member may have finished another round since it was probed: any model
             # past ours will do (its digest was checked against its own announcement).
-            if weights is not None and status.round > newer_than:
-                return FetchedModel(peer, status.round, weights)
+            if fetched is not None and fetched.round > newer_than:
+                return fetched
         return None
 
 
