@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/p2pfed topology analyze exponential --n 64
+	$(BIN)/p2pfed demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,10 +16,10 @@ from pathlib import Path
 from p2pfed.settings import check, parse, read_toml
 from p2pfed.training.data import BUILTIN_DATASETS
 from p2pfed.training.models import BUILTIN_MODELS
-from p2pfed.training.trainer import OPTIMIZERS
+from p2pfed.training.trainer import TrainingConfig
 
 MODES = ("ring", "gossip")
-PRIVACY_MODES = ("distributed", "local", "off")
+PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
 ACCOUNTANTS = ("pld", "rdp")
 
 
@@ -119,6 +119,24 @@ class SchemaSection:
     labels: tuple[int, ...] = (0, 1)
     types: tuple[str, ...] = ()
     label_distribution: tuple[float, ...] = ()
+    center: tuple[float, ...] = ()
+    """Agreed per-feature centre for standardisation; empty: each node uses its own mean."""
+    scale: tuple[float, ...] = ()
+    """Agreed per-feature scale; empty: each node uses its own standard deviation."""
+
+    def validate(self) -> None:
+        check(
+            len(self.center) == len(self.scale),
+            "[schema] scale",
+            "must have one entry per center entry",
+        )
+        check(all(s > 0 for s in self.scale), "[schema] scale", "entries must be positive")
+        if self.features and self.center:
+            check(
+                len(self.center) == len(self.features),
+                "[schema] center",
+                "needs one entry per feature",
+            )
 
 
 @dataclass(frozen=True)
@@ -132,34 +150,16 @@ class ValidationSection:
 
 
 @dataclass(frozen=True)
-class TrainingSection:
-    """Local training each round."""
-
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    fedprox_mu: float = 0.0
-    personal_prefixes: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        check(self.local_epochs >= 1, "[training] local_epochs", "must be ≥ 1")
-        check(self.batch_size >= 1, "[training] batch_size", "must be ≥ 1")
-        check(self.learning_rate > 0, "[training] learning_rate", "must be positive")
-        check(self.optimizer in OPTIMIZERS, "[training] optimizer", f"must be one of {OPTIMIZERS}")
-        check(0 <= self.momentum < 1, "[training] momentum", "must be in [0, 1)")
-        check(self.fedprox_mu >= 0, "[training] fedprox_mu", "must be ≥ 0")
-
-
-@dataclass(frozen=True)
 class PrivacySection:
     """Differential privacy of every released update, and the institution's budget."""
 
     mode: str = "distributed"
     clip_norm: float = 1.0
     noise_multiplier: float = 1.0
+    sample_rate: float = 1.0
+    """dp-sgd: Poisson rate of each local step (expected batch = rate × local rows)."""
+    steps_per_round: int = 1
+    """For reports' "rounds left": accountant steps one release composes (dp-sgd: local steps)."""
     delta: float = 1e-5
     epsilon_budget: float = 10.0
     accountant: str = "pld"
@@ -169,6 +169,8 @@ class PrivacySection:
         check(self.mode in PRIVACY_MODES, "[privacy] mode", f"must be one of {PRIVACY_MODES}")
         check(self.clip_norm > 0, "[privacy] clip_norm", "must be positive")
         check(self.noise_multiplier > 0, "[privacy] noise_multiplier", "must be positive")
+        check(0 < self.sample_rate <= 1, "[privacy] sample_rate", "must be in (0, 1]")
+        check(self.steps_per_round >= 1, "[privacy] steps_per_round", "must be ≥ 1")
         check(0 < self.delta < 1, "[privacy] delta", f"must be in (0, 1), not {self.delta}")
         check(self.epsilon_budget > 0, "[privacy] epsilon_budget", "must be positive")
         check(
@@ -194,6 +196,29 @@ class SecAggSection:
 
 
 @dataclass(frozen=True)
+class GovernanceSection:
+    """Audit log salt and drift thresholds."""
+
+    audit_salt: str = ""
+    """Hex, ≥ 16 bytes, the same at every member (so logs can be compared); empty derives
+    one from the consortium id, which hides peer IDs only from those who lack the roster."""
+    accuracy_drop: float = 0.05
+    """Alert when accuracy falls this much below the best of recent rounds."""
+    psi_major: float = 0.2
+    """Population stability index above which an input feature counts as shifted."""
+
+    def validate(self) -> None:
+        if self.audit_salt:
+            try:
+                raw = bytes.fromhex(self.audit_salt)
+            except ValueError:
+                raw = b""
+            check(len(raw) >= 16, "[governance] audit_salt", "must be at least 32 hex digits")
+        check(0 < self.accuracy_drop < 1, "[governance] accuracy_drop", "must be in (0, 1)")
+        check(self.psi_major > 0, "[governance] psi_major", "must be positive")
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """Prometheus metrics endpoint; off unless a port is set."""
 
@@ -215,9 +240,10 @@ class Config:
     data: DataSection = field(default_factory=lambda: DataSection(builtin="breast_cancer"))
     schema: SchemaSection = field(default_factory=SchemaSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     secagg: SecAggSection = field(default_factory=SecAggSection)
+    governance: GovernanceSection = field(default_factory=GovernanceSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     base_dir: str = ""
     """Folder relative paths are resolved against (set by ``load_config``, not the file)."""
@@ -295,9 +321,11 @@ fedprox_mu = 0.0               # > 0 adds (mu/2)|w - w_global|^2 against client 
 personal_prefixes = []         # parameter-name prefixes that never leave this node
 
 [privacy]
-mode = "distributed"           # distributed, local, or off
-clip_norm = 1.0                # L2 bound S on each update
+mode = "distributed"           # distributed, local, dp-sgd (per patient), or off
+clip_norm = 1.0                # L2 bound S on each update (dp-sgd: on each example's gradient)
 noise_multiplier = 1.0         # sigma: noise std is sigma * S (split across members)
+sample_rate = 1.0              # dp-sgd: Poisson rate of each local step
+steps_per_round = 1            # for `privacy report`: dp-sgd local steps per round
 delta = 1e-5
 epsilon_budget = 10.0          # the node refuses any release past this
 accountant = "pld"             # pld (tightest) or rdp
@@ -308,6 +336,11 @@ enabled = true
 threshold = 0                  # shares needed to recover a dropped member; 0 = n/2 + 1
 bits = 32                      # ring Z_2^bits
 clip_range = 8.0
+
+[governance]
+audit_salt = ""                # hex, >= 32 digits, the same at every member
+accuracy_drop = 0.05           # drift alert when accuracy falls this much
+psi_major = 0.2                # drift alert when a feature's PSI exceeds this
 
 [metrics]
 port = 0                       # Prometheus endpoint; 0 = off

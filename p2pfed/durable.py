@@ -8,38 +8,74 @@ detected on load instead of being trusted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
 
-from p2pfed.errors import IntegrityError
+from p2pfed.errors import ConfigError, IntegrityError
 
 _SEAL_MAGIC = b"P2PFSEAL1\n"
 
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
+def atomic_write(
+    path: str | Path, data: bytes, mode: int = 0o600, *, overwrite: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``.
+
+    With ``overwrite=False`` an existing file is kept (even one that appears meanwhile).
+    Raises ``ConfigError`` naming the path if it exists (and not ``overwrite``), its folder
+    is missing, or the OS refuses the write; the temporary file is always removed.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not overwrite and path.exists():
+        raise ConfigError(f"{path} already exists; refusing to overwrite it (use --force)")
+    tmp = directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileNotFoundError:
+        raise ConfigError(f"directory {directory} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {tmp}: {exc.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have removed bits; never added any
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:  # link() fails if the target exists, so a file that appeared is kept
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ConfigError(
+                    f"{path} already exists; refusing to overwrite it (use --force)"
+                ) from None
+            os.unlink(tmp)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
 
 
 def seal(payload: bytes) -> bytes:

@@ -44,15 +44,25 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
-from sim.cost import round_cost
+from sim.cost import RoundCost, round_cost
 from sim.data import Dataset, load_dataset
-from sim.mixing import MixingSchedule, build_topology, receive_counts, send_counts, with_faults
+from sim.mixing import (
+    MixingSchedule,
+    build_topology,
+    receive_counts,
+    send_counts,
+    to_torch_csr,
+    with_faults,
+)
 from sim.models import FlatModel, build_model, default_init_scale
 from sim.partition import Partition, partition
 from sim.privacy import epsilon
+from sim.results import RoundRecord
 from sim.scenario import Scenario
 
-_STREAMS = ("data", "partition", "init", "batches", "faults", "noise", "topology")
+# Appending a stream leaves the earlier ones unchanged (SeedSequence children are keyed by
+# their index), so old seeds keep their meaning.
+_STREAMS = ("data", "partition", "init", "batches", "faults", "noise", "topology", "secagg")
 
 
 def _seeds(seed: int) -> dict[str, np.random.SeedSequence]:
@@ -65,33 +75,30 @@ def _torch_generator(seq: np.random.SeedSequence) -> torch.Generator:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class RoundRecord:
-    """Metrics after one round (round 0 = the initial state)."""
-
-    round: int
-    accuracy_mean: float
-    accuracy_min: float
-    accuracy_max: float
-    average_model_accuracy: float
-    test_loss_mean: float
-    train_loss_mean: float
-    consensus_distance: float
-    bytes_sent_mean: float
-    bytes_sent_max: float
-    bytes_cumulative_mean: float
-    comm_time_s: float
-    active_peers: int
-    epsilon: float | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class LocalResult:
     """What the local phase returns: new parameters and the raw gradient statistics."""
 
     theta: torch.Tensor
-    grad_sum: torch.Tensor
+    #: Sum of the raw gradients over the steps (gradient tracking only, else None).
+    grad_sum: torch.Tensor | None
     steps_done: torch.Tensor
     loss_mean: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoundOutcome:
+    """What one round did: bytes per peer, communication time, who took part, losses."""
+
+    bytes_sent: NDArray[np.float64]
+    comm_time_s: float
+    active: NDArray[np.bool_]
+    steps: torch.Tensor
+    loss_mean: torch.Tensor
+
+    def train_loss(self) -> float:
+        """Mean local training loss over the peers that made at least one step."""
+        trained = torch.from_numpy(self.active) & (self.steps > 0)
+        return float(self.loss_mean[trained].mean()) if bool(trained.any()) else math.nan
 
 
 class Simulator:
@@ -120,6 +127,7 @@ class Simulator:
         self.batch_gen = _torch_generator(seeds["batches"])
         self.noise_gen = _torch_generator(seeds["noise"])
         self.fault_rng = np.random.default_rng(seeds["faults"])
+        self.secagg_rng = np.random.default_rng(seeds["secagg"])
         n = scenario.n
         self.byzantine = np.zeros(n, dtype=np.bool_)
         if scenario.faults.byzantine:
@@ -127,6 +135,7 @@ class Simulator:
             self.byzantine[chosen] = True
         self.honest = torch.from_numpy(~self.byzantine)
         self.theta = self._initial_parameters(seeds["init"])
+        self.topology: Any | None = None  # a topologies.Topology, for gossip and tracking
         self.schedule: MixingSchedule | None = None
         if scenario.algorithm.name in ("gossip", "gradient_tracking"):
             topo_seed = int(seeds["topology"].generate_state(1, np.uint32)[0])
@@ -135,6 +144,8 @@ class Simulator:
         self.tracker = torch.zeros_like(self.theta)
         self.last_direction = torch.zeros_like(self.theta)
         self.bytes_cumulative = np.zeros(n, dtype=np.float64)
+        self._plan_batches()
+        self._cost_cache: dict[int, RoundCost] = {}
         self._grad_fn = torch.func.vmap(
             torch.func.grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0, None, None)
         )
@@ -164,7 +175,9 @@ class Simulator:
         weight_decay: float,
     ) -> torch.Tensor:
         logits = self.model.forward(theta, xb)
-        ce = F.cross_entropy(logits, yb, reduction="none")
+        # Cross-entropy written out: F.cross_entropy goes through a Python decomposition
+        # under vmap, which costs more than the arithmetic at these sizes.
+        ce = logits.logsumexp(-1) - logits.gather(-1, yb[:, None])[:, 0]
         loss = (ce * wb).sum() / wb.sum().clamp_min(1.0)
         if mu > 0.0:
             loss = loss + 0.5 * mu * ((theta - anchor) ** 2).sum()
@@ -172,22 +185,38 @@ class Simulator:
             loss = loss + 0.5 * weight_decay * (theta**2).sum()
         return loss
 
-    def _batch_sizes(self) -> torch.Tensor:
-        """Per-peer batch size b_i = min(B, m_i): a small peer uses all its samples."""
-        return torch.clamp(self.counts, max=self.scenario.training.batch_size).clamp_min(1)
-
-    def _steps_per_peer(self, active: NDArray[np.bool_], straggling: NDArray[np.bool_]) -> Any:
+    def _plan_batches(self) -> None:
+        """Per-peer constants of the local phase, computed once (they depend on m_i only)."""
         spec = self.scenario.training
         counts = self.counts
+        # Batch size b_i = min(B, m_i): a small peer uses all its samples in each step.
+        b = torch.clamp(counts, max=spec.batch_size).clamp_min(1)
         if spec.local_epochs > 0:
-            b = self._batch_sizes()
             steps = torch.div(spec.local_epochs * counts + b - 1, b, rounding_mode="floor")
         else:
             steps = torch.where(counts > 0, spec.local_steps, 0)
-        fraction = self.scenario.faults.straggler_fraction
-        cut = torch.ceil(steps.to(torch.float64) * fraction).to(torch.int64)
-        steps = torch.where(torch.from_numpy(straggling), cut, steps)
-        return torch.where(torch.from_numpy(active), steps, 0)
+        self.base_steps = steps
+        self.base_max_steps = int(steps.max().item()) if len(steps) else 0
+        width_b = max(1, min(spec.batch_size, int(counts.max().item()) if len(counts) else 1))
+        offsets = torch.arange(width_b)[None, :]
+        self.batch_step = b[:, None]
+        self.batch_offsets = offsets
+        self.batch_mask = (offsets < b[:, None]) & (counts[:, None] > 0)
+        self.batch_limit = (spec.local_epochs * counts)[:, None] if spec.local_epochs > 0 else None
+        self.safe_counts = counts.clamp_min(1)[:, None]
+        self.pad_mask = torch.arange(self.indices.shape[1])[None, :] >= counts[:, None]
+
+    def _steps_per_peer(
+        self, active: NDArray[np.bool_] | None, straggling: NDArray[np.bool_] | None
+    ) -> torch.Tensor:
+        steps = self.base_steps
+        if straggling is not None:
+            fraction = self.scenario.faults.straggler_fraction
+            cut = torch.ceil(steps.to(torch.float64) * fraction).to(torch.int64)
+            steps = torch.where(torch.from_numpy(straggling), cut, steps)
+        if active is not None:
+            steps = torch.where(torch.from_numpy(active), steps, 0)
+        return steps
 
     def local_phase(
         self,
@@ -204,43 +233,45 @@ class Simulator:
         """
         spec = self.scenario.training
         n, width = self.indices.shape
-        batch = spec.batch_size
-        counts = self.counts
-        b = self._batch_sizes()
         keys = torch.rand(n, width, generator=self.batch_gen, dtype=torch.float64)
-        keys = keys.masked_fill(torch.arange(width)[None, :] >= counts[:, None], math.inf)
-        order = torch.argsort(keys, dim=1)
+        order = torch.argsort(keys.masked_fill(self.pad_mask, math.inf), dim=1)
+        shuffled = torch.gather(self.indices, 1, order)  # row i: peer i's samples, shuffled
+        # Every peer doing the same number of steps (the common case) needs no step masks.
+        uniform = steps is self.base_steps and bool((steps == self.base_max_steps).all())
         anchor = theta
-        current = theta.clone()
-        grad_sum = torch.zeros_like(theta)
+        current = theta
+        grad_sum = torch.zeros_like(theta) if correction is not None else None
         loss_sum = torch.zeros(n, dtype=self.dtype)
-        max_steps = int(steps.max().item()) if n else 0
-        width_b = max(1, min(batch, int(counts.max().item()) if n else 1))
-        offsets = torch.arange(width_b)[None, :]  # [1, B]
-        in_batch = (offsets < b[:, None]) & (counts[:, None] > 0)
-        limit = spec.local_epochs * counts if spec.local_epochs > 0 else None
-        safe_counts = counts.clamp_min(1)[:, None]
-        for s in range(max_steps):
-            position = s * b[:, None] + offsets  # [N, B]
-            valid = in_batch if limit is None else in_batch & (position < limit[:, None])
-            slot = torch.remainder(position, safe_counts)
-            sample = torch.gather(self.indices, 1, torch.gather(order, 1, slot))
+        for s in range(self.base_max_steps):
+            position = s * self.batch_step + self.batch_offsets  # [N, B]
+            valid = self.batch_mask
+            if self.batch_limit is not None:
+                valid = valid & (position < self.batch_limit)
+            sample = torch.gather(shuffled, 1, torch.remainder(position, self.safe_counts))
             xb = self.x_train[sample]
             yb = self.y_train[sample]
             wb = valid.to(self.dtype)
             grads, losses = self._grad_fn(current, xb, yb, wb, anchor, mu, spec.weight_decay)
-            live = (s < steps).to(self.dtype)[:, None]
             direction = grads if correction is None else grads + correction
-            current = current - spec.lr * live * direction
-            grad_sum = grad_sum + live * grads
-            loss_sum = loss_sum + live[:, 0] * losses.detach()
-        done = steps.to(self.dtype)
-        loss_mean = loss_sum / done.clamp_min(1.0)
+            if uniform:
+                current = current - spec.lr * direction
+                loss_sum = loss_sum + losses
+                if grad_sum is not None:
+                    grad_sum = grad_sum + grads
+            else:
+                live = (s < steps).to(self.dtype)[:, None]
+                current = current - spec.lr * live * direction
+                loss_sum = loss_sum + live[:, 0] * losses
+                if grad_sum is not None:
+                    grad_sum = grad_sum + live * grads
+        loss_mean = loss_sum / steps.to(self.dtype).clamp_min(1.0)
         return LocalResult(current, grad_sum, steps, loss_mean)
 
     # -- release (DP and attacks) -----------------------------------------------------------
 
-    def release(self, start: torch.Tensor, trained: torch.Tensor, active: Any) -> torch.Tensor:
+    def release(
+        self, start: torch.Tensor, trained: torch.Tensor, active: NDArray[np.bool_]
+    ) -> torch.Tensor:
         """What each peer sends: its update clipped and noised (DP), or attacked (Byzantine)."""
         delta = trained - start
         dp = self.scenario.privacy
@@ -254,28 +285,36 @@ class Simulator:
             factor = -1.0 if faults.attack == "sign_flip" else faults.attack_scale
             byz = torch.from_numpy(self.byzantine)[:, None]
             delta = torch.where(byz, factor * delta, delta)
-        delta = delta * torch.as_tensor(active, dtype=self.dtype)[:, None]
+        if not active.all():
+            delta = delta * torch.from_numpy(active).to(self.dtype)[:, None]
         return start + delta
 
     # -- one round ----------------------------------------------------------------------------
 
-    def step(self, t: int) -> tuple[NDArray[np.float64], float, int, torch.Tensor]:
-        """Play round t (0-based); returns bytes sent per peer, comm time, active count, loss."""
+    def step(self, t: int) -> RoundOutcome:
+        """Play round t (0-based)."""
         sc = self.scenario
         faults = sc.faults
         n = sc.n
-        active = self.fault_rng.random(n) >= faults.dropout
-        straggling = self.fault_rng.random(n) < faults.straggler_prob
-        steps = self._steps_per_peer(active, straggling)
+        # Draw only the faults the scenario has, so a fault-free round costs no RNG calls.
+        dropped = self.fault_rng.random(n) < faults.dropout if faults.dropout > 0.0 else None
+        straggling = (
+            self.fault_rng.random(n) < faults.straggler_prob
+            if faults.straggler_prob > 0.0
+            else None
+        )
+        active = ~dropped if dropped is not None else np.ones(n, dtype=np.bool_)
+        steps = self._steps_per_peer(None if dropped is None else active, straggling)
         algo = sc.algorithm.name
         mu = sc.algorithm.mu if algo == "fedprox" else 0.0
         start = self.theta
+        real_bytes: NDArray[np.float64] | None = None
         w_round = None
         if self.schedule is not None:
             w_round = self.schedule.scipy_at(t)
             if faults.dropout > 0.0 or faults.link_failure > 0.0:
                 w_round = with_faults(w_round, active, faults.link_failure, self.fault_rng)
-                w_torch = _csr(w_round, self.dtype)
+                w_torch = to_torch_csr(w_round, self.dtype)
             else:
                 w_torch = self.schedule.torch_at(t)
 
@@ -289,14 +328,21 @@ class Simulator:
         if algo == "local":
             self.theta = sent
         elif algo in ("fedavg", "fedprox"):
-            act = torch.from_numpy(active)
-            if act.any():
+            if sc.secagg.real and active.any():
+                mean, real_bytes = self._secure_mean(sent, active, t)
+                act = torch.from_numpy(active)
+                self.theta = torch.where(act[:, None], mean[None, :], start)
+            elif active.all():
+                self.theta = sent.mean(dim=0, keepdim=True).expand(n, -1).clone()
+            elif active.any():
+                act = torch.from_numpy(active)
                 mean = sent[act].mean(dim=0, keepdim=True)
                 self.theta = torch.where(act[:, None], mean, start)
         elif algo == "gossip":
             self.theta = w_torch @ sent
         else:  # gradient_tracking
             vectors = 2
+            assert local.grad_sum is not None
             done = local.steps_done.to(self.dtype)[:, None]
             direction = torch.where(
                 done > 0, local.grad_sum / done.clamp_min(1.0), self.last_direction
@@ -311,29 +357,72 @@ class Simulator:
             moved = start - sc.training.lr * done * self.tracker
             self.theta = w_torch @ moved
 
-        if w_round is not None:
-            sends = send_counts(w_round)
-            groups = receive_counts(w_round) + 1
-        else:
-            sends = np.zeros(n, dtype=np.int64)
-            groups = np.ones(n, dtype=np.int64)
-        cost = round_cost(
-            self.model.size,
-            sends,
-            groups,
-            active if algo != "local" else np.zeros(n, dtype=np.bool_),
-            algo in ("fedavg", "fedprox"),
-            vectors,
-            sc.network,
-            sc.secagg,
-        )
+        faulty_links = faults.dropout > 0.0 or faults.link_failure > 0.0
+        phase = t % self.schedule.period if self.schedule is not None else 0
+        cost = None if faulty_links else self._cost_cache.get(phase)
+        if cost is None:
+            if w_round is not None:
+                sends = send_counts(w_round)
+                groups = receive_counts(w_round) + 1
+            else:
+                sends = np.zeros(n, dtype=np.int64)
+                groups = np.ones(n, dtype=np.int64)
+            cost = round_cost(
+                self.model.size,
+                sends,
+                groups,
+                active if algo != "local" else np.zeros(n, dtype=np.bool_),
+                algo in ("fedavg", "fedprox"),
+                vectors,
+                sc.network,
+                sc.secagg,
+            )
+            if not faulty_links:
+                self._cost_cache[phase] = cost
+        if real_bytes is not None:
+            cost = RoundCost(real_bytes, cost.time_s)
         self.bytes_cumulative += cost.bytes_sent
-        return (
-            cost.bytes_sent,
-            cost.time_s,
-            int(active.sum()),
-            local.loss_mean[torch.from_numpy(active & (steps.numpy() > 0))],
+        return RoundOutcome(cost.bytes_sent, cost.time_s, active, steps, local.loss_mean)
+
+    def _secure_mean(
+        self, sent: torch.Tensor, active: NDArray[np.bool_], t: int
+    ) -> tuple[torch.Tensor, NDArray[np.float64]]:
+        """The active peers' mean computed by p2pfed.secagg's masked-sum protocol.
+
+        Each peer encodes its vector in fixed point, the whole protocol runs in process
+        (keys, shares, masks, the masked sum, unmasking), and the unmasked sum is decoded.
+        Bytes per peer are the protocol's encoded messages plus a ring all-reduce of the
+        masked vector, 2(k-1)/k of its size.
+        """
+        from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
+
+        spec = self.scenario.secagg
+        members = [int(i) for i in np.flatnonzero(active)]
+        k = len(members)
+        point = FixedPoint(clip=spec.clip_range, level_bits=spec.level_bits, ring_bits=spec.bits)
+        values = sent.detach().to(torch.float64).numpy()
+        names = {i: f"peer-{i:05d}" for i in members}
+        inputs = {names[i]: point.encode(values[i], self.secagg_rng, peers=k) for i in members}
+        config = SecAggConfig(
+            consortium=self.scenario.name,
+            round=t,
+            dimension=self.model.size,
+            ring_bits=spec.bits,
         )
+        run = run_cohort(
+            config,
+            inputs,
+            random_seed=int(self.secagg_rng.integers(2**63 - 1)),
+            compute_results={names[members[0]]},
+        )
+        total = run.results[names[members[0]]]
+        contributors = len(run.survivors)
+        mean = point.decode_sum(total, contributors) / contributors
+        sent_bytes = np.zeros(self.scenario.n, dtype=np.float64)
+        for i in members:
+            vector = run.vector_bytes.get(names[i], 0)
+            sent_bytes[i] = run.bytes_sent[names[i]] + 2 * (k - 1) / k * vector
+        return torch.from_numpy(mean).to(self.dtype), sent_bytes
 
     # -- metrics --------------------------------------------------------------------------
 
@@ -412,20 +501,21 @@ class Simulator:
         zeros = np.zeros(sc.n, dtype=np.float64)
         records = [self._record(0, zeros, 0.0, sc.n, math.nan)]
         for t in range(sc.rounds):
-            sent, comm, active, losses = self.step(t)
+            outcome = self.step(t)
             done = t + 1
             if done % sc.eval_every == 0 or done == sc.rounds:
-                train_loss = float(losses.mean()) if losses.numel() else math.nan
-                records.append(self._record(done, sent, comm, active, train_loss))
+                records.append(
+                    self._record(
+                        done,
+                        outcome.bytes_sent,
+                        outcome.comm_time_s,
+                        int(outcome.active.sum()),
+                        outcome.train_loss(),
+                    )
+                )
             if on_round is not None:
                 on_round(done)
         return records
-
-
-def _csr(w: Any, dtype: torch.dtype) -> torch.Tensor:
-    from sim.mixing import to_torch_csr
-
-    return to_torch_csr(w, dtype)
 
 
 def run_scenario(

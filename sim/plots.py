@@ -55,22 +55,34 @@ def _save(fig: Any, ax: Any, path: Path) -> Path:
 
 
 def accuracy_plot(groups: Mapping[str, Sequence[RunResult]], path: Path) -> Path:
-    """Mean test accuracy across peers vs round, one line per group."""
+    """Test accuracy vs round: mean over peers (solid) and worst peer (dotted) per group."""
     fig, ax = _figure()
+    floor = 1.0
     for label, results in groups.items():
         rounds, acc = _mean_series(results, "accuracy_mean")
-        ax.plot(rounds, acc, label=label)
+        _, worst = _mean_series(results, "accuracy_min")
+        (line,) = ax.plot(rounds, acc, label=label)
+        ax.plot(rounds, worst, ":", color=line.get_color(), linewidth=1.0)
+        settled = worst[len(worst) // 10 :]
+        floor = min(floor, float(settled.min()) if len(settled) else 0.0)
+    # Zoom on the settled part: the first rounds' climb from chance would flatten the rest.
+    ax.set_ylim(max(0.0, floor - 0.03), 1.0)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (mean over peers)")
+    ax.set_ylabel("test accuracy (solid: peer mean, dotted: worst peer)")
     return _save(fig, ax, path)
 
 
 def consensus_plot(groups: Mapping[str, Sequence[RunResult]], path: Path) -> Path:
     """Consensus distance vs round with the theoretical ρ^t reference lines."""
     fig, ax = _figure()
+    low, high = np.inf, 0.0
     for label, results in groups.items():
         rounds, dist = _mean_series(results, "consensus_distance")
-        (line,) = ax.plot(rounds, dist, label=label)
+        shown = np.where(dist > 0, dist, np.nan)  # log scale: 0 (identical models) is off-axis
+        (line,) = ax.plot(rounds, shown, label=label)
+        if np.isfinite(shown).any():
+            low = min(low, float(np.nanmin(shown)))
+            high = max(high, float(np.nanmax(shown)))
         rho = results[0].rho
         nonzero = np.flatnonzero(dist > 0)
         if 0.0 < rho < 1.0 and len(nonzero):
@@ -78,6 +90,9 @@ def consensus_plot(groups: Mapping[str, Sequence[RunResult]], path: Path) -> Pat
             ref = dist[t0] * rho ** (rounds - rounds[t0])
             ax.plot(rounds[t0:], ref[t0:], "--", color=line.get_color(), label=f"ρ^t, ρ={rho:.3f}")
     ax.set_yscale("log")
+    if high > 0.0:
+        # Keep the measured curves readable; reference lines may run off the bottom.
+        ax.set_ylim(max(low / 10.0, high * 1e-17), high * 2.0)
     ax.set_xlabel("round")
     ax.set_ylabel("consensus distance ‖X − X̄‖_F / √N")
     return _save(fig, ax, path)

@@ -19,15 +19,32 @@ import importlib.util
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from p2pfed.errors import ConfigError
-from sim.engine import RoundRecord
 from sim.scenario import Scenario
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """Metrics after one round (round 0 = the initial state)."""
+
+    round: int
+    accuracy_mean: float
+    accuracy_min: float
+    accuracy_max: float
+    average_model_accuracy: float
+    test_loss_mean: float
+    train_loss_mean: float
+    consensus_distance: float
+    bytes_sent_mean: float
+    bytes_sent_max: float
+    bytes_cumulative_mean: float
+    comm_time_s: float
+    active_peers: int
+    epsilon: float | None
+
 
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RoundRecord))
 
@@ -45,7 +62,7 @@ class RunResult:
         payload = {
             "digest": self.digest,
             "scenario": self.scenario,
-            "rho": self.rho,
+            "rho": None if math.isnan(self.rho) else self.rho,
             "records": [_record_dict(r) for r in self.records],
         }
         return json.dumps(payload, indent=1, sort_keys=True) + "\n"
@@ -54,10 +71,11 @@ class RunResult:
     def from_json(cls, text: str) -> RunResult:
         payload = json.loads(text)
         records = tuple(
-            RoundRecord(**{k: _from_json_float(v) for k, v in r.items()})
+            RoundRecord(**{k: v if k == "epsilon" else _from_json_float(v) for k, v in r.items()})
             for r in payload["records"]
         )
-        return cls(payload["digest"], payload["scenario"], float(payload["rho"]), records)
+        rho = math.nan if payload["rho"] is None else float(payload["rho"])
+        return cls(payload["digest"], payload["scenario"], rho, records)
 
 
 def _record_dict(record: RoundRecord) -> dict[str, Any]:
@@ -72,31 +90,26 @@ def _from_json_float(value: Any) -> Any:
     return math.nan if value is None else value
 
 
+#: Above this many peers ρ is not computed (ARPACK on n = 10,000 takes tens of seconds,
+#: more than the simulation); ``p2pfed topology analyze`` gives it on demand.
+RHO_MAX_N = 4096
+
+
 def theoretical_rho(scenario: Scenario, topology: Any | None, model_size: int) -> float:
-    """Per-round contraction of the mixing step: topologies' ρ, 0 (exact) or 1 (none)."""
+    """Per-round contraction of the mixing step: topologies' ρ, 0 (exact) or 1 (none).
+
+    NaN when the graph has more than ``RHO_MAX_N`` nodes (stored as null).
+    """
     algo = scenario.algorithm.name
     if algo in ("fedavg", "fedprox"):
         return 0.0
     if algo == "local" or topology is None:
         return 1.0
+    if scenario.n > RHO_MAX_N:
+        return math.nan
     import topologies
 
     return float(topologies.analyze(topology, model_bytes=model_size * 4).rho)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (crash-safe)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_result(path: Path, digest: str | None = None) -> RunResult | None:
@@ -139,9 +152,3 @@ def maybe_parquet(csv_path: Path) -> Path | None:
     out = csv_path.with_suffix(".parquet")
     parquet.write_table(pacsv.read_csv(str(csv_path)), str(out))
     return out
-
-
-def check_directory(out: Path) -> None:
-    """Refuse an output path that exists and is not a directory."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output path {out} exists and is not a directory")

@@ -173,9 +173,16 @@ class PrivacySpec:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SecAggSpec:
-    """Cost model of masked-sum secure aggregation (bytes and time; no real masking)."""
+    """Secure aggregation: a byte and time model, or (``real``) the actual masked-sum protocol."""
 
     enabled: bool = False
+    #: Run p2pfed.secagg's protocol for every round's sum (exact averaging, n ≤ 64 only):
+    #: fixed-point rounding and real message bytes instead of the model's.
+    real: bool = False
+    #: Fixed-point encoding of the real protocol: values clipped to [-clip_range, clip_range]
+    #: on 2^level_bits levels.
+    clip_range: float = 8.0
+    level_bits: int = 22
     #: Width of the fixed-point ring Z_2^k each coordinate is sent in.
     bits: int = 32
     #: Bytes of one public key and of one Shamir share on the wire.
@@ -189,6 +196,9 @@ class SecAggSpec:
         _check(self.key_bytes >= 1, "secagg", "key_bytes", "must be >= 1")
         _check(self.share_bytes >= 1, "secagg", "share_bytes", "must be >= 1")
         _check(self.prg_gbps > 0.0, "secagg", "prg_gbps", "must be > 0")
+        _check(self.clip_range > 0.0, "secagg", "clip_range", "must be > 0")
+        _check(1 <= self.level_bits < self.bits, "secagg", "level_bits", "must be in [1, bits)")
+        _check(not self.real or self.enabled, "secagg", "real", "needs [secagg] enabled = true")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -272,6 +282,17 @@ class Scenario:
             "byzantine",
             f"must be smaller than n = {self.n}",
         )
+        if self.secagg.real and self.algorithm.name not in ("fedavg", "fedprox"):
+            raise ConfigError(
+                "scenario key [secagg] real needs [algorithm] name = fedavg or fedprox "
+                "(the real protocol sums a whole cohort)"
+            )
+        _check(
+            not self.secagg.real or self.n <= REAL_SECAGG_MAX_N,
+            "secagg",
+            "real",
+            f"runs the full protocol per round, so it takes at most {REAL_SECAGG_MAX_N} peers",
+        )
         if self.privacy.enabled and self.algorithm.name == "gradient_tracking":
             raise ConfigError(
                 "[privacy] enabled cannot be combined with [algorithm] name = "
@@ -302,6 +323,8 @@ class Scenario:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+#: Largest cohort the real secure-aggregation protocol is run for (per round, in process).
+REAL_SECAGG_MAX_N = 64
 PARTITION_SCHEMES = ("iid", "dirichlet", "classes", "quantity")
 MODELS = ("logreg", "mlp")
 ALGORITHMS = ("local", "gossip", "fedavg", "fedprox", "gradient_tracking")

@@ -18,9 +18,9 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError
-from sim.engine import Simulator
-from sim.results import RunResult, atomic_write, read_result, records_csv, theoretical_rho
+from sim.results import RunResult, read_result, records_csv, theoretical_rho
 from sim.scenario import Scalar, Scenario, parse_value, with_overrides
 
 
@@ -76,10 +76,11 @@ def run_point(
     scenario: Scenario, on_round: Callable[[int], None] | None = None, threads: int = 1
 ) -> RunResult:
     """Play one scenario and package its result (records and theoretical ρ)."""
+    from sim.engine import Simulator  # torch: imported only when a point actually runs
+
     sim = Simulator(scenario)
     records = sim.run(on_round, threads)
-    topology = getattr(sim, "topology", None)
-    rho = theoretical_rho(scenario, topology, sim.model.size)
+    rho = theoretical_rho(scenario, sim.topology, sim.model.size)
     return RunResult(scenario.digest(), scenario.to_dict(), rho, tuple(records))
 
 
@@ -107,7 +108,8 @@ def run_sweep(
             on_point(point, stored is not None)
         if stored is None:
             stored = run_point(point.scenario, on_round, threads)
-            atomic_write(path, stored.to_json())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, stored.to_json().encode(), 0o644)
         results.append(stored)
     return results
 

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from nacl.signing import SigningKey
-
-from p2pfed.governance.audit import peer_id_of
+from p2pfed.identity import Identity
 
 SALT = b"consortium-salt-for-tests-32byte"
 
 
-class NaclSigner:
-    """An Ed25519 signer with the shape of ``p2pfed.identity.Identity``."""
-
-    def __init__(self, seed: bytes) -> None:
-        self._key = SigningKey(seed)
-        self.public_key = bytes(self._key.verify_key)
-        self.peer_id = peer_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return bytes(self._key.sign(data).signature)
+def make_signer(seed: bytes) -> Identity:
+    """The identity engineer's ``Identity`` is the audit log's signer."""
+    return Identity.from_seed(seed)
 
 
 class FakeClock:

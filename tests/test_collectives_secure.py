@@ -13,7 +13,7 @@ from p2pfed.collectives.agreement import AgreementTiming
 from p2pfed.collectives.secure import SecureOutcome, SecureRingRound
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import DataError
-from p2pfed.secagg.harness import make_identities, seeded_random_bytes
+from p2pfed.secagg.harness import identity_seed, make_identities, seeded_random_bytes
 from p2pfed.transport import MemoryNetwork
 
 CONSORTIUM = "secure-test"
@@ -42,7 +42,7 @@ async def run_secure(
                 1,
                 identities,
                 signers[me],
-                Ed25519CohortSigner(signers[me].seed, identities),
+                Ed25519CohortSigner(identity_seed(me), identities),
                 timing=TIMING,
                 ring_config=RING,
                 stage_timeout=3.0,

@@ -2,6 +2,8 @@ import json
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from p2pfed.errors import ConfigError, IntegrityError, LocalError
 from p2pfed.governance.audit import (
@@ -13,14 +15,21 @@ from p2pfed.governance.audit import (
     compare_logs,
     entry_hash,
     hash_peer_id,
-    peer_id_of,
     signing_message,
     verify_log,
 )
-from tests.governance_helpers import SALT, FakeClock, NaclSigner, model_hash_for, write_demo_log
+from p2pfed.identity import peer_id_from_public_key
+from tests.governance_helpers import SALT, FakeClock, make_signer, model_hash_for, write_demo_log
 
-ALICE = NaclSigner(b"a" * 32)
-MALLORY = NaclSigner(b"m" * 32)
+ALICE = make_signer(b"a" * 32)
+MALLORY = make_signer(b"m" * 32)
+
+
+@pytest.fixture(scope="module")
+def demo_log_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demo") / "audit.jsonl"
+    write_demo_log(path, ALICE)
+    return path.read_bytes()
 
 
 @pytest.fixture
@@ -262,9 +271,11 @@ def test_second_writer_is_refused(tmp_path):
         AuditLog(path, ALICE, salt=SALT)
 
 
-def test_bad_salt_closed_log_and_bad_values():
+def test_bad_salt_and_unopenable_path():
     with pytest.raises(ConfigError, match="salt"):
         AuditLog("/nonexistent/x", ALICE, salt=b"short")
+    with pytest.raises(ConfigError, match="cannot open audit log /nonexistent/x: No such file"):
+        AuditLog("/nonexistent/x", ALICE, salt=SALT)
 
 
 def test_closed_log_and_non_finite_values(tmp_path):
@@ -291,13 +302,11 @@ def test_closed_log_and_non_finite_values(tmp_path):
 
 def test_concurrent_appends_from_threads_stay_ordered(tmp_path):
     path = tmp_path / "a.jsonl"
-    lock = threading.Lock()
     with AuditLog(path, ALICE, salt=SALT) as log:
 
         def work():
             for _ in range(10):
-                with lock:
-                    log.daemon_stop(reason="t")
+                log.daemon_stop(reason="t")
 
         threads = [threading.Thread(target=work) for _ in range(3)]
         for t in threads:
@@ -307,12 +316,68 @@ def test_concurrent_appends_from_threads_stay_ordered(tmp_path):
     assert verify_log(path).entries == 30
 
 
+def test_semantically_equal_rewrite_is_caught(log_path):
+    lines = lines_of(log_path)
+    e = json.loads(lines[2])
+    lines[2] = json.dumps(e, sort_keys=True).encode() + b"\n"  # spaces after separators
+    write_lines(log_path, lines)
+    report = check_first_bad(log_path, ProblemKind.MALFORMED, 3)
+    assert "canonical form" in report.problem.message
+    lines[2] = dump({**e, "sig": e["sig"].upper()})  # same bytes, other spelling
+    write_lines(log_path, lines)
+    check_first_bad(log_path, ProblemKind.BAD_SIGNATURE, 3)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(position=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255))
+def test_any_single_byte_change_is_caught(demo_log_bytes, tmp_path, position, flip):
+    data = bytearray(demo_log_bytes)
+    i = int(position * len(data))
+    data[i] ^= flip
+    path = tmp_path / "flipped.jsonl"
+    path.write_bytes(bytes(data))
+    report = verify_log(path, public_key=ALICE.public_key)
+    assert not report.ok
+    assert report.problem.line <= data[: i + 1].count(b"\n") + 1
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_deletion_or_swap_before_the_tail_is_caught(demo_log_bytes, tmp_path, data):
+    lines = demo_log_bytes.splitlines(keepends=True)
+    i = data.draw(st.integers(0, len(lines) - 2))
+    if data.draw(st.booleans()):
+        del lines[i]
+    else:
+        j = data.draw(st.integers(i + 1, len(lines) - 1))
+        lines[i], lines[j] = lines[j], lines[i]
+    path = tmp_path / "edited.jsonl"
+    path.write_bytes(b"".join(lines))
+    report = verify_log(path)
+    assert not report.ok and report.problem.line == i + 1
+
+
+def test_cutting_the_tail_is_not_visible_in_one_log_but_in_compare(log_path, tmp_path):
+    # Documented limit: a log cut after a complete entry is a valid shorter log.
+    full = verify_log(log_path)
+    write_lines(log_path, lines_of(log_path)[:-7])
+    short = verify_log(log_path)
+    assert short.ok and short.entries == full.entries - 7 and short.head != full.head
+    other = tmp_path / "other.jsonl"
+    write_demo_log(other, make_signer(b"o" * 32))
+    assert compare_logs([log_path, other]).missing == {str(log_path): [3]}
+
+
 def test_peer_id_matches_libp2p():
     from libp2p.crypto.ed25519 import Ed25519PublicKey
     from libp2p.peer.id import ID
 
     pk = Ed25519PublicKey.from_bytes(ALICE.public_key)
-    assert peer_id_of(ALICE.public_key) == ID.from_pubkey(pk).to_base58()
+    assert peer_id_from_public_key(ALICE.public_key) == ID.from_pubkey(pk).to_base58()
 
 
 # --- compare ------------------------------------------------------------------------
@@ -322,7 +387,7 @@ def test_compare_agreeing_logs(tmp_path):
     paths = []
     for i, seed in enumerate((b"1", b"2", b"3")):
         p = tmp_path / f"n{i}.jsonl"
-        write_demo_log(p, NaclSigner(seed * 32))
+        write_demo_log(p, make_signer(seed * 32))
         paths.append(p)
     report = compare_logs(paths)
     assert report.ok and report.rounds == 3 and report.agreed == 3
@@ -331,9 +396,9 @@ def test_compare_agreeing_logs(tmp_path):
 
 def test_compare_names_first_disagreement_and_missing_rounds(tmp_path):
     a, b, c = (tmp_path / f"{x}.jsonl" for x in "abc")
-    write_demo_log(a, NaclSigner(b"1" * 32), rounds=4)
-    write_demo_log(b, NaclSigner(b"2" * 32), rounds=4, variant={3: "evil", 4: "evil"})
-    write_demo_log(c, NaclSigner(b"3" * 32), rounds=2)
+    write_demo_log(a, make_signer(b"1" * 32), rounds=4)
+    write_demo_log(b, make_signer(b"2" * 32), rounds=4, variant={3: "evil", 4: "evil"})
+    write_demo_log(c, make_signer(b"3" * 32), rounds=2)
     report = compare_logs([a, b, c])
     assert not report.ok
     first = report.first_disagreement
@@ -346,16 +411,16 @@ def test_compare_names_first_disagreement_and_missing_rounds(tmp_path):
 
 def test_compare_missing_rounds_alone_are_not_disagreement(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    write_demo_log(a, NaclSigner(b"1" * 32), rounds=3)
-    write_demo_log(b, NaclSigner(b"2" * 32), rounds=1)
+    write_demo_log(a, make_signer(b"1" * 32), rounds=3)
+    write_demo_log(b, make_signer(b"2" * 32), rounds=1)
     report = compare_logs([a, b])
     assert report.ok and report.missing == {str(b): [2, 3]}
 
 
 def test_compare_reports_a_tampered_log_as_unverified(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    write_demo_log(a, NaclSigner(b"1" * 32))
-    write_demo_log(b, NaclSigner(b"2" * 32))
+    write_demo_log(a, make_signer(b"1" * 32))
+    write_demo_log(b, make_signer(b"2" * 32))
     write_lines(b, lines_of(b)[:3] + lines_of(b)[5:])
     report = compare_logs([a, b])
     assert not report.ok and str(b) in report.unverified

@@ -3,16 +3,16 @@ import json
 import pytest
 
 from p2pfed.cli import main
-from tests.governance_helpers import NaclSigner, write_demo_log
+from tests.governance_helpers import make_signer, write_demo_log
 
-ALICE = NaclSigner(b"a" * 32)
+ALICE = make_signer(b"a" * 32)
 
 
 @pytest.fixture
 def logs(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write_demo_log(a, ALICE)
-    write_demo_log(b, NaclSigner(b"b" * 32), variant={2: "x"})
+    write_demo_log(b, make_signer(b"b" * 32), variant={2: "x"})
     return a, b
 
 
@@ -45,7 +45,7 @@ def test_audit_verify_names_the_first_bad_entry(logs, capsys):
 
 def test_audit_verify_with_wrong_public_key(logs, capsys):
     a, _ = logs
-    other = NaclSigner(b"z" * 32).public_key.hex()
+    other = make_signer(b"z" * 32).public_key.hex()
     assert main(["audit", "verify", str(a), "--public-key", other]) == 1
     assert "untrusted-key" in capsys.readouterr().out
 
@@ -73,3 +73,78 @@ def test_audit_cli_one_clear_error(logs, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("p2pfed: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def write_roster(path, *signers, expires_days=365, sign=True):
+    from datetime import UTC, datetime, timedelta
+
+    from p2pfed.identity import Member, Roster
+
+    admin = make_signer(b"A" * 32)
+    roster = Roster(
+        consortium_id="demo",
+        version=1,
+        expires_at=datetime.now(UTC) + timedelta(days=expires_days),
+        members=tuple(Member.from_public_key(f"h{i}", s.public_key) for i, s in enumerate(signers)),
+        admins=(admin.public_key,),
+        threshold=1,
+    )
+    if sign:
+        roster = roster.signed_by(admin)
+    roster.save(path)
+    return path
+
+
+def test_audit_verify_against_a_roster(logs, tmp_path, capsys):
+    a, b = logs
+    roster = write_roster(tmp_path / "roster.json", ALICE)
+    assert main(["audit", "verify", str(a), "--roster", str(roster), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trust"] == "roster"
+    assert main(["audit", "verify", str(b), "--roster", str(roster)]) == 1
+    assert "not-a-member" in capsys.readouterr().out
+    # An expired roster still verifies old logs; an unsigned one does not vouch for anything.
+    old = write_roster(tmp_path / "old.json", ALICE, expires_days=-30)
+    assert main(["audit", "verify", str(a), "--roster", str(old)]) == 0
+    capsys.readouterr()
+    unsigned = write_roster(tmp_path / "unsigned.json", ALICE, sign=False)
+    assert main(["audit", "verify", str(a), "--roster", str(unsigned)]) == 2
+    assert "signature" in capsys.readouterr().err
+    assert main(["audit", "compare", str(a), str(b), "--roster", str(roster), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc["unverified"]) == [str(b)]
+
+
+def test_audit_show_filters_and_stops_at_the_first_bad_entry(logs, capsys):
+    a, _ = logs
+    assert main(["audit", "show", str(a), "--kind", "dp", "--round", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and "epsilon=1.0" in out and "OK, 19 entries" in err
+    assert main(["audit", "show", str(a), "--kind", "cohort", "--json"]) == 0
+    docs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [d["body"]["round"] for d in docs] == [1, 2, 3]
+    lines = a.read_bytes().splitlines(keepends=True)
+    del lines[4]
+    a.write_bytes(b"".join(lines))
+    assert main(["audit", "show", str(a)]) == 1
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 4 and "BAD at line 5" in err
+    assert main(["audit", "show", str(a), "--kind", "nope"]) == 2
+    assert "is not one of" in capsys.readouterr().err
+
+
+def test_bench_governance_prints_figures_with_baselines(tmp_path, capsys):
+    argv = ["bench", "governance", "--entries", "5", "--model-mb", "1", "--repeat", "1"]
+    assert main([*argv, "--dir", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for key in (
+        "append_ms_per_entry",
+        "baseline_write_fsync_ms_per_entry",
+        "verify_us_per_entry",
+        "baseline_ed25519_verify_us_per_entry",
+        "model_hash_mb_s",
+        "baseline_sha256_mb_s",
+    ):
+        assert doc[key] > 0, key
+    assert list(tmp_path.iterdir()) == []  # temporary files removed
+    assert main([*argv, "--dir", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

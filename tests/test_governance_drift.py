@@ -204,3 +204,32 @@ def test_psi_and_tv_known_values():
     expected = (0.9 - 0.5) * np.log(0.9 / 0.5) + (0.1 - 0.5) * np.log(0.1 / 0.5)
     assert psi_from_shares(p, q, epsilon=1e-12) == pytest.approx(expected, rel=1e-6)
     assert total_variation(p, q) == pytest.approx(0.4)
+
+
+def write_csv(path, data):
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*data.feature_names, "label"])
+        for row, label in zip(data.x, data.y, strict=True):
+            w.writerow([*map(float, row), int(label)])
+    return path
+
+
+def test_drift_cli(tmp_path, capsys):
+    from p2pfed.cli import main
+
+    ref = write_csv(tmp_path / "ref.csv", synthetic(1000, 0))
+    same = write_csv(tmp_path / "same.csv", synthetic(1000, 1))
+    moved = write_csv(tmp_path / "moved.csv", synthetic(1000, 2, shift={3: 1.0}))
+    assert main(["drift", "check", str(ref), str(same)]) == 0
+    assert "no drift beyond the thresholds" in capsys.readouterr().out
+    assert main(["drift", "check", str(ref), str(moved), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [a["subject"] for a in doc["alerts"]] == ["bp"] and doc["feature_psi"]["bp"] > 0.2
+    assert main(["drift", "check", str(ref), str(tmp_path / "none.csv")]) == 2
+    assert "no such data file" in capsys.readouterr().err
+    small = write_csv(tmp_path / "small.csv", synthetic(10, 3))
+    assert main(["drift", "check", str(ref), str(small)]) == 2
+    assert "fewer than the 50" in capsys.readouterr().err

@@ -134,6 +134,13 @@ def test_registry_add_list_load_and_lineage(tmp_path):
         reg.add(2, tensors_of(9), parent_hash=m1.model_hash)
 
 
+def test_unwritable_registry_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot store model in"):
+        ModelRegistry(blocker / "models").add(1, tensors_of(), parent_hash=None)
+
+
 def test_lineage_ends_at_an_unknown_parent(tmp_path):
     reg = ModelRegistry(tmp_path, clock=FakeClock())
     m = reg.add(5, tensors_of(), parent_hash="ab" * 32)

@@ -169,3 +169,20 @@ def test_refuses_batchnorm_nan_and_bad_parameters() -> None:
             generator=g,
             expected_batch_size=4,
         )
+
+
+def test_single_example_gradient_is_clipped_to_c() -> None:
+    model = _model()
+    x, y = _data(8)
+    for i in range(8):
+        dp_sgd_step(
+            model,
+            nn.functional.cross_entropy,
+            (x[i : i + 1] * 100, y[i : i + 1]),
+            clip_norm=0.01,
+            noise_multiplier=1e-12,
+            generator=torch.Generator().manual_seed(i),
+            expected_batch_size=1,
+        )
+        total = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))  # type: ignore[union-attr]
+        assert total <= 0.01

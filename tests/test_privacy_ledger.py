@@ -247,3 +247,33 @@ def test_ledger_pld_matches_plain_accountant(tmp_path: Path) -> None:
         for r in range(5):
             led.reserve(_release(r, 3.0))
         assert led.spent_epsilon() == pytest.approx(epsilon_for(3.0, 1e-6, 1.0, 5, "pld"), rel=1e-9)
+
+
+def test_every_truncation_of_the_last_record_is_handled(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _write_three(path)
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        led.reserve(_release(3, 2.0))
+    full = path.read_bytes()
+    last_start = full.rindex(b"\n", 0, len(full) - 1) + 1
+    cuts = sorted({*range(last_start, len(full) + 1, 9), len(full) - 2, len(full) - 1, len(full)})
+    for cut in cuts:
+        path.write_bytes(full[:cut])
+        (tmp_path / "ledger.jsonl.torn").unlink(missing_ok=True)
+        with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+            # only the whole record (with or without its newline) counts as the 4th
+            assert len(led.records) == (4 if cut >= len(full) - 1 else 3)
+        assert path.read_bytes() in (full, full[:last_start])  # repaired to a clean file
+
+
+def test_numpy_scalars_are_recorded_as_plain_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "l"
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        led.reserve(
+            Release(
+                np.int64(3), np.float32(2.0), np.float64(0.5), np.int32(4), np.float64(1), "local"
+            )
+        )  # type: ignore[arg-type]
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        assert led.records[0].release == _release(3, 2.0, 0.5, 4)
+        assert type(led.records[0].release.round) is int

@@ -142,3 +142,16 @@ def test_privatize_clips_then_noises() -> None:
 def test_production_rng_differs_each_time() -> None:
     a, b = production_rng(), production_rng()
     assert not np.array_equal(a.normal(size=8), b.normal(size=8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    update=hnp.arrays(np.float32, st.integers(1, 300), elements=st.floats(-1e4, 1e4, width=32)),
+    s=st.floats(1e-3, 1e3),
+)
+def test_clip_float32_is_strictly_within_bound(update: np.ndarray, s: float) -> None:
+    out = clip(update, s)
+    assert out.dtype == np.float32
+    assert l2_norm(out) <= s
+    per, _ = clip_per_layer(update, [slice(0, update.size)], s)
+    assert l2_norm(per) <= s

@@ -111,3 +111,46 @@ def test_secagg_plus_tolerates_scattered_drops_and_aborts_cleanly_otherwise():
     run = run_cohort(config, inputs, drops=drops, random_seed=3)
     assert not run.results
     assert {code for code, _ in run.aborted.values()} == {ReasonCode.DROPPED}
+
+
+def test_survivors_split_into_unmasked_groups_abort_before_revealing():
+    # A ring of 12 (degree 2, t = 2 of 3): two non-adjacent peers commit and then vanish,
+    # which cuts the survivors' mask graph into two arcs. Every secret still has t
+    # surviving holders, but revealing seeds would let a partial sum over one arc (as a
+    # ring all-reduce forms) expose that arc's inputs: refuse, reveal nothing.
+    n = 12
+    config = SecAggConfig("faults", 5, D, graph="harary", degree=2)
+    inputs = inputs_for(n, 2)
+    plan = run_cohort(config, inputs, random_seed=0).peers["p0"].plan
+    order = [plan.peers[0]]
+    while len(order) < n:
+        order.append(next(p for p in sorted(plan.neighbours[order[-1]]) if p not in order))
+    drops = {order[0]: Drop(Stage.MASKED_INPUT), order[6]: Drop(Stage.MASKED_INPUT)}
+    run, kinds_sent = run_with_spy(config, inputs, drops, 1)
+    assert len(run.survivors) == n - 2
+    assert not run.results
+    assert {code for code, _ in run.aborted.values()} == {ReasonCode.DROPPED}
+    assert all("groups" in reason for _, reason in run.aborted.values())
+    assert MessageKind.REVEAL not in kinds_sent
+
+
+def test_a_peer_left_without_any_pair_mask_does_not_contribute():
+    import dataclasses
+
+    from p2pfed.secagg.messages import ShareKeys, decode, encode
+
+    def corrupt_shares_to_p0(sender, recipient, raw):
+        if recipient == "p0" and raw[3] == MessageKind.SHARE_KEYS:
+            message = decode(raw)
+            assert isinstance(message, ShareKeys)
+            return encode(dataclasses.replace(message, sealed=bytes(len(message.sealed))))
+        return raw
+
+    inputs = inputs_for(3, 4)
+    run = run_cohort(SecAggConfig("f", 1, D), inputs, tamper=corrupt_shares_to_p0, random_seed=1)
+    assert run.peers["p0"].stage is Stage.ABORTED
+    assert run.peers["p0"].excluded == {"p1": ReasonCode.BAD_SHARE, "p2": ReasonCode.BAD_SHARE}
+    assert run.survivors == {"p1", "p2"}
+    expected = (inputs["p1"].astype(np.uint64) + inputs["p2"]).astype(np.uint32)
+    assert set(run.results) == {"p1", "p2"}
+    assert all(np.array_equal(r, expected) for r in run.results.values())

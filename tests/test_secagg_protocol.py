@@ -219,3 +219,30 @@ def test_no_coalition_below_threshold_rebuilds_a_peers_secrets():
                 AgreementKeyPair.from_secret(mask).public == dealer._mask.public
             )
             assert rebuilt == (size >= t)
+
+
+def test_the_documented_example_runs():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "secure-aggregation.md").read_text()
+    code = doc.split("```python\n", 2)[2].split("```", 1)[0]  # the block after the interface
+    scope: dict = {}
+    exec(compile(code, "secure-aggregation.md", "exec"), scope)
+    assert scope["run"].survivors == {f"hospital-{i}" for i in (0, 1, 2, 4)}
+    survivors = scope["run"].survivors
+    exact = sum(scope["updates"][p] for p in survivors) / len(survivors)
+    assert np.abs(scope["average"] - exact).max() <= scope["fp"].step
+
+
+def test_declared_input_bits_guard_against_wrapping():
+    with pytest.raises(ConfigError, match="wrap"):
+        plan_cohort(SecAggConfig("c", 1, 4, input_bits=30), frozenset(names(5)))
+    plan_cohort(SecAggConfig("c", 1, 4, input_bits=29), frozenset(names(5)))
+    signers, ids = make_identities(names(5))
+    peer = SecAggPeer(
+        SecAggConfig("c", 1, 4, input_bits=20), names(5)[0], signers[names(5)[0]], ids
+    )
+    with pytest.raises(DataError, match="20 bits"):
+        peer.start(np.array([1, 2, 1 << 20, 3], dtype=np.uint32))
+    with pytest.raises(ConfigError, match="input_bits"):
+        SecAggConfig("c", 1, 4, input_bits=32)

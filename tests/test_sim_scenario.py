@@ -175,3 +175,12 @@ def test_cost_model_ring_allreduce_and_secagg() -> None:
     assert np.allclose(plain.bytes_sent, 8000)
     assert np.allclose(masked.bytes_sent, 8000 + 2 * (2 * 32 + 3 * 49))
     assert masked.time_s > plain.time_s
+
+
+def test_epsilon_agrees_with_dp_accounting_rdp() -> None:
+    import dp_accounting
+    from dp_accounting import rdp
+
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(1.5), 40))
+    assert math.isclose(epsilon(1.5, 40, 1e-5, "rdp"), acc.get_epsilon(1e-5), rel_tol=1e-3)

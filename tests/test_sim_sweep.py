@@ -10,6 +10,7 @@ import torch
 
 from p2pfed.cli import main
 from p2pfed.errors import ConfigError
+from sim.engine import Simulator
 from sim.results import read_result
 from sim.scenario import Scenario, with_overrides
 from sim.sweep import SweepPoint, grid_points, parse_set, point_path, run_point, run_sweep
@@ -140,3 +141,50 @@ def test_cli_reports_bad_input_in_one_sentence(
     assert "[training] lr must be a number" in capsys.readouterr().err
     assert main(["sim", "list"]) == 0
     assert "topology_study" in capsys.readouterr().out
+
+
+def test_bench_case_reports_rates_and_rss() -> None:
+    from p2pfed.bench.sim import measure_case
+
+    case = measure_case(8, 2, 1, True, repeats=2)
+    assert case["n"] == 8
+    assert case["vectorized_peer_rounds_s"] > 0 and case["loop_peer_rounds_s"] > 0
+    assert case["peak_rss_mb"] > 50
+    assert torch.get_num_threads() >= 1
+
+
+def test_stored_results_round_trip_exactly(tmp_path: Path) -> None:
+    from sim.results import RunResult
+
+    plain = run_point(_small(**{"privacy.enabled": False}))
+    again = RunResult.from_json(plain.to_json())
+    assert again == plain or again.to_json() == plain.to_json()
+    assert again.records[-1].epsilon is None
+    assert RunResult.from_json(run_point(_small()).to_json()).records[-1].epsilon is not None
+
+
+def test_real_secure_aggregation_matches_exact_averaging() -> None:
+    base = {"algorithm": "fedavg", "n": 8, "rounds": 3, "secagg.enabled": True}
+    exact = Simulator(with_overrides(Scenario(), {**base, "dtype": "float64"}))
+    exact.run()
+    real_scenario = with_overrides(Scenario(), {**base, "dtype": "float64", "secagg.real": True})
+    real = Simulator(real_scenario)
+    records = real.run()
+    # Fixed-point rounding only: below one grid step (16 / 2^22) per coordinate and round.
+    assert float((real.theta - exact.theta).abs().max()) < 3 * 16 / 2**22
+    assert not torch.equal(real.theta, exact.theta)
+    # Real protocol bytes (signed messages, shares, masked vector) exceed the bare vector.
+    assert records[-1].bytes_sent_mean > 2 * 7 / 8 * 62 * 4
+    assert run_point(real_scenario).to_json() == run_point(real_scenario).to_json()
+
+
+def test_real_secure_aggregation_is_refused_where_it_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="needs \\[algorithm\\] name = fedavg or fedprox"):
+        with_overrides(Scenario(), {"secagg.enabled": True, "secagg.real": True})
+    with pytest.raises(ConfigError, match="at most 64 peers"):
+        with_overrides(
+            Scenario(),
+            {"algorithm": "fedavg", "n": 65, "secagg.enabled": True, "secagg.real": True},
+        )
+    with pytest.raises(ConfigError, match="needs \\[secagg\\] enabled = true"):
+        with_overrides(Scenario(), {"algorithm": "fedavg", "secagg.real": True})

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import topologies
 from sim.engine import Simulator, run_scenario
@@ -157,3 +159,31 @@ def test_gradient_tracking_beats_dpsgd_consensus_on_skewed_data() -> None:
     # pulls their local steps toward the network-average gradient.
     assert tracking[-1].consensus_distance < 0.5 * gossip[-1].consensus_distance
     assert tracking[-1].accuracy_min >= gossip[-1].accuracy_min
+
+
+def test_one_peer_exponential_schedule_averages_exactly_in_log2_n_rounds() -> None:
+    # Time-varying mixing (topo.mixing_at(t)): the product of log2(n) rounds is 11ᵀ/n.
+    records = run_scenario(_mixing_only("one_peer_exponential", 32, 5))
+    assert records[4].consensus_distance > 1e-3
+    assert records[5].consensus_distance < 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    topology=st.sampled_from(["ring", "torus", "exponential", "one_peer_exponential"]),
+    seed=st.integers(0, 2**32 - 1),
+    dropout=st.floats(0.0, 0.9),
+    link=st.floats(0.0, 0.9),
+)
+def test_faulty_mixing_stays_row_stochastic(
+    topology: str, seed: int, dropout: float, link: float
+) -> None:
+    topo = topologies.build(topology, 16)
+    rng = np.random.default_rng(seed)
+    active = rng.random(16) >= dropout
+    for t in range(topo.period):
+        dense = with_faults(sp.csr_array(topo.mixing_at(t)), active, link, rng).toarray()
+        assert np.allclose(dense.sum(1), 1.0)
+        assert (dense >= 0).all()
+        off = dense - np.diag(np.diag(dense))
+        assert not off[~active].any() and not off[:, ~active].any()

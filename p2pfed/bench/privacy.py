@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
     from p2pfed.privacy import make_accountant
+    from p2pfed.privacy.accountants import _subsampled_gaussian_pld
     from p2pfed.privacy.rdp import DEFAULT_ORDERS, _rdp_vector_cached
 
     if args.repeats < 1:
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     def ours(kind: str, steps: int) -> float:
         _rdp_vector_cached.cache_clear()
+        _subsampled_gaussian_pld.cache_clear()
         acc = make_accountant(kind)
         acc.step(noise_multiplier=_SIGMA, sample_rate=_Q, steps=steps)
         return acc.get_epsilon(_DELTA)

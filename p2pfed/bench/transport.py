@@ -3,11 +3,15 @@
 Theory of operation: for every payload size, two cases run back to back — our
 ``Libp2pTransport`` (TCP + Noise + Yamux, roster-gated) and plain trio TCP, the baseline that
 shares the machine's state at that moment. Each case starts a *fresh* receiver process
-(multiprocessing "spawn"), so the receiver's peak RSS (``ru_maxrss``) belongs to that case
-alone; the sender is this process. The receiver reads the payload into one preallocated
+(``python -m p2pfed.bench.transport --receive ...``, which reports JSON lines on stdout),
+so the receiver's peak RSS (``VmHWM``, see ``peak_rss_kb``) belongs to that case alone; the
+sender is this process. Sender and receiver CPU seconds are reported too (``cpu_mb_s``: the
+MB/s the slower side's CPU time allows). The receiver reads the payload into one preallocated
 buffer (as a peer receiving a tensor would), then answers with one byte; the clock runs from
 the sender's first payload byte to that answer, so connection set-up is excluded from MB/s and
-reported separately (``libp2p_connect_ms``: connect, Noise, Yamux and first stream).
+reported separately: ``libp2p_connect_ms`` is the first connect + Noise + Yamux + first
+admitted stream of a fresh process, ``libp2p_warm_connect_ms`` the median of the next
+``WARM_CONNECTS`` (each after a disconnect), as a long-running peer would see.
 
 MB/s are 10^6 bytes per second of payload. Nothing is asserted: figures on a shared machine
 are only comparable within one run, which is why the baseline runs in the same run.
@@ -17,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
-import multiprocessing.connection
+import json
+import logging
 import os
 import resource
+import select
+import statistics
 import struct
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 NAME = "transport"
@@ -31,9 +39,14 @@ HELP = "Throughput of the libp2p transport (Noise+Yamux) vs plain trio TCP, sepa
 
 DEFAULT_SIZES = (1, 16, 64, 256)
 PROTOCOL = "/p2pfed/bench/bulk/1"
+PING_PROTOCOL = "/p2pfed/bench/ping/1"
+WARM_CONNECTS = 5
 CHUNK = 1 << 20
 CASE_TIMEOUT_S = 300.0
 _LENGTH = struct.Struct(">Q")
+
+Report = Callable[[dict[str, Any]], None]
+"""How a receiver hands its messages (ready, figures, error) to the sender's process."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -70,17 +83,30 @@ def parse_sizes(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case and print the JSON document."""
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
 
     sizes = parse_sizes(args.sizes)
     if not 1 <= args.streams <= 64:
         raise ConfigError(f"--streams must be in 1..64, got {args.streams}")
+    # libp2p's background identify exchange logs an ERROR whenever the connect probe's
+    # disconnect overtakes it; that is expected here and would bury the figures.
+    libp2p_log = logging.getLogger("p2pfed.libp2p")
+    previous_level = libp2p_log.level
+    libp2p_log.setLevel(logging.CRITICAL)
+    try:
+        return _run_cases(sizes, args.streams, quiet=args.json)
+    finally:
+        libp2p_log.setLevel(previous_level)
+
+
+def _run_cases(sizes: list[int], streams: int, *, quiet: bool) -> int:
+    from p2pfed.cli.util import print_json
+
     cases = []
     for size_mb in sizes:
-        if not args.json:
+        if not quiet:
             print(f"transport bench: {size_mb} MiB ...", file=sys.stderr, flush=True)
-        libp2p = run_case("libp2p", size_mb, args.streams)
+        libp2p = run_case("libp2p", size_mb, streams)
         tcp = run_case("tcp", size_mb, 1)
         case = {
             "size_mb": size_mb,
@@ -90,10 +116,15 @@ def run(args: argparse.Namespace) -> int:
             "receiver_peak_rss_mb": round(libp2p["peak_rss_mb"], 1),
             "tcp_receiver_peak_rss_mb": round(tcp["peak_rss_mb"], 1),
             "libp2p_connect_ms": round(libp2p["connect_ms"], 2),
-            "streams": args.streams,
+            "libp2p_warm_connect_ms": round(libp2p["warm_connect_ms"], 2),
+            "libp2p_cpu_mb_s": round(libp2p["cpu_mb_s"], 1),
+            "tcp_cpu_mb_s": round(tcp["cpu_mb_s"], 1),
+            "libp2p_sender_cpu_s": round(libp2p["cpu_s"], 3),
+            "libp2p_receiver_cpu_s": round(libp2p["receiver_cpu_s"], 3),
+            "streams": streams,
         }
         cases.append(case)
-        if not args.json:
+        if not quiet:
             print(
                 f"  libp2p {case['libp2p_mb_s']} MB/s, tcp {case['tcp_mb_s']} MB/s, "
                 f"ratio {case['ratio']}, receiver peak RSS {case['receiver_peak_rss_mb']} MB",
@@ -121,33 +152,56 @@ def run_case(kind: str, size_mb: int, streams: int) -> dict[str, float]:
 
     from p2pfed.errors import BrokenError
 
-    ctx = multiprocessing.get_context("spawn")
-    parent_end, child_end = ctx.Pipe()
     size = size_mb << 20
-    child = ctx.Process(
-        target=receiver_main, args=(kind, size, streams, child_end), name=f"bench-recv-{kind}"
+    # A fresh interpreter running only this module (not the CLI that started us), so its
+    # peak RSS is the receiver's own: interpreter, py-libp2p, the payload buffer.
+    child = subprocess.Popen(
+        [sys.executable, "-m", __name__, "--receive", kind, str(size), str(streams)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    child.start()
-    child_end.close()
     try:
-        if not parent_end.poll(60):
-            raise BrokenError(f"the {kind} receiver process did not start within 60 s")
-        ready: dict[str, Any] = parent_end.recv()
+        ready = _read_report(child, 60, f"the {kind} receiver process did not start within 60 s")
         payload = os.urandom(size)
         figures = trio.run(_send, kind, ready, payload, streams)
-        if not parent_end.poll(CASE_TIMEOUT_S):
-            raise BrokenError(f"the {kind} receiver process did not report its figures")
-        report: dict[str, Any] = parent_end.recv()
-        if report.get("error"):
-            raise BrokenError(f"the {kind} receiver failed: {report['error']}")
+        report = _read_report(
+            child, CASE_TIMEOUT_S, f"the {kind} receiver process did not report its figures"
+        )
         figures["peak_rss_mb"] = report["peak_rss_kb"] / 1024
+        figures["receiver_cpu_s"] = report["cpu_s"]
+        # What the slower side's CPU time allows, had each side a core of its own: on a busy
+        # machine wall-clock MB/s mostly measures the neighbours, this measures our code.
+        figures["cpu_mb_s"] = size / 1e6 / max(figures["cpu_s"], report["cpu_s"], 1e-9)
         return figures
+    except BrokenError:
+        raise
+    except Exception as exc:
+        raise BrokenError(f"the {kind} case of {size_mb} MiB failed: {exc!r}") from exc
     finally:
-        child.join(10)
-        if child.is_alive():
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
             child.kill()
-            child.join()
-        parent_end.close()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def _read_report(child: subprocess.Popen[str], timeout: float, late: str) -> dict[str, Any]:
+    """The receiver's next JSON line; ``BrokenError`` if it is late, failed or exited."""
+    from p2pfed.errors import BrokenError
+
+    assert child.stdout is not None
+    readable, _, _ = select.select([child.stdout], [], [], timeout)
+    if not readable:
+        raise BrokenError(late)
+    line = child.stdout.readline()
+    if not line:
+        raise BrokenError(f"the receiver process exited with status {child.wait()}")
+    report: dict[str, Any] = json.loads(line)
+    if report.get("error"):
+        raise BrokenError(f"the receiver failed: {report['error']}")
+    return report
 
 
 async def _send(kind: str, ready: dict[str, Any], payload: bytes, streams: int) -> dict[str, float]:
@@ -157,14 +211,14 @@ async def _send(kind: str, ready: dict[str, Any], payload: bytes, streams: int) 
         if kind == "tcp":
             sock = await trio.open_tcp_stream("127.0.0.1", ready["port"])
             async with sock:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 await sock.send_all(_LENGTH.pack(len(payload)))
                 view = memoryview(payload)
                 for offset in range(0, len(view), CHUNK):
                     await sock.send_all(view[offset : offset + CHUNK])
                 ack = await sock.receive_some(1)
-                elapsed = time.perf_counter() - start
-            connect_ms = 0.0
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            connect_ms = warm_connect_ms = 0.0
         else:
             from p2pfed.transport.libp2p import Libp2pTransport
             from p2pfed.transport.striping import send_striped
@@ -176,50 +230,93 @@ async def _send(kind: str, ready: dict[str, Any], payload: bytes, streams: int) 
                 peer_addrs={receiver: ready["addrs"]},
             )
             async with transport:
-                t0 = time.perf_counter()
+                connects = []
+                for _ in range(1 + WARM_CONNECTS):
+                    t0 = time.perf_counter()
+                    probe = await transport.open_stream(receiver, PING_PROTOCOL)
+                    connects.append((time.perf_counter() - t0) * 1000)
+                    await probe.aclose()
+                    await transport.disconnect(receiver)
+                connect_ms, warm_connect_ms = connects[0], statistics.median(connects[1:])
                 lanes = [await transport.open_stream(receiver, PROTOCOL) for _ in range(streams)]
-                connect_ms = (time.perf_counter() - t0) * 1000
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 await send_striped(lanes, payload)
                 ack = await lanes[0].receive_some(1)
-                elapsed = time.perf_counter() - start
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
                 for lane in lanes:
                     await lane.aclose()
     if ack != b"\x01":
         raise RuntimeError(f"{kind} receiver answered {ack!r} instead of its acknowledgement")
-    return {"mb_s": len(payload) / elapsed / 1e6, "connect_ms": connect_ms}
+    return {
+        "mb_s": len(payload) / elapsed / 1e6,
+        "connect_ms": connect_ms,
+        "warm_connect_ms": warm_connect_ms,
+        "cpu_s": cpu,
+    }
 
 
-def receiver_main(
-    kind: str, size: int, streams: int, conn: multiprocessing.connection.Connection
-) -> None:
-    """Entry point of a receiver process: receive one payload, report peak RSS."""
+async def _nothing(stream: Any) -> None:
+    """Handler of the connect probe: admission is all it measures."""
+
+
+def receiver_main(kind: str, size: int, streams: int, report: Report) -> None:
+    """Body of a receiver process: receive one payload, report CPU time and peak RSS."""
     import trio
 
+    logging.getLogger("p2pfed.libp2p").setLevel(logging.CRITICAL)
     try:
-        trio.run(_receive, kind, size, streams, conn)
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        conn.send({"peak_rss_kb": peak_kb})
-    except BaseException as exc:
-        conn.send({"error": repr(exc)})
+        cpu_s = trio.run(_receive, kind, size, streams, report)
+    except Exception as exc:
+        report({"error": repr(exc)})
         raise
-    finally:
-        conn.close()
+    report({"peak_rss_kb": peak_rss_kb(), "cpu_s": cpu_s})
 
 
-async def _receive(
-    kind: str, size: int, streams: int, conn: multiprocessing.connection.Connection
-) -> None:
+def peak_rss_kb() -> int:
+    """This process's peak resident set size in KiB.
+
+    Linux carries ``ru_maxrss`` over ``fork``/``exec`` (a child started by a 90 MB parent
+    reports at least 90 MB however small it stays), so the peak of this process's own address
+    space, ``VmHWM``, is read where it exists.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _report_on_stdout(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _receiver_cli(argv: list[str]) -> int:
+    """``python -m p2pfed.bench.transport --receive KIND SIZE STREAMS`` (used by run_case)."""
+    if len(argv) != 4 or argv[0] != "--receive" or argv[1] not in ("tcp", "libp2p"):
+        print("usage: python -m p2pfed.bench.transport --receive tcp|libp2p SIZE STREAMS")
+        return 2
+    receiver_main(argv[1], int(argv[2]), int(argv[3]), _report_on_stdout)
+    return 0
+
+
+async def _receive(kind: str, size: int, streams: int, report: Report) -> float:
+    """Receive one payload; returns the CPU seconds spent from its first byte to the end."""
     import trio
 
     buffer = bytearray(size)
     done = trio.Event()
+    cpu_start: list[float] = []
     if kind == "tcp":
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
 
         async def serve(sock: trio.SocketStream) -> None:
             view = memoryview(buffer)
+            cpu_start.append(time.process_time())
             header = b""
             while len(header) < _LENGTH.size:
                 header += await sock.receive_some(_LENGTH.size - len(header))
@@ -236,11 +333,12 @@ async def _receive(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, serve, listeners)
-            conn.send({"port": port})
+            report({"port": port})
             with trio.fail_after(CASE_TIMEOUT_S):
                 await done.wait()
+            cpu_end = time.process_time()
             nursery.cancel_scope.cancel()
-        return
+        return cpu_end - cpu_start[0]
 
     from p2pfed.transport.base import Stream
     from p2pfed.transport.libp2p import Libp2pTransport
@@ -251,6 +349,8 @@ async def _receive(
 
     async def on_stream(stream: Stream) -> None:
         # Every lane acknowledges once the whole payload is in; the sender reads lane 0's.
+        if not cpu_start:
+            cpu_start.append(time.process_time())
         await collector.receive_lane(stream)
         await collector.wait_complete()
         await stream.send_all(b"\x01")
@@ -259,7 +359,14 @@ async def _receive(
     transport = Libp2pTransport(_seed("receiver"), lambda peer: peer == sender)
     async with transport:
         transport.serve(PROTOCOL, on_stream)
-        conn.send({"peer_id": transport.local_peer, "addrs": list(transport.listen_addrs)})
+        transport.serve(PING_PROTOCOL, _nothing)
+        report({"peer_id": transport.local_peer, "addrs": list(transport.listen_addrs)})
         with trio.fail_after(CASE_TIMEOUT_S):
             await done.wait()
+            cpu_end = time.process_time()
             await trio.sleep(0.05)  # let the acknowledgement leave before the host closes
+    return cpu_end - cpu_start[0]
+
+
+if __name__ == "__main__":
+    sys.exit(_receiver_cli(sys.argv[1:]))

@@ -40,18 +40,22 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Protocol
-
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from p2pfed.durable import fsync_dir
 from p2pfed.errors import ConfigError, IntegrityError, LocalError, ReasonCode
+from p2pfed.identity import Roster, check_roster, peer_id_from_public_key, verify_signature
+
+if TYPE_CHECKING:
+    from p2pfed.identity import Identity
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"p2pfed audit entry v1\x00"
@@ -59,6 +63,7 @@ GENESIS_HASH = "0" * 64
 MAX_LINE_BYTES = 1 << 20
 """A cohort of thousands of hashed peer IDs fits; a line beyond this is treated as damage."""
 MIN_SALT_BYTES = 16
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
 
 ENTRY_FIELDS = frozenset({"v", "seq", "ts", "kind", "body", "prev", "signer", "key", "sig"})
 
@@ -97,6 +102,12 @@ class Signer(Protocol):
         """A 64-byte Ed25519 signature of ``data``."""
 
 
+if TYPE_CHECKING:
+
+    def _identity_signs(identity: Identity) -> Signer:
+        return identity  # mypy proves the identity engineer's Identity satisfies Signer
+
+
 # --- pure helpers -----------------------------------------------------------------------
 
 
@@ -132,23 +143,6 @@ def hash_peer_id(salt: bytes, peer_id: str) -> str:
 def generate_salt() -> bytes:
     """32 random bytes for a new consortium's peer-ID salt (shared with the roster config)."""
     return secrets.token_bytes(32)
-
-
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-# Identity multihash (code 0, length 36) of the protobuf PublicKey{Type: Ed25519, Data: 32 B}.
-_ED25519_PEER_ID_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
-
-
-def peer_id_of(public_key: bytes) -> str:
-    """The libp2p peer ID of an Ed25519 public key (the key is inlined, base58btc)."""
-    raw = _ED25519_PEER_ID_PREFIX + public_key
-    number = int.from_bytes(raw, "big")
-    digits = []
-    while number:
-        number, rem = divmod(number, 58)
-        digits.append(_B58[rem])
-    zeros = len(raw) - len(raw.lstrip(b"\x00"))
-    return "1" * zeros + "".join(reversed(digits))
 
 
 def _finite(value: float, what: str) -> float | str:
@@ -241,6 +235,7 @@ class _Line:
     number: int
     entry: dict[str, Any] | None
     error: str | None
+    raw: bytes = b""
 
 
 def _split_lines(data: bytes) -> tuple[list[_Line], bool]:
@@ -262,7 +257,7 @@ def _split_lines(data: bytes) -> tuple[list[_Line], bool]:
         if not isinstance(value, dict):
             lines.append(_Line(number, None, "not a JSON object"))
             continue
-        lines.append(_Line(number, value, None))
+        lines.append(_Line(number, value, None, raw))
     return lines, torn
 
 
@@ -293,24 +288,19 @@ def _shape_error(entry: Mapping[str, Any]) -> str | None:
 
 
 def _is_hex(value: object, size: int) -> bool:
-    if not isinstance(value, str) or len(value) != 2 * size:
-        return False
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        return False
-    return True
+    # Lower-case only: one spelling per value, so the bytes of a verified line are unique.
+    return (
+        isinstance(value, str)
+        and _LOWER_HEX.fullmatch(value) is not None
+        and (len(value) == 2 * size)
+    )
 
 
 def _signature_ok(entry: Mapping[str, Any]) -> bool:
     sig = entry["sig"]
     if not _is_hex(sig, 64):
         return False
-    try:
-        VerifyKey(bytes.fromhex(entry["key"])).verify(signing_message(entry), bytes.fromhex(sig))
-    except (BadSignatureError, ValueError):
-        return False
-    return True
+    return verify_signature(bytes.fromhex(entry["key"]), signing_message(entry), bytes.fromhex(sig))
 
 
 def verify_entries(
@@ -371,7 +361,7 @@ def verify_entries(
         if shape is not None:
             return bad(line, ProblemKind.MALFORMED, shape)
         key = bytes.fromhex(entry["key"])
-        if entry["signer"] != peer_id_of(key):
+        if entry["signer"] != peer_id_from_public_key(key):
             return bad(
                 line,
                 ProblemKind.SIGNER_MISMATCH,
@@ -404,6 +394,12 @@ def verify_entries(
             )
         if (check_signatures == "all" or last) and not _signature_ok(entry):
             return bad(line, ProblemKind.BAD_SIGNATURE, "the signature does not match the entry")
+        if line.raw != canonical_json(entry):
+            return bad(
+                line,
+                ProblemKind.MALFORMED,
+                "the line is not in canonical form (it was rewritten after signing)",
+            )
         seq, expected = entry["seq"], len(seen)
         if seq != expected:
             if seq in seen:
@@ -452,6 +448,19 @@ def verify_log(
     return verify_entries(data, str(path), public_key=public_key, members=members)
 
 
+def roster_members(path: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Peer ID → public key of the members of the roster file at ``path``.
+
+    The roster's own admin signatures and threshold are checked (a forged roster must not
+    vouch for a forged log), but not its expiry: an audit reads old logs against the
+    roster of their time.
+    """
+    roster = Roster.load(path)
+    just_before_expiry = roster.expires_at - timedelta(microseconds=1)
+    check_roster(roster, now=min(datetime.now(UTC), just_before_expiry), accepted=None)
+    return {m.peer_id: m.public_key for m in roster.members}
+
+
 def read_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The entries of a log that verifies (``IntegrityError`` naming the first bad one)."""
     report = verify_log(path)
@@ -481,15 +490,19 @@ class AuditLog:
     ) -> None:
         if not isinstance(salt, bytes) or len(salt) < MIN_SALT_BYTES:
             raise ConfigError(f"the audit salt must be at least {MIN_SALT_BYTES} bytes")
-        if signer.peer_id != peer_id_of(signer.public_key):
+        if signer.peer_id != peer_id_from_public_key(signer.public_key):
             raise ConfigError(f"signer peer ID {signer.peer_id} is not the ID of its public key")
         self.path = Path(path)
         self._signer = signer
         self._salt = salt
         self._clock = clock
         self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open audit log {self.path}: {exc.strerror}") from None
         file = os.fdopen(fd, "r+b")
         try:
             try:
@@ -537,29 +550,36 @@ class AuditLog:
         return hash_peer_id(self._salt, peer_id)
 
     def append(self, kind: EntryKind, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Sign, chain and durably write one entry; returns it as written."""
-        if self._file is None:
-            raise LocalError(f"audit log {self.path} is closed")
-        entry: dict[str, Any] = {
-            "v": FORMAT_VERSION,
-            "seq": self._next_seq,
-            "ts": self._clock(),
-            "kind": EntryKind(kind).value,
-            "body": dict(body),
-            "prev": self._head,
-            "signer": self._signer.peer_id,
-            "key": self._signer.public_key.hex(),
-        }
-        entry["sig"] = self._signer.sign(signing_message(entry)).hex()
-        line = canonical_json(entry)
-        if len(line) > MAX_LINE_BYTES:
-            raise LocalError(f"audit entry of {len(line)} bytes is over the {MAX_LINE_BYTES} limit")
-        self._file.write(line + b"\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._next_seq += 1
-        self._head = entry_hash(entry)
-        return entry
+        """Sign, chain and durably write one entry; returns it as written.
+
+        Safe to call from several threads: appends are serialised, so sequence numbers
+        and the chain stay in file order.
+        """
+        with self._lock:
+            if self._file is None:
+                raise LocalError(f"audit log {self.path} is closed")
+            entry: dict[str, Any] = {
+                "v": FORMAT_VERSION,
+                "seq": self._next_seq,
+                "ts": self._clock(),
+                "kind": EntryKind(kind).value,
+                "body": dict(body),
+                "prev": self._head,
+                "signer": self._signer.peer_id,
+                "key": self._signer.public_key.hex(),
+            }
+            entry["sig"] = self._signer.sign(signing_message(entry)).hex()
+            line = canonical_json(entry)
+            if len(line) > MAX_LINE_BYTES:
+                raise LocalError(
+                    f"audit entry of {len(line)} bytes is over the {MAX_LINE_BYTES} limit"
+                )
+            self._file.write(line + b"\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._next_seq += 1
+            self._head = entry_hash(entry)
+            return entry
 
     # Typed helpers: the daemon calls these rather than building bodies itself, so every
     # log carries the same fields under the same names.
@@ -589,18 +609,24 @@ class AuditLog:
         )
 
     def round_end(
-        self, round_number: int, *, outcome: str, duration_s: float, participants: int
+        self,
+        round_number: int,
+        *,
+        outcome: str,
+        duration_s: float,
+        participants: int,
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        """A round finished (``outcome``: completed, failed, aborted)."""
-        return self.append(
-            EntryKind.ROUND_END,
-            {
-                "round": round_number,
-                "outcome": outcome,
-                "duration_s": _finite(duration_s, "round duration"),
-                "participants": participants,
-            },
-        )
+        """A round finished (``outcome``: completed, failed, aborted; ``reason`` if not)."""
+        body: dict[str, Any] = {
+            "round": round_number,
+            "outcome": outcome,
+            "duration_s": _finite(duration_s, "round duration"),
+            "participants": participants,
+        }
+        if reason is not None:
+            body["reason"] = reason
+        return self.append(EntryKind.ROUND_END, body)
 
     def cohort(self, round_number: int, peer_ids: Iterable[str]) -> dict[str, Any]:
         """The round's participants, as salted hashes (sorted, so order reveals nothing)."""
@@ -694,9 +720,10 @@ class AuditLog:
 
     def close(self) -> None:
         """Release the lock and the file (idempotent)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def __enter__(self) -> AuditLog:
         return self
@@ -784,12 +811,18 @@ def compare_logs(
             unverified[name] = report.summary()
             continue
         rounds: dict[int, set[str]] = {}
-        for line in Path(name).read_bytes().splitlines():
+        for number, line in enumerate(Path(name).read_bytes().splitlines(), start=1):
             entry = json.loads(line)
-            if entry["kind"] == EntryKind.MODEL_VERSION:
-                body = entry["body"]
-                rounds.setdefault(int(body["round"]), set()).add(str(body["model_hash"]))
-        per_log[name] = rounds
+            if entry["kind"] != EntryKind.MODEL_VERSION:
+                continue
+            body = entry["body"]
+            rnd, model = body.get("round"), body.get("model_hash")
+            if not isinstance(rnd, int) or not _is_hex(model, 32):
+                unverified[name] = f"{name}: line {number}: model_version entry lacks round or hash"
+                break
+            rounds.setdefault(rnd, set()).add(model)
+        else:
+            per_log[name] = rounds
     all_rounds = sorted(set().union(*(r.keys() for r in per_log.values())))
     disagreements: list[Disagreement] = []
     missing: dict[str, list[int]] = {}

@@ -85,11 +85,14 @@ def _header(name: str, array: NDArray[Any]) -> bytes:
     )
 
 
-def _le(array: NDArray[Any]) -> bytes:
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+def _le(array: NDArray[Any]) -> memoryview:
+    # A view, not a copy, when the array is already little-endian and C-contiguous: hashing
+    # a large model then reads its memory once.
+    contiguous = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return contiguous.reshape(-1).data.cast("B")
 
 
-def _chunks(tensors: Sequence[tuple[str, NDArray[Any]]]) -> Iterator[bytes]:
+def _chunks(tensors: Sequence[tuple[str, NDArray[Any]]]) -> Iterator[bytes | memoryview]:
     names = [name for name, _ in tensors]
     if len(set(names)) != len(names):
         raise DataError("a tensor name appears twice in the model")
@@ -357,10 +360,13 @@ class ModelRegistry:
             tensors=_tensor_infos(tensors),
         )
         folder = self.root / f"{round_number:08d}-{digest[:16]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / "model.bin", serialize_model(tensors), 0o644)
-        _write_json(folder / "manifest.json", manifest.to_dict())
-        fsync_dir(self.root)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(folder / "model.bin", serialize_model(tensors), 0o644)
+            _write_json(folder / "manifest.json", manifest.to_dict())
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise ConfigError(f"cannot store model in {folder}: {exc.strerror}") from None
         return manifest
 
     def versions(self) -> list[ModelManifest]:

@@ -20,7 +20,6 @@ we were asked not to overwrite.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
+from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError
 
 SEED_SIZE = 32
@@ -209,59 +209,4 @@ class Identity:
         Without ``overwrite`` an existing file is never replaced (``ConfigError``), even if
         it appears between our check and the write.
         """
-        write_atomically(Path(path), self._seed, overwrite=overwrite)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes, *, overwrite: bool, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename) with ``mode``.
-
-    Raises ``ConfigError`` if ``path`` exists and not ``overwrite``, or on an OS error.
-    """
-    directory = path.parent if str(path.parent) else Path(".")
-    if not overwrite and path.exists():
-        raise ConfigError(f"{path} already exists; refusing to overwrite it (use --force)")
-    tmp = directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileNotFoundError:
-        raise ConfigError(f"directory {directory} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot write {tmp}: {exc.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have removed bits; never added any
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() fails if the target exists, so a file that appeared meanwhile is kept.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ConfigError(
-                    f"{path} already exists; refusing to overwrite it (use --force)"
-                ) from None
-            os.unlink(tmp)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+        atomic_write(Path(path), self._seed, 0o600, overwrite=overwrite)

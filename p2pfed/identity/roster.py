@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError, IntegrityError
 from p2pfed.identity.keys import (
     PUBLIC_KEY_SIZE,
@@ -55,7 +56,6 @@ from p2pfed.identity.keys import (
     Identity,
     peer_id_from_public_key,
     verify_signature,
-    write_atomically,
 )
 
 ROSTER_FORMAT = "p2pfed-roster/1"
@@ -439,7 +439,7 @@ class Roster:
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
         """Write the document atomically (temp file, fsync, rename), mode 0644."""
-        write_atomically(Path(path), self.to_json().encode(), overwrite=overwrite, mode=0o644)
+        atomic_write(Path(path), self.to_json().encode(), 0o644, overwrite=overwrite)
 
     # --- editing: every change is a new, unsigned version ---------------------------------
 
@@ -655,7 +655,7 @@ class RosterStore:
             "admins": [k.hex() for k in accepted.admins],
             "threshold": accepted.threshold,
         }
-        write_atomically(
+        atomic_write(
             self.path,
             json.dumps(document, indent=2, sort_keys=True).encode() + b"\n",
             overwrite=True,

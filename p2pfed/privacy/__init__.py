@@ -4,8 +4,10 @@ Theory of operation: a node clips its update to L2 ≤ S, checks it is finite, r
 privacy cost of releasing it in its ``PrivacyLedger`` (an fsynced, checksummed, append-only
 file re-read on every start), and only then adds Gaussian noise and lets it go. The ledger
 composes releases with an accountant: ``PLDAccountant`` (tight, the default) or
-``RDPAccountant`` (fast). Example-level DP-SGD for local training lives in
-``p2pfed.privacy.dpsgd`` (imports torch; not imported here). See docs/privacy.md.
+``RDPAccountant`` (fast). ``PrivateReleaser`` is that sequence as one layer. Example-level
+DP-SGD for local training lives in ``p2pfed.privacy.dpsgd`` and batched (peers × d)
+clipping and noise for the simulator in ``p2pfed.privacy.batched``; both import torch, so
+they are not imported here. See docs/privacy.md.
 """
 
 from p2pfed.privacy.accountants import (
@@ -22,6 +24,7 @@ from p2pfed.privacy.accountants import (
 )
 from p2pfed.privacy.ledger import LedgerRecord, PrivacyLedger, Release
 from p2pfed.privacy.mechanisms import NoiseMode
+from p2pfed.privacy.release import PrivateReleaser
 
 __all__ = [
     "ACCOUNTANT_KINDS",
@@ -31,6 +34,7 @@ __all__ = [
     "NoiseMode",
     "PLDAccountant",
     "PrivacyLedger",
+    "PrivateReleaser",
     "RDPAccountant",
     "Release",
     "Step",

@@ -32,13 +32,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError, IntegrityError, LocalError
 from p2pfed.privacy import validate
 from p2pfed.privacy.rdp import DEFAULT_ORDERS, Series, epsilon_from_rdp, rdp_per_step
@@ -60,9 +61,12 @@ class Step:
     steps: int
 
     def __post_init__(self) -> None:
-        validate.noise_multiplier(self.noise_multiplier)
-        validate.sample_rate(self.sample_rate)
-        validate.count("steps", self.steps)
+        # normalised to plain float/int so numpy scalars never reach JSON or cache keys
+        object.__setattr__(
+            self, "noise_multiplier", validate.noise_multiplier(self.noise_multiplier)
+        )
+        object.__setattr__(self, "sample_rate", validate.sample_rate(self.sample_rate))
+        object.__setattr__(self, "steps", validate.count("steps", self.steps))
 
 
 def _merged(history: Iterable[Step]) -> dict[tuple[float, float], int]:
@@ -115,6 +119,10 @@ class Accountant(ABC):
         other = self._empty_like()
         other._history = list(self._history)
         return other
+
+    def search_copy(self) -> Accountant:
+        """A copy that is cheaper to query, for searches whose answer is then confirmed."""
+        return self.copy()
 
     def _changed(self) -> None:  # noqa: B027 - optional hook, most accountants cache nothing
         """Drop caches after the history changed."""
@@ -240,6 +248,16 @@ class RDPAccountant(Accountant):
         return {"orders": list(self.orders), "series": self.series}
 
 
+@lru_cache(maxsize=32)
+def _subsampled_gaussian_pld(sigma: float, q: float, vdi: float) -> Any:
+    """One step's PLD; building it dominates the cost, and PLD objects are never mutated."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    return pld_lib.from_gaussian_mechanism(
+        sigma, sampling_prob=q, value_discretization_interval=vdi
+    )
+
+
 class PLDAccountant(Accountant):
     """Privacy-loss-distribution accountant (dp-accounting's PLD, pessimistic estimate)."""
 
@@ -277,11 +295,7 @@ class PLDAccountant(Accountant):
         for (sigma, q), t in groups.items():
             if q == 1.0:
                 continue
-            one = pld_lib.from_gaussian_mechanism(
-                sigma,
-                sampling_prob=q,
-                value_discretization_interval=self.value_discretization_interval,
-            )
+            one = _subsampled_gaussian_pld(sigma, q, self.value_discretization_interval)
             parts.append(one.self_compose(t) if t > 1 else one)
         composed = parts[0]
         for p in parts[1:]:
@@ -295,6 +309,12 @@ class PLDAccountant(Accountant):
             inverse_var = sum(t / (sigma * sigma) for (sigma, _), t in groups.items())
             return gaussian_epsilon(1.0 / math.sqrt(inverse_var), delta)
         return float(self._composed().get_epsilon_for_delta(delta))
+
+    def search_copy(self) -> PLDAccountant:
+        """A copy on a 10× coarser grid (capped at 0.1): ~10× faster, slightly looser."""
+        coarse = PLDAccountant(min(0.1, 10 * self.value_discretization_interval))
+        coarse._history = list(self._history)
+        return coarse
 
     def _empty_like(self) -> PLDAccountant:
         return PLDAccountant(self.value_discretization_interval)
@@ -453,54 +473,37 @@ def releases_within_budget(
     steps: int,
     limit: int = 1_000_000,
 ) -> int:
-    """How many more releases of ``steps`` steps at (σ, q) fit in the budget (≤ ``limit``)."""
+    """How many more releases of ``steps`` steps at (σ, q) fit in the budget (≤ ``limit``).
+
+    The search runs on ``accountant.search_copy()`` (for PLD a 10× coarser grid, cheap);
+    the answer is then confirmed, one release at a time, on the accountant itself.
+    """
     budget = validate.epsilon(budget_epsilon)
     d = validate.delta(delta)
     Step(noise_multiplier, sample_rate, steps)
 
-    def fits(n: int) -> bool:
-        acc = accountant.copy()
+    def fits(base: Accountant, n: int) -> bool:
+        acc = base.copy()
         acc.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps * n)
         return acc.get_epsilon(d) <= budget
 
-    if not fits(1):
-        return 0
-    good, bad = 1, 2
-    while fits(bad):
-        good, bad = bad, bad * 2
-        if good >= limit:
-            return limit
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return min(good, limit)
+    search = accountant.search_copy()
+    n = 0
+    if fits(search, 1):
+        good, bad = 1, 2
+        while fits(search, bad) and good < limit:
+            good, bad = bad, bad * 2
+        while bad - good > 1 and good < limit:
+            mid = (good + bad) // 2
+            good, bad = (mid, bad) if fits(search, mid) else (good, mid)
+        n = min(good, limit)
+    while n > 0 and not fits(accountant, n):
+        n -= 1
+    while n < limit and fits(accountant, n + 1):
+        n += 1
+    return n
 
 
 def _digest(body: dict[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or a new file in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data``: write a temp file, fsync it, rename, fsync the directory."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(directory)

@@ -111,10 +111,11 @@ def dp_sgd_step(
         flat = torch.cat([g.reshape(n, -1) for g in per_sample.values()], dim=1)
         if not bool(torch.isfinite(flat).all()):
             raise DataError("a per-sample gradient holds NaN or infinite values; step refused")
-        norms = flat.norm(dim=1)
-        scale = (c / (norms + 1e-12)).clamp(max=1.0)
+        # norms in float64 and a 1e-6 margin: the scaled float32 gradient stays ≤ C
+        norms = flat.double().norm(dim=1)
+        scale = (c / (norms * (1 + 1e-6))).clamp(max=1.0).to(flat.dtype)
         summed = {k: torch.einsum("i,i...->...", scale, g) for k, g in per_sample.items()}
-        stats = DPSGDStepStats(n, float((norms > c).float().mean()), float(norms.mean()))
+        stats = DPSGDStepStats(n, float((norms > c).double().mean()), float(norms.mean()))
     else:
         summed = {k: torch.zeros_like(p) for k, p in params.items()}
         stats = DPSGDStepStats(0, 0.0, 0.0)

@@ -43,12 +43,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, ConfigError, IntegrityError, LocalError
 from p2pfed.privacy import validate
 from p2pfed.privacy.accountants import (
     MECHANISM,
     Accountant,
-    atomic_write,
     make_accountant,
     releases_within_budget,
 )
@@ -70,12 +70,17 @@ class Release:
     mode: NoiseMode
 
     def __post_init__(self) -> None:
-        validate.count("round", self.round, minimum=0)
-        validate.noise_multiplier(self.noise_multiplier)
-        validate.sample_rate(self.sample_rate)
-        validate.count("steps", self.steps)
-        validate.clip_norm(self.clip_norm)
-        object.__setattr__(self, "mode", NoiseMode(self.mode))
+        # normalised to plain int/float so numpy scalars serialise like Python numbers
+        checked = {
+            "round": validate.count("round", self.round, minimum=0),
+            "noise_multiplier": validate.noise_multiplier(self.noise_multiplier),
+            "sample_rate": validate.sample_rate(self.sample_rate),
+            "steps": validate.count("steps", self.steps),
+            "clip_norm": validate.clip_norm(self.clip_norm),
+            "mode": NoiseMode(self.mode),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,14 +304,19 @@ class PrivacyLedger:
         budget, ``LocalError`` when the ledger is closed.
         """
         fd = self._writable_fd()
-        spent = self.spent_epsilon()
-        after = self.epsilon_after(release)
+        candidate = self._accountant.copy()
+        candidate.step(
+            noise_multiplier=release.noise_multiplier,
+            sample_rate=release.sample_rate,
+            steps=release.steps,
+        )
+        after = candidate.get_epsilon(self.delta)
         if not after <= self.budget_epsilon:  # also refuses a NaN ε
             raise BudgetExceededError(
                 f"release for round {release.round} (σ={release.noise_multiplier:g}, "
                 f"q={release.sample_rate:g}, {release.steps} step(s)) would raise ε from "
-                f"{spent:.4g} to {after:.4g} at δ={self.delta:g}, over the budget of "
-                f"{self.budget_epsilon:g} ({self.accountant_kind} accountant); "
+                f"{self.spent_epsilon():.4g} to {after:.4g} at δ={self.delta:g}, over the "
+                f"budget of {self.budget_epsilon:g} ({self.accountant_kind} accountant); "
                 "refused, nothing was released"
             )
         timestamp = float(self._clock())
@@ -321,11 +331,7 @@ class PrivacyLedger:
             )
         os.fsync(fd)
         self._records.append(record)
-        self._accountant.step(
-            noise_multiplier=release.noise_multiplier,
-            sample_rate=release.sample_rate,
-            steps=release.steps,
-        )
+        self._accountant = candidate  # already holds this history's composition, cached
         return record
 
     def _writable_fd(self) -> int:

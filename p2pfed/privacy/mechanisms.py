@@ -69,14 +69,23 @@ def l2_norm(update: FloatArray) -> float:
     return float(np.linalg.norm(np.asarray(update, dtype=np.float64).ravel()))
 
 
+def _scale_into(values: FloatArray, bound: float) -> None:
+    """Scale ``values`` in place to norm ≤ bound, exactly, despite rounding in low precision."""
+    norm = l2_norm(values)
+    if norm <= bound:
+        return
+    values *= bound / norm
+    shrink = 1.0 - 4 * float(np.finfo(values.dtype).eps)
+    while l2_norm(values) > bound:  # float32 rounding can leave it a hair above the bound
+        values *= shrink
+
+
 def clip(update: FloatArray, clip_norm: float) -> FloatArray:
     """A copy of ``update`` scaled down (never up) to L2 norm ≤ S. Refuses non-finite input."""
     s = validate.clip_norm(clip_norm)
     check_finite(update)
-    norm = l2_norm(update)
     out = np.array(update, copy=True)
-    if norm > s:
-        out *= s / norm
+    _scale_into(out, s)
     return out
 
 
@@ -136,9 +145,7 @@ def clip_per_layer(
     else:
         bounds = per_layer_bounds(clip_norms, len(slices))
     for s, bound in zip(slices, bounds, strict=True):
-        norm = l2_norm(flat[s])
-        if norm > bound:
-            flat[s] *= bound / norm
+        _scale_into(flat[s], bound)
     return flat.reshape(np.shape(update)), math.sqrt(sum(b * b for b in bounds))
 
 

@@ -9,7 +9,7 @@ to send. When every live peer waits for the sum, the vectors of those that reach
 MASKED_INPUT go through the ``MaskedSum`` and each contributor gets (total, S).
 
 Faults are injected with ``drops``: ``{peer: Drop(stage, partial)}`` kills a peer the moment
-it *enters* ``stage``: the messages of the step that took it there are not sent (or, with
+it reaches (or passes) ``stage``: the messages of the step that took it there are not sent (or, with
 ``partial=True``, sent only to the first half of their recipients, like a crash mid-
 broadcast); a peer dropped at MASKED_INPUT commits but never contributes its vector, one
 dropped at UNMASK contributes its vector but reveals nothing (or half).
@@ -39,6 +39,28 @@ from p2pfed.secagg.state import Stage
 from p2pfed.secagg.summation import DirectMaskedSum, MaskedSum
 
 T = TypeVar("T")
+
+
+_ORDER = {
+    stage: i
+    for i, stage in enumerate(
+        (
+            Stage.IDLE,
+            Stage.ADVERTISE,
+            Stage.SHARE_KEYS,
+            Stage.RECEIPTS,
+            Stage.MASKED_INPUT,
+            Stage.UNMASK,
+            Stage.DONE,
+        )
+    )
+}
+
+
+def _reached(stage: Stage, target: Stage) -> bool:
+    # One step can cross several stages (buffered messages complete them at once), so a
+    # drop fires on reaching *or passing* its stage; an aborted peer is already out.
+    return stage in _ORDER and _ORDER[stage] >= _ORDER[target]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +94,16 @@ class CohortRun:
         }
 
 
-def make_identities(names: Collection[str]) -> tuple[dict[str, Ed25519Signer], dict[str, bytes]]:
-    """Deterministic test identities: signer and public key per peer name."""
+def identity_seed(name: str) -> bytes:
+    """The deterministic Ed25519 seed of test peer ``name`` (as ``make_identities`` uses)."""
     import hashlib
 
-    signers = {n: Ed25519Signer(hashlib.sha256(b"identity:" + n.encode()).digest()) for n in names}
+    return hashlib.sha256(b"identity:" + name.encode()).digest()
+
+
+def make_identities(names: Collection[str]) -> tuple[dict[str, Ed25519Signer], dict[str, bytes]]:
+    """Deterministic test identities: signer and public key per peer name."""
+    signers = {n: Ed25519Signer(identity_seed(n)) for n in names}
     return signers, {n: s.public_key for n, s in signers.items()}
 
 
@@ -145,7 +172,11 @@ def run_cohort(
 
     def emit(sender: str, outgoing: list[Outgoing]) -> None:
         drop = drops.get(sender)
-        if drop is not None and peers[sender].stage is drop.stage and sender not in run.dead:
+        if (
+            drop is not None
+            and sender not in run.dead
+            and _reached(peers[sender].stage, drop.stage)
+        ):
             run.dead.add(sender)
             outgoing = outgoing[: len(outgoing) // 2] if drop.partial else []
         elif sender in run.dead:

@@ -44,9 +44,14 @@ class SecAggConfig:
     degree: int | None = None
     threshold: int | None = None
     min_survivors: int | None = None
+    input_bits: int | None = None
 
     def __post_init__(self) -> None:
         ring_dtype(self.ring_bits)
+        if self.input_bits is not None and not 1 <= self.input_bits < self.ring_bits:
+            raise ConfigError(
+                f"input_bits must lie in 1..{self.ring_bits - 1}, got {self.input_bits}"
+            )
         if not self.consortium or len(self.consortium.encode()) > MAX_CONSORTIUM_BYTES:
             raise ConfigError(f"the consortium ID must be 1..{MAX_CONSORTIUM_BYTES} bytes of UTF-8")
         if not 0 <= self.round < 1 << 63:
@@ -137,6 +142,14 @@ def plan_cohort(config: SecAggConfig, cohort: set[str] | frozenset[str]) -> Coho
     if not 2 <= threshold <= holders:
         raise ConfigError(
             f"threshold {threshold} is impossible with {holders} share holders per peer"
+        )
+    if (
+        config.input_bits is not None
+        and n * ((1 << config.input_bits) - 1) >= 1 << config.ring_bits
+    ):
+        raise ConfigError(
+            f"a sum of {n} inputs of {config.input_bits} bits could wrap the "
+            f"2^{config.ring_bits} ring; use fewer input bits or a 64-bit ring"
         )
     min_survivors = config.min_survivors if config.min_survivors is not None else threshold
     if min_survivors > n:

@@ -58,24 +58,23 @@ class Signer(Protocol):
         """The 64-byte Ed25519 signature of ``message``."""
 
 
-@dataclass(frozen=True, slots=True)
 class Ed25519Signer:
     """A minimal Ed25519 signer from a 32-byte seed (tests, benchmarks, simulation)."""
 
-    seed: bytes
+    __slots__ = ("_key", "public_key")
 
-    def __post_init__(self) -> None:
-        if len(self.seed) != KEY_BYTES:
-            raise ConfigError(f"an Ed25519 seed must be 32 bytes, got {len(self.seed)}")
-
-    @property
-    def public_key(self) -> bytes:
-        """The 32-byte Ed25519 public key."""
-        return bytes(SigningKey(self.seed).verify_key)
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != KEY_BYTES:
+            raise ConfigError(f"an Ed25519 seed must be 32 bytes, got {len(seed)}")
+        self._key = SigningKey(seed)
+        self.public_key: bytes = bytes(self._key.verify_key)
 
     def sign(self, message: bytes) -> bytes:
         """The 64-byte detached signature of ``message``."""
-        return bytes(SigningKey(self.seed).sign(message).signature)
+        return bytes(self._key.sign(message).signature)
+
+    def __repr__(self) -> str:
+        return f"Ed25519Signer(public_key={self.public_key.hex()[:16]}…)"
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -12,12 +12,15 @@ Theory of operation (Bonawitz et al. 2017, with SecAgg+ neighbourhoods, no serve
    if both accepted each other's shares, so pair masks are symmetric between survivors.
 4. MASKED_INPUT: y = x + PRG(b) + Σ ±PRG(s_uv) over the mask set, which it broadcasts as an
    ``InputCommit`` before handing y to the pluggable ``MaskedSum``.
-5. UNMASK: given the masked sum and its contributors S, it reveals — once, for S only — its
-   shares of b for dealers in S and of s for dealers outside S whose masks sit in the sum;
-   never both for one dealer (S and the dropped set are disjoint, and a second, different S
-   is refused). Reveals tied to another S (digest) are rejected. With t shares per secret it
-   rebuilds each secret, checks it against the seed commitment or the advertised s key, and
-   on a mismatch checks dealer signatures to name and exclude the peer that lied.
+5. UNMASK: given the masked sum and its contributors S — after checking that S is large
+   enough, that every mask set is known and symmetric, that the survivors' pair masks
+   connect them all and that every needed secret has t surviving holders — it reveals,
+   once, for S only, its shares of b for dealers in S and of s for dealers outside S whose
+   masks sit in the sum; never both for one dealer (S and the dropped set are disjoint,
+   and a second, different S is refused). Reveals tied to another S (digest) are rejected.
+   With t shares per secret it rebuilds each secret, checks it against the seed commitment
+   or the advertised s key, and on a mismatch checks dealer signatures to name and exclude
+   the peer that lied.
 6. DONE: ``result()`` removes the recovered masks from the sum (computed on demand: it costs
    one keystream pass per survivor and per dropped pair).
 
@@ -160,6 +163,20 @@ def plan_reveal(
     return plan
 
 
+def _components(survivors: frozenset[str], commits: Mapping[str, frozenset[str]]) -> int:
+    """Number of connected groups of ``survivors`` under their pair masks."""
+    unseen = set(survivors)
+    groups = 0
+    while unseen:
+        groups += 1
+        frontier = [unseen.pop()]
+        while frontier:
+            for other in commits[frontier.pop()] & unseen:
+                unseen.discard(other)
+                frontier.append(other)
+    return groups
+
+
 class SecAggPeer:
     """The protocol state of one peer in one round (see the module docstring)."""
 
@@ -226,6 +243,11 @@ class SecAggPeer:
             raise DataError(
                 f"the input must be a {dtype.__name__} vector of length {self.config.dimension}, "
                 f"got {words.dtype} of shape {words.shape}"
+            )
+        bits = self.config.input_bits
+        if bits is not None and words.size and int(words.max()) >> bits:
+            raise DataError(
+                f"an input word exceeds {bits} bits, so the sum could wrap the ring silently"
             )
         self._move(Event.START)
         if copy or not (words.flags.writeable and words.flags.c_contiguous):
@@ -323,8 +345,11 @@ class SecAggPeer:
         """The masked sum of ``contributors``' vectors: check it, then reveal shares once.
 
         Aborts (nothing revealed) when this peer is not a contributor, too few peers
-        contributed, a contributor's mask set is unknown or asymmetric, or some needed
-        secret has fewer than t surviving holders.
+        contributed, a contributor's mask set or keys are unknown, two contributors disagree
+        on their pair mask, the survivors' pair masks fall apart into separate groups, or
+        some needed secret has fewer than t surviving holders. Raises ``LocalProtocolError``
+        when called outside MASKED_INPUT (in particular a second time: a peer reveals for one
+        survivor set only) and ``DataError`` for a sum of the wrong dtype or length.
         """
         survivors = frozenset(contributors)
         if self.stage is not Stage.MASKED_INPUT:
@@ -605,6 +630,11 @@ class SecAggPeer:
             ):
                 mask_set.add(peer)
         self.mask_set = frozenset(mask_set)
+        if not self.mask_set:
+            # With no pair mask, the self mask alone would hide the input, and its seed is
+            # revealed at unmasking: refuse to contribute rather than expose the input.
+            self._abort(ReasonCode.DROPPED, "no neighbour completed the share exchange with us")
+            return []
         assert self._input is not None
         vector, self._input = self._input, None
         c, r = self.config.consortium, self.config.round
@@ -651,6 +681,15 @@ class SecAggPeer:
                         ReasonCode.PROTOCOL_VIOLATION,
                         f"contributors {v!r} and {u!r} disagree on their pair mask",
                     )
+        groups = _components(survivors, self._commits)
+        if groups > 1:
+            # Once seeds are revealed, a group of survivors with no pair mask to anyone
+            # outside it is unmasked by any partial sum over it (a ring all-reduce forms such
+            # partial sums), so its members' inputs would leak.
+            return (
+                ReasonCode.DROPPED,
+                f"the survivors' pair masks fall apart into {groups} groups; nothing was revealed",
+            )
         dropped = frozenset().union(*(self._commits[v] for v in survivors)) - survivors
         keyless = sorted((survivors | dropped) - set(self._adverts))
         if keyless:

@@ -3,9 +3,10 @@
 from p2pfed.training.data import Dataset, dirichlet_split, load_builtin, load_csv, train_test_split
 from p2pfed.training.models import build_model
 from p2pfed.training.params import ParameterLayout
-from p2pfed.training.trainer import LocalTrainer, Metrics, TrainingConfig, TrainResult
+from p2pfed.training.trainer import DPSGD, LocalTrainer, Metrics, TrainingConfig, TrainResult
 
 __all__ = [
+    "DPSGD",
     "Dataset",
     "LocalTrainer",
     "Metrics",

@@ -12,6 +12,8 @@ comes from an injected ``torch.Generator`` so runs are reproducible.
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +46,36 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.local_epochs >= 1, "training.local_epochs must be ≥ 1"),
-            (self.batch_size >= 1, "training.batch_size must be ≥ 1"),
-            (self.learning_rate > 0, "training.learning_rate must be positive"),
-            (self.optimizer in OPTIMIZERS, f"training.optimizer must be one of {OPTIMIZERS}"),
-            (0 <= self.momentum < 1, "training.momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "training.weight_decay must be ≥ 0"),
-            (self.fedprox_mu >= 0, "training.fedprox_mu must be ≥ 0"),
+            (self.local_epochs >= 1, "[training] local_epochs must be ≥ 1"),
+            (self.batch_size >= 1, "[training] batch_size must be ≥ 1"),
+            (self.learning_rate > 0, "[training] learning_rate must be positive"),
+            (self.optimizer in OPTIMIZERS, f"[training] optimizer must be one of {OPTIMIZERS}"),
+            (0 <= self.momentum < 1, "[training] momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "[training] weight_decay must be ≥ 0"),
+            (self.fedprox_mu >= 0, "[training] fedprox_mu must be ≥ 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DPSGD:
+    """Example-level DP-SGD settings: Poisson rate q, per-example clip C, noise σ."""
+
+    sample_rate: float
+    clip_norm: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"DP-SGD sample rate must be in (0, 1], got {self.sample_rate}")
+        if not (self.clip_norm > 0 and self.noise_multiplier > 0):
+            raise ConfigError("DP-SGD clip norm and noise multiplier must be positive")
+
+    def steps_per_epoch(self) -> int:
+        """Poisson-sampled steps that make one expected pass over the data: ⌈1/q⌉."""
+        return max(1, math.ceil(1.0 / self.sample_rate))
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,8 @@ class TrainResult:
     loss: float
     steps: int
     samples: int
+    sample_rate: float = 1.0
+    """Poisson rate of each step (DP-SGD); 1.0 when every example is used."""
 
 
 class LocalTrainer:
@@ -84,9 +107,14 @@ class LocalTrainer:
         model: nn.Module,
         config: TrainingConfig,
         generator: torch.Generator | None = None,
+        dp_sgd: DPSGD | None = None,
+        noise_generator: torch.Generator | None = None,
     ) -> None:
         self.model = model
         self.config = config
+        self.dp_sgd = dp_sgd
+        # Noise must not be predictable from the shuffling seed: its own generator.
+        self.noise_generator = noise_generator
         self.layout = ParameterLayout.of(model, config.personal_prefixes)
         self.generator = generator if generator is not None else torch.Generator()
         self.optimizer = self._make_optimizer()
@@ -126,6 +154,8 @@ class LocalTrainer:
         y = torch.from_numpy(data.y)
         mu = self.config.fedprox_mu
         self.model.train()
+        if self.dp_sgd is not None:
+            return self._train_dp_sgd(data, x, y, global_weights, shared, reference)
         steps, total = 0, 0.0
         for _ in range(self.config.local_epochs):
             order = torch.randperm(len(data), generator=self.generator)
@@ -144,6 +174,53 @@ class LocalTrainer:
             raise DataError("local training diverged (loss is not finite); lower the learning rate")
         update = self.shared_weights() - np.asarray(global_weights, dtype=np.float32)
         return TrainResult(update.astype(np.float32), total / steps, steps, len(data))
+
+    def _train_dp_sgd(
+        self,
+        data: Dataset,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        global_weights: NDArray[np.floating],
+        shared: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+    ) -> TrainResult:
+        from p2pfed.privacy.dpsgd import dp_sgd_step, poisson_sample, production_torch_generator
+
+        dp = self.dp_sgd
+        assert dp is not None
+        if self.noise_generator is None:
+            self.noise_generator = production_torch_generator()
+        steps = self.config.local_epochs * dp.steps_per_epoch()
+        expected = dp.sample_rate * len(data)
+        total = 0.0
+        for _ in range(steps):
+            idx = poisson_sample(len(data), dp.sample_rate, self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            dp_sgd_step(
+                self.model,
+                self._loss,
+                (x[idx], y[idx]),
+                clip_norm=dp.clip_norm,
+                noise_multiplier=dp.noise_multiplier,
+                generator=self.noise_generator,
+                expected_batch_size=expected,
+            )
+            if self.config.fedprox_mu > 0:
+                # The proximal term does not touch the data: adding it keeps the step private.
+                with torch.no_grad():
+                    for p, r in zip(shared, reference, strict=True):
+                        assert p.grad is not None
+                        p.grad += self.config.fedprox_mu * (p - r)
+            self.optimizer.step()
+            if len(idx):
+                with torch.no_grad():
+                    total += float(self._loss(self.model(x[idx]), y[idx]))
+        update = self.shared_weights() - np.asarray(global_weights, dtype=np.float32)
+        if not np.all(np.isfinite(update)):
+            raise DataError("local training diverged (update is not finite)")
+        return TrainResult(
+            update.astype(np.float32), total / steps, steps, len(data), dp.sample_rate
+        )
 
     @torch.no_grad()
     def evaluate(self, data: Dataset) -> Metrics:

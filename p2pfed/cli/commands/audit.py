@@ -1,9 +1,9 @@
-"""``p2pfed audit verify | compare``: check audit logs for tampering and for agreement."""
+"""``p2pfed audit verify | compare | show``: check audit logs, compare members', read one."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import sys
 
 NAME = "audit"
 HELP = "Verify a node's signed audit log, or compare members' logs round by round."
@@ -31,6 +31,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     cmp.add_argument("--json", action="store_true", help="print JSON")
     cmp.set_defaults(func=_compare)
 
+    show = sub.add_parser("show", help="Print a log's entries (after verifying it).")
+    show.add_argument("log", help="the audit log (JSONL)")
+    show.add_argument("--kind", action="append", default=[], help="only this kind (repeatable)")
+    show.add_argument("--round", type=int, help="only entries about this round")
+    show.add_argument("--json", action="store_true", help="print the entries as JSON lines")
+    show.set_defaults(func=_show)
+
 
 def _public_key(text: str) -> bytes:
     from p2pfed.errors import ConfigError
@@ -44,30 +51,9 @@ def _public_key(text: str) -> bytes:
     return key
 
 
-def roster_members(path: str) -> Mapping[str, bytes]:
-    """Peer ID → public key of each member of the roster file at ``path``.
-
-    Uses ``p2pfed.identity.Roster`` (which checks the roster's own signatures); imported
-    by name so that this module does not depend on the identity package at type-check time.
-    """
-    import importlib
-
-    from p2pfed.errors import ConfigError
-
-    try:
-        identity = importlib.import_module("p2pfed.identity")
-    except ImportError:
-        raise ConfigError(
-            "--roster needs the p2pfed.identity package, which this build lacks; "
-            "use --public-key instead"
-        ) from None
-    roster = identity.Roster.load(path)
-    return {m.peer_id: bytes(m.public_key) for m in roster.members}
-
-
 def _verify(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
-    from p2pfed.governance.audit import verify_log
+    from p2pfed.governance.audit import roster_members, verify_log
 
     members = roster_members(args.roster) if args.roster else None
     key = _public_key(args.public_key) if args.public_key else None
@@ -83,7 +69,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
-    from p2pfed.governance.audit import compare_logs
+    from p2pfed.governance.audit import compare_logs, roster_members
 
     members = roster_members(args.roster) if args.roster else None
     report = compare_logs(args.logs, members=members)
@@ -121,3 +107,44 @@ def _ranges(rounds: list[int]) -> str:
         if r is not None:
             start = prev = r
     return ", ".join(parts)
+
+
+def _show(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from p2pfed.errors import ConfigError
+    from p2pfed.governance.audit import EntryKind, verify_log
+
+    kinds = set(args.kind)
+    unknown = kinds - {k.value for k in EntryKind}
+    if unknown:
+        names = ", ".join(k.value for k in EntryKind)
+        raise ConfigError(f"--kind {sorted(unknown)[0]!r} is not one of {names}")
+    report = verify_log(args.log)
+    # Entries past the first bad one are not shown: they cannot be trusted.
+    lines = Path(args.log).read_bytes().splitlines()[: report.entries]
+    for raw in lines:
+        entry = json.loads(raw)
+        body = entry["body"]
+        if kinds and entry["kind"] not in kinds:
+            continue
+        if args.round is not None and body.get("round") != args.round:
+            continue
+        if args.json:
+            print(json.dumps(entry, sort_keys=True))
+            continue
+        when = datetime.fromtimestamp(entry["ts"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        detail = " ".join(f"{k}={_short(v)}" for k, v in sorted(body.items()))
+        print(f"{entry['seq']:>6} {when} {entry['kind']:<14} {detail}")
+    print(report.summary(), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _short(value: object) -> str:
+    if isinstance(value, list):
+        return f"[{len(value)} items]"
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "…"
+    return str(value)

@@ -11,6 +11,7 @@ imported inside the command functions so ``p2pfed --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -91,6 +92,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     lst.set_defaults(func=_list)
 
 
+def _prepare_directory(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _list(args: argparse.Namespace) -> int:
     for name, path in bundled_scenarios().items():
         print(f"{name}\t{path}")
@@ -98,27 +105,32 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from sim.plots import all_plots
-    from sim.results import atomic_write, check_directory, maybe_parquet, records_csv
-    from sim.scenario import load_scenario, with_overrides
-    from sim.sweep import parse_set, run_point
+    from sim.scenario import load_scenario, parse_value, with_overrides
 
     path = resolve_scenario(args.scenario)
     scenario = load_scenario(path)
     overrides = {}
-    for key, values in parse_set(args.set):
-        if len(values) != 1:
-            raise ConfigError(f"--set {key} takes one value in sim run (use sim sweep for lists)")
-        overrides[key] = values[0]
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"--set {item!r} must look like PATH=VALUE")
+        overrides[key.strip()] = parse_value(value.strip())
     scenario = with_overrides(scenario, overrides)
     out: Path = args.out or Path("out") / "sim" / scenario.name
-    check_directory(out)
+    _prepare_directory(out)
     print(
         f"scenario {scenario.name}: {scenario.n} peers, {scenario.algorithm.name} on "
-        f"{scenario.topology.name}, {scenario.rounds} rounds, data {scenario.data.name}"
+        f"{scenario.topology.name}, {scenario.rounds} rounds, data {scenario.data.name}",
+        flush=True,
     )
+    # Heavy imports (torch, matplotlib) only after the first line is out.
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from p2pfed.durable import atomic_write
+    from sim.plots import all_plots
+    from sim.results import maybe_parquet, records_csv
+    from sim.sweep import run_point
+
     started = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -129,8 +141,8 @@ def _run(args: argparse.Namespace) -> int:
         task = progress.add_task(scenario.name, total=scenario.rounds)
         result = run_point(scenario, lambda r: progress.update(task, completed=r), args.threads)
     wall = time.perf_counter() - started
-    atomic_write(out / "result.json", result.to_json())
-    atomic_write(out / "metrics.csv", records_csv(result.records))
+    atomic_write(out / "result.json", result.to_json().encode(), 0o644)
+    atomic_write(out / "metrics.csv", records_csv(result.records).encode(), 0o644)
     maybe_parquet(out / "metrics.csv")
     figures = all_plots({scenario.name: [result]}, out)
     last = result.records[-1]
@@ -139,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         f"round {last.round}: accuracy mean {last.accuracy_mean:.4f} "
         f"(min {last.accuracy_min:.4f}, max {last.accuracy_max:.4f}), consensus distance "
         f"{last.consensus_distance:.3g}, ρ = {result.rho:.4f}{eps}; {wall:.1f} s"
+        + (" (ρ not computed above 4096 peers)" if math.isnan(result.rho) else "")
     )
     print(f"wrote {out / 'metrics.csv'}, {out / 'result.json'}, " + ", ".join(map(str, figures)))
     return 0
@@ -154,25 +167,20 @@ def _sweep(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from sim.plots import all_plots
-    from sim.results import atomic_write, check_directory, maybe_parquet
     from sim.scenario import load_scenario
-    from sim.sweep import (
-        SweepPoint,
-        grid_points,
-        group_by_label,
-        markdown_table,
-        parse_set,
-        run_sweep,
-        summary_rows,
-        sweep_csv,
-    )
+    from sim.sweep import SweepPoint, grid_points, parse_set
 
     scenario = load_scenario(resolve_scenario(args.scenario))
     points = grid_points(scenario, parse_set(args.set), args.seeds)
     out: Path = args.out or Path("out") / "sweeps" / scenario.name
-    check_directory(out)
-    print(f"sweep {scenario.name}: {len(points)} points into {out}")
+    _prepare_directory(out)
+    print(f"sweep {scenario.name}: {len(points)} points into {out}", flush=True)
+    # Heavy imports (torch, matplotlib) only after the first line is out.
+    from p2pfed.durable import atomic_write
+    from sim.plots import all_plots
+    from sim.results import maybe_parquet
+    from sim.sweep import group_by_label, markdown_table, run_sweep, summary_rows, sweep_csv
+
     skipped = 0
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -202,10 +210,10 @@ def _sweep(args: argparse.Namespace) -> int:
                 progress.advance(overall)
 
         results = run_sweep(points, out, on_point, on_round, args.threads)
-    atomic_write(out / "sweep.csv", sweep_csv(points, results))
+    atomic_write(out / "sweep.csv", sweep_csv(points, results).encode(), 0o644)
     maybe_parquet(out / "sweep.csv")
     rows = summary_rows(points, results)
-    atomic_write(out / "summary.md", markdown_table(rows))
+    atomic_write(out / "summary.md", markdown_table(rows).encode(), 0o644)
     figures = all_plots(group_by_label(points, results), out)
     print(markdown_table(rows), end="")
     print(f"{len(points) - skipped} points run, {skipped} already stored (skipped)")

@@ -1,0 +1,36 @@
+"""``p2pfed run --config FILE``: the peer daemon."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "run"
+HELP = "Run the peer daemon for one institution (stops on SIGINT/SIGTERM)."
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments."""
+    parser.add_argument("--config", required=True, help="the institution's config.toml")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, then run rounds until done, out of budget, or signalled."""
+    import trio
+
+    from p2pfed.config import load_config
+    from p2pfed.daemon import prepare, run_until_signalled
+    from p2pfed.governance.logs import setup_logging
+
+    config = load_config(args.config)
+    setup_logging(config.node.log_level.upper(), json_format=config.node.log_json)
+    prepared = prepare(config)
+    print(prepared.report.summary(), flush=True)
+    status = trio.run(run_until_signalled, prepared)
+    state = status.get("state", "stopped")
+    print(
+        f"{config.node.name}: {state} after round {status.get('completed_round', -1)}"
+        + (f"; {status['error']}" if "error" in status else ""),
+        flush=True,
+    )
+    return 0 if state in ("finished", "stopped") else 1

@@ -1,0 +1,444 @@
+"""The peer daemon: builds a ``Peer`` from a config file and runs it until done or signalled.
+
+Theory of operation: ``prepare`` does every check that can fail on bad input *before* the
+node touches the network — config, identity key (permissions), roster (signatures, expiry,
+rollback), data (loading, schema and validation report), privacy ledger (integrity, budget)
+— so a bad installation stops with one clear sentence. ``serve`` then opens the libp2p host,
+composes the aggregator and the peer, and runs rounds; after each it writes ``status.json``
+(what ``p2pfed status`` shows). SIGINT/SIGTERM cancel the run; the transport, ledger and
+files are closed on the way out, and the last completed round stays checkpointed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trio
+
+from p2pfed import __version__
+from p2pfed.config import Config
+from p2pfed.durable import atomic_write
+from p2pfed.errors import BudgetExceededError, ConfigError, DataError, IntegrityError
+from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
+from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
+from p2pfed.governance.metrics import MetricsConfig, NodeMetrics, serve_if_enabled
+from p2pfed.governance.models import ModelRegistry, tensors_from_flat
+from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
+from p2pfed.identity import Identity
+from p2pfed.identity.roster import Role, RosterGate
+from p2pfed.privacy import NoiseMode, PrivacyLedger
+from p2pfed.privacy.release import PrivateReleaser
+from p2pfed.training.data import Dataset, load_builtin, load_csv, train_test_split
+from p2pfed.training.models import build_model
+from p2pfed.training.trainer import DPSGD, LocalTrainer
+from p2pfed.training.validation import Schema, Thresholds, ValidationReport, validate
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+VALIDATION_FILE = "validation.json"
+
+
+@dataclass
+class Prepared:
+    """Everything checked and loaded before the node goes on the network."""
+
+    config: Config
+    identity: Identity
+    gate: RosterGate
+    train: Dataset
+    test: Dataset
+    report: ValidationReport
+    state_dir: Path
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``/ip4/HOST/tcp/PORT`` → (HOST, PORT); ``ConfigError`` naming the key otherwise."""
+    parts = listen.strip("/").split("/")
+    if len(parts) != 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+        raise ConfigError(f"[network] listen {listen!r} must look like /ip4/0.0.0.0/tcp/4001")
+    try:
+        port = int(parts[3])
+    except ValueError:
+        raise ConfigError(f"[network] listen port {parts[3]!r} is not a number") from None
+    return parts[1], port
+
+
+def load_data(config: Config) -> Dataset:
+    """The node's local data set, from a CSV file or a built-in set."""
+    d = config.data
+    if d.builtin:
+        return load_builtin(d.builtin)
+    return load_csv(config.path(d.path), d.label_column, list(d.feature_columns) or None)
+
+
+def standardise(
+    train: Dataset, test: Dataset, center: tuple[float, ...] = (), scale: tuple[float, ...] = ()
+) -> tuple[Dataset, Dataset]:
+    """Z-score both parts with the schema's agreed centre and scale, else local statistics.
+
+    Agreed constants give every member the same input space; local statistics (no data
+    leaves the node either way) differ between sites when their populations differ.
+    """
+    if center:
+        if len(center) != train.n_features:
+            raise ConfigError(
+                f"[schema] center has {len(center)} entries for {train.n_features} features"
+            )
+        mean, std = np.array(center, dtype=np.float32), np.array(scale, dtype=np.float32)
+    else:
+        mean = np.nanmean(train.x, axis=0)
+        std = np.nanstd(train.x, axis=0)
+        std[~(std > 1e-8)] = 1.0
+
+    def rescale(d: Dataset) -> Dataset:
+        return Dataset(((d.x - mean) / std).astype(np.float32), d.y, d.feature_names, d.name)
+
+    return rescale(train), rescale(test)
+
+
+def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Prepared:
+    """Check identity, roster and data; refuses (raises) before any network activity."""
+    state_dir = config.path(config.node.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    identity = Identity.load(config.path(config.node.identity))
+    gate = RosterGate.open(
+        config.path(config.network.roster), state=state_dir / "roster-state.json", clock=now
+    )
+    if not gate(identity.peer_id):
+        raise ConfigError(
+            f"this node ({identity.peer_id}) is not a member of roster version "
+            f"{gate.roster.version}; ask the consortium admins to add it"
+        )
+    data = load_data(config)
+    schema = Schema(
+        features=config.schema.features or data.feature_names,
+        labels=config.schema.labels,
+        types=config.schema.types,
+        label_distribution=config.schema.label_distribution,
+    )
+    v = config.validation
+    report = validate(
+        data,
+        schema,
+        Thresholds(v.min_samples, v.max_missing_fraction, v.max_label_skew, v.min_classes),
+    )
+    report.save(state_dir / VALIDATION_FILE)
+    if not report.passed:
+        raise DataError(report.summary() + "; this node will not join")
+    train, test = train_test_split(
+        data, config.data.test_fraction, np.random.default_rng(config.model.seed)
+    )
+    train, test = standardise(train, test, config.schema.center, config.schema.scale)
+    return Prepared(config, identity, gate, train, test, report, state_dir)
+
+
+AUDIT_FILE = "audit.jsonl"
+MODELS_DIR = "models"
+
+
+def audit_salt(config: Config, consortium: str) -> bytes:
+    """The consortium's audit salt: configured, or derived from the consortium id."""
+    if config.governance.audit_salt:
+        return bytes.fromhex(config.governance.audit_salt)
+    return hashlib.sha256(b"p2pfed audit salt\0" + consortium.encode()).digest()
+
+
+def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
+    """Open the node's audit log; a line torn by a crash mid-append is set aside first.
+
+    A torn last line was never a complete signed entry, so removing it loses no record;
+    its bytes are kept in ``audit.jsonl.torn`` for the auditors. Any other problem stops the
+    node (``IntegrityError``): an audit log is never repaired silently.
+    """
+    try:
+        return AuditLog(path, identity, salt=salt)
+    except IntegrityError:
+        report = verify_log(path)
+        if report.problem is None or report.problem.kind is not ProblemKind.TORN:
+            raise
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        with (path.parent / (path.name + ".torn")).open("ab") as aside:
+            aside.write(data[keep:] + b"\n")
+        atomic_write(path, data[:keep], 0o600)
+        log.warning("audit log: set aside a line torn by a crash (%d bytes)", len(data) - keep)
+        return AuditLog(path, identity, salt=salt)
+
+
+def open_governance(prepared: Prepared, consortium: str, classes: int) -> GovernanceRecorder:
+    """Audit log, model registry, drift monitor and metrics for this node."""
+    g = prepared.config.governance
+    audit = open_audit_log(
+        prepared.state_dir / AUDIT_FILE, prepared.identity, audit_salt(prepared.config, consortium)
+    )
+    drift = DriftMonitor(
+        DriftConfig(rules=(MetricRule("accuracy", g.accuracy_drop),), psi_major=g.psi_major),
+        classes,
+    )
+    drift.set_reference(prepared.train)
+    return GovernanceRecorder(
+        audit, ModelRegistry(prepared.state_dir / MODELS_DIR), drift=drift, metrics=NodeMetrics()
+    )
+
+
+def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+    """Atomically replace ``status.json`` (read by ``p2pfed status`` and the demo)."""
+    status = {**status, "updated": time.time(), "pid": os.getpid()}
+    atomic_write(state_dir / STATUS_FILE, json.dumps(status, sort_keys=True).encode(), 0o644)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    """The last status a daemon wrote, or None."""
+    try:
+        loaded: dict[str, Any] = json.loads((state_dir / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{state_dir / STATUS_FILE} is unreadable ({exc})") from None
+    return loaded
+
+
+async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
+    """Run the node until its rounds are done, the budget is spent, or it is cancelled."""
+    from p2pfed.collectives.round import RingRound
+    from p2pfed.collectives.secure import SecureRingRound
+    from p2pfed.collectives.signing import Ed25519CohortSigner
+    from p2pfed.node import Peer, RingAggregator, RoundReport, SecureRingAggregator
+    from p2pfed.node.aggregators import Aggregator
+    from p2pfed.node.sync import weights_digest
+    from p2pfed.secagg.fixedpoint import FixedPoint
+    from p2pfed.transport.libp2p import Libp2pTransport
+
+    config, identity = prepared.config, prepared.identity
+    roster = prepared.gate.roster
+    members = {m.peer_id: m for m in roster.members if m.role is Role.MEMBER}
+    keys = {pid: m.public_key for pid, m in members.items()}
+    host, port = parse_listen(config.network.listen)
+    consortium = roster.consortium_id
+    torch.set_num_threads(1)  # peers share the machine's cores with their neighbours
+    model = build_model(
+        config.model.kind,
+        prepared.train.n_features,
+        max(len(config.schema.labels), int(prepared.train.y.max()) + 1),
+        config.model.hidden,
+        config.model.seed,
+    )
+    trainer = LocalTrainer(
+        model,
+        config.training,
+        torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")),
+        dp_sgd=(
+            DPSGD(
+                config.privacy.sample_rate,
+                config.privacy.clip_norm,
+                config.privacy.noise_multiplier,
+            )
+            if config.privacy.mode == "dp-sgd"
+            else None
+        ),
+    )
+    classes = max(len(config.schema.labels), int(prepared.train.y.max()) + 1)
+    recorder = open_governance(prepared, consortium, classes)
+    recorder.start(
+        software_version=__version__,
+        consortium=consortium,
+        roster_version=roster.version,
+        roster_digest=roster.digest(),
+    )
+    assert recorder.metrics is not None  # open_governance always attaches metrics
+    metrics_server = serve_if_enabled(
+        recorder.metrics,
+        MetricsConfig(config.metrics.port != 0, config.metrics.host, config.metrics.port or 9464),
+    )
+    p = config.privacy
+    ledger = None
+    if p.mode != "off":
+        ledger = PrivacyLedger(config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant)
+    status: dict[str, Any] = {
+        "name": config.node.name,
+        "peer_id": identity.peer_id,
+        "consortium": consortium,
+        "roster_version": roster.version,
+        "rounds": config.rounds.rounds,
+        "state": "starting",
+    }
+    write_status(prepared.state_dir, status)
+    try:
+        async with Libp2pTransport(
+            identity.seed,
+            prepared.gate,
+            host=host,
+            port=port,
+            peer_addrs={pid: m.addresses for pid, m in members.items() if pid != identity.peer_id},
+        ) as transport:
+            signer = Ed25519CohortSigner(identity.seed, keys)
+            n = len(members)
+            threshold = config.secagg.threshold or n // 2 + 1
+            aggregator: Aggregator
+            if config.secagg.enabled:
+                secure = SecureRingRound(
+                    transport,
+                    consortium,
+                    roster.version,
+                    keys,
+                    identity,
+                    signer,
+                    stage_timeout=min(10.0, config.rounds.round_timeout_s / 4),
+                )
+                aggregator = SecureRingAggregator(
+                    secure,
+                    FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits),
+                    n,
+                    threshold,
+                    np.random.default_rng(),
+                )
+            else:
+                aggregator = RingAggregator(
+                    RingRound(transport, consortium, roster.version, sorted(members), signer)
+                )
+            releaser = None
+            if ledger is not None:
+                if p.mode == "distributed" and not aggregator.secure:
+                    raise ConfigError(
+                        "[privacy] mode = distributed needs [secagg] enabled = true "
+                        "(without masks each small noise share is exposed); use mode = local"
+                    )
+                releaser = PrivateReleaser(
+                    ledger,
+                    clip_norm=p.clip_norm,
+                    noise_multiplier=p.noise_multiplier,
+                    mode=NoiseMode(p.mode),
+                    n_peers=n,
+                    min_peers=aggregator.guaranteed_contributors,
+                )
+            peer = Peer(
+                transport=transport,
+                consortium=consortium,
+                members=sorted(members),
+                trainer=trainer,
+                train=prepared.train,
+                test=prepared.test,
+                aggregator=aggregator,
+                releaser=releaser,
+                state_dir=prepared.state_dir,
+            )
+            status |= {"state": "running", "listen": list(transport.listen_addrs)}
+
+            def on_report(report: RoundReport) -> None:
+                recorder.begin_round(
+                    report.round,
+                    roster_version=roster.version,
+                    mode=config.rounds.mode,
+                    cohort=report.cohort,
+                )
+                for e in report.exclusions:
+                    recorder.exclude(report.round, e.peer, e.reason, e.detail)
+                if report.committed:
+                    record = recorder.finish_round(
+                        report.round,
+                        tensors_from_flat(
+                            trainer.layout.names, trainer.layout.shapes, peer.weights
+                        ),
+                        dp=DPRecord(
+                            noise_multiplier=p.noise_multiplier if ledger else 0.0,
+                            clip_norm=p.clip_norm,
+                            sample_rate=report.sample_rate,
+                            delta=p.delta,
+                            epsilon=report.epsilon or 0.0,
+                            accountant=p.accountant if ledger else "off",
+                            steps=report.steps,
+                            epsilon_budget=p.epsilon_budget if ledger else None,
+                        ),
+                        metrics={"accuracy": report.test_accuracy, "loss": report.test_loss},
+                        duration_s=report.duration_s,
+                        bytes_sent=report.bytes_sent,
+                    )
+                    status["model_version"] = record.manifest.version
+                    status["drift_alerts"] = [a.to_dict() for a in record.alerts]
+                else:
+                    recorder.fail_round(
+                        report.round, duration_s=report.duration_s, reason=report.reason
+                    )
+                if recorder.metrics is not None:
+                    recorder.metrics.set_peers(len(transport.connected_peers()))
+                status.update(
+                    round=report.round,
+                    completed_round=peer.model_round,
+                    last={
+                        k: v for k, v in asdict(report).items() if k not in ("exclusions", "cohort")
+                    },
+                    exclusions=[f"{e.peer}:{e.reason}" for e in report.exclusions],
+                    epsilon=report.epsilon,
+                    bytes_sent=peer.bytes_sent,
+                    connected_peers=len(transport.connected_peers()),
+                    model_digest=report.model_digest,
+                    test_accuracy=report.test_accuracy,
+                )
+                write_status(prepared.state_dir, status)
+                log.info(
+                    "round %d %s: accuracy %.3f, eps %s, %d contributors",
+                    report.round,
+                    "committed" if report.committed else f"missed ({report.reason})",
+                    report.test_accuracy,
+                    "off" if report.epsilon is None else f"{report.epsilon:.3f}",
+                    report.contributors,
+                )
+
+            rounds = config.rounds.rounds if stop_after is None else stop_after
+            try:
+                await peer.run(rounds, on_report, startup_timeout=config.rounds.round_timeout_s)
+            except BudgetExceededError as exc:
+                status |= {"state": "budget-exhausted", "error": str(exc)}
+                log.error("%s", exc)
+            else:
+                status["state"] = "finished"
+            status |= {
+                "completed_round": peer.model_round,
+                "epsilon": peer.epsilon,
+                "model_digest": weights_digest(peer.weights).hex(),
+            }
+    except trio.Cancelled:
+        status["state"] = "stopped"
+        raise
+    finally:
+        if ledger is not None:
+            ledger.close()
+        if metrics_server is not None:
+            metrics_server.close()
+        recorder.stop(reason=str(status.get("state", "stopped")))
+        write_status(prepared.state_dir, status)
+    return status
+
+
+async def run_until_signalled(prepared: Prepared) -> dict[str, Any]:
+    """``serve`` that stops cleanly on SIGINT or SIGTERM."""
+    result: dict[str, Any] = {}
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def work() -> None:
+                result.update(await serve(prepared))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(work)
+    return result

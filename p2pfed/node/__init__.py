@@ -1,0 +1,24 @@
+"""A federated-learning peer composed from the parts: see ``Peer`` and ``build``."""
+
+from p2pfed.node.aggregators import (
+    Aggregate,
+    Aggregator,
+    Missed,
+    RingAggregator,
+    SecureRingAggregator,
+)
+from p2pfed.node.peer import Peer, RoundReport
+from p2pfed.node.sync import ModelStatus, ModelSync, weights_digest
+
+__all__ = [
+    "Aggregate",
+    "Aggregator",
+    "Missed",
+    "ModelStatus",
+    "ModelSync",
+    "Peer",
+    "RingAggregator",
+    "RoundReport",
+    "SecureRingAggregator",
+    "weights_digest",
+]

@@ -1,0 +1,129 @@
+"""How a peer combines its update with the consortium's: the ``Aggregator`` layer.
+
+Theory of operation: a round hands the aggregator this peer's (already clipped and noised)
+update and gets back the *mean update over the peers whose updates made it into the sum*,
+with who they were and what it cost. Implementations compose the collectives:
+
+- ``SecureRingAggregator``: fixed-point encode → secure aggregation (masks) → the masked
+  words summed by round agreement + ring all-reduce → unmask → decode → mean. No peer ever
+  holds another's update; only the sum is revealed.
+- ``RingAggregator``: plain float ring all-reduce (secure aggregation off).
+
+Each is a thin adapter: all protocol logic lives in ``p2pfed.collectives`` and
+``p2pfed.secagg``. A round that cannot complete (too few survivors, this peer left out)
+returns ``None`` instead of a partial result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from p2pfed.collectives.faults import Exclusion
+from p2pfed.collectives.round import RingRound
+from p2pfed.collectives.secure import SecureRingRound
+from p2pfed.secagg.fixedpoint import FixedPoint
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The mean update of one round and who contributed to it."""
+
+    round: int
+    mean: NDArray[np.float32]
+    contributors: frozenset[str]
+    bytes_sent: int
+    exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Missed:
+    """A round this peer could not complete, and why (it should resynchronise)."""
+
+    round: int
+    reason: str
+    exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+
+
+class Aggregator(Protocol):
+    """Averages one update per round with the rest of the consortium."""
+
+    secure: bool
+    """Whether individual updates stay hidden (only the sum is revealed)."""
+
+    @property
+    def guaranteed_contributors(self) -> int:
+        """How many updates a completed sum always contains (for distributed DP noise)."""
+        ...
+
+    async def aggregate(self, round: int, update: NDArray[np.float32]) -> Aggregate | Missed:
+        """The mean update over this round's contributors, or why there is none."""
+        ...
+
+
+class SecureRingAggregator:
+    """Secure aggregation whose masked words are summed by the ring (the default)."""
+
+    secure = True
+
+    def __init__(
+        self,
+        secure_round: SecureRingRound,
+        fixed_point: FixedPoint,
+        members: int,
+        threshold: int,
+        rng: np.random.Generator,
+    ) -> None:
+        fixed_point.check_peers(members)
+        self.secure_round = secure_round
+        self.fixed_point = fixed_point
+        self.members = members
+        self.threshold = threshold
+        self.rng = rng
+
+    @property
+    def guaranteed_contributors(self) -> int:
+        """A secure sum completes only with at least the threshold of survivors."""
+        return self.threshold
+
+    async def aggregate(self, round: int, update: NDArray[np.float32]) -> Aggregate | Missed:
+        """Encode, mask, ring-sum, unmask and decode; the mean over the survivors."""
+        words = self.fixed_point.encode(update, self.rng, self.members)
+        outcome = await self.secure_round.aggregate(
+            words, round, ring_bits=self.fixed_point.ring_bits
+        )
+        exclusions = tuple(outcome.exclusions)
+        if not outcome.ok or outcome.result is None:
+            return Missed(round, outcome.abort_reason or outcome.stage.value, exclusions)
+        survivors = outcome.survivors
+        total = self.fixed_point.decode_sum(outcome.result, len(survivors))
+        sent = outcome.ring.result.bytes_sent if outcome.ring and outcome.ring.result else 0
+        mean = (total / len(survivors)).astype(np.float32)
+        return Aggregate(round, mean, frozenset(survivors), sent, exclusions)
+
+
+class RingAggregator:
+    """Plain ring all-reduce of float updates (secure aggregation off)."""
+
+    secure = False
+
+    def __init__(self, ring_round: RingRound) -> None:
+        self.ring_round = ring_round
+
+    @property
+    def guaranteed_contributors(self) -> int:
+        """Without masks any single update may be seen: no guarantee beyond oneself."""
+        return 1
+
+    async def aggregate(self, round: int, update: NDArray[np.float32]) -> Aggregate | Missed:
+        """Sum the float updates by ring all-reduce; the mean over the committed cohort."""
+        outcome = await self.ring_round.all_reduce(update.astype(np.float32), round)
+        exclusions = tuple(outcome.exclusions)
+        if not outcome.committed or outcome.result is None or outcome.cohort is None:
+            return Missed(round, outcome.phase.value, exclusions)
+        cohort = frozenset(outcome.cohort)
+        mean = (outcome.result.vector / len(cohort)).astype(np.float32)
+        return Aggregate(round, mean, cohort, outcome.result.bytes_sent, exclusions)

@@ -1,0 +1,290 @@
+"""``Peer``: one institution's participant, composed of small parts.
+
+Theory of operation: a round is train → privatise → aggregate → apply. The peer starts from
+the consortium's shared weights after round r−1, trains locally (``LocalTrainer``), hands
+its update to the privacy layer (``PrivateReleaser``: clip, record the spend durably in the
+ledger, then noise — nothing leaves before the ledger says yes), then to the ``Aggregator``
+(secure ring by default), and applies the mean update it gets back. After each committed
+round the model is checkpointed atomically, so a restarted peer resumes where it stopped.
+
+A peer that misses a round (it crashed, came late, or was left out) asks the other members
+for the newest model (``ModelSync``) and joins the next round from there. Round numbers only
+go forward: a round that failed for everyone is not re-run under the same number (its
+secure-aggregation session and privacy record are spent), the next number starts from the
+same weights. ``model_round`` is the round the weights are from; ``next_round`` the next to
+attempt. Every part is
+injected, so the same class runs in the daemon over libp2p and in tests over the in-memory
+transport; nothing here knows which.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trio
+from numpy.typing import NDArray
+
+from p2pfed.collectives.faults import Exclusion
+from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
+from p2pfed.node.sync import ModelSync, weights_digest
+from p2pfed.privacy.release import PrivateReleaser
+from p2pfed.training.data import Dataset
+from p2pfed.training.trainer import LocalTrainer
+from p2pfed.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one round did at this peer."""
+
+    round: int
+    committed: bool
+    contributors: int
+    train_loss: float
+    test_accuracy: float
+    test_loss: float
+    epsilon: float | None
+    bytes_sent: int
+    duration_s: float
+    model_digest: str
+    reason: str = ""
+    exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+    cohort: tuple[str, ...] = field(default_factory=tuple)
+    """Peer IDs whose updates are in this round's aggregate (empty when missed)."""
+    sample_rate: float = 1.0
+    steps: int = 1
+
+
+class Peer:
+    """A federated-learning participant; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        consortium: str,
+        members: Sequence[str],
+        trainer: LocalTrainer,
+        train: Dataset,
+        test: Dataset,
+        aggregator: Aggregator,
+        releaser: PrivateReleaser | None,
+        state_dir: str | Path,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.consortium = consortium
+        self.members = tuple(sorted(members))
+        self.trainer = trainer
+        self.train = train
+        self.test = test
+        self.aggregator = aggregator
+        self.releaser = releaser
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.model_round = -1
+        self.next_round = 0
+        self.weights = trainer.shared_weights()
+        self.bytes_sent = 0
+        self.sync = ModelSync(transport, consortium, self._current, self.weights.size)
+        self._resume()
+
+    @property
+    def me(self) -> str:
+        """This peer's ID."""
+        return self.transport.local_peer
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the model after the last completed round is kept."""
+        return self.state_dir / CHECKPOINT
+
+    def _current(self) -> tuple[int, NDArray[np.float32]]:
+        return self.model_round, self.weights
+
+    def _resume(self) -> None:
+        if self.checkpoint_path.exists():
+            self.model_round, extra = self.trainer.load_checkpoint(self.checkpoint_path)
+            self.weights = self.trainer.shared_weights()
+            self.bytes_sent = int(extra.get("bytes_sent", 0))
+            self.next_round = max(self.model_round + 1, int(extra.get("next_round", 0)))
+            log.info("resumed from checkpoint after round %d", self.model_round)
+
+    def _save(self) -> None:
+        extra = {"bytes_sent": self.bytes_sent, "next_round": self.next_round}
+        self.trainer.save_checkpoint(self.checkpoint_path, self.model_round, extra)
+
+    def _adopt(self, round_: int, weights: NDArray[np.float32]) -> None:
+        self.trainer.load_shared(weights)
+        self.weights = self.trainer.shared_weights()
+        self.model_round = round_
+        self.next_round = max(self.next_round, round_ + 1)
+        self._save()
+
+    @property
+    def epsilon(self) -> float | None:
+        """Privacy spent so far (None when DP is off)."""
+        return None if self.releaser is None else self.releaser.ledger.spent_epsilon()
+
+    async def catch_up(self, round_: int | None = None, timeout: float = 0.0) -> bool:
+        """Adopt a newer model from the other members; True if one was adopted.
+
+        With ``round_``, wait up to ``timeout`` for some member to complete that round first:
+        a peer that missed a round must not race ahead of the others into the next one
+        (it would wait there for messages they have not sent yet, and miss again).
+        """
+        deadline = trio.current_time() + timeout
+        target = self.model_round if round_ is None else round_ - 1
+        while True:
+            fetched = await self.sync.best_model(self.others, newer_than=self.model_round)
+            if fetched is not None and fetched.round > target:
+                self._adopt(fetched.round, fetched.weights)
+                log.info("caught up to round %d from %s", fetched.round, fetched.peer)
+                return True
+            if fetched is not None:
+                self._adopt(fetched.round, fetched.weights)  # newer than ours, not yet enough
+            if trio.current_time() >= deadline:
+                return False
+            await trio.sleep(0.2)
+
+    @property
+    def others(self) -> list[str]:
+        """The other members."""
+        return [m for m in self.members if m != self.me]
+
+    async def wait_for_members(self, needed: int, timeout: float) -> int:
+        """Wait until ``needed`` members (this one included) answer, or ``timeout``; count."""
+        reachable: set[str] = set()
+        with trio.move_on_after(timeout):
+            while len(reachable) + 1 < needed:
+                pending = [m for m in self.others if m not in reachable]
+                reachable |= set(await self.sync.probe_all(pending, 2.0))
+                if len(reachable) + 1 < needed:
+                    await trio.sleep(0.5)
+        return len(reachable) + 1
+
+    async def linger(self, final_round: int, timeout: float) -> None:
+        """Keep serving the final model until every reachable member has it, or ``timeout``.
+
+        A member that is restarting or came late fetches the final model from us; members
+        that cannot be reached are not waited for.
+        """
+        with trio.move_on_after(timeout):
+            while True:
+                statuses = await self.sync.probe_all(self.others, 2.0)
+                if all(s.round >= final_round for s in statuses.values()):
+                    await self.reconcile()  # the last round gets the same check as any other
+                    return
+                await trio.sleep(0.5)
+
+    async def reconcile(self) -> bool:
+        """Adopt the majority's model if the members at our round hold a different one.
+
+        Round agreement has no consensus under timeouts: a member that missed the final
+        ``Commit`` may retry and commit a different cohort's sum for the same round. The
+        members at our round vote with their weights digest; if most of them (counting us)
+        hold another model, we fetch it, so a divergence lasts at most one round.
+        """
+        if self.model_round < 0:
+            return False
+        mine = weights_digest(self.weights)
+        votes: dict[bytes, list[str]] = {mine: [self.me]}
+        for peer, status in (await self.sync.probe_all(self.others, 2.0)).items():
+            if status.round == self.model_round:
+                votes.setdefault(status.digest, []).append(peer)
+        best = max(votes, key=lambda d: (len(votes[d]), d == mine))
+        if best == mine:
+            return False
+        for peer in votes[best]:
+            fetched = await self.sync.fetch(peer)
+            if fetched is not None and weights_digest(fetched.weights) == best:
+                log.warning(
+                    "round %d: our model differs from %d of %d members; adopting theirs",
+                    self.model_round,
+                    len(votes[best]),
+                    sum(map(len, votes.values())),
+                )
+                self._adopt(fetched.round, fetched.weights)
+                return True
+        return False
+
+    async def run_round(self) -> RoundReport:
+        """Train, privatise, aggregate and apply round ``next_round``."""
+        await self.reconcile()
+        round_ = self.next_round
+        self.next_round += 1
+        started = self.clock()
+        result = self.trainer.train_round(self.train, self.weights)
+        update = result.update
+        if self.releaser is not None:
+            # The ledger records the spend before this returns; only then may it leave.
+            update = self.releaser.release(
+                round_, update, sample_rate=result.sample_rate, steps=result.steps
+            ).astype(np.float32)
+        outcome = await self.aggregator.aggregate(round_, update)
+        committed = isinstance(outcome, Aggregate)
+        if isinstance(outcome, Missed):
+            self.trainer.load_shared(self.weights)  # undo local steps: the round did not happen
+            self._save()
+        else:
+            self.bytes_sent += outcome.bytes_sent
+            self._adopt(round_, self.weights + outcome.mean)
+        metrics = self.trainer.evaluate(self.test)
+        return RoundReport(
+            round=round_,
+            committed=committed,
+            contributors=len(outcome.contributors) if isinstance(outcome, Aggregate) else 0,
+            train_loss=result.loss,
+            test_accuracy=metrics.accuracy,
+            test_loss=metrics.loss,
+            epsilon=self.epsilon,
+            bytes_sent=outcome.bytes_sent if isinstance(outcome, Aggregate) else 0,
+            duration_s=self.clock() - started,
+            model_digest=weights_digest(self.weights).hex(),
+            reason=outcome.reason if isinstance(outcome, Missed) else "",
+            exclusions=tuple(outcome.exclusions),
+            cohort=tuple(sorted(outcome.contributors)) if isinstance(outcome, Aggregate) else (),
+            sample_rate=result.sample_rate,
+            steps=result.steps,
+        )
+
+    async def run(
+        self,
+        rounds: int,
+        on_report: Callable[[RoundReport], None] | None = None,
+        startup_timeout: float = 30.0,
+        miss_timeout: float | None = None,
+    ) -> list[RoundReport]:
+        """Run rounds numbered below ``rounds``; a missed round triggers a catch-up.
+
+        First waits (up to ``startup_timeout``) for every member to answer, so a consortium
+        started together does not spend its first round on peers still booting. After a
+        missed round, waits up to ``miss_timeout`` (default ``startup_timeout``) for a member
+        to complete it and adopts that model; if none does, the round failed for everyone
+        and the next number starts from the same weights.
+        """
+        miss_timeout = startup_timeout if miss_timeout is None else miss_timeout
+        reports = []
+        up = await self.wait_for_members(len(self.members), startup_timeout)
+        log.info("%d of %d members reachable; starting", up, len(self.members))
+        await self.catch_up()
+        while self.next_round < rounds:
+            report = await self.run_round()
+            reports.append(report)
+            if on_report is not None:
+                on_report(report)
+            if not report.committed:
+                log.warning("round %d missed (%s); catching up", report.round, report.reason)
+                await self.catch_up(report.round, miss_timeout)
+        await self.linger(self.model_round, startup_timeout)
+        return reports

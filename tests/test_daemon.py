@@ -1,0 +1,145 @@
+"""The daemon and its commands: init, run (input checks), status, and a SIGKILL recovery."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pfed.cli import main
+from p2pfed.config import load_config
+from p2pfed.daemon import prepare, read_status
+from p2pfed.demo import DemoSettings, build_consortium, launch, statuses, stop, watch
+from p2pfed.errors import ConfigError, DataError
+from p2pfed.identity import Identity
+
+
+def test_init_creates_an_institution_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "st-olav"
+    assert main(["init", str(folder), "--name", "st-olav"]) == 0
+    out = capsys.readouterr().out
+    key = folder / "identity.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert Identity.load(key).peer_id in out
+    assert load_config(folder / "config.toml").node.name == "st-olav"
+    assert main(["init", str(folder), "--name", "st-olav"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.fixture
+def member(tmp_path: Path) -> Path:
+    """A one-hospital copy of the demo consortium: config, key, roster and data."""
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=1))
+    return c.hospitals[0].config
+
+
+def run_error(capsys: pytest.CaptureFixture[str], config: Path) -> str:
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_prepare_accepts_a_good_member(member: Path) -> None:
+    prepared = prepare(load_config(member))
+    assert prepared.report.passed
+    assert (prepared.state_dir / "validation.json").exists()
+
+
+def test_run_refuses_bad_inputs_with_one_sentence(
+    member: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = member.parent
+    text = member.read_text()
+    member.write_text(text.replace("[training]", "[training]\nlearnin_rate = 3"))
+    assert "[training] learnin_rate is not a known setting" in run_error(capsys, member)
+
+    member.write_text(text)
+    (folder / "patients.csv").write_text("a,b,label\n1,x,0\n")
+    assert "non-numeric 'x'" in run_error(capsys, member)
+
+    rows = ["mean radius,label"] + [f"{v},1" for v in np.linspace(5, 25, 60)]
+    (folder / "patients.csv").write_text("\n".join(rows) + "\n")
+    err = run_error(capsys, member)
+    assert "failed data validation" in err and "schema" in err and "will not join" in err
+
+    (folder / "roster.json").write_text("{}")
+    assert "roster" in run_error(capsys, member)
+
+    os.chmod(folder / "identity.key", 0o644)
+    assert "permissions" in run_error(capsys, member).lower()
+
+
+def test_a_node_outside_the_roster_is_refused(member: Path) -> None:
+    Identity.generate().save(member.parent / "identity.key", overwrite=True)
+    with pytest.raises(ConfigError, match="not a member of roster version 1"):
+        prepare(load_config(member))
+
+
+def test_skewed_data_fails_validation(member: Path) -> None:
+    folder = member.parent
+    member.write_text(member.read_text().replace("max_label_skew = 0.65", "max_label_skew = 0.45"))
+    lines = (folder / "patients.csv").read_text().splitlines()
+    only_zeros = [lines[0]] + [line for line in lines[1:] if line.endswith(",0")] * 5
+    (folder / "patients.csv").write_text("\n".join(only_zeros) + "\n")
+    with pytest.raises(DataError, match="label_skew"):
+        prepare(load_config(member))
+
+
+def test_status_before_and_after(member: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--config", str(member)]) == 1
+    assert "no status yet" in capsys.readouterr().out
+    state = member.parent / "state"
+    state.mkdir(exist_ok=True)
+    (state / "status.json").write_text(
+        json.dumps(
+            {
+                "name": "h",
+                "state": "running",
+                "completed_round": 3,
+                "rounds": 10,
+                "updated": time.time(),
+                "model_digest": "ab" * 32,
+                "connected_peers": 2,
+            }
+        )
+    )
+    assert main(["status", "--config", str(member), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["completed_round"] == 3 and shown["connected_peers"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_sigkill_one_of_four_daemons(tmp_path: Path) -> None:
+    """Three daemons finish without the killed one; restarted, it resumes and catches up."""
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=4, rounds=8))
+    victim = c.hospitals[1]
+    try:
+        launch(c)
+        deadline = time.monotonic() + 180
+        while (read_status(victim.state) or {}).get("completed_round", -1) < 1:
+            assert time.monotonic() < deadline, "the consortium never completed round 1"
+            assert all(h.process and h.process.poll() is None for h in c.hospitals)
+            time.sleep(0.2)
+        assert victim.process is not None
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait()
+        killed_at = (read_status(victim.state) or {})["completed_round"]
+        time.sleep(1.0)
+        launch(c, [victim])
+        final = watch(c, timeout=300)
+    finally:
+        stop(c)
+    assert killed_at < 7
+    assert [s["state"] for s in final] == ["finished"] * 4
+    assert {s["completed_round"] for s in final} == {7}
+    assert len({s["model_digest"] for s in final}) == 1
+    log = (victim.folder / "daemon.log").read_text()
+    assert "resumed from checkpoint" in log
+    assert statuses(c)[1]["pid"] == victim.process.pid  # the restarted process finished

@@ -1,0 +1,207 @@
+"""The composed Peer over the in-memory network: rounds, agreement of models, recovery."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trio
+
+from p2pfed.collectives.secure import SecureRingRound
+from p2pfed.collectives.signing import Ed25519CohortSigner
+from p2pfed.identity import Identity
+from p2pfed.node import Peer, SecureRingAggregator
+from p2pfed.privacy import NoiseMode, PrivacyLedger
+from p2pfed.privacy.release import PrivateReleaser
+from p2pfed.secagg.fixedpoint import FixedPoint
+from p2pfed.training import (
+    Dataset,
+    LocalTrainer,
+    TrainingConfig,
+    build_model,
+    dirichlet_split,
+    load_builtin,
+    train_test_split,
+)
+from p2pfed.transport import MemoryNetwork
+
+pytestmark = pytest.mark.slow
+
+
+def scaled_breast_cancer() -> tuple[Dataset, Dataset]:
+    train, test = train_test_split(load_builtin("breast_cancer"), 0.25, np.random.default_rng(0))
+    mu, sd = train.x.mean(0), train.x.std(0) + 1e-6
+
+    def scale(d: Dataset) -> Dataset:
+        return Dataset((d.x - mu) / sd, d.y, d.feature_names, d.name)
+
+    return scale(train), scale(test)
+
+
+class Consortium:
+    def __init__(
+        self, tmp: Path, n: int, *, hidden: tuple[int, ...] = (), personal: tuple[str, ...] = ()
+    ) -> None:
+        self.tmp = tmp
+        self.ids = [Identity.generate() for _ in range(n)]
+        self.keys = {i.peer_id: i.public_key for i in self.ids}
+        self.train, self.test = scaled_breast_cancer()
+        self.parts = dirichlet_split(self.train.y, n, 1.0, np.random.default_rng(1), min_size=40)
+        self.net = MemoryNetwork()
+        self.hidden, self.personal = hidden, personal
+        self.ledgers: dict[int, PrivacyLedger] = {}
+
+    @asynccontextmanager
+    async def peer(self, k: int) -> AsyncIterator[Peer]:
+        ident = self.ids[k]
+        async with self.net.open(ident.peer_id) as transport:
+            secure = SecureRingRound(
+                transport,
+                "test",
+                1,
+                self.keys,
+                ident,
+                Ed25519CohortSigner(ident.seed, self.keys),
+                stage_timeout=2.0,
+            )
+            n = len(self.ids)
+            aggregator = SecureRingAggregator(
+                secure, FixedPoint(), n, n // 2 + 1, np.random.default_rng(k)
+            )
+            kind = "mlp" if self.hidden else "logistic"
+            trainer = LocalTrainer(
+                build_model(kind, 30, 2, hidden=self.hidden or (1,), seed=0),
+                TrainingConfig(learning_rate=0.2, personal_prefixes=self.personal),
+                torch.Generator().manual_seed(k),
+            )
+            ledger = PrivacyLedger(self.tmp / f"ledger-{k}", 1e6, 1e-5)
+            self.ledgers[k] = ledger
+            releaser = PrivateReleaser(
+                ledger,
+                clip_norm=5.0,
+                noise_multiplier=0.05,
+                mode=NoiseMode.DISTRIBUTED,
+                n_peers=n,
+                min_peers=aggregator.guaranteed_contributors,
+                rng=np.random.default_rng(50 + k),
+            )
+            try:
+                yield Peer(
+                    transport=transport,
+                    consortium="test",
+                    members=list(self.keys),
+                    trainer=trainer,
+                    train=self.train.subset(self.parts[k]),
+                    test=self.test,
+                    aggregator=aggregator,
+                    releaser=releaser,
+                    state_dir=self.tmp / f"state-{k}",
+                )
+            finally:
+                ledger.close()
+
+
+async def test_peers_agree_on_every_round(tmp_path: Path) -> None:
+    c = Consortium(tmp_path, 3)
+    peers: list[Peer] = []
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+
+            async def one(k: int) -> None:
+                async with c.peer(k) as peer:
+                    peers.append(peer)
+                    reports = await peer.run(4, startup_timeout=5.0)
+                    assert [r.round for r in reports] == [0, 1, 2, 3]
+                    assert all(r.committed and r.contributors == 3 for r in reports)
+                    assert reports[-1].test_accuracy > 0.9
+
+            for k in range(3):
+                nursery.start_soon(one, k)
+    assert {p.model_round for p in peers} == {3}
+    assert len({p.weights.tobytes() for p in peers}) == 1  # the same model everywhere
+    # Every release was recorded before it left: one ledger record per round and peer.
+    assert all(len(c.ledgers[k].records) == 4 for k in range(3))
+
+
+async def test_a_crashed_peer_restarts_and_catches_up(tmp_path: Path) -> None:
+    c = Consortium(tmp_path, 4)
+    finals: dict[int, Peer] = {}
+    crashed = trio.Event()
+    with trio.fail_after(180):
+        async with trio.open_nursery() as nursery:
+
+            async def steady(k: int) -> None:
+                async with c.peer(k) as peer:
+                    await peer.run(6, startup_timeout=5.0)
+                    finals[k] = peer
+
+            async def victim() -> None:
+                async with c.peer(3) as peer:
+
+                    def on_report(report: object) -> None:
+                        if peer.model_round >= 1:
+                            c.net.crash(c.ids[3].peer_id)  # as SIGKILL: cancels this block
+                            crashed.set()
+
+                    await peer.run(6, on_report, startup_timeout=5.0)
+                    raise AssertionError("the crashed peer finished its run")
+                assert peer.model_round < 5  # the crash ended it mid-run
+
+            for k in range(3):
+                nursery.start_soon(steady, k)
+            nursery.start_soon(victim)
+            await crashed.wait()
+            c.ledgers[3].close()  # a killed process releases its ledger lock
+            await trio.sleep(0.5)
+            async with c.peer(3) as restarted:
+                assert restarted.model_round >= 1  # resumed from its checkpoint
+                await restarted.run(6, startup_timeout=5.0)
+                finals[3] = restarted
+    assert {p.model_round for p in finals.values()} == {5}
+    assert len({p.weights.tobytes() for p in finals.values()}) == 1
+
+
+async def test_personal_layers_stay_home(tmp_path: Path) -> None:
+    c = Consortium(tmp_path, 3, hidden=(8,), personal=("2.",))
+    peers: list[Peer] = []
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+
+            async def one(k: int) -> None:
+                async with c.peer(k) as peer:
+                    assert peer.weights.size == 30 * 8 + 8  # only the shared layer is exchanged
+                    peers.append(peer)
+                    await peer.run(2, startup_timeout=5.0)
+
+            for k in range(3):
+                nursery.start_soon(one, k)
+    assert len({p.weights.tobytes() for p in peers}) == 1
+    heads = {p.trainer.model[2].weight.detach().numpy().tobytes() for p in peers}
+    assert len(heads) == 3  # each hospital's output layer is its own
+
+
+async def test_a_diverged_peer_adopts_the_majority_model(tmp_path: Path) -> None:
+    c = Consortium(tmp_path, 3)
+    peers: dict[int, Peer] = {}
+    done = trio.Event()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+
+            async def one(k: int) -> None:
+                async with c.peer(k) as peer:
+                    await peer.run(2, startup_timeout=5.0)
+                    peers[k] = peer
+                    await done.wait()  # keep serving the model while the test checks
+
+            for k in range(3):
+                nursery.start_soon(one, k)
+            while len(peers) < 3:
+                await trio.sleep(0.05)
+            odd = peers[0]
+            odd._adopt(odd.model_round, odd.weights + 0.5)  # as if it committed another sum
+            assert await odd.reconcile()
+            assert odd.weights.tobytes() == peers[1].weights.tobytes()
+            assert not await peers[1].reconcile()  # the majority keeps its model
+            done.set()

@@ -1,0 +1,126 @@
+"""BufferedNoiseSession keeps py-libp2p's Noise wire format: it interoperates with the stock
+session in both directions, for sizes around the 65,519-byte message boundary."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.io.trio import TrioTCPStream
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.peer.id import ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.secure_session import SecureSession
+
+from p2pfed.transport.noise_session import BufferedNoiseSession
+
+SIZES = [1, 12, 0, 65_518, 65_519, 65_520, 3 * 65_519 + 7, 1_000_003]
+
+
+def payload(size: int) -> bytes:
+    block = hashlib.sha256(size.to_bytes(8, "big")).digest()
+    return (block * (size // 32 + 1))[:size]
+
+
+async def handshaken_pair() -> tuple[SecureSession, SecureSession]:
+    server_keys, client_keys = create_new_key_pair(b"s" * 32), create_new_key_pair(b"c" * 32)
+    server_noise = NoiseTransport(server_keys, create_x25519_key_pair().private_key)
+    client_noise = NoiseTransport(client_keys, create_x25519_key_pair().private_key)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    sessions: dict[str, SecureSession] = {}
+
+    async def accept() -> None:
+        sock = await listeners[0].accept()
+        raw = RawConnection(TrioTCPStream(sock), False)
+        sessions["server"] = await server_noise.secure_inbound(raw)  # type: ignore[assignment]
+
+    async def dial() -> None:
+        sock = await trio.open_tcp_stream("127.0.0.1", port)
+        raw = RawConnection(TrioTCPStream(sock), True)
+        sessions["client"] = await client_noise.secure_outbound(  # type: ignore[assignment]
+            raw, ID.from_pubkey(server_keys.public_key)
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        nursery.start_soon(dial)
+    await listeners[0].aclose()
+    return sessions["client"], sessions["server"]
+
+
+@pytest.mark.parametrize("buffered_side", ["writer", "reader", "both"])
+async def test_buffered_session_interoperates_with_stock_session(buffered_side: str) -> None:
+    with trio.fail_after(20):
+        client, server = await handshaken_pair()
+        writer: SecureSession = client
+        reader: SecureSession = server
+        if buffered_side in ("writer", "both"):
+            writer = BufferedNoiseSession(client)
+        if buffered_side in ("reader", "both"):
+            reader = BufferedNoiseSession(server)
+        expected = b"".join(payload(size) for size in SIZES)
+
+        async def send() -> None:
+            for size in SIZES:
+                await writer.write(payload(size))
+
+        received = bytearray()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            while len(received) < len(expected):
+                # Odd read sizes cross message boundaries on purpose.
+                received += await reader.read(min(70_001, len(expected) - len(received)))
+        assert bytes(received) == expected
+        await writer.close()
+        await reader.close()
+
+
+async def test_reading_after_the_peer_closed_raises() -> None:
+    from libp2p.io.exceptions import ConnectionClosedError
+
+    with trio.fail_after(20):
+        client, server = await handshaken_pair()
+        reader = BufferedNoiseSession(server)
+        await client.write(b"last words")
+        await client.close()
+        assert await reader.read(100) == b"last words"  # what arrived, then the end
+        with pytest.raises(ConnectionClosedError):
+            await reader.read(1)
+        await reader.close()
+
+
+async def test_empty_write_sends_nothing() -> None:
+    with trio.fail_after(20):
+        client, server = await handshaken_pair()
+        writer = BufferedNoiseSession(client)
+        await writer.write(b"")
+        await writer.write(b"x")
+        assert await server.read(1) == b"x"  # the stock reader saw no empty message
+        await writer.close()
+        await server.close()
+
+
+async def test_a_tampered_message_is_refused() -> None:
+    from libp2p.io.exceptions import DecryptionFailedException
+
+    with trio.fail_after(20):
+        client, server = await handshaken_pair()
+        reader = BufferedNoiseSession(server)
+        forged = b"\x00\x20" + b"x" * 32  # well framed, but not sealed with the session key
+        await client.conn.read_writer.read_write_closer.write(forged)  # type: ignore[attr-defined]
+        with pytest.raises(DecryptionFailedException, match="failed authentication"):
+            await reader.read(1)
+        await client.close()
+        await reader.close()
+
+
+def test_only_noise_sessions_are_accepted() -> None:
+    class NotNoise:
+        conn = object()
+
+    with pytest.raises(TypeError, match="expected a Noise transport session"):
+        BufferedNoiseSession(NotNoise())  # type: ignore[arg-type]
