@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -84,12 +85,16 @@ _Item = Envelope | RemoteProtocolError | BrokenError | ClosedError
 
 
 class _ReadAhead:
-    """Frames read from the predecessor's stream as they come, ahead of their processing.
+    """Reads the predecessor's stream until this peer's attempt takes it over.
 
-    The handler reads continuously (py-libp2p's Yamux resets a stream whose reader pauses
-    for 5 s), also while this peer has not yet started the attempt; the session consumes
-    from here. What may wait unread is capped: a predecessor cannot be more than about
-    (n−1)/n·M bytes ahead of an honest successor, far below the cap.
+    Frames can arrive before this peer has started the attempt (its predecessor was quicker
+    to start), and py-libp2p's Yamux resets a stream whose reader pauses for 5 s, so the
+    handler keeps reading into a queue until the session claims the stream. Then the pump
+    stops after the frame it is reading, the session drains the queue and from there on
+    reads the stream itself (no extra hop on the hot path, and never two readers at once:
+    a reader is never cancelled mid-read, which could lose bytes a transport had taken).
+    What may wait unread is capped; an honest predecessor cannot run more than about
+    (n−1)/n·M bytes ahead, far below the cap.
     """
 
     def __init__(self, messages: MessageStream, first: Envelope, cap: int) -> None:
@@ -97,12 +102,24 @@ class _ReadAhead:
         self.first = first
         self.cap = cap
         self.buffered = 0
-        self.send, self.receive = trio.open_memory_channel[_Item](math.inf)
+        self.items: deque[_Item] = deque()
+        self.changed = trio.Event()
+        self.handover = False
+        self.stopped = False
+        self.ended = False
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
     async def pump(self) -> None:
         peer = self.messages.peer
         try:
-            while (envelope := await self.messages.receive()) is not None:
+            while not self.handover:
+                envelope = await self.messages.receive()
+                if envelope is None:
+                    self.ended = True
+                    break
                 self.buffered += envelope.frame_bytes
                 if self.buffered > self.cap:
                     raise RemoteProtocolError(
@@ -110,28 +127,35 @@ class _ReadAhead:
                         f"peer {peer} ran more than {self.cap} bytes ahead of this ring peer",
                         peer,
                     )
-                self.send.send_nowait(envelope)
+                self.items.append(envelope)
+                self._notify()
         except (RemoteProtocolError, BrokenError, ClosedError) as exc:
-            self.send.send_nowait(exc)
+            self.items.append(exc)
         finally:
-            self.send.close()
+            self.stopped = True
+            self._notify()
 
     async def next(self, timeout: float) -> Envelope | None:
         """The next frame; None at end of stream. Raises what the reader hit, or TIMEOUT."""
+        self.handover = True
         peer = self.messages.peer
-        with trio.move_on_after(timeout) as scope:
-            try:
-                item = await self.receive.receive()
-            except trio.EndOfChannel:
-                return None
-        if scope.cancelled_caught:
-            raise RemoteProtocolError(
-                ReasonCode.TIMEOUT, f"peer {peer} sent nothing for {timeout:g} s", peer
-            )
-        if isinstance(item, Envelope):
-            self.buffered -= item.frame_bytes
-            return item
-        raise item
+        if not self.stopped or self.items:
+            with trio.move_on_after(timeout):
+                while not self.items and not self.stopped:
+                    await self.changed.wait()
+            if self.items:
+                item = self.items.popleft()
+                if isinstance(item, Envelope):
+                    self.buffered -= item.frame_bytes
+                    return item
+                raise item
+            if not self.stopped:
+                raise RemoteProtocolError(
+                    ReasonCode.TIMEOUT, f"peer {peer} sent nothing for {timeout:g} s", peer
+                )
+        if self.ended:
+            return None
+        return await self.messages.receive(timeout)
 
 
 class _Inbox:
