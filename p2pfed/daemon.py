@@ -188,7 +188,11 @@ def open_governance(prepared: Prepared, consortium: str, classes: int) -> Govern
         DriftConfig(rules=(MetricRule("accuracy", g.accuracy_drop),), psi_major=g.psi_major),
         classes,
     )
-    drift.set_reference(prepared.train)
+    try:
+        drift.set_reference(prepared.train)
+    except DataError as exc:
+        # Too few local rows for a meaningful reference: metric drift is still watched.
+        log.warning("input drift monitoring is off: %s", exc)
     return GovernanceRecorder(
         audit, ModelRegistry(prepared.state_dir / MODELS_DIR), drift=drift, metrics=NodeMetrics()
     )
@@ -362,7 +366,11 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                             steps=report.steps,
                             epsilon_budget=p.epsilon_budget if ledger else None,
                         ),
-                        metrics={"accuracy": report.test_accuracy, "loss": report.test_loss},
+                        metrics={
+                            "accuracy": report.test_accuracy,
+                            "loss": report.test_loss,
+                            "bytes_sent": float(report.bytes_sent),
+                        },
                         duration_s=report.duration_s,
                         bytes_sent=report.bytes_sent,
                     )
