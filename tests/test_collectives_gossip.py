@@ -8,9 +8,11 @@ import numpy.typing as npt
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import topologies
-from p2pfed.collectives.gossip import GossipRound, mixing_row_and_targets
+from p2pfed.collectives.gossip import GossipRound, mixing_row_and_targets, push_pull_delta
 from p2pfed.collectives.gossip_driver import GossipConfig, GossipOutcome, GossipService
 from p2pfed.collectives.messages import WordType
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
@@ -186,3 +188,40 @@ async def test_push_pull_conserves_the_sum_and_contracts(
     after = np.stack([services[p].value for p in vectors])  # type: ignore[misc]
     np.testing.assert_allclose(after.sum(axis=0), before.sum(axis=0), rtol=1e-9, atol=1e-9)
     assert np.var(after, axis=0).mean() < 0.05 * np.var(before, axis=0).mean()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 6),
+    heard_mask=st.integers(0, 63),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_folded_mixing_is_a_convex_combination(k: int, heard_mask: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    raw = rng.uniform(0.01, 1.0, k + 1)
+    w = raw / raw.sum()
+    names = [f"n{j}" for j in range(k)]
+    own = rng.normal(size=5)
+    others = {name: rng.normal(size=5) for name in names}
+    core = GossipRound(own, 0, dict(zip(names, w[1:], strict=True)), float(w[0]))
+    heard = [name for j, name in enumerate(names) if heard_mask >> j & 1]
+    for name in heard:
+        core.receive(name, 0, WordType.FLOAT64, others[name].tobytes())
+    mixed = core.mix()
+    folded = w[0] + sum(w[1 + j] for j, name in enumerate(names) if name not in heard)
+    expected = folded * own + sum(w[1 + names.index(n)] * others[n] for n in heard)
+    np.testing.assert_allclose(mixed, expected, rtol=1e-12, atol=1e-12)
+    stack_ = np.stack([own] + [others[n] for n in heard])
+    assert np.all(mixed >= stack_.min(axis=0) - 1e-12)
+    assert np.all(mixed <= stack_.max(axis=0) + 1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), drift=st.floats(-3, 3))
+def test_push_pull_deltas_cancel_even_when_values_moved_meanwhile(seed: int, drift: float) -> None:
+    rng = np.random.default_rng(seed)
+    sent, theirs = rng.normal(size=7), rng.normal(size=7)
+    mine_now = sent + drift  # another exchange touched our value in between
+    initiator = mine_now + push_pull_delta(sent, theirs)
+    served = theirs + push_pull_delta(theirs, sent)
+    np.testing.assert_allclose(initiator + served, mine_now + theirs, rtol=1e-12, atol=1e-12)

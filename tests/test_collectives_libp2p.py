@@ -110,9 +110,11 @@ def test_peer_process_killed_mid_all_reduce_survivors_commit_their_sum() -> None
         for i in survivors:
             r = results[i]
             assert r is not None and r["phase"] == "committed", (r, g.stderr(i))
-            assert r["attempts"] == 2
+            # One retry without the dead peer; a loaded machine may add a timed-out attempt
+            # (silence excludes nobody), never a different cohort.
+            assert r["attempts"] >= 2
             assert sorted(r["cohort"]) == sorted(g.peers[j] for j in survivors)
             assert r["digest"] == digest(expected_sum(task, survivors))
             # Detected within the 3 s ring timeout; then at worst one takeover (the dead
             # peer may be next in rotation), a collect window and the ring again.
-            assert r["time_s"] < 15
+            assert r["time_s"] < 30

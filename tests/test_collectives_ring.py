@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -287,3 +288,37 @@ async def test_late_stream_for_finished_round_is_rejected_as_wrong_round() -> No
         assert await stream.receive_some() == b""
         assert service_a.exclusions[-1].reason is ReasonCode.WRONG_ROUND
         assert service_a.exclusions[-1].peer == "b"
+
+
+@pytest.mark.parametrize(("cap", "ok"), [(1 << 30, True), (600, False)])
+async def test_frames_are_read_ahead_of_a_late_session_up_to_a_cap(
+    cap: int, ok: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = MemoryNetwork()
+    order = ("a", "b")
+    outcomes: dict[str, RingResult | BaseException] = {}
+    async with net.open("a") as a, net.open("b") as b:
+        services = {
+            "a": RingService(a, CONSORTIUM, accept_timeout=30),
+            "b": RingService(b, CONSORTIUM, accept_timeout=30, max_read_ahead=cap),
+        }
+        config = RingConfig(chunk_bytes=256, timeout=20)
+
+        async def one(peer: str, delay: float) -> None:
+            await trio.sleep(delay)
+            try:
+                outcomes[peer] = await services[peer].all_reduce(
+                    np.ones(1000, np.float32), order, round=1, config=config
+                )
+            except RemoteProtocolError as exc:
+                outcomes[peer] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "a", 0.0)
+            nursery.start_soon(one, "b", 10.0)  # b starts long after a began streaming
+    if ok:
+        assert all(isinstance(o, RingResult) and np.all(o.vector == 2) for o in outcomes.values())
+    else:
+        got = outcomes["b"]
+        assert isinstance(got, RemoteProtocolError) and got.reason is ReasonCode.OVERSIZED
+        assert got.peer == "a"

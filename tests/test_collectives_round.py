@@ -39,7 +39,7 @@ async def run_peers(
     *,
     faults: dict[str, FaultPlan] | None = None,
     late: dict[tuple[str, int], float] | None = None,
-    absent: set[str] = frozenset(),  # type: ignore[assignment]
+    absent: frozenset[str] = frozenset(),
     network: MemoryNetwork | None = None,
 ) -> dict[str, dict[int, RoundOutcome | BaseException]]:
     net = network or MemoryNetwork()

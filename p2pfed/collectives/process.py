@@ -331,6 +331,10 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         import trio
 
         kind = task["kind"]
+        if "start_at" in task:
+            # A common start instant (time.monotonic is one clock for every process on the
+            # machine), so that stdin delivery skew between children is not timed.
+            await trio.sleep(max(0.0, float(task["start_at"]) - time.monotonic()))
         start = trio.current_time()
         out: Result = {"task": kind, "peer": self.me, "index": self.index}
         if kind == "prepare":

@@ -80,13 +80,66 @@ class RingResult:
         return self.counts.payload_sent + self.counts.framing_sent
 
 
+_Item = Envelope | RemoteProtocolError | BrokenError | ClosedError
+
+
+class _ReadAhead:
+    """Frames read from the predecessor's stream as they come, ahead of their processing.
+
+    The handler reads continuously (py-libp2p's Yamux resets a stream whose reader pauses
+    for 5 s), also while this peer has not yet started the attempt; the session consumes
+    from here. What may wait unread is capped: a predecessor cannot be more than about
+    (n−1)/n·M bytes ahead of an honest successor, far below the cap.
+    """
+
+    def __init__(self, messages: MessageStream, first: Envelope, cap: int) -> None:
+        self.messages = messages
+        self.first = first
+        self.cap = cap
+        self.buffered = 0
+        self.send, self.receive = trio.open_memory_channel[_Item](math.inf)
+
+    async def pump(self) -> None:
+        peer = self.messages.peer
+        try:
+            while (envelope := await self.messages.receive()) is not None:
+                self.buffered += envelope.frame_bytes
+                if self.buffered > self.cap:
+                    raise RemoteProtocolError(
+                        ReasonCode.OVERSIZED,
+                        f"peer {peer} ran more than {self.cap} bytes ahead of this ring peer",
+                        peer,
+                    )
+                self.send.send_nowait(envelope)
+        except (RemoteProtocolError, BrokenError, ClosedError) as exc:
+            self.send.send_nowait(exc)
+        finally:
+            self.send.close()
+
+    async def next(self, timeout: float) -> Envelope | None:
+        """The next frame; None at end of stream. Raises what the reader hit, or TIMEOUT."""
+        peer = self.messages.peer
+        with trio.move_on_after(timeout) as scope:
+            try:
+                item = await self.receive.receive()
+            except trio.EndOfChannel:
+                return None
+        if scope.cancelled_caught:
+            raise RemoteProtocolError(
+                ReasonCode.TIMEOUT, f"peer {peer} sent nothing for {timeout:g} s", peer
+            )
+        if isinstance(item, Envelope):
+            self.buffered -= item.frame_bytes
+            return item
+        raise item
+
+
 class _Inbox:
     """Where the handler parks the predecessor's stream for a session."""
 
     def __init__(self, predecessor: str) -> None:
         self.predecessor = predecessor
-        self.stream: MessageStream | None = None
-        self.first: Envelope | None = None
+        self.reader: _ReadAhead | None = None
         self.arrived = trio.Event()
         self.released = trio.Event()
 
@@ -101,8 +154,10 @@ class RingService:
         *,
         accept_timeout: float = 10.0,
         fault: FaultPlan | None = None,
+        max_read_ahead: int = 1 << 30,
     ) -> None:
         self.transport = transport
+        self.max_read_ahead = max_read_ahead
         self.consortium = consortium
         self.accept_timeout = accept_timeout
         self.fault = fault
@@ -142,29 +197,32 @@ class RingService:
             )
             return
         key = (message.round, message.attempt)
-        inbox = await self._wait_inbox(key)
-        if inbox is None:
-            stale = key < self._floor
-            self._reject(
-                message.round,
-                stream.remote_peer,
-                ReasonCode.WRONG_ROUND if stale else ReasonCode.TIMEOUT,
-                f"ring stream for round {key[0]} attempt {key[1]} "
-                + ("arrived after that attempt was over" if stale else "matched no attempt"),
-            )
-            return
-        if stream.remote_peer != inbox.predecessor or inbox.stream is not None:
-            self._reject(
-                message.round,
-                stream.remote_peer,
-                ReasonCode.UNEXPECTED_STAGE if inbox.stream is None else ReasonCode.DUPLICATE,
-                f"peer {stream.remote_peer} is not this peer's ring predecessor "
-                f"{inbox.predecessor} or opened a second stream",
-            )
-            return
-        inbox.stream, inbox.first = messages, first
-        inbox.arrived.set()
-        await inbox.released.wait()
+        reader = _ReadAhead(messages, first, self.max_read_ahead)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.pump)
+            inbox = await self._wait_inbox(key)
+            if inbox is None:
+                stale = key < self._floor
+                self._reject(
+                    message.round,
+                    stream.remote_peer,
+                    ReasonCode.WRONG_ROUND if stale else ReasonCode.TIMEOUT,
+                    f"ring stream for round {key[0]} attempt {key[1]} "
+                    + ("arrived after that attempt was over" if stale else "matched no attempt"),
+                )
+            elif stream.remote_peer != inbox.predecessor or inbox.reader is not None:
+                self._reject(
+                    message.round,
+                    stream.remote_peer,
+                    ReasonCode.UNEXPECTED_STAGE if inbox.reader is None else ReasonCode.DUPLICATE,
+                    f"peer {stream.remote_peer} is not this peer's ring predecessor "
+                    f"{inbox.predecessor} or opened a second stream",
+                )
+            else:
+                inbox.reader = reader
+                inbox.arrived.set()
+                await inbox.released.wait()
+            nursery.cancel_scope.cancel()
 
     async def _wait_inbox(self, key: tuple[int, int]) -> _Inbox | None:
         found: _Inbox | None = None
@@ -252,15 +310,15 @@ class RingService:
             try:
                 with trio.move_on_after(config.timeout) as scope:
                     await inbox.arrived.wait()
-                if scope.cancelled_caught or inbox.stream is None or inbox.first is None:
+                if scope.cancelled_caught or inbox.reader is None:
                     accuse(
                         ReasonCode.TIMEOUT,
                         predecessor,
                         f"predecessor {predecessor} opened no stream in {config.timeout:g} s",
                     )
                     return
-                stream = inbox.stream
-                envelope: Envelope | None = inbox.first
+                reader = inbox.reader
+                envelope: Envelope | None = reader.first
                 try:
                     while True:
                         if envelope is None:
@@ -277,7 +335,7 @@ class RingService:
                             outbox_send.send_nowait(out)
                         if core.done:
                             break
-                        envelope = await stream.receive(config.timeout)
+                        envelope = await reader.next(config.timeout)
                     outbox_send.close()
                 except RemoteProtocolError as exc:
                     accuse(exc.reason, predecessor, str(exc))
@@ -285,7 +343,7 @@ class RingService:
                     # ClosedError: our own side went away under us (this peer is crashing).
                     accuse(ReasonCode.DROPPED, predecessor, str(exc))
                 finally:
-                    counts.add(stream.counts)
+                    counts.add(reader.messages.counts)
             finally:
                 inbox.released.set()
 
