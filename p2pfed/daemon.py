@@ -217,10 +217,19 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
 
 async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     """Run the node until its rounds are done, the budget is spent, or it is cancelled."""
+    import topologies
+    from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
     from p2pfed.collectives.round import RingRound
     from p2pfed.collectives.secure import SecureRingRound
+    from p2pfed.collectives.secure_gossip import SecureGossipService
     from p2pfed.collectives.signing import Ed25519CohortSigner
-    from p2pfed.node import Peer, RingAggregator, RoundReport, SecureRingAggregator
+    from p2pfed.node import (
+        GossipAggregator,
+        Peer,
+        RingAggregator,
+        RoundReport,
+        SecureRingAggregator,
+    )
     from p2pfed.node.aggregators import Aggregator
     from p2pfed.node.sync import weights_digest
     from p2pfed.secagg.fixedpoint import FixedPoint
@@ -291,8 +300,35 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
             signer = Ed25519CohortSigner(identity.seed, keys)
             n = len(members)
             threshold = config.secagg.threshold or n // 2 + 1
+            stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
+            fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
+            peers = sorted(members)
             aggregator: Aggregator
-            if config.secagg.enabled:
+            if config.rounds.mode == "gossip":
+                topology = topologies.build(config.rounds.topology, n)
+                service: Any
+                if config.secagg.enabled:
+                    service = SecureGossipService(
+                        transport,
+                        consortium,
+                        peers,
+                        topology,
+                        keys,
+                        identity,
+                        fixed_point=fixed_point,
+                        stage_timeout=stage_timeout,
+                        rng=np.random.default_rng(),
+                    )
+                else:
+                    service = GossipService(
+                        transport,
+                        consortium,
+                        peers,
+                        topology,
+                        config=GossipConfig(deadline=stage_timeout, timeout=stage_timeout),
+                    )
+                aggregator = GossipAggregator(service, config.secagg.enabled)
+            elif config.secagg.enabled:
                 secure = SecureRingRound(
                     transport,
                     consortium,
@@ -300,25 +336,21 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                     keys,
                     identity,
                     signer,
-                    stage_timeout=min(10.0, config.rounds.round_timeout_s / 4),
+                    stage_timeout=stage_timeout,
                 )
                 aggregator = SecureRingAggregator(
-                    secure,
-                    FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits),
-                    n,
-                    threshold,
-                    np.random.default_rng(),
+                    secure, fixed_point, n, threshold, np.random.default_rng()
                 )
             else:
                 aggregator = RingAggregator(
-                    RingRound(transport, consortium, roster.version, sorted(members), signer)
+                    RingRound(transport, consortium, roster.version, peers, signer)
                 )
             releaser = None
             if ledger is not None:
-                if p.mode == "distributed" and not aggregator.secure:
+                if p.mode == "distributed" and (not aggregator.secure or not aggregator.exact):
                     raise ConfigError(
-                        "[privacy] mode = distributed needs [secagg] enabled = true "
-                        "(without masks each small noise share is exposed); use mode = local"
+                        "[privacy] mode = distributed needs ring mode with [secagg] enabled "
+                        "(otherwise a small noise share can be exposed); use local or dp-sgd"
                     )
                 releaser = PrivateReleaser(
                     ledger,
