@@ -1,5 +1,8 @@
 """The demo consortium: N hospitals on one machine, real daemons over libp2p.
 
+Heavy libraries (torch, the daemon) are imported inside the functions that need them, so
+``p2pfed --help`` does not pay for them.
+
 Theory of operation: ``build_consortium`` plays the consortium's admins and each hospital's
 IT team in a temporary folder — an admin key, one identity per hospital, a signed roster
 with loopback addresses, each hospital's slice of scikit-learn's breast-cancer data
@@ -30,14 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from p2pfed.daemon import read_status
 from p2pfed.errors import LocalError
 from p2pfed.identity import Identity, Member, Roster
 from p2pfed.training.data import Dataset, dirichlet_split, load_builtin, train_test_split
-from p2pfed.training.models import build_model
-from p2pfed.training.trainer import LocalTrainer, TrainingConfig
 
 CONSORTIUM = "demo-consortium"
 
@@ -270,6 +269,8 @@ def launch(consortium: Consortium, which: list[Hospital] | None = None) -> None:
 
 def statuses(consortium: Consortium) -> list[dict[str, Any]]:
     """The latest status of each hospital (empty dict before its first write)."""
+    from p2pfed.daemon import read_status
+
     out = []
     for h in consortium.hospitals:
         try:
@@ -334,6 +335,11 @@ def _scaled(c: Consortium, d: Dataset) -> Dataset:
 
 
 def _train_plain(c: Consortium, data: Dataset, epochs: int) -> float:
+    import torch
+
+    from p2pfed.training.models import build_model
+    from p2pfed.training.trainer import LocalTrainer, TrainingConfig
+
     s = c.settings
     trainer = LocalTrainer(
         build_model("logistic", data.n_features, 2, seed=s.seed),
@@ -367,6 +373,9 @@ def check_audit_logs(c: Consortium) -> tuple[bool, bool]:
 
 def federated_accuracy(c: Consortium, h: Hospital) -> float:
     """Accuracy of ``h``'s final federated model on the held-out test set."""
+    from p2pfed.training.models import build_model
+    from p2pfed.training.trainer import LocalTrainer, TrainingConfig
+
     trainer = LocalTrainer(build_model("logistic", c.pooled.n_features, 2), TrainingConfig())
     trainer.load_checkpoint(h.state / "checkpoint.pt")
     return trainer.evaluate(_scaled(c, c.test)).accuracy
