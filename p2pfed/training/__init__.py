@@ -23,6 +23,8 @@ _WHERE = {
     "dirichlet_split": "data",
     "load_builtin": "data",
     "load_csv": "data",
+    "load_parquet": "data",
+    "load_table": "data",
     "train_test_split": "data",
     "build_model": "models",
     "ParameterLayout": "params",
