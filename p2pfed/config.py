@@ -156,6 +156,8 @@ class PrivacySection:
     mode: str = "distributed"
     clip_norm: float = 1.0
     noise_multiplier: float = 1.0
+    target_epsilon: float = 0.0
+    """If > 0: choose σ so that all [rounds] rounds spend at most this ε (overrides σ)."""
     sample_rate: float = 1.0
     """dp-sgd: Poisson rate of each local step (expected batch = rate × local rows)."""
     steps_per_round: int = 1
@@ -173,6 +175,12 @@ class PrivacySection:
         check(self.steps_per_round >= 1, "[privacy] steps_per_round", "must be ≥ 1")
         check(0 < self.delta < 1, "[privacy] delta", f"must be in (0, 1), not {self.delta}")
         check(self.epsilon_budget > 0, "[privacy] epsilon_budget", "must be positive")
+        check(self.target_epsilon >= 0, "[privacy] target_epsilon", "must be ≥ 0 (0: use σ)")
+        check(
+            self.target_epsilon <= self.epsilon_budget,
+            "[privacy] target_epsilon",
+            "must not exceed epsilon_budget",
+        )
         check(
             self.accountant in ACCOUNTANTS, "[privacy] accountant", f"must be one of {ACCOUNTANTS}"
         )
@@ -324,6 +332,7 @@ personal_prefixes = []         # parameter-name prefixes that never leave this n
 mode = "distributed"           # distributed, local, dp-sgd (per patient), or off
 clip_norm = 1.0                # L2 bound S on each update (dp-sgd: on each example's gradient)
 noise_multiplier = 1.0         # sigma: noise std is sigma * S (split across members)
+target_epsilon = 0.0           # > 0: pick sigma so all rounds spend at most this epsilon
 sample_rate = 1.0              # dp-sgd: Poisson rate of each local step
 steps_per_round = 1            # for `privacy report`: dp-sgd local steps per round
 delta = 1e-5

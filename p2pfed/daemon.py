@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -40,7 +41,7 @@ from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterGate
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.release import PrivateReleaser
-from p2pfed.training.data import Dataset, load_builtin, load_csv, train_test_split
+from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split
 from p2pfed.training.models import build_model
 from p2pfed.training.trainer import DPSGD, LocalTrainer
 from p2pfed.training.validation import Schema, Thresholds, ValidationReport, validate
@@ -77,11 +78,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def load_data(config: Config) -> Dataset:
-    """The node's local data set, from a CSV file or a built-in set."""
+    """The node's local data set, from a CSV or Parquet file or a built-in set."""
     d = config.data
     if d.builtin:
         return load_builtin(d.builtin)
-    return load_csv(config.path(d.path), d.label_column, list(d.feature_columns) or None)
+    return load_table(config.path(d.path), d.label_column, list(d.feature_columns) or None)
 
 
 def standardise(
@@ -188,10 +189,64 @@ def open_governance(prepared: Prepared, consortium: str, classes: int) -> Govern
         DriftConfig(rules=(MetricRule("accuracy", g.accuracy_drop),), psi_major=g.psi_major),
         classes,
     )
-    drift.set_reference(prepared.train)
+    try:
+        drift.set_reference(prepared.train)
+    except DataError as exc:
+        # Too few local rows for a meaningful reference: metric drift is still watched.
+        log.warning("input drift monitoring is off: %s", exc)
     return GovernanceRecorder(
         audit, ModelRegistry(prepared.state_dir / MODELS_DIR), drift=drift, metrics=NodeMetrics()
     )
+
+
+def peer_addresses(config: Config, members: dict[str, Any], me: str) -> dict[str, list[str]]:
+    """Where to dial each other member: its roster addresses, then ``[network] bootstrap``.
+
+    A bootstrap entry is a multiaddr ending in ``/p2p/<peer ID>`` of a roster member (for
+    example an address behind your own NAT or VPN that the roster does not list).
+    """
+    addrs = {pid: list(m.addresses) for pid, m in members.items() if pid != me}
+    for entry in config.network.bootstrap:
+        base, sep, peer = entry.rpartition("/p2p/")
+        if not sep or not base.startswith("/"):
+            raise ConfigError(f"[network] bootstrap entry {entry!r} must end in /p2p/<peer ID>")
+        if peer not in members:
+            raise ConfigError(f"[network] bootstrap entry {entry!r} names a peer not in the roster")
+        if peer != me and base not in addrs[peer]:
+            addrs[peer].append(base)
+    return addrs
+
+
+def noise_multiplier(config: Config, train_rows: int) -> float:
+    """σ from the config, or, with ``target_epsilon``, the smallest σ that meets it.
+
+    The plan covers every configured round: one release per round (q = 1) for update-level
+    DP, or the local DP-SGD steps of each round (Poisson rate ``sample_rate``).
+    """
+    p = config.privacy
+    if p.target_epsilon <= 0:
+        return p.noise_multiplier
+    from p2pfed.privacy import noise_multiplier_for
+
+    if p.mode == "dp-sgd":
+        t = config.training
+        per_round = t.local_steps or t.local_epochs * math.ceil(1.0 / p.sample_rate)
+        q = p.sample_rate
+    else:
+        per_round, q = 1, 1.0
+    sigma = noise_multiplier_for(
+        p.target_epsilon, p.delta, q, config.rounds.rounds * per_round, p.accountant
+    )
+    log.info(
+        "noise multiplier %.4f meets ε = %g over %d rounds (%d steps each, q = %g, %d rows)",
+        sigma,
+        p.target_epsilon,
+        config.rounds.rounds,
+        per_round,
+        q,
+        train_rows,
+    )
+    return sigma
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
@@ -213,10 +268,19 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
 
 async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     """Run the node until its rounds are done, the budget is spent, or it is cancelled."""
+    import topologies
+    from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
     from p2pfed.collectives.round import RingRound
     from p2pfed.collectives.secure import SecureRingRound
+    from p2pfed.collectives.secure_gossip import SecureGossipService
     from p2pfed.collectives.signing import Ed25519CohortSigner
-    from p2pfed.node import Peer, RingAggregator, RoundReport, SecureRingAggregator
+    from p2pfed.node import (
+        GossipAggregator,
+        Peer,
+        RingAggregator,
+        RoundReport,
+        SecureRingAggregator,
+    )
     from p2pfed.node.aggregators import Aggregator
     from p2pfed.node.sync import weights_digest
     from p2pfed.secagg.fixedpoint import FixedPoint
@@ -236,16 +300,13 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
         config.model.hidden,
         config.model.seed,
     )
+    sigma = noise_multiplier(config, len(prepared.train))
     trainer = LocalTrainer(
         model,
         config.training,
         torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")),
         dp_sgd=(
-            DPSGD(
-                config.privacy.sample_rate,
-                config.privacy.clip_norm,
-                config.privacy.noise_multiplier,
-            )
+            DPSGD(config.privacy.sample_rate, config.privacy.clip_norm, sigma)
             if config.privacy.mode == "dp-sgd"
             else None
         ),
@@ -282,13 +343,40 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
             prepared.gate,
             host=host,
             port=port,
-            peer_addrs={pid: m.addresses for pid, m in members.items() if pid != identity.peer_id},
+            peer_addrs=peer_addresses(config, members, identity.peer_id),
         ) as transport:
             signer = Ed25519CohortSigner(identity.seed, keys)
             n = len(members)
             threshold = config.secagg.threshold or n // 2 + 1
+            stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
+            fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
+            peers = sorted(members)
             aggregator: Aggregator
-            if config.secagg.enabled:
+            if config.rounds.mode == "gossip":
+                topology = topologies.build(config.rounds.topology, n)
+                service: Any
+                if config.secagg.enabled:
+                    service = SecureGossipService(
+                        transport,
+                        consortium,
+                        peers,
+                        topology,
+                        keys,
+                        identity,
+                        fixed_point=fixed_point,
+                        stage_timeout=stage_timeout,
+                        rng=np.random.default_rng(),
+                    )
+                else:
+                    service = GossipService(
+                        transport,
+                        consortium,
+                        peers,
+                        topology,
+                        config=GossipConfig(deadline=stage_timeout, timeout=stage_timeout),
+                    )
+                aggregator = GossipAggregator(service, config.secagg.enabled)
+            elif config.secagg.enabled:
                 secure = SecureRingRound(
                     transport,
                     consortium,
@@ -296,30 +384,26 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                     keys,
                     identity,
                     signer,
-                    stage_timeout=min(10.0, config.rounds.round_timeout_s / 4),
+                    stage_timeout=stage_timeout,
                 )
                 aggregator = SecureRingAggregator(
-                    secure,
-                    FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits),
-                    n,
-                    threshold,
-                    np.random.default_rng(),
+                    secure, fixed_point, n, threshold, np.random.default_rng()
                 )
             else:
                 aggregator = RingAggregator(
-                    RingRound(transport, consortium, roster.version, sorted(members), signer)
+                    RingRound(transport, consortium, roster.version, peers, signer)
                 )
             releaser = None
             if ledger is not None:
-                if p.mode == "distributed" and not aggregator.secure:
+                if p.mode == "distributed" and (not aggregator.secure or not aggregator.exact):
                     raise ConfigError(
-                        "[privacy] mode = distributed needs [secagg] enabled = true "
-                        "(without masks each small noise share is exposed); use mode = local"
+                        "[privacy] mode = distributed needs ring mode with [secagg] enabled "
+                        "(otherwise a small noise share can be exposed); use local or dp-sgd"
                     )
                 releaser = PrivateReleaser(
                     ledger,
                     clip_norm=p.clip_norm,
-                    noise_multiplier=p.noise_multiplier,
+                    noise_multiplier=sigma,
                     mode=NoiseMode(p.mode),
                     n_peers=n,
                     min_peers=aggregator.guaranteed_contributors,
@@ -353,7 +437,7 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                             trainer.layout.names, trainer.layout.shapes, peer.weights
                         ),
                         dp=DPRecord(
-                            noise_multiplier=p.noise_multiplier if ledger else 0.0,
+                            noise_multiplier=sigma if ledger else 0.0,
                             clip_norm=p.clip_norm,
                             sample_rate=report.sample_rate,
                             delta=p.delta,
@@ -362,7 +446,11 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                             steps=report.steps,
                             epsilon_budget=p.epsilon_budget if ledger else None,
                         ),
-                        metrics={"accuracy": report.test_accuracy, "loss": report.test_loss},
+                        metrics={
+                            "accuracy": report.test_accuracy,
+                            "loss": report.test_loss,
+                            "bytes_sent": float(report.bytes_sent),
+                        },
                         duration_s=report.duration_s,
                         bytes_sent=report.bytes_sent,
                     )

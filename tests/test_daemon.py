@@ -143,3 +143,45 @@ def test_sigkill_one_of_four_daemons(tmp_path: Path) -> None:
     log = (victim.folder / "daemon.log").read_text()
     assert "resumed from checkpoint" in log
     assert statuses(c)[1]["pid"] == victim.process.pid  # the restarted process finished
+
+
+def test_target_epsilon_picks_a_sigma_that_meets_it(member: Path) -> None:
+    from dataclasses import replace
+
+    from p2pfed.daemon import noise_multiplier
+    from p2pfed.privacy import PLDAccountant
+
+    config = load_config(member)
+    config = replace(config, privacy=replace(config.privacy, target_epsilon=3.0))
+    sigma = noise_multiplier(config, 100)
+    steps = (
+        config.rounds.rounds
+        * config.training.local_epochs
+        * int(np.ceil(1 / config.privacy.sample_rate))
+    )
+    acc = PLDAccountant()
+    acc.step(noise_multiplier=sigma, sample_rate=config.privacy.sample_rate, steps=steps)
+    assert acc.get_epsilon(config.privacy.delta) <= 3.0
+    assert (
+        noise_multiplier(load_config(member), 100) == load_config(member).privacy.noise_multiplier
+    )
+
+
+def test_bootstrap_entries_are_checked(member: Path) -> None:
+    from dataclasses import replace
+
+    from p2pfed.daemon import peer_addresses
+
+    config = load_config(member)
+    members = {m.peer_id: m for m in prepare(config).gate.roster.members}
+    me, other = list(members)[:2]
+    extra = f"/ip4/10.1.2.3/tcp/4001/p2p/{other}"
+    cfg = replace(config, network=replace(config.network, bootstrap=(extra,)))
+    assert "/ip4/10.1.2.3/tcp/4001" in peer_addresses(cfg, members, me)[other]
+    for bad, match in [
+        ("/ip4/10.1.2.3/tcp/4001", "must end in /p2p/"),
+        ("/ip4/10.1.2.3/tcp/4001/p2p/12D3KooWNotAMember", "not in the roster"),
+    ]:
+        cfg = replace(config, network=replace(config.network, bootstrap=(bad,)))
+        with pytest.raises(ConfigError, match=match):
+            peer_addresses(cfg, members, me)

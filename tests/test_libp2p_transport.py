@@ -12,6 +12,7 @@ import gc
 import hashlib
 import logging
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -354,6 +355,16 @@ def test_bad_configuration_is_named() -> None:
         Libp2pTransport(
             seed_for("x"), lambda _: True, peer_addrs={peer: "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWx"}
         )
+
+
+async def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on /ip4/127.0.0.1/tcp/{port}"):
+            async with Libp2pTransport(seed_for("busy"), lambda _: True, port=port):
+                pass
 
 
 def test_peer_id_derives_from_the_seed() -> None:

@@ -9,10 +9,12 @@ import pytest
 import torch
 import trio
 
+import topologies
 from p2pfed.collectives.secure import SecureRingRound
+from p2pfed.collectives.secure_gossip import SecureGossipService
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.identity import Identity
-from p2pfed.node import Peer, SecureRingAggregator
+from p2pfed.node import Aggregator, GossipAggregator, Peer, SecureRingAggregator
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.fixedpoint import FixedPoint
@@ -42,8 +44,15 @@ def scaled_breast_cancer() -> tuple[Dataset, Dataset]:
 
 class Consortium:
     def __init__(
-        self, tmp: Path, n: int, *, hidden: tuple[int, ...] = (), personal: tuple[str, ...] = ()
+        self,
+        tmp: Path,
+        n: int,
+        *,
+        hidden: tuple[int, ...] = (),
+        personal: tuple[str, ...] = (),
+        gossip: str = "",
     ) -> None:
+        self.gossip = gossip
         self.tmp = tmp
         self.ids = [Identity.generate() for _ in range(n)]
         self.keys = {i.peer_id: i.public_key for i in self.ids}
@@ -67,9 +76,21 @@ class Consortium:
                 stage_timeout=2.0,
             )
             n = len(self.ids)
-            aggregator = SecureRingAggregator(
+            aggregator: Aggregator = SecureRingAggregator(
                 secure, FixedPoint(), n, n // 2 + 1, np.random.default_rng(k)
             )
+            if self.gossip:
+                service = SecureGossipService(
+                    transport,
+                    "test",
+                    sorted(self.keys),
+                    topologies.build(self.gossip, n),
+                    self.keys,
+                    ident,
+                    stage_timeout=2.0,
+                    rng=np.random.default_rng(k),
+                )
+                aggregator = GossipAggregator(service, secure=True)
             kind = "mlp" if self.hidden else "logistic"
             trainer = LocalTrainer(
                 build_model(kind, 30, 2, hidden=self.hidden or (1,), seed=0),
@@ -205,3 +226,23 @@ async def test_a_diverged_peer_adopts_the_majority_model(tmp_path: Path) -> None
             assert odd.weights.tobytes() == peers[1].weights.tobytes()
             assert not await peers[1].reconcile()  # the majority keeps its model
             done.set()
+
+
+async def test_secure_gossip_mode_converges_without_exact_agreement(tmp_path: Path) -> None:
+    c = Consortium(tmp_path, 4, gossip="ring")
+    peers: list[Peer] = []
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+
+            async def one(k: int) -> None:
+                async with c.peer(k) as peer:
+                    reports = await peer.run(6, startup_timeout=5.0)
+                    assert all(r.committed for r in reports)
+                    assert reports[-1].test_accuracy > 0.85
+                    peers.append(peer)
+
+            for k in range(4):
+                nursery.start_soon(one, k)
+    stacked = np.stack([p.weights for p in peers])
+    spread = np.linalg.norm(stacked - stacked.mean(0)) / np.linalg.norm(stacked.mean(0))
+    assert 0 < spread < 1.0  # different models (non-IID local steps), in one neighbourhood

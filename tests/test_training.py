@@ -195,3 +195,36 @@ def test_config_and_model_errors() -> None:
         build_model("no_such_module:make", 3, 2)
     m = build_model("tests.helpers_models:tiny", 3, 2)
     assert sum(p.numel() for p in m.parameters()) == 3 * 2 + 2
+
+
+def test_parquet_loading_and_errors(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from p2pfed.training import load_table
+
+    p = tmp_path / "site.parquet"
+    pq.write_table(pa.table({"age": [50.0, None], "bp": [120, 130], "label": [1, 0]}), p)
+    d = load_table(p, "label")
+    assert d.feature_names == ("age", "bp") and np.isnan(d.x[1, 0]) and d.y.tolist() == [1, 0]
+    pq.write_table(pa.table({"age": ["old", "young"], "label": [1, 0]}), p)
+    with pytest.raises(DataError, match="column 'age' holds string"):
+        load_table(p, "label")
+    pq.write_table(pa.table({"age": [1.0], "label": [0.5]}), p)
+    with pytest.raises(DataError, match="non-negative integer classes"):
+        load_table(p, "label")
+    p.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_table(p, "label")
+    with pytest.raises(DataError, match="no such data file"):
+        load_table(tmp_path / "gone.parquet", "label")
+
+
+def test_fixed_local_steps() -> None:
+    train, _ = standardised_breast_cancer()
+    t = LocalTrainer(
+        build_model("logistic", 30, 2),
+        TrainingConfig(local_steps=7, batch_size=8),
+        torch.Generator(),
+    )
+    assert t.train_round(train, t.shared_weights()).steps == 7

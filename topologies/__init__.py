@@ -2,42 +2,60 @@
 
 ``build(name, n, seed=...)`` makes a ``Topology``; ``analyze(topology)`` reports its spectral
 gap, rounds to consensus, degrees, diameter and traffic. Loaders read edge lists, GraphML and
-JSON (the only I/O here). No torch, no networking.
+JSON (the only I/O here). No torch, no networking. Names load on first use (PEP 562), so
+importing ``topologies.errors`` alone stays cheap.
 """
 
-from topologies.analysis import Analysis, analyze, rounds_to_consensus, spectral_norm
-from topologies.errors import TopologyError
-from topologies.graphs import GENERATORS, Generator, Topology, build, from_graphs, make_mixing
-from topologies.loaders import load, load_edgelist, load_graphml, load_json
-from topologies.mixing import (
-    from_edge_weights,
-    lazy,
-    max_degree,
-    metropolis_hastings,
-    uniform,
-    validate_mixing,
-)
+from __future__ import annotations
 
-__all__ = [
-    "GENERATORS",
-    "Analysis",
-    "Generator",
-    "Topology",
-    "TopologyError",
-    "analyze",
-    "build",
-    "from_edge_weights",
-    "from_graphs",
-    "lazy",
-    "load",
-    "load_edgelist",
-    "load_graphml",
-    "load_json",
-    "make_mixing",
-    "max_degree",
-    "metropolis_hastings",
-    "rounds_to_consensus",
-    "spectral_norm",
-    "uniform",
-    "validate_mixing",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from topologies.analysis import Analysis as Analysis
+    from topologies.analysis import analyze as analyze
+    from topologies.analysis import rounds_to_consensus as rounds_to_consensus
+    from topologies.analysis import spectral_norm as spectral_norm
+    from topologies.errors import TopologyError as TopologyError
+    from topologies.graphs import GENERATORS as GENERATORS
+    from topologies.graphs import Generator as Generator
+    from topologies.graphs import Topology as Topology
+    from topologies.graphs import build as build
+    from topologies.graphs import from_graphs as from_graphs
+    from topologies.graphs import make_mixing as make_mixing
+    from topologies.loaders import load as load
+    from topologies.loaders import load_edgelist as load_edgelist
+    from topologies.loaders import load_graphml as load_graphml
+    from topologies.loaders import load_json as load_json
+
+_WHERE = {
+    "Analysis": "analysis",
+    "GENERATORS": "graphs",
+    "Generator": "graphs",
+    "Topology": "graphs",
+    "TopologyError": "errors",
+    "analyze": "analysis",
+    "build": "graphs",
+    "from_edge_weights": "mixing",
+    "from_graphs": "graphs",
+    "lazy": "mixing",
+    "load": "loaders",
+    "load_edgelist": "loaders",
+    "load_graphml": "loaders",
+    "load_json": "loaders",
+    "make_mixing": "graphs",
+    "max_degree": "mixing",
+    "metropolis_hastings": "mixing",
+    "rounds_to_consensus": "analysis",
+    "spectral_norm": "analysis",
+    "uniform": "mixing",
+    "validate_mixing": "mixing",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

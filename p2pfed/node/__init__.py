@@ -3,6 +3,7 @@
 from p2pfed.node.aggregators import (
     Aggregate,
     Aggregator,
+    GossipAggregator,
     Missed,
     RingAggregator,
     SecureRingAggregator,
@@ -13,6 +14,7 @@ from p2pfed.node.sync import ModelStatus, ModelSync, weights_digest
 __all__ = [
     "Aggregate",
     "Aggregator",
+    "GossipAggregator",
     "Missed",
     "ModelStatus",
     "ModelSync",

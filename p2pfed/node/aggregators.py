@@ -8,6 +8,10 @@ with who they were and what it cost. Implementations compose the collectives:
   words summed by round agreement + ring all-reduce → unmask → decode → mean. No peer ever
   holds another's update; only the sum is revealed.
 - ``RingAggregator``: plain float ring all-reduce (secure aggregation off).
+- ``GossipAggregator``: neighbourhood averaging over a topology (D-PSGD): this peer's model
+  after its update is mixed with its neighbours' (securely, inside each averaging group of
+  three or more, with ``SecureGossipService``); peers then hold different models that
+  converge, so ``exact`` is False and no peer expects the others' model to equal its own.
 
 Each is a thin adapter: all protocol logic lives in ``p2pfed.collectives`` and
 ``p2pfed.secagg``. A round that cannot complete (too few survivors, this peer left out)
@@ -17,7 +21,7 @@ returns ``None`` instead of a partial result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +29,7 @@ from numpy.typing import NDArray
 from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.secure import SecureRingRound
+from p2pfed.errors import P2PFedError
 from p2pfed.secagg.fixedpoint import FixedPoint
 
 
@@ -53,14 +58,21 @@ class Aggregator(Protocol):
 
     secure: bool
     """Whether individual updates stay hidden (only the sum is revealed)."""
+    exact: bool
+    """Whether every member ends the round with the same model (exact averaging)."""
 
     @property
     def guaranteed_contributors(self) -> int:
         """How many updates a completed sum always contains (for distributed DP noise)."""
         ...
 
-    async def aggregate(self, round: int, update: NDArray[np.float32]) -> Aggregate | Missed:
-        """The mean update over this round's contributors, or why there is none."""
+    async def aggregate(
+        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+    ) -> Aggregate | Missed:
+        """The mean update over this round's contributors, or why there is none.
+
+        ``weights`` are this peer's shared weights before the update (gossip mixes models).
+        """
         ...
 
 
@@ -68,6 +80,7 @@ class SecureRingAggregator:
     """Secure aggregation whose masked words are summed by the ring (the default)."""
 
     secure = True
+    exact = True
 
     def __init__(
         self,
@@ -89,7 +102,9 @@ class SecureRingAggregator:
         """A secure sum completes only with at least the threshold of survivors."""
         return self.threshold
 
-    async def aggregate(self, round: int, update: NDArray[np.float32]) -> Aggregate | Missed:
+    async def aggregate(
+        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+    ) -> Aggregate | Missed:
         """Encode, mask, ring-sum, unmask and decode; the mean over the survivors."""
         words = self.fixed_point.encode(update, self.rng, self.members)
         outcome = await self.secure_round.aggregate(
@@ -109,6 +124,7 @@ class RingAggregator:
     """Plain ring all-reduce of float updates (secure aggregation off)."""
 
     secure = False
+    exact = True
 
     def __init__(self, ring_round: RingRound) -> None:
         self.ring_round = ring_round
@@ -118,7 +134,9 @@ class RingAggregator:
         """Without masks any single update may be seen: no guarantee beyond oneself."""
         return 1
 
-    async def aggregate(self, round: int, update: NDArray[np.float32]) -> Aggregate | Missed:
+    async def aggregate(
+        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+    ) -> Aggregate | Missed:
         """Sum the float updates by ring all-reduce; the mean over the committed cohort."""
         outcome = await self.ring_round.all_reduce(update.astype(np.float32), round)
         exclusions = tuple(outcome.exclusions)
@@ -127,3 +145,51 @@ class RingAggregator:
         cohort = frozenset(outcome.cohort)
         mean = (outcome.result.vector / len(cohort)).astype(np.float32)
         return Aggregate(round, mean, cohort, outcome.result.bytes_sent, exclusions)
+
+
+class GossipRound(Protocol):
+    """A synchronous gossip service: ``GossipService`` or ``SecureGossipService``."""
+
+    me: str
+
+    async def sync_round(self, t: int, vector: NDArray[np.floating]) -> Any:
+        """Mix ``vector`` with the neighbours' for round ``t``."""
+        ...
+
+
+class GossipAggregator:
+    """D-PSGD: mix this peer's updated model with its neighbours' over a topology."""
+
+    exact = False
+
+    def __init__(self, service: GossipRound, secure: bool) -> None:
+        self.service = service
+        self.secure = secure
+
+    @property
+    def guaranteed_contributors(self) -> int:
+        """Gossip makes no promise about how many updates share a sum: use local noise."""
+        return 1
+
+    async def aggregate(
+        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+    ) -> Aggregate | Missed:
+        """The mixed model minus ours: the update that takes us to the neighbourhood mix."""
+        current = weights
+        try:
+            outcome = await self.service.sync_round(round, (current + update).astype(np.float32))
+        except P2PFedError as exc:
+            return Missed(round, str(exc))
+        heard: frozenset[str] = frozenset(
+            outcome.contributors if hasattr(outcome, "contributors") else outcome.heard
+        )
+        mixed = np.asarray(outcome.vector, dtype=np.float32)
+        if not np.all(np.isfinite(mixed)):
+            return Missed(round, "the mixed model is not finite", tuple(outcome.exclusions))
+        return Aggregate(
+            round,
+            (mixed - current).astype(np.float32),
+            heard | {self.service.me},
+            0,
+            tuple(outcome.exclusions),
+        )

@@ -195,8 +195,8 @@ class Peer:
         members at our round vote with their weights digest; if most of them (counting us)
         hold another model, we fetch it, so a divergence lasts at most one round.
         """
-        if self.model_round < 0:
-            return False
+        if self.model_round < 0 or not self.aggregator.exact:
+            return False  # gossip: members hold different models by design
         mine = weights_digest(self.weights)
         votes: dict[bytes, list[str]] = {mine: [self.me]}
         for peer, status in (await self.sync.probe_all(self.others, 2.0)).items():
@@ -231,7 +231,7 @@ class Peer:
             update = self.releaser.release(
                 round_, update, sample_rate=result.sample_rate, steps=result.steps
             ).astype(np.float32)
-        outcome = await self.aggregator.aggregate(round_, update)
+        outcome = await self.aggregator.aggregate(round_, update, self.weights)
         committed = isinstance(outcome, Aggregate)
         if isinstance(outcome, Missed):
             self.trainer.load_shared(self.weights)  # undo local steps: the round did not happen

@@ -1,21 +1,44 @@
-"""Local training: data, models, the shared parameter layout, the trainer, validation."""
+"""Local training: data, models, the shared parameter layout, the trainer, validation.
 
-from p2pfed.training.data import Dataset, dirichlet_split, load_builtin, load_csv, train_test_split
-from p2pfed.training.models import build_model
-from p2pfed.training.params import ParameterLayout
-from p2pfed.training.trainer import DPSGD, LocalTrainer, Metrics, TrainingConfig, TrainResult
+Names are loaded on first use (PEP 562), so importing ``p2pfed.training.data`` for a
+``Dataset`` does not pull in torch; the command line stays quick to start.
+"""
 
-__all__ = [
-    "DPSGD",
-    "Dataset",
-    "LocalTrainer",
-    "Metrics",
-    "ParameterLayout",
-    "TrainResult",
-    "TrainingConfig",
-    "build_model",
-    "dirichlet_split",
-    "load_builtin",
-    "load_csv",
-    "train_test_split",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from p2pfed.training.models import build_model as build_model
+    from p2pfed.training.params import ParameterLayout as ParameterLayout
+    from p2pfed.training.trainer import DPSGD as DPSGD
+    from p2pfed.training.trainer import LocalTrainer as LocalTrainer
+    from p2pfed.training.trainer import Metrics as Metrics
+    from p2pfed.training.trainer import TrainingConfig as TrainingConfig
+    from p2pfed.training.trainer import TrainResult as TrainResult
+
+_WHERE = {
+    "Dataset": "data",
+    "dirichlet_split": "data",
+    "load_builtin": "data",
+    "load_csv": "data",
+    "load_parquet": "data",
+    "load_table": "data",
+    "train_test_split": "data",
+    "build_model": "models",
+    "ParameterLayout": "params",
+    "DPSGD": "trainer",
+    "LocalTrainer": "trainer",
+    "Metrics": "trainer",
+    "TrainingConfig": "trainer",
+    "TrainResult": "trainer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

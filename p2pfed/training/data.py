@@ -157,6 +157,58 @@ def _label(text: str, path: Path, lineno: int) -> int:
     return int(value)
 
 
+def load_parquet(
+    path: str | Path, label_column: str, feature_columns: list[str] | None = None
+) -> Dataset:
+    """Read a Parquet file; nulls become NaN (reported by validation, not fixed).
+
+    Raises ``DataError`` naming the file and the problem: missing file or column, a
+    non-numeric column, a non-integer label, a file that is not Parquet.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such data file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    names = list(table.column_names)
+    if label_column not in names:
+        raise DataError(f"{path}: no label column {label_column!r}")
+    features = feature_columns or [n for n in names if n != label_column]
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{path}: no feature column {missing[0]!r}")
+    columns = []
+    for name in features:
+        column = table.column(name)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise DataError(f"{path}: column {name!r} holds {column.type}, not numbers")
+        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float32))
+    label = table.column(label_column)
+    if label.null_count or not (
+        pa.types.is_integer(label.type) or pa.types.is_floating(label.type)
+    ):
+        raise DataError(f"{path}: label column {label_column!r} must be whole class numbers")
+    y = label.to_numpy(zero_copy_only=False)
+    if not np.all(np.mod(y, 1) == 0) or (y.size and y.min() < 0):
+        raise DataError(f"{path}: labels must be non-negative integer classes")
+    x = np.stack(columns, axis=1) if columns else np.zeros((len(y), 0), np.float32)
+    return Dataset(x, y.astype(np.int64), tuple(features), path.name)
+
+
+def load_table(
+    path: str | Path, label_column: str, feature_columns: list[str] | None = None
+) -> Dataset:
+    """A CSV or Parquet file (by extension: .parquet or .pq, else CSV)."""
+    if Path(path).suffix.lower() in (".parquet", ".pq"):
+        return load_parquet(path, label_column, feature_columns)
+    return load_csv(path, label_column, feature_columns)
+
+
 def train_test_split(
     data: Dataset, test_fraction: float, rng: np.random.Generator
 ) -> tuple[Dataset, Dataset]:

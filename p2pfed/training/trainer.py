@@ -36,6 +36,8 @@ class TrainingConfig:
     """How a peer trains locally each round."""
 
     local_epochs: int = 1
+    local_steps: int = 0
+    """If > 0: exactly this many minibatch steps per round instead of ``local_epochs``."""
     batch_size: int = 32
     learning_rate: float = 0.1
     optimizer: str = "sgd"
@@ -47,6 +49,7 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.local_epochs >= 1, "[training] local_epochs must be ≥ 1"),
+            (self.local_steps >= 0, "[training] local_steps must be ≥ 0"),
             (self.batch_size >= 1, "[training] batch_size must be ≥ 1"),
             (self.learning_rate > 0, "[training] learning_rate must be positive"),
             (self.optimizer in OPTIMIZERS, f"[training] optimizer must be one of {OPTIMIZERS}"),
@@ -157,23 +160,35 @@ class LocalTrainer:
         if self.dp_sgd is not None:
             return self._train_dp_sgd(data, x, y, global_weights, shared, reference)
         steps, total = 0, 0.0
-        for _ in range(self.config.local_epochs):
-            order = torch.randperm(len(data), generator=self.generator)
-            for start in range(0, len(data), self.config.batch_size):
-                idx = order[start : start + self.config.batch_size]
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self._loss(self.model(x[idx]), y[idx])
-                if mu > 0:
-                    prox = sum(((p - r) ** 2).sum() for p, r in zip(shared, reference, strict=True))
-                    loss = loss + 0.5 * mu * prox
-                loss.backward()
-                self.optimizer.step()
-                steps += 1
-                total += float(loss.detach())
+        for idx in self._batches(len(data)):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(self.model(x[idx]), y[idx])
+            if mu > 0:
+                prox = sum(((p - r) ** 2).sum() for p, r in zip(shared, reference, strict=True))
+                loss = loss + 0.5 * mu * prox
+            loss.backward()
+            self.optimizer.step()
+            steps += 1
+            total += float(loss.detach())
         if not np.isfinite(total):
             raise DataError("local training diverged (loss is not finite); lower the learning rate")
         update = self.shared_weights() - np.asarray(global_weights, dtype=np.float32)
         return TrainResult(update.astype(np.float32), total / steps, steps, len(data))
+
+    def _batches(self, n: int) -> list[torch.Tensor]:
+        """Minibatch indices of one round: whole shuffled epochs, or ``local_steps`` batches."""
+        size = self.config.batch_size
+        batches: list[torch.Tensor] = []
+        epochs = self.config.local_epochs
+        while True:
+            order = torch.randperm(n, generator=self.generator)
+            batches += [order[i : i + size] for i in range(0, n, size)]
+            epochs -= 1
+            if self.config.local_steps:
+                if len(batches) >= self.config.local_steps:
+                    return batches[: self.config.local_steps]
+            elif epochs == 0:
+                return batches
 
     def _train_dp_sgd(
         self,
@@ -190,7 +205,7 @@ class LocalTrainer:
         assert dp is not None
         if self.noise_generator is None:
             self.noise_generator = production_torch_generator()
-        steps = self.config.local_epochs * dp.steps_per_epoch()
+        steps = self.config.local_steps or self.config.local_epochs * dp.steps_per_epoch()
         expected = dp.sample_rate * len(data)
         total = 0.0
         for _ in range(steps):

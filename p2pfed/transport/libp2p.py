@@ -367,6 +367,10 @@ class Libp2pTransport(Transport):
             # Unwound first: leaving host.run() alone leaves the listener open.
             stack.push_async_callback(self._close_host)
             self._listen_addrs = tuple(str(a).split("/p2p/")[0] for a in host.get_addrs())
+            if not self._listen_addrs:
+                # py-libp2p logs the failure and runs on without a listener; a peer nobody can
+                # reach must not look healthy.
+                raise ConfigError(f"cannot listen on {self._listen} (port in use or not ours)")
             for protocol in self._handlers:
                 self._register(protocol)
         except BaseException:

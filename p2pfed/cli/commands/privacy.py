@@ -47,16 +47,22 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int]:
     """(ledger, σ, q, T) from --config or the flags; flags override the config."""
+    from p2pfed.config import load_config
     from p2pfed.errors import ConfigError
-    from p2pfed.privacy.config import PrivacyConfig
     from p2pfed.privacy.ledger import PrivacyLedger
 
     if args.config is not None:
         if args.ledger is not None or args.budget is not None or args.delta is not None:
             raise ConfigError("give either --config or --ledger/--budget/--delta, not both")
-        cfg = PrivacyConfig.load(args.config)
-        path, budget, delta, kind = cfg.ledger, cfg.epsilon_budget, cfg.delta, cfg.accountant
-        sigma, q, t = cfg.noise_multiplier, cfg.sample_rate, cfg.steps_per_round
+        config = load_config(args.config)  # the daemon's own parser: the same keys, checked
+        cfg = config.privacy
+        path, budget, delta = config.path(cfg.ledger), cfg.epsilon_budget, cfg.delta
+        kind, sigma, q, t = (
+            cfg.accountant,
+            cfg.noise_multiplier,
+            cfg.sample_rate,
+            cfg.steps_per_round,
+        )
     else:
         if args.ledger is None or args.budget is None or args.delta is None:
             raise ConfigError("give --config FILE, or all of --ledger, --budget and --delta")

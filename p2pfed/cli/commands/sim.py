@@ -15,6 +15,7 @@ import math
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from p2pfed.cli import add_group
 from p2pfed.errors import ConfigError
@@ -88,6 +89,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--threads", type=_positive, default=1, help="torch threads (1)")
     sweep.set_defaults(func=_sweep)
 
+    emu = sub.add_parser(
+        "emulate",
+        help="Run a scenario (N ≤ 8) on real daemons over libp2p and compare with the simulator.",
+    )
+    emu.add_argument("scenario", help="scenario TOML file, or a shipped scenario's name")
+    emu.add_argument("--out", type=Path, default=None, help="output folder (out/emulate/NAME)")
+    emu.add_argument(
+        "--set", action="append", default=[], metavar="PATH=VALUE", help="override a value"
+    )
+    emu.add_argument("--timeout", type=float, default=600.0, help="give up after this many s")
+    emu.set_defaults(func=_emulate)
+
     lst = sub.add_parser("list", help="List the scenarios shipped with p2pfed.")
     lst.set_defaults(func=_list)
 
@@ -104,7 +117,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _scenario(args: argparse.Namespace) -> Any:
     from sim.scenario import load_scenario, parse_value, with_overrides
 
     path = resolve_scenario(args.scenario)
@@ -115,7 +128,57 @@ def _run(args: argparse.Namespace) -> int:
         if not sep or not key.strip() or not value.strip():
             raise ConfigError(f"--set {item!r} must look like PATH=VALUE")
         overrides[key.strip()] = parse_value(value.strip())
-    scenario = with_overrides(scenario, overrides)
+    return with_overrides(scenario, overrides)
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from p2pfed.demo import launch, stop, watch
+    from p2pfed.durable import atomic_write
+    from sim import emulate
+    from sim.results import records_csv
+    from sim.sweep import run_point
+
+    scenario = _scenario(args)
+    emulate.check_emulable(scenario)
+    out: Path = args.out or Path("out") / "emulate" / scenario.name
+    _prepare_directory(out)
+    print(f"scenario {scenario.name}: simulating {scenario.n} peers, then emulating", flush=True)
+    simulated = run_point(scenario).records
+    root = Path(tempfile.mkdtemp(prefix="p2pfed-emulate-", dir=out))
+    consortium, data = emulate.build(scenario, root)
+    try:
+        launch(consortium)
+        watch(consortium, args.timeout)
+    finally:
+        stop(consortium)
+    emulated = emulate.records(consortium, data, scenario)
+    atomic_write(out / "metrics-simulated.csv", records_csv(simulated).encode(), 0o644)
+    atomic_write(out / "metrics-emulated.csv", records_csv(emulated).encode(), 0o644)
+    sim_by_round = {r.round: r for r in simulated}
+    print(
+        f"{'round':>5}  {'sim acc':>8}  {'real acc':>8}  {'sim bytes/peer':>14}  "
+        f"{'real bytes/peer':>15}  {'real ε':>7}"
+    )
+    for r in emulated:
+        s_rec = sim_by_round.get(r.round)
+        s_acc = f"{s_rec.accuracy_mean:.4f}" if s_rec else "—"
+        s_bytes = f"{s_rec.bytes_sent_mean:.0f}" if s_rec else "—"
+        eps = "—" if r.epsilon is None else f"{r.epsilon:.3f}"
+        print(
+            f"{r.round:>5}  {s_acc:>8}  {r.accuracy_mean:>8.4f}  {s_bytes:>14}  "
+            f"{r.bytes_sent_mean:>15.0f}  {eps:>7}"
+        )
+    print(
+        f"wrote {out / 'metrics-simulated.csv'} and {out / 'metrics-emulated.csv'}; "
+        f"daemons' folders in {root}"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = _scenario(args)
     out: Path = args.out or Path("out") / "sim" / scenario.name
     _prepare_directory(out)
     print(
