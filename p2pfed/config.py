@@ -256,6 +256,17 @@ class Config:
     base_dir: str = ""
     """Folder relative paths are resolved against (set by ``load_config``, not the file)."""
 
+    def validate(self) -> None:
+        # Distributed noise shares are safe only inside an exact secure sum.
+        if self.privacy.mode == "distributed":
+            ok = self.rounds.mode == "ring" and self.secagg.enabled
+            check(
+                ok,
+                "[privacy] mode",
+                "= distributed needs [rounds] mode = ring with [secagg] enabled (otherwise a "
+                "small noise share can be exposed); use local or dp-sgd",
+            )
+
     def path(self, relative: str) -> Path:
         """``relative`` resolved against the config file's folder."""
         p = Path(relative).expanduser()
@@ -296,8 +307,8 @@ bootstrap = []                     # multiaddrs of members to dial first
 mode = "ring"                  # ring (exact average) or gossip (neighbours in a topology)
 topology = "exponential"       # for gossip: see `p2pfed topology list`
 rounds = 20
-min_peers = 2                  # a round needs at least this many members
-round_timeout_s = 120.0        # a member silent this long is dropped for the round
+min_peers = 2                  # rounds start only when this many members are reachable
+round_timeout_s = 120.0        # start-up and catch-up wait; stages time out at min(10 s, 1/4 of it)
 
 [model]
 kind = "logistic"              # logistic, mlp, or module:factory

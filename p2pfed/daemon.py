@@ -11,6 +11,7 @@ files are closed on the way out, and the last completed round stays checkpointed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -123,6 +124,29 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"this node ({identity.peer_id}) is not a member of roster version "
             f"{gate.roster.version}; ask the consortium admins to add it"
         )
+    members = [m for m in gate.roster.members if m.role is Role.MEMBER]
+    if config.secagg.enabled and len(members) < 3:
+        raise ConfigError(
+            f"[secagg] enabled needs at least 3 members (the roster has {len(members)}): a sum "
+            "of two would reveal the other's update"
+        )
+    if config.rounds.min_peers > len(members):
+        raise ConfigError(
+            f"[rounds] min_peers = {config.rounds.min_peers} exceeds the roster's "
+            f"{len(members)} members"
+        )
+    p = config.privacy
+    if p.mode != "off" and config.path(p.ledger).exists():
+        # Integrity and budget now, before the network: a corrupted ledger stops the node.
+        with PrivacyLedger(
+            config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant, read_only=True
+        ) as ledger:
+            if ledger.remaining_epsilon() <= 0:
+                raise BudgetExceededError(
+                    f"the privacy budget ε = {p.epsilon_budget:g} is spent "
+                    f"({ledger.spent_epsilon():.4g} recorded in {ledger.path}); nothing more "
+                    "may be released"
+                )
     data = load_data(config)
     schema = Schema(
         features=config.schema.features or data.feature_names,
@@ -266,8 +290,79 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
     return loaded
 
 
-async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
+async def serve(prepared: Prepared) -> dict[str, Any]:
     """Run the node until its rounds are done, the budget is spent, or it is cancelled."""
+    config, identity = prepared.config, prepared.identity
+    roster = prepared.gate.roster
+    consortium = roster.consortium_id
+    torch.set_num_threads(1)  # peers share the machine's cores with their neighbours
+    model = build_model(
+        config.model.kind,
+        prepared.train.n_features,
+        max(len(config.schema.labels), int(prepared.train.y.max()) + 1),
+        config.model.hidden,
+        config.model.seed,
+    )
+    sigma = noise_multiplier(config, len(prepared.train))
+    trainer = LocalTrainer(
+        model,
+        config.training,
+        torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")),
+        dp_sgd=(
+            DPSGD(config.privacy.sample_rate, config.privacy.clip_norm, sigma)
+            if config.privacy.mode == "dp-sgd"
+            else None
+        ),
+    )
+    classes = max(len(config.schema.labels), int(prepared.train.y.max()) + 1)
+    p = config.privacy
+    status: dict[str, Any] = {
+        "name": config.node.name,
+        "peer_id": identity.peer_id,
+        "consortium": consortium,
+        "roster_version": roster.version,
+        "rounds": config.rounds.rounds,
+        "state": "starting",
+    }
+    # Everything opened here is closed (in reverse order) however start-up or the run ends.
+    cleanup = contextlib.ExitStack()
+    with cleanup:
+        recorder = open_governance(prepared, consortium, classes)
+        cleanup.callback(lambda: recorder.stop(reason=str(status.get("state", "stopped"))))
+        recorder.start(
+            software_version=__version__,
+            consortium=consortium,
+            roster_version=roster.version,
+            roster_digest=roster.digest(),
+        )
+        assert recorder.metrics is not None  # open_governance always attaches metrics
+        metrics_server = serve_if_enabled(
+            recorder.metrics,
+            MetricsConfig(
+                config.metrics.port != 0, config.metrics.host, config.metrics.port or 9464
+            ),
+        )
+        if metrics_server is not None:
+            cleanup.callback(metrics_server.close)
+        ledger = None
+        if p.mode != "off":
+            ledger = PrivacyLedger(config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant)
+            cleanup.callback(ledger.close)
+        cleanup.callback(lambda: write_status(prepared.state_dir, status))
+        write_status(prepared.state_dir, status)
+        await _run_peer(prepared, status, recorder, ledger, trainer, sigma)
+    return status
+
+
+async def _run_peer(
+    prepared: Prepared,
+    status: dict[str, Any],
+    recorder: GovernanceRecorder,
+    ledger: PrivacyLedger | None,
+    trainer: LocalTrainer,
+    sigma: float,
+) -> None:
+    """Open the transport, compose aggregator and peer, and run the rounds."""
     import topologies
     from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
     from p2pfed.collectives.round import RingRound
@@ -292,51 +387,7 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
     keys = {pid: m.public_key for pid, m in members.items()}
     host, port = parse_listen(config.network.listen)
     consortium = roster.consortium_id
-    torch.set_num_threads(1)  # peers share the machine's cores with their neighbours
-    model = build_model(
-        config.model.kind,
-        prepared.train.n_features,
-        max(len(config.schema.labels), int(prepared.train.y.max()) + 1),
-        config.model.hidden,
-        config.model.seed,
-    )
-    sigma = noise_multiplier(config, len(prepared.train))
-    trainer = LocalTrainer(
-        model,
-        config.training,
-        torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")),
-        dp_sgd=(
-            DPSGD(config.privacy.sample_rate, config.privacy.clip_norm, sigma)
-            if config.privacy.mode == "dp-sgd"
-            else None
-        ),
-    )
-    classes = max(len(config.schema.labels), int(prepared.train.y.max()) + 1)
-    recorder = open_governance(prepared, consortium, classes)
-    recorder.start(
-        software_version=__version__,
-        consortium=consortium,
-        roster_version=roster.version,
-        roster_digest=roster.digest(),
-    )
-    assert recorder.metrics is not None  # open_governance always attaches metrics
-    metrics_server = serve_if_enabled(
-        recorder.metrics,
-        MetricsConfig(config.metrics.port != 0, config.metrics.host, config.metrics.port or 9464),
-    )
     p = config.privacy
-    ledger = None
-    if p.mode != "off":
-        ledger = PrivacyLedger(config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant)
-    status: dict[str, Any] = {
-        "name": config.node.name,
-        "peer_id": identity.peer_id,
-        "consortium": consortium,
-        "roster_version": roster.version,
-        "rounds": config.rounds.rounds,
-        "state": "starting",
-    }
-    write_status(prepared.state_dir, status)
     try:
         async with Libp2pTransport(
             identity.seed,
@@ -347,7 +398,9 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
         ) as transport:
             signer = Ed25519CohortSigner(identity.seed, keys)
             n = len(members)
-            threshold = config.secagg.threshold or n // 2 + 1
+            # A secure sum completes only with a majority of members (at least min_peers)
+            # in it: distributed DP noise is split over that many shares.
+            min_survivors = max(config.rounds.min_peers, n // 2 + 1)
             stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
             fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
             peers = sorted(members)
@@ -385,9 +438,10 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                     identity,
                     signer,
                     stage_timeout=stage_timeout,
+                    threshold=config.secagg.threshold or None,
                 )
                 aggregator = SecureRingAggregator(
-                    secure, fixed_point, n, threshold, np.random.default_rng()
+                    secure, fixed_point, n, min_survivors, np.random.default_rng()
                 )
             else:
                 aggregator = RingAggregator(
@@ -395,11 +449,6 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                 )
             releaser = None
             if ledger is not None:
-                if p.mode == "distributed" and (not aggregator.secure or not aggregator.exact):
-                    raise ConfigError(
-                        "[privacy] mode = distributed needs ring mode with [secagg] enabled "
-                        "(otherwise a small noise share can be exposed); use local or dp-sgd"
-                    )
                 releaser = PrivateReleaser(
                     ledger,
                     clip_norm=p.clip_norm,
@@ -485,9 +534,13 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
                     report.contributors,
                 )
 
-            rounds = config.rounds.rounds if stop_after is None else stop_after
             try:
-                await peer.run(rounds, on_report, startup_timeout=config.rounds.round_timeout_s)
+                await peer.run(
+                    config.rounds.rounds,
+                    on_report,
+                    startup_timeout=config.rounds.round_timeout_s,
+                    min_peers=config.rounds.min_peers,
+                )
             except BudgetExceededError as exc:
                 status |= {"state": "budget-exhausted", "error": str(exc)}
                 log.error("%s", exc)
@@ -501,14 +554,6 @@ async def serve(prepared: Prepared, *, stop_after: int | None = None) -> dict[st
     except trio.Cancelled:
         status["state"] = "stopped"
         raise
-    finally:
-        if ledger is not None:
-            ledger.close()
-        if metrics_server is not None:
-            metrics_server.close()
-        recorder.stop(reason=str(status.get("state", "stopped")))
-        write_status(prepared.state_dir, status)
-    return status
 
 
 async def run_until_signalled(prepared: Prepared) -> dict[str, Any]:

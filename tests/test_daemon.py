@@ -185,3 +185,118 @@ def test_bootstrap_entries_are_checked(member: Path) -> None:
         cfg = replace(config, network=replace(config.network, bootstrap=(bad,)))
         with pytest.raises(ConfigError, match=match):
             peer_addresses(cfg, members, me)
+
+
+def test_cross_table_and_roster_checks(member: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = member.read_text()
+    member.write_text(
+        text.replace('mode = "dp-sgd"', 'mode = "distributed"').replace(
+            'mode = "ring"', 'mode = "gossip"'
+        )
+    )
+    assert "[privacy] mode = distributed needs [rounds] mode = ring" in run_error(capsys, member)
+    member.write_text(text.replace("[rounds]", "[rounds]\nmin_peers = 9"))
+    assert "[rounds] min_peers = 9 exceeds the roster's 3 members" in run_error(capsys, member)
+
+
+def test_a_spent_budget_refuses_to_start(member: Path) -> None:
+    from p2pfed.errors import BudgetExceededError
+    from p2pfed.privacy import PrivacyLedger, Release
+    from p2pfed.privacy.mechanisms import NoiseMode
+
+    config = load_config(member)
+    (member.parent / "state").mkdir(exist_ok=True)
+    with PrivacyLedger(config.path(config.privacy.ledger), 50.0, 1e-5) as ledger:
+        for r in range(40):
+            try:
+                ledger.reserve(Release(r, 0.3, 1.0, 1, 1.0, NoiseMode.LOCAL))
+            except BudgetExceededError:
+                break
+    tight = member.read_text().replace("epsilon_budget = 50.0", "epsilon_budget = 1.0")
+    member.write_text(tight)
+    with pytest.raises(BudgetExceededError, match="is spent"):
+        prepare(load_config(member))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_documented_onboarding_runs_with_default_configs(tmp_path: Path) -> None:
+    """init ×3, roster init/add/sign, then `p2pfed run` on the commented default config."""
+    import re
+    import subprocess
+    import sys
+
+    from p2pfed.demo import free_ports
+
+    def cli(*argv: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "p2pfed", *argv], capture_output=True, text=True, check=True
+        )
+        return out.stdout
+
+    roster = tmp_path / "roster.json"
+    cli("keygen", str(tmp_path / "admin.key"))
+    cli(
+        "roster",
+        "init",
+        str(roster),
+        "--consortium",
+        "nordic",
+        "--admin-key",
+        str(tmp_path / "admin.key"),
+    )
+    names, ports = ["oslo", "bergen", "tromso"], free_ports(3)
+    for name, port in zip(names, ports, strict=True):
+        peer_id = re.search(r"peer ID (\S+)\)", cli("init", str(tmp_path / name), "--name", name))
+        assert peer_id is not None
+        cli(
+            "roster",
+            "add",
+            str(roster),
+            "--name",
+            name,
+            "--peer-id",
+            peer_id.group(1),
+            "--address",
+            f"/ip4/127.0.0.1/tcp/{port}",
+        )
+    cli("roster", "sign", str(roster), "--key", str(tmp_path / "admin.key"))
+    procs = []
+    for name, port in zip(names, ports, strict=True):
+        folder = tmp_path / name
+        (folder / "roster.json").write_bytes(roster.read_bytes())
+        config = (folder / "config.toml").read_text()
+        config = config.replace("/ip4/0.0.0.0/tcp/4001", f"/ip4/127.0.0.1/tcp/{port}")
+        (folder / "config.toml").write_text(config.replace("rounds = 20", "rounds = 2"))
+        log = (folder / "daemon.log").open("wb")
+        procs.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "p2pfed",
+                        "run",
+                        "--config",
+                        str(folder / "config.toml"),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
+    try:
+        for proc, _ in procs:
+            assert proc.wait(timeout=240) == 0
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    finals = [read_status(tmp_path / name / "state") or {} for name in names]
+    assert [s["state"] for s in finals] == ["finished"] * 3
+    assert {s["completed_round"] for s in finals} == {1}
+    assert len({s["model_digest"] for s in finals}) == 1
+    assert all(0 < s["epsilon"] < 10 for s in finals)  # distributed DP, one release a round

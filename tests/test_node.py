@@ -79,6 +79,7 @@ class Consortium:
             aggregator: Aggregator = SecureRingAggregator(
                 secure, FixedPoint(), n, n // 2 + 1, np.random.default_rng(k)
             )
+            assert secure.min_survivors == aggregator.guaranteed_contributors == n // 2 + 1
             if self.gossip:
                 service = SecureGossipService(
                     transport,
@@ -142,8 +143,12 @@ async def test_peers_agree_on_every_round(tmp_path: Path) -> None:
                 nursery.start_soon(one, k)
     assert {p.model_round for p in peers} == {3}
     assert len({p.weights.tobytes() for p in peers}) == 1  # the same model everywhere
-    # Every release was recorded before it left: one ledger record per round and peer.
-    assert all(len(c.ledgers[k].records) == 4 for k in range(3))
+    # Every release was recorded before it left: one ledger record per round and peer, each
+    # one Gaussian release of the whole update (not one per local minibatch).
+    for k in range(3):
+        records = c.ledgers[k].records
+        assert len(records) == 4
+        assert {(r.release.sample_rate, r.release.steps) for r in records} == {(1.0, 1)}
 
 
 async def test_a_crashed_peer_restarts_and_catches_up(tmp_path: Path) -> None:

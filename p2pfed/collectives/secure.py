@@ -185,10 +185,19 @@ class SecureRingRound:
         fault: FaultPlan | None = None,
         random_bytes: RandomBytes = os.urandom,
         ring_round: RingRound | None = None,
+        threshold: int | None = None,
+        min_survivors: int | None = None,
     ) -> None:
-        """``ring_round``: the transport's existing ``RingRound`` to share (see RingRound)."""
+        """``ring_round``: the transport's existing ``RingRound`` to share (see RingRound).
+
+        ``threshold`` (Shamir t among each peer's share holders) and ``min_survivors`` (the
+        fewest vectors a completed sum may hold) go to every round's ``SecAggConfig``;
+        ``None`` keeps the protocol's defaults.
+        """
         if stage_timeout <= 0:
             raise LocalProtocolError(f"stage_timeout {stage_timeout} must be positive")
+        self.threshold = threshold
+        self.min_survivors = min_survivors
         self.consortium = consortium
         self.identities = dict(identities)
         self.signer = signer
@@ -219,7 +228,14 @@ class SecureRingRound:
         Returns the outcome; a failed round (too few survivors, secrets not recoverable)
         comes back with ``stage`` ABORTED and the reason, never as a partial result.
         """
-        config = SecAggConfig(self.consortium, round, len(words), ring_bits)
+        config = SecAggConfig(
+            self.consortium,
+            round,
+            len(words),
+            ring_bits,
+            threshold=self.threshold,
+            min_survivors=self.min_survivors,
+        )
         peer = SecAggPeer(
             config, self.me, self.signer, self.identities, random_bytes=self.random_bytes
         )

@@ -87,20 +87,24 @@ class SecureRingAggregator:
         secure_round: SecureRingRound,
         fixed_point: FixedPoint,
         members: int,
-        threshold: int,
+        min_survivors: int,
         rng: np.random.Generator,
     ) -> None:
         fixed_point.check_peers(members)
+        if secure_round.min_survivors not in (None, min_survivors):
+            raise ValueError("the aggregator and its secure round disagree on min_survivors")
         self.secure_round = secure_round
         self.fixed_point = fixed_point
         self.members = members
-        self.threshold = threshold
+        self.min_survivors = min_survivors
         self.rng = rng
+        # The protocol enforces it: a sum with fewer vectors aborts instead of completing.
+        secure_round.min_survivors = min_survivors
 
     @property
     def guaranteed_contributors(self) -> int:
-        """A secure sum completes only with at least the threshold of survivors."""
-        return self.threshold
+        """A secure sum completes only with at least ``min_survivors`` vectors in it."""
+        return self.min_survivors
 
     async def aggregate(
         self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from p2pfed.collectives.faults import Exclusion
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.sync import ModelSync, weights_digest
+from p2pfed.privacy.mechanisms import NoiseMode
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.training.data import Dataset
 from p2pfed.training.trainer import LocalTrainer
@@ -228,8 +229,14 @@ class Peer:
         update = result.update
         if self.releaser is not None:
             # The ledger records the spend before this returns; only then may it leave.
+            # DP-SGD composes the local steps (rate q each); any other mode is one Gaussian
+            # release of the whole update per round (q = 1, one step).
+            dp_sgd = self.releaser.mode is NoiseMode.DP_SGD
             update = self.releaser.release(
-                round_, update, sample_rate=result.sample_rate, steps=result.steps
+                round_,
+                update,
+                sample_rate=result.sample_rate if dp_sgd else 1.0,
+                steps=result.steps if dp_sgd else 1,
             ).astype(np.float32)
         outcome = await self.aggregator.aggregate(round_, update, self.weights)
         committed = isinstance(outcome, Aggregate)
@@ -264,11 +271,14 @@ class Peer:
         on_report: Callable[[RoundReport], None] | None = None,
         startup_timeout: float = 30.0,
         miss_timeout: float | None = None,
+        min_peers: int = 2,
     ) -> list[RoundReport]:
         """Run rounds numbered below ``rounds``; a missed round triggers a catch-up.
 
         First waits (up to ``startup_timeout``) for every member to answer, so a consortium
-        started together does not spend its first round on peers still booting. After a
+        started together does not spend its first round on peers still booting, and then
+        for as long as it takes until at least ``min_peers`` members (this one included) are
+        reachable. After a
         missed round, waits up to ``miss_timeout`` (default ``startup_timeout``) for a member
         to complete it and adopts that model; if none does, the round failed for everyone
         and the next number starts from the same weights.
@@ -276,6 +286,11 @@ class Peer:
         miss_timeout = startup_timeout if miss_timeout is None else miss_timeout
         reports = []
         up = await self.wait_for_members(len(self.members), startup_timeout)
+        while up < min_peers:
+            log.warning(
+                "%d of %d members reachable, %d needed; waiting", up, len(self.members), min_peers
+            )
+            up = await self.wait_for_members(min_peers, startup_timeout)
         log.info("%d of %d members reachable; starting", up, len(self.members))
         await self.catch_up()
         while self.next_round < rounds:

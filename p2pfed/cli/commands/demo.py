@@ -57,12 +57,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rounds must be ≥ 1, got {args.rounds}")
     if not args.alpha > 0:
         raise ConfigError(f"--alpha must be positive, got {args.alpha}")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     settings = DemoSettings(peers=args.peers, rounds=args.rounds, alpha=args.alpha, seed=args.seed)
     console = Console(stderr=True)
     keep = args.dir is not None
     root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="p2pfed-demo-"))
-    if keep and root.exists() and any(root.iterdir()):
-        raise ConfigError(f"--dir {root} is not empty")
+    if keep and root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ConfigError(f"--dir {root} must be an empty folder or not exist yet")
     started = time.monotonic()
     console.print(f"building a consortium of {args.peers} hospitals in {root}")
     consortium = build_consortium(root, settings)
