@@ -192,13 +192,15 @@ class SecAggSection:
 
     enabled: bool = True
     threshold: int = 0
-    """Shares needed to recover a dropped peer's masks; 0 means ⌊n/2⌋ + 1."""
+    """Shamir shares needed to recover a dropped peer's masks, among its share holders (all
+    members up to 16, its SecAgg+ neighbours beyond); 0 means a majority of them. A round
+    completes only with a majority of members (and at least ``[rounds] min_peers``)."""
     bits: int = 32
     clip_range: float = 8.0
     """Each quantised coordinate is clipped to ±clip_range before masking."""
 
     def validate(self) -> None:
-        check(self.threshold >= 0, "[secagg] threshold", "must be ≥ 0 (0 picks ⌊n/2⌋ + 1)")
+        check(self.threshold >= 0, "[secagg] threshold", "must be ≥ 0 (0: a majority)")
         check(self.bits in (32, 64), "[secagg] bits", "must be 32 or 64")
         check(self.clip_range > 0, "[secagg] clip_range", "must be positive")
 
@@ -353,7 +355,7 @@ ledger = "state/privacy.ledger"
 
 [secagg]
 enabled = true
-threshold = 0                  # shares needed to recover a dropped member; 0 = n/2 + 1
+threshold = 0                  # Shamir shares to recover a dropped member; 0 = a majority
 bits = 32                      # ring Z_2^bits
 clip_range = 8.0
 
