@@ -112,7 +112,7 @@ def standardise(
 
 
 def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Prepared:
-    """Check identity, roster and data; refuses (raises) before any network activity."""
+    """Check key, roster, listen address, membership, ledger and data, before any network use."""
     state_dir = config.path(config.node.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     identity = Identity.load(config.path(config.node.identity))
@@ -124,6 +124,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"this node ({identity.peer_id}) is not a member of roster version "
             f"{gate.roster.version}; ask the consortium admins to add it"
         )
+    parse_listen(config.network.listen)
     members = [m for m in gate.roster.members if m.role is Role.MEMBER]
     if config.secagg.enabled and len(members) < 3:
         raise ConfigError(
