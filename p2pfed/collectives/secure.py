@@ -42,6 +42,7 @@ from p2pfed.transport.base import Transport
 log = logging.getLogger(__name__)
 
 SECAGG_PROTOCOL = "/p2pfed/secagg/1.0.0"
+_MAX_HELD = 4096  # early messages held back per round (a few per peer and stage)
 _PRE_SUM = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.RECEIPTS)
 
 
@@ -79,18 +80,40 @@ async def drive_secagg(
                 frame = SecAggData(round, encode(item.message))
                 senders.start_soon(channel.send, item.to, frame)
 
+        # Messages that overtook what they depend on (separate streams are not ordered),
+        # offered again after every change; bounded so a flood cannot grow it.
+        held: list[tuple[str, bytes]] = []
+
+        def take(sender: str, data: bytes) -> bool:
+            if peer.is_early(sender, data):
+                if len(held) < _MAX_HELD:
+                    held.append((sender, data))
+                return False
+            try:
+                emit(peer.receive_bytes(sender, data))
+            except RemoteProtocolError as exc:
+                log.info("secagg: refused a message from %s: %s", sender, exc)
+                return False
+            if isinstance(decode(data), InputCommit):
+                committed.add(sender)
+            return True
+
+        def retry_held() -> None:
+            changed = True
+            while changed and held:
+                changed = False
+                for item in list(held):
+                    if not peer.is_early(*item):
+                        held.remove(item)
+                        changed |= take(*item)
+
         async def pump() -> None:
             nonlocal progressed
             async for sender, message in mailbox:
                 if not isinstance(message, SecAggData):
                     continue
-                try:
-                    emit(peer.receive_bytes(sender, message.data))
-                except RemoteProtocolError as exc:
-                    log.info("secagg: refused a message from %s: %s", sender, exc)
-                else:
-                    if isinstance(decode(message.data), InputCommit):
-                        committed.add(sender)
+                if take(sender, message.data):
+                    retry_held()
                 progressed.set()
                 progressed = trio.Event()
 
@@ -106,6 +129,7 @@ async def drive_secagg(
             while stage() in _PRE_SUM:
                 if not await wait_stage_change((stage(),)):
                     emit(peer.deadline())
+                retry_held()
             if stage() is Stage.MASKED_INPUT and peer.masked_vector is not None:
                 summed = await summation(peer.masked_vector)
                 if summed is not None:
@@ -113,6 +137,7 @@ async def drive_secagg(
                         while not summed[1] <= committed:
                             await progressed.wait()
                     emit(peer.receive_sum(*summed))
+                    retry_held()
                     if stage() is Stage.UNMASK and not await wait_stage_change((Stage.UNMASK,)):
                         peer.deadline()
                 elif stage() is Stage.MASKED_INPUT:

@@ -85,6 +85,16 @@ from p2pfed.secagg.primitives import (
 )
 from p2pfed.secagg.state import ACCEPTS, TERMINAL, Event, Stage, next_stage
 
+_STAGE_ORDER = (
+    Stage.IDLE,
+    Stage.ADVERTISE,
+    Stage.SHARE_KEYS,
+    Stage.RECEIPTS,
+    Stage.MASKED_INPUT,
+    Stage.UNMASK,
+    Stage.DONE,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -319,6 +329,28 @@ class SecAggPeer:
         if isinstance(message, AdvertiseKeys):
             self._adverts[sender] = message
         return self._advance()
+
+    def is_early(self, sender: str, data: bytes) -> bool:
+        """Whether ``data`` arrived before something it depends on and may be taken later.
+
+        Messages travel on separate streams, so a fast peer's shares can overtake its own key
+        advertisement, or its commitment can reach us before we left ``ADVERTISE``. A driver
+        holds such a message back and offers it again after the next change, instead of
+        having it refused; anything malformed or not early is for ``receive_bytes`` to judge.
+        """
+        try:
+            message = decode(data)
+        except RemoteProtocolError:
+            return False
+        if message.round != self.config.round or message.consortium != self.config.consortium:
+            return False
+        if isinstance(message, ShareKeys) and sender not in self._adverts:
+            return self.stage in (Stage.ADVERTISE, Stage.SHARE_KEYS)
+        kind = kind_of(message)
+        if kind in ACCEPTS[self.stage] or self.stage in TERMINAL:
+            return False
+        later = _STAGE_ORDER[_STAGE_ORDER.index(self.stage) + 1 :]
+        return any(kind in ACCEPTS[stage] for stage in later)
 
     def deadline(self) -> list[Outgoing]:
         """The current stage's deadline passed: go on with what arrived, or abort."""
