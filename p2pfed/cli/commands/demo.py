@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         launch(consortium)
         with Live(table([{}] * args.peers), console=console, refresh_per_second=4) as live:
             final = watch(consortium, args.timeout, lambda cur: live.update(table(cur)))
+        console.line()  # the live table leaves the cursor on its last line
     except BaseException:
         stop(consortium)
         raise
