@@ -297,10 +297,11 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
     roster = prepared.gate.roster
     consortium = roster.consortium_id
     torch.set_num_threads(1)  # peers share the machine's cores with their neighbours
+    classes = max(len(config.schema.labels), int(prepared.train.y.max()) + 1)
     model = build_model(
         config.model.kind,
         prepared.train.n_features,
-        max(len(config.schema.labels), int(prepared.train.y.max()) + 1),
+        classes,
         config.model.hidden,
         config.model.seed,
     )
@@ -315,7 +316,6 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
             else None
         ),
     )
-    classes = max(len(config.schema.labels), int(prepared.train.y.max()) + 1)
     p = config.privacy
     status: dict[str, Any] = {
         "name": config.node.name,
