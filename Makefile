@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.p2pfed-installed
 
-.PHONY: demo test lint typecheck unit setup
+.PHONY: demo test lint typecheck unit setup mutants
 
 setup: $(STAMP)
 
@@ -29,3 +29,9 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
+
+# Delete each registered protection in a scratch copy and check that its tests fail
+# (tests/mutants/*.toml; see tests/mutation.py). Not part of `make test`: it runs the
+# listed tests once per mutant.
+mutants: $(STAMP)
+	$(BIN)/python tests/mutation.py
