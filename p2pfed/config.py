@@ -194,13 +194,26 @@ class SecAggSection:
     threshold: int = 0
     """Shamir shares needed to recover a dropped peer's masks, among its share holders (all
     members up to 16, its SecAgg+ neighbours beyond); 0 means a majority of them. A round
-    completes only with a majority of members (and at least ``[rounds] min_peers``)."""
+    completes only when more than (members + collusion)/2 contribute (the consistency
+    quorum), at least ``min_contributors`` and ``[rounds] min_peers``."""
+    collusion: int = 1
+    """The threat model's collusion bound c: members assumed to pool what they see (1: each
+    member on its own). Must stay below the threshold."""
+    min_contributors: int = 0
+    """No sum of fewer inputs is ever unmasked; 0 means collusion + 2, the least allowed."""
     bits: int = 32
     clip_range: float = 8.0
     """Each quantised coordinate is clipped to ±clip_range before masking."""
 
     def validate(self) -> None:
         check(self.threshold >= 0, "[secagg] threshold", "must be ≥ 0 (0: a majority)")
+        check(self.collusion >= 1, "[secagg] collusion", "must be ≥ 1")
+        check(
+            self.min_contributors == 0 or self.min_contributors >= self.collusion + 2,
+            "[secagg] min_contributors",
+            "must be 0 (collusion + 2) or at least collusion + 2, so that c colluding members "
+            "never isolate another member's input",
+        )
         check(self.bits in (32, 64), "[secagg] bits", "must be 32 or 64")
         check(self.clip_range > 0, "[secagg] clip_range", "must be positive")
 
@@ -356,6 +369,8 @@ ledger = "state/privacy.ledger"
 [secagg]
 enabled = true
 threshold = 0                  # Shamir shares to recover a dropped member; 0 = a majority
+collusion = 1                  # members assumed to pool what they see (threat model's c)
+min_contributors = 0           # fewest inputs any unmasked sum holds; 0 = collusion + 2
 bits = 32                      # ring Z_2^bits
 clip_range = 8.0
 

@@ -19,7 +19,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterGate
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.release import PrivateReleaser
+from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
 from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split
 from p2pfed.training.models import build_model
 from p2pfed.training.trainer import DPSGD, LocalTrainer
@@ -111,6 +112,26 @@ def standardise(
     return rescale(train), rescale(test)
 
 
+def secagg_plan(config: Config, members: Sequence[str]) -> CohortPlan:
+    """The secure-aggregation plan ``[secagg]`` gives these members; one sentence if unsafe."""
+    s = config.secagg
+    try:
+        return plan_cohort(
+            SecAggConfig(
+                "plan-check",  # the floors do not depend on the consortium or round
+                0,
+                1,
+                s.bits,
+                threshold=s.threshold or None,
+                collusion=s.collusion,
+                min_contributors=s.min_contributors or None,
+            ),
+            frozenset(members),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"[secagg] with {len(members)} members: {exc}") from None
+
+
 def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Prepared:
     """Check key, roster, listen address, membership, ledger and data, before any network use."""
     state_dir = config.path(config.node.state_dir)
@@ -131,6 +152,8 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"[secagg] enabled needs at least 3 members (the roster has {len(members)}): a sum "
             "of two would reveal the other's update"
         )
+    if config.secagg.enabled:
+        secagg_plan(config, [m.peer_id for m in members])
     if config.rounds.min_peers > len(members):
         raise ConfigError(
             f"[rounds] min_peers = {config.rounds.min_peers} exceeds the roster's "
@@ -399,12 +422,16 @@ async def _run_peer(
         ) as transport:
             signer = Ed25519CohortSigner(identity.seed, keys)
             n = len(members)
-            # A secure sum completes only with a majority of members (at least min_peers)
-            # in it: distributed DP noise is split over that many shares.
-            min_survivors = max(config.rounds.min_peers, n // 2 + 1)
+            peers = sorted(members)
+            # A secure sum completes only with the consistency quorum (more than
+            # (n + collusion)/2 members, at least min_contributors and min_peers) in it:
+            # distributed DP noise is split over that many shares.
+            min_survivors = config.rounds.min_peers
+            if config.secagg.enabled:
+                plan = secagg_plan(config, peers)
+                min_survivors = max(min_survivors, plan.min_survivors)
             stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
             fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
-            peers = sorted(members)
             aggregator: Aggregator
             if config.rounds.mode == "gossip":
                 topology = topologies.build(config.rounds.topology, n)
@@ -440,6 +467,8 @@ async def _run_peer(
                     signer,
                     stage_timeout=stage_timeout,
                     threshold=config.secagg.threshold or None,
+                    collusion=config.secagg.collusion,
+                    min_contributors=config.secagg.min_contributors or None,
                 )
                 aggregator = SecureRingAggregator(
                     secure, fixed_point, n, min_survivors, np.random.default_rng()

@@ -423,3 +423,31 @@ async def test_no_task_or_fd_growth_over_260_connect_disconnect_cycles() -> None
             tasks_after, fds_after = _count_tasks(), len(os.listdir("/proc/self/fd"))
     assert tasks_after <= tasks_before, (tasks_before, tasks_after)
     assert fds_after <= fds_before, (fds_before, fds_after)
+
+
+@pytest.mark.slow
+async def test_a_gate_that_raises_fails_closed() -> None:
+    # The roster check itself breaks (an unreadable store, a bug): the peer is refused,
+    # never admitted, and its stream handler never runs.
+    ran: list[str] = []
+
+    async def record(stream: Stream) -> None:
+        ran.append(stream.remote_peer)
+
+    def broken_gate(peer: str) -> bool:
+        raise RuntimeError("roster store unreadable")
+
+    with trio.fail_after(20):
+        async with Libp2pTransport(seed_for("member"), broken_gate) as member:
+            member.serve("/rec/1", record)
+            async with Libp2pTransport(
+                seed_for("dialer"),
+                lambda _: True,
+                peer_addrs={member.local_peer: member.listen_addrs},
+            ) as dialer:
+                with pytest.raises(RemoteProtocolError) as info:
+                    await dialer.open_stream(member.local_peer, "/rec/1")
+                assert info.value.reason is ReasonCode.UNKNOWN_PEER
+                assert member.refused_inbound >= 1
+                assert dialer.local_peer not in member.connected_peers()
+    assert ran == []

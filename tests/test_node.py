@@ -77,9 +77,10 @@ class Consortium:
             )
             n = len(self.ids)
             aggregator: Aggregator = SecureRingAggregator(
-                secure, FixedPoint(), n, n // 2 + 1, np.random.default_rng(k)
+                secure, FixedPoint(), n, (n + 1) // 2 + 1, np.random.default_rng(k)
             )
-            assert secure.min_survivors == aggregator.guaranteed_contributors == n // 2 + 1
+            # The consistency quorum for collusion bound 1: more than (n + 1)/2 members.
+            assert secure.min_survivors == aggregator.guaranteed_contributors == (n + 1) // 2 + 1
             if self.gossip:
                 service = SecureGossipService(
                     transport,

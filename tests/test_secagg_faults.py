@@ -5,13 +5,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pfed.errors import ReasonCode
+from p2pfed.errors import ConfigError, ReasonCode
 from p2pfed.secagg.harness import Drop, run_cohort
 from p2pfed.secagg.messages import MessageKind
-from p2pfed.secagg.params import SecAggConfig
+from p2pfed.secagg.params import SecAggConfig, plan_cohort
 from p2pfed.secagg.state import Stage
 
-STAGES = [Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.RECEIPTS, Stage.MASKED_INPUT, Stage.UNMASK]
+STAGES = [
+    Stage.ADVERTISE,
+    Stage.SHARE_KEYS,
+    Stage.RECEIPTS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY,
+    Stage.UNMASK,
+]
 D = 24
 
 
@@ -38,29 +45,37 @@ def run_with_spy(config, inputs, drops, seed):
 def check(n, drops, seed=0):
     inputs = inputs_for(n, seed)
     config = SecAggConfig("faults", 3, D)
-    threshold = n // 2 + 1
+    plan = plan_cohort(config, frozenset(inputs))
     run, kinds_sent = run_with_spy(config, inputs, drops, seed)
     live = set(names(n)) - set(drops)
-    if len(drops) <= n - threshold:
-        contributed = live | {p for p, drop in drops.items() if drop.stage is Stage.UNMASK}
+    # Dropped at CONSISTENCY: the vector is in the sum, no signature; at UNMASK: signed too.
+    signed = live | {p for p, d in drops.items() if d.stage is Stage.UNMASK}
+    contributed = signed | {p for p, d in drops.items() if d.stage is Stage.CONSISTENCY}
+    clean = not any(d.partial for d in drops.values())
+    enough = (
+        len(contributed) >= plan.min_survivors
+        and len(signed) >= plan.quorum
+        and len(live) >= plan.threshold
+    )
+    if len(drops) <= n - plan.min_survivors or (clean and enough):
         assert run.survivors == contributed
         expected = sum(inputs[p].astype(np.uint64) for p in contributed).astype(np.uint32)
         assert set(run.results) == live, run.aborted
         for result in run.results.values():
             assert np.array_equal(result, expected)
-    else:
-        # A peer scheduled to drop at a later stage may abort first: it is live, not dead.
-        live = set(names(n)) - run.dead
-        expected = sum(inputs[p].astype(np.uint64) for p in run.survivors)
-        for result in run.results.values():
-            # Only a crash mid-reveal can still hand someone t shares; then it is exact.
-            assert any(d.stage is Stage.UNMASK and d.partial for d in drops.values())
-            assert np.array_equal(result, np.asarray(expected).astype(np.uint32))
-        assert set(run.aborted) == live - set(run.results)
-        for code, reason in run.aborted.values():
-            assert code in (ReasonCode.DROPPED, ReasonCode.TIMEOUT) and reason
-        if len(run.survivors) < threshold:
-            assert MessageKind.REVEAL not in kinds_sent  # nothing revealed
+        return
+    # A peer scheduled to drop at a later stage may abort first: it is live, not dead.
+    live = set(names(n)) - run.dead
+    expected = sum(inputs[p].astype(np.uint64) for p in run.survivors)
+    for result in run.results.values():
+        # Only a crash mid-broadcast can still hand someone a quorum and t shares.
+        assert not clean
+        assert np.array_equal(result, np.asarray(expected).astype(np.uint32))
+    assert set(run.aborted) == live - set(run.results)
+    for code, reason in run.aborted.values():
+        assert code in (ReasonCode.DROPPED, ReasonCode.TIMEOUT) and reason
+    if len(run.survivors) < plan.min_survivors or (clean and len(signed) < plan.quorum):
+        assert MessageKind.REVEAL not in kinds_sent  # nothing revealed
 
 
 @pytest.mark.slow
@@ -68,8 +83,8 @@ def check(n, drops, seed=0):
 def test_every_drop_pattern_at_every_stage(n):
     for k in range(0, n + 1):
         for dropped in itertools.combinations(names(n), k):
-            # k ≤ n − t: every assignment of stages; beyond: one stage for all (abort cases)
-            if k <= n - (n // 2 + 1):
+            # k ≤ n − min_survivors: every assignment of stages; beyond: one stage for all
+            if k <= n - plan_cohort(SecAggConfig("f", 3, D), frozenset(names(n))).min_survivors:
                 assignments = itertools.product(STAGES, repeat=k)
             else:
                 assignments = ((s,) * k for s in STAGES)
@@ -134,23 +149,56 @@ def test_survivors_split_into_unmasked_groups_abort_before_revealing():
     assert MessageKind.REVEAL not in kinds_sent
 
 
-def test_a_peer_left_without_any_pair_mask_does_not_contribute():
+def corrupt_shares_to_p0(sender, recipient, raw):
     import dataclasses
 
     from p2pfed.secagg.messages import ShareKeys, decode, encode
 
-    def corrupt_shares_to_p0(sender, recipient, raw):
-        if recipient == "p0" and raw[3] == MessageKind.SHARE_KEYS:
-            message = decode(raw)
-            assert isinstance(message, ShareKeys)
-            return encode(dataclasses.replace(message, sealed=bytes(len(message.sealed))))
-        return raw
+    if recipient == "p0" and raw[3] == MessageKind.SHARE_KEYS:
+        message = decode(raw)
+        assert isinstance(message, ShareKeys)
+        return encode(dataclasses.replace(message, sealed=bytes(len(message.sealed))))
+    return raw
 
-    inputs = inputs_for(3, 4)
+
+def test_a_peer_left_without_any_pair_mask_does_not_contribute():
+    inputs = inputs_for(4, 4)
     run = run_cohort(SecAggConfig("f", 1, D), inputs, tamper=corrupt_shares_to_p0, random_seed=1)
     assert run.peers["p0"].stage is Stage.ABORTED
-    assert run.peers["p0"].excluded == {"p1": ReasonCode.BAD_SHARE, "p2": ReasonCode.BAD_SHARE}
-    assert run.survivors == {"p1", "p2"}
-    expected = (inputs["p1"].astype(np.uint64) + inputs["p2"]).astype(np.uint32)
-    assert set(run.results) == {"p1", "p2"}
+    excluded = {p: ReasonCode.BAD_SHARE for p in ("p1", "p2", "p3")}
+    assert run.peers["p0"].excluded == excluded
+    assert run.survivors == {"p1", "p2", "p3"}
+    expected = sum(inputs[p].astype(np.uint64) for p in ("p1", "p2", "p3")).astype(np.uint32)
+    assert set(run.results) == {"p1", "p2", "p3"}
     assert all(np.array_equal(r, expected) for r in run.results.values())
+
+
+def test_a_sum_of_two_is_never_unmasked():
+    # Issue 12's first attack: 3 members, one cannot contribute, the other two would each
+    # learn the other's input from a sum of two. The floor refuses before any reveal.
+    inputs = inputs_for(3, 4)
+    run, kinds_sent = run_with_spy(
+        SecAggConfig("f", 1, D), inputs, {"p0": Drop(Stage.MASKED_INPUT)}, 1
+    )
+    assert run.survivors == {"p1", "p2"}
+    assert not run.results
+    assert set(run.aborted) == {"p1", "p2"}
+    for code, reason in run.aborted.values():
+        assert code is ReasonCode.DROPPED and "min_contributors 3" in reason
+    assert MessageKind.REVEAL not in kinds_sent
+    # No secret was rebuilt anywhere, so the other's input stays under its masks.
+    assert not any(peer._recovered for peer in run.peers.values())
+
+
+def test_floors_below_the_collusion_bound_are_refused_before_a_round():
+    cohort = frozenset(names(5))
+    with pytest.raises(ConfigError, match="min_contributors 2 is below collusion"):
+        SecAggConfig("f", 1, D, min_contributors=2)
+    with pytest.raises(ConfigError, match="min_survivors 2 is below min_contributors 3"):
+        plan_cohort(SecAggConfig("f", 1, D, min_survivors=2), cohort)
+    with pytest.raises(ConfigError, match="threshold 2 is not above the collusion bound 2"):
+        plan_cohort(SecAggConfig("f", 1, D, threshold=2, collusion=2), cohort)
+    with pytest.raises(ConfigError, match="cannot meet min_survivors"):
+        plan_cohort(SecAggConfig("f", 1, D, min_contributors=4), frozenset(names(3)))
+    plan = plan_cohort(SecAggConfig("f", 1, D, collusion=2), cohort)
+    assert (plan.min_contributors, plan.quorum, plan.min_survivors) == (4, 4, 4)

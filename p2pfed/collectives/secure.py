@@ -138,8 +138,9 @@ async def drive_secagg(
                             await progressed.wait()
                     emit(peer.receive_sum(*summed))
                     retry_held()
-                    if stage() is Stage.UNMASK and not await wait_stage_change((Stage.UNMASK,)):
-                        peer.deadline()
+                    for waiting in (Stage.CONSISTENCY, Stage.UNMASK):
+                        if stage() is waiting and not await wait_stage_change((waiting,)):
+                            emit(peer.deadline())
                 elif stage() is Stage.MASKED_INPUT:
                     peer.deadline()
             work.cancel_scope.cancel()
@@ -212,17 +213,22 @@ class SecureRingRound:
         ring_round: RingRound | None = None,
         threshold: int | None = None,
         min_survivors: int | None = None,
+        collusion: int = 1,
+        min_contributors: int | None = None,
     ) -> None:
         """``ring_round``: the transport's existing ``RingRound`` to share (see RingRound).
 
         ``threshold`` (Shamir t among each peer's share holders) and ``min_survivors`` (the
         fewest vectors a completed sum may hold) go to every round's ``SecAggConfig``;
-        ``None`` keeps the protocol's defaults.
+        ``None`` keeps the protocol's defaults; ``collusion`` and ``min_contributors`` are the
+        threat model's floors (see ``p2pfed.secagg.params``).
         """
         if stage_timeout <= 0:
             raise LocalProtocolError(f"stage_timeout {stage_timeout} must be positive")
         self.threshold = threshold
         self.min_survivors = min_survivors
+        self.collusion = collusion
+        self.min_contributors = min_contributors
         self.consortium = consortium
         self.identities = dict(identities)
         self.signer = signer
@@ -260,6 +266,8 @@ class SecureRingRound:
             ring_bits,
             threshold=self.threshold,
             min_survivors=self.min_survivors,
+            collusion=self.collusion,
+            min_contributors=self.min_contributors,
         )
         peer = SecAggPeer(
             config, self.me, self.signer, self.identities, random_bytes=self.random_bytes

@@ -14,7 +14,10 @@ it reaches (or passes) ``stage``: the messages of the step that took it there ar
 broadcast); a peer dropped at MASKED_INPUT commits but never contributes its vector, one
 dropped at UNMASK contributes its vector but reveals nothing (or half).
 
-``compute_results`` chooses which survivors run the (costly, identical) final unmasking;
+``views`` plays a lying summation (whoever forms the sum in a deployment): it maps each
+contributor and the true contributor set to the set that peer is told, and that peer gets the
+total over its view; the masked vectors are then kept in ``CohortRun.masked`` (the liar sees
+them). ``compute_results`` chooses which survivors run the (costly, identical) final unmasking;
 by default all of them. ``probe`` names one peer whose memory is measured: around each of
 its calls, the vectors it holds plus the peak of what ``tracemalloc`` sees it allocate
 (plus its own input and the incoming sum, which it holds in a real deployment).
@@ -35,26 +38,13 @@ from p2pfed.secagg.messages import encode
 from p2pfed.secagg.params import SecAggConfig
 from p2pfed.secagg.primitives import Ed25519Signer, RandomBytes, UIntVector
 from p2pfed.secagg.protocol import Outgoing, SecAggPeer
-from p2pfed.secagg.state import Stage
+from p2pfed.secagg.state import PROGRESS, Stage
 from p2pfed.secagg.summation import DirectMaskedSum, MaskedSum
 
 T = TypeVar("T")
 
 
-_ORDER = {
-    stage: i
-    for i, stage in enumerate(
-        (
-            Stage.IDLE,
-            Stage.ADVERTISE,
-            Stage.SHARE_KEYS,
-            Stage.RECEIPTS,
-            Stage.MASKED_INPUT,
-            Stage.UNMASK,
-            Stage.DONE,
-        )
-    )
-}
+_ORDER = {stage: i for i, stage in enumerate(PROGRESS)}
 
 
 def _reached(stage: Stage, target: Stage) -> bool:
@@ -83,6 +73,7 @@ class CohortRun:
     vector_bytes: dict[str, int]
     refused: list[tuple[str, str, ReasonCode]] = field(default_factory=list)
     probe_peak_bytes: int = 0
+    masked: dict[str, UIntVector] = field(default_factory=dict)
 
     @property
     def aborted(self) -> dict[str, tuple[ReasonCode, str]]:
@@ -132,6 +123,7 @@ def run_cohort(
     tamper: Callable[[str, str, bytes], bytes] | None = None,
     copy_inputs: bool = True,
     probe: str | None = None,
+    views: Callable[[str, frozenset[str]], frozenset[str]] | None = None,
 ) -> CohortRun:
     """Run every peer of ``inputs`` to completion; see the module docstring.
 
@@ -223,7 +215,17 @@ def run_cohort(
     vectors = {n: v for n, v in contributions.items() if v is not None}
     for n, v in vectors.items():
         run.vector_bytes[n] = v.nbytes
-    if vectors:
+    if vectors and views is not None:
+        run.masked = {n: v.copy() for n, v in vectors.items()}
+        run.survivors = frozenset(vectors)
+        for n in sorted(run.survivors):
+            told = views(n, run.survivors)
+            total, _ = DirectMaskedSum().sum(
+                {p: run.masked[p] for p in told if p in run.masked}, config.ring_bits
+            )
+            emit(n, peers[n].receive_sum(total, told))
+        pump()
+    elif vectors:
         total, survivors = (masked_sum or DirectMaskedSum()).sum(vectors, config.ring_bits)
         run.survivors = survivors
         del vectors, contributions
@@ -235,9 +237,11 @@ def run_cohort(
                 )
         del total
         pump()
-    for n in names:
-        if n not in run.dead and peers[n].stage is Stage.UNMASK:
-            peers[n].deadline()
+    for late in (Stage.CONSISTENCY, Stage.UNMASK):
+        for n in names:
+            if n not in run.dead and peers[n].stage is late:
+                emit(n, peers[n].deadline())
+        pump()
     wanted = set(names) if compute_results is None else set(compute_results)
     for n in names:
         if n in wanted and n not in run.dead and peers[n].stage is Stage.DONE:

@@ -1,6 +1,6 @@
 """Wire messages of secure aggregation and their explicit byte codec.
 
-Theory of operation: five message kinds, each a frozen slotted dataclass carrying the codec
+Theory of operation: six message kinds, each a frozen slotted dataclass carrying the codec
 version, the consortium and the round, with every size limit checked on construction
 (``DataError`` for a bad field). The encoding is fixed-layout big-endian::
 
@@ -43,6 +43,7 @@ class MessageKind(enum.IntEnum):
     SHARE_RECEIPT = 3
     INPUT_COMMIT = 4
     REVEAL = 5
+    SURVIVOR_SIGNATURE = 6
 
 
 class ShareKind(enum.IntEnum):
@@ -178,7 +179,23 @@ class Reveal:
             raise DataError("a reveal carries two shares of one dealer")
 
 
-Message = AdvertiseKeys | ShareKeys | ShareReceipt | InputCommit | Reveal
+@dataclass(frozen=True, slots=True)
+class SurvivorSignature:
+    """Sent to survivors before any reveal: the sender's signature on the set it was given."""
+
+    consortium: str
+    round: int
+    survivors_digest: bytes
+    signature: bytes
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        _check_header(self.version, self.consortium, self.round)
+        _check_bytes("survivors_digest", self.survivors_digest, DIGEST_BYTES)
+        _check_bytes("signature", self.signature, SIGNATURE_BYTES)
+
+
+Message = AdvertiseKeys | ShareKeys | ShareReceipt | InputCommit | Reveal | SurvivorSignature
 
 KIND_OF: Final[dict[type[Message], MessageKind]] = {
     AdvertiseKeys: MessageKind.ADVERTISE_KEYS,
@@ -186,6 +203,7 @@ KIND_OF: Final[dict[type[Message], MessageKind]] = {
     ShareReceipt: MessageKind.SHARE_RECEIPT,
     InputCommit: MessageKind.INPUT_COMMIT,
     Reveal: MessageKind.REVEAL,
+    SurvivorSignature: MessageKind.SURVIVOR_SIGNATURE,
 }
 
 
@@ -227,6 +245,8 @@ def encode(message: Message) -> bytes:
                 _str(s.dealer) + struct.pack(">B", s.kind) + s.share + s.signature
                 for s in message.shares
             )
+        case SurvivorSignature():
+            body = message.survivors_digest + message.signature
     return head + body
 
 
@@ -335,3 +355,7 @@ def _decode_body(reader: _Reader, kind: MessageKind, consortium: str, round_: in
                     )
                 )
             return Reveal(consortium, round_, digest, tuple(shares))
+        case MessageKind.SURVIVOR_SIGNATURE:
+            return SurvivorSignature(
+                consortium, round_, reader.take(DIGEST_BYTES), reader.take(SIGNATURE_BYTES)
+            )

@@ -8,9 +8,20 @@ subtracts it. The neighbour graph is the complete graph for small cohorts (Bonaw
 2017) and, for large ones, the SecAgg+ Harary graph H(k, n) (Bell et al. 2020): peers are
 placed on a ring in a public pseudo-random order (SHA-256 of consortium, round and peer ID)
 and joined to the k/2 nearest on each side, k ≈ 2·log2 n. A peer's *holders* are its
-neighbours and itself; it Shamir-shares its secrets among them with threshold t, by default
-a strict majority of the holder set (t > m/2), which also makes two disjoint majorities —
-one revealing a self-mask share, the other a pair-secret share of the same peer — impossible.
+neighbours and itself; it Shamir-shares its secrets among them with threshold t.
+
+The threat model names a collusion bound c (default 1: a peer alone; at most t − 1): any c
+members may pool what they see. From it follow three floors, all checked here, so a plan
+that could reveal less is refused before a round starts:
+- t ≥ c + 1, so c members' own shares never rebuild a secret (by default t is a strict
+  majority of the m holders, ⌊m/2⌋ + 1);
+- ``min_contributors`` ≥ c + 2 (default c + 2): no sum is unmasked over fewer inputs, so after
+  a coalition removes its own at least two others' remain;
+- the consistency ``quorum`` = max(t, ⌊(n + c)/2⌋ + 1): a peer reveals only once that many
+  survivors signed the survivor set it was given; two quorums share more than c peers, so at
+  least one honest peer, which signs one set only — honest peers never reveal for two sets.
+  Since a set needs a quorum of its own members' signatures, ``min_survivors`` defaults to
+  max(``min_contributors``, quorum): more than (n + c)/2 of the cohort must contribute.
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ class SecAggConfig:
     threshold: int | None = None
     min_survivors: int | None = None
     input_bits: int | None = None
+    collusion: int = 1
+    min_contributors: int | None = None
 
     def __post_init__(self) -> None:
         ring_dtype(self.ring_bits)
@@ -66,6 +79,14 @@ class SecAggConfig:
             raise ConfigError(f"the threshold must be at least 2, got {self.threshold}")
         if self.min_survivors is not None and self.min_survivors < 2:
             raise ConfigError(f"min_survivors must be at least 2, got {self.min_survivors}")
+        if self.collusion < 1:
+            raise ConfigError(f"the collusion bound must be at least 1, got {self.collusion}")
+        floor = self.collusion + 2
+        if self.min_contributors is not None and self.min_contributors < floor:
+            raise ConfigError(
+                f"min_contributors {self.min_contributors} is below collusion + 2 = {floor}: "
+                f"{self.collusion} colluding members could isolate one other member's input"
+            )
 
 
 def default_degree(n: int) -> int:
@@ -85,6 +106,9 @@ class CohortPlan:
     min_survivors: int
 
     index: dict[str, int] = field(repr=False)
+    collusion: int = 1
+    min_contributors: int = 3
+    quorum: int = 3
 
     def x(self, peer: str) -> int:
         """The Shamir x coordinate of ``peer`` (1-based position in the sorted cohort)."""
@@ -138,10 +162,16 @@ def plan_cohort(config: SecAggConfig, cohort: set[str] | frozenset[str]) -> Coho
             for i, p in enumerate(order)
         }
     holders = degree + 1
+    c = config.collusion
     threshold = config.threshold if config.threshold is not None else holders // 2 + 1
     if not 2 <= threshold <= holders:
         raise ConfigError(
             f"threshold {threshold} is impossible with {holders} share holders per peer"
+        )
+    if threshold <= c:
+        raise ConfigError(
+            f"threshold {threshold} is not above the collusion bound {c}: "
+            f"{c} colluding members could rebuild any peer's secrets from their own shares"
         )
     if (
         config.input_bits is not None
@@ -151,8 +181,20 @@ def plan_cohort(config: SecAggConfig, cohort: set[str] | frozenset[str]) -> Coho
             f"a sum of {n} inputs of {config.input_bits} bits could wrap the "
             f"2^{config.ring_bits} ring; use fewer input bits or a 64-bit ring"
         )
-    min_survivors = config.min_survivors if config.min_survivors is not None else threshold
+    floor = config.min_contributors if config.min_contributors is not None else c + 2
+    quorum = max(threshold, (n + c) // 2 + 1)
+    if config.min_survivors is not None and config.min_survivors < floor:
+        raise ConfigError(
+            f"min_survivors {config.min_survivors} is below min_contributors {floor}: a sum "
+            f"of fewer inputs would let {c} colluding member(s) isolate another's input"
+        )
+    min_survivors = max(floor, quorum) if config.min_survivors is None else config.min_survivors
     if min_survivors > n:
-        raise ConfigError(f"min_survivors {min_survivors} exceeds the cohort size {n}")
+        raise ConfigError(
+            f"a cohort of {n} cannot meet min_survivors {min_survivors} (min_contributors "
+            f"{floor}, consistency quorum {quorum} for collusion bound {c})"
+        )
     index = {p: i for i, p in enumerate(peers)}
-    return CohortPlan(peers, kind, neighbours, threshold, min_survivors, index)
+    return CohortPlan(
+        peers, kind, neighbours, threshold, min_survivors, index, c, floor, max(quorum, 2)
+    )

@@ -12,16 +12,17 @@ Theory of operation (Bonawitz et al. 2017, with SecAgg+ neighbourhoods, no serve
    if both accepted each other's shares, so pair masks are symmetric between survivors.
 4. MASKED_INPUT: y = x + PRG(b) + Σ ±PRG(s_uv) over the mask set, which it broadcasts as an
    ``InputCommit`` before handing y to the pluggable ``MaskedSum``.
-5. UNMASK: given the masked sum and its contributors S — after checking that S is large
-   enough, that every mask set is known and symmetric, that the survivors' pair masks
-   connect them all and that every needed secret has t surviving holders — it reveals,
-   once, for S only, its shares of b for dealers in S and of s for dealers outside S whose
-   masks sit in the sum; never both for one dealer (S and the dropped set are disjoint,
-   and a second, different S is refused). Reveals tied to another S (digest) are rejected.
-   With t shares per secret it rebuilds each secret, checks it against the seed commitment
-   or the advertised s key, and on a mismatch checks dealer signatures to name and exclude
-   the peer that lied.
-6. DONE: ``result()`` removes the recovered masks from the sum (computed on demand: it costs
+5. CONSISTENCY: given the masked sum and its contributors S — after checking that S holds at
+   least ``min_contributors`` inputs, that every mask set is known and symmetric, that the
+   survivors' pair masks connect them all and that every needed secret has t surviving
+   holders — it signs S and sends the signature to the cohort (``consistency``).
+6. UNMASK: once a quorum of S signed S, it reveals, once, for S only, its shares of b
+   for dealers in S and of s for dealers outside S whose masks sit in the sum; never both
+   for one dealer (S and the dropped set are disjoint, and a second, different S is
+   refused). Reveals tied to another S (digest) are rejected. With t shares per secret it
+   rebuilds each secret, checks it against the seed commitment or the advertised s key,
+   and on a mismatch checks dealer signatures to name and exclude the peer that lied.
+7. DONE: ``result()`` removes the recovered masks from the sum (computed on demand: it costs
    one keystream pass per survivor and per dropped pair).
 
 I/O is the caller's: ``start``/``receive``/``deadline``/``receive_sum`` return
@@ -51,6 +52,7 @@ from p2pfed.errors import (
     RemoteProtocolError,
 )
 from p2pfed.secagg import shamir
+from p2pfed.secagg.consistency import SurvivorVotes, survivor_set_signed_bytes
 from p2pfed.secagg.messages import (
     AdvertiseKeys,
     InputCommit,
@@ -61,6 +63,7 @@ from p2pfed.secagg.messages import (
     ShareKeys,
     ShareKind,
     ShareReceipt,
+    SurvivorSignature,
     decode,
     kind_of,
 )
@@ -83,17 +86,7 @@ from p2pfed.secagg.primitives import (
     share_encryption_key,
     verify_signature,
 )
-from p2pfed.secagg.state import ACCEPTS, TERMINAL, Event, Stage, next_stage
-
-_STAGE_ORDER = (
-    Stage.IDLE,
-    Stage.ADVERTISE,
-    Stage.SHARE_KEYS,
-    Stage.RECEIPTS,
-    Stage.MASKED_INPUT,
-    Stage.UNMASK,
-    Stage.DONE,
-)
+from p2pfed.secagg.state import ACCEPTS, PROGRESS, TERMINAL, Event, Stage, next_stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +230,7 @@ class SecAggPeer:
         self._reveal_seen: set[str] = set()
         self._touched: set[str] = set()
         self._digest = b""
+        self._votes = SurvivorVotes()
         self._recovered: dict[str, bytes] = {}
         self._result: UIntVector | None = None
 
@@ -313,7 +307,9 @@ class SecAggPeer:
         # made it into the sum its mask set is still needed to unmask.
         if sender in self.excluded and kind is not MessageKind.INPUT_COMMIT:
             self._refuse(sender, ReasonCode.PROTOCOL_VIOLATION, f"{sender!r} is excluded")
-        if sender in self._inbox[kind]:
+        # A second survivor signature is checked, not refused as a duplicate: one on another
+        # set proves its signer equivocated.
+        if sender in self._inbox[kind] and kind is not MessageKind.SURVIVOR_SIGNATURE:
             self._refuse(sender, ReasonCode.DUPLICATE, f"second {kind.name} from {sender!r}")
         if kind not in ACCEPTS[self.stage]:
             self._refuse(
@@ -349,7 +345,7 @@ class SecAggPeer:
         kind = kind_of(message)
         if kind in ACCEPTS[self.stage] or self.stage in TERMINAL:
             return False
-        later = _STAGE_ORDER[_STAGE_ORDER.index(self.stage) + 1 :]
+        later = PROGRESS[PROGRESS.index(self.stage) + 1 :]
         return any(kind in ACCEPTS[stage] for stage in later)
 
     def deadline(self) -> list[Outgoing]:
@@ -363,6 +359,16 @@ class SecAggPeer:
                 return self._finish_receipts() + self._advance()
             case Stage.MASKED_INPUT:
                 self._abort(ReasonCode.TIMEOUT, "no masked sum arrived before the deadline")
+            case Stage.CONSISTENCY:
+                signed = self._votes.signers(self._digest, self.survivors)
+                others = self._votes.dissenters(self._digest, self.survivors)
+                self._abort(
+                    ReasonCode.TIMEOUT,
+                    f"only {len(signed)} survivors signed this survivor set before the deadline, "
+                    f"the quorum is {self.plan.quorum}"
+                    + (f" ({others} signed another set)" if others else "")
+                    + "; nothing was revealed",
+                )
             case Stage.UNMASK:
                 missing = sorted(d for d in self._needed if d not in self._recovered)
                 self._abort(
@@ -374,7 +380,9 @@ class SecAggPeer:
         return []
 
     def receive_sum(self, total: UIntVector, contributors: Iterable[str]) -> list[Outgoing]:
-        """The masked sum of ``contributors``' vectors: check it, then reveal shares once.
+        """The masked sum of ``contributors``' vectors: check it and sign the survivor set.
+
+        Shares are revealed later, once, when a quorum of survivors signed the same set.
 
         Aborts (nothing revealed) when this peer is not a contributor, too few peers
         contributed, a contributor's mask set or keys are unknown, two contributors disagree
@@ -400,8 +408,25 @@ class SecAggPeer:
         self.dropped = frozenset().union(*(self._commits[v] for v in survivors)) - survivors
         self._needed = {v: ShareKind.SELF_SEED for v in survivors}
         self._needed |= {d: ShareKind.PAIR_SECRET for d in self.dropped}
-        reveal_plan = plan_reveal(self._held, survivors, self.dropped)
         digest = self._digest = survivors_digest(self.config, survivors)
+        # The masked vector's buffer is free once summed: reuse it for the total, so a peer
+        # never holds more than its input, one working vector and the incoming sum.
+        buffer = self.masked_vector
+        if buffer is None:
+            buffer = cast(UIntVector, np.empty(self.config.dimension, dtype=dtype))
+        np.copyto(buffer, total)
+        self._total, self.masked_vector = buffer, None
+        self._move(Event.SUM_RECEIVED)
+        signature = self._signer.sign(survivor_set_signed_bytes(self.config, digest))
+        self._votes.add(self.me, digest)
+        vote = SurvivorSignature(self.config.consortium, self.config.round, digest, signature)
+        out = [Outgoing(peer, vote) for peer in self.plan.peers if peer != self.me]
+        return out + self._advance()
+
+    def _reveal(self) -> list[Outgoing]:
+        """Reveal this peer's shares for the survivor set a quorum signed (once)."""
+        survivors, digest = self.survivors, self._digest
+        reveal_plan = plan_reveal(self._held, survivors, self.dropped)
         shares = []
         for dealer, kind in sorted(reveal_plan.items()):
             held = self._held[dealer]
@@ -411,17 +436,24 @@ class SecAggPeer:
                 share, signature = held.mask_share, held.mask_signature
             shares.append(RevealedShare(dealer, kind, share, signature))
         reveal = Reveal(self.config.consortium, self.config.round, digest, tuple(shares))
-        # The masked vector's buffer is free once summed: reuse it for the total, so a peer
-        # never holds more than its input, one working vector and the incoming sum.
-        buffer = self.masked_vector
-        if buffer is None:
-            buffer = cast(UIntVector, np.empty(self.config.dimension, dtype=dtype))
-        np.copyto(buffer, total)
-        self._total, self.masked_vector = buffer, None
-        self._move(Event.SUM_RECEIVED)
+        self._move(Event.QUORUM_SIGNED)
         self._use_reveal(self.me, reveal)
-        out = [Outgoing(peer, reveal) for peer in sorted(survivors - {self.me})]
-        return out + self._advance()
+        return [Outgoing(peer, reveal) for peer in sorted(survivors - {self.me})]
+
+    def _consistency(self) -> tuple[bool, list[Outgoing]]:
+        """Reveal once a quorum of survivors signed our set (True); abort once none can."""
+        live = self.survivors - self.excluded.keys()
+        if len(self._votes.signers(self._digest, live)) >= self.plan.quorum:
+            return True, self._reveal()
+        others = self._votes.dissenters(self._digest, self.survivors)
+        if len(live - set(others)) < self.plan.quorum:
+            self._abort(
+                ReasonCode.PROTOCOL_VIOLATION,
+                f"survivors {others} signed another survivor set, so fewer than the quorum of "
+                f"{self.plan.quorum} can sign ours; the survivor set was equivocated and "
+                "nothing was revealed",
+            )
+        return False, []
 
     def result(self) -> UIntVector:
         """The unmasked sum of the survivors' inputs (mod 2^k), computed once on demand."""
@@ -505,6 +537,24 @@ class SecAggPeer:
                         "mask set names non-neighbours",
                         exclude=True,
                     )
+            case SurvivorSignature():
+                signed = survivor_set_signed_bytes(self.config, message.survivors_digest)
+                if not verify_signature(self._identities[sender], signed, message.signature):
+                    self._refuse(
+                        sender,
+                        ReasonCode.BAD_SIGNATURE,
+                        "survivor-set signature is invalid",
+                        exclude=True,
+                    )
+                if not self._votes.add(sender, message.survivors_digest):
+                    self._refuse(
+                        sender,
+                        ReasonCode.PROTOCOL_VIOLATION,
+                        "signed two different survivor sets in one round (equivocation)",
+                        exclude=True,
+                    )
+                if sender in self._inbox[MessageKind.SURVIVOR_SIGNATURE]:
+                    self._refuse(sender, ReasonCode.DUPLICATE, "second survivor signature")
             case Reveal():
                 if self.survivors and message.survivors_digest != self._digest:
                     self._refuse(
@@ -544,6 +594,11 @@ class SecAggPeer:
                 MessageKind.SHARE_RECEIPT, self._accepted
             ):
                 out += self._finish_receipts()
+            elif self.stage is Stage.CONSISTENCY:
+                revealed, sent = self._consistency()
+                out += sent
+                if not revealed:
+                    return out
             elif self.stage is Stage.UNMASK:
                 self._absorb_reveals()
                 if self.stage is Stage.UNMASK and self._try_recover():
@@ -701,7 +756,9 @@ class SecAggPeer:
             return (
                 ReasonCode.DROPPED,
                 f"only {len(survivors)} peers contributed, at least {self.plan.min_survivors} "
-                "are needed; nothing was revealed",
+                f"are needed (min_contributors {self.plan.min_contributors} against "
+                f"{self.plan.collusion} colluding member(s), consistency quorum "
+                f"{self.plan.quorum}); nothing was revealed",
             )
         unknown = sorted(v for v in survivors if v not in self._commits)
         if unknown:

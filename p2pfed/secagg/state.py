@@ -27,6 +27,7 @@ class Stage(enum.Enum):
     SHARE_KEYS = "share_keys"
     RECEIPTS = "receipts"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -39,7 +40,8 @@ class Event(enum.Enum):
     KEYS_COLLECTED = "keys collected, deal shares"
     SHARES_COLLECTED = "shares collected, send receipts"
     RECEIPTS_COLLECTED = "receipts collected, mask input, commit mask set"
-    SUM_RECEIVED = "masked sum received, reveal shares"
+    SUM_RECEIVED = "masked sum received, sign the survivor set"
+    QUORUM_SIGNED = "a quorum signed the same survivor set, reveal shares"
     SECRETS_RECOVERED = "secrets recovered"
     ABORT = "abort"
 
@@ -49,7 +51,8 @@ TRANSITIONS: Final[dict[tuple[Stage, Event], Stage]] = {
     (Stage.ADVERTISE, Event.KEYS_COLLECTED): Stage.SHARE_KEYS,
     (Stage.SHARE_KEYS, Event.SHARES_COLLECTED): Stage.RECEIPTS,
     (Stage.RECEIPTS, Event.RECEIPTS_COLLECTED): Stage.MASKED_INPUT,
-    (Stage.MASKED_INPUT, Event.SUM_RECEIVED): Stage.UNMASK,
+    (Stage.MASKED_INPUT, Event.SUM_RECEIVED): Stage.CONSISTENCY,
+    (Stage.CONSISTENCY, Event.QUORUM_SIGNED): Stage.UNMASK,
     (Stage.UNMASK, Event.SECRETS_RECOVERED): Stage.DONE,
     **{
         (stage, Event.ABORT): Stage.ABORTED
@@ -59,6 +62,7 @@ TRANSITIONS: Final[dict[tuple[Stage, Event], Stage]] = {
             Stage.SHARE_KEYS,
             Stage.RECEIPTS,
             Stage.MASKED_INPUT,
+            Stage.CONSISTENCY,
             Stage.UNMASK,
         )
     },
@@ -75,14 +79,32 @@ ACCEPTS: Final[dict[Stage, frozenset[MessageKind]]] = {
         {_K.ADVERTISE_KEYS, _K.SHARE_KEYS, _K.SHARE_RECEIPT, _K.INPUT_COMMIT}
     ),
     Stage.RECEIPTS: frozenset({_K.ADVERTISE_KEYS, _K.SHARE_RECEIPT, _K.INPUT_COMMIT}),
-    Stage.MASKED_INPUT: frozenset({_K.ADVERTISE_KEYS, _K.INPUT_COMMIT, _K.REVEAL}),
-    Stage.UNMASK: frozenset({_K.ADVERTISE_KEYS, _K.INPUT_COMMIT, _K.REVEAL}),
+    Stage.MASKED_INPUT: frozenset(
+        {_K.ADVERTISE_KEYS, _K.INPUT_COMMIT, _K.SURVIVOR_SIGNATURE, _K.REVEAL}
+    ),
+    Stage.CONSISTENCY: frozenset(
+        {_K.ADVERTISE_KEYS, _K.INPUT_COMMIT, _K.SURVIVOR_SIGNATURE, _K.REVEAL}
+    ),
+    # Signatures that trail the quorum are still checked: one on another set names its signer.
+    Stage.UNMASK: frozenset({_K.ADVERTISE_KEYS, _K.INPUT_COMMIT, _K.SURVIVOR_SIGNATURE, _K.REVEAL}),
     # Reveals from slower survivors keep arriving after we finished; stored, never used.
-    Stage.DONE: frozenset({_K.REVEAL}),
+    Stage.DONE: frozenset({_K.SURVIVOR_SIGNATURE, _K.REVEAL}),
     Stage.ABORTED: frozenset(),
 }
 
 TERMINAL: Final = frozenset({Stage.DONE, Stage.ABORTED})
+
+PROGRESS: Final = (
+    Stage.IDLE,
+    Stage.ADVERTISE,
+    Stage.SHARE_KEYS,
+    Stage.RECEIPTS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY,
+    Stage.UNMASK,
+    Stage.DONE,
+)
+"""The stages of a round that completes, in order (ABORTED can follow any but DONE)."""
 
 
 def next_stage(stage: Stage, event: Event) -> Stage:

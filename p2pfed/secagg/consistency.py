@@ -1,0 +1,54 @@
+"""The consistency check before any reveal: who signed which survivor set.
+
+Theory of operation (Bonawitz et al. 2017, ConsistencyCheck, without a server): double
+masking is safe only if every honest peer reveals for the same survivor set S. Whoever forms
+the sum could show S1 to some peers and S2 to others; then peers shown S1 reveal self-mask
+shares of a peer V ∈ S1 while peers shown S2 ∌ V reveal shares of V's pair secret, and a
+coalition holding t of each rebuilds V's input. So after the sum each survivor signs the set
+it was given and sends the signature to the cohort, and reveals only once a quorum of the
+survivors of *its* set signed that very set. The quorum exceeds (n + c)/2, so two quorums
+share more than c peers — at least one honest peer, which signs once: no two sets ever both
+reach a quorum, and honest reveals are tied to one S. A signer seen on two sets is named.
+
+``SurvivorVotes`` is the bookkeeping, pure and I/O-free; ``SecAggPeer`` drives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from p2pfed.secagg.params import SecAggConfig
+from p2pfed.secagg.primitives import domain
+
+
+def survivor_set_signed_bytes(config: SecAggConfig, digest: bytes) -> bytes:
+    """What a survivor signs: the survivor-set digest, bound to consortium and round."""
+    return domain("survivor-set", config.consortium, config.round, digest)
+
+
+class SurvivorVotes:
+    """The survivor set each peer signed in one round (at most one per honest peer)."""
+
+    def __init__(self) -> None:
+        self._signed: dict[str, bytes] = {}
+        self.equivocators: set[str] = set()
+
+    def add(self, signer: str, digest: bytes) -> bool:
+        """Record ``signer``'s signature on ``digest``; False if it signed another set before."""
+        prior = self._signed.setdefault(signer, digest)
+        if prior != digest:
+            self.equivocators.add(signer)
+            return False
+        return True
+
+    def signers(self, digest: bytes, among: Iterable[str]) -> frozenset[str]:
+        """The peers of ``among`` that signed ``digest`` and no other set."""
+        return frozenset(
+            p for p in among if self._signed.get(p) == digest and p not in self.equivocators
+        )
+
+    def dissenters(self, digest: bytes, among: Iterable[str]) -> list[str]:
+        """The peers of ``among`` that signed a set other than ``digest`` (sorted)."""
+        return sorted(
+            p for p in among if p in self.equivocators or self._signed.get(p, digest) != digest
+        )

@@ -1,0 +1,62 @@
+"""Secure aggregation's survivor floor over real daemons on 127.0.0.1."""
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pfed.daemon import read_status
+from p2pfed.demo import DemoSettings, build_consortium, launch, stop, watch
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+
+def wait_for(predicate, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_three_daemons_one_killed_the_two_never_unmask_a_sum_of_two(tmp_path: Path) -> None:
+    """Two survivors of three abort every round before any reveal, then resume with three."""
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=6))
+    victim, survivors = c.hospitals[0], c.hospitals[1:]
+
+    def logs(h) -> str:
+        return (h.folder / "daemon.log").read_text(errors="replace")
+
+    try:
+        launch(c)
+        wait_for(
+            lambda: all(
+                (read_status(h.state) or {}).get("completed_round", -1) >= 1 for h in c.hospitals
+            ),
+            "round 1 at every daemon",
+            timeout=180,
+        )
+        assert victim.process is not None
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait()
+        committed = {h.folder.name: read_status(h.state)["completed_round"] for h in survivors}
+        # Each survivor misses a round for the floor, with nothing revealed ...
+        floor = "at least 3 are needed (min_contributors 3"
+        wait_for(
+            lambda: all(logs(h).count(floor) >= 2 for h in survivors),
+            "two floor aborts at each survivor",
+        )
+        for h in survivors:
+            assert "nothing was revealed" in logs(h)
+            # ... and commits nothing while only two members are up (a round already
+            # in flight with all three may still have committed).
+            now = read_status(h.state)["completed_round"]
+            assert now <= committed[h.folder.name] + 1
+            assert not re.search(r"committed: .*, 2 contributors", logs(h))
+        launch(c, [victim])
+        final = watch(c, timeout=300)
+    finally:
+        stop(c)
+    assert [s["state"] for s in final] == ["finished"] * 3
+    assert len({s["model_digest"] for s in final}) == 1
