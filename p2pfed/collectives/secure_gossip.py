@@ -241,7 +241,7 @@ class SecureGossipService:
             return None
         # A member never holds the total: it reveals for S and computes nothing it uses,
         # so its state machine is fed zeros in place of the sum.
-        return cast(UIntVector, np.zeros_like(masked)), contributors
+        return np.zeros_like(masked), contributors
 
     async def _instance(
         self, t: int, k: int, term: npt.NDArray[np.float64], members: frozenset[str]
