@@ -13,11 +13,13 @@ gossip, and takes the dequantised result as x_k.
 
 What one member sees: per round, the sum of its own group only. Every group holds at least
 ``min_contributors`` peers (default 3 = c + 2 for a collusion bound c = 1) in every round of
-the topology's period, checked when the service is built (``ConfigError``), and a sum over
-fewer contributors is neither formed by the owner nor revealed by a member. So each round's
-sum adds the fresh updates of at least two other peers that appear in no earlier sum: no
-combination of the sums a peer holds, over any number of rounds, isolates one other peer's
-update (tests/gossip_attack.py solves for them). Members never learn their owner's sum,
+the topology's period, checked when the service is built (``ConfigError``), and no member,
+the owner included, reveals shares for a contributor set smaller than that (the secure-
+aggregation survivor floor), so a smaller sum is never unmasked. In any combination of the
+sums one peer holds, over any number of rounds, the latest sum carries the fresh updates of
+at least two other peers, which no earlier sum holds: no combination isolates one other
+peer's update (tests/gossip_attack.py solves for them). Coalitions of two or more are not
+covered. Members never learn their owner's sum,
 and ``ModelSync`` does not serve gossip models in secure mode (see ``p2pfed.node.sync``).
 Instance numbers keep concurrent instances apart: group k of round t uses secure-aggregation
 round t·n + k.
@@ -194,7 +196,7 @@ class SecureGossipService:
 
     async def _collect(
         self, instance: int, members: frozenset[str], own: UIntVector, ring_bits: int
-    ) -> tuple[UIntVector, frozenset[str]] | None:
+    ) -> tuple[UIntVector, frozenset[str]]:
         collection = self._collection(instance)
         others = members - {self.me}
         with trio.move_on_after(self.stage_timeout):
@@ -209,11 +211,6 @@ class SecureGossipService:
                 contributors.add(peer)
             else:
                 self._reject(instance, peer, ReasonCode.WRONG_SHAPE, "masked vector misshapen")
-        if len(contributors) < self.min_contributors:
-            # A smaller sum would hand the owner too few others' terms: form none.
-            log.info("secure gossip: %d contributors to instance %d", len(contributors), instance)
-            collection.summed.set()
-            return None
         collection.total = total
         collection.contributors = tuple(sorted(contributors))
         collection.summed.set()
@@ -235,10 +232,6 @@ class SecureGossipService:
         if listing is None or not isinstance(listing.message, Contributors):
             return None
         contributors = frozenset(listing.message.members)
-        if len(contributors) < self.min_contributors:
-            # Revealing for a smaller set would let the owner unmask a sum of too few terms.
-            self._reject(instance, owner, ReasonCode.DROPPED, "contributor set below the floor")
-            return None
         # A member never holds the total: it reveals for S and computes nothing it uses,
         # so its state machine is fed zeros in place of the sum.
         return np.zeros_like(masked), contributors
@@ -254,6 +247,7 @@ class SecureGossipService:
             instance,
             len(term),
             self.fixed_point.ring_bits,
+            # Every member, the owner included, refuses to reveal for fewer contributors.
             min_survivors=self.min_contributors,
         )
         identities = {p: self.identities[p] for p in members}

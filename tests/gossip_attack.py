@@ -1,0 +1,214 @@
+"""The curious-member attack on gossip: solve for individual updates from what one peer sees.
+
+A consortium runs R synchronous gossip rounds of D-PSGD through the real services on the
+in-memory network: every peer starts from the same known model (zeros) and in round t feeds
+``value + u_i^t``, where its update u_i^t is a *probe* (1 at coordinate t·n + i, so each
+coordinate of a mixed vector is the coefficient of one update: what a peer receives is its
+own row of the observation matrix) followed by a random *payload* (the secret it should
+keep). Gossip is linear, so the same coefficients act on the payloads.
+
+``solve`` then plays the attacker: it removes its own updates (it knows them), and for every
+other peer's update asks whether the unit vector of that update lies in the row space of what
+it saw (least squares). Where it does, the combination applied to the payloads gives the
+victim's payload back, and the test compares it with the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from p2pfed.collectives.gossip import MixingTopology, mixing_row_and_targets
+from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
+from p2pfed.collectives.secure_gossip import SecureGossipService
+from p2pfed.secagg.harness import make_identities, seeded_random_bytes
+from p2pfed.transport import MemoryNetwork
+
+CONSORTIUM = "gossip-attack"
+PAYLOAD = 6
+RECOVERED = 1e-3  # distance of e_j from the row space below which the update is isolated
+
+Vector = npt.NDArray[np.float64]
+
+
+@dataclass
+class GossipRun:
+    """What every peer fed in, got out, and (plain gossip) received, round by round."""
+
+    names: list[str]
+    rounds: int
+    topology: MixingTopology
+    updates: dict[tuple[str, int], Vector] = field(default_factory=dict)
+    outcomes: dict[tuple[str, int], Vector] = field(default_factory=dict)
+    received: dict[str, list[Vector]] = field(default_factory=dict)
+
+    @property
+    def unknowns(self) -> int:
+        """One unknown per (peer, round) update."""
+        return len(self.names) * self.rounds
+
+    def column(self, peer: str, t: int) -> int:
+        """The probe coordinate of ``peer``'s round-``t`` update."""
+        return t * len(self.names) + self.names.index(peer)
+
+
+def _update(names: list[str], rounds: int, peer: str, t: int, rng: np.random.Generator) -> Vector:
+    probe = np.zeros(len(names) * rounds + PAYLOAD)
+    probe[t * len(names) + names.index(peer)] = 1.0
+    probe[len(names) * rounds :] = rng.uniform(-0.5, 0.5, PAYLOAD)
+    return probe
+
+
+class _Tap:
+    """A mailbox sender that keeps a copy of every vector handed to the plain-gossip round."""
+
+    def __init__(self, inner: Any, log: list[Vector]) -> None:
+        self.inner, self.log = inner, log
+
+    def send_nowait(self, item: tuple[str, int, Any, bytes]) -> None:
+        self.log.append(np.frombuffer(item[3], dtype=item[2].dtype).astype(np.float64))
+        self.inner.send_nowait(item)
+
+
+class TappedGossipService(GossipService):
+    """Plain gossip that records every neighbour vector this peer receives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tapped: list[Vector] = []
+
+    def _box(self, round: int) -> Any:
+        send, receive = super()._box(round)
+        return _Tap(send, self.tapped), receive
+
+
+async def run_gossip(
+    topology: MixingTopology, rounds: int, *, secure: bool, seed: int = 0, **options: Any
+) -> GossipRun:
+    """Run ``rounds`` of D-PSGD gossip over ``topology`` with probe updates; record all."""
+    n = topology.n
+    names = [f"h{i}" for i in range(n)]
+    run = GossipRun(names, rounds, topology)
+    rng = np.random.default_rng(seed)
+    for t in range(rounds):
+        for p in names:
+            run.updates[(p, t)] = _update(names, rounds, p, t, rng)
+    signers, identities = make_identities(names)
+    net = MemoryNetwork()
+    built: set[str] = set()
+    ready = trio.Event()
+
+    async def peer(me: str) -> None:
+        async with net.open(me) as transport:
+            service: Any
+            if secure:
+                service = SecureGossipService(
+                    transport,
+                    CONSORTIUM,
+                    names,
+                    topology,
+                    identities,
+                    signers[me],
+                    stage_timeout=2.0,
+                    rng=np.random.default_rng(names.index(me)),
+                    random_bytes=seeded_random_bytes(seed, me),
+                    **options,
+                )
+            else:
+                service = TappedGossipService(
+                    transport, CONSORTIUM, names, topology, config=GossipConfig(deadline=2.0)
+                )
+            built.add(me)
+            if len(built) == n:
+                ready.set()
+            await ready.wait()
+            x = np.zeros(len(names) * rounds + PAYLOAD)
+            for t in range(rounds):
+                outcome = await service.sync_round(t, x + run.updates[(me, t)])
+                x = np.asarray(outcome.vector, dtype=np.float64)
+                run.outcomes[(me, t)] = x
+            if not secure:
+                run.received[me] = service.tapped
+            await trio.sleep(5.0)
+
+    async with trio.open_nursery() as nursery:
+        for p in names:
+            nursery.start_soon(peer, p)
+    return run
+
+
+Observation = Callable[[GossipRun, str], list[Vector]]
+
+
+def own_sums(run: GossipRun, attacker: str) -> list[Vector]:
+    """What a secure-gossip member holds: its own group's sum, once per round."""
+    return [run.outcomes[(attacker, t)] for t in range(run.rounds)]
+
+
+def member_sums(run: GossipRun, attacker: str) -> list[Vector]:
+    """The old protocol: also the sum of every group the attacker is a member of."""
+    i = run.names.index(attacker)
+    rows = own_sums(run, attacker)
+    for t in range(run.rounds):
+        _, _, owners = mixing_row_and_targets(run.topology, t, i)
+        rows += [run.outcomes[(run.names[k], t)] for k in owners]
+    return rows
+
+
+def served_models(run: GossipRun, attacker: str) -> list[Vector]:
+    """Own sums plus every member's current model, as a model server would hand it out."""
+    return own_sums(run, attacker) + [
+        run.outcomes[(p, t)] for p in run.names if p != attacker for t in range(run.rounds)
+    ]
+
+
+def received_vectors(run: GossipRun, attacker: str) -> list[Vector]:
+    """Plain gossip: every neighbour vector the attacker's service actually received."""
+    return own_sums(run, attacker) + list(run.received[attacker])
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Which other peers' updates the attacker isolates, with the payloads it computes."""
+
+    recovered: dict[tuple[str, int], Vector]
+    distances: dict[tuple[str, int], float]
+
+    @property
+    def peers(self) -> frozenset[str]:
+        """Peers at least one of whose updates was isolated."""
+        return frozenset(p for p, _ in self.recovered)
+
+
+def solve(run: GossipRun, attacker: str | tuple[str, ...], observe: Observation) -> Recovery:
+    """Least squares over what ``attacker`` (one peer or a coalition) saw, its updates removed."""
+    coalition = (attacker,) if isinstance(attacker, str) else attacker
+    rows = np.stack([row for member in coalition for row in observe(run, member)])
+    d = run.unknowns
+    matrix, payloads = rows[:, :d], rows[:, d:].copy()
+    for member in coalition:
+        for t in range(run.rounds):
+            col = run.column(member, t)
+            payloads -= np.outer(matrix[:, col], run.updates[(member, t)][d:])
+    others = [(p, t) for t in range(run.rounds) for p in run.names if p not in coalition]
+    a = matrix[:, [run.column(p, t) for p, t in others]]
+    recovered: dict[tuple[str, int], Vector] = {}
+    distances: dict[tuple[str, int], float] = {}
+    for k, key in enumerate(others):
+        unit = np.zeros(len(others))
+        unit[k] = 1.0
+        c = np.linalg.lstsq(a.T, unit, rcond=None)[0]
+        distances[key] = float(np.linalg.norm(a.T @ c - unit))
+        if distances[key] < RECOVERED:
+            recovered[key] = cast(Vector, c @ payloads)
+    return Recovery(recovered, distances)
+
+
+def true_payload(run: GossipRun, peer: str, t: int) -> Vector:
+    """The victim's secret, to compare with what the attacker computed."""
+    return run.updates[(peer, t)][run.unknowns :]
