@@ -131,6 +131,11 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"[secagg] enabled needs at least 3 members (the roster has {len(members)}): a sum "
             "of two would reveal the other's update"
         )
+    if config.rounds.mode == "gossip" and config.secagg.enabled:
+        import topologies
+        from p2pfed.collectives.secure_gossip import check_groups
+
+        check_groups(topologies.build(config.rounds.topology, len(members)))
     if config.rounds.min_peers > len(members):
         raise ConfigError(
             f"[rounds] min_peers = {config.rounds.min_peers} exceeds the roster's "

@@ -64,6 +64,28 @@ MIN_CONTRIBUTORS = 3
 """Least inputs in any revealed group sum: c + 2 for the default collusion bound c = 1."""
 
 
+def check_groups(topology: MixingTopology, min_contributors: int = MIN_CONTRIBUTORS) -> None:
+    """Refuse (``ConfigError``) a topology with an averaging group below ``min_contributors``.
+
+    A topology repeats after its ``period`` (1 if it has none), so one period covers every
+    round; this runs before any round, so a refused topology never charges the privacy ledger.
+    """
+    if min_contributors < MIN_CONTRIBUTORS:
+        raise ConfigError(
+            f"min_contributors must be at least {MIN_CONTRIBUTORS} (two others besides any "
+            f"one observer), got {min_contributors}"
+        )
+    for t in range(int(getattr(topology, "period", 1))):
+        for k in range(topology.n):
+            weights, _, _ = mixing_row_and_targets(topology, t, k)
+            if len(weights) + 1 < min_contributors:
+                raise ConfigError(
+                    f"node {k}'s averaging group in round {t} has {len(weights) + 1} peers; "
+                    f"secure gossip needs at least {min_contributors} (use plain gossip with "
+                    "local noise for this topology)"
+                )
+
+
 @dataclass(frozen=True, slots=True)
 class SecureGossipOutcome:
     """A secure gossip round's new vector and who contributed to this peer's group."""
@@ -108,11 +130,7 @@ class SecureGossipService:
             raise LocalProtocolError(f"secure gossip needs {topology.n} distinct peers")
         if set(peers) - set(identities):
             raise ConfigError("every gossip peer needs an identity key")
-        if min_contributors < MIN_CONTRIBUTORS:
-            raise ConfigError(
-                f"min_contributors must be at least {MIN_CONTRIBUTORS} (two others besides "
-                f"any one observer), got {min_contributors}"
-            )
+        check_groups(topology, min_contributors)
         self.min_contributors = min_contributors
         self.transport = transport
         self.consortium = consortium
@@ -127,11 +145,6 @@ class SecureGossipService:
         self.me = transport.local_peer
         self.index = self.peers.index(self.me)
         n = len(self.peers)
-        # Refuse at start, before any round is charged to the privacy ledger: a topology
-        # repeats after its period, so checking one period checks every round.
-        for t in range(int(getattr(topology, "period", 1))):
-            for k in range(n):
-                self._group(t, k)
         self.channel = ControlService(
             transport,
             consortium,
@@ -145,12 +158,6 @@ class SecureGossipService:
 
     def _group(self, t: int, k: int) -> tuple[dict[str, float], float]:
         weights, self_weight, _ = mixing_row_and_targets(self.topology, t, k)
-        if len(weights) + 1 < self.min_contributors:
-            raise ConfigError(
-                f"node {k}'s averaging group in round {t} has {len(weights) + 1} peers; secure "
-                f"gossip needs at least {self.min_contributors} (use plain gossip with local "
-                "noise for this topology)"
-            )
         return {self.peers[j]: w for j, w in weights.items()}, self_weight
 
     def _collection(self, instance: int) -> _Collection:
