@@ -148,6 +148,9 @@ class Peer:
     async def catch_up(self, round_: int | None = None, timeout: float = 0.0) -> bool:
         """Adopt a newer model from the other members; True if one was adopted.
 
+        In secure gossip, where models are not served, True once the others' round is joined
+        with this peer's own model (``_rejoin``).
+
         With ``round_``, wait up to ``timeout`` for some member to complete that round first:
         a peer that missed a round must not race ahead of the others into the next one
         (it would wait there for messages they have not sent yet, and miss again).
