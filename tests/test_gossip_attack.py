@@ -30,8 +30,8 @@ import topologies
 from p2pfed.collectives.gossip import mixing_row_and_targets
 from p2pfed.collectives.secure_gossip import SecureGossipService, check_groups
 from p2pfed.errors import ConfigError
-from p2pfed.secagg.primitives import UIntVector
 from p2pfed.secagg.harness import make_identities, seeded_random_bytes
+from p2pfed.secagg.primitives import UIntVector
 from p2pfed.transport import MemoryNetwork
 
 ROUNDS = 3
