@@ -23,10 +23,14 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.gossip import MixingTopology, mixing_row_and_targets
-from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
-from p2pfed.collectives.secure_gossip import SecureGossipService
+from p2pfed.collectives.gossip_driver import GossipConfig, GossipService, send_vector
+from p2pfed.collectives.messages import Contributors, GossipValue
+from p2pfed.collectives.secure_gossip import MASKED_SUM_PROTOCOL, SecureGossipService
+from p2pfed.secagg import SecAggPeer, Stage
 from p2pfed.secagg.harness import make_identities, seeded_random_bytes
+from p2pfed.secagg.primitives import UIntVector
 from p2pfed.transport import MemoryNetwork
 
 CONSORTIUM = "gossip-attack"
@@ -46,6 +50,7 @@ class GossipRun:
     updates: dict[tuple[str, int], Vector] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], Vector] = field(default_factory=dict)
     received: dict[str, list[Vector]] = field(default_factory=dict)
+    learned: dict[str, list[Vector]] = field(default_factory=dict)
 
     @property
     def unknowns(self) -> int:
@@ -87,6 +92,49 @@ class TappedGossipService(GossipService):
         return _Tap(send, self.tapped), receive
 
 
+class CuriousMember(SecureGossipService):
+    """Secure gossip that follows the protocol but keeps every byte an owner sends back.
+
+    If an owner ever returns its group's masked total, this member feeds it to its own
+    secure-aggregation peer, unmasks with the reveals it gets anyway, and records the sum.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.totals: set[int] = set()
+        self.learned: list[Vector] = []
+
+    async def _submit(
+        self, owner: str, instance: int, masked: UIntVector
+    ) -> tuple[UIntVector, frozenset[str]] | None:
+        parts: list[bytes] = []
+        with trio.move_on_after(3 * self.stage_timeout):
+            stream = await self.transport.open_stream(owner, MASKED_SUM_PROTOCOL)
+            async with stream:
+                messages = MessageStream(stream, self.consortium, self.me)
+                await send_vector(messages, instance, masked, 256 * 1024)
+                while (envelope := await messages.receive(3 * self.stage_timeout)) is not None:
+                    if isinstance(envelope.message, GossipValue):
+                        parts.append(envelope.message.data)
+                    elif isinstance(envelope.message, Contributors):
+                        members = frozenset(envelope.message.members)
+                        if not parts:
+                            return np.zeros_like(masked), members
+                        self.totals.add(instance)
+                        total = np.frombuffer(b"".join(parts), dtype=masked.dtype).copy()
+                        return cast(UIntVector, total), members
+        return None
+
+    async def _instance(
+        self, t: int, k: int, term: npt.NDArray[np.float64], members: frozenset[str]
+    ) -> tuple[SecAggPeer, frozenset[str]]:
+        peer, contributors = await super()._instance(t, k, term, members)
+        if t * len(self.peers) + k in self.totals and peer.stage is Stage.DONE:
+            sum_ = self.fixed_point.decode_sum(peer.result(), len(peer.survivors))
+            self.learned.append(np.asarray(sum_, dtype=np.float64))
+        return peer, contributors
+
+
 async def run_gossip(
     topology: MixingTopology, rounds: int, *, secure: bool, seed: int = 0, **options: Any
 ) -> GossipRun:
@@ -107,7 +155,7 @@ async def run_gossip(
         async with net.open(me) as transport:
             service: Any
             if secure:
-                service = SecureGossipService(
+                service = CuriousMember(
                     transport,
                     CONSORTIUM,
                     names,
@@ -132,7 +180,9 @@ async def run_gossip(
                 outcome = await service.sync_round(t, x + run.updates[(me, t)])
                 x = np.asarray(outcome.vector, dtype=np.float64)
                 run.outcomes[(me, t)] = x
-            if not secure:
+            if secure:
+                run.learned[me] = service.learned
+            else:
                 run.received[me] = service.tapped
             await trio.sleep(5.0)
 
@@ -148,6 +198,11 @@ Observation = Callable[[GossipRun, str], list[Vector]]
 def own_sums(run: GossipRun, attacker: str) -> list[Vector]:
     """What a secure-gossip member holds: its own group's sum, once per round."""
     return [run.outcomes[(attacker, t)] for t in range(run.rounds)]
+
+
+def learned_sums(run: GossipRun, attacker: str) -> list[Vector]:
+    """Own sums plus every other group's sum the curious member could unmask itself."""
+    return own_sums(run, attacker) + list(run.learned[attacker])
 
 
 def member_sums(run: GossipRun, attacker: str) -> list[Vector]:

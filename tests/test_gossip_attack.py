@@ -17,6 +17,7 @@ import trio
 import trio.testing
 from gossip_attack import (
     GossipRun,
+    learned_sums,
     member_sums,
     own_sums,
     received_vectors,
@@ -71,7 +72,10 @@ def test_one_member_isolates_no_update_from_its_group_sums(name: str, n: int) ->
             weights, _, _ = mixing_row_and_targets(run.topology, t, i)
             for j, w in weights.items():
                 assert row[run.column(run.names[j], t)] == pytest.approx(w, abs=1e-4)
-        got = solve(run, attacker, own_sums)
+        # Every member is curious (tests/gossip_attack.py: CuriousMember) and keeps whatever
+        # an owner sends back; none of them can unmask another group's sum.
+        assert run.learned[attacker] == []
+        got = solve(run, attacker, learned_sums)
         assert got.recovered == {}
         assert min(got.distances.values()) > 0.5
 
