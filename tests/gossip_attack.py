@@ -254,14 +254,39 @@ def solve(run: GossipRun, attacker: str | tuple[str, ...], observe: Observation)
     a = matrix[:, [run.column(p, t) for p, t in others]]
     recovered: dict[tuple[str, int], Vector] = {}
     distances: dict[tuple[str, int], float] = {}
-    for k, key in enumerate(others):
-        unit = np.zeros(len(others))
-        unit[k] = 1.0
-        c = np.linalg.lstsq(a.T, unit, rcond=None)[0]
-        distances[key] = float(np.linalg.norm(a.T @ c - unit))
-        if distances[key] < RECOVERED:
+    for key, (distance, c) in zip(others, unit_distances(a), strict=True):
+        distances[key] = distance
+        if distance < RECOVERED:
             recovered[key] = cast(Vector, c @ payloads)
     return Recovery(recovered, distances)
+
+
+def unit_distances(a: npt.NDArray[np.float64]) -> list[tuple[float, Vector]]:
+    """Per column j: the distance of e_j from the row space of ``a``, and the best c (cᵀa ≈ e_j)."""
+    out = []
+    for j in range(a.shape[1]):
+        unit = np.zeros(a.shape[1])
+        unit[j] = 1.0
+        c = np.linalg.lstsq(a.T, unit, rcond=None)[0]
+        out.append((float(np.linalg.norm(a.T @ c - unit)), cast(Vector, c)))
+    return out
+
+
+def own_sum_rows(topology: MixingTopology, rounds: int, attacker: int) -> npt.NDArray[np.float64]:
+    """Exact D-PSGD rows (no protocol): x^(t+1) = W_t (x^t + u^t), attacker's row per round.
+
+    Columns are the updates of the other peers (round-major); the attacker's own are removed.
+    """
+    n = topology.n
+    coeffs = np.zeros((n, n * rounds))  # x^t as combinations of all updates; x^0 is known
+    rows = []
+    for t in range(rounds):
+        fresh = np.zeros((n, n * rounds))
+        fresh[:, t * n : (t + 1) * n] = np.eye(n)
+        coeffs = topology.mixing_at(t).toarray() @ (coeffs + fresh)
+        rows.append(coeffs[attacker])
+    keep = [c for c in range(n * rounds) if c % n != attacker]
+    return np.stack(rows)[:, keep]
 
 
 def true_payload(run: GossipRun, peer: str, t: int) -> Vector:

@@ -19,13 +19,17 @@ from gossip_attack import (
     GossipRun,
     learned_sums,
     member_sums,
+    own_sum_rows,
     own_sums,
     received_vectors,
     run_gossip,
     served_models,
     solve,
     true_payload,
+    unit_distances,
 )
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import topologies
 from p2pfed.collectives.gossip import mixing_row_and_targets
@@ -252,3 +256,35 @@ async def test_a_member_asking_for_another_members_model(tmp_path: Path, gossip:
             else:
                 assert fetched is not None
                 np.testing.assert_array_equal(fetched.weights, owner.weights)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(4, 9),
+    density=st.floats(0.5, 1.0),
+    period=st.integers(1, 3),
+    rounds=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_own_sums_never_isolate_an_update_on_any_graph_above_the_floor(
+    n: int, density: float, period: int, rounds: int, seed: int
+) -> None:
+    """The row-space argument of the docs, on random (also time-varying) graphs."""
+    import networkx as nx
+
+    graphs = [nx.gnp_random_graph(n, density, seed=seed + k) for k in range(period)]
+    assume(all(min(dict(g.degree()).values()) >= 2 for g in graphs))
+    topo = topologies.from_graphs("random", graphs)
+    check_groups(topo)  # every group holds at least 3: the floor holds
+    for attacker in range(n):
+        distances = [d for d, _ in unit_distances(own_sum_rows(topo, rounds, attacker))]
+        assert min(distances) > 0.1
+
+
+def test_own_sums_isolate_updates_below_the_floor() -> None:
+    """The same solver finds the neighbour's update in a group of two (one-peer exponential)."""
+    topo = topologies.build("one_peer_exponential", 4)
+    with pytest.raises(ConfigError):
+        check_groups(topo)
+    distances = [d for d, _ in unit_distances(own_sum_rows(topo, 1, 0))]
+    assert min(distances) < 1e-9
