@@ -24,7 +24,7 @@ import numpy.typing as npt
 import trio
 
 from p2pfed.collectives.codec import MessageStream
-from p2pfed.collectives.gossip import MixingTopology, mixing_row_and_targets
+from p2pfed.collectives.gossip import MixingTopology
 from p2pfed.collectives.gossip_driver import GossipConfig, GossipService, send_vector
 from p2pfed.collectives.messages import Contributors, GossipValue
 from p2pfed.collectives.secure_gossip import MASKED_SUM_PROTOCOL, SecureGossipService
@@ -135,8 +135,22 @@ class CuriousMember(SecureGossipService):
         return peer, contributors
 
 
+class OldProtocolMember(CuriousMember):
+    """A curious member under the protocol before issue 12: owners also return the total."""
+
+    async def _reply(self, messages: MessageStream, instance: int, collection: Any) -> None:
+        await send_vector(messages, instance, collection.total, 256 * 1024)
+        await super()._reply(messages, instance, collection)
+
+
 async def run_gossip(
-    topology: MixingTopology, rounds: int, *, secure: bool, seed: int = 0, **options: Any
+    topology: MixingTopology,
+    rounds: int,
+    *,
+    secure: bool,
+    seed: int = 0,
+    member: type[CuriousMember] = CuriousMember,
+    **options: Any,
 ) -> GossipRun:
     """Run ``rounds`` of D-PSGD gossip over ``topology`` with probe updates; record all."""
     n = topology.n
@@ -155,7 +169,7 @@ async def run_gossip(
         async with net.open(me) as transport:
             service: Any
             if secure:
-                service = CuriousMember(
+                service = member(
                     transport,
                     CONSORTIUM,
                     names,
@@ -203,16 +217,6 @@ def own_sums(run: GossipRun, attacker: str) -> list[Vector]:
 def learned_sums(run: GossipRun, attacker: str) -> list[Vector]:
     """Own sums plus every other group's sum the curious member could unmask itself."""
     return own_sums(run, attacker) + list(run.learned[attacker])
-
-
-def member_sums(run: GossipRun, attacker: str) -> list[Vector]:
-    """The old protocol: also the sum of every group the attacker is a member of."""
-    i = run.names.index(attacker)
-    rows = own_sums(run, attacker)
-    for t in range(run.rounds):
-        _, _, owners = mixing_row_and_targets(run.topology, t, i)
-        rows += [run.outcomes[(run.names[k], t)] for k in owners]
-    return rows
 
 
 def served_models(run: GossipRun, attacker: str) -> list[Vector]:

@@ -17,8 +17,8 @@ import trio
 import trio.testing
 from gossip_attack import (
     GossipRun,
+    OldProtocolMember,
     learned_sums,
-    member_sums,
     own_sum_rows,
     own_sums,
     received_vectors,
@@ -86,9 +86,10 @@ def test_one_member_isolates_no_update_from_its_group_sums(name: str, n: int) ->
 
 @pytest.mark.parametrize(("name", "n"), SMALL)
 def test_the_old_protocol_let_one_member_solve_for_every_update(name: str, n: int) -> None:
-    """Members used to learn the sum of every group they were in (the owner sent it back)."""
-    run = secure_run(name, n)
-    got = solve(run, "h0", member_sums)
+    """Before issue 12 owners also returned the masked total: members unmasked every group."""
+    run = secure_run(name, n, member=OldProtocolMember)
+    assert run.learned["h0"]  # sums of groups h0 does not own
+    got = solve(run, "h0", learned_sums)
     assert len(got.recovered) == (n - 1) * ROUNDS
     assert_payloads_exact(run, got.recovered)
 

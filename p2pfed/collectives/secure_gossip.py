@@ -189,13 +189,16 @@ class SecureGossipService:
                 await collection.summed.wait()
             if collection.total is None or peer not in collection.contributors:
                 return
-            # Only the contributor set goes back: with the total and the reveals a member
-            # could unmask the owner's sum, one more sum than its own group's per round.
-            await messages.send(Contributors(instance, collection.contributors))
+            await self._reply(messages, instance, collection)
             await stream.send_eof()
         except (RemoteProtocolError, BrokenError, ClosedError) as exc:
             reason = exc.reason if isinstance(exc, RemoteProtocolError) else ReasonCode.DROPPED
             self._reject(-1, peer, reason, str(exc))
+
+    async def _reply(self, messages: MessageStream, instance: int, collection: _Collection) -> None:
+        # Only the contributor set goes back: with the total and the reveals a member could
+        # unmask the owner's sum, one more sum than its own group's per round.
+        await messages.send(Contributors(instance, collection.contributors))
 
     def _reject(self, round: int, peer: str, reason: ReasonCode, detail: str) -> None:
         log.info("secure gossip: rejected %s: %s", peer, detail)
