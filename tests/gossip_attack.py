@@ -7,6 +7,12 @@ coordinate of a mixed vector is the coefficient of one update: what a peer recei
 own row of the observation matrix) followed by a random *payload* (the secret it should
 keep). Gossip is linear, so the same coefficients act on the payloads.
 
+Secure runs use ``CuriousMember`` for every peer: it follows the protocol but keeps whatever
+an owner sends back and unmasks it if it can (``OldProtocolMember``: owners that also return
+the masked total, as before issue 12). Plain runs tap every vector a peer receives. The
+observations (``own_sums``, ``learned_sums``, ``served_models``, ``received_vectors``) are
+the rows one peer holds.
+
 ``solve`` then plays the attacker: it removes its own updates (it knows them), and for every
 other peer's update asks whether the unit vector of that update lies in the row space of what
 it saw (least squares). Where it does, the combination applied to the payloads gives the
