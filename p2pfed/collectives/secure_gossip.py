@@ -19,10 +19,9 @@ aggregation survivor floor), so a smaller sum is never unmasked. In any combinat
 sums one peer holds, over any number of rounds, the latest sum carries the fresh updates of
 at least two other peers, which no earlier sum holds: no combination isolates one other
 peer's update (tests/gossip_attack.py solves for them). Coalitions of two or more are not
-covered. Members never learn their owner's sum,
-and ``ModelSync`` does not serve gossip models in secure mode (see ``p2pfed.node.sync``).
-Instance numbers keep concurrent instances apart: group k of round t uses secure-aggregation
-round t·n + k.
+covered. ``ModelSync`` does not serve models in secure gossip either (``p2pfed.node.sync``):
+another member's model is its group's sum. Instance numbers keep concurrent instances
+apart: group k of round t uses secure-aggregation round t·n + k.
 """
 
 from __future__ import annotations
