@@ -153,7 +153,14 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             "of two would reveal the other's update"
         )
     if config.secagg.enabled:
-        secagg_plan(config, [m.peer_id for m in members])
+        plan = secagg_plan(config, [m.peer_id for m in members])
+        if config.rounds.mode == "gossip":
+            import topologies
+            from p2pfed.collectives.secure_gossip import check_groups
+
+            check_groups(
+                topologies.build(config.rounds.topology, len(members)), plan.min_contributors
+            )
     if config.rounds.min_peers > len(members):
         raise ConfigError(
             f"[rounds] min_peers = {config.rounds.min_peers} exceeds the roster's "
@@ -426,10 +433,11 @@ async def _run_peer(
             # A secure sum completes only with the consistency quorum (more than
             # (n + collusion)/2 members, at least min_contributors and min_peers) in it:
             # distributed DP noise is split over that many shares.
-            min_survivors = config.rounds.min_peers
+            min_survivors, min_contributors = config.rounds.min_peers, 3
             if config.secagg.enabled:
                 plan = secagg_plan(config, peers)
                 min_survivors = max(min_survivors, plan.min_survivors)
+                min_contributors = plan.min_contributors
             stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
             fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
             aggregator: Aggregator
@@ -447,6 +455,7 @@ async def _run_peer(
                         fixed_point=fixed_point,
                         stage_timeout=stage_timeout,
                         rng=np.random.default_rng(),
+                        min_contributors=min_contributors,
                     )
                 else:
                     service = GossipService(

@@ -213,9 +213,29 @@ async def test_secure_gossip_matches_plain_mixing_within_quantisation(
             np.testing.assert_allclose(got.vector, x[i], atol=1e-4)
 
 
-async def test_secure_gossip_keeps_its_own_value_when_a_group_falls_below_three(
+async def test_secure_gossip_folds_an_absent_neighbour_into_self(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    import topologies
+
+    n = 5
+    topo = topologies.build("complete", n)
+    vectors = {f"h{i}": np.full(8, float(i) / 10) for i in range(n)}
+    out = await run_secure_gossip(topo, vectors, 1, absent=frozenset({"h2"}))
+    w = topo.mixing_at(0).toarray()
+    for i in (0, 1, 3, 4):
+        got = out[f"h{i}"][0]
+        assert got.missing == ("h2",)
+        expected = (w[i, i] + w[i, 2]) * i / 10 + sum(
+            w[i, j] * j / 10 for j in range(n) if j not in (i, 2)
+        )
+        np.testing.assert_allclose(got.vector, expected, atol=1e-4)
+
+
+async def test_secure_gossip_forms_no_sum_below_the_floor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a 5-ring without h2, h1's and h3's groups hold two: no sum, own value kept."""
     import topologies
 
     n = 5
@@ -223,13 +243,9 @@ async def test_secure_gossip_keeps_its_own_value_when_a_group_falls_below_three(
     vectors = {f"h{i}": np.full(8, float(i) / 10) for i in range(n)}
     out = await run_secure_gossip(topo, vectors, 1, absent=frozenset({"h2"}))
     for i in (1, 3):
-        # The groups of h1 and h3 lost h2: a sum of two is never unmasked, so the owner
-        # keeps its own value (all weight folded to itself).
         got = out[f"h{i}"][0]
         assert got.contributors == {f"h{i}"}
-        np.testing.assert_allclose(got.vector, np.full(8, i / 10))
-    got = out["h0"][0]
-    assert got.contributors == {"h4", "h0", "h1"}
+        np.testing.assert_array_equal(got.vector, vectors[f"h{i}"])
 
 
 async def test_secure_gossip_refuses_groups_of_two() -> None:
@@ -241,13 +257,12 @@ async def test_secure_gossip_refuses_groups_of_two() -> None:
     signers, identities = make_identities(names)
     net = MemoryNetwork()
     async with net.open("h0") as transport:
-        service = SecureGossipService(
-            transport,
-            CONSORTIUM,
-            names,
-            topologies.build("one_peer_exponential", 4),
-            identities,
-            signers["h0"],
-        )
         with pytest.raises(ConfigError, match="at least 3"):
-            await service.sync_round(0, np.zeros(4))
+            SecureGossipService(
+                transport,
+                CONSORTIUM,
+                names,
+                topologies.build("one_peer_exponential", 4),
+                identities,
+                signers["h0"],
+            )

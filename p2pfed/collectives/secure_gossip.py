@@ -6,16 +6,22 @@ member j of G_k quantises its own term W_kj·x_j (``p2pfed.secagg.FixedPoint``) 
 runs one secure-aggregation instance (``drive_secagg``) for it; a peer therefore takes part in
 its own group and in the group of every node that mixes it in, all concurrently. The masked
 vectors of a group are summed by its owner k (``MASKED_SUM_PROTOCOL``: each member sends its
-masked words and gets back the total and the contributor set S); k sees only masked words,
-and every member unmasks the same sum. The owner then adds the weight of members missing
+masked words and gets back only the contributor set S, never the total), the members reveal
+their shares for S, and only k unmasks. The owner then adds the weight of members missing
 from S to its own term in the clear (it knows its own x_k), exactly the folding of plain
 gossip, and takes the dequantised result as x_k.
 
-Groups need at least three peers: secure aggregation over two would hand each the other's
-term anyway. A topology with smaller groups (a one-peer exponential graph: groups of two)
-is refused with ``ConfigError``; use plain gossip there. Members learn the owner's next value,
-which plain gossip sends them next round anyway. Instance numbers keep concurrent
-instances apart: group k of round t uses secure-aggregation round t·n + k.
+What one member sees: per round, the sum of its own group only. Every group holds at least
+``min_contributors`` peers (default 3 = c + 2 for a collusion bound c = 1) in every round of
+the topology's period, checked when the service is built (``ConfigError``), and no member,
+the owner included, reveals shares for a contributor set smaller than that (the secure-
+aggregation survivor floor), so a smaller sum is never unmasked. In any combination of the
+sums one peer holds, over any number of rounds, the latest sum carries the fresh updates of
+at least two other peers, which no earlier sum holds: no combination isolates one other
+peer's update (tests/gossip_attack.py solves for them). Coalitions of two or more are not
+covered. ``ModelSync`` does not serve models in secure gossip either (``p2pfed.node.sync``):
+another member's model is its group's sum. Instance numbers keep concurrent instances
+apart: group k of round t uses secure-aggregation round t·n + k.
 """
 
 from __future__ import annotations
@@ -52,7 +58,31 @@ from p2pfed.transport.base import Stream, Transport
 log = logging.getLogger(__name__)
 
 SECURE_GOSSIP_PROTOCOL = "/p2pfed/gossip/secagg/1.0.0"
-MASKED_SUM_PROTOCOL = "/p2pfed/gossip/masked-sum/1.0.0"
+MASKED_SUM_PROTOCOL = "/p2pfed/gossip/masked-sum/2.0.0"
+MIN_CONTRIBUTORS = 3
+"""Least inputs in any revealed group sum: c + 2 for the default collusion bound c = 1."""
+
+
+def check_groups(topology: MixingTopology, min_contributors: int = MIN_CONTRIBUTORS) -> None:
+    """Refuse (``ConfigError``) a topology with an averaging group below ``min_contributors``.
+
+    A topology repeats after its ``period`` (1 if it has none), so one period covers every
+    round; this runs before any round, so a refused topology never charges the privacy ledger.
+    """
+    if min_contributors < MIN_CONTRIBUTORS:
+        raise ConfigError(
+            f"min_contributors must be at least {MIN_CONTRIBUTORS} (two others besides any "
+            f"one observer), got {min_contributors}"
+        )
+    for t in range(int(getattr(topology, "period", 1))):
+        for k in range(topology.n):
+            weights, _, _ = mixing_row_and_targets(topology, t, k)
+            if len(weights) + 1 < min_contributors:
+                raise ConfigError(
+                    f"node {k}'s averaging group in round {t} has {len(weights) + 1} peers; "
+                    f"secure gossip needs at least {min_contributors} (use plain gossip with "
+                    "local noise for this topology)"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +123,14 @@ class SecureGossipService:
         stage_timeout: float = 5.0,
         rng: np.random.Generator | None = None,
         random_bytes: RandomBytes = os.urandom,
+        min_contributors: int = MIN_CONTRIBUTORS,
     ) -> None:
         if len(peers) != topology.n or len(set(peers)) != len(peers):
             raise LocalProtocolError(f"secure gossip needs {topology.n} distinct peers")
         if set(peers) - set(identities):
             raise ConfigError("every gossip peer needs an identity key")
+        check_groups(topology, min_contributors)
+        self.min_contributors = min_contributors
         self.transport = transport
         self.consortium = consortium
         self.peers = tuple(peers)
@@ -124,11 +157,6 @@ class SecureGossipService:
 
     def _group(self, t: int, k: int) -> tuple[dict[str, float], float]:
         weights, self_weight, _ = mixing_row_and_targets(self.topology, t, k)
-        if len(weights) + 1 < 3:
-            raise ConfigError(
-                f"node {k}'s averaging group in round {t} has {len(weights) + 1} peers; secure "
-                "gossip needs at least 3 (use plain gossip for this topology)"
-            )
         return {self.peers[j]: w for j, w in weights.items()}, self_weight
 
     def _collection(self, instance: int) -> _Collection:
@@ -160,12 +188,16 @@ class SecureGossipService:
                 await collection.summed.wait()
             if collection.total is None or peer not in collection.contributors:
                 return
-            await send_vector(messages, instance, collection.total, 256 * 1024)
-            await messages.send(Contributors(instance, collection.contributors))
+            await self._reply(messages, instance, collection)
             await stream.send_eof()
         except (RemoteProtocolError, BrokenError, ClosedError) as exc:
             reason = exc.reason if isinstance(exc, RemoteProtocolError) else ReasonCode.DROPPED
             self._reject(-1, peer, reason, str(exc))
+
+    async def _reply(self, messages: MessageStream, instance: int, collection: _Collection) -> None:
+        # Only the contributor set goes back: with the total and the reveals a member could
+        # unmask the owner's sum, one more sum than its own group's per round.
+        await messages.send(Contributors(instance, collection.contributors))
 
     def _reject(self, round: int, peer: str, reason: ReasonCode, detail: str) -> None:
         log.info("secure gossip: rejected %s: %s", peer, detail)
@@ -202,19 +234,16 @@ class SecureGossipService:
                 async with stream:
                     messages = MessageStream(stream, self.consortium, self.me)
                     await send_vector(messages, instance, masked, 256 * 1024)
-                    got = await receive_vector(messages, 3 * self.stage_timeout, 1 << 28)
-                    listing = await messages.receive(self.stage_timeout)
+                    listing = await messages.receive(3 * self.stage_timeout)
         except (trio.TooSlowError, BrokenError, ClosedError, RemoteProtocolError) as exc:
-            log.info("secure gossip: no masked sum from %s: %s", owner, exc)
+            log.info("secure gossip: no contributor set from %s: %s", owner, exc)
             return None
-        if got is None or listing is None or not isinstance(listing.message, Contributors):
+        if listing is None or not isinstance(listing.message, Contributors):
             return None
-        _, word, data = got
-        total = np.frombuffer(data, dtype=word.dtype)
-        if total.dtype != masked.dtype or total.shape != masked.shape:
-            self._reject(instance, owner, ReasonCode.WRONG_SHAPE, "masked sum misshapen")
-            return None
-        return cast(UIntVector, total.copy()), frozenset(listing.message.members)
+        contributors = frozenset(listing.message.members)
+        # A member never holds the total: it reveals for S and computes nothing it uses,
+        # so its state machine is fed zeros in place of the sum.
+        return np.zeros_like(masked), contributors
 
     async def _instance(
         self, t: int, k: int, term: npt.NDArray[np.float64], members: frozenset[str]
@@ -222,7 +251,14 @@ class SecureGossipService:
         n = len(self.peers)
         instance = t * n + k
         owner = self.peers[k]
-        config = SecAggConfig(self.consortium, instance, len(term), self.fixed_point.ring_bits)
+        config = SecAggConfig(
+            self.consortium,
+            instance,
+            len(term),
+            self.fixed_point.ring_bits,
+            # Every member, the owner included, refuses to reveal for fewer contributors.
+            min_survivors=self.min_contributors,
+        )
         identities = {p: self.identities[p] for p in members}
         peer = SecAggPeer(config, self.me, self.signer, identities, random_bytes=self.random_bytes)
         words = self.fixed_point.encode(term, self.rng, len(members))
@@ -249,7 +285,8 @@ class SecureGossipService:
     async def sync_round(self, t: int, vector: npt.NDArray[Any]) -> SecureGossipOutcome:
         """One synchronous round: x ← Σ W_ij x_j over this peer's group, summed securely.
 
-        Raises ``ConfigError`` if some group this peer belongs to has fewer than 3 peers.
+        A group sum that cannot be formed over at least ``min_contributors`` inputs leaves
+        this peer's value unchanged (all weight folded to self).
         """
         if vector.ndim != 1 or not np.issubdtype(vector.dtype, np.floating):
             raise LocalProtocolError("secure gossip averages a flat float vector")

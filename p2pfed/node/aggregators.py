@@ -10,8 +10,10 @@ with who they were and what it cost. Implementations compose the collectives:
 - ``RingAggregator``: plain float ring all-reduce (secure aggregation off).
 - ``GossipAggregator``: neighbourhood averaging over a topology (D-PSGD): this peer's model
   after its update is mixed with its neighbours' (securely, inside each averaging group of
-  three or more, with ``SecureGossipService``); peers then hold different models that
-  converge, so ``exact`` is False and no peer expects the others' model to equal its own.
+  three or more, with ``SecureGossipService``: only the group's owner learns its sum); peers
+  then hold different models that converge, so ``exact`` is False and no peer expects the
+  others' model to equal its own. Being secure and not exact, its peers do not serve their
+  models (``Peer`` turns ``ModelSync``'s ``serve_models`` off).
 
 Each is a thin adapter: all protocol logic lives in ``p2pfed.collectives`` and
 ``p2pfed.secagg``. A round that cannot complete (too few survivors, this peer left out)

@@ -97,7 +97,15 @@ class Peer:
         self.next_round = 0
         self.weights = trainer.shared_weights()
         self.bytes_sent = 0
-        self.sync = ModelSync(transport, consortium, self._current, self.weights.size)
+        # Secure gossip: a member's model is its own group's secret sum; serving it would
+        # hand others one more sum per round (enough to solve for every update).
+        self.sync = ModelSync(
+            transport,
+            consortium,
+            self._current,
+            self.weights.size,
+            serve_models=aggregator.exact or not aggregator.secure,
+        )
         self._resume()
 
     @property
@@ -140,12 +148,17 @@ class Peer:
     async def catch_up(self, round_: int | None = None, timeout: float = 0.0) -> bool:
         """Adopt a newer model from the other members; True if one was adopted.
 
+        In secure gossip, where models are not served, True once the others' round is joined
+        with this peer's own model (``_rejoin``).
+
         With ``round_``, wait up to ``timeout`` for some member to complete that round first:
         a peer that missed a round must not race ahead of the others into the next one
         (it would wait there for messages they have not sent yet, and miss again).
         """
         deadline = trio.current_time() + timeout
         target = self.model_round if round_ is None else round_ - 1
+        if not self.sync.serve_models:
+            return await self._rejoin(target, deadline)
         while True:
             fetched = await self.sync.best_model(self.others, newer_than=self.model_round)
             if fetched is not None and fetched.round > target:
@@ -154,6 +167,24 @@ class Peer:
                 return True
             if fetched is not None:
                 self._adopt(fetched.round, fetched.weights)  # newer than ours, not yet enough
+            if trio.current_time() >= deadline:
+                return False
+            await trio.sleep(0.2)
+
+    async def _rejoin(self, target: int, deadline: float) -> bool:
+        """Secure gossip: keep our model (all weight on ourselves) and join the others' round.
+
+        Models are not served there, so a peer that missed rounds learns from the members'
+        statuses only how far they got, and continues from its own model at the next round.
+        """
+        while True:
+            statuses = await self.sync.probe_all(self.others, self.sync.timeout)
+            newest = max((s.round for s in statuses.values()), default=-1)
+            if newest > target:
+                self.next_round = max(self.next_round, newest + 1)
+                self._save()
+                log.info("rejoining at round %d with our own model", self.next_round)
+                return True
             if trio.current_time() >= deadline:
                 return False
             await trio.sleep(0.2)

@@ -8,6 +8,12 @@ fetcher checks the received weights against the announced digest and shape befor
 them. ``best_model`` asks every reachable member and takes the most advanced; unreachable or
 misbehaving members are skipped with their reason.
 
+Confidentiality: with ``serve_models`` off (secure gossip, where each member's model is its
+own group's secure sum, which nobody else learns) a ``MODEL`` request is answered with a
+REJECT frame and the status alone stays available, so a member can learn which round others
+reached but no sum beyond its own group's. In ring modes every member of a round ends with
+the same aggregate, so serving it hands out nothing a member of that round lacks.
+
 Trust: peers are honest-but-curious in our threat model (docs/architecture.md). A node only
 fetches when it is behind; among the most advanced members it prefers the weights digest
 that most of them announce, so one member with a stale or damaged copy is outvoted, and it
@@ -28,13 +34,24 @@ from numpy.typing import NDArray
 
 from p2pfed.errors import P2PFedError, ReasonCode, RemoteProtocolError
 from p2pfed.transport.base import Stream, Transport
-from p2pfed.wire import Frame, FrameType, read_frame, receive_tensor, send_tensor, write_frame
+from p2pfed.wire import (
+    Frame,
+    FrameType,
+    RejectedByPeer,
+    decode_reject,
+    encode_reject,
+    read_frame,
+    receive_tensor,
+    send_tensor,
+    write_frame,
+)
 
 log = logging.getLogger(__name__)
 
 SYNC_PROTOCOL = "/p2pfed/model-sync/1.0.0"
 STATUS = b"S"
 MODEL = b"M"
+NOT_SERVED = "this member does not serve its model: in secure gossip it is its own group's sum"
 _STATUS = struct.Struct(">q32s")  # last completed round (-1: none yet), weights digest
 
 
@@ -96,8 +113,11 @@ class ModelSync:
         current: CurrentModel,
         size: int,
         timeout: float = 10.0,
+        *,
+        serve_models: bool = True,
     ) -> None:
         self.transport = transport
+        self.serve_models = serve_models
         self.consortium = consortium
         self.current = current
         self.size = size
@@ -123,6 +143,18 @@ class ModelSync:
                 stream.remote_peer,
             )
         round_, weights = self.current()
+        if request.payload == MODEL and not self.serve_models:
+            refusal = encode_reject(ReasonCode.PROTOCOL_VIOLATION, NOT_SERVED)
+            frame = Frame(
+                FrameType.REJECT,
+                self.consortium,
+                max(round_, 0),
+                self.transport.local_peer,
+                0,
+                refusal,
+            )
+            await write_frame(stream, frame, timeout=self.timeout)
+            return
         status = ModelStatus(round_, weights_digest(weights))
         await write_frame(stream, self._frame(round_, status.encode()), timeout=self.timeout)
         if request.payload == MODEL:
@@ -141,6 +173,9 @@ class ModelSync:
         async with stream:
             await write_frame(stream, self._frame(0, what), timeout=self.timeout)
             reply = await read_frame(stream, timeout=self.timeout)
+            if reply.type is FrameType.REJECT:
+                reason, message = decode_reject(reply.payload)
+                raise RejectedByPeer(f"{peer} refused the request: {message}", reason)
             if reply.type is not FrameType.CONTROL:
                 raise RemoteProtocolError(
                     ReasonCode.PROTOCOL_VIOLATION, f"{peer} answered with {reply.type.name}", peer
