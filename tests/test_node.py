@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import topologies
 from p2pfed.collectives.secure import SecureRingRound
@@ -252,3 +254,28 @@ async def test_secure_gossip_mode_converges_without_exact_agreement(tmp_path: Pa
     stacked = np.stack([p.weights for p in peers])
     spread = np.linalg.norm(stacked - stacked.mean(0)) / np.linalg.norm(stacked.mean(0))
     assert 0 < spread < 1.0  # different models (non-IID local steps), in one neighbourhood
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(0, 1e9, allow_nan=False),
+    st.floats(0, 0.999),
+    st.floats(0.01, 0.49),
+    st.sampled_from([10.0, 30.0, 60.0]),
+)
+def test_members_that_missed_at_different_times_realign_within_two_slots(
+    t1: float, apart: float, round_len: float, slot: float
+) -> None:
+    from p2pfed.node.peer import slot_wait
+
+    # Two members missed the same round less than a slot apart; a round that nobody can
+    # complete ends (misses) within half a slot of its start.
+    t2 = t1 + apart * slot
+    s1, s2 = t1 + slot_wait(t1, slot), t2 + slot_wait(t2, slot)
+    assert min(s1 % slot, slot - s1 % slot) < 1e-3  # on a boundary
+    assert slot / 2 - 1e-6 <= s1 - t1 <= 1.5 * slot + 1e-6
+    if abs(s1 - s2) > 1e-3:
+        early, late = sorted((s1, s2))
+        assert late - early == pytest.approx(slot, abs=1e-3)
+        missed = early + round_len * slot  # the early member's lone attempt misses
+        assert missed + slot_wait(missed, slot) == pytest.approx(late, abs=1e-3)

@@ -65,6 +65,20 @@ class RoundReport:
     steps: int = 1
 
 
+
+def slot_wait(now: float, slot: float) -> float:
+    """Seconds from wall-clock ``now`` to the next multiple of ``slot`` at least slot/2 away.
+
+    Members that all missed a round finished it at different times (stage deadlines);
+    restarting after a fixed wait would keep those offsets forever and every round would
+    miss again. Boundaries of a shared (NTP) clock re-align them: members less than a slot
+    apart start together, or one slot apart and then together after the early one's miss.
+    """
+    if slot <= 0:
+        return 0.0
+    wait = slot - now % slot
+    return wait + slot if wait < slot / 2 else wait
+
 class Peer:
     """A federated-learning participant; see the module docstring."""
 
@@ -81,6 +95,7 @@ class Peer:
         releaser: PrivateReleaser | None,
         state_dir: str | Path,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.transport = transport
         self.consortium = consortium
@@ -93,6 +108,7 @@ class Peer:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.clock = clock
+        self.wall = wall
         self.model_round = -1
         self.next_round = 0
         self.weights = trainer.shared_weights()
@@ -310,9 +326,10 @@ class Peer:
         started together does not spend its first round on peers still booting, and then
         for as long as it takes until at least ``min_peers`` members (this one included) are
         reachable. After a
-        missed round, waits up to ``miss_timeout`` (default ``startup_timeout``) for a member
-        to complete it and adopts that model; if none does, the round failed for everyone
-        and the next number starts from the same weights.
+        missed round, waits for a member to complete it and adopts that model; if none does,
+        the round failed for everyone and the next number starts from the same weights at
+        the next slot boundary of a shared clock (``slot_wait``), so members that missed it at different
+        times start the next round together.
         """
         miss_timeout = startup_timeout if miss_timeout is None else miss_timeout
         reports = []
@@ -331,6 +348,6 @@ class Peer:
                 on_report(report)
             if not report.committed:
                 log.warning("round %d missed (%s); catching up", report.round, report.reason)
-                await self.catch_up(report.round, miss_timeout)
+                await self.catch_up(report.round, slot_wait(self.wall(), miss_timeout))
         await self.linger(self.model_round, startup_timeout)
         return reports
