@@ -328,8 +328,8 @@ class Peer:
         reachable. After a
         missed round, waits for a member to complete it and adopts that model; if none does,
         the round failed for everyone and the next number starts from the same weights at
-        the next slot boundary of a shared clock (``slot_wait``), so members that missed it at different
-        times start the next round together.
+        the next slot boundary of a shared clock (``slot_wait``), so members that missed it
+        at different times start the next round together.
         """
         miss_timeout = startup_timeout if miss_timeout is None else miss_timeout
         reports = []
