@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         "local_only_accuracy": float(sum(local) / len(local)),
         "epsilon": epsilon,
         "delta": settings.delta,
+        # DP-SGD noise is added inside each hospital before anything leaves it, so the ε
+        # needs no trust in other members or in secure aggregation.
+        "epsilon_holds_against": "every observer, any coalition of members included",
         "secure_aggregation": True,
         "bytes_sent_per_peer": float(sum(sent) / len(sent)),
         "wall_s": round(wall, 2),
@@ -153,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
             )
         out.print(t)
         out.print(
-            f"ε = {epsilon:.2f} at δ = {settings.delta:g} per patient (DP-SGD, worst hospital), "
+            f"ε = {epsilon:.2f} at δ = {settings.delta:g} per patient (DP-SGD, worst hospital; "
+            "holds against every observer, any coalition of members included), "
             f"secure aggregation on, all models identical: {summary['models_agree']}, "
             f"audit logs verify: {audit_verified} and agree: {audit_agree}, wall time {wall:.1f} s"
         )
