@@ -447,11 +447,20 @@ class SecAggPeer:
             return True, self._reveal()
         others = self._votes.dissenters(self._digest, self.survivors)
         if len(live - set(others)) < self.plan.quorum:
+            excluded = sorted(self.survivors & self.excluded.keys())
             self._abort(
                 ReasonCode.PROTOCOL_VIOLATION,
-                f"survivors {others} signed another survivor set, so fewer than the quorum of "
-                f"{self.plan.quorum} can sign ours; the survivor set was equivocated and "
-                "nothing was revealed",
+                f"fewer than the quorum of {self.plan.quorum} survivors can sign this survivor "
+                "set ("
+                + "; ".join(
+                    part
+                    for part in (
+                        f"{others} signed another survivor set" if others else "",
+                        f"{excluded} are excluded" if excluded else "",
+                    )
+                    if part
+                )
+                + "); nothing was revealed",
             )
         return False, []
 
