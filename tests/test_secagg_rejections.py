@@ -171,3 +171,25 @@ def test_advert_codec_round_trip_from_a_live_peer():
     ad = adverts(cohort())["a"]
     assert isinstance(ad, AdvertiseKeys)
     assert decode(encode(ad)) == ad
+
+
+def test_a_buffered_reveal_for_another_survivor_set_is_refused_when_used():
+    # p0 takes the sum last, so p3's reveal reaches it while it still waits for the sum:
+    # it is buffered unchecked (no survivor set yet) and must be refused when used.
+    data = {p: v for p, v in inputs().items() if p in ("p0", "p1", "p2", "p3")}
+
+    def other_set(sender, recipient, raw):
+        if sender == "p3" and recipient == "p0" and raw[3] == MessageKind.REVEAL:
+            message = decode(raw)
+            assert isinstance(message, Reveal)
+            return encode(dataclasses.replace(message, survivors_digest=bytes(32)))
+        return raw
+
+    run = run_cohort(SecAggConfig("c", 1, D), data, tamper=other_set, random_seed=7, late=("p0",))
+    p0 = run.peers["p0"]
+    assert p0.excluded == {"p3": ReasonCode.PROTOCOL_VIOLATION}
+    # Buffered, so not refused on arrival: the check at use is the one that caught it.
+    assert ("p0", "p3", ReasonCode.PROTOCOL_VIOLATION) not in run.refused
+    expected = sum(data[p].astype(np.uint64) for p in data).astype(np.uint32)
+    assert set(run.results) == set(data)
+    assert all(np.array_equal(r, expected) for r in run.results.values())

@@ -124,12 +124,15 @@ def run_cohort(
     copy_inputs: bool = True,
     probe: str | None = None,
     views: Callable[[str, frozenset[str]], frozenset[str]] | None = None,
+    late: Collection[str] = (),
 ) -> CohortRun:
     """Run every peer of ``inputs`` to completion; see the module docstring.
 
     ``random_seed`` makes the run reproducible (None: ``os.urandom``); ``tamper(sender,
     recipient, data)`` may rewrite any message in flight (to test rejections);
-    ``copy_inputs=False`` lets peers mask the given arrays in place (saves memory).
+    ``copy_inputs=False`` lets peers mask the given arrays in place (saves memory);
+    ``late`` peers get the sum only after everything the others sent was delivered (so the
+    others' signatures and reveals reach them early and are buffered).
     """
     drops = dict(drops or {})
     names = sorted(inputs)
@@ -229,17 +232,18 @@ def run_cohort(
         total, survivors = (masked_sum or DirectMaskedSum()).sum(vectors, config.ring_bits)
         run.survivors = survivors
         del vectors, contributions
-        for n in sorted(survivors):
-            if n not in run.dead:
-                emit(
-                    n,
-                    call(n, partial(peers[n].receive_sum, total, survivors), total.nbytes),
-                )
+        for group in (sorted(survivors - set(late)), sorted(survivors & set(late))):
+            for n in group:
+                if n not in run.dead:
+                    emit(
+                        n,
+                        call(n, partial(peers[n].receive_sum, total, survivors), total.nbytes),
+                    )
+            pump()
         del total
-        pump()
-    for late in (Stage.CONSISTENCY, Stage.UNMASK):
+    for lagging in (Stage.CONSISTENCY, Stage.UNMASK):
         for n in names:
-            if n not in run.dead and peers[n].stage is late:
+            if n not in run.dead and peers[n].stage is lagging:
                 emit(n, peers[n].deadline())
         pump()
     wanted = set(names) if compute_results is None else set(compute_results)
