@@ -105,7 +105,7 @@ def test_missing_record_is_detected(tmp_path: Path) -> None:
     _write_three(path)
     lines = path.read_bytes().split(b"\n")
     path.write_bytes(b"\n".join([lines[0], lines[1], lines[3], b""]))
-    with pytest.raises(IntegrityError, match="seq 3 where 2 was expected"):
+    with pytest.raises(IntegrityError, match="line 3 breaks the hash chain"):
         PrivacyLedger(path, 100.0, 1e-5, "rdp")
 
 
@@ -263,7 +263,17 @@ def test_every_truncation_of_the_last_record_is_handled(tmp_path: Path) -> None:
         with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
             # only the whole record (with or without its newline) counts as the 4th
             assert len(led.records) == (4 if cut >= len(full) - 1 else 3)
-        assert path.read_bytes() in (full, full[:last_start])  # repaired to a clean file
+        repaired = path.read_bytes()
+        if cut in (last_start, len(full)):
+            assert repaired == full[:cut]  # ends in a whole line: nothing to repair
+            continue
+        # repaired to the whole records plus one chained note recording the repair
+        base = full if cut == len(full) - 1 else full[:last_start]
+        assert repaired.startswith(base)
+        note = json.loads(repaired[len(base) :].split(b" ", 1)[1])
+        assert note["type"] == "repair" and note["after_seq"] == len(led.records)
+        with PrivacyLedger(path, 100.0, 1e-5, "rdp") as again:
+            assert again.torn_tail is None and len(again.records) == len(led.records)
 
 
 def test_numpy_scalars_are_recorded_as_plain_numbers(tmp_path: Path) -> None:
