@@ -40,7 +40,10 @@ from p2pfed.governance.models import ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterGate
+from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import NoiseMode, PrivacyLedger
+from p2pfed.privacy import anchors as ledger_anchors
+from p2pfed.privacy.ledger_format import Anchor
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split
 from p2pfed.training.models import build_model
@@ -64,6 +67,7 @@ class Prepared:
     test: Dataset
     report: ValidationReport
     state_dir: Path
+    ledger_anchors: tuple[Anchor, ...] = ()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -137,10 +141,22 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"{len(members)} members"
         )
     p = config.privacy
+    anchors: tuple[Anchor, ...] = ()
+    if p.mode != "off":
+        # Integrity, anchoring and budget now, before the network: a corrupted, cut or
+        # rolled-back ledger stops the node.
+        found = ledger_anchors.collect(state_dir / CHECKPOINT, state_dir / AUDIT_FILE)
+        anchors = found.heads
+        if not config.path(p.ledger).exists():
+            found.refuse_missing(config.path(p.ledger))
     if p.mode != "off" and config.path(p.ledger).exists():
-        # Integrity and budget now, before the network: a corrupted ledger stops the node.
         with PrivacyLedger(
-            config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant, read_only=True
+            config.path(p.ledger),
+            p.epsilon_budget,
+            p.delta,
+            p.accountant,
+            read_only=True,
+            anchors=anchors,
         ) as ledger:
             if ledger.remaining_epsilon() <= 0:
                 raise BudgetExceededError(
@@ -168,7 +184,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
         data, config.data.test_fraction, np.random.default_rng(config.model.seed)
     )
     train, test = standardise(train, test, config.schema.center, config.schema.scale)
-    return Prepared(config, identity, gate, train, test, report, state_dir)
+    return Prepared(config, identity, gate, train, test, report, state_dir, anchors)
 
 
 AUDIT_FILE = "audit.jsonl"
@@ -347,7 +363,13 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
             cleanup.callback(metrics_server.close)
         ledger = None
         if p.mode != "off":
-            ledger = PrivacyLedger(config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant)
+            ledger = PrivacyLedger(
+                config.path(p.ledger),
+                p.epsilon_budget,
+                p.delta,
+                p.accountant,
+                anchors=prepared.ledger_anchors,
+            )
             cleanup.callback(ledger.close)
         cleanup.callback(lambda: write_status(prepared.state_dir, status))
         write_status(prepared.state_dir, status)
@@ -495,6 +517,7 @@ async def _run_peer(
                             accountant=p.accountant if ledger else "off",
                             steps=report.steps,
                             epsilon_budget=p.epsilon_budget if ledger else None,
+                            ledger_head=ledger.head().to_dict() if ledger else None,
                         ),
                         metrics={
                             "accuracy": report.test_accuracy,

@@ -659,21 +659,26 @@ class AuditLog:
         epsilon: float,
         accountant: str,
         steps: int = 1,
+        ledger_head: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The round's DP mechanism parameters and the ε spent so far (after the round)."""
-        return self.append(
-            EntryKind.DP,
-            {
-                "round": round_number,
-                "noise_multiplier": _finite(noise_multiplier, "noise multiplier"),
-                "clip_norm": _finite(clip_norm, "clip norm"),
-                "sample_rate": _finite(sample_rate, "sample rate"),
-                "steps": steps,
-                "delta": _finite(delta, "delta"),
-                "epsilon": _finite(epsilon, "epsilon"),
-                "accountant": accountant,
-            },
-        )
+        """The round's DP mechanism parameters and the ε spent so far (after the round).
+
+        ``ledger_head`` (releases, chain hash, ε of the privacy ledger) anchors the ledger:
+        a ledger later found behind it or unlike it is refused at start.
+        """
+        body: dict[str, Any] = {
+            "round": round_number,
+            "noise_multiplier": _finite(noise_multiplier, "noise multiplier"),
+            "clip_norm": _finite(clip_norm, "clip norm"),
+            "sample_rate": _finite(sample_rate, "sample rate"),
+            "steps": steps,
+            "delta": _finite(delta, "delta"),
+            "epsilon": _finite(epsilon, "epsilon"),
+            "accountant": accountant,
+        }
+        if ledger_head is not None:
+            body["ledger_head"] = dict(ledger_head)
+        return self.append(EntryKind.DP, body)
 
     def roster_version(self, version: int, *, roster_digest: str) -> dict[str, Any]:
         """The roster in force (its version and digest)."""

@@ -77,6 +77,7 @@ from p2pfed.privacy.ledger_format import (
     header_line,
     record_body,
     record_from,
+    refuse_missing,
 )
 
 __all__ = ["Anchor", "LedgerHead", "LedgerRecord", "PrivacyLedger", "Release"]
@@ -159,14 +160,7 @@ class PrivacyLedger:
 
     def _refuse_missing(self) -> None:
         """A missing ledger is new only if no anchor records a release."""
-        spent = [a for a in self.anchors or () if a.head.seq > 0]
-        if spent:
-            a = max(spent, key=lambda x: x.head.seq)
-            raise IntegrityError(
-                f"privacy ledger {self.path} is missing but {a.source} records "
-                f"{a.head.seq} release(s) (ε {a.head.epsilon:.4g}); restore the ledger from "
-                f"a backup or {RECOVER_HINT}"
-            )
+        refuse_missing(self.path, self.anchors or ())
 
     def _load(self, data: bytes, repair: bool = True) -> None:
         lines = data.split(b"\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -180,3 +181,20 @@ def encode_records(header: bytes, records: list[LedgerRecord]) -> bytes:
         chain = chain_next(chain, line)
         out.append(line)
     return b"".join(out)
+
+
+def refuse_missing(ledger: object, heads: Sequence[Anchor], evidence: Sequence[str] = ()) -> None:
+    """``IntegrityError`` if ``ledger`` is absent although an anchor or evidence shows spend."""
+    spent = [a for a in heads if a.head.seq > 0]
+    if spent:
+        a = max(spent, key=lambda x: x.head.seq)
+        raise IntegrityError(
+            f"privacy ledger {ledger} is missing but {a.source} records "
+            f"{a.head.seq} release(s) (ε {a.head.epsilon:.4g}); restore the ledger from "
+            f"a backup or {RECOVER_HINT}"
+        )
+    if evidence:
+        raise IntegrityError(
+            f"privacy ledger {ledger} is missing but {evidence[0]} shows privacy was "
+            f"spent; restore the ledger from a backup or {RECOVER_HINT}"
+        )
