@@ -1,10 +1,8 @@
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -188,16 +186,37 @@ def test_releaser_records_before_returning_and_refuses_nan(tmp_path: Path) -> No
 
 
 CHILD = r"""
-import json, os, random, sys
+import json, os, signal, sys
+from p2pfed import durable
 from p2pfed.privacy.ledger import PrivacyLedger, Release
-path, released, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, released, point, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+real_fsync, seen = os.fsync, [0]
+
+def kill_at(fd):
+    # Deterministic crash points, counted in fsyncs of the ledger file itself.
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    if point == "repair" and os.path.basename(target).startswith("."):
+        os.kill(os.getpid(), signal.SIGKILL)  # inside the repair's atomic rewrite
+    if target != os.path.realpath(path):
+        return real_fsync(fd)
+    seen[0] += 1
+    if seen[0] == n and point == "torn":  # power cut between write and fsync: half a line
+        size = os.fstat(fd).st_size
+        with open(path, "rb") as f:
+            data = f.read()
+        last = data.rindex(b"\n", 0, size - 1) + 1
+        os.truncate(path, last + (size - last) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+    if seen[0] == n and point == "after-fsync":  # durable, but reserve has not returned
+        os.kill(os.getpid(), signal.SIGKILL)
+
+durable.set_fsync(kill_at)
 led = PrivacyLedger(path, 1e9, 1e-5, "rdp")
-rng = random.Random(seed)
-rnd = len(led.records)
-print("ready", flush=True)
+rnd, charges = len(led.records), 0
 while True:
-    rel = Release(round=rnd, noise_multiplier=rng.choice([0.8, 1.0, 2.0]),
-                  sample_rate=rng.choice([0.01, 0.2, 1.0]), steps=rng.randint(1, 50),
+    rel = Release(round=rnd, noise_multiplier=[0.8, 1.0, 2.0][rnd % 3],
+                  sample_rate=[0.01, 0.2, 1.0][rnd % 3], steps=1 + rnd % 7,
                   clip_norm=1.0, mode="local")
     led.reserve(rel)
     # only now may the update leave; record that it did (one small write: not torn by a kill)
@@ -205,31 +224,49 @@ while True:
     fd = os.open(released, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.write(fd, line.encode())
     os.close(fd)
+    charges += 1
+    if point == "after-charges" and charges == n:  # killed after n whole charges
+        os.kill(os.getpid(), signal.SIGKILL)
     rnd += 1
 """
 
+# (kill point, n): each child is killed by itself at that point, never after a sleep
+KILLS = [
+    ("after-charges", 3),
+    ("after-fsync", 2),
+    ("torn", 2),
+    ("repair", 1),
+    ("after-charges", 2),
+    ("torn", 1),
+    ("repair", 1),
+    ("after-fsync", 1),
+    ("after-charges", 1),
+]
+
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_never_undercounts(tmp_path: Path) -> None:
+def test_sigkill_at_deterministic_points_never_undercounts(tmp_path: Path) -> None:
     path, released = tmp_path / "ledger.jsonl", tmp_path / "released.jsonl"
-    rng = random.Random(20261127)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for kill in range(6):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path), str(released), str(kill)],
-            stdout=subprocess.PIPE,
+    total = unreleased = 0
+    for point, n in KILLS:
+        unreleased += point == "after-fsync"  # durable records whose update never left
+        before = len(released.read_text().splitlines()) if released.exists() else 0
+        ledger_before = path.read_bytes() if path.exists() else b""
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path), str(released), point, str(n)],
             env=env,
+            timeout=60,
+            capture_output=True,
         )
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.3))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
+        assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
         done = (
             [json.loads(x) for x in released.read_text().splitlines()] if released.exists() else []
         )
-        with PrivacyLedger(path, 1e9, 1e-5, "rdp") as led:
+        left = len(done) - before
+        assert left == {"after-charges": n, "after-fsync": n - 1, "torn": n - 1}.get(point, 0)
+        # read-only: a torn tail stays for the next child (the "repair" kill point)
+        with PrivacyLedger(path, 1e9, 1e-5, "rdp", read_only=True) as led:
             recorded = {r.release.round: r.release for r in led.records}
             for rnd, sigma, q, steps in done:  # every release that left is in the ledger
                 assert recorded[rnd] == Release(rnd, sigma, q, steps, 1.0, NoiseMode.LOCAL)
@@ -237,9 +274,60 @@ def test_sigkill_at_random_points_never_undercounts(tmp_path: Path) -> None:
             for _, sigma, q, steps in done:
                 truth.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
             assert led.spent_epsilon() >= truth.get_epsilon(1e-5)
-            assert len(led.records) >= len(done)
-    assert len(done) > 5  # the loop really ran between kills
-    print(f"{len(done)} releases over 6 kills")
+            # a torn line is never counted; a durable one whose reserve never returned is
+            assert len(led.records) == len(done) + unreleased
+            if point == "repair":  # killed inside the rewrite: the torn file is intact
+                assert led.torn_tail is not None and path.read_bytes() == ledger_before
+        total = len(done)
+    assert total >= 8  # the children really released between kills
+
+
+def _recording_fsync(events: list[tuple[str, int]]):  # type: ignore[no-untyped-def]
+    def hook(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd).st_size))
+        os.fsync(fd)
+
+    return hook
+
+
+def test_reserve_writes_then_fsyncs_then_returns(tmp_path: Path) -> None:
+    from p2pfed import durable
+
+    path = tmp_path / "ledger.jsonl"
+    events: list[tuple[str, int]] = []
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        previous = durable.set_fsync(_recording_fsync(events))
+        try:
+            led.reserve(_release(0))
+            events.append(("returned", path.stat().st_size))
+        finally:
+            durable.set_fsync(previous)
+    size = path.stat().st_size
+    # the whole line was written before the fsync, and reserve returned only after it
+    assert events == [("fsync", size), ("returned", size)]
+
+
+def test_a_failing_fsync_refuses_the_release_and_closes_the_ledger(tmp_path: Path) -> None:
+    from p2pfed import durable
+
+    path = tmp_path / "ledger.jsonl"
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        led.reserve(_release(0))
+        previous = durable.set_fsync(broken)
+        try:
+            with pytest.raises(LocalError, match="round 1 could not be made durable"):
+                led.reserve(_release(1))
+        finally:
+            durable.set_fsync(previous)
+        assert len(led.records) == 1  # not reported as recorded: the update never left
+        with pytest.raises(LocalError, match="closed"):
+            led.reserve(_release(2))
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as again:
+        assert len(again.records) == 2  # the line did land: counted, never undercounted
 
 
 def test_ledger_pld_matches_plain_accountant(tmp_path: Path) -> None:
