@@ -34,7 +34,10 @@ RELEASE = Release(0, 1.0, 0.1, 10, 1.0, NoiseMode.DP_SGD)
 @pytest.fixture
 def member(tmp_path: Path) -> Path:
     c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=1))
-    return c.hospitals[0].config
+    config = c.hospitals[0].config
+    # RDP composes in microseconds; what is tested is the anchoring, not the accountant
+    config.write_text(config.read_text().replace("[privacy]", '[privacy]\naccountant = "rdp"'))
+    return config
 
 
 def run_rounds(config: Config, rounds: range) -> None:
@@ -116,7 +119,7 @@ def test_truncating_inside_record_one_is_refused(member: Path) -> None:
     assert "checkpoint" in msg
     assert path.read_bytes() == data[: first + 20]  # nothing was rewritten
     with pytest.raises(IntegrityError):
-        PrivacyLedger(path, 1e6, 1e-5, anchors=prepare_anchors(config))
+        PrivacyLedger(path, 1e6, 1e-5, "rdp", anchors=prepare_anchors(config))
     assert before > 0
 
 
@@ -175,7 +178,7 @@ def test_a_different_history_of_the_same_length_is_refused(member: Path) -> None
     run_rounds(config, range(2))
     path = config.path(config.privacy.ledger)
     path.unlink()
-    with PrivacyLedger(path, 1e6, 1e-5, "pld") as forged:  # no anchors: the forger's view
+    with PrivacyLedger(path, 1e6, 1e-5, "rdp") as forged:  # no anchors: the forger's view
         for r in range(2):
             forged.reserve(Release(r, 50.0, 0.1, 10, 1.0, NoiseMode.DP_SGD))  # tiny ε
     refused(config, "differs at release 2 from what checkpoint")
@@ -186,7 +189,7 @@ def test_a_torn_record_after_the_anchored_head_is_repaired_and_recorded(member: 
     run_rounds(config, range(2))
     path = config.path(config.privacy.ledger)
     whole = path.read_bytes()
-    with PrivacyLedger(path, 1e6, 1e-5, "pld") as led:
+    with PrivacyLedger(path, 1e6, 1e-5, "rdp") as led:
         led.reserve(RELEASE)
     third = path.read_bytes()[len(whole) :]
     path.write_bytes(whole + third[:40])  # a crash inside the third reserve
@@ -201,7 +204,7 @@ def test_a_torn_record_beyond_the_anchored_head_is_refused(member: Path) -> None
     config = load_config(member)
     run_rounds(config, range(2))
     path = config.path(config.privacy.ledger)
-    with PrivacyLedger(path, 1e6, 1e-5, "pld") as led:
+    with PrivacyLedger(path, 1e6, 1e-5, "rdp") as led:
         led.reserve(RELEASE)  # a round that failed after its reservation: not anchored
         led.reserve(RELEASE)
     data = path.read_bytes()
@@ -215,3 +218,122 @@ def test_an_old_format_ledger_is_refused_naming_its_version(member: Path) -> Non
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(encode_line({"type": "header", "format": 1, "mechanism": "x"}))
     refused(config, f"is in format 1 .* reads format {LEDGER_FORMAT}")
+
+
+def truncate_in_record_one(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\n") + 20])
+
+
+def drop_last_two(path: Path) -> None:
+    lines = path.read_bytes().split(b"\n")[:-1]
+    path.write_bytes(b"\n".join(lines[:-2]) + b"\n")
+
+
+ATTACKS = {
+    "truncate-record-1": truncate_in_record_one,
+    "delete": Path.unlink,
+    "drop-last-2": drop_last_two,
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_recover_rebuilds_without_lowering_the_spend(
+    member: Path, attack: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(member)
+    run_rounds(config, range(3))
+    path = config.path(config.privacy.ledger)
+    with PrivacyLedger(path, 1e6, 1e-5, "rdp") as led:  # a round that failed after reserving
+        led.reserve(RELEASE)
+    before = spent(config)
+    ATTACKS[attack](path)
+    with pytest.raises(IntegrityError):
+        prepare(config)
+    assert main(["privacy", "recover", "--config", str(member), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["epsilon"] >= doc["highest_recorded_epsilon"]
+    after = spent(config)
+    # the audit log and checkpoint know 3 releases; the 4th survives only if the file kept it
+    assert after >= spent_of(3) * (1 - 1e-9)
+    if attack == "drop-last-2":
+        assert doc["kept_from_old_ledger"] == 2
+    prepare(config)  # the rebuilt ledger is accepted against the old anchors
+    run_rounds(config, range(3, 4))  # and extends, anchoring its new chain
+    assert spent(config) > after
+    assert before > 0
+
+
+def spent_of(releases: int) -> float:
+    from p2pfed.privacy import make_accountant
+
+    acc = make_accountant("rdp")
+    acc.step(noise_multiplier=1.0, sample_rate=0.1, steps=10 * releases)
+    return acc.get_epsilon(1e-5)
+
+
+def test_recover_counts_reservations_of_failed_rounds(member: Path) -> None:
+    from p2pfed.privacy.recover import recover
+
+    config = load_config(member)
+    run_rounds(config, range(2))
+    path = config.path(config.privacy.ledger)
+    with PrivacyLedger(path, 1e6, 1e-5, "rdp") as led:
+        led.reserve(RELEASE)  # rounds 2 and 3 reserved, then failed: no audit dp entry
+        led.reserve(RELEASE)
+    run_rounds(config, range(4, 5))  # its dp entry's head says release 5
+    before = spent(config)
+    path.unlink()
+    state = config.path("state")
+    done = recover(
+        path,
+        state / "audit.jsonl",
+        state / "checkpoint.pt",
+        delta=1e-5,
+        accountant="rdp",
+        mode=NoiseMode.DP_SGD,
+    )
+    assert done.releases == 5 and done.from_audit == 5 and done.salvaged == 0
+    assert spent(config) == pytest.approx(before, rel=1e-9)
+    prepare(config)
+
+
+def test_recover_converts_an_old_format_ledger_keeping_its_spend(
+    member: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pfed.privacy.ledger_format import LedgerRecord, record_body
+
+    config = load_config(member)
+    path = config.path(config.privacy.ledger)
+    path.parent.mkdir(exist_ok=True)
+    lines = [encode_line({"type": "header", "format": 1, "mechanism": "x"})]
+    for seq in (1, 2):
+        body = record_body(LedgerRecord(seq, 1.0, RELEASE), "")
+        del body["prev"]
+        lines.append(encode_line(body))
+    path.write_bytes(b"".join(lines))
+    assert main(["privacy", "recover", "--config", str(member)]) == 0
+    assert "2 kept" in capsys.readouterr().out
+    assert spent(config) == pytest.approx(spent_of(2), rel=1e-9)
+    prepare(config)
+
+
+def test_recover_refuses_while_the_node_holds_the_ledger(
+    member: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(member)
+    run_rounds(config, range(1))
+    with PrivacyLedger(config.path(config.privacy.ledger), 1e6, 1e-5, "rdp"):
+        assert main(["privacy", "recover", "--config", str(member)]) == 2
+    assert "is in use; stop the node first" in capsys.readouterr().err
+
+
+def test_privacy_report_does_not_show_a_cut_ledger_as_a_small_spend(
+    member: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(member)
+    run_rounds(config, range(3))
+    truncate_in_record_one(config.path(config.privacy.ledger))
+    assert main(["privacy", "report", "--config", str(member)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 0 release(s)" in err and "ε spent 0" not in err
