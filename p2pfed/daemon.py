@@ -12,7 +12,6 @@ files are closed on the way out, and the last completed round stays checkpointed
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,14 @@ from p2pfed import __version__
 from p2pfed.config import Config
 from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError, IntegrityError
-from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
+from p2pfed.governance.audit import (
+    SALT_FILE,
+    AuditLog,
+    ProblemKind,
+    create_salt_file,
+    read_salt_file,
+    verify_log,
+)
 from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
 from p2pfed.governance.metrics import MetricsConfig, NodeMetrics, serve_if_enabled
 from p2pfed.governance.models import ModelRegistry, tensors_from_flat
@@ -68,6 +74,7 @@ class Prepared:
     report: ValidationReport
     state_dir: Path
     ledger_anchors: tuple[Anchor, ...] = ()
+    audit_salt: bytes = b""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -184,18 +191,27 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
         data, config.data.test_fraction, np.random.default_rng(config.model.seed)
     )
     train, test = standardise(train, test, config.schema.center, config.schema.scale)
-    return Prepared(config, identity, gate, train, test, report, state_dir, anchors)
+    salt = load_audit_salt(config, state_dir)
+    return Prepared(config, identity, gate, train, test, report, state_dir, anchors, salt)
 
 
 AUDIT_FILE = "audit.jsonl"
 MODELS_DIR = "models"
 
 
-def audit_salt(config: Config, consortium: str) -> bytes:
-    """The consortium's audit salt: configured, or derived from the consortium id."""
+def load_audit_salt(config: Config, state_dir: Path) -> bytes:
+    """This node's secret audit salt, beside its identity key (made if an old install lacks it)."""
     if config.governance.audit_salt:
-        return bytes.fromhex(config.governance.audit_salt)
-    return hashlib.sha256(b"p2pfed audit salt\0" + consortium.encode()).digest()
+        raise ConfigError(
+            "[governance] audit_salt must not be in the config (configs are shared, the salt is "
+            f"secret); remove it: the node keeps its own in {SALT_FILE} beside its identity key"
+        )
+    path = config.path(config.node.identity).with_name(SALT_FILE)
+    if not path.exists():
+        if (state_dir / AUDIT_FILE).exists():
+            log.warning("audit salt %s was missing; a new one hashes peers from now on", path)
+        return create_salt_file(path)
+    return read_salt_file(path)
 
 
 def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
@@ -223,9 +239,7 @@ def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
 def open_governance(prepared: Prepared, consortium: str, classes: int) -> GovernanceRecorder:
     """Audit log, model registry, drift monitor and metrics for this node."""
     g = prepared.config.governance
-    audit = open_audit_log(
-        prepared.state_dir / AUDIT_FILE, prepared.identity, audit_salt(prepared.config, consortium)
-    )
+    audit = open_audit_log(prepared.state_dir / AUDIT_FILE, prepared.identity, prepared.audit_salt)
     drift = DriftMonitor(
         DriftConfig(rules=(MetricRule("accuracy", g.accuracy_drop),), psi_major=g.psi_major),
         classes,
