@@ -5,8 +5,11 @@ node touches the network — config, identity key (permissions), roster (signatu
 rollback), data (loading, schema and validation report), privacy ledger (integrity, budget)
 — so a bad installation stops with one clear sentence. ``serve`` then opens the libp2p host,
 composes the aggregator and the peer, and runs rounds; after each it writes ``status.json``
-(what ``p2pfed status`` shows). SIGINT/SIGTERM cancel the run; the transport, ledger and
-files are closed on the way out, and the last completed round stays checkpointed.
+(what ``p2pfed status`` shows). SIGINT/SIGTERM cancel the run: the current stage is
+abandoned at its next await (trio delivers the cancel inside an exception group, which
+``ended`` unwraps), the transport, ledger and files are closed on the way out, the last
+completed round stays checkpointed, ``status.json`` says ``stopped`` with that round, and
+the audit log's ``daemon_stop`` says why (the signal, finished, budget exhausted, error).
 """
 
 from __future__ import annotations
@@ -32,20 +35,14 @@ from p2pfed import __version__
 from p2pfed.config import Config
 from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError, IntegrityError
-from p2pfed.governance.audit import (
-    SALT_FILE,
-    AuditLog,
-    ProblemKind,
-    create_salt_file,
-    read_salt_file,
-    verify_log,
-)
+from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
 from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
 from p2pfed.governance.metrics import MetricsConfig, NodeMetrics, serve_if_enabled
 from p2pfed.governance.models import ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterGate
+from p2pfed.lifecycle import ended, load_audit_salt, stop_reason
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy import anchors as ledger_anchors
@@ -191,27 +188,12 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
         data, config.data.test_fraction, np.random.default_rng(config.model.seed)
     )
     train, test = standardise(train, test, config.schema.center, config.schema.scale)
-    salt = load_audit_salt(config, state_dir)
+    salt = load_audit_salt(config, state_dir / AUDIT_FILE)
     return Prepared(config, identity, gate, train, test, report, state_dir, anchors, salt)
 
 
 AUDIT_FILE = "audit.jsonl"
 MODELS_DIR = "models"
-
-
-def load_audit_salt(config: Config, state_dir: Path) -> bytes:
-    """This node's secret audit salt, beside its identity key (made if an old install lacks it)."""
-    if config.governance.audit_salt:
-        raise ConfigError(
-            "[governance] audit_salt must not be in the config (configs are shared, the salt is "
-            f"secret); remove it: the node keeps its own in {SALT_FILE} beside its identity key"
-        )
-    path = config.path(config.node.identity).with_name(SALT_FILE)
-    if not path.exists():
-        if (state_dir / AUDIT_FILE).exists():
-            log.warning("audit salt %s was missing; a new one hashes peers from now on", path)
-        return create_salt_file(path)
-    return read_salt_file(path)
 
 
 def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
@@ -321,8 +303,12 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
     return loaded
 
 
-async def serve(prepared: Prepared) -> dict[str, Any]:
-    """Run the node until its rounds are done, the budget is spent, or it is cancelled."""
+async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the node until its rounds are done, the budget is spent, or it is cancelled.
+
+    ``status`` (filled in, and also returned) survives a cancellation, so the caller still
+    learns the last completed round and why the run ended.
+    """
     config, identity = prepared.config, prepared.identity
     roster = prepared.gate.roster
     consortium = roster.consortium_id
@@ -347,7 +333,8 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
         ),
     )
     p = config.privacy
-    status: dict[str, Any] = {
+    status = {} if status is None else status
+    status |= {
         "name": config.node.name,
         "peer_id": identity.peer_id,
         "consortium": consortium,
@@ -359,7 +346,7 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
     cleanup = contextlib.ExitStack()
     with cleanup:
         recorder = open_governance(prepared, consortium, classes)
-        cleanup.callback(lambda: recorder.stop(reason=str(status.get("state", "stopped"))))
+        cleanup.callback(lambda: recorder.stop(reason=stop_reason(status)))
         recorder.start(
             software_version=__version__,
             consortium=consortium,
@@ -387,7 +374,11 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
             cleanup.callback(ledger.close)
         cleanup.callback(lambda: write_status(prepared.state_dir, status))
         write_status(prepared.state_dir, status)
-        await _run_peer(prepared, status, recorder, ledger, trainer, sigma)
+        try:
+            await _run_peer(prepared, status, recorder, ledger, trainer, sigma)
+        except BaseException as exc:
+            ended(status, exc)  # before the callbacks above write it out
+            raise
     return status
 
 
@@ -505,7 +496,12 @@ async def _run_peer(
                 releaser=releaser,
                 state_dir=prepared.state_dir,
             )
-            status |= {"state": "running", "listen": list(transport.listen_addrs)}
+            status |= {
+                "state": "running",
+                "listen": list(transport.listen_addrs),
+                "completed_round": peer.model_round,  # resumed from the checkpoint
+            }
+            write_status(prepared.state_dir, status)
 
             def on_report(report: RoundReport) -> None:
                 recorder.begin_round(
@@ -581,35 +577,38 @@ async def _run_peer(
                 )
             except BudgetExceededError as exc:
                 status |= {"state": "budget-exhausted", "error": str(exc)}
+                status["stop_reason"] = "budget exhausted"
                 log.error("%s", exc)
             else:
-                status["state"] = "finished"
+                status |= {"state": "finished", "stop_reason": "finished"}
             status |= {
                 "completed_round": peer.model_round,
                 "epsilon": peer.epsilon,
                 "model_digest": weights_digest(peer.weights).hex(),
             }
-    except trio.Cancelled:
-        status["state"] = "stopped"
+    except BaseException as exc:
+        ended(status, exc)  # unwraps trio's exception group: a cancel means stopped
         raise
 
 
 async def run_until_signalled(prepared: Prepared) -> dict[str, Any]:
-    """``serve`` that stops cleanly on SIGINT or SIGTERM."""
-    result: dict[str, Any] = {}
+    """``serve`` that stops cleanly on SIGINT or SIGTERM; returns the final status."""
+    status: dict[str, Any] = {}
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
                 async for signum in signals:
-                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    log.info("received %s; shutting down", name)
+                    status["stop_reason"] = f"signal {name}"
                     nursery.cancel_scope.cancel()
                     return
 
             async def work() -> None:
-                result.update(await serve(prepared))
+                await serve(prepared, status)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
             nursery.start_soon(work)
-    return result
+    return status
