@@ -374,11 +374,7 @@ async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dic
             cleanup.callback(ledger.close)
         cleanup.callback(lambda: write_status(prepared.state_dir, status))
         write_status(prepared.state_dir, status)
-        try:
-            await _run_peer(prepared, status, recorder, ledger, trainer, sigma)
-        except BaseException as exc:
-            ended(status, exc)  # before the callbacks above write it out
-            raise
+        await _run_peer(prepared, status, recorder, ledger, trainer, sigma)
     return status
 
 
@@ -587,7 +583,9 @@ async def _run_peer(
                 "model_digest": weights_digest(peer.weights).hex(),
             }
     except BaseException as exc:
-        ended(status, exc)  # unwraps trio's exception group: a cancel means stopped
+        # Before serve's callbacks write status.json and daemon_stop. trio delivers a cancel
+        # inside an exception group, which ``except trio.Cancelled`` would not see.
+        ended(status, exc)
         raise
 
 

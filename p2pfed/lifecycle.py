@@ -60,6 +60,8 @@ def ended(status: dict[str, Any], exc: BaseException) -> None:
 def stop_reason(status: dict[str, Any]) -> str:
     """Why the daemon stops, for the audit log's ``daemon_stop``."""
     state = str(status.get("state", "stopped"))
+    if state == "starting" and not status.get("stop_reason"):
+        return "error during start-up"  # the run never began: an error, logged as such
     return str(status.get("stop_reason") or state.replace("-", " "))
 
 

@@ -375,3 +375,24 @@ def test_numpy_scalars_are_recorded_as_plain_numbers(tmp_path: Path) -> None:
     with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
         assert led.records[0].release == _release(3, 2.0, 0.5, 4)
         assert type(led.records[0].release.round) is int
+
+
+def test_an_edited_record_with_a_valid_checksum_breaks_the_chain(tmp_path: Path) -> None:
+    """The attack the checksum alone misses: rewrite record 1 to a tiny ε, re-checksum it."""
+    import hashlib
+
+    path = tmp_path / "ledger.jsonl"
+    _write_three(path)
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        honest = led.spent_epsilon()
+    lines = path.read_bytes().split(b"\n")
+    body = json.loads(lines[1].split(b" ", 1)[1])
+    body["noise_multiplier"] = 500.0  # ε of this release ~ 0
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    lines[1] = hashlib.sha256(payload).hexdigest()[:32].encode() + b" " + payload
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(IntegrityError, match="line 3 breaks the hash chain"):
+        PrivacyLedger(path, 100.0, 1e-5, "rdp")
+    with pytest.raises(IntegrityError):  # nor does a report open it with the lower ε
+        PrivacyLedger(path, 100.0, 1e-5, "rdp", read_only=True)
+    assert honest > 0
