@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError, IntegrityError, LocalError
 from p2pfed.privacy import RDPAccountant, epsilon_for
@@ -396,3 +398,35 @@ def test_an_edited_record_with_a_valid_checksum_breaks_the_chain(tmp_path: Path)
     with pytest.raises(IntegrityError):  # nor does a report open it with the lower ε
         PrivacyLedger(path, 100.0, 1e-5, "rdp", read_only=True)
     assert honest > 0
+
+
+_sigmas = st.sampled_from([0.8, 1.0, 2.0, 5.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sigmas=st.lists(_sigmas, min_size=2, max_size=6),
+    where=st.floats(0.0, 1.0, exclude_max=True),
+    bit=st.integers(0, 7),
+)
+def test_chain_round_trips_and_any_flip_before_the_last_record_is_refused(
+    tmp_path_factory: pytest.TempPathFactory, sigmas: list[float], where: float, bit: int
+) -> None:
+    from p2pfed.privacy.ledger_format import LedgerRecord, encode_records, header_line
+
+    path = tmp_path_factory.mktemp("chain") / "ledger.jsonl"
+    records = [LedgerRecord(i, 1.0, _release(i, s)) for i, s in enumerate(sigmas, start=1)]
+    data = encode_records(header_line(), records)
+    path.write_bytes(data)
+    with PrivacyLedger(path, 1e6, 1e-5, "rdp", read_only=True) as led:
+        assert [r.release for r in led.records] == [r.release for r in records]
+        head = led.head()
+    # the anchored head is the same as the one a fresh writer computes
+    assert head.seq == len(sigmas) and len(head.chain) == 64
+    last_start = data.rindex(b"\n", 0, len(data) - 1) + 1
+    offset = int(where * last_start)  # any byte of the header or a non-last record
+    flipped = bytearray(data)
+    flipped[offset] ^= 1 << bit
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(IntegrityError):
+        PrivacyLedger(path, 1e6, 1e-5, "rdp", read_only=True)
