@@ -223,8 +223,8 @@ class GovernanceSection:
     """Audit log salt and drift thresholds."""
 
     audit_salt: str = ""
-    """Hex, ≥ 16 bytes, the same at every member (so logs can be compared); empty derives
-    one from the consortium id, which hides peer IDs only from those who lack the roster."""
+    """No longer read: refused if set, since configs are shared and the salt is secret (each
+    node keeps its own ``audit.salt`` beside its identity key)."""
     accuracy_drop: float = 0.05
     """Alert when accuracy falls this much below the best of recent rounds."""
     psi_major: float = 0.2
@@ -375,7 +375,6 @@ bits = 32                      # ring Z_2^bits
 clip_range = 8.0
 
 [governance]
-audit_salt = ""                # hex, >= 32 digits, the same at every member
 accuracy_drop = 0.05           # drift alert when accuracy falls this much
 psi_major = 0.2                # drift alert when a feature's PSI exceeds this
 

@@ -5,14 +5,16 @@ node touches the network — config, identity key (permissions), roster (signatu
 rollback), data (loading, schema and validation report), privacy ledger (integrity, budget)
 — so a bad installation stops with one clear sentence. ``serve`` then opens the libp2p host,
 composes the aggregator and the peer, and runs rounds; after each it writes ``status.json``
-(what ``p2pfed status`` shows). SIGINT/SIGTERM cancel the run; the transport, ledger and
-files are closed on the way out, and the last completed round stays checkpointed.
+(what ``p2pfed status`` shows). SIGINT/SIGTERM cancel the run: the current stage is
+abandoned at its next await (trio delivers the cancel inside an exception group, which
+``ended`` unwraps), the transport, ledger and files are closed on the way out, the last
+completed round stays checkpointed, ``status.json`` says ``stopped`` with that round, and
+the audit log's ``daemon_stop`` says why (the signal, finished, budget exhausted, error).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -40,7 +42,11 @@ from p2pfed.governance.models import ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterGate
+from p2pfed.lifecycle import ended, load_audit_salt, stop_reason
+from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import NoiseMode, PrivacyLedger
+from p2pfed.privacy import anchors as ledger_anchors
+from p2pfed.privacy.ledger_format import Anchor
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
 from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split
@@ -65,6 +71,8 @@ class Prepared:
     test: Dataset
     report: ValidationReport
     state_dir: Path
+    ledger_anchors: tuple[Anchor, ...] = ()
+    audit_salt: bytes = b""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -167,10 +175,22 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"{len(members)} members"
         )
     p = config.privacy
+    anchors: tuple[Anchor, ...] = ()
+    if p.mode != "off":
+        # Integrity, anchoring and budget now, before the network: a corrupted, cut or
+        # rolled-back ledger stops the node.
+        found = ledger_anchors.collect(state_dir / CHECKPOINT, state_dir / AUDIT_FILE)
+        anchors = found.heads
+        if not config.path(p.ledger).exists():
+            found.refuse_missing(config.path(p.ledger))
     if p.mode != "off" and config.path(p.ledger).exists():
-        # Integrity and budget now, before the network: a corrupted ledger stops the node.
         with PrivacyLedger(
-            config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant, read_only=True
+            config.path(p.ledger),
+            p.epsilon_budget,
+            p.delta,
+            p.accountant,
+            read_only=True,
+            anchors=anchors,
         ) as ledger:
             if ledger.remaining_epsilon() <= 0:
                 raise BudgetExceededError(
@@ -198,18 +218,12 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
         data, config.data.test_fraction, np.random.default_rng(config.model.seed)
     )
     train, test = standardise(train, test, config.schema.center, config.schema.scale)
-    return Prepared(config, identity, gate, train, test, report, state_dir)
+    salt = load_audit_salt(config, state_dir / AUDIT_FILE)
+    return Prepared(config, identity, gate, train, test, report, state_dir, anchors, salt)
 
 
 AUDIT_FILE = "audit.jsonl"
 MODELS_DIR = "models"
-
-
-def audit_salt(config: Config, consortium: str) -> bytes:
-    """The consortium's audit salt: configured, or derived from the consortium id."""
-    if config.governance.audit_salt:
-        return bytes.fromhex(config.governance.audit_salt)
-    return hashlib.sha256(b"p2pfed audit salt\0" + consortium.encode()).digest()
 
 
 def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
@@ -237,9 +251,7 @@ def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
 def open_governance(prepared: Prepared, consortium: str, classes: int) -> GovernanceRecorder:
     """Audit log, model registry, drift monitor and metrics for this node."""
     g = prepared.config.governance
-    audit = open_audit_log(
-        prepared.state_dir / AUDIT_FILE, prepared.identity, audit_salt(prepared.config, consortium)
-    )
+    audit = open_audit_log(prepared.state_dir / AUDIT_FILE, prepared.identity, prepared.audit_salt)
     drift = DriftMonitor(
         DriftConfig(rules=(MetricRule("accuracy", g.accuracy_drop),), psi_major=g.psi_major),
         classes,
@@ -321,8 +333,12 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
     return loaded
 
 
-async def serve(prepared: Prepared) -> dict[str, Any]:
-    """Run the node until its rounds are done, the budget is spent, or it is cancelled."""
+async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the node until its rounds are done, the budget is spent, or it is cancelled.
+
+    ``status`` (filled in, and also returned) survives a cancellation, so the caller still
+    learns the last completed round and why the run ended.
+    """
     config, identity = prepared.config, prepared.identity
     roster = prepared.gate.roster
     consortium = roster.consortium_id
@@ -347,7 +363,8 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
         ),
     )
     p = config.privacy
-    status: dict[str, Any] = {
+    status = {} if status is None else status
+    status |= {
         "name": config.node.name,
         "peer_id": identity.peer_id,
         "consortium": consortium,
@@ -359,7 +376,7 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
     cleanup = contextlib.ExitStack()
     with cleanup:
         recorder = open_governance(prepared, consortium, classes)
-        cleanup.callback(lambda: recorder.stop(reason=str(status.get("state", "stopped"))))
+        cleanup.callback(lambda: recorder.stop(reason=stop_reason(status)))
         recorder.start(
             software_version=__version__,
             consortium=consortium,
@@ -377,7 +394,13 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
             cleanup.callback(metrics_server.close)
         ledger = None
         if p.mode != "off":
-            ledger = PrivacyLedger(config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant)
+            ledger = PrivacyLedger(
+                config.path(p.ledger),
+                p.epsilon_budget,
+                p.delta,
+                p.accountant,
+                anchors=prepared.ledger_anchors,
+            )
             cleanup.callback(ledger.close)
         cleanup.callback(lambda: write_status(prepared.state_dir, status))
         write_status(prepared.state_dir, status)
@@ -507,7 +530,12 @@ async def _run_peer(
                 releaser=releaser,
                 state_dir=prepared.state_dir,
             )
-            status |= {"state": "running", "listen": list(transport.listen_addrs)}
+            status |= {
+                "state": "running",
+                "listen": list(transport.listen_addrs),
+                "completed_round": peer.model_round,  # resumed from the checkpoint
+            }
+            write_status(prepared.state_dir, status)
 
             def on_report(report: RoundReport) -> None:
                 recorder.begin_round(
@@ -533,6 +561,7 @@ async def _run_peer(
                             accountant=p.accountant if ledger else "off",
                             steps=report.steps,
                             epsilon_budget=p.epsilon_budget if ledger else None,
+                            ledger_head=ledger.head().to_dict() if ledger else None,
                         ),
                         metrics={
                             "accuracy": report.test_accuracy,
@@ -582,35 +611,40 @@ async def _run_peer(
                 )
             except BudgetExceededError as exc:
                 status |= {"state": "budget-exhausted", "error": str(exc)}
+                status["stop_reason"] = "budget exhausted"
                 log.error("%s", exc)
             else:
-                status["state"] = "finished"
+                status |= {"state": "finished", "stop_reason": "finished"}
             status |= {
                 "completed_round": peer.model_round,
                 "epsilon": peer.epsilon,
                 "model_digest": weights_digest(peer.weights).hex(),
             }
-    except trio.Cancelled:
-        status["state"] = "stopped"
+    except BaseException as exc:
+        # Before serve's callbacks write status.json and daemon_stop. trio delivers a cancel
+        # inside an exception group, which ``except trio.Cancelled`` would not see.
+        ended(status, exc)
         raise
 
 
 async def run_until_signalled(prepared: Prepared) -> dict[str, Any]:
-    """``serve`` that stops cleanly on SIGINT or SIGTERM."""
-    result: dict[str, Any] = {}
+    """``serve`` that stops cleanly on SIGINT or SIGTERM; returns the final status."""
+    status: dict[str, Any] = {}
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
                 async for signum in signals:
-                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    log.info("received %s; shutting down", name)
+                    status["stop_reason"] = f"signal {name}"
                     nursery.cancel_scope.cancel()
                     return
 
             async def work() -> None:
-                result.update(await serve(prepared))
+                await serve(prepared, status)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
             nursery.start_soon(work)
-    return result
+    return status

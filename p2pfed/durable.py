@@ -4,6 +4,10 @@ Theory of operation: POSIX ``rename`` within one directory is atomic, so a reade
 old file or the new one, never a torn mix; the two fsyncs make the new content and the
 rename itself survive a power cut. ``sealed`` framing adds a SHA-256 so that corruption is
 detected on load instead of being trusted.
+
+Every fsync here and in the privacy ledger goes through ``fsync``, which calls the hook set
+by ``set_fsync`` (``os.fsync`` by default): tests inject a recording or failing fsync, or
+one that kills the process at a chosen point, to observe durability rather than assume it.
 """
 
 from __future__ import annotations
@@ -11,11 +15,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from p2pfed.errors import ConfigError, IntegrityError
 
 _SEAL_MAGIC = b"P2PFSEAL1\n"
+
+FsyncHook = Callable[[int], None]
+_fsync_hook: FsyncHook = os.fsync
+
+
+def set_fsync(hook: FsyncHook) -> FsyncHook:
+    """Route every durable write's fsync through ``hook``; returns the previous hook."""
+    global _fsync_hook
+    previous, _fsync_hook = _fsync_hook, hook
+    return previous
+
+
+def fsync(fd: int) -> None:
+    """Flush ``fd`` to stable storage through the current hook (``os.fsync`` by default)."""
+    _fsync_hook(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -23,7 +43,7 @@ def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
         fd = os.open(path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            fsync(fd)
         finally:
             os.close(fd)
 
@@ -54,7 +74,7 @@ def atomic_write(
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            fsync(fd)
         finally:
             os.close(fd)
         if overwrite:

@@ -18,7 +18,6 @@ more than 8 peers, an MLP whose width differs from the daemon's built-in.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,7 +111,6 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
         test,
         np.zeros(data.features),
         np.ones(data.features),
-        audit_salt=os.urandom(16).hex(),
     )
     t = s.training
     training: dict[str, object] = {
@@ -151,7 +149,6 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
             validation={"min_samples": 1, "max_label_skew": 1.0},
             training=training,
             privacy=privacy,
-            audit_salt=consortium.audit_salt,
             model=model,
         )
         h.config.write_text(render_toml(tables, f"Emulation of scenario {s.name}, {h.name}."))

@@ -1,14 +1,14 @@
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError, IntegrityError, LocalError
 from p2pfed.privacy import RDPAccountant, epsilon_for
@@ -105,7 +105,7 @@ def test_missing_record_is_detected(tmp_path: Path) -> None:
     _write_three(path)
     lines = path.read_bytes().split(b"\n")
     path.write_bytes(b"\n".join([lines[0], lines[1], lines[3], b""]))
-    with pytest.raises(IntegrityError, match="seq 3 where 2 was expected"):
+    with pytest.raises(IntegrityError, match="line 3 breaks the hash chain"):
         PrivacyLedger(path, 100.0, 1e-5, "rdp")
 
 
@@ -188,16 +188,37 @@ def test_releaser_records_before_returning_and_refuses_nan(tmp_path: Path) -> No
 
 
 CHILD = r"""
-import json, os, random, sys
+import json, os, signal, sys
+from p2pfed import durable
 from p2pfed.privacy.ledger import PrivacyLedger, Release
-path, released, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, released, point, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+real_fsync, seen = os.fsync, [0]
+
+def kill_at(fd):
+    # Deterministic crash points, counted in fsyncs of the ledger file itself.
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    if point == "repair" and os.path.basename(target).startswith("."):
+        os.kill(os.getpid(), signal.SIGKILL)  # inside the repair's atomic rewrite
+    if target != os.path.realpath(path):
+        return real_fsync(fd)
+    seen[0] += 1
+    if seen[0] == n and point == "torn":  # power cut between write and fsync: half a line
+        size = os.fstat(fd).st_size
+        with open(path, "rb") as f:
+            data = f.read()
+        last = data.rindex(b"\n", 0, size - 1) + 1
+        os.truncate(path, last + (size - last) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+    if seen[0] == n and point == "after-fsync":  # durable, but reserve has not returned
+        os.kill(os.getpid(), signal.SIGKILL)
+
+durable.set_fsync(kill_at)
 led = PrivacyLedger(path, 1e9, 1e-5, "rdp")
-rng = random.Random(seed)
-rnd = len(led.records)
-print("ready", flush=True)
+rnd, charges = len(led.records), 0
 while True:
-    rel = Release(round=rnd, noise_multiplier=rng.choice([0.8, 1.0, 2.0]),
-                  sample_rate=rng.choice([0.01, 0.2, 1.0]), steps=rng.randint(1, 50),
+    rel = Release(round=rnd, noise_multiplier=[0.8, 1.0, 2.0][rnd % 3],
+                  sample_rate=[0.01, 0.2, 1.0][rnd % 3], steps=1 + rnd % 7,
                   clip_norm=1.0, mode="local")
     led.reserve(rel)
     # only now may the update leave; record that it did (one small write: not torn by a kill)
@@ -205,31 +226,49 @@ while True:
     fd = os.open(released, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.write(fd, line.encode())
     os.close(fd)
+    charges += 1
+    if point == "after-charges" and charges == n:  # killed after n whole charges
+        os.kill(os.getpid(), signal.SIGKILL)
     rnd += 1
 """
 
+# (kill point, n): each child is killed by itself at that point, never after a sleep
+KILLS = [
+    ("after-charges", 3),
+    ("after-fsync", 2),
+    ("torn", 2),
+    ("repair", 1),
+    ("after-charges", 2),
+    ("torn", 1),
+    ("repair", 1),
+    ("after-fsync", 1),
+    ("after-charges", 1),
+]
+
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_never_undercounts(tmp_path: Path) -> None:
+def test_sigkill_at_deterministic_points_never_undercounts(tmp_path: Path) -> None:
     path, released = tmp_path / "ledger.jsonl", tmp_path / "released.jsonl"
-    rng = random.Random(20261127)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for kill in range(6):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path), str(released), str(kill)],
-            stdout=subprocess.PIPE,
+    total = unreleased = 0
+    for point, n in KILLS:
+        unreleased += point == "after-fsync"  # durable records whose update never left
+        before = len(released.read_text().splitlines()) if released.exists() else 0
+        ledger_before = path.read_bytes() if path.exists() else b""
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path), str(released), point, str(n)],
             env=env,
+            timeout=60,
+            capture_output=True,
         )
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.3))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
+        assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
         done = (
             [json.loads(x) for x in released.read_text().splitlines()] if released.exists() else []
         )
-        with PrivacyLedger(path, 1e9, 1e-5, "rdp") as led:
+        left = len(done) - before
+        assert left == {"after-charges": n, "after-fsync": n - 1, "torn": n - 1}.get(point, 0)
+        # read-only: a torn tail stays for the next child (the "repair" kill point)
+        with PrivacyLedger(path, 1e9, 1e-5, "rdp", read_only=True) as led:
             recorded = {r.release.round: r.release for r in led.records}
             for rnd, sigma, q, steps in done:  # every release that left is in the ledger
                 assert recorded[rnd] == Release(rnd, sigma, q, steps, 1.0, NoiseMode.LOCAL)
@@ -237,9 +276,60 @@ def test_sigkill_at_random_points_never_undercounts(tmp_path: Path) -> None:
             for _, sigma, q, steps in done:
                 truth.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
             assert led.spent_epsilon() >= truth.get_epsilon(1e-5)
-            assert len(led.records) >= len(done)
-    assert len(done) > 5  # the loop really ran between kills
-    print(f"{len(done)} releases over 6 kills")
+            # a torn line is never counted; a durable one whose reserve never returned is
+            assert len(led.records) == len(done) + unreleased
+            if point == "repair":  # killed inside the rewrite: the torn file is intact
+                assert led.torn_tail is not None and path.read_bytes() == ledger_before
+        total = len(done)
+    assert total >= 8  # the children really released between kills
+
+
+def _recording_fsync(events: list[tuple[str, int]]):  # type: ignore[no-untyped-def]
+    def hook(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd).st_size))
+        os.fsync(fd)
+
+    return hook
+
+
+def test_reserve_writes_then_fsyncs_then_returns(tmp_path: Path) -> None:
+    from p2pfed import durable
+
+    path = tmp_path / "ledger.jsonl"
+    events: list[tuple[str, int]] = []
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        previous = durable.set_fsync(_recording_fsync(events))
+        try:
+            led.reserve(_release(0))
+            events.append(("returned", path.stat().st_size))
+        finally:
+            durable.set_fsync(previous)
+    size = path.stat().st_size
+    # the whole line was written before the fsync, and reserve returned only after it
+    assert events == [("fsync", size), ("returned", size)]
+
+
+def test_a_failing_fsync_refuses_the_release_and_closes_the_ledger(tmp_path: Path) -> None:
+    from p2pfed import durable
+
+    path = tmp_path / "ledger.jsonl"
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
+        led.reserve(_release(0))
+        previous = durable.set_fsync(broken)
+        try:
+            with pytest.raises(LocalError, match="round 1 could not be made durable"):
+                led.reserve(_release(1))
+        finally:
+            durable.set_fsync(previous)
+        assert len(led.records) == 1  # not reported as recorded: the update never left
+        with pytest.raises(LocalError, match="closed"):
+            led.reserve(_release(2))
+    with PrivacyLedger(path, 10.0, 1e-5, "rdp") as again:
+        assert len(again.records) == 2  # the line did land: counted, never undercounted
 
 
 def test_ledger_pld_matches_plain_accountant(tmp_path: Path) -> None:
@@ -263,7 +353,17 @@ def test_every_truncation_of_the_last_record_is_handled(tmp_path: Path) -> None:
         with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
             # only the whole record (with or without its newline) counts as the 4th
             assert len(led.records) == (4 if cut >= len(full) - 1 else 3)
-        assert path.read_bytes() in (full, full[:last_start])  # repaired to a clean file
+        repaired = path.read_bytes()
+        if cut in (last_start, len(full)):
+            assert repaired == full[:cut]  # ends in a whole line: nothing to repair
+            continue
+        # repaired to the whole records plus one chained note recording the repair
+        base = full if cut == len(full) - 1 else full[:last_start]
+        assert repaired.startswith(base)
+        note = json.loads(repaired[len(base) :].split(b" ", 1)[1])
+        assert note["type"] == "repair" and note["after_seq"] == len(led.records)
+        with PrivacyLedger(path, 100.0, 1e-5, "rdp") as again:
+            assert again.torn_tail is None and len(again.records) == len(led.records)
 
 
 def test_numpy_scalars_are_recorded_as_plain_numbers(tmp_path: Path) -> None:
@@ -277,3 +377,56 @@ def test_numpy_scalars_are_recorded_as_plain_numbers(tmp_path: Path) -> None:
     with PrivacyLedger(path, 10.0, 1e-5, "rdp") as led:
         assert led.records[0].release == _release(3, 2.0, 0.5, 4)
         assert type(led.records[0].release.round) is int
+
+
+def test_an_edited_record_with_a_valid_checksum_breaks_the_chain(tmp_path: Path) -> None:
+    """The attack the checksum alone misses: rewrite record 1 to a tiny ε, re-checksum it."""
+    import hashlib
+
+    path = tmp_path / "ledger.jsonl"
+    _write_three(path)
+    with PrivacyLedger(path, 100.0, 1e-5, "rdp") as led:
+        honest = led.spent_epsilon()
+    lines = path.read_bytes().split(b"\n")
+    body = json.loads(lines[1].split(b" ", 1)[1])
+    body["noise_multiplier"] = 500.0  # ε of this release ~ 0
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    lines[1] = hashlib.sha256(payload).hexdigest()[:32].encode() + b" " + payload
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(IntegrityError, match="line 3 breaks the hash chain"):
+        PrivacyLedger(path, 100.0, 1e-5, "rdp")
+    with pytest.raises(IntegrityError):  # nor does a report open it with the lower ε
+        PrivacyLedger(path, 100.0, 1e-5, "rdp", read_only=True)
+    assert honest > 0
+
+
+_sigmas = st.sampled_from([0.8, 1.0, 2.0, 5.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sigmas=st.lists(_sigmas, min_size=2, max_size=6),
+    where=st.floats(0.0, 1.0, exclude_max=True),
+    bit=st.integers(0, 7),
+)
+def test_chain_round_trips_and_any_flip_before_the_last_record_is_refused(
+    tmp_path_factory: pytest.TempPathFactory, sigmas: list[float], where: float, bit: int
+) -> None:
+    from p2pfed.privacy.ledger_format import LedgerRecord, encode_records, header_line
+
+    path = tmp_path_factory.mktemp("chain") / "ledger.jsonl"
+    records = [LedgerRecord(i, 1.0, _release(i, s)) for i, s in enumerate(sigmas, start=1)]
+    data = encode_records(header_line(), records)
+    path.write_bytes(data)
+    with PrivacyLedger(path, 1e6, 1e-5, "rdp", read_only=True) as led:
+        assert [r.release for r in led.records] == [r.release for r in records]
+        head = led.head()
+    # the anchored head is the same as the one a fresh writer computes
+    assert head.seq == len(sigmas) and len(head.chain) == 64
+    last_start = data.rindex(b"\n", 0, len(data) - 1) + 1
+    offset = int(where * last_start)  # any byte of the header or a non-last record
+    flipped = bytearray(data)
+    flipped[offset] ^= 1 << bit
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(IntegrityError):
+        PrivacyLedger(path, 1e6, 1e-5, "rdp", read_only=True)

@@ -18,9 +18,11 @@ the *last* entries were cut off: comparing heads and model hashes across members
 (``compare_logs``) covers that.
 
 Peer IDs in bodies (cohort, exclusions, roster changes) are never stored raw: they are
-HMAC-SHA256(consortium salt, peer ID), so members holding the salt can re-identify peers
-while a leaked log does not reveal who took part. The signer's own peer ID is in clear,
-since verification needs it.
+HMAC-SHA256(salt, peer ID) under the node's own secret salt (``audit.salt``, 32 random
+bytes made at ``init``), so the node — and whoever it gives the salt — can re-identify
+peers while a leaked log, even with the roster and config beside it, does not reveal who
+took part. Logs are compared across members on model hashes, which are not salted. The
+signer's own peer ID is in clear, since verification needs it.
 
 Writing is durable: each append is written, flushed and fsynced before ``append`` returns.
 Opening an existing log re-checks its whole chain and the last entry's signature and
@@ -141,8 +143,42 @@ def hash_peer_id(salt: bytes, peer_id: str) -> str:
 
 
 def generate_salt() -> bytes:
-    """32 random bytes for a new consortium's peer-ID salt (shared with the roster config)."""
+    """32 random bytes for a node's secret peer-ID salt."""
     return secrets.token_bytes(32)
+
+
+SALT_FILE = "audit.salt"
+"""The node's secret audit salt: beside its identity key, mode 0600, never in the config."""
+
+
+def create_salt_file(path: str | os.PathLike[str]) -> bytes:
+    """Write a new secret salt to ``path`` (hex, mode 0600); never replaces an existing one."""
+    from p2pfed.durable import atomic_write
+
+    salt = generate_salt()
+    atomic_write(Path(path), salt.hex().encode() + b"\n", 0o600, overwrite=False)
+    return salt
+
+
+def read_salt_file(path: str | os.PathLike[str]) -> bytes:
+    """The salt in ``path``; ``ConfigError`` if others may read it or it is malformed."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the audit salt {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"the audit salt {path} has permissions {mode:o}; it must be private (chmod 600)"
+        )
+    try:
+        salt = bytes.fromhex(text)
+    except ValueError:
+        salt = b""
+    if len(salt) < MIN_SALT_BYTES:
+        raise ConfigError(f"the audit salt {path} must hold at least {MIN_SALT_BYTES} hex bytes")
+    return salt
 
 
 def _finite(value: float, what: str) -> float | str:
@@ -659,21 +695,26 @@ class AuditLog:
         epsilon: float,
         accountant: str,
         steps: int = 1,
+        ledger_head: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The round's DP mechanism parameters and the ε spent so far (after the round)."""
-        return self.append(
-            EntryKind.DP,
-            {
-                "round": round_number,
-                "noise_multiplier": _finite(noise_multiplier, "noise multiplier"),
-                "clip_norm": _finite(clip_norm, "clip norm"),
-                "sample_rate": _finite(sample_rate, "sample rate"),
-                "steps": steps,
-                "delta": _finite(delta, "delta"),
-                "epsilon": _finite(epsilon, "epsilon"),
-                "accountant": accountant,
-            },
-        )
+        """The round's DP mechanism parameters and the ε spent so far (after the round).
+
+        ``ledger_head`` (releases, chain hash, ε of the privacy ledger) anchors the ledger:
+        a ledger later found behind it or unlike it is refused at start.
+        """
+        body: dict[str, Any] = {
+            "round": round_number,
+            "noise_multiplier": _finite(noise_multiplier, "noise multiplier"),
+            "clip_norm": _finite(clip_norm, "clip norm"),
+            "sample_rate": _finite(sample_rate, "sample rate"),
+            "steps": steps,
+            "delta": _finite(delta, "delta"),
+            "epsilon": _finite(epsilon, "epsilon"),
+            "accountant": accountant,
+        }
+        if ledger_head is not None:
+            body["ledger_head"] = dict(ledger_head)
+        return self.append(EntryKind.DP, body)
 
     def roster_version(self, version: int, *, roster_digest: str) -> dict[str, Any]:
         """The roster in force (its version and digest)."""

@@ -44,6 +44,8 @@ class DPRecord:
     accountant: str
     steps: int = 1
     epsilon_budget: float | None = None
+    ledger_head: dict[str, Any] | None = None
+    """The privacy ledger's head after the round (``LedgerHead.to_dict``), anchoring it."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the model manifest."""
@@ -193,6 +195,7 @@ class GovernanceRecorder:
             epsilon=dp.epsilon,
             accountant=dp.accountant,
             steps=dp.steps,
+            ledger_head=dp.ledger_head,
         )
         self._parent = manifest.model_hash
         alerts: list[DriftAlert] = []

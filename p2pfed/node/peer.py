@@ -146,7 +146,9 @@ class Peer:
             log.info("resumed from checkpoint after round %d", self.model_round)
 
     def _save(self) -> None:
-        extra = {"bytes_sent": self.bytes_sent, "next_round": self.next_round}
+        extra: dict[str, object] = {"bytes_sent": self.bytes_sent, "next_round": self.next_round}
+        if self.releaser is not None:  # anchors the ledger: a cut or older copy is then seen
+            extra["ledger_head"] = self.releaser.ledger.head().to_dict()
         self.trainer.save_checkpoint(self.checkpoint_path, self.model_round, extra)
 
     def _adopt(self, round_: int, weights: NDArray[np.float32]) -> None:

@@ -1,48 +1,59 @@
-r"""The per-node privacy ledger: a durable, checksummed record of every release.
+r"""The per-node privacy ledger: a durable, checksummed, hash-chained record of every release.
 
 Theory of operation. The ledger is an append-only file of JSON lines, each
 ``<sha256-hex-prefix> <json>\n``, where the hex prefix (128 bits) is the SHA-256 of the
 JSON bytes. The first line is a header (format, mechanism); each further line is one
-release (seq, round, σ, q, steps, S, mode, timestamp) with consecutive ``seq``. The spend
-is always *recomputed* from the releases by an accountant, never stored, so there is no
-counter to drift from the records.
+release (seq, round, σ, q, steps, S, mode, timestamp) with consecutive ``seq``, or a
+``repair`` note. The spend is always *recomputed* from the releases by an accountant, never
+stored, so there is no counter to drift from the records.
+
+Chain and head. Every line after the header carries ``prev``, the chain hash so far; the
+chain starts at SHA-256(domain ‖ header JSON) and each line moves it to SHA-256(previous
+chain ‖ that line's JSON). The *head* — (releases, chain hash after the last release,
+ε) — is written by the daemon into each checkpoint and into the signed audit log's ``dp``
+entry (*anchors*). Opening with ``anchors`` refuses, in one sentence naming the source that
+disagrees, a ledger that holds fewer releases than an anchor (cut, rolled back, replaced
+by an older copy) or whose chain at the anchored release differs (rewritten). A chain break
+inside the file (a line whose ``prev`` is not the chain so far) is refused always.
 
 ``reserve(release)`` is called after clipping and *before* the noised update leaves the
 node: it computes ε with the release added, refuses with ``BudgetExceededError`` if that
 exceeds the budget, and otherwise writes the line with one ``write`` on an ``O_APPEND``
-descriptor and ``fsync``s it before returning. A release that happened therefore always
-has a complete, newline-terminated, durable line.
+descriptor and ``fsync``s it (through ``p2pfed.durable.fsync``, so tests can observe it)
+before returning. A release that happened therefore always has a complete, durable line. A
+failed write or fsync refuses the release and closes the ledger: what reached the disk is
+unknown, so the node must restart and re-read it (a line that did land is then counted).
 
-On open, every line is checked. A bad checksum, bad JSON, a bad field, or a gap in ``seq``
-anywhere raises ``IntegrityError``: the node stops, and nothing is reset. The one tolerated
-damage is a *torn tail* — a final fragment without its newline, left by a crash inside
-``reserve``:
+On open, every line is checked. A bad checksum, bad JSON, a bad field, a gap in ``seq`` or
+a chain break raises ``IntegrityError``: the node stops, and nothing is reset. The one
+tolerated damage is a *torn tail* — a final fragment without its newline, left by a crash
+inside ``reserve``:
 
 - if the fragment is a complete, valid record that lacks only its newline, it is counted
   (conservative: it may or may not have been released);
 - otherwise it cannot describe a release that happened, because ``reserve`` had not
-  returned, so it is not counted. Its bytes are kept in ``<ledger>.torn`` for audit.
+  returned, so it is not counted. Its bytes are kept in ``<ledger>.torn`` for audit. With
+  anchors this is allowed only for the single record after the last anchored head.
 
 Either way the file is repaired by a rewrite (temp file, fsync, atomic rename, fsync of the
-directory), so the damage is handled once. A new ledger is created the same way, so it
-never exists without its header. An exclusive ``flock`` on ``<ledger>.lock`` (a file that
-is never renamed, so the lock survives repairs) keeps a second process from appending to
-the same ledger.
+directory) that ends in a chained ``repair`` note, so the damage is handled once and
+recorded. A new ledger is created the same way, so it never exists without its header. An
+exclusive ``flock`` on ``<ledger>.lock`` (a file that is never renamed, so the lock survives
+repairs) keeps a second process from appending to the same ledger.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from p2pfed import durable
 from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, ConfigError, IntegrityError, LocalError
 from p2pfed.privacy import validate
@@ -52,105 +63,34 @@ from p2pfed.privacy.accountants import (
     make_accountant,
     releases_within_budget,
 )
-from p2pfed.privacy.mechanisms import NoiseMode
+from p2pfed.privacy.ledger_format import (
+    LEDGER_FORMAT,
+    RECOVER_HINT,
+    Anchor,
+    LedgerHead,
+    LedgerRecord,
+    Release,
+    chain_next,
+    chain_start,
+    decode_line,
+    encode_line,
+    header_line,
+    record_body,
+    record_from,
+    refuse_missing,
+)
 
-LEDGER_FORMAT = 1
-_HASH_HEX = 32  # 128 bits of SHA-256: corruption detection, not tamper-proofing (audit log)
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """One release of a noised update: what the accountant needs, and how it was made."""
-
-    round: int
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    clip_norm: float
-    mode: NoiseMode
-
-    def __post_init__(self) -> None:
-        # normalised to plain int/float so numpy scalars serialise like Python numbers
-        checked = {
-            "round": validate.count("round", self.round, minimum=0),
-            "noise_multiplier": validate.noise_multiplier(self.noise_multiplier),
-            "sample_rate": validate.sample_rate(self.sample_rate),
-            "steps": validate.count("steps", self.steps),
-            "clip_norm": validate.clip_norm(self.clip_norm),
-            "mode": NoiseMode(self.mode),
-        }
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerRecord:
-    """A release as written: its sequence number and when it was reserved."""
-
-    seq: int
-    timestamp: float
-    release: Release
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    return hashlib.sha256(payload).hexdigest()[:_HASH_HEX].encode() + b" " + payload + b"\n"
-
-
-def _decode(line: bytes, where: str) -> dict[str, Any]:
-    """Check and parse one line (without its newline); raises IntegrityError."""
-    digest, sep, payload = line.partition(b" ")
-    if not sep or len(digest) != _HASH_HEX:
-        raise IntegrityError(f"{where} is malformed (no checksum prefix)")
-    if hashlib.sha256(payload).hexdigest()[:_HASH_HEX].encode() != digest:
-        raise IntegrityError(f"{where} fails its checksum (corrupted)")
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{where} is not valid JSON despite a valid checksum") from exc
-    if not isinstance(body, dict):
-        raise IntegrityError(f"{where} is not a JSON object")
-    return body
-
-
-def _record_from(body: dict[str, Any], where: str) -> LedgerRecord:
-    try:
-        if body.get("type") != "release":
-            raise IntegrityError(f"{where} has type {body.get('type')!r}, expected 'release'")
-        release = Release(
-            round=body["round"],
-            noise_multiplier=body["noise_multiplier"],
-            sample_rate=body["sample_rate"],
-            steps=body["steps"],
-            clip_norm=body["clip_norm"],
-            mode=NoiseMode(body["mode"]),
-        )
-        seq, ts = body["seq"], body["timestamp"]
-        if not isinstance(seq, int) or not isinstance(ts, int | float):
-            raise IntegrityError(f"{where} has a bad seq or timestamp")
-        return LedgerRecord(seq, float(ts), release)
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
-        raise IntegrityError(f"{where} is not a valid release record: {exc}") from exc
-
-
-def _record_body(record: LedgerRecord) -> dict[str, Any]:
-    r = record.release
-    return {
-        "type": "release",
-        "seq": record.seq,
-        "timestamp": record.timestamp,
-        **{k: v for k, v in asdict(r).items() if k != "mode"},
-        "mode": str(r.mode),
-    }
+__all__ = ["Anchor", "LedgerHead", "LedgerRecord", "PrivacyLedger", "Release"]
 
 
 class PrivacyLedger:
     """A node's persistent privacy budget: every release recorded before it happens.
 
-    Raises ``IntegrityError`` on open if the file is corrupted (never resets it),
-    ``LocalError`` if another process holds it, ``ConfigError`` for a bad budget or δ.
-    ``read_only=True`` (for reports beside a running node) takes no lock, creates and
-    repairs nothing, and refuses ``reserve``.
+    Raises ``IntegrityError`` on open if the file is corrupted, its chain is broken, or it
+    is behind or unlike one of ``anchors`` (never resets it); ``LocalError`` if another
+    process holds it; ``ConfigError`` for a bad budget or δ. ``anchors=None`` (library use,
+    no anchors known) skips the cross-check. ``read_only=True`` (for reports beside a
+    running node) takes no lock, creates and repairs nothing, and refuses ``reserve``.
     """
 
     def __init__(
@@ -161,6 +101,7 @@ class PrivacyLedger:
         accountant_kind: str = "pld",
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        anchors: Sequence[Anchor] | None = None,
     ) -> None:
         self.path = Path(path)
         self.budget_epsilon = validate.epsilon(budget_epsilon)
@@ -169,7 +110,12 @@ class PrivacyLedger:
         self._accountant: Accountant = make_accountant(accountant_kind)
         self._clock = clock
         self._records: list[LedgerRecord] = []
+        self._chains: list[str] = []  # chain hash after each release (index seq - 1)
+        self._chain = ""  # chain hash after the last line: the next line's ``prev``
+        self._chain0 = ""  # chain hash over the header alone
+        self._recovered_through = 0  # releases a recovery restored (chains not comparable)
         self.torn_tail: bytes | None = None  # what a crash left, if it was set aside
+        self.anchors = tuple(anchors) if anchors is not None else None
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self.read_only = read_only
@@ -192,8 +138,8 @@ class PrivacyLedger:
         self._lock_fd = lock_fd
         try:
             if not self.path.exists():
-                header = {"type": "header", "format": LEDGER_FORMAT, "mechanism": MECHANISM}
-                atomic_write(self.path, _encode(header))
+                self._refuse_missing()
+                atomic_write(self.path, header_line())
             with open(self.path, "rb") as f:
                 self._load(f.read())
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -206,17 +152,27 @@ class PrivacyLedger:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError as exc:
+            self._refuse_missing()
             raise LocalError(f"privacy ledger {self.path} does not exist") from exc
         except OSError as exc:
             raise LocalError(f"cannot read privacy ledger {self.path}: {exc.strerror}") from exc
         self._load(data, repair=False)
+
+    def _refuse_missing(self) -> None:
+        """A missing ledger is new only if no anchor records a release."""
+        refuse_missing(self.path, self.anchors or ())
 
     def _load(self, data: bytes, repair: bool = True) -> None:
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline
         if not lines:
             raise IntegrityError(f"privacy ledger {self.path} has no complete header line")
-        header = _decode(lines[0], f"privacy ledger {self.path} line 1")
+        header = decode_line(lines[0], f"privacy ledger {self.path} line 1")
+        if header.get("type") == "header" and header.get("format") == 1:
+            raise IntegrityError(
+                f"privacy ledger {self.path} is in format 1 (no hash chain) and this version "
+                f"reads format {LEDGER_FORMAT}; to convert it, {RECOVER_HINT}"
+            )
         if header.get("type") != "header" or header.get("format") != LEDGER_FORMAT:
             raise IntegrityError(f"privacy ledger {self.path} has an unknown header {header!r}")
         if header.get("mechanism") != MECHANISM:
@@ -224,41 +180,107 @@ class PrivacyLedger:
                 f"privacy ledger {self.path} is for mechanism {header.get('mechanism')!r}, "
                 f"not {MECHANISM!r}"
             )
-        records = [
-            _record_from(_decode(line, f"{self.path} line {n}"), f"{self.path} line {n}")
-            for n, line in enumerate(lines[1:], start=2)
-        ]
+        recovered = header.get("recovered_through", 0)
+        self._recovered_through = recovered if isinstance(recovered, int) else 0
+        chain = self._chain0 = chain_start(lines[0])
+        for n, line in enumerate(lines[1:], start=2):
+            chain = self._take(line, f"{self.path} line {n}", chain)
+        self.torn_tail = None
         if tail:
             where = f"{self.path} last line (torn, no newline)"
             try:
-                records.append(_record_from(_decode(tail, where), where))
-                self.torn_tail = None  # complete record missing its newline: counted
+                body = decode_line(tail, where)
             except IntegrityError:
                 self.torn_tail = tail  # reserve never returned for it: nothing was released
-        for expected, rec in enumerate(records, start=1):
-            if rec.seq != expected:
-                raise IntegrityError(
-                    f"privacy ledger {self.path} has release seq {rec.seq} where {expected} "
-                    "was expected (a record is missing or out of order)"
-                )
-        for rec in records:
-            self._accountant.step(
-                noise_multiplier=rec.release.noise_multiplier,
-                sample_rate=rec.release.sample_rate,
-                steps=rec.release.steps,
-            )
-        self._records = records
+            else:  # a complete record missing only its newline: counted
+                chain = self._take(tail, where, chain, body)
+        self._chain = chain
+        self._check_anchors()
         if tail and repair:
-            self._repair(lines[0], records, tail)
+            self._repair(lines[0], lines[1:], tail)
 
-    def _repair(self, header_line: bytes, records: list[LedgerRecord], tail: bytes) -> None:
+    def _take(self, line: bytes, where: str, chain: str, body: dict[str, Any] | None = None) -> str:
+        """Check one line against the chain so far and count it; returns the new chain."""
+        body = decode_line(line, where) if body is None else body
+        if body.get("prev") != chain:
+            raise IntegrityError(
+                f"privacy ledger {where} breaks the hash chain (a record before it was edited, "
+                f"removed or inserted); restore the ledger from a backup or {RECOVER_HINT}"
+            )
+        chain = chain_next(chain, line)
+        if body.get("type") == "repair":
+            return chain
+        rec = record_from(body, where)
+        expected = len(self._records) + 1
+        if rec.seq != expected:
+            raise IntegrityError(
+                f"privacy ledger {self.path} has release seq {rec.seq} where {expected} "
+                "was expected (a record is missing or out of order)"
+            )
+        self._accountant.step(
+            noise_multiplier=rec.release.noise_multiplier,
+            sample_rate=rec.release.sample_rate,
+            steps=rec.release.steps,
+        )
+        self._records.append(rec)
+        self._chains.append(chain)
+        return chain
+
+    def _check_anchors(self) -> None:
+        if self.anchors is None:
+            return
+        held, spent = len(self._records), self.spent_epsilon()
+        for a in self.anchors:
+            h = a.head
+            if h.seq > held:
+                raise IntegrityError(
+                    f"privacy ledger {self.path} holds {held} release(s) (ε {spent:.4g}) but "
+                    f"{a.source} records {h.seq} (ε {h.epsilon:.4g}): it was cut, rolled back "
+                    f"or replaced; restore the newest copy or {RECOVER_HINT}"
+                )
+            if h.seq <= self._recovered_through:
+                if h.epsilon > spent * (1 + 1e-9) + 1e-12:
+                    raise IntegrityError(
+                        f"privacy ledger {self.path} (recovered) spends ε {spent:.4g} but "
+                        f"{a.source} records ε {h.epsilon:.4g}; {RECOVER_HINT}"
+                    )
+            elif h.seq > 0 and self._chains[h.seq - 1] != h.chain:
+                raise IntegrityError(
+                    f"privacy ledger {self.path} differs at release {h.seq} from what "
+                    f"{a.source} records (another history was written over it); restore the "
+                    f"newest copy or {RECOVER_HINT}"
+                )
+        if self.torn_tail is not None:
+            last = max((a.head.seq for a in self.anchors), default=0)
+            if held != last:
+                raise IntegrityError(
+                    f"privacy ledger {self.path} ends in a torn record after release {held}, "
+                    f"but the last anchored release is {last}: only the single record after "
+                    f"the last anchored head is repaired automatically; {RECOVER_HINT}"
+                )
+
+    def _repair(self, header: bytes, lines: list[bytes], tail: bytes) -> None:
         if self.torn_tail is not None:
             with open(self.path.with_name(self.path.name + ".torn"), "ab") as aside:
                 aside.write(tail + b"\n")
                 aside.flush()
-                os.fsync(aside.fileno())
-        content = header_line + b"\n" + b"".join(_encode(_record_body(r)) for r in records)
-        atomic_write(self.path, content)
+                durable.fsync(aside.fileno())
+            kept = lines
+        else:
+            kept = [*lines, tail]
+        note = encode_line(
+            {
+                "type": "repair",
+                "prev": self._chain,
+                "timestamp": float(self._clock()),
+                "after_seq": len(self._records),
+                "torn_bytes": len(tail) if self.torn_tail is not None else 0,
+                "torn_sha256": hashlib.sha256(tail).hexdigest(),
+                "action": "set-aside" if self.torn_tail is not None else "newline-restored",
+            }
+        )
+        atomic_write(self.path, b"".join(x + b"\n" for x in [header, *kept]) + note)
+        self._chain = chain_next(self._chain, note)
 
     # --- queries ------------------------------------------------------------------------
 
@@ -290,6 +312,11 @@ class PrivacyLedger:
         return releases_within_budget(
             self._accountant, self.budget_epsilon, self.delta, noise_multiplier, sample_rate, steps
         )
+
+    def head(self) -> LedgerHead:
+        """Releases recorded, chain hash after the last, and ε: what anchors record."""
+        chain = self._chains[-1] if self._chains else self._chain0
+        return LedgerHead(len(self._records), chain, self.spent_epsilon())
 
     def accountant(self) -> Accountant:
         """A copy of the ledger's accountant over every recorded release."""
@@ -323,14 +350,24 @@ class PrivacyLedger:
         if not math.isfinite(timestamp):
             raise ConfigError(f"the ledger clock returned {timestamp!r}")
         record = LedgerRecord(len(self._records) + 1, timestamp, release)
-        line = _encode(_record_body(record))
-        written = os.write(fd, line)
-        if written != len(line):  # regular files do not short-write short lines; be sure
-            raise IntegrityError(
-                f"privacy ledger {self.path}: short write ({written} of {len(line)} bytes)"
-            )
-        os.fsync(fd)
+        line = encode_line(record_body(record, self._chain))
+        try:
+            written = os.write(fd, line)
+            if written != len(line):  # regular files do not short-write short lines
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
+            durable.fsync(fd)
+        except OSError as exc:
+            # What reached the disk is unknown: refuse this release and stop appending; a
+            # restart re-reads the file and counts the line if it landed.
+            self.close()
+            raise LocalError(
+                f"privacy ledger {self.path}: the record for round {release.round} could not "
+                f"be made durable ({exc}); the release was refused and the ledger closed, "
+                "restart the node"
+            ) from exc
+        self._chain = chain_next(self._chain, line)
         self._records.append(record)
+        self._chains.append(self._chain)
         self._accountant = candidate  # already holds this history's composition, cached
         return record
 

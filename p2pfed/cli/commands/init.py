@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "init"
-HELP = "Create an institution folder: identity key (0600), commented config.toml, state."
+HELP = "Create an institution folder: identity key and audit salt (0600), config.toml, state."
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from p2pfed.config import render_default
     from p2pfed.durable import atomic_write
     from p2pfed.errors import ConfigError
+    from p2pfed.governance.audit import SALT_FILE, create_salt_file
     from p2pfed.identity import Identity
 
     folder = Path(args.dir)
@@ -37,9 +38,13 @@ def run(args: argparse.Namespace) -> int:
     identity = Identity.load(key) if key.exists() else Identity.generate()
     if not key.exists():
         identity.save(key)
+    salt = folder / SALT_FILE
+    if not salt.exists():  # secret, per node: never in the config operators share
+        create_salt_file(salt)
     atomic_write(config, render_default(args.name).encode(), 0o644)
     print(f"created {folder}/ for {args.name}")
     print(f"  identity  {key} (peer ID {identity.peer_id})")
+    print(f"  salt      {salt} (secret, 0600: hashes peer IDs in the audit log)")
     print(f"  config    {config}")
     print("next: send your peer ID and address to the consortium admins, e.g.")
     print(

@@ -3,8 +3,11 @@
 ``report`` reads a ledger (read-only, so it works beside a running node) given either
 ``--config FILE`` (its ``[privacy]`` table) or ``--ledger PATH --budget E --delta D``, and
 prints ε spent with each accountant, budget left, and rounds left at the current settings
-(from the config or flags, else the last release's). ``plan`` finds the noise multiplier
-that keeps R rounds of T steps at rate q within (ε, δ), with each accountant.
+(from the config or flags, else the last release's); with ``--config`` the ledger is also
+checked against its anchors (checkpoint, audit log), so a cut ledger is not reported as a
+small spend. ``plan`` finds the noise multiplier that keeps R rounds of T steps at rate q
+within (ε, δ), with each accountant. ``recover --config FILE`` rebuilds a refused ledger
+from what it still holds, the audit log and the checkpoint, never lowering the spend.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--json", action="store_true", help="print one JSON document")
     plan.set_defaults(func=run_plan)
 
+    recover = sub.add_parser(
+        "recover", help="Rebuild a refused ledger from the audit log; never lowers the spend."
+    )
+    recover.add_argument("--config", type=Path, required=True, help="the node's config.toml")
+    recover.add_argument("--json", action="store_true", help="print one JSON document")
+    recover.set_defaults(func=run_recover)
+
 
 def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int]:
     """(ledger, σ, q, T) from --config or the flags; flags override the config."""
@@ -57,6 +67,10 @@ def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int]:
         config = load_config(args.config)  # the daemon's own parser: the same keys, checked
         cfg = config.privacy
         path, budget, delta = config.path(cfg.ledger), cfg.epsilon_budget, cfg.delta
+        anchors = _anchors(config)
+        if not path.exists():
+            anchors.refuse_missing(path)
+        heads = anchors.heads
         kind, sigma, q, t = (
             cfg.accountant,
             cfg.noise_multiplier,
@@ -67,14 +81,69 @@ def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int]:
         if args.ledger is None or args.budget is None or args.delta is None:
             raise ConfigError("give --config FILE, or all of --ledger, --budget and --delta")
         path, budget, delta, kind = args.ledger, args.budget, args.delta, "pld"
-        sigma, q, t = None, None, None
+        sigma, q, t, heads = None, None, None, None
     kind = args.accountant or kind
-    ledger = PrivacyLedger(path, budget, delta, kind, read_only=True)
+    ledger = PrivacyLedger(path, budget, delta, kind, read_only=True, anchors=heads)
     last = ledger.records[-1].release if ledger.records else None
     sigma = args.noise_multiplier or sigma or (last.noise_multiplier if last else None)
     q = args.sample_rate or q or (last.sample_rate if last else 1.0)
     t = args.steps_per_round or t or (last.steps if last else 1)
     return ledger, sigma, q, t
+
+
+def _anchors(config: Any) -> Any:
+    """The ledger heads the node's checkpoint and audit log record."""
+    from p2pfed.daemon import AUDIT_FILE
+    from p2pfed.node.peer import CHECKPOINT
+    from p2pfed.privacy.anchors import collect
+
+    state = config.path(config.node.state_dir)
+    return collect(state / CHECKPOINT, state / AUDIT_FILE)
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    """Rebuild the ledger; print what was kept, added and padded, and ε before and after."""
+    from p2pfed.cli.util import print_json
+    from p2pfed.config import load_config
+    from p2pfed.daemon import AUDIT_FILE
+    from p2pfed.errors import ConfigError
+    from p2pfed.node.peer import CHECKPOINT
+    from p2pfed.privacy.mechanisms import NoiseMode
+    from p2pfed.privacy.recover import recover
+
+    config = load_config(args.config)
+    p = config.privacy
+    if p.mode == "off":
+        raise ConfigError(f"{args.config}: [privacy] mode is off, there is no ledger to recover")
+    state = config.path(config.node.state_dir)
+    done = recover(
+        config.path(p.ledger),
+        state / AUDIT_FILE,
+        state / CHECKPOINT,
+        delta=p.delta,
+        accountant=p.accountant,
+        mode=NoiseMode(p.mode),
+    )
+    doc = {
+        "ledger": str(config.path(p.ledger)),
+        "releases": done.releases,
+        "epsilon": done.epsilon,
+        "highest_recorded_epsilon": done.floor,
+        "kept_from_old_ledger": done.salvaged,
+        "added_from_audit_log": done.from_audit,
+        "padded": done.padded,
+        "old_ledger_kept_at": str(done.kept_aside) if done.kept_aside else None,
+    }
+    if args.json:
+        print_json(doc)
+        return 0
+    print(
+        f"rebuilt {doc['ledger']}: {done.releases} release(s), ε {done.epsilon:.4f} "
+        f"(highest recorded {done.floor:.4f}); {done.salvaged} kept, {done.from_audit} from the "
+        f"audit log, {done.padded} padded"
+        + (f"; the old file is at {done.kept_aside}" if done.kept_aside else "")
+    )
+    return 0
 
 
 def run_report(args: argparse.Namespace) -> int:

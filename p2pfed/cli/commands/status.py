@@ -16,12 +16,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read status.json and the ledger (read-only) and print them."""
+    """Read status.json and the ledger (read-only) and print them; check the pid is alive."""
     import time
 
     from p2pfed.cli.util import print_json
     from p2pfed.config import load_config
     from p2pfed.daemon import read_status
+    from p2pfed.lifecycle import process_alive
 
     config = load_config(args.config)
     status = read_status(config.path(config.node.state_dir))
@@ -41,12 +42,21 @@ def run(args: argparse.Namespace) -> int:
             "releases": len(ledger.records),
         }
     status["age_s"] = round(time.time() - float(status.get("updated", 0)), 1)
+    # The file outlives its writer: a killed daemon leaves "running" behind.
+    status["running"] = process_alive(status.get("pid"))
+    shown = str(status.get("state"))
+    if not status["running"]:
+        shown = (
+            f"not running (last recorded: {shown}; the daemon ended without recording a stop)"
+            if shown in ("starting", "running")
+            else f"{shown}, not running"
+        )
     if args.json:
         print_json(status)
         return 0
     rows = [
         ("node", f"{status.get('name')} ({status.get('peer_id')})"),
-        ("state", f"{status.get('state')} (updated {status['age_s']} s ago)"),
+        ("state", f"{shown} (updated {status['age_s']} s ago)"),
         ("rounds done", f"{int(status.get('completed_round', -1)) + 1} of {status.get('rounds')}"),
         ("connected peers", str(status.get("connected_peers", 0))),
         ("test accuracy", _fmt(status.get("test_accuracy"))),

@@ -1,0 +1,78 @@
+"""How a node starts and ends: its secret audit salt, and how a run's end is recorded.
+
+Theory of operation: the audit salt is per node and secret (``audit.salt`` beside the
+identity key, 0600), so it is loaded here rather than from the shared config. A run ends
+finished, out of budget, stopped (cancelled: by a signal, delivered by trio inside an
+exception group) or in error; ``ended`` tells these apart so that ``status.json`` and the
+audit log's ``daemon_stop`` say which, and ``process_alive`` lets ``p2pfed status`` tell a
+live daemon from a status file left by a dead one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pfed.config import Config
+from p2pfed.errors import ConfigError
+from p2pfed.governance.audit import SALT_FILE, create_salt_file, read_salt_file
+
+log = logging.getLogger("p2pfed.daemon")
+
+
+def load_audit_salt(config: Config, audit_log: Path) -> bytes:
+    """This node's secret audit salt, beside its identity key (made if an old install lacks it)."""
+    if config.governance.audit_salt:
+        raise ConfigError(
+            "[governance] audit_salt must not be in the config (configs are shared, the salt is "
+            f"secret); remove it: the node keeps its own in {SALT_FILE} beside its identity key"
+        )
+    path = config.path(config.node.identity).with_name(SALT_FILE)
+    if not path.exists():
+        if audit_log.exists():
+            log.warning("audit salt %s was missing; a new one hashes peers from now on", path)
+        return create_salt_file(path)
+    return read_salt_file(path)
+
+
+def ended(status: dict[str, Any], exc: BaseException) -> None:
+    """Record in ``status`` how the run ended on ``exc``: stopped (cancelled) or error."""
+    stops = (trio.Cancelled, KeyboardInterrupt)
+    rest: BaseException | None = exc
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(stops)[1]
+    elif isinstance(exc, stops):
+        rest = None
+    if rest is None:
+        status["state"] = "stopped"
+        status.setdefault("stop_reason", "cancelled")
+        return
+    while isinstance(rest, BaseExceptionGroup):  # name the first real error, not the group
+        rest = rest.exceptions[0]
+    status |= {"state": "error", "error": str(rest) or type(rest).__name__}
+    status["stop_reason"] = f"error: {status['error']}"
+
+
+def stop_reason(status: dict[str, Any]) -> str:
+    """Why the daemon stops, for the audit log's ``daemon_stop``."""
+    state = str(status.get("state", "stopped"))
+    if state == "starting" and not status.get("stop_reason"):
+        return "error during start-up"  # the run never began: an error, logged as such
+    return str(status.get("stop_reason") or state.replace("-", " "))
+
+
+def process_alive(pid: object) -> bool:
+    """Whether a process with this ID exists on this machine (False for a missing pid)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
