@@ -228,11 +228,18 @@ class DiscreteGaussianEncoder:
         words = integers.astype(np.int64).view(np.uint64)
         return cast(UIntVector, words.astype(ring_dtype(self.ring_bits)))
 
+    def encode_parts(
+        self, values: NDArray[np.floating]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], UIntVector]:
+        """(rounded signal, noise, words): the words are their sum mod 2^k, nothing clipped."""
+        rounded = self.round(values)
+        noise = self.noise(rounded.size)
+        return rounded, noise, self.wrap(rounded + noise)
+
     def encode(self, values: NDArray[np.floating], rng: Any, peers: int) -> UIntVector:
         """Words for the secure sum: round(values/γ) + noise mod 2^k. ``rng`` is unused."""
         self.check_peers(peers)
-        rounded = self.round(values)
-        return self.wrap(rounded + self.noise(rounded.size))
+        return self.encode_parts(values)[2]
 
     def centred(self, total: UIntVector) -> NDArray[np.int64]:
         """The ring sum read as its representative in [−2^(k−1), 2^(k−1))."""

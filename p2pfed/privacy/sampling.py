@@ -152,7 +152,11 @@ def discrete_laplace(t: int, n: int, source: BitSource) -> NDArray[np.int64]:
     while todo.size:
         k = todo.size
         u = uniform_below(t, k, source)
-        keep = bernoulli_exp(u / t, lambda i, u=u: Fraction(int(u[i]), t), source)
+
+        def exact(i: int, u: NDArray[np.int64] = u) -> Fraction:
+            return Fraction(int(u[i]), t)
+
+        keep = bernoulli_exp(u / t, exact, source)
         v = _geometric_exp1(k, source)
         x = u + t * v
         negative = (source.uint64(k) & np.uint64(1)).astype(bool)
