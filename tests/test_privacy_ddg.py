@@ -121,5 +121,5 @@ def test_encoder_round_trips_a_sum_and_refuses_bad_updates() -> None:
         encoders[0].encode(xs[0] * 2, None, 3)
     with pytest.raises(DataError, match="vector of 1000 values"):
         encoders[0].encode(xs[0][:10], None, 3)
-    with pytest.raises(ConfigError, match="covers 1..3 peers"):
+    with pytest.raises(ConfigError, match=r"covers 1\.\.3 peers"):
         encoders[0].encode(xs[0], None, 4)
