@@ -197,10 +197,13 @@ class SecAggSection:
     completes only with a majority of members (and at least ``[rounds] min_peers``)."""
     bits: int = 32
     clip_range: float = 8.0
-    """Each quantised coordinate is clipped to ±clip_range before masking."""
+    """Each quantised coordinate is clipped to ±clip_range before masking (float path only)."""
+    collusion: int = 1
+    """Members assumed to pool what they know (c); distributed noise holds against them."""
 
     def validate(self) -> None:
         check(self.threshold >= 0, "[secagg] threshold", "must be ≥ 0 (0: a majority)")
+        check(self.collusion >= 1, "[secagg] collusion", "must be ≥ 1 (each member itself)")
         check(self.bits in (32, 64), "[secagg] bits", "must be 32 or 64")
         check(self.clip_range > 0, "[secagg] clip_range", "must be positive")
 
@@ -356,6 +359,7 @@ ledger = "state/privacy.ledger"
 [secagg]
 enabled = true
 threshold = 0                  # Shamir shares to recover a dropped member; 0 = a majority
+collusion = 1                  # members that may pool their noise; 1 ≤ c ≤ threshold − 1
 bits = 32                      # ring Z_2^bits
 clip_range = 8.0
 

@@ -379,6 +379,7 @@ async def _run_peer(
     )
     from p2pfed.node.aggregators import Aggregator
     from p2pfed.node.sync import weights_digest
+    from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
     from p2pfed.secagg.fixedpoint import FixedPoint
     from p2pfed.transport.libp2p import Libp2pTransport
 
@@ -406,6 +407,7 @@ async def _run_peer(
             fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
             peers = sorted(members)
             aggregator: Aggregator
+            discrete: DDGPlan | None = None
             if config.rounds.mode == "gossip":
                 topology = topologies.build(config.rounds.topology, n)
                 service: Any
@@ -441,8 +443,19 @@ async def _run_peer(
                     stage_timeout=stage_timeout,
                     threshold=config.secagg.threshold or None,
                 )
+                encoder, discrete = secure_ring_encoder(
+                    fixed_point,
+                    distributed=p.mode == "distributed",
+                    collusion=config.secagg.collusion,
+                    threshold=config.secagg.threshold or n // 2 + 1,
+                    n_peers=n,
+                    min_contributors=min_survivors,
+                    dimension=trainer.layout.size,
+                    clip_norm=p.clip_norm,
+                    noise_multiplier=sigma,
+                )
                 aggregator = SecureRingAggregator(
-                    secure, fixed_point, n, min_survivors, np.random.default_rng()
+                    secure, encoder, n, min_survivors, np.random.default_rng()
                 )
             else:
                 aggregator = RingAggregator(
@@ -457,6 +470,7 @@ async def _run_peer(
                     mode=NoiseMode(p.mode),
                     n_peers=n,
                     min_peers=aggregator.guaranteed_contributors,
+                    discrete=discrete,
                 )
             peer = Peer(
                 transport=transport,

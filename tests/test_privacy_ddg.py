@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.privacy.ddg import (
     WRAP_BOUND,
+    DDGPlan,
     DiscreteGaussianEncoder,
     ddg_rho,
     plan_ddg,
@@ -25,7 +26,7 @@ from p2pfed.privacy.rdp import DEFAULT_ORDERS
 from p2pfed.privacy.sampling import ChaChaSource
 
 
-def _plan(**kw: float) -> object:
+def _plan(**kw: float) -> DDGPlan:
     args = dict(
         n_peers=3,
         min_contributors=2,
@@ -35,7 +36,7 @@ def _plan(**kw: float) -> object:
         noise_multiplier=1.0,
     )
     args.update(kw)
-    return plan_ddg(**args)  # type: ignore[arg-type]
+    return plan_ddg(**args)
 
 
 @settings(max_examples=60, deadline=None)

@@ -44,6 +44,7 @@ from p2pfed.errors import ConfigError, DataError
 from p2pfed.privacy import validate
 from p2pfed.privacy.rdp import DEFAULT_ORDERS, epsilon_from_rdp
 from p2pfed.privacy.sampling import BitSource, ChaChaSource, discrete_gaussian
+from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.secagg.primitives import UIntVector, ring_dtype
 
 #: Probability bound for the n-peer sum to leave the ring's centred range in one round.
@@ -250,3 +251,37 @@ class DiscreteGaussianEncoder:
         """The float sum (noise included) of ``peers`` encoded updates from their ring sum."""
         self.check_peers(peers)
         return self.centred(total).astype(np.float64) * self.plan.gamma
+
+
+def secure_ring_encoder(
+    fixed_point: FixedPoint,
+    *,
+    distributed: bool,
+    collusion: int,
+    threshold: int,
+    n_peers: int,
+    min_contributors: int,
+    dimension: int,
+    clip_norm: float,
+    noise_multiplier: float,
+) -> tuple[FixedPoint | DiscreteGaussianEncoder, DDGPlan | None]:
+    """The secure ring's encoder: the discrete Gaussian under distributed DP, else fixed point.
+
+    ``ConfigError`` unless 1 ≤ c ≤ t − 1 and a ring fits the plan.
+    """
+    if not distributed:
+        return fixed_point, None
+    if not 1 <= collusion <= threshold - 1:
+        raise ConfigError(
+            f"[secagg] collusion = {collusion} must lie in 1..{threshold - 1} "
+            "(the secure-aggregation threshold minus one)"
+        )
+    plan = plan_ddg(
+        n_peers=n_peers,
+        min_contributors=min_contributors,
+        collusion=collusion,
+        dimension=dimension,
+        clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier,
+    )
+    return DiscreteGaussianEncoder(plan), plan
