@@ -152,7 +152,7 @@ def plan_ddg(
     """
     n = validate.count("number of peers", n_peers)
     m = validate.count("minimum contributors", min_contributors)
-    c = validate.count("collusion bound", collusion)
+    c = validate.count("collusion bound", collusion, minimum=0)  # 0: outsiders only
     d = validate.count("dimension", dimension)
     s = validate.clip_norm(clip_norm)
     z = validate.noise_multiplier(noise_multiplier)
