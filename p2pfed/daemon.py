@@ -137,6 +137,15 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"{len(members)} members"
         )
     p = config.privacy
+    if p.mode == "distributed" and config.secagg.enabled:
+        # The distributed noise must survive c colluders: c < threshold and c < m.
+        n, c = len(members), config.secagg.collusion
+        limit = min(config.secagg.threshold or n // 2 + 1, max(config.rounds.min_peers, n // 2 + 1))
+        if not c <= limit - 1:
+            raise ConfigError(
+                f"[secagg] collusion = {c} must lie in 1..{limit - 1} for {n} members (below "
+                "the Shamir threshold and the inputs every sum holds)"
+            )
     if p.mode != "off" and config.path(p.ledger).exists():
         # Integrity and budget now, before the network: a corrupted ledger stops the node.
         with PrivacyLedger(

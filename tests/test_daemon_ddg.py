@@ -1,0 +1,33 @@
+"""The daemon refuses, before any network use, a collusion bound the noise cannot survive."""
+
+from pathlib import Path
+
+import pytest
+
+from p2pfed.cli import main
+from p2pfed.config import load_config
+from p2pfed.daemon import prepare
+from p2pfed.demo import DemoSettings, build_consortium
+
+
+@pytest.fixture
+def member(tmp_path: Path) -> Path:
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=1))
+    return c.hospitals[0].config
+
+
+def test_collusion_at_or_above_the_threshold_is_refused_at_start(
+    member: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = member.read_text().replace('mode = "dp-sgd"', 'mode = "distributed"')
+    assert "[secagg]" in text
+    member.write_text(text.replace("[secagg]", "[secagg]\ncollusion = 2"))
+    assert main(["run", "--config", str(member)]) == 2
+    err = capsys.readouterr().err
+    assert "[secagg] collusion = 2 must lie in 1..1 for 3 members" in err
+    assert err.count("\n") == 1
+    member.write_text(text.replace("[secagg]", "[secagg]\ncollusion = 1"))
+    assert prepare(load_config(member)).config.secagg.collusion == 1
+    member.write_text(text.replace("[secagg]", "[secagg]\ncollusion = 0"))
+    assert main(["run", "--config", str(member)]) == 2
+    assert "[secagg] collusion" in capsys.readouterr().err
