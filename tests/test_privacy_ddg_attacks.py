@@ -92,3 +92,19 @@ def test_production_noise_comes_from_a_freshly_keyed_chacha_stream() -> None:
     a, b = SecureGaussian(), SecureGaussian()
     assert isinstance(a.source, ChaChaSource)
     assert not np.array_equal(a.source.uint64(4), b.source.uint64(4))
+
+
+def test_a_nodes_local_noise_comes_from_chacha_not_numpy(tmp_path) -> None:
+    from p2pfed.privacy import NoiseMode, PrivacyLedger
+    from p2pfed.privacy.release import PrivateReleaser
+
+    with (
+        PrivacyLedger(tmp_path / "l", 100.0, 1e-5) as la,
+        PrivacyLedger(tmp_path / "m", 100.0, 1e-5) as lb,
+    ):
+        a = PrivateReleaser(la, clip_norm=1.0, noise_multiplier=1.0, mode=NoiseMode.LOCAL)
+        b = PrivateReleaser(lb, clip_norm=1.0, noise_multiplier=1.0, mode=NoiseMode.LOCAL)
+        assert isinstance(a._rng, SecureGaussian) and isinstance(a._rng.source, ChaChaSource)
+        zero = np.zeros(1000, dtype=np.float64)
+        # Two nodes releasing the same update draw independent noise.
+        assert not np.array_equal(a.release(0, zero), b.release(0, zero))
