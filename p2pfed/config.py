@@ -272,6 +272,17 @@ class Config:
                 "small noise share can be exposed); use local or dp-sgd",
             )
 
+    @property
+    def accountant(self) -> str:
+        """The accountant that governs the ledger.
+
+        The distributed discrete Gaussian is bounded in zCDP, which the RDP accountant
+        composes exactly; the PLD accountant would treat it as a Gaussian, unproven.
+        """
+        if self.privacy.mode == "distributed" and self.secagg.enabled:
+            return "rdp"
+        return self.privacy.accountant
+
     def path(self, relative: str) -> Path:
         """``relative`` resolved against the config file's folder."""
         p = Path(relative).expanduser()

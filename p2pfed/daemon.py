@@ -149,7 +149,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     if p.mode != "off" and config.path(p.ledger).exists():
         # Integrity and budget now, before the network: a corrupted ledger stops the node.
         with PrivacyLedger(
-            config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant, read_only=True
+            config.path(p.ledger), p.epsilon_budget, p.delta, config.accountant, read_only=True
         ) as ledger:
             if ledger.remaining_epsilon() <= 0:
                 raise BudgetExceededError(
@@ -269,7 +269,7 @@ def noise_multiplier(config: Config, train_rows: int) -> float:
     else:
         per_round, q = 1, 1.0
     sigma = noise_multiplier_for(
-        p.target_epsilon, p.delta, q, config.rounds.rounds * per_round, p.accountant
+        p.target_epsilon, p.delta, q, config.rounds.rounds * per_round, config.accountant
     )
     log.info(
         "noise multiplier %.4f meets ε = %g over %d rounds (%d steps each, q = %g, %d rows)",
@@ -356,7 +356,9 @@ async def serve(prepared: Prepared) -> dict[str, Any]:
             cleanup.callback(metrics_server.close)
         ledger = None
         if p.mode != "off":
-            ledger = PrivacyLedger(config.path(p.ledger), p.epsilon_budget, p.delta, p.accountant)
+            ledger = PrivacyLedger(
+                config.path(p.ledger), p.epsilon_budget, p.delta, config.accountant
+            )
             cleanup.callback(ledger.close)
         cleanup.callback(lambda: write_status(prepared.state_dir, status))
         write_status(prepared.state_dir, status)
@@ -515,7 +517,7 @@ async def _run_peer(
                             sample_rate=report.sample_rate,
                             delta=p.delta,
                             epsilon=report.epsilon or 0.0,
-                            accountant=p.accountant if ledger else "off",
+                            accountant=config.accountant if ledger else "off",
                             steps=report.steps,
                             epsilon_budget=p.epsilon_budget if ledger else None,
                         ),

@@ -31,3 +31,12 @@ def test_collusion_at_or_above_the_threshold_is_refused_at_start(
     member.write_text(text.replace("[secagg]", "[secagg]\ncollusion = 0"))
     assert main(["run", "--config", str(member)]) == 2
     assert "[secagg] collusion" in capsys.readouterr().err
+
+
+def test_distributed_releases_are_governed_by_the_rdp_accountant(member: Path) -> None:
+    # The discrete sum is bounded in zCDP; only RDP composes that bound exactly.
+    text = member.read_text()
+    assert load_config(member).accountant == load_config(member).privacy.accountant
+    member.write_text(text.replace('mode = "dp-sgd"', 'mode = "distributed"'))
+    config = load_config(member)
+    assert config.privacy.accountant == "pld" and config.accountant == "rdp"

@@ -18,6 +18,8 @@ def test_plan_shows_both_figures_and_the_ring(capsys: pytest.CaptureFixture[str]
     doc = json.loads(capsys.readouterr().out)
     dd = doc["distributed"]
     assert dd["min_contributors"] == 3 and dd["collusion"] == 2 and dd["ring_bits"] == 32
+    assert dd["accountant"] == "rdp"
+    assert dd["noise_multiplier"] == doc["noise_multiplier"]["rdp"]
     assert dd["epsilon_against_insiders"] == pytest.approx(2.0, abs=0.01)
     assert dd["epsilon_against_outsiders"] < dd["epsilon_against_insiders"]
     plan = plan_ddg(
@@ -26,9 +28,10 @@ def test_plan_shows_both_figures_and_the_ring(capsys: pytest.CaptureFixture[str]
         collusion=2,
         dimension=1000,
         clip_norm=1.0,
-        noise_multiplier=doc["recommended"]["noise_multiplier"],
+        noise_multiplier=dd["noise_multiplier"],
     )
     assert dd["local_variance"] == int(plan.local_variance)
+    assert plan.epsilon(1e-5, 10) == pytest.approx(dd["epsilon_against_insiders"], rel=1e-6)
 
 
 def test_plan_refuses_an_impossible_collusion(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,15 +15,17 @@ every peer trains locally (``Simulator.local_phase``), then the round's mean upd
   price of holding ε against an insider, whose share the others must replace (the sum then
   carries n/(m − c) times the central variance).
 
-z is the noise multiplier whose ε after all rounds is the target (``noise_multiplier_for``,
-PLD); the distributed plan uses the same z against c = 1 colluding member of the guaranteed
-m = max(2, n//2 + 1) contributors (the daemon's rule), so both hold the same ε against the
-observers they are charged for. Accuracy is the averaged model's on the held-out test set,
-the mean over ``--repeats`` seeds. ``wraps`` (coordinates whose centred ring sum differs
-from the true integer sum) and ``noise_clipped`` (peer coordinates whose word differs from
-rounded signal + noise) are counted over the training run plus a stress batch in which every
-peer sends the worst-case update S·e_j on the same coordinate, until ``--coordinates``
-per-peer coordinates were sampled. Counts are measured, never assumed.
+Each mechanism gets the noise multiplier whose ε after all rounds is the target, as a node
+would charge it: the central Gaussian by the PLD accountant (exact for a Gaussian), the
+distributed one by RDP (the zCDP bound that governs distributed releases), with z held
+against c = 1 colluding member of the guaranteed m = max(2, n//2 + 1) contributors (the
+daemon's rule); the outsiders-only variant uses the same RDP z with c = 0. Accuracy is the
+averaged model's on the held-out test set, the mean over ``--repeats`` seeds. ``wraps``
+(coordinates whose centred ring sum differs from the true integer sum) and ``noise_clipped``
+(peer coordinates whose word differs from rounded signal + noise) are counted over the
+training run plus a stress batch in which every peer sends the worst-case update S·e_j on
+the same coordinate, until ``--coordinates`` per-peer coordinates were sampled. Counts are
+measured, never assumed.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def _stress(encoders: list[Any], want: int, counts: Counts) -> None:
 
 
 def _play(
-    task: str, rounds: int, seed: int, z: float, clip: float, counts: Counts
+    task: str, rounds: int, seed: int, z: dict[str, float], clip: float, counts: Counts
 ) -> dict[str, float]:
     """Accuracy of the averaged model after all rounds, per mechanism (same seed for all)."""
     import torch
@@ -164,7 +166,7 @@ def _play(
                 collusion=0 if outsiders else 1,
                 dimension=d,
                 clip_norm=clip,
-                noise_multiplier=z,
+                noise_multiplier=z["rdp"],
             )
             encoders = [DiscreteGaussianEncoder(plan) for _ in range(n)]
         gaussian = SecureGaussian()
@@ -175,7 +177,7 @@ def _play(
             if mech == "none":
                 mean = updates.mean(axis=0)
             elif mech == "central":
-                noisy = _clip(updates, clip).sum(axis=0) + gaussian.normal(0.0, z * clip, d)
+                noisy = _clip(updates, clip).sum(axis=0) + gaussian.normal(0.0, z["pld"] * clip, d)
                 mean = noisy / n
             else:
                 mean = _ring_sum(encoders, _clip(updates, clip), counts) / n
@@ -195,18 +197,22 @@ def run_case(
     validate.delta(delta)
     validate.count("repeats", repeats)
     total_rounds = _scenario(task, rounds, 0).rounds
-    z = noise_multiplier_for(epsilon, delta, 1.0, total_rounds, "pld")
+    z = {
+        kind: noise_multiplier_for(epsilon, delta, 1.0, total_rounds, kind)
+        for kind in ("pld", "rdp")
+    }
     counts = Counts()
     runs = [_play(task, rounds, seed, z, 1.0, counts) for seed in range(repeats)]
     if counts.coordinates < coordinates:
-        _stress_more(task, rounds, z, coordinates, counts)
+        _stress_more(task, rounds, z["rdp"], coordinates, counts)
     mean = {m: float(np.mean([r[m] for r in runs])) for m in MECHANISMS}
     return {
         "task": task,
         "epsilon": epsilon,
         "delta": delta,
         "rounds": total_rounds,
-        "noise_multiplier": z,
+        "central_noise_multiplier": z["pld"],
+        "distributed_noise_multiplier": z["rdp"],
         "repeats": repeats,
         "no_dp_accuracy": mean["none"],
         "central_accuracy": mean["central"],

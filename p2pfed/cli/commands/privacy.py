@@ -73,7 +73,7 @@ def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int, 
         cfg = config.privacy
         path, budget, delta = config.path(cfg.ledger), cfg.epsilon_budget, cfg.delta
         kind, sigma, q, t = (
-            cfg.accountant,
+            config.accountant,
             cfg.noise_multiplier,
             cfg.sample_rate,
             cfg.steps_per_round,
@@ -203,7 +203,8 @@ def run_plan(args: argparse.Namespace) -> int:
         "epsilon_after_rounds": after,
     }
     if args.peers is not None:
-        doc["distributed"] = _distributed_plan(args, sigma[best], best, delta, steps)
+        # A node governs distributed releases with RDP (the zCDP bound): plan σ with it.
+        doc["distributed"] = _distributed_plan(args, sigma["rdp"], "rdp", delta, steps)
     if args.json:
         print_json(doc)
         return 0
@@ -216,13 +217,14 @@ def run_plan(args: argparse.Namespace) -> int:
     if "distributed" in doc:
         dd = doc["distributed"]
         print(
-            f"distributed discrete Gaussian: {dd['ring_bits']}-bit ring, γ = {dd['gamma']:.3g}, "
-            f"per-member variance {dd['local_variance']} (integer units)"
+            f"distributed discrete Gaussian at σ = {dd['noise_multiplier']:.4f} (rdp governs): "
+            f"{dd['ring_bits']}-bit ring, γ = {dd['gamma']:.3g}, per-member variance "
+            f"{dd['local_variance']} (integer units)"
         )
         print(
             f"  ε against {dd['collusion']} colluding member(s): "
             f"{dd['epsilon_against_insiders']:.4f}; against outsiders: "
-            f"{dd['epsilon_against_outsiders']:.4f} ({best})"
+            f"{dd['epsilon_against_outsiders']:.4f}"
         )
     return 0
 
@@ -250,6 +252,8 @@ def _distributed_plan(
     z_in = plan.release_noise_multiplier()
     z_out = noise_multiplier_of(plan.rho(against_insiders=False))
     return {
+        "accountant": kind,
+        "noise_multiplier": sigma,
         "peers": n,
         "min_contributors": m,
         "collusion": args.collusion,
@@ -258,5 +262,4 @@ def _distributed_plan(
         "local_variance": int(plan.local_variance),
         "epsilon_against_insiders": epsilon_for(z_in, delta, 1.0, steps, kind),
         "epsilon_against_outsiders": epsilon_for(z_out, delta, 1.0, steps, kind),
-        "epsilon_against_insiders_zcdp": plan.epsilon(delta, steps),
     }
