@@ -364,7 +364,7 @@ sample_rate = 1.0              # dp-sgd: Poisson rate of each local step
 steps_per_round = 1            # for `privacy report`: dp-sgd local steps per round
 delta = 1e-5
 epsilon_budget = 10.0          # the node refuses any release past this
-accountant = "pld"             # pld (tightest) or rdp
+accountant = "pld"             # pld or rdp (distributed + secagg: rdp governs)
 ledger = "state/privacy.ledger"
 
 [secagg]
