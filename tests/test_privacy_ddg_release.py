@@ -69,6 +69,17 @@ def test_releaser_refuses_a_plan_outside_distributed_mode(tmp_path: Path) -> Non
             mode=NoiseMode.LOCAL,
             discrete=_plan(),
         )
+    with (
+        PrivacyLedger(tmp_path / "m", 10.0, 1e-5) as ledger,
+        pytest.raises(ConfigError, match="clip norm and noise multiplier"),
+    ):
+        PrivateReleaser(
+            ledger,
+            clip_norm=S,
+            noise_multiplier=Z * 2,
+            mode=NoiseMode.DISTRIBUTED,
+            discrete=_plan(),
+        )
 
 
 def test_collusion_bound_must_be_below_the_threshold() -> None:

@@ -65,10 +65,13 @@ class PrivateReleaser:
         self._rng: NormalSource = rng if rng is not None else SecureGaussian()
         self.discrete = discrete
         if discrete is not None and (
-            self.mode is not NoiseMode.DISTRIBUTED or discrete.clip_norm != self.clip_norm
+            self.mode is not NoiseMode.DISTRIBUTED
+            or (discrete.clip_norm, discrete.noise_multiplier)
+            != (self.clip_norm, self.noise_multiplier)
         ):
             raise ConfigError(
-                "a discrete Gaussian plan needs distributed mode and the releaser's clip norm"
+                "a discrete Gaussian plan needs distributed mode and the releaser's clip norm "
+                "and noise multiplier"
             )
 
     def release(
