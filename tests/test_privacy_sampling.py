@@ -125,3 +125,16 @@ def test_bad_variance_is_refused_in_one_sentence() -> None:
         discrete_gaussian(0.0, 4, ChaChaSource.from_seed(0))
     with pytest.raises(ConfigError, match="variance must be positive"):
         discrete_gaussian(float("nan"), 4, ChaChaSource.from_seed(0))
+
+
+def test_a_coin_the_float_path_would_get_wrong_is_decided_exactly() -> None:
+    # U's 64 bits lie 300 units (≈1.6e-17) below exp(−1/16): exactly, U < exp(−γ) (accept),
+    # but as a float64 the word rounds onto exp(−γ) itself, where `U < p` reads false.
+    gamma = Fraction(1, 16)
+    with sampling.decimal.localcontext() as ctx:
+        ctx.prec = 60
+        exact = (-(sampling.decimal.Decimal(1) / 16)).exp() * sampling.decimal.Decimal(2) ** 64
+    word = int(exact) - 300
+    assert float(np.float64(np.uint64(word)) * 2.0**-64) == math.exp(-1 / 16)
+    coins = bernoulli_exp(np.array([1 / 16]), lambda _i: gamma, ScriptedSource([word]))
+    assert bool(coins[0]) is True
