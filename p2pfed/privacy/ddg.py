@@ -24,7 +24,8 @@ to an integer vector of L2 sensitivity Δ₂ in d dimensions is ½ε²-zCDP with
 
     ε² = Δ₂² / (p σ_i²) + ½ τ d,    τ = 10 Σ_{k=1}^{p−1} exp(−2π² σ_i² k/(k+1)),
 
-τ bounding how far a sum of discrete Gaussians is from one discrete Gaussian. Against
+τ bounding how far a sum of discrete Gaussians is from one discrete Gaussian (the theorem
+needs σ_i ≥ 1/2; the ceiling makes every planned σ_i² ≥ 1). Against
 outsiders p = m; against c insiders p = m − c (the figure the ledger records). zCDP ρ is
 the RDP curve α·ρ, exactly the curve of a Gaussian of noise multiplier 1/√(2ρ), which is what
 a release records; with τ = 0 that is z itself against insiders.
@@ -49,7 +50,7 @@ from p2pfed.secagg.primitives import UIntVector, ring_dtype
 
 #: Probability bound for the n-peer sum to leave the ring's centred range in one round.
 WRAP_BOUND = 2.0**-40
-#: Probability that one conditional rounding attempt is rejected (the paper's β).
+#: The paper's β: a bound on the probability that one rounding attempt is rejected.
 ROUNDING_BETA = math.exp(-0.5)
 #: Finest grid used: S/γ at most this many units per √d (keeps σ_i within int64 comfort).
 MAX_SCALE_PER_ROOT_D = 2.0**12
