@@ -198,16 +198,16 @@ class SecAggSection:
     quorum), at least ``min_contributors`` and ``[rounds] min_peers``."""
     collusion: int = 1
     """The threat model's collusion bound c: members assumed to pool what they see (1: each
-    member on its own). Must stay below the threshold."""
+    member on its own). Must stay below the threshold; distributed noise holds against them."""
     min_contributors: int = 0
     """No sum of fewer inputs is ever unmasked; 0 means collusion + 2, the least allowed."""
     bits: int = 32
     clip_range: float = 8.0
-    """Each quantised coordinate is clipped to ±clip_range before masking."""
+    """Each quantised coordinate is clipped to ±clip_range before masking (float path only)."""
 
     def validate(self) -> None:
         check(self.threshold >= 0, "[secagg] threshold", "must be ≥ 0 (0: a majority)")
-        check(self.collusion >= 1, "[secagg] collusion", "must be ≥ 1")
+        check(self.collusion >= 1, "[secagg] collusion", "must be ≥ 1 (each member itself)")
         check(
             self.min_contributors == 0 or self.min_contributors >= self.collusion + 2,
             "[secagg] min_contributors",
@@ -281,6 +281,17 @@ class Config:
                 "= distributed needs [rounds] mode = ring with [secagg] enabled (otherwise a "
                 "small noise share can be exposed); use local or dp-sgd",
             )
+
+    @property
+    def accountant(self) -> str:
+        """The accountant that governs the ledger.
+
+        The distributed discrete Gaussian is bounded in zCDP, which the RDP accountant
+        composes exactly; the PLD accountant would treat it as a Gaussian, unproven.
+        """
+        if self.privacy.mode == "distributed" and self.secagg.enabled:
+            return "rdp"
+        return self.privacy.accountant
 
     def path(self, relative: str) -> Path:
         """``relative`` resolved against the config file's folder."""
@@ -363,7 +374,7 @@ sample_rate = 1.0              # dp-sgd: Poisson rate of each local step
 steps_per_round = 1            # for `privacy report`: dp-sgd local steps per round
 delta = 1e-5
 epsilon_budget = 10.0          # the node refuses any release past this
-accountant = "pld"             # pld (tightest) or rdp
+accountant = "pld"             # pld or rdp (distributed + secagg: rdp governs)
 ledger = "state/privacy.ledger"
 
 [secagg]

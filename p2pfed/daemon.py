@@ -188,7 +188,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             config.path(p.ledger),
             p.epsilon_budget,
             p.delta,
-            p.accountant,
+            config.accountant,
             read_only=True,
             anchors=anchors,
         ) as ledger:
@@ -302,7 +302,7 @@ def noise_multiplier(config: Config, train_rows: int) -> float:
     else:
         per_round, q = 1, 1.0
     sigma = noise_multiplier_for(
-        p.target_epsilon, p.delta, q, config.rounds.rounds * per_round, p.accountant
+        p.target_epsilon, p.delta, q, config.rounds.rounds * per_round, config.accountant
     )
     log.info(
         "noise multiplier %.4f meets ε = %g over %d rounds (%d steps each, q = %g, %d rows)",
@@ -398,7 +398,7 @@ async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dic
                 config.path(p.ledger),
                 p.epsilon_budget,
                 p.delta,
-                p.accountant,
+                config.accountant,
                 anchors=prepared.ledger_anchors,
             )
             cleanup.callback(ledger.close)
@@ -432,6 +432,7 @@ async def _run_peer(
     )
     from p2pfed.node.aggregators import Aggregator
     from p2pfed.node.sync import weights_digest
+    from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
     from p2pfed.secagg.fixedpoint import FixedPoint
     from p2pfed.transport.libp2p import Libp2pTransport
 
@@ -464,6 +465,7 @@ async def _run_peer(
             stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
             fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
             aggregator: Aggregator
+            discrete: DDGPlan | None = None
             if config.rounds.mode == "gossip":
                 topology = topologies.build(config.rounds.topology, n)
                 service: Any
@@ -502,8 +504,19 @@ async def _run_peer(
                     collusion=config.secagg.collusion,
                     min_contributors=config.secagg.min_contributors or None,
                 )
+                encoder, discrete = secure_ring_encoder(
+                    fixed_point,
+                    distributed=p.mode == "distributed",
+                    collusion=config.secagg.collusion,
+                    threshold=plan.threshold,
+                    n_peers=n,
+                    min_contributors=min_survivors,
+                    dimension=trainer.layout.size,
+                    clip_norm=p.clip_norm,
+                    noise_multiplier=sigma,
+                )
                 aggregator = SecureRingAggregator(
-                    secure, fixed_point, n, min_survivors, np.random.default_rng()
+                    secure, encoder, n, min_survivors, np.random.default_rng()
                 )
             else:
                 aggregator = RingAggregator(
@@ -518,6 +531,7 @@ async def _run_peer(
                     mode=NoiseMode(p.mode),
                     n_peers=n,
                     min_peers=aggregator.guaranteed_contributors,
+                    discrete=discrete,
                 )
             peer = Peer(
                 transport=transport,
@@ -558,7 +572,7 @@ async def _run_peer(
                             sample_rate=report.sample_rate,
                             delta=p.delta,
                             epsilon=report.epsilon or 0.0,
-                            accountant=p.accountant if ledger else "off",
+                            accountant=config.accountant if ledger else "off",
                             steps=report.steps,
                             epsilon_budget=p.epsilon_budget if ledger else None,
                             ledger_head=ledger.head().to_dict() if ledger else None,

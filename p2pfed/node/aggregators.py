@@ -4,9 +4,10 @@ Theory of operation: a round hands the aggregator this peer's (already clipped a
 update and gets back the *mean update over the peers whose updates made it into the sum*,
 with who they were and what it cost. Implementations compose the collectives:
 
-- ``SecureRingAggregator``: fixed-point encode → secure aggregation (masks) → the masked
-  words summed by round agreement + ring all-reduce → unmask → decode → mean. No peer ever
-  holds another's update; only the sum is revealed.
+- ``SecureRingAggregator``: encode into Z_2^k (``FixedPoint``, or with distributed DP the
+  ``DiscreteGaussianEncoder``, which adds each peer's integer noise in the ring) → secure
+  aggregation (masks) → the masked words summed by round agreement + ring all-reduce →
+  unmask → decode → mean. No peer ever holds another's update; only the sum is revealed.
 - ``RingAggregator``: plain float ring all-reduce (secure aggregation off).
 - ``GossipAggregator``: neighbourhood averaging over a topology (D-PSGD): this peer's model
   after its update is mixed with its neighbours' (securely, inside each averaging group of
@@ -32,7 +33,7 @@ from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.secure import SecureRingRound
 from p2pfed.errors import P2PFedError
-from p2pfed.secagg.fixedpoint import FixedPoint
+from p2pfed.secagg.primitives import UIntVector
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,27 @@ class Aggregator(Protocol):
         ...
 
 
+class RingEncoder(Protocol):
+    """Update to ring words, ring sum back: ``FixedPoint`` or ``DiscreteGaussianEncoder``."""
+
+    @property
+    def ring_bits(self) -> int:
+        """K of the ring Z_2^k."""
+        ...
+
+    def check_peers(self, n: int) -> None:
+        """``ConfigError`` unless a sum of ``n`` encoded vectors decodes correctly."""
+        ...
+
+    def encode(self, values: NDArray[np.floating], rng: Any, peers: int) -> UIntVector:
+        """Words for one update in a sum of ``peers``."""
+        ...
+
+    def decode_sum(self, total: UIntVector, peers: int) -> NDArray[np.float64]:
+        """The float sum of ``peers`` encoded updates from their ring sum."""
+        ...
+
+
 class SecureRingAggregator:
     """Secure aggregation whose masked words are summed by the ring (the default)."""
 
@@ -87,7 +109,7 @@ class SecureRingAggregator:
     def __init__(
         self,
         secure_round: SecureRingRound,
-        fixed_point: FixedPoint,
+        fixed_point: RingEncoder,
         members: int,
         min_survivors: int,
         rng: np.random.Generator,

@@ -5,7 +5,8 @@ Theory of operation. One DP-SGD step (Abadi et al. 2016) on a Poisson-sampled ba
 1. per-sample gradients g_i, computed by ``vmap(grad(loss_of_one_example))`` over a
    functional call of the model (``torch.func``) — one batched backward pass, no hooks;
 2. each g_i scaled down to ‖g_i‖ ≤ C (the norm taken over all trainable parameters);
-3. their sum plus N(0, (σ·C)²) per coordinate, from a ``torch.Generator`` passed in;
+3. their sum plus N(0, (σ·C)²) per coordinate, from the noise source passed in: a seeded
+   ``torch.Generator`` in tests, ``SecureGaussian`` (ChaCha20) on a node;
 4. divided by the *expected* batch size q·N (not the drawn size, which is itself private
    under Poisson sampling), written to ``param.grad``; the caller's optimiser then steps.
 
@@ -34,6 +35,10 @@ from torch.func import functional_call, grad, vmap
 
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.privacy import validate
+from p2pfed.privacy.sampling import SecureGaussian
+
+#: Where DP-SGD noise comes from: a torch generator (tests) or the CSPRNG (nodes).
+NoiseSource = torch.Generator | SecureGaussian
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -76,7 +81,7 @@ def dp_sgd_step(
     *,
     clip_norm: float,
     noise_multiplier: float,
-    generator: torch.Generator,
+    generator: NoiseSource,
     expected_batch_size: float,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> DPSGDStepStats:
@@ -122,9 +127,13 @@ def dp_sgd_step(
 
     named = dict(model.named_parameters())
     for k, total in summed.items():
-        noise = torch.normal(
-            0.0, sigma * c, size=total.shape, generator=generator, dtype=total.dtype
-        )
+        if isinstance(generator, SecureGaussian):
+            drawn = generator.normal(0.0, sigma * c, tuple(total.shape))
+            noise = torch.from_numpy(drawn).to(total.dtype)
+        else:
+            noise = torch.normal(
+                0.0, sigma * c, size=total.shape, generator=generator, dtype=total.dtype
+            )
         named[k].grad = (total + noise) / expected
     if optimizer is not None:
         optimizer.step()

@@ -17,10 +17,10 @@ Noise is N(0, (σ·S)²) per coordinate on what an observer sees:
   the others to add their share and secure aggregation to hide each single update, whose own
   noise is too small to protect it alone.
 
-Randomness comes from a ``numpy.random.Generator`` passed in: tests and the simulator seed
-it; production uses ``production_rng()``, seeded from the operating system's entropy.
-(numpy's PCG64 and floating-point Gaussian sampling are not a cryptographic sampler; see
-docs/privacy.md.)
+Randomness comes from a ``NormalSource`` passed in: tests and the simulator pass a seeded
+``numpy.random.Generator``; a node's releaser uses ``p2pfed.privacy.sampling.SecureGaussian``
+(ChaCha20 keyed from the operating system; numpy's PCG64 is not a CSPRNG; see
+docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import enum
 import math
 import secrets
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +39,14 @@ from p2pfed.privacy import validate
 
 FloatArray = NDArray[np.floating]
 Layers = Sequence[slice] | Sequence[tuple[int, ...]]
+
+
+class NormalSource(Protocol):
+    """Anything with ``Generator.normal``'s call shape (numpy, or ``SecureGaussian``)."""
+
+    def normal(self, loc: float, scale: float, size: Any) -> Any:
+        """N(loc, scale²) draws of shape ``size``."""
+        ...
 
 
 class NoiseMode(enum.StrEnum):
@@ -173,13 +182,13 @@ def noise_std(
     return sigma * s / math.sqrt(m)
 
 
-def add_gaussian_noise(update: FloatArray, std: float, rng: np.random.Generator) -> FloatArray:
+def add_gaussian_noise(update: FloatArray, std: float, rng: NormalSource) -> FloatArray:
     """``update`` + N(0, std²) per coordinate, drawn from ``rng``, in the update's dtype."""
     check_finite(update)
     if not (math.isfinite(std) and std >= 0):
         raise ConfigError(f"noise standard deviation must be finite and ≥ 0, got {std!r}")
     arr = np.asarray(update)
-    noise = rng.normal(0.0, std, size=arr.shape)
+    noise = np.asarray(rng.normal(0.0, std, size=arr.shape), dtype=np.float64)
     out = (arr.astype(np.float64) + noise).astype(arr.dtype)
     check_finite(out, "noised update")
     return out

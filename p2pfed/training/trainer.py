@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from p2pfed.durable import atomic_write, seal, unseal
 from p2pfed.errors import ConfigError, DataError, IntegrityError
 from p2pfed.training.data import Dataset
 from p2pfed.training.params import ParameterLayout
+
+if TYPE_CHECKING:
+    from p2pfed.privacy.dpsgd import NoiseSource
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -111,7 +114,7 @@ class LocalTrainer:
         config: TrainingConfig,
         generator: torch.Generator | None = None,
         dp_sgd: DPSGD | None = None,
-        noise_generator: torch.Generator | None = None,
+        noise_generator: NoiseSource | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -199,12 +202,13 @@ class LocalTrainer:
         shared: Sequence[torch.Tensor],
         reference: Sequence[torch.Tensor],
     ) -> TrainResult:
-        from p2pfed.privacy.dpsgd import dp_sgd_step, poisson_sample, production_torch_generator
+        from p2pfed.privacy.dpsgd import dp_sgd_step, poisson_sample
+        from p2pfed.privacy.sampling import SecureGaussian
 
         dp = self.dp_sgd
         assert dp is not None
         if self.noise_generator is None:
-            self.noise_generator = production_torch_generator()
+            self.noise_generator = SecureGaussian()  # ChaCha20 keyed from os.urandom
         steps = self.config.local_steps or self.config.local_epochs * dp.steps_per_epoch()
         expected = dp.sample_rate * len(data)
         total = 0.0

@@ -1,4 +1,4 @@
-"""``p2pfed privacy report|plan``: what a node has spent, and what a plan will cost.
+"""``p2pfed privacy report|plan|recover``: what a node has spent, and what a plan will cost.
 
 ``report`` reads a ledger (read-only, so it works beside a running node) given either
 ``--config FILE`` (its ``[privacy]`` table) or ``--ledger PATH --budget E --delta D``, and
@@ -8,6 +8,12 @@ checked against its anchors (checkpoint, audit log), so a cut ledger is not repo
 small spend. ``plan`` finds the noise multiplier that keeps R rounds of T steps at rate q
 within (ε, δ), with each accountant. ``recover --config FILE`` rebuilds a refused ledger
 from what it still holds, the audit log and the checkpoint, never lowering the spend.
+
+Distributed DP is charged against c colluding members (``[secagg] collusion``): the ledger
+holds that figure. Given the guaranteed contributors m (``--min-contributors``), both commands
+also show ε against an outsider, whom all m noise shares protect: per round ρ scales by
+(m − c)/m (the τ term of the discrete Gaussian is negligible at planned variances, and
+``plan --peers`` computes it exactly).
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--noise-multiplier", type=float, help="σ per release, for rounds left")
     report.add_argument("--sample-rate", type=float, help="q per step, for rounds left")
     report.add_argument("--steps-per-round", type=int, help="steps per release, for rounds left")
+    report.add_argument(
+        "--min-contributors", type=int, help="m: inputs in every sum (distributed mode)"
+    )
+    report.add_argument("--collusion", type=int, help="c the ledger's ε holds against")
     report.add_argument("--json", action="store_true", help="print one JSON document")
     report.set_defaults(func=run_report)
 
@@ -44,6 +54,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--rounds", type=int, required=True, help="number of rounds R")
     plan.add_argument("--sample-rate", type=float, default=1.0, help="q per step (default 1)")
     plan.add_argument("--steps-per-round", type=int, default=1, help="steps per round (default 1)")
+    plan.add_argument("--peers", type=int, help="n members: plan the distributed discrete Gaussian")
+    plan.add_argument("--min-contributors", type=int, help="m inputs per sum (default n//2 + 1)")
+    plan.add_argument("--collusion", type=int, default=1, help="c colluding members (default 1)")
+    plan.add_argument("--dimension", type=int, help="model parameters d (with --peers)")
+    plan.add_argument("--clip-norm", type=float, default=1.0, help="S (with --peers)")
     plan.add_argument("--json", action="store_true", help="print one JSON document")
     plan.set_defaults(func=run_plan)
 
@@ -55,8 +70,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     recover.set_defaults(func=run_recover)
 
 
-def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int]:
-    """(ledger, σ, q, T) from --config or the flags; flags override the config."""
+def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int, int | None]:
+    """(ledger, σ, q, T, c) from --config or the flags; flags override the config."""
     from p2pfed.config import load_config
     from p2pfed.errors import ConfigError
     from p2pfed.privacy.ledger import PrivacyLedger
@@ -72,23 +87,44 @@ def _settings(args: argparse.Namespace) -> tuple[Any, float | None, float, int]:
             anchors.refuse_missing(path)
         heads = anchors.heads
         kind, sigma, q, t = (
-            cfg.accountant,
+            config.accountant,
             cfg.noise_multiplier,
             cfg.sample_rate,
             cfg.steps_per_round,
         )
+        collusion = config.secagg.collusion if cfg.mode == "distributed" else None
     else:
         if args.ledger is None or args.budget is None or args.delta is None:
             raise ConfigError("give --config FILE, or all of --ledger, --budget and --delta")
         path, budget, delta, kind = args.ledger, args.budget, args.delta, "pld"
-        sigma, q, t, heads = None, None, None, None
+        sigma, q, t, heads, collusion = None, None, None, None, None
     kind = args.accountant or kind
+    collusion = args.collusion or collusion
     ledger = PrivacyLedger(path, budget, delta, kind, read_only=True, anchors=heads)
     last = ledger.records[-1].release if ledger.records else None
     sigma = args.noise_multiplier or sigma or (last.noise_multiplier if last else None)
     q = args.sample_rate or q or (last.sample_rate if last else 1.0)
     t = args.steps_per_round or t or (last.steps if last else 1)
-    return ledger, sigma, q, t
+    return ledger, sigma, q, t, collusion
+
+
+def _outsider_epsilon(kind: str, ledger: Any, m: int, c: int) -> float:
+    """ε of the ledger's releases seen by an outsider: distributed ones at ρ·(m − c)/m."""
+    from p2pfed.privacy import make_accountant
+    from p2pfed.privacy.mechanisms import NoiseMode
+
+    if not 1 <= c < m:
+        from p2pfed.errors import ConfigError
+
+        raise ConfigError(f"--collusion must lie in 1..m − 1 = {m - 1}, got {c}")
+    acc = make_accountant(kind)
+    for rec in ledger.records:
+        r = rec.release
+        scale = (m / (m - c)) ** 0.5 if r.mode is NoiseMode.DISTRIBUTED else 1.0
+        acc.step(
+            noise_multiplier=r.noise_multiplier * scale, sample_rate=r.sample_rate, steps=r.steps
+        )
+    return acc.get_epsilon(ledger.delta)
 
 
 def _anchors(config: Any) -> Any:
@@ -151,7 +187,8 @@ def run_report(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
     from p2pfed.privacy import ACCOUNTANT_KINDS, make_accountant, releases_within_budget
 
-    ledger, sigma, q, t = _settings(args)
+    ledger, sigma, q, t, collusion = _settings(args)
+    m = args.min_contributors
     per: dict[str, Any] = {}
     for kind in ACCOUNTANT_KINDS:
         acc = make_accountant(kind)
@@ -166,6 +203,9 @@ def run_report(args: argparse.Namespace) -> int:
             "epsilon_spent": spent,
             "budget_left": max(0.0, ledger.budget_epsilon - spent),
             "rounds_left": left,
+            "epsilon_against_outsiders": (
+                _outsider_epsilon(kind, ledger, m, collusion) if m and collusion else None
+            ),
         }
     doc = {
         "ledger": str(ledger.path),
@@ -176,6 +216,9 @@ def run_report(args: argparse.Namespace) -> int:
         "governing_accountant": ledger.accountant_kind,
         "settings": {"noise_multiplier": sigma, "sample_rate": q, "steps_per_round": t},
         "torn_tail_bytes": len(ledger.torn_tail) if ledger.torn_tail else 0,
+        "epsilon_holds_against": (
+            f"{collusion} colluding member(s)" if collusion else "anyone who sees a release"
+        ),
         "accountants": per,
     }
     if args.json:
@@ -183,6 +226,7 @@ def run_report(args: argparse.Namespace) -> int:
         return 0
     print(f"ledger {doc['ledger']}: {doc['releases']} release(s), last round {doc['last_round']}")
     print(f"budget ε = {ledger.budget_epsilon:g} at δ = {ledger.delta:g}")
+    print(f"ε spent holds against {doc['epsilon_holds_against']}")
     where = f"σ={sigma:g}, q={q:g}, {t} step(s)/round" if sigma else "no settings known"
     for name, v in per.items():
         mark = " (governs)" if name == ledger.accountant_kind else ""
@@ -191,6 +235,9 @@ def run_report(args: argparse.Namespace) -> int:
             f"  {name}{mark}: ε spent {v['epsilon_spent']:.4f}, left {v['budget_left']:.4f}, "
             f"rounds left {rounds} ({where})"
         )
+        if v["epsilon_against_outsiders"] is not None:
+            outside = v["epsilon_against_outsiders"]
+            print(f"    against outsiders (all {m} noise shares): ε {outside:.4f}")
     if doc["torn_tail_bytes"]:
         print(f"note: a torn final record ({doc['torn_tail_bytes']} bytes) is not counted")
     return 0
@@ -214,7 +261,7 @@ def run_plan(args: argparse.Namespace) -> int:
         sigma[kind] = noise_multiplier_for(eps, delta, q, steps, kind)
     best = min(sigma, key=lambda k: sigma[k])
     after = {kind: epsilon_for(sigma[best], delta, q, steps, kind) for kind in ACCOUNTANT_KINDS}
-    doc = {
+    doc: dict[str, Any] = {
         "target": {"epsilon": eps, "delta": delta},
         "rounds": rounds,
         "sample_rate": q,
@@ -224,6 +271,9 @@ def run_plan(args: argparse.Namespace) -> int:
         "recommended": {"accountant": best, "noise_multiplier": sigma[best]},
         "epsilon_after_rounds": after,
     }
+    if args.peers is not None:
+        # A node governs distributed releases with RDP (the zCDP bound): plan σ with it.
+        doc["distributed"] = _distributed_plan(args, sigma["rdp"], "rdp", delta, steps)
     if args.json:
         print_json(doc)
         return 0
@@ -233,4 +283,52 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"with σ = {sigma[best]:.4f} ({best}), ε after {rounds} rounds:")
     for kind in ACCOUNTANT_KINDS:
         print(f"  {kind}: ε = {after[kind]:.4f}")
+    if "distributed" in doc:
+        dd = doc["distributed"]
+        print(
+            f"distributed discrete Gaussian at σ = {dd['noise_multiplier']:.4f} (rdp governs): "
+            f"{dd['ring_bits']}-bit ring, γ = {dd['gamma']:.3g}, per-member variance "
+            f"{dd['local_variance']} (integer units)"
+        )
+        print(
+            f"  ε against {dd['collusion']} colluding member(s): "
+            f"{dd['epsilon_against_insiders']:.4f}; against outsiders: "
+            f"{dd['epsilon_against_outsiders']:.4f}"
+        )
     return 0
+
+
+def _distributed_plan(
+    args: argparse.Namespace, sigma: float, kind: str, delta: float, steps: int
+) -> dict[str, Any]:
+    """The discrete Gaussian plan at σ, and ε against c insiders and against outsiders."""
+    from p2pfed.errors import ConfigError
+    from p2pfed.privacy import epsilon_for
+    from p2pfed.privacy.ddg import noise_multiplier_of, plan_ddg
+
+    if args.dimension is None:
+        raise ConfigError("--peers needs --dimension (the number of model parameters)")
+    n = args.peers
+    m = args.min_contributors or n // 2 + 1
+    plan = plan_ddg(
+        n_peers=n,
+        min_contributors=m,
+        collusion=args.collusion,
+        dimension=args.dimension,
+        clip_norm=args.clip_norm,
+        noise_multiplier=sigma,
+    )
+    z_in = plan.release_noise_multiplier()
+    z_out = noise_multiplier_of(plan.rho(against_insiders=False))
+    return {
+        "accountant": kind,
+        "noise_multiplier": sigma,
+        "peers": n,
+        "min_contributors": m,
+        "collusion": args.collusion,
+        "ring_bits": plan.ring_bits,
+        "gamma": plan.gamma,
+        "local_variance": int(plan.local_variance),
+        "epsilon_against_insiders": epsilon_for(z_in, delta, 1.0, steps, kind),
+        "epsilon_against_outsiders": epsilon_for(z_out, delta, 1.0, steps, kind),
+    }

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
         from p2pfed.privacy import PrivacyLedger
 
         p = config.privacy
-        ledger = PrivacyLedger(ledger_path, p.epsilon_budget, p.delta, p.accountant, read_only=True)
+        ledger = PrivacyLedger(
+            ledger_path, p.epsilon_budget, p.delta, config.accountant, read_only=True
+        )
         status |= {
             "epsilon": ledger.spent_epsilon(),
             "epsilon_budget": p.epsilon_budget,

@@ -1,0 +1,220 @@
+"""Noise from a cryptographic source: an exact discrete Gaussian and a hardened float Gaussian.
+
+Theory of operation. Every random bit comes from ``ChaChaSource``: the ChaCha20 keystream
+(``cryptography``) under a 32-byte key from ``os.urandom``, read as little-endian 64-bit
+words. numpy's PCG64 is fast but predictable from its output, so it never draws noise that
+protects a released value; ``ChaChaSource.from_seed`` exists for reproducible tests only.
+
+``discrete_gaussian(σ², n, source)`` is the sampler of Canonne, Kamath & Steinke (2020,
+Algorithms 1–3): a discrete Laplace candidate of integer scale t = ⌊σ⌋ + 1, kept with
+probability exp(−(|Y| − σ²/t)² / 2σ²). Every coin is a Bernoulli(exp(−γ)) decided by
+comparing a uniform U (64 CSPRNG bits, extended on demand) with exp(−γ): the vectorised fast
+path decides all U farther than 2⁻⁴⁰ from a float64 exp(−γ) (whose error is below 2⁻⁵⁰),
+and the rare rest (≈ 2⁻³⁹ of coins) is decided exactly with γ as a ``Fraction``, exp(−γ) in
+``decimal`` at growing precision and U extended 64 bits at a time. So each coin is exactly
+Bernoulli(exp(−γ)), with no floating-point artefact in the output distribution, while
+10⁶ coordinates cost about a second (numpy passes over CSPRNG words; see docs/privacy.md).
+
+``SecureGaussian`` replaces numpy's generator for float Gaussian noise (local mode):
+Box–Muller over 53-bit CSPRNG uniforms, averaged as in Opacus ``secure_mode`` (the sum of
+four draws halved, after Holohan & Braghin 2021) to blur the float lattice of a single draw.
+"""
+
+from __future__ import annotations
+
+import decimal
+import hashlib
+import math
+import os
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any, Protocol
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from numpy.typing import NDArray
+
+from p2pfed.errors import ConfigError
+
+_KEY_BYTES = 32
+_MARGIN = 2.0**-40  # fast-path coins closer than this to exp(−γ) are decided exactly
+_TWO64 = 1 << 64
+
+
+class BitSource(Protocol):
+    """Uniform 64-bit words: where every random decision of a sampler comes from."""
+
+    def uint64(self, n: int) -> NDArray[np.uint64]:
+        """``n`` independent uniform words."""
+        ...
+
+
+class ChaChaSource:
+    """The ChaCha20 keystream as uniform 64-bit words; keyed by ``os.urandom`` by default."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        key = os.urandom(_KEY_BYTES) if key is None else key
+        if len(key) != _KEY_BYTES:
+            raise ConfigError(f"a ChaCha20 noise key must be 32 bytes, got {len(key)}")
+        # 16-byte nonce field: 4-byte block counter then 12-byte nonce, both zero (one key,
+        # one stream; 2^32 blocks = 256 GiB before the counter would wrap).
+        self._stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+
+    @classmethod
+    def from_seed(cls, seed: int) -> ChaChaSource:
+        """A reproducible stream for tests and the simulator; never for released noise."""
+        return cls(hashlib.sha256(b"p2pfed test noise seed " + str(seed).encode()).digest())
+
+    def uint64(self, n: int) -> NDArray[np.uint64]:
+        """``n`` words of keystream (the encryption of zeros)."""
+        return np.frombuffer(self._stream.update(bytes(8 * n)), dtype="<u8").astype(np.uint64)
+
+
+def uniform_below(bound: int, n: int, source: BitSource) -> NDArray[np.int64]:
+    """``n`` uniform integers in {0, …, bound − 1}, unbiased (rejection of the top words)."""
+    if not 1 <= bound < (1 << 62):
+        raise ConfigError(f"a uniform bound must lie in 1..2^62, got {bound}")
+    limit = (_TWO64 // bound) * bound  # words below it map onto the range evenly
+    out = np.empty(n, dtype=np.int64)
+    filled = 0
+    while filled < n:
+        words = source.uint64(n - filled)
+        if limit < _TWO64:
+            words = words[words < np.uint64(limit)]
+        take = words[: n - filled] % np.uint64(bound)
+        out[filled : filled + take.size] = take.astype(np.int64)
+        filled += take.size
+    return out
+
+
+def _exact_coin(gamma: Fraction, first: int, source: BitSource) -> bool:
+    """Decide U < exp(−γ) exactly, U's first 64 bits being ``first``; more bits on demand."""
+    if gamma == 0:
+        return True
+    known, bits, prec = first, 64, 60
+    while True:
+        with decimal.localcontext() as ctx:
+            ctx.prec = prec
+            p = (-(decimal.Decimal(gamma.numerator) / decimal.Decimal(gamma.denominator))).exp()
+            slack = p * decimal.Decimal(10) ** (10 - prec)  # rounding of the division and exp
+            scale = decimal.Decimal(2) ** bits
+            low, high = decimal.Decimal(known) / scale, decimal.Decimal(known + 1) / scale
+            if high <= p - slack:
+                return True
+            if low >= p + slack:
+                return False
+        known = (known << 64) | int(source.uint64(1)[0])
+        bits, prec = bits + 64, prec + 40
+
+
+def bernoulli_exp(
+    gamma: NDArray[np.float64],
+    exact_gamma: Callable[[int], Fraction],
+    source: BitSource,
+) -> NDArray[np.bool_]:
+    """Coins that are 1 with probability exp(−γ_i), exactly.
+
+    ``gamma`` is the float value of each γ_i ≥ 0 (for the fast path) and ``exact_gamma(i)``
+    its exact ``Fraction`` (asked only for the rare coins the fast path cannot decide).
+    """
+    p = np.exp(-gamma)
+    u = source.uint64(gamma.size)
+    uf = u.astype(np.float64) * 2.0**-64
+    out = uf < p
+    unsure = np.flatnonzero(np.abs(uf - p) <= _MARGIN)
+    for i in unsure:
+        out[i] = _exact_coin(exact_gamma(int(i)), int(u[i]), source)
+    return out
+
+
+def _one(_index: int) -> Fraction:
+    return Fraction(1)
+
+
+def _geometric_exp1(n: int, source: BitSource) -> NDArray[np.int64]:
+    """Failures-free run lengths: how many Bernoulli(e⁻¹) coins come up 1 before the first 0."""
+    count = np.zeros(n, dtype=np.int64)
+    alive = np.arange(n)
+    ones = np.ones(n, dtype=np.float64)
+    while alive.size:
+        heads = bernoulli_exp(ones[: alive.size], _one, source)
+        alive = alive[heads]
+        count[alive] += 1
+    return count
+
+
+def discrete_laplace(t: int, n: int, source: BitSource) -> NDArray[np.int64]:
+    """``n`` draws with P(y) ∝ exp(−|y|/t) on the integers (CKS 2020, Algorithm 2, s = 1)."""
+    if t < 1:
+        raise ConfigError(f"the discrete Laplace scale must be a positive integer, got {t}")
+    out = np.empty(n, dtype=np.int64)
+    todo = np.arange(n)
+    while todo.size:
+        k = todo.size
+        u = uniform_below(t, k, source)
+
+        def exact(i: int, u: NDArray[np.int64] = u) -> Fraction:
+            return Fraction(int(u[i]), t)
+
+        keep = bernoulli_exp(u / t, exact, source)
+        v = _geometric_exp1(k, source)
+        x = u + t * v
+        negative = (source.uint64(k) & np.uint64(1)).astype(bool)
+        keep &= ~(negative & (x == 0))  # −0 would count zero twice
+        done = todo[keep]
+        out[done] = np.where(negative[keep], -x[keep], x[keep])
+        todo = todo[~keep]
+    return out
+
+
+def as_fraction(variance: float | Fraction) -> Fraction:
+    """σ² as an exact rational (a float converts exactly); refuses non-positive values."""
+    if (isinstance(variance, float) and not math.isfinite(variance)) or not variance > 0:
+        raise ConfigError(f"a discrete Gaussian variance must be positive, got {variance}")
+    return Fraction(variance)
+
+
+def discrete_gaussian(variance: float | Fraction, n: int, source: BitSource) -> NDArray[np.int64]:
+    """``n`` exact draws from N_Z(0, σ²): P(y) ∝ exp(−y²/2σ²) on the integers (CKS Alg. 3)."""
+    s2 = as_fraction(variance)
+    t = math.isqrt(s2.numerator * s2.denominator) // s2.denominator + 1  # ⌊σ⌋ + 1, exactly
+    shift, s2f = s2 / t, float(s2)
+    out = np.empty(n, dtype=np.int64)
+    todo = np.arange(n)
+    while todo.size:
+        y = discrete_laplace(t, todo.size, source)
+        diff = np.abs(y).astype(np.float64) - float(shift)
+        gamma = diff * diff / (2.0 * s2f)
+
+        def exact(i: int, y: NDArray[np.int64] = y) -> Fraction:
+            return (abs(int(y[i])) - shift) ** 2 / (2 * s2)
+
+        keep = bernoulli_exp(gamma, exact, source)
+        out[todo[keep]] = y[keep]
+        todo = todo[~keep]
+    return out
+
+
+class SecureGaussian:
+    """Float Gaussian noise from the CSPRNG, with numpy ``Generator.normal``'s call shape."""
+
+    def __init__(self, source: BitSource | None = None) -> None:
+        self.source: BitSource = source if source is not None else ChaChaSource()
+
+    def _uniform(self, n: int) -> NDArray[np.float64]:
+        """Uniforms in (0, 1]: 53 random bits, never 0 (log(0) would be −inf)."""
+        return ((self.source.uint64(n) >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+
+    def _standard(self, n: int) -> NDArray[np.float64]:
+        half = (n + 1) // 2
+        r = np.sqrt(-2.0 * np.log(self._uniform(half)))
+        theta = 2.0 * np.pi * self._uniform(half)
+        return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:n]
+
+    def normal(self, loc: float, scale: float, size: Any) -> NDArray[np.float64]:
+        """N(loc, scale²) per entry of an array of shape ``size``: (z₁+z₂+z₃+z₄)/2 per value."""
+        shape = tuple(np.atleast_1d(np.asarray(size, dtype=np.int64)).tolist())
+        n = math.prod(shape)
+        draws = self._standard(4 * n).reshape(4, n).sum(axis=0) / 2.0
+        out: NDArray[np.float64] = (loc + scale * draws).reshape(shape)
+        return out
