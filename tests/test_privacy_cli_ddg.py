@@ -17,14 +17,15 @@ def test_plan_shows_both_figures_and_the_ring(capsys: pytest.CaptureFixture[str]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     dd = doc["distributed"]
-    assert dd["min_contributors"] == 3 and dd["collusion"] == 2 and dd["ring_bits"] == 32
+    # The secagg floor for 5 members against 2 colluders: the quorum ⌊(5 + 2)/2⌋ + 1 = 4.
+    assert dd["min_contributors"] == 4 and dd["collusion"] == 2 and dd["ring_bits"] == 32
     assert dd["accountant"] == "rdp"
     assert dd["noise_multiplier"] == doc["noise_multiplier"]["rdp"]
     assert dd["epsilon_against_insiders"] == pytest.approx(2.0, abs=0.01)
     assert dd["epsilon_against_outsiders"] < dd["epsilon_against_insiders"]
     plan = plan_ddg(
         n_peers=5,
-        min_contributors=3,
+        min_contributors=4,
         collusion=2,
         dimension=1000,
         clip_norm=1.0,
@@ -37,7 +38,7 @@ def test_plan_shows_both_figures_and_the_ring(capsys: pytest.CaptureFixture[str]
 def test_plan_refuses_an_impossible_collusion(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["privacy", "plan", "--epsilon", "2", "--delta", "1e-5", "--rounds", "10"]
     assert main([*argv, "--peers", "3", "--collusion", "2", "--dimension", "10"]) == 2
-    assert "collusion bound c = 2 must be below" in capsys.readouterr().err
+    assert "threshold 2 is not above the collusion bound 2" in capsys.readouterr().err
 
 
 def test_report_shows_the_outsider_figure_below_the_charged_one(

@@ -13,7 +13,7 @@ import numpy as np
 from p2pfed.privacy.ddg import DiscreteGaussianEncoder, plan_ddg
 from p2pfed.privacy.sampling import ChaChaSource, SecureGaussian
 from p2pfed.secagg.harness import Drop, run_cohort
-from p2pfed.secagg.params import SecAggConfig
+from p2pfed.secagg.params import SecAggConfig, guaranteed_contributors
 from p2pfed.secagg.state import Stage
 
 D = 100_000
@@ -30,28 +30,31 @@ def _unit_updates(n: int, d: int) -> list[np.ndarray]:
 
 
 def test_insider_sees_at_least_the_planned_noise_after_removing_its_own_share() -> None:
-    # n = 3, one member drops: the smallest completed sum (m = 2) with c = 1.
+    # n = 4, one member drops: the smallest completed sum (m = 3, the secagg floor) with c = 1.
+    m = guaranteed_contributors(4)
+    assert m == 3
     plan = plan_ddg(
-        n_peers=3, min_contributors=2, collusion=1, dimension=D, clip_norm=S, noise_multiplier=Z
+        n_peers=4, min_contributors=m, collusion=1, dimension=D, clip_norm=S, noise_multiplier=Z
     )
-    names = ["a", "b", "v"]
-    updates = dict(zip(names, _unit_updates(3, D), strict=True))
+    names = ["a", "b", "c", "v"]
+    updates = dict(zip(names, _unit_updates(4, D), strict=True))
     encoders = {
         p: DiscreteGaussianEncoder(plan, ChaChaSource.from_seed(i)) for i, p in enumerate(names)
     }
     parts = {p: encoders[p].encode_parts(updates[p]) for p in names}
-    config = SecAggConfig("ddg-attack", 1, D, ring_bits=plan.ring_bits, min_survivors=2)
+    config = SecAggConfig("ddg-attack", 1, D, ring_bits=plan.ring_bits)
     run = run_cohort(
         config,
         {p: parts[p][2] for p in names},
         drops={"v": Drop(Stage.MASKED_INPUT)},
         random_seed=3,
     )
-    assert run.survivors == frozenset({"a", "b"})
-    # The attacker a: the revealed sum minus its own words, minus b's rounded input (known to
-    # the worst-case attacker); what is left is b's noise alone.
+    assert run.survivors == frozenset({"a", "b", "c"})
+    # The attacker a: the revealed sum minus its own words, minus b's and c's rounded inputs
+    # (known to the worst-case attacker); what is left is the others' noise alone.
     revealed = encoders["a"].centred(run.results["a"])
-    residual = (revealed - parts["a"][0] - parts["a"][1] - parts["b"][0]) * plan.gamma
+    known = parts["a"][0] + parts["a"][1] + parts["b"][0] + parts["c"][0]
+    residual = (revealed - known) * plan.gamma
     # The estimate of a std from 1e5 draws has relative standard error 1/√(2·1e5) = 0.22 %;
     # the planned floor is z·S and insider calibration gives z·Δ₂·γ ≥ z·S.
     assert residual.std() >= 0.99 * Z * S

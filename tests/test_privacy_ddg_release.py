@@ -107,7 +107,7 @@ async def test_secure_ring_sums_discrete_noised_updates_over_the_memory_network(
     n = 3
     ids = [Identity.generate() for _ in range(n)]
     keys = {i.peer_id: i.public_key for i in ids}
-    plan = _plan(n=n, m=2, c=1)
+    plan = _plan(n=n, m=3, c=1)
     rng = np.random.default_rng(0)
     updates = [rng.normal(size=D) for _ in range(n)]
     updates = [(u / np.linalg.norm(u) * S).astype(np.float32) for u in updates]
@@ -126,7 +126,7 @@ async def test_secure_ring_sums_discrete_noised_updates_over_the_memory_network(
                 stage_timeout=2.0,
             )
             encoder = DiscreteGaussianEncoder(plan, ChaChaSource.from_seed(k))
-            agg = SecureRingAggregator(secure, encoder, n, 2, np.random.default_rng(k))
+            agg = SecureRingAggregator(secure, encoder, n, 3, np.random.default_rng(k))
             out = await agg.aggregate(0, updates[k], np.zeros(D, dtype=np.float32))
             assert isinstance(out, Aggregate)
             results[k] = out

@@ -18,7 +18,7 @@ every peer trains locally (``Simulator.local_phase``), then the round's mean upd
 Each mechanism gets the noise multiplier whose ε after all rounds is the target, as a node
 would charge it: the central Gaussian by the PLD accountant (exact for a Gaussian), the
 distributed one by RDP (the zCDP bound that governs distributed releases), with z held
-against c = 1 colluding member of the guaranteed m = max(2, n//2 + 1) contributors (the
+against c = 1 colluding member of the guaranteed m = ⌊(n + 1)/2⌋ + 1 contributors (the
 daemon's rule); the outsiders-only variant uses the same RDP z with c = 0. Accuracy is the
 averaged model's on the held-out test set, the mean over ``--repeats`` seeds. ``wraps``
 (coordinates whose centred ring sum differs from the true integer sum) and ``noise_clipped``
@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from p2pfed.secagg.params import guaranteed_contributors
 
 NAME = "ddp"
 HELP = "Accuracy: no DP vs central Gaussian vs distributed discrete Gaussian at one ε (JSON)."
@@ -162,7 +164,7 @@ def _play(
             outsiders = mech == "distributed_outsiders"
             plan = plan_ddg(
                 n_peers=n,
-                min_contributors=n if outsiders else max(2, n // 2 + 1),
+                min_contributors=n if outsiders else guaranteed_contributors(n),
                 collusion=0 if outsiders else 1,
                 dimension=d,
                 clip_norm=clip,
@@ -233,7 +235,7 @@ def _stress_more(task: str, rounds: int, z: float, want: int, counts: Counts) ->
     n, d = sim.theta.shape
     plan = plan_ddg(
         n_peers=n,
-        min_contributors=max(2, n // 2 + 1),
+        min_contributors=guaranteed_contributors(n),
         collusion=1,
         dimension=d,
         clip_norm=1.0,

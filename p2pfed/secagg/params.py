@@ -198,3 +198,13 @@ def plan_cohort(config: SecAggConfig, cohort: set[str] | frozenset[str]) -> Coho
     return CohortPlan(
         peers, kind, neighbours, threshold, min_survivors, index, c, floor, max(quorum, 2)
     )
+
+
+def guaranteed_contributors(n: int, collusion: int = 1) -> int:
+    """The fewest inputs a completed sum of an n-member cohort holds under the defaults.
+
+    ``plan_cohort``'s ``min_survivors`` for the default threshold and floors; what distributed
+    noise may count on (``privacy plan``, the benchmarks).
+    """
+    names = frozenset(f"member-{i:04d}" for i in range(n))
+    return plan_cohort(SecAggConfig("plan", 0, 1, collusion=collusion), names).min_survivors

@@ -55,7 +55,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--sample-rate", type=float, default=1.0, help="q per step (default 1)")
     plan.add_argument("--steps-per-round", type=int, default=1, help="steps per round (default 1)")
     plan.add_argument("--peers", type=int, help="n members: plan the distributed discrete Gaussian")
-    plan.add_argument("--min-contributors", type=int, help="m inputs per sum (default n//2 + 1)")
+    plan.add_argument(
+        "--min-contributors", type=int, help="m inputs per sum (default: the secagg floor)"
+    )
     plan.add_argument("--collusion", type=int, default=1, help="c colluding members (default 1)")
     plan.add_argument("--dimension", type=int, help="model parameters d (with --peers)")
     plan.add_argument("--clip-norm", type=float, default=1.0, help="S (with --peers)")
@@ -305,11 +307,12 @@ def _distributed_plan(
     from p2pfed.errors import ConfigError
     from p2pfed.privacy import epsilon_for
     from p2pfed.privacy.ddg import noise_multiplier_of, plan_ddg
+    from p2pfed.secagg.params import guaranteed_contributors
 
     if args.dimension is None:
         raise ConfigError("--peers needs --dimension (the number of model parameters)")
     n = args.peers
-    m = args.min_contributors or n // 2 + 1
+    m = args.min_contributors or guaranteed_contributors(n, args.collusion)
     plan = plan_ddg(
         n_peers=n,
         min_contributors=m,
