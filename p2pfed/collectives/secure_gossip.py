@@ -256,8 +256,9 @@ class SecureGossipService:
             instance,
             len(term),
             self.fixed_point.ring_bits,
-            # Every member, the owner included, refuses to reveal for fewer contributors.
-            min_survivors=self.min_contributors,
+            # Every member, the owner included, refuses to reveal for fewer contributors (the
+            # protocol's floor; its consistency quorum adds to it).
+            min_contributors=self.min_contributors,
         )
         identities = {p: self.identities[p] for p in members}
         peer = SecAggPeer(config, self.me, self.signer, identities, random_bytes=self.random_bytes)
