@@ -481,6 +481,7 @@ async def _run_peer(
                         stage_timeout=stage_timeout,
                         rng=np.random.default_rng(),
                         min_contributors=min_contributors,
+                        collusion=config.secagg.collusion,
                     )
                 else:
                     service = GossipService(

@@ -124,6 +124,7 @@ class SecureGossipService:
         rng: np.random.Generator | None = None,
         random_bytes: RandomBytes = os.urandom,
         min_contributors: int = MIN_CONTRIBUTORS,
+        collusion: int = 1,
     ) -> None:
         if len(peers) != topology.n or len(set(peers)) != len(peers):
             raise LocalProtocolError(f"secure gossip needs {topology.n} distinct peers")
@@ -131,6 +132,7 @@ class SecureGossipService:
             raise ConfigError("every gossip peer needs an identity key")
         check_groups(topology, min_contributors)
         self.min_contributors = min_contributors
+        self.collusion = collusion
         self.transport = transport
         self.consortium = consortium
         self.peers = tuple(peers)
@@ -259,6 +261,7 @@ class SecureGossipService:
             # Every member, the owner included, refuses to reveal for fewer contributors (the
             # protocol's floor; its consistency quorum adds to it).
             min_contributors=self.min_contributors,
+            collusion=self.collusion,
         )
         identities = {p: self.identities[p] for p in members}
         peer = SecAggPeer(config, self.me, self.signer, identities, random_bytes=self.random_bytes)
