@@ -79,3 +79,30 @@ async def test_an_equivocated_survivor_set_over_libp2p_reveals_nothing() -> None
         assert "nothing was revealed" in (peers[p].abort_reason or "")
     # Not one share of anyone's secret reached the attacker.
     assert not peers[a]._inbox[MessageKind.REVEAL]
+
+
+def test_an_equivocated_survivor_set_between_real_processes_reveals_nothing() -> None:
+    """The same attack with five peer processes: each its own libp2p host, sockets, keys."""
+    from p2pfed.collectives.process import ProcessGroup
+
+    with ProcessGroup(5, tag="equivocation") as group:
+        order = sorted(range(5), key=lambda i: group.peers[i])
+        a, b, c, d, v = order  # attacker a (lowest ID), victim v
+        split = {str(i): [a, v, b] for i in (a, v, b)} | {str(i): [a, c, d] for i in (c, d)}
+        task = {
+            "kind": "equivocate",
+            "round": 1,
+            "words": D,
+            "seed": 9,
+            "attacker": a,
+            "split": split,
+            "threshold": 3,
+            "min_survivors": 3,
+        }
+        results = group.run(task, timeout=90)
+    for i in (b, c, d, v):
+        r = results[i]
+        assert r is not None and r["stage"] == "aborted", (i, r)
+        assert r["quorum"] == 4 and "nothing was revealed" in r["abort_reason"]
+    attacker = results[a]
+    assert attacker is not None and attacker["reveals_received"] == 0

@@ -34,6 +34,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
+from p2pfed.collectives import process_attacks
 from p2pfed.errors import BrokenError, ConfigError
 
 Task = dict[str, Any]
@@ -442,6 +443,8 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
             for t in range(first, first + int(task["rounds"])):
                 x = (await service.sync_round(t, x)).vector
             out |= {"vector": [float(v) for v in x]}
+        elif kind == "equivocate":
+            out |= await process_attacks.run_equivocation(self, task)
         elif kind == "bandwidth":
             successor = self.peers[(self.peers.index(self.me) + 1) % len(self.peers)]
             if "order_round" in task:
