@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -85,6 +86,27 @@ def parse_listen(listen: str) -> tuple[str, int]:
     except ValueError:
         raise ConfigError(f"[network] listen port {parts[3]!r} is not a number") from None
     return parts[1], port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind and release ``host:port`` as the transport will; ``ConfigError`` if it cannot.
+
+    Run in ``prepare``, so a port in use stops the node with one sentence before the audit
+    log records a start (the transport's own failure arrives inside an exception group).
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As trio's listeners do, so a port left in TIME_WAIT by our own last run is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"[network] listen: cannot listen on {host} port {port} ({exc.strerror}); "
+                "another process holds it (a second daemon?) or the address is not this machine's"
+            ) from None
 
 
 def load_data(config: Config) -> Dataset:
@@ -153,7 +175,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"this node ({identity.peer_id}) is not a member of roster version "
             f"{gate.roster.version}; ask the consortium admins to add it"
         )
-    parse_listen(config.network.listen)
+    check_port_free(*parse_listen(config.network.listen))
     members = [m for m in gate.roster.members if m.role is Role.MEMBER]
     if config.secagg.enabled and len(members) < 3:
         raise ConfigError(
@@ -198,6 +220,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
                     f"({ledger.spent_epsilon():.4g} recorded in {ledger.path}); nothing more "
                     "may be released"
                 )
+            check_rounds_fit(config, ledger, completed_round(state_dir))
     data = load_data(config)
     schema = Schema(
         features=config.schema.features or data.feature_names,
@@ -284,6 +307,43 @@ def peer_addresses(config: Config, members: dict[str, Any], me: str) -> dict[str
     return addrs
 
 
+def completed_round(state_dir: Path) -> int:
+    """The last round this node's checkpoint holds (−1 before the first)."""
+    state = ledger_anchors.checkpoint_state(state_dir / CHECKPOINT)
+    return -1 if state is None else int(state["round"])
+
+
+def release_shape(config: Config) -> tuple[int, float]:
+    """(accountant steps, Poisson rate) one round's release composes under ``[privacy]``."""
+    p = config.privacy
+    if p.mode == "dp-sgd":
+        t = config.training
+        return t.local_steps or t.local_epochs * math.ceil(1.0 / p.sample_rate), p.sample_rate
+    return 1, 1.0
+
+
+def check_rounds_fit(config: Config, ledger: PrivacyLedger, completed: int) -> None:
+    """Refuse to start when the rounds still to run cannot fit what is left of the budget.
+
+    Checked for local and DP-SGD noise, whose releases the ledger charges exactly as planned
+    here; distributed releases are charged against colluders by their own plan.
+    """
+    p = config.privacy
+    to_go = config.rounds.rounds - (completed + 1)
+    if p.mode not in ("local", "dp-sgd") or to_go <= 0:
+        return
+    sigma = noise_multiplier(config, 0)
+    steps, q = release_shape(config)
+    fits = ledger.rounds_left(sigma, q, steps)
+    if fits < to_go:
+        raise BudgetExceededError(
+            f"the {to_go} rounds still to run at σ = {sigma:.3g} need more than the ε "
+            f"{ledger.remaining_epsilon():.3g} left of the budget {p.epsilon_budget:g} (only "
+            f"{fits} fit): lower [rounds] rounds to {completed + 1 + fits}, or raise σ (set "
+            "[privacy] target_epsilon, or see `p2pfed privacy plan`)"
+        )
+
+
 def noise_multiplier(config: Config, train_rows: int) -> float:
     """σ from the config, or, with ``target_epsilon``, the smallest σ that meets it.
 
@@ -295,12 +355,7 @@ def noise_multiplier(config: Config, train_rows: int) -> float:
         return p.noise_multiplier
     from p2pfed.privacy import noise_multiplier_for
 
-    if p.mode == "dp-sgd":
-        t = config.training
-        per_round = t.local_steps or t.local_epochs * math.ceil(1.0 / p.sample_rate)
-        q = p.sample_rate
-    else:
-        per_round, q = 1, 1.0
+    per_round, q = release_shape(config)
     sigma = noise_multiplier_for(
         p.target_epsilon, p.delta, q, config.rounds.rounds * per_round, config.accountant
     )

@@ -300,3 +300,95 @@ def test_the_documented_onboarding_runs_with_default_configs(tmp_path: Path) -> 
     assert {s["completed_round"] for s in finals} == {1}
     assert len({s["model_digest"] for s in finals}) == 1
     assert all(0 < s["epsilon"] < 10 for s in finals)  # distributed DP, one release a round
+
+
+def test_a_port_in_use_is_one_sentence_from_the_real_process(member: Path) -> None:
+    """Another process holds the listen port: `p2pfed run` says so in one line, no traceback."""
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    config = load_config(member)
+    port = int(config.network.listen.rsplit("/", 1)[1])
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pfed", "run", "--config", str(member)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert re.search(rf"cannot listen on 127\.0\.0\.1 port {port} \(.*in use", lines[0])
+    # Refused in prepare: no start was recorded in the audit log.
+    audit = member.parent / "state" / "audit.jsonl"
+    assert not audit.exists() or "daemon_start" not in audit.read_text()
+
+
+def test_errors_inside_an_exception_group_are_printed_as_their_sentences(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import trio
+
+    from p2pfed.cli import _sentences
+
+    group = BaseExceptionGroup(
+        "task failed",
+        [
+            ConfigError("[network] listen: cannot listen"),
+            BaseExceptionGroup(
+                "inner", [DataError("bad rows"), ConfigError("[network] listen: cannot listen")]
+            ),
+        ],
+    )
+    assert _sentences(group) == ["[network] listen: cannot listen", "bad rows"]
+    assert _sentences(BaseExceptionGroup("x", [ConfigError("a"), RuntimeError("bug")])) is None
+    cancelled = trio.Cancelled._create()  # a sibling task cancelled by the failure
+    assert _sentences(BaseExceptionGroup("x", [ConfigError("a"), cancelled])) == ["a"]
+
+
+def test_rounds_that_cannot_fit_the_budget_left_are_refused_at_start(
+    member: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ledger has room for fewer rounds than the config still wants: one sentence, no start."""
+    from p2pfed.privacy import NoiseMode, PrivacyLedger
+    from p2pfed.privacy.ledger import Release
+
+    text = member.read_text()
+    member.write_text(text.replace("rounds = 1\n", "rounds = 1000\n", 1))
+    config = load_config(member)
+    assert config.rounds.rounds == 1000 and config.privacy.mode == "dp-sgd"
+    ledger_path = config.path(config.privacy.ledger)
+    ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    with PrivacyLedger(
+        ledger_path, config.privacy.epsilon_budget, config.privacy.delta, config.accountant
+    ) as ledger:
+        # Spend most of the budget with a few loud releases.
+        while ledger.remaining_epsilon() > 0.05 * config.privacy.epsilon_budget:
+            ledger.reserve(Release(0, 0.8, 1.0, 1, 1.0, NoiseMode.DP_SGD))
+    err = run_error(capsys, member)
+    assert "the 1000 rounds still to run" in err and "lower [rounds] rounds to" in err
+    # With as many rounds as fit, the node starts.
+    fits = int(err.split("lower [rounds] rounds to ")[1].split(",")[0])
+    assert 0 < fits < 1000
+    member.write_text(text.replace("rounds = 1\n", f"rounds = {fits}\n", 1))
+    prepare(load_config(member))
+
+
+def test_a_finished_node_says_so_and_exits_at_once(
+    member: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_privacy_anchoring import run_rounds
+
+    config = load_config(member)
+    assert config.rounds.rounds == 1
+    run_rounds(config, range(1))  # what the daemon leaves after its only round
+    capsys.readouterr()
+    assert main(["run", "--config", str(member)]) == 0
+    out = capsys.readouterr().out
+    assert "already finished: all 1 rounds are done (checkpoint at round 0)" in out

@@ -82,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sentences(group: BaseExceptionGroup[BaseException]) -> list[str] | None:
+    """Our errors' sentences inside ``group`` (once each), or None if anything else is in it."""
+    import trio
+
+    found: list[str] = []
+    leaves: list[BaseException] = [group]
+    while leaves:
+        exc = leaves.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(exc.exceptions)
+        elif isinstance(exc, P2PFedError | TopologyError):
+            if str(exc) not in found:
+                found.append(str(exc))
+        elif not isinstance(exc, trio.Cancelled):  # siblings cancelled by the failure
+            return None
+    return found or None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     parser = build_parser()
@@ -91,6 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except (P2PFedError, TopologyError) as exc:
         print(f"p2pfed: error: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        # trio reports a failure inside a task as an exception group; ours are sentences.
+        sentences = _sentences(group)
+        if sentences is None:
+            raise
+        for sentence in sentences:
+            print(f"p2pfed: error: {sentence}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("p2pfed: interrupted", file=sys.stderr)

@@ -19,12 +19,20 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from p2pfed.config import load_config
-    from p2pfed.daemon import prepare, run_until_signalled
+    from p2pfed.daemon import completed_round, prepare, run_until_signalled
     from p2pfed.governance.logs import setup_logging
 
     config = load_config(args.config)
     setup_logging(config.node.log_level.upper(), json_format=config.node.log_json)
     prepared = prepare(config)
+    done = completed_round(prepared.state_dir)
+    if done >= config.rounds.rounds - 1:
+        print(
+            f"{config.node.name}: already finished: all {config.rounds.rounds} rounds are done "
+            f"(checkpoint at round {done}); nothing to run",
+            flush=True,
+        )
+        return 0
     print(prepared.report.summary(), flush=True)
     status = trio.run(run_until_signalled, prepared)
     state = status.get("state", "stopped")
