@@ -543,6 +543,10 @@ async def _run_peer(
                 aggregator=aggregator,
                 releaser=releaser,
                 state_dir=prepared.state_dir,
+                signer=signer,
+                roster_version=roster.version,
+                certificate_floor=max(2, config.rounds.min_peers),
+                on_refusal=lambda r: recorder.refuse_model(r.round, r.peer, r.reason, r.detail),
             )
             status |= {
                 "state": "running",

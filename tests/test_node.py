@@ -123,6 +123,8 @@ class Consortium:
                     aggregator=aggregator,
                     releaser=releaser,
                     state_dir=self.tmp / f"state-{k}",
+                    signer=Ed25519CohortSigner(ident.seed, self.keys),
+                    roster_version=1,
                 )
             finally:
                 ledger.close()

@@ -154,6 +154,20 @@ class GovernanceRecorder:
             extra={"round": round_number, "peer": peer_id, "reason": ReasonCode(reason).value},
         )
 
+    def refuse_model(
+        self, claimed_round: int, peer_id: str, reason: ReasonCode, detail: str = ""
+    ) -> None:
+        """Model sync refused ``peer_id``'s model (no or a bad certificate): name the sender.
+
+        The raw peer ID is replaced in ``detail``: the audit log names peers by salted hash.
+        """
+        self.exclude(
+            claimed_round,
+            peer_id,
+            reason,
+            "model sync refused its model: " + detail.replace(peer_id, "the sender"),
+        )
+
     def finish_round(
         self,
         round_number: int,
