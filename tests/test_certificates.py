@@ -4,6 +4,7 @@ adopts only a certified model (attacks performed through real ``ModelSync`` obje
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,7 @@ async def test_sync_adopts_only_a_certified_model_and_names_the_forger(kind: str
                 SIZE,
                 policy=policy(),
                 on_refusal=refused.append,
+                clock=itertools.count(0, 1000).__next__,  # every back-off over between asks
             )
             for _ in range(3):  # asked again and again, named once
                 fetched = await sync.best_model([NAMES[1], NAMES[4]], newer_than=0)
@@ -282,7 +284,7 @@ async def test_non_finite_weights_are_refused_once_and_not_fetched_again(
                 r, w, c = real()
                 return (r, nan if len(calls) % 2 == 0 else w, c)  # status fine, model NaN
 
-            evil_server.sync.current = current  # type: ignore[method-assign]
+            evil_server.sync.current = current  # type: ignore[assignment]
             sync = ModelSync(
                 me,
                 "c",
