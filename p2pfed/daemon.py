@@ -588,6 +588,7 @@ async def _run_peer(
                         },
                         duration_s=report.duration_s,
                         bytes_sent=report.bytes_sent,
+                        certificate=report.certificate,
                     )
                     status["model_version"] = record.manifest.version
                     status["drift_alerts"] = [a.to_dict() for a in record.alerts]

@@ -18,6 +18,7 @@ themselves; one stolen key cannot.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,6 +84,11 @@ class CommitStatement:
     def signed_bytes(self) -> bytes:
         """The exact bytes each contributor signs (domain-separated from every other use)."""
         return _DOMAIN + self.encode()
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the signed bytes (hex): names the statement in the audit log."""
+        return hashlib.sha256(self.signed_bytes()).hexdigest()
 
 
 def _lp(raw: bytes) -> bytes:
@@ -174,8 +180,19 @@ class CommitCertificate:
         except LocalProtocolError as exc:
             raise r.bad(f"is invalid: {exc}") from None
 
+    def summary(self) -> dict[str, Any]:
+        """What the audit log records: no peer IDs (it names peers by salted hash only)."""
+        s = self.statement
+        return {
+            "statement": s.hash,
+            "roster_version": s.roster_version,
+            "model_digest": s.digest.hex(),
+            "contributors": len(s.contributors),
+            "signers": len(self.signatures),
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON form for checkpoints, the audit log and the model registry."""
+        """JSON form for checkpoints, and the model registry."""
         s = self.statement
         return {
             "consortium": s.consortium,
