@@ -602,8 +602,11 @@ async def _run_peer(
                     round=report.round,
                     completed_round=peer.model_round,
                     last={
-                        k: v for k, v in asdict(report).items() if k not in ("exclusions", "cohort")
+                        k: v
+                        for k, v in asdict(report).items()
+                        if k not in ("exclusions", "cohort", "certificate")
                     },
+                    certified=report.certificate is not None,
                     exclusions=[f"{e.peer}:{e.reason}" for e in report.exclusions],
                     epsilon=report.epsilon,
                     bytes_sent=peer.bytes_sent,
