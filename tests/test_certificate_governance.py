@@ -65,7 +65,7 @@ def test_model_check_reports_a_forged_or_insufficient_certificate(
 ) -> None:
     roster = write_roster(tmp_path / "roster.json", *IDS)
     out = export(tmp_path, cert)
-    assert main(["model", "check", str(out), "--roster", str(roster)]) != 0
+    assert main(["model", "check", str(out), "--roster", str(roster)]) == 2
     assert message in capsys.readouterr().err
 
 
