@@ -103,3 +103,61 @@ async def test_a_stolen_key_serving_a_forged_high_round_model_is_never_adopted(
         assert entries[0]["round"] == CLAIMED
         assert "model sync refused" in entries[0]["detail"]
         assert thief.peer_id not in entries[0]["detail"]  # named by salted hash only
+
+
+async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Path) -> None:
+    """The same attack against three real daemons on 127.0.0.1 (libp2p, Noise)."""
+    from p2pfed.config import load_config
+    from p2pfed.daemon import parse_listen, peer_addresses, prepare
+    from p2pfed.demo import DemoSettings, build_consortium, launch, statuses, stop
+    from p2pfed.governance.audit import hash_peer_id, read_salt_file
+    from p2pfed.identity.roster import Role
+    from p2pfed.transport.libp2p import Libp2pTransport
+
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=4, rounds=2))
+    for h in c.hospitals:  # short secure-aggregation stages: the thief never sends its share
+        text = h.config.read_text()
+        assert "round_timeout_s = 60.0" in text
+        h.config.write_text(text.replace("round_timeout_s = 60.0", "round_timeout_s = 8.0"))
+    honest, thief = c.hospitals[:3], c.hospitals[3]
+    prepared = prepare(load_config(thief.config))  # its key, stolen
+    config, me = prepared.config, prepared.identity
+    roster = prepared.gate.roster
+    members = {m.peer_id: m for m in roster.members if m.role is Role.MEMBER}
+    size = 30 * 2 + 2
+    evil = np.full(size, 1e30, np.float32)
+    statement = CommitStatement(
+        roster.consortium_id, roster.version, CLAIMED, weights_digest(evil), (me.peer_id,)
+    )
+    signer = Ed25519CohortSigner(me.seed, {p: m.public_key for p, m in members.items()})
+    cert = assemble(statement, [(me.peer_id, signer.sign(statement.signed_bytes()))])
+    host, port = parse_listen(config.network.listen)
+    try:
+        launch(c, honest)
+        with trio.fail_after(240):
+            async with Libp2pTransport(
+                me.seed,
+                prepared.gate,
+                host=host,
+                port=port,
+                peer_addrs=peer_addresses(config, members, me.peer_id),
+            ) as transport:
+                ModelSync(transport, roster.consortium_id, lambda: (CLAIMED, evil, cert), size)
+                while any(h.process and h.process.poll() is None for h in honest):
+                    await trio.sleep(0.5)
+    finally:
+        stop(c)
+    final = statuses(c)[:3]
+    assert [s["state"] for s in final] == ["finished"] * 3
+    assert {s["completed_round"] for s in final} == {1}
+    assert len({s["model_digest"] for s in final}) == 1
+    assert all(s["certified"] for s in final)
+    for h in honest:
+        salt = read_salt_file(h.folder / "audit.salt")
+        named = [
+            e["body"]
+            for e in read_entries(h.state / "audit.jsonl")
+            if e["kind"] == "exclusion" and e["body"]["peer"] == hash_peer_id(salt, me.peer_id)
+        ]
+        assert [b["round"] for b in named] == [CLAIMED]
+        assert "model sync refused" in named[0]["detail"]
