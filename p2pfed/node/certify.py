@@ -13,6 +13,7 @@ votes gathered; ``CertificatePolicy.check`` decides whether it reaches the quoru
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 
 import trio
@@ -55,7 +56,8 @@ class CertificateService:
         self.timeout = timeout
         self.max_ahead = max_ahead
         self.low = 0
-        self.exclusions: list[Exclusion] = []
+        # Bounded: a member sending bad votes in a loop must not grow our memory.
+        self.exclusions: deque[Exclusion] = deque(maxlen=256)
         self._votes: dict[int, dict[str, tuple[bytes, bytes]]] = {}  # round → peer → vote
         self._arrived = trio.Event()
         transport.serve(CERT_PROTOCOL, self._handle)

@@ -330,6 +330,8 @@ class Peer:
         await self.reconcile()
         round_ = self.next_round
         self.next_round += 1
+        if self.certifier is not None:  # votes for this round may arrive before we commit
+            self.certifier.low = max(self.certifier.low, round_)
         started = self.clock()
         result = self.trainer.train_round(self.train, self.weights)
         update = result.update

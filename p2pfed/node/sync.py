@@ -121,6 +121,7 @@ CurrentModel = Callable[[], tuple[int, NDArray[np.float32], CommitCertificate | 
 """Returns (last completed round, shared weights, their certificate) of the local peer."""
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 1.0, 60.0
+_MAX_NAMED = 4096
 
 
 class ModelSync:
@@ -274,6 +275,8 @@ class ModelSync:
         self._backoff[peer] = (self.clock() + delay, delay)
         if (peer, round_) in self._named:
             return
+        if len(self._named) >= _MAX_NAMED:  # a peer inventing rounds cannot grow it forever
+            self._named.clear()
         self._named.add((peer, round_))
         refusal = SyncRefusal(peer, round_, exc.reason, str(exc))
         self.refusals.append(refusal)
