@@ -161,3 +161,24 @@ async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Pat
         ]
         assert [b["round"] for b in named] == [CLAIMED]
         assert "model sync refused" in named[0]["detail"]
+
+
+async def test_in_gossip_one_members_claimed_round_does_not_move_the_others(
+    tmp_path: Path,
+) -> None:
+    """Nothing is certified in gossip: a late member rejoins at a round two members reached."""
+    c = Consortium(tmp_path, 3, gossip="ring")
+    thief = c.ids[2]
+    with trio.fail_after(30):
+        async with c.net.open(thief.peer_id) as transport, c.peer(0) as late, c.peer(1) as other:
+            weights = np.zeros_like(late.weights)
+            ModelSync(
+                transport,
+                "test",
+                lambda: (CLAIMED, weights, None),
+                weights.size,
+                serve_models=False,
+            )
+            other._adopt(4, other.weights)  # an honest member finished round 4
+            assert await late.catch_up(round_=1)
+            assert late.next_round == 5  # not CLAIMED + 1: it would stop as if finished

@@ -250,7 +250,10 @@ class Peer:
         """
         while True:
             statuses = await self.sync.probe_all(self.others, self.sync.timeout)
-            newest = max((s.round for s in statuses.values()), default=-1)
+            # Nothing is certified here, so no single claim is believed: the floor-th highest
+            # round claimed, so one member (a stolen key) cannot push everyone's round ahead.
+            claims = sorted((s.round for s in statuses.values()), reverse=True)
+            newest = claims[min(self.policy.floor, len(claims)) - 1] if claims else -1
             if newest > target:
                 self.next_round = max(self.next_round, newest + 1)
                 self._save()
