@@ -5,10 +5,12 @@ the consortium's shared weights after round r−1, trains locally (``LocalTraine
 its update to the privacy layer (``PrivateReleaser``: clip, record the spend durably in the
 ledger, then noise — nothing leaves before the ledger says yes), then to the ``Aggregator``
 (secure ring by default), and applies the mean update it gets back. After each committed
-round the model is checkpointed atomically, so a restarted peer resumes where it stopped.
+round the cohort signs a commit certificate for the new model (``CertificateService``) and
+the model is checkpointed atomically with it, so a restarted peer resumes where it stopped.
 
 A peer that misses a round (it crashed, came late, or was left out) asks the other members
-for the newest model (``ModelSync``) and joins the next round from there. Round numbers only
+for the newest certified model (``ModelSync``: never one without a valid certificate) and
+joins the next round from there. Round numbers only
 go forward: a round that failed for everyone is not re-run under the same number (its
 secure-aggregation session and privacy record are spent), the next number starts from the
 same weights. ``model_round`` is the round the weights are from; ``next_round`` the next to
