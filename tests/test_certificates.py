@@ -298,3 +298,22 @@ async def test_non_finite_weights_are_refused_once_and_not_fetched_again(
     assert len(calls) == 2  # one status and one model, then the back-off holds
     assert [(r.peer, r.reason) for r in sync.refusals] == [(NAMES[4], ReasonCode.NON_FINITE)]
     assert sync.backing_off(NAMES[4])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sets(st.sampled_from(NAMES), min_size=1),
+    st.data(),
+)
+def test_a_certificate_holds_exactly_when_a_quorum_of_contributors_signed(
+    cohort: set[str], data: st.DataObject
+) -> None:
+    signers = data.draw(st.sets(st.sampled_from(sorted(cohort))))
+    cert = certify(2, HONEST_W, sorted(signers), sorted(cohort))
+    holds = len(signers) >= commit_quorum(len(cohort))
+    try:
+        policy().check(cert, "x")
+    except RemoteProtocolError:
+        assert not holds
+    else:
+        assert holds
