@@ -105,6 +105,8 @@ async def test_a_stolen_key_serving_a_forged_high_round_model_is_never_adopted(
         assert thief.peer_id not in entries[0]["detail"]  # named by salted hash only
 
 
+@pytest.mark.network
+@pytest.mark.timeout(300)
 async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Path) -> None:
     """The same attack against three real daemons on 127.0.0.1 (libp2p, Noise)."""
     from p2pfed.config import load_config
