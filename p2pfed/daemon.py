@@ -599,6 +599,10 @@ async def _run_peer(
                 aggregator=aggregator,
                 releaser=releaser,
                 state_dir=prepared.state_dir,
+                signer=signer,
+                roster_version=roster.version,
+                certificate_floor=max(2, config.rounds.min_peers),
+                on_refusal=lambda r: recorder.refuse_model(r.round, r.peer, r.reason, r.detail),
             )
             status |= {
                 "state": "running",
@@ -640,6 +644,7 @@ async def _run_peer(
                         },
                         duration_s=report.duration_s,
                         bytes_sent=report.bytes_sent,
+                        certificate=report.certificate,
                     )
                     status["model_version"] = record.manifest.version
                     status["drift_alerts"] = [a.to_dict() for a in record.alerts]
@@ -653,8 +658,11 @@ async def _run_peer(
                     round=report.round,
                     completed_round=peer.model_round,
                     last={
-                        k: v for k, v in asdict(report).items() if k not in ("exclusions", "cohort")
+                        k: v
+                        for k, v in asdict(report).items()
+                        if k not in ("exclusions", "cohort", "certificate")
                     },
+                    certified=report.certificate is not None,
                     exclusions=[f"{e.peer}:{e.reason}" for e in report.exclusions],
                     epsilon=report.epsilon,
                     bytes_sent=peer.bytes_sent,

@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ class Consortium:
         self.ledgers: dict[int, PrivacyLedger] = {}
 
     @asynccontextmanager
-    async def peer(self, k: int) -> AsyncIterator[Peer]:
+    async def peer(self, k: int, on_refusal: Any = None) -> AsyncIterator[Peer]:
         ident = self.ids[k]
         async with self.net.open(ident.peer_id) as transport:
             secure = SecureRingRound(
@@ -123,6 +124,9 @@ class Consortium:
                     aggregator=aggregator,
                     releaser=releaser,
                     state_dir=self.tmp / f"state-{k}",
+                    signer=Ed25519CohortSigner(ident.seed, self.keys),
+                    roster_version=1,
+                    on_refusal=on_refusal,
                 )
             finally:
                 ledger.close()

@@ -57,6 +57,7 @@ def run_rounds(config: Config, rounds: range) -> None:
             next_round=0,
             model_round=-1,
             checkpoint_path=prepared.state_dir / "checkpoint.pt",
+            certificate=None,  # these rounds are not certified
         )
         for r in rounds:
             ledger.reserve(Release(r, 1.0, 0.1, 10, 1.0, NoiseMode.DP_SGD))

@@ -31,6 +31,7 @@ committed. Everything is driven by ``start``/``receive``/``ring_done``/``ring_fa
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,7 +180,9 @@ class RoundAgreement:
         timing: AgreementTiming | None = None,
         *,
         max_attempts: int = 8,
+        roster_version: int = 0,
     ) -> None:
+        """``roster_version``: ours; peers announcing another are kept out of every cohort."""
         if me not in members:
             raise LocalProtocolError(f"peer {me} is not a member of the roster it was given")
         if not 1 <= max_attempts <= MAX_ATTEMPTS + 1:
@@ -187,6 +190,7 @@ class RoundAgreement:
         self.me = me
         self.consortium = consortium
         self.round = round
+        self.roster_version = roster_version
         self.timing = timing or AgreementTiming()
         self.max_attempts = max_attempts
         self._signer = signer
@@ -226,6 +230,14 @@ class RoundAgreement:
     def _exclude(self, peer: str, reason: ReasonCode, detail: str) -> None:
         self.exclusions.append(Exclusion(self.round, peer, reason, detail))
 
+    def _other_roster(self, sender: str, message: Ready | Cohort) -> bool:
+        """Ring order and membership depend on the roster: mixing versions corrupts sums."""
+        theirs = message.roster_version
+        if theirs != self.roster_version:
+            why = f"roster version {theirs} in a {type(message).__name__}, ours is "
+            self._exclude(sender, ReasonCode.PROTOCOL_VIOLATION, why + str(self.roster_version))
+        return theirs != self.roster_version
+
     def _evidence_against(self, peer: str) -> bool:
         if peer in self.accusations and self.accusations[peer] not in _SILENCE:
             return True
@@ -253,7 +265,7 @@ class RoundAgreement:
 
     def _own_ready(self) -> Ready:
         accused = tuple(sorted((peer, reason.value) for peer, reason in self.accusations.items()))
-        return Ready(self.round, self.attempt, self.takeover, accused)
+        return Ready(self.round, self.attempt, self.takeover, accused, self.roster_version)
 
     def _maybe_fix(self, now: float) -> list[Action]:
         wanted = {p for p in self.eligible if not self._evidence_against(p)}
@@ -273,15 +285,11 @@ class RoundAgreement:
         for peer in self.eligible:
             if self._evidence_against(peer):
                 self._exclude(peer, ReasonCode.PROTOCOL_VIOLATION, "accused with evidence")
-        unsigned = Cohort(self.round, self.attempt, self.takeover, self.me, members)
-        cohort = Cohort(
-            self.round,
-            self.attempt,
-            self.takeover,
-            self.me,
-            members,
-            self._signer.sign(unsigned.signed_bytes(self.consortium)),
+        unsigned = Cohort(
+            self.round, self.attempt, self.takeover, self.me, members, b"", self.roster_version
         )
+        signature = self._signer.sign(unsigned.signed_bytes(self.consortium))
+        cohort = dataclasses.replace(unsigned, signature=signature)
         actions: list[Action] = [Send(p, cohort) for p in self._ready if p != self.me]
         return actions + self._adopt(cohort)
 
@@ -380,6 +388,8 @@ class RoundAgreement:
         return []
 
     def _on_ready(self, sender: str, message: Ready, now: float) -> list[Action]:
+        if self._other_roster(sender, message):
+            return []
         if sender not in self.eligible:
             # Not eligible (joined late, or left out of the previous attempt): if a cohort
             # exists, show it so the peer knows it sits this round out.
@@ -411,6 +421,8 @@ class RoundAgreement:
 
     def _on_cohort(self, sender: str, message: Cohort, *, future: bool = False) -> list[Action]:
         if self.phase not in (Phase.ANNOUNCED, Phase.COLLECTING):
+            return []
+        if self._other_roster(sender, message):
             return []
         expected = (
             sender

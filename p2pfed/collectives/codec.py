@@ -99,6 +99,7 @@ def _body(message: Message) -> tuple[bytes, bytes]:
         parts = [struct.pack("<BHH", message.attempt, message.takeover, len(message.accused))]
         for peer, reason in message.accused:
             parts += [_short(peer), _short(reason)]
+        parts.append(_U64.pack(message.roster_version))
         return b"".join(parts), b""
     if isinstance(message, Cohort):
         parts = [
@@ -108,6 +109,7 @@ def _body(message: Message) -> tuple[bytes, bytes]:
         ]
         parts += [_short(member) for member in message.members]
         parts.append(_short(message.signature))
+        parts.append(_U64.pack(message.roster_version))
         return b"".join(parts), b""
     if isinstance(message, SecAggData):
         return b"", message.data
@@ -168,6 +170,7 @@ class _Reader:
 _U8H = struct.Struct("<BH")
 _U8HH = struct.Struct("<BHH")
 _U16 = struct.Struct("<H")
+_U64 = struct.Struct("<Q")
 
 
 def _word(code: int, sender: str) -> WordType:
@@ -177,6 +180,14 @@ def _word(code: int, sender: str) -> WordType:
         raise RemoteProtocolError(
             ReasonCode.WRONG_DTYPE, f"peer {sender} sent unknown word type {code}", sender
         ) from None
+
+
+def _roster_version(version: int, sender: str) -> int:
+    if version >= 1 << 63:
+        raise RemoteProtocolError(
+            ReasonCode.MALFORMED, f"peer {sender} sent roster version {version}", sender
+        )
+    return version
 
 
 def _decode_body(kind: int, round: int, body: _Reader) -> Message:
@@ -194,7 +205,8 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
                 ReasonCode.OVERSIZED, f"peer {sender} accused {count} peers", sender
             )
         accused = tuple((body.short(), body.short()) for _ in range(count))
-        return Ready(round, attempt, takeover, accused)
+        (roster_version,) = body.unpack(_U64)
+        return Ready(round, attempt, takeover, accused, _roster_version(roster_version, sender))
     if kind == 3:
         attempt, takeover = body.unpack(_U8H)
         coordinator = body.short()
@@ -206,7 +218,16 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
         members = tuple(body.short() for _ in range(count))
         (n,) = body.take(1)
         signature = body.take(n)
-        return Cohort(round, attempt, takeover, coordinator, members, signature)
+        (roster_version,) = body.unpack(_U64)
+        return Cohort(
+            round,
+            attempt,
+            takeover,
+            coordinator,
+            members,
+            signature,
+            _roster_version(roster_version, sender),
+        )
     if kind == 4:
         (attempt,) = body.take(1)
         return Abort(round, attempt, body.short(), body.short())

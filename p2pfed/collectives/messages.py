@@ -78,6 +78,11 @@ def _check_attempt(attempt: int) -> None:
         raise LocalProtocolError(f"attempt {attempt} is outside 0..{MAX_ATTEMPTS}")
 
 
+def _check_roster_version(version: int) -> None:
+    if not 0 <= version <= MAX_ROUND:
+        raise LocalProtocolError(f"roster version {version} is outside 0..2^63-1")
+
+
 def _check_peer(peer: str, what: str) -> None:
     if not 0 < len(peer.encode()) <= MAX_PEER_ID:
         raise LocalProtocolError(f"{what} must be 1..{MAX_PEER_ID} bytes of UTF-8, got {peer!r}")
@@ -130,11 +135,14 @@ class Ready:
     attempt: int
     takeover: int
     accused: tuple[tuple[str, str], ...] = ()
+    roster_version: int = 0
+    """The roster version the sender runs under: a cohort forms only within one version."""
     version: int = MESSAGE_VERSION
 
     def __post_init__(self) -> None:
         _check_round(self.round)
         _check_attempt(self.attempt)
+        _check_roster_version(self.roster_version)
         if not 0 <= self.takeover < MAX_COHORT:
             raise LocalProtocolError(f"takeover index {self.takeover} is outside 0..1023")
         if len(self.accused) > MAX_COHORT:
@@ -155,11 +163,13 @@ class Cohort:
     coordinator: str
     members: tuple[str, ...]
     signature: bytes = b""
+    roster_version: int = 0
     version: int = MESSAGE_VERSION
 
     def __post_init__(self) -> None:
         _check_round(self.round)
         _check_attempt(self.attempt)
+        _check_roster_version(self.roster_version)
         if not 0 <= self.takeover < MAX_COHORT:
             raise LocalProtocolError(f"takeover index {self.takeover} is outside 0..1023")
         _check_peer(self.coordinator, "coordinator")
@@ -175,11 +185,12 @@ class Cohort:
             raise LocalProtocolError(f"cohort signature exceeds {MAX_SIGNATURE} bytes")
 
     def signed_bytes(self, consortium: str) -> bytes:
-        """The exact bytes the coordinator signs: domain, consortium, round and members."""
+        """The bytes the coordinator signs: domain, consortium, roster version, round, members."""
         body = "\n".join(
             [
-                "p2pfed-cohort-v1",
+                "p2pfed-cohort-v2",
                 consortium,
+                str(self.roster_version),
                 str(self.round),
                 str(self.attempt),
                 str(self.takeover),

@@ -257,6 +257,7 @@ class RingRound:
             self.signer,
             self.timing,
             max_attempts=self.max_attempts,
+            roster_version=self.roster_version,
         )
         mailbox = self.control.open_round(round)
         seen = (len(self.ring.exclusions), len(self.control.exclusions))

@@ -672,17 +672,29 @@ class AuditLog:
         )
 
     def model_version(
-        self, round_number: int, *, model_hash: str, parent_hash: str | None
+        self,
+        round_number: int,
+        *,
+        model_hash: str,
+        parent_hash: str | None,
+        certificate: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The aggregated model the round produced (``model_hash`` from ``governance.models``)."""
+        """The aggregated model the round produced (``model_hash`` from ``governance.models``).
+
+        ``certificate``: the summary of its commit certificate (``CommitCertificate.summary``).
+        """
         if not _is_hex(model_hash, 32) or (
             parent_hash is not None and not _is_hex(parent_hash, 32)
         ):
             raise LocalError("model hashes must be 64 hex digits (SHA-256)")
-        return self.append(
-            EntryKind.MODEL_VERSION,
-            {"round": round_number, "model_hash": model_hash, "parent_hash": parent_hash},
-        )
+        body: dict[str, Any] = {
+            "round": round_number,
+            "model_hash": model_hash,
+            "parent_hash": parent_hash,
+        }
+        if certificate is not None:
+            body["certificate"] = dict(certificate)
+        return self.append(EntryKind.MODEL_VERSION, body)
 
     def dp(
         self,

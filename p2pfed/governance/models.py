@@ -333,8 +333,9 @@ class ModelRegistry:
         participants: Sequence[str] = (),
         dp: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
+        certificate: Mapping[str, Any] | None = None,
     ) -> ModelManifest:
-        """Store a round's aggregated model; returns its manifest.
+        """Store a round's aggregated model (and its commit certificate); returns its manifest.
 
         Adding the same model for the same round again returns the stored manifest (a
         restarted node may redo its last step); a different model for a round that already
@@ -364,6 +365,8 @@ class ModelRegistry:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(folder / "model.bin", serialize_model(tensors), 0o644)
             _write_json(folder / "manifest.json", manifest.to_dict())
+            if certificate is not None:
+                _write_json(folder / "certificate.json", dict(certificate))
             fsync_dir(self.root)
         except OSError as exc:
             raise ConfigError(f"cannot store model in {folder}: {exc.strerror}") from None
@@ -458,6 +461,10 @@ class ModelRegistry:
         exported = dataclasses.replace(manifest, export={"format": fmt, "file": out.name})
         manifest_path = manifest_path_for(out)
         _write_json(manifest_path, exported.to_dict())
+        certificate = self._folder(manifest) / "certificate.json"
+        if certificate.exists():  # travels with the file, so ``model check`` can verify it
+            copy = out.with_name(out.name + ".certificate.json")
+            atomic_write(copy, certificate.read_bytes(), 0o644)
         return out, manifest_path
 
 

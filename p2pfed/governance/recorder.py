@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from numpy.typing import NDArray
 
@@ -28,6 +28,9 @@ from p2pfed.governance.drift import DriftAlert, DriftMonitor, describe
 from p2pfed.governance.metrics import NodeMetrics
 from p2pfed.governance.models import ModelManifest, ModelRegistry
 from p2pfed.training.data import Dataset
+
+if TYPE_CHECKING:
+    from p2pfed.node.certificates import CommitCertificate
 
 log = logging.getLogger("p2pfed.governance")
 
@@ -154,6 +157,20 @@ class GovernanceRecorder:
             extra={"round": round_number, "peer": peer_id, "reason": ReasonCode(reason).value},
         )
 
+    def refuse_model(
+        self, claimed_round: int, peer_id: str, reason: ReasonCode, detail: str = ""
+    ) -> None:
+        """Model sync refused ``peer_id``'s model (no or a bad certificate): name the sender.
+
+        The raw peer ID is replaced in ``detail``: the audit log names peers by salted hash.
+        """
+        self.exclude(
+            claimed_round,
+            peer_id,
+            reason,
+            "model sync refused its model: " + detail.replace(peer_id, "the sender"),
+        )
+
     def finish_round(
         self,
         round_number: int,
@@ -166,6 +183,7 @@ class GovernanceRecorder:
         data: Dataset | None = None,
         bytes_sent: int = 0,
         bytes_received: int = 0,
+        certificate: CommitCertificate | None = None,
     ) -> RoundRecord:
         """The round's aggregate was applied: store it, audit it, check drift, count it.
 
@@ -182,9 +200,13 @@ class GovernanceRecorder:
             participants=[self.audit.hash_peer(p) for p in people],
             dp=dp.to_dict(),
             metrics=metrics,
+            certificate=None if certificate is None else certificate.to_dict(),
         )
         self.audit.model_version(
-            round_number, model_hash=manifest.model_hash, parent_hash=manifest.parent_hash
+            round_number,
+            model_hash=manifest.model_hash,
+            parent_hash=manifest.parent_hash,
+            certificate=None if certificate is None else certificate.summary(),
         )
         self.audit.dp(
             round_number,

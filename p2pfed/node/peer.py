@@ -5,10 +5,12 @@ the consortium's shared weights after round r−1, trains locally (``LocalTraine
 its update to the privacy layer (``PrivateReleaser``: clip, record the spend durably in the
 ledger, then noise — nothing leaves before the ledger says yes), then to the ``Aggregator``
 (secure ring by default), and applies the mean update it gets back. After each committed
-round the model is checkpointed atomically, so a restarted peer resumes where it stopped.
+round the cohort signs a commit certificate for the new model (``CertificateService``) and
+the model is checkpointed atomically with it, so a restarted peer resumes where it stopped.
 
 A peer that misses a round (it crashed, came late, or was left out) asks the other members
-for the newest model (``ModelSync``) and joins the next round from there. Round numbers only
+for the newest certified model (``ModelSync``: never one without a valid certificate) and
+joins the next round from there. Round numbers only
 go forward: a round that failed for everyone is not re-run under the same number (its
 secure-aggregation session and privacy record are spent), the next number starts from the
 same weights. ``model_round`` is the round the weights are from; ``next_round`` the next to
@@ -29,9 +31,13 @@ import numpy as np
 import trio
 from numpy.typing import NDArray
 
+from p2pfed.collectives.agreement import CohortSigner
 from p2pfed.collectives.faults import Exclusion
+from p2pfed.errors import P2PFedError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
-from p2pfed.node.sync import ModelSync, weights_digest
+from p2pfed.node.certificates import CertificatePolicy, CommitCertificate, CommitStatement
+from p2pfed.node.certify import CertificateService
+from p2pfed.node.sync import ModelSync, SyncRefusal, weights_digest
 from p2pfed.privacy.mechanisms import NoiseMode
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.training.data import Dataset
@@ -63,7 +69,8 @@ class RoundReport:
     """Peer IDs whose updates are in this round's aggregate (empty when missed)."""
     sample_rate: float = 1.0
     steps: int = 1
-
+    certificate: CommitCertificate | None = None
+    """The round's commit certificate (None when missed, uncertified, or in gossip)."""
 
 
 def slot_wait(now: float, slot: float) -> float:
@@ -78,6 +85,7 @@ def slot_wait(now: float, slot: float) -> float:
         return 0.0
     wait = slot - now % slot
     return wait + slot if wait < slot / 2 else wait
+
 
 class Peer:
     """A federated-learning participant; see the module docstring."""
@@ -94,9 +102,18 @@ class Peer:
         aggregator: Aggregator,
         releaser: PrivateReleaser | None,
         state_dir: str | Path,
+        signer: CohortSigner,
+        roster_version: int,
+        certificate_floor: int = 2,
+        certify_timeout: float = 2.0,
+        on_refusal: Callable[[SyncRefusal], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        """``signer``/``roster_version``/``certificate_floor``: commit certificates (above).
+
+        ``on_refusal`` hears of every member whose model sync refused (once per round).
+        """
         self.transport = transport
         self.consortium = consortium
         self.members = tuple(sorted(members))
@@ -113,6 +130,16 @@ class Peer:
         self.next_round = 0
         self.weights = trainer.shared_weights()
         self.bytes_sent = 0
+        self.certificate: CommitCertificate | None = None
+        self.policy = CertificatePolicy(
+            consortium, roster_version, frozenset(members), signer, certificate_floor
+        )
+        # Only exact modes end a round with one model everyone can sign.
+        self.certifier = (
+            CertificateService(transport, self.policy, signer, timeout=certify_timeout)
+            if aggregator.exact
+            else None
+        )
         # Secure gossip: a member's model is its own group's secret sum; serving it would
         # hand others one more sum per round (enough to solve for every update).
         self.sync = ModelSync(
@@ -121,6 +148,8 @@ class Peer:
             self._current,
             self.weights.size,
             serve_models=aggregator.exact or not aggregator.secure,
+            policy=self.policy,
+            on_refusal=on_refusal,
         )
         self._resume()
 
@@ -134,8 +163,8 @@ class Peer:
         """Where the model after the last completed round is kept."""
         return self.state_dir / CHECKPOINT
 
-    def _current(self) -> tuple[int, NDArray[np.float32]]:
-        return self.model_round, self.weights
+    def _current(self) -> tuple[int, NDArray[np.float32], CommitCertificate | None]:
+        return self.model_round, self.weights, self.certificate
 
     def _resume(self) -> None:
         if self.checkpoint_path.exists():
@@ -143,17 +172,42 @@ class Peer:
             self.weights = self.trainer.shared_weights()
             self.bytes_sent = int(extra.get("bytes_sent", 0))
             self.next_round = max(self.model_round + 1, int(extra.get("next_round", 0)))
+            self.certificate = self._stored_certificate(extra.get("certificate"))
             log.info("resumed from checkpoint after round %d", self.model_round)
+
+    def _stored_certificate(self, data: object) -> CommitCertificate | None:
+        """The checkpoint's certificate if it still covers the weights it was saved with."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            certificate = CommitCertificate.from_dict(data)
+        except ValueError as exc:
+            log.warning("checkpoint certificate ignored: %s", exc)
+            return None
+        if (certificate.round, certificate.digest) != (
+            self.model_round,
+            weights_digest(self.weights),
+        ):
+            return None
+        return certificate
 
     def _save(self) -> None:
         extra: dict[str, object] = {"bytes_sent": self.bytes_sent, "next_round": self.next_round}
+        if self.certificate is not None:
+            extra["certificate"] = self.certificate.to_dict()
         if self.releaser is not None:  # anchors the ledger: a cut or older copy is then seen
             extra["ledger_head"] = self.releaser.ledger.head().to_dict()
         self.trainer.save_checkpoint(self.checkpoint_path, self.model_round, extra)
 
-    def _adopt(self, round_: int, weights: NDArray[np.float32]) -> None:
+    def _adopt(
+        self,
+        round_: int,
+        weights: NDArray[np.float32],
+        certificate: CommitCertificate | None = None,
+    ) -> None:
         self.trainer.load_shared(weights)
         self.weights = self.trainer.shared_weights()
+        self.certificate = certificate
         self.model_round = round_
         self.next_round = max(self.next_round, round_ + 1)
         self._save()
@@ -175,16 +229,17 @@ class Peer:
         """
         deadline = trio.current_time() + timeout
         target = self.model_round if round_ is None else round_ - 1
-        if not self.sync.serve_models:
+        if not self.aggregator.exact:
+            # Gossip members hold different models: none carries a certificate to adopt.
             return await self._rejoin(target, deadline)
         while True:
             fetched = await self.sync.best_model(self.others, newer_than=self.model_round)
             if fetched is not None and fetched.round > target:
-                self._adopt(fetched.round, fetched.weights)
+                self._adopt(fetched.round, fetched.weights, fetched.certificate)
                 log.info("caught up to round %d from %s", fetched.round, fetched.peer)
                 return True
-            if fetched is not None:
-                self._adopt(fetched.round, fetched.weights)  # newer than ours, not yet enough
+            if fetched is not None:  # newer than ours, not yet enough
+                self._adopt(fetched.round, fetched.weights, fetched.certificate)
             if trio.current_time() >= deadline:
                 return False
             await trio.sleep(0.2)
@@ -197,7 +252,10 @@ class Peer:
         """
         while True:
             statuses = await self.sync.probe_all(self.others, self.sync.timeout)
-            newest = max((s.round for s in statuses.values()), default=-1)
+            # Nothing is certified here, so no single claim is believed: the floor-th highest
+            # round claimed, so one member (a stolen key) cannot push everyone's round ahead.
+            claims = sorted((s.round for s in statuses.values()), reverse=True)
+            newest = claims[min(self.policy.floor, len(claims)) - 1] if claims else -1
             if newest > target:
                 self.next_round = max(self.next_round, newest + 1)
                 self._save()
@@ -256,15 +314,19 @@ class Peer:
         if best == mine:
             return False
         for peer in votes[best]:
-            fetched = await self.sync.fetch(peer)
-            if fetched is not None and weights_digest(fetched.weights) == best:
+            fetched = await self.sync.fetch(peer, self.model_round)
+            if (
+                fetched is not None
+                and fetched.round == self.model_round
+                and weights_digest(fetched.weights) == best
+            ):
                 log.warning(
                     "round %d: our model differs from %d of %d members; adopting theirs",
                     self.model_round,
                     len(votes[best]),
                     sum(map(len, votes.values())),
                 )
-                self._adopt(fetched.round, fetched.weights)
+                self._adopt(fetched.round, fetched.weights, fetched.certificate)
                 return True
         return False
 
@@ -273,6 +335,8 @@ class Peer:
         await self.reconcile()
         round_ = self.next_round
         self.next_round += 1
+        if self.certifier is not None:  # votes for this round may arrive before we commit
+            self.certifier.low = max(self.certifier.low, round_)
         started = self.clock()
         result = self.trainer.train_round(self.train, self.weights)
         update = result.update
@@ -294,7 +358,9 @@ class Peer:
             self._save()
         else:
             self.bytes_sent += outcome.bytes_sent
-            self._adopt(round_, self.weights + outcome.mean)
+            weights = self.weights + outcome.mean
+            certificate = await self._certify(round_, weights, outcome.contributors)
+            self._adopt(round_, weights, certificate)
         metrics = self.trainer.evaluate(self.test)
         return RoundReport(
             round=round_,
@@ -312,7 +378,29 @@ class Peer:
             cohort=tuple(sorted(outcome.contributors)) if isinstance(outcome, Aggregate) else (),
             sample_rate=result.sample_rate,
             steps=result.steps,
+            certificate=self.certificate if committed else None,
         )
+
+    async def _certify(
+        self, round_: int, weights: NDArray[np.float32], contributors: frozenset[str]
+    ) -> CommitCertificate | None:
+        """Gather the cohort's signatures on this round's model; None in gossip or below quorum."""
+        if self.certifier is None:
+            return None
+        statement = CommitStatement(
+            self.consortium,
+            self.policy.roster_version,
+            round_,
+            weights_digest(weights.astype(np.float32)),
+            tuple(sorted(contributors)),
+        )
+        certificate = await self.certifier.certify(statement)
+        try:
+            self.policy.check(certificate, self.me)
+        except P2PFedError as exc:
+            log.warning("round %d stays uncertified: %s", round_, exc)
+            return None
+        return certificate
 
     async def run(
         self,

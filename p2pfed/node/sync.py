@@ -2,11 +2,12 @@
 
 Theory of operation: every peer serves ``SYNC_PROTOCOL``. A request is one CONTROL frame
 whose payload is a single byte (``STATUS`` or ``MODEL``); the answer is one CONTROL frame
-with a ``ModelStatus`` (the last completed round and the SHA-256 of the shared weights),
-followed, for ``MODEL``, by the weights as a wire tensor (digest-checked in transit). The
-fetcher checks the received weights against the announced digest and shape before using
-them. ``best_model`` asks every reachable member and takes the most advanced; unreachable or
-misbehaving members are skipped with their reason.
+with a ``ModelStatus`` (the last completed round and the SHA-256 of the shared weights)
+and, when it has one, the commit certificate of those weights, followed, for ``MODEL``, by
+the weights as a wire tensor (digest-checked in transit). The fetcher checks the received
+weights against the announced digest and shape before using them. ``best_model`` asks every
+reachable member and takes the most advanced certified model; unreachable or misbehaving
+members are skipped with their reason.
 
 Confidentiality: with ``serve_models`` off (secure gossip, where each member's model is its
 own group's secure sum, which nobody else learns) a ``MODEL`` request is answered with a
@@ -14,10 +15,15 @@ REJECT frame and the status alone stays available, so a member can learn which r
 reached but no sum beyond its own group's. In ring modes every member of a round ends with
 the same aggregate, so serving it hands out nothing a member of that round lacks.
 
-Trust: peers are honest-but-curious in our threat model (docs/architecture.md). A node only
-fetches when it is behind; among the most advanced members it prefers the weights digest
-that most of them announce, so one member with a stale or damaged copy is outvoted, and it
-checks the received weights against that digest.
+Trust: a member's key may be stolen, so nothing a single member says about its model is
+believed. A status carries the member's commit certificate (``p2pfed.node.certificates``)
+for the weights it holds; the fetcher adopts weights only under a certificate that
+``CertificatePolicy.check`` accepts, for exactly the announced round and digest, and ranks
+candidates by that certified round, never by the claimed one. A member that claims a round
+its certificate does not cover, serves no or a bad certificate, weights that differ from it
+or that are not finite, is refused, named once per round (``refusals``, ``on_refusal``) and
+left alone for a doubling back-off, so a bad model is not fetched again in a loop. Among the
+most advanced certified models the digest that most members announce wins.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import trio
 from numpy.typing import NDArray
 
 from p2pfed.errors import P2PFedError, ReasonCode, RemoteProtocolError
+from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.transport.base import Stream, Transport
 from p2pfed.wire import (
     Frame,
@@ -48,7 +55,7 @@ from p2pfed.wire import (
 
 log = logging.getLogger(__name__)
 
-SYNC_PROTOCOL = "/p2pfed/model-sync/1.0.0"
+SYNC_PROTOCOL = "/p2pfed/model-sync/2.0.0"
 STATUS = b"S"
 MODEL = b"M"
 NOT_SERVED = "this member does not serve its model: in secure gossip it is its own group's sum"
@@ -78,11 +85,11 @@ class ModelStatus:
     @classmethod
     def decode(cls, payload: bytes, peer: str) -> ModelStatus:
         """Parse a status; ``RemoteProtocolError(MALFORMED)`` if it is not one."""
-        if len(payload) != _STATUS.size:
+        if len(payload) < _STATUS.size:
             raise RemoteProtocolError(
                 ReasonCode.MALFORMED, f"model status from {peer} has {len(payload)} bytes", peer
             )
-        round_, digest = _STATUS.unpack(payload)
+        round_, digest = _STATUS.unpack(payload[: _STATUS.size])
         if round_ < -1:
             raise RemoteProtocolError(
                 ReasonCode.MALFORMED, f"bad round in status from {peer}", peer
@@ -97,10 +104,24 @@ class FetchedModel:
     peer: str
     round: int
     weights: NDArray[np.float32]
+    certificate: CommitCertificate | None = None
 
 
-CurrentModel = Callable[[], tuple[int, NDArray[np.float32]]]
-"""Returns (last completed round, shared weights) of the local peer."""
+@dataclass(frozen=True, slots=True)
+class SyncRefusal:
+    """A member whose model was refused, for which claimed round, and why."""
+
+    peer: str
+    round: int
+    reason: ReasonCode
+    detail: str
+
+
+CurrentModel = Callable[[], tuple[int, NDArray[np.float32], CommitCertificate | None]]
+"""Returns (last completed round, shared weights, their certificate) of the local peer."""
+
+_BACKOFF_FIRST, _BACKOFF_MAX = 1.0, 60.0
+_MAX_NAMED = 4096
 
 
 class ModelSync:
@@ -115,7 +136,17 @@ class ModelSync:
         timeout: float = 10.0,
         *,
         serve_models: bool = True,
+        policy: CertificatePolicy | None = None,
+        on_refusal: Callable[[SyncRefusal], None] | None = None,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
+        """``policy``: the certificates to demand; without one nothing is ever adopted."""
+        self.policy = policy
+        self.on_refusal = on_refusal
+        self.clock = clock
+        self.refusals: list[SyncRefusal] = []
+        self._named: set[tuple[str, int]] = set()
+        self._backoff: dict[str, tuple[float, float]] = {}  # peer → (until, last delay)
         self.transport = transport
         self.serve_models = serve_models
         self.consortium = consortium
@@ -142,7 +173,7 @@ class ModelSync:
                 "model-sync request is not STATUS or MODEL",
                 stream.remote_peer,
             )
-        round_, weights = self.current()
+        round_, weights, certificate = self.current()
         if request.payload == MODEL and not self.serve_models:
             refusal = encode_reject(ReasonCode.PROTOCOL_VIOLATION, NOT_SERVED)
             frame = Frame(
@@ -155,8 +186,10 @@ class ModelSync:
             )
             await write_frame(stream, frame, timeout=self.timeout)
             return
-        status = ModelStatus(round_, weights_digest(weights))
-        await write_frame(stream, self._frame(round_, status.encode()), timeout=self.timeout)
+        status = ModelStatus(round_, weights_digest(weights)).encode()
+        if certificate is not None:  # the fetcher judges whether it covers the status
+            status += certificate.encode()
+        await write_frame(stream, self._frame(round_, status), timeout=self.timeout)
         if request.payload == MODEL:
             await send_tensor(
                 stream,
@@ -168,7 +201,9 @@ class ModelSync:
                 timeout=self.timeout,
             )
 
-    async def _ask(self, peer: str, what: bytes) -> tuple[ModelStatus, NDArray[np.float32] | None]:
+    async def _ask(
+        self, peer: str, what: bytes
+    ) -> tuple[ModelStatus, CommitCertificate | None, NDArray[np.float32] | None]:
         stream = await self.transport.open_stream(peer, SYNC_PROTOCOL)
         async with stream:
             await write_frame(stream, self._frame(0, what), timeout=self.timeout)
@@ -181,8 +216,10 @@ class ModelSync:
                     ReasonCode.PROTOCOL_VIOLATION, f"{peer} answered with {reply.type.name}", peer
                 )
             status = ModelStatus.decode(reply.payload, peer)
+            extra = reply.payload[_STATUS.size :]
+            certificate = CommitCertificate.decode(extra, peer) if extra else None
             if what == STATUS:
-                return status, None
+                return status, certificate, None
             weights = await receive_tensor(
                 stream,
                 local_peer=self.transport.local_peer,
@@ -199,56 +236,124 @@ class ModelSync:
                     f"{peer} sent weights that differ from its status",
                     peer,
                 )
-            return status, vector
+            return status, certificate, vector
 
     async def status_of(self, peer: str) -> ModelStatus:
         """``peer``'s last completed round and weights digest."""
-        status, _ = await self._ask(peer, STATUS)
+        status, _, _ = await self._ask(peer, STATUS)
         return status
 
     async def probe_all(self, peers: Sequence[str], timeout: float) -> dict[str, ModelStatus]:
         """The status of every peer that answers within ``timeout`` (asked concurrently)."""
-        statuses: dict[str, ModelStatus] = {}
+        return {p: s for p, (s, _) in (await self._probe(peers, timeout)).items()}
+
+    async def _probe(
+        self, peers: Sequence[str], timeout: float
+    ) -> dict[str, tuple[ModelStatus, CommitCertificate | None]]:
+        answers: dict[str, tuple[ModelStatus, CommitCertificate | None]] = {}
 
         async def probe(peer: str) -> None:
             try:
                 with trio.fail_after(timeout):
-                    statuses[peer] = await self.status_of(peer)
+                    status, certificate, _ = await self._ask(peer, STATUS)
+                answers[peer] = (status, certificate)
             except (P2PFedError, trio.TooSlowError) as exc:
                 log.debug("model sync: %s unavailable (%s)", peer, exc)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(probe, peer)
-        return statuses
+        return answers
 
-    async def fetch(self, peer: str) -> FetchedModel | None:
-        """``peer``'s current model, or None if it cannot be had within the timeout."""
+    def backing_off(self, peer: str) -> bool:
+        """True while ``peer`` is left alone after a refused model."""
+        return peer in self._backoff and self.clock() < self._backoff[peer][0]
+
+    def _refuse(self, peer: str, round_: int, exc: RemoteProtocolError) -> None:
+        """Name ``peer`` once per claimed round and back off from it (doubling, bounded)."""
+        delay = min(2 * self._backoff.get(peer, (0.0, _BACKOFF_FIRST / 2))[1], _BACKOFF_MAX)
+        self._backoff[peer] = (self.clock() + delay, delay)
+        if (peer, round_) in self._named:
+            return
+        if len(self._named) >= _MAX_NAMED:  # a peer inventing rounds cannot grow it forever
+            self._named.clear()
+        self._named.add((peer, round_))
+        refusal = SyncRefusal(peer, round_, exc.reason, str(exc))
+        self.refusals.append(refusal)
+        log.warning("model sync: refused the model of %s (round %d): %s", peer, round_, exc)
+        if self.on_refusal is not None:
+            self.on_refusal(refusal)
+
+    def _certified(
+        self, peer: str, status: ModelStatus, certificate: CommitCertificate | None
+    ) -> CommitCertificate:
+        """The certificate that covers exactly this status; ``RemoteProtocolError`` if none."""
+        assert self.policy is not None  # fetch and best_model adopt nothing without one
+        if certificate is None:
+            raise RemoteProtocolError(
+                ReasonCode.BAD_SIGNATURE,
+                f"{peer} claims round {status.round} without a commit certificate",
+                peer,
+            )
+        if (certificate.round, certificate.digest) != (status.round, status.digest):
+            raise RemoteProtocolError(
+                ReasonCode.DIGEST_MISMATCH,
+                f"{peer} claims round {status.round} but its certificate is for round "
+                f"{certificate.round} and other weights",
+                peer,
+            )
+        self.policy.check(certificate, peer)
+        return certificate
+
+    async def fetch(self, peer: str, claimed: int = -1) -> FetchedModel | None:
+        """``peer``'s current certified model, or None (refused, or not had in time).
+
+        ``claimed``: the round its status claimed, to name it by in a refusal.
+        """
+        if self.policy is None or self.backing_off(peer):
+            return None
         try:
             with trio.fail_after(self.timeout * 4):
-                status, weights = await self._ask(peer, MODEL)
+                status, certificate, weights = await self._ask(peer, MODEL)
+            certified = self._certified(peer, status, certificate)
+        except RemoteProtocolError as exc:
+            self._refuse(peer, claimed, exc)
+            return None
         except (P2PFedError, trio.TooSlowError) as exc:
             log.info("model sync: fetching from %s failed (%s)", peer, exc)
             return None
-        return None if weights is None else FetchedModel(peer, status.round, weights)
+        if weights is None:
+            return None
+        return FetchedModel(peer, status.round, weights, certified)
 
     async def best_model(self, peers: Sequence[str], newer_than: int) -> FetchedModel | None:
-        """The model of the most advanced reachable peer, if it is past ``newer_than``."""
-        statuses = await self.probe_all(peers, self.timeout)
+        """The model of the most advanced certified round past ``newer_than``, if any.
+
+        Members whose claimed round is not covered by a valid certificate are refused.
+        """
+        if self.policy is None:
+            return None
+        answers = await self._probe([p for p in peers if not self.backing_off(p)], self.timeout)
+        certified: dict[str, CommitCertificate] = {}
+        for peer, (status, certificate) in answers.items():
+            if status.round <= newer_than:
+                continue
+            try:
+                certified[peer] = self._certified(peer, status, certificate)
+            except RemoteProtocolError as exc:
+                self._refuse(peer, status.round, exc)
         votes: dict[tuple[int, bytes], int] = {}
-        for status in statuses.values():
-            votes[(status.round, status.digest)] = votes.get((status.round, status.digest), 0) + 1
+        for c in certified.values():
+            votes[(c.round, c.digest)] = votes.get((c.round, c.digest), 0) + 1
 
         def rank(peer: str) -> tuple[int, int]:
-            s = statuses[peer]
-            return (-s.round, -votes[(s.round, s.digest)])
+            c = certified[peer]
+            return (-c.round, -votes[(c.round, c.digest)])
 
-        for peer in sorted(statuses, key=rank):
-            if statuses[peer].round <= newer_than:
-                break
-            fetched = await self.fetch(peer)
-            # The member may have finished another round since it was probed: any model
-            # past ours will do (its digest was checked against its own announcement).
+        for peer in sorted(certified, key=rank):
+            fetched = await self.fetch(peer, certified[peer].round)
+            # The member may have finished another round since it was probed: any certified
+            # model past ours will do.
             if fetched is not None and fetched.round > newer_than:
                 return fetched
         return None
@@ -259,5 +364,6 @@ __all__ = [
     "FetchedModel",
     "ModelStatus",
     "ModelSync",
+    "SyncRefusal",
     "weights_digest",
 ]

@@ -70,12 +70,18 @@ def _verify(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from p2pfed.cli.util import print_json
     from p2pfed.governance.audit import compare_logs, roster_members
+    from p2pfed.governance.certified import compare_certificates
 
     members = roster_members(args.roster) if args.roster else None
     report = compare_logs(args.logs, members=members)
+    verified = [log for log in args.logs if str(log) not in report.unverified]
+    problems = compare_certificates(verified)
+    ok = report.ok and not problems
     if args.json:
-        print_json(report.to_dict())
-        return 0 if report.ok else 1
+        print_json(report.to_dict() | {"ok": ok, "certificate_problems": problems})
+        return 0 if ok else 1
+    for problem in problems:
+        print(f"CERTIFICATE: {problem}")
     for why in report.unverified.values():
         print(f"not compared (failed verification): {why}")
     for name, rounds in report.missing.items():
@@ -88,12 +94,12 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"DISAGREE at round {first.round}: {groups}")
         if len(report.disagreements) > 1:
             print(f"({len(report.disagreements)} rounds disagree in all)")
-    elif not report.unverified:
+    elif not report.unverified and not problems:
         print(
             f"OK: {len(args.logs)} logs agree on all {report.agreed} round(s) recorded by "
             f"two or more of them ({report.rounds} round(s) in all)"
         )
-    return 0 if report.ok else 1
+    return 0 if ok else 1
 
 
 def _ranges(rounds: list[int]) -> str:

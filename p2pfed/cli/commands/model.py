@@ -41,6 +41,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     chk = sub.add_parser("check", help="Check an exported file against its manifest's hash.")
     chk.add_argument("file", help="the exported model file")
     chk.add_argument("--manifest", help="its manifest (default: FILE.manifest.json)")
+    chk.add_argument(
+        "--roster", help="roster file: verify the commit certificate (FILE.certificate.json)"
+    )
     chk.set_defaults(func=_check)
 
 
@@ -119,9 +122,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from p2pfed.governance.models import import_model
+    from p2pfed.governance.certified import certificate_path_for, check_certificate
+    from p2pfed.governance.models import flat_from_tensors, import_model
 
-    manifest, _ = import_model(args.file, args.manifest)
+    manifest, tensors = import_model(args.file, args.manifest)
     print(f"OK: {args.file} matches its manifest")
     print(f"model {manifest.model_hash}, round {manifest.round}")
+    certificate = certificate_path_for(args.file)
+    if not certificate.exists():
+        print("no commit certificate next to it: nothing proves the consortium agreed on it")
+        return 1 if args.roster else 0
+    if not args.roster:
+        print(f"commit certificate {certificate} not verified: pass --roster")
+        return 0
+    # IntegrityError (one sentence) if it is forged, short of the quorum or for other weights.
+    line = check_certificate(certificate, args.roster, flat_from_tensors(tensors), manifest.round)
+    print(f"OK: {line}")
     return 0

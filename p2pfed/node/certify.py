@@ -1,0 +1,150 @@
+"""The trio driver that gathers a commit certificate: each contributor's vote, sent to all.
+
+Theory of operation: after a committed round a member calls ``certify`` with its
+``CommitStatement``; it signs it, sends the vote (statement + signature, one CONTROL frame on
+``CERT_PROTOCOL``) to every other contributor, and waits until every contributor's vote on
+the same statement is in or ``timeout`` passes. Votes that arrive before this member
+committed wait in a bounded store: only from roster members named as contributors, with a
+signature that verifies, for rounds from ``low`` to ``low + max_ahead``, one per peer and
+round (a second, different vote is equivocation and is recorded). The certificate holds the
+votes gathered; ``CertificatePolicy.check`` decides whether it reaches the quorum.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+import trio
+
+from p2pfed.collectives.agreement import CohortSigner
+from p2pfed.collectives.faults import Exclusion
+from p2pfed.errors import P2PFedError, ReasonCode, RemoteProtocolError
+from p2pfed.node.certificates import (
+    CertificatePolicy,
+    CommitCertificate,
+    CommitStatement,
+    assemble,
+    decode_statement,
+)
+from p2pfed.transport.base import Stream, Transport
+from p2pfed.wire import Frame, FrameType, read_frame, write_frame
+
+log = logging.getLogger(__name__)
+
+CERT_PROTOCOL = "/p2pfed/commit-vote/1.0.0"
+_SIG = 64
+_MAX_AHEAD = 4
+
+
+class CertificateService:
+    """Signs this member's votes, receives the others', and assembles certificates."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        policy: CertificatePolicy,
+        signer: CohortSigner,
+        *,
+        timeout: float = 2.0,
+        max_ahead: int = _MAX_AHEAD,
+    ) -> None:
+        self.transport = transport
+        self.policy = policy
+        self.signer = signer
+        self.timeout = timeout
+        self.max_ahead = max_ahead
+        self.low = 0
+        # Bounded: a member sending bad votes in a loop must not grow our memory.
+        self.exclusions: deque[Exclusion] = deque(maxlen=256)
+        self._votes: dict[int, dict[str, tuple[bytes, bytes]]] = {}  # round → peer → vote
+        self._arrived = trio.Event()
+        transport.serve(CERT_PROTOCOL, self._handle)
+
+    @property
+    def me(self) -> str:
+        """This peer's ID."""
+        return self.transport.local_peer
+
+    def _record(self, peer: str, statement: CommitStatement, signature: bytes) -> None:
+        """Keep a verified vote; refusals are recorded, never raised to the sender's handler."""
+        round_ = statement.round
+        if not self.low <= round_ <= self.low + self.max_ahead:
+            self._exclude(round_, peer, ReasonCode.WRONG_ROUND, "vote for a round not open here")
+            return
+        if peer not in statement.contributors or peer not in self.policy.members:
+            self._exclude(round_, peer, ReasonCode.UNKNOWN_PEER, "vote by a non-contributor")
+            return
+        data = statement.signed_bytes()
+        if not self.signer.verify(peer, data, signature):
+            self._exclude(round_, peer, ReasonCode.BAD_SIGNATURE, "vote signature fails")
+            return
+        votes = self._votes.setdefault(round_, {})
+        if peer in votes and votes[peer][0] != data:
+            self._exclude(round_, peer, ReasonCode.DUPLICATE, "two different votes for one round")
+            return
+        votes[peer] = (data, signature)
+        self._arrived.set()
+
+    def _exclude(self, round_: int, peer: str, reason: ReasonCode, detail: str) -> None:
+        log.info("commit vote from %s for round %d refused: %s", peer, round_, detail)
+        self.exclusions.append(Exclusion(round_, peer, reason, detail))
+
+    async def _handle(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        try:
+            frame = await read_frame(stream, timeout=self.timeout)
+            payload = frame.payload
+            if frame.type is not FrameType.CONTROL or len(payload) <= _SIG:
+                raise RemoteProtocolError(ReasonCode.MALFORMED, "not a commit vote", peer)
+            statement = decode_statement(payload[:-_SIG], peer)
+            if statement.consortium != self.policy.consortium:
+                raise RemoteProtocolError(
+                    ReasonCode.WRONG_CONSORTIUM, "vote for another consortium", peer
+                )
+            self._record(peer, statement, payload[-_SIG:])
+        except RemoteProtocolError as exc:
+            self.exclusions.append(Exclusion(-1, peer, exc.reason, str(exc)))
+        except P2PFedError as exc:  # a broken stream is the sender's loss
+            log.debug("commit vote from %s not received: %s", peer, exc)
+
+    async def _send(self, peer: str, payload: bytes, round_: int) -> None:
+        frame = Frame(FrameType.CONTROL, self.policy.consortium, round_, self.me, 0, payload)
+        try:
+            with trio.fail_after(self.timeout):
+                stream = await self.transport.open_stream(peer, CERT_PROTOCOL)
+                async with stream:
+                    await write_frame(stream, frame, timeout=self.timeout)
+                    await stream.send_eof()
+        except (P2PFedError, trio.TooSlowError) as exc:
+            log.info("commit vote to %s not delivered: %s", peer, exc)
+
+    async def certify(self, statement: CommitStatement) -> CommitCertificate:
+        """Vote for ``statement`` and gather the other contributors' votes (see module)."""
+        signature = self.signer.sign(statement.signed_bytes())
+        self.low = max(self.low, statement.round)
+        for old in [r for r in self._votes if r < self.low]:
+            del self._votes[old]
+        self._votes.setdefault(statement.round, {})[self.me] = (
+            statement.signed_bytes(),
+            signature,
+        )
+        payload = statement.encode() + signature
+        others: Sequence[str] = [p for p in statement.contributors if p != self.me]
+        async with trio.open_nursery() as nursery:
+            for peer in others:
+                nursery.start_soon(self._send, peer, payload, statement.round)
+            with trio.move_on_after(self.timeout):
+                while len(self._agreeing(statement)) < len(statement.contributors):
+                    self._arrived = trio.Event()
+                    await self._arrived.wait()
+        return assemble(statement, self._agreeing(statement).items())
+
+    def _agreeing(self, statement: CommitStatement) -> dict[str, bytes]:
+        data = statement.signed_bytes()
+        votes = self._votes.get(statement.round, {})
+        return {peer: sig for peer, (signed, sig) in votes.items() if signed == data}
+
+
+__all__ = ["CERT_PROTOCOL", "CertificateService"]
