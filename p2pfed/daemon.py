@@ -559,7 +559,7 @@ async def _run_peer(
                     cohort=report.cohort,
                 )
                 for e in report.exclusions:
-                    recorder.exclude(report.round, e.peer, e.reason, e.detail)
+                    recorder.exclude(report.round, e.peer, e.reason, e.detail, e.count)
                 if report.committed:
                     record = recorder.finish_round(
                         report.round,

@@ -61,9 +61,10 @@ class FaultPlan:
 
 @dataclass(frozen=True, slots=True)
 class Exclusion:
-    """A peer (or one of its messages) rejected for a round, and why."""
+    """A peer (or ``count`` of its messages) rejected for a round, and why."""
 
     round: int
     peer: str
     reason: ReasonCode
     detail: str
+    count: int = 1

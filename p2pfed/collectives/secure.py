@@ -249,7 +249,11 @@ class SecureRingRound:
         )
         self.masked_sum = RingMaskedSum(self.ring_round)
         self.channel = ControlService(
-            transport, consortium, timeout=stage_timeout, protocol=SECAGG_PROTOCOL
+            transport,
+            consortium,
+            timeout=stage_timeout,
+            protocol=SECAGG_PROTOCOL,
+            senders=self.identities.__contains__,
         )
         self.me = transport.local_peer
 

@@ -150,6 +150,7 @@ class SecureGossipService:
             timeout=stage_timeout,
             protocol=SECURE_GOSSIP_PROTOCOL,
             max_ahead=2 * n,
+            senders=self.peers.__contains__,
         )
         self.exclusions: list[Exclusion] = []
         self._collections: dict[int, _Collection] = {}

@@ -84,7 +84,7 @@ class NodeMetrics:
         )
         self.exclusions = Counter(
             "p2pfed_exclusions",
-            "Peers excluded from a round, by reason code.",
+            "Exclusions and refused messages of rounds, by reason code.",
             ["reason"],
             registry=r,
         )
@@ -128,9 +128,11 @@ class NodeMetrics:
         """How many peers are connected now."""
         self.peers_connected.set(connected)
 
-    def excluded(self, reason: ReasonCode) -> None:
-        """A peer was excluded from a round for ``reason``."""
-        self.exclusions.labels(reason=ReasonCode(reason).value).inc()
+    def excluded(self, reason: ReasonCode, count: int = 1) -> None:
+        """A peer was excluded from a round for ``reason`` (``count`` messages refused)."""
+        if count < 1:
+            raise LocalError(f"an exclusion counts at least one message, got {count}")
+        self.exclusions.labels(reason=ReasonCode(reason).value).inc(count)
 
     def drift_alert(self, kind: str) -> None:
         """A drift alert of ``kind`` (``DriftKind`` value) was raised."""
