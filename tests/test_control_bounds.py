@@ -184,3 +184,41 @@ async def test_member_flood_is_capped_per_round_and_summarised(tmp_path: Path) -
             "member",
             [RoundOutcome(0, Phase.FAILED, None, None, 1, refused)],
         ) == len(refused)
+
+
+async def test_gossip_takes_one_vector_per_node_and_round_and_none_from_outsiders() -> None:
+    """Clear gossip: an outsider's vectors are refused unread; a node's repeats are refused."""
+    import topologies
+    from p2pfed.collectives.codec import MessageStream
+    from p2pfed.collectives.gossip_driver import SYNC_PROTOCOL, GossipService, send_vector
+
+    async def send_once(sender: Transport) -> None:
+        try:
+            stream = await sender.open_stream("a", SYNC_PROTOCOL)
+            async with stream:
+                out = MessageStream(stream, CONSORTIUM, sender.local_peer)
+                await send_vector(out, 0, vector, 4096)
+                await stream.send_eof()
+                while await stream.receive_some():
+                    pass
+        except (BrokenError, ClosedError):
+            pass  # refused unread
+
+    net = MemoryNetwork()
+    peers = ["a", "b", "c"]
+    vector = np.ones(16, np.float32)
+    async with net.open("a") as a, net.open("b") as b, net.open("o") as o:
+        service = GossipService(a, CONSORTIUM, peers, topologies.build("complete", 3))
+        for _ in range(50):
+            await send_once(b)
+            await send_once(o)
+        _, mailbox = service._box(0)
+        queued = []
+        while True:
+            try:
+                queued.append(mailbox.receive_nowait()[0])
+            except trio.WouldBlock:
+                break
+        assert queued == ["b"]
+        summary = {(e.peer, e.reason): e.count for e in service.refusals.drain()}
+        assert summary == {("b", ReasonCode.DUPLICATE): 49, ("o", ReasonCode.NOT_MEMBER): 50}

@@ -39,7 +39,7 @@ from p2pfed.collectives.agreement import (
     StartRing,
 )
 from p2pfed.collectives.codec import MessageStream
-from p2pfed.collectives.faults import Exclusion, FaultPlan
+from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
 from p2pfed.collectives.messages import Message, Ready
 from p2pfed.collectives.ring import ring_order
 from p2pfed.collectives.ring_driver import RingConfig, RingResult, RingService
@@ -87,7 +87,6 @@ class ControlService:
         self.protocol = protocol
         self.consortium = consortium
         self.timeout = timeout
-        self.exclusions: list[Exclusion] = []
         self.floor = 0
         self._boxes: dict[
             int, tuple[trio.MemorySendChannel[tuple[str, Message]], trio.MemoryReceiveChannel[Any]]
@@ -95,46 +94,25 @@ class ControlService:
         self._finished: dict[int, RoundAgreement] = {}
         self._queued: dict[tuple[int, str], int] = {}  # (round, sender) → messages taken
         self._muted: set[str] = set()  # over budget: streams closed unread until next round
-        self._summary: dict[tuple[int, str, ReasonCode], int] = {}  # key → index in exclusions
-        self._pending: dict[tuple[int, str, ReasonCode], Exclusion] = {}  # not yet drained
+        self.refusals = RefusalSummary()
+        self.refuse = self.refusals.refuse
+        self.drain = self.refusals.drain
         transport.serve(protocol, self._handle)
 
-    def refuse(self, round: int, peer: str, reason: ReasonCode, detail: str) -> None:
-        """Record a refused message (or a stream refused unread).
+    @property
+    def exclusions(self) -> list[Exclusion]:
+        """Every refusal so far, summarised per (round, peer, reason) with a count."""
+        return self.refusals.exclusions
 
-        The first per (round, peer, reason) keeps its detail, the rest add to its count, so a
-        flood costs one exclusion entry, not one per message. ``exclusions`` keeps the
-        history; ``drain`` hands out what came since it last did.
-        """
-        key = (round, peer, reason)
-        index = self._summary.get(key)
-        if index is None:
-            self._summary[key] = len(self.exclusions)
-            self.exclusions.append(Exclusion(round, peer, reason, detail))
-        else:
-            first = self.exclusions[index]
-            self.exclusions[index] = Exclusion(round, peer, reason, first.detail, first.count + 1)
-        pending = self._pending.get(key)
-        count = 1 if pending is None else pending.count + 1
-        self._pending[key] = Exclusion(round, peer, reason, detail, count)
-
-    def drain(self, up_to: float = math.inf) -> list[Exclusion]:
-        """The refusals for rounds up to ``up_to`` since they were last drained.
-
-        One per round, peer and reason; later rounds' stay for their own round's report.
-        """
-        drained = [e for key, e in self._pending.items() if key[0] <= up_to]
-        self._pending = {key: e for key, e in self._pending.items() if key[0] > up_to}
-        return drained
-
-    def _advance(self, floor: int) -> None:
+    def advance(self, floor: int) -> None:
+        """Rounds below ``floor`` are over here: later messages for them are refused."""
         if floor <= self.floor:
             return
         self.floor = floor
         # A new round: budgets and mutes start afresh; old summaries are reported already.
         self._muted.clear()
         self._queued = {k: n for k, n in self._queued.items() if k[0] >= floor}
-        self._summary.clear()
+        self.refusals.forget_before(floor)
 
     def _box(
         self, round: int
@@ -152,7 +130,7 @@ class ControlService:
         messages are rejected from now on.
         """
         if retire_older:
-            self._advance(round)
+            self.advance(round)
             for old in [r for r in self._boxes if r < round]:
                 self._boxes.pop(old)[0].close()
         receive: trio.MemoryReceiveChannel[tuple[str, Message]] = self._box(round)[1]
@@ -163,7 +141,7 @@ class ControlService:
         box = self._boxes.pop(round, None)
         if box is not None:
             box[0].close()
-        self._advance(round + 1)
+        self.advance(round + 1)
         if agreement is not None:
             self._finished[round] = agreement
         for old in sorted(self._finished)[:-_KEEP_FINISHED]:

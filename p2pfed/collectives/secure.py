@@ -292,6 +292,7 @@ class SecureRingRound:
         result = peer.result() if peer.stage is Stage.DONE else None
         exclusions = list(ring_outcome.exclusions) if ring_outcome is not None else []
         exclusions += [Exclusion(round, r.peer, r.reason, r.detail) for r in peer.rejections]
+        exclusions += self.channel.drain(round)
         return SecureOutcome(
             round,
             peer.stage,

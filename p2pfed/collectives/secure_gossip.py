@@ -302,7 +302,7 @@ class SecureGossipService:
         for k in targets:
             weights, _ = self._group(t, k)
             memberships[k] = (weights[self.me], frozenset(weights) | {self.peers[k]})
-        self.channel.floor = max(self.channel.floor, t * n)
+        self.channel.advance(t * n)
         before = len(self.exclusions)
         outcomes: dict[int, tuple[SecAggPeer, frozenset[str]]] = {}
 
@@ -315,10 +315,14 @@ class SecureGossipService:
         for k in memberships:
             self.channel.close_round(t * n + k)
             self._collections.pop(t * n + k, None)
-        self.channel.floor = (t + 1) * n
+        self.channel.advance((t + 1) * n)
         peer, _ = outcomes[self.index]
         exclusions = self.exclusions[before:] + [
             Exclusion(t, r.peer, r.reason, r.detail) for r in peer.rejections
+        ]
+        exclusions += [
+            Exclusion(t, e.peer, e.reason, e.detail, e.count)
+            for e in self.channel.drain((t + 1) * n - 1)
         ]
         if peer.stage is not Stage.DONE:
             # The group's secure sum failed: keep our own value (all weight folded to self).
