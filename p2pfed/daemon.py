@@ -41,8 +41,8 @@ from p2pfed.governance.metrics import MetricsConfig, NodeMetrics, serve_if_enabl
 from p2pfed.governance.models import ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.identity import Identity
-from p2pfed.identity.roster import Role, RosterGate
-from p2pfed.lifecycle import ended, load_audit_salt, stop_reason
+from p2pfed.identity.roster import Role, RosterError, RosterGate
+from p2pfed.lifecycle import ended, expiry_guard, load_audit_salt, roster_expired, stop_reason
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy import anchors as ledger_anchors
@@ -543,7 +543,15 @@ async def _run_peer(
                 aggregator=aggregator,
                 releaser=releaser,
                 state_dir=prepared.state_dir,
+                guard=expiry_guard(
+                    prepared.gate,
+                    status,
+                    recorder.metrics,
+                    lambda: write_status(prepared.state_dir, status),
+                ),
             )
+            assert peer.guard is not None
+            peer.guard()  # an expiring roster is in status and warned about from the start
             status |= {
                 "state": "running",
                 "listen": list(transport.listen_addrs),
@@ -627,6 +635,9 @@ async def _run_peer(
                 status |= {"state": "budget-exhausted", "error": str(exc)}
                 status["stop_reason"] = "budget exhausted"
                 log.error("%s", exc)
+            except RosterError as exc:
+                if not roster_expired(status, exc):
+                    raise
             else:
                 status |= {"state": "finished", "stop_reason": "finished"}
             status |= {

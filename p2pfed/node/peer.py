@@ -96,7 +96,13 @@ class Peer:
         state_dir: str | Path,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        guard: Callable[[], None] | None = None,
     ) -> None:
+        """Compose a peer; ``guard`` runs before each round and raises to stop the rounds.
+
+        It runs before anything is trained or released (the daemon's raises once the roster
+        has expired, so no further ε is spent).
+        """
         self.transport = transport
         self.consortium = consortium
         self.members = tuple(sorted(members))
@@ -109,6 +115,7 @@ class Peer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self.wall = wall
+        self.guard = guard
         self.model_round = -1
         self.next_round = 0
         self.weights = trainer.shared_weights()
@@ -269,7 +276,12 @@ class Peer:
         return False
 
     async def run_round(self) -> RoundReport:
-        """Train, privatise, aggregate and apply round ``next_round``."""
+        """Train, privatise, aggregate and apply round ``next_round``.
+
+        Raises whatever ``guard`` raises, before any privacy budget is reserved.
+        """
+        if self.guard is not None:
+            self.guard()
         await self.reconcile()
         round_ = self.next_round
         self.next_round += 1
