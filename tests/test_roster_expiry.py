@@ -48,7 +48,7 @@ def test_the_watch_warns_once_per_threshold_then_refuses_after_expiry() -> None:
     current[0] = expiring(5, EXPIRES + timedelta(days=30))  # version 6
     assert watch.check().warning is None
     clock[0] = EXPIRES + timedelta(days=30)
-    with pytest.raises(RosterError, match="roster version 6 expired at .*: rounds stopped") as e:
+    with pytest.raises(RosterError, match=r"roster version 6 expired at .*: rounds stopped") as e:
         watch.check()
     assert e.value.problem is RosterProblem.EXPIRED
     with pytest.raises(ConfigError, match="positive time before expiry"):
