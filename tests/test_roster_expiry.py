@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def test_the_watch_warns_once_per_threshold_then_refuses_after_expiry() -> None:
     clock[0] = EXPIRES - timedelta(hours=5)
     day = watch.check()
     assert day.new_warning and day.warning is not None and "5.0 hours" in day.warning
+    clock[0] = EXPIRES - timedelta(seconds=30)
+    assert "(in 30 seconds)" in str(watch.check().warning)
     # A renewed roster counts from the moment the gate accepts it.
     current[0] = expiring(5, EXPIRES + timedelta(days=30))  # version 6
     assert watch.check().warning is None
@@ -94,27 +97,40 @@ def test_the_daemon_guard_reports_status_metric_log_and_one_audited_sentence(
 
 
 @pytest.mark.slow
-async def test_after_expiry_no_round_runs_and_no_epsilon_is_spent(tmp_path: Path) -> None:
-    """Three peers whose roster expires after round 1: each stops with the sentence before
-    round 2, and each ledger holds the releases of rounds 0 and 1 only."""
+@pytest.mark.parametrize("during", [False, True], ids=["between-rounds", "mid-round"])
+async def test_after_expiry_no_round_runs_and_no_epsilon_is_spent(
+    tmp_path: Path, during: bool
+) -> None:
+    """Three peers whose roster expires after round 1 (``during``: after round 2 began, while
+    it reconciles and trains): each stops with the sentence before round 2's release, and
+    each ledger holds the releases of rounds 0 and 1 only."""
     c = Consortium(tmp_path, 3)
     store = RosterStore(tmp_path / "state.json")
     v1 = expiring()
-    clock = [NOW]
-    gate = RosterGate(store, store.accept(v1, now=NOW), lambda: clock[0])
+    gate_clock = [NOW]
+    gate = RosterGate(store, store.accept(v1, now=NOW), lambda: gate_clock[0])
     stopped: dict[int, RosterError] = {}
     spent: dict[int, tuple[int, float]] = {}
-
-    def on_report(report) -> None:  # type: ignore[no-untyped-def]
-        if report.round == 1:
-            clock[0] = EXPIRES  # the roster expires while the members finish round 1
 
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
 
             async def one(k: int) -> None:
+                # Each peer's clock: valid until its round 1 is reported; then, mid-round,
+                # valid for one more reading (round 2's start), expired after that.
+                valid_reads = [math.inf]
+
+                def clock() -> datetime:
+                    valid_reads[0] -= 1
+                    return NOW if valid_reads[0] >= 0 else EXPIRES
+
+                def on_report(report) -> None:  # type: ignore[no-untyped-def]
+                    if report.round == 1:
+                        valid_reads[0] = 1 if during else 0
+
                 async with c.peer(k) as peer:
-                    peer.guard = expiry_guard(gate, {}, None)
+                    status: dict[str, object] = {}
+                    peer.guard = expiry_guard(RosterGate(store, gate.roster, clock), status, None)
                     try:
                         await peer.run(5, on_report, startup_timeout=5.0)
                     except RosterError as exc:

@@ -45,10 +45,14 @@ class ExpiryState:
 
 
 def _describe(left: timedelta) -> str:
-    days = left.total_seconds() / 86400
-    if days >= 1:
-        return f"{days:.1f} days"
-    return f"{left.total_seconds() / 3600:.1f} hours"
+    seconds = left.total_seconds()
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
 
 
 class ExpiryWatch:

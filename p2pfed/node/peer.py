@@ -278,7 +278,8 @@ class Peer:
     async def run_round(self) -> RoundReport:
         """Train, privatise, aggregate and apply round ``next_round``.
 
-        Raises whatever ``guard`` raises, before any privacy budget is reserved.
+        Raises whatever ``guard`` raises (asked at the start and right before the release),
+        before any privacy budget is reserved.
         """
         if self.guard is not None:
             self.guard()
@@ -289,6 +290,10 @@ class Peer:
         result = self.trainer.train_round(self.train, self.weights)
         update = result.update
         if self.releaser is not None:
+            if self.guard is not None:
+                # Again, with no await before the reservation: reconciling and training
+                # take seconds, and the guard's condition (the roster's expiry) may pass.
+                self.guard()
             # The ledger records the spend before this returns; only then may it leave.
             # DP-SGD composes the local steps (rate q each); any other mode is one Gaussian
             # release of the whole update per round (q = 1, one step).
