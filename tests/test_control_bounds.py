@@ -250,3 +250,34 @@ async def test_gossip_takes_one_vector_per_node_and_round_and_none_from_outsider
         assert queued == ["b"]
         summary = {(e.peer, e.reason): e.count for e in service.refusals.drain()}
         assert summary == {("b", ReasonCode.DUPLICATE): 49, ("o", ReasonCode.NOT_MEMBER): 50}
+
+
+async def test_secure_gossip_never_reads_an_outsiders_masked_vector() -> None:
+    import topologies
+    from p2pfed.collectives.codec import MessageStream
+    from p2pfed.collectives.gossip_driver import send_vector
+    from p2pfed.collectives.secure_gossip import MASKED_SUM_PROTOCOL, SecureGossipService
+    from p2pfed.identity import Identity
+
+    ids = {i.peer_id: i for i in (Identity.from_seed(bytes([k + 1]) * 32) for k in range(3))}
+    peers = sorted(ids)
+    keys = {p: ids[p].public_key for p in peers}
+    net = MemoryNetwork()
+    async with net.open(peers[0]) as a, net.open("o") as o:
+        service = SecureGossipService(
+            a, CONSORTIUM, peers, topologies.build("complete", 3), keys, ids[peers[0]]
+        )
+        for _ in range(5):
+            try:
+                stream = await o.open_stream(peers[0], MASKED_SUM_PROTOCOL)
+                async with stream:
+                    out = MessageStream(stream, CONSORTIUM, "o")
+                    await send_vector(out, 0, np.ones(1 << 16, np.uint32), 1 << 16)
+                    await stream.send_eof()
+                    while await stream.receive_some():
+                        pass
+            except (BrokenError, ClosedError):
+                pass  # refused unread
+        assert service._collections == {}
+        summary = {(e.peer, e.reason): e.count for e in service.channel.drain()}
+        assert summary == {("o", ReasonCode.NOT_MEMBER): 5}

@@ -167,6 +167,10 @@ class SecureGossipService:
 
     async def _handle_masked(self, stream: Stream) -> None:
         peer = stream.remote_peer
+        if peer not in self.peers:  # an observer's vector is never read, however large
+            detail = f"{peer} may not send masked vectors: not a node of the gossip"
+            self.channel.refuse(self.channel.floor, peer, ReasonCode.NOT_MEMBER, detail)
+            return
         messages = MessageStream(stream, self.consortium, self.me)
         try:
             got = await receive_vector(messages, self.stage_timeout, 1 << 28)
