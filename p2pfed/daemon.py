@@ -42,8 +42,8 @@ from p2pfed.governance.metrics import MetricsConfig, NodeMetrics, serve_if_enabl
 from p2pfed.governance.models import ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.identity import Identity
-from p2pfed.identity.roster import Role, RosterGate
-from p2pfed.lifecycle import ended, load_audit_salt, stop_reason
+from p2pfed.identity.roster import Role, RosterError, RosterGate
+from p2pfed.lifecycle import ended, expiry_guard, load_audit_salt, roster_expired, stop_reason
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy import anchors as ledger_anchors
@@ -603,7 +603,15 @@ async def _run_peer(
                 roster_version=roster.version,
                 certificate_floor=max(2, config.rounds.min_peers),
                 on_refusal=lambda r: recorder.refuse_model(r.round, r.peer, r.reason, r.detail),
+                guard=expiry_guard(
+                    prepared.gate,
+                    status,
+                    recorder.metrics,
+                    lambda: write_status(prepared.state_dir, status),
+                ),
             )
+            assert peer.guard is not None
+            peer.guard()  # an expiring roster is in status and warned about from the start
             status |= {
                 "state": "running",
                 "listen": list(transport.listen_addrs),
@@ -619,7 +627,7 @@ async def _run_peer(
                     cohort=report.cohort,
                 )
                 for e in report.exclusions:
-                    recorder.exclude(report.round, e.peer, e.reason, e.detail)
+                    recorder.exclude(report.round, e.peer, e.reason, e.detail, e.count)
                 if report.committed:
                     record = recorder.finish_round(
                         report.round,
@@ -691,6 +699,9 @@ async def _run_peer(
                 status |= {"state": "budget-exhausted", "error": str(exc)}
                 status["stop_reason"] = "budget exhausted"
                 log.error("%s", exc)
+            except RosterError as exc:
+                if not roster_expired(status, exc):
+                    raise
             else:
                 status |= {"state": "finished", "stop_reason": "finished"}
             status |= {

@@ -43,6 +43,8 @@ class ReasonCode(enum.StrEnum):
     TIMEOUT = "timeout"
     DROPPED = "dropped"
     PROTOCOL_VIOLATION = "protocol-violation"
+    NOT_MEMBER = "not-member"
+    RATE_LIMITED = "rate-limited"
 
 
 class P2PFedError(Exception):

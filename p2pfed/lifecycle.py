@@ -5,13 +5,17 @@ identity key, 0600), so it is loaded here rather than from the shared config. A 
 finished, out of budget, stopped (cancelled: by a signal, delivered by trio inside an
 exception group) or in error; ``ended`` tells these apart so that ``status.json`` and the
 audit log's ``daemon_stop`` say which, and ``process_alive`` lets ``p2pfed status`` tell a
-live daemon from a status file left by a dead one.
+live daemon from a status file left by a dead one. ``expiry_guard`` is what the daemon's
+peer checks before each round: the roster's expiry in status and metrics, a warning logged
+once per threshold, and ``RosterError(EXPIRED)`` once it has passed (``roster_expired``
+then records the stop in one sentence).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,9 @@ import trio
 from p2pfed.config import Config
 from p2pfed.errors import ConfigError
 from p2pfed.governance.audit import SALT_FILE, create_salt_file, read_salt_file
+from p2pfed.governance.metrics import NodeMetrics
+from p2pfed.identity.expiry import ExpiryWatch
+from p2pfed.identity.roster import RosterError, RosterGate, RosterProblem
 
 log = logging.getLogger("p2pfed.daemon")
 
@@ -75,4 +82,42 @@ def process_alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True  # it exists, under another user
+    return True
+
+
+def expiry_guard(
+    gate: RosterGate,
+    status: dict[str, Any],
+    metrics: NodeMetrics | None,
+    on_warning: Callable[[], None] = lambda: None,
+) -> Callable[[], None]:
+    """A ``Peer`` guard: roster expiry into ``status`` and ``metrics``; raises once expired.
+
+    ``on_warning`` runs after a new warning was logged (the daemon writes ``status.json``).
+    """
+    watch = ExpiryWatch(lambda: gate.roster, gate.now)
+
+    def guard() -> None:
+        try:
+            state = watch.check()
+        except RosterError:
+            if metrics is not None:
+                metrics.set_roster_expiry(0.0)
+            raise
+        status.update(state.to_status())
+        if metrics is not None:
+            metrics.set_roster_expiry(state.seconds_left)
+        if state.new_warning:
+            log.warning("%s", state.warning)
+            on_warning()
+
+    return guard
+
+
+def roster_expired(status: dict[str, Any], exc: RosterError) -> bool:
+    """Record an expired roster as the run's end in ``status``; False for other problems."""
+    if exc.problem is not RosterProblem.EXPIRED:
+        return False
+    status |= {"state": "roster-expired", "error": str(exc), "stop_reason": str(exc)}
+    log.error("%s", exc)
     return True

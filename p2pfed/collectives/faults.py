@@ -7,12 +7,15 @@ the fault benchmarks use it to make each failure the collectives must survive ha
 where intended, on the in-memory network and on real processes alike.
 
 Whatever a driver rejects or whomever it excludes is written down as an ``Exclusion`` with a
-reason code: a misbehaving peer is never dropped silently.
+reason code: a misbehaving peer is never dropped silently. Where a peer could send without
+limit, ``RefusalSummary`` keeps one ``Exclusion`` per (round, peer, reason) with a count, so
+the record of a flood grows with rounds, not with messages.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,9 +64,51 @@ class FaultPlan:
 
 @dataclass(frozen=True, slots=True)
 class Exclusion:
-    """A peer (or one of its messages) rejected for a round, and why."""
+    """A peer (or ``count`` of its messages) rejected for a round, and why."""
 
     round: int
     peer: str
     reason: ReasonCode
     detail: str
+    count: int = 1
+
+
+class RefusalSummary:
+    """Refusals summarised per (round, peer, reason): history plus what is not yet reported."""
+
+    def __init__(self) -> None:
+        self.exclusions: list[Exclusion] = []
+        """Every summary so far, oldest first (a count grows in place)."""
+        self._index: dict[tuple[int, str, ReasonCode], int] = {}
+        self._pending: dict[tuple[int, str, ReasonCode], Exclusion] = {}
+
+    def refuse(self, round: int, peer: str, reason: ReasonCode, detail: str) -> None:
+        """One more refused message (or stream refused unread) of ``peer`` in ``round``.
+
+        The first keeps its detail; the rest only add to the count.
+        """
+        key = (round, peer, reason)
+        index = self._index.get(key)
+        if index is None:
+            self._index[key] = len(self.exclusions)
+            self.exclusions.append(Exclusion(round, peer, reason, detail))
+        else:
+            old = self.exclusions[index]
+            self.exclusions[index] = Exclusion(round, peer, reason, old.detail, old.count + 1)
+        pending = self._pending.get(key)
+        count = 1 if pending is None else pending.count + 1
+        first = detail if pending is None else pending.detail
+        self._pending[key] = Exclusion(round, peer, reason, first, count)
+
+    def drain(self, up_to: float = math.inf) -> list[Exclusion]:
+        """The refusals for rounds up to ``up_to`` since they were last drained.
+
+        One per round, peer and reason; later rounds' stay for their own round's report.
+        """
+        drained = [e for key, e in self._pending.items() if key[0] <= up_to]
+        self._pending = {key: e for key, e in self._pending.items() if key[0] > up_to}
+        return drained
+
+    def forget_before(self, round: int) -> None:
+        """Stop merging into summaries of rounds below ``round`` (they were reported)."""
+        self._index = {key: i for key, i in self._index.items() if key[0] >= round}

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import trio
 
 from p2pfed.collectives.codec import MessageStream
-from p2pfed.collectives.faults import Exclusion
+from p2pfed.collectives.faults import Exclusion, RefusalSummary
 from p2pfed.collectives.gossip import (
     GossipRound,
     MixingTopology,
@@ -167,6 +167,8 @@ class GossipService:
         self.value: npt.NDArray[Any] | None = None
         self.floor = 0
         self._boxes: dict[int, Any] = {}
+        self._queued: set[tuple[int, str]] = set()  # one vector per (round, sender)
+        self.refusals = RefusalSummary()  # non-members' and repeated vectors, summarised
         transport.serve(SYNC_PROTOCOL, self._handle_sync)
         transport.serve(PUSH_PULL_PROTOCOL, self._handle_push_pull)
 
@@ -183,9 +185,18 @@ class GossipService:
 
     # -- synchronous mode ------------------------------------------------------------------
 
+    def _refuse_unread(self, peer: str) -> bool:
+        # Only the topology's nodes exchange vectors; anyone else's stream is closed unread.
+        if peer in self.peers:
+            return False
+        self.refusals.refuse(self.floor, peer, ReasonCode.NOT_MEMBER, f"{peer} is not a node")
+        return True
+
     async def _handle_sync(self, stream: Stream) -> None:
         messages = MessageStream(stream, self.consortium, self.me)
         peer = stream.remote_peer
+        if self._refuse_unread(peer):
+            return
         try:
             got = await receive_vector(messages, self.config.timeout, self.config.max_words)
         except (RemoteProtocolError, BrokenError) as exc:
@@ -203,6 +214,11 @@ class GossipService:
                 f"gossip vector for round {round} while this peer is at round {self.floor}",
             )
             return
+        if (round, peer) in self._queued:
+            # A node sends each neighbour one vector a round: more is a flood, not mixing.
+            self.refusals.refuse(round, peer, ReasonCode.DUPLICATE, f"second vector from {peer}")
+            return
+        self._queued.add((round, peer))
         self._box(round)[0].send_nowait((peer, *got))
 
     async def _send_to(self, peer: str, round: int, vector: npt.NDArray[Any]) -> None:
@@ -224,6 +240,8 @@ class GossipService:
         self.floor = max(self.floor, t)
         for old in [r for r in self._boxes if r < t]:
             del self._boxes[old]
+        self._queued = {k for k in self._queued if k[0] >= t}
+        self.refusals.forget_before(t)
         _, mailbox = self._box(t)
         deadline = trio.current_time() + self.config.deadline
         excluded_before = len(self.exclusions)
@@ -242,7 +260,8 @@ class GossipService:
         self.floor = t + 1
         heard = tuple(sorted(mixing.heard))
         missing = mixing.missing
-        return GossipOutcome(mixing.mix(), t, heard, missing, self.exclusions[excluded_before:])
+        exclusions = self.exclusions[excluded_before:] + self.refusals.drain(t)
+        return GossipOutcome(mixing.mix(), t, heard, missing, exclusions)
 
     # -- asynchronous push-pull mode -------------------------------------------------------
 
@@ -256,6 +275,8 @@ class GossipService:
     async def _handle_push_pull(self, stream: Stream) -> None:
         messages = MessageStream(stream, self.consortium, self.me)
         peer = stream.remote_peer
+        if self._refuse_unread(peer):
+            return
         try:
             got = await receive_vector(messages, self.config.timeout, self.config.max_words)
             if got is None:

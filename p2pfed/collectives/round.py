@@ -8,13 +8,20 @@ straggler learns it was left out). ``RingRound`` composes it with ``RingService`
 mailbox messages, ring outcomes and deadlines into the sans-I/O ``RoundAgreement`` and carries
 out the actions it returns, starting and cancelling ring attempts. Time is
 ``trio.current_time()``, so tests run the whole protocol under a mock clock.
+
+Bounds: only the peers ``senders`` admits (the round's members; never observers) may send
+round control: any other peer's stream is closed before a byte of it is read. Each sender
+has a budget of ``max_per_round`` messages per round; a sender over it is muted (its streams
+closed unread) until this peer moves to the next round. So one peer's flood puts at most
+``max_per_round`` messages in a mailbox and costs a closed stream per attempt. Refusals are
+summarised: one ``Exclusion`` per (round, peer, reason) with a ``count``, not one per message.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +39,7 @@ from p2pfed.collectives.agreement import (
     StartRing,
 )
 from p2pfed.collectives.codec import MessageStream
-from p2pfed.collectives.faults import Exclusion, FaultPlan
+from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
 from p2pfed.collectives.messages import Message, Ready
 from p2pfed.collectives.ring import ring_order
 from p2pfed.collectives.ring_driver import RingConfig, RingResult, RingService
@@ -50,6 +57,10 @@ log = logging.getLogger(__name__)
 CONTROL_PROTOCOL = "/p2pfed/round/1.0.0"
 _KEEP_FINISHED = 4  # finished rounds kept to answer stragglers' late Ready messages
 _MAX_AHEAD = 4  # rounds ahead of ours we buffer messages for; further is refused
+MAX_PER_ROUND = 64
+"""Messages one sender may put in one round's mailbox: an honest member sends a handful per
+attempt (Ready, Cohort, Done, Commit or Abort; secure aggregation's few per stage), and a
+round has at most eight attempts."""
 
 
 class ControlService:
@@ -63,19 +74,45 @@ class ControlService:
         timeout: float = 5.0,
         protocol: str = CONTROL_PROTOCOL,
         max_ahead: int = _MAX_AHEAD,
+        senders: Callable[[str], bool] | None = None,
+        max_per_round: int = MAX_PER_ROUND,
     ) -> None:
+        """``senders``: who may send on this protocol (every admitted peer when None)."""
+        if max_per_round < 1:
+            raise LocalProtocolError(f"max_per_round must be at least 1, got {max_per_round}")
         self.max_ahead = max_ahead
+        self.senders = senders
+        self.max_per_round = max_per_round
         self.transport = transport
         self.protocol = protocol
         self.consortium = consortium
         self.timeout = timeout
-        self.exclusions: list[Exclusion] = []
         self.floor = 0
         self._boxes: dict[
             int, tuple[trio.MemorySendChannel[tuple[str, Message]], trio.MemoryReceiveChannel[Any]]
         ] = {}
         self._finished: dict[int, RoundAgreement] = {}
+        self._queued: dict[tuple[int, str], int] = {}  # (round, sender) → messages taken
+        self._muted: set[str] = set()  # over budget: streams closed unread until next round
+        self.refusals = RefusalSummary()
+        self.refuse = self.refusals.refuse
+        self.drain = self.refusals.drain
         transport.serve(protocol, self._handle)
+
+    @property
+    def exclusions(self) -> list[Exclusion]:
+        """Every refusal so far, summarised per (round, peer, reason) with a count."""
+        return self.refusals.exclusions
+
+    def advance(self, floor: int) -> None:
+        """Rounds below ``floor`` are over here: later messages for them are refused."""
+        if floor <= self.floor:
+            return
+        self.floor = floor
+        # A new round: budgets and mutes start afresh; old summaries are reported already.
+        self._muted.clear()
+        self._queued = {k: n for k, n in self._queued.items() if k[0] >= floor}
+        self.refusals.forget_before(floor)
 
     def _box(
         self, round: int
@@ -93,7 +130,7 @@ class ControlService:
         messages are rejected from now on.
         """
         if retire_older:
-            self.floor = max(self.floor, round)
+            self.advance(round)
             for old in [r for r in self._boxes if r < round]:
                 self._boxes.pop(old)[0].close()
         receive: trio.MemoryReceiveChannel[tuple[str, Message]] = self._box(round)[1]
@@ -104,7 +141,7 @@ class ControlService:
         box = self._boxes.pop(round, None)
         if box is not None:
             box[0].close()
-        self.floor = max(self.floor, round + 1)
+        self.advance(round + 1)
         if agreement is not None:
             self._finished[round] = agreement
         for old in sorted(self._finished)[:-_KEEP_FINISHED]:
@@ -141,13 +178,44 @@ class ControlService:
 
     async def _handle(self, stream: Stream) -> None:
         peer = stream.remote_peer
+        # Refused before reading: a flood from a non-sender or a muted one costs no decoding.
+        if self.senders is not None and not self.senders(peer):
+            self.refuse(
+                self.floor,
+                peer,
+                ReasonCode.NOT_MEMBER,
+                f"{peer} may not send on {self.protocol}: not a member of the rounds",
+            )
+            return
+        if peer in self._muted:
+            self.refuse(self.floor, peer, ReasonCode.RATE_LIMITED, self._over_budget(peer))
+            return
         messages = MessageStream(stream, self.consortium, self.transport.local_peer)
         try:
             while (envelope := await messages.receive(self.timeout)) is not None:
+                if not self._take(peer, envelope.message.round):
+                    return
                 for reply in self._deliver(peer, envelope.message):
                     await self.send(reply.peer, reply.message)
         except RemoteProtocolError as exc:
-            self.exclusions.append(Exclusion(-1, peer, exc.reason, str(exc)))
+            self.refuse(-1, peer, exc.reason, str(exc))
+
+    def _over_budget(self, peer: str) -> str:
+        return f"{peer} sent more than {self.max_per_round} {self.protocol} messages in a round"
+
+    def _take(self, peer: str, round: int) -> bool:
+        """Charge one message of ``round`` to ``peer``'s budget; False (and muted) if over."""
+        # Messages for rounds we hold no mailbox for are charged to the current round, so a
+        # flood of them is muted too, and the table stays bounded by rounds held.
+        held = self.floor <= round <= self.floor + self.max_ahead
+        key = (round if held else self.floor, peer)
+        taken = self._queued.get(key, 0)
+        if taken >= self.max_per_round:
+            self._muted.add(peer)
+            self.refuse(key[0], peer, ReasonCode.RATE_LIMITED, self._over_budget(peer))
+            return False
+        self._queued[key] = taken + 1
+        return True
 
     def _deliver(self, peer: str, message: Message) -> list[Send]:
         """Queue a message for its round; returns replies owed for rounds already over."""
@@ -155,26 +223,22 @@ class ControlService:
         if round in self._finished:
             agreement = self._finished[round]
             if not isinstance(message, Ready):
-                self.exclusions.append(
-                    Exclusion(
-                        round,
-                        peer,
-                        ReasonCode.WRONG_ROUND,
-                        f"{type(message).__name__} for round {round}, which is over here",
-                    )
+                self.refuse(
+                    round,
+                    peer,
+                    ReasonCode.WRONG_ROUND,
+                    f"{type(message).__name__} for round {round}, which is over here",
                 )
                 return []
             actions = agreement.receive(peer, message, trio.current_time())
             return [a for a in actions if isinstance(a, Send)]
         if round < self.floor or round > self.floor + self.max_ahead:
-            self.exclusions.append(
-                Exclusion(
-                    round,
-                    peer,
-                    ReasonCode.WRONG_ROUND,
-                    f"{type(message).__name__} for round {round} while this peer is at "
-                    f"round {self.floor}",
-                )
+            self.refuse(
+                round,
+                peer,
+                ReasonCode.WRONG_ROUND,
+                f"{type(message).__name__} for round {round} while this peer is at "
+                f"round {self.floor}",
             )
             return []
         self._box(round)[0].send_nowait((peer, message))
@@ -232,7 +296,12 @@ class RingRound:
             raise LocalProtocolError(
                 "a shared RingService must use the same transport and consortium"
             )
-        self.control = ControlService(transport, consortium, timeout=self.timing.collect_window)
+        self.control = ControlService(
+            transport,
+            consortium,
+            timeout=self.timing.collect_window,
+            senders=self._is_member,
+        )
         if ring is None:
             ring = RingService(
                 transport, consortium, accept_timeout=self.ring_config.timeout, fault=fault
@@ -241,6 +310,10 @@ class RingRound:
             ring.fault = fault
         self.ring = ring
         self.me = transport.local_peer
+
+    def _is_member(self, peer: str) -> bool:
+        # Read at each stream: ``members`` may be replaced when the roster changes.
+        return peer in self.members
 
     async def all_reduce(self, vector: npt.NDArray[Any], round: int) -> RoundOutcome:
         """Agree on round ``round``'s cohort and sum ``vector`` over it, retrying on faults.
@@ -260,7 +333,7 @@ class RingRound:
             roster_version=self.roster_version,
         )
         mailbox = self.control.open_round(round)
-        seen = (len(self.ring.exclusions), len(self.control.exclusions))
+        seen = len(self.ring.exclusions)
         events_in, events = trio.open_memory_channel[tuple[Any, ...]](math.inf)
         results: dict[int, RingResult] = {}
         scopes: dict[int, trio.CancelScope] = {}
@@ -325,7 +398,5 @@ class RingRound:
             results.get(agreement.attempt) if committed else None,
             agreement.cohort if committed else None,
             agreement.attempt + 1,
-            agreement.exclusions
-            + self.ring.exclusions[seen[0] :]
-            + self.control.exclusions[seen[1] :],
+            agreement.exclusions + self.ring.exclusions[seen:] + self.control.drain(round),
         )

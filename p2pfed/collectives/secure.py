@@ -249,7 +249,11 @@ class SecureRingRound:
         )
         self.masked_sum = RingMaskedSum(self.ring_round)
         self.channel = ControlService(
-            transport, consortium, timeout=stage_timeout, protocol=SECAGG_PROTOCOL
+            transport,
+            consortium,
+            timeout=stage_timeout,
+            protocol=SECAGG_PROTOCOL,
+            senders=self.identities.__contains__,
         )
         self.me = transport.local_peer
 
@@ -288,6 +292,7 @@ class SecureRingRound:
         result = peer.result() if peer.stage is Stage.DONE else None
         exclusions = list(ring_outcome.exclusions) if ring_outcome is not None else []
         exclusions += [Exclusion(round, r.peer, r.reason, r.detail) for r in peer.rejections]
+        exclusions += self.channel.drain(round)
         return SecureOutcome(
             round,
             peer.stage,

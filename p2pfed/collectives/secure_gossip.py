@@ -152,6 +152,7 @@ class SecureGossipService:
             timeout=stage_timeout,
             protocol=SECURE_GOSSIP_PROTOCOL,
             max_ahead=2 * n,
+            senders=self.peers.__contains__,
         )
         self.exclusions: list[Exclusion] = []
         self._collections: dict[int, _Collection] = {}
@@ -168,6 +169,10 @@ class SecureGossipService:
 
     async def _handle_masked(self, stream: Stream) -> None:
         peer = stream.remote_peer
+        if peer not in self.peers:  # an observer's vector is never read, however large
+            detail = f"{peer} may not send masked vectors: not a node of the gossip"
+            self.channel.refuse(self.channel.floor, peer, ReasonCode.NOT_MEMBER, detail)
+            return
         messages = MessageStream(stream, self.consortium, self.me)
         try:
             got = await receive_vector(messages, self.stage_timeout, 1 << 28)
@@ -304,7 +309,7 @@ class SecureGossipService:
         for k in targets:
             weights, _ = self._group(t, k)
             memberships[k] = (weights[self.me], frozenset(weights) | {self.peers[k]})
-        self.channel.floor = max(self.channel.floor, t * n)
+        self.channel.advance(t * n)
         before = len(self.exclusions)
         outcomes: dict[int, tuple[SecAggPeer, frozenset[str]]] = {}
 
@@ -317,10 +322,14 @@ class SecureGossipService:
         for k in memberships:
             self.channel.close_round(t * n + k)
             self._collections.pop(t * n + k, None)
-        self.channel.floor = (t + 1) * n
+        self.channel.advance((t + 1) * n)
         peer, _ = outcomes[self.index]
         exclusions = self.exclusions[before:] + [
             Exclusion(t, r.peer, r.reason, r.detail) for r in peer.rejections
+        ]
+        exclusions += [
+            Exclusion(t, e.peer, e.reason, e.detail, e.count)
+            for e in self.channel.drain((t + 1) * n - 1)
         ]
         if peer.stage is not Stage.DONE:
             # The group's secure sum failed: keep our own value (all weight folded to self).

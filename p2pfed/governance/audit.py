@@ -754,18 +754,22 @@ class AuditLog:
         )
 
     def exclusion(
-        self, round_number: int, peer_id: str, reason: ReasonCode, detail: str = ""
+        self, round_number: int, peer_id: str, reason: ReasonCode, detail: str = "", count: int = 1
     ) -> dict[str, Any]:
-        """A peer was excluded from the round, with the reason code (never silently)."""
-        return self.append(
-            EntryKind.EXCLUSION,
-            {
-                "round": round_number,
-                "peer": self.hash_peer(peer_id),
-                "reason": ReasonCode(reason).value,
-                "detail": detail,
-            },
-        )
+        """A peer was excluded from the round, with the reason code (never silently).
+
+        ``count``: how many of its messages were refused for this reason in the round (one
+        entry summarises them all, so a flood cannot grow the log per message).
+        """
+        body: dict[str, Any] = {
+            "round": round_number,
+            "peer": self.hash_peer(peer_id),
+            "reason": ReasonCode(reason).value,
+            "detail": detail,
+        }
+        if count != 1:
+            body["count"] = count
+        return self.append(EntryKind.EXCLUSION, body)
 
     def drift_alert(self, round_number: int, alert: Mapping[str, Any]) -> dict[str, Any]:
         """A drift alert (``DriftAlert.to_dict()``) raised in this round."""

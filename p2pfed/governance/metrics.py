@@ -11,8 +11,8 @@ public). ``render`` gives the text exposition without a server, for ``p2pfed sta
 Metrics (all prefixed ``p2pfed_``): ``rounds_total{outcome}``, ``round_duration_seconds``
 (histogram), ``current_round``, ``bytes_sent_total``, ``bytes_received_total``,
 ``privacy_epsilon_spent``, ``privacy_epsilon_budget``, ``peers_connected``,
-``exclusions_total{reason}`` (pre-created for every ``ReasonCode`` so dashboards see zeros),
-``drift_alerts_total{kind}``.
+``exclusions_total{reason}`` (pre-created for every ``ReasonCode`` so dashboards see zeros;
+refused messages count one each), ``drift_alerts_total{kind}``, ``roster_expiry_seconds``.
 """
 
 from __future__ import annotations
@@ -84,8 +84,13 @@ class NodeMetrics:
         )
         self.exclusions = Counter(
             "p2pfed_exclusions",
-            "Peers excluded from a round, by reason code.",
+            "Exclusions and refused messages of rounds, by reason code.",
             ["reason"],
+            registry=r,
+        )
+        self.roster_expiry = Gauge(
+            "p2pfed_roster_expiry_seconds",
+            "Seconds until the roster in force expires (rounds stop at 0).",
             registry=r,
         )
         self.drift_alerts = Counter(
@@ -128,9 +133,15 @@ class NodeMetrics:
         """How many peers are connected now."""
         self.peers_connected.set(connected)
 
-    def excluded(self, reason: ReasonCode) -> None:
-        """A peer was excluded from a round for ``reason``."""
-        self.exclusions.labels(reason=ReasonCode(reason).value).inc()
+    def set_roster_expiry(self, seconds_left: float) -> None:
+        """Seconds until the roster in force expires (0 once it has)."""
+        self.roster_expiry.set(max(0.0, seconds_left))
+
+    def excluded(self, reason: ReasonCode, count: int = 1) -> None:
+        """A peer was excluded from a round for ``reason`` (``count`` messages refused)."""
+        if count < 1:
+            raise LocalError(f"an exclusion counts at least one message, got {count}")
+        self.exclusions.labels(reason=ReasonCode(reason).value).inc(count)
 
     def drift_alert(self, kind: str) -> None:
         """A drift alert of ``kind`` (``DriftKind`` value) was raised."""

@@ -146,15 +146,29 @@ class GovernanceRecorder:
         log.info("round started", extra={"round": round_number, "cohort": len(self._cohort)})
 
     def exclude(
-        self, round_number: int, peer_id: str, reason: ReasonCode, detail: str = ""
+        self,
+        round_number: int,
+        peer_id: str,
+        reason: ReasonCode,
+        detail: str = "",
+        count: int = 1,
     ) -> None:
-        """A peer was excluded from the round (recorded, never silent)."""
-        self.audit.exclusion(round_number, peer_id, reason, detail)
+        """A peer was excluded from the round (recorded, never silent).
+
+        ``count`` messages refused for one reason make one audit entry and one log line;
+        the metric counts every message.
+        """
+        self.audit.exclusion(round_number, peer_id, reason, detail, count)
         if self.metrics is not None:
-            self.metrics.excluded(reason)
+            self.metrics.excluded(reason, count)
         log.warning(
             "peer excluded",
-            extra={"round": round_number, "peer": peer_id, "reason": ReasonCode(reason).value},
+            extra={
+                "round": round_number,
+                "peer": peer_id,
+                "reason": ReasonCode(reason).value,
+                "count": count,
+            },
         )
 
     def refuse_model(

@@ -713,6 +713,10 @@ class RosterGate:
         """The roster currently in force."""
         return self._roster
 
+    def now(self) -> datetime:
+        """The time by the gate's clock (what expiry is judged against)."""
+        return self._clock()
+
     def __call__(self, peer_id: str) -> bool:
         return not self._roster.is_expired(self._clock()) and self._roster.is_member(peer_id)
 

@@ -109,10 +109,13 @@ class Peer:
         on_refusal: Callable[[SyncRefusal], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         """``signer``/``roster_version``/``certificate_floor``: commit certificates (above).
 
         ``on_refusal`` hears of every member whose model sync refused (once per round).
+        ``guard`` runs before each round and before each release, and raises to stop the
+        rounds (the daemon's raises once the roster has expired, so no further ε is spent).
         """
         self.transport = transport
         self.consortium = consortium
@@ -126,6 +129,7 @@ class Peer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self.wall = wall
+        self.guard = guard
         self.model_round = -1
         self.next_round = 0
         self.weights = trainer.shared_weights()
@@ -331,7 +335,13 @@ class Peer:
         return False
 
     async def run_round(self) -> RoundReport:
-        """Train, privatise, aggregate and apply round ``next_round``."""
+        """Train, privatise, aggregate and apply round ``next_round``.
+
+        Raises whatever ``guard`` raises (asked at the start and right before the release),
+        before any privacy budget is reserved.
+        """
+        if self.guard is not None:
+            self.guard()
         await self.reconcile()
         round_ = self.next_round
         self.next_round += 1
@@ -341,6 +351,10 @@ class Peer:
         result = self.trainer.train_round(self.train, self.weights)
         update = result.update
         if self.releaser is not None:
+            if self.guard is not None:
+                # Again, with no await before the reservation: reconciling and training
+                # take seconds, and the guard's condition (the roster's expiry) may pass.
+                self.guard()
             # The ledger records the spend before this returns; only then may it leave.
             # DP-SGD composes the local steps (rate q each); any other mode is one Gaussian
             # release of the whole update per round (q = 1, one step).

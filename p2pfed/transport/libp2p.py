@@ -25,6 +25,11 @@ listener (leaving ``host.run()`` alone does not stop the listener in py-libp2p 0
 Streams split large writes into Yamux-frame-sized pieces and map libp2p's errors onto
 ``ClosedError`` (we closed it) and ``BrokenError`` (the peer or the network broke it).
 
+Unauthenticated connections are bounded: an inbound connection that has not finished the
+Noise handshake and muxer negotiation within ``handshake_timeout`` is closed, and at most
+``pending_per_source`` may be mid-handshake per source address (a newer one evicts the
+oldest), so idle sockets cannot hold py-libp2p's inbound slots and lock members out.
+
 Adjustments to py-libp2p 0.8.1, each covered by a test (docs/transport.md says why): Yamux
 frames of up to 256 KiB and a Noise session that batches socket I/O (same wire format, about
 half the CPU per byte); the listener's per-connection task ends with its connection (py-libp2p
@@ -52,7 +57,6 @@ from libp2p.crypto.keys import KeyPair, PrivateKey
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
-from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.network.swarm import Swarm
@@ -69,6 +73,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pfed.errors import BrokenError, ClosedError, ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
+from p2pfed.transport.libp2p_inbound import PendingHandshakes, hold_inbound_only_while_open
 from p2pfed.transport.libp2p_logging import route_libp2p_logging
 from p2pfed.transport.noise_session import BufferedNoiseSession
 
@@ -86,6 +91,12 @@ REFUSE = b"\x00"
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_ADMISSION_TIMEOUT = 10.0
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0
+"""Seconds an inbound connection may take to finish Noise and Yamux before it is closed."""
+DEFAULT_PENDING_PER_SOURCE = 32
+"""Inbound connections from one IP address that may be mid-handshake at once (many members
+may dial from one address on loopback or behind a NAT); a newer one
+closes the oldest, so idle sockets from one address cannot hold py-libp2p's inbound slots."""
 
 PeerAddrs = Mapping[str, str | Sequence[str]]
 """Where peers listen: peer ID → one multiaddr or several (``/ip4/10.0.0.2/tcp/4001``)."""
@@ -255,6 +266,8 @@ class Libp2pTransport(Transport):
         peer_addrs: PeerAddrs | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        pending_per_source: int = DEFAULT_PENDING_PER_SOURCE,
     ) -> None:
         if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise ConfigError(f"identity seed must be {SEED_BYTES} bytes, got {_describe(seed)}")
@@ -267,9 +280,13 @@ class Libp2pTransport(Transport):
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("admission_timeout", admission_timeout),
+            ("handshake_timeout", handshake_timeout),
         ):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+        if pending_per_source < 1:
+            raise ConfigError(f"pending_per_source must be at least 1, got {pending_per_source}")
+        self.pending = PendingHandshakes(handshake_timeout, pending_per_source)
         self._key_pair = create_new_key_pair(bytes(seed))
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
         self._gate = gate
@@ -360,7 +377,7 @@ class Libp2pTransport(Transport):
             swarm.retry_config = RetryConfig(max_retries=0)
             self._noise, self._host = noise, host
             await stack.enter_async_context(host.run([self._listen]))
-            _hold_inbound_only_while_open(swarm)
+            hold_inbound_only_while_open(swarm, self.pending)
             # libp2p's auto-connector dials peers from the peerstore on its own to reach a
             # connection quota; we connect to roster members when a protocol asks, not before.
             await swarm.auto_connector.stop()
@@ -558,42 +575,6 @@ class Libp2pTransport(Transport):
             await self.disconnect(peer)
         await trio.lowlevel.checkpoint()
         return dropped
-
-
-def _hold_inbound_only_while_open(swarm: Swarm) -> None:
-    """Make the swarm's per-inbound-connection task end when that connection closes.
-
-    py-libp2p 0.8.1 keeps the listener's task for each inbound TCP connection alive until the
-    whole swarm stops (trio closes the socket when that task returns), so a long-lived peer
-    leaks one task per connection it ever accepted, and holds one of its 250 inbound slots per
-    connection forever, so it refuses every connection after the 250th. This replaces that step,
-    for this swarm instance only, with one that upgrades the connection and then waits for *it*
-    to close (releasing the slot). It skips libp2p's IP allow/deny check, which we do not set.
-    """
-
-    async def upgrade_then_wait_for_close(
-        read_write_closer: Any, maddr: multiaddr.Multiaddr, failure_event: Any
-    ) -> None:
-        raw_conn = RawConnection(read_write_closer, False)
-        try:
-            muxed = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
-        except Exception as exc:  # refused or failed upgrades are already logged by libp2p
-            log.debug("inbound connection on %s not upgraded: %r", maddr, exc)
-            with trio.CancelScope(shield=True):
-                try:
-                    await raw_conn.close()
-                except Exception as close_exc:
-                    log.debug("closing a failed inbound connection: %r", close_exc)
-            return
-        closed = getattr(muxed, "event_closed", None)
-        if isinstance(closed, trio.Event):
-            await closed.wait()
-        else:
-            await swarm.manager.wait_finished()
-
-    if not hasattr(swarm, "_do_handle_inbound_connection"):
-        raise RuntimeError("this py-libp2p has no Swarm._do_handle_inbound_connection to replace")
-    swarm._do_handle_inbound_connection = upgrade_then_wait_for_close  # type: ignore[method-assign]
 
 
 def _parse_peer_id(peer: str) -> ID:

@@ -65,7 +65,15 @@ def run(args: argparse.Namespace) -> int:
         ("ε spent", _fmt(status.get("epsilon")) + f" of {status.get('epsilon_budget', '—')}"),
         ("bytes sent", str(status.get("bytes_sent", 0))),
         ("last model", str(status.get("model_digest", "—"))[:16]),
+        (
+            "roster",
+            f"version {status.get('roster_version', '—')}, expires "
+            f"{status.get('roster_expires_at', '—')}"
+            + (f"; {status['roster_warning']}" if status.get("roster_warning") else ""),
+        ),
     ]
+    if status.get("error"):
+        rows.append(("stopped because", str(status["error"])))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
