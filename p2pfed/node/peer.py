@@ -65,7 +65,6 @@ class RoundReport:
     steps: int = 1
 
 
-
 def slot_wait(now: float, slot: float) -> float:
     """Seconds from wall-clock ``now`` to the next multiple of ``slot`` at least slot/2 away.
 
@@ -78,6 +77,7 @@ def slot_wait(now: float, slot: float) -> float:
         return 0.0
     wait = slot - now % slot
     return wait + slot if wait < slot / 2 else wait
+
 
 class Peer:
     """A federated-learning participant; see the module docstring."""
@@ -156,6 +156,15 @@ class Peer:
         self.weights = self.trainer.shared_weights()
         self.model_round = round_
         self.next_round = max(self.next_round, round_ + 1)
+        self._save()
+
+    def abandon(self) -> None:
+        """After a cancelled ``run``: undo local steps and keep the spent round number spent.
+
+        A round cut short (the roster changed) may have charged the ledger and opened a
+        secure-aggregation session; its number is not reused, as for a missed round.
+        """
+        self.trainer.load_shared(self.weights)
         self._save()
 
     @property
