@@ -159,13 +159,12 @@ class Peer:
         self._save()
 
     def abandon(self) -> None:
-        """After a cancelled ``run``: undo local steps and keep the spent round number spent.
+        """After a cancelled ``run``: undo the local steps of the round cut short.
 
-        A round cut short (the roster changed) may have charged the ledger and opened a
-        secure-aggregation session; its number is not reused, as for a missed round.
+        Nothing is saved: as after a crash, the next ``Peer`` resumes from the checkpoint
+        (the same round number, under a new roster version and so a new session).
         """
         self.trainer.load_shared(self.weights)
-        self._save()
 
     @property
     def epsilon(self) -> float | None:
