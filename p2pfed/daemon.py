@@ -44,7 +44,13 @@ from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterGate
 from p2pfed.lifecycle import ended, load_audit_salt, stop_reason
 from p2pfed.node.peer import CHECKPOINT
-from p2pfed.node.roster_sync import LiveRoster, RosterAnnouncer, RosterChange, run_unless
+from p2pfed.node.roster_sync import (
+    LiveRoster,
+    RosterAnnouncer,
+    RosterChange,
+    enforce,
+    run_unless,
+)
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy import anchors as ledger_anchors
 from p2pfed.privacy.ledger_format import Anchor
@@ -464,12 +470,7 @@ async def _run_peer(
                     added=change.added,
                     removed=change.removed,
                 )
-                for m in change.new.members:
-                    if m.peer_id in change.added and m.addresses:
-                        transport.set_peer_addrs(m.peer_id, m.addresses)
-                dropped = await transport.drop_refused_peers()
-                if dropped:
-                    log.warning("closed the connections of removed members: %s", ", ".join(dropped))
+                await enforce(change, transport)
                 status["roster_version"] = change.new.version
                 write_status(prepared.state_dir, status)
                 changed[0].set()

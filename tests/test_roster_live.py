@@ -242,3 +242,48 @@ async def test_run_unless_cancels_the_work_when_the_roster_changes() -> None:
     with trio.fail_after(5):
         assert await run_unless(event, forever) is False
         assert await run_unless(trio.Event(), short) is True
+
+
+@pytest.mark.network
+async def test_over_libp2p_the_revoked_member_is_disconnected_and_refused(tmp_path: Path) -> None:
+    """Real hosts: a member connected before the change loses its connections and streams."""
+    from p2pfed.node.roster_sync import enforce
+    from p2pfed.transport.libp2p import Libp2pTransport
+
+    names = ("alice", "bob", "xavier")
+    nodes = {name: node(tmp_path, name) for name in names}
+    with trio.fail_after(30):
+        async with (
+            Libp2pTransport(IDS["alice"].seed, nodes["alice"].live.gate) as a,
+            Libp2pTransport(IDS["bob"].seed, nodes["bob"].live.gate) as b,
+            Libp2pTransport(IDS["xavier"].seed, nodes["xavier"].live.gate) as x,
+            trio.open_nursery() as bg,
+        ):
+            hosts = {"alice": a, "bob": b, "xavier": x}
+            for name, t in hosts.items():
+                for other, u in hosts.items():
+                    if other != name:
+                        t.set_peer_addrs(PID[other], u.listen_addrs)
+                n = nodes[name]
+
+                async def on_change(
+                    change: RosterChange, n: Node = n, t: Libp2pTransport = t
+                ) -> None:
+                    n.changes.append(change)
+                    await enforce(change, t)
+                    n.changed.set()
+
+                n.announcer = RosterAnnouncer(t, n.live, on_change, timeout=5, poll_interval=0.01)
+            await nodes["xavier"].announcer.exchange_all()  # type: ignore[union-attr]
+            assert PID["xavier"] in b.connected_peers() and PID["xavier"] in a.connected_peers()
+            for name in ("alice", "bob"):
+                bg.start_soon(nodes[name].announcer.run)  # type: ignore[union-attr]
+            v2().save(nodes["alice"].live.path)
+            await nodes["alice"].changed.wait()
+            await nodes["bob"].changed.wait()
+            for t in (a, b):
+                while PID["xavier"] in t.connected_peers():
+                    await trio.sleep(0.01)
+                with pytest.raises(RemoteProtocolError):
+                    await x.open_stream(t.local_peer, ROSTER_PROTOCOL)
+            bg.cancel_scope.cancel()

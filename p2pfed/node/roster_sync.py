@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -155,6 +156,29 @@ class LiveRoster:
 
 
 OnChange = Callable[[RosterChange], Awaitable[None]]
+
+
+class Admission(Protocol):
+    """What a transport offers to enforce a roster change (``Libp2pTransport`` does)."""
+
+    def set_peer_addrs(self, peer: str, addrs: str | Iterable[str]) -> None: ...
+
+    async def drop_refused_peers(self) -> list[str]: ...
+
+
+async def enforce(change: RosterChange, transport: Admission) -> list[str]:
+    """Dial added members at their roster addresses; close removed members' connections.
+
+    The gate already refuses their new connections and streams; an open connection is
+    closed here so nothing already under way continues. Returns the peers cut off.
+    """
+    for m in change.new.members:
+        if m.peer_id in change.added and m.addresses:
+            transport.set_peer_addrs(m.peer_id, m.addresses)
+    dropped = await transport.drop_refused_peers()
+    if dropped:
+        log.warning("closed the connections of removed members: %s", ", ".join(dropped))
+    return dropped
 
 
 class RosterAnnouncer:
