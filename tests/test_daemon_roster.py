@@ -4,13 +4,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from p2pfed.daemon import read_status
-from p2pfed.demo import DemoSettings, build_consortium, launch, stop
+from p2pfed.demo import DemoSettings, Hospital, build_consortium, launch, stop
 from p2pfed.errors import ReasonCode, RemoteProtocolError
 from p2pfed.identity import Identity, Roster
 from p2pfed.node.roster_sync import ROSTER_PROTOCOL
@@ -21,7 +23,7 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 ROUND_TIMEOUT = 12.0
 
 
-def wait_for(predicate, what: str, timeout: float) -> float:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> float:
     """Poll ``predicate`` until true; the seconds it took."""
     start = time.monotonic()
     while not predicate():
@@ -30,7 +32,7 @@ def wait_for(predicate, what: str, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def status(h) -> dict:
+def status(h: Hospital) -> dict[str, Any]:
     try:
         return read_status(h.state) or {}
     except Exception:
@@ -91,6 +93,7 @@ def test_a_roster_given_to_one_peer_revokes_a_member_at_every_peer_within_a_roun
             timeout=120,
         )
         final_revoked = status(revoked).get("completed_round", -1)
+        final = {h.name: status(h) for h in rest}
     finally:
         stop(c)
     # The revoked member completed no round begun after the change reached the others.
@@ -104,6 +107,12 @@ def test_a_roster_given_to_one_peer_revokes_a_member_at_every_peer_within_a_roun
         assert changes[0]["new_version"] == 2 and len(changes[0]["removed"]) == 1
         assert changes[0]["added"] == []
         assert Roster.load(h.folder / "roster.json").digest() == v2.digest()
+        # The cohort was rebuilt: rounds after the change run under version 2 (a new secure
+        # aggregation session over the three), and the revoked member is not even excluded.
+        after = entries[entries.index(next(e for e in entries if e["kind"] == "roster_change")) :]
+        starts = [e["body"] for e in after if e["kind"] == "round_start"]
+        assert starts and all(b["roster_version"] == 2 for b in starts)
+        assert revoked.identity.peer_id not in " ".join(final[h.name].get("exclusions", []))
     compare = subprocess.run(
         [
             sys.executable,
