@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +20,7 @@ from p2pfed.node.roster_sync import (
     LiveRoster,
     RosterAnnouncer,
     RosterChange,
+    enforce,
     run_unless,
 )
 from p2pfed.transport.memory import MemoryNetwork, MemoryTransport
@@ -247,7 +248,7 @@ async def test_run_unless_cancels_the_work_when_the_roster_changes() -> None:
 @pytest.mark.network
 async def test_over_libp2p_the_revoked_member_is_disconnected_and_refused(tmp_path: Path) -> None:
     """Real hosts: a member connected before the change loses its connections and streams."""
-    from p2pfed.node.roster_sync import enforce
+
     from p2pfed.transport.libp2p import Libp2pTransport
 
     names = ("alice", "bob", "xavier")
@@ -287,3 +288,42 @@ async def test_over_libp2p_the_revoked_member_is_disconnected_and_refused(tmp_pa
                 with pytest.raises(RemoteProtocolError):
                     await x.open_stream(t.local_peer, ROSTER_PROTOCOL)
             bg.cancel_scope.cancel()
+
+
+async def test_a_renewal_that_adds_a_member_travels_the_same_way(tmp_path: Path) -> None:
+    yves = Identity.from_seed(b"\x77" * 32)
+    address = "/ip4/127.0.0.1/tcp/4999"
+    renewed = (
+        v1()
+        .with_member(Member.from_public_key("yves", yves.public_key, [address]))
+        .with_expiry(NOW + timedelta(days=90))
+        .signed_by(ADMIN)
+    )
+    network = MemoryNetwork()
+    nodes = {"alice": node(tmp_path, "alice"), "bob": node(tmp_path, "bob")}
+
+    @dataclass
+    class Recording:
+        addrs: dict[str, list[str]] = field(default_factory=dict)
+
+        def set_peer_addrs(self, peer: str, addrs: str | Iterable[str]) -> None:
+            self.addrs[peer] = list(addrs)
+
+        async def drop_refused_peers(self) -> list[str]:
+            return []
+
+    with trio.fail_after(10):
+        async with (
+            attached(network, nodes["alice"]) as alice,
+            attached(network, nodes["bob"]) as bob,
+        ):
+            renewed.save(alice.live.path)
+            await bob.changed.wait()
+            change = bob.changes[0]
+            assert change.added == (yves.peer_id,) and change.removed == ()
+            assert bob.live.gate.roster.expires_at == NOW + timedelta(days=90)
+            assert bob.live.gate(yves.peer_id)
+            recording = Recording()
+            assert await enforce(change, recording) == []
+            assert recording.addrs == {yves.peer_id: [address]}
+            assert alice.changes[0].new.version == 3
