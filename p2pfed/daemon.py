@@ -50,6 +50,7 @@ from p2pfed.node.roster_sync import (
     RosterChange,
     enforce,
     run_unless,
+    session_id,
 )
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy import anchors as ledger_anchors
@@ -490,6 +491,8 @@ async def _run_peer(
                             f"{roster.version}; stopping"
                         )
                     signer = Ed25519CohortSigner(identity.seed, keys)
+                    # Aggregation messages of another roster version's cohort are refused.
+                    session = session_id(consortium, roster.version)
                     n = len(members)
                     peers = sorted(members)
                     # A secure sum completes only with the consistency quorum (more than
@@ -512,7 +515,7 @@ async def _run_peer(
                         if config.secagg.enabled:
                             service = SecureGossipService(
                                 transport,
-                                consortium,
+                                session,
                                 peers,
                                 topology,
                                 keys,
@@ -525,7 +528,7 @@ async def _run_peer(
                         else:
                             service = GossipService(
                                 transport,
-                                consortium,
+                                session,
                                 peers,
                                 topology,
                                 config=GossipConfig(deadline=stage_timeout, timeout=stage_timeout),
@@ -534,7 +537,7 @@ async def _run_peer(
                     elif config.secagg.enabled:
                         secure = SecureRingRound(
                             transport,
-                            consortium,
+                            session,
                             roster.version,
                             keys,
                             identity,
@@ -560,7 +563,7 @@ async def _run_peer(
                         )
                     else:
                         aggregator = RingAggregator(
-                            RingRound(transport, consortium, roster.version, peers, signer)
+                            RingRound(transport, session, roster.version, peers, signer)
                         )
                     releaser = None
                     if ledger is not None:

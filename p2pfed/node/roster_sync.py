@@ -158,6 +158,17 @@ class LiveRoster:
 OnChange = Callable[[RosterChange], Awaitable[None]]
 
 
+def session_id(consortium: str, version: int, limit: int = 64) -> str:
+    """The aggregation session of ``consortium``'s cohort under roster ``version``.
+
+    Frames carry it as their consortium id, so a message from a cohort of another roster
+    version (a member that has not switched yet, or a removed one) is refused, never mixed
+    into this cohort's round of the same number. At most ``limit`` characters (the wire's).
+    """
+    suffix = f"@v{version}"
+    return consortium[: limit - len(suffix)] + suffix
+
+
 class Admission(Protocol):
     """What a transport offers to enforce a roster change (``Libp2pTransport`` does)."""
 
