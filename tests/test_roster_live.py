@@ -22,6 +22,7 @@ from p2pfed.node.roster_sync import (
     RosterChange,
     enforce,
     run_unless,
+    session_id,
 )
 from p2pfed.transport.memory import MemoryNetwork, MemoryTransport
 from p2pfed.wire import Frame, FrameType, read_frame, write_frame
@@ -327,3 +328,32 @@ async def test_a_renewal_that_adds_a_member_travels_the_same_way(tmp_path: Path)
             assert await enforce(change, recording) == []
             assert recording.addrs == {yves.peer_id: [address]}
             assert alice.changes[0].new.version == 3
+
+
+def test_the_session_names_the_roster_version_and_fits_the_wire() -> None:
+    long = "c" * 64
+    assert session_id("hospitals", 2) == "hospitals@v2"
+    assert len(session_id(long, 12345)) == 64
+    assert session_id(long, 1) != session_id(long, 2)
+
+
+async def test_a_message_of_the_previous_rosters_cohort_is_refused_not_mixed_in() -> None:
+    """A member still on version 1 sends a round-3 message; the version-2 cohort drops it."""
+    from p2pfed.collectives.messages import Ready
+    from p2pfed.collectives.round import ControlService
+
+    network = MemoryNetwork()
+    with trio.fail_after(5):
+        async with network.open("old") as old, network.open("new") as new:
+            receiving = ControlService(new, session_id("hospitals", 2), timeout=1)
+            mailbox = receiving.open_round(3)
+            sender = ControlService(old, session_id("hospitals", 1), timeout=1)
+            await sender.send("new", Ready(3, 0, 0))
+            with pytest.raises(trio.WouldBlock):
+                mailbox.receive_nowait()
+            assert [e.peer for e in receiving.exclusions] == ["old"]
+            # The same message within the version-2 session is delivered.
+            await ControlService(old, session_id("hospitals", 2), timeout=1).send(
+                "new", Ready(3, 0, 0)
+            )
+            assert mailbox.receive_nowait() == ("old", Ready(3, 0, 0))
