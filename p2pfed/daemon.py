@@ -479,7 +479,7 @@ async def _run_peer(
             async with trio.open_nursery() as background:
                 background.start_soon(RosterAnnouncer(transport, live, on_change).run)
 
-                async def one_membership(wake: trio.Event) -> bool:
+                async def one_membership(wake: trio.Event, rebuilt: bool) -> bool:
                     """Build the cohort of the roster in force and run; True when done."""
                     nonlocal status
                     roster = prepared.gate.roster
@@ -587,6 +587,8 @@ async def _run_peer(
                         releaser=releaser,
                         state_dir=prepared.state_dir,
                     )
+                    if rebuilt:
+                        peer.renumber()
                     status |= {
                         "state": "running",
                         "listen": list(transport.listen_addrs),
@@ -692,10 +694,12 @@ async def _run_peer(
                     )
                     return False
 
+                rebuilt = False
                 while True:
                     changed[0] = trio.Event()
-                    if await one_membership(changed[0]):
+                    if await one_membership(changed[0], rebuilt):
                         break
+                    rebuilt = True
                 background.cancel_scope.cancel()
     except BaseException as exc:
         # Before serve's callbacks write status.json and daemon_stop. trio delivers a cancel

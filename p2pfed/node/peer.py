@@ -166,6 +166,15 @@ class Peer:
         """
         self.trainer.load_shared(self.weights)
 
+    def renumber(self) -> None:
+        """A new cohort (a new roster version, so a new session) starts after our model's round.
+
+        Its members may have left the old cohort at different round numbers (a member that
+        missed rounds alone ran ahead); starting each at its model's next round puts them back
+        in step, and ``catch_up`` then brings any member behind to the newest model.
+        """
+        self.next_round = self.model_round + 1
+
     @property
     def epsilon(self) -> float | None:
         """Privacy spent so far (None when DP is off)."""
