@@ -20,7 +20,7 @@ from p2pfed.transport.libp2p import Libp2pTransport
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-ROUND_TIMEOUT = 12.0
+ROUND_TIMEOUT = 30.0
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> float:
@@ -59,7 +59,7 @@ def test_a_roster_given_to_one_peer_revokes_a_member_at_every_peer_within_a_roun
     tmp_path: Path,
 ) -> None:
     c = build_consortium(tmp_path / "demo", DemoSettings(peers=4, rounds=5))
-    for h in c.hospitals:  # short stage deadlines and retry slots keep the test quick
+    for h in c.hospitals:  # shorter deadlines keep it quick; 30 s still suits a loaded machine
         text = h.config.read_text()
         h.config.write_text(
             text.replace("round_timeout_s = 60.0", f"round_timeout_s = {ROUND_TIMEOUT}")
