@@ -471,13 +471,14 @@ async def _run_peer(
                     added=change.added,
                     removed=change.removed,
                 )
-                await enforce(change, transport)
                 status["roster_version"] = change.new.version
                 write_status(prepared.state_dir, status)
-                changed[0].set()
+                changed[0].set()  # first: the new cohort's services are up within moments
+                await enforce(change, transport)
 
             async with trio.open_nursery() as background:
-                background.start_soon(RosterAnnouncer(transport, live, on_change).run)
+                announcer = RosterAnnouncer(transport, live, on_change)
+                background.start_soon(announcer.run)
 
                 async def one_membership(wake: trio.Event, rebuilt: bool) -> bool:
                     """Build the cohort of the roster in force and run; True when done."""
@@ -665,6 +666,17 @@ async def _run_peer(
 
                     async def run_rounds() -> None:
                         nonlocal status
+                        if rebuilt:
+                            behind = await announcer.wait_in_step(
+                                peers, config.rounds.round_timeout_s
+                            )
+                            if behind:
+                                log.warning(
+                                    "starting roster version %d's rounds while %s still hold "
+                                    "an older version",
+                                    roster.version,
+                                    ", ".join(behind),
+                                )
                         try:
                             await peer.run(
                                 config.rounds.rounds,

@@ -357,3 +357,19 @@ async def test_a_message_of_the_previous_rosters_cohort_is_refused_not_mixed_in(
                 "new", Ready(3, 0, 0)
             )
             assert mailbox.receive_nowait() == ("old", Ready(3, 0, 0))
+
+
+async def test_a_new_cohort_waits_until_its_members_hold_the_new_version(tmp_path: Path) -> None:
+    network = MemoryNetwork()
+    nodes = {"alice": node(tmp_path, "alice", v2()), "bob": node(tmp_path, "bob")}
+    with trio.fail_after(10):
+        async with (
+            attached(network, nodes["alice"], run=False) as alice,
+            attached(network, nodes["bob"], run=False) as bob,
+        ):
+            assert alice.announcer is not None
+            # bob answers the first exchange with version 1 (then takes 2), the next with 2;
+            # carol is down and not waited for.
+            assert await alice.announcer.wait_in_step([PID["bob"], PID["carol"]], 5) == []
+            assert bob.live.gate.roster.version == 2
+            assert await alice.announcer.exchange(PID["bob"]) == 2

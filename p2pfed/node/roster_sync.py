@@ -249,8 +249,11 @@ class RosterAnnouncer:
         if change is not None:
             await self._accepted(change)
 
-    async def exchange(self, peer: str) -> None:
-        """Send our roster to ``peer`` and offer its answer; faults are logged, never raised."""
+    async def exchange(self, peer: str) -> int | None:
+        """Send our roster to ``peer`` and offer its answer; faults are logged, never raised.
+
+        Returns the version ``peer`` said it held when it answered (None: no answer).
+        """
         try:
             with trio.fail_after(self.timeout):
                 stream = await self.transport.open_stream(peer, ROSTER_PROTOCOL)
@@ -259,11 +262,31 @@ class RosterAnnouncer:
                     theirs = await read_frame(stream, _LIMITS, self.timeout)
         except (BrokenError, ClosedError, RemoteProtocolError, LocalProtocolError) as exc:
             log.info("roster exchange with %s failed: %s", peer, exc)
-            return
+            return None
         except trio.TooSlowError:
             log.info("roster exchange with %s timed out", peer)
-            return
+            return None
         await self._consider(theirs, peer)
+        return theirs.round
+
+    async def wait_in_step(self, peers: Sequence[str], timeout: float) -> list[str]:
+        """Exchange until each of ``peers`` answers with our version or newer; those behind.
+
+        A new cohort's first round waits for this, so no member sends its first messages to
+        a member still running the previous cohort (which would refuse them as another
+        session's). A member that does not answer is not waited for; ``timeout`` bounds it.
+        """
+        me = self.transport.local_peer
+        pending = {p for p in peers if p != me}
+        with trio.move_on_after(timeout):
+            while pending:
+                for peer in sorted(pending):
+                    held = await self.exchange(peer)
+                    if held is None or held >= self.live.gate.roster.version:
+                        pending.discard(peer)
+                if pending:
+                    await trio.sleep(0.1)
+        return sorted(pending)
 
     async def exchange_all(self, peers: Sequence[str] | None = None) -> None:
         """Exchange with ``peers`` (default: the other members in force) concurrently."""
