@@ -5,7 +5,10 @@ node touches the network — config, identity key (permissions), roster (signatu
 rollback), data (loading, schema and validation report), privacy ledger (integrity, budget)
 — so a bad installation stops with one clear sentence. ``serve`` then opens the libp2p host,
 composes the aggregator and the peer, and runs rounds; after each it writes ``status.json``
-(what ``p2pfed status`` shows). SIGINT/SIGTERM cancel the run: the current stage is
+(what ``p2pfed status`` shows). While it runs, the roster file is watched and members push
+newer rosters to each other (``p2pfed.node.roster_sync``); on an accepted change the round in
+progress is abandoned and the cohort rebuilt over the new membership on the same transport.
+SIGINT/SIGTERM cancel the run: the current stage is
 abandoned at its next await (trio delivers the cancel inside an exception group, which
 ``ended`` unwraps), the transport, ledger and files are closed on the way out, the last
 completed round stays checkpointed, ``status.json`` says ``stopped`` with that round, and
