@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from p2pfed.errors import RemoteProtocolError
 from p2pfed.identity import Identity, Member, Roster, RosterGate, RosterProblem, RosterStore
@@ -72,7 +73,9 @@ def node(tmp_path: Path, name: str, roster: Roster | None = None) -> Node:
 
 
 @asynccontextmanager
-async def attached(network: MemoryNetwork, n: Node, *, run: bool = True) -> AsyncIterator[Node]:
+async def attached(
+    network: MemoryNetwork, n: Node, *, run: bool = True, exchange_interval: float = 30.0
+) -> AsyncIterator[Node]:
     """``n`` on the network with its announcer (its start-up exchange and file watch running)."""
 
     async def on_change(change: RosterChange) -> None:
@@ -81,7 +84,14 @@ async def attached(network: MemoryNetwork, n: Node, *, run: bool = True) -> Asyn
 
     async with network.open(PID[n.name], n.live.gate) as transport, trio.open_nursery() as bg:
         n.transport = transport
-        n.announcer = RosterAnnouncer(transport, n.live, on_change, timeout=2, poll_interval=0.01)
+        n.announcer = RosterAnnouncer(
+            transport,
+            n.live,
+            on_change,
+            timeout=2,
+            poll_interval=0.01,
+            exchange_interval=exchange_interval,
+        )
         if run:
             bg.start_soon(n.announcer.run)
         yield n
@@ -373,3 +383,18 @@ async def test_a_new_cohort_waits_until_its_members_hold_the_new_version(tmp_pat
             assert await alice.announcer.wait_in_step([PID["bob"], PID["carol"]], 5) == []
             assert bob.live.gate.roster.version == 2
             assert await alice.announcer.exchange(PID["bob"]) == 2
+
+
+async def test_a_member_that_was_only_cut_off_catches_up_by_the_periodic_exchange(
+    tmp_path: Path,
+) -> None:
+    network = MemoryNetwork()
+    nodes = {"alice": node(tmp_path, "alice", v2()), "carol": node(tmp_path, "carol")}
+    with trio.fail_after(10):
+        async with attached(network, nodes["alice"], exchange_interval=0.05):
+            await trio.testing.wait_all_tasks_blocked()  # alice's start-up exchange missed carol
+            # carol comes back without restarting: it does not exchange itself.
+            async with attached(network, nodes["carol"], run=False) as carol:
+                await carol.changed.wait()
+                assert carol.changes[0].source == PID["alice"]
+                assert carol.live.gate.roster.version == 2

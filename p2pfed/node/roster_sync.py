@@ -12,7 +12,8 @@ exchange is symmetric: the dialler sends its signed roster document (one CONTROL
 most ``MAX_ANNOUNCE_BYTES``), the listener answers with its own, and each side offers the
 other's document to its ``LiveRoster``. So one exchange both pushes a newer version and
 fetches one: a node that accepted version v pushes it to every member of v, and a member that
-was offline catches up with its exchange at start. The driver also polls the roster file
+was offline catches up with its exchange at start, or with the periodic exchange of its
+peers when it was only cut off. The driver also polls the roster file
 (size, mtime and content digest, each ``poll_interval`` seconds of trio's injectable clock).
 Admission is the transport's: a member removed in v cannot even open the stream at a peer
 that accepted v.
@@ -203,12 +204,14 @@ class RosterAnnouncer:
         *,
         timeout: float = 10.0,
         poll_interval: float = 1.0,
+        exchange_interval: float = 30.0,
     ) -> None:
         self.transport = transport
         self.live = live
         self.on_change = on_change
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.exchange_interval = exchange_interval
         transport.serve(ROSTER_PROTOCOL, self._handle)
 
     def _frame(self) -> Frame:
@@ -314,12 +317,21 @@ class RosterAnnouncer:
         )
 
     async def run(self) -> None:
-        """Catch up with the members at start, then watch the roster file forever."""
+        """Catch up with the members at start, then watch the roster file forever.
+
+        Every ``exchange_interval`` seconds it exchanges with the members again, so a member
+        that was cut off (without restarting) when a version went out catches up once it is
+        reachable again.
+        """
         await self.exchange_all()
+        next_exchange = trio.current_time() + self.exchange_interval
         while True:
             change = self.live.poll_file()
             if change is not None:
                 await self._accepted(change)
+            if trio.current_time() >= next_exchange:
+                await self.exchange_all()
+                next_exchange = trio.current_time() + self.exchange_interval
             await trio.sleep(self.poll_interval)
 
 
