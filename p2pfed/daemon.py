@@ -490,10 +490,17 @@ async def _run_peer(
                     members = {m.peer_id: m for m in roster.members if m.role is Role.MEMBER}
                     keys = {pid: m.public_key for pid, m in members.items()}
                     if identity.peer_id not in members:
-                        raise ConfigError(
-                            f"this node ({identity.peer_id}) was removed in roster version "
-                            f"{roster.version}; stopping"
+                        # Its own gate now refuses everyone: nothing more to do but stop.
+                        log.error(
+                            "this node (%s) was removed in roster version %d; stopping",
+                            identity.peer_id,
+                            roster.version,
                         )
+                        status |= {
+                            "state": "stopped",
+                            "stop_reason": f"removed in roster version {roster.version}",
+                        }
+                        return True
                     signer = Ed25519CohortSigner(identity.seed, keys)
                     # Aggregation messages of another roster version's cohort are refused.
                     session = session_id(consortium, roster.version)

@@ -94,6 +94,13 @@ def test_a_roster_given_to_one_peer_revokes_a_member_at_every_peer_within_a_roun
         )
         final_revoked = status(revoked).get("completed_round", -1)
         final = {h.name: status(h) for h in rest}
+        # Given the new roster too, the revoked member's daemon stops and says why.
+        v2.save(revoked.folder / "roster.json")
+        process = revoked.process
+        assert process is not None
+        wait_for(lambda: process.poll() is not None, "the revoked daemon to stop", 30)
+        assert process.returncode == 0
+        assert status(revoked)["stop_reason"] == "removed in roster version 2"
     finally:
         stop(c)
     # The revoked member completed no round begun after the change reached the others.
