@@ -5,7 +5,10 @@ node touches the network — config, identity key (permissions), roster (signatu
 rollback), data (loading, schema and validation report), privacy ledger (integrity, budget)
 — so a bad installation stops with one clear sentence. ``serve`` then opens the libp2p host,
 composes the aggregator and the peer, and runs rounds; after each it writes ``status.json``
-(what ``p2pfed status`` shows). SIGINT/SIGTERM cancel the run: the current stage is
+(what ``p2pfed status`` shows). While it runs, the roster file is watched and members push
+newer rosters to each other (``p2pfed.node.roster_sync``); on an accepted change the round in
+progress is abandoned and the cohort rebuilt over the new membership on the same transport.
+SIGINT/SIGTERM cancel the run: the current stage is
 abandoned at its next await (trio delivers the cancel inside an exception group, which
 ``ended`` unwraps), the transport, ledger and files are closed on the way out, the last
 completed round stays checkpointed, ``status.json`` says ``stopped`` with that round, and
@@ -45,6 +48,14 @@ from p2pfed.identity import Identity
 from p2pfed.identity.roster import Role, RosterError, RosterGate
 from p2pfed.lifecycle import ended, expiry_guard, load_audit_salt, roster_expired, stop_reason
 from p2pfed.node.peer import CHECKPOINT
+from p2pfed.node.roster_sync import (
+    LiveRoster,
+    RosterAnnouncer,
+    RosterChange,
+    enforce,
+    run_unless,
+    session_id,
+)
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy import anchors as ledger_anchors
 from p2pfed.privacy.ledger_format import Anchor
@@ -494,7 +505,6 @@ async def _run_peer(
     config, identity = prepared.config, prepared.identity
     roster = prepared.gate.roster
     members = {m.peer_id: m for m in roster.members if m.role is Role.MEMBER}
-    keys = {pid: m.public_key for pid, m in members.items()}
     host, port = parse_listen(config.network.listen)
     consortium = roster.consortium_id
     p = config.privacy
@@ -506,209 +516,288 @@ async def _run_peer(
             port=port,
             peer_addrs=peer_addresses(config, members, identity.peer_id),
         ) as transport:
-            signer = Ed25519CohortSigner(identity.seed, keys)
-            n = len(members)
-            peers = sorted(members)
-            # A secure sum completes only with the consistency quorum (more than
-            # (n + collusion)/2 members, at least min_contributors and min_peers) in it:
-            # distributed DP noise is split over that many shares.
-            min_survivors, min_contributors = config.rounds.min_peers, 3
-            if config.secagg.enabled:
-                plan = secagg_plan(config, peers)
-                min_survivors = max(min_survivors, plan.min_survivors)
-                min_contributors = plan.min_contributors
-            stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
-            fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
-            aggregator: Aggregator
-            discrete: DDGPlan | None = None
-            if config.rounds.mode == "gossip":
-                topology = topologies.build(config.rounds.topology, n)
-                service: Any
-                if config.secagg.enabled:
-                    service = SecureGossipService(
-                        transport,
-                        consortium,
-                        peers,
-                        topology,
-                        keys,
-                        identity,
-                        fixed_point=fixed_point,
-                        stage_timeout=stage_timeout,
-                        rng=np.random.default_rng(),
-                        min_contributors=min_contributors,
-                        collusion=config.secagg.collusion,
-                    )
-                else:
-                    service = GossipService(
-                        transport,
-                        consortium,
-                        peers,
-                        topology,
-                        config=GossipConfig(deadline=stage_timeout, timeout=stage_timeout),
-                    )
-                aggregator = GossipAggregator(service, config.secagg.enabled)
-            elif config.secagg.enabled:
-                secure = SecureRingRound(
-                    transport,
-                    consortium,
-                    roster.version,
-                    keys,
-                    identity,
-                    signer,
-                    stage_timeout=stage_timeout,
-                    threshold=config.secagg.threshold or None,
-                    collusion=config.secagg.collusion,
-                    min_contributors=config.secagg.min_contributors or None,
-                )
-                encoder, discrete = secure_ring_encoder(
-                    fixed_point,
-                    distributed=p.mode == "distributed",
-                    collusion=config.secagg.collusion,
-                    threshold=plan.threshold,
-                    n_peers=n,
-                    min_contributors=min_survivors,
-                    dimension=trainer.layout.size,
-                    clip_norm=p.clip_norm,
-                    noise_multiplier=sigma,
-                )
-                aggregator = SecureRingAggregator(
-                    secure, encoder, n, min_survivors, np.random.default_rng()
-                )
-            else:
-                aggregator = RingAggregator(
-                    RingRound(transport, consortium, roster.version, peers, signer)
-                )
-            releaser = None
-            if ledger is not None:
-                releaser = PrivateReleaser(
-                    ledger,
-                    clip_norm=p.clip_norm,
-                    noise_multiplier=sigma,
-                    mode=NoiseMode(p.mode),
-                    n_peers=n,
-                    min_peers=aggregator.guaranteed_contributors,
-                    discrete=discrete,
-                )
-            peer = Peer(
-                transport=transport,
-                consortium=consortium,
-                members=sorted(members),
-                trainer=trainer,
-                train=prepared.train,
-                test=prepared.test,
-                aggregator=aggregator,
-                releaser=releaser,
-                state_dir=prepared.state_dir,
-                signer=signer,
-                roster_version=roster.version,
-                certificate_floor=max(2, config.rounds.min_peers),
-                on_refusal=lambda r: recorder.refuse_model(r.round, r.peer, r.reason, r.detail),
-                guard=expiry_guard(
-                    prepared.gate,
-                    status,
-                    recorder.metrics,
-                    lambda: write_status(prepared.state_dir, status),
-                ),
-            )
-            assert peer.guard is not None
-            peer.guard()  # an expiring roster is in status and warned about from the start
-            status |= {
-                "state": "running",
-                "listen": list(transport.listen_addrs),
-                "completed_round": peer.model_round,  # resumed from the checkpoint
-            }
-            write_status(prepared.state_dir, status)
+            live = LiveRoster(prepared.gate, config.path(config.network.roster))
+            changed = [trio.Event()]
 
-            def on_report(report: RoundReport) -> None:
-                recorder.begin_round(
-                    report.round,
-                    roster_version=roster.version,
-                    mode=config.rounds.mode,
-                    cohort=report.cohort,
+            async def on_change(change: RosterChange) -> None:
+                # Within one round: removed members are cut off now (the gate already
+                # refuses them), and the rounds restart over the new membership.
+                recorder.roster_changed(
+                    old_version=change.old.version,
+                    new_version=change.new.version,
+                    roster_digest=change.new.digest(),
+                    added=change.added,
+                    removed=change.removed,
                 )
-                for e in report.exclusions:
-                    recorder.exclude(report.round, e.peer, e.reason, e.detail, e.count)
-                if report.committed:
-                    record = recorder.finish_round(
-                        report.round,
-                        tensors_from_flat(
-                            trainer.layout.names, trainer.layout.shapes, peer.weights
-                        ),
-                        dp=DPRecord(
-                            noise_multiplier=sigma if ledger else 0.0,
-                            clip_norm=p.clip_norm,
-                            sample_rate=report.sample_rate,
-                            delta=p.delta,
-                            epsilon=report.epsilon or 0.0,
-                            accountant=config.accountant if ledger else "off",
-                            steps=report.steps,
-                            epsilon_budget=p.epsilon_budget if ledger else None,
-                            ledger_head=ledger.head().to_dict() if ledger else None,
-                        ),
-                        metrics={
-                            "accuracy": report.test_accuracy,
-                            "loss": report.test_loss,
-                            "bytes_sent": float(report.bytes_sent),
-                        },
-                        duration_s=report.duration_s,
-                        bytes_sent=report.bytes_sent,
-                        certificate=report.certificate,
-                    )
-                    status["model_version"] = record.manifest.version
-                    status["drift_alerts"] = [a.to_dict() for a in record.alerts]
-                else:
-                    recorder.fail_round(
-                        report.round, duration_s=report.duration_s, reason=report.reason
-                    )
-                if recorder.metrics is not None:
-                    recorder.metrics.set_peers(len(transport.connected_peers()))
-                status.update(
-                    round=report.round,
-                    completed_round=peer.model_round,
-                    last={
-                        k: v
-                        for k, v in asdict(report).items()
-                        if k not in ("exclusions", "cohort", "certificate")
-                    },
-                    certified=report.certificate is not None,
-                    exclusions=[f"{e.peer}:{e.reason}" for e in report.exclusions],
-                    epsilon=report.epsilon,
-                    bytes_sent=peer.bytes_sent,
-                    connected_peers=len(transport.connected_peers()),
-                    model_digest=report.model_digest,
-                    test_accuracy=report.test_accuracy,
-                )
+                status["roster_version"] = change.new.version
                 write_status(prepared.state_dir, status)
-                log.info(
-                    "round %d %s: accuracy %.3f, eps %s, %d contributors",
-                    report.round,
-                    "committed" if report.committed else f"missed ({report.reason})",
-                    report.test_accuracy,
-                    "off" if report.epsilon is None else f"{report.epsilon:.3f}",
-                    report.contributors,
-                )
+                changed[0].set()  # first: the new cohort's services are up within moments
+                await enforce(change, transport)
 
-            try:
-                await peer.run(
-                    config.rounds.rounds,
-                    on_report,
-                    startup_timeout=config.rounds.round_timeout_s,
-                    min_peers=config.rounds.min_peers,
-                )
-            except BudgetExceededError as exc:
-                status |= {"state": "budget-exhausted", "error": str(exc)}
-                status["stop_reason"] = "budget exhausted"
-                log.error("%s", exc)
-            except RosterError as exc:
-                if not roster_expired(status, exc):
-                    raise
-            else:
-                status |= {"state": "finished", "stop_reason": "finished"}
-            status |= {
-                "completed_round": peer.model_round,
-                "epsilon": peer.epsilon,
-                "model_digest": weights_digest(peer.weights).hex(),
-            }
+            async with trio.open_nursery() as background:
+                announcer = RosterAnnouncer(transport, live, on_change)
+                background.start_soon(announcer.run)
+
+                async def one_membership(wake: trio.Event, rebuilt: bool) -> bool:
+                    """Build the cohort of the roster in force and run; True when done."""
+                    nonlocal status
+                    roster = prepared.gate.roster
+                    members = {m.peer_id: m for m in roster.members if m.role is Role.MEMBER}
+                    keys = {pid: m.public_key for pid, m in members.items()}
+                    if identity.peer_id not in members:
+                        # Its own gate now refuses everyone: nothing more to do but stop.
+                        log.error(
+                            "this node (%s) was removed in roster version %d; stopping",
+                            identity.peer_id,
+                            roster.version,
+                        )
+                        status |= {
+                            "state": "stopped",
+                            "stop_reason": f"removed in roster version {roster.version}",
+                        }
+                        return True
+                    signer = Ed25519CohortSigner(identity.seed, keys)
+                    # Aggregation messages of another roster version's cohort are refused.
+                    session = session_id(consortium, roster.version)
+                    n = len(members)
+                    peers = sorted(members)
+                    # A secure sum completes only with the consistency quorum (more than
+                    # (n + collusion)/2 members, at least min_contributors and min_peers) in it:
+                    # distributed DP noise is split over that many shares.
+                    min_survivors, min_contributors = config.rounds.min_peers, 3
+                    if config.secagg.enabled:
+                        plan = secagg_plan(config, peers)
+                        min_survivors = max(min_survivors, plan.min_survivors)
+                        min_contributors = plan.min_contributors
+                    stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
+                    fixed_point = FixedPoint(
+                        clip=config.secagg.clip_range, ring_bits=config.secagg.bits
+                    )
+                    aggregator: Aggregator
+                    discrete: DDGPlan | None = None
+                    if config.rounds.mode == "gossip":
+                        topology = topologies.build(config.rounds.topology, n)
+                        service: Any
+                        if config.secagg.enabled:
+                            service = SecureGossipService(
+                                transport,
+                                session,
+                                peers,
+                                topology,
+                                keys,
+                                identity,
+                                fixed_point=fixed_point,
+                                stage_timeout=stage_timeout,
+                                rng=np.random.default_rng(),
+                                min_contributors=min_contributors,
+                                collusion=config.secagg.collusion,
+                            )
+                        else:
+                            service = GossipService(
+                                transport,
+                                session,
+                                peers,
+                                topology,
+                                config=GossipConfig(deadline=stage_timeout, timeout=stage_timeout),
+                            )
+                        aggregator = GossipAggregator(service, config.secagg.enabled)
+                    elif config.secagg.enabled:
+                        secure = SecureRingRound(
+                            transport,
+                            session,
+                            roster.version,
+                            keys,
+                            identity,
+                            signer,
+                            stage_timeout=stage_timeout,
+                            threshold=config.secagg.threshold or None,
+                            collusion=config.secagg.collusion,
+                            min_contributors=config.secagg.min_contributors or None,
+                        )
+                        encoder, discrete = secure_ring_encoder(
+                            fixed_point,
+                            distributed=p.mode == "distributed",
+                            collusion=config.secagg.collusion,
+                            threshold=plan.threshold,
+                            n_peers=n,
+                            min_contributors=min_survivors,
+                            dimension=trainer.layout.size,
+                            clip_norm=p.clip_norm,
+                            noise_multiplier=sigma,
+                        )
+                        aggregator = SecureRingAggregator(
+                            secure, encoder, n, min_survivors, np.random.default_rng()
+                        )
+                    else:
+                        aggregator = RingAggregator(
+                            RingRound(transport, session, roster.version, peers, signer)
+                        )
+                    releaser = None
+                    if ledger is not None:
+                        releaser = PrivateReleaser(
+                            ledger,
+                            clip_norm=p.clip_norm,
+                            noise_multiplier=sigma,
+                            mode=NoiseMode(p.mode),
+                            n_peers=n,
+                            min_peers=aggregator.guaranteed_contributors,
+                            discrete=discrete,
+                        )
+                    peer = Peer(
+                        transport=transport,
+                        consortium=consortium,
+                        members=sorted(members),
+                        trainer=trainer,
+                        train=prepared.train,
+                        test=prepared.test,
+                        aggregator=aggregator,
+                        releaser=releaser,
+                        state_dir=prepared.state_dir,
+                        signer=signer,
+                        roster_version=roster.version,
+                        certificate_floor=max(2, config.rounds.min_peers),
+                        on_refusal=lambda r: recorder.refuse_model(
+                            r.round, r.peer, r.reason, r.detail
+                        ),
+                        guard=expiry_guard(
+                            prepared.gate,
+                            status,
+                            recorder.metrics,
+                            lambda: write_status(prepared.state_dir, status),
+                        ),
+                    )
+                    assert peer.guard is not None
+                    peer.guard()  # an expiring roster is in status and warned about from the start
+                    if rebuilt:
+                        peer.renumber()
+                    status |= {
+                        "state": "running",
+                        "listen": list(transport.listen_addrs),
+                        "completed_round": peer.model_round,  # resumed from the checkpoint
+                    }
+                    write_status(prepared.state_dir, status)
+
+                    def on_report(report: RoundReport) -> None:
+                        recorder.begin_round(
+                            report.round,
+                            roster_version=roster.version,
+                            mode=config.rounds.mode,
+                            cohort=report.cohort,
+                        )
+                        for e in report.exclusions:
+                            recorder.exclude(report.round, e.peer, e.reason, e.detail, e.count)
+                        if report.committed:
+                            record = recorder.finish_round(
+                                report.round,
+                                tensors_from_flat(
+                                    trainer.layout.names, trainer.layout.shapes, peer.weights
+                                ),
+                                dp=DPRecord(
+                                    noise_multiplier=sigma if ledger else 0.0,
+                                    clip_norm=p.clip_norm,
+                                    sample_rate=report.sample_rate,
+                                    delta=p.delta,
+                                    epsilon=report.epsilon or 0.0,
+                                    accountant=config.accountant if ledger else "off",
+                                    steps=report.steps,
+                                    epsilon_budget=p.epsilon_budget if ledger else None,
+                                    ledger_head=ledger.head().to_dict() if ledger else None,
+                                ),
+                                metrics={
+                                    "accuracy": report.test_accuracy,
+                                    "loss": report.test_loss,
+                                    "bytes_sent": float(report.bytes_sent),
+                                },
+                                duration_s=report.duration_s,
+                                bytes_sent=report.bytes_sent,
+                                certificate=report.certificate,
+                            )
+                            status["model_version"] = record.manifest.version
+                            status["drift_alerts"] = [a.to_dict() for a in record.alerts]
+                        else:
+                            recorder.fail_round(
+                                report.round, duration_s=report.duration_s, reason=report.reason
+                            )
+                        if recorder.metrics is not None:
+                            recorder.metrics.set_peers(len(transport.connected_peers()))
+                        status.update(
+                            round=report.round,
+                            completed_round=peer.model_round,
+                            last={
+                                k: v
+                                for k, v in asdict(report).items()
+                                if k not in ("exclusions", "cohort", "certificate")
+                            },
+                            certified=report.certificate is not None,
+                            exclusions=[f"{e.peer}:{e.reason}" for e in report.exclusions],
+                            epsilon=report.epsilon,
+                            bytes_sent=peer.bytes_sent,
+                            connected_peers=len(transport.connected_peers()),
+                            model_digest=report.model_digest,
+                            test_accuracy=report.test_accuracy,
+                        )
+                        write_status(prepared.state_dir, status)
+                        log.info(
+                            "round %d %s: accuracy %.3f, eps %s, %d contributors",
+                            report.round,
+                            "committed" if report.committed else f"missed ({report.reason})",
+                            report.test_accuracy,
+                            "off" if report.epsilon is None else f"{report.epsilon:.3f}",
+                            report.contributors,
+                        )
+
+                    async def run_rounds() -> None:
+                        nonlocal status
+                        if rebuilt:
+                            behind = await announcer.wait_in_step(
+                                peers, config.rounds.round_timeout_s
+                            )
+                            if behind:
+                                log.warning(
+                                    "starting roster version %d's rounds while %s still hold "
+                                    "an older version",
+                                    roster.version,
+                                    ", ".join(behind),
+                                )
+                        try:
+                            await peer.run(
+                                config.rounds.rounds,
+                                on_report,
+                                startup_timeout=config.rounds.round_timeout_s,
+                                min_peers=config.rounds.min_peers,
+                            )
+                        except BudgetExceededError as exc:
+                            status |= {"state": "budget-exhausted", "error": str(exc)}
+                            status["stop_reason"] = "budget exhausted"
+                            log.error("%s", exc)
+                        except RosterError as exc:
+                            if not roster_expired(status, exc):
+                                raise
+                        else:
+                            status |= {"state": "finished", "stop_reason": "finished"}
+                        status |= {
+                            "completed_round": peer.model_round,
+                            "epsilon": peer.epsilon,
+                            "model_digest": weights_digest(peer.weights).hex(),
+                        }
+
+                    if await run_unless(wake, run_rounds):
+                        return True
+                    peer.abandon()
+                    log.warning(
+                        "roster version %d in force: round %d abandoned, rebuilding the cohort",
+                        prepared.gate.roster.version,
+                        peer.next_round - 1,
+                    )
+                    return False
+
+                rebuilt = False
+                while True:
+                    changed[0] = trio.Event()
+                    if await one_membership(changed[0], rebuilt):
+                        break
+                    rebuilt = True
+                background.cancel_scope.cancel()
     except BaseException as exc:
         # Before serve's callbacks write status.json and daemon_stop. trio delivers a cancel
         # inside an exception group, which ``except trio.Cancelled`` would not see.

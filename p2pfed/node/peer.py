@@ -72,7 +72,6 @@ class RoundReport:
     certificate: CommitCertificate | None = None
     """The round's commit certificate (None when missed, uncertified, or in gossip)."""
 
-
 def slot_wait(now: float, slot: float) -> float:
     """Seconds from wall-clock ``now`` to the next multiple of ``slot`` at least slot/2 away.
 
@@ -215,6 +214,23 @@ class Peer:
         self.model_round = round_
         self.next_round = max(self.next_round, round_ + 1)
         self._save()
+
+    def abandon(self) -> None:
+        """After a cancelled ``run``: undo the local steps of the round cut short.
+
+        Nothing is saved: as after a crash, the next ``Peer`` resumes from the checkpoint
+        (the same round number, under a new roster version and so a new session).
+        """
+        self.trainer.load_shared(self.weights)
+
+    def renumber(self) -> None:
+        """A new cohort (a new roster version, so a new session) starts after our model's round.
+
+        Its members may have left the old cohort at different round numbers (a member that
+        missed rounds alone ran ahead); starting each at its model's next round puts them back
+        in step, and ``catch_up`` then brings any member behind to the newest model.
+        """
+        self.next_round = self.model_round + 1
 
     @property
     def epsilon(self) -> float | None:
