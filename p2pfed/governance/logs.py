@@ -86,8 +86,12 @@ def remove_logging() -> None:
             if getattr(handler, _MARK, False):
                 logger.removeHandler(handler)
     for name, handlers in _displaced.items():
+        logger = logging.getLogger(name)
         for old in handlers:
-            logging.getLogger(name).addHandler(old)
+            # Someone may have installed the same kind of handler meanwhile (libp2p routing
+            # does when a transport starts): giving ours back too would log every record twice.
+            if not any(type(h) is type(old) for h in logger.handlers):
+                logger.addHandler(old)
     _displaced.clear()
 
 
