@@ -331,6 +331,11 @@ class PrivacyLedger:
         budget, ``LocalError`` when the ledger is closed.
         """
         fd = self._writable_fd()
+        # The time of the request, not of the accounting after it (which can take a while):
+        # a caller that checked a deadline just before must find the record before it too.
+        timestamp = float(self._clock())
+        if not math.isfinite(timestamp):
+            raise ConfigError(f"the ledger clock returned {timestamp!r}")
         candidate = self._accountant.copy()
         candidate.step(
             noise_multiplier=release.noise_multiplier,
@@ -346,9 +351,6 @@ class PrivacyLedger:
                 f"budget of {self.budget_epsilon:g} ({self.accountant_kind} accountant); "
                 "refused, nothing was released"
             )
-        timestamp = float(self._clock())
-        if not math.isfinite(timestamp):
-            raise ConfigError(f"the ledger clock returned {timestamp!r}")
         record = LedgerRecord(len(self._records) + 1, timestamp, release)
         line = encode_line(record_body(record, self._chain))
         try:
