@@ -9,16 +9,9 @@ from p2pfed.errors import ConfigError, ReasonCode
 from p2pfed.secagg.harness import Drop, run_cohort
 from p2pfed.secagg.messages import MessageKind
 from p2pfed.secagg.params import SecAggConfig, plan_cohort
-from p2pfed.secagg.state import Stage
+from p2pfed.secagg.state import PROGRESS, Stage
 
-STAGES = [
-    Stage.ADVERTISE,
-    Stage.SHARE_KEYS,
-    Stage.RECEIPTS,
-    Stage.MASKED_INPUT,
-    Stage.CONSISTENCY,
-    Stage.UNMASK,
-]
+STAGES = list(PROGRESS[1:-1])  # every stage a peer can drop in, ADVERTISE to UNMASK
 D = 24
 
 

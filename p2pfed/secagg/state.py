@@ -46,6 +46,18 @@ class Event(enum.Enum):
     ABORT = "abort"
 
 
+PROGRESS: Final = (
+    Stage.IDLE,
+    Stage.ADVERTISE,
+    Stage.SHARE_KEYS,
+    Stage.RECEIPTS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY,
+    Stage.UNMASK,
+    Stage.DONE,
+)
+"""The stages of a round that completes, in order (ABORTED can follow any but DONE)."""
+
 TRANSITIONS: Final[dict[tuple[Stage, Event], Stage]] = {
     (Stage.IDLE, Event.START): Stage.ADVERTISE,
     (Stage.ADVERTISE, Event.KEYS_COLLECTED): Stage.SHARE_KEYS,
@@ -54,18 +66,7 @@ TRANSITIONS: Final[dict[tuple[Stage, Event], Stage]] = {
     (Stage.MASKED_INPUT, Event.SUM_RECEIVED): Stage.CONSISTENCY,
     (Stage.CONSISTENCY, Event.QUORUM_SIGNED): Stage.UNMASK,
     (Stage.UNMASK, Event.SECRETS_RECOVERED): Stage.DONE,
-    **{
-        (stage, Event.ABORT): Stage.ABORTED
-        for stage in (
-            Stage.IDLE,
-            Stage.ADVERTISE,
-            Stage.SHARE_KEYS,
-            Stage.RECEIPTS,
-            Stage.MASKED_INPUT,
-            Stage.CONSISTENCY,
-            Stage.UNMASK,
-        )
-    },
+    **{(stage, Event.ABORT): Stage.ABORTED for stage in PROGRESS[:-1]},
 }
 
 _K = MessageKind
@@ -94,17 +95,6 @@ ACCEPTS: Final[dict[Stage, frozenset[MessageKind]]] = {
 
 TERMINAL: Final = frozenset({Stage.DONE, Stage.ABORTED})
 
-PROGRESS: Final = (
-    Stage.IDLE,
-    Stage.ADVERTISE,
-    Stage.SHARE_KEYS,
-    Stage.RECEIPTS,
-    Stage.MASKED_INPUT,
-    Stage.CONSISTENCY,
-    Stage.UNMASK,
-    Stage.DONE,
-)
-"""The stages of a round that completes, in order (ABORTED can follow any but DONE)."""
 
 
 def next_stage(stage: Stage, event: Event) -> Stage:
