@@ -83,6 +83,20 @@ from p2pfed.privacy.ledger_format import (
 __all__ = ["Anchor", "LedgerHead", "LedgerRecord", "PrivacyLedger", "Release"]
 
 
+
+def lock_ledger(path: Path, in_use: str) -> int:
+    """Take the exclusive ``<ledger>.lock`` flock; its descriptor, or ``LocalError(in_use)``.
+
+    Closing the descriptor releases the lock.
+    """
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise LocalError(in_use) from None
+    return lock_fd
+
 class PrivacyLedger:
     """A node's persistent privacy budget: every release recorded before it happens.
 
@@ -127,15 +141,9 @@ class PrivacyLedger:
     # --- opening ------------------------------------------------------------------------
 
     def _open(self) -> None:
-        lock_fd = os.open(
-            self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+        self._lock_fd = lock_ledger(
+            self.path, f"privacy ledger {self.path} is in use by another process"
         )
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(lock_fd)
-            raise LocalError(f"privacy ledger {self.path} is in use by another process") from exc
-        self._lock_fd = lock_fd
         try:
             if not self.path.exists():
                 self._refuse_missing()

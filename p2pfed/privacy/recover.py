@@ -14,7 +14,6 @@ run beside a node.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -23,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from p2pfed.durable import atomic_write
-from p2pfed.errors import ConfigError, IntegrityError, LocalError
+from p2pfed.errors import ConfigError, IntegrityError
 from p2pfed.privacy.accountants import make_accountant
 from p2pfed.privacy.anchors import audit_dp_entries, checkpoint_state
+from p2pfed.privacy.ledger import lock_ledger
 from p2pfed.privacy.ledger_format import (
     LedgerHead,
     LedgerRecord,
@@ -112,12 +112,8 @@ def recover(
     clock: Callable[[], float] = time.time,
 ) -> Recovery:
     """Rebuild ``ledger`` from what it still holds, the audit log and the checkpoint."""
-    lock_fd = os.open(ledger.with_name(ledger.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock_fd = lock_ledger(ledger, f"privacy ledger {ledger} is in use; stop the node first")
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LocalError(f"privacy ledger {ledger} is in use; stop the node first") from None
         return _recover(ledger, audit, checkpoint, delta, accountant, mode, clock)
     finally:
         os.close(lock_fd)
