@@ -85,6 +85,8 @@ class Prepared:
     state_dir: Path
     ledger_anchors: tuple[Anchor, ...] = ()
     audit_salt: bytes = b""
+    sigma: float = 0.0
+    """The noise multiplier the node will use (planned once: the search can take seconds)."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -209,6 +211,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
         )
     p = config.privacy
     anchors: tuple[Anchor, ...] = ()
+    sigma: float | None = None
     if p.mode != "off":
         # Integrity, anchoring and budget now, before the network: a corrupted, cut or
         # rolled-back ledger stops the node.
@@ -231,7 +234,8 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
                     f"({ledger.spent_epsilon():.4g} recorded in {ledger.path}); nothing more "
                     "may be released"
                 )
-            check_rounds_fit(config, ledger, completed_round(state_dir))
+            sigma = noise_multiplier(config)
+            check_rounds_fit(config, ledger, completed_round(state_dir), sigma)
     data = load_data(config)
     schema = Schema(
         features=config.schema.features or data.feature_names,
@@ -253,7 +257,9 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     )
     train, test = standardise(train, test, config.schema.center, config.schema.scale)
     salt = load_audit_salt(config, state_dir / AUDIT_FILE)
-    return Prepared(config, identity, gate, train, test, report, state_dir, anchors, salt)
+    if sigma is None:
+        sigma = noise_multiplier(config)
+    return Prepared(config, identity, gate, train, test, report, state_dir, anchors, salt, sigma)
 
 
 AUDIT_FILE = "audit.jsonl"
@@ -333,7 +339,7 @@ def release_shape(config: Config) -> tuple[int, float]:
     return 1, 1.0
 
 
-def check_rounds_fit(config: Config, ledger: PrivacyLedger, completed: int) -> None:
+def check_rounds_fit(config: Config, ledger: PrivacyLedger, completed: int, sigma: float) -> None:
     """Refuse to start when the rounds still to run cannot fit what is left of the budget.
 
     Checked for local and DP-SGD noise, whose releases the ledger charges exactly as planned
@@ -343,7 +349,6 @@ def check_rounds_fit(config: Config, ledger: PrivacyLedger, completed: int) -> N
     to_go = config.rounds.rounds - (completed + 1)
     if p.mode not in ("local", "dp-sgd") or to_go <= 0:
         return
-    sigma = noise_multiplier(config, 0)
     steps, q = release_shape(config)
     fits = ledger.rounds_left(sigma, q, steps)
     if fits < to_go:
@@ -355,7 +360,7 @@ def check_rounds_fit(config: Config, ledger: PrivacyLedger, completed: int) -> N
         )
 
 
-def noise_multiplier(config: Config, train_rows: int) -> float:
+def noise_multiplier(config: Config) -> float:
     """σ from the config, or, with ``target_epsilon``, the smallest σ that meets it.
 
     The plan covers every configured round: one release per round (q = 1) for update-level
@@ -371,13 +376,12 @@ def noise_multiplier(config: Config, train_rows: int) -> float:
         p.target_epsilon, p.delta, q, config.rounds.rounds * per_round, config.accountant
     )
     log.info(
-        "noise multiplier %.4f meets ε = %g over %d rounds (%d steps each, q = %g, %d rows)",
+        "noise multiplier %.4f meets ε = %g over %d rounds (%d steps each, q = %g)",
         sigma,
         p.target_epsilon,
         config.rounds.rounds,
         per_round,
         q,
-        train_rows,
     )
     return sigma
 
@@ -417,7 +421,7 @@ async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dic
         config.model.hidden,
         config.model.seed,
     )
-    sigma = noise_multiplier(config, len(prepared.train))
+    sigma = prepared.sigma
     trainer = LocalTrainer(
         model,
         config.training,

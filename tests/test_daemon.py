@@ -153,7 +153,7 @@ def test_target_epsilon_picks_a_sigma_that_meets_it(member: Path) -> None:
 
     config = load_config(member)
     config = replace(config, privacy=replace(config.privacy, target_epsilon=3.0))
-    sigma = noise_multiplier(config, 100)
+    sigma = noise_multiplier(config)
     steps = (
         config.rounds.rounds
         * config.training.local_epochs
@@ -163,7 +163,7 @@ def test_target_epsilon_picks_a_sigma_that_meets_it(member: Path) -> None:
     acc.step(noise_multiplier=sigma, sample_rate=config.privacy.sample_rate, steps=steps)
     assert acc.get_epsilon(config.privacy.delta) <= 3.0
     assert (
-        noise_multiplier(load_config(member), 100) == load_config(member).privacy.noise_multiplier
+        noise_multiplier(load_config(member)) == load_config(member).privacy.noise_multiplier
     )
 
 
