@@ -20,25 +20,30 @@ def run(args: argparse.Namespace) -> int:
 
     from p2pfed.config import load_config
     from p2pfed.daemon import completed_round, prepare, run_until_signalled
-    from p2pfed.governance.logs import setup_logging
+    from p2pfed.governance.logs import remove_logging, setup_logging
 
     config = load_config(args.config)
     setup_logging(config.node.log_level.upper(), json_format=config.node.log_json)
-    prepared = prepare(config)
-    done = completed_round(prepared.state_dir)
-    if done >= config.rounds.rounds - 1:
+    try:
+        prepared = prepare(config)
+        done = completed_round(prepared.state_dir)
+        if done >= config.rounds.rounds - 1:
+            print(
+                f"{config.node.name}: already finished: all {config.rounds.rounds} rounds are done "
+                f"(checkpoint at round {done}); nothing to run",
+                flush=True,
+            )
+            return 0
+        print(prepared.report.summary(), flush=True)
+        status = trio.run(run_until_signalled, prepared)
+        state = status.get("state", "stopped")
         print(
-            f"{config.node.name}: already finished: all {config.rounds.rounds} rounds are done "
-            f"(checkpoint at round {done}); nothing to run",
+            f"{config.node.name}: {state} after round {status.get('completed_round', -1)}"
+            + (f"; {status['error']}" if "error" in status else ""),
             flush=True,
         )
-        return 0
-    print(prepared.report.summary(), flush=True)
-    status = trio.run(run_until_signalled, prepared)
-    state = status.get("state", "stopped")
-    print(
-        f"{config.node.name}: {state} after round {status.get('completed_round', -1)}"
-        + (f"; {status['error']}" if "error" in status else ""),
-        flush=True,
-    )
-    return 0 if state in ("finished", "stopped") else 1
+        return 0 if state in ("finished", "stopped") else 1
+    finally:
+        # The process's logging is ours only while the command runs, so an in-process caller
+        # (a test) keeps no handler bound to a stream it has since closed.
+        remove_logging()
