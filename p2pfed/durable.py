@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,24 @@ def atomic_write(
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def write_json(
+    path: str | Path, value: object, mode: int = 0o644, *, indent: int | None = 2
+) -> None:
+    """Write ``value`` as JSON (sorted keys, a final newline) through ``atomic_write``.
+
+    ``indent=None`` writes one compact line. Raises ``ConfigError`` for a value JSON
+    cannot carry exactly (NaN, infinity, objects) and for every ``atomic_write`` failure.
+    """
+    separators = (",", ":") if indent is None else None
+    try:
+        text = json.dumps(
+            value, indent=indent, separators=separators, sort_keys=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot write {path}: the value is not JSON ({exc})") from None
+    atomic_write(path, (text + "\n").encode(), mode)
 
 
 def seal(payload: bytes) -> bytes:

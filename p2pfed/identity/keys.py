@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Protocol
 
 import nacl.exceptions
 import nacl.signing
@@ -109,6 +110,21 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         return False
     return True
+
+
+class Signer(Protocol):
+    """What signs on a peer's behalf (roster, audit, secure aggregation); ``Identity`` fits."""
+
+    @property
+    def peer_id(self) -> str:
+        """The libp2p peer ID of ``public_key``."""
+
+    @property
+    def public_key(self) -> bytes:
+        """The 32-byte Ed25519 public key."""
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``."""
 
 
 def _describe(value: object) -> str:
