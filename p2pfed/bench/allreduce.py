@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "allreduce"
 _START_DELAY = 0.5  # seconds between handing out a timed task and its common start instant
 HELP = "Ring all-reduce between peer processes over libp2p vs the bandwidth bound (JSON)."
@@ -69,7 +71,6 @@ def _progress(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case and print one JSON document."""
-    from p2pfed.cli.util import print_json
     from p2pfed.collectives.process import ProcessGroup
     from p2pfed.errors import BrokenError, ConfigError
 

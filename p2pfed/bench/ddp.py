@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from p2pfed.output import print_json
 from p2pfed.secagg.params import guaranteed_contributors
 
 NAME = "ddp"
@@ -246,8 +247,6 @@ def _stress_more(task: str, rounds: int, z: float, want: int, counts: Counts) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run every task and print one JSON document."""
-    from p2pfed.cli.util import print_json
-
     started = time.perf_counter()
     cases = [
         run_case(t.strip(), args.epsilon, args.delta, args.rounds, args.repeats, args.coordinates)

@@ -18,6 +18,8 @@ import os
 import time
 from collections.abc import Callable
 
+from p2pfed.output import print_json
+
 NAME = "governance"
 HELP = "Cost of audit appends (fsync'd), log verification and model hashing, with baselines."
 
@@ -51,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from nacl.signing import SigningKey, VerifyKey
 
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
     from p2pfed.governance.audit import AuditLog, verify_log
     from p2pfed.governance.models import model_hash

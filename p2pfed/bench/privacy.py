@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "privacy"
 HELP = "Time to ε after 10^4 and 10^5 steps for the RDP and PLD accountants (JSON)."
 
@@ -54,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from dp_accounting.pld import pld_privacy_accountant
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
     from p2pfed.privacy import make_accountant
     from p2pfed.privacy.accountants import _subsampled_gaussian_pld

@@ -40,6 +40,8 @@ import os
 import time
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "secagg"
 HELP = "Benchmark secure aggregation: masking vs ChaCha20 speed, protocol, bytes, memory."
 
@@ -69,7 +71,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print one JSON document."""
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
 
     ns = tuple(args.n or (QUICK_N if args.quick else FULL_N))

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "sim"
 HELP = "Simulator peer-rounds/s for N in {64, 256, 1024} vs a per-peer Python loop, and peak RSS."
 
@@ -142,7 +144,6 @@ def _child(n: int, rounds: int, loop_rounds: int, run_loop: bool, repeats: int) 
 
 
 def _main(args: argparse.Namespace) -> int:
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
 
     if min(args.rounds, args.loop_rounds, args.repeats) < 1:

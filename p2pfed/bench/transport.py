@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "transport"
 HELP = "Throughput of the libp2p transport (Noise+Yamux) vs plain trio TCP, separate processes."
 
@@ -100,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_cases(sizes: list[int], streams: int, *, quiet: bool) -> int:
-    from p2pfed.cli.util import print_json
 
     cases = []
     for size_mb in sizes:

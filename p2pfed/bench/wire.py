@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "wire"
 HELP = "Throughput of the wire codec (tensor encode/decode, frame decoder, chunked exchange)."
 
@@ -124,7 +126,6 @@ def _case(size_mb: int, repeat: int) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case for every size and print the JSON document."""
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
 
     if args.repeat < 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from p2pfed.output import print_json
+
 NAME = "audit"
 HELP = "Verify a node's signed audit log, or compare members' logs round by round."
 
@@ -52,7 +54,6 @@ def _public_key(text: str) -> bytes:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from p2pfed.cli.util import print_json
     from p2pfed.governance.audit import roster_members, verify_log
 
     members = roster_members(args.roster) if args.roster else None
@@ -68,7 +69,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from p2pfed.cli.util import print_json
     from p2pfed.governance.audit import compare_logs, roster_members
     from p2pfed.governance.certified import compare_certificates
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from p2pfed.output import print_json
+
 if TYPE_CHECKING:
     from p2pfed.training.data import Dataset
 
@@ -46,7 +48,6 @@ def _load(spec: str, label_column: str) -> Dataset:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import DataError
     from p2pfed.governance.drift import DriftConfig, DriftMonitor
 

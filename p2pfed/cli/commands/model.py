@@ -6,6 +6,8 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "model"
 HELP = "List, inspect and export the aggregated model of each round, with its lineage."
 
@@ -52,7 +54,6 @@ def _when(ts: float) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from p2pfed.cli.util import print_json
     from p2pfed.governance.models import ModelRegistry
 
     versions = ModelRegistry.open_existing(args.registry).versions()
@@ -85,7 +86,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from p2pfed.cli.util import print_json
     from p2pfed.governance.models import ModelManifest, ModelRegistry
 
     registry = ModelRegistry.open_existing(args.registry)

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "privacy"
 HELP = "Differential-privacy budget: report what a ledger has spent, or plan a noise level."
 
@@ -141,7 +143,6 @@ def _anchors(config: Any) -> Any:
 
 def run_recover(args: argparse.Namespace) -> int:
     """Rebuild the ledger; print what was kept, added and padded, and ε before and after."""
-    from p2pfed.cli.util import print_json
     from p2pfed.config import load_config
     from p2pfed.daemon import AUDIT_FILE
     from p2pfed.errors import ConfigError
@@ -186,7 +187,6 @@ def run_recover(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """Print what the ledger has spent, per accountant."""
-    from p2pfed.cli.util import print_json
     from p2pfed.privacy import ACCOUNTANT_KINDS, make_accountant, releases_within_budget
 
     ledger, sigma, q, t, collusion = _settings(args)
@@ -247,7 +247,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the noise multiplier needed with each accountant and the ε it gives."""
-    from p2pfed.cli.util import print_json
     from p2pfed.privacy import ACCOUNTANT_KINDS, epsilon_for, noise_multiplier_for, validate
 
     eps = validate.epsilon(args.epsilon)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from p2pfed.output import print_json
+
 NAME = "status"
 HELP = "Show a node's round, connected peers, privacy spent and last model hash."
 
@@ -19,7 +21,6 @@ def run(args: argparse.Namespace) -> int:
     """Read status.json and the ledger (read-only) and print them; check the pid is alive."""
     import time
 
-    from p2pfed.cli.util import print_json
     from p2pfed.config import load_config
     from p2pfed.daemon import read_status
     from p2pfed.lifecycle import process_alive

@@ -6,6 +6,8 @@ import argparse
 import ast
 from typing import Any
 
+from p2pfed.output import print_json
+
 NAME = "topology"
 HELP = "List topologies and analyse their spectral gap, consensus speed and traffic."
 
@@ -65,7 +67,6 @@ def _analyze(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import topologies
-    from p2pfed.cli.util import print_json
     from p2pfed.errors import ConfigError
 
     model_bytes = round(args.model_mb * 1_000_000)
@@ -109,7 +110,6 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     import topologies
-    from p2pfed.cli.util import print_json
 
     rows = []
     for gen in topologies.GENERATORS.values():

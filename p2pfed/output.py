@@ -1,4 +1,9 @@
-"""Small helpers shared by command modules."""
+"""What commands and benchmarks print: one JSON document on stdout.
+
+Theory of operation: the command line (``p2pfed.cli``) and the benchmarks (``p2pfed.bench``)
+both report as JSON with sorted keys, stable for diffs and tests. The writer lives below
+both, so neither package imports the other for it.
+"""
 
 from __future__ import annotations
 
