@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import topologies
-from p2pfed.collectives.process import ProcessGroup, digest, task_vector
+from p2pfed.testing.process import ProcessGroup, digest, task_vector
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(120)]
 

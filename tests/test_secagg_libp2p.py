@@ -83,7 +83,7 @@ async def test_an_equivocated_survivor_set_over_libp2p_reveals_nothing() -> None
 
 def test_an_equivocated_survivor_set_between_real_processes_reveals_nothing() -> None:
     """The same attack with five peer processes: each its own libp2p host, sockets, keys."""
-    from p2pfed.collectives.process import ProcessGroup
+    from p2pfed.testing.process import ProcessGroup
 
     with ProcessGroup(5, tag="equivocation") as group:
         order = sorted(range(5), key=lambda i: group.peers[i])

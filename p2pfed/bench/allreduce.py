@@ -71,8 +71,8 @@ def _progress(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case and print one JSON document."""
-    from p2pfed.collectives.process import ProcessGroup
     from p2pfed.errors import BrokenError, ConfigError
+    from p2pfed.testing.process import ProcessGroup
 
     if not 1 <= args.chunk_kb <= 8192:
         raise ConfigError(f"--chunk-kb must lie in 1..8192, got {args.chunk_kb}")

@@ -17,8 +17,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import trio
 
+from p2pfed.collectives.round import ControlService
+from p2pfed.collectives.secure import SECAGG_PROTOCOL, drive_secagg
 from p2pfed.errors import ConfigError
+from p2pfed.secagg import SecAggConfig, SecAggPeer
+from p2pfed.secagg.messages import MessageKind
 
 LIAR_PROTOCOL = "/p2pfed/test/lying-sum/1.0.0"
 _TIMEOUT_S = 30.0
@@ -28,8 +33,6 @@ class LyingSummation:  # pragma: no cover - runs in subprocesses
     """The attacker's side: collects every masked vector, answers each with its chosen set."""
 
     def __init__(self, peers: Sequence[str], split: Mapping[str, frozenset[str]], words: int):
-        import trio
-
         self.peers, self.split, self.words = list(peers), split, words
         self.vectors: dict[str, np.ndarray] = {}
         self.complete = trio.Event()
@@ -40,8 +43,6 @@ class LyingSummation:  # pragma: no cover - runs in subprocesses
             self.complete.set()
 
     async def told(self, peer: str) -> tuple[np.ndarray, frozenset[str]]:
-        import trio
-
         with trio.fail_after(_TIMEOUT_S):
             await self.complete.wait()
         chosen = self.split[peer]
@@ -64,13 +65,6 @@ async def run_equivocation(
     runner: Any, task: Mapping[str, Any]
 ) -> dict[str, Any]:  # pragma: no cover
     """One child's part in the ``equivocate`` task; see the module docstring."""
-    import trio
-
-    from p2pfed.collectives.round import ControlService
-    from p2pfed.collectives.secure import SECAGG_PROTOCOL, drive_secagg
-    from p2pfed.secagg import SecAggConfig, SecAggPeer
-    from p2pfed.secagg.messages import MessageKind
-
     if "secure" in runner._services:
         raise ConfigError("the equivocate task needs a group that ran no secure round")
     peers, me, words = runner.peers, runner.me, int(task["words"])

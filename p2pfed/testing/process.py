@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -26,16 +27,29 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
+import trio
 
-from p2pfed.collectives import process_attacks
+import topologies
+from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.faults import Fault, FaultPlan
+from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
+from p2pfed.collectives.ring import ring_order
+from p2pfed.collectives.ring_driver import RingConfig, RingService
+from p2pfed.collectives.round import RingRound
+from p2pfed.collectives.secure import SecureRingRound
+from p2pfed.collectives.secure_gossip import SecureGossipService
+from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import BrokenError, ConfigError
+from p2pfed.secagg.primitives import Ed25519Signer
+from p2pfed.testing import process_attacks
+from p2pfed.transport.libp2p import Libp2pTransport
 
 Task = dict[str, Any]
 Result = dict[str, Any]
@@ -128,7 +142,7 @@ class ProcessGroup:
             log_path = Path(self._tmp.name) / f"peer{i}.log"
             with open(log_path, "w") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "p2pfed.collectives.process", self.tag, str(i)],
+                    [sys.executable, "-m", "p2pfed.testing.process", self.tag, str(i)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=log,
@@ -212,10 +226,6 @@ class ProcessGroup:
 
 
 async def _child(tag: str, index: int) -> None:  # pragma: no cover - runs in subprocesses
-    import trio
-
-    from p2pfed.transport.libp2p import Libp2pTransport
-
     seed = peer_seed(tag, index)
     admitted: set[str] = set()
     transport = Libp2pTransport(seed, lambda peer: peer in admitted)
@@ -230,8 +240,6 @@ async def _child(tag: str, index: int) -> None:  # pragma: no cover - runs in su
             return {"kind": "exit"}
         parsed: dict[str, Any] = json.loads(line)
         return parsed
-
-    from p2pfed.secagg.primitives import Ed25519Signer
 
     signer = Ed25519Signer(seed)
     async with transport:
@@ -263,8 +271,11 @@ async def _child(tag: str, index: int) -> None:  # pragma: no cover - runs in su
             emit({"event": "result", **result})
 
 
+TaskHandler = Callable[[Mapping[str, Any]], Awaitable[Result]]
+
+
 class _TaskRunner:  # pragma: no cover - runs in subprocesses
-    """One child's services and task dispatch."""
+    """One child's services and task dispatch: one method per task kind."""
 
     def __init__(
         self,
@@ -275,10 +286,6 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         signer: Any,
         keys: Mapping[str, bytes],
     ) -> None:
-        from p2pfed.collectives.agreement import AgreementTiming
-        from p2pfed.collectives.ring_driver import RingConfig, RingService
-        from p2pfed.collectives.signing import Ed25519CohortSigner
-
         self.transport = transport
         self.peers = list(peers)
         self.index = index
@@ -293,13 +300,21 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         self.ring = RingService(transport, self.consortium, accept_timeout=30.0)
         self._services: dict[str, Any] = {}
         self._prepared: dict[tuple[int, int, str], npt.NDArray[Any]] = {}
+        self._handlers: dict[str, TaskHandler] = {
+            "prepare": self._prepare,
+            "ring": self._ring,
+            "round": self._round,
+            "secure": self._secure,
+            "gossip": self._gossip,
+            "secure_gossip": self._gossip,
+            "equivocate": lambda task: process_attacks.run_equivocation(self, task),
+            "bandwidth": self._bandwidth,
+        }
         transport.serve(BANDWIDTH_PROTOCOL, self._serve_bandwidth)
 
     def _ring_round(self, timing: Any, ring_config: Any, task: Mapping[str, Any]) -> Any:
         # One transport serves each protocol once: every ring user shares one RingService
         # and one RingRound (the first task that needs it fixes its timing).
-        from p2pfed.collectives.round import RingRound
-
         runner = self._services.get("round")
         if runner is None:
             runner = RingRound(
@@ -322,153 +337,140 @@ class _TaskRunner:  # pragma: no cover - runs in subprocesses
         return cached if cached is not None else task_vector(task, self.index)
 
     def _fault(self, task: Mapping[str, Any]) -> Any:
-        from p2pfed.collectives.faults import Fault, FaultPlan
-
         if task.get("kill") == self.index:
             return FaultPlan(Fault.CRASH, at=int(task.get("kill_at", 0)), on_crash=_die)
         return None
 
     async def run(self, task: Mapping[str, Any]) -> Result:
-        import trio
-
+        """Run one task; its result with the task kind, this peer and the time it took."""
         kind = task["kind"]
+        handler = self._handlers.get(kind)
+        if handler is None:
+            raise ConfigError(f"unknown task kind {kind!r}")
         if "start_at" in task:
             # A common start instant (time.monotonic is one clock for every process on the
             # machine), so that stdin delivery skew between children is not timed.
             await trio.sleep(max(0.0, float(task["start_at"]) - time.monotonic()))
         start = trio.current_time()
         out: Result = {"task": kind, "peer": self.me, "index": self.index}
-        if kind == "prepare":
-            # Draw the vector of the task that follows now, so peers start it together: a
-            # peer still drawing 64 MB while its predecessor streams to it would stall the
-            # stream (py-libp2p's Yamux resets a stream whose reader pauses for 5 s).
-            inner = dict(task["task"])
-            key = (int(inner["seed"]), int(inner["words"]), str(inner.get("dtype", "float32")))
-            self._prepared[key] = task_vector(inner, self.index)
-        elif kind == "ring":
-            from p2pfed.collectives.ring import ring_order
-            from p2pfed.collectives.ring_driver import RingConfig
-
-            vector = self._vector(task)
-            order = ring_order(self.consortium, 1, int(task["round"]), self.peers)
-            self.ring.fault = self._fault(task)
-            config = RingConfig(chunk_bytes=int(task.get("chunk_bytes", 256 * 1024)), timeout=30)
-            result = await self.ring.all_reduce(
-                vector, order, round=int(task["round"]), config=config
-            )
-            out |= {
-                "digest": digest(result.vector),
-                "payload_sent": result.counts.payload_sent,
-                "framing_sent": result.counts.framing_sent,
-                "head": [float(v) for v in result.vector[:4]],
-            }
-        elif kind == "round":
-            from p2pfed.collectives.agreement import AgreementTiming
-            from p2pfed.collectives.ring_driver import RingConfig
-
-            timing = AgreementTiming(
-                collect_window=float(task.get("collect_window", 3.0)),
-                takeover_timeout=float(task.get("takeover_timeout", 8.0)),
-                commit_timeout=30.0,
-            )
-            runner = self._ring_round(
-                timing, RingConfig(timeout=float(task.get("ring_timeout", 10.0))), task
-            )
-            outcome = await runner.all_reduce(self._vector(task), int(task["round"]))
-            out |= {
-                "phase": outcome.phase.value,
-                "cohort": list(outcome.cohort or ()),
-                "attempts": outcome.attempts,
-                "digest": digest(outcome.result.vector) if outcome.result is not None else None,
-            }
-        elif kind == "secure":
-            from p2pfed.collectives.secure import SecureRingRound
-
-            secure = self._services.get("secure") or SecureRingRound(
-                self.transport,
-                self.consortium,
-                1,
-                self.keys,
-                self.signer,
-                self.cohort_signer,
-                stage_timeout=20.0,
-                ring_round=self._ring_round(self.timing, self.ring_config, task),
-            )
-            self._services["secure"] = secure
-            words = self._vector(task)
-            secure_outcome = await secure.aggregate(words, int(task["round"]))
-            out |= {
-                "ok": secure_outcome.ok,
-                "stage": secure_outcome.stage.value,
-                "survivors": sorted(secure_outcome.survivors),
-                "digest": digest(secure_outcome.result)
-                if secure_outcome.result is not None
-                else None,
-                "bytes_sent": secure_outcome.ring.result.bytes_sent
-                if secure_outcome.ring is not None and secure_outcome.ring.result is not None
-                else None,
-            }
-        elif kind in ("gossip", "secure_gossip"):
-            import topologies
-
-            topo = topologies.build(task["topology"], len(self.peers))
-            x = self._vector(task).astype(np.float64)
-            service = self._services.get(kind)
-            if service is None:
-                if kind == "gossip":
-                    from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
-
-                    service = GossipService(
-                        self.transport,
-                        self.consortium,
-                        self.peers,
-                        topo,
-                        config=GossipConfig(deadline=20.0, timeout=10.0),
-                    )
-                else:
-                    from p2pfed.collectives.secure_gossip import SecureGossipService
-
-                    service = SecureGossipService(
-                        self.transport,
-                        self.consortium + "-gossip",
-                        self.peers,
-                        topo,
-                        self.keys,
-                        self.signer,
-                        stage_timeout=20.0,
-                        rng=np.random.default_rng(self.index),
-                    )
-                self._services[kind] = service
-            first = int(task.get("first_round", 0))
-            for t in range(first, first + int(task["rounds"])):
-                x = (await service.sync_round(t, x)).vector
-            out |= {"vector": [float(v) for v in x]}
-        elif kind == "equivocate":
-            out |= await process_attacks.run_equivocation(self, task)
-        elif kind == "bandwidth":
-            successor = self.peers[(self.peers.index(self.me) + 1) % len(self.peers)]
-            if "order_round" in task:
-                from p2pfed.collectives.ring import ring_order
-
-                order = ring_order(self.consortium, 1, int(task["order_round"]), self.peers)
-                successor = order[(order.index(self.me) + 1) % len(order)]
-            size = int(task["bytes"])
-            stream = await self.transport.open_stream(successor, BANDWIDTH_PROTOCOL)
-            block = bytes(256 * 1024)
-            sent = 0
-            begin = trio.current_time()
-            async with stream:
-                while sent < size:
-                    part = block[: min(len(block), size - sent)]
-                    await stream.send_all(part)
-                    sent += len(part)
-                await stream.send_eof()
-                await stream.receive_exactly(1)
-            out |= {"bytes": sent, "seconds": trio.current_time() - begin}
-        else:
-            raise ConfigError(f"unknown task kind {kind!r}")
+        out |= await handler(task)
         out["time_s"] = trio.current_time() - start
         return out
+
+    async def _prepare(self, task: Mapping[str, Any]) -> Result:
+        # Draw the vector of the task that follows now, so peers start it together: a
+        # peer still drawing 64 MB while its predecessor streams to it would stall the
+        # stream (py-libp2p's Yamux resets a stream whose reader pauses for 5 s).
+        inner = dict(task["task"])
+        key = (int(inner["seed"]), int(inner["words"]), str(inner.get("dtype", "float32")))
+        self._prepared[key] = task_vector(inner, self.index)
+        return {}
+
+    async def _ring(self, task: Mapping[str, Any]) -> Result:
+        vector = self._vector(task)
+        order = ring_order(self.consortium, 1, int(task["round"]), self.peers)
+        self.ring.fault = self._fault(task)
+        config = RingConfig(chunk_bytes=int(task.get("chunk_bytes", 256 * 1024)), timeout=30)
+        result = await self.ring.all_reduce(vector, order, round=int(task["round"]), config=config)
+        return {
+            "digest": digest(result.vector),
+            "payload_sent": result.counts.payload_sent,
+            "framing_sent": result.counts.framing_sent,
+            "head": [float(v) for v in result.vector[:4]],
+        }
+
+    async def _round(self, task: Mapping[str, Any]) -> Result:
+        timing = AgreementTiming(
+            collect_window=float(task.get("collect_window", 3.0)),
+            takeover_timeout=float(task.get("takeover_timeout", 8.0)),
+            commit_timeout=30.0,
+        )
+        runner = self._ring_round(
+            timing, RingConfig(timeout=float(task.get("ring_timeout", 10.0))), task
+        )
+        outcome = await runner.all_reduce(self._vector(task), int(task["round"]))
+        return {
+            "phase": outcome.phase.value,
+            "cohort": list(outcome.cohort or ()),
+            "attempts": outcome.attempts,
+            "digest": digest(outcome.result.vector) if outcome.result is not None else None,
+        }
+
+    async def _secure(self, task: Mapping[str, Any]) -> Result:
+        secure = self._services.get("secure") or SecureRingRound(
+            self.transport,
+            self.consortium,
+            1,
+            self.keys,
+            self.signer,
+            self.cohort_signer,
+            stage_timeout=20.0,
+            ring_round=self._ring_round(self.timing, self.ring_config, task),
+        )
+        self._services["secure"] = secure
+        outcome = await secure.aggregate(self._vector(task), int(task["round"]))
+        ring = outcome.ring.result if outcome.ring is not None else None
+        return {
+            "ok": outcome.ok,
+            "stage": outcome.stage.value,
+            "survivors": sorted(outcome.survivors),
+            "digest": digest(outcome.result) if outcome.result is not None else None,
+            "bytes_sent": ring.bytes_sent if ring is not None else None,
+        }
+
+    def _gossip_service(self, kind: str, topo: topologies.Topology) -> Any:
+        service = self._services.get(kind)
+        if service is not None:
+            return service
+        if kind == "gossip":
+            service = GossipService(
+                self.transport,
+                self.consortium,
+                self.peers,
+                topo,
+                config=GossipConfig(deadline=20.0, timeout=10.0),
+            )
+        else:
+            service = SecureGossipService(
+                self.transport,
+                self.consortium + "-gossip",
+                self.peers,
+                topo,
+                self.keys,
+                self.signer,
+                stage_timeout=20.0,
+                rng=np.random.default_rng(self.index),
+            )
+        self._services[kind] = service
+        return service
+
+    async def _gossip(self, task: Mapping[str, Any]) -> Result:
+        topo = topologies.build(task["topology"], len(self.peers))
+        x = self._vector(task).astype(np.float64)
+        service = self._gossip_service(task["kind"], topo)
+        first = int(task.get("first_round", 0))
+        for t in range(first, first + int(task["rounds"])):
+            x = (await service.sync_round(t, x)).vector
+        return {"vector": [float(v) for v in x]}
+
+    async def _bandwidth(self, task: Mapping[str, Any]) -> Result:
+        successor = self.peers[(self.peers.index(self.me) + 1) % len(self.peers)]
+        if "order_round" in task:
+            order = ring_order(self.consortium, 1, int(task["order_round"]), self.peers)
+            successor = order[(order.index(self.me) + 1) % len(order)]
+        size = int(task["bytes"])
+        stream = await self.transport.open_stream(successor, BANDWIDTH_PROTOCOL)
+        block = bytes(256 * 1024)
+        sent = 0
+        begin = trio.current_time()
+        async with stream:
+            while sent < size:
+                part = block[: min(len(block), size - sent)]
+                await stream.send_all(part)
+                sent += len(part)
+            await stream.send_eof()
+            await stream.receive_exactly(1)
+        return {"bytes": sent, "seconds": trio.current_time() - begin}
 
     async def _serve_bandwidth(self, stream: Any) -> None:
         while await stream.receive_some(1 << 20):
@@ -485,11 +487,7 @@ def _die() -> None:  # pragma: no cover - kills the process on purpose
 
 
 def peer_main(argv: Sequence[str]) -> int:  # pragma: no cover - runs in subprocesses
-    """Entry point of a peer process: ``python -m p2pfed.collectives.process TAG INDEX``."""
-    import logging
-
-    import trio
-
+    """Entry point of a peer process: ``python -m p2pfed.testing.process TAG INDEX``."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     tag, index = argv[0], int(argv[1])
     trio.run(_child, tag, index)
