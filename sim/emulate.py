@@ -2,7 +2,7 @@
 
 Theory of operation: the scenario's own data split and partition (the simulator's seeded
 streams, so both runs see the same patients at the same peers) are written as one CSV per
-peer, already standardised. ``p2pfed.demo`` then plays the consortium: keys, a signed
+peer, already standardised. ``p2pfed.consortium`` then plays the consortium: keys, a signed
 roster, one config per peer (ring all-reduce with secure aggregation; the scenario's
 learning rate, batch size and local steps; peer-level DP as distributed noise when the
 scenario enables it), and one ``p2pfed run`` process per peer. Afterwards every peer's
@@ -18,29 +18,20 @@ more than 8 peers, an MLP whose width differs from the daemon's built-in.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from p2pfed.demo import (
-    Consortium,
-    DemoSettings,
-    Hospital,
-    free_ports,
-    member_config,
-    render_toml,
-    write_csv,
-)
+from p2pfed.consortium import Consortium, enrol, member_config, render_toml
 from p2pfed.errors import ConfigError
 from p2pfed.governance.models import ModelRegistry
-from p2pfed.identity import Identity, Member, Roster
 from p2pfed.training.data import Dataset as PeerData
 from p2pfed.training.models import build_model
 from p2pfed.training.params import ParameterLayout
 from sim.data import Dataset, load_dataset
+from sim.engine import _seeds  # the simulator's own seeded streams
 from sim.partition import partition
 from sim.results import RoundRecord
 from sim.scenario import Scenario
@@ -71,49 +62,38 @@ def _peer_data(data: Dataset, idx: np.ndarray, name: str) -> PeerData:
 
 def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
     """Write the consortium for scenario ``s`` under ``root``; returns it and the data."""
-    from p2pfed.demo import (
-        Consortium,
-    )
-    from sim.engine import _seeds  # the simulator's own seeded streams
-
     check_emulable(s)
     seeds = _seeds(s.seed)
     data = load_dataset(s.data, np.random.default_rng(seeds["data"]))
     part = partition(s.partition, data.y_train, s.n, np.random.default_rng(seeds["partition"]))
-    root.mkdir(parents=True, exist_ok=True)
-    admin = Identity.generate()
-    hospitals = []
-    for i, port in enumerate(free_ports(s.n)):
-        name = f"peer-{i}"
-        folder = root / name
-        folder.mkdir()
-        identity = Identity.generate()
-        identity.save(folder / "identity.key")
-        local = _peer_data(data, part.indices[i, : part.counts[i]], name)
-        write_csv(folder / "patients.csv", local)
-        hospitals.append(Hospital(name, folder, identity, port, len(local), local))
-    roster = Roster(
-        "emulation",
-        1,
-        datetime.now(UTC) + timedelta(days=1),
-        tuple(
-            Member.from_public_key(h.name, h.identity.public_key, [f"/ip4/127.0.0.1/tcp/{h.port}"])
-            for h in hospitals
-        ),
-        (admin.public_key,),
-    ).signed_by(admin)
-    test = PeerData(data.x_test.astype(np.float32), data.y_test, hospitals[0].train.feature_names)
-    consortium = Consortium(
-        root,
-        replace(DemoSettings(), peers=s.n, rounds=s.rounds, seed=s.seed),
-        hospitals,
-        hospitals[0].train,
-        test,
-        np.zeros(data.features),
-        np.ones(data.features),
-    )
+    slices = [
+        (f"peer-{i}", _peer_data(data, part.indices[i, : part.counts[i]], f"peer-{i}"))
+        for i in range(s.n)
+    ]
+    hospitals, _ = enrol(root, "emulation", slices)
+    consortium = Consortium(root, hospitals, "emulation")
+    tables = {
+        "training": _training(s),
+        "privacy": _privacy(s),
+        "model": {"kind": "mlp", "hidden": [s.model.hidden]}
+        if s.model.name == "mlp"
+        else {"kind": "logistic"},
+        "schema": {
+            "labels": list(range(data.classes)),
+            "center": [0.0] * data.features,
+            "scale": [1.0] * data.features,
+        },
+        "validation": {"min_samples": 1, "max_label_skew": 1.0},
+    }
+    for h in hospitals:
+        config = member_config(h, rounds=s.rounds, **tables)
+        h.config.write_text(render_toml(config, f"Emulation of scenario {s.name}, {h.name}."))
+    return consortium, data
+
+
+def _training(s: Scenario) -> dict[str, Any]:
     t = s.training
-    training: dict[str, object] = {
+    training: dict[str, Any] = {
         "batch_size": t.batch_size,
         "learning_rate": t.lr,
         "weight_decay": t.weight_decay,
@@ -123,36 +103,20 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
         training["local_epochs"] = t.local_epochs
     else:
         training["local_steps"] = max(1, t.local_steps)
-    privacy: dict[str, object] = {"mode": "off"}
-    if s.privacy.enabled:
-        privacy = {
-            "mode": "distributed",
-            "clip_norm": s.privacy.clip,
-            "noise_multiplier": s.privacy.noise_multiplier,
-            "delta": s.privacy.delta,
-            "accountant": s.privacy.accountant,
-            "epsilon_budget": 1e6,
-        }
-    model: dict[str, object] = {"kind": "logistic"}
-    if s.model.name == "mlp":
-        model = {"kind": "mlp", "hidden": [s.model.hidden]}
-    for h in hospitals:
-        roster.save(h.folder / "roster.json")
-        tables = member_config(
-            h,
-            rounds=s.rounds,
-            schema={
-                "labels": list(range(data.classes)),
-                "center": [0.0] * data.features,
-                "scale": [1.0] * data.features,
-            },
-            validation={"min_samples": 1, "max_label_skew": 1.0},
-            training=training,
-            privacy=privacy,
-            model=model,
-        )
-        h.config.write_text(render_toml(tables, f"Emulation of scenario {s.name}, {h.name}."))
-    return consortium, data
+    return training
+
+
+def _privacy(s: Scenario) -> dict[str, Any]:
+    if not s.privacy.enabled:
+        return {"mode": "off"}
+    return {
+        "mode": "distributed",
+        "clip_norm": s.privacy.clip,
+        "noise_multiplier": s.privacy.noise_multiplier,
+        "delta": s.privacy.delta,
+        "accountant": s.privacy.accountant,
+        "epsilon_budget": 1e6,
+    }
 
 
 def records(consortium: Consortium, data: Dataset, s: Scenario) -> list[RoundRecord]:

@@ -110,8 +110,9 @@ async def test_a_stolen_key_serving_a_forged_high_round_model_is_never_adopted(
 async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Path) -> None:
     """The same attack against three real daemons on 127.0.0.1 (libp2p, Noise)."""
     from p2pfed.config import load_config
+    from p2pfed.consortium import launch, statuses, stop
     from p2pfed.daemon import parse_listen, peer_addresses, prepare
-    from p2pfed.demo import DemoSettings, build_consortium, launch, statuses, stop
+    from p2pfed.demo import DemoSettings, build_consortium
     from p2pfed.governance.audit import hash_peer_id, read_salt_file
     from p2pfed.identity.roster import Role
     from p2pfed.transport.libp2p import Libp2pTransport

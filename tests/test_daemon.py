@@ -11,8 +11,9 @@ import pytest
 
 from p2pfed.cli import main
 from p2pfed.config import load_config
+from p2pfed.consortium import launch, statuses, stop, watch
 from p2pfed.daemon import prepare, read_status
-from p2pfed.demo import DemoSettings, build_consortium, launch, statuses, stop, watch
+from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.identity import Identity
 
@@ -226,7 +227,7 @@ def test_the_documented_onboarding_runs_with_default_configs(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from p2pfed.demo import free_ports
+    from p2pfed.consortium import free_ports
 
     def cli(*argv: str) -> str:
         out = subprocess.run(

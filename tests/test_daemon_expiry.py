@@ -9,8 +9,9 @@ import pytest
 
 from p2pfed.cli import main
 from p2pfed.config import load_config
+from p2pfed.consortium import launch, stop
 from p2pfed.daemon import read_status
-from p2pfed.demo import DemoSettings, build_consortium, launch, stop
+from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.identity import Identity, Roster
 from p2pfed.identity.roster import format_time
 from p2pfed.privacy.ledger import PrivacyLedger

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import trio
 
+from p2pfed.consortium import Hospital, launch, stop
 from p2pfed.daemon import read_status
-from p2pfed.demo import DemoSettings, Hospital, build_consortium, launch, stop
+from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.errors import ReasonCode, RemoteProtocolError
 from p2pfed.identity import Identity, Roster
 from p2pfed.node.roster_sync import ROSTER_PROTOCOL

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from p2pfed.consortium import launch, stop, watch
 from p2pfed.daemon import read_status
-from p2pfed.demo import DemoSettings, build_consortium, launch, stop, watch
+from p2pfed.demo import DemoSettings, build_consortium
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

@@ -1,8 +1,21 @@
-"""``p2pfed demo``: a consortium of hospitals on this machine, trained end to end."""
+"""``p2pfed demo``: a consortium of hospitals on this machine, trained end to end.
+
+Project modules that load torch or the daemon are imported inside ``run`` (as in every
+command module), so ``p2pfed --help`` stays fast; ``p2pfed.demo`` itself is light.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from p2pfed.demo import DemoConsortium, DemoSettings
+from p2pfed.errors import ConfigError
+from p2pfed.output import print_json
 
 NAME = "demo"
 HELP = "Run the demo consortium: N hospital daemons over libp2p, secure aggregation and DP on."
@@ -10,8 +23,6 @@ HELP = "Run the demo consortium: N hospital daemons over libp2p, secure aggregat
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the arguments."""
-    from p2pfed.demo import DemoSettings
-
     d = DemoSettings()
     parser.add_argument("--peers", type=int, default=d.peers, help=f"hospitals (default {d.peers})")
     parser.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
@@ -25,32 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Build, launch, watch, and compare against local-only and centralized training."""
-    import json
-    import shutil
-    import sys
-    import tempfile
-    import time
-    from pathlib import Path
-    from typing import Any
-
-    from rich.console import Console
-    from rich.live import Live
-    from rich.table import Table
-
-    from p2pfed.demo import (
-        DemoSettings,
-        build_consortium,
-        check_audit_logs,
-        federated_accuracy,
-        launch,
-        references,
-        stop,
-        watch,
-    )
-    from p2pfed.errors import ConfigError
-
+def _check(args: argparse.Namespace) -> None:
     if args.peers < 3 or args.peers > 16:
         raise ConfigError(f"--peers must be between 3 and 16, got {args.peers}")
     if args.rounds < 1:
@@ -59,12 +45,27 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--alpha must be positive, got {args.alpha}")
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+
+
+def _root(args: argparse.Namespace) -> Path:
+    if args.dir is None:
+        return Path(tempfile.mkdtemp(prefix="p2pfed-demo-"))
+    root = Path(args.dir)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ConfigError(f"--dir {root} must be an empty folder or not exist yet")
+    return root
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, launch, watch, and compare against local-only and centralized training."""
+    from rich.console import Console
+
+    from p2pfed.demo import build_consortium
+
+    _check(args)
     settings = DemoSettings(peers=args.peers, rounds=args.rounds, alpha=args.alpha, seed=args.seed)
     console = Console(stderr=True)
-    keep = args.dir is not None
-    root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="p2pfed-demo-"))
-    if keep and root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ConfigError(f"--dir {root} must be an empty folder or not exist yet")
+    root = _root(args)
     started = time.monotonic()
     console.print(f"building a consortium of {args.peers} hospitals in {root}")
     consortium = build_consortium(root, settings)
@@ -72,95 +73,123 @@ def run(args: argparse.Namespace) -> int:
         console.print(
             f"  {h.name}: {h.rows} patients, peer {h.identity.peer_id[:16]}…, port {h.port}"
         )
+    final = _run_live(consortium, args.timeout, console)
+    summary = _summary(consortium, final, time.monotonic() - started)
+    if args.json:
+        print_json(summary["figures"])
+    else:
+        _print_results(consortium, summary)
+    if args.dir is None:
+        shutil.rmtree(root, ignore_errors=True)
+    figures = summary["figures"]
+    ok = figures["models_agree"] and figures["audit_logs_verify"] and figures["audit_logs_agree"]
+    return 0 if ok else 1
 
-    def table(current: list[dict[str, Any]]) -> Table:
-        t = Table(
-            title=f"p2pfed demo — {args.peers} hospitals, {args.rounds} rounds, α={args.alpha}"
+
+def _status_table(consortium: DemoConsortium, current: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    s = consortium.settings
+    t = Table(title=f"p2pfed demo — {s.peers} hospitals, {s.rounds} rounds, α={s.alpha}")
+    for col in ("hospital", "state", "round", "test acc.", "ε", "bytes sent"):
+        t.add_column(col, justify="right" if col != "hospital" else "left")
+    for h, status in zip(consortium.hospitals, current, strict=True):
+        eps = status.get("epsilon")
+        acc = status.get("test_accuracy")
+        t.add_row(
+            h.name,
+            str(status.get("state", "starting")),
+            f"{status.get('completed_round', -1) + 1}/{s.rounds}",
+            "—" if acc is None else f"{acc:.3f}",
+            "—" if eps is None else f"{eps:.2f}",
+            str(status.get("bytes_sent", 0)),
         )
-        for col in ("hospital", "state", "round", "test acc.", "ε", "bytes sent"):
-            t.add_column(col, justify="right" if col != "hospital" else "left")
-        for h, s in zip(consortium.hospitals, current, strict=True):
-            eps = s.get("epsilon")
-            acc = s.get("test_accuracy")
-            t.add_row(
-                h.name,
-                str(s.get("state", "starting")),
-                f"{s.get('completed_round', -1) + 1}/{args.rounds}",
-                "—" if acc is None else f"{acc:.3f}",
-                "—" if eps is None else f"{eps:.2f}",
-                str(s.get("bytes_sent", 0)),
-            )
-        return t
+    return t
 
-    try:
-        launch(consortium)
-        with Live(table([{}] * args.peers), console=console, refresh_per_second=4) as live:
-            final = watch(consortium, args.timeout, lambda cur: live.update(table(cur)))
-        console.line()  # the live table leaves the cursor on its last line
-    except BaseException:
-        stop(consortium)
-        raise
-    wall = time.monotonic() - started
-    stop(consortium)
+
+def _run_live(consortium: DemoConsortium, timeout: float, console: Any) -> list[dict[str, Any]]:
+    """Run the daemons to the end under a live status table; their final statuses."""
+    from rich.live import Live
+
+    from p2pfed.consortium import run_to_end
+
+    blank: list[dict[str, Any]] = [{}] * len(consortium.hospitals)
+    with Live(_status_table(consortium, blank), console=console, refresh_per_second=4) as live:
+        final = run_to_end(
+            consortium, timeout, lambda cur: live.update(_status_table(consortium, cur))
+        )
+    console.line()  # the live table leaves the cursor on its last line
+    return final
+
+
+def _summary(
+    consortium: DemoConsortium, final: list[dict[str, Any]], wall: float
+) -> dict[str, Any]:
+    """The JSON figures, plus the per-hospital accuracies the table shows."""
+    from p2pfed.demo import check_audit_logs, federated_accuracy, references
+
+    s = consortium.settings
     centralized, local = references(consortium)
     federated = [federated_accuracy(consortium, h) for h in consortium.hospitals]
-    digests = {s.get("model_digest") for s in final}
     audit_verified, audit_agree = check_audit_logs(consortium)
-    epsilon = max(float(s.get("epsilon") or 0.0) for s in final)
-    sent = [int(s.get("bytes_sent", 0)) for s in final]
-    summary = {
-        "peers": args.peers,
-        "rounds": args.rounds,
+    sent = [int(status.get("bytes_sent", 0)) for status in final]
+    figures = {
+        "peers": s.peers,
+        "rounds": s.rounds,
         "federated_accuracy": float(sum(federated) / len(federated)),
         "centralized_accuracy": centralized,
         "local_only_accuracy": float(sum(local) / len(local)),
-        "epsilon": epsilon,
-        "delta": settings.delta,
+        "epsilon": max(float(status.get("epsilon") or 0.0) for status in final),
+        "delta": s.delta,
         # DP-SGD noise is added inside each hospital before anything leaves it, so the ε
         # needs no trust in other members or in secure aggregation.
         "epsilon_holds_against": "every observer, any coalition of members included",
         "secure_aggregation": True,
         "bytes_sent_per_peer": float(sum(sent) / len(sent)),
         "wall_s": round(wall, 2),
-        "models_agree": len(digests) == 1,
+        "models_agree": len({status.get("model_digest") for status in final}) == 1,
         "audit_logs_verify": audit_verified,
         "audit_logs_agree": audit_agree,
     }
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        out = Console()
-        if not out.is_terminal:
-            out = Console(width=120)  # piped: rich's 80-column default would fold the table
-        t = Table(title="results on the held-out test set (patients no hospital saw)")
-        for col in (
-            "hospital",
-            "patients",
-            "local only",
-            "federated",
-            "centralized",
-            "ε",
-            "bytes sent",
-        ):
-            t.add_column(col, justify="right" if col != "hospital" else "left")
-        for h, lo, fe, s in zip(consortium.hospitals, local, federated, final, strict=True):
-            t.add_row(
-                h.name,
-                str(h.rows),
-                f"{lo:.3f}",
-                f"{fe:.3f}",
-                f"{centralized:.3f}",
-                f"{float(s.get('epsilon') or 0):.2f}",
-                str(s.get("bytes_sent", 0)),
-            )
-        out.print(t)
-        out.print(
-            f"ε = {epsilon:.2f} at δ = {settings.delta:g} per patient (DP-SGD, worst hospital; "
-            "holds against every observer, any coalition of members included), "
-            f"secure aggregation on, all models identical: {summary['models_agree']}, "
-            f"audit logs verify: {audit_verified} and agree: {audit_agree}, wall time {wall:.1f} s"
+    return {
+        "figures": figures,
+        "wall": wall,
+        "local": local,
+        "federated": federated,
+        "final": final,
+    }
+
+
+def _print_results(consortium: DemoConsortium, summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    f = summary["figures"]
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)  # piped: rich's 80-column default would fold the table
+    t = Table(title="results on the held-out test set (patients no hospital saw)")
+    columns = ("hospital", "patients", "local only", "federated", "centralized", "ε", "bytes sent")
+    for col in columns:
+        t.add_column(col, justify="right" if col != "hospital" else "left")
+    rows = zip(
+        consortium.hospitals, summary["local"], summary["federated"], summary["final"], strict=True
+    )
+    for h, lo, fe, status in rows:
+        t.add_row(
+            h.name,
+            str(h.rows),
+            f"{lo:.3f}",
+            f"{fe:.3f}",
+            f"{f['centralized_accuracy']:.3f}",
+            f"{float(status.get('epsilon') or 0):.2f}",
+            str(status.get("bytes_sent", 0)),
         )
-    if not keep:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0 if summary["models_agree"] and audit_verified and audit_agree else 1
+    out.print(t)
+    out.print(
+        f"ε = {f['epsilon']:.2f} at δ = {f['delta']:g} per patient (DP-SGD, worst hospital; "
+        "holds against every observer, any coalition of members included), "
+        f"secure aggregation on, all models identical: {f['models_agree']}, "
+        f"audit logs verify: {f['audit_logs_verify']} and agree: {f['audit_logs_agree']}, "
+        f"wall time {summary['wall']:.1f} s"
+    )

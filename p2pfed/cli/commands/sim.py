@@ -134,7 +134,7 @@ def _scenario(args: argparse.Namespace) -> Any:
 def _emulate(args: argparse.Namespace) -> int:
     import tempfile
 
-    from p2pfed.demo import launch, stop, watch
+    from p2pfed.consortium import run_to_end
     from p2pfed.durable import atomic_write
     from sim import emulate
     from sim.results import records_csv
@@ -148,11 +148,7 @@ def _emulate(args: argparse.Namespace) -> int:
     simulated = run_point(scenario).records
     root = Path(tempfile.mkdtemp(prefix="p2pfed-emulate-", dir=out))
     consortium, data = emulate.build(scenario, root)
-    try:
-        launch(consortium)
-        watch(consortium, args.timeout)
-    finally:
-        stop(consortium)
+    run_to_end(consortium, args.timeout)
     emulated = emulate.records(consortium, data, scenario)
     atomic_write(out / "metrics-simulated.csv", records_csv(simulated).encode(), 0o644)
     atomic_write(out / "metrics-emulated.csv", records_csv(emulated).encode(), 0o644)
