@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from p2pfed.bench._timing import timed
 from p2pfed.output import print_json
 from p2pfed.secagg.params import guaranteed_contributors
 
@@ -247,11 +247,13 @@ def _stress_more(task: str, rounds: int, z: float, want: int, counts: Counts) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run every task and print one JSON document."""
-    started = time.perf_counter()
-    cases = [
-        run_case(t.strip(), args.epsilon, args.delta, args.rounds, args.repeats, args.coordinates)
-        for t in args.tasks.split(",")
-        if t.strip()
-    ]
-    print_json({"bench": "ddp", "cases": cases, "seconds": time.perf_counter() - started})
+    with timed() as wall:
+        cases = [
+            run_case(
+                t.strip(), args.epsilon, args.delta, args.rounds, args.repeats, args.coordinates
+            )
+            for t in args.tasks.split(",")
+            if t.strip()
+        ]
+    print_json({"bench": "ddp", "cases": cases, "seconds": wall.wall})
     return 0

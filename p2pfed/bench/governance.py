@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
 
+from p2pfed.bench._timing import best_of
 from p2pfed.output import print_json
 
 NAME = "governance"
@@ -32,15 +31,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=".", help="where the temporary files go (default .)")
     parser.add_argument("--json", action="store_true", help="accepted for symmetry; JSON only")
     parser.set_defaults(func=run)
-
-
-def _best(repeat: int, case: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        case()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 for r in range(n):
                     log.cohort(r, cohort)
 
-        append_s = _best(args.repeat, append)
+        append_s = best_of(args.repeat, append).seconds
         log_path = folder / "a0.jsonl"
         lines = log_path.read_bytes().splitlines(keepends=True)
         line_bytes = sum(len(x) for x in lines) // len(lines)
@@ -89,17 +79,17 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 os.close(fd)
 
-        raw_s = _best(args.repeat, raw_append)
-        verify_s = _best(args.repeat, lambda: verify_log(log_path))
-        parse_s = _best(args.repeat, lambda: [json.loads(x) for x in lines])
+        raw_s = best_of(args.repeat, raw_append).seconds
+        verify_s = best_of(args.repeat, lambda: verify_log(log_path)).seconds
+        parse_s = best_of(args.repeat, lambda: [json.loads(x) for x in lines]).seconds
         key = SigningKey(b"\x07" * 32)
         signed = [key.sign(x) for x in lines]
         vk = VerifyKey(bytes(key.verify_key))
-        ed_s = _best(args.repeat, lambda: [vk.verify(s) for s in signed])
+        ed_s = best_of(args.repeat, lambda: [vk.verify(s) for s in signed]).seconds
     vector = np.random.default_rng(0).standard_normal(args.model_mb * 250_000).astype(np.float32)
     nbytes = vector.nbytes
-    hash_s = _best(args.repeat, lambda: model_hash([("w", vector)]))
-    sha_s = _best(args.repeat, lambda: hashlib.sha256(vector.data).digest())
+    hash_s = best_of(args.repeat, lambda: model_hash([("w", vector)])).seconds
+    sha_s = best_of(args.repeat, lambda: hashlib.sha256(vector.data).digest()).seconds
     print_json(
         {
             "entries": n,

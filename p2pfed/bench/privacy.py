@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from p2pfed.bench._timing import best_of
 from p2pfed.output import print_json
 
 NAME = "privacy"
@@ -36,18 +36,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (the default)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per cell (best kept)")
     parser.set_defaults(func=run)
-
-
-def _best(
-    fn: Callable[[str, int], float], kind: str, steps: int, repeats: int
-) -> tuple[float, float]:
-    """(best seconds, value) over ``repeats`` calls of ``fn(kind, steps)``."""
-    best, value = float("inf"), float("nan")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn(kind, steps)
-        best = min(best, time.perf_counter() - start)
-    return best, value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     for kind in ("rdp", "pld"):
         for steps in (10_000, 100_000):
             print(f"timing {kind} at {steps} steps…", file=sys.stderr, flush=True)
-            seconds, eps = _best(ours, kind, steps, args.repeats)
-            base_seconds, base_eps = _best(reference, kind, steps, args.repeats)
+            seconds, eps = best_of(args.repeats, partial(ours, kind, steps))
+            base_seconds, base_eps = best_of(args.repeats, partial(reference, kind, steps))
             target = _TARGETS.get((kind, steps))
             results.append(
                 {

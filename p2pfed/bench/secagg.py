@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Any
 
+from p2pfed.bench._timing import timed
 from p2pfed.output import print_json
 
 NAME = "secagg"
@@ -101,14 +101,11 @@ def bench(
     ns: tuple[int, ...], ds: tuple[int, ...], budget_bytes: int, repeats: int, seed: int
 ) -> dict[str, Any]:
     """The benchmark document for every (n, d) case."""
-    started = time.perf_counter()
     load_before = os.getloadavg()
-    _progress("measuring the raw ChaCha20 keystream rate")
-    keystream = _keystream_gb_s(repeats)
-    cases = []
-    for n in ns:
-        for d in ds:
-            cases.append(_case(n, d, budget_bytes, repeats, seed))
+    with timed() as wall:
+        _progress("measuring the raw ChaCha20 keystream rate")
+        keystream = _keystream_gb_s(repeats)
+        cases = [_case(n, d, budget_bytes, repeats, seed) for n in ns for d in ds]
     return {
         "bench": "secagg",
         "keystream_gb_s": round(keystream, 4),
@@ -116,7 +113,7 @@ def bench(
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),
-        "wall_s": round(time.perf_counter() - started, 2),
+        "wall_s": round(wall.wall, 2),
         "notes": (
             "all peers in one process on one core; protocol_s is serial over peers; "
             "see p2pfed/bench/secagg.py for exactly what each figure measures"
@@ -159,13 +156,16 @@ def _case(n: int, d: int, budget_bytes: int, repeats: int, seed: int) -> dict[st
     for _ in range(repeats * min(30, max(1, 10**7 // d))):
         # Interleaved with masking so both see the same load on a shared machine.
         keystream_times.append(keystream_seconds(mask_bytes))
-        t0 = time.perf_counter()
-        pair_keys = [
-            (pair_mask_key(agree(mine.secret, pub), "bench", 1, rep, peer), plan.sign(rep, peer))
-            for peer, pub in zip(neighbours, theirs, strict=True)
-        ]
-        mask_vector(vector, self_mask_key(seed_bytes, "bench", 1, rep), pair_keys, expander)
-        mask_times.append(time.perf_counter() - t0)
+        with timed() as masking:
+            pair_keys = [
+                (
+                    pair_mask_key(agree(mine.secret, pub), "bench", 1, rep, peer),
+                    plan.sign(rep, peer),
+                )
+                for peer, pub in zip(neighbours, theirs, strict=True)
+            ]
+            mask_vector(vector, self_mask_key(seed_bytes, "bench", 1, rep), pair_keys, expander)
+        mask_times.append(masking.wall)
     del vector
     mask_s = min(mask_times)
     case_keystream = mask_bytes / min(keystream_times) / 1e9
@@ -176,28 +176,27 @@ def _case(n: int, d: int, budget_bytes: int, repeats: int, seed: int) -> dict[st
         protocol_d = max(1000, 10 ** (len(str(protocol_d)) - 2))
     _progress(f"n={n} d={d:.0e}: whole protocol at d={protocol_d:.0e}")
     inputs = {p: rng.integers(0, 1 << 22, protocol_d, dtype=np.uint32) for p in names}
-    t0 = time.perf_counter()
-    plain, _ = DirectMaskedSum().sum(inputs, 32)
-    plain_sum_s = time.perf_counter() - t0
+    with timed() as plain_sum:
+        plain, _ = DirectMaskedSum().sum(inputs, 32)
     unmaskers = names if n <= 16 else [rep]
-    t0 = time.perf_counter()
-    run = run_cohort(
-        SecAggConfig("bench", 1, protocol_d),
-        inputs,
-        copy_inputs=False,
-        probe=rep,
-        compute_results=(),
-    )
-    unmask_times = []
-    for p in unmaskers:
-        t1 = time.perf_counter()
-        result = run.peers[p].result()
-        unmask_times.append(time.perf_counter() - t1)
-        if not np.array_equal(result, plain):
-            raise IntegrityError(
-                f"secagg bench: the unmasked sum at {p} differs from the plain sum"
-            )
-    protocol_s = time.perf_counter() - t0
+    with timed() as protocol:
+        run = run_cohort(
+            SecAggConfig("bench", 1, protocol_d),
+            inputs,
+            copy_inputs=False,
+            probe=rep,
+            compute_results=(),
+        )
+        unmask_times = []
+        for p in unmaskers:
+            with timed() as unmask:
+                result = run.peers[p].result()
+            unmask_times.append(unmask.wall)
+            if not np.array_equal(result, plain):
+                raise IntegrityError(
+                    f"secagg bench: the unmasked sum at {p} differs from the plain sum"
+                )
+    protocol_s, plain_sum_s = protocol.wall, plain_sum.wall
     if run.survivors != set(names):
         raise IntegrityError(f"secagg bench: only {len(run.survivors)} of {n} peers finished")
     message_bytes = max(run.bytes_sent.values())

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from typing import Any
 
+from p2pfed.bench._timing import best_of
 from p2pfed.output import print_json
 
 NAME = "sim"
@@ -61,9 +62,7 @@ def measure_case(
     n: int, rounds: int, loop_rounds: int, run_loop: bool, repeats: int = 3
 ) -> dict[str, Any]:
     """Time one N in this process (meant to run in a fresh subprocess)."""
-    import math
     import resource
-    import time
 
     import torch
 
@@ -95,14 +94,13 @@ def measure_case(
         sim.step(t)
     # Best of `repeats` timings for both sides: the machine is shared, and the minimum is
     # the least disturbed estimate of each implementation's own cost.
-    vector_s = math.inf
-    t = warmup
-    for _ in range(repeats):
-        started = time.perf_counter()
+    clock = iter(range(warmup, warmup + rounds * repeats))  # each timing plays new rounds
+
+    def play() -> None:
         for _ in range(rounds):
-            sim.step(t)
-            t += 1
-        vector_s = min(vector_s, time.perf_counter() - started)
+            sim.step(next(clock))
+
+    vector_s = best_of(repeats, play).seconds
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     loop_rate: float | None = None
     if run_loop:
@@ -110,12 +108,13 @@ def measure_case(
         gen = torch.Generator().manual_seed(0)
         theta = sim.theta[0].clone()
         theta = loop_round(theta, sim.x_train, sim.y_train, peers, 2, 16, 0.1, gen)  # warm-up
-        loop_s = math.inf
-        for _ in range(repeats):
-            started = time.perf_counter()
+
+        def loop() -> None:
+            nonlocal theta
             for _ in range(loop_rounds):
                 theta = loop_round(theta, sim.x_train, sim.y_train, peers, 2, 16, 0.1, gen)
-            loop_s = min(loop_s, time.perf_counter() - started)
+
+        loop_s = best_of(repeats, loop).seconds
         loop_rate = n * loop_rounds / loop_s
     return {
         "n": n,

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfed.bench._timing import timed
 from p2pfed.output import print_json
 
 NAME = "transport"
@@ -212,13 +213,12 @@ async def _send(kind: str, ready: dict[str, Any], payload: bytes, streams: int) 
         if kind == "tcp":
             sock = await trio.open_tcp_stream("127.0.0.1", ready["port"])
             async with sock:
-                start, cpu_start = time.perf_counter(), time.process_time()
-                await sock.send_all(_LENGTH.pack(len(payload)))
-                view = memoryview(payload)
-                for offset in range(0, len(view), CHUNK):
-                    await sock.send_all(view[offset : offset + CHUNK])
-                ack = await sock.receive_some(1)
-                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                with timed() as clock:
+                    await sock.send_all(_LENGTH.pack(len(payload)))
+                    view = memoryview(payload)
+                    for offset in range(0, len(view), CHUNK):
+                        await sock.send_all(view[offset : offset + CHUNK])
+                    ack = await sock.receive_some(1)
             connect_ms = warm_connect_ms = 0.0
         else:
             from p2pfed.transport.libp2p import Libp2pTransport
@@ -233,26 +233,25 @@ async def _send(kind: str, ready: dict[str, Any], payload: bytes, streams: int) 
             async with transport:
                 connects = []
                 for _ in range(1 + WARM_CONNECTS):
-                    t0 = time.perf_counter()
-                    probe = await transport.open_stream(receiver, PING_PROTOCOL)
-                    connects.append((time.perf_counter() - t0) * 1000)
+                    with timed() as connect:
+                        probe = await transport.open_stream(receiver, PING_PROTOCOL)
+                    connects.append(connect.wall * 1000)
                     await probe.aclose()
                     await transport.disconnect(receiver)
                 connect_ms, warm_connect_ms = connects[0], statistics.median(connects[1:])
                 lanes = [await transport.open_stream(receiver, PROTOCOL) for _ in range(streams)]
-                start, cpu_start = time.perf_counter(), time.process_time()
-                await send_striped(lanes, payload)
-                ack = await lanes[0].receive_some(1)
-                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                with timed() as clock:
+                    await send_striped(lanes, payload)
+                    ack = await lanes[0].receive_some(1)
                 for lane in lanes:
                     await lane.aclose()
     if ack != b"\x01":
         raise RuntimeError(f"{kind} receiver answered {ack!r} instead of its acknowledgement")
     return {
-        "mb_s": len(payload) / elapsed / 1e6,
+        "mb_s": len(payload) / clock.wall / 1e6,
         "connect_ms": connect_ms,
         "warm_connect_ms": warm_connect_ms,
-        "cpu_s": cpu,
+        "cpu_s": clock.cpu,
     }
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfed.bench._timing import best_of
 from p2pfed.output import print_json
 
 NAME = "wire"
@@ -51,12 +51,8 @@ def _sizes(text: str) -> list[int]:
 
 
 def _best(repeat: int, nbytes: int, case: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        case()
-        best = min(best, time.perf_counter() - start)
-    return round(nbytes / best / 1e6, 1)
+    """MB/s of the fastest of ``repeat`` calls of ``case`` over ``nbytes`` bytes."""
+    return round(nbytes / best_of(repeat, case).seconds / 1e6, 1)
 
 
 def _exchange(array: Any) -> None:

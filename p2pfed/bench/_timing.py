@@ -1,0 +1,59 @@
+"""The one benchmark clock: best-of-N wall time, and a timer that records wall and CPU.
+
+Theory of operation: on a shared machine the fastest of several runs is the least disturbed
+estimate of a piece of code's own cost, so every benchmark keeps the minimum (``best_of``).
+``timed`` measures one block: wall seconds by ``time.perf_counter`` and this process's CPU
+seconds by ``time.process_time``, both read when the block ends, even if it raises. The
+leading underscore keeps this module out of the ``p2pfed bench`` sub-commands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+
+from p2pfed.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Timer:
+    """What ``timed`` measured: wall and CPU seconds of the block (0 until it ends)."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+@contextmanager
+def timed() -> Iterator[Timer]:
+    """A ``Timer`` for the block it wraps; its wall and CPU seconds are set when it ends."""
+    timer = Timer()
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield timer
+    finally:
+        timer.wall = time.perf_counter() - wall
+        timer.cpu = time.process_time() - cpu
+
+
+class Best(NamedTuple, Generic[T]):
+    """The fastest wall seconds of ``best_of``'s calls, and the last call's value."""
+
+    seconds: float
+    value: T
+
+
+def best_of(repeats: int, case: Callable[[], T]) -> Best[T]:
+    """Call ``case`` ``repeats`` times; its fastest wall time and its last value."""
+    if repeats < 1:
+        raise ConfigError(f"a benchmark needs at least one repeat, got {repeats}")
+    best = float("inf")
+    for _ in range(repeats):
+        with timed() as t:
+            value = case()
+        best = min(best, t.wall)
+    return Best(best, value)
