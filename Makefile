@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.p2pfed-installed
 
-.PHONY: demo test lint typecheck unit setup mutants
+.PHONY: demo test lint imports typecheck unit setup mutants
 
 setup: $(STAMP)
 
@@ -22,13 +22,17 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The layer contracts of pyproject.toml ([tool.importlinter]; docs/architecture.md).
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck unit
+test: lint imports typecheck unit
 
 # Delete each registered protection in a scratch copy and check that its tests fail
 # (tests/mutants/*.toml; see tests/mutation.py). Not part of `make test`: it runs the
