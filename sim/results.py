@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import topologies
 from sim.scenario import Scenario
 
 
@@ -107,8 +108,6 @@ def theoretical_rho(scenario: Scenario, topology: Any | None, model_size: int) -
         return 1.0
     if scenario.n > RHO_MAX_N:
         return math.nan
-    import topologies
-
     return float(topologies.analyze(topology, model_bytes=model_size * 4).rho)
 
 

@@ -29,8 +29,11 @@ import sys
 import time
 from typing import Any
 
+from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
 
+# torch, trio, libp2p and the modules that load them are imported inside functions: every
+# benchmark module is imported when `p2pfed --help` builds its parser.
 NAME = "allreduce"
 _START_DELAY = 0.5  # seconds between handing out a timed task and its common start instant
 HELP = "Ring all-reduce between peer processes over libp2p vs the bandwidth bound (JSON)."
@@ -71,7 +74,6 @@ def _progress(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case and print one JSON document."""
-    from p2pfed.errors import BrokenError, ConfigError
     from p2pfed.testing.process import ProcessGroup
 
     if not 1 <= args.chunk_kb <= 8192:

@@ -39,9 +39,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from p2pfed.bench._timing import timed
+from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
 from p2pfed.secagg.params import guaranteed_contributors
+from sim.scenario import scenario_from_dict
 
+# torch, trio, libp2p and the modules that load them are imported inside functions: every
+# benchmark module is imported when `p2pfed --help` builds its parser.
 NAME = "ddp"
 HELP = "Accuracy: no DP vs central Gaussian vs distributed discrete Gaussian at one ε (JSON)."
 
@@ -74,8 +78,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _scenario(task: str, rounds: int, seed: int) -> Any:
-    from sim.scenario import scenario_from_dict
-
     if task == "demo":  # p2pfed demo: 4 hospitals, Dirichlet α = 0.5, lr 0.5, batch 16
         raw: dict[str, Any] = {
             "n": 4,
@@ -91,8 +93,6 @@ def _scenario(task: str, rounds: int, seed: int) -> Any:
             "training": {"lr": 0.5, "local_steps": 2, "batch_size": 16},
         }
     else:
-        from p2pfed.errors import ConfigError
-
         raise ConfigError(f"unknown bench ddp task {task!r}; use demo or sim")
     raw |= {"name": f"ddp-{task}", "seed": seed, "dtype": "float64"}
     raw |= {"data": {"name": "breast_cancer"}, "model": {"name": "logreg"}}

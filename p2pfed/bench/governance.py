@@ -14,9 +14,20 @@ Nothing is asserted; the load average is reported because the machine is shared.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from nacl.signing import SigningKey, VerifyKey
 
 from p2pfed.bench._timing import best_of
+from p2pfed.errors import ConfigError
+from p2pfed.governance.audit import AuditLog, verify_log
+from p2pfed.governance.models import model_hash
+from p2pfed.identity import Identity
 from p2pfed.output import print_json
 
 NAME = "governance"
@@ -35,19 +46,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Time every case and print one JSON document."""
-    import hashlib
-    import json
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-    from nacl.signing import SigningKey, VerifyKey
-
-    from p2pfed.errors import ConfigError
-    from p2pfed.governance.audit import AuditLog, verify_log
-    from p2pfed.governance.models import model_hash
-    from p2pfed.identity import Identity
-
     if args.entries < 1 or args.model_mb < 1 or args.repeat < 1:
         raise ConfigError("--entries, --model-mb and --repeat must be positive")
     if not Path(args.dir).is_dir():

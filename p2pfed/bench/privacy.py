@@ -18,8 +18,11 @@ from functools import partial
 from typing import Any
 
 from p2pfed.bench._timing import best_of
+from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
 
+# torch, trio, libp2p and the modules that load them are imported inside functions: every
+# benchmark module is imported when `p2pfed --help` builds its parser.
 NAME = "privacy"
 HELP = "Time to ε after 10^4 and 10^5 steps for the RDP and PLD accountants (JSON)."
 
@@ -44,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from dp_accounting.pld import pld_privacy_accountant
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    from p2pfed.errors import ConfigError
     from p2pfed.privacy import make_accountant
     from p2pfed.privacy.accountants import _subsampled_gaussian_pld
     from p2pfed.privacy.rdp import DEFAULT_ORDERS, _rdp_vector_cached

@@ -39,8 +39,24 @@ import argparse
 import os
 from typing import Any
 
+import numpy as np
+
 from p2pfed.bench._timing import timed
+from p2pfed.errors import ConfigError, IntegrityError
 from p2pfed.output import print_json
+from p2pfed.secagg.harness import run_cohort
+from p2pfed.secagg.params import SecAggConfig, plan_cohort
+from p2pfed.secagg.primitives import (
+    AgreementKeyPair,
+    MaskExpander,
+    agree,
+    keystream_rate,
+    keystream_seconds,
+    mask_vector,
+    pair_mask_key,
+    self_mask_key,
+)
+from p2pfed.secagg.summation import DirectMaskedSum
 
 NAME = "secagg"
 HELP = "Benchmark secure aggregation: masking vs ChaCha20 speed, protocol, bytes, memory."
@@ -71,8 +87,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print one JSON document."""
-    from p2pfed.errors import ConfigError
-
     ns = tuple(args.n or (QUICK_N if args.quick else FULL_N))
     ds = tuple(args.d or (QUICK_D if args.quick else FULL_D))
     if any(n < 3 for n in ns):
@@ -92,8 +106,6 @@ def _progress(message: str) -> None:
 
 
 def _keystream_gb_s(repeats: int) -> float:
-    from p2pfed.secagg.primitives import keystream_rate
-
     return max(keystream_rate(0.25) for _ in range(repeats)) / 1e9
 
 
@@ -122,22 +134,6 @@ def bench(
 
 
 def _case(n: int, d: int, budget_bytes: int, repeats: int, seed: int) -> dict[str, Any]:
-    import numpy as np
-
-    from p2pfed.errors import IntegrityError
-    from p2pfed.secagg.harness import run_cohort
-    from p2pfed.secagg.params import SecAggConfig, plan_cohort
-    from p2pfed.secagg.primitives import (
-        AgreementKeyPair,
-        MaskExpander,
-        agree,
-        keystream_seconds,
-        mask_vector,
-        pair_mask_key,
-        self_mask_key,
-    )
-    from p2pfed.secagg.summation import DirectMaskedSum
-
     names = [f"peer-{i:04d}" for i in range(n)]
     plan = plan_cohort(SecAggConfig("bench", 1, d), frozenset(names))
     rep = names[0]

@@ -25,8 +25,12 @@ import sys
 from typing import Any
 
 from p2pfed.bench._timing import best_of
+from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
+from sim.scenario import Scenario, with_overrides
 
+# torch, trio, libp2p and the modules that load them are imported inside functions: every
+# benchmark module is imported when `p2pfed --help` builds its parser.
 NAME = "sim"
 HELP = "Simulator peer-rounds/s for N in {64, 256, 1024} vs a per-peer Python loop, and peak RSS."
 
@@ -68,7 +72,6 @@ def measure_case(
 
     from sim.engine import Simulator
     from sim.reference import loop_round
-    from sim.scenario import Scenario, with_overrides
 
     torch.set_num_threads(1)
     warmup_rounds = 3
@@ -143,8 +146,6 @@ def _child(n: int, rounds: int, loop_rounds: int, run_loop: bool, repeats: int) 
 
 
 def _main(args: argparse.Namespace) -> int:
-    from p2pfed.errors import ConfigError
-
     if min(args.rounds, args.loop_rounds, args.repeats) < 1:
         raise ConfigError("--rounds, --loop-rounds and --repeats must be at least 1")
     cases = []

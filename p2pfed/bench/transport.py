@@ -35,8 +35,11 @@ from collections.abc import Callable
 from typing import Any
 
 from p2pfed.bench._timing import timed
+from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
 
+# torch, trio, libp2p and the modules that load them are imported inside functions: every
+# benchmark module is imported when `p2pfed --help` builds its parser.
 NAME = "transport"
 HELP = "Throughput of the libp2p transport (Noise+Yamux) vs plain trio TCP, separate processes."
 
@@ -73,8 +76,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def parse_sizes(text: str) -> list[int]:
     """``"1,16,64"`` → ``[1, 16, 64]``; raises ``ConfigError`` naming a bad entry."""
-    from p2pfed.errors import ConfigError
-
     sizes = []
     for part in text.split(","):
         part = part.strip()
@@ -86,8 +87,6 @@ def parse_sizes(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case and print the JSON document."""
-    from p2pfed.errors import ConfigError
-
     sizes = parse_sizes(args.sizes)
     if not 1 <= args.streams <= 64:
         raise ConfigError(f"--streams must be in 1..64, got {args.streams}")
@@ -152,8 +151,6 @@ def run_case(kind: str, size_mb: int, streams: int) -> dict[str, float]:
     """One measurement: a fresh receiver process, this process sends; returns figures."""
     import trio
 
-    from p2pfed.errors import BrokenError
-
     size = size_mb << 20
     # A fresh interpreter running only this module (not the CLI that started us), so its
     # peak RSS is the receiver's own: interpreter, py-libp2p, the payload buffer.
@@ -191,8 +188,6 @@ def run_case(kind: str, size_mb: int, streams: int) -> dict[str, float]:
 
 def _read_report(child: subprocess.Popen[str], timeout: float, late: str) -> dict[str, Any]:
     """The receiver's next JSON line; ``BrokenError`` if it is late, failed or exited."""
-    from p2pfed.errors import BrokenError
-
     assert child.stdout is not None
     readable, _, _ = select.select([child.stdout], [], [], timeout)
     if not readable:

@@ -18,9 +18,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from p2pfed.bench._timing import best_of
+from p2pfed.errors import ConfigError, DataError
 from p2pfed.output import print_json
 
+# torch, trio, libp2p and the modules that load them are imported inside functions: every
+# benchmark module is imported when `p2pfed --help` builds its parser.
 NAME = "wire"
 HELP = "Throughput of the wire codec (tensor encode/decode, frame decoder, chunked exchange)."
 
@@ -40,8 +45,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _sizes(text: str) -> list[int]:
-    from p2pfed.errors import ConfigError
-
     sizes = []
     for part in text.split(","):
         if not part.strip().isdigit() or int(part) < 1:
@@ -56,7 +59,6 @@ def _best(repeat: int, nbytes: int, case: Callable[[], object]) -> float:
 
 
 def _exchange(array: Any) -> None:
-    import numpy as np
     import trio
     import trio.testing
 
@@ -79,14 +81,10 @@ def _exchange(array: Any) -> None:
 
     trio.run(main)
     if not (received and np.array_equal(received[0], array)):
-        from p2pfed.errors import DataError
-
         raise DataError("the tensor did not arrive intact; the benchmark is void")
 
 
 def _case(size_mb: int, repeat: int) -> dict[str, float]:
-    import numpy as np
-
     from p2pfed.wire import (
         Frame,
         FrameDecoder,
@@ -122,8 +120,6 @@ def _case(size_mb: int, repeat: int) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case for every size and print the JSON document."""
-    from p2pfed.errors import ConfigError
-
     if args.repeat < 1:
         raise ConfigError(f"--repeat must be at least 1, not {args.repeat}")
     cases = [_case(size_mb, args.repeat) for size_mb in _sizes(args.sizes)]
