@@ -24,13 +24,18 @@ reported with the figures, as the machine is shared. Nothing here asserts a time
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
+
+if TYPE_CHECKING:  # the harness loads libp2p: imported by run() only
+    from p2pfed.testing.process import ProcessGroup
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
@@ -84,93 +89,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--peers must lie in 2..32, got {args.peers}")
     cases: list[dict[str, Any]] = []
     load_before = _load()
-    round_number = 1
+    rounds = itertools.count(2)  # every timed task runs a round of its own, never reused
     for n in args.peers:
         _progress(f"starting {n} peer processes")
         with ProcessGroup(n, tag=f"bench-{n}", start_timeout=120) as group:
             for mb in args.mb:
-                m_bytes = mb * 1_000_000
-                words = m_bytes // 4
-                ideal = 2 * (n - 1) / n * words * 4
-                round_number += 1
-                order_round = round_number
-                # Connect along this case's ring first, so no timing includes a dial.
-                group.run(
-                    {"kind": "bandwidth", "bytes": 1 << 16, "order_round": order_round},
-                    timeout=120,
-                )
-                bound = time_best = float("inf")
-                bytes_sent = 0
-                # Probe and all-reduce alternate, so both see the same (shared) machine.
-                for _ in range(args.repeats):
-                    _progress(f"n={n} M={mb} MB: link probe")
-                    probe = group.run(
-                        {
-                            "kind": "bandwidth",
-                            "bytes": int(ideal),
-                            "order_round": order_round,
-                            "start_at": time.monotonic() + _START_DELAY,
-                        },
-                        timeout=600,
-                    )
-                    if any(r is None for r in probe):
-                        raise BrokenError(f"a peer died during the link probe at n={n}")
-                    bound = min(bound, max(float(r["seconds"]) for r in probe if r))
-                    _progress(f"n={n} M={mb} MB: ring all-reduce")
-                    task = {
-                        "kind": "ring",
-                        "round": order_round,
-                        "words": words,
-                        "dtype": "float32",
-                        "seed": round_number,
-                        "chunk_bytes": args.chunk_kb * 1024,
-                    }
-                    group.run({"kind": "prepare", "task": task}, timeout=600)
-                    results = group.run(
-                        task | {"start_at": time.monotonic() + _START_DELAY}, timeout=600
-                    )
-                    if any(r is None for r in results):
-                        raise BrokenError(f"a peer died during the all-reduce at n={n}")
-                    time_best = min(time_best, max(float(r["time_s"]) for r in results if r))
-                    bytes_sent = max(
-                        int(r["payload_sent"]) + int(r["framing_sent"]) for r in results if r
-                    )
-                    # A round runs once: the next repeat uses the next round (and its ring).
-                    round_number += 1
-                    order_round = round_number
-                    group.run(
-                        {"kind": "bandwidth", "bytes": 1 << 16, "order_round": order_round},
-                        timeout=120,
-                    )
-                cases.append(_case(n, mb, False, time_best, bound, bytes_sent, ideal))
+                ring, bound = _ring_case(group, n, mb, args, rounds)
+                cases.append(ring)
                 if args.secure:
-                    secure_best = float("inf")
-                    secure_bytes = 0
-                    for _ in range(args.repeats):
-                        _progress(f"n={n} M={mb} MB: secure round")
-                        round_number += 1
-                        task = {
-                            "kind": "secure",
-                            "round": round_number,
-                            "words": words,
-                            "dtype": "uint32",
-                            "seed": round_number,
-                        }
-                        group.run({"kind": "prepare", "task": task}, timeout=600)
-                        results = group.run(
-                            task | {"start_at": time.monotonic() + _START_DELAY}, timeout=600
-                        )
-                        if any(
-                            r is None or not r["ok"] or len(r["survivors"]) != n for r in results
-                        ):
-                            raise BrokenError(
-                                f"a secure round failed or lost a peer at n={n}, M={mb} MB"
-                            )
-                        secure_best = min(
-                            secure_best, max(float(r["time_s"]) for r in results if r)
-                        )
-                        secure_bytes = max(int(r["bytes_sent"] or 0) for r in results if r)
-                    cases.append(_case(n, mb, True, secure_best, bound, secure_bytes, ideal))
+                    cases.append(_secure_case(group, n, mb, args.repeats, rounds, bound))
     print_json(
         {
             "bench": "allreduce",
@@ -183,6 +110,79 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _timed_run(group: ProcessGroup, task: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """Run ``task`` on every peer from one common start instant."""
+    return group.run(task | {"start_at": time.monotonic() + _START_DELAY}, timeout=600)
+
+
+def _ring_case(
+    group: ProcessGroup, n: int, mb: int, args: argparse.Namespace, rounds: Iterator[int]
+) -> tuple[dict[str, Any], float]:
+    """The plain ring all-reduce of ``mb`` MB among ``n`` peers, and its bandwidth bound."""
+    words = mb * 1_000_000 // 4
+    ideal = 2 * (n - 1) / n * words * 4
+    order_round = next(rounds)
+    # Connect along this case's ring first, so no timing includes a dial.
+    group.run({"kind": "bandwidth", "bytes": 1 << 16, "order_round": order_round}, timeout=120)
+    bound = time_best = float("inf")
+    bytes_sent = 0
+    # Probe and all-reduce alternate, so both see the same (shared) machine.
+    for _ in range(args.repeats):
+        _progress(f"n={n} M={mb} MB: link probe")
+        probe = _timed_run(
+            group, {"kind": "bandwidth", "bytes": int(ideal), "order_round": order_round}
+        )
+        if any(r is None for r in probe):
+            raise BrokenError(f"a peer died during the link probe at n={n}")
+        bound = min(bound, max(float(r["seconds"]) for r in probe if r))
+        _progress(f"n={n} M={mb} MB: ring all-reduce")
+        task = {
+            "kind": "ring",
+            "round": order_round,
+            "words": words,
+            "dtype": "float32",
+            "seed": order_round,
+            "chunk_bytes": args.chunk_kb * 1024,
+        }
+        group.run({"kind": "prepare", "task": task}, timeout=600)
+        results = _timed_run(group, task)
+        if any(r is None for r in results):
+            raise BrokenError(f"a peer died during the all-reduce at n={n}")
+        time_best = min(time_best, max(float(r["time_s"]) for r in results if r))
+        bytes_sent = max(int(r["payload_sent"]) + int(r["framing_sent"]) for r in results if r)
+        # A round runs once: the next repeat uses the next round (and its ring).
+        order_round = next(rounds)
+        group.run({"kind": "bandwidth", "bytes": 1 << 16, "order_round": order_round}, timeout=120)
+    return _case(n, mb, False, time_best, bound, bytes_sent, ideal), bound
+
+
+def _secure_case(
+    group: ProcessGroup, n: int, mb: int, repeats: int, rounds: Iterator[int], bound: float
+) -> dict[str, Any]:
+    """A whole secure-aggregation round of ``mb`` MB among ``n`` peers, best of ``repeats``."""
+    words = mb * 1_000_000 // 4
+    ideal = 2 * (n - 1) / n * words * 4
+    secure_best = float("inf")
+    secure_bytes = 0
+    for _ in range(repeats):
+        _progress(f"n={n} M={mb} MB: secure round")
+        secure_round = next(rounds)
+        task = {
+            "kind": "secure",
+            "round": secure_round,
+            "words": words,
+            "dtype": "uint32",
+            "seed": secure_round,
+        }
+        group.run({"kind": "prepare", "task": task}, timeout=600)
+        results = _timed_run(group, task)
+        if any(r is None or not r["ok"] or len(r["survivors"]) != n for r in results):
+            raise BrokenError(f"a secure round failed or lost a peer at n={n}, M={mb} MB")
+        secure_best = min(secure_best, max(float(r["time_s"]) for r in results if r))
+        secure_bytes = max(int(r["bytes_sent"] or 0) for r in results if r)
+    return _case(n, mb, True, secure_best, bound, secure_bytes, ideal)
 
 
 def _case(

@@ -300,45 +300,56 @@ def _receiver_cli(argv: list[str]) -> int:
 
 async def _receive(kind: str, size: int, streams: int, report: Report) -> float:
     """Receive one payload; returns the CPU seconds spent from its first byte to the end."""
+    buffer = bytearray(size)
+    if kind == "tcp":
+        return await _receive_tcp(buffer, report)
+    return await _receive_libp2p(buffer, report)
+
+
+async def _receive_tcp(buffer: bytearray, report: Report) -> float:
     import trio
 
-    buffer = bytearray(size)
     done = trio.Event()
     cpu_start: list[float] = []
-    if kind == "tcp":
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
 
-        async def serve(sock: trio.SocketStream) -> None:
-            view = memoryview(buffer)
-            cpu_start.append(time.process_time())
-            header = b""
-            while len(header) < _LENGTH.size:
-                header += await sock.receive_some(_LENGTH.size - len(header))
-            (length,) = _LENGTH.unpack(header)
-            got = 0
-            while got < length:
-                chunk = await sock.receive_some(min(CHUNK, length - got))
-                if not chunk:
-                    raise RuntimeError(f"sender stopped after {got} of {length} bytes")
-                view[got : got + len(chunk)] = chunk
-                got += len(chunk)
-            await sock.send_all(b"\x01")
-            done.set()
+    async def serve(sock: trio.SocketStream) -> None:
+        view = memoryview(buffer)
+        cpu_start.append(time.process_time())
+        header = b""
+        while len(header) < _LENGTH.size:
+            header += await sock.receive_some(_LENGTH.size - len(header))
+        (length,) = _LENGTH.unpack(header)
+        got = 0
+        while got < length:
+            chunk = await sock.receive_some(min(CHUNK, length - got))
+            if not chunk:
+                raise RuntimeError(f"sender stopped after {got} of {length} bytes")
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        await sock.send_all(b"\x01")
+        done.set()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, serve, listeners)
-            report({"port": port})
-            with trio.fail_after(CASE_TIMEOUT_S):
-                await done.wait()
-            cpu_end = time.process_time()
-            nursery.cancel_scope.cancel()
-        return cpu_end - cpu_start[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, serve, listeners)
+        report({"port": port})
+        with trio.fail_after(CASE_TIMEOUT_S):
+            await done.wait()
+        cpu_end = time.process_time()
+        nursery.cancel_scope.cancel()
+    return cpu_end - cpu_start[0]
+
+
+async def _receive_libp2p(buffer: bytearray, report: Report) -> float:
+    import trio
 
     from p2pfed.transport.base import Stream
     from p2pfed.transport.libp2p import Libp2pTransport
     from p2pfed.transport.striping import StripedReceiver
 
+    done = trio.Event()
+    cpu_start: list[float] = []
     sender = Libp2pTransport(_seed("sender"), lambda _: True).local_peer
     collector = StripedReceiver(memoryview(buffer))
 
