@@ -24,6 +24,10 @@ from p2pfed import __version__
 from p2pfed.errors import P2PFedError
 from topologies.errors import TopologyError
 
+# Command modules import torch, trio, libp2p and the project modules that load them inside
+# their functions, on purpose: `p2pfed --help` imports every command module and must answer
+# at once. import-linter still sees these imports (grimp reads function-level imports).
+
 CommandFunc = Callable[[argparse.Namespace], int]
 
 
@@ -76,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serverless peer-to-peer federated learning for hospitals.",
     )
     parser.add_argument("--version", action="version", version=f"p2pfed {__version__}")
-    from p2pfed.cli import commands
+    from p2pfed.cli import commands  # here, not at the top: command modules import this one
 
     add_commands(add_group(parser), commands)
     return parser
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sentences(group: BaseExceptionGroup[BaseException]) -> list[str] | None:
     """Our errors' sentences inside ``group`` (once each), or None if anything else is in it."""
-    import trio
+    import trio  # only once a command has failed: start-up does not load trio
 
     found: list[str] = []
     leaves: list[BaseException] = [group]
