@@ -5,6 +5,8 @@ functions): one node per direct child of ``p2pfed`` (``p2pfed.__main__`` and the
 ``__init__``, which only holds ``__version__``, left out), plus ``sim`` and ``topologies``;
 an edge A --> B when any module of A imports any module of B. Edges into ``errors`` are not
 drawn (every package may raise our errors) and not compared.
+
+``python tests/test_architecture.py`` prints the edges as they are now, for the diagram.
 """
 
 from __future__ import annotations
@@ -110,3 +112,13 @@ def test_an_upward_import_breaks_the_layers(
     attacked = copy.deepcopy(graph)
     attacked.add_import(importer=importer, imported=imported)
     assert illegal(attacked), f"the layers contract let {importer} -> {imported} through"
+
+
+def main() -> None:
+    """Print the code's edges, in mermaid syntax, grouped by importer."""
+    for a, b in sorted(code_edges(grimp.build_graph(*ROOTS, cache_dir=None))):
+        print(f"  {a} --> {b}")
+
+
+if __name__ == "__main__":
+    main()
