@@ -10,14 +10,12 @@ from p2pfed.secagg.harness import run_cohort
 from p2pfed.secagg.params import SecAggConfig
 from p2pfed.secagg.primitives import (
     AgreementKeyPair,
-    Ed25519Signer,
     MaskExpander,
     agree,
     derive_key,
     pair_mask_key,
     self_mask_key,
     share_encryption_key,
-    verify_signature,
 )
 
 
@@ -96,17 +94,6 @@ def test_mask_refuses_bad_vectors():
         expander.apply(np.zeros(4, dtype=np.uint32), bytes(31), 1)
     with pytest.raises(ConfigError):
         expander.apply(np.zeros(4, dtype=np.uint32), bytes(32), 2)
-
-
-def test_signatures():
-    signer = Ed25519Signer(bytes(32))
-    sig = signer.sign(b"keys")
-    assert verify_signature(signer.public_key, b"keys", sig)
-    assert not verify_signature(signer.public_key, b"keyz", sig)
-    assert not verify_signature(signer.public_key, b"keys", sig[:-1] + bytes([sig[-1] ^ 1]))
-    assert not verify_signature(signer.public_key[:31], b"keys", sig)
-    with pytest.raises(ConfigError):
-        Ed25519Signer(bytes(31))
 
 
 def test_masked_vectors_are_indistinguishable_from_uniform():

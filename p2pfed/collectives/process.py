@@ -231,9 +231,9 @@ async def _child(tag: str, index: int) -> None:  # pragma: no cover - runs in su
         parsed: dict[str, Any] = json.loads(line)
         return parsed
 
-    from p2pfed.secagg.primitives import Ed25519Signer
+    from p2pfed.identity.keys import Identity
 
-    signer = Ed25519Signer(seed)
+    signer = Identity.from_seed(seed)
     async with transport:
         emit(
             {
