@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -197,12 +198,6 @@ class MaskExpander:
                 encryptor.update_into(source, out.data)
                 op(part, words[:count], out=part)
 
-    def keystream(self, key: bytes, words: int, bits: int) -> UIntVector:
-        """The first ``words`` mask words of ``key`` (for tests; allocates the result)."""
-        out = cast(UIntVector, np.zeros(words, dtype=ring_dtype(bits)))
-        self.apply(out, key, 1)
-        return out
-
 
 def mask_vector(
     vector: UIntVector,
@@ -222,8 +217,6 @@ def keystream_seconds(total_bytes: int, chunk_bytes: int = MASK_CHUNK_BYTES) -> 
 
     Same cipher, chunk size and reusable buffers as ``MaskExpander``; nothing is added.
     """
-    import time
-
     encryptor = keystream_cipher(bytes(range(32))).encryptor()
     zeros = np.zeros(chunk_bytes, dtype=np.uint8)
     out = np.empty(chunk_bytes + 64, dtype=np.uint8)
@@ -235,8 +228,6 @@ def keystream_seconds(total_bytes: int, chunk_bytes: int = MASK_CHUNK_BYTES) -> 
 
 def keystream_rate(seconds: float = 0.5, chunk_bytes: int = MASK_CHUNK_BYTES) -> float:
     """Measured raw ChaCha20 keystream rate in bytes per second on this machine."""
-    import time
-
     produced, elapsed = 0, 0.0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:

@@ -96,11 +96,6 @@ class SecAggSession:
         self._sum: tuple[UIntVector, frozenset[str]] | None = None
         self._sum_since = 0.0
 
-    @property
-    def held(self) -> int:
-        """How many early messages are held back now."""
-        return len(self._held)
-
     def next(self) -> Need:
         """What the session waits for now."""
         peer = self.peer
