@@ -84,6 +84,7 @@ class _Driver:
         self.changed = trio.Event()
 
     def act(self, actions: list[Action]) -> None:
+        """Send what the session says to send (each in its own task); log its refusals."""
         for action in actions:
             if isinstance(action, Send):
                 frame = SecAggData(self.round, action.data)
@@ -92,6 +93,7 @@ class _Driver:
                 log.info("secagg: refused a message from %s: %s", action.sender, action.error)
 
     async def pump(self, mailbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+        """Hand every secure-aggregation frame of this round to the session; wake ``run``."""
         async for sender, message in mailbox:
             if isinstance(message, SecAggData):
                 self.act(self.session.receive(sender, message.data, trio.current_time()))
@@ -99,6 +101,7 @@ class _Driver:
                 self.changed = trio.Event()
 
     async def run(self, words: UIntVector, summation: Summation) -> None:
+        """Start the round and give the session the sum and the clock until it finishes."""
         session = self.session
         self.act(session.start(words, trio.current_time()))
         while not isinstance(need := session.next(), Finished):
