@@ -28,6 +28,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import trio
+from secure_gossip_peers import run_peers, secure_service
 
 from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.gossip import MixingTopology
@@ -35,9 +36,8 @@ from p2pfed.collectives.gossip_driver import GossipConfig, GossipService, send_v
 from p2pfed.collectives.messages import Contributors, GossipValue
 from p2pfed.collectives.secure_gossip import MASKED_SUM_PROTOCOL, SecureGossipService
 from p2pfed.secagg import SecAggPeer, Stage
-from p2pfed.secagg.harness import make_identities, seeded_random_bytes
 from p2pfed.secagg.primitives import UIntVector
-from p2pfed.transport import MemoryNetwork
+from p2pfed.transport.base import Transport
 
 CONSORTIUM = "gossip-attack"
 PAYLOAD = 6
@@ -166,49 +166,35 @@ async def run_gossip(
     for t in range(rounds):
         for p in names:
             run.updates[(p, t)] = _update(names, rounds, p, t, rng)
-    signers, identities = make_identities(names)
-    net = MemoryNetwork()
-    built: set[str] = set()
-    ready = trio.Event()
 
-    async def peer(me: str) -> None:
-        async with net.open(me) as transport:
-            service: Any
-            if secure:
-                service = member(
-                    transport,
-                    CONSORTIUM,
-                    names,
-                    topology,
-                    identities,
-                    signers[me],
-                    stage_timeout=2.0,
-                    rng=np.random.default_rng(names.index(me)),
-                    random_bytes=seeded_random_bytes(seed, me),
-                    **options,
-                )
-            else:
-                service = TappedGossipService(
-                    transport, CONSORTIUM, names, topology, config=GossipConfig(deadline=2.0)
-                )
-            built.add(me)
-            if len(built) == n:
-                ready.set()
-            await ready.wait()
-            x = np.zeros(len(names) * rounds + PAYLOAD)
-            for t in range(rounds):
-                outcome = await service.sync_round(t, x + run.updates[(me, t)])
-                x = np.asarray(outcome.vector, dtype=np.float64)
-                run.outcomes[(me, t)] = x
-            if secure:
-                run.learned[me] = service.learned
-            else:
-                run.received[me] = service.tapped
-            await trio.sleep(5.0)
+    def build(me: str, transport: Transport) -> Any:
+        if secure:
+            return secure_service(
+                me,
+                transport,
+                names=names,
+                topology=topology,
+                consortium=CONSORTIUM,
+                seed=seed,
+                kind=member,
+                **options,
+            )
+        return TappedGossipService(
+            transport, CONSORTIUM, names, topology, config=GossipConfig(deadline=2.0)
+        )
 
-    async with trio.open_nursery() as nursery:
-        for p in names:
-            nursery.start_soon(peer, p)
+    async def rounds_of(me: str, service: Any) -> None:
+        x = np.zeros(len(names) * rounds + PAYLOAD)
+        for t in range(rounds):
+            outcome = await service.sync_round(t, x + run.updates[(me, t)])
+            x = np.asarray(outcome.vector, dtype=np.float64)
+            run.outcomes[(me, t)] = x
+        if secure:
+            run.learned[me] = service.learned
+        else:
+            run.received[me] = service.tapped
+
+    await run_peers(names, build, rounds_of)
     return run
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -7,10 +8,12 @@ import numpy.typing as npt
 import pytest
 import trio
 import trio.testing
+from secure_gossip_peers import run_peers, secure_service
 
 from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
 from p2pfed.collectives.agreement import AgreementTiming
 from p2pfed.collectives.secure import SecureOutcome, SecureRingRound
+from p2pfed.collectives.secure_gossip import SecureGossipService
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import DataError
 from p2pfed.secagg import Stage
@@ -154,43 +157,18 @@ async def run_secure_gossip(
     rounds: int,
     absent: frozenset[str] = frozenset(),
 ) -> dict[str, list[Any]]:
-    from p2pfed.collectives.secure_gossip import SecureGossipService
-
-    net = MemoryNetwork()
     names = list(vectors)
-    signers, identities = make_identities(names)
-    present = [p for p in names if p not in absent]
-    out: dict[str, list[Any]] = {p: [] for p in present}
-    ready = trio.Event()
-    built: set[str] = set()
+    out: dict[str, list[Any]] = {p: [] for p in names if p not in absent}
 
-    async def peer(me: str) -> None:
-        async with net.open(me) as transport:
-            service = SecureGossipService(
-                transport,
-                CONSORTIUM,
-                names,
-                topo,
-                identities,
-                signers[me],
-                stage_timeout=2.0,
-                rng=np.random.default_rng(names.index(me)),
-                random_bytes=seeded_random_bytes(3, me),
-            )
-            built.add(me)
-            if len(built) == len(present):
-                ready.set()
-            await ready.wait()
-            x = vectors[me]
-            for t in range(rounds):
-                outcome = await service.sync_round(t, x)
-                out[me].append(outcome)
-                x = outcome.vector
-            await trio.sleep(5.0)
+    async def rounds_of(me: str, service: SecureGossipService) -> None:
+        x = vectors[me]
+        for t in range(rounds):
+            outcome = await service.sync_round(t, x)
+            out[me].append(outcome)
+            x = outcome.vector
 
-    async with trio.open_nursery() as nursery:
-        for p in present:
-            nursery.start_soon(peer, p)
+    build = partial(secure_service, names=names, topology=topo, consortium=CONSORTIUM, seed=3)
+    await run_peers(names, build, rounds_of, present=out)
     return out
 
 
@@ -246,23 +224,3 @@ async def test_secure_gossip_forms_no_sum_below_the_floor(
         got = out[f"h{i}"][0]
         assert got.contributors == {f"h{i}"}
         np.testing.assert_array_equal(got.vector, vectors[f"h{i}"])
-
-
-async def test_secure_gossip_refuses_groups_of_two() -> None:
-    import topologies
-    from p2pfed.collectives.secure_gossip import SecureGossipService
-    from p2pfed.errors import ConfigError
-
-    names = [f"h{i}" for i in range(4)]
-    signers, identities = make_identities(names)
-    net = MemoryNetwork()
-    async with net.open("h0") as transport:
-        with pytest.raises(ConfigError, match="at least 3"):
-            SecureGossipService(
-                transport,
-                CONSORTIUM,
-                names,
-                topologies.build("one_peer_exponential", 4),
-                identities,
-                signers["h0"],
-            )

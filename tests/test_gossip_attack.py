@@ -30,14 +30,16 @@ from gossip_attack import (
 )
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from secure_gossip_peers import run_peers, secure_service
 
 import topologies
 from p2pfed.collectives.gossip import mixing_row_and_targets
 from p2pfed.collectives.secure_gossip import SecureGossipService, check_groups
 from p2pfed.errors import ConfigError
-from p2pfed.secagg.harness import make_identities, seeded_random_bytes
+from p2pfed.secagg.harness import make_identities
 from p2pfed.secagg.primitives import UIntVector
 from p2pfed.transport import MemoryNetwork
+from p2pfed.transport.base import Transport
 
 ROUNDS = 3
 # n = 4, 5 on the default exponential graph and a 4-ring: where the issue found every update.
@@ -142,37 +144,19 @@ async def test_a_lying_owner_cannot_unmask_a_sum_of_two(
     """On a 5-ring h1's group is {h0, h1, h2}; h1 claims h2 dropped to unmask h0's term."""
     topo = topologies.build("ring", 5)
     names = [f"h{i}" for i in range(5)]
-    signers, identities = make_identities(names)
-    net = MemoryNetwork()
     values = {p: np.full(4, 0.1 * (i + 1)) for i, p in enumerate(names)}
     outcomes: dict[str, Any] = {}
-    built: set[str] = set()
-    ready = trio.Event()
 
-    async def peer(me: str) -> None:
-        async with net.open(me) as transport:
-            kind = LyingOwner if me == "h1" else SecureGossipService
-            service = kind(
-                transport,
-                "lying-owner",
-                names,
-                topo,
-                identities,
-                signers[me],
-                stage_timeout=2.0,
-                rng=np.random.default_rng(names.index(me)),
-                random_bytes=seeded_random_bytes(5, me),
-            )
-            built.add(me)
-            if len(built) == len(names):
-                ready.set()
-            await ready.wait()
-            outcomes[me] = await service.sync_round(0, values[me])
-            await trio.sleep(5.0)
+    def build(me: str, transport: Transport) -> SecureGossipService:
+        kind = LyingOwner if me == "h1" else SecureGossipService
+        return secure_service(
+            me, transport, names=names, topology=topo, consortium="lying-owner", seed=5, kind=kind
+        )
 
-    async with trio.open_nursery() as nursery:
-        for p in names:
-            nursery.start_soon(peer, p)
+    async def one_round(me: str, service: SecureGossipService) -> None:
+        outcomes[me] = await service.sync_round(0, values[me])
+
+    await run_peers(names, build, one_round)
     liar = outcomes["h1"]
     # Nothing was revealed for {h0, h1}: the liar keeps its own value and learns no term.
     assert liar.contributors == {"h1"}

@@ -35,7 +35,7 @@ def test_a_revealed_self_mask_seed_leaves_the_input_hidden_by_pair_masks() -> No
     run = run_cohort(config, data, views=lambda peer, s: s, tamper=spy, random_seed=5)
     assert set(run.results) == set(NAMES)
     shares = dict(spy.shares[(VICTIM, ShareKind.SELF_SEED)])
-    shares[ATTACKER] = run.peers[ATTACKER]._held[VICTIM].seed_share
+    shares[ATTACKER] = run.peers[ATTACKER]._exchange.held[VICTIM].seed_share
     seed = rebuild(run, VICTIM, ShareKind.SELF_SEED, shares)
     assert seed is not None  # the attack had what the protocol hands out
     seen = run.masked[VICTIM].copy()
@@ -56,7 +56,7 @@ def test_a_rebuilt_pair_secret_leaves_a_late_input_hidden_by_its_self_mask() -> 
     run = run_cohort(config, data, views=lambda peer, s: told, tamper=spy, random_seed=6)
     assert set(run.results) == told  # the others' sum was unmasked without v
     shares = dict(spy.shares[(VICTIM, ShareKind.PAIR_SECRET)])
-    shares[ATTACKER] = run.peers[ATTACKER]._held[VICTIM].mask_share
+    shares[ATTACKER] = run.peers[ATTACKER]._exchange.held[VICTIM].mask_share
     secret = rebuild(run, VICTIM, ShareKind.PAIR_SECRET, shares)
     assert secret is not None
     attacker = run.peers[ATTACKER]
@@ -64,7 +64,11 @@ def test_a_rebuilt_pair_secret_leaves_a_late_input_hidden_by_its_self_mask() -> 
     removals = []
     for other in sorted(run.peers[VICTIM].mask_set):
         key = pair_mask_key(
-            agree(secret, attacker._adverts[other].mask_public), "attacks", 3, VICTIM, other
+            agree(secret, attacker._exchange.adverts[other].mask_public),
+            "attacks",
+            3,
+            VICTIM,
+            other,
         )
         removals.append((key, -attacker.plan.sign(VICTIM, other)))
     MaskExpander().apply_many(seen, removals)

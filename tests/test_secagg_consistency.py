@@ -59,7 +59,7 @@ def rebuild(run: CohortRun, dealer: str, kind: ShareKind, shares: dict[str, byte
         secret = shamir.combine({peer.plan.x(h): s for h, s in shares.items()})
     except DataError:
         return None
-    advert = peer._adverts[dealer]
+    advert = peer._exchange.adverts[dealer]
     if kind is ShareKind.SELF_SEED:
         ok = commitment(secret, peer.config.consortium, peer.config.round, dealer) == (
             advert.seed_commitment
@@ -72,7 +72,7 @@ def rebuild(run: CohortRun, dealer: str, kind: ShareKind, shares: dict[str, byte
 def attacker_unmasks(run: CohortRun, spy: Eavesdrop) -> UIntVector | None:
     """What the attacker computes as ``v``'s input from everything it holds, if anything."""
     me = run.peers[ATTACKER]
-    own = me._held[VICTIM]
+    own = me._exchange.held[VICTIM]
     secrets = {}
     mine_by_kind = {ShareKind.SELF_SEED: own.seed_share, ShareKind.PAIR_SECRET: own.mask_share}
     for kind, mine in mine_by_kind.items():
@@ -85,7 +85,7 @@ def attacker_unmasks(run: CohortRun, spy: Eavesdrop) -> UIntVector | None:
     x = run.masked[VICTIM].copy()
     removals = [(self_mask_key(secrets[ShareKind.SELF_SEED], c, r, VICTIM), -1)]
     for other in sorted(run.peers[VICTIM].mask_set):
-        secret = agree(secrets[ShareKind.PAIR_SECRET], me._adverts[other].mask_public)
+        secret = agree(secrets[ShareKind.PAIR_SECRET], me._exchange.adverts[other].mask_public)
         removals.append((pair_mask_key(secret, c, r, VICTIM, other), -me.plan.sign(VICTIM, other)))
     MaskExpander().apply_many(x, removals)
     return x
@@ -118,7 +118,7 @@ def test_the_attack_helper_unmasks_when_given_both_secrets() -> None:
     assert set(run.results) == set(FIVE)
     for kind in ShareKind:
         for holder, peer in run.peers.items():
-            held = peer._held[VICTIM]
+            held = peer._exchange.held[VICTIM]
             spy.shares.setdefault((VICTIM, kind), {})[holder] = (
                 held.seed_share if kind is ShareKind.SELF_SEED else held.mask_share
             )
@@ -164,7 +164,7 @@ def test_a_peer_signing_two_survivor_sets_is_named() -> None:
     from p2pfed.secagg.consistency import survivor_set_signed_bytes
     from p2pfed.secagg.harness import make_identities
     from p2pfed.secagg.messages import encode
-    from p2pfed.secagg.protocol import survivors_digest
+    from p2pfed.secagg.recovery import survivors_digest
 
     names = ["a", "b", "c", "d", "v"]
     signers, _ = make_identities(names)

@@ -180,7 +180,7 @@ def test_a_sum_of_two_is_never_unmasked():
         assert code is ReasonCode.DROPPED and "min_contributors 3" in reason
     assert MessageKind.REVEAL not in kinds_sent
     # No secret was rebuilt anywhere, so the other's input stays under its masks.
-    assert not any(peer._recovered for peer in run.peers.values())
+    assert not any(peer._recovery and peer._recovery.recovered for peer in run.peers.values())
 
 
 def test_floors_below_the_collusion_bound_are_refused_before_a_round():

@@ -7,7 +7,8 @@ from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.secagg.harness import make_identities, run_cohort
 from p2pfed.secagg.messages import MessageKind, ShareKind
 from p2pfed.secagg.params import SecAggConfig, default_degree, plan_cohort
-from p2pfed.secagg.protocol import SecAggPeer, plan_reveal
+from p2pfed.secagg.protocol import SecAggPeer
+from p2pfed.secagg.recovery import plan_reveal
 from p2pfed.secagg.state import TRANSITIONS, Event, Stage, mermaid, next_stage
 
 
@@ -208,15 +209,15 @@ def test_no_coalition_below_threshold_rebuilds_a_peers_secrets():
     assert t == 4
     for size in range(1, n):
         for coalition in itertools.combinations(names(n)[1:], size):
-            held = {dealer.plan.x(p): run.peers[p]._held[dealer.me] for p in coalition}
+            held = {dealer.plan.x(p): run.peers[p]._exchange.held[dealer.me] for p in coalition}
             try:
                 seed = shamir.combine({x: h.seed_share for x, h in held.items()})
                 mask = shamir.combine({x: h.mask_share for x, h in held.items()})
             except DataError:  # an interpolated value ≥ 2^256 is no secret at all
                 assert size < t
                 continue
-            rebuilt = seed == dealer._seed or (
-                AgreementKeyPair.from_secret(mask).public == dealer._mask.public
+            rebuilt = seed == dealer._exchange.keys.seed or (
+                AgreementKeyPair.from_secret(mask).public == dealer._exchange.keys.mask.public
             )
             assert rebuilt == (size >= t)
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from p2pfed.errors import ReasonCode, RemoteProtocolError
+from p2pfed.identity.keys import Identity
 from p2pfed.secagg.harness import make_identities, run_cohort
 from p2pfed.secagg.messages import (
     AdvertiseKeys,
@@ -14,7 +15,6 @@ from p2pfed.secagg.messages import (
     encode,
 )
 from p2pfed.secagg.params import SecAggConfig
-from p2pfed.secagg.primitives import Ed25519Signer
 from p2pfed.secagg.protocol import SecAggPeer
 from p2pfed.secagg.state import Stage
 
@@ -75,7 +75,7 @@ def test_substituted_keys_fail_the_identity_signature():
     assert reason_of(lambda: a.receive("b", forged)) is ReasonCode.BAD_SIGNATURE
     assert a.excluded == {"b": ReasonCode.BAD_SIGNATURE}
     # a key signed by someone else's identity is refused just the same
-    mallory = Ed25519Signer(bytes([7]) * 32)
+    mallory = Identity.from_seed(bytes([7]) * 32)
     resigned = dataclasses.replace(ads["c"], signature=mallory.sign(b"whatever"))
     assert reason_of(lambda: a.receive("c", resigned)) is ReasonCode.BAD_SIGNATURE
 

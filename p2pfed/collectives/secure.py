@@ -2,9 +2,10 @@
 
 Theory of operation: ``p2pfed.secagg.SecAggPeer`` is a sans-I/O state machine whose only
 step it cannot take alone is "sum these masked uint vectors mod 2^k and say whose are in the
-sum". ``SecureRingRound`` drives it over the transport: its messages (key advertisements,
-sealed shares, receipts, input commitments, reveals) travel as ``SecAggData`` frames on their
-own control protocol, each stage waits for what it needs or for its stage timeout, and once
+sum". ``drive_secagg`` runs it through a ``SecAggSession`` (which decodes, holds back early
+messages, keeps the stage deadlines and waits for commitments) and only moves bytes and
+time: its messages (key advertisements, sealed shares, receipts, input commitments, reveals)
+travel as ``SecAggData`` frames on their own control protocol. In ``SecureRingRound``, once
 the peer holds its masked vector the summation step is ``RingRound.all_reduce``: round
 agreement plus ring all-reduce over the uint words, retried without peers that fail. The
 committed cohort of the ring is exactly the contributor set S handed to
@@ -32,18 +33,16 @@ from p2pfed.collectives.faults import Exclusion, FaultPlan
 from p2pfed.collectives.messages import Message, SecAggData
 from p2pfed.collectives.ring_driver import RingConfig
 from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
-from p2pfed.errors import DataError, LocalProtocolError, RemoteProtocolError
+from p2pfed.errors import DataError, LocalProtocolError
+from p2pfed.identity.keys import Signer
 from p2pfed.secagg import SecAggConfig, SecAggPeer, Stage
-from p2pfed.secagg.messages import InputCommit, decode, encode
-from p2pfed.secagg.primitives import RandomBytes, Signer, UIntVector, ring_dtype
-from p2pfed.secagg.protocol import Outgoing
+from p2pfed.secagg.primitives import RandomBytes, UIntVector, ring_dtype
+from p2pfed.secagg.session import Action, Finished, NeedSum, SecAggSession, Send
 from p2pfed.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
 SECAGG_PROTOCOL = "/p2pfed/secagg/1.0.0"
-_MAX_HELD = 4096  # early messages held back per round (a few per peer and stage)
-_PRE_SUM = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.RECEIPTS)
 
 
 Summation = Callable[[UIntVector], Awaitable[tuple[UIntVector, frozenset[str]] | None]]
@@ -62,88 +61,56 @@ async def drive_secagg(
     """Run ``peer`` on ``words`` to its end: messages over ``channel``, sum by ``summation``.
 
     ``round`` is the frame round its messages travel under (their mailbox is ``mailbox``).
-    Each pre-sum stage and the unmasking wait for what they need or ``stage_timeout``.
+    Each stage waits for what it needs or ``stage_timeout`` (see ``SecAggSession``).
     """
-    progressed = trio.Event()
-    # Who has committed its mask set: the sum can only be taken once every contributor's
-    # commitment is in, and commitments travel apart from (and may trail) the vectors.
-    committed: set[str] = {peer.me}
-
-    def stage() -> Stage:
-        # A function, not the attribute: the peer's stage changes behind awaits.
-        return peer.stage
-
     async with trio.open_nursery() as senders:
-
-        def emit(outgoing: list[Outgoing]) -> None:
-            for item in outgoing:
-                frame = SecAggData(round, encode(item.message))
-                senders.start_soon(channel.send, item.to, frame)
-
-        # Messages that overtook what they depend on (separate streams are not ordered),
-        # offered again after every change; bounded so a flood cannot grow it.
-        held: list[tuple[str, bytes]] = []
-
-        def take(sender: str, data: bytes) -> bool:
-            if peer.is_early(sender, data):
-                if len(held) < _MAX_HELD:
-                    held.append((sender, data))
-                return False
-            try:
-                emit(peer.receive_bytes(sender, data))
-            except RemoteProtocolError as exc:
-                log.info("secagg: refused a message from %s: %s", sender, exc)
-                return False
-            if isinstance(decode(data), InputCommit):
-                committed.add(sender)
-            return True
-
-        def retry_held() -> None:
-            changed = True
-            while changed and held:
-                changed = False
-                for item in list(held):
-                    if not peer.is_early(*item):
-                        held.remove(item)
-                        changed |= take(*item)
-
-        async def pump() -> None:
-            nonlocal progressed
-            async for sender, message in mailbox:
-                if not isinstance(message, SecAggData):
-                    continue
-                if take(sender, message.data):
-                    retry_held()
-                progressed.set()
-                progressed = trio.Event()
-
-        async def wait_stage_change(stages: tuple[Stage, ...]) -> bool:
-            with trio.move_on_after(stage_timeout) as scope:
-                while stage() in stages:
-                    await progressed.wait()
-            return not scope.cancelled_caught
-
+        driver = _Driver(SecAggSession(peer, stage_timeout), channel, round, senders)
         async with trio.open_nursery() as work:
-            work.start_soon(pump)
-            emit(peer.start(words))
-            while stage() in _PRE_SUM:
-                if not await wait_stage_change((stage(),)):
-                    emit(peer.deadline())
-                retry_held()
-            if stage() is Stage.MASKED_INPUT and peer.masked_vector is not None:
-                summed = await summation(peer.masked_vector)
-                if summed is not None:
-                    with trio.move_on_after(stage_timeout):
-                        while not summed[1] <= committed:
-                            await progressed.wait()
-                    emit(peer.receive_sum(*summed))
-                    retry_held()
-                    for waiting in (Stage.CONSISTENCY, Stage.UNMASK):
-                        if stage() is waiting and not await wait_stage_change((waiting,)):
-                            emit(peer.deadline())
-                elif stage() is Stage.MASKED_INPUT:
-                    peer.deadline()
+            work.start_soon(driver.pump, mailbox)
+            await driver.run(words, summation)
             work.cancel_scope.cancel()
+
+
+class _Driver:
+    """Moves one session's bytes over the control channel and feeds it the clock."""
+
+    def __init__(
+        self, session: SecAggSession, channel: ControlService, round: int, senders: trio.Nursery
+    ) -> None:
+        self.session = session
+        self.channel = channel
+        self.round = round
+        self.senders = senders
+        self.changed = trio.Event()
+
+    def act(self, actions: list[Action]) -> None:
+        """Send what the session says to send (each in its own task); log its refusals."""
+        for action in actions:
+            if isinstance(action, Send):
+                frame = SecAggData(self.round, action.data)
+                self.senders.start_soon(self.channel.send, action.to, frame)
+            else:
+                log.info("secagg: refused a message from %s: %s", action.sender, action.error)
+
+    async def pump(self, mailbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+        """Hand every secure-aggregation frame of this round to the session; wake ``run``."""
+        async for sender, message in mailbox:
+            if isinstance(message, SecAggData):
+                self.act(self.session.receive(sender, message.data, trio.current_time()))
+                self.changed.set()
+                self.changed = trio.Event()
+
+    async def run(self, words: UIntVector, summation: Summation) -> None:
+        """Start the round and give the session the sum and the clock until it finishes."""
+        session = self.session
+        self.act(session.start(words, trio.current_time()))
+        while not isinstance(need := session.next(), Finished):
+            if isinstance(need, NeedSum):
+                self.act(session.summed(await summation(need.vector), trio.current_time()))
+                continue
+            with trio.move_on_at(need.deadline):
+                await self.changed.wait()
+            self.act(session.tick(trio.current_time()))
 
 
 class RingMaskedSum:

@@ -51,8 +51,9 @@ from p2pfed.errors import (
     ReasonCode,
     RemoteProtocolError,
 )
+from p2pfed.identity.keys import Signer
 from p2pfed.secagg import FixedPoint, SecAggConfig, SecAggPeer, Stage
-from p2pfed.secagg.primitives import RandomBytes, Signer, UIntVector, ring_dtype
+from p2pfed.secagg.primitives import RandomBytes, UIntVector, ring_dtype
 from p2pfed.transport.base import Stream, Transport
 
 log = logging.getLogger(__name__)

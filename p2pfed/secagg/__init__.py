@@ -19,10 +19,11 @@ length) and the peers whose vectors it contains; each contributor then calls
 ``SecAggPeer.receive_sum(total, contributors)``. See docs/secure-aggregation.md.
 """
 
+from p2pfed.secagg.admission import Rejection
 from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.secagg.harness import CohortRun, Drop, run_cohort
 from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
-from p2pfed.secagg.protocol import Outgoing, Rejection, SecAggPeer
+from p2pfed.secagg.protocol import Outgoing, SecAggPeer
 from p2pfed.secagg.state import Event, Stage
 from p2pfed.secagg.summation import DirectMaskedSum, MaskedSum
 

@@ -15,7 +15,7 @@ reach a quorum, and honest reveals are tied to one S. A signer seen on two sets 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from p2pfed.secagg.params import SecAggConfig
 from p2pfed.secagg.primitives import domain
@@ -51,4 +51,35 @@ class SurvivorVotes:
         """The peers of ``among`` that signed a set other than ``digest`` (sorted)."""
         return sorted(
             p for p in among if p in self.equivocators or self._signed.get(p, digest) != digest
+        )
+
+    def unreachable(
+        self, digest: bytes, survivors: frozenset[str], excluded: Collection[str], quorum: int
+    ) -> str | None:
+        """Why a quorum of ``survivors`` can no longer sign ``digest``; None while it can."""
+        live = survivors - set(excluded)
+        others = self.dissenters(digest, survivors)
+        if len(live - set(others)) >= quorum:
+            return None
+        parts = (
+            f"{others} signed another survivor set" if others else "",
+            f"{sorted(survivors & set(excluded))} are excluded"
+            if survivors & set(excluded)
+            else "",
+        )
+        return (
+            f"fewer than the quorum of {quorum} survivors can sign this survivor set ("
+            + "; ".join(part for part in parts if part)
+            + "); nothing was revealed"
+        )
+
+    def shortfall(self, digest: bytes, survivors: frozenset[str], quorum: int) -> str:
+        """Why the consistency stage ended at its deadline without a quorum."""
+        signed = self.signers(digest, survivors)
+        others = self.dissenters(digest, survivors)
+        return (
+            f"only {len(signed)} survivors signed this survivor set before the deadline, "
+            f"the quorum is {quorum}"
+            + (f" ({others} signed another set)" if others else "")
+            + "; nothing was revealed"
         )

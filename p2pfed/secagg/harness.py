@@ -25,6 +25,7 @@ its calls, the vectors it holds plus the peak of what ``tracemalloc`` sees it al
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tracemalloc
 from collections import deque
@@ -34,23 +35,23 @@ from functools import partial
 from typing import TypeVar
 
 from p2pfed.errors import ConfigError, ReasonCode, RemoteProtocolError
+from p2pfed.identity.keys import Identity
 from p2pfed.secagg.messages import encode
 from p2pfed.secagg.params import SecAggConfig
-from p2pfed.secagg.primitives import Ed25519Signer, RandomBytes, UIntVector
+from p2pfed.secagg.primitives import RandomBytes, UIntVector
 from p2pfed.secagg.protocol import Outgoing, SecAggPeer
-from p2pfed.secagg.state import PROGRESS, Stage
+from p2pfed.secagg.state import POST_SUM, PRE_SUM, PROGRESS, Stage
 from p2pfed.secagg.summation import DirectMaskedSum, MaskedSum
 
 T = TypeVar("T")
-
-
-_ORDER = {stage: i for i, stage in enumerate(PROGRESS)}
+Views = Callable[[str, frozenset[str]], frozenset[str]]
+Tamper = Callable[[str, str, bytes], bytes]
 
 
 def _reached(stage: Stage, target: Stage) -> bool:
     # One step can cross several stages (buffered messages complete them at once), so a
     # drop fires on reaching *or passing* its stage; an aborted peer is already out.
-    return stage in _ORDER and _ORDER[stage] >= _ORDER[target]
+    return stage in PROGRESS and PROGRESS.index(stage) >= PROGRESS.index(target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +88,17 @@ class CohortRun:
 
 def identity_seed(name: str) -> bytes:
     """The deterministic Ed25519 seed of test peer ``name`` (as ``make_identities`` uses)."""
-    import hashlib
-
     return hashlib.sha256(b"identity:" + name.encode()).digest()
 
 
-def make_identities(names: Collection[str]) -> tuple[dict[str, Ed25519Signer], dict[str, bytes]]:
+def make_identities(names: Collection[str]) -> tuple[dict[str, Identity], dict[str, bytes]]:
     """Deterministic test identities: signer and public key per peer name."""
-    signers = {n: Ed25519Signer(identity_seed(n)) for n in names}
+    signers = {n: Identity.from_seed(identity_seed(n)) for n in names}
     return signers, {n: s.public_key for n, s in signers.items()}
 
 
 def seeded_random_bytes(seed: int, peer: str) -> RandomBytes:
     """A reproducible random-byte source (SHAKE-256 stream) for tests and benchmarks."""
-    import hashlib
-
     state = {"counter": 0}
 
     def draw(size: int) -> bytes:
@@ -112,6 +109,143 @@ def seeded_random_bytes(seed: int, peer: str) -> RandomBytes:
     return draw
 
 
+class _Cohort:
+    """One harness run's peers, message queue and fault injection (see ``run_cohort``)."""
+
+    def __init__(
+        self,
+        peers: dict[str, SecAggPeer],
+        drops: Mapping[str, Drop],
+        tamper: Tamper | None,
+        probe: str | None,
+    ) -> None:
+        self.peers = peers
+        self.names = sorted(peers)
+        self.drops = drops
+        self.tamper = tamper
+        self.probe = probe
+        self.run = CohortRun(
+            peers, {}, frozenset(), set(), dict.fromkeys(peers, 0), dict.fromkeys(peers, 0)
+        )
+        self.queue: deque[tuple[str, str, bytes]] = deque()
+
+    def live(self, stages: Collection[Stage]) -> list[str]:
+        """The peers not dead whose stage is one of ``stages``, in name order."""
+        return [n for n in self.names if n not in self.run.dead and self.peers[n].stage in stages]
+
+    def call(self, name: str, step: Callable[[], T], external: int = 0) -> T:
+        """Run one of ``name``'s steps, measuring its memory if it is the probe."""
+        if name != self.probe:
+            return step()
+        held = self.peers[name].held_bytes()
+        tracemalloc.start()
+        try:
+            out = step()
+        finally:
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        self.run.probe_peak_bytes = max(self.run.probe_peak_bytes, held + peak + external)
+        return out
+
+    def emit(self, sender: str, outgoing: list[Outgoing]) -> None:
+        """Queue what ``sender`` sends, unless a drop kills it now (or killed it before)."""
+        drop, run = self.drops.get(sender), self.run
+        if (
+            drop is not None
+            and sender not in run.dead
+            and _reached(self.peers[sender].stage, drop.stage)
+        ):
+            run.dead.add(sender)
+            outgoing = outgoing[: len(outgoing) // 2] if drop.partial else []
+        elif sender in run.dead:
+            outgoing = []
+        cache: dict[int, bytes] = {}
+        for item in outgoing:
+            data = cache.get(id(item.message))
+            if data is None:
+                data = cache[id(item.message)] = encode(item.message)
+            if self.tamper is not None:
+                data = self.tamper(sender, item.to, data)
+            run.bytes_sent[sender] += len(data)
+            self.queue.append((sender, item.to, data))
+
+    def pump(self) -> None:
+        """Deliver every queued message, FIFO, including what the deliveries send."""
+        while self.queue:
+            sender, recipient, data = self.queue.popleft()
+            peer = self.peers[recipient]
+            if recipient in self.run.dead or peer.stage is Stage.ABORTED:
+                continue
+            try:
+                out = self.call(recipient, partial(peer.receive_bytes, sender, data))
+            except RemoteProtocolError as exc:
+                self.run.refused.append((recipient, sender, exc.reason))
+                continue
+            self.emit(recipient, out)
+
+    def run_pre_sum(self) -> None:
+        """Deliver until quiet, then fire the earliest waiting stage's deadline; repeat."""
+        while True:
+            self.pump()
+            waiting = self.live(PRE_SUM)
+            if not waiting:
+                return
+            earliest = min(PRE_SUM.index(self.peers[n].stage) for n in waiting)
+            for n in waiting:
+                if PRE_SUM.index(self.peers[n].stage) == earliest and n not in self.run.dead:
+                    self.emit(n, self.call(n, self.peers[n].deadline))
+
+    def masked_vectors(self) -> dict[str, UIntVector]:
+        """The masked vectors of the live peers that reached MASKED_INPUT."""
+        vectors = {n: self.peers[n].masked_vector for n in self.live((Stage.MASKED_INPUT,))}
+        out = {n: v for n, v in vectors.items() if v is not None}
+        for n, v in out.items():
+            self.run.vector_bytes[n] = v.nbytes
+        return out
+
+    def lying_sum(self, vectors: dict[str, UIntVector], views: Views, ring_bits: int) -> None:
+        """Each contributor is told the set ``views`` gives it and the total over that set."""
+        run = self.run
+        run.masked = {n: v.copy() for n, v in vectors.items()}
+        run.survivors = frozenset(vectors)
+        for n in sorted(run.survivors):
+            told = views(n, run.survivors)
+            total, _ = DirectMaskedSum().sum(
+                {p: run.masked[p] for p in told if p in run.masked}, ring_bits
+            )
+            self.emit(n, self.peers[n].receive_sum(total, told))
+        self.pump()
+
+    def honest_sum(
+        self,
+        vectors: dict[str, UIntVector],
+        masked_sum: MaskedSum,
+        ring_bits: int,
+        late: Collection[str],
+    ) -> None:
+        """Every contributor gets the true (total, S); the ``late`` ones after the others."""
+        total, survivors = masked_sum.sum(vectors, ring_bits)
+        self.run.survivors = survivors
+        vectors.clear()  # no reference here to a buffer a peer reuses for the total
+        for group in (sorted(survivors - set(late)), sorted(survivors & set(late))):
+            for n in group:
+                if n not in self.run.dead:
+                    step = partial(self.peers[n].receive_sum, total, survivors)
+                    self.emit(n, self.call(n, step, total.nbytes))
+            self.pump()
+
+    def finish(self, compute_results: Collection[str] | None) -> None:
+        """Fire the post-sum deadlines in order, then unmask where ``compute_results`` asks."""
+        for lagging in POST_SUM:
+            for n in self.live((lagging,)):
+                self.emit(n, self.peers[n].deadline())
+            self.pump()
+        wanted = set(self.names) if compute_results is None else set(compute_results)
+        for n in self.live((Stage.DONE,)):
+            if n in wanted:
+                self.run.results[n] = self.call(n, self.peers[n].result)
+
+
 def run_cohort(
     config: SecAggConfig,
     inputs: Mapping[str, UIntVector],
@@ -120,10 +254,10 @@ def run_cohort(
     masked_sum: MaskedSum | None = None,
     random_seed: int | None = None,
     compute_results: Collection[str] | None = None,
-    tamper: Callable[[str, str, bytes], bytes] | None = None,
+    tamper: Tamper | None = None,
     copy_inputs: bool = True,
     probe: str | None = None,
-    views: Callable[[str, frozenset[str]], frozenset[str]] | None = None,
+    views: Views | None = None,
     late: Collection[str] = (),
 ) -> CohortRun:
     """Run every peer of ``inputs`` to completion; see the module docstring.
@@ -134,9 +268,8 @@ def run_cohort(
     ``late`` peers get the sum only after everything the others sent was delivered (so the
     others' signatures and reveals reach them early and are buffered).
     """
-    drops = dict(drops or {})
     names = sorted(inputs)
-    if unknown := set(drops) - set(names):
+    if unknown := set(drops or {}) - set(names):
         raise ConfigError(f"drops name peers outside the cohort: {sorted(unknown)}")
     signers, identities = make_identities(names)
     peers = {
@@ -149,105 +282,16 @@ def run_cohort(
         )
         for n in names
     }
-    run = CohortRun(peers, {}, frozenset(), set(), dict.fromkeys(names, 0), dict.fromkeys(names, 0))
-    queue: deque[tuple[str, str, bytes]] = deque()
-
-    def call(name: str, step: Callable[[], T], external: int = 0) -> T:
-        if name != probe:
-            return step()
-        held = peers[name].held_bytes()
-        tracemalloc.start()
-        try:
-            out = step()
-        finally:
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-        run.probe_peak_bytes = max(run.probe_peak_bytes, held + peak + external)
-        return out
-
-    def emit(sender: str, outgoing: list[Outgoing]) -> None:
-        drop = drops.get(sender)
-        if (
-            drop is not None
-            and sender not in run.dead
-            and _reached(peers[sender].stage, drop.stage)
-        ):
-            run.dead.add(sender)
-            outgoing = outgoing[: len(outgoing) // 2] if drop.partial else []
-        elif sender in run.dead:
-            outgoing = []
-        cache: dict[int, bytes] = {}
-        for item in outgoing:
-            data = cache.setdefault(id(item.message), encode(item.message))
-            if tamper is not None:
-                data = tamper(sender, item.to, data)
-            run.bytes_sent[sender] += len(data)
-            queue.append((sender, item.to, data))
-
-    def pump() -> None:
-        while queue:
-            sender, recipient, data = queue.popleft()
-            if recipient in run.dead or peers[recipient].stage is Stage.ABORTED:
-                continue
-            try:
-                out = call(recipient, partial(peers[recipient].receive_bytes, sender, data))
-            except RemoteProtocolError as exc:
-                run.refused.append((recipient, sender, exc.reason))
-                continue
-            emit(recipient, out)
-
+    cohort = _Cohort(peers, dict(drops or {}), tamper, probe)
     for n in names:
         own = 0 if copy_inputs else inputs[n].nbytes
-        emit(n, call(n, partial(peers[n].start, inputs[n], copy=copy_inputs), own))
-    pre_sum = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.RECEIPTS)
-    order = {stage: i for i, stage in enumerate(pre_sum)}
-    while True:
-        pump()
-        waiting = [n for n in names if n not in run.dead and peers[n].stage in pre_sum]
-        if not waiting:
-            break
-        earliest = min(order[peers[n].stage] for n in waiting)
-        for n in waiting:
-            if order[peers[n].stage] == earliest and n not in run.dead:
-                emit(n, call(n, peers[n].deadline))
-    contributions = {
-        n: peers[n].masked_vector
-        for n in names
-        if n not in run.dead and peers[n].stage is Stage.MASKED_INPUT
-    }
-    vectors = {n: v for n, v in contributions.items() if v is not None}
-    for n, v in vectors.items():
-        run.vector_bytes[n] = v.nbytes
+        step = partial(peers[n].start, inputs[n], copy=copy_inputs)
+        cohort.emit(n, cohort.call(n, step, own))
+    cohort.run_pre_sum()
+    vectors = cohort.masked_vectors()
     if vectors and views is not None:
-        run.masked = {n: v.copy() for n, v in vectors.items()}
-        run.survivors = frozenset(vectors)
-        for n in sorted(run.survivors):
-            told = views(n, run.survivors)
-            total, _ = DirectMaskedSum().sum(
-                {p: run.masked[p] for p in told if p in run.masked}, config.ring_bits
-            )
-            emit(n, peers[n].receive_sum(total, told))
-        pump()
+        cohort.lying_sum(vectors, views, config.ring_bits)
     elif vectors:
-        total, survivors = (masked_sum or DirectMaskedSum()).sum(vectors, config.ring_bits)
-        run.survivors = survivors
-        del vectors, contributions
-        for group in (sorted(survivors - set(late)), sorted(survivors & set(late))):
-            for n in group:
-                if n not in run.dead:
-                    emit(
-                        n,
-                        call(n, partial(peers[n].receive_sum, total, survivors), total.nbytes),
-                    )
-            pump()
-        del total
-    for lagging in (Stage.CONSISTENCY, Stage.UNMASK):
-        for n in names:
-            if n not in run.dead and peers[n].stage is lagging:
-                emit(n, peers[n].deadline())
-        pump()
-    wanted = set(names) if compute_results is None else set(compute_results)
-    for n in names:
-        if n in wanted and n not in run.dead and peers[n].stage is Stage.DONE:
-            run.results[n] = call(n, peers[n].result)
-    return run
+        cohort.honest_sum(vectors, masked_sum or DirectMaskedSum(), config.ring_bits, late)
+    cohort.finish(compute_results)
+    return cohort.run

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
 from p2pfed.errors import ConfigError, DataError
@@ -45,47 +44,6 @@ MASK_CHUNK_BYTES: Final = 1 << 17
 RandomBytes = Callable[[int], bytes]
 # uint32 or uint64 words of the ring Z_2^k (numpy's unsigned arithmetic wraps mod 2^k).
 UIntVector = NDArray[np.unsignedinteger[Any]]
-
-
-class Signer(Protocol):
-    """What secure aggregation needs from an identity (``p2pfed.identity.Identity`` fits)."""
-
-    @property
-    def public_key(self) -> bytes:
-        """The 32-byte Ed25519 public key."""
-
-    def sign(self, message: bytes) -> bytes:
-        """The 64-byte Ed25519 signature of ``message``."""
-
-
-class Ed25519Signer:
-    """A minimal Ed25519 signer from a 32-byte seed (tests, benchmarks, simulation)."""
-
-    __slots__ = ("_key", "public_key")
-
-    def __init__(self, seed: bytes) -> None:
-        if len(seed) != KEY_BYTES:
-            raise ConfigError(f"an Ed25519 seed must be 32 bytes, got {len(seed)}")
-        self._key = SigningKey(seed)
-        self.public_key: bytes = bytes(self._key.verify_key)
-
-    def sign(self, message: bytes) -> bytes:
-        """The 64-byte detached signature of ``message``."""
-        return bytes(self._key.sign(message).signature)
-
-    def __repr__(self) -> str:
-        return f"Ed25519Signer(public_key={self.public_key.hex()[:16]}…)"
-
-
-def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """Whether ``signature`` is ``public_key``'s Ed25519 signature of ``message``."""
-    if len(public_key) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
-        return False
-    try:
-        VerifyKey(public_key).verify(message, signature)
-    except (BadSignatureError, ValueError):
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -240,12 +198,6 @@ class MaskExpander:
                 encryptor.update_into(source, out.data)
                 op(part, words[:count], out=part)
 
-    def keystream(self, key: bytes, words: int, bits: int) -> UIntVector:
-        """The first ``words`` mask words of ``key`` (for tests; allocates the result)."""
-        out = cast(UIntVector, np.zeros(words, dtype=ring_dtype(bits)))
-        self.apply(out, key, 1)
-        return out
-
 
 def mask_vector(
     vector: UIntVector,
@@ -265,8 +217,6 @@ def keystream_seconds(total_bytes: int, chunk_bytes: int = MASK_CHUNK_BYTES) -> 
 
     Same cipher, chunk size and reusable buffers as ``MaskExpander``; nothing is added.
     """
-    import time
-
     encryptor = keystream_cipher(bytes(range(32))).encryptor()
     zeros = np.zeros(chunk_bytes, dtype=np.uint8)
     out = np.empty(chunk_bytes + 64, dtype=np.uint8)
@@ -278,8 +228,6 @@ def keystream_seconds(total_bytes: int, chunk_bytes: int = MASK_CHUNK_BYTES) -> 
 
 def keystream_rate(seconds: float = 0.5, chunk_bytes: int = MASK_CHUNK_BYTES) -> float:
     """Measured raw ChaCha20 keystream rate in bytes per second on this machine."""
-    import time
-
     produced, elapsed = 0, 0.0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:

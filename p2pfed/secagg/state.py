@@ -95,6 +95,18 @@ ACCEPTS: Final[dict[Stage, frozenset[MessageKind]]] = {
 
 TERMINAL: Final = frozenset({Stage.DONE, Stage.ABORTED})
 
+PRE_SUM: Final = PROGRESS[PROGRESS.index(Stage.ADVERTISE) : PROGRESS.index(Stage.MASKED_INPUT)]
+"""The stages before the masked sum, each left on its messages or at its deadline."""
+
+POST_SUM: Final = PROGRESS[PROGRESS.index(Stage.CONSISTENCY) : PROGRESS.index(Stage.DONE)]
+"""The stages after the masked sum that wait for other peers (signatures, then reveals)."""
+
+
+def accepted_later(stage: Stage, kind: MessageKind) -> bool:
+    """Whether ``kind`` is not accepted in ``stage`` but in a stage a round reaches later."""
+    if kind in ACCEPTS[stage] or stage in TERMINAL:
+        return False
+    return any(kind in ACCEPTS[later] for later in PROGRESS[PROGRESS.index(stage) + 1 :])
 
 
 def next_stage(stage: Stage, event: Event) -> Stage:

@@ -47,7 +47,7 @@ from p2pfed.collectives.secure import SecureRingRound
 from p2pfed.collectives.secure_gossip import SecureGossipService
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import BrokenError, ConfigError
-from p2pfed.secagg.primitives import Ed25519Signer
+from p2pfed.identity.keys import Identity
 from p2pfed.testing import process_attacks
 from p2pfed.transport.libp2p import Libp2pTransport
 
@@ -241,7 +241,7 @@ async def _child(tag: str, index: int) -> None:  # pragma: no cover - runs in su
         parsed: dict[str, Any] = json.loads(line)
         return parsed
 
-    signer = Ed25519Signer(seed)
+    signer = Identity.from_seed(seed)
     async with transport:
         emit(
             {
