@@ -13,11 +13,8 @@ from p2pfed.governance.drift import (
     MetricRule,
     Severity,
     metric_rules,
-    noise_floor,
-    psi,
-    psi_from_shares,
-    total_variation,
 )
+from p2pfed.governance.stats import noise_floor, psi, psi_from_shares, total_variation
 from p2pfed.training import Dataset, load_builtin
 
 FEATURES = ("age", "bmi", "glucose", "bp", "smoker")

@@ -24,10 +24,9 @@ from numpy.typing import NDArray
 
 from p2pfed.errors import ReasonCode
 from p2pfed.governance.audit import AuditLog
-from p2pfed.governance.drift import DriftAlert, DriftMonitor, describe
+from p2pfed.governance.drift import DriftAlert, DriftMonitor, Samples, describe
 from p2pfed.governance.metrics import NodeMetrics
 from p2pfed.governance.models import ModelManifest, ModelRegistry
-from p2pfed.training.data import Dataset
 
 if TYPE_CHECKING:
     from p2pfed.node.certificates import CommitCertificate
@@ -194,7 +193,7 @@ class GovernanceRecorder:
         metrics: Mapping[str, float],
         duration_s: float,
         participants: Iterable[str] | None = None,
-        data: Dataset | None = None,
+        data: Samples | None = None,
         bytes_sent: int = 0,
         bytes_received: int = 0,
         certificate: CommitCertificate | None = None,
