@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from numpy.typing import NDArray
 
@@ -28,10 +28,17 @@ from p2pfed.governance.drift import DriftAlert, DriftMonitor, Samples, describe
 from p2pfed.governance.metrics import NodeMetrics
 from p2pfed.governance.models import ModelManifest, ModelRegistry
 
-if TYPE_CHECKING:
-    from p2pfed.node.certificates import CommitCertificate
-
 log = logging.getLogger("p2pfed.governance")
+
+
+class Certificate(Protocol):
+    """A round's commit certificate (``p2pfed.node.certificates.CommitCertificate`` is one)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its full JSON form, stored beside the model."""
+
+    def summary(self) -> dict[str, Any]:
+        """What the audit log records of it (no peer IDs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +203,7 @@ class GovernanceRecorder:
         data: Samples | None = None,
         bytes_sent: int = 0,
         bytes_received: int = 0,
-        certificate: CommitCertificate | None = None,
+        certificate: Certificate | None = None,
     ) -> RoundRecord:
         """The round's aggregate was applied: store it, audit it, check drift, count it.
 
