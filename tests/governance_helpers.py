@@ -58,3 +58,15 @@ def write_demo_log(path, signer, rounds=3, cohort=("peer-a", "peer-b", "peer-c")
             )
             log.round_end(r, outcome="completed", duration_s=2.5, participants=len(cohort))
         log.daemon_stop(reason="shutdown")
+
+
+def read_entries(path) -> list[dict]:
+    """The entries of an audit log that verifies (the test fails naming the first bad one)."""
+    import json
+    from pathlib import Path
+
+    from p2pfed.governance.audit import verify_log
+
+    report = verify_log(path)
+    assert report.ok, report.summary()
+    return [json.loads(line) for line in Path(path).read_bytes().splitlines()]

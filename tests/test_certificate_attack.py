@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from governance_helpers import SALT
+from governance_helpers import SALT, read_entries
 from test_node import Consortium
 
 from p2pfed.collectives.signing import Ed25519CohortSigner
-from p2pfed.governance.audit import AuditLog, read_entries
+from p2pfed.governance.audit import AuditLog
 from p2pfed.governance.models import ModelRegistry
 from p2pfed.governance.recorder import GovernanceRecorder
 from p2pfed.node import Peer

@@ -13,11 +13,8 @@ from p2pfed.governance.drift import (
     MetricRule,
     Severity,
     metric_rules,
-    noise_floor,
-    psi,
-    psi_from_shares,
-    total_variation,
 )
+from p2pfed.governance.stats import noise_floor, psi, psi_from_shares, total_variation
 from p2pfed.training import Dataset, load_builtin
 
 FEATURES = ("age", "bmi", "glucose", "bp", "smoker")
@@ -233,3 +230,25 @@ def test_drift_cli(tmp_path, capsys):
     small = write_csv(tmp_path / "small.csv", synthetic(10, 3))
     assert main(["drift", "check", str(ref), str(small)]) == 2
     assert "fewer than the 50" in capsys.readouterr().err
+
+
+def test_governance_does_not_import_training():
+    """Governance sits below training in the layers: it takes data through ``Samples``."""
+    import ast
+    from pathlib import Path
+
+    import p2pfed.governance
+
+    root = Path(p2pfed.governance.__file__).parent
+    edges = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            edges += [f"{path.name} → {n}" for n in names if n.startswith("p2pfed.training")]
+    assert edges == []

@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from p2pfed.errors import ConfigError, IntegrityError, P2PFedError
+from p2pfed.governance.audit import roster_members
+from p2pfed.identity.roster import Role, Roster
 
 CERTIFICATE_FILE = "certificate.json"
 
@@ -41,9 +43,8 @@ def check_certificate(
 
     ``weights`` are the flat shared weights it must certify, from round ``round_number``.
     """
+    # Lazily: these pull torch (node.sync), which `p2pfed audit` and `model` start without.
     from p2pfed.collectives.signing import Ed25519CohortSigner
-    from p2pfed.governance.audit import roster_members
-    from p2pfed.identity.roster import Role, Roster
     from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
     from p2pfed.node.sync import weights_digest
 
@@ -77,7 +78,7 @@ def check_certificate(
 
 def compare_certificates(logs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """One sentence per certificate problem in these (already verified) audit logs."""
-    from p2pfed.node.certificates import commit_quorum
+    from p2pfed.node.certificates import commit_quorum  # lazily, as in check_certificate
 
     problems: list[str] = []
     statements: dict[int, dict[str, list[str]]] = {}

@@ -34,15 +34,45 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from p2pfed.errors import ConfigError, DataError
-from p2pfed.training.data import Dataset
+from p2pfed.governance.stats import (
+    bin_shares,
+    label_shares,
+    noise_floor,
+    psi_from_shares,
+    quantile_edges,
+    total_variation,
+)
 
 STATE_FORMAT = "p2pfed-drift-state/1"
+
+
+class Samples(Protocol):
+    """Rows drift is measured on; ``p2pfed.training.Dataset`` is one (governance needs no more)."""
+
+    @property
+    def x(self) -> NDArray[np.floating[Any]]:
+        """Features, one row per sample."""
+
+    @property
+    def y(self) -> NDArray[np.integer[Any]]:
+        """Class labels."""
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the feature columns."""
+
+    @property
+    def name(self) -> str:
+        """What the data is called in messages."""
+
+    def __len__(self) -> int:
+        """Number of rows."""
 
 
 class DriftKind(enum.StrEnum):
@@ -140,70 +170,6 @@ class DriftConfig:
             raise ConfigError("drift.metrics lists a metric twice")
 
 
-# --- pure statistics --------------------------------------------------------------------------
-
-
-def quantile_edges(reference: NDArray[np.floating], bins: int) -> NDArray[np.float64]:
-    """Interior bin edges at the reference's quantiles (duplicates merged for discrete data)."""
-    qs = np.linspace(0.0, 1.0, bins + 1)[1:-1]
-    return np.unique(np.quantile(np.asarray(reference, np.float64), qs))
-
-
-def bin_shares(values: NDArray[np.floating], edges: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Share of ``values`` in each of the ``len(edges) + 1`` bins the edges define."""
-    index = np.searchsorted(edges, np.asarray(values, np.float64), side="right")
-    counts = np.bincount(index, minlength=len(edges) + 1).astype(np.float64)
-    return counts / max(len(values), 1)
-
-
-def psi_from_shares(
-    reference: NDArray[np.float64], current: NDArray[np.float64], epsilon: float = 1e-4
-) -> float:
-    """Population stability index of two share vectors, ``epsilon``-smoothed."""
-    r = (reference + epsilon) / (1.0 + epsilon * len(reference))
-    c = (current + epsilon) / (1.0 + epsilon * len(current))
-    return float(np.sum((c - r) * np.log(c / r)))
-
-
-def psi(
-    reference: NDArray[np.floating],
-    current: NDArray[np.floating],
-    bins: int = 10,
-    epsilon: float = 1e-4,
-) -> float:
-    """PSI of one feature: bins from the reference's quantiles, applied to both samples."""
-    edges = quantile_edges(reference, bins)
-    return psi_from_shares(bin_shares(reference, edges), bin_shares(current, edges), epsilon)
-
-
-def noise_floor(
-    reference_share: NDArray[np.float64], n_ref: int, n_cur: int, alpha: float
-) -> float:
-    """PSI that two samples of one distribution exceed with probability about ``alpha``.
-
-    Under no drift, PSI (a symmetrised KL divergence) is about χ²_{k−1} · (1/n_ref + 1/n_cur)
-    for ``k`` occupied bins, so small samples make large PSIs by chance alone; the
-    conventional cut-offs assume thousands of rows.
-    """
-    from scipy.stats import chi2
-
-    dof = max(int(np.count_nonzero(reference_share)) - 1, 1)
-    return float(chi2.ppf(1.0 - alpha, dof) * (1.0 / n_ref + 1.0 / n_cur))
-
-
-def label_shares(labels: NDArray[np.integer], classes: int) -> NDArray[np.float64]:
-    """Share of each class ``0 … classes-1``."""
-    if labels.size and int(labels.max()) >= classes:
-        raise DataError(f"label {int(labels.max())} is outside the {classes} known classes")
-    counts = np.bincount(np.asarray(labels, np.int64), minlength=classes).astype(np.float64)
-    return counts / max(labels.size, 1)
-
-
-def total_variation(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
-    """Total-variation distance ½‖p − q‖₁, in [0, 1]."""
-    return float(0.5 * np.abs(p - q).sum())
-
-
 # --- the monitor --------------------------------------------------------------------------
 
 
@@ -257,7 +223,7 @@ class DriftMonitor:
 
     # -- reference --------------------------------------------------------------------------
 
-    def set_reference(self, data: Dataset) -> None:
+    def set_reference(self, data: Samples) -> None:
         """Summarise the data the node joined with (bin edges and shares; no rows kept)."""
         _check_finite(data)
         if len(data) < self.config.min_samples:
@@ -265,7 +231,7 @@ class DriftMonitor:
                 f"{data.name}: {len(data)} rows are too few for a drift reference "
                 f"(drift.min_samples is {self.config.min_samples})"
             )
-        edges = [quantile_edges(data.x[:, j], self.config.psi_bins) for j in range(data.n_features)]
+        edges = [quantile_edges(data.x[:, j], self.config.psi_bins) for j in range(data.x.shape[1])]
         shares = [bin_shares(data.x[:, j], e) for j, e in enumerate(edges)]
         self._reference = _Reference(
             data.feature_names, edges, shares, label_shares(data.y, self.classes), len(data)
@@ -279,7 +245,7 @@ class DriftMonitor:
     # -- per round --------------------------------------------------------------------------
 
     def observe(
-        self, round_number: int, metrics: Mapping[str, float], data: Dataset | None = None
+        self, round_number: int, metrics: Mapping[str, float], data: Samples | None = None
     ) -> list[DriftAlert]:
         """Both checks for one round; ``data`` is the node's current data, if re-read."""
         alerts = self.observe_metrics(round_number, metrics)
@@ -323,7 +289,7 @@ class DriftMonitor:
             )
         return alerts
 
-    def check_inputs(self, round_number: int, data: Dataset) -> list[DriftAlert]:
+    def check_inputs(self, round_number: int, data: Samples) -> list[DriftAlert]:
         """Compare ``data`` with the join-time reference; alerts for newly shifted inputs."""
         ref = self._reference
         if ref is None:
@@ -475,7 +441,7 @@ class DriftMonitor:
         return monitor
 
 
-def _check_finite(data: Dataset) -> None:
+def _check_finite(data: Samples) -> None:
     if not np.all(np.isfinite(data.x)):
         raise DataError(f"{data.name}: features hold NaN or infinite values; clean them first")
 

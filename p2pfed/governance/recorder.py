@@ -18,21 +18,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from numpy.typing import NDArray
 
 from p2pfed.errors import ReasonCode
 from p2pfed.governance.audit import AuditLog
-from p2pfed.governance.drift import DriftAlert, DriftMonitor, describe
+from p2pfed.governance.drift import DriftAlert, DriftMonitor, Samples, describe
 from p2pfed.governance.metrics import NodeMetrics
 from p2pfed.governance.models import ModelManifest, ModelRegistry
-from p2pfed.training.data import Dataset
-
-if TYPE_CHECKING:
-    from p2pfed.node.certificates import CommitCertificate
 
 log = logging.getLogger("p2pfed.governance")
+
+
+class Certificate(Protocol):
+    """A round's commit certificate (``p2pfed.node.certificates.CommitCertificate`` is one)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its full JSON form, stored beside the model."""
+
+    def summary(self) -> dict[str, Any]:
+        """What the audit log records of it (no peer IDs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +200,10 @@ class GovernanceRecorder:
         metrics: Mapping[str, float],
         duration_s: float,
         participants: Iterable[str] | None = None,
-        data: Dataset | None = None,
+        data: Samples | None = None,
         bytes_sent: int = 0,
         bytes_received: int = 0,
-        certificate: CommitCertificate | None = None,
+        certificate: Certificate | None = None,
     ) -> RoundRecord:
         """The round's aggregate was applied: store it, audit it, check drift, count it.
 

@@ -10,14 +10,13 @@ report is printed and saved as JSON next to the node's state.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from p2pfed.durable import atomic_write
+from p2pfed.durable import write_json
 from p2pfed.errors import ConfigError
 from p2pfed.training.data import Dataset
 
@@ -122,7 +121,7 @@ class ValidationReport:
 
     def save(self, path: str | Path) -> None:
         """Write the report as JSON (atomically)."""
-        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True).encode(), 0o644)
+        write_json(path, self.to_dict())
 
     def summary(self) -> str:
         """One sentence: passed, or which checks failed and why."""

@@ -1,0 +1,265 @@
+"""What the daemon tells the world: ``status.json``, the audit log, metrics and log lines.
+
+Theory of operation: ``open_governance`` opens the node's audit log (setting aside a line
+torn by a crash), model registry, drift monitor and metrics as one ``GovernanceRecorder``.
+``RoundReporter`` is the one object the running daemon reports through: a roster change,
+the node's removal, the cohort starting, each round's ``RoundReport`` (audit entries,
+registry version, drift alerts, metrics, the status fields and one log line) and how the
+rounds ended. It writes into the caller's status dict, which outlives a cancellation (the
+signal watcher and ``ended`` record the stop in it), and writes ``status.json`` whenever
+a change must be visible at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2pfed.daemon.prepare import AUDIT_FILE, MODELS_DIR, Prepared
+from p2pfed.durable import atomic_write, write_json
+from p2pfed.errors import BudgetExceededError, DataError, IntegrityError
+from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
+from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
+from p2pfed.governance.metrics import NodeMetrics
+from p2pfed.governance.models import ModelRegistry, tensors_from_flat
+from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
+from p2pfed.identity import Identity
+from p2pfed.identity.roster import RosterError
+from p2pfed.lifecycle import expiry_guard, roster_expired
+from p2pfed.node import Peer, RoundReport, weights_digest
+from p2pfed.node.roster_sync import RosterChange
+from p2pfed.node.sync import SyncRefusal
+from p2pfed.privacy import PrivacyLedger
+from p2pfed.training.params import ParameterLayout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from p2pfed.transport.libp2p import Libp2pTransport
+
+log = logging.getLogger("p2pfed.daemon")
+
+STATUS_FILE = "status.json"
+
+
+def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+    """Atomically replace ``status.json`` (read by ``p2pfed status`` and the demo)."""
+    status = {**status, "updated": time.time(), "pid": os.getpid()}
+    write_json(state_dir / STATUS_FILE, status, indent=None)  # one line, as it always was
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    """The last status a daemon wrote, or None."""
+    try:
+        loaded: dict[str, Any] = json.loads((state_dir / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{state_dir / STATUS_FILE} is unreadable ({exc})") from None
+    return loaded
+
+
+def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
+    """Open the node's audit log; a line torn by a crash mid-append is set aside first.
+
+    A torn last line was never a complete signed entry, so removing it loses no record;
+    its bytes are kept in ``audit.jsonl.torn`` for the auditors. Any other problem stops the
+    node (``IntegrityError``): an audit log is never repaired silently.
+    """
+    try:
+        return AuditLog(path, identity, salt=salt)
+    except IntegrityError:
+        report = verify_log(path)
+        if report.problem is None or report.problem.kind is not ProblemKind.TORN:
+            raise
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        with (path.parent / (path.name + ".torn")).open("ab") as aside:
+            aside.write(data[keep:] + b"\n")
+        atomic_write(path, data[:keep], 0o600)
+        log.warning("audit log: set aside a line torn by a crash (%d bytes)", len(data) - keep)
+        return AuditLog(path, identity, salt=salt)
+
+
+def open_governance(prepared: Prepared, consortium: str, classes: int) -> GovernanceRecorder:
+    """Audit log, model registry, drift monitor and metrics for this node."""
+    g = prepared.config.governance
+    audit = open_audit_log(prepared.state_dir / AUDIT_FILE, prepared.identity, prepared.audit_salt)
+    drift = DriftMonitor(
+        DriftConfig(rules=(MetricRule("accuracy", g.accuracy_drop),), psi_major=g.psi_major),
+        classes,
+    )
+    try:
+        drift.set_reference(prepared.train)
+    except DataError as exc:
+        # Too few local rows for a meaningful reference: metric drift is still watched.
+        log.warning("input drift monitoring is off: %s", exc)
+    return GovernanceRecorder(
+        audit, ModelRegistry(prepared.state_dir / MODELS_DIR), drift=drift, metrics=NodeMetrics()
+    )
+
+
+class RoundReporter:
+    """Owns status, audit, metrics and logs for the running daemon; see the module docs."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        status: dict[str, Any],
+        recorder: GovernanceRecorder,
+        ledger: PrivacyLedger | None,
+        layout: ParameterLayout,
+    ) -> None:
+        self.status = status
+        self.recorder = recorder
+        self._prepared = prepared
+        self._ledger = ledger
+        self._layout = layout
+        self._peer: Peer | None = None
+        self._transport: Libp2pTransport | None = None
+        self._roster_version = prepared.gate.roster.version
+
+    def write(self) -> None:
+        """Write ``status.json`` now."""
+        write_status(self._prepared.state_dir, self.status)
+
+    def roster_changed(self, change: RosterChange) -> None:
+        """A newer roster was accepted: audited, and in ``status.json`` at once."""
+        self.recorder.roster_changed(
+            old_version=change.old.version,
+            new_version=change.new.version,
+            roster_digest=change.new.digest(),
+            added=change.added,
+            removed=change.removed,
+        )
+        self.status["roster_version"] = change.new.version
+        self.write()
+
+    def removed(self, peer_id: str, version: int) -> None:
+        """This node is not in roster ``version``: its own gate now refuses everyone."""
+        log.error("this node (%s) was removed in roster version %d; stopping", peer_id, version)
+        self.status |= {"state": "stopped", "stop_reason": f"removed in roster version {version}"}
+
+    def expiry_guard(self) -> Callable[[], None]:
+        """The peer's guard: roster expiry into status and metrics, raising once expired."""
+        return expiry_guard(self._prepared.gate, self.status, self.recorder.metrics, self.write)
+
+    def refused(self, refusal: SyncRefusal) -> None:
+        """Model sync refused a member's model: audited naming the sender by salted hash."""
+        self.recorder.refuse_model(refusal.round, refusal.peer, refusal.reason, refusal.detail)
+
+    def running(self, peer: Peer, transport: Libp2pTransport, roster_version: int) -> None:
+        """A cohort's peer starts its rounds (resumed from the checkpoint's round)."""
+        self._peer, self._transport, self._roster_version = peer, transport, roster_version
+        self.status |= {
+            "state": "running",
+            "listen": list(transport.listen_addrs),
+            "completed_round": peer.model_round,  # resumed from the checkpoint
+        }
+        self.write()
+
+    def on_report(self, report: RoundReport) -> None:
+        """One round ended: audit, registry, drift, metrics, ``status.json`` and a log line."""
+        peer, transport = self._peer, self._transport
+        assert peer is not None and transport is not None, "running() names the peer first"
+        self.recorder.begin_round(
+            report.round,
+            roster_version=self._roster_version,
+            mode=self._prepared.config.rounds.mode,
+            cohort=report.cohort,
+        )
+        for e in report.exclusions:
+            self.recorder.exclude(report.round, e.peer, e.reason, e.detail, e.count)
+        if report.committed:
+            self._committed(report, peer)
+        else:
+            self.recorder.fail_round(
+                report.round, duration_s=report.duration_s, reason=report.reason
+            )
+        if self.recorder.metrics is not None:
+            self.recorder.metrics.set_peers(len(transport.connected_peers()))
+        self.status.update(
+            round=report.round,
+            completed_round=peer.model_round,
+            last={
+                k: v
+                for k, v in asdict(report).items()
+                if k not in ("exclusions", "cohort", "certificate")
+            },
+            certified=report.certificate is not None,
+            exclusions=[f"{e.peer}:{e.reason}" for e in report.exclusions],
+            epsilon=report.epsilon,
+            bytes_sent=peer.bytes_sent,
+            connected_peers=len(transport.connected_peers()),
+            model_digest=report.model_digest,
+            test_accuracy=report.test_accuracy,
+        )
+        self.write()
+        log.info(
+            "round %d %s: accuracy %.3f, eps %s, %d contributors",
+            report.round,
+            "committed" if report.committed else f"missed ({report.reason})",
+            report.test_accuracy,
+            "off" if report.epsilon is None else f"{report.epsilon:.3f}",
+            report.contributors,
+        )
+
+    def _committed(self, report: RoundReport, peer: Peer) -> None:
+        """Store and audit the round's model with its DP record; drift alerts into status."""
+        record = self.recorder.finish_round(
+            report.round,
+            tensors_from_flat(self._layout.names, self._layout.shapes, peer.weights),
+            dp=self._dp_record(report),
+            metrics={
+                "accuracy": report.test_accuracy,
+                "loss": report.test_loss,
+                "bytes_sent": float(report.bytes_sent),
+            },
+            duration_s=report.duration_s,
+            bytes_sent=report.bytes_sent,
+            certificate=report.certificate,
+        )
+        self.status["model_version"] = record.manifest.version
+        self.status["drift_alerts"] = [a.to_dict() for a in record.alerts]
+
+    def _dp_record(self, report: RoundReport) -> DPRecord:
+        """The round's DP mechanism and ε so far; ``off`` with no ledger."""
+        p, ledger = self._prepared.config.privacy, self._ledger
+        return DPRecord(
+            noise_multiplier=self._prepared.sigma if ledger else 0.0,
+            clip_norm=p.clip_norm,
+            sample_rate=report.sample_rate,
+            delta=p.delta,
+            epsilon=report.epsilon or 0.0,
+            accountant=self._prepared.config.accountant if ledger else "off",
+            steps=report.steps,
+            epsilon_budget=p.epsilon_budget if ledger else None,
+            ledger_head=ledger.head().to_dict() if ledger else None,
+        )
+
+    def budget_exhausted(self, exc: BudgetExceededError) -> None:
+        """The rounds stopped because the privacy budget would be exceeded."""
+        self.status |= {"state": "budget-exhausted", "error": str(exc)}
+        self.status["stop_reason"] = "budget exhausted"
+        log.error("%s", exc)
+
+    def roster_expired(self, exc: RosterError) -> bool:
+        """Record an expired roster as the end of the run; False for other roster problems."""
+        return roster_expired(self.status, exc)
+
+    def finished(self) -> None:
+        """Every configured round ran."""
+        self.status |= {"state": "finished", "stop_reason": "finished"}
+
+    def rounds_over(self, peer: Peer) -> None:
+        """Where the rounds left the node: its last round, ε and model digest."""
+        self.status |= {
+            "completed_round": peer.model_round,
+            "epsilon": peer.epsilon,
+            "model_digest": weights_digest(peer.weights).hex(),
+        }

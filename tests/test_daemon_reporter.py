@@ -1,0 +1,112 @@
+"""RoundReporter: a round's report reaches the audit log, the registry, status.json and the log."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pfed.config import load_config
+from p2pfed.daemon import RoundReporter, open_governance, prepare, read_status
+from p2pfed.demo import DemoSettings, build_consortium
+from p2pfed.node import RoundReport
+from p2pfed.training import ParameterLayout
+
+
+@dataclasses.dataclass
+class FakePeer:
+    """What the reporter reads of a peer."""
+
+    weights: np.ndarray
+    model_round: int = -1
+    bytes_sent: int = 0
+    epsilon: float | None = None
+
+
+@dataclasses.dataclass
+class FakeTransport:
+    """What the reporter reads of the transport."""
+
+    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/4001",)
+
+    def connected_peers(self) -> list[str]:
+        return ["a", "b"]
+
+
+def test_a_committed_and_a_missed_round_are_reported_everywhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=2))
+    prepared = prepare(load_config(c.hospitals[0].config))
+    roster = prepared.gate.roster
+    recorder = open_governance(prepared, roster.consortium_id, 2)
+    layout = ParameterLayout(("w", "b"), ((2, 3), (2,)))
+    status: dict[str, object] = {"state": "starting"}
+    reporter = RoundReporter(prepared, status, recorder, None, layout)
+    peer = FakePeer(np.zeros(layout.size, np.float32))
+    reporter.running(peer, FakeTransport(), roster.version)  # type: ignore[arg-type]
+    assert read_status(prepared.state_dir)["state"] == "running"
+
+    members = tuple(sorted(m.peer_id for m in roster.members))
+    committed = RoundReport(
+        round=0,
+        committed=True,
+        contributors=3,
+        train_loss=0.5,
+        test_accuracy=0.75,
+        test_loss=0.4,
+        epsilon=None,
+        bytes_sent=100,
+        duration_s=0.25,
+        model_digest="ab" * 16,
+        cohort=members,
+    )
+    peer.model_round, peer.bytes_sent = 0, 100
+    with caplog.at_level(logging.INFO, logger="p2pfed.daemon"):
+        reporter.on_report(committed)
+        peer.weights = peer.weights + 1.0
+        reporter.on_report(
+            dataclasses.replace(committed, round=1, committed=False, reason="timeout", cohort=())
+        )
+    recorder.stop(reason="finished")
+
+    written = read_status(prepared.state_dir)
+    assert written is not None
+    assert written["round"] == 1 and written["completed_round"] == 0
+    assert written["model_version"] and written["drift_alerts"] == []
+    assert written["connected_peers"] == 2 and written["bytes_sent"] == 100
+    assert written["last"]["reason"] == "timeout" and "cohort" not in written["last"]
+    assert [r.getMessage() for r in caplog.records if r.name == "p2pfed.daemon"] == [
+        "round 0 committed: accuracy 0.750, eps off, 3 contributors",
+        "round 1 missed (timeout): accuracy 0.750, eps off, 3 contributors",
+    ]
+    entries = [
+        json.loads(x) for x in (prepared.state_dir / "audit.jsonl").read_text().split("\n") if x
+    ]
+    kinds = [e["kind"] for e in entries]
+    assert kinds == [
+        "round_start",
+        "cohort",
+        "model_version",
+        "dp",
+        "round_end",
+        "round_start",
+        "cohort",
+        "round_end",
+        "daemon_stop",
+    ]
+    assert entries[4]["body"]["outcome"] == "completed"
+    assert entries[7]["body"] == {
+        "round": 1,
+        "outcome": "failed",
+        "duration_s": 0.25,
+        "participants": 0,
+        "reason": "timeout",
+    }
+    dp = entries[3]["body"]
+    assert dp["accountant"] == "off" and dp["noise_multiplier"] == 0.0
+    assert [m.round for m in recorder.registry.versions()] == [0]
