@@ -44,8 +44,7 @@ from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
 from p2pfed.governance.metrics import MetricsConfig, NodeMetrics, serve_if_enabled
 from p2pfed.governance.models import ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
-from p2pfed.identity import Identity
-from p2pfed.identity.roster import Role, RosterError, RosterGate
+from p2pfed.identity import Identity, Role, RosterError, RosterGate
 from p2pfed.lifecycle import ended, expiry_guard, load_audit_salt, roster_expired, stop_reason
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.node.roster_sync import (

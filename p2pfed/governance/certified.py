@@ -43,7 +43,7 @@ def check_certificate(
     """
     from p2pfed.collectives.signing import Ed25519CohortSigner
     from p2pfed.governance.audit import roster_members
-    from p2pfed.identity.roster import Role, Roster
+    from p2pfed.identity import Role, Roster
     from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
     from p2pfed.node.sync import weights_digest
 
