@@ -41,7 +41,8 @@ from transport_harness import libp2p_group, seed_for
 from p2pfed.errors import ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.identity import Identity, Member, Roster, RosterGate, RosterStore
 from p2pfed.transport import Stream
-from p2pfed.transport.libp2p import Libp2pStream, Libp2pTransport
+from p2pfed.transport.libp2p import Libp2pTransport
+from p2pfed.transport.libp2p_stream import Libp2pStream
 from p2pfed.wire import receive_tensor, send_tensor
 
 pytestmark = pytest.mark.network

@@ -15,7 +15,7 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
 
-from p2pfed.transport.noise_session import BufferedNoiseSession
+from p2pfed.transport.libp2p_compat import BufferedNoiseSession
 
 SIZES = [1, 12, 0, 65_518, 65_519, 65_520, 3 * 65_519 + 7, 1_000_003]
 
