@@ -22,7 +22,7 @@ from libp2p.network.connection_gate import ConnectionGate
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux import yamux as yamux_module
-from transport_harness import libp2p_group, seed_for
+from transport_harness import count_tasks, libp2p_group, seed_for
 
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.transport import Stream
@@ -153,17 +153,6 @@ async def test_buffered_noise_session_sends_many_noise_messages_per_socket_call(
     assert max(sizes) > NOISE_MESSAGE_ON_WIRE
 
 
-def _count_tasks() -> int:
-    stack = [trio.lowlevel.current_root_task()]
-    count = 0
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
 async def test_an_inbound_connections_task_ends_with_the_connection() -> None:
     async def cycle(server: Libp2pTransport, client: Libp2pTransport) -> None:
         await round_trip(client, server, 256)
@@ -175,13 +164,13 @@ async def test_an_inbound_connections_task_ends_with_the_connection() -> None:
         async with pair("leak") as (server, client):
             await cycle(server, client)  # warm up: lazily created tasks and caches
             gc.collect()
-            before = _count_tasks()
+            before = count_tasks()
             for _ in range(3):
                 await cycle(server, client)
             # py-libp2p keeps one task per closed inbound connection until the swarm stops:
             # the count would never come back down.
             with trio.fail_after(3):
-                while _count_tasks() > before:
+                while count_tasks() > before:
                     await trio.sleep(0.01)
 
 
