@@ -25,8 +25,8 @@ from p2pfed.config import Config
 from p2pfed.errors import ConfigError
 from p2pfed.governance.audit import SALT_FILE, create_salt_file, read_salt_file
 from p2pfed.governance.metrics import NodeMetrics
+from p2pfed.identity import RosterError, RosterGate, RosterProblem
 from p2pfed.identity.expiry import ExpiryWatch
-from p2pfed.identity.roster import RosterError, RosterGate, RosterProblem
 
 log = logging.getLogger("p2pfed.daemon")
 

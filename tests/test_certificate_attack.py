@@ -114,7 +114,7 @@ async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Pat
     from p2pfed.daemon import parse_listen, peer_addresses, prepare
     from p2pfed.demo import DemoSettings, build_consortium
     from p2pfed.governance.audit import hash_peer_id, read_salt_file
-    from p2pfed.identity.roster import Role
+    from p2pfed.identity import Role
     from p2pfed.transport.libp2p import Libp2pTransport
 
     c = build_consortium(tmp_path / "demo", DemoSettings(peers=4, rounds=2))

@@ -12,8 +12,7 @@ from p2pfed.config import load_config
 from p2pfed.consortium import launch, stop
 from p2pfed.daemon import read_status
 from p2pfed.demo import DemoSettings, build_consortium
-from p2pfed.identity import Identity, Roster
-from p2pfed.identity.roster import format_time
+from p2pfed.identity import Identity, Roster, format_time
 from p2pfed.privacy.ledger import PrivacyLedger
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]

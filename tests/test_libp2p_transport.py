@@ -36,12 +36,13 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from transport_harness import libp2p_group, seed_for
+from transport_harness import count_tasks, libp2p_group, seed_for
 
 from p2pfed.errors import ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.identity import Identity, Member, Roster, RosterGate, RosterStore
 from p2pfed.transport import Stream
-from p2pfed.transport.libp2p import Libp2pStream, Libp2pTransport
+from p2pfed.transport.libp2p import Libp2pTransport
+from p2pfed.transport.libp2p_stream import Libp2pStream
 from p2pfed.wire import receive_tensor, send_tensor
 
 pytestmark = pytest.mark.network
@@ -375,17 +376,6 @@ def test_peer_id_derives_from_the_seed() -> None:
     assert a.local_peer.startswith("12D3KooW")  # Ed25519 peer IDs embed the key
 
 
-def _count_tasks() -> int:
-    stack = [trio.lowlevel.current_root_task()]
-    count = 0
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
 @pytest.mark.slow
 async def test_no_task_or_fd_growth_over_260_connect_disconnect_cycles() -> None:
     async def echo(stream: Stream) -> None:
@@ -416,11 +406,11 @@ async def test_no_task_or_fd_growth_over_260_connect_disconnect_cycles() -> None
                 gc.collect()
 
             await run_all(1)  # warm up: lazily created tasks and caches
-            tasks_before, fds_before = _count_tasks(), len(os.listdir("/proc/self/fd"))
+            tasks_before, fds_before = count_tasks(), len(os.listdir("/proc/self/fd"))
             # 10 clients x 26 = 260 cycles: past py-libp2p's 250 inbound slots (max_connections
             # - min_connections), which it never gives back without our fix.
             await run_all(26)
-            tasks_after, fds_after = _count_tasks(), len(os.listdir("/proc/self/fd"))
+            tasks_after, fds_after = count_tasks(), len(os.listdir("/proc/self/fd"))
     assert tasks_after <= tasks_before, (tasks_before, tasks_after)
     assert fds_after <= fds_before, (fds_before, fds_after)
 

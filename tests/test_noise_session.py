@@ -1,5 +1,5 @@
-"""BufferedNoiseSession keeps py-libp2p's Noise wire format: it interoperates with the stock
-session in both directions, for sizes around the 65,519-byte message boundary."""
+"""BufferedNoiseSession (libp2p_compat) keeps py-libp2p's Noise wire format: it interoperates
+with the stock session in both directions, for sizes around the 65,519-byte message boundary."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.io.exceptions import ConnectionClosedError, DecryptionFailedException
 from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
 
-from p2pfed.transport.noise_session import BufferedNoiseSession
+from p2pfed.transport.libp2p_compat import BufferedNoiseSession
 
 SIZES = [1, 12, 0, 65_518, 65_519, 65_520, 3 * 65_519 + 7, 1_000_003]
 
@@ -80,8 +81,6 @@ async def test_buffered_session_interoperates_with_stock_session(buffered_side: 
 
 
 async def test_reading_after_the_peer_closed_raises() -> None:
-    from libp2p.io.exceptions import ConnectionClosedError
-
     with trio.fail_after(20):
         client, server = await handshaken_pair()
         reader = BufferedNoiseSession(server)
@@ -105,8 +104,6 @@ async def test_empty_write_sends_nothing() -> None:
 
 
 async def test_a_tampered_message_is_refused() -> None:
-    from libp2p.io.exceptions import DecryptionFailedException
-
     with trio.fail_after(20):
         client, server = await handshaken_pair()
         reader = BufferedNoiseSession(server)

@@ -16,9 +16,8 @@ from p2pfed.governance.audit import AuditLog
 from p2pfed.governance.metrics import NodeMetrics
 from p2pfed.governance.models import ModelRegistry
 from p2pfed.governance.recorder import GovernanceRecorder
-from p2pfed.identity import RosterGate, RosterStore
+from p2pfed.identity import RosterError, RosterGate, RosterProblem, RosterStore
 from p2pfed.identity.expiry import ExpiryWatch
-from p2pfed.identity.roster import RosterError, RosterProblem
 from p2pfed.lifecycle import expiry_guard, roster_expired, stop_reason
 from p2pfed.node import Peer
 from tests.governance_helpers import SALT, make_signer

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import trio
+
 from p2pfed.transport import MemoryNetwork, Transport
 
 
@@ -24,6 +26,18 @@ class Group:
     @property
     def ids(self) -> list[str]:
         return [t.local_peer for t in self.transports]
+
+
+def count_tasks() -> int:
+    """The trio tasks alive now (walking the task tree from the root): leaks show up here."""
+    stack = [trio.lowlevel.current_root_task()]
+    count = 0
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 def seed_for(name: str) -> bytes:

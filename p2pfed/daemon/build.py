@@ -28,7 +28,7 @@ from p2pfed.config import Config
 from p2pfed.daemon.prepare import Prepared, parse_listen, secagg_plan
 from p2pfed.daemon.reporter import RoundReporter
 from p2pfed.errors import ConfigError
-from p2pfed.identity.roster import Member, Role, Roster
+from p2pfed.identity import Member, Role, Roster
 from p2pfed.node import GossipAggregator, Peer, RingAggregator, SecureRingAggregator
 from p2pfed.node.aggregators import Aggregator
 from p2pfed.node.roster_sync import session_id

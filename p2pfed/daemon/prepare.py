@@ -25,8 +25,7 @@ import topologies
 from p2pfed.collectives.secure_gossip import check_groups
 from p2pfed.config import Config
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError
-from p2pfed.identity import Identity
-from p2pfed.identity.roster import Role, RosterGate
+from p2pfed.identity import Identity, Role, RosterGate
 from p2pfed.lifecycle import load_audit_salt
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import PrivacyLedger, noise_multiplier_for

@@ -28,8 +28,7 @@ from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
 from p2pfed.governance.metrics import NodeMetrics
 from p2pfed.governance.models import ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
-from p2pfed.identity import Identity
-from p2pfed.identity.roster import RosterError
+from p2pfed.identity import Identity, RosterError
 from p2pfed.lifecycle import expiry_guard, roster_expired
 from p2pfed.node import Peer, RoundReport, weights_digest
 from p2pfed.node.roster_sync import RosterChange

@@ -34,7 +34,7 @@ from p2pfed.daemon.reporter import RoundReporter, open_governance
 from p2pfed.errors import BudgetExceededError
 from p2pfed.governance.metrics import MetricsConfig, serve_if_enabled
 from p2pfed.governance.recorder import GovernanceRecorder
-from p2pfed.identity.roster import RosterError
+from p2pfed.identity import RosterError
 from p2pfed.lifecycle import ended, stop_reason
 from p2pfed.node import Peer
 from p2pfed.node.roster_sync import LiveRoster, RosterAnnouncer, RosterChange, enforce, run_unless

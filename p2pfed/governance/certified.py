@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from p2pfed.errors import ConfigError, IntegrityError, P2PFedError
 from p2pfed.governance.audit import roster_members
-from p2pfed.identity.roster import Role, Roster
+from p2pfed.identity import Role, Roster
 
 CERTIFICATE_FILE = "certificate.json"
 

@@ -1,8 +1,10 @@
 """Who a peer is and who it may talk to: Ed25519 identities and the signed roster.
 
 ``keys`` holds identities, key files and libp2p peer IDs (computed without importing
-libp2p); ``roster`` holds the consortium roster, its m-of-n admin signatures and the
-state file that stops rollbacks. See docs/deployment.md for the operator's view.
+libp2p); ``roster`` holds the consortium roster document and its m-of-n admin signatures,
+``roster_fields`` its checked fields, ``roster_trust`` the acceptance rules, the state file
+that stops rollbacks and the live ``RosterGate``; ``expiry`` warns ahead of the expiry.
+See docs/deployment.md for the operator's view.
 """
 
 from p2pfed.identity.keys import (
@@ -14,15 +16,19 @@ from p2pfed.identity.keys import (
     public_key_from_peer_id,
     verify_signature,
 )
-from p2pfed.identity.roster import (
-    AcceptedRoster,
+from p2pfed.identity.roster import Roster
+from p2pfed.identity.roster_fields import (
     Member,
     Role,
-    Roster,
     RosterError,
-    RosterGate,
     RosterProblem,
     RosterSignature,
+    format_time,
+    parse_time,
+)
+from p2pfed.identity.roster_trust import (
+    AcceptedRoster,
+    RosterGate,
     RosterStore,
     check_roster,
     load_roster,
@@ -43,7 +49,9 @@ __all__ = [
     "RosterSignature",
     "RosterStore",
     "check_roster",
+    "format_time",
     "load_roster",
+    "parse_time",
     "peer_id_from_public_key",
     "public_key_from_peer_id",
     "verify_signature",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from p2pfed.errors import ConfigError
-from p2pfed.identity.roster import Roster, RosterError, RosterProblem, format_time
+from p2pfed.identity.roster import Roster
+from p2pfed.identity.roster_fields import RosterError, RosterProblem, format_time
 
 WARN_BEFORE = (timedelta(days=7), timedelta(days=1))
 """How long before the expiry the operator is warned (once per threshold)."""

@@ -39,7 +39,7 @@ from p2pfed.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from p2pfed.identity.roster import Roster, RosterError, RosterGate, RosterProblem
+from p2pfed.identity import Roster, RosterError, RosterGate, RosterProblem
 from p2pfed.transport.base import Stream, Transport
 from p2pfed.wire import Frame, FrameType, read_frame, write_frame
 from p2pfed.wire.frames import Limits

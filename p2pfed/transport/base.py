@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
+from p2pfed.errors import BrokenError
+
 PeerGate = Callable[[str], bool]
 """Returns True when the peer ID may connect (for example: is a current roster member)."""
 
@@ -54,8 +56,6 @@ class Stream(abc.ABC):
 
     async def receive_exactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes; ``BrokenError`` on end of stream before that."""
-        from p2pfed.errors import BrokenError
-
         parts: list[bytes] = []
         left = n
         while left:

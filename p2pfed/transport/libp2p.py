@@ -8,9 +8,9 @@ Noise XX handshake proves possession of the identity key behind the peer ID.
 
 Admission happens at two places:
 
-1. ``_GatedNoise`` subclasses py-libp2p's Noise transport and asks the ``PeerGate`` about the
-   authenticated remote peer right after the handshake, in both directions, before any muxer
-   or stream exists. A refused peer's connection is closed there.
+1. ``GatedNoise`` (``libp2p_gate``) subclasses py-libp2p's Noise transport and asks the
+   ``PeerGate`` about the authenticated remote peer right after the handshake, in both
+   directions, before any muxer or stream exists. A refused peer's connection is closed there.
 2. Every inbound stream is checked again before its handler runs (the roster may have changed
    since the connection formed). The server then writes one admission byte: ``ACCEPT`` and the
    handler runs, or ``REFUSE`` and the stream ends. ``open_stream`` waits for that byte, so a
@@ -22,18 +22,19 @@ handlers run in that nursery (libp2p's per-stream task only waits for them, so l
 bookkeeping stays right); leaving the context cancels them, closes the host and with it the
 listener (leaving ``host.run()`` alone does not stop the listener in py-libp2p 0.8.1).
 
-Streams split large writes into Yamux-frame-sized pieces and map libp2p's errors onto
-``ClosedError`` (we closed it) and ``BrokenError`` (the peer or the network broke it).
+Streams (``libp2p_stream``) split large writes into Yamux-frame-sized pieces and map libp2p's
+errors onto ``ClosedError`` (we closed it) and ``BrokenError`` (the peer or the network broke it).
 
 Unauthenticated connections are bounded: an inbound connection that has not finished the
 Noise handshake and muxer negotiation within ``handshake_timeout`` is closed, and at most
 ``pending_per_source`` may be mid-handshake per source address (a newer one evicts the
-oldest), so idle sockets cannot hold py-libp2p's inbound slots and lock members out.
+oldest), so idle sockets cannot hold py-libp2p's inbound slots and lock members out
+(``libp2p_inbound``).
 
-Adjustments to py-libp2p 0.8.1, each covered by a test (docs/transport.md says why): Yamux
-frames of up to 256 KiB and a Noise session that batches socket I/O (same wire format, about
-half the CPU per byte); the listener's per-connection task ends with its connection (py-libp2p
-leaks it, and its inbound slot); no auto-connector, no dial retries, one connection per peer.
+Every change to py-libp2p itself (256 KiB Yamux frames, a Noise session that batches socket
+I/O, inbound tasks that end with their connection, no dial retries or negative cache, no
+auto-connector) lives in ``libp2p_compat``, which refuses to import against a py-libp2p that
+lacks what they need; this module only builds the host (one connection per peer) and drives it.
 
 Raises (construction): ``ConfigError`` for a seed that is not 32 bytes or a bad address.
 """
@@ -51,40 +52,29 @@ from typing import Any, Self, cast
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream, IRawConnection, ISecureConn
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair, PrivateKey
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.network.config import ConnectionConfig, RetryConfig
-from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError
-from libp2p.network.stream.net_stream import NetStream
+from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.security.exceptions import HandshakeFailure
-from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.security.secure_session import SecureSession
-from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pfed.errors import BrokenError, ClosedError, ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
-from p2pfed.transport.libp2p_inbound import PendingHandshakes, hold_inbound_only_while_open
+from p2pfed.transport.libp2p_compat import allow_redial, tame_swarm, use_large_yamux_frames
+from p2pfed.transport.libp2p_gate import GatedNoise, gate_allows
+from p2pfed.transport.libp2p_inbound import PendingHandshakes
 from p2pfed.transport.libp2p_logging import route_libp2p_logging
-from p2pfed.transport.noise_session import BufferedNoiseSession
+from p2pfed.transport.libp2p_stream import Libp2pStream
 
 log = logging.getLogger(__name__)
 
 SEED_BYTES = 32
-YAMUX_INITIAL_WINDOW = 256 * 1024
-YAMUX_HEADER_BYTES = 12
-YAMUX_MAX_FRAME_PAYLOAD = YAMUX_INITIAL_WINDOW - YAMUX_HEADER_BYTES
-"""The most payload our Yamux frames carry (py-libp2p's own sender stops at 65,524 B)."""
-
 ACCEPT = b"\x01"
 REFUSE = b"\x00"
 """The admission byte a server writes first on every inbound stream."""
@@ -100,151 +90,6 @@ closes the oldest, so idle sockets from one address cannot hold py-libp2p's inbo
 
 PeerAddrs = Mapping[str, str | Sequence[str]]
 """Where peers listen: peer ID → one multiaddr or several (``/ip4/10.0.0.2/tcp/4001``)."""
-
-
-def _use_large_yamux_frames() -> None:
-    """Let py-libp2p's Yamux sender put up to 256 KiB in one DATA frame instead of 64 KiB.
-
-    py-libp2p spends most of a bulk transfer in per-frame Python work on both ends (locks,
-    header parsing, buffer bookkeeping, a window update per read); four times fewer frames
-    roughly doubled measured throughput. Yamux bounds a frame only by the receiver's window, and
-    256 KiB is the window every stream starts with, so any Yamux receiver must accept it (the
-    sender still never exceeds the window it was granted). Noise still splits each frame into
-    messages of at most 65,519 B. This sets a module constant of py-libp2p, so it applies to
-    every py-libp2p Yamux connection of this process.
-    """
-    yamux_module.MAX_MESSAGE_SIZE = YAMUX_INITIAL_WINDOW
-
-
-def _gate_allows(gate: PeerGate, peer: str) -> bool:
-    # A gate that fails must fail closed: an exception is a refusal, never an admission.
-    try:
-        return bool(gate(peer))
-    except Exception:
-        log.exception("peer gate raised for %s; refusing the peer", peer)
-        return False
-
-
-def _buffered(secured: ISecureConn) -> ISecureConn:
-    # Same cipher states and wire format, fewer socket calls (see noise_session).
-    if isinstance(secured, SecureSession) and isinstance(secured.conn, NoiseTransportReadWriter):
-        return BufferedNoiseSession(secured)
-    return secured
-
-
-class _GatedNoise(NoiseTransport):
-    """Noise (XX) that refuses any authenticated peer the gate does not admit.
-
-    The check sits right after the handshake, so a refused peer never reaches muxer
-    negotiation. ``authenticated`` remembers the peers whose *outbound* handshake completed
-    and passed our gate: if such a dial still fails, the remote dropped us after learning who
-    we are, i.e. it refused us.
-    """
-
-    def __init__(self, key_pair: KeyPair, noise_key: PrivateKey, gate: PeerGate) -> None:
-        super().__init__(key_pair, noise_privkey=noise_key)
-        self._gate = gate
-        self.authenticated: set[str] = set()
-        self.refused_inbound = 0
-
-    async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
-        secured = await super().secure_inbound(conn)
-        await self._admit(secured, "inbound")
-        return _buffered(secured)
-
-    async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
-        secured = await super().secure_outbound(conn, peer_id)
-        await self._admit(secured, "outbound")
-        self.authenticated.add(str(secured.get_remote_peer()))
-        return _buffered(secured)
-
-    async def _admit(self, secured: ISecureConn, direction: str) -> None:
-        peer = str(secured.get_remote_peer())
-        if _gate_allows(self._gate, peer):
-            return
-        if direction == "inbound":
-            self.refused_inbound += 1
-        log.warning(
-            "refused %s connection from peer %s: not admitted by the roster", direction, peer
-        )
-        with trio.CancelScope(shield=True):
-            try:
-                await secured.close()
-            except Exception as exc:  # the socket may already be gone; refusing is what matters
-                log.debug("closing refused connection to %s failed: %s", peer, exc)
-        raise HandshakeFailure(f"peer {peer} is not admitted by the roster")
-
-
-class Libp2pStream(Stream):
-    """One Yamux stream over a Noise-secured connection to an admitted peer."""
-
-    def __init__(self, stream: INetStream, remote: str) -> None:
-        # The host hands out NetStreams; the interface lacks close_write, which send_eof needs.
-        self._stream = cast(NetStream, stream)
-        self._remote = remote
-        self._closed = False
-        self._eof_sent = False
-
-    @property
-    def remote_peer(self) -> str:
-        return self._remote
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed or self._eof_sent:
-            raise ClosedError("stream was closed for sending by us")
-        view = memoryview(data).cast("B")
-        try:
-            for start in range(0, len(view), YAMUX_MAX_FRAME_PAYLOAD):
-                # Yamux copies each frame into header + payload anyway, so a view suffices.
-                piece = view[start : start + YAMUX_MAX_FRAME_PAYLOAD]
-                await self._stream.write(cast(bytes, piece))
-        except StreamClosed as exc:
-            if self._closed:
-                raise ClosedError("stream was closed by us") from exc
-            raise BrokenError(f"stream to {self._remote} was closed by the peer") from exc
-        except (StreamError, OSError) as exc:
-            if self._closed:
-                raise ClosedError("stream was closed by us") from exc
-            raise BrokenError(f"stream to {self._remote} was broken: {exc!r}") from exc
-
-    async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        if self._closed:
-            raise ClosedError("stream was closed by us")
-        if max_bytes < 1:
-            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
-        try:
-            data = await self._stream.read(max_bytes)
-        except StreamEOF:
-            return b""
-        except (StreamError, OSError) as exc:
-            if self._closed:
-                raise ClosedError("stream was closed by us") from exc
-            raise BrokenError(f"stream from {self._remote} was broken: {exc!r}") from exc
-        # A zero-length read from py-libp2p also means the stream has ended.
-        return bytes(data)
-
-    async def send_eof(self) -> None:
-        if self._closed or self._eof_sent:
-            await trio.lowlevel.checkpoint()
-            return
-        self._eof_sent = True
-        try:
-            await self._stream.close_write()
-        except (StreamError, OSError) as exc:
-            raise BrokenError(f"stream to {self._remote} was broken: {exc!r}") from exc
-
-    async def aclose(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        # Closing politely (FIN) keeps data the peer already buffered readable there; a reset
-        # would discard it. Errors here mean the peer is gone, which closing accepts.
-        with trio.CancelScope(shield=True):
-            try:
-                await self._stream.close()
-            except Exception as exc:
-                log.debug("closing stream to %s: %s", self._remote, exc)
 
 
 class Libp2pTransport(Transport):
@@ -299,7 +144,7 @@ class Libp2pTransport(Transport):
         self._admission_timeout = admission_timeout
         self._handlers: dict[str, Handler] = {}
         self._dial_locks: dict[str, trio.Lock] = {}
-        self._noise: _GatedNoise | None = None
+        self._noise: GatedNoise | None = None
         self._host: IHost | None = None
         self._nursery: trio.Nursery | None = None
         self._exit_stack: AsyncExitStack | None = None
@@ -358,12 +203,12 @@ class Libp2pTransport(Transport):
         if self._exit_stack is not None or self._closed:
             raise ClosedError("a Libp2pTransport can be entered only once")
         route_libp2p_logging()
-        _use_large_yamux_frames()
+        use_large_yamux_frames()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
-            noise = _GatedNoise(self._key_pair, create_x25519_key_pair().private_key, self._gate)
+            noise = GatedNoise(self._key_pair, create_x25519_key_pair().private_key, self._gate)
             host = new_host(
                 key_pair=self._key_pair,
                 sec_opt={NOISE_PROTOCOL_ID: noise},
@@ -372,15 +217,10 @@ class Libp2pTransport(Transport):
                 # One connection per peer skips the ~250 ms happy-eyeballs wait on connect.
                 connection_config=ConnectionConfig(max_connections_per_peer=1),
             )
-            # A refused dial should fail at once, not after libp2p's 4 tries with back-off.
-            swarm = cast(Swarm, host.get_network())
-            swarm.retry_config = RetryConfig(max_retries=0)
             self._noise, self._host = noise, host
             await stack.enter_async_context(host.run([self._listen]))
-            hold_inbound_only_while_open(swarm, self.pending)
-            # libp2p's auto-connector dials peers from the peerstore on its own to reach a
-            # connection quota; we connect to roster members when a protocol asks, not before.
-            await swarm.auto_connector.stop()
+            # No dial retries, no auto-connector, inbound tasks scoped to their connection.
+            await tame_swarm(cast(Swarm, host.get_network()), self.pending)
             # Unwound first: leaving host.run() alone leaves the listener open.
             stack.push_async_callback(self._close_host)
             self._listen_addrs = tuple(str(a).split("/p2p/")[0] for a in host.get_addrs())
@@ -454,7 +294,7 @@ class Libp2pTransport(Transport):
         if self._closed or self._nursery is None or handler is None:
             await stream.aclose()
             return
-        if not _gate_allows(self._gate, remote):
+        if not gate_allows(self._gate, remote):
             log.warning("refused a %s stream from peer %s: no longer admitted", protocol, remote)
             try:
                 await net_stream.write(REFUSE)
@@ -491,7 +331,7 @@ class Libp2pTransport(Transport):
             raise ClosedError("transport was closed by us")
         if self._host is None or self._noise is None:
             raise ClosedError("transport is not running: enter it with 'async with' first")
-        if not _gate_allows(self._gate, peer):
+        if not gate_allows(self._gate, peer):
             raise RemoteProtocolError(
                 ReasonCode.UNKNOWN_PEER, f"peer {peer} is not admitted by the roster", peer
             )
@@ -542,9 +382,7 @@ class Libp2pTransport(Transport):
             self._noise.authenticated.discard(peer)
             # libp2p blocks a peer for 60 s after a failed dial ("negative cache"); a member
             # that restarts must be reachable at once, and our own timeouts bound each dial.
-            unblock = getattr(self._host.get_network(), "unblock_peer", None)
-            if unblock is not None:
-                unblock(peer_id)
+            allow_redial(cast(Swarm, self._host.get_network()), peer_id)
             try:
                 with trio.fail_after(self._connect_timeout):
                     await self._host.connect(PeerInfo(peer_id, list(addrs)))
@@ -570,7 +408,7 @@ class Libp2pTransport(Transport):
 
     async def drop_refused_peers(self) -> list[str]:
         """Close connections to every connected peer the gate no longer admits; returns them."""
-        dropped = [p for p in self.connected_peers() if not _gate_allows(self._gate, p)]
+        dropped = [p for p in self.connected_peers() if not gate_allows(self._gate, p)]
         for peer in dropped:
             await self.disconnect(peer)
         await trio.lowlevel.checkpoint()

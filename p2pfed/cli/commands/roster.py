@@ -123,13 +123,13 @@ def _expiry_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _now(text: str | None = None) -> datetime:
-    from p2pfed.identity.roster import parse_time
+    from p2pfed.identity import parse_time
 
     return datetime.now(UTC) if text is None else parse_time(text, "--now")
 
 
 def _expiry(args: argparse.Namespace) -> datetime:
-    from p2pfed.identity.roster import parse_time
+    from p2pfed.identity import parse_time
 
     if args.expires is not None:
         return parse_time(args.expires, "--expires")
@@ -263,8 +263,7 @@ def run_sign(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Check the roster; print a summary."""
-    from p2pfed.identity import RosterStore, check_roster
-    from p2pfed.identity.roster import format_time
+    from p2pfed.identity import RosterStore, check_roster, format_time
 
     if args.accept and args.state is None:
         raise ConfigError("--accept needs --state, the file where acceptance is recorded")

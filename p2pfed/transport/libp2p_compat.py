@@ -1,0 +1,482 @@
+"""Every change p2pfed makes to py-libp2p, in one place, checked against what is installed.
+
+Theory of operation: py-libp2p 0.8.1 (with noiseprotocol 0.3.1 under its Noise) needs six
+changes for a long-lived, fast, roster-gated member. Each is named here, applies only through
+the functions below, and reaches into py-libp2p only as far as ``REQUIREMENTS`` lists:
+
+- ``yamux-256k-frames``: Yamux DATA frames of up to 256 KiB instead of 64 KiB, by setting the
+  module constant ``MAX_MESSAGE_SIZE`` (so for every py-libp2p Yamux connection of the
+  process). Four times fewer frames roughly doubled throughput; every Yamux receiver accepts
+  them, as 256 KiB is the window every stream starts with.
+- ``buffered-noise-session``: ``BufferedNoiseSession`` takes over the Noise cipher states
+  after the handshake and moves many Noise messages per socket call, byte-identical on the wire.
+- ``connection-scoped-inbound``: the swarm's per-inbound-connection task (a private method)
+  is replaced so it ends, and frees its inbound slot, when its connection closes (py-libp2p
+  keeps it until the swarm stops), and the Noise handshake runs under ``PendingHandshakes``.
+  py-libp2p's IP allow/deny gate and its failure metric are kept.
+- ``redial-at-once``: a failed dial puts the peer in a 60 s negative cache; a member that
+  restarts must be reachable at once, so it is taken out before each dial.
+- ``no-dial-retries``: no dial retries with back-off inside py-libp2p; the protocol decides.
+- ``no-auto-connector``: the auto-connector dials peerstore peers on its own; it is stopped.
+
+Importing this module runs ``check_libp2p``: every name a change needs (and the Noise hooks
+``libp2p_gate.GatedNoise`` overrides, which if renamed would admit everyone) must exist with
+the signature it was written for, or the import raises ``ConfigError`` with one sentence naming
+the missing name and the version found. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import multiaddr
+import trio
+from cryptography.exceptions import InvalidTag
+from libp2p.abc import IMuxedConn, IRawConnection, ISecureConn
+from libp2p.io.exceptions import ConnectionClosedError, DecryptionFailedException
+from libp2p.network.config import RetryConfig
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
+from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.yamux import yamux as yamux_module
+
+from p2pfed.errors import ConfigError
+from p2pfed.transport.libp2p_inbound import PendingHandshakes
+
+log = logging.getLogger(__name__)
+
+WRITTEN_FOR = {"libp2p": "0.8.1", "noiseprotocol": "0.3.1"}
+"""The versions of the distributions whose internals these changes were written against."""
+
+YAMUX_FRAME_BYTES = 256 * 1024
+YAMUX_HEADER_BYTES = 12
+YAMUX_MAX_FRAME_PAYLOAD = YAMUX_FRAME_BYTES - YAMUX_HEADER_BYTES
+"""The most payload our Yamux frames carry (py-libp2p's own sender stops at 65,524 B)."""
+
+READ_SIZE = 256 * 1024
+"""Most ciphertext bytes ``BufferedNoiseSession`` takes from the socket per read."""
+
+_LENGTH_BYTES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """One name a change reaches: ``module.name`` and, if callable, its parameters.
+
+    ``match`` says how the parameters must agree: ``exact``; ``prefix`` (the first ones, in
+    order, as we pass them by position); ``includes`` (among them, as keywords).
+    """
+
+    change: str
+    module: str
+    name: str
+    params: tuple[str, ...] | None = None
+    match: str = "exact"
+
+    @property
+    def distribution(self) -> str:
+        """The installed distribution that provides ``module``."""
+        return "noiseprotocol" if self.module.split(".")[0] == "noise" else "libp2p"
+
+
+def _require(
+    change: str, where: str, params: str | None = None, match: str = "exact"
+) -> Requirement:
+    module, _, name = where.partition(":")
+    names = None if params is None else tuple(p.strip() for p in params.split(","))
+    return Requirement(change, module, name, names, match)
+
+
+_NOISE = "libp2p.security.noise"
+_SWARM = "libp2p.network.swarm:Swarm"
+REQUIREMENTS = (
+    _require("yamux-256k-frames", "libp2p.stream_muxer.yamux.yamux:MAX_MESSAGE_SIZE"),
+    _require(
+        "buffered-noise-session",
+        "libp2p.security.secure_session:SecureSession.__init__",
+        "self, local_peer, local_private_key, remote_peer, remote_permanent_pubkey, "
+        "is_initiator, conn",
+    ),
+    _require(
+        "buffered-noise-session",
+        f"{_NOISE}.io:NoiseTransportReadWriter.__init__",
+        "self, conn, noise_state",
+    ),
+    _require("buffered-noise-session", f"{_NOISE}.io:MAX_PLAINTEXT_LENGTH"),
+    _require(
+        "buffered-noise-session", "noise.state:CipherState.encrypt_with_ad", "self, ad, plaintext"
+    ),
+    _require(
+        "buffered-noise-session", "noise.state:CipherState.decrypt_with_ad", "self, ad, ciphertext"
+    ),
+    # The roster gate overrides these hooks: renamed, they would silently admit everyone.
+    _require("gated-noise", f"{_NOISE}.transport:Transport.secure_inbound", "self, conn"),
+    _require("gated-noise", f"{_NOISE}.transport:Transport.secure_outbound", "self, conn, peer_id"),
+    _require(
+        "gated-noise",
+        f"{_NOISE}.transport:Transport.__init__",
+        "self, libp2p_keypair, noise_privkey",
+        "prefix",
+    ),
+    _require(
+        "connection-scoped-inbound",
+        f"{_SWARM}._do_handle_inbound_connection",
+        "self, read_write_closer, maddr, failure_event",
+    ),
+    _require(
+        "connection-scoped-inbound", f"{_SWARM}.upgrade_inbound_raw_conn", "self, raw_conn, maddr"
+    ),
+    _require("connection-scoped-inbound", f"{_SWARM}.__init__", "metric_send_channel", "includes"),
+    _require(
+        "connection-scoped-inbound",
+        "libp2p.network.connection_gate:ConnectionGate.is_allowed",
+        "self, remote_addr",
+    ),
+    _require(
+        "connection-scoped-inbound",
+        "libp2p.network.connection.raw_connection:RawConnection.__init__",
+        "self, stream, initiator",
+        "prefix",
+    ),
+    _require("redial-at-once", f"{_SWARM}.unblock_peer", "self, peer_id"),
+    _require("no-dial-retries", f"{_SWARM}.__init__", "retry_config", "includes"),
+    _require(
+        "no-dial-retries", "libp2p.network.config:RetryConfig.__init__", "max_retries", "includes"
+    ),
+    _require("no-auto-connector", "libp2p.network.auto_connector:AutoConnector.stop", "self"),
+)
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution`` (``"unknown"`` if it has no metadata)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _problem(requirement: Requirement) -> str | None:
+    """What is wrong with ``requirement`` in the installed packages, or None."""
+    try:
+        target: Any = importlib.import_module(requirement.module)
+        for part in requirement.name.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError):
+        return "has no"
+    if requirement.params is None:
+        return None
+    try:
+        found = tuple(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return "has a non-callable"
+    wanted = requirement.params
+    agrees = {
+        "exact": found == wanted,
+        "prefix": found[: len(wanted)] == wanted,
+        "includes": set(wanted) <= set(found),
+    }
+    if agrees[requirement.match]:
+        return None
+    return f"has a different signature ({', '.join(found)}) for"
+
+
+def check_libp2p(requirements: tuple[Requirement, ...] = REQUIREMENTS) -> None:
+    """Raise ``ConfigError`` unless every name the changes need is there, as written for."""
+    for requirement in requirements:
+        problem = _problem(requirement)
+        if problem is None:
+            continue
+        dist = requirement.distribution
+        expected = "" if requirement.params is None else f"({', '.join(requirement.params)})"
+        raise ConfigError(
+            f"the installed {dist} {installed_version(dist)} {problem} "
+            f"{requirement.module}.{requirement.name}{expected}, which p2pfed's "
+            f"'{requirement.change}' change to py-libp2p needs (written for {dist} "
+            f"{WRITTEN_FOR[dist]}); install that version"
+        )
+
+
+check_libp2p()
+
+
+# -- yamux-256k-frames -------------------------------------------------------------------
+
+
+def use_large_yamux_frames() -> None:
+    """Let py-libp2p's Yamux put up to 256 KiB in one DATA frame (process-wide)."""
+    yamux_module.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
+
+
+# -- buffered-noise-session --------------------------------------------------------------
+
+
+def buffered(secured: ISecureConn) -> ISecureConn:
+    """``secured`` with the buffered session if it is a Noise session, else unchanged."""
+    if isinstance(secured, SecureSession) and isinstance(secured.conn, NoiseTransportReadWriter):
+        return BufferedNoiseSession(secured)
+    return secured
+
+
+def _cipher(noise_state: Any, which: str) -> Callable[[Any, Any], bytes]:
+    """The ``encrypt``/``decrypt`` of the cipher state the Noise handshake left behind."""
+    try:
+        state = getattr(noise_state.noise_protocol, f"cipher_state_{which}")
+        return cast(Callable[[Any, Any], bytes], getattr(state, f"{which}_with_ad"))
+    except AttributeError:
+        dist = "noiseprotocol"
+        raise ConfigError(
+            f"the installed {dist} {installed_version(dist)} has no "
+            f"noise_protocol.cipher_state_{which}.{which}_with_ad after the handshake, which "
+            f"p2pfed's 'buffered-noise-session' change to py-libp2p needs (written for {dist} "
+            f"{WRITTEN_FOR[dist]}); install that version"
+        ) from None
+
+
+class BufferedNoiseSession(SecureSession):
+    """Drop-in replacement for py-libp2p's Noise ``SecureSession`` after the handshake.
+
+    py-libp2p's session reads one Noise message at a time (two socket reads for the length,
+    more for the body) and writes one socket call per message. This one keeps the same cipher
+    states and the wire format byte for byte (``u16 length || ChaCha20-Poly1305 ciphertext``,
+    nonces in order), but reads up to ``READ_SIZE`` bytes per socket call and decrypts every
+    complete message in them, and sends all messages of one ``write`` in one socket call. It
+    reads only when its plaintext buffer cannot serve the caller, so memory stays bounded.
+    A message that fails authentication raises, as py-libp2p's own session does.
+    """
+
+    def __init__(self, handshaken: SecureSession) -> None:
+        conn = handshaken.conn
+        if not isinstance(conn, NoiseTransportReadWriter):
+            raise TypeError(f"expected a Noise transport session, got {type(conn).__name__}")
+        super().__init__(
+            local_peer=handshaken.local_peer,
+            local_private_key=handshaken.local_private_key,
+            remote_peer=handshaken.remote_peer,
+            remote_permanent_pubkey=handshaken.remote_permanent_pubkey,
+            is_initiator=handshaken.is_initiator,
+            conn=conn,
+        )
+        self._raw: IRawConnection = conn.read_writer.read_write_closer  # type: ignore[assignment]
+        # The cipher states take any buffer, sparing the copies NoiseConnection's
+        # encrypt/decrypt need (they insist on bytes); nonces stay in the noise library.
+        self._encrypt = _cipher(conn.noise_state, "encrypt")
+        self._decrypt = _cipher(conn.noise_state, "decrypt")
+        self._ciphertext = bytearray()
+        self._plaintext: deque[bytes] = deque()  # decrypted messages, oldest first
+        self._offset = 0  # bytes of the oldest message already handed out
+        self._buffered = 0  # plaintext bytes not yet handed out
+
+    async def _read_more(self) -> bool:
+        """Read once from the socket and decrypt every complete message; False at EOF."""
+        data = await self._raw.read(READ_SIZE)
+        if not data:
+            return False
+        if self._ciphertext:
+            self._ciphertext += data
+            source: bytes | bytearray = self._ciphertext
+        else:
+            source = data  # the common case: parse the socket's bytes without copying them
+        position = 0
+        with memoryview(source) as view:
+            end = len(view)
+            while end - position >= _LENGTH_BYTES:
+                length = (view[position] << 8) | view[position + 1]
+                start = position + _LENGTH_BYTES
+                if end - start < length:
+                    break
+                with view[start : start + length] as sealed:
+                    opened = self._open(sealed)
+                if opened:
+                    self._plaintext.append(opened)
+                    self._buffered += len(opened)
+                position = start + length
+            if source is data:
+                self._ciphertext = bytearray(view[position:])
+        if source is not data:
+            del self._ciphertext[:position]
+        return True
+
+    def _open(self, sealed: memoryview) -> bytes:
+        try:
+            return bytes(self._decrypt(None, sealed))
+        except InvalidTag as exc:
+            raise DecryptionFailedException("a Noise message failed authentication") from exc
+
+    def _take(self, n: int) -> bytes:
+        """Remove and return the first ``n`` buffered plaintext bytes (at most one copy)."""
+        chunks = self._plaintext
+        first = chunks[0]
+        if self._offset == 0 and len(first) == n:
+            chunks.popleft()  # the caller wants exactly one decrypted message: no copy at all
+            self._buffered -= n
+            return first
+        pieces: list[memoryview] = []
+        left = n
+        while left:
+            view = memoryview(chunks[0])[self._offset :]
+            if len(view) <= left:
+                pieces.append(view)
+                chunks.popleft()
+                self._offset = 0
+                left -= len(view)
+            else:
+                pieces.append(view[:left])
+                self._offset += left
+                left = 0
+        self._buffered -= n
+        return b"".join(pieces)
+
+    async def read(self, n: int | None = None) -> bytes:
+        """``n`` bytes (fewer only if the connection ends); all buffered bytes if ``n`` is None."""
+        if n == 0:
+            return b""
+        while not self._buffered:
+            if not await self._read_more():
+                raise ConnectionClosedError("Connection closed")
+        if n is None:
+            n = self._buffered
+        while self._buffered < n:
+            if not await self._read_more():
+                n = self._buffered  # the connection ended: hand over what there is, as
+                break  # SecureSession does
+        return self._take(n)
+
+    async def write(self, data: bytes) -> None:
+        """Encrypt ``data`` as one or more Noise messages and send them in one socket call.
+
+        Nothing is sent for empty ``data``: py-libp2p's reader takes an empty message for the
+        end of the connection.
+        """
+        view = memoryview(data)
+        if not view:
+            await trio.lowlevel.checkpoint()
+            return
+        out = bytearray()
+        for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
+            with view[start : start + MAX_PLAINTEXT_LENGTH] as piece:
+                sealed = self._encrypt(None, piece)
+            out += len(sealed).to_bytes(_LENGTH_BYTES, "big")
+            out += sealed
+        # trio sends any buffer; handing over the bytearray itself spares one more copy.
+        await self._raw.write(cast(bytes, out))
+
+
+# -- connection-scoped-inbound, redial-at-once, no-dial-retries, no-auto-connector --------
+
+
+async def tame_swarm(swarm: Swarm, pending: PendingHandshakes) -> None:
+    """Apply the per-swarm changes; call once ``host.run()`` has started the swarm."""
+    swarm.retry_config = RetryConfig(max_retries=0)
+    hold_inbound_only_while_open(swarm, pending)
+    await swarm.auto_connector.stop()
+
+
+def allow_redial(swarm: Swarm, peer_id: ID) -> None:
+    """Take ``peer_id`` out of the swarm's 60 s negative cache of failed dials."""
+    swarm.unblock_peer(peer_id)
+
+
+def _remote_multiaddr(read_write_closer: Any) -> multiaddr.Multiaddr | None:
+    try:
+        address = read_write_closer.get_remote_address()
+    except Exception:  # no address: py-libp2p's own step skips the gate then too
+        return None
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    family = "ip6" if ":" in str(host) else "ip4"
+    return multiaddr.Multiaddr(f"/{family}/{host}/tcp/{port}")
+
+
+async def _source_allowed(swarm: Swarm, read_write_closer: Any, failure_event: Any) -> bool:
+    """py-libp2p's IP allow/deny gate, as its own inbound step applies it (with its metric)."""
+    remote = _remote_multiaddr(read_write_closer)
+    if remote is None or await swarm.connection_gate.is_allowed(remote):
+        return True
+    log.info("refused an inbound connection from %s: denied by the IP gate", remote)
+    with trio.CancelScope(shield=True):
+        try:
+            await read_write_closer.close()
+        except Exception as exc:  # already gone: refused either way
+            log.debug("closing a denied inbound connection: %r", exc)
+    failure_event.conn_incoming_error = True
+    if swarm.metric_send_channel is not None:
+        await swarm.metric_send_channel.send(failure_event)
+    return False
+
+
+def _source_of(read_write_closer: Any) -> str:
+    try:
+        address = read_write_closer.get_remote_address()
+    except Exception:
+        address = None
+    return str(address[0]) if address else "unknown"
+
+
+async def _upgrade(
+    swarm: Swarm, raw_conn: RawConnection, maddr: multiaddr.Multiaddr, pending: PendingHandshakes
+) -> IMuxedConn | None:
+    """Noise and Yamux under the handshake deadline and per-address cap; None if not done."""
+    source = _source_of(raw_conn)
+    scope = pending.open(source)
+    try:
+        with scope:
+            return await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
+    except Exception as exc:  # refused or failed upgrades are already logged by libp2p
+        log.debug("inbound connection on %s not upgraded: %r", maddr, exc)
+    finally:
+        pending.close(source, scope)
+    if scope.cancelled_caught:
+        log.info("closed an inbound connection from %s: no handshake in time", source)
+    with trio.CancelScope(shield=True):
+        try:
+            await raw_conn.close()
+        except Exception as exc:
+            log.debug("closing a failed inbound connection: %r", exc)
+    return None
+
+
+def hold_inbound_only_while_open(swarm: Swarm, pending: PendingHandshakes) -> None:
+    """Make the swarm's per-inbound-connection task end when that connection closes.
+
+    py-libp2p 0.8.1 keeps the listener's task for each inbound TCP connection until the whole
+    swarm stops, so a long-lived peer leaks one task, and one of its 250 inbound slots, per
+    connection it ever accepted, and refuses every connection after the 250th. This replaces
+    that step on this swarm instance only: IP gate, upgrade under ``pending``, then wait for
+    *that* connection to close. Already-multiplexed transports (QUIC) keep py-libp2p's step.
+    """
+    stock = swarm._do_handle_inbound_connection
+
+    async def handle_inbound(
+        read_write_closer: Any, maddr: multiaddr.Multiaddr, failure_event: Any
+    ) -> None:
+        if isinstance(read_write_closer, IMuxedConn):  # QUIC and the like: nothing to upgrade
+            await stock(cast(Any, read_write_closer), maddr, failure_event)
+            return
+        if not await _source_allowed(swarm, read_write_closer, failure_event):
+            return
+        muxed = await _upgrade(swarm, RawConnection(read_write_closer, False), maddr, pending)
+        if muxed is None:
+            return
+        closed = getattr(muxed, "event_closed", None)
+        if not isinstance(closed, trio.Event):
+            # Waiting for the swarm instead would bring the leak back: refuse loudly.
+            log.error(
+                "closing an inbound %s: libp2p %s gives it no event_closed to wait for",
+                type(muxed).__name__,
+                installed_version("libp2p"),
+            )
+            await muxed.close()
+            return
+        await closed.wait()
+
+    swarm._do_handle_inbound_connection = handle_inbound  # type: ignore[method-assign]
