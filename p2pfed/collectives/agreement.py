@@ -478,8 +478,18 @@ class RoundAgreement:
             return []
         return self._next_attempt(now, None, ReasonCode.DROPPED)
 
-    def ring_done(self, now: float) -> list[Action]:
-        """Our ring finished: report Done to the coordinator (or count ourselves in)."""
+    def _ring_running(self, attempt: int) -> bool:
+        # A ring outcome reported after its attempt was aborted or cancelled is stale.
+        return attempt == self.attempt and self.phase is Phase.RUNNING
+
+    def ring_done(self, attempt: int, now: float) -> list[Action]:
+        """Our ring of ``attempt`` finished: report Done to the coordinator.
+
+        The coordinator counts itself in; nothing happens if ``attempt`` is no longer the
+        one running (its outcome came after an abort).
+        """
+        if not self._ring_running(attempt):
+            return []
         self._fire(Trigger.RING_DONE)
         assert self.cohort_message is not None
         self.deadline = now + self.timing.commit_timeout
@@ -489,10 +499,15 @@ class RoundAgreement:
             return self._maybe_commit()
         return [Send(coordinator, Done(self.round, self.attempt))]
 
-    def ring_failed(self, accused: str | None, reason: ReasonCode, now: float) -> list[Action]:
-        """Our ring failed: tell the cohort, accuse ``accused``, and start the next attempt."""
-        if self.phase is not Phase.RUNNING or self.cohort is None:
-            raise LocalProtocolError(f"ring failure reported in phase {self.phase.value}")
+    def ring_failed(
+        self, attempt: int, accused: str | None, reason: ReasonCode, now: float
+    ) -> list[Action]:
+        """Our ring of ``attempt`` failed: tell the cohort, accuse ``accused``, start anew.
+
+        Nothing happens if ``attempt`` is no longer the one running.
+        """
+        if not self._ring_running(attempt) or self.cohort is None:
+            return []
         if accused is not None:
             self._exclude(accused, reason, f"accused after attempt {self.attempt}")
         abort = Abort(self.round, self.attempt, accused or self.me, reason.value)
