@@ -9,13 +9,8 @@ import trio
 import trio.testing
 
 from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
-from p2pfed.collectives.agreement import (
-    AGREEMENT_TRANSITIONS,
-    FINAL_PHASES,
-    AgreementTiming,
-    Phase,
-    coordinator_of,
-)
+from p2pfed.collectives.agreement import AgreementTiming, coordinator_of
+from p2pfed.collectives.agreement_state import AGREEMENT_TRANSITIONS, FINAL_PHASES, Phase
 from p2pfed.collectives.round import RingRound, RoundOutcome
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import ReasonCode

@@ -33,11 +33,11 @@ from p2pfed.collectives.agreement import (
     AgreementTiming,
     CancelRing,
     CohortSigner,
-    Phase,
     RoundAgreement,
     Send,
     StartRing,
 )
+from p2pfed.collectives.agreement_state import Phase
 from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
 from p2pfed.collectives.messages import Message, Ready
