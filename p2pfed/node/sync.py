@@ -47,11 +47,11 @@ from p2pfed.wire import (
     RejectedByPeer,
     decode_reject,
     encode_reject,
-    read_frame,
     receive_tensor,
     send_tensor,
     write_frame,
 )
+from p2pfed.wire.exchange import read_one_frame
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ class ModelSync:
         )
 
     async def _handle(self, stream: Stream) -> None:
-        request = await read_frame(stream, timeout=self.timeout)
-        if request.type is not FrameType.CONTROL or request.payload not in (STATUS, MODEL):
+        request = await read_one_frame(stream, timeout=self.timeout)
+        if request.payload not in (STATUS, MODEL):
             raise RemoteProtocolError(
                 ReasonCode.PROTOCOL_VIOLATION,
                 "model-sync request is not STATUS or MODEL",
@@ -207,7 +207,7 @@ class ModelSync:
         stream = await self.transport.open_stream(peer, MODEL_SYNC_PROTOCOL)
         async with stream:
             await write_frame(stream, self._frame(0, what), timeout=self.timeout)
-            reply = await read_frame(stream, timeout=self.timeout)
+            reply = await read_one_frame(stream, timeout=self.timeout, expect=None)
             if reply.type is FrameType.REJECT:
                 reason, message = decode_reject(reply.payload)
                 raise RejectedByPeer(f"{peer} refused the request: {message}", reason)
