@@ -17,6 +17,11 @@ The core is strict, so every deviation has a culprit: chunks from the predecesso
 in exactly the order it must send them, for this round and attempt, with the expected word
 type and length. Anything else raises ``RemoteProtocolError`` naming the predecessor with
 ``WRONG_ROUND``, ``REPLAY``, ``OUT_OF_ORDER``, ``WRONG_DTYPE`` or ``WRONG_SHAPE``.
+
+``RingAttempts`` keeps which attempts run at a peer and decides which inbound stream may
+feed one (its predecessor's, once, and never for an attempt that is over);
+``RingAllReduce.outcome`` decides which fault an attempt ends with. The trio driver
+(``ring_driver``) only moves bytes and time between them.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ c + 1 of step s is still arriving.
 Inbound streams may arrive before this peer has reached the round (its predecessor was
 quicker to agree): the handler reads the first frame, waits a bounded time for the matching
 inbox and hands the stream over, then stays alive until the session is done with it (the
-transport closes a stream when its handler returns). A first frame for a round or attempt
-this peer has already left is rejected with ``WRONG_ROUND`` and recorded.
+transport closes a stream when its handler returns). Whether a stream may feed an attempt
+is the core's decision (``RingAttempts``): a first frame for a round or attempt this peer
+has already left is rejected with ``WRONG_ROUND``, a stream from anyone but the predecessor
+or a second one is refused, and each refusal is recorded.
 
 Faults name a culprit: silence for ``timeout`` seconds or a broken stream from the
 predecessor accuses the predecessor; failing to reach or send to the successor accuses the
