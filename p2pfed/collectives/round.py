@@ -5,8 +5,9 @@ agreement (``Ready``, ``Cohort``, ``Done``, ``Commit``, ``Abort``), one short st
 message, into a per-round mailbox; messages for rounds this peer has left are rejected with
 ``WRONG_ROUND`` and recorded (except a late ``Ready``, which is answered with the cohort so the
 straggler learns it was left out). ``RingRound`` composes it with ``RingService``: it feeds
-mailbox messages, ring outcomes and deadlines into the sans-I/O ``RoundAgreement`` and carries
-out the actions it returns, starting and cancelling ring attempts. Time is
+mailbox messages, ring outcomes and deadlines, as small frozen events (``MessageArrived``,
+``RingFinished``, ``RingFailed``, ``DeadlinePassed``), into the sans-I/O ``RoundAgreement``
+and carries out the actions it returns, starting and cancelling ring attempts. Time is
 ``trio.current_time()``, so tests run the whole protocol under a mock clock.
 
 Bounds: only the peers ``senders`` admits (the round's members; never observers) may send
@@ -382,7 +383,9 @@ def dispatch(agreement: RoundAgreement, event: RoundEvent, now: float) -> list[A
 class _RoundRun:
     """The I/O of one round: mailbox, ring attempts and deadlines in, agreement actions out."""
 
-    def __init__(self, owner: RingRound, agreement: RoundAgreement, vector: Any) -> None:
+    def __init__(
+        self, owner: RingRound, agreement: RoundAgreement, vector: npt.NDArray[Any]
+    ) -> None:
         self.owner = owner
         self.agreement = agreement
         self.vector = vector
