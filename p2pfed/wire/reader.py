@@ -12,6 +12,7 @@ checked before any item is read, so a hostile count costs nothing.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from p2pfed.errors import ReasonCode, RemoteProtocolError
 
@@ -27,21 +28,21 @@ class BodyReader:
         self.peer = peer
         self.at = 0
 
-    def _malformed(self, detail: str) -> RemoteProtocolError:
+    def malformed(self, detail: str) -> RemoteProtocolError:
+        """The ``MALFORMED`` error saying that the body ``detail`` (to raise)."""
         return RemoteProtocolError(ReasonCode.MALFORMED, f"{self.what} {detail}", self.peer)
 
     def take(self, n: int) -> bytes:
         """The next ``n`` bytes."""
         if self.at + n > len(self.data):
-            raise self._malformed("is truncated")
+            raise self.malformed("is truncated")
         out = bytes(self.data[self.at : self.at + n])
         self.at += n
         return out
 
-    def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
-        """The next fixed-size integers, as ``fmt`` lays them out."""
-        values: tuple[int, ...] = fmt.unpack(self.take(fmt.size))
-        return values
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        """The next fixed-size fields (integers, fixed byte strings), as ``fmt`` lays them out."""
+        return fmt.unpack(self.take(fmt.size))
 
     def short(self) -> str:
         """The next short string: a u8 length, then UTF-8."""
@@ -49,11 +50,11 @@ class BodyReader:
         try:
             return self.take(n).decode()
         except UnicodeDecodeError:
-            raise self._malformed("has a string that is not UTF-8") from None
+            raise self.malformed("has a string that is not UTF-8") from None
 
     def count(self, fmt: struct.Struct, cap: int, items: str) -> int:
         """The next list length, read with ``fmt``; ``OVERSIZED`` if above ``cap``."""
-        (n,) = self.unpack(fmt)
+        n: int = self.unpack(fmt)[0]
         if n > cap:
             raise RemoteProtocolError(
                 ReasonCode.OVERSIZED, f"{self.what} lists {n} {items}, over {cap}", self.peer
