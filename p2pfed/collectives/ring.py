@@ -185,11 +185,6 @@ class RingAllReduce:
             raise LocalProtocolError(f"ring all-reduce result read in state {self.state.value}")
         return self._buf
 
-    @property
-    def expected(self) -> tuple[int, int]:
-        """The (step, chunk) the predecessor must send next."""
-        return self._expect
-
     def _chunk(self, step: int, chunk: int) -> RingChunk:
         segment = (self.rank - step) % self.size
         lo, hi = self._bounds[segment][chunk]
