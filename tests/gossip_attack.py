@@ -32,7 +32,12 @@ from secure_gossip_peers import run_peers, secure_service
 
 from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.gossip import MixingTopology
-from p2pfed.collectives.gossip_driver import GossipConfig, GossipService, send_vector
+from p2pfed.collectives.gossip_driver import (
+    GossipConfig,
+    GossipService,
+    VectorArrived,
+    send_vector,
+)
 from p2pfed.collectives.messages import Contributors, GossipValue
 from p2pfed.collectives.secure_gossip import MASKED_SUM_PROTOCOL, SecureGossipService
 from p2pfed.secagg import SecAggPeer, Stage
@@ -81,8 +86,8 @@ class _Tap:
     def __init__(self, inner: Any, log: list[Vector]) -> None:
         self.inner, self.log = inner, log
 
-    def send_nowait(self, item: tuple[str, int, Any, bytes]) -> None:
-        self.log.append(np.frombuffer(item[3], dtype=item[2].dtype).astype(np.float64))
+    def send_nowait(self, item: VectorArrived) -> None:
+        self.log.append(np.frombuffer(item.data, dtype=item.word.dtype).astype(np.float64))
         self.inner.send_nowait(item)
 
 

@@ -135,3 +135,27 @@ def test_messages_check_their_limits_on_construction() -> None:
         Ready(-1, 0, 0)
     with pytest.raises(LocalProtocolError, match="does not fit"):
         GossipValue(0, 5, 6, WordType.UINT32, bytes(8))
+
+
+def test_a_hostile_list_count_or_a_cut_body_is_refused_naming_the_sender() -> None:
+    """A Contributors frame claiming 65535 peers is refused from its count alone; one cut
+    short of its last member is MALFORMED. Both name the sender."""
+    frame, _ = encode(Contributors(3, ("x", "y")), "c", "peer-b", 0)
+    body_at = len(frame) - len(b"\x09\x02\x00\x01x\x01y")
+    inflated = bytearray(frame)
+    inflated[body_at + 1 : body_at + 3] = (0xFFFF).to_bytes(2, "little")
+    decoder = Decoder("peer-b")
+    decoder.feed(bytes(inflated))
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.next()
+    assert info.value.reason is ReasonCode.OVERSIZED and info.value.peer == "peer-b"
+    assert "65535 contributors" in str(info.value)
+    frame, _ = encode(Contributors(3, ("x", "yy")), "c", "peer-b", 0)
+    cut = bytearray(frame)
+    cut[body_at + 5] = 9  # the last member claims 9 bytes; 2 follow
+    decoder = Decoder("peer-b")
+    decoder.feed(bytes(cut))
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.next()
+    assert info.value.reason is ReasonCode.MALFORMED and info.value.peer == "peer-b"
+    assert "is truncated" in str(info.value)

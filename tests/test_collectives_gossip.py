@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -12,9 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import topologies
-from p2pfed.collectives.gossip import GossipRound, mixing_row_and_targets, push_pull_delta
+from p2pfed.collectives.gossip import (
+    GossipRound,
+    VectorAssembly,
+    mixing_row_and_targets,
+    push_pull_delta,
+)
 from p2pfed.collectives.gossip_driver import GossipConfig, GossipOutcome, GossipService
-from p2pfed.collectives.messages import WordType
+from p2pfed.collectives.messages import GossipValue, WordType
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
 from p2pfed.transport import MemoryNetwork
 
@@ -225,3 +231,39 @@ def test_push_pull_deltas_cancel_even_when_values_moved_meanwhile(seed: int, dri
     initiator = mine_now + push_pull_delta(sent, theirs)
     served = theirs + push_pull_delta(theirs, sent)
     np.testing.assert_allclose(initiator + served, mine_now + theirs, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    words=st.integers(0, 300),
+    cuts=st.lists(st.integers(1, 64), min_size=1, max_size=20),
+    data=st.data(),
+)
+def test_a_vector_sent_in_any_slicing_is_reassembled_and_a_gap_is_refused(
+    words: int, cuts: list[int], data: st.DataObject
+) -> None:
+    vector = np.arange(words, dtype=np.float32)
+    slices = []
+    offset = 0
+    for cut in itertools.cycle(cuts):
+        part = vector[offset : offset + cut]
+        slices.append(GossipValue(7, offset, words, WordType.FLOAT32, part.tobytes()))
+        offset += len(part)
+        if offset >= words:
+            break
+    assembly = VectorAssembly("p", max_words=1 << 20)
+    results = [assembly.add(s) for s in slices]
+    assert results[:-1] == [None] * (len(slices) - 1)
+    assert results[-1] == (7, WordType.FLOAT32, vector.tobytes())
+    if len(slices) > 1:
+        # Leave out one slice: the next one does not continue where the last one ended.
+        gap = data.draw(st.integers(0, len(slices) - 2))
+        gappy = VectorAssembly("p", max_words=1 << 20)
+        for s in slices[:gap]:
+            gappy.add(s)
+        with pytest.raises(RemoteProtocolError) as caught:
+            gappy.add(slices[gap + 1])
+        assert caught.value.reason is ReasonCode.OUT_OF_ORDER and caught.value.peer == "p"
+    with pytest.raises(RemoteProtocolError) as too_big:
+        VectorAssembly("p", max_words=words - 1).add(slices[0])
+    assert too_big.value.reason is ReasonCode.OVERSIZED

@@ -322,3 +322,40 @@ async def test_frames_are_read_ahead_of_a_late_session_up_to_a_cap(
         got = outcomes["b"]
         assert isinstance(got, RemoteProtocolError) and got.reason is ReasonCode.OVERSIZED
         assert got.peer == "a"
+
+
+async def test_a_stream_from_a_peer_other_than_the_predecessor_cannot_feed_the_ring(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Peer c opens a ring stream for a's running attempt before a's predecessor b does:
+    it is refused (and named), b's stream is taken, and nothing of c's is in a's sum."""
+    from p2pfed.collectives.codec import MessageStream
+    from p2pfed.collectives.ring_driver import RING_PROTOCOL
+
+    net = MemoryNetwork()
+    order = ("a", "b")
+    results: dict[str, RingResult] = {}
+    async with net.open("a") as a, net.open("b") as b, net.open("c") as c:
+        services = {"a": RingService(a, CONSORTIUM), "b": RingService(b, CONSORTIUM)}
+
+        async def run(peer: str, delay: float) -> None:
+            await trio.sleep(delay)
+            results[peer] = await services[peer].all_reduce(np.ones(8, np.float32), order, round=9)
+
+        async def intrude() -> None:
+            await trio.sleep(0.5)
+            stream = await c.open_stream("a", RING_PROTOCOL)
+            forged = np.full(4, 100.0, np.float32).tobytes()  # the segment a expects first
+            await MessageStream(stream, CONSORTIUM, "c").send(
+                RingChunk(9, 0, 0, 0, WordType.FLOAT32, forged)
+            )
+            assert await stream.receive_some() == b""  # closed on us
+            await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "a", 0.0)
+            nursery.start_soon(intrude)
+            nursery.start_soon(run, "b", 1.0)
+    assert np.all(results["a"].vector == 2) and np.all(results["b"].vector == 2)
+    refused = [e for e in services["a"].exclusions if e.peer == "c"]
+    assert [e.reason for e in refused] == [ReasonCode.UNEXPECTED_STAGE]

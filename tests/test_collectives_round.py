@@ -10,12 +10,12 @@ import trio.testing
 
 from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
 from p2pfed.collectives.agreement import (
-    AGREEMENT_TRANSITIONS,
-    FINAL_PHASES,
     AgreementTiming,
-    Phase,
+    RoundAgreement,
+    StartRing,
     coordinator_of,
 )
+from p2pfed.collectives.agreement_state import AGREEMENT_TRANSITIONS, FINAL_PHASES, Phase
 from p2pfed.collectives.round import RingRound, RoundOutcome
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import ReasonCode
@@ -270,3 +270,25 @@ async def test_control_messages_for_finished_rounds_and_replayed_frames_are_reje
         await stream.send_eof()
         assert await stream.receive_some() == b""
         assert ra.control.exclusions[-1].reason is ReasonCode.REPLAY
+
+
+def test_a_ring_outcome_after_its_attempt_is_over_changes_nothing() -> None:
+    """The agreement, not the driver, decides that a late ring outcome no longer counts."""
+    keys = signers(["a", "b"])
+    agreement = RoundAgreement("a", CONSORTIUM, 2, ["a", "b"], keys["a"])
+    agreement.start(0.0)
+    assert agreement.coordinator == "a"
+    actions = agreement.tick(agreement.deadline or 0.0)  # b never answers: a cohort of one
+    assert StartRing(0, ("a",)) in actions and agreement.phase is Phase.RUNNING
+    # An outcome for an attempt that is not the one running is ignored, whatever it says.
+    assert agreement.ring_done(1, 3.0) == []
+    assert agreement.ring_failed(1, "b", ReasonCode.WRONG_SHAPE, 3.0) == []
+    assert agreement.phase is Phase.RUNNING and agreement.attempt == 0
+    # The running attempt's failure moves on; its late success then counts for nothing.
+    failed = agreement.ring_failed(0, None, ReasonCode.TIMEOUT, 4.0)
+    assert StartRing(1, ("a",)) in failed and agreement.phase is Phase.RUNNING
+    assert agreement.ring_done(0, 5.0) == []
+    assert agreement.attempt == 1 and agreement.phase is Phase.RUNNING
+    # Only the running attempt's own success reports, and (alone in it) commits.
+    agreement.ring_done(1, 6.0)
+    assert agreement.phase is Phase.COMMITTED

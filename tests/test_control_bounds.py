@@ -15,7 +15,8 @@ import pytest
 import trio
 from transport_harness import Group, libp2p_group, memory_group
 
-from p2pfed.collectives.agreement import AgreementTiming, Phase
+from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.agreement_state import Phase
 from p2pfed.collectives.codec import encode
 from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.messages import Done, Ready
@@ -218,11 +219,11 @@ async def test_gossip_takes_one_vector_per_node_and_round_and_none_from_outsider
     """Clear gossip: an outsider's vectors are refused unread; a node's repeats are refused."""
     import topologies
     from p2pfed.collectives.codec import MessageStream
-    from p2pfed.collectives.gossip_driver import SYNC_PROTOCOL, GossipService, send_vector
+    from p2pfed.collectives.gossip_driver import GOSSIP_SYNC_PROTOCOL, GossipService, send_vector
 
     async def send_once(sender: Transport) -> None:
         try:
-            stream = await sender.open_stream("a", SYNC_PROTOCOL)
+            stream = await sender.open_stream("a", GOSSIP_SYNC_PROTOCOL)
             async with stream:
                 out = MessageStream(stream, CONSORTIUM, sender.local_peer)
                 await send_vector(out, 0, vector, 4096)
@@ -244,7 +245,7 @@ async def test_gossip_takes_one_vector_per_node_and_round_and_none_from_outsider
         queued = []
         while True:
             try:
-                queued.append(mailbox.receive_nowait()[0])
+                queued.append(mailbox.receive_nowait().peer)
             except trio.WouldBlock:
                 break
         assert queued == ["b"]

@@ -198,20 +198,8 @@ def test_unknown_version_is_refused_at_its_byte() -> None:
     decoder = FrameDecoder()
     decoder.feed(MAGIC + b"\x09")
     with pytest.raises(RemoteProtocolError) as info:
-        decoder.needed()
+        decoder.next_frame()
     assert info.value.reason is ReasonCode.UNKNOWN_VERSION
-
-
-def test_needed_counts_down_to_a_whole_frame() -> None:
-    data = encode_frame(Frame(FrameType.CONTROL, "c", 1, "s", 2, b"abc"))
-    decoder = FrameDecoder()
-    assert decoder.needed() == HEADER_SIZE
-    decoder.feed(data[:HEADER_SIZE])
-    assert decoder.needed() == len(data) - HEADER_SIZE
-    decoder.feed(data[HEADER_SIZE:])
-    assert decoder.needed() == 0
-    assert decoder.next_frame() == Frame(FrameType.CONTROL, "c", 1, "s", 2, b"abc")
-    decoder.close()
 
 
 def test_truncated_stream_is_an_error_at_close() -> None:

@@ -1,8 +1,8 @@
 """Round agreement without a fixed server: a rotating coordinator fixes each attempt's cohort.
 
-Theory of operation (sans-I/O; ``docs/protocols.md`` has the diagram made from
-``AGREEMENT_TRANSITIONS``): for attempt a of round r, the eligible peers (the roster for the
-first attempt, the previous attempt's cohort afterwards) are sorted and peer number
+Theory of operation (sans-I/O; the phases and their legal moves are in ``agreement_state``,
+drawn in ``docs/protocols.md``): for attempt a of round r, the eligible peers (the roster for
+the first attempt, the previous attempt's cohort afterwards) are sorted and peer number
 (r + a + k) mod n is the coordinator for takeover index k, starting at k = 0. Every peer
 sends ``Ready`` (with its accusations from the previous attempt) to coordinator k. The
 coordinator collects Ready messages until every eligible peer has answered or its collect
@@ -32,11 +32,11 @@ committed. Everything is driven by ``start``/``receive``/``ring_done``/``ring_fa
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from p2pfed.collectives.agreement_state import FINAL_PHASES, Phase, Trigger, next_phase
 from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.messages import (
     MAX_ATTEMPTS,
@@ -61,56 +61,6 @@ class CohortSigner(Protocol):
         """True if ``signature`` is ``peer``'s signature over ``data``."""
         ...
 
-
-class Phase(enum.Enum):
-    """Where one peer stands in one round."""
-
-    IDLE = "idle"
-    ANNOUNCED = "announced"
-    COLLECTING = "collecting"
-    RUNNING = "running"
-    REPORTED = "reported"
-    COMMITTED = "committed"
-    LEFT_OUT = "left-out"
-    FAILED = "failed"
-
-
-class Trigger(enum.Enum):
-    """What moves a peer from one phase to the next."""
-
-    ANNOUNCE = "announce"
-    COORDINATE = "coordinate"
-    TAKEOVER = "takeover"
-    ABDICATE = "abdicate"
-    COHORT = "cohort"
-    LEFT_OUT = "left-out"
-    RING_DONE = "ring-done"
-    COMMIT = "commit"
-    ABORT = "abort"
-    EXHAUSTED = "exhausted"
-
-
-AGREEMENT_TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
-    (Phase.IDLE, Trigger.ANNOUNCE): Phase.ANNOUNCED,
-    (Phase.IDLE, Trigger.COORDINATE): Phase.COLLECTING,
-    (Phase.IDLE, Trigger.EXHAUSTED): Phase.FAILED,
-    (Phase.ANNOUNCED, Trigger.TAKEOVER): Phase.ANNOUNCED,
-    (Phase.ANNOUNCED, Trigger.COORDINATE): Phase.COLLECTING,
-    (Phase.ANNOUNCED, Trigger.COHORT): Phase.RUNNING,
-    (Phase.ANNOUNCED, Trigger.LEFT_OUT): Phase.LEFT_OUT,
-    (Phase.ANNOUNCED, Trigger.EXHAUSTED): Phase.FAILED,
-    (Phase.COLLECTING, Trigger.COHORT): Phase.RUNNING,
-    (Phase.COLLECTING, Trigger.LEFT_OUT): Phase.LEFT_OUT,
-    (Phase.COLLECTING, Trigger.ABDICATE): Phase.ANNOUNCED,
-    (Phase.COLLECTING, Trigger.EXHAUSTED): Phase.FAILED,
-    (Phase.RUNNING, Trigger.RING_DONE): Phase.REPORTED,
-    (Phase.RUNNING, Trigger.ABORT): Phase.IDLE,
-    (Phase.REPORTED, Trigger.COMMIT): Phase.COMMITTED,
-    (Phase.REPORTED, Trigger.ABORT): Phase.IDLE,
-}
-"""Every legal move; ``IDLE`` after ``ABORT`` is the start of the next attempt."""
-
-FINAL_PHASES = frozenset({Phase.COMMITTED, Phase.LEFT_OUT, Phase.FAILED})
 
 # Accusations that prove misbehaviour. Silence and broken streams do not: when one peer
 # fails, its neighbours' streams break too, and they would be accused in a cascade.
@@ -210,12 +160,7 @@ class RoundAgreement:
     # -- helpers ---------------------------------------------------------------------------
 
     def _fire(self, trigger: Trigger) -> None:
-        try:
-            self.phase = AGREEMENT_TRANSITIONS[(self.phase, trigger)]
-        except KeyError:
-            raise LocalProtocolError(
-                f"round agreement cannot {trigger.value} in phase {self.phase.value}"
-            ) from None
+        self.phase = next_phase(self.phase, trigger)
 
     @property
     def final(self) -> bool:
@@ -478,8 +423,18 @@ class RoundAgreement:
             return []
         return self._next_attempt(now, None, ReasonCode.DROPPED)
 
-    def ring_done(self, now: float) -> list[Action]:
-        """Our ring finished: report Done to the coordinator (or count ourselves in)."""
+    def _ring_running(self, attempt: int) -> bool:
+        # A ring outcome reported after its attempt was aborted or cancelled is stale.
+        return attempt == self.attempt and self.phase is Phase.RUNNING
+
+    def ring_done(self, attempt: int, now: float) -> list[Action]:
+        """Our ring of ``attempt`` finished: report Done to the coordinator.
+
+        The coordinator counts itself in; nothing happens if ``attempt`` is no longer the
+        one running (its outcome came after an abort).
+        """
+        if not self._ring_running(attempt):
+            return []
         self._fire(Trigger.RING_DONE)
         assert self.cohort_message is not None
         self.deadline = now + self.timing.commit_timeout
@@ -489,10 +444,15 @@ class RoundAgreement:
             return self._maybe_commit()
         return [Send(coordinator, Done(self.round, self.attempt))]
 
-    def ring_failed(self, accused: str | None, reason: ReasonCode, now: float) -> list[Action]:
-        """Our ring failed: tell the cohort, accuse ``accused``, and start the next attempt."""
-        if self.phase is not Phase.RUNNING or self.cohort is None:
-            raise LocalProtocolError(f"ring failure reported in phase {self.phase.value}")
+    def ring_failed(
+        self, attempt: int, accused: str | None, reason: ReasonCode, now: float
+    ) -> list[Action]:
+        """Our ring of ``attempt`` failed: tell the cohort, accuse ``accused``, start anew.
+
+        Nothing happens if ``attempt`` is no longer the one running.
+        """
+        if not self._ring_running(attempt) or self.cohort is None:
+            return []
         if accused is not None:
             self._exclude(accused, reason, f"accused after attempt {self.attempt}")
         abort = Abort(self.round, self.attempt, accused or self.me, reason.value)

@@ -47,6 +47,7 @@ from p2pfed.errors import (
 )
 from p2pfed.transport.base import Stream
 from p2pfed.wire import Frame, FrameDecoder, FrameType, Limits, encode_frame
+from p2pfed.wire.reader import BodyReader
 
 LIMITS = Limits(
     max_payload=MAX_CHUNK_BYTES + 64 * 1024,
@@ -132,43 +133,7 @@ def encode(message: Message, consortium: str, sender: str, seq: int) -> tuple[by
     return encode_frame(frame, LIMITS), payload
 
 
-class _Reader:
-    """Cursor over a frame body; any overrun is the sender's malformed frame."""
-
-    def __init__(self, data: memoryview, sender: str) -> None:
-        self.data = data
-        self.at = 0
-        self.sender = sender
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise RemoteProtocolError(
-                ReasonCode.MALFORMED, f"frame from {self.sender} is truncated", self.sender
-            )
-        out = bytes(self.data[self.at : self.at + n])
-        self.at += n
-        return out
-
-    def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
-        return fmt.unpack(self.take(fmt.size))
-
-    def short(self) -> str:
-        (n,) = self.take(1)
-        try:
-            return self.take(n).decode()
-        except UnicodeDecodeError:
-            raise RemoteProtocolError(
-                ReasonCode.MALFORMED, f"frame from {self.sender} has a non-UTF-8 ID", self.sender
-            ) from None
-
-    def rest(self) -> bytes:
-        out = bytes(self.data[self.at :])
-        self.at = len(self.data)
-        return out
-
-
 _U8H = struct.Struct("<BH")
-_U8HH = struct.Struct("<BHH")
 _U16 = struct.Struct("<H")
 _U64 = struct.Struct("<Q")
 
@@ -190,8 +155,8 @@ def _roster_version(version: int, sender: str) -> int:
     return version
 
 
-def _decode_body(kind: int, round: int, body: _Reader) -> Message:
-    sender = body.sender
+def _decode_body(kind: int, round: int, body: BodyReader) -> Message:
+    sender = body.peer or ""
     if kind == 1:
         attempt, step, chunk, word = body.unpack(_RING)
         return RingChunk(round, attempt, step, chunk, _word(word, sender), body.rest())
@@ -199,22 +164,15 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
         offset, total, word = body.unpack(_GOSSIP)
         return GossipValue(round, offset, total, _word(word, sender), body.rest())
     if kind == 2:
-        attempt, takeover, count = body.unpack(_U8HH)
-        if count > MAX_COHORT:
-            raise RemoteProtocolError(
-                ReasonCode.OVERSIZED, f"peer {sender} accused {count} peers", sender
-            )
+        attempt, takeover = body.unpack(_U8H)
+        count = body.count(_U16, MAX_COHORT, "accused peers")
         accused = tuple((body.short(), body.short()) for _ in range(count))
         (roster_version,) = body.unpack(_U64)
         return Ready(round, attempt, takeover, accused, _roster_version(roster_version, sender))
     if kind == 3:
         attempt, takeover = body.unpack(_U8H)
         coordinator = body.short()
-        (count,) = body.unpack(_U16)
-        if count > MAX_COHORT:
-            raise RemoteProtocolError(
-                ReasonCode.OVERSIZED, f"peer {sender} listed {count} cohort members", sender
-            )
+        count = body.count(_U16, MAX_COHORT, "cohort members")
         members = tuple(body.short() for _ in range(count))
         (n,) = body.take(1)
         signature = body.take(n)
@@ -234,11 +192,7 @@ def _decode_body(kind: int, round: int, body: _Reader) -> Message:
     if kind == 8:
         return SecAggData(round, body.rest())
     if kind == 9:
-        (count,) = body.unpack(_U16)
-        if count > MAX_COHORT:
-            raise RemoteProtocolError(
-                ReasonCode.OVERSIZED, f"peer {sender} listed {count} contributors", sender
-            )
+        count = body.count(_U16, MAX_COHORT, "contributors")
         return Contributors(round, tuple(body.short() for _ in range(count)))
     if kind in (6, 7):
         (attempt,) = body.take(1)
@@ -281,7 +235,8 @@ class Decoder:
             )
         body = memoryview(frame.payload)
         try:
-            message = _decode_body(body[0], frame.round, _Reader(body[1:], peer))
+            reader = BodyReader(body[1:], f"frame from {peer}", peer)
+            message = _decode_body(body[0], frame.round, reader)
         except LocalProtocolError as exc:
             raise RemoteProtocolError(
                 ReasonCode.MALFORMED, f"peer {peer} sent an invalid message: {exc}", peer

@@ -10,8 +10,13 @@ rewrites the diagrams after each ``<!-- diagram:NAME -->`` marker of FILE).
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from typing import TypeVar
+
+from p2pfed.collectives.agreement_state import AGREEMENT_TRANSITIONS, FINAL_PHASES, Phase
+from p2pfed.collectives.gossip import GOSSIP_TRANSITIONS, GossipState
+from p2pfed.collectives.ring import RING_TRANSITIONS, RingState
 
 S = TypeVar("S", bound=enum.Enum)
 E = TypeVar("E", bound=enum.Enum)
@@ -33,10 +38,6 @@ def mermaid(
 
 def diagrams() -> dict[str, str]:
     """Every protocol's diagram, by protocol name."""
-    from p2pfed.collectives.agreement import AGREEMENT_TRANSITIONS, FINAL_PHASES, Phase
-    from p2pfed.collectives.gossip import GOSSIP_TRANSITIONS, GossipState
-    from p2pfed.collectives.ring import RING_TRANSITIONS, RingState
-
     return {
         "ring": mermaid(RING_TRANSITIONS, RingState.READY, {RingState.DONE, RingState.FAILED}),
         "agreement": mermaid(AGREEMENT_TRANSITIONS, Phase.IDLE, set(FINAL_PHASES)),
@@ -68,8 +69,6 @@ def render_document(text: str) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) == 2:
         with open(sys.argv[1], encoding="utf-8") as handle:
             rendered = render_document(handle.read())

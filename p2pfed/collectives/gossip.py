@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from p2pfed.collectives.messages import WordType
+from p2pfed.collectives.messages import GossipValue, Message, WordType
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
 
 
@@ -202,3 +202,70 @@ def push_pull_delta(sent: npt.NDArray[Any], other: npt.NDArray[Any]) -> npt.NDAr
 def peer_weights(peers: Sequence[str], weights: Mapping[int, float]) -> dict[str, float]:
     """Map node-indexed weights to peer IDs (node k is ``peers[k]``)."""
     return {peers[j]: w for j, w in weights.items()}
+
+
+class VectorAssembly:
+    """One vector put back together from its ``GossipValue`` slices, strictly in order.
+
+    Every slice must repeat the first one's round, length and word type and start where the
+    previous one ended; the first may announce at most ``max_words`` words. Anything else
+    raises ``RemoteProtocolError`` naming ``peer``.
+    """
+
+    def __init__(self, peer: str, max_words: int) -> None:
+        self.peer = peer
+        self.max_words = max_words
+        self._parts: list[bytes] = []
+        self._expected = 0
+        self._first: GossipValue | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once a slice came in (an end of stream now cuts a vector short)."""
+        return self._first is not None
+
+    def add(self, message: Message) -> tuple[int, WordType, bytes] | None:
+        """Take the next message; the (round, word type, raw bytes) once the vector is whole."""
+        peer = self.peer
+        if not isinstance(message, GossipValue):
+            raise RemoteProtocolError(
+                ReasonCode.UNEXPECTED_STAGE,
+                f"peer {peer} sent a {type(message).__name__} in a gossip stream",
+                peer,
+            )
+        first = self._first
+        if first is None:
+            if message.total > self.max_words:
+                raise RemoteProtocolError(
+                    ReasonCode.OVERSIZED, f"peer {peer} announced {message.total} words", peer
+                )
+            first = self._first = message
+        if (message.round, message.total, message.word, message.offset) != (
+            first.round,
+            first.total,
+            first.word,
+            self._expected,
+        ):
+            raise RemoteProtocolError(
+                ReasonCode.OUT_OF_ORDER, f"peer {peer} sent an inconsistent gossip slice", peer
+            )
+        self._parts.append(message.data)
+        self._expected += message.count
+        if self._expected == first.total:
+            return first.round, first.word, b"".join(self._parts)
+        return None
+
+
+def exchanged_vector(
+    mine: npt.NDArray[Any], word: WordType, data: bytes, peer: str, what: str
+) -> npt.NDArray[Any]:
+    """The vector ``peer`` sent in a push-pull exchange, which must match ``mine``.
+
+    Raises ``RemoteProtocolError`` (``WRONG_DTYPE`` or ``WRONG_SHAPE``) saying that ``what``
+    does not match.
+    """
+    theirs = np.frombuffer(data, dtype=word.dtype)
+    if word.dtype != mine.dtype or theirs.shape != mine.shape:
+        reason = ReasonCode.WRONG_DTYPE if word.dtype != mine.dtype else ReasonCode.WRONG_SHAPE
+        raise RemoteProtocolError(reason, f"{what} does not match", peer)
+    return theirs

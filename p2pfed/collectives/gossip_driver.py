@@ -31,6 +31,8 @@ from p2pfed.collectives.faults import Exclusion, RefusalSummary
 from p2pfed.collectives.gossip import (
     GossipRound,
     MixingTopology,
+    VectorAssembly,
+    exchanged_vector,
     mixing_row_and_targets,
     peer_weights,
     push_pull_delta,
@@ -44,10 +46,11 @@ from p2pfed.errors import (
     RemoteProtocolError,
 )
 from p2pfed.transport.base import Stream, Transport
+from p2pfed.wire.exchange import finish_sending
 
 log = logging.getLogger(__name__)
 
-SYNC_PROTOCOL = "/p2pfed/gossip/sync/1.0.0"
+GOSSIP_SYNC_PROTOCOL = "/p2pfed/gossip/sync/1.0.0"
 PUSH_PULL_PROTOCOL = "/p2pfed/gossip/push-pull/1.0.0"
 _MAX_AHEAD = 4
 
@@ -97,43 +100,26 @@ async def receive_vector(
     messages: MessageStream, timeout: float, max_words: int
 ) -> tuple[int, WordType, bytes] | None:
     """Read one vector's slices; (round, word type, raw bytes), or None at end of stream."""
-    peer = messages.peer
-    parts: list[bytes] = []
-    expected = 0
-    round = total = -1
-    word: WordType | None = None
+    assembly = VectorAssembly(messages.peer, max_words)
     while True:
         envelope = await messages.receive(timeout)
         if envelope is None:
-            if parts:
-                raise BrokenError(f"peer {peer} ended a gossip vector half-way")
+            if assembly.started:
+                raise BrokenError(f"peer {messages.peer} ended a gossip vector half-way")
             return None
-        message = envelope.message
-        if not isinstance(message, GossipValue):
-            raise RemoteProtocolError(
-                ReasonCode.UNEXPECTED_STAGE,
-                f"peer {peer} sent a {type(message).__name__} in a gossip stream",
-                peer,
-            )
-        if word is None:
-            round, total, word = message.round, message.total, message.word
-            if total > max_words:
-                raise RemoteProtocolError(
-                    ReasonCode.OVERSIZED, f"peer {peer} announced {total} words", peer
-                )
-        if (message.round, message.total, message.word, message.offset) != (
-            round,
-            total,
-            word,
-            expected,
-        ):
-            raise RemoteProtocolError(
-                ReasonCode.OUT_OF_ORDER, f"peer {peer} sent an inconsistent gossip slice", peer
-            )
-        parts.append(message.data)
-        expected += message.count
-        if expected == total:
-            return round, word, b"".join(parts)
+        whole = assembly.add(envelope.message)
+        if whole is not None:
+            return whole
+
+
+@dataclass(frozen=True, slots=True)
+class VectorArrived:
+    """A node's whole vector for ``round`` reached this peer's mailbox."""
+
+    peer: str
+    round: int
+    word: WordType
+    data: bytes
 
 
 class GossipService:
@@ -169,7 +155,7 @@ class GossipService:
         self._boxes: dict[int, Any] = {}
         self._queued: set[tuple[int, str]] = set()  # one vector per (round, sender)
         self.refusals = RefusalSummary()  # non-members' and repeated vectors, summarised
-        transport.serve(SYNC_PROTOCOL, self._handle_sync)
+        transport.serve(GOSSIP_SYNC_PROTOCOL, self._handle_sync)
         transport.serve(PUSH_PULL_PROTOCOL, self._handle_push_pull)
 
     def _reject(self, round: int, peer: str, reason: ReasonCode, detail: str) -> None:
@@ -178,9 +164,7 @@ class GossipService:
 
     def _box(self, round: int) -> Any:
         if round not in self._boxes:
-            self._boxes[round] = trio.open_memory_channel[tuple[str, int, WordType, bytes]](
-                math.inf
-            )
+            self._boxes[round] = trio.open_memory_channel[VectorArrived](math.inf)
         return self._boxes[round]
 
     # -- synchronous mode ------------------------------------------------------------------
@@ -219,17 +203,15 @@ class GossipService:
             self.refusals.refuse(round, peer, ReasonCode.DUPLICATE, f"second vector from {peer}")
             return
         self._queued.add((round, peer))
-        self._box(round)[0].send_nowait((peer, *got))
+        self._box(round)[0].send_nowait(VectorArrived(peer, *got))
 
     async def _send_to(self, peer: str, round: int, vector: npt.NDArray[Any]) -> None:
         try:
-            stream = await self.transport.open_stream(peer, SYNC_PROTOCOL)
+            stream = await self.transport.open_stream(peer, GOSSIP_SYNC_PROTOCOL)
             async with stream:
                 out = MessageStream(stream, self.consortium, self.me)
                 await send_vector(out, round, vector, self.config.chunk_bytes)
-                await stream.send_eof()
-                while await stream.receive_some():
-                    pass
+                await finish_sending(stream)
         except (BrokenError, ClosedError, RemoteProtocolError) as exc:
             log.info("gossip: round %d vector to %s not delivered: %s", round, peer, exc)
 
@@ -250,11 +232,11 @@ class GossipService:
                 nursery.start_soon(self._send_to, self.peers[j], t, vector)
             with trio.move_on_at(deadline):
                 while mixing.missing:
-                    sender, round, word, data = await mailbox.receive()
+                    got: VectorArrived = await mailbox.receive()
                     try:
-                        mixing.receive(sender, round, word, data)
+                        mixing.receive(got.peer, got.round, got.word, got.data)
                     except RemoteProtocolError as exc:
-                        self._reject(t, sender, exc.reason, str(exc))
+                        self._reject(t, got.peer, exc.reason, str(exc))
             nursery.cancel_scope.deadline = deadline
         self._boxes.pop(t, None)
         self.floor = t + 1
@@ -286,12 +268,11 @@ class GossipService:
             if value is None:
                 self._reject(round, peer, ReasonCode.UNEXPECTED_STAGE, "not in push-pull mode")
                 return
-            theirs = np.frombuffer(data, dtype=word.dtype)
-            if word.dtype != value.dtype or theirs.shape != value.shape:
-                reason = (
-                    ReasonCode.WRONG_DTYPE if word.dtype != value.dtype else ReasonCode.WRONG_SHAPE
-                )
-                self._reject(round, peer, reason, f"push-pull vector from {peer} does not match")
+            what = f"push-pull vector from {peer}"
+            try:
+                theirs = exchanged_vector(value, word, data, peer, what)
+            except RemoteProtocolError as exc:
+                self._reject(round, peer, exc.reason, str(exc))
                 return
             # Answer with the value before the update, then move halfway: both are one
             # synchronous step, so no other exchange can interleave.
@@ -326,9 +307,10 @@ class GossipService:
         if got is None:
             return None
         _, word, data = got
-        theirs = np.frombuffer(data, dtype=word.dtype)
-        if word.dtype != sent.dtype or theirs.shape != sent.shape:
-            self._reject(t, partner, ReasonCode.WRONG_SHAPE, "push-pull answer does not match")
+        try:
+            theirs = exchanged_vector(sent, word, data, partner, "push-pull answer")
+        except RemoteProtocolError as exc:
+            self._reject(t, partner, exc.reason, str(exc))
             return None
         self.value += push_pull_delta(sent, theirs).astype(self.value.dtype)
         return partner

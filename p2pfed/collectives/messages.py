@@ -88,9 +88,22 @@ def _check_peer(peer: str, what: str) -> None:
         raise LocalProtocolError(f"{what} must be 1..{MAX_PEER_ID} bytes of UTF-8, got {peer!r}")
 
 
+def _check_words(what: str, word: WordType, data: bytes) -> None:
+    """A vector message carries at most one maximal chunk, of whole words."""
+    if len(data) > MAX_CHUNK_BYTES:
+        raise LocalProtocolError(f"{what} of {len(data)} bytes exceeds {MAX_CHUNK_BYTES} bytes")
+    if len(data) % word.dtype.itemsize:
+        raise LocalProtocolError(
+            f"{what} of {len(data)} bytes is not a whole number of {word.name.lower()} words"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RingChunk:
-    """One pipeline chunk of one ring step: ``step`` counts reduce-scatter then all-gather."""
+    """One pipeline chunk of one ring step: ``step`` counts reduce-scatter then all-gather.
+
+    ``data`` holds ``count`` raw little-endian words of type ``word``.
+    """
 
     round: int
     attempt: int
@@ -107,15 +120,7 @@ class RingChunk:
             raise LocalProtocolError(f"ring step {self.step} is outside 0..{2 * MAX_COHORT - 1}")
         if not 0 <= self.chunk < 1 << 31:
             raise LocalProtocolError(f"ring chunk index {self.chunk} is negative or too large")
-        if len(self.data) > MAX_CHUNK_BYTES:
-            raise LocalProtocolError(
-                f"ring chunk of {len(self.data)} bytes exceeds {MAX_CHUNK_BYTES} bytes"
-            )
-        if len(self.data) % self.word.dtype.itemsize:
-            raise LocalProtocolError(
-                f"ring chunk of {len(self.data)} bytes is not a whole number of "
-                f"{self.word.name.lower()} words"
-            )
+        _check_words("ring chunk", self.word, self.data)
 
     @property
     def count(self) -> int:
@@ -258,13 +263,8 @@ class GossipValue:
 
     def __post_init__(self) -> None:
         _check_round(self.round)
-        if len(self.data) > MAX_CHUNK_BYTES:
-            raise LocalProtocolError(
-                f"gossip slice of {len(self.data)} bytes exceeds {MAX_CHUNK_BYTES} bytes"
-            )
+        _check_words("gossip slice", self.word, self.data)
         size = self.word.dtype.itemsize
-        if len(self.data) % size:
-            raise LocalProtocolError("gossip slice is not a whole number of words")
         if not 0 <= self.offset <= self.total or self.offset + len(self.data) // size > self.total:
             raise LocalProtocolError(
                 f"gossip slice at {self.offset} of {len(self.data) // size} words "

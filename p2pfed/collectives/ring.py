@@ -17,19 +17,25 @@ The core is strict, so every deviation has a culprit: chunks from the predecesso
 in exactly the order it must send them, for this round and attempt, with the expected word
 type and length. Anything else raises ``RemoteProtocolError`` naming the predecessor with
 ``WRONG_ROUND``, ``REPLAY``, ``OUT_OF_ORDER``, ``WRONG_DTYPE`` or ``WRONG_SHAPE``.
+
+``RingAttempts`` keeps which attempts run at a peer and decides which inbound stream may
+feed one (its predecessor's, once, and never for an attempt that is over);
+``RingAllReduce.outcome`` decides which fault an attempt ends with. The trio driver
+(``ring_driver``) only moves bytes and time between them.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from p2pfed.collectives.messages import MAX_COHORT, RingChunk, WordType
+from p2pfed.collectives.messages import MAX_COHORT, Message, RingChunk, WordType
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
 
 
@@ -71,13 +77,15 @@ class RingEvent(enum.Enum):
     FAULT = "fault"
 
 
+_FORWARD = (
+    (RingState.READY, RingEvent.START, RingState.REDUCE_SCATTER),
+    (RingState.REDUCE_SCATTER, RingEvent.SCATTERED, RingState.ALL_GATHER),
+    (RingState.ALL_GATHER, RingEvent.GATHERED, RingState.DONE),
+)
 RING_TRANSITIONS: dict[tuple[RingState, RingEvent], RingState] = {
-    (RingState.READY, RingEvent.START): RingState.REDUCE_SCATTER,
-    (RingState.REDUCE_SCATTER, RingEvent.SCATTERED): RingState.ALL_GATHER,
-    (RingState.ALL_GATHER, RingEvent.GATHERED): RingState.DONE,
-    (RingState.READY, RingEvent.FAULT): RingState.FAILED,
-    (RingState.REDUCE_SCATTER, RingEvent.FAULT): RingState.FAILED,
-    (RingState.ALL_GATHER, RingEvent.FAULT): RingState.FAILED,
+    **{(state, event): target for state, event, target in _FORWARD},
+    # A fault fails the attempt from any state that is not over yet.
+    **{(state, RingEvent.FAULT): RingState.FAILED for state, _, _ in _FORWARD},
 }
 """Every legal transition; anything else is a local protocol error."""
 
@@ -177,11 +185,6 @@ class RingAllReduce:
             raise LocalProtocolError(f"ring all-reduce result read in state {self.state.value}")
         return self._buf
 
-    @property
-    def expected(self) -> tuple[int, int]:
-        """The (step, chunk) the predecessor must send next."""
-        return self._expect
-
     def _chunk(self, step: int, chunk: int) -> RingChunk:
         segment = (self.rank - step) % self.size
         lo, hi = self._bounds[segment][chunk]
@@ -203,17 +206,42 @@ class RingAllReduce:
         if self.state is not RingState.FAILED:
             self._fire(RingEvent.FAULT)
 
-    def receive(self, message: RingChunk, sender: str) -> list[RingChunk]:
-        """Take one chunk from the predecessor ``sender``; returns the chunks to send next.
+    def outcome(
+        self, faults: Sequence[RemoteProtocolError], predecessor: str
+    ) -> RemoteProtocolError | None:
+        """None once the sum is complete and no fault was seen; else the fault to report.
 
-        Raises ``RemoteProtocolError`` naming ``sender`` for a chunk of another round or
-        attempt (``WRONG_ROUND``), one already received (``REPLAY``) or skipped ahead
-        (``OUT_OF_ORDER``), of the wrong word type (``WRONG_DTYPE``) or length
-        (``WRONG_SHAPE``); the state machine is then ``FAILED``.
+        The first of ``faults`` (the driver's accusations, in the order seen), or, when the
+        attempt stopped short without one, a ``PROTOCOL_VIOLATION`` naming ``predecessor``;
+        the state machine is then ``FAILED``.
+        """
+        if not faults and self.done:
+            return None
+        self.fail()
+        if faults:
+            return faults[0]
+        return RemoteProtocolError(
+            ReasonCode.PROTOCOL_VIOLATION, "ring attempt ended unfinished", predecessor
+        )
+
+    def receive(self, message: Message, sender: str) -> list[RingChunk]:
+        """Take one message from the predecessor ``sender``; returns the chunks to send next.
+
+        Raises ``RemoteProtocolError`` naming ``sender`` for anything but a ring chunk
+        (``UNEXPECTED_STAGE``), a chunk of another round or attempt (``WRONG_ROUND``), one
+        already received (``REPLAY``) or skipped ahead (``OUT_OF_ORDER``), of the wrong word
+        type (``WRONG_DTYPE``) or length (``WRONG_SHAPE``); the state machine is then
+        ``FAILED``.
         """
         if self.state not in (RingState.REDUCE_SCATTER, RingState.ALL_GATHER):
             raise LocalProtocolError(f"ring chunk received in state {self.state.value}")
         try:
+            if not isinstance(message, RingChunk):
+                raise RemoteProtocolError(
+                    ReasonCode.UNEXPECTED_STAGE,
+                    f"peer {sender} sent a {type(message).__name__} inside a ring stream",
+                    sender,
+                )
             view = self._check(message, sender)
         except RemoteProtocolError:
             self._fire(RingEvent.FAULT)
@@ -272,3 +300,112 @@ class RingAllReduce:
             )
         view: npt.NDArray[Any] = self._buf[lo:hi]
         return view
+
+
+@dataclass(frozen=True, slots=True)
+class RingPosition:
+    """Where one peer sits on a ring: its rank and its two neighbours."""
+
+    order: tuple[str, ...]
+    me: str
+
+    def __post_init__(self) -> None:
+        if self.me not in self.order:
+            raise LocalProtocolError(f"peer {self.me} is not in the ring {self.order}")
+
+    @property
+    def rank(self) -> int:
+        """This peer's index in the ring order."""
+        return self.order.index(self.me)
+
+    @property
+    def size(self) -> int:
+        """The number of peers on the ring."""
+        return len(self.order)
+
+    @property
+    def successor(self) -> str:
+        """The peer this one sends to."""
+        return self.order[(self.rank + 1) % self.size]
+
+    @property
+    def predecessor(self) -> str:
+        """The peer this one receives from."""
+        return self.order[(self.rank - 1) % self.size]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefusal:
+    """Why an inbound ring stream was refused, for the record of ``round``."""
+
+    round: int
+    reason: ReasonCode
+    detail: str
+
+
+class RingAttempts:
+    """Which ring attempts run at this peer, and which inbound stream may feed each.
+
+    An attempt is keyed by (round, attempt). Everything below ``floor`` is over: a stream
+    for it is refused as late, and it cannot be run again. Each open attempt takes exactly
+    one stream, from its predecessor.
+    """
+
+    def __init__(self) -> None:
+        self.floor = (-1, -1)
+        self._predecessor: dict[tuple[int, int], str] = {}
+        self._fed: set[tuple[int, int]] = set()
+
+    def begin(self, key: tuple[int, int], predecessor: str | None) -> None:
+        """Open attempt ``key`` fed by ``predecessor`` (None: a ring of one, nothing to feed).
+
+        Raises ``LocalProtocolError`` if the attempt was already run here.
+        """
+        if predecessor is None:
+            self.floor = max(self.floor, key)
+            return
+        if key in self._predecessor or key < self.floor:
+            raise LocalProtocolError(f"round {key[0]} attempt {key[1]} was already run here")
+        self.floor = max(self.floor, key)
+        self._predecessor[key] = predecessor
+
+    def end(self, key: tuple[int, int]) -> None:
+        """Close attempt ``key``: streams for it arriving from now on are late."""
+        self._predecessor.pop(key, None)
+        self._fed.discard(key)
+        self.floor = max(self.floor, (key[0], key[1] + 1))
+
+    def awaited(self, key: tuple[int, int]) -> bool:
+        """True while a stream for ``key`` should wait for this peer to open that attempt."""
+        return key not in self._predecessor and key >= self.floor
+
+    def opening(self, message: Message) -> tuple[int, int] | StreamRefusal:
+        """The attempt a stream's first message is for, or why the stream is refused."""
+        if isinstance(message, RingChunk):
+            return (message.round, message.attempt)
+        return StreamRefusal(
+            message.round,
+            ReasonCode.UNEXPECTED_STAGE,
+            f"a ring stream opened with a {type(message).__name__} frame",
+        )
+
+    def admit(self, key: tuple[int, int], peer: str) -> StreamRefusal | None:
+        """Let ``peer``'s stream feed attempt ``key``; None if admitted, else why not."""
+        predecessor = self._predecessor.get(key)
+        if predecessor is None:
+            stale = key < self.floor
+            return StreamRefusal(
+                key[0],
+                ReasonCode.WRONG_ROUND if stale else ReasonCode.TIMEOUT,
+                f"ring stream for round {key[0]} attempt {key[1]} "
+                + ("arrived after that attempt was over" if stale else "matched no attempt"),
+            )
+        if peer != predecessor or key in self._fed:
+            return StreamRefusal(
+                key[0],
+                ReasonCode.DUPLICATE if key in self._fed else ReasonCode.UNEXPECTED_STAGE,
+                f"peer {peer} is not this peer's ring predecessor "
+                f"{predecessor} or opened a second stream",
+            )
+        self._fed.add(key)
+        return None

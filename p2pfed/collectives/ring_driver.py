@@ -10,8 +10,10 @@ c + 1 of step s is still arriving.
 Inbound streams may arrive before this peer has reached the round (its predecessor was
 quicker to agree): the handler reads the first frame, waits a bounded time for the matching
 inbox and hands the stream over, then stays alive until the session is done with it (the
-transport closes a stream when its handler returns). A first frame for a round or attempt
-this peer has already left is rejected with ``WRONG_ROUND`` and recorded.
+transport closes a stream when its handler returns). Whether a stream may feed an attempt
+is the core's decision (``RingAttempts``): a first frame for a round or attempt this peer
+has already left is rejected with ``WRONG_ROUND``, a stream from anyone but the predecessor
+or a second one is refused, and each refusal is recorded.
 
 Faults name a culprit: silence for ``timeout`` seconds or a broken stream from the
 predecessor accuses the predecessor; failing to reach or send to the successor accuses the
@@ -22,9 +24,11 @@ the round without it (``p2pfed.collectives.round``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,7 +39,7 @@ import trio
 from p2pfed.collectives.codec import ByteCounts, Envelope, MessageStream
 from p2pfed.collectives.faults import Exclusion, Fault, FaultPlan, InjectedCrash
 from p2pfed.collectives.messages import RingChunk, WordType
-from p2pfed.collectives.ring import RingAllReduce
+from p2pfed.collectives.ring import RingAllReduce, RingAttempts, RingPosition, StreamRefusal
 from p2pfed.errors import (
     BrokenError,
     ClosedError,
@@ -44,6 +48,7 @@ from p2pfed.errors import (
     RemoteProtocolError,
 )
 from p2pfed.transport.base import Stream, Transport
+from p2pfed.wire.exchange import finish_sending, open_with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +166,114 @@ class _ReadAhead:
 class _Inbox:
     """Where the handler parks the predecessor's stream for a session."""
 
-    def __init__(self, predecessor: str) -> None:
-        self.predecessor = predecessor
+    def __init__(self) -> None:
         self.reader: _ReadAhead | None = None
         self.arrived = trio.Event()
         self.released = trio.Event()
+
+
+class _Session:
+    """The I/O of one attempt: a sender to the successor and a receiver from the predecessor.
+
+    Both feed the sans-I/O core and only move bytes; a fault is recorded as an accusation
+    and stops the other task. The core decides what the attempt's outcome is.
+    """
+
+    def __init__(
+        self,
+        service: RingService,
+        core: RingAllReduce,
+        position: RingPosition,
+        inbox: _Inbox,
+        timeout: float,
+    ) -> None:
+        self.service = service
+        self.core = core
+        self.position = position
+        self.inbox = inbox
+        self.timeout = timeout
+        self.counts = ByteCounts()
+        self.faults: list[RemoteProtocolError] = []
+        self.crashed: list[InjectedCrash] = []
+        self._outbox, self._queued = trio.open_memory_channel[RingChunk](math.inf)
+
+    def _accuse(self, reason: ReasonCode, peer: str, detail: str) -> None:
+        self.faults.append(RemoteProtocolError(reason, detail, peer))
+
+    async def run(self) -> None:
+        """Run both directions until the core is done or one of them fails."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch(task: Callable[[], Awaitable[None]]) -> None:
+                await task()
+                if self.faults or self.crashed:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch, self._send_all)
+            for first in self.core.start():
+                self._outbox.send_nowait(first)
+            nursery.start_soon(watch, self._receive_all)
+
+    async def _send_all(self) -> None:
+        successor = self.position.successor
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                stream = await open_with_backoff(self.service.transport, successor, RING_PROTOCOL)
+            if scope.cancelled_caught:
+                self._accuse(ReasonCode.TIMEOUT, successor, f"could not reach {successor}")
+                return
+        except (BrokenError, RemoteProtocolError) as exc:
+            self._accuse(ReasonCode.DROPPED, successor, f"could not reach {successor}: {exc}")
+            return
+        out = MessageStream(stream, self.service.consortium, self.service.local_peer)
+        try:
+            await self.service._send_stream(out, self._queued, self.timeout)
+        except InjectedCrash as exc:
+            self.crashed.append(exc)
+        except (BrokenError, ClosedError) as exc:
+            self._accuse(ReasonCode.DROPPED, successor, f"stream to {successor} broke: {exc}")
+        finally:
+            self.counts.add(out.counts)
+            await stream.aclose()
+
+    async def _receive_all(self) -> None:
+        predecessor = self.position.predecessor
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                await self.inbox.arrived.wait()
+            reader = self.inbox.reader
+            if scope.cancelled_caught or reader is None:
+                self._accuse(
+                    ReasonCode.TIMEOUT,
+                    predecessor,
+                    f"predecessor {predecessor} opened no stream in {self.timeout:g} s",
+                )
+                return
+            try:
+                await self._feed(reader)
+            except RemoteProtocolError as exc:
+                self._accuse(exc.reason, predecessor, str(exc))
+            except (BrokenError, ClosedError) as exc:
+                # ClosedError: our own side went away under us (this peer is crashing).
+                self._accuse(ReasonCode.DROPPED, predecessor, str(exc))
+            finally:
+                self.counts.add(reader.messages.counts)
+        finally:
+            self.inbox.released.set()
+
+    async def _feed(self, reader: _ReadAhead) -> None:
+        """Feed the predecessor's frames into the core and queue what it says to send."""
+        predecessor = self.position.predecessor
+        envelope: Envelope | None = reader.first
+        while True:
+            if envelope is None:
+                raise BrokenError(f"predecessor {predecessor} ended the stream early")
+            for out in self.core.receive(envelope.message, predecessor):
+                self._outbox.send_nowait(out)
+            if self.core.done:
+                break
+            envelope = await reader.next(self.timeout)
+        self._outbox.close()
 
 
 class RingService:
@@ -186,9 +294,9 @@ class RingService:
         self.accept_timeout = accept_timeout
         self.fault = fault
         self.exclusions: list[Exclusion] = []
+        self.attempts = RingAttempts()
         self._inboxes: dict[tuple[int, int], _Inbox] = {}
         self._changed = trio.Event()
-        self._floor = (-1, -1)
         self._sent_vectors = 0
         transport.serve(RING_PROTOCOL, self._handle)
 
@@ -201,66 +309,39 @@ class RingService:
         log.info("ring: rejected %s in round %d: %s (%s)", peer, round, detail, reason)
         self.exclusions.append(Exclusion(round, peer, reason, detail))
 
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
     async def _handle(self, stream: Stream) -> None:
-        me = self.local_peer
-        messages = MessageStream(stream, self.consortium, me)
+        peer = stream.remote_peer
+        messages = MessageStream(stream, self.consortium, self.local_peer)
         try:
             first = await messages.receive(self.accept_timeout)
         except RemoteProtocolError as exc:
-            self._reject(-1, stream.remote_peer, exc.reason, str(exc))
+            self._reject(-1, peer, exc.reason, str(exc))
             return
         if first is None:
             return
-        message = first.message
-        if not isinstance(message, RingChunk):
-            self._reject(
-                message.round,
-                stream.remote_peer,
-                ReasonCode.UNEXPECTED_STAGE,
-                f"a ring stream opened with a {type(message).__name__} frame",
-            )
+        key = self.attempts.opening(first.message)
+        if isinstance(key, StreamRefusal):
+            self._reject(key.round, peer, key.reason, key.detail)
             return
-        key = (message.round, message.attempt)
         reader = _ReadAhead(messages, first, self.max_read_ahead)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.pump)
-            inbox = await self._wait_inbox(key)
-            if inbox is None:
-                stale = key < self._floor
-                self._reject(
-                    message.round,
-                    stream.remote_peer,
-                    ReasonCode.WRONG_ROUND if stale else ReasonCode.TIMEOUT,
-                    f"ring stream for round {key[0]} attempt {key[1]} "
-                    + ("arrived after that attempt was over" if stale else "matched no attempt"),
-                )
-            elif stream.remote_peer != inbox.predecessor or inbox.reader is not None:
-                self._reject(
-                    message.round,
-                    stream.remote_peer,
-                    ReasonCode.UNEXPECTED_STAGE if inbox.reader is None else ReasonCode.DUPLICATE,
-                    f"peer {stream.remote_peer} is not this peer's ring predecessor "
-                    f"{inbox.predecessor} or opened a second stream",
-                )
+            with trio.move_on_after(self.accept_timeout):
+                while self.attempts.awaited(key):
+                    await self._changed.wait()
+            refusal = self.attempts.admit(key, peer)
+            if refusal is not None:
+                self._reject(refusal.round, peer, refusal.reason, refusal.detail)
             else:
+                inbox = self._inboxes[key]
                 inbox.reader = reader
                 inbox.arrived.set()
                 await inbox.released.wait()
             nursery.cancel_scope.cancel()
-
-    async def _wait_inbox(self, key: tuple[int, int]) -> _Inbox | None:
-        found: _Inbox | None = None
-        with trio.move_on_after(self.accept_timeout):
-            while key not in self._inboxes and key >= self._floor:
-                await self._changed.wait()
-            found = self._inboxes.get(key)
-        return found
-
-    def _register(self, key: tuple[int, int], inbox: _Inbox) -> None:
-        self._floor = max(self._floor, key)
-        self._inboxes[key] = inbox
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def all_reduce(
         self,
@@ -278,143 +359,40 @@ class RingService:
         ``InjectedCrash`` when this peer's fault plan crashes it.
         """
         config = config or RingConfig()
-        me = self.local_peer
-        if me not in order:
-            raise LocalProtocolError(f"peer {me} is not in the ring {order}")
-        rank, size = order.index(me), len(order)
+        position = RingPosition(order, self.local_peer)
         core = RingAllReduce(
             vector,
-            rank,
-            size,
+            position.rank,
+            position.size,
             round=round,
             attempt=attempt,
             chunk_bytes=config.chunk_bytes,
             modulus_bits=config.modulus_bits,
         )
-        counts = ByteCounts()
         key = (round, attempt)
-        if size == 1:
+        if position.size == 1:
             core.start()
-            self._floor = max(self._floor, key)
-            return RingResult(core.result, order, round, attempt, counts)
-        if key in self._inboxes or key < self._floor:
-            raise LocalProtocolError(f"round {round} attempt {attempt} was already run here")
-        successor, predecessor = order[(rank + 1) % size], order[(rank - 1) % size]
-        inbox = _Inbox(predecessor)
-        self._register(key, inbox)
-        outbox_send, outbox_recv = trio.open_memory_channel[RingChunk](math.inf)
-        faults: list[RemoteProtocolError] = []
-        crashed: list[InjectedCrash] = []
-
-        def accuse(reason: ReasonCode, peer: str, detail: str) -> None:
-            faults.append(RemoteProtocolError(reason, detail, peer))
-
-        async def send_all() -> None:
-            try:
-                with trio.move_on_after(config.timeout) as scope:
-                    stream = await self._open(successor)
-                if scope.cancelled_caught:
-                    accuse(ReasonCode.TIMEOUT, successor, f"could not reach {successor}")
-                    return
-            except (BrokenError, RemoteProtocolError) as exc:
-                accuse(ReasonCode.DROPPED, successor, f"could not reach {successor}: {exc}")
-                return
-            out = MessageStream(stream, self.consortium, me)
-            try:
-                await self._send_stream(out, outbox_recv, config.timeout)
-            except InjectedCrash as exc:
-                crashed.append(exc)
-            except (BrokenError, ClosedError) as exc:
-                accuse(ReasonCode.DROPPED, successor, f"stream to {successor} broke: {exc}")
-            finally:
-                counts.add(out.counts)
-                await stream.aclose()
-
-        async def receive_all() -> None:
-            try:
-                with trio.move_on_after(config.timeout) as scope:
-                    await inbox.arrived.wait()
-                if scope.cancelled_caught or inbox.reader is None:
-                    accuse(
-                        ReasonCode.TIMEOUT,
-                        predecessor,
-                        f"predecessor {predecessor} opened no stream in {config.timeout:g} s",
-                    )
-                    return
-                reader = inbox.reader
-                envelope: Envelope | None = reader.first
-                try:
-                    while True:
-                        if envelope is None:
-                            raise BrokenError(f"predecessor {predecessor} ended the stream early")
-                        message = envelope.message
-                        if not isinstance(message, RingChunk):
-                            raise RemoteProtocolError(
-                                ReasonCode.UNEXPECTED_STAGE,
-                                f"peer {predecessor} sent a {type(message).__name__} "
-                                "inside a ring stream",
-                                predecessor,
-                            )
-                        for out in core.receive(message, predecessor):
-                            outbox_send.send_nowait(out)
-                        if core.done:
-                            break
-                        envelope = await reader.next(config.timeout)
-                    outbox_send.close()
-                except RemoteProtocolError as exc:
-                    accuse(exc.reason, predecessor, str(exc))
-                except (BrokenError, ClosedError) as exc:
-                    # ClosedError: our own side went away under us (this peer is crashing).
-                    accuse(ReasonCode.DROPPED, predecessor, str(exc))
-                finally:
-                    counts.add(reader.messages.counts)
-            finally:
-                inbox.released.set()
-
+            self.attempts.begin(key, None)
+            return RingResult(core.result, order, round, attempt)
+        self.attempts.begin(key, position.predecessor)
+        inbox = self._inboxes[key] = _Inbox()
+        self._notify()
+        session = _Session(self, core, position, inbox, config.timeout)
         try:
-            async with trio.open_nursery() as nursery:
-
-                async def watch(task: Any) -> None:
-                    await task()
-                    if faults or crashed:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(watch, send_all)
-                for first in core.start():
-                    outbox_send.send_nowait(first)
-                nursery.start_soon(watch, receive_all)
+            await session.run()
         finally:
             inbox.released.set()
-            self._inboxes.pop(key, None)
+            del self._inboxes[key]
             # Streams for this attempt arriving from now on are late: reject, don't wait.
-            self._floor = max(self._floor, (round, attempt + 1))
-            self._changed.set()
-            self._changed = trio.Event()
-        if crashed:
-            raise crashed[0]
-        if faults or not core.done:
-            core.fail()
-            fault = (
-                faults[0]
-                if faults
-                else RemoteProtocolError(
-                    ReasonCode.PROTOCOL_VIOLATION, "ring attempt ended unfinished", predecessor
-                )
-            )
-            self._reject(round, fault.peer or predecessor, fault.reason, str(fault))
+            self.attempts.end(key)
+            self._notify()
+        if session.crashed:
+            raise session.crashed[0]
+        fault = core.outcome(session.faults, position.predecessor)
+        if fault is not None:
+            self._reject(round, fault.peer or position.predecessor, fault.reason, str(fault))
             raise fault
-        return RingResult(core.result, order, round, attempt, counts)
-
-    async def _open(self, successor: str) -> Stream:
-        # Retried until the caller's timeout: a first dial can lose a race with the peer
-        # dialling us. A refusal by the roster gate is final.
-        delay = 0.05
-        while True:
-            try:
-                return await self.transport.open_stream(successor, RING_PROTOCOL)
-            except BrokenError:
-                await trio.sleep(delay)
-                delay = min(2 * delay, 1.0)
+        return RingResult(core.result, order, round, attempt, session.counts)
 
     async def _send_stream(
         self,
@@ -424,16 +402,10 @@ class RingService:
     ) -> None:
         async for chunk in outbox:
             await self._send_chunk(out, chunk)
-        await out.stream.send_eof()
-        # Linger until the successor has read everything and closed its side, so that no
-        # transport drops buffered chunks when we close; a failure past this point belongs
-        # to the successor's own successor to detect.
-        with trio.move_on_after(timeout):
-            try:
-                while await out.stream.receive_some():
-                    pass
-            except BrokenError:
-                pass
+        # Linger until the successor has read everything and closed its side; a failure
+        # past this point belongs to the successor's own successor to detect.
+        with contextlib.suppress(BrokenError):
+            await finish_sending(out.stream, timeout)
 
     async def _send_chunk(self, out: MessageStream, chunk: RingChunk) -> None:
         index, self._sent_vectors = self._sent_vectors, self._sent_vectors + 1

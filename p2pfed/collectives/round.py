@@ -5,8 +5,9 @@ agreement (``Ready``, ``Cohort``, ``Done``, ``Commit``, ``Abort``), one short st
 message, into a per-round mailbox; messages for rounds this peer has left are rejected with
 ``WRONG_ROUND`` and recorded (except a late ``Ready``, which is answered with the cohort so the
 straggler learns it was left out). ``RingRound`` composes it with ``RingService``: it feeds
-mailbox messages, ring outcomes and deadlines into the sans-I/O ``RoundAgreement`` and carries
-out the actions it returns, starting and cancelling ring attempts. Time is
+mailbox messages, ring outcomes and deadlines, as small frozen events (``MessageArrived``,
+``RingFinished``, ``RingFailed``, ``DeadlinePassed``), into the sans-I/O ``RoundAgreement``
+and carries out the actions it returns, starting and cancelling ring attempts. Time is
 ``trio.current_time()``, so tests run the whole protocol under a mock clock.
 
 Bounds: only the peers ``senders`` admits (the round's members; never observers) may send
@@ -33,11 +34,11 @@ from p2pfed.collectives.agreement import (
     AgreementTiming,
     CancelRing,
     CohortSigner,
-    Phase,
     RoundAgreement,
     Send,
     StartRing,
 )
+from p2pfed.collectives.agreement_state import Phase
 from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
 from p2pfed.collectives.messages import Message, Ready
@@ -51,6 +52,7 @@ from p2pfed.errors import (
     RemoteProtocolError,
 )
 from p2pfed.transport.base import Stream, Transport
+from p2pfed.wire.exchange import finish_sending, open_with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -156,25 +158,14 @@ class ControlService:
         """
         try:
             with trio.fail_after(self.timeout):
-                stream = await self._open(peer)
+                stream = await open_with_backoff(self.transport, peer, self.protocol)
                 async with stream:
                     out = MessageStream(stream, self.consortium, self.transport.local_peer)
                     await out.send(message)
-                    await stream.send_eof()
                     # The handler closes once it has read everything: then the message is in.
-                    while await stream.receive_some():
-                        pass
+                    await finish_sending(stream)
         except (trio.TooSlowError, BrokenError, ClosedError, RemoteProtocolError) as exc:
             log.info("control: %s to %s not delivered: %s", type(message).__name__, peer, exc)
-
-    async def _open(self, peer: str) -> Stream:
-        delay = 0.05
-        while True:
-            try:
-                return await self.transport.open_stream(peer, self.protocol)
-            except BrokenError:
-                await trio.sleep(delay)
-                delay = min(2 * delay, 1.0)
 
     async def _handle(self, stream: Stream) -> None:
         peer = stream.remote_peer
@@ -332,71 +323,121 @@ class RingRound:
             max_attempts=self.max_attempts,
             roster_version=self.roster_version,
         )
-        mailbox = self.control.open_round(round)
         seen = len(self.ring.exclusions)
-        events_in, events = trio.open_memory_channel[tuple[Any, ...]](math.inf)
-        results: dict[int, RingResult] = {}
-        scopes: dict[int, trio.CancelScope] = {}
-
-        async with trio.open_nursery() as senders:
-            async with trio.open_nursery() as work:
-
-                async def forward() -> None:
-                    async for sender, message in mailbox:
-                        events_in.send_nowait(("message", sender, message))
-
-                async def run_ring(attempt: int, cohort: tuple[str, ...]) -> None:
-                    order = ring_order(self.consortium, self.roster_version, round, cohort, attempt)
-                    with trio.CancelScope() as scope:
-                        scopes[attempt] = scope
-                        try:
-                            result = await self.ring.all_reduce(
-                                vector,
-                                order,
-                                round=round,
-                                attempt=attempt,
-                                config=self.ring_config,
-                            )
-                        except RemoteProtocolError as exc:
-                            events_in.send_nowait(("failed", attempt, exc))
-                        else:
-                            events_in.send_nowait(("done", attempt, result))
-
-                def execute(actions: list[Action]) -> None:
-                    for action in actions:
-                        if isinstance(action, Send):
-                            senders.start_soon(self.control.send, action.peer, action.message)
-                        elif isinstance(action, StartRing):
-                            work.start_soon(run_ring, action.attempt, action.cohort)
-                        elif isinstance(action, CancelRing) and action.attempt in scopes:
-                            scopes[action.attempt].cancel()
-
-                work.start_soon(forward)
-                execute(agreement.start(trio.current_time()))
-                while not agreement.final:
-                    event: tuple[Any, ...] = ("deadline",)
-                    with trio.move_on_at(agreement.deadline or math.inf):
-                        event = await events.receive()
-                    now = trio.current_time()
-                    if event[0] == "deadline":
-                        execute(agreement.tick(now))
-                    elif event[0] == "message":
-                        execute(agreement.receive(event[1], event[2], now))
-                    elif event[1] == agreement.attempt and agreement.phase is Phase.RUNNING:
-                        if event[0] == "done":
-                            results[event[1]] = event[2]
-                            execute(agreement.ring_done(now))
-                        else:
-                            fault: RemoteProtocolError = event[2]
-                            execute(agreement.ring_failed(fault.peer, fault.reason, now))
-                work.cancel_scope.cancel()
-            self.control.close_round(round, agreement)
+        run = _RoundRun(self, agreement, vector)
+        await run.run(self.control.open_round(round))
         committed = agreement.phase is Phase.COMMITTED
         return RoundOutcome(
             round,
             agreement.phase,
-            results.get(agreement.attempt) if committed else None,
+            run.results.get(agreement.attempt) if committed else None,
             agreement.cohort if committed else None,
             agreement.attempt + 1,
             agreement.exclusions + self.ring.exclusions[seen:] + self.control.drain(round),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageArrived:
+    """A round-control message from ``sender`` reached this round's mailbox."""
+
+    sender: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class RingFinished:
+    """The ring of ``attempt`` summed the cohort's vectors."""
+
+    attempt: int
+    result: RingResult
+
+
+@dataclass(frozen=True, slots=True)
+class RingFailed:
+    """The ring of ``attempt`` failed; ``fault`` names the accused peer and why."""
+
+    attempt: int
+    fault: RemoteProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlinePassed:
+    """The agreement's deadline passed with nothing else to report."""
+
+
+RoundEvent = MessageArrived | RingFinished | RingFailed | DeadlinePassed
+
+
+def dispatch(agreement: RoundAgreement, event: RoundEvent, now: float) -> list[Action]:
+    """Feed one driver event into the sans-I/O agreement; returns what it asks for."""
+    if isinstance(event, MessageArrived):
+        return agreement.receive(event.sender, event.message, now)
+    if isinstance(event, RingFinished):
+        return agreement.ring_done(event.attempt, now)
+    if isinstance(event, RingFailed):
+        return agreement.ring_failed(event.attempt, event.fault.peer, event.fault.reason, now)
+    return agreement.tick(now)
+
+
+class _RoundRun:
+    """The I/O of one round: mailbox, ring attempts and deadlines in, agreement actions out."""
+
+    def __init__(
+        self, owner: RingRound, agreement: RoundAgreement, vector: npt.NDArray[Any]
+    ) -> None:
+        self.owner = owner
+        self.agreement = agreement
+        self.vector = vector
+        self.results: dict[int, RingResult] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._events_in, self._events = trio.open_memory_channel[RoundEvent](math.inf)
+
+    async def run(self, mailbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+        """Run the agreement to its end, retire the round, and finish sending its messages."""
+        agreement = self.agreement
+        async with trio.open_nursery() as senders:
+            async with trio.open_nursery() as work:
+                work.start_soon(self._forward, mailbox)
+                self._execute(agreement.start(trio.current_time()), senders, work)
+                while not agreement.final:
+                    event: RoundEvent = DeadlinePassed()
+                    with trio.move_on_at(agreement.deadline or math.inf):
+                        event = await self._events.receive()
+                    if isinstance(event, RingFinished):
+                        self.results[event.attempt] = event.result
+                    actions = dispatch(agreement, event, trio.current_time())
+                    self._execute(actions, senders, work)
+                work.cancel_scope.cancel()
+            # Retired while the last messages are still going out: a late Ready from now on
+            # is answered with the cohort, not queued in a mailbox nobody reads.
+            self.owner.control.close_round(agreement.round, agreement)
+
+    def _execute(self, actions: list[Action], senders: trio.Nursery, work: trio.Nursery) -> None:
+        control = self.owner.control
+        for action in actions:
+            if isinstance(action, Send):
+                senders.start_soon(control.send, action.peer, action.message)
+            elif isinstance(action, StartRing):
+                work.start_soon(self._run_ring, action.attempt, action.cohort)
+            elif isinstance(action, CancelRing) and action.attempt in self._scopes:
+                self._scopes[action.attempt].cancel()
+
+    async def _forward(self, mailbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+        async for sender, message in mailbox:
+            self._events_in.send_nowait(MessageArrived(sender, message))
+
+    async def _run_ring(self, attempt: int, cohort: tuple[str, ...]) -> None:
+        owner = self.owner
+        round = self.agreement.round
+        order = ring_order(owner.consortium, owner.roster_version, round, cohort, attempt)
+        with trio.CancelScope() as scope:
+            self._scopes[attempt] = scope
+            try:
+                result = await owner.ring.all_reduce(
+                    self.vector, order, round=round, attempt=attempt, config=owner.ring_config
+                )
+            except RemoteProtocolError as exc:
+                self._events_in.send_nowait(RingFailed(attempt, exc))
+            else:
+                self._events_in.send_nowait(RingFinished(attempt, result))

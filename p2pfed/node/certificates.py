@@ -27,12 +27,14 @@ from typing import Any
 from p2pfed.collectives.agreement import CohortSigner
 from p2pfed.collectives.messages import MAX_COHORT, MAX_PEER_ID
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
+from p2pfed.wire.reader import BodyReader
 
 CERT_VERSION = 1
 _DOMAIN = b"p2pfed-commit-v1\n"
 _MAX_ROUND = (1 << 62) - 1
 _HEAD = struct.Struct(">BQq32sH")  # version, roster version, round, digest, contributors
 _SIG = 64
+_U16 = struct.Struct(">H")
 
 
 def commit_quorum(cohort: int, floor: int = 2) -> int:
@@ -95,30 +97,6 @@ def _lp(raw: bytes) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-class _Reader:
-    def __init__(self, data: bytes, peer: str) -> None:
-        self.data, self.at, self.peer = data, 0, peer
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise self.bad("is truncated")
-        out = self.data[self.at : self.at + n]
-        self.at += n
-        return out
-
-    def text(self) -> str:
-        raw = self.take(self.take(1)[0])
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise self.bad("holds a name that is not UTF-8") from None
-
-    def bad(self, what: str) -> RemoteProtocolError:
-        return RemoteProtocolError(
-            ReasonCode.MALFORMED, f"commit certificate from {self.peer} {what}", self.peer
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class CommitCertificate:
     """A statement with its signatures, sorted by signer, at most one per contributor."""
@@ -155,30 +133,30 @@ class CommitCertificate:
     @classmethod
     def decode(cls, data: bytes, peer: str) -> CommitCertificate:
         """Parse one; ``RemoteProtocolError(MALFORMED)`` naming ``peer`` if it is not one."""
-        r = _Reader(data, peer)
-        version, roster_version, round_, digest, count = _HEAD.unpack(r.take(_HEAD.size))
+        r = BodyReader(data, f"commit certificate from {peer}", peer)
+        version, roster_version, round_, digest, count = r.unpack(_HEAD)
         if version != CERT_VERSION:
-            raise r.bad(f"has unknown version {version}")
+            raise r.malformed(f"has unknown version {version}")
         if not 0 < count <= MAX_COHORT:
-            raise r.bad(f"names {count} contributors")
-        consortium = r.text()
-        contributors = tuple(r.text() for _ in range(count))
-        (nsig,) = struct.unpack(">H", r.take(2))
+            raise r.malformed(f"names {count} contributors")
+        consortium = r.short()
+        contributors = tuple(r.short() for _ in range(count))
+        (nsig,) = r.unpack(_U16)
         if nsig > count:
-            raise r.bad(f"has {nsig} signatures for {count} contributors")
+            raise r.malformed(f"has {nsig} signatures for {count} contributors")
         signatures = []
         for _ in range(nsig):
-            (i,) = struct.unpack(">H", r.take(2))
+            (i,) = r.unpack(_U16)
             if i >= count:
-                raise r.bad("has a signature by a peer it does not name")
+                raise r.malformed("has a signature by a peer it does not name")
             signatures.append((contributors[i], r.take(_SIG)))
         if r.at != len(data):
-            raise r.bad("has trailing bytes")
+            raise r.malformed("has trailing bytes")
         try:
             statement = CommitStatement(consortium, roster_version, round_, digest, contributors)
             return cls(statement, tuple(sorted(signatures)))
         except LocalProtocolError as exc:
-            raise r.bad(f"is invalid: {exc}") from None
+            raise r.malformed(f"is invalid: {exc}") from None
 
     def summary(self) -> dict[str, Any]:
         """What the audit log records: no peer IDs (it names peers by salted hash only)."""

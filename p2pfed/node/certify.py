@@ -29,7 +29,8 @@ from p2pfed.node.certificates import (
     decode_statement,
 )
 from p2pfed.transport.base import Stream, Transport
-from p2pfed.wire import Frame, FrameType, read_frame, write_frame
+from p2pfed.wire import Frame, FrameType, write_frame
+from p2pfed.wire.exchange import read_one_frame
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,8 @@ class CertificateService:
     async def _handle(self, stream: Stream) -> None:
         peer = stream.remote_peer
         try:
-            frame = await read_frame(stream, timeout=self.timeout)
-            payload = frame.payload
-            if frame.type is not FrameType.CONTROL or len(payload) <= _SIG:
+            payload = (await read_one_frame(stream, timeout=self.timeout)).payload
+            if len(payload) <= _SIG:
                 raise RemoteProtocolError(ReasonCode.MALFORMED, "not a commit vote", peer)
             statement = decode_statement(payload[:-_SIG], peer)
             if statement.consortium != self.policy.consortium:

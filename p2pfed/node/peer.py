@@ -72,6 +72,7 @@ class RoundReport:
     certificate: CommitCertificate | None = None
     """The round's commit certificate (None when missed, uncertified, or in gossip)."""
 
+
 def slot_wait(now: float, slot: float) -> float:
     """Seconds from wall-clock ``now`` to the next multiple of ``slot`` at least slot/2 away.
 

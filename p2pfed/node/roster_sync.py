@@ -41,7 +41,8 @@ from p2pfed.errors import (
 )
 from p2pfed.identity import Roster, RosterError, RosterGate, RosterProblem
 from p2pfed.transport.base import Stream, Transport
-from p2pfed.wire import Frame, FrameType, read_frame, write_frame
+from p2pfed.wire import Frame, FrameType, write_frame
+from p2pfed.wire.exchange import read_one_frame
 from p2pfed.wire.frames import Limits
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class RosterAnnouncer:
     async def _handle(self, stream: Stream) -> None:
         peer = stream.remote_peer
         try:
-            theirs = await read_frame(stream, _LIMITS, self.timeout)
+            theirs = await read_one_frame(stream, _LIMITS, self.timeout, expect=None)
         except (RemoteProtocolError, LocalProtocolError) as exc:
             self.live.refuse(peer, ConfigError(f"refused a roster announcement from {peer}: {exc}"))
             return
@@ -262,7 +263,7 @@ class RosterAnnouncer:
                 stream = await self.transport.open_stream(peer, ROSTER_PROTOCOL)
                 async with stream:
                     await write_frame(stream, self._frame(), _LIMITS, self.timeout)
-                    theirs = await read_frame(stream, _LIMITS, self.timeout)
+                    theirs = await read_one_frame(stream, _LIMITS, self.timeout, expect=None)
         except (BrokenError, ClosedError, RemoteProtocolError, LocalProtocolError) as exc:
             log.info("roster exchange with %s failed: %s", peer, exc)
             return None

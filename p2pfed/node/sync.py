@@ -1,6 +1,6 @@
 """Model synchronisation: a late or restarted peer fetches the current model from a member.
 
-Theory of operation: every peer serves ``SYNC_PROTOCOL``. A request is one CONTROL frame
+Theory of operation: every peer serves ``MODEL_SYNC_PROTOCOL``. A request is one CONTROL frame
 whose payload is a single byte (``STATUS`` or ``MODEL``); the answer is one CONTROL frame
 with a ``ModelStatus`` (the last completed round and the SHA-256 of the shared weights)
 and, when it has one, the commit certificate of those weights, followed, for ``MODEL``, by
@@ -47,15 +47,15 @@ from p2pfed.wire import (
     RejectedByPeer,
     decode_reject,
     encode_reject,
-    read_frame,
     receive_tensor,
     send_tensor,
     write_frame,
 )
+from p2pfed.wire.exchange import read_one_frame
 
 log = logging.getLogger(__name__)
 
-SYNC_PROTOCOL = "/p2pfed/model-sync/2.0.0"
+MODEL_SYNC_PROTOCOL = "/p2pfed/model-sync/2.0.0"
 STATUS = b"S"
 MODEL = b"M"
 NOT_SERVED = "this member does not serve its model: in secure gossip it is its own group's sum"
@@ -153,7 +153,7 @@ class ModelSync:
         self.current = current
         self.size = size
         self.timeout = timeout
-        transport.serve(SYNC_PROTOCOL, self._handle)
+        transport.serve(MODEL_SYNC_PROTOCOL, self._handle)
 
     def _frame(self, round_: int, payload: bytes) -> Frame:
         return Frame(
@@ -166,8 +166,8 @@ class ModelSync:
         )
 
     async def _handle(self, stream: Stream) -> None:
-        request = await read_frame(stream, timeout=self.timeout)
-        if request.type is not FrameType.CONTROL or request.payload not in (STATUS, MODEL):
+        request = await read_one_frame(stream, timeout=self.timeout)
+        if request.payload not in (STATUS, MODEL):
             raise RemoteProtocolError(
                 ReasonCode.PROTOCOL_VIOLATION,
                 "model-sync request is not STATUS or MODEL",
@@ -204,10 +204,10 @@ class ModelSync:
     async def _ask(
         self, peer: str, what: bytes
     ) -> tuple[ModelStatus, CommitCertificate | None, NDArray[np.float32] | None]:
-        stream = await self.transport.open_stream(peer, SYNC_PROTOCOL)
+        stream = await self.transport.open_stream(peer, MODEL_SYNC_PROTOCOL)
         async with stream:
             await write_frame(stream, self._frame(0, what), timeout=self.timeout)
-            reply = await read_frame(stream, timeout=self.timeout)
+            reply = await read_one_frame(stream, timeout=self.timeout, expect=None)
             if reply.type is FrameType.REJECT:
                 reason, message = decode_reject(reply.payload)
                 raise RejectedByPeer(f"{peer} refused the request: {message}", reason)
@@ -360,7 +360,7 @@ class ModelSync:
 
 
 __all__ = [
-    "SYNC_PROTOCOL",
+    "MODEL_SYNC_PROTOCOL",
     "FetchedModel",
     "ModelStatus",
     "ModelSync",

@@ -308,8 +308,6 @@ class FrameDecoder:
     """Turns a byte stream into frames, without I/O and without over-allocating.
 
     ``feed`` bytes as they arrive, then call ``next_frame`` until it returns ``None``.
-    ``needed`` says how many more bytes complete the frame being read, so a driver can read
-    exactly that much and never read past a frame boundary.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -339,16 +337,6 @@ class FrameDecoder:
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
-
-    def needed(self) -> int:
-        """Bytes still missing from the frame being read; 0 when a whole frame is buffered.
-
-        Raises ``RemoteProtocolError`` if the buffered bytes already break a rule.
-        """
-        size = self._current_size()
-        if size is None:
-            return HEADER_SIZE - self.buffered
-        return max(size - self.buffered, 0)
 
     def _current_size(self) -> int | None:
         if self._error is not None:

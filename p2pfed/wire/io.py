@@ -26,10 +26,8 @@ receiver refused our tensor.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 
-import numpy as np
 import numpy.typing as npt
 import trio
 
@@ -51,19 +49,11 @@ from p2pfed.wire.frames import (
     Limits,
     _check_prefix,
     _frame_from_parts,
-    decode_ack,
     decode_reject,
-    encode_ack,
     encode_frame,
-    encode_reject,
 )
-from p2pfed.wire.tensor import (
-    ChunkedTensorHeader,
-    Tensor,
-    array_from_raw,
-    check_finite,
-    tensor_view,
-)
+from p2pfed.wire.tensor import ChunkedTensorHeader, Tensor, tensor_view
+from p2pfed.wire.transfer import TensorReceipt, check_ack
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -226,27 +216,7 @@ async def send_tensor(
         return Frame(ftype, consortium, round, sender, seq + index, payload)
 
     async def wait_ack(acked: int, sent: int) -> int:
-        reply = await read_frame(stream, limits, timeout)
-        if reply.type is FrameType.REJECT:
-            raise _rejection(reply, stream, limits)
-        if reply.type is not FrameType.ACK or (reply.consortium, reply.round) != (
-            consortium,
-            round,
-        ):
-            raise RemoteProtocolError(
-                ReasonCode.PROTOCOL_VIOLATION,
-                f"expected an ACK for round {round} of {consortium}, got a "
-                f"{reply.type.name} frame for round {reply.round} of {reply.consortium}",
-                stream.remote_peer,
-            )
-        count = decode_ack(reply.payload)
-        if not acked < count <= sent:
-            raise RemoteProtocolError(
-                ReasonCode.PROTOCOL_VIOLATION,
-                f"ACK for {count} chunks after {acked} acknowledged and {sent} sent",
-                stream.remote_peer,
-            )
-        return count
+        return await _wait_ack(stream, (consortium, round), acked, sent, limits, timeout)
 
     acked = 0
     try:
@@ -271,6 +241,24 @@ async def send_tensor(
     return seq + 1 + n
 
 
+async def _wait_ack(
+    stream: Stream,
+    transfer: tuple[str, int],
+    acked: int,
+    sent: int,
+    limits: Limits,
+    timeout: float,
+) -> int:
+    """The count of the next ACK of ``transfer`` (consortium, round); raises a REJECT."""
+    reply = await read_frame(stream, limits, timeout)
+    if reply.type is FrameType.REJECT:
+        raise _rejection(reply, stream, limits)
+    try:
+        return check_ack(reply, *transfer, acked, sent)
+    except RemoteProtocolError as exc:
+        raise _blame(exc, stream) from None
+
+
 async def _pending_rejection(stream: Stream, limits: Limits) -> RejectedByPeer | None:
     try:
         while True:
@@ -286,17 +274,6 @@ async def _send_reject(stream: Stream, frame: Frame, limits: Limits) -> None:
     # error that caused it.
     with contextlib.suppress(BrokenError, ClosedError):
         await write_frame(stream, frame, limits, _REJECT_TIMEOUT)
-
-
-def _ack(header_frame: Frame, local_peer: str, count: int) -> Frame:
-    return Frame(
-        FrameType.ACK,
-        header_frame.consortium,
-        header_frame.round,
-        local_peer,
-        header_frame.seq,
-        encode_ack(count),
-    )
 
 
 async def receive_tensor(
@@ -321,81 +298,26 @@ async def receive_tensor(
     WRONG_ROUND, WRONG_SHAPE, WRONG_DTYPE, OUT_OF_ORDER, DIGEST_MISMATCH, NON_FINITE or
     PROTOCOL_VIOLATION; ``ReadTimeout`` / ``BrokenError`` / ``StreamEnded``.
     """
-    first: Frame | None = None
+    receipt = TensorReceipt(
+        local_peer,
+        consortium=consortium,
+        round=round,
+        expected_shape=expected_shape,
+        expected_dtype=expected_dtype,
+        finite=finite,
+        limits=limits,
+    )
     try:
-        first = await read_frame(stream, limits, timeout)
-        if first.type is not FrameType.TENSOR_HEADER:
-            raise RemoteProtocolError(
-                ReasonCode.PROTOCOL_VIOLATION,
-                f"expected a TENSOR_HEADER frame, got {first.type.name}",
-            )
-        if consortium is not None and first.consortium != consortium:
-            raise RemoteProtocolError(
-                ReasonCode.WRONG_CONSORTIUM,
-                f"tensor is for consortium {first.consortium!r}, not {consortium!r}",
-            )
-        if round is not None and first.round != round:
-            raise RemoteProtocolError(
-                ReasonCode.WRONG_ROUND, f"tensor is for round {first.round}, not {round}"
-            )
-        plan = ChunkedTensorHeader.decode(first.payload, limits)
-        plan.header.check_expected(expected_shape, expected_dtype)
-        # np.empty leaves pages untouched until the chunks are copied in: no memset.
-        buf = np.empty(plan.header.nbytes, dtype=np.uint8)
-        view = buf.data
-        hasher = hashlib.sha256()
-        n = plan.n_chunks
-        offset = 0
-        for i in range(n):
-            chunk = await read_frame(stream, limits, timeout)
-            if chunk.type is not FrameType.TENSOR_CHUNK:
-                raise RemoteProtocolError(
-                    ReasonCode.PROTOCOL_VIOLATION,
-                    f"expected tensor chunk {i + 1} of {n}, got a {chunk.type.name} frame",
-                )
-            if (chunk.consortium, chunk.round) != (first.consortium, first.round):
-                raise RemoteProtocolError(
-                    ReasonCode.PROTOCOL_VIOLATION,
-                    "tensor chunk changed consortium or round mid-transfer",
-                )
-            if chunk.seq != first.seq + 1 + i:
-                raise RemoteProtocolError(
-                    ReasonCode.OUT_OF_ORDER,
-                    f"tensor chunk has sequence number {chunk.seq}; expected {first.seq + 1 + i}",
-                )
-            size = plan.chunk_size(i)
-            if len(chunk.payload) != size:
-                raise RemoteProtocolError(
-                    ReasonCode.MALFORMED,
-                    f"tensor chunk {i + 1} of {n} is {len(chunk.payload)} bytes; expected {size}",
-                )
-            view[offset : offset + size] = chunk.payload
-            hasher.update(chunk.payload)
-            offset += size
-            # The last ACK waits until the tensor is verified, so a sender whose
-            # send_tensor returns knows the receiver accepted it.
-            if (i + 1) % plan.window == 0 and i + 1 < n:
-                await write_frame(stream, _ack(first, local_peer, i + 1), limits, timeout)
-        if hasher.digest() != plan.header.digest:
-            raise RemoteProtocolError(
-                ReasonCode.DIGEST_MISMATCH, "tensor bytes do not match their SHA-256 digest"
-            )
-        del view
-        array = array_from_raw(plan.header, buf)
-        if finite:
-            check_finite(array)
-        if n:
-            await write_frame(stream, _ack(first, local_peer, n), limits, timeout)
+        receipt.start(await read_frame(stream, limits, timeout))
+        while not receipt.complete:
+            ack = receipt.take(await read_frame(stream, limits, timeout))
+            if ack is not None:
+                await write_frame(stream, ack, limits, timeout)
+        array, last_ack = receipt.finish()
+        if last_ack is not None:
+            await write_frame(stream, last_ack, limits, timeout)
         return array
     except RemoteProtocolError as exc:
         _blame(exc, stream)
-        reject = Frame(
-            FrameType.REJECT,
-            first.consortium if first is not None else (consortium or ""),
-            first.round if first is not None else (round or 0),
-            local_peer,
-            first.seq if first is not None else 0,
-            encode_reject(exc.reason, str(exc), limits),
-        )
-        await _send_reject(stream, reject, limits)
+        await _send_reject(stream, receipt.reject(exc), limits)
         raise
