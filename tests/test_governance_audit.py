@@ -18,7 +18,7 @@ from p2pfed.governance.audit import (
     verify_log,
 )
 from p2pfed.identity import peer_id_from_public_key
-from p2pfed.wire.canonical import canonical_json
+from p2pfed.canonical import canonical_json
 from tests.governance_helpers import SALT, FakeClock, make_signer, model_hash_for, write_demo_log
 
 ALICE = make_signer(b"a" * 32)

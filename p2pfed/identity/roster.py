@@ -4,7 +4,7 @@ Theory of operation: a roster is a JSON document ``{"body": {...}, "signatures":
 The body names the consortium, a version, an expiry (UTC), the members (name, peer ID,
 public key, addresses, role), the admin public keys and the threshold m of the m-of-n rule.
 Admins sign ``SIGNING_DOMAIN + canonical(body)``, where canonical means JSON with sorted
-keys, no whitespace and ASCII escapes (``p2pfed.wire.canonical``), so every peer hashes the
+keys, no whitespace and ASCII escapes (``p2pfed.canonical``), so every peer hashes the
 same bytes whatever the file's layout. Editing a roster (add, remove, renew, change admins)
 makes a new version with no signatures: it is a new document that the admins must sign again.
 
@@ -43,7 +43,7 @@ from p2pfed.identity.roster_fields import (
     malformed,
     parse_time,
 )
-from p2pfed.wire.canonical import canonical_json
+from p2pfed.canonical import canonical_json
 
 ROSTER_FORMAT = "p2pfed-roster/1"
 SIGNING_DOMAIN = b"p2pfed roster signature v1\x00"

@@ -8,7 +8,7 @@ exclusions, drift alerts) becomes one JSON line::
      "prev":"<sha256 of line 6's canonical JSON>","signer":"12D3Koo...",
      "key":"<ed25519 public key hex>","sig":"<ed25519 signature hex>"}
 
-*Canonical JSON* is ``p2pfed.wire.canonical.canonical_json`` (sorted keys, no whitespace,
+*Canonical JSON* is ``p2pfed.canonical.canonical_json`` (sorted keys, no whitespace,
 ASCII only, no NaN). ``sig`` signs ``SIGNING_DOMAIN`` + the canonical JSON of the entry
 without ``sig``; ``prev`` is the SHA-256 of the previous entry's canonical JSON *with*
 its signature (64 zeros for the first entry). So editing any entry breaks its signature,

@@ -1,6 +1,6 @@
 """What one audit entry is: its fields, kinds, hash and the bytes its signature covers.
 
-Theory of operation: an entry is one canonical-JSON object (``p2pfed.wire.canonical``) with
+Theory of operation: an entry is one canonical-JSON object (``p2pfed.canonical``) with
 the fields ``ENTRY_FIELDS``. ``sig`` signs ``SIGNING_DOMAIN`` + the canonical JSON of the
 entry without ``sig``; ``prev`` is ``entry_hash`` of the entry before (``GENESIS_HASH`` for
 the first). The writer (``log``) and the verifier (``verify``) both build on these, so
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from p2pfed.errors import LocalError
-from p2pfed.wire.canonical import canonical_json
+from p2pfed.canonical import canonical_json
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"p2pfed audit entry v1\x00"

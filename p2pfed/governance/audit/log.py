@@ -36,7 +36,7 @@ from p2pfed.governance.audit.salt import MIN_SALT_BYTES, hash_peer_id
 from p2pfed.governance.audit.verify import verify_entries
 from p2pfed.identity import peer_id_from_public_key
 from p2pfed.identity.keys import Signer
-from p2pfed.wire.canonical import canonical_json
+from p2pfed.canonical import canonical_json
 
 Clock = Callable[[], float]
 

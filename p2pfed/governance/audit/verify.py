@@ -31,7 +31,7 @@ from p2pfed.governance.audit.entries import (
     signing_message,
 )
 from p2pfed.identity import Roster, check_roster, peer_id_from_public_key, verify_signature
-from p2pfed.wire.canonical import canonical_json
+from p2pfed.canonical import canonical_json
 
 
 class ProblemKind(enum.StrEnum):
