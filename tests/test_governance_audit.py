@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pfed.canonical import canonical_json
 from p2pfed.errors import ConfigError, IntegrityError, LocalError
 from p2pfed.governance.audit import (
     GENESIS_HASH,
@@ -18,7 +19,6 @@ from p2pfed.governance.audit import (
     verify_log,
 )
 from p2pfed.identity import peer_id_from_public_key
-from p2pfed.canonical import canonical_json
 from tests.governance_helpers import SALT, FakeClock, make_signer, model_hash_for, write_demo_log
 
 ALICE = make_signer(b"a" * 32)

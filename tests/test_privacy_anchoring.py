@@ -125,7 +125,7 @@ def test_truncating_inside_record_one_is_refused(member: Path) -> None:
 
 
 def prepare_anchors(config: Config) -> tuple:
-    from p2pfed.privacy import anchors
+    from p2pfed.governance import ledger_anchors as anchors
 
     state = config.path("state")
     return anchors.collect(state / "checkpoint.pt", state / "audit.jsonl").heads
@@ -274,7 +274,7 @@ def spent_of(releases: int) -> float:
 
 
 def test_recover_counts_reservations_of_failed_rounds(member: Path) -> None:
-    from p2pfed.privacy.recover import recover
+    from p2pfed.governance.ledger_recovery import recover
 
     config = load_config(member)
     run_rounds(config, range(2))

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pfed.canonical import canonical_json
 from p2pfed.errors import ConfigError, IntegrityError
 from p2pfed.identity import (
     AcceptedRoster,
@@ -23,7 +24,6 @@ from p2pfed.identity import (
     load_roster,
 )
 from p2pfed.identity.roster_fields import check_multiaddr
-from p2pfed.canonical import canonical_json
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=365)

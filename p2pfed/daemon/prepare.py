@@ -25,11 +25,11 @@ import topologies
 from p2pfed.collectives.secure_gossip import check_groups
 from p2pfed.config import Config
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError
+from p2pfed.governance import ledger_anchors
 from p2pfed.identity import Identity, Role, RosterGate
 from p2pfed.lifecycle import load_audit_salt
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import PrivacyLedger, noise_multiplier_for
-from p2pfed.privacy import anchors as ledger_anchors
 from p2pfed.privacy.ledger_format import Anchor
 from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
 from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from p2pfed.canonical import canonical_json
 from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError
 from p2pfed.identity.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Signer, verify_signature
@@ -43,7 +44,6 @@ from p2pfed.identity.roster_fields import (
     malformed,
     parse_time,
 )
-from p2pfed.canonical import canonical_json
 
 ROSTER_FORMAT = "p2pfed-roster/1"
 SIGNING_DOMAIN = b"p2pfed roster signature v1\x00"

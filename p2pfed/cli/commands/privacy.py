@@ -134,8 +134,8 @@ def _outsider_epsilon(kind: str, ledger: Any, m: int, c: int) -> float:
 def _anchors(config: Any) -> Any:
     """The ledger heads the node's checkpoint and audit log record."""
     from p2pfed.daemon import AUDIT_FILE
+    from p2pfed.governance.ledger_anchors import collect
     from p2pfed.node.peer import CHECKPOINT
-    from p2pfed.privacy.anchors import collect
 
     state = config.path(config.node.state_dir)
     return collect(state / CHECKPOINT, state / AUDIT_FILE)
@@ -146,9 +146,9 @@ def run_recover(args: argparse.Namespace) -> int:
     from p2pfed.config import load_config
     from p2pfed.daemon import AUDIT_FILE
     from p2pfed.errors import ConfigError
+    from p2pfed.governance.ledger_recovery import recover
     from p2pfed.node.peer import CHECKPOINT
     from p2pfed.privacy.mechanisms import NoiseMode
-    from p2pfed.privacy.recover import recover
 
     config = load_config(args.config)
     p = config.privacy

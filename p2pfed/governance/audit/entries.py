@@ -16,8 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from p2pfed.errors import LocalError
 from p2pfed.canonical import canonical_json
+from p2pfed.errors import LocalError
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"p2pfed audit entry v1\x00"

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from p2pfed.canonical import canonical_json
 from p2pfed.durable import fsync_dir
 from p2pfed.errors import ConfigError, IntegrityError, LocalError, ReasonCode
 from p2pfed.governance.audit.entries import (
@@ -36,7 +37,6 @@ from p2pfed.governance.audit.salt import MIN_SALT_BYTES, hash_peer_id
 from p2pfed.governance.audit.verify import verify_entries
 from p2pfed.identity import peer_id_from_public_key
 from p2pfed.identity.keys import Signer
-from p2pfed.canonical import canonical_json
 
 Clock = Callable[[], float]
 

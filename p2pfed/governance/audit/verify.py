@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from p2pfed.canonical import canonical_json
 from p2pfed.errors import ConfigError
 from p2pfed.governance.audit.entries import (
     ENTRY_FIELDS,
@@ -31,7 +32,6 @@ from p2pfed.governance.audit.entries import (
     signing_message,
 )
 from p2pfed.identity import Roster, check_roster, peer_id_from_public_key, verify_signature
-from p2pfed.canonical import canonical_json
 
 
 class ProblemKind(enum.StrEnum):

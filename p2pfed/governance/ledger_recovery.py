@@ -23,8 +23,8 @@ from typing import Any
 
 from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError, IntegrityError
+from p2pfed.governance.ledger_anchors import audit_dp_entries, checkpoint_state
 from p2pfed.privacy.accountants import make_accountant
-from p2pfed.privacy.anchors import audit_dp_entries, checkpoint_state
 from p2pfed.privacy.ledger import lock_ledger
 from p2pfed.privacy.ledger_format import (
     LedgerHead,
