@@ -44,6 +44,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
+from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
 from sim.cost import RoundCost, round_cost
 from sim.data import Dataset, load_dataset
 from sim.mixing import (
@@ -394,8 +395,6 @@ class Simulator:
         Bytes per peer are the protocol's encoded messages plus a ring all-reduce of the
         masked vector, 2(k-1)/k of its size.
         """
-        from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
-
         spec = self.scenario.secagg
         members = [int(i) for i in np.flatnonzero(active)]
         k = len(members)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfed.errors import ConfigError
+from topologies.mixing import MIXING_RULES
 
 #: Bumped whenever the simulator's numerics change, so stale sweep points are recomputed.
 ENGINE_VERSION = 1
@@ -109,8 +110,6 @@ class TopologySpec:
     params: tuple[tuple[str, Scalar], ...] = ()
 
     def validate(self) -> None:
-        from topologies.mixing import MIXING_RULES
-
         rules = ("auto", *MIXING_RULES)
         _check(self.mixing in rules, "topology", "mixing", f"must be one of {', '.join(rules)}")
         _check(0.0 <= self.lazy < 1.0, "topology", "lazy", "must be in [0, 1)")

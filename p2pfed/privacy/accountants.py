@@ -39,10 +39,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from p2pfed.durable import atomic_write
+from p2pfed.durable import write_json
 from p2pfed.errors import ConfigError, IntegrityError, LocalError
 from p2pfed.privacy import validate
 from p2pfed.privacy.rdp import DEFAULT_ORDERS, Series, epsilon_from_rdp, rdp_per_step
+from p2pfed.wire.canonical import canonical_json
 
 AccountantKind = Literal["rdp", "pld"]
 ACCOUNTANT_KINDS: tuple[AccountantKind, ...] = ("pld", "rdp")
@@ -191,7 +192,7 @@ class Accountant(ABC):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state as JSON: temp file, fsync, atomic rename, fsync of the directory."""
-        atomic_write(Path(path), (json.dumps(self.state_dict(), sort_keys=True) + "\n").encode())
+        write_json(Path(path), self.state_dict(), 0o600, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **settings: Any) -> Accountant:
@@ -230,13 +231,6 @@ class RDPAccountant(Accountant):
             per = rdp_per_step(q, sigma, self.orders, self.series)
             total = [a + t * float(b) for a, b in zip(total, per, strict=True)]
         return total
-
-    def get_epsilon_and_order(self, delta: float) -> tuple[float, float]:
-        """(ε, the order that gave it) at δ."""
-        d = validate.delta(delta)
-        if not self._history:
-            return 0.0, self.orders[0]
-        return epsilon_from_rdp(self.orders, self.rdp(), d)
 
     def _epsilon(self, delta: float) -> float:
         return epsilon_from_rdp(self.orders, self.rdp(), delta)[0]
@@ -505,5 +499,4 @@ def releases_within_budget(
 
 
 def _digest(body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(body)).hexdigest()

@@ -18,6 +18,7 @@ from p2pfed.errors import ConfigError, IntegrityError
 from p2pfed.privacy import validate
 from p2pfed.privacy.accountants import MECHANISM
 from p2pfed.privacy.mechanisms import NoiseMode
+from p2pfed.wire.canonical import canonical_json
 
 LEDGER_FORMAT = 2
 _CHAIN_DOMAIN = b"p2pfed privacy ledger chain v2\0"
@@ -99,7 +100,7 @@ class Anchor:
 
 def encode_line(body: dict[str, Any]) -> bytes:
     """One ledger line: checksum, space, canonical JSON, newline."""
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    payload = canonical_json(body)
     return hashlib.sha256(payload).hexdigest()[:_HASH_HEX].encode() + b" " + payload + b"\n"
 
 
