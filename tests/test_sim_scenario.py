@@ -42,8 +42,8 @@ def test_shipped_scenarios_exist() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"rounds": 5, "roundz": 3}, "unknown scenario key 'roundz'"),
-        ({"data": {"nmae": "digits"}}, r"unknown scenario key \[data\] 'nmae'"),
+        ({"rounds": 5, "roundz": 3}, "scenario key roundz is not a known setting"),
+        ({"data": {"nmae": "digits"}}, r"scenario key \[data\] nmae is not a known setting"),
         ({"n": "many"}, "scenario key n must be an integer"),
         ({"n": 0}, "scenario key n must be >= 1"),
         ({"training": {"lr": -1}}, r"\[training\] lr must be >= 0"),
@@ -54,7 +54,11 @@ def test_shipped_scenarios_exist() -> None:
         ({"faults": {"dropout": 1.0}}, r"\[faults\] dropout must be in \[0, 1\)"),
         ({"faults": {"byzantine": 16}}, r"\[faults\] byzantine must be smaller than n = 16"),
         ({"privacy": {"enabled": "yes"}}, r"\[privacy\] enabled must be true or false"),
-        ({"data": 3}, r"\[data\] must be a table"),
+        ({"data": 3}, r"scenario key data must be a table"),
+        ({"topology": {"params": {"p": [1]}}}, r"\[topology\] params.p must be a number"),
+        ({"topology": {"params": 3}}, r"\[topology\] params must be a table of parameters"),
+        ({"privacy": {"delta": 1.0}}, r"\[privacy\] delta must be in \(0, 1\), not 1.0"),
+        ({"privacy": {"accountant": "moments"}}, r"\[privacy\] accountant must be one of pld, rdp"),
         (
             {"privacy": {"enabled": True}, "algorithm": {"name": "gradient_tracking"}},
             "cannot be combined",
