@@ -40,7 +40,7 @@ from p2pfed.identity import Identity, Member, Roster
 from p2pfed.training.data import Dataset as PeerData
 from p2pfed.training.models import build_model
 from p2pfed.training.params import ParameterLayout
-from sim.data import Dataset, load_dataset
+from sim.data import SplitData, load_dataset
 from sim.partition import partition
 from sim.results import RoundRecord
 from sim.scenario import Scenario
@@ -64,12 +64,12 @@ def check_emulable(s: Scenario) -> None:
         raise ConfigError(f"scenario key [model] name = {s.model.name!r} cannot be emulated")
 
 
-def _peer_data(data: Dataset, idx: np.ndarray, name: str) -> PeerData:
+def _peer_data(data: SplitData, idx: np.ndarray, name: str) -> PeerData:
     names = tuple(f"x{i}" for i in range(data.features))
-    return PeerData(data.x_train[idx].astype(np.float32), data.y_train[idx], names, name)
+    return PeerData(data.train.x[idx].astype(np.float32), data.train.y[idx], names, name)
 
 
-def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
+def build(s: Scenario, root: Path) -> tuple[Consortium, SplitData]:
     """Write the consortium for scenario ``s`` under ``root``; returns it and the data."""
     from p2pfed.demo import (
         Consortium,
@@ -79,7 +79,7 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
     check_emulable(s)
     seeds = _seeds(s.seed)
     data = load_dataset(s.data, np.random.default_rng(seeds["data"]))
-    part = partition(s.partition, data.y_train, s.n, np.random.default_rng(seeds["partition"]))
+    part = partition(s.partition, data.train.y, s.n, np.random.default_rng(seeds["partition"]))
     root.mkdir(parents=True, exist_ok=True)
     admin = Identity.generate()
     hospitals = []
@@ -102,7 +102,7 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
         ),
         (admin.public_key,),
     ).signed_by(admin)
-    test = PeerData(data.x_test.astype(np.float32), data.y_test, hospitals[0].train.feature_names)
+    test = PeerData(data.test.x.astype(np.float32), data.test.y, hospitals[0].train.feature_names)
     consortium = Consortium(
         root,
         replace(DemoSettings(), peers=s.n, rounds=s.rounds, seed=s.seed),
@@ -155,14 +155,14 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
     return consortium, data
 
 
-def records(consortium: Consortium, data: Dataset, s: Scenario) -> list[RoundRecord]:
+def records(consortium: Consortium, data: SplitData, s: Scenario) -> list[RoundRecord]:
     """Per-round metrics from every peer's model registry, as the simulator reports them."""
     hidden = (s.model.hidden,) if s.model.name == "mlp" else (1,)
     kind = "mlp" if s.model.name == "mlp" else "logistic"
     model = build_model(kind, data.features, data.classes, hidden)
     layout = ParameterLayout.of(model)
-    x = torch.from_numpy(data.x_test.astype(np.float32))
-    y = torch.from_numpy(data.y_test)
+    x = torch.from_numpy(data.test.x.astype(np.float32))
+    y = torch.from_numpy(data.test.y)
     per_round: dict[int, list[tuple[float, float, np.ndarray, float, float | None]]] = {}
     for h in consortium.hospitals:
         registry = ModelRegistry(h.state / "models")

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
 from sim.cost import RoundCost, round_cost
-from sim.data import Dataset, load_dataset
+from sim.data import SplitData, load_dataset
 from sim.mixing import (
     MixingSchedule,
     build_topology,
@@ -55,7 +55,7 @@ from sim.mixing import (
     to_torch_csr,
     with_faults,
 )
-from sim.models import FlatModel, build_model, default_init_scale
+from sim.models import FlatModel, default_init_scale, flat_model
 from sim.partition import Partition, partition
 from sim.privacy import epsilon
 from sim.results import RoundRecord
@@ -109,20 +109,20 @@ class Simulator:
         self.scenario = scenario
         self.dtype = torch.float64 if scenario.dtype == "float64" else torch.float32
         seeds = _seeds(scenario.seed)
-        self.dataset: Dataset = load_dataset(scenario.data, np.random.default_rng(seeds["data"]))
+        self.dataset: SplitData = load_dataset(scenario.data, np.random.default_rng(seeds["data"]))
         self.partition: Partition = partition(
             scenario.partition,
-            self.dataset.y_train,
+            self.dataset.train.y,
             scenario.n,
             np.random.default_rng(seeds["partition"]),
         )
-        self.model: FlatModel = build_model(
+        self.model: FlatModel = flat_model(
             scenario.model, self.dataset.features, self.dataset.classes
         )
-        self.x_train = torch.from_numpy(self.dataset.x_train).to(self.dtype)
-        self.y_train = torch.from_numpy(self.dataset.y_train)
-        self.x_test = torch.from_numpy(self.dataset.x_test).to(self.dtype)
-        self.y_test = torch.from_numpy(self.dataset.y_test)
+        self.x_train = torch.from_numpy(self.dataset.train.x).to(self.dtype)
+        self.y_train = torch.from_numpy(self.dataset.train.y)
+        self.x_test = torch.from_numpy(self.dataset.test.x).to(self.dtype)
+        self.y_test = torch.from_numpy(self.dataset.test.y)
         self.indices = torch.from_numpy(self.partition.indices)
         self.counts = torch.from_numpy(self.partition.counts)
         self.batch_gen = _torch_generator(seeds["batches"])

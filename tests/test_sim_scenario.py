@@ -102,12 +102,12 @@ def test_overrides_by_path_and_table_name() -> None:
 @pytest.mark.parametrize("name", ["breast_cancer", "digits", "diabetes", "synthetic"])
 def test_datasets_are_standardised_and_split(name: str) -> None:
     data = load_dataset(DataSpec(name=name, samples=300), np.random.default_rng(1))
-    assert data.x_train.shape[0] > data.x_test.shape[0] > 0
-    assert np.allclose(data.x_train.mean(0), 0.0, atol=1e-9)
-    assert set(np.unique(data.y_train)) == set(range(data.classes))
+    assert len(data.train) > len(data.test) > 0
+    assert np.allclose(data.train.x.mean(0), 0.0, atol=1e-9)
+    assert set(np.unique(data.train.y)) == set(range(data.classes))
     if name == "diabetes":
         # Binarised at the training median: the two classes are near-balanced.
-        assert abs(data.y_train.mean() - 0.5) < 0.02
+        assert abs(data.train.y.mean() - 0.5) < 0.02
 
 
 @settings(max_examples=30, deadline=None)

@@ -1,10 +1,13 @@
 """Tabular data for local training: loading, built-in clinical data sets, and splits.
 
-Theory of operation: a ``Dataset`` is a float32 feature matrix, int64 labels and the
-feature names, checked on construction (shapes agree, labels are non-negative integers).
-Loading never silently fixes anything: missing values stay NaN so that validation
-(``p2pfed.training.validation``) can count and report them before a node joins; the trainer
-refuses non-finite features. Built-in sets are scikit-learn's bundled copies (offline).
+Theory of operation: a ``Dataset`` is a float feature matrix (float32 for the daemon's
+trainer; the simulator keeps float64), int64 labels and the feature names, checked on
+construction (shapes agree, labels are non-negative integers). Loading never silently fixes
+anything: missing values stay NaN so that validation (``p2pfed.training.validation``) can
+count and report them before a node joins; the trainer refuses non-finite features.
+Built-in sets are scikit-learn's bundled copies (offline), read by ``load_raw`` — the one
+loader the daemon (``load_builtin``) and the simulator (``sim.data``) share; they differ
+only in where diabetes's real-valued target is cut into two classes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,9 +30,9 @@ _MAX_CSV_BYTES = 2 * 1024**3
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features ``x`` [n, f] float32, labels ``y`` [n] int64, and the feature names."""
+    """Features ``x`` [n, f] (float32 to train), labels ``y`` [n] int64, and the feature names."""
 
-    x: NDArray[np.float32]
+    x: NDArray[np.floating[Any]]
     y: NDArray[np.int64]
     feature_names: tuple[str, ...]
     name: str = "data"
@@ -59,26 +63,42 @@ class Dataset:
         return Dataset(self.x[index], self.y[index], self.feature_names, name or self.name)
 
 
-def load_builtin(name: str) -> Dataset:
-    """One of ``BUILTIN_DATASETS``, standardised per feature is *not* applied here."""
-    from sklearn import datasets
+@dataclass(frozen=True, slots=True)
+class RawData:
+    """A table as loaded: float64 features, its target (class labels, or a real value)."""
 
-    if name == "breast_cancer":
-        bunch = datasets.load_breast_cancer()
-        y = bunch.target
-    elif name == "diabetes":
-        bunch = datasets.load_diabetes()
-        y = (bunch.target > np.median(bunch.target)).astype(np.int64)
-    elif name == "digits":
-        bunch = datasets.load_digits()
-        y = bunch.target
-    else:
+    x: NDArray[np.float64]
+    target: NDArray[np.float64] | NDArray[np.int64]
+    feature_names: tuple[str, ...]
+    #: A real-valued target, which each user binarises (at a median of its choosing).
+    regression: bool = False
+
+
+def load_raw(name: str) -> RawData:
+    """One of ``BUILTIN_DATASETS`` as scikit-learn ships it (diabetes: its real target)."""
+    from sklearn import datasets  # 1.6 s to import: only when a data set is loaded
+
+    loaders = {
+        "breast_cancer": datasets.load_breast_cancer,
+        "diabetes": datasets.load_diabetes,
+        "digits": datasets.load_digits,
+    }
+    if name not in loaders:
         known = ", ".join(BUILTIN_DATASETS)
         raise DataError(f"unknown built-in data set {name!r}; choose one of {known}")
+    bunch = loaders[name]()
     names = tuple(str(f) for f in bunch.feature_names)
-    return Dataset(
-        np.asarray(bunch.data, dtype=np.float32), np.asarray(y, dtype=np.int64), names, name
-    )
+    x = np.asarray(bunch.data, dtype=np.float64)
+    if name == "diabetes":
+        return RawData(x, np.asarray(bunch.target, dtype=np.float64), names, regression=True)
+    return RawData(x, np.asarray(bunch.target, dtype=np.int64), names)
+
+
+def load_builtin(name: str) -> Dataset:
+    """One of ``BUILTIN_DATASETS`` as float32, not standardised; diabetes cut at its median."""
+    raw = load_raw(name)
+    y = (raw.target > np.median(raw.target)) if raw.regression else raw.target
+    return Dataset(raw.x.astype(np.float32), np.asarray(y, dtype=np.int64), raw.feature_names, name)
 
 
 def load_csv(
