@@ -57,12 +57,8 @@ from p2pfed import durable
 from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, ConfigError, IntegrityError, LocalError
 from p2pfed.privacy import validate
-from p2pfed.privacy.accountants import (
-    MECHANISM,
-    Accountant,
-    make_accountant,
-    releases_within_budget,
-)
+from p2pfed.privacy.accountants import MECHANISM, Accountant, make_accountant
+from p2pfed.privacy.calibrate import releases_within_budget
 from p2pfed.privacy.ledger_format import (
     LEDGER_FORMAT,
     RECOVER_HINT,
