@@ -239,7 +239,7 @@ class GovernanceSection:
             except ValueError:
                 raw = b""
             check(len(raw) >= 16, "[governance] audit_salt", "must be at least 32 hex digits")
-        check(0 < self.accuracy_drop < 1, "[governance] accuracy_drop", "must be in (0, 1)")
+        open_unit(self.accuracy_drop, "[governance] accuracy_drop")
         positive(self.psi_major, "[governance] psi_major")
 
 
