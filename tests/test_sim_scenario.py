@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfed.errors import ConfigError
+from p2pfed.training.data import load_builtin, load_raw
 from sim.cost import round_cost
 from sim.data import load_dataset
 from sim.partition import label_histogram, partition
@@ -188,3 +189,20 @@ def test_epsilon_agrees_with_dp_accounting_rdp() -> None:
     acc = rdp.RdpAccountant()
     acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(1.5), 40))
     assert math.isclose(epsilon(1.5, 40, 1e-5, "rdp"), acc.get_epsilon(1e-5), rel_tol=1e-3)
+
+
+def test_simulator_and_daemon_read_the_same_bundled_rows() -> None:
+    raw = load_raw("breast_cancer")
+    daemon = load_builtin("breast_cancer")
+    assert np.array_equal(daemon.x, raw.x.astype(np.float32))
+    assert np.array_equal(daemon.y, raw.target)
+    split = load_dataset(DataSpec(name="breast_cancer"), np.random.default_rng(0))
+    assert split.train.feature_names == daemon.feature_names
+    labels = np.concatenate([split.train.y, split.test.y])
+    assert sorted(labels.tolist()) == sorted(daemon.y.tolist())
+    # Diabetes: the daemon cuts at the median of all targets, the simulator at the training
+    # part's only (test data never shapes preprocessing); both see the same real targets.
+    diabetes = load_raw("diabetes")
+    assert diabetes.regression
+    cut = np.median(diabetes.target)
+    assert np.array_equal(load_builtin("diabetes").y, diabetes.target > cut)
