@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import functools
 
-from p2pfed.errors import ConfigError
 from p2pfed.privacy import epsilon_for
 
 
 @functools.lru_cache(maxsize=4096)
 def epsilon(noise_multiplier: float, rounds: int, delta: float, accountant: str = "rdp") -> float:
-    """ε of ``rounds`` Gaussian releases (q = 1, noise multiplier σ) at the given δ."""
-    if noise_multiplier <= 0.0:
-        raise ConfigError(f"noise multiplier must be > 0, not {noise_multiplier}")
+    """ε of ``rounds`` Gaussian releases (q = 1, noise multiplier σ) at the given δ.
+
+    Bad σ, δ or accountant kinds are refused by ``p2pfed.privacy`` (``ConfigError``).
+    """
     if rounds <= 0:
         return 0.0
-    if accountant not in ("rdp", "pld"):
-        raise ConfigError(f"accountant must be rdp or pld, not {accountant!r}")
     return epsilon_for(noise_multiplier, delta, 1.0, rounds, accountant)
