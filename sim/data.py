@@ -21,13 +21,16 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
-from numpy.typing import NDArray
 
 from p2pfed.errors import ConfigError
-from p2pfed.training.data import BUILTIN_DATASETS, Dataset, RawData, load_raw
+from p2pfed.training.data import (
+    BUILTIN_DATASETS,
+    Dataset,
+    RawData,
+    load_raw,
+    stratified_indices,
+)
 from sim.scenario import DataSpec
-
-IntArray = NDArray[np.int64]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,19 +101,6 @@ def _synthetic(spec: DataSpec, rng: np.random.Generator) -> RawData:
     return RawData(np.asarray(x, np.float64), np.asarray(y, np.int64), names)
 
 
-def _stratified_split(
-    y: IntArray, test_fraction: float, rng: np.random.Generator
-) -> tuple[IntArray, IntArray]:
-    train: list[IntArray] = []
-    test: list[IntArray] = []
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        cut = round(len(idx) * test_fraction)
-        test.append(idx[:cut])
-        train.append(idx[cut:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
 def load_dataset(spec: DataSpec, rng: np.random.Generator) -> SplitData:
     """Load, split (stratified) and standardise the data set the spec names."""
     loader = _REGISTRY.get(spec.name)
@@ -131,7 +121,7 @@ def load_dataset(spec: DataSpec, rng: np.random.Generator) -> SplitData:
         y = (raw.target > median).astype(np.int64)
     else:
         y = np.asarray(raw.target, np.int64)
-        train, test = _stratified_split(y, spec.test_fraction, rng)
+        train, test = stratified_indices(y, spec.test_fraction, rng)
     mean = x[train].mean(axis=0)
     std = x[train].std(axis=0)
     std[std == 0.0] = 1.0

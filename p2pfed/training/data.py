@@ -229,23 +229,28 @@ def load_table(
     return load_csv(path, label_column, feature_columns)
 
 
+def stratified_indices(
+    labels: NDArray[np.int64], test_fraction: float, rng: np.random.Generator
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Sorted (train, test) row indices; each class keeps its share in both parts."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
+    test_idx: list[int] = []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        test_idx += idx[: round(len(idx) * test_fraction)].tolist()
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[test_idx] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
 def train_test_split(
     data: Dataset, test_fraction: float, rng: np.random.Generator
 ) -> tuple[Dataset, Dataset]:
     """A stratified split (each class keeps its share in both parts)."""
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
-    test_idx: list[int] = []
-    for cls in np.unique(data.y):
-        idx = np.flatnonzero(data.y == cls)
-        rng.shuffle(idx)
-        test_idx += idx[: round(len(idx) * test_fraction)].tolist()
-    mask = np.zeros(len(data), dtype=bool)
-    mask[test_idx] = True
-    return (
-        data.subset(np.flatnonzero(~mask), f"{data.name}-train"),
-        data.subset(np.flatnonzero(mask), f"{data.name}-test"),
-    )
+    train, test = stratified_indices(data.y, test_fraction, rng)
+    return data.subset(train, f"{data.name}-train"), data.subset(test, f"{data.name}-test")
 
 
 def dirichlet_split(
