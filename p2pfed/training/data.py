@@ -127,12 +127,7 @@ def load_csv(
         except UnicodeDecodeError:
             raise DataError(f"{path}: not UTF-8 text") from None
         header = [h.strip() for h in header]
-        if label_column not in header:
-            raise DataError(f"{path}: no label column {label_column!r} in the header")
-        features = feature_columns or [h for h in header if h != label_column]
-        missing = [c for c in features if c not in header]
-        if missing:
-            raise DataError(f"{path}: no feature column {missing[0]!r} in the header")
+        features = _features(header, label_column, feature_columns, f"{path}", " in the header")
         cols = [header.index(c) for c in features]
         label_idx = header.index(label_column)
         rows: list[list[float]] = []
@@ -154,6 +149,19 @@ def load_csv(
 
 
 _NA = {"", "na", "nan", "null", "none", "?"}
+
+
+def _features(
+    names: list[str], label: str, wanted: list[str] | None, where: str, place: str
+) -> list[str]:
+    """The feature columns (``wanted``, or every column but the label), all present."""
+    if label not in names:
+        raise DataError(f"{where}: no label column {label!r}{place}")
+    features = wanted or [n for n in names if n != label]
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{where}: no feature column {missing[0]!r}{place}")
+    return features
 
 
 def _cell(text: str, path: Path, lineno: int, column: str) -> float:
@@ -195,13 +203,7 @@ def load_parquet(
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = list(table.column_names)
-    if label_column not in names:
-        raise DataError(f"{path}: no label column {label_column!r}")
-    features = feature_columns or [n for n in names if n != label_column]
-    missing = [c for c in features if c not in names]
-    if missing:
-        raise DataError(f"{path}: no feature column {missing[0]!r}")
+    features = _features(list(table.column_names), label_column, feature_columns, f"{path}", "")
     columns = []
     for name in features:
         column = table.column(name)
