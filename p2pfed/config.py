@@ -13,14 +13,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pfed.settings import check, parse, read_toml
+from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
+from p2pfed.settings import check, open_unit, parse, positive, read_toml
 from p2pfed.training.data import BUILTIN_DATASETS
 from p2pfed.training.models import BUILTIN_MODELS
 from p2pfed.training.trainer import TrainingConfig
 
 MODES = ("ring", "gossip")
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
-ACCOUNTANTS = ("pld", "rdp")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class RoundsSection:
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
         check(self.rounds >= 1, "[rounds] rounds", "must be ≥ 1")
         check(self.min_peers >= 2, "[rounds] min_peers", "must be ≥ 2")
-        check(self.round_timeout_s > 0, "[rounds] round_timeout_s", "must be positive")
+        positive(self.round_timeout_s, "[rounds] round_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class DataSection:
                 "[data] builtin",
                 f"must be one of {BUILTIN_DATASETS}",
             )
-        check(0 < self.test_fraction < 1, "[data] test_fraction", "must be in (0, 1)")
+        open_unit(self.test_fraction, "[data] test_fraction")
 
 
 @dataclass(frozen=True)
@@ -169,12 +169,12 @@ class PrivacySection:
 
     def validate(self) -> None:
         check(self.mode in PRIVACY_MODES, "[privacy] mode", f"must be one of {PRIVACY_MODES}")
-        check(self.clip_norm > 0, "[privacy] clip_norm", "must be positive")
-        check(self.noise_multiplier > 0, "[privacy] noise_multiplier", "must be positive")
+        positive(self.clip_norm, "[privacy] clip_norm")
+        positive(self.noise_multiplier, "[privacy] noise_multiplier")
         check(0 < self.sample_rate <= 1, "[privacy] sample_rate", "must be in (0, 1]")
         check(self.steps_per_round >= 1, "[privacy] steps_per_round", "must be ≥ 1")
-        check(0 < self.delta < 1, "[privacy] delta", f"must be in (0, 1), not {self.delta}")
-        check(self.epsilon_budget > 0, "[privacy] epsilon_budget", "must be positive")
+        open_unit(self.delta, "[privacy] delta")
+        positive(self.epsilon_budget, "[privacy] epsilon_budget")
         check(self.target_epsilon >= 0, "[privacy] target_epsilon", "must be ≥ 0 (0: use σ)")
         check(
             self.target_epsilon <= self.epsilon_budget,
@@ -182,7 +182,9 @@ class PrivacySection:
             "must not exceed epsilon_budget",
         )
         check(
-            self.accountant in ACCOUNTANTS, "[privacy] accountant", f"must be one of {ACCOUNTANTS}"
+            self.accountant in ACCOUNTANT_KINDS,
+            "[privacy] accountant",
+            f"must be one of {ACCOUNTANT_KINDS}",
         )
 
 
@@ -215,7 +217,7 @@ class SecAggSection:
             "never isolate another member's input",
         )
         check(self.bits in (32, 64), "[secagg] bits", "must be 32 or 64")
-        check(self.clip_range > 0, "[secagg] clip_range", "must be positive")
+        positive(self.clip_range, "[secagg] clip_range")
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,8 @@ class GovernanceSection:
             except ValueError:
                 raw = b""
             check(len(raw) >= 16, "[governance] audit_salt", "must be at least 32 hex digits")
-        check(0 < self.accuracy_drop < 1, "[governance] accuracy_drop", "must be in (0, 1)")
-        check(self.psi_major > 0, "[governance] psi_major", "must be positive")
+        open_unit(self.accuracy_drop, "[governance] accuracy_drop")
+        positive(self.psi_major, "[governance] psi_major")
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,14 @@
 Theory of operation: the accepted keys *are* the dataclass fields. ``parse(cls, doc, what)``
 walks the fields of ``cls``: a field whose type is itself a dataclass is a TOML table,
 parsed recursively; scalars are checked against their type hints (ints accepted where
-floats are expected, never bools as numbers); ``tuple[T, ...]`` takes a TOML array;
-``T | None`` accepts absence. An unknown key, a wrong type, or a value a dataclass's
-``validate()`` refuses ends in one ``ConfigError`` naming the key, e.g.
+floats are expected, never bools as numbers); ``tuple[T, ...]`` takes a TOML array and
+``tuple[tuple[str, S], ...]`` a table of scalar parameters (sorted pairs); ``T | None``
+accepts absence. An unknown key, a wrong type, or a value a dataclass's ``validate()``
+refuses ends in one ``ConfigError`` naming the document (``what``: the daemon's ``config``,
+the simulator's ``scenario``) and the key, e.g.
 ``config key [privacy] delta must be in (0, 1), not 2.0``. ``validate()`` methods raise
-through ``check``.
+through ``check``; bounds both documents share (``positive``, ``open_unit``) are written once
+here.
 """
 
 from __future__ import annotations
@@ -68,12 +71,37 @@ def _coerce(value: object, hint: Any, where: str, what: str) -> object:
         return value
     if origin is tuple:
         args = typing.get_args(hint)
+        if typing.get_origin(args[0]) is tuple:
+            return _parameters(value, where, what)
         check(isinstance(value, list), where, f"must be a list, not {value!r}", what)
         assert isinstance(value, list)
         return tuple(_coerce(v, args[0], f"{where}[{i}]", what) for i, v in enumerate(value))
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return _table(hint, value, where, what)
     raise TypeError(f"settings field type {hint!r} is not supported")  # a bug in our dataclass
+
+
+def _parameters(value: object, where: str, what: str) -> tuple[tuple[str, object], ...]:
+    """A table of scalar parameters as sorted (name, value) pairs (hashable, canonical)."""
+    ok = isinstance(value, Mapping)
+    check(ok, where, f"must be a table of parameters, not {value!r}", what)
+    assert isinstance(value, Mapping)
+    pairs: list[tuple[str, object]] = []
+    for key, item in sorted(value.items()):
+        scalar = isinstance(item, int | float | str | bool)
+        check(scalar, f"{where}.{key}", "must be a number, string or boolean", what)
+        pairs.append((str(key), item))
+    return tuple(pairs)
+
+
+def positive(value: float, where: str, what: str = "config") -> None:
+    """``SettingError`` unless ``value`` > 0 (a norm, a noise multiplier, a range)."""
+    check(value > 0, where, "must be positive", what)
+
+
+def open_unit(value: float, where: str, what: str = "config") -> None:
+    """``SettingError`` unless 0 < ``value`` < 1 (a probability such as δ or a fraction)."""
+    check(0 < value < 1, where, f"must be in (0, 1), not {value}", what)
 
 
 def _table(cls: type[T], table: object, section: str, what: str) -> T:

@@ -1,15 +1,18 @@
 """Data sets for the simulator: a pluggable registry of classification tasks.
 
 Theory of operation: a loader takes the ``[data]`` spec and a numpy ``Generator`` and returns
-a ``Dataset`` — float features, integer labels 0..C-1, already split into a stratified
-training and test part and standardised with the *training* mean and deviation (test data
-never leaks into preprocessing). New data sets are added with ``@register_dataset("name")``.
+a ``RawData`` (``p2pfed.training.data``); ``load_dataset`` splits it into a stratified
+training and test part, standardises both with the *training* mean and deviation (test data
+never leaks into preprocessing) and returns them as a ``SplitData`` of two
+``p2pfed.training.data.Dataset``s (float64, integer labels 0..C-1). New data sets are added
+with ``@register_dataset("name")``.
 
-Built in: scikit-learn's bundled ``breast_cancer`` (569 × 30, 2 classes), ``digits``
-(1797 × 64, 10 classes), ``diabetes`` (442 × 10) and a seeded ``synthetic`` task.
-``diabetes`` is a regression target (disease progression); we **binarise it at the median of
-the training targets** (above median = class 1), so every data set is a classification task
-and accuracy is comparable across scenarios.
+Built in: the daemon's bundled sets (``p2pfed.training.data.load_raw``: scikit-learn's
+``breast_cancer``, 569 × 30, 2 classes; ``digits``, 1797 × 64, 10 classes; ``diabetes``,
+442 × 10) and a seeded ``synthetic`` task. ``diabetes`` is a regression target (disease
+progression); we **binarise it at the median of the training targets** (above median =
+class 1), so every data set is a classification task and accuracy is comparable across
+scenarios.
 """
 
 from __future__ import annotations
@@ -18,39 +21,31 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
-from numpy.typing import NDArray
 
 from p2pfed.errors import ConfigError
+from p2pfed.training.data import (
+    BUILTIN_DATASETS,
+    Dataset,
+    RawData,
+    load_raw,
+    stratified_indices,
+)
 from sim.scenario import DataSpec
-
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.int64]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Dataset:
+class SplitData:
     """A standardised classification task split into train and test parts."""
 
     name: str
-    x_train: FloatArray
-    y_train: IntArray
-    x_test: FloatArray
-    y_test: IntArray
+    train: Dataset
+    test: Dataset
     classes: int
 
     @property
     def features(self) -> int:
-        return int(self.x_train.shape[1])
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RawData:
-    """What a loader returns: features and a target (class labels, or a real value)."""
-
-    x: FloatArray
-    target: NDArray[np.float64] | IntArray
-    #: A real-valued target: binarised at the median of the training part.
-    regression: bool = False
+        """Number of feature columns."""
+        return self.train.n_features
 
 
 Loader = Callable[[DataSpec, np.random.Generator], RawData]
@@ -72,34 +67,20 @@ def dataset_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-@register_dataset("breast_cancer")
-def _breast_cancer(spec: DataSpec, rng: np.random.Generator) -> RawData:
-    from sklearn.datasets import load_breast_cancer
+def _bundled(name: str) -> Loader:
+    def loader(spec: DataSpec, rng: np.random.Generator) -> RawData:
+        return load_raw(name)
 
-    bunch = load_breast_cancer()
-    return RawData(np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.int64))
-
-
-@register_dataset("digits")
-def _digits(spec: DataSpec, rng: np.random.Generator) -> RawData:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return RawData(np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.int64))
+    return loader
 
 
-@register_dataset("diabetes")
-def _diabetes(spec: DataSpec, rng: np.random.Generator) -> RawData:
-    from sklearn.datasets import load_diabetes
-
-    bunch = load_diabetes()
-    target = np.asarray(bunch.target, np.float64)
-    return RawData(np.asarray(bunch.data, np.float64), target, regression=True)
+for _name in BUILTIN_DATASETS:
+    register_dataset(_name)(_bundled(_name))
 
 
 @register_dataset("synthetic")
 def _synthetic(spec: DataSpec, rng: np.random.Generator) -> RawData:
-    from sklearn.datasets import make_classification
+    from sklearn.datasets import make_classification  # 1.6 s to import: only when used
 
     informative = max(2, min(spec.features, spec.features // 2 + 1))
     if spec.classes * 2 > 2**informative:
@@ -116,23 +97,11 @@ def _synthetic(spec: DataSpec, rng: np.random.Generator) -> RawData:
         class_sep=1.0,
         random_state=int(rng.integers(2**31 - 1)),
     )
-    return RawData(np.asarray(x, np.float64), np.asarray(y, np.int64))
+    names = tuple(f"x{i}" for i in range(spec.features))
+    return RawData(np.asarray(x, np.float64), np.asarray(y, np.int64), names)
 
 
-def _stratified_split(
-    y: IntArray, test_fraction: float, rng: np.random.Generator
-) -> tuple[IntArray, IntArray]:
-    train: list[IntArray] = []
-    test: list[IntArray] = []
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        cut = round(len(idx) * test_fraction)
-        test.append(idx[:cut])
-        train.append(idx[cut:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
-def load_dataset(spec: DataSpec, rng: np.random.Generator) -> Dataset:
+def load_dataset(spec: DataSpec, rng: np.random.Generator) -> SplitData:
     """Load, split (stratified) and standardise the data set the spec names."""
     loader = _REGISTRY.get(spec.name)
     if loader is None:
@@ -152,10 +121,16 @@ def load_dataset(spec: DataSpec, rng: np.random.Generator) -> Dataset:
         y = (raw.target > median).astype(np.int64)
     else:
         y = np.asarray(raw.target, np.int64)
-        train, test = _stratified_split(y, spec.test_fraction, rng)
+        train, test = stratified_indices(y, spec.test_fraction, rng)
     mean = x[train].mean(axis=0)
     std = x[train].std(axis=0)
     std[std == 0.0] = 1.0
     xs = (x - mean) / std
     classes = int(y.max()) + 1
-    return Dataset(spec.name, xs[train], y[train], xs[test], y[test], classes)
+    names = raw.feature_names
+    return SplitData(
+        spec.name,
+        Dataset(xs[train], y[train], names, f"{spec.name}-train"),
+        Dataset(xs[test], y[test], names, f"{spec.name}-test"),
+        classes,
+    )

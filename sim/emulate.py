@@ -30,7 +30,7 @@ from p2pfed.governance.models import ModelRegistry
 from p2pfed.training.data import Dataset as PeerData
 from p2pfed.training.models import build_model
 from p2pfed.training.params import ParameterLayout
-from sim.data import Dataset, load_dataset
+from sim.data import SplitData, load_dataset
 from sim.engine import _seeds  # the simulator's own seeded streams
 from sim.partition import partition
 from sim.results import RoundRecord
@@ -55,17 +55,17 @@ def check_emulable(s: Scenario) -> None:
         raise ConfigError(f"scenario key [model] name = {s.model.name!r} cannot be emulated")
 
 
-def _peer_data(data: Dataset, idx: np.ndarray, name: str) -> PeerData:
+def _peer_data(data: SplitData, idx: np.ndarray, name: str) -> PeerData:
     names = tuple(f"x{i}" for i in range(data.features))
-    return PeerData(data.x_train[idx].astype(np.float32), data.y_train[idx], names, name)
+    return PeerData(data.train.x[idx].astype(np.float32), data.train.y[idx], names, name)
 
 
-def build(s: Scenario, root: Path) -> tuple[Consortium, Dataset]:
+def build(s: Scenario, root: Path) -> tuple[Consortium, SplitData]:
     """Write the consortium for scenario ``s`` under ``root``; returns it and the data."""
     check_emulable(s)
     seeds = _seeds(s.seed)
     data = load_dataset(s.data, np.random.default_rng(seeds["data"]))
-    part = partition(s.partition, data.y_train, s.n, np.random.default_rng(seeds["partition"]))
+    part = partition(s.partition, data.train.y, s.n, np.random.default_rng(seeds["partition"]))
     slices = [
         (f"peer-{i}", _peer_data(data, part.indices[i, : part.counts[i]], f"peer-{i}"))
         for i in range(s.n)
@@ -119,14 +119,14 @@ def _privacy(s: Scenario) -> dict[str, Any]:
     }
 
 
-def records(consortium: Consortium, data: Dataset, s: Scenario) -> list[RoundRecord]:
+def records(consortium: Consortium, data: SplitData, s: Scenario) -> list[RoundRecord]:
     """Per-round metrics from every peer's model registry, as the simulator reports them."""
     hidden = (s.model.hidden,) if s.model.name == "mlp" else (1,)
     kind = "mlp" if s.model.name == "mlp" else "logistic"
     model = build_model(kind, data.features, data.classes, hidden)
     layout = ParameterLayout.of(model)
-    x = torch.from_numpy(data.x_test.astype(np.float32))
-    y = torch.from_numpy(data.y_test)
+    x = torch.from_numpy(data.test.x.astype(np.float32))
+    y = torch.from_numpy(data.test.y)
     per_round: dict[int, list[tuple[float, float, np.ndarray, float, float | None]]] = {}
     for h in consortium.hospitals:
         registry = ModelRegistry(h.state / "models")

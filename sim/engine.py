@@ -42,10 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch.nn import functional as F
 
+from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
 from sim.cost import RoundCost, round_cost
-from sim.data import Dataset, load_dataset
+from sim.data import SplitData, load_dataset
+from sim.metrics import Evaluation, Traffic, evaluate, round_record
 from sim.mixing import (
     MixingSchedule,
     build_topology,
@@ -54,7 +55,7 @@ from sim.mixing import (
     to_torch_csr,
     with_faults,
 )
-from sim.models import FlatModel, build_model, default_init_scale
+from sim.models import FlatModel, default_init_scale, flat_model
 from sim.partition import Partition, partition
 from sim.privacy import epsilon
 from sim.results import RoundRecord
@@ -108,20 +109,20 @@ class Simulator:
         self.scenario = scenario
         self.dtype = torch.float64 if scenario.dtype == "float64" else torch.float32
         seeds = _seeds(scenario.seed)
-        self.dataset: Dataset = load_dataset(scenario.data, np.random.default_rng(seeds["data"]))
+        self.dataset: SplitData = load_dataset(scenario.data, np.random.default_rng(seeds["data"]))
         self.partition: Partition = partition(
             scenario.partition,
-            self.dataset.y_train,
+            self.dataset.train.y,
             scenario.n,
             np.random.default_rng(seeds["partition"]),
         )
-        self.model: FlatModel = build_model(
+        self.model: FlatModel = flat_model(
             scenario.model, self.dataset.features, self.dataset.classes
         )
-        self.x_train = torch.from_numpy(self.dataset.x_train).to(self.dtype)
-        self.y_train = torch.from_numpy(self.dataset.y_train)
-        self.x_test = torch.from_numpy(self.dataset.x_test).to(self.dtype)
-        self.y_test = torch.from_numpy(self.dataset.y_test)
+        self.x_train = torch.from_numpy(self.dataset.train.x).to(self.dtype)
+        self.y_train = torch.from_numpy(self.dataset.train.y)
+        self.x_test = torch.from_numpy(self.dataset.test.x).to(self.dtype)
+        self.y_test = torch.from_numpy(self.dataset.test.y)
         self.indices = torch.from_numpy(self.partition.indices)
         self.counts = torch.from_numpy(self.partition.counts)
         self.batch_gen = _torch_generator(seeds["batches"])
@@ -149,7 +150,6 @@ class Simulator:
         self._grad_fn = torch.func.vmap(
             torch.func.grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0, None, None)
         )
-        self._eval_fn = torch.func.vmap(self.model.forward, in_dims=(0, None))
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -394,8 +394,6 @@ class Simulator:
         Bytes per peer are the protocol's encoded messages plus a ring all-reduce of the
         masked vector, 2(k-1)/k of its size.
         """
-        from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
-
         spec = self.scenario.secagg
         members = [int(i) for i in np.flatnonzero(active)]
         k = len(members)
@@ -426,30 +424,10 @@ class Simulator:
 
     # -- metrics --------------------------------------------------------------------------
 
-    def evaluate(self) -> tuple[NDArray[np.float64], NDArray[np.float64], float, float]:
-        """Per-peer test accuracy and loss, average-model accuracy, consensus distance.
-
-        Only honest peers count; the consensus distance is ‖X − 1x̄ᵀ‖_F / √N over them.
-        """
+    def evaluate(self) -> Evaluation:
+        """Per-peer test accuracy and loss, average-model accuracy, consensus distance."""
         theta = self.theta[self.honest]
-        accs: list[torch.Tensor] = []
-        losses: list[torch.Tensor] = []
-        chunk = max(1, 2_000_000 // max(1, self.x_test.shape[0] * self.dataset.classes))
-        with torch.no_grad():
-            for lo in range(0, theta.shape[0], chunk):
-                logits = self._eval_fn(theta[lo : lo + chunk], self.x_test)
-                accs.append(
-                    (logits.argmax(dim=2) == self.y_test[None, :]).to(torch.float64).mean(1)
-                )
-                flat = logits.reshape(-1, logits.shape[-1])
-                ce = F.cross_entropy(flat, self.y_test.repeat(logits.shape[0]), reduction="none")
-                losses.append(ce.view(logits.shape[0], -1).to(torch.float64).mean(1))
-            mean = theta.mean(dim=0)
-            avg_logits = self.model.forward(mean, self.x_test)
-            avg_acc = float((avg_logits.argmax(dim=1) == self.y_test).to(torch.float64).mean())
-            spread = torch.linalg.matrix_norm(theta - mean[None, :]).item()
-        consensus = spread / math.sqrt(theta.shape[0])
-        return torch.cat(accs).numpy(), torch.cat(losses).numpy(), avg_acc, consensus
+        return evaluate(self.model, theta, self.x_test, self.y_test, self.dataset.classes)
 
     def _record(
         self,
@@ -459,25 +437,10 @@ class Simulator:
         active: int,
         train_loss: float,
     ) -> RoundRecord:
-        acc, loss, avg_acc, consensus = self.evaluate()
         dp = self.scenario.privacy
         eps = epsilon(dp.noise_multiplier, t, dp.delta, dp.accountant) if dp.enabled else None
-        return RoundRecord(
-            round=t,
-            accuracy_mean=float(acc.mean()),
-            accuracy_min=float(acc.min()),
-            accuracy_max=float(acc.max()),
-            average_model_accuracy=avg_acc,
-            test_loss_mean=float(loss.mean()),
-            train_loss_mean=train_loss,
-            consensus_distance=consensus,
-            bytes_sent_mean=float(sent.mean()),
-            bytes_sent_max=float(sent.max()),
-            bytes_cumulative_mean=float(self.bytes_cumulative.mean()),
-            comm_time_s=comm,
-            active_peers=active,
-            epsilon=eps,
-        )
+        traffic = Traffic(sent, float(self.bytes_cumulative.mean()), comm, active)
+        return round_record(t, self.evaluate(), traffic, train_loss, eps)
 
     def run(
         self, on_round: Callable[[int], None] | None = None, threads: int = 1

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 from numpy.typing import NDArray
 
+import topologies
 from p2pfed.errors import ConfigError
 from sim.scenario import TopologySpec
 
@@ -46,8 +47,6 @@ def to_torch_csr(matrix: Any, dtype: torch.dtype) -> torch.Tensor:
 
 def build_topology(spec: TopologySpec, n: int, seed: int) -> Any:
     """``topologies.build`` for the spec, with its errors reworded as scenario errors."""
-    import topologies
-
     try:
         return topologies.build(
             spec.name,

@@ -6,6 +6,14 @@ x)`` slices ``theta`` into views of the right shapes and calls
 ``torch.func.functional_call``; because it is a pure function of ``theta`` it can be
 ``vmap``-ed over peers and differentiated with ``torch.func.grad``. Both models output C
 logits and train with softmax cross-entropy (C = 2 for binary tasks).
+
+``logreg`` is the daemon's own ``logistic`` module (``p2pfed.training.models.build_model``),
+so simulated and real peers train one architecture. The simulator's ``mlp`` is its own:
+one hidden layer with **tanh** (the daemon's ``mlp`` uses ReLU and any number of layers),
+kept so that results and stored sweep points (whose digests assume unchanged numerics)
+stay valid. Hence the name ``flat_model``: it returns a functional template and a flat
+parameter layout, not a trainable module, and its initial weights come from
+``FlatModel.init`` (N(0, scale²), zero biases), not from torch's default initialisation.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from p2pfed.training.models import build_model
 from sim.scenario import ModelSpec
 
 
@@ -64,11 +73,11 @@ class FlatModel:
         return theta
 
 
-def build_model(spec: ModelSpec, features: int, classes: int) -> FlatModel:
+def flat_model(spec: ModelSpec, features: int, classes: int) -> FlatModel:
     """The template for ``spec`` on ``features`` inputs and ``classes`` outputs."""
     module: nn.Module
     if spec.name == "logreg":
-        module = nn.Linear(features, classes)
+        module = build_model("logistic", features, classes)
     else:
         module = nn.Sequential(
             nn.Linear(features, spec.hidden), nn.Tanh(), nn.Linear(spec.hidden, classes)

@@ -4,8 +4,9 @@ Theory of operation: a scenario file is a flat top level (``name``, ``seed``, ``
 ``rounds``, ...) plus one table per concern (``[data]``, ``[partition]``, ``[model]``,
 ``[topology]``, ``[algorithm]``, ``[training]``, ``[privacy]``, ``[secagg]``, ``[network]``,
 ``[faults]``). Each table maps onto one frozen, slotted dataclass; the parser walks the
-dataclass fields, so the accepted keys *are* the fields and an unknown key, a wrong type or
-a value out of range ends in one ``ConfigError`` sentence naming the key (``[data] name``).
+dataclass fields (``p2pfed.settings``, the parser of the daemon's config too), so the accepted
+keys *are* the fields and an unknown key, a wrong type or a value out of range ends in one
+``ConfigError`` sentence naming the key (``scenario key [data] name ...``).
 
 Sweeps override values by dotted path (``training.lr=0.1``); a path naming a table sets its
 ``name`` (``topology=ring`` means ``topology.name=ring``). A scenario has a canonical
@@ -17,20 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import tomllib
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from p2pfed.canonical import canonical_json
 from p2pfed.errors import ConfigError
+from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
+from p2pfed.settings import check, open_unit, parse, positive, read_toml
+from topologies.mixing import MIXING_RULES
 
 #: Bumped whenever the simulator's numerics change, so stale sweep points are recomputed.
 ENGINE_VERSION = 1
 
 Scalar = int | float | str | bool
+_WHAT = "scenario"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,7 +49,7 @@ class DataSpec:
     classes: int = 2
 
     def validate(self) -> None:
-        _check(0.0 < self.test_fraction < 1.0, "data", "test_fraction", "must be in (0, 1)")
+        open_unit(self.test_fraction, "[data] test_fraction", _WHAT)
         _check(self.samples >= 10, "data", "samples", "must be at least 10")
         _check(self.features >= 1, "data", "features", "must be at least 1")
         _check(self.classes >= 2, "data", "classes", "must be at least 2")
@@ -109,8 +113,6 @@ class TopologySpec:
     params: tuple[tuple[str, Scalar], ...] = ()
 
     def validate(self) -> None:
-        from topologies.mixing import MIXING_RULES
-
         rules = ("auto", *MIXING_RULES)
         _check(self.mixing in rules, "topology", "mixing", f"must be one of {', '.join(rules)}")
         _check(0.0 <= self.lazy < 1.0, "topology", "lazy", "must be in [0, 1)")
@@ -165,10 +167,13 @@ class PrivacySpec:
     accountant: str = "rdp"
 
     def validate(self) -> None:
-        _check(self.clip > 0.0, "privacy", "clip", "must be > 0")
-        _check(self.noise_multiplier > 0.0, "privacy", "noise_multiplier", "must be > 0")
-        _check(0.0 < self.delta < 1.0, "privacy", "delta", "must be in (0, 1)")
-        _check(self.accountant in ("rdp", "pld"), "privacy", "accountant", "must be rdp or pld")
+        positive(self.clip, "[privacy] clip", _WHAT)
+        positive(self.noise_multiplier, "[privacy] noise_multiplier", _WHAT)
+        open_unit(self.delta, "[privacy] delta", _WHAT)
+        kinds = ", ".join(ACCOUNTANT_KINDS)
+        _check(
+            self.accountant in ACCOUNTANT_KINDS, "privacy", "accountant", f"must be one of {kinds}"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -195,8 +200,8 @@ class SecAggSpec:
         _check(self.bits in (16, 32, 64), "secagg", "bits", "must be 16, 32 or 64")
         _check(self.key_bytes >= 1, "secagg", "key_bytes", "must be >= 1")
         _check(self.share_bytes >= 1, "secagg", "share_bytes", "must be >= 1")
-        _check(self.prg_gbps > 0.0, "secagg", "prg_gbps", "must be > 0")
-        _check(self.clip_range > 0.0, "secagg", "clip_range", "must be > 0")
+        positive(self.prg_gbps, "[secagg] prg_gbps", _WHAT)
+        positive(self.clip_range, "[secagg] clip_range", _WHAT)
         _check(1 <= self.level_bits < self.bits, "secagg", "level_bits", "must be in [1, bits)")
         _check(not self.real or self.enabled, "secagg", "real", "needs [secagg] enabled = true")
 
@@ -211,7 +216,7 @@ class NetworkSpec:
     bytes_per_param: int = 4
 
     def validate(self) -> None:
-        _check(self.bandwidth_mbps > 0.0, "network", "bandwidth_mbps", "must be > 0")
+        positive(self.bandwidth_mbps, "[network] bandwidth_mbps", _WHAT)
         _check(self.latency_ms >= 0.0, "network", "latency_ms", "must be >= 0")
         _check(self.bytes_per_param in (2, 4, 8), "network", "bytes_per_param", "must be 2, 4 or 8")
 
@@ -298,8 +303,6 @@ class Scenario:
                 "[privacy] enabled cannot be combined with [algorithm] name = "
                 "gradient_tracking: its tracker variable would be released un-noised"
             )
-        for sub in _SECTIONS:
-            getattr(self, sub).validate()
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical dictionary form (TOML-able; tuples of pairs become tables)."""
@@ -319,8 +322,7 @@ class Scenario:
     def digest(self) -> str:
         """SHA-256 of the canonical form plus the engine version: a sweep point's identity."""
         payload = {"engine": ENGINE_VERSION, "scenario": self.to_dict()}
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
 #: Largest cohort the real secure-aggregation protocol is run for (per round, in process).
@@ -329,101 +331,20 @@ PARTITION_SCHEMES = ("iid", "dirichlet", "classes", "quantity")
 MODELS = ("logreg", "mlp")
 ALGORITHMS = ("local", "gossip", "fedavg", "fedprox", "gradient_tracking")
 ATTACKS = ("sign_flip", "scale")
-_SECTIONS = (
-    "data",
-    "partition",
-    "model",
-    "topology",
-    "algorithm",
-    "training",
-    "privacy",
-    "secagg",
-    "network",
-    "faults",
-)
 
 
 def _check(ok: bool, section: str, key: str, why: str) -> None:
-    if not ok:
-        where = f"[{section}] {key}" if section else key
-        raise ConfigError(f"scenario key {where} {why}")
-
-
-def _coerce(value: object, hint: Any, where: str) -> object:
-    """Check one TOML value against a field's type hint; ints are accepted as floats."""
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"scenario key {where} must be true or false, not {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"scenario key {where} must be an integer, not {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            result = float(value)
-            if not math.isfinite(result):
-                raise ConfigError(f"scenario key {where} must be finite, not {value!r}")
-            return result
-        raise ConfigError(f"scenario key {where} must be a number, not {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"scenario key {where} must be a string, not {value!r}")
-    # tuple[tuple[str, Scalar], ...]: a table of scalar parameters.
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"scenario key {where} must be a table of parameters, not {value!r}")
-    pairs: list[tuple[str, Scalar]] = []
-    for key, item in sorted(value.items()):
-        if not isinstance(item, int | float | str | bool):
-            raise ConfigError(f"scenario key {where}.{key} must be a number, string or boolean")
-        pairs.append((str(key), item))
-    return tuple(pairs)
-
-
-def _build_section(cls: type[Any], table: object, section: str) -> Any:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"scenario key [{section}] must be a table, not {table!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, object] = {}
-    for key, value in table.items():
-        if key not in names:
-            raise ConfigError(
-                f"unknown scenario key [{section}] {key!r}; expected one of {', '.join(names)}"
-            )
-        kwargs[key] = _coerce(value, hints[key], f"[{section}] {key}")
-    return cls(**kwargs)
+    check(ok, f"[{section}] {key}" if section else key, why, _WHAT)
 
 
 def scenario_from_dict(raw: Mapping[str, object]) -> Scenario:
     """Build and validate a scenario from a parsed TOML document."""
-    hints = typing.get_type_hints(Scenario)
-    names = [f.name for f in dataclasses.fields(Scenario)]
-    kwargs: dict[str, object] = {}
-    for key, value in raw.items():
-        if key not in names:
-            raise ConfigError(f"unknown scenario key {key!r}; expected one of {', '.join(names)}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build_section(hint, value, key)  # type: ignore[arg-type]
-        else:
-            kwargs[key] = _coerce(value, hint, key)
-    scenario = Scenario(**kwargs)  # type: ignore[arg-type]
-    scenario.validate()
-    return scenario
+    return parse(Scenario, raw, _WHAT)
 
 
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario TOML file."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"scenario file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"scenario file {path} is not valid TOML: {exc}") from None
-    return scenario_from_dict(raw)
+    return scenario_from_dict(read_toml(path, _WHAT))
 
 
 def parse_value(text: str) -> Scalar:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfed.errors import ConfigError
+from p2pfed.training.data import load_builtin, load_raw
 from sim.cost import round_cost
 from sim.data import load_dataset
 from sim.partition import label_histogram, partition
@@ -42,8 +43,8 @@ def test_shipped_scenarios_exist() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"rounds": 5, "roundz": 3}, "unknown scenario key 'roundz'"),
-        ({"data": {"nmae": "digits"}}, r"unknown scenario key \[data\] 'nmae'"),
+        ({"rounds": 5, "roundz": 3}, "scenario key roundz is not a known setting"),
+        ({"data": {"nmae": "digits"}}, r"scenario key \[data\] nmae is not a known setting"),
         ({"n": "many"}, "scenario key n must be an integer"),
         ({"n": 0}, "scenario key n must be >= 1"),
         ({"training": {"lr": -1}}, r"\[training\] lr must be >= 0"),
@@ -54,7 +55,11 @@ def test_shipped_scenarios_exist() -> None:
         ({"faults": {"dropout": 1.0}}, r"\[faults\] dropout must be in \[0, 1\)"),
         ({"faults": {"byzantine": 16}}, r"\[faults\] byzantine must be smaller than n = 16"),
         ({"privacy": {"enabled": "yes"}}, r"\[privacy\] enabled must be true or false"),
-        ({"data": 3}, r"\[data\] must be a table"),
+        ({"data": 3}, r"scenario key data must be a table"),
+        ({"topology": {"params": {"p": [1]}}}, r"\[topology\] params.p must be a number"),
+        ({"topology": {"params": 3}}, r"\[topology\] params must be a table of parameters"),
+        ({"privacy": {"delta": 1.0}}, r"\[privacy\] delta must be in \(0, 1\), not 1.0"),
+        ({"privacy": {"accountant": "moments"}}, r"\[privacy\] accountant must be one of pld, rdp"),
         (
             {"privacy": {"enabled": True}, "algorithm": {"name": "gradient_tracking"}},
             "cannot be combined",
@@ -98,12 +103,12 @@ def test_overrides_by_path_and_table_name() -> None:
 @pytest.mark.parametrize("name", ["breast_cancer", "digits", "diabetes", "synthetic"])
 def test_datasets_are_standardised_and_split(name: str) -> None:
     data = load_dataset(DataSpec(name=name, samples=300), np.random.default_rng(1))
-    assert data.x_train.shape[0] > data.x_test.shape[0] > 0
-    assert np.allclose(data.x_train.mean(0), 0.0, atol=1e-9)
-    assert set(np.unique(data.y_train)) == set(range(data.classes))
+    assert len(data.train) > len(data.test) > 0
+    assert np.allclose(data.train.x.mean(0), 0.0, atol=1e-9)
+    assert set(np.unique(data.train.y)) == set(range(data.classes))
     if name == "diabetes":
         # Binarised at the training median: the two classes are near-balanced.
-        assert abs(data.y_train.mean() - 0.5) < 0.02
+        assert abs(data.train.y.mean() - 0.5) < 0.02
 
 
 @settings(max_examples=30, deadline=None)
@@ -184,3 +189,20 @@ def test_epsilon_agrees_with_dp_accounting_rdp() -> None:
     acc = rdp.RdpAccountant()
     acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(1.5), 40))
     assert math.isclose(epsilon(1.5, 40, 1e-5, "rdp"), acc.get_epsilon(1e-5), rel_tol=1e-3)
+
+
+def test_simulator_and_daemon_read_the_same_bundled_rows() -> None:
+    raw = load_raw("breast_cancer")
+    daemon = load_builtin("breast_cancer")
+    assert np.array_equal(daemon.x, raw.x.astype(np.float32))
+    assert np.array_equal(daemon.y, raw.target)
+    split = load_dataset(DataSpec(name="breast_cancer"), np.random.default_rng(0))
+    assert split.train.feature_names == daemon.feature_names
+    labels = np.concatenate([split.train.y, split.test.y])
+    assert sorted(labels.tolist()) == sorted(daemon.y.tolist())
+    # Diabetes: the daemon cuts at the median of all targets, the simulator at the training
+    # part's only (test data never shapes preprocessing); both see the same real targets.
+    diabetes = load_raw("diabetes")
+    assert diabetes.regression
+    cut = np.median(diabetes.target)
+    assert np.array_equal(load_builtin("diabetes").y, diabetes.target > cut)

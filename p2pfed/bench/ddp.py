@@ -186,7 +186,7 @@ def _play(
                 mean = _ring_sum(encoders, _clip(updates, clip), counts) / n
             new = start[0] + torch.from_numpy(mean).to(start.dtype)
             sim.theta = new[None, :].expand(n, -1).clone()
-        accuracy[mech] = sim.evaluate()[2]
+        accuracy[mech] = sim.evaluate().average_model_accuracy
     return accuracy
 
 

@@ -17,11 +17,9 @@ from p2pfed.privacy.accountants import (
     PLDAccountant,
     RDPAccountant,
     Step,
-    epsilon_for,
     make_accountant,
-    noise_multiplier_for,
-    releases_within_budget,
 )
+from p2pfed.privacy.calibrate import epsilon_for, noise_multiplier_for, releases_within_budget
 from p2pfed.privacy.ledger import LedgerRecord, PrivacyLedger, Release
 from p2pfed.privacy.mechanisms import NoiseMode
 from p2pfed.privacy.release import PrivateReleaser

@@ -25,7 +25,6 @@ examples in a batch (BatchNorm) break per-example privacy and are refused.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,11 +40,6 @@ from p2pfed.privacy.sampling import SecureGaussian
 NoiseSource = torch.Generator | SecureGaussian
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def production_torch_generator() -> torch.Generator:
-    """A torch generator seeded with 63 bits from the operating system's entropy source."""
-    return torch.Generator().manual_seed(secrets.randbits(63))
 
 
 def poisson_sample(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:

@@ -57,12 +57,8 @@ from p2pfed import durable
 from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, ConfigError, IntegrityError, LocalError
 from p2pfed.privacy import validate
-from p2pfed.privacy.accountants import (
-    MECHANISM,
-    Accountant,
-    make_accountant,
-    releases_within_budget,
-)
+from p2pfed.privacy.accountants import MECHANISM, Accountant, make_accountant
+from p2pfed.privacy.calibrate import releases_within_budget
 from p2pfed.privacy.ledger_format import (
     LEDGER_FORMAT,
     RECOVER_HINT,
@@ -83,7 +79,6 @@ from p2pfed.privacy.ledger_format import (
 __all__ = ["Anchor", "LedgerHead", "LedgerRecord", "PrivacyLedger", "Release"]
 
 
-
 def lock_ledger(path: Path, in_use: str) -> int:
     """Take the exclusive ``<ledger>.lock`` flock; its descriptor, or ``LocalError(in_use)``.
 
@@ -96,6 +91,7 @@ def lock_ledger(path: Path, in_use: str) -> int:
         os.close(lock_fd)
         raise LocalError(in_use) from None
     return lock_fd
+
 
 class PrivacyLedger:
     """A node's persistent privacy budget: every release recorded before it happens.
@@ -304,16 +300,6 @@ class PrivacyLedger:
     def remaining_epsilon(self) -> float:
         """Budget left (0 when spent or overspent)."""
         return max(0.0, self.budget_epsilon - self.spent_epsilon())
-
-    def epsilon_after(self, release: Release) -> float:
-        """ε that would be spent if ``release`` were added; records nothing."""
-        acc = self._accountant.copy()
-        acc.step(
-            noise_multiplier=release.noise_multiplier,
-            sample_rate=release.sample_rate,
-            steps=release.steps,
-        )
-        return acc.get_epsilon(self.delta)
 
     def rounds_left(self, noise_multiplier: float, sample_rate: float, steps: int) -> int:
         """How many more releases at these settings fit in the budget."""

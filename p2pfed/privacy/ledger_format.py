@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from p2pfed.canonical import canonical_json
 from p2pfed.errors import ConfigError, IntegrityError
 from p2pfed.privacy import validate
 from p2pfed.privacy.accountants import MECHANISM
@@ -99,7 +100,7 @@ class Anchor:
 
 def encode_line(body: dict[str, Any]) -> bytes:
     """One ledger line: checksum, space, canonical JSON, newline."""
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    payload = canonical_json(body)
     return hashlib.sha256(payload).hexdigest()[:_HASH_HEX].encode() + b" " + payload + b"\n"
 
 

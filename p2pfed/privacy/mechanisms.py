@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import math
-import secrets
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -55,11 +54,6 @@ class NoiseMode(enum.StrEnum):
     LOCAL = "local"
     DISTRIBUTED = "distributed"
     DP_SGD = "dp-sgd"
-
-
-def production_rng() -> np.random.Generator:
-    """A generator seeded with 128 bits from the operating system's entropy source."""
-    return np.random.default_rng(secrets.randbits(128))
 
 
 def check_finite(update: FloatArray, what: str = "update") -> None:
@@ -192,30 +186,3 @@ def add_gaussian_noise(update: FloatArray, std: float, rng: NormalSource) -> Flo
     out = (arr.astype(np.float64) + noise).astype(arr.dtype)
     check_finite(out, "noised update")
     return out
-
-
-def privatize(
-    update: FloatArray,
-    *,
-    clip_norm: float,
-    noise_multiplier: float,
-    mode: NoiseMode,
-    rng: np.random.Generator,
-    n_peers: int = 1,
-    min_peers: int | None = None,
-    layers: Layers | None = None,
-) -> FloatArray:
-    """Clip (whole or per layer) then add this peer's Gaussian noise; no accounting here.
-
-    A node releases through ``PrivateReleaser``, which records the spend in the ledger
-    between the clip and the noise; this function is for the simulator and tests.
-    """
-    mode = NoiseMode(mode)
-    if mode is NoiseMode.DP_SGD:
-        raise ConfigError("dp-sgd updates are already private; they are not noised again")
-    if layers is None:
-        clipped, sensitivity = clip(update, clip_norm), validate.clip_norm(clip_norm)
-    else:
-        clipped, sensitivity = clip_per_layer(update, layers, clip_norm)
-    std = noise_std(noise_multiplier, sensitivity, mode, n_peers, min_peers)
-    return add_gaussian_noise(clipped, std, rng)

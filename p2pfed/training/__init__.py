@@ -38,6 +38,8 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
+# The same PEP 562 loader as topologies/__init__.py, written twice on purpose: topologies
+# may import neither p2pfed nor torch, and training must not depend on topologies.
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,13 @@
 """Tabular data for local training: loading, built-in clinical data sets, and splits.
 
-Theory of operation: a ``Dataset`` is a float32 feature matrix, int64 labels and the
-feature names, checked on construction (shapes agree, labels are non-negative integers).
-Loading never silently fixes anything: missing values stay NaN so that validation
-(``p2pfed.training.validation``) can count and report them before a node joins; the trainer
-refuses non-finite features. Built-in sets are scikit-learn's bundled copies (offline).
+Theory of operation: a ``Dataset`` is a float feature matrix (float32 for the daemon's
+trainer; the simulator keeps float64), int64 labels and the feature names, checked on
+construction (shapes agree, labels are non-negative integers). Loading never silently fixes
+anything: missing values stay NaN so that validation (``p2pfed.training.validation``) can
+count and report them before a node joins; the trainer refuses non-finite features.
+Built-in sets are scikit-learn's bundled copies (offline), read by ``load_raw`` — the one
+loader the daemon (``load_builtin``) and the simulator (``sim.data``) share; they differ
+only in where diabetes's real-valued target is cut into two classes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,9 +30,9 @@ _MAX_CSV_BYTES = 2 * 1024**3
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features ``x`` [n, f] float32, labels ``y`` [n] int64, and the feature names."""
+    """Features ``x`` [n, f] (float32 to train), labels ``y`` [n] int64, and the feature names."""
 
-    x: NDArray[np.float32]
+    x: NDArray[np.floating[Any]]
     y: NDArray[np.int64]
     feature_names: tuple[str, ...]
     name: str = "data"
@@ -59,26 +63,42 @@ class Dataset:
         return Dataset(self.x[index], self.y[index], self.feature_names, name or self.name)
 
 
-def load_builtin(name: str) -> Dataset:
-    """One of ``BUILTIN_DATASETS``, standardised per feature is *not* applied here."""
-    from sklearn import datasets
+@dataclass(frozen=True, slots=True)
+class RawData:
+    """A table as loaded: float64 features, its target (class labels, or a real value)."""
 
-    if name == "breast_cancer":
-        bunch = datasets.load_breast_cancer()
-        y = bunch.target
-    elif name == "diabetes":
-        bunch = datasets.load_diabetes()
-        y = (bunch.target > np.median(bunch.target)).astype(np.int64)
-    elif name == "digits":
-        bunch = datasets.load_digits()
-        y = bunch.target
-    else:
+    x: NDArray[np.float64]
+    target: NDArray[np.float64] | NDArray[np.int64]
+    feature_names: tuple[str, ...]
+    #: A real-valued target, which each user binarises (at a median of its choosing).
+    regression: bool = False
+
+
+def load_raw(name: str) -> RawData:
+    """One of ``BUILTIN_DATASETS`` as scikit-learn ships it (diabetes: its real target)."""
+    from sklearn import datasets  # 1.6 s to import: only when a data set is loaded
+
+    loaders = {
+        "breast_cancer": datasets.load_breast_cancer,
+        "diabetes": datasets.load_diabetes,
+        "digits": datasets.load_digits,
+    }
+    if name not in loaders:
         known = ", ".join(BUILTIN_DATASETS)
         raise DataError(f"unknown built-in data set {name!r}; choose one of {known}")
+    bunch = loaders[name]()
     names = tuple(str(f) for f in bunch.feature_names)
-    return Dataset(
-        np.asarray(bunch.data, dtype=np.float32), np.asarray(y, dtype=np.int64), names, name
-    )
+    x = np.asarray(bunch.data, dtype=np.float64)
+    if name == "diabetes":
+        return RawData(x, np.asarray(bunch.target, dtype=np.float64), names, regression=True)
+    return RawData(x, np.asarray(bunch.target, dtype=np.int64), names)
+
+
+def load_builtin(name: str) -> Dataset:
+    """One of ``BUILTIN_DATASETS`` as float32, not standardised; diabetes cut at its median."""
+    raw = load_raw(name)
+    y = (raw.target > np.median(raw.target)) if raw.regression else raw.target
+    return Dataset(raw.x.astype(np.float32), np.asarray(y, dtype=np.int64), raw.feature_names, name)
 
 
 def load_csv(
@@ -107,12 +127,7 @@ def load_csv(
         except UnicodeDecodeError:
             raise DataError(f"{path}: not UTF-8 text") from None
         header = [h.strip() for h in header]
-        if label_column not in header:
-            raise DataError(f"{path}: no label column {label_column!r} in the header")
-        features = feature_columns or [h for h in header if h != label_column]
-        missing = [c for c in features if c not in header]
-        if missing:
-            raise DataError(f"{path}: no feature column {missing[0]!r} in the header")
+        features = _features(header, label_column, feature_columns, f"{path}", " in the header")
         cols = [header.index(c) for c in features]
         label_idx = header.index(label_column)
         rows: list[list[float]] = []
@@ -134,6 +149,19 @@ def load_csv(
 
 
 _NA = {"", "na", "nan", "null", "none", "?"}
+
+
+def _features(
+    names: list[str], label: str, wanted: list[str] | None, where: str, place: str
+) -> list[str]:
+    """The feature columns (``wanted``, or every column but the label), all present."""
+    if label not in names:
+        raise DataError(f"{where}: no label column {label!r}{place}")
+    features = wanted or [n for n in names if n != label]
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{where}: no feature column {missing[0]!r}{place}")
+    return features
 
 
 def _cell(text: str, path: Path, lineno: int, column: str) -> float:
@@ -175,13 +203,7 @@ def load_parquet(
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = list(table.column_names)
-    if label_column not in names:
-        raise DataError(f"{path}: no label column {label_column!r}")
-    features = feature_columns or [n for n in names if n != label_column]
-    missing = [c for c in features if c not in names]
-    if missing:
-        raise DataError(f"{path}: no feature column {missing[0]!r}")
+    features = _features(list(table.column_names), label_column, feature_columns, f"{path}", "")
     columns = []
     for name in features:
         column = table.column(name)
@@ -209,23 +231,28 @@ def load_table(
     return load_csv(path, label_column, feature_columns)
 
 
+def stratified_indices(
+    labels: NDArray[np.int64], test_fraction: float, rng: np.random.Generator
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Sorted (train, test) row indices; each class keeps its share in both parts."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
+    test_idx: list[int] = []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        test_idx += idx[: round(len(idx) * test_fraction)].tolist()
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[test_idx] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
 def train_test_split(
     data: Dataset, test_fraction: float, rng: np.random.Generator
 ) -> tuple[Dataset, Dataset]:
     """A stratified split (each class keeps its share in both parts)."""
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
-    test_idx: list[int] = []
-    for cls in np.unique(data.y):
-        idx = np.flatnonzero(data.y == cls)
-        rng.shuffle(idx)
-        test_idx += idx[: round(len(idx) * test_fraction)].tolist()
-    mask = np.zeros(len(data), dtype=bool)
-    mask[test_idx] = True
-    return (
-        data.subset(np.flatnonzero(~mask), f"{data.name}-train"),
-        data.subset(np.flatnonzero(mask), f"{data.name}-test"),
-    )
+    train, test = stratified_indices(data.y, test_fraction, rng)
+    return data.subset(train, f"{data.name}-train"), data.subset(test, f"{data.name}-test")
 
 
 def dirichlet_split(

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +25,10 @@ from torch import nn
 
 from p2pfed.durable import atomic_write, seal, unseal
 from p2pfed.errors import ConfigError, DataError, IntegrityError
+from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample
+from p2pfed.privacy.sampling import SecureGaussian
 from p2pfed.training.data import Dataset
 from p2pfed.training.params import ParameterLayout
-
-if TYPE_CHECKING:
-    from p2pfed.privacy.dpsgd import NoiseSource
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -202,9 +201,6 @@ class LocalTrainer:
         shared: Sequence[torch.Tensor],
         reference: Sequence[torch.Tensor],
     ) -> TrainResult:
-        from p2pfed.privacy.dpsgd import dp_sgd_step, poisson_sample
-        from p2pfed.privacy.sampling import SecureGaussian
-
         dp = self.dp_sgd
         assert dp is not None
         if self.noise_generator is None:
