@@ -55,8 +55,8 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-# The same PEP 562 loader as p2pfed/training/__init__.py, written twice on purpose:
-# topologies imports neither p2pfed nor torch, so it cannot share p2pfed's copy.
+# The four-line PEP 562 loader is also in p2pfed/training/__init__.py: topologies
+# imports neither p2pfed nor torch, so it cannot share p2pfed's copy.
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,28 +18,27 @@ if TYPE_CHECKING:
     from p2pfed.training.trainer import TrainingConfig as TrainingConfig
     from p2pfed.training.trainer import TrainResult as TrainResult
 
-_WHERE = {
-    "Dataset": "data",
-    "dirichlet_split": "data",
-    "load_builtin": "data",
-    "load_csv": "data",
-    "load_parquet": "data",
-    "load_table": "data",
-    "train_test_split": "data",
-    "build_model": "models",
-    "ParameterLayout": "params",
-    "DPSGD": "trainer",
-    "LocalTrainer": "trainer",
-    "Metrics": "trainer",
-    "TrainingConfig": "trainer",
-    "TrainResult": "trainer",
+_MODULES = {
+    "data": (
+        "Dataset",
+        "dirichlet_split",
+        "load_builtin",
+        "load_csv",
+        "load_parquet",
+        "load_table",
+        "train_test_split",
+    ),
+    "models": ("build_model",),
+    "params": ("ParameterLayout",),
+    "trainer": ("DPSGD", "LocalTrainer", "Metrics", "TrainingConfig", "TrainResult"),
 }
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_WHERE)
 
 
-# The same PEP 562 loader as topologies/__init__.py, written twice on purpose: topologies
-# may import neither p2pfed nor torch, and training must not depend on topologies.
+# The four-line PEP 562 loader is also in topologies/__init__.py: topologies may import
+# neither p2pfed nor torch, and training must not depend on topologies.
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
