@@ -56,6 +56,9 @@ from p2pfed.wire.exchange import finish_sending, open_with_backoff
 
 log = logging.getLogger(__name__)
 
+Vector = npt.NDArray[Any] | Callable[[], npt.NDArray[Any]]
+"""A peer's vector for a round, or what makes it once the cohort is fixed."""
+
 CONTROL_PROTOCOL = "/p2pfed/round/1.0.0"
 _KEEP_FINISHED = 4  # finished rounds kept to answer stragglers' late Ready messages
 _MAX_AHEAD = 4  # rounds ahead of ours we buffer messages for; further is refused
@@ -306,8 +309,11 @@ class RingRound:
         # Read at each stream: ``members`` may be replaced when the roster changes.
         return peer in self.members
 
-    async def all_reduce(self, vector: npt.NDArray[Any], round: int) -> RoundOutcome:
+    async def all_reduce(self, vector: Vector, round: int) -> RoundOutcome:
         """Agree on round ``round``'s cohort and sum ``vector`` over it, retrying on faults.
+
+        ``vector`` may be a callable: it is called once, when the first cohort is fixed, so
+        a round where none forms never makes it (a privacy release behind it is not charged).
 
         Returns the outcome: ``COMMITTED`` with the sum over the committed cohort,
         ``LEFT_OUT`` when this peer came too late, ``FAILED`` when no attempt succeeded.
@@ -383,12 +389,10 @@ def dispatch(agreement: RoundAgreement, event: RoundEvent, now: float) -> list[A
 class _RoundRun:
     """The I/O of one round: mailbox, ring attempts and deadlines in, agreement actions out."""
 
-    def __init__(
-        self, owner: RingRound, agreement: RoundAgreement, vector: npt.NDArray[Any]
-    ) -> None:
+    def __init__(self, owner: RingRound, agreement: RoundAgreement, vector: Vector) -> None:
         self.owner = owner
         self.agreement = agreement
-        self.vector = vector
+        self._vector = vector
         self.results: dict[int, RingResult] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
         self._events_in, self._events = trio.open_memory_channel[RoundEvent](math.inf)
@@ -423,6 +427,12 @@ class _RoundRun:
             elif isinstance(action, CancelRing) and action.attempt in self._scopes:
                 self._scopes[action.attempt].cancel()
 
+    def vector(self) -> npt.NDArray[Any]:
+        """This peer's vector, made on the first call if it was given as a callable."""
+        if callable(self._vector):
+            self._vector = self._vector()
+        return self._vector
+
     async def _forward(self, mailbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
         async for sender, message in mailbox:
             self._events_in.send_nowait(MessageArrived(sender, message))
@@ -435,7 +445,7 @@ class _RoundRun:
             self._scopes[attempt] = scope
             try:
                 result = await owner.ring.all_reduce(
-                    self.vector, order, round=round, attempt=attempt, config=owner.ring_config
+                    self.vector(), order, round=round, attempt=attempt, config=owner.ring_config
                 )
             except RemoteProtocolError as exc:
                 self._events_in.send_nowait(RingFailed(attempt, exc))

@@ -37,6 +37,7 @@ from p2pfed.errors import DataError, LocalProtocolError
 from p2pfed.identity.keys import Signer
 from p2pfed.secagg import SecAggConfig, SecAggPeer, Stage
 from p2pfed.secagg.primitives import RandomBytes, UIntVector, ring_dtype
+from p2pfed.secagg.protocol import Input
 from p2pfed.secagg.session import Action, Finished, NeedSum, SecAggSession, Send
 from p2pfed.transport.base import Transport
 
@@ -51,7 +52,7 @@ Summation = Callable[[UIntVector], Awaitable[tuple[UIntVector, frozenset[str]] |
 
 async def drive_secagg(
     peer: SecAggPeer,
-    words: UIntVector,
+    words: Input,
     channel: ControlService,
     mailbox: trio.MemoryReceiveChannel[tuple[str, Message]],
     round: int,
@@ -100,7 +101,7 @@ class _Driver:
                 self.changed.set()
                 self.changed = trio.Event()
 
-    async def run(self, words: UIntVector, summation: Summation) -> None:
+    async def run(self, words: Input, summation: Summation) -> None:
         """Start the round and give the session the sum and the clock until it finishes."""
         session = self.session
         self.act(session.start(words, trio.current_time()))
@@ -224,16 +225,26 @@ class SecureRingRound:
         )
         self.me = transport.local_peer
 
-    async def aggregate(self, words: UIntVector, round: int, ring_bits: int = 32) -> SecureOutcome:
+    async def aggregate(
+        self, words: Input, round: int, ring_bits: int = 32, *, dimension: int | None = None
+    ) -> SecureOutcome:
         """Securely sum ``words`` (already quantised to Z_2^ring_bits) with the cohort.
+
+        ``words`` may be a callable: it is called only once the share holders are fixed
+        (``SecAggPeer.start``), so a round that never gathers them never draws the input;
+        ``dimension`` (its length) is then required.
 
         Returns the outcome; a failed round (too few survivors, secrets not recoverable)
         comes back with ``stage`` ABORTED and the reason, never as a partial result.
         """
+        if dimension is None:
+            if callable(words):
+                raise LocalProtocolError("an input made on demand needs its dimension")
+            dimension = len(words)
         config = SecAggConfig(
             self.consortium,
             round,
-            len(words),
+            dimension,
             ring_bits,
             threshold=self.threshold,
             min_survivors=self.min_survivors,

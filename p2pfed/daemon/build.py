@@ -276,4 +276,5 @@ def build_peer(
         certificate_floor=max(2, config.rounds.min_peers),
         on_refusal=reporter.refused,
         guard=reporter.expiry_guard(),
+        on_wait=reporter.waiting,
     )

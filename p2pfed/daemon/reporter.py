@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,7 @@ from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.identity import Identity, RosterError
 from p2pfed.lifecycle import expiry_guard, roster_expired
 from p2pfed.node import Peer, RoundReport, weights_digest
+from p2pfed.node.liveness import Waiting
 from p2pfed.node.roster_sync import RosterChange
 from p2pfed.node.sync import SyncRefusal
 from p2pfed.privacy import PrivacyLedger
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pfed.daemon")
 
 STATUS_FILE = "status.json"
+WAIT_LOG_INTERVAL_S = 30.0
+"""A member that keeps waiting for the same reason logs it at most this often."""
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
@@ -122,6 +126,8 @@ class RoundReporter:
         self._peer: Peer | None = None
         self._transport: Libp2pTransport | None = None
         self._roster_version = prepared.gate.roster.version
+        self._names = {m.peer_id: m.name for m in prepared.gate.roster.members}
+        self._wait_logged: tuple[tuple[str, ...], float] | None = None  # (what, when)
 
     def write(self) -> None:
         """Write ``status.json`` now."""
@@ -152,6 +158,34 @@ class RoundReporter:
         """Model sync refused a member's model: audited naming the sender by salted hash."""
         self.recorder.refuse_model(refusal.round, refusal.peer, refusal.reason, refusal.detail)
 
+    def waiting(self, wait: Waiting, now: float | None = None) -> None:
+        """This member cannot progress: why, since when and for whom, in status and the log.
+
+        ``status.json`` has it at once; the log line is repeated for the same reason and
+        members at most every ``WAIT_LOG_INTERVAL_S`` (a member alone retries often).
+        """
+        now = time.time() if now is None else now
+        missing = [self._names.get(m, m) for m in wait.missing]
+        since = self.status.get("waiting", {}).get("since", now)
+        self.status["waiting"] = {
+            "round": wait.round,
+            "reason": wait.reason,
+            "since": since,
+            "missing": missing,
+            "retry_in_s": round(wait.retry_in, 1),
+        }
+        self.write()
+        # Round numbers move on while the cause stays the same: not a new line each round.
+        what = (re.sub(r"\d+", "#", wait.reason), *missing)
+        logged = self._wait_logged
+        if logged is not None and logged[0] == what and now - logged[1] < WAIT_LOG_INTERVAL_S:
+            return
+        self._wait_logged = (what, now)
+        who = f" for {', '.join(missing)} (not answering)" if missing else ""
+        log.warning(
+            "round %d: waiting%s: %s; retry in %.0f s", wait.round, who, wait.reason, wait.retry_in
+        )
+
     def running(self, peer: Peer, transport: Libp2pTransport, roster_version: int) -> None:
         """A cohort's peer starts its rounds (resumed from the checkpoint's round)."""
         self._peer, self._transport, self._roster_version = peer, transport, roster_version
@@ -176,6 +210,8 @@ class RoundReporter:
             self.recorder.exclude(report.round, e.peer, e.reason, e.detail, e.count)
         if report.committed:
             self._committed(report, peer)
+            self.status.pop("waiting", None)  # progressing again
+            self._wait_logged = None
         else:
             self.recorder.fail_round(
                 report.round, duration_s=report.duration_s, reason=report.reason

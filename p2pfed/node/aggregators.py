@@ -18,11 +18,18 @@ with who they were and what it cost. Implementations compose the collectives:
 
 Each is a thin adapter: all protocol logic lives in ``p2pfed.collectives`` and
 ``p2pfed.secagg``. A round that cannot complete (too few survivors, this peer left out)
-returns ``None`` instead of a partial result.
+returns ``Missed`` instead of a partial result.
+
+The update may be handed over as a callable (``Update``), which the exact modes call only
+once this round's cohort is fixed (the ring's agreed cohort; secure aggregation's share
+holders), right before anything derived from it leaves: a privacy release behind it is then
+charged only for rounds this peer can actually join. Gossip has no cohort to wait for and
+calls it at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +63,15 @@ class Missed:
     exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
 
 
+Update = NDArray[np.float32] | Callable[[], NDArray[np.float32]]
+"""This peer's update for a round, or what releases it once the cohort is fixed."""
+
+
+def made(update: Update) -> NDArray[np.float32]:
+    """The update itself (calling it if it is made on demand)."""
+    return update() if callable(update) else update
+
+
 class Aggregator(Protocol):
     """Averages one update per round with the rest of the consortium."""
 
@@ -70,7 +86,7 @@ class Aggregator(Protocol):
         ...
 
     async def aggregate(
-        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
         """The mean update over this round's contributors, or why there is none.
 
@@ -131,12 +147,15 @@ class SecureRingAggregator:
         return self.min_survivors
 
     async def aggregate(
-        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
         """Encode, mask, ring-sum, unmask and decode; the mean over the survivors."""
-        words = self.fixed_point.encode(update, self.rng, self.members)
+
+        def words() -> UIntVector:  # called once the share holders are fixed
+            return self.fixed_point.encode(made(update), self.rng, self.members)
+
         outcome = await self.secure_round.aggregate(
-            words, round, ring_bits=self.fixed_point.ring_bits
+            words, round, ring_bits=self.fixed_point.ring_bits, dimension=weights.size
         )
         exclusions = tuple(outcome.exclusions)
         if not outcome.ok or outcome.result is None:
@@ -163,10 +182,10 @@ class RingAggregator:
         return 1
 
     async def aggregate(
-        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
         """Sum the float updates by ring all-reduce; the mean over the committed cohort."""
-        outcome = await self.ring_round.all_reduce(update.astype(np.float32), round)
+        outcome = await self.ring_round.all_reduce(lambda: made(update).astype(np.float32), round)
         exclusions = tuple(outcome.exclusions)
         if not outcome.committed or outcome.result is None or outcome.cohort is None:
             return Missed(round, outcome.phase.value, exclusions)
@@ -200,12 +219,13 @@ class GossipAggregator:
         return 1
 
     async def aggregate(
-        self, round: int, update: NDArray[np.float32], weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
         """The mixed model minus ours: the update that takes us to the neighbourhood mix."""
         current = weights
+        mine = made(update)  # no cohort to wait for: neighbours are fixed by the topology
         try:
-            outcome = await self.service.sync_round(round, (current + update).astype(np.float32))
+            outcome = await self.service.sync_round(round, (current + mine).astype(np.float32))
         except P2PFedError as exc:
             return Missed(round, str(exc))
         heard: frozenset[str] = frozenset(

@@ -22,6 +22,7 @@ transport; nothing here knows which.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from p2pfed.errors import P2PFedError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate, CommitStatement
 from p2pfed.node.certify import CertificateService
+from p2pfed.node.liveness import Backoff, PendingRelease, Waiting, slot_wait
 from p2pfed.node.sync import ModelSync, SyncRefusal, weights_digest
-from p2pfed.privacy.mechanisms import NoiseMode
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.training.data import Dataset
 from p2pfed.training.trainer import LocalTrainer
@@ -73,20 +74,6 @@ class RoundReport:
     """The round's commit certificate (None when missed, uncertified, or in gossip)."""
 
 
-def slot_wait(now: float, slot: float) -> float:
-    """Seconds from wall-clock ``now`` to the next multiple of ``slot`` at least slot/2 away.
-
-    Members that all missed a round finished it at different times (stage deadlines);
-    restarting after a fixed wait would keep those offsets forever and every round would
-    miss again. Boundaries of a shared (NTP) clock re-align them: members less than a slot
-    apart start together, or one slot apart and then together after the early one's miss.
-    """
-    if slot <= 0:
-        return 0.0
-    wait = slot - now % slot
-    return wait + slot if wait < slot / 2 else wait
-
-
 class Peer:
     """A federated-learning participant; see the module docstring."""
 
@@ -110,12 +97,16 @@ class Peer:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         guard: Callable[[], None] | None = None,
+        on_wait: Callable[[Waiting], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """``signer``/``roster_version``/``certificate_floor``: commit certificates (above).
 
         ``on_refusal`` hears of every member whose model sync refused (once per round).
         ``guard`` runs before each round and before each release, and raises to stop the
         rounds (the daemon's raises once the roster has expired, so no further ε is spent).
+        ``on_wait`` hears why this peer cannot progress (too few members, a missed round);
+        ``rng`` jitters the retry backoff.
         """
         self.transport = transport
         self.consortium = consortium
@@ -130,6 +121,9 @@ class Peer:
         self.clock = clock
         self.wall = wall
         self.guard = guard
+        self.on_wait = on_wait
+        self.rng = rng if rng is not None else random.Random()
+        self.unreached: tuple[str, ...] = ()
         self.model_round = -1
         self.next_round = 0
         self.weights = trainer.shared_weights()
@@ -253,6 +247,7 @@ class Peer:
         if not self.aggregator.exact:
             # Gossip members hold different models: none carries a certificate to adopt.
             return await self._rejoin(target, deadline)
+        backoff = self._backoff()
         while True:
             fetched = await self.sync.best_model(self.others, newer_than=self.model_round)
             if fetched is not None and fetched.round > target:
@@ -263,7 +258,7 @@ class Peer:
                 self._adopt(fetched.round, fetched.weights, fetched.certificate)
             if trio.current_time() >= deadline:
                 return False
-            await trio.sleep(0.2)
+            await self._retry(backoff, deadline)
 
     async def _rejoin(self, target: int, deadline: float) -> bool:
         """Secure gossip: keep our model (all weight on ourselves) and join the others' round.
@@ -271,6 +266,7 @@ class Peer:
         Models are not served there, so a peer that missed rounds learns from the members'
         statuses only how far they got, and continues from its own model at the next round.
         """
+        backoff = self._backoff()
         while True:
             statuses = await self.sync.probe_all(self.others, self.sync.timeout)
             # Nothing is certified here, so no single claim is believed: the floor-th highest
@@ -284,23 +280,41 @@ class Peer:
                 return True
             if trio.current_time() >= deadline:
                 return False
-            await trio.sleep(0.2)
+            await self._retry(backoff, deadline)
 
     @property
     def others(self) -> list[str]:
         """The other members."""
         return [m for m in self.members if m != self.me]
 
+    def _backoff(self) -> Backoff:
+        return Backoff(0.2, 5.0, self.rng)
+
+    async def _retry(self, backoff: Backoff, deadline: float) -> None:
+        """Sleep the backoff's next delay, but not past ``deadline``."""
+        await trio.sleep(max(0.0, min(backoff.next(), deadline - trio.current_time())))
+
     async def wait_for_members(self, needed: int, timeout: float) -> int:
-        """Wait until ``needed`` members (this one included) answer, or ``timeout``; count."""
+        """Wait until ``needed`` members (this one included) answer, or ``timeout``; count.
+
+        The members that did not answer are left in ``unreached``.
+        """
         reachable: set[str] = set()
-        with trio.move_on_after(timeout):
+        backoff = self._backoff()
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline):
             while len(reachable) + 1 < needed:
                 pending = [m for m in self.others if m not in reachable]
                 reachable |= set(await self.sync.probe_all(pending, 2.0))
                 if len(reachable) + 1 < needed:
-                    await trio.sleep(0.5)
+                    await self._retry(backoff, deadline)
+        self.unreached = tuple(m for m in self.others if m not in reachable)
         return len(reachable) + 1
+
+    def _waiting(self, reason: str, retry_in: float) -> None:
+        log.debug("round %d: waiting (%s)", self.next_round, reason)
+        if self.on_wait is not None:
+            self.on_wait(Waiting(self.next_round, reason, self.unreached, retry_in))
 
     async def linger(self, final_round: int, timeout: float) -> None:
         """Keep serving the final model until every reachable member has it, or ``timeout``.
@@ -366,23 +380,16 @@ class Peer:
             self.certifier.low = max(self.certifier.low, round_)
         started = self.clock()
         result = self.trainer.train_round(self.train, self.weights)
-        update = result.update
-        if self.releaser is not None:
-            if self.guard is not None:
-                # Again, with no await before the reservation: reconciling and training
-                # take seconds, and the guard's condition (the roster's expiry) may pass.
-                self.guard()
-            # The ledger records the spend before this returns; only then may it leave.
-            # DP-SGD composes the local steps (rate q each); any other mode is one Gaussian
-            # release of the whole update per round (q = 1, one step).
-            dp_sgd = self.releaser.mode is NoiseMode.DP_SGD
-            update = self.releaser.release(
-                round_,
-                update,
-                sample_rate=result.sample_rate if dp_sgd else 1.0,
-                steps=result.steps if dp_sgd else 1,
-            ).astype(np.float32)
-        outcome = await self.aggregator.aggregate(round_, update, self.weights)
+        # Released (ε charged) only once the aggregator has a cohort for it: a round that
+        # cannot form one costs nothing, and nothing leaves before the ledger says yes.
+        pending = PendingRelease(
+            self.releaser, self.guard, round_, result.update, result.sample_rate, result.steps
+        )
+        try:
+            outcome = await self.aggregator.aggregate(round_, pending, self.weights)
+        except BaseException:
+            pending.raise_own_error()  # as itself, not inside the aggregator's task group
+            raise
         committed = isinstance(outcome, Aggregate)
         if isinstance(outcome, Missed):
             self.trainer.load_shared(self.weights)  # undo local steps: the round did not happen
@@ -456,9 +463,7 @@ class Peer:
         reports = []
         up = await self.wait_for_members(len(self.members), startup_timeout)
         while up < min_peers:
-            log.warning(
-                "%d of %d members reachable, %d needed; waiting", up, len(self.members), min_peers
-            )
+            self._waiting(f"{up} of {len(self.members)} members reachable, {min_peers} needed", 0)
             up = await self.wait_for_members(min_peers, startup_timeout)
         log.info("%d of %d members reachable; starting", up, len(self.members))
         await self.catch_up()
@@ -468,7 +473,9 @@ class Peer:
             if on_report is not None:
                 on_report(report)
             if not report.committed:
-                log.warning("round %d missed (%s); catching up", report.round, report.reason)
-                await self.catch_up(report.round, slot_wait(self.wall(), miss_timeout))
+                await self.wait_for_members(len(self.members), 2.0)  # who is not answering
+                wait = slot_wait(self.wall(), miss_timeout)
+                self._waiting(f"round {report.round} missed ({report.reason})", wait)
+                await self.catch_up(report.round, wait)
         await self.linger(self.model_round, startup_timeout)
         return reports

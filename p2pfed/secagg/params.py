@@ -29,10 +29,12 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
-from p2pfed.errors import ConfigError
-from p2pfed.secagg.primitives import domain, ring_dtype
+import numpy as np
+
+from p2pfed.errors import ConfigError, DataError
+from p2pfed.secagg.primitives import UIntVector, domain, ring_dtype
 
 MAX_PEERS: Final = 4096
 MAX_PEER_ID_BYTES: Final = 128
@@ -208,3 +210,24 @@ def guaranteed_contributors(n: int, collusion: int = 1) -> int:
     """
     names = frozenset(f"member-{i:04d}" for i in range(n))
     return plan_cohort(SecAggConfig("plan", 0, 1, collusion=collusion), names).min_survivors
+
+
+def check_input(config: SecAggConfig, words: UIntVector, copy: bool) -> UIntVector:
+    """``words`` as a peer's input for ``config`` (copied if ``copy`` or not maskable in place).
+
+    Raises ``DataError`` for a wrong dtype or length, or a word wider than ``input_bits``.
+    """
+    dtype = ring_dtype(config.ring_bits)
+    if words.dtype != dtype or words.shape != (config.dimension,):
+        raise DataError(
+            f"the input must be a {dtype.__name__} vector of length {config.dimension}, "
+            f"got {words.dtype} of shape {words.shape}"
+        )
+    bits = config.input_bits
+    if bits is not None and words.size and int(words.max()) >> bits:
+        raise DataError(
+            f"an input word exceeds {bits} bits, so the sum could wrap the ring silently"
+        )
+    if copy or not (words.flags.writeable and words.flags.c_contiguous):
+        words = cast(UIntVector, np.array(words, dtype=dtype, copy=True))
+    return words

@@ -38,7 +38,7 @@ changes nothing; a peer whose keys or shares fail verification is excluded and n
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -69,10 +69,13 @@ from p2pfed.secagg.messages import (
     decode,
     kind_of,
 )
-from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
+from p2pfed.secagg.params import CohortPlan, SecAggConfig, check_input, plan_cohort
 from p2pfed.secagg.primitives import MaskExpander, RandomBytes, UIntVector, ring_dtype
 from p2pfed.secagg.recovery import Recovery, check_survivors, plan_reveal
 from p2pfed.secagg.state import ACCEPTS, TERMINAL, Event, Stage, accepted_later, next_stage
+
+Input = UIntVector | Callable[[], UIntVector]
+"""A peer's quantised input, or what makes it once its share holders are fixed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,8 @@ class SecAggPeer:
         self._shared_with: frozenset[str] = frozenset()
         self._accepted: frozenset[str] = frozenset()
         self.mask_set: frozenset[str] = frozenset()
-        self._input: UIntVector | None = None
+        self._input: Input | None = None
+        self._copy = True
         self.masked_vector: UIntVector | None = None
         self._total: UIntVector | None = None
         self.survivors: frozenset[str] = frozenset()
@@ -131,27 +135,17 @@ class SecAggPeer:
 
     # ----------------------------------------------------------------- public API
 
-    def start(self, words: UIntVector, *, copy: bool = True) -> list[Outgoing]:
+    def start(self, words: Input, *, copy: bool = True) -> list[Outgoing]:
         """Begin the round with this peer's quantised input; returns the key advertisements.
 
-        With ``copy=False`` the peer masks ``words`` in place (it must be a writable,
-        contiguous array the caller no longer needs), saving one vector of memory.
+        ``words`` may be a callable, called once, only when the input is masked (its share
+        holders are fixed): a round that aborts before then never draws the input, so a
+        privacy release behind the callable is never charged for it. With ``copy=False``
+        the peer masks the words in place (a writable, contiguous array no longer needed).
         """
-        dtype = ring_dtype(self.config.ring_bits)
-        if words.dtype != dtype or words.shape != (self.config.dimension,):
-            raise DataError(
-                f"the input must be a {dtype.__name__} vector of length {self.config.dimension}, "
-                f"got {words.dtype} of shape {words.shape}"
-            )
-        bits = self.config.input_bits
-        if bits is not None and words.size and int(words.max()) >> bits:
-            raise DataError(
-                f"an input word exceeds {bits} bits, so the sum could wrap the ring silently"
-            )
+        self._copy = copy
+        self._input = words if callable(words) else check_input(self.config, words, copy)
         self._move(Event.START)
-        if copy or not (words.flags.writeable and words.flags.c_contiguous):
-            words = cast(UIntVector, np.array(words, dtype=dtype, copy=True))
-        self._input = words
         advert = self._exchange.advertise()
         # Everyone gets the keys, not just neighbours: unmasking checks rebuilt secrets
         # against them and needs survivors' mask keys to remove dropped peers' pair masks.
@@ -295,8 +289,9 @@ class SecAggPeer:
 
     def held_bytes(self) -> int:
         """Bytes of vectors this peer holds now (input, masked vector, sum, result)."""
-        arrays = {id(a): a for a in (self._input, self.masked_vector, self._total, self._result)}
-        return sum(a.nbytes for a in arrays.values() if a is not None)
+        held = (self._input, self.masked_vector, self._total, self._result)
+        arrays = {id(a): a for a in held if a is not None and not callable(a)}
+        return sum(a.nbytes for a in arrays.values())
 
     @property
     def done(self) -> bool:
@@ -435,8 +430,17 @@ class SecAggPeer:
             # revealed at unmasking: refuse to contribute rather than expose the input.
             self._abort(ReasonCode.DROPPED, "no neighbour completed the share exchange with us")
             return []
+        live = len(self._exchange.adverts)  # keys went to everyone: the peers still here
+        if live < self.plan.min_survivors:
+            # No sum can hold enough inputs: the input is not even made (nor its ε spent).
+            self._abort(
+                ReasonCode.DROPPED,
+                f"only {live} peers advertised keys, a sum needs {self.plan.min_survivors}",
+            )
+            return []
         assert self._input is not None
-        vector, self._input = self._input, None
+        source, self._input = self._input, None
+        vector = check_input(self.config, source(), self._copy) if callable(source) else source
         self._exchange.mask(vector, self.mask_set, self._expander)
         self.masked_vector = vector
         self._commits[self.me] = self.mask_set

@@ -31,7 +31,7 @@ from typing import Final
 from p2pfed.errors import ConfigError, RemoteProtocolError
 from p2pfed.secagg.messages import Message, encode
 from p2pfed.secagg.primitives import UIntVector
-from p2pfed.secagg.protocol import Outgoing, SecAggPeer
+from p2pfed.secagg.protocol import Input, Outgoing, SecAggPeer
 from p2pfed.secagg.state import Stage
 
 MAX_HELD: Final = 4096
@@ -107,8 +107,8 @@ class SecAggSession:
             return NeedSum(peer.masked_vector)
         return Wait(self._since + self.stage_timeout)
 
-    def start(self, words: UIntVector, now: float) -> list[Action]:
-        """Begin the round with this peer's quantised input."""
+    def start(self, words: Input, now: float) -> list[Action]:
+        """Begin the round with this peer's quantised input (or its maker: ``SecAggPeer.start``)."""
         out = self._sends(self.peer.start(words))
         self._observe(now)
         return out
