@@ -100,7 +100,7 @@ class PendingRelease:
             self.released = self.update
             return self.released
         try:
-            if self.guard is not None:
+            if self.guard is not None:  # the roster may have expired while the round formed
                 self.guard()
             # DP-SGD composes the local steps (rate q each); any other mode is one Gaussian
             # release of the whole update per round (q = 1, one step).

@@ -2,9 +2,11 @@
 
 Theory of operation: a round is train → privatise → aggregate → apply. The peer starts from
 the consortium's shared weights after round r−1, trains locally (``LocalTrainer``), hands
-its update to the privacy layer (``PrivateReleaser``: clip, record the spend durably in the
-ledger, then noise — nothing leaves before the ledger says yes), then to the ``Aggregator``
-(secure ring by default), and applies the mean update it gets back. After each committed
+its update to the ``Aggregator`` (secure ring by default) as a ``PendingRelease``, which the
+aggregator calls once the round's cohort is fixed: only then does the privacy layer
+(``PrivateReleaser``: clip, record the spend durably in the ledger, then noise) release it,
+so a round this peer cannot join costs no ε and nothing leaves before the ledger says yes.
+It applies the mean update it gets back. After each committed
 round the cohort signs a commit certificate for the new model (``CertificateService``) and
 the model is checkpointed atomically with it, so a restarted peer resumes where it stopped.
 
