@@ -99,6 +99,8 @@ class ControlService:
         self._finished: dict[int, RoundAgreement] = {}
         self._queued: dict[tuple[int, str], int] = {}  # (round, sender) → messages taken
         self._muted: set[str] = set()  # over budget: streams closed unread until next round
+        self.newest_seen = -1
+        """The highest round a member sent us control for (within ``max_ahead`` of ours)."""
         self.refusals = RefusalSummary()
         self.refuse = self.refusals.refuse
         self.drain = self.refusals.drain
@@ -235,6 +237,7 @@ class ControlService:
                 f"round {self.floor}",
             )
             return []
+        self.newest_seen = max(self.newest_seen, round)  # where the others are
         self._box(round)[0].send_nowait((peer, message))
         return []
 

@@ -85,6 +85,10 @@ class Aggregator(Protocol):
         """How many updates a completed sum always contains (for distributed DP noise)."""
         ...
 
+    def newest_round_seen(self) -> int:
+        """The highest round other members sent this peer round messages for (-1: none)."""
+        ...
+
     async def aggregate(
         self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
@@ -146,6 +150,12 @@ class SecureRingAggregator:
         """A secure sum completes only with at least ``min_survivors`` vectors in it."""
         return self.min_survivors
 
+    def newest_round_seen(self) -> int:
+        """The highest round of the members' agreement or secure-aggregation messages."""
+        return max(
+            self.secure_round.ring_round.control.newest_seen, self.secure_round.channel.newest_seen
+        )
+
     async def aggregate(
         self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
@@ -180,6 +190,10 @@ class RingAggregator:
     def guaranteed_contributors(self) -> int:
         """Without masks any single update may be seen: no guarantee beyond oneself."""
         return 1
+
+    def newest_round_seen(self) -> int:
+        """The highest round of the members' agreement messages."""
+        return self.ring_round.control.newest_seen
 
     async def aggregate(
         self, round: int, update: Update, weights: NDArray[np.float32]
@@ -217,6 +231,10 @@ class GossipAggregator:
     def guaranteed_contributors(self) -> int:
         """Gossip makes no promise about how many updates share a sum: use local noise."""
         return 1
+
+    def newest_round_seen(self) -> int:
+        """Gossip rejoins from the members' statuses (``Peer._rejoin``), not from messages."""
+        return -1
 
     async def aggregate(
         self, round: int, update: Update, weights: NDArray[np.float32]

@@ -313,6 +313,19 @@ class Peer:
         self.unreached = tuple(m for m in self.others if m not in reachable)
         return len(reachable) + 1
 
+    def _step_to_the_others(self) -> None:
+        """After a round nobody completed, take the round after the newest the others tried.
+
+        Members that missed at different times can each stay one number apart forever (a
+        secure round needs one number); messages from members for rounds ahead of ours
+        (at most ``max_ahead``, members only) show where they are.
+        """
+        ahead = self.aggregator.newest_round_seen() + 1
+        if ahead > self.next_round:
+            log.info("round %d: the others are at round %d; joining", self.next_round, ahead - 1)
+            self.next_round = ahead
+            self._save()
+
     def _waiting(self, reason: str, retry_in: float) -> None:
         log.debug("round %d: waiting (%s)", self.next_round, reason)
         if self.on_wait is not None:
@@ -478,6 +491,7 @@ class Peer:
                 await self.wait_for_members(len(self.members), 2.0)  # who is not answering
                 wait = slot_wait(self.wall(), miss_timeout)
                 self._waiting(f"round {report.round} missed ({report.reason})", wait)
-                await self.catch_up(report.round, wait)
+                if not await self.catch_up(report.round, wait):
+                    self._step_to_the_others()
         await self.linger(self.model_round, startup_timeout)
         return reports

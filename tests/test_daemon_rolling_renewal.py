@@ -1,0 +1,128 @@
+"""Issue 21 acceptance (a): a rolling roster renewal across 4 real daemons while training."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pfed.consortium import Hospital, launch, stop
+from p2pfed.daemon import read_status
+from p2pfed.demo import DemoSettings, build_consortium
+from p2pfed.identity import Identity, Roster
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+ROUND_TIMEOUT = 20.0
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll the daemons' status files until ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def status(h: Hospital) -> dict[str, Any]:
+    try:
+        return read_status(h.state) or {}
+    except Exception:
+        return {}  # being replaced right now
+
+
+def completed(h: Hospital) -> int:
+    return int(status(h).get("completed_round", -1))
+
+
+def audit(h: Hospital) -> list[dict[str, Any]]:
+    lines = (h.state / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def committed_under(h: Hospital) -> dict[int, int]:
+    """Round → roster version, for each round this member committed (a model version)."""
+    versions: dict[int, int] = {}
+    out: dict[int, int] = {}
+    for e in audit(h):
+        if e["kind"] == "round_start":
+            versions[e["body"]["round"]] = e["body"]["roster_version"]
+        elif e["kind"] == "model_version":
+            out[e["body"]["round"]] = versions[e["body"]["round"]]
+    return out
+
+
+def restart(c: Any, h: Hospital, roster: Roster) -> None:
+    """Stop one member (SIGTERM), give it the renewed roster, start it again."""
+    process = h.process
+    assert process is not None and process.poll() is None, f"{h.name} is not running"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    roster.save(h.folder / "roster.json")
+    launch(c, [h])
+
+
+@pytest.mark.timeout(300)
+def test_a_rolling_roster_renewal_keeps_every_round_on_one_version(tmp_path: Path) -> None:
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=4, rounds=400, epsilon_budget=1e6))
+    for h in c.hospitals:
+        text = h.config.read_text()
+        h.config.write_text(
+            text.replace("round_timeout_s = 60.0", f"round_timeout_s = {ROUND_TIMEOUT}")
+        )
+    admin = Identity.load(c.root / "admin.key")
+    v1 = Roster.load(c.hospitals[0].folder / "roster.json")
+    v2 = v1.with_expiry(datetime.now(UTC) + timedelta(days=2)).signed_by(admin)
+    assert v2.version == v1.version + 1 and v2.members == v1.members
+    started = time.monotonic()
+    try:
+        launch(c)
+        wait_for(lambda: all(completed(h) >= 0 for h in c.hospitals), "round 0 everywhere", 120)
+        for h in c.hospitals:  # one at a time, while the others train
+            before = completed(h)
+            restart(c, h, v2)
+            wait_for(
+                lambda h=h, before=before: (
+                    status(h).get("roster_version") == v2.version
+                    and completed(h) > before
+                    and status(h).get("state") == "running"
+                ),
+                f"{h.name} back on version {v2.version} and committing",
+                120,
+            )
+        last_restart = max(completed(h) for h in c.hospitals)
+        wait_for(
+            lambda: all(completed(h) >= last_restart + 2 for h in c.hospitals),
+            "two rounds after the last restart everywhere",
+            120,
+        )
+    finally:
+        stop(c)
+    took = time.monotonic() - started
+    commits = {h.name: committed_under(h) for h in c.hospitals}
+    # No round committed with members on different roster versions.
+    for r in sorted(set().union(*commits.values())):
+        versions = {v[r] for v in commits.values() if r in v}
+        assert len(versions) == 1, f"round {r} committed under roster versions {versions}"
+    # Training resumed: a round after the last restart, within two, committed by all four.
+    by_all = set.intersection(*(set(v) for v in commits.values()))
+    resumed = min(r for r in by_all if r > last_restart)
+    assert resumed <= last_restart + 2, (resumed, last_restart)
+    assert all(commits[h.name][resumed] == v2.version for h in c.hospitals)
+    compare = subprocess.run(
+        [sys.executable, "-m", "p2pfed", "audit", "compare", "--roster"]
+        + [str(c.hospitals[0].folder / "roster.json")]
+        + [str(h.state / "audit.jsonl") for h in c.hospitals],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert "OK: 4 logs agree" in compare.stdout
+    print(f"rolling renewal of 4 members: {took:.1f} s; resumed at round {resumed}")
