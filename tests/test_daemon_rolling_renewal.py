@@ -70,7 +70,7 @@ def restart(c: Any, h: Hospital, roster: Roster) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_rolling_roster_renewal_keeps_every_round_on_one_version(tmp_path: Path) -> None:
-    c = build_consortium(tmp_path / "demo", DemoSettings(peers=4, rounds=400, epsilon_budget=1e6))
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=4, rounds=40))
     for h in c.hospitals:
         text = h.config.read_text()
         h.config.write_text(
