@@ -5,40 +5,35 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from p2pfed.consortium import Hospital, launch, stop
-from p2pfed.daemon import read_status
 from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.identity import Identity, Roster
+from tests.test_daemon_roster import status, wait_for
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 ROUND_TIMEOUT = 20.0
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll the daemons' status files until ``predicate`` holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def status(h: Hospital) -> dict[str, Any]:
-    try:
-        return read_status(h.state) or {}
-    except Exception:
-        return {}  # being replaced right now
-
-
 def completed(h: Hospital) -> int:
     return int(status(h).get("completed_round", -1))
+
+
+def back(h: Hospital, before: int, version: int) -> bool:
+    """Restarted on ``version`` and committing rounds after ``before`` again."""
+    now = status(h)
+    return (
+        now.get("roster_version") == version
+        and now.get("state") == "running"
+        and (completed(h) > before)
+    )
 
 
 def audit(h: Hospital) -> list[dict[str, Any]]:
@@ -88,11 +83,7 @@ def test_a_rolling_roster_renewal_keeps_every_round_on_one_version(tmp_path: Pat
             before = completed(h)
             restart(c, h, v2)
             wait_for(
-                lambda h=h, before=before: (
-                    status(h).get("roster_version") == v2.version
-                    and completed(h) > before
-                    and status(h).get("state") == "running"
-                ),
+                partial(back, h, before, v2.version),
                 f"{h.name} back on version {v2.version} and committing",
                 120,
             )
