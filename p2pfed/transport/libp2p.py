@@ -16,6 +16,9 @@ Admission happens at two places:
    handler runs, or ``REFUSE`` and the stream ends. ``open_stream`` waits for that byte, so a
    refusal surfaces to the dialer as ``RemoteProtocolError(UNKNOWN_PEER)`` instead of a later,
    unexplained reset — the same contract as ``MemoryTransport``.
+3. Then the ``limiter`` (``ratelimit.StreamLimiter``) takes a token of the peer's bucket for
+   that protocol; a stream over the rate gets ``THROTTLED`` and ends before anything of it is
+   read, and the dialer sees ``BrokenError`` (``open_with_backoff`` retries later).
 
 Concurrency: the transport is an async context manager that owns a nursery. Inbound stream
 handlers run in that nursery (libp2p's per-stream task only waits for them, so libp2p's
@@ -71,12 +74,14 @@ from p2pfed.transport.libp2p_gate import GatedNoise, gate_allows
 from p2pfed.transport.libp2p_inbound import PendingHandshakes
 from p2pfed.transport.libp2p_logging import route_libp2p_logging
 from p2pfed.transport.libp2p_stream import Libp2pStream
+from p2pfed.transport.ratelimit import StreamLimiter
 
 log = logging.getLogger(__name__)
 
 SEED_BYTES = 32
 ACCEPT = b"\x01"
 REFUSE = b"\x00"
+THROTTLED = b"\x02"
 """The admission byte a server writes first on every inbound stream."""
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -113,6 +118,7 @@ class Libp2pTransport(Transport):
         admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         pending_per_source: int = DEFAULT_PENDING_PER_SOURCE,
+        limiter: StreamLimiter | None = None,
     ) -> None:
         if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise ConfigError(f"identity seed must be {SEED_BYTES} bytes, got {_describe(seed)}")
@@ -132,6 +138,7 @@ class Libp2pTransport(Transport):
         if pending_per_source < 1:
             raise ConfigError(f"pending_per_source must be at least 1, got {pending_per_source}")
         self.pending = PendingHandshakes(handshake_timeout, pending_per_source)
+        self.limiter = StreamLimiter(clock=trio.current_time) if limiter is None else limiter
         self._key_pair = create_new_key_pair(bytes(seed))
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
         self._gate = gate
@@ -296,11 +303,10 @@ class Libp2pTransport(Transport):
             return
         if not gate_allows(self._gate, remote):
             log.warning("refused a %s stream from peer %s: no longer admitted", protocol, remote)
-            try:
-                await net_stream.write(REFUSE)
-            except Exception as exc:
-                log.debug("telling %s it was refused failed: %s", remote, exc)
-            await stream.aclose()
+            await _answer_and_close(net_stream, stream, REFUSE)
+            return
+        if not self.limiter.admit(remote, protocol):
+            await _answer_and_close(net_stream, stream, THROTTLED)
             return
         done = trio.Event()
         self._nursery.start_soon(self._run_handler, handler, stream, done)
@@ -368,6 +374,8 @@ class Libp2pTransport(Transport):
                 f"peer {peer} refused our stream: we are not admitted",
                 peer,
             )
+        if verdict == THROTTLED:
+            raise BrokenError(f"peer {peer} refused our {protocol} stream: over its rate")
         raise BrokenError(f"peer {peer} closed our {protocol} stream before admitting it")
 
     async def _ensure_connected(self, peer: str, peer_id: ID) -> None:
@@ -413,6 +421,15 @@ class Libp2pTransport(Transport):
             await self.disconnect(peer)
         await trio.lowlevel.checkpoint()
         return dropped
+
+
+async def _answer_and_close(net_stream: INetStream, stream: Libp2pStream, verdict: bytes) -> None:
+    """Tell the dialer why its stream ends here, then end it (nothing of it was read)."""
+    try:
+        await net_stream.write(verdict)
+    except Exception as exc:
+        log.debug("telling %s its stream was refused failed: %s", stream.remote_peer, exc)
+    await stream.aclose()
 
 
 def _parse_peer_id(peer: str) -> ID:
