@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 """Seconds from any fixed origin, never going backwards (``time.monotonic``)."""
 
-FASTEST_ROUND_S = 0.05
+FASTEST_ROUND_S = 0.1
 """The shortest round the defaults allow for (in-memory test rounds of tiny vectors)."""
 
 HEADROOM = 4.0
@@ -83,10 +83,10 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
         rate=2.0, burst=16, why="a roster offer on each change and a few retries"
     ),
     "/p2pfed/round/1.0.0": Limit.per_round(
-        16, "a handful of control messages per member per round (the mailbox caps them at 64)"
+        8, "a handful of control messages per member per round (the mailbox caps them at 64)"
     ),
-    "/p2pfed/secagg/1.0.0": Limit.per_round(16, "a few secure-aggregation stages per round"),
-    "/p2pfed/gossip/secagg/1.0.0": Limit.per_round(16, "a few stages per group per round"),
+    "/p2pfed/secagg/1.0.0": Limit.per_round(8, "a few secure-aggregation stages per round"),
+    "/p2pfed/gossip/secagg/1.0.0": Limit.per_round(8, "a few stages per group per round"),
 }
 
 FALLBACK = Limit(rate=1000.0, burst=2000, why="any other protocol: only a flood is cut")
