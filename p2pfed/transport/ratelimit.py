@@ -80,7 +80,7 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
         rate=20.0, burst=40, why="catch-up polls each member every 0.2 s; a round ends in a probe"
     ),
     "/p2pfed/roster/1.0.0": Limit(
-        rate=2.0, burst=16, why="a roster offer on each change and a few retries"
+        rate=20.0, burst=64, why="a member awaiting a new version polls each other every 0.1 s"
     ),
     "/p2pfed/round/1.0.0": Limit.per_round(
         8, "a handful of control messages per member per round (the mailbox caps them at 64)"
