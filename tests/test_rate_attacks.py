@@ -122,7 +122,7 @@ async def test_a_flooding_member_is_served_its_allowance_and_the_honest_round_co
         limiter = members["a"].transport.limiter  # type: ignore[attr-defined]
         assert got == burst
         assert limiter.refused_by_peer("f") == attempts - burst
-        # Refusals are cheap: 2,000 refused streams cost the victim milliseconds, not a handler each.
+        # Refusals are cheap: 2,000 refused streams cost milliseconds, not a handler each.
         assert flood_cpu < 2.0
         await trio.testing.wait_all_tasks_blocked()
         if protocol == MODEL_SYNC_PROTOCOL:
