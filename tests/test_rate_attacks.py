@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import trio
+from transport_harness import libp2p_group
 
 import topologies
 from p2pfed.collectives.gossip_driver import PUSH_PULL_PROTOCOL, GossipConfig, GossipService
@@ -136,3 +137,32 @@ async def test_a_flooding_member_is_served_its_allowance_and_the_honest_round_co
     notices = [r.getMessage() for r in caplog.records if r.name == LIMITER_LOG]
     assert len(notices) == 1 and notices[0].startswith(f"peer f opens {protocol} streams")
     assert not any("peer b" in n or "peer c" in n for n in notices)
+
+
+@pytest.mark.network
+async def test_a_member_flooding_model_sync_over_libp2p_is_served_its_allowance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LIMITER_LOG)
+    clock, served = FrozenClock(), Served()
+    burst, attempts = DEFAULT_LIMITS[MODEL_SYNC_PROTOCOL].burst, 150
+    with trio.fail_after(60):
+        async with libp2p_group(3, "rate") as g:
+            victim, flooder, honest = g.transports
+            victim.limiter = StreamLimiter(clock=clock)  # type: ignore[attr-defined]
+            ModelSync(victim, CONSORTIUM, served.current, SIZE, timeout=2.0)
+            asking = ModelSync(flooder, CONSORTIUM, served.current, SIZE, timeout=2.0)
+            answered, refusals = 0, set()
+            for _ in range(attempts):
+                try:
+                    await asking.status_of(victim.local_peer)
+                    answered += 1
+                except BrokenError as exc:
+                    refusals.add(str(exc).replace(victim.local_peer, "V"))
+            assert answered == burst
+            assert served.models == burst  # the victim did the work of no refused request
+            assert refusals == {f"peer V refused our {MODEL_SYNC_PROTOCOL} stream: over its rate"}
+            check = ModelSync(honest, CONSORTIUM, served.current, SIZE, timeout=2.0)
+            assert (await check.status_of(victim.local_peer)).round == 3
+    notices = [r.getMessage() for r in caplog.records if r.name == LIMITER_LOG]
+    assert len(notices) == 1 and notices[0].startswith(f"peer {flooder.local_peer} opens")
