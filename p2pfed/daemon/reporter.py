@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pfed.daemon.prepare import AUDIT_FILE, MODELS_DIR, Prepared
 from p2pfed.durable import atomic_write, write_json
-from p2pfed.errors import BudgetExceededError, DataError, IntegrityError
+from p2pfed.errors import BudgetExceededError, DataError, IntegrityError, ReasonCode
 from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
 from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
 from p2pfed.governance.metrics import NodeMetrics
@@ -155,6 +155,11 @@ class RoundReporter:
     def running(self, peer: Peer, transport: Libp2pTransport, roster_version: int) -> None:
         """A cohort's peer starts its rounds (resumed from the checkpoint's round)."""
         self._peer, self._transport, self._roster_version = peer, transport, roster_version
+        metrics = self.recorder.metrics
+        if metrics is not None:  # streams refused for their rate, in the exclusions counter
+            transport.limiter.on_refuse = lambda _peer, _protocol: metrics.excluded(
+                ReasonCode.RATE_LIMITED
+            )
         self.status |= {
             "state": "running",
             "listen": list(transport.listen_addrs),
@@ -195,6 +200,7 @@ class RoundReporter:
             epsilon=report.epsilon,
             bytes_sent=peer.bytes_sent,
             connected_peers=len(transport.connected_peers()),
+            refused_streams=transport.limiter.refused_total,
             model_digest=report.model_digest,
             test_accuracy=report.test_accuracy,
         )
