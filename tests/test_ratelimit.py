@@ -39,10 +39,10 @@ limits = st.builds(
     rate=st.floats(min_value=0.01, max_value=1000.0),
     burst=st.integers(min_value=1, max_value=200),
 )
-gaps = st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=300)
+gaps = st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=200)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(limit=limits, gaps=gaps)
 def test_admitted_streams_in_any_window_stay_within_burst_plus_rate_times_window(
     limit: Limit, gaps: list[float]
@@ -53,15 +53,16 @@ def test_admitted_streams_in_any_window_stay_within_burst_plus_rate_times_window
         now += gap
         if bucket.take(now):
             admitted.append(now)
-    # Every window [admitted[i], admitted[j]] holds j - i + 1 admitted arrivals.
-    for i, start in enumerate(admitted):
-        for j in range(i, len(admitted)):
-            window = admitted[j] - start
-            assert j - i + 1 <= limit.burst + limit.rate * window + 1e-6
+    # Window [admitted[i], admitted[j]] holds j - i + 1 admitted arrivals, so the bound for
+    # every i <= j reads (j - rate·a_j) - (i - rate·a_i) <= burst - 1: one pass suffices.
+    lowest = float("inf")
+    for j, at in enumerate(admitted):
+        lowest = min(lowest, j - limit.rate * at)
+        assert (j - limit.rate * at) - lowest <= limit.burst - 1 + 1e-6 * (1 + limit.rate * at)
 
 
 @settings(max_examples=100, deadline=None)
-@given(limit=limits, drained=st.integers(min_value=0, max_value=400))
+@given(limit=limits, drained=st.integers(min_value=0, max_value=250))
 def test_an_idle_bucket_refills_to_its_whole_burst(limit: Limit, drained: int) -> None:
     bucket = TokenBucket(limit, 0.0)
     for _ in range(drained):
