@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -167,3 +169,11 @@ def test_a_flooder_is_named_once_per_interval_and_every_refusal_is_counted(
         limiter.admit("flooder", "/a")
     notices = [r.getMessage() for r in caplog.records]
     assert len(notices) == 2 and "refused 1998 since the last notice, 1999 in all" in notices[1]
+
+
+def test_the_limits_table_in_the_transport_docs_is_the_code() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "transport.md").read_text()
+    rows = re.findall(r"^\| `(/p2pfed/[^`]+)` \| ([\d.]+) \| (\d+) \| (.+) \|$", text, re.M)
+    assert {p: (float(r), int(b), why) for p, r, b, why in rows} == {
+        p: (limit.rate, limit.burst, limit.why) for p, limit in DEFAULT_LIMITS.items()
+    }

@@ -68,7 +68,7 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
     # The protocol IDs are the serving modules' constants (tests check they match); the
     # transport sits below those modules and cannot import them.
     "/p2pfed/ring/1.0.0": Limit.per_round(
-        3, "one stream per attempt from the predecessor; a round retries at most a few times"
+        3, "one stream per attempt from the predecessor; retried attempts wait for a timeout"
     ),
     "/p2pfed/gossip/push-pull/1.0.0": Limit.per_round(
         2, "one exchange per round per neighbour, and a retry"
