@@ -6,7 +6,7 @@ security protocol (``/noise``) and one muxer (``/yamux/1.0.0``). py-libp2p's def
 public key is accepted as that member; offering Noise alone closes that door, because the
 Noise XX handshake proves possession of the identity key behind the peer ID.
 
-Admission happens at two places:
+Admission happens at two places, and the rate limit right after the second:
 
 1. ``GatedNoise`` (``libp2p_gate``) subclasses py-libp2p's Noise transport and asks the
    ``PeerGate`` about the authenticated remote peer right after the handshake, in both
@@ -102,6 +102,8 @@ class Libp2pTransport(Transport):
 
     ``seed`` is the 32-byte Ed25519 seed of the peer's identity (the peer ID derives from it).
     ``peer_addrs`` says where other peers listen; update it with ``set_peer_addrs``.
+    ``limiter`` rates inbound streams per peer and protocol (default: ``DEFAULT_LIMITS`` on
+    trio's clock); it stays reachable as ``limiter`` for its counters and ``on_refuse`` hook.
     Use as ``async with Libp2pTransport(...) as transport:``; ``listen_addrs`` then holds the
     bound addresses (port 0 picks a free port).
     """
