@@ -220,7 +220,9 @@ def build_gossip(
         cohort.session,
         cohort.peers,
         topology,
-        config=GossipConfig(deadline=stage_timeout, timeout=stage_timeout),
+        config=GossipConfig(
+            deadline=stage_timeout, timeout=stage_timeout, robust=config.rounds.robust
+        ),
     )
 
 
