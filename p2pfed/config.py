@@ -67,6 +67,8 @@ class RoundsSection:
     round_timeout_s: float = 120.0
     #: Byzantine-robust mixing of clear gossip: "off" or "clipped-gossip" (collectives.robust).
     robust: str = "off"
+    #: Byzantine in-neighbours the clipping radius allows for (δ_i = their heaviest weights).
+    byzantine_neighbours: int = 1
 
     def validate(self) -> None:
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
@@ -74,6 +76,7 @@ class RoundsSection:
         check(
             self.robust in rules, "[rounds] robust", f"must be one of {rules}, not {self.robust!r}"
         )
+        check(self.byzantine_neighbours >= 0, "[rounds] byzantine_neighbours", "must be ≥ 0")
         check(self.rounds >= 1, "[rounds] rounds", "must be ≥ 1")
         check(self.min_peers >= 2, "[rounds] min_peers", "must be ≥ 2")
         positive(self.round_timeout_s, "[rounds] round_timeout_s")
@@ -352,6 +355,7 @@ rounds = 20
 min_peers = 2                  # rounds start only when this many members are reachable
 round_timeout_s = 120.0        # start-up and catch-up wait; stages time out at min(10 s, 1/4 of it)
 robust = "off"                 # clear gossip: "clipped-gossip" bounds a Byzantine neighbour
+byzantine_neighbours = 1       # ...the clipping radius allows for this many per member
 
 [model]
 kind = "logistic"              # logistic, mlp, or module:factory

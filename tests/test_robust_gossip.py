@@ -138,6 +138,7 @@ def test_unknown_rules_are_refused() -> None:
             "clipping needs visible updates",
         ),
         ('[rounds]\nmode = "gossip"\nrobust = "trimmed"\n', r"\[rounds\] robust must be one of"),
+        ("[rounds]\nbyzantine_neighbours = -1\n", r"\[rounds\] byzantine_neighbours must be ≥ 0"),
     ],
 )
 def test_the_setting_is_refused_where_updates_are_not_visible(

@@ -108,6 +108,7 @@ class GossipRound:
         weights: Mapping[str, float],
         self_weight: float,
         robust: str = "off",
+        byzantine_neighbours: int = 1,
     ) -> None:
         if vector.ndim != 1:
             raise LocalProtocolError(f"gossip needs a flat vector, got {vector.ndim}-D")
@@ -122,6 +123,7 @@ class GossipRound:
         if robust not in ROBUST_RULES:
             raise LocalProtocolError(f"gossip mixing must be one of {ROBUST_RULES}, not {robust!r}")
         self.robust = robust
+        self.byzantine_neighbours = byzantine_neighbours
         self.round = round
         self.vector = vector
         self.weights = dict(weights)
@@ -192,7 +194,8 @@ class GossipRound:
         """The mixed vector; missing neighbours' weight goes to the self weight.
 
         With ``robust = "clipped-gossip"`` every heard neighbour's difference from our vector
-        is clipped to the adaptive radius for one Byzantine neighbour (``robust_mix``).
+        is clipped to the adaptive radius for ``byzantine_neighbours`` Byzantine neighbours
+        (``robust_mix``).
         """
         if self.state is GossipState.WAITING:
             self._fire(GossipEvent.DEADLINE)
@@ -200,7 +203,8 @@ class GossipRound:
             names = sorted(self.heard)
             others = np.stack([self.heard[j] for j in names])
             weights = np.array([self.weights[j] for j in names])
-            return robust_mix(self.vector, others, weights).astype(self.vector.dtype)
+            mixed = robust_mix(self.vector, others, weights, self.byzantine_neighbours)
+            return mixed.astype(self.vector.dtype)
         own = self.self_weight + sum(self.weights[j] for j in self.missing)
         out = own * self.vector.astype(np.float64)
         for j, values in self.heard.items():

@@ -61,7 +61,8 @@ class GossipConfig:
     """Slice size, the synchronous round deadline and the per-read timeout, in seconds.
 
     ``robust`` is the mixing rule of synchronous rounds: ``off`` (plain gossip) or
-    ``clipped-gossip`` (``collectives.robust``: self-centred clipping).
+    ``clipped-gossip`` (``collectives.robust``: self-centred clipping, its radius allowing
+    for ``byzantine_neighbours`` Byzantine in-neighbours).
     """
 
     chunk_bytes: int = 256 * 1024
@@ -69,6 +70,7 @@ class GossipConfig:
     timeout: float = 5.0
     max_words: int = 1 << 28
     robust: str = "off"
+    byzantine_neighbours: int = 1
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 8 or self.deadline <= 0 or self.timeout <= 0:
@@ -229,7 +231,9 @@ class GossipService:
         """Mix ``vector`` with the in-neighbours of round ``t`` heard before the deadline."""
         weights, self_weight, targets = mixing_row_and_targets(self.topology, t, self.index)
         row = peer_weights(self.peers, weights)
-        mixing = GossipRound(vector, t, row, self_weight, self.config.robust)
+        mixing = GossipRound(
+            vector, t, row, self_weight, self.config.robust, self.config.byzantine_neighbours
+        )
         self.floor = max(self.floor, t)
         for old in [r for r in self._boxes if r < t]:
             del self._boxes[old]

@@ -221,7 +221,10 @@ def build_gossip(
         cohort.peers,
         topology,
         config=GossipConfig(
-            deadline=stage_timeout, timeout=stage_timeout, robust=config.rounds.robust
+            deadline=stage_timeout,
+            timeout=stage_timeout,
+            robust=config.rounds.robust,
+            byzantine_neighbours=config.rounds.byzantine_neighbours,
         ),
     )
 
