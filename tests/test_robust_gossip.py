@@ -127,6 +127,8 @@ def test_unknown_rules_are_refused() -> None:
         GossipConfig(robust="krum")
     with pytest.raises(LocalProtocolError, match="gossip mixing must be one of"):
         GossipRound(np.zeros(3), 0, {"a": 0.5}, 0.5, "median")
+    with pytest.raises(LocalProtocolError, match="Byzantine neighbours must be ≥ 0"):
+        GossipConfig(robust="clipped-gossip", byzantine_neighbours=-1)
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,10 @@ class GossipConfig:
             raise LocalProtocolError(
                 f"gossip mixing must be one of {ROBUST_RULES}, not {self.robust!r}"
             )
+        if self.byzantine_neighbours < 0:
+            raise LocalProtocolError(
+                f"gossip's Byzantine neighbours must be ≥ 0, got {self.byzantine_neighbours}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
