@@ -31,10 +31,11 @@ from typing import Any
 from p2pfed.canonical import canonical_json
 from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError
-from p2pfed.identity.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Signer, verify_signature
+from p2pfed.identity.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Signer
 from p2pfed.identity.roster_fields import (
     Member,
     RosterSignature,
+    bad_signers,
     check_aware,
     check_name,
     format_time,
@@ -42,7 +43,10 @@ from p2pfed.identity.roster_fields import (
     json_int,
     json_object,
     malformed,
+    parse_signatures,
     parse_time,
+    signature_of,
+    valid_signers,
 )
 
 ROSTER_FORMAT = "p2pfed-roster/1"
@@ -157,18 +161,6 @@ class Roster:
         members = body["members"]
         if not isinstance(members, list):
             raise malformed(f"{source}: members must be a list")
-        signatures = top["signatures"]
-        if not isinstance(signatures, list):
-            raise malformed(f"{source}: signatures must be a list")
-        parsed_sigs = []
-        for i, entry in enumerate(signatures):
-            sig = json_object(entry, f"{source} signature {i + 1}", {"public_key", "signature"})
-            parsed_sigs.append(
-                RosterSignature(
-                    hex_bytes(sig["public_key"], PUBLIC_KEY_SIZE, f"signature {i + 1} key"),
-                    hex_bytes(sig["signature"], SIGNATURE_SIZE, f"signature {i + 1}"),
-                )
-            )
         return cls(
             consortium_id=check_name(body["consortium_id"], "consortium id"),
             version=json_int(body["version"], "version"),
@@ -180,7 +172,7 @@ class Roster:
                 hex_bytes(k, PUBLIC_KEY_SIZE, f"admin key {i + 1}") for i, k in enumerate(admins)
             ),
             threshold=json_int(body["threshold"], "threshold"),
-            signatures=tuple(parsed_sigs),
+            signatures=parse_signatures(top["signatures"], source),
         )
 
     @classmethod
@@ -229,12 +221,9 @@ class Roster:
 
         Raises ``ConfigError`` if that key already signed this version.
         """
-        if any(s.public_key == identity.public_key for s in self.signatures):
-            raise ConfigError(
-                f"key {identity.public_key.hex()[:16]}… already signed roster version "
-                f"{self.version}"
-            )
-        sig = RosterSignature(identity.public_key, identity.sign(self.signing_message()))
+        sig = signature_of(
+            identity, self.signing_message(), self.signatures, f"roster version {self.version}"
+        )
         return dataclasses.replace(self, signatures=(*self.signatures, sig))
 
     # --- queries --------------------------------------------------------------------------
@@ -256,20 +245,8 @@ class Roster:
 
     def valid_signers(self, keys: Iterable[bytes]) -> set[bytes]:
         """The distinct keys among ``keys`` with a valid signature on this version."""
-        allowed = set(keys)
-        message = self.signing_message()
-        return {
-            s.public_key
-            for s in self.signatures
-            if s.public_key in allowed and verify_signature(s.public_key, message, s.signature)
-        }
+        return valid_signers(self.signatures, self.signing_message(), keys)
 
     def bad_signers(self, keys: Iterable[bytes]) -> set[bytes]:
         """Keys among ``keys`` that signed *something*, but not this version's body."""
-        allowed = set(keys)
-        message = self.signing_message()
-        return {
-            s.public_key
-            for s in self.signatures
-            if s.public_key in allowed and not verify_signature(s.public_key, message, s.signature)
-        } - self.valid_signers(allowed)
+        return bad_signers(self.signatures, self.signing_message(), keys)
