@@ -6,7 +6,7 @@ agreed centre and scale that standardise it) in order, the label column and its 
 the model (architecture, seed) and its training hyper-parameters, the rounds, and the
 privacy mode and budget (ε, δ). Its hash is the SHA-256 of the canonical body
 (``p2pfed.canonical``); admins sign ``SIGNING_DOMAIN + canonical(body)`` with the roster's
-machinery (``roster_fields``' signatures, ``roster_trust.check_signed``), and a daemon
+machinery (``signed.Signed``, ``roster_trust.check_signed``), and a daemon
 accepts a protocol only if the roster's threshold of the roster's admins signed it.
 
 Every field is checked where it is parsed, with one sentence naming the field; sizes are
@@ -16,36 +16,26 @@ Errors: ``RosterError`` (a ``ConfigError``) with a ``RosterProblem``.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from p2pfed.canonical import canonical_json
-from p2pfed.durable import atomic_write
-from p2pfed.errors import ConfigError
 from p2pfed.identity.keys import Signer
 from p2pfed.identity.roster import Roster
 from p2pfed.identity.roster_fields import (
     RosterError,
     RosterProblem,
     RosterSignature,
-    bad_signers,
     check_name,
     json_int,
     json_object,
     json_text,
     malformed,
-    parse_signatures,
-    signature_of,
-    valid_signers,
 )
 from p2pfed.identity.roster_trust import check_signed
+from p2pfed.identity.signed import Signed, parse_signed, read_signed
 
 PROTOCOL_FORMAT = "p2pfed-study/1"
 SIGNING_DOMAIN = b"p2pfed study protocol signature v1\x00"
@@ -128,8 +118,10 @@ class Feature:
 
 
 @dataclass(frozen=True, slots=True)
-class StudyProtocol:
+class StudyProtocol(Signed):
     """A consortium's agreed study: data, model, rounds and privacy, with admin signatures."""
+
+    DOMAIN: ClassVar[bytes] = SIGNING_DOMAIN
 
     consortium_id: str
     features: tuple[Feature, ...]
@@ -197,36 +189,12 @@ class StudyProtocol:
             },
         }
 
-    def canonical_body(self) -> bytes:
-        """The body as canonical JSON."""
-        return canonical_json(self.body())
-
-    def signing_message(self) -> bytes:
-        """The exact bytes admins sign (domain-separated canonical body)."""
-        return SIGNING_DOMAIN + self.canonical_body()
-
-    def digest(self) -> str:
-        """The protocol hash: SHA-256 (hex) of the canonical body."""
-        return hashlib.sha256(self.canonical_body()).hexdigest()
-
-    def to_json(self) -> str:
-        """The whole document (body and signatures), indented for people to read."""
-        document = {"body": self.body(), "signatures": [s.to_dict() for s in self.signatures]}
-        return json.dumps(document, indent=2, sort_keys=True) + "\n"
-
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "study protocol") -> StudyProtocol:
         """Parse a protocol document; ``RosterError(MALFORMED)`` names the first problem."""
-        if len(text) > MAX_PROTOCOL_BYTES:
-            raise malformed(f"{source} is larger than {MAX_PROTOCOL_BYTES} bytes")
-        try:
-            document = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise malformed(f"{source} is not valid JSON: {exc}") from None
-        top = json_object(document, source, {"body", "signatures"})
-        body = json_object(top["body"], f"{source} body", BODY_KEYS)
-        if body["format"] != PROTOCOL_FORMAT:
-            raise malformed(f"{source} has format {body['format']!r}; expected {PROTOCOL_FORMAT}")
+        body, signatures = parse_signed(
+            text, MAX_PROTOCOL_BYTES, source, BODY_KEYS, PROTOCOL_FORMAT
+        )
         features = body["features"]
         _check(isinstance(features, list), f"{source}: features must be a list")
         _check(len(features) <= MAX_FEATURES, f"{source}: more than {MAX_FEATURES} features")
@@ -235,7 +203,7 @@ class StudyProtocol:
             features=tuple(
                 Feature.from_dict(f, f"{source} feature {i + 1}") for i, f in enumerate(features)
             ),
-            signatures=parse_signatures(top["signatures"], source),
+            signatures=signatures,
             **_label(body["label"], source),
             **_model(body["model"], source),
             **_training(body["training"], source),
@@ -247,35 +215,14 @@ class StudyProtocol:
     def load(cls, path: str | os.PathLike[str]) -> StudyProtocol:
         """Read and parse a protocol file (no signature check: see ``check_protocol``)."""
         path = Path(path)
-        try:
-            with path.open("rb") as f:
-                data = f.read(MAX_PROTOCOL_BYTES + 1)
-        except FileNotFoundError:
-            raise ConfigError(f"study protocol file {path} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read study protocol file {path}: {exc.strerror}") from None
+        data = read_signed(path, MAX_PROTOCOL_BYTES, "study protocol file")
         return cls.from_json(data, f"study protocol file {path}")
-
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
-        """Write the document atomically (temp file, fsync, rename), mode 0644."""
-        atomic_write(Path(path), self.to_json().encode(), 0o644, overwrite=overwrite)
 
     # --- signatures -----------------------------------------------------------------------
 
     def signed_by(self, identity: Signer) -> StudyProtocol:
         """This document with ``identity``'s signature appended (once per key)."""
-        sig = signature_of(
-            identity, self.signing_message(), self.signatures, f"study protocol {self.short}"
-        )
-        return dataclasses.replace(self, signatures=(*self.signatures, sig))
-
-    def valid_signers(self, keys: Iterable[bytes]) -> set[bytes]:
-        """The distinct keys among ``keys`` with a valid signature on this body."""
-        return valid_signers(self.signatures, self.signing_message(), keys)
-
-    def bad_signers(self, keys: Iterable[bytes]) -> set[bytes]:
-        """Keys among ``keys`` that signed something, but not this body."""
-        return bad_signers(self.signatures, self.signing_message(), keys)
+        return self.sign(identity, f"study protocol {self.short}")
 
     @property
     def short(self) -> str:
