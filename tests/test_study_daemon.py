@@ -10,10 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from p2pfed.cli import main
+from p2pfed.collectives import RingConfig
+from p2pfed.collectives.agreement import AgreementTiming
 from p2pfed.collectives.messages import Ready
-from p2pfed.collectives.round import ControlService
+from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
+from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.config import load_config
 from p2pfed.daemon import prepare
 from p2pfed.daemon.build import cohort_of
@@ -193,3 +197,48 @@ async def test_a_peer_on_another_protocol_is_refused_and_named_never_mixed_in() 
                 "me", Ready(0, 0, 0)
             )
             assert mailbox.receive_nowait() == ("other", Ready(0, 0, 0))
+
+
+async def test_members_on_another_protocol_never_exchange_an_update(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Three members on protocol A and one on B run a ring round: B's vector is in no sum."""
+    peers = ["a", "b", "c", "d"]
+    sessions = {p: session_id("cardio", 1, ("b" if p == "d" else "a") * 64) for p in peers}
+    seeds = {p: bytes([i + 1]) * 32 for i, p in enumerate(peers)}
+    public = {p: Ed25519CohortSigner(seeds[p], {}).public_key for p in peers}
+    vectors = {p: np.full(64, 10 ** (i + 1), dtype=np.uint32) for i, p in enumerate(peers)}
+    outcomes: dict[str, RoundOutcome] = {}
+    network = MemoryNetwork()
+    timing = AgreementTiming(collect_window=1.0, takeover_timeout=3.0, commit_timeout=6.0)
+
+    async def peer(me: str) -> None:
+        async with network.open(me) as transport:
+            runner = RingRound(
+                transport,
+                sessions[me],
+                1,
+                peers,
+                Ed25519CohortSigner(seeds[me], public),
+                timing=timing,
+                ring_config=RingConfig(chunk_bytes=512, timeout=2.0),
+                max_attempts=3,
+            )
+            await trio.sleep(0.1)  # every transport is open before the first message
+            outcomes[me] = await runner.all_reduce(vectors[me], 0)
+            await trio.sleep(timing.takeover_timeout)
+
+    async with trio.open_nursery() as nursery:
+        for p in peers:
+            nursery.start_soon(peer, p)
+    expected = sum(vectors[p] for p in "abc")
+    for p in "abc":
+        got = outcomes[p]
+        assert got.committed, got
+        assert got.cohort == ("a", "b", "c") and got.result is not None
+        np.testing.assert_array_equal(got.result.vector, expected)
+    # The outsider is left with a "sum" of its own vector alone: it learnt nothing of theirs.
+    other = outcomes["d"]
+    assert other.cohort == ("d",)
+    assert other.result is not None
+    np.testing.assert_array_equal(other.result.vector, vectors["d"])
