@@ -76,6 +76,9 @@ def test_the_cli_writes_signs_2_of_3_and_shows_a_protocol(
                "--threshold", "2")[0] == 0  # fmt: skip
     data = tmp_path / "site.csv"
     data.write_text("age,bp,outcome\n61,130,1\n")
+    code, _, err = cli(capsys, "protocol", "init", protocol, "--consortium", "cardio",
+                       "--from-data", str(data))  # fmt: skip
+    assert code == 2 and "has no label column 'label' (set --label)" in err
     code, out, _ = cli(
         capsys, "protocol", "init", protocol, "--consortium", "cardio", "--from-data", str(data),
         "--label", "outcome", "--classes", "0,1",

@@ -73,7 +73,10 @@ def _features(args: argparse.Namespace, config: Config, label: str) -> tuple[Fea
 
     s = config.schema
     if args.from_data:
-        return tuple(Feature(n) for n in table_columns(args.from_data) if n != label)
+        columns = table_columns(args.from_data)
+        if label not in columns:
+            raise ConfigError(f"{args.from_data} has no label column {label!r} (set --label)")
+        return tuple(Feature(n) for n in columns if n != label)
     if args.feature:
         parts = [text.split(":", 1) for text in args.feature]
         return tuple(Feature(p[0], p[1] if len(p) > 1 else "float") for p in parts)
