@@ -245,3 +245,16 @@ async def test_members_on_another_protocol_never_exchange_an_update(
     assert other.cohort == ("d",)
     assert other.result is not None
     np.testing.assert_array_equal(other.result.vector, vectors["d"])
+
+
+def test_run_refuses_a_site_missing_a_column_with_one_line_and_no_traceback(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (site.parent / "patients.csv").open() as fh:
+        first = next(csv.reader(fh))[0]
+    rewrite_csv(site.parent / "patients.csv", lambda rows: [row[1:] for row in rows])
+    code, out, err = cli(capsys, "run", "--config", str(site))
+    assert code == 2 and "Traceback" not in err
+    data = site.parent / "patients.csv"
+    assert err == f"p2pfed: error: {data}: no feature column {first!r} in the header\n"
+    assert not (site.parent / "state" / "audit.jsonl").exists()  # no start was recorded
