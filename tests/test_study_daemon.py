@@ -253,7 +253,7 @@ def test_run_refuses_a_site_missing_a_column_with_one_line_and_no_traceback(
     with (site.parent / "patients.csv").open() as fh:
         first = next(csv.reader(fh))[0]
     rewrite_csv(site.parent / "patients.csv", lambda rows: [row[1:] for row in rows])
-    code, out, err = cli(capsys, "run", "--config", str(site))
+    code, _, err = cli(capsys, "run", "--config", str(site))
     assert code == 2 and "Traceback" not in err
     data = site.parent / "patients.csv"
     assert err == f"p2pfed: error: {data}: no feature column {first!r} in the header\n"

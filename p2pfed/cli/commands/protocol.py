@@ -181,10 +181,9 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"study protocol of {document.consortium_id}")
         print(f"  hash      sha256:{document.digest()}")
         print(f"  label     {document.label_column} classes {list(document.classes)}")
-        print(f"  model     {b['model']}")
-        print(f"  training  {b['training']}")
+        for key in ("model", "training", "privacy"):
+            print(f"  {key:<9} " + ", ".join(f"{k} {v}" for k, v in b[key].items()))
         print(f"  rounds    {document.rounds}")
-        print(f"  privacy   {b['privacy']}")
         print(f"  features  {len(document.features)}")
         for f in document.features:
             print(f"    {f.name:<24} {f.kind:<7} center {f.center:g} scale {f.scale:g}")
