@@ -258,3 +258,19 @@ def test_run_refuses_a_site_missing_a_column_with_one_line_and_no_traceback(
     data = site.parent / "patients.csv"
     assert err == f"p2pfed: error: {data}: no feature column {first!r} in the header\n"
     assert not (site.parent / "state" / "audit.jsonl").exists()  # no start was recorded
+
+
+def test_data_keys_the_config_sets_must_match_and_a_builtin_set_cannot_follow(
+    site: Path,
+) -> None:
+    config = load_config(site)
+    shifted = (config.schema.center[0] + 1.0, *config.schema.center[1:])
+    text = site.read_text()
+    first = repr(config.schema.center[0])
+    site.write_text(text.replace(f"center = [{first}", f"center = [{shifted[0]!r}", 1))
+    with pytest.raises(ConfigError, match=r"config key \[schema\] center = .* differs from the "
+                       r"study protocol's feature centers"):  # fmt: skip
+        prepare(load_config(site))
+    site.write_text(text.replace('path = "patients.csv"', 'builtin = "breast_cancer"'))
+    with pytest.raises(ConfigError, match=r"\[data\] builtin cannot follow a study protocol"):
+        prepare(load_config(site))
