@@ -150,6 +150,15 @@ class SchemaSection:
 
 
 @dataclass(frozen=True)
+class StudySection:
+    """The consortium's signed study protocol (``p2pfed protocol``); empty: none."""
+
+    protocol: str = ""
+    """Path of the protocol file. Its features, label and normalisation are used; its model,
+    training, rounds and privacy settings must equal this file's (see docs/deployment.md)."""
+
+
+@dataclass(frozen=True)
 class ValidationSection:
     """Limits past which the node refuses to join (see p2pfed.training.validation)."""
 
@@ -274,6 +283,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=lambda: DataSection(builtin="breast_cancer"))
     schema: SchemaSection = field(default_factory=SchemaSection)
+    study: StudySection = field(default_factory=StudySection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     privacy: PrivacySection = field(default_factory=PrivacySection)
@@ -371,6 +381,9 @@ test_fraction = 0.2            # held out locally for evaluation
 [schema]                       # the consortium's declared data schema
 features = []                  # empty: taken from the data
 labels = [0, 1]
+
+[study]
+protocol = ""                  # the consortium's signed study protocol file, e.g. "protocol.json"
 
 [validation]                   # the node refuses to join past these limits
 min_samples = 30

@@ -133,7 +133,11 @@ def cohort_of(prepared: Prepared) -> Cohort | None:
         roster,
         sorted(members),
         keys,
-        session_id(roster.consortium_id, roster.version),
+        session_id(
+            roster.consortium_id,
+            roster.version,
+            prepared.protocol.digest() if prepared.protocol else "",
+        ),
         Ed25519CohortSigner(prepared.identity.seed, keys),
     )
 

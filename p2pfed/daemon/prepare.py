@@ -1,7 +1,8 @@
 """Start-up checks: everything that can fail on bad input, before the node goes on the network.
 
 Theory of operation: ``prepare`` checks the config, the identity key (permissions), the
-roster (signatures, expiry, rollback, membership), the listen address, the secure-
+roster (signatures, expiry, rollback, membership), the study protocol (signed by the
+roster's admins, matching the config: ``daemon.study``), the listen address, the secure-
 aggregation floors, the privacy ledger (integrity, anchoring, budget, whether the rounds
 still to run fit) and the data (loading, schema and validation report), so a bad
 installation stops with one clear sentence and the audit log never records a start that
@@ -24,9 +25,10 @@ import numpy as np
 import topologies
 from p2pfed.collectives.secure_gossip import check_groups
 from p2pfed.config import Config
+from p2pfed.daemon.study import apply_study, load_study
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError
 from p2pfed.governance import ledger_anchors
-from p2pfed.identity import Identity, Role, RosterGate
+from p2pfed.identity import Identity, Role, RosterGate, StudyProtocol
 from p2pfed.lifecycle import load_audit_salt
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import PrivacyLedger, noise_multiplier_for
@@ -57,6 +59,8 @@ class Prepared:
     audit_salt: bytes = b""
     sigma: float = 0.0
     """The noise multiplier the node will use (planned once: the search can take seconds)."""
+    protocol: StudyProtocol | None = None
+    """The verified study protocol (``[study] protocol``); its hash names the session."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -158,6 +162,9 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"this node ({identity.peer_id}) is not a member of roster version "
             f"{gate.roster.version}; ask the consortium admins to add it"
         )
+    protocol = load_study(config, gate.roster)
+    if protocol is not None:
+        config = apply_study(config, protocol)
     check_port_free(*parse_listen(config.network.listen))
     check_membership(config, [m.peer_id for m in gate.roster.members if m.role is Role.MEMBER])
     anchors, sigma = check_ledger(config, state_dir)
@@ -165,7 +172,9 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     salt = load_audit_salt(config, state_dir / AUDIT_FILE)
     if sigma is None:
         sigma = noise_multiplier(config)
-    return Prepared(config, identity, gate, train, test, report, state_dir, anchors, salt, sigma)
+    return Prepared(
+        config, identity, gate, train, test, report, state_dir, anchors, salt, sigma, protocol
+    )
 
 
 def check_membership(config: Config, members: Sequence[str]) -> None:
