@@ -17,13 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2pfed.daemon.prepare import AUDIT_FILE, MODELS_DIR, Prepared
+from p2pfed.daemon.prepare import AUDIT_FILE, Prepared
 from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, DataError, IntegrityError
 from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
 from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
 from p2pfed.governance.metrics import NodeMetrics
-from p2pfed.governance.models import ModelRegistry, tensors_from_flat
+from p2pfed.governance.models import MODELS_DIR, ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.governance.status_file import write_status
 from p2pfed.identity import Identity, RosterError

@@ -19,9 +19,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = add_group(parser)
 
     def registry_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--registry", default="models", help="model registry folder (default: ./models)"
-        )
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--config", help="the node's config.toml: its state folder's models")
+        where.add_argument("--registry", help="model registry folder (default: ./models)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
     lst = sub.add_parser("list", help="One line per stored model version.")
@@ -53,9 +53,20 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _registry_folder(args: argparse.Namespace) -> str:
+    """``--registry``, else the models folder in ``--config``'s state folder, else ./models."""
+    if args.config is None:
+        return str(args.registry or "models")
+    from p2pfed.governance.models import MODELS_DIR
+    from p2pfed.governance.status_file import node_state
+
+    return str(node_state(args.config)[1] / MODELS_DIR)
+
+
 def _list(args: argparse.Namespace) -> int:
     from p2pfed.governance.models import ModelRegistry
 
+    args.registry = _registry_folder(args)
     versions = ModelRegistry.open_existing(args.registry).versions()
     if args.json:
         print_json([m.to_dict() for m in versions])
@@ -88,7 +99,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from p2pfed.governance.models import ModelManifest, ModelRegistry
 
-    registry = ModelRegistry.open_existing(args.registry)
+    registry = ModelRegistry.open_existing(_registry_folder(args))
     manifest = registry.resolve(args.version)
     chain = registry.lineage(manifest.model_hash)
     hashes = [c.model_hash if isinstance(c, ModelManifest) else c for c in chain]
@@ -115,7 +126,7 @@ def _show(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from p2pfed.governance.models import ModelRegistry
 
-    registry = ModelRegistry.open_existing(args.registry)
+    registry = ModelRegistry.open_existing(_registry_folder(args))
     out, manifest = registry.export(args.version, args.out, args.format)
     print(f"wrote {out} ({args.format}) and {manifest}")
     return 0

@@ -18,11 +18,12 @@ from p2pfed.governance.models.format import (
     tensors_from_flat,
 )
 from p2pfed.governance.models.portable import EXPORT_FORMATS, import_model
-from p2pfed.governance.models.registry import ModelRegistry
+from p2pfed.governance.models.registry import MODELS_DIR, ModelRegistry
 
 __all__ = [
     "EXPORT_FORMATS",
     "MANIFEST_FORMAT",
+    "MODELS_DIR",
     "ModelManifest",
     "ModelRegistry",
     "TensorInfo",

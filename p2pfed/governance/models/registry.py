@@ -35,6 +35,9 @@ from p2pfed.governance.models.format import (
 )
 from p2pfed.governance.models.portable import EXPORT_FORMATS, save_portable
 
+MODELS_DIR = "models"
+"""A node's registry: this folder inside its ``[node] state_dir``."""
+
 
 class ModelRegistry:
     """A folder of model versions, one sub-folder per round's aggregated model."""
@@ -47,7 +50,9 @@ class ModelRegistry:
     def open_existing(cls, root: str | os.PathLike[str]) -> ModelRegistry:
         """A registry that must already exist (for read-only commands)."""
         if not Path(root).is_dir():
-            raise ConfigError(f"model registry {root} does not exist (pass --registry DIR)")
+            raise ConfigError(
+                f"model registry {root} does not exist (pass --config FILE or --registry DIR)"
+            )
         return cls(root)
 
     def add(
