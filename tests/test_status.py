@@ -150,7 +150,7 @@ def test_status_shows_each_member_connected_its_last_round_and_last_error(
 
     assert main(["status", "--config", str(c.hospitals[0].config)]) == 0
     out = capsys.readouterr().out
-    assert f"member {names[b]}  connected, last round 0\n" in out
-    assert f"member {names[d]}  not connected, last round —, last error: round 0: excluded" in out
+    assert "\nmembers\n" in out and f"\n  {names[b]}  connected, last round 0\n" in out
+    assert f"  {names[d]}  not connected, last round —, last error: round 0: excluded" in out
     version = recorder.registry.versions()[-1].version  # the id `model list` shows
     assert re.search(rf"^model version +{version}$", out, re.MULTILINE)

@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    members = _members(status)
+    if members:
+        print("members")
+        width = max(len(k) for k, _ in members)
+        for key, value in members:
+            print(f"  {key:<{width}}  {value}")
     return 0
 
 
@@ -67,16 +73,22 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str]]:
             + (f"; {status['roster_warning']}" if status.get("roster_warning") else ""),
         ),
     ]
+    if status.get("error"):
+        rows.append(("stopped because", str(status["error"])))
+    return rows
+
+
+def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """Per member: connected now, the last round it was in, its last error."""
     members = status.get("members")
+    rows = []
     for member, row in sorted(members.items() if isinstance(members, dict) else []):
         seen = row.get("last_round")
         line = "connected" if row.get("connected") else "not connected"
         line += f", last round {'—' if seen is None else seen}"
         if row.get("last_error"):
             line += f", last error: {row['last_error']}"
-        rows.append((f"member {member}", line))
-    if status.get("error"):
-        rows.append(("stopped because", str(status["error"])))
+        rows.append((str(member), line))
     return rows
 
 
