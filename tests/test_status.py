@@ -31,7 +31,7 @@ from p2pfed.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as out:
     rc = main(["status", "--config", sys.argv[1]])
 elapsed = time.perf_counter() - t
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "libp2p", "trio"})
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "libp2p", "trio", "scipy"})
 print(json.dumps({"rc": rc, "elapsed": elapsed, "heavy": heavy, "out": out.getvalue()}))
 """
 
