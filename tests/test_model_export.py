@@ -149,3 +149,27 @@ def test_the_safetensors_option_is_offered_only_where_the_package_is(
         main(["model", "export", "--help"])
     shown = "safetensors" in capsys.readouterr().out
     assert shown == (importlib.util.find_spec("safetensors") is not None)
+
+
+def test_an_export_without_a_personal_layer_is_not_rebuilt_half_empty(tmp_path: Path) -> None:
+    from p2pfed.governance.models import ModelCard
+
+    registry = ModelRegistry(tmp_path / "models")
+    weight = np.ones((2, 3), np.float32)  # "0.bias" stayed on its node (personal_prefixes)
+    registry.add(0, [("0.weight", weight)], parent_hash=None)
+    card = ModelCard(
+        kind="logistic",
+        hidden=(),
+        seed=0,
+        n_classes=2,
+        features=("a", "b", "c"),
+        labels=(0, 1),
+        center=(0.0, 0.0, 0.0),
+        scale=(1.0, 1.0, 1.0),
+        normalisation="agreed",
+        configured_rounds=1,
+        privacy_mode="off",
+    )
+    out, _ = registry.export("latest", tmp_path / "m.pt", card=card)
+    with pytest.raises(IntegrityError, match=r"lacks \['0.bias'\]"):
+        load_model(out)
