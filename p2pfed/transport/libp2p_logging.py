@@ -17,6 +17,7 @@ meanwhile, and one line when the member is reached again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,19 +40,24 @@ def _is_dial_failure(record: logging.LogRecord) -> bool:
 
 
 def dial_reason(exc: BaseException) -> str:
-    """The cause of a failed dial in a few words (``connection refused``), from its chain."""
+    """The cause of a failed dial in a few words (``connection refused``).
+
+    libp2p wraps the socket's error several layers deep (``MultiError.errors``, exception
+    groups, causes); the first one with an errno names the cause best.
+    """
+    todo: list[BaseException] = [exc]
     seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
+    while todo:
+        current = todo.pop(0)
+        if any(current is s for s in seen):
+            continue
         seen.append(current)
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror.lower()
-        if isinstance(current, BaseExceptionGroup) and current.exceptions:
-            current = current.exceptions[0]
-        else:
-            current = current.__cause__ or current.__context__
-    last = str(seen[-1]) or type(seen[-1]).__name__
-    return last.splitlines()[0][:160]
+        if isinstance(current, OSError) and current.errno:
+            return os.strerror(current.errno).lower()
+        inner = getattr(current, "errors", None) or getattr(current, "exceptions", None) or ()
+        todo += [e for e in (current.__cause__, current.__context__, *inner) if e is not None]
+    last = seen[-1]
+    return (str(last) or type(last).__name__).splitlines()[0][:160]
 
 
 @dataclass
