@@ -154,3 +154,8 @@ def test_status_shows_each_member_connected_its_last_round_and_last_error(
     assert f"  {names[d]}  not connected, last round —, last error: round 0: excluded" in out
     version = recorder.registry.versions()[-1].version  # the id `model list` shows
     assert re.search(rf"^model version +{version}$", out, re.MULTILINE)
+
+    # Restarted, the node shows the model it holds before its next round.
+    again = RoundReporter(prepared, {"state": "starting"}, recorder, None, layout)
+    again.running(peer, _Transport(()), roster.version)  # type: ignore[arg-type]
+    assert (read_status(prepared.state_dir) or {})["model_version"] == version

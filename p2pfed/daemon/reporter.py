@@ -146,6 +146,9 @@ class RoundReporter:
                 "epsilon_budget": self._ledger.budget_epsilon,
                 "delta": self._ledger.delta,
             }
+        versions = self.recorder.registry.versions()
+        if versions:  # a restarted node shows the model it holds before its next round
+            self.status.setdefault("model_version", versions[-1].version)
         self._update_members(None)
         self.write()
 
