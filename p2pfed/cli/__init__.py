@@ -4,7 +4,8 @@ Theory of operation: every module in ``p2pfed.cli.commands`` defines ``NAME``, `
 ``register(parser)``; ``register`` adds arguments and sets ``func`` (called with the parsed
 namespace, returning an exit code). Modules are found at start-up, so adding a command never
 touches this file, and heavy imports (torch, libp2p) happen inside ``func`` only, keeping
-``p2pfed --help`` fast.
+``p2pfed --help`` fast. ``p2pfed NAME …`` imports only module ``NAME`` (a module's file name
+is its ``NAME``), so one command never pays for another's imports.
 
 Any ``P2PFedError`` (or a ``topologies`` error) ends the command with its one-sentence
 message on stderr and exit status 2.
