@@ -156,8 +156,12 @@ class RoundReporter:
         """Per member: connected now, the last round it was in, its last error (status)."""
         transport = self._transport
         connected = set(transport.connected_peers()) if transport is not None else set()
-        rows: dict[str, Any] = self.status.setdefault("members", {})
         own = self._prepared.identity.peer_id
+        current = {m.name for m in self._prepared.gate.roster.members if m.peer_id != own}
+        rows: dict[str, Any] = {  # members a newer roster removed are no longer shown
+            name: row for name, row in self.status.get("members", {}).items() if name in current
+        }
+        self.status["members"] = rows
         for m in self._prepared.gate.roster.members:
             if m.peer_id == own:
                 continue
