@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 import topologies
 from p2pfed.collectives.secure_gossip import check_groups
@@ -40,7 +42,6 @@ from p2pfed.training.validation import Schema, Thresholds, ValidationReport, val
 log = logging.getLogger("p2pfed.daemon")
 
 AUDIT_FILE = "audit.jsonl"
-MODELS_DIR = "models"
 VALIDATION_FILE = "validation.json"
 
 
@@ -104,6 +105,22 @@ def load_data(config: Config) -> Dataset:
     return load_table(config.path(d.path), d.label_column, list(d.feature_columns) or None)
 
 
+def normalisation(
+    train: Dataset, center: tuple[float, ...] = (), scale: tuple[float, ...] = ()
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The per-feature centre and scale ``standardise`` applies (also written on export)."""
+    if center:
+        if len(center) != train.n_features:
+            raise ConfigError(
+                f"[schema] center has {len(center)} entries for {train.n_features} features"
+            )
+        return np.array(center, dtype=np.float32), np.array(scale, dtype=np.float32)
+    mean = np.nanmean(train.x, axis=0)
+    std = np.nanstd(train.x, axis=0)
+    std[~(std > 1e-8)] = 1.0
+    return mean, std
+
+
 def standardise(
     train: Dataset, test: Dataset, center: tuple[float, ...] = (), scale: tuple[float, ...] = ()
 ) -> tuple[Dataset, Dataset]:
@@ -112,16 +129,7 @@ def standardise(
     Agreed constants give every member the same input space; local statistics (no data
     leaves the node either way) differ between sites when their populations differ.
     """
-    if center:
-        if len(center) != train.n_features:
-            raise ConfigError(
-                f"[schema] center has {len(center)} entries for {train.n_features} features"
-            )
-        mean, std = np.array(center, dtype=np.float32), np.array(scale, dtype=np.float32)
-    else:
-        mean = np.nanmean(train.x, axis=0)
-        std = np.nanstd(train.x, axis=0)
-        std[~(std > 1e-8)] = 1.0
+    mean, std = normalisation(train, center, scale)
 
     def rescale(d: Dataset) -> Dataset:
         return Dataset(((d.x - mean) / std).astype(np.float32), d.y, d.feature_names, d.name)
