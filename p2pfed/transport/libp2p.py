@@ -72,7 +72,7 @@ from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
 from p2pfed.transport.libp2p_compat import allow_redial, tame_swarm, use_large_yamux_frames
 from p2pfed.transport.libp2p_gate import GatedNoise, gate_allows
 from p2pfed.transport.libp2p_inbound import PendingHandshakes
-from p2pfed.transport.libp2p_logging import route_libp2p_logging
+from p2pfed.transport.libp2p_logging import DialNotices, roster_names, route_libp2p_logging
 from p2pfed.transport.libp2p_stream import Libp2pStream
 from p2pfed.transport.ratelimit import StreamLimiter
 
@@ -144,6 +144,7 @@ class Libp2pTransport(Transport):
         self._key_pair = create_new_key_pair(bytes(seed))
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
         self._gate = gate
+        self.dial_notices = DialNotices(roster_names(gate))
         family = "ip4" if ip.version == 4 else "ip6"
         self._listen = multiaddr.Multiaddr(f"/{family}/{ip}/tcp/{port}")
         self._peer_addrs: dict[str, tuple[multiaddr.Multiaddr, ...]] = {}
@@ -397,6 +398,7 @@ class Libp2pTransport(Transport):
                 with trio.fail_after(self._connect_timeout):
                     await self._host.connect(PeerInfo(peer_id, list(addrs)))
             except trio.TooSlowError as exc:
+                self.dial_notices.failed(peer, addrs, TimeoutError("timed out"))
                 raise BrokenError(f"connecting to peer {peer} timed out") from exc
             except Exception as exc:
                 if peer in self._noise.authenticated:
@@ -406,7 +408,9 @@ class Libp2pTransport(Transport):
                         "it does not admit us",
                         peer,
                     ) from exc
+                self.dial_notices.failed(peer, addrs, exc)  # libp2p's own lines are dropped
                 raise BrokenError(f"peer {peer} is unreachable: {exc!r}") from exc
+            self.dial_notices.connected(peer)
 
     async def disconnect(self, peer: str) -> None:
         """Close every connection to ``peer`` (for example after it left the roster)."""
