@@ -21,6 +21,7 @@ from p2pfed.errors import ReasonCode
 from p2pfed.governance.status_file import write_status
 from p2pfed.node import RoundReport
 from p2pfed.training import ParameterLayout
+from p2pfed.transport.ratelimit import StreamLimiter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +106,7 @@ class _Peer:
 class _Transport:
     connected: tuple[str, ...]
     listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/4001",)
+    limiter: StreamLimiter = dataclasses.field(default_factory=StreamLimiter)
 
     def connected_peers(self) -> list[str]:
         return list(self.connected)
