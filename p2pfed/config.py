@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
 from p2pfed.settings import check, open_unit, parse, positive, read_toml
 from p2pfed.training.data import BUILTIN_DATASETS
@@ -64,9 +65,18 @@ class RoundsSection:
     rounds: int = 20
     min_peers: int = 2
     round_timeout_s: float = 120.0
+    #: Byzantine-robust mixing of clear gossip: "off" or "clipped-gossip" (collectives.robust).
+    robust: str = "off"
+    #: Byzantine in-neighbours the clipping radius allows for (δ_i = their heaviest weights).
+    byzantine_neighbours: int = 1
 
     def validate(self) -> None:
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
+        rules = ROBUST_RULES
+        check(
+            self.robust in rules, "[rounds] robust", f"must be one of {rules}, not {self.robust!r}"
+        )
+        check(self.byzantine_neighbours >= 0, "[rounds] byzantine_neighbours", "must be ≥ 0")
         check(self.rounds >= 1, "[rounds] rounds", "must be ≥ 1")
         check(self.min_peers >= 2, "[rounds] min_peers", "must be ≥ 2")
         positive(self.round_timeout_s, "[rounds] round_timeout_s")
@@ -137,6 +147,15 @@ class SchemaSection:
                 "[schema] center",
                 "needs one entry per feature",
             )
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """The consortium's signed study protocol (``p2pfed protocol``); empty: none."""
+
+    protocol: str = ""
+    """Path of the protocol file. Its features, label and normalisation are used; its model,
+    training, rounds and privacy settings must equal this file's (see docs/deployment.md)."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +283,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=lambda: DataSection(builtin="breast_cancer"))
     schema: SchemaSection = field(default_factory=SchemaSection)
+    study: StudySection = field(default_factory=StudySection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     privacy: PrivacySection = field(default_factory=PrivacySection)
@@ -274,6 +294,13 @@ class Config:
     """Folder relative paths are resolved against (set by ``load_config``, not the file)."""
 
     def validate(self) -> None:
+        if self.rounds.robust != "off":
+            check(
+                self.rounds.mode == "gossip" and not self.secagg.enabled,
+                "[rounds] robust",
+                f"= {self.rounds.robust} needs [rounds] mode = gossip with [secagg] enabled = "
+                "false: clipping needs visible updates",
+            )
         # Distributed noise shares are safe only inside an exact secure sum.
         if self.privacy.mode == "distributed":
             ok = self.rounds.mode == "ring" and self.secagg.enabled
@@ -337,6 +364,8 @@ topology = "exponential"       # for gossip: see `p2pfed topology list`
 rounds = 20
 min_peers = 2                  # rounds start only when this many members are reachable
 round_timeout_s = 120.0        # start-up and catch-up wait; stages time out at min(10 s, 1/4 of it)
+robust = "off"                 # clear gossip: "clipped-gossip" bounds a Byzantine neighbour
+byzantine_neighbours = 1       # ...the clipping radius allows for this many per member
 
 [model]
 kind = "logistic"              # logistic, mlp, or module:factory
@@ -352,6 +381,9 @@ test_fraction = 0.2            # held out locally for evaluation
 [schema]                       # the consortium's declared data schema
 features = []                  # empty: taken from the data
 labels = [0, 1]
+
+[study]
+protocol = ""                  # the consortium's signed study protocol file, e.g. "protocol.json"
 
 [validation]                   # the node refuses to join past these limits
 min_samples = 30

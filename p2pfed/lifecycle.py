@@ -4,8 +4,8 @@ Theory of operation: the audit salt is per node and secret (``audit.salt`` besid
 identity key, 0600), so it is loaded here rather than from the shared config. A run ends
 finished, out of budget, stopped (cancelled: by a signal, delivered by trio inside an
 exception group) or in error; ``ended`` tells these apart so that ``status.json`` and the
-audit log's ``daemon_stop`` say which, and ``process_alive`` lets ``p2pfed status`` tell a
-live daemon from a status file left by a dead one. ``expiry_guard`` is what the daemon's
+audit log's ``daemon_stop`` say which (``p2pfed.governance.status_file.process_alive`` then
+tells a live daemon from a status file left by a dead one). ``expiry_guard`` is what the daemon's
 peer checks before each round: the roster's expiry in status and metrics, a warning logged
 once per threshold, and ``RosterError(EXPIRED)`` once it has passed (``roster_expired``
 then records the stop in one sentence).
@@ -14,7 +14,6 @@ then records the stop in one sentence).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,19 +69,6 @@ def stop_reason(status: dict[str, Any]) -> str:
     if state == "starting" and not status.get("stop_reason"):
         return "error during start-up"  # the run never began: an error, logged as such
     return str(status.get("stop_reason") or state.replace("-", " "))
-
-
-def process_alive(pid: object) -> bool:
-    """Whether a process with this ID exists on this machine (False for a missing pid)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
 
 
 def expiry_guard(

@@ -16,11 +16,12 @@ A round t, for the active (not dropped-out) peers:
    FedProx's (μ/2)‖θ − θ_round‖² and weight decay. Peers with fewer steps to do (small data,
    stragglers, dropouts) have their remaining steps masked to no-ops.
 2. **Release.** The update Δ_i = θ_i' − θ_i is clipped to L2 ≤ S and noised with N(0, (σS)²)
-   when DP is on; a Byzantine peer replaces Δ_i by −Δ_i (sign flip) or c·Δ_i (scale).
+   when DP is on; a Byzantine peer poisons what it sends (``sim.byzantine``).
 3. **Mixing**, by algorithm:
 
    - ``local``: no communication (baseline);
-   - ``gossip`` (D-PSGD, local steps then gossip): X ← W_t X';
+   - ``gossip`` (D-PSGD, local steps then gossip): X ← W_t X', or ClippedGossip
+     (``sim.mixing.clipped_mix``) with ``[algorithm] robust = "clipped-gossip"``;
    - ``fedavg`` (exact averaging ≡ ring all-reduce): every active peer gets the mean of the
      active peers' X' (uniform weights, as a ring all-reduce sums);
    - ``fedprox``: ``fedavg`` with the proximal term in the local loss;
@@ -44,12 +45,14 @@ import torch
 from numpy.typing import NDArray
 
 from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
+from sim.byzantine import attack_direction, poison_model, poison_update
 from sim.cost import RoundCost, round_cost
 from sim.data import SplitData, load_dataset
 from sim.metrics import Evaluation, Traffic, evaluate, round_record
 from sim.mixing import (
     MixingSchedule,
     build_topology,
+    gossip_mix,
     receive_counts,
     send_counts,
     to_torch_csr,
@@ -136,6 +139,8 @@ class Simulator:
             self.byzantine[chosen] = True
         self.honest = torch.from_numpy(~self.byzantine)
         self.theta = self._initial_parameters(seeds["init"])
+        # Drawn only for this attack, so other scenarios' fault streams stay as they were.
+        self.attack_direction = attack_direction(scenario.faults, self.theta, self.fault_rng)
         self.topology: Any | None = None  # a topologies.Topology, for gossip and tracking
         self.schedule: MixingSchedule | None = None
         if scenario.algorithm.name in ("gossip", "gradient_tracking"):
@@ -280,14 +285,15 @@ class Simulator:
             delta = delta * torch.clamp(dp.clip / norms.clamp_min(1e-12), max=1.0)
             noise = torch.randn(delta.shape, generator=self.noise_gen, dtype=self.dtype)
             delta = delta + (dp.noise_multiplier * dp.clip) * noise
+        byz = torch.from_numpy(self.byzantine)
         if self.byzantine.any():
-            faults = self.scenario.faults
-            factor = -1.0 if faults.attack == "sign_flip" else faults.attack_scale
-            byz = torch.from_numpy(self.byzantine)[:, None]
-            delta = torch.where(byz, factor * delta, delta)
+            delta = poison_update(delta, byz, self.scenario.faults)
         if not active.all():
             delta = delta * torch.from_numpy(active).to(self.dtype)[:, None]
-        return start + delta
+        sent = start + delta
+        if not self.byzantine.any():
+            return sent
+        return poison_model(sent, byz, self.scenario.faults, self.attack_direction)
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -339,7 +345,7 @@ class Simulator:
                 mean = sent[act].mean(dim=0, keepdim=True)
                 self.theta = torch.where(act[:, None], mean, start)
         elif algo == "gossip":
-            self.theta = w_torch @ sent
+            self.theta = gossip_mix(w_round, w_torch, sent, sc.algorithm)
         else:  # gradient_tracking
             vectors = 2
             assert local.grad_sum is not None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfed.canonical import canonical_json
+from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.errors import ConfigError
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
 from p2pfed.settings import check, open_unit, parse, positive, read_toml
@@ -125,6 +126,10 @@ class AlgorithmSpec:
     name: str = "gossip"
     #: FedProx proximal weight μ (``fedprox`` only).
     mu: float = 0.01
+    #: Byzantine-robust mixing (``gossip`` only): ``off`` or ``clipped-gossip``.
+    robust: str = "off"
+    #: Byzantine neighbours the clipping radius allows for (δ_i = their heaviest weights).
+    byzantine_neighbours: int = 1
 
     def validate(self) -> None:
         _check(
@@ -134,6 +139,15 @@ class AlgorithmSpec:
             f"must be one of {', '.join(ALGORITHMS)}",
         )
         _check(self.mu >= 0.0, "algorithm", "mu", "must be >= 0")
+        rules = ", ".join(ROBUST_RULES)
+        _check(self.robust in ROBUST_RULES, "algorithm", "robust", f"must be one of {rules}")
+        _check(self.byzantine_neighbours >= 0, "algorithm", "byzantine_neighbours", "must be >= 0")
+        _check(
+            self.robust == "off" or self.name == "gossip",
+            "algorithm",
+            "robust",
+            "needs [algorithm] name = gossip (clipping acts on the neighbours' models)",
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -235,7 +249,8 @@ class FaultSpec:
     #: Number of Byzantine peers (fixed for the run) and what they send.
     byzantine: int = 0
     attack: str = "sign_flip"
-    #: Factor applied to a Byzantine peer's update (``scale`` attack).
+    #: Factor applied to a Byzantine peer's update (``scale``), or the norm of the vector a
+    #: ``large_norm`` attacker adds to its model.
     attack_scale: float = 10.0
 
     def validate(self) -> None:
@@ -298,6 +313,18 @@ class Scenario:
             "real",
             f"runs the full protocol per round, so it takes at most {REAL_SECAGG_MAX_N} peers",
         )
+        _check(
+            self.algorithm.robust == "off" or not self.secagg.enabled,
+            "algorithm",
+            "robust",
+            "cannot be combined with [secagg] enabled: clipping needs visible updates",
+        )
+        _check(
+            self.faults.attack not in MODEL_ATTACKS or self.algorithm.name != "gradient_tracking",
+            "faults",
+            "attack",
+            f"{self.faults.attack} poisons the model sent, which gradient_tracking does not mix",
+        )
         if self.privacy.enabled and self.algorithm.name == "gradient_tracking":
             raise ConfigError(
                 "[privacy] enabled cannot be combined with [algorithm] name = "
@@ -330,7 +357,9 @@ REAL_SECAGG_MAX_N = 64
 PARTITION_SCHEMES = ("iid", "dirichlet", "classes", "quantity")
 MODELS = ("logreg", "mlp")
 ALGORITHMS = ("local", "gossip", "fedavg", "fedprox", "gradient_tracking")
-ATTACKS = ("sign_flip", "scale")
+#: Attacks on the update Δ_i (sign_flip, scale) and on the model sent (flip_model, large_norm).
+MODEL_ATTACKS = ("flip_model", "large_norm")
+ATTACKS = ("sign_flip", "scale", *MODEL_ATTACKS)
 
 
 def _check(ok: bool, section: str, key: str, why: str) -> None:

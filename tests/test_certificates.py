@@ -317,3 +317,36 @@ def test_a_certificate_holds_exactly_when_a_quorum_of_contributors_signed(
         assert not holds
     else:
         assert holds
+
+
+async def test_a_member_on_another_study_protocol_neither_serves_nor_is_served() -> None:
+    """Its own cohort's certificate is valid, but its session (protocol hash) is not ours."""
+    net = MemoryNetwork()
+    with trio.fail_after(10):
+        async with net.open(NAMES[0]) as me, net.open(NAMES[1]) as other:
+            theirs = ModelSync(
+                other,
+                "c~bbbbbbbbbbbbbbbb",
+                lambda: (3, HONEST_W, certify(3, HONEST_W, NAMES[:2])),
+                SIZE,
+                policy=policy(),
+            )
+            ours = ModelSync(
+                me,
+                "c~aaaaaaaaaaaaaaaa",
+                lambda: (0, np.zeros(SIZE, np.float32), None),
+                SIZE,
+                policy=policy(),
+                clock=itertools.count(0, 1000).__next__,
+            )
+            served = theirs.current
+            theirs.current = lambda: pytest.fail("served a member of another protocol")
+            assert await ours.best_model([NAMES[1]], newer_than=0) is None
+            assert await theirs.best_model([NAMES[0]], newer_than=0) is None
+            # A server that skips its own check still cannot hand us its model: we name it.
+            theirs.current = served
+            theirs._check_session = lambda session, peer: None  # type: ignore[method-assign]
+            assert await ours.best_model([NAMES[1]], newer_than=0) is None
+            assert await ours.fetch(NAMES[1], 3) is None
+    assert [r.peer for r in ours.refusals] == [NAMES[1]]
+    assert "session" in ours.refusals[0].detail

@@ -15,6 +15,7 @@ from p2pfed.daemon import RoundReporter, open_governance, prepare, read_status
 from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.node import RoundReport
 from p2pfed.training import ParameterLayout
+from p2pfed.transport.ratelimit import Limit, StreamLimiter
 
 
 @dataclasses.dataclass
@@ -32,6 +33,9 @@ class FakeTransport:
     """What the reporter reads of the transport."""
 
     listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/4001",)
+    limiter: StreamLimiter = dataclasses.field(
+        default_factory=lambda: StreamLimiter({"/x": Limit(rate=1.0, burst=1)}, clock=lambda: 0.0)
+    )
 
     def connected_peers(self) -> list[str]:
         return ["a", "b"]
@@ -48,8 +52,14 @@ def test_a_committed_and_a_missed_round_are_reported_everywhere(
     status: dict[str, object] = {"state": "starting"}
     reporter = RoundReporter(prepared, status, recorder, None, layout)
     peer = FakePeer(np.zeros(layout.size, np.float32))
-    reporter.running(peer, FakeTransport(), roster.version)  # type: ignore[arg-type]
+    transport = FakeTransport()
+    reporter.running(peer, transport, roster.version)  # type: ignore[arg-type]
     assert read_status(prepared.state_dir)["state"] == "running"
+    # A member over its stream rate: refusals reach the metrics and status.json.
+    assert [transport.limiter.admit("m", "/x") for _ in range(3)] == [True, False, False]
+    assert recorder.metrics is not None
+    rendered = recorder.metrics.render().decode()
+    assert 'p2pfed_exclusions_total{reason="rate-limited"} 2.0' in rendered
 
     members = tuple(sorted(m.peer_id for m in roster.members))
     committed = RoundReport(
@@ -79,6 +89,7 @@ def test_a_committed_and_a_missed_round_are_reported_everywhere(
     assert written["round"] == 1 and written["completed_round"] == 0
     assert written["model_version"] and written["drift_alerts"] == []
     assert written["connected_peers"] == 2 and written["bytes_sent"] == 100
+    assert written["refused_streams"] == 2
     assert written["last"]["reason"] == "timeout" and "cohort" not in written["last"]
     assert [r.getMessage() for r in caplog.records if r.name == "p2pfed.daemon"] == [
         "round 0 committed: accuracy 0.750, eps off, 3 contributors",

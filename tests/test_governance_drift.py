@@ -230,25 +230,3 @@ def test_drift_cli(tmp_path, capsys):
     small = write_csv(tmp_path / "small.csv", synthetic(10, 3))
     assert main(["drift", "check", str(ref), str(small)]) == 2
     assert "fewer than the 50" in capsys.readouterr().err
-
-
-def test_governance_does_not_import_training():
-    """Governance sits below training in the layers: it takes data through ``Samples``."""
-    import ast
-    from pathlib import Path
-
-    import p2pfed.governance
-
-    root = Path(p2pfed.governance.__file__).parent
-    edges = []
-    for path in sorted(root.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            edges += [f"{path.name} → {n}" for n in names if n.startswith("p2pfed.training")]
-    assert edges == []

@@ -176,10 +176,10 @@ def test_export_import_torch_round_trip_and_tamper(tmp_path):
     fill(reg)
     out, manifest_path = reg.export("latest", tmp_path / "model.pt")
     assert manifest_path == manifest_path_for(out)
-    assert json.loads(manifest_path.read_text())["export"] == {
-        "format": "torch",
-        "file": "model.pt",
-    }
+    block = json.loads(manifest_path.read_text())["export"]
+    assert (block["format"], block["file"]) == ("torch", "model.pt")
+    assert block["lineage"] == [m.model_hash for m in reg.lineage("latest")]
+    assert "architecture" not in block  # no card without the node's config
     manifest, tensors = import_model(out)
     assert manifest.model_hash == reg.resolve("latest").model_hash
     layout, model = layout_and_model(3)
@@ -258,7 +258,10 @@ def test_model_cli(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["model", "list", "--registry", "/nonexistent/m"], "does not exist (pass --registry"),
+        (
+            ["model", "list", "--registry", "/nonexistent/m"],
+            "does not exist (pass --config FILE or --registry",
+        ),
         (["model", "show", "99", "--registry", "{reg}"], "no model for round 99"),
         (
             ["model", "export", "latest", "--registry", "{reg}", "--out", "/nonexistent/d/x.pt"],

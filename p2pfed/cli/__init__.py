@@ -4,7 +4,8 @@ Theory of operation: every module in ``p2pfed.cli.commands`` defines ``NAME``, `
 ``register(parser)``; ``register`` adds arguments and sets ``func`` (called with the parsed
 namespace, returning an exit code). Modules are found at start-up, so adding a command never
 touches this file, and heavy imports (torch, libp2p) happen inside ``func`` only, keeping
-``p2pfed --help`` fast.
+``p2pfed --help`` fast. ``p2pfed NAME …`` imports only module ``NAME`` (a module's file name
+is its ``NAME``), so one command never pays for another's imports.
 
 Any ``P2PFedError`` (or a ``topologies`` error) ends the command with its one-sentence
 message on stderr and exit status 2.
@@ -41,10 +42,17 @@ class CommandModule(Protocol):
         """Add arguments (or sub-commands) and set ``func``."""
 
 
-def discover(package: ModuleType) -> list[CommandModule]:
-    """The command modules of ``package`` (its public sub-modules), sorted by name."""
+def discover(package: ModuleType, only: str | None = None) -> list[CommandModule]:
+    """The command modules of ``package`` (its public sub-modules), sorted by name.
+
+    With ``only``, just the module of that name when there is one (a module's file name is
+    its ``NAME``): running one command then imports no other command's dependencies.
+    """
+    infos = sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name)
+    if only is not None and any(info.name == only for info in infos):
+        infos = [info for info in infos if info.name == only]
     found = []
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+    for info in infos:
         if not info.name.startswith("_"):
             found.append(
                 cast(CommandModule, importlib.import_module(f"{package.__name__}.{info.name}"))
@@ -53,10 +61,12 @@ def discover(package: ModuleType) -> list[CommandModule]:
 
 
 def add_commands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], package: ModuleType
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    package: ModuleType,
+    only: str | None = None,
 ) -> None:
-    """Register every command module of ``package`` as a sub-command."""
-    for module in discover(package):
+    """Register every command module of ``package`` (or just ``only``) as a sub-command."""
+    for module in discover(package, only):
         module.register(sub.add_parser(module.NAME, help=module.HELP, description=module.HELP))
 
 
@@ -73,8 +83,8 @@ def add_group(
     return parser.add_subparsers(dest=f"{parser.prog.replace(' ', '_')}_command", metavar="COMMAND")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with one sub-command per command module."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with one sub-command per command module (or just ``only``)."""
     parser = argparse.ArgumentParser(
         prog="p2pfed",
         description="Serverless peer-to-peer federated learning for hospitals.",
@@ -82,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"p2pfed {__version__}")
     from p2pfed.cli import commands  # here, not at the top: command modules import this one
 
-    add_commands(add_group(parser), commands)
+    add_commands(add_group(parser), commands, only)
     return parser
 
 
@@ -106,7 +116,9 @@ def _sentences(group: BaseExceptionGroup[BaseException]) -> list[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # A named command's parser alone: `p2pfed status` must not import every command's deps.
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     func = cast(CommandFunc, args.func)
     try:

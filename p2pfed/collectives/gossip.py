@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from p2pfed.collectives.messages import GossipValue, Message, WordType
+from p2pfed.collectives.robust import ROBUST_RULES, robust_mix
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
 
 
@@ -106,6 +107,8 @@ class GossipRound:
         round: int,
         weights: Mapping[str, float],
         self_weight: float,
+        robust: str = "off",
+        byzantine_neighbours: int = 1,
     ) -> None:
         if vector.ndim != 1:
             raise LocalProtocolError(f"gossip needs a flat vector, got {vector.ndim}-D")
@@ -117,6 +120,10 @@ class GossipRound:
             raise LocalProtocolError(
                 f"mixing row must be non-negative and sum to 1, sums to {total:.12g}"
             )
+        if robust not in ROBUST_RULES:
+            raise LocalProtocolError(f"gossip mixing must be one of {ROBUST_RULES}, not {robust!r}")
+        self.robust = robust
+        self.byzantine_neighbours = byzantine_neighbours
         self.round = round
         self.vector = vector
         self.weights = dict(weights)
@@ -172,6 +179,11 @@ class GossipRound:
                 f"peer {sender} sent {values.size} words, expected {self.vector.size}",
                 sender,
             )
+        if self.robust != "off" and not np.all(np.isfinite(values)):
+            # Clipping bounds a far vector's pull, not a NaN's: refuse it outright.
+            raise RemoteProtocolError(
+                ReasonCode.NON_FINITE, f"peer {sender} sent a non-finite gossip vector", sender
+            )
         self.heard[sender] = values
         if not self.missing:
             self._fire(GossipEvent.ALL_HEARD)
@@ -179,9 +191,20 @@ class GossipRound:
         return False
 
     def mix(self) -> npt.NDArray[Any]:
-        """The mixed vector; missing neighbours' weight goes to the self weight."""
+        """The mixed vector; missing neighbours' weight goes to the self weight.
+
+        With ``robust = "clipped-gossip"`` every heard neighbour's difference from our vector
+        is clipped to the adaptive radius for ``byzantine_neighbours`` Byzantine neighbours
+        (``robust_mix``).
+        """
         if self.state is GossipState.WAITING:
             self._fire(GossipEvent.DEADLINE)
+        if self.robust == "clipped-gossip" and self.heard:
+            names = sorted(self.heard)
+            others = np.stack([self.heard[j] for j in names])
+            weights = np.array([self.weights[j] for j in names])
+            mixed = robust_mix(self.vector, others, weights, self.byzantine_neighbours)
+            return mixed.astype(self.vector.dtype)
         own = self.self_weight + sum(self.weights[j] for j in self.missing)
         out = own * self.vector.astype(np.float64)
         for j, values in self.heard.items():

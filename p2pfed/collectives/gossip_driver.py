@@ -38,6 +38,7 @@ from p2pfed.collectives.gossip import (
     push_pull_delta,
 )
 from p2pfed.collectives.messages import GossipValue, WordType
+from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.errors import (
     BrokenError,
     ClosedError,
@@ -57,16 +58,31 @@ _MAX_AHEAD = 4
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
-    """Slice size, the synchronous round deadline and the per-read timeout, in seconds."""
+    """Slice size, the synchronous round deadline and the per-read timeout, in seconds.
+
+    ``robust`` is the mixing rule of synchronous rounds: ``off`` (plain gossip) or
+    ``clipped-gossip`` (``collectives.robust``: self-centred clipping, its radius allowing
+    for ``byzantine_neighbours`` Byzantine in-neighbours).
+    """
 
     chunk_bytes: int = 256 * 1024
     deadline: float = 5.0
     timeout: float = 5.0
     max_words: int = 1 << 28
+    robust: str = "off"
+    byzantine_neighbours: int = 1
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 8 or self.deadline <= 0 or self.timeout <= 0:
             raise LocalProtocolError("gossip needs chunk_bytes ≥ 8 and positive timeouts")
+        if self.robust not in ROBUST_RULES:
+            raise LocalProtocolError(
+                f"gossip mixing must be one of {ROBUST_RULES}, not {self.robust!r}"
+            )
+        if self.byzantine_neighbours < 0:
+            raise LocalProtocolError(
+                f"gossip's Byzantine neighbours must be ≥ 0, got {self.byzantine_neighbours}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +234,10 @@ class GossipService:
     async def sync_round(self, t: int, vector: npt.NDArray[Any]) -> GossipOutcome:
         """Mix ``vector`` with the in-neighbours of round ``t`` heard before the deadline."""
         weights, self_weight, targets = mixing_row_and_targets(self.topology, t, self.index)
-        mixing = GossipRound(vector, t, peer_weights(self.peers, weights), self_weight)
+        row = peer_weights(self.peers, weights)
+        mixing = GossipRound(
+            vector, t, row, self_weight, self.config.robust, self.config.byzantine_neighbours
+        )
         self.floor = max(self.floor, t)
         for old in [r for r in self._boxes if r < t]:
             del self._boxes[old]

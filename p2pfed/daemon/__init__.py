@@ -26,8 +26,9 @@ from p2pfed.daemon.prepare import (
     parse_listen,
     prepare,
 )
-from p2pfed.daemon.reporter import STATUS_FILE, RoundReporter, open_governance, read_status
+from p2pfed.daemon.reporter import RoundReporter, open_governance
 from p2pfed.daemon.serve import run_until_signalled, serve
+from p2pfed.governance.status_file import STATUS_FILE, read_status
 
 __all__ = [
     "AUDIT_FILE",

@@ -133,7 +133,11 @@ def cohort_of(prepared: Prepared) -> Cohort | None:
         roster,
         sorted(members),
         keys,
-        session_id(roster.consortium_id, roster.version),
+        session_id(
+            roster.consortium_id,
+            roster.version,
+            prepared.protocol.digest() if prepared.protocol else "",
+        ),
         Ed25519CohortSigner(prepared.identity.seed, keys),
     )
 
@@ -220,7 +224,12 @@ def build_gossip(
         cohort.session,
         cohort.peers,
         topology,
-        config=GossipConfig(deadline=stage_timeout, timeout=stage_timeout),
+        config=GossipConfig(
+            deadline=stage_timeout,
+            timeout=stage_timeout,
+            robust=config.rounds.robust,
+            byzantine_neighbours=config.rounds.byzantine_neighbours,
+        ),
     )
 
 

@@ -1,7 +1,8 @@
 """Start-up checks: everything that can fail on bad input, before the node goes on the network.
 
 Theory of operation: ``prepare`` checks the config, the identity key (permissions), the
-roster (signatures, expiry, rollback, membership), the listen address, the secure-
+roster (signatures, expiry, rollback, membership), the study protocol (signed by the
+roster's admins, matching the config: ``daemon.study``), the listen address, the secure-
 aggregation floors, the privacy ledger (integrity, anchoring, budget, whether the rounds
 still to run fit) and the data (loading, schema and validation report), so a bad
 installation stops with one clear sentence and the audit log never records a start that
@@ -18,15 +19,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 import topologies
 from p2pfed.collectives.secure_gossip import check_groups
 from p2pfed.config import Config
+from p2pfed.daemon.study import apply_study, load_study
 from p2pfed.errors import BudgetExceededError, ConfigError, DataError
 from p2pfed.governance import ledger_anchors
-from p2pfed.identity import Identity, Role, RosterGate
+from p2pfed.identity import Identity, Role, RosterGate, StudyProtocol
 from p2pfed.lifecycle import load_audit_salt
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import PrivacyLedger, noise_multiplier_for
@@ -38,7 +42,6 @@ from p2pfed.training.validation import Schema, Thresholds, ValidationReport, val
 log = logging.getLogger("p2pfed.daemon")
 
 AUDIT_FILE = "audit.jsonl"
-MODELS_DIR = "models"
 VALIDATION_FILE = "validation.json"
 
 
@@ -57,6 +60,8 @@ class Prepared:
     audit_salt: bytes = b""
     sigma: float = 0.0
     """The noise multiplier the node will use (planned once: the search can take seconds)."""
+    protocol: StudyProtocol | None = None
+    """The verified study protocol (``[study] protocol``); its hash names the session."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -100,6 +105,22 @@ def load_data(config: Config) -> Dataset:
     return load_table(config.path(d.path), d.label_column, list(d.feature_columns) or None)
 
 
+def normalisation(
+    train: Dataset, center: tuple[float, ...] = (), scale: tuple[float, ...] = ()
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The per-feature centre and scale ``standardise`` applies (also written on export)."""
+    if center:
+        if len(center) != train.n_features:
+            raise ConfigError(
+                f"[schema] center has {len(center)} entries for {train.n_features} features"
+            )
+        return np.array(center, dtype=np.float32), np.array(scale, dtype=np.float32)
+    mean = np.nanmean(train.x, axis=0)
+    std = np.nanstd(train.x, axis=0)
+    std[~(std > 1e-8)] = 1.0
+    return mean, std
+
+
 def standardise(
     train: Dataset, test: Dataset, center: tuple[float, ...] = (), scale: tuple[float, ...] = ()
 ) -> tuple[Dataset, Dataset]:
@@ -108,16 +129,7 @@ def standardise(
     Agreed constants give every member the same input space; local statistics (no data
     leaves the node either way) differ between sites when their populations differ.
     """
-    if center:
-        if len(center) != train.n_features:
-            raise ConfigError(
-                f"[schema] center has {len(center)} entries for {train.n_features} features"
-            )
-        mean, std = np.array(center, dtype=np.float32), np.array(scale, dtype=np.float32)
-    else:
-        mean = np.nanmean(train.x, axis=0)
-        std = np.nanstd(train.x, axis=0)
-        std[~(std > 1e-8)] = 1.0
+    mean, std = normalisation(train, center, scale)
 
     def rescale(d: Dataset) -> Dataset:
         return Dataset(((d.x - mean) / std).astype(np.float32), d.y, d.feature_names, d.name)
@@ -158,6 +170,9 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
             f"this node ({identity.peer_id}) is not a member of roster version "
             f"{gate.roster.version}; ask the consortium admins to add it"
         )
+    protocol = load_study(config, gate.roster)
+    if protocol is not None:
+        config = apply_study(config, protocol)
     check_port_free(*parse_listen(config.network.listen))
     check_membership(config, [m.peer_id for m in gate.roster.members if m.role is Role.MEMBER])
     anchors, sigma = check_ledger(config, state_dir)
@@ -165,7 +180,9 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     salt = load_audit_salt(config, state_dir / AUDIT_FILE)
     if sigma is None:
         sigma = noise_multiplier(config)
-    return Prepared(config, identity, gate, train, test, report, state_dir, anchors, salt, sigma)
+    return Prepared(
+        config, identity, gate, train, test, report, state_dir, anchors, salt, sigma, protocol
+    )
 
 
 def check_membership(config: Config, members: Sequence[str]) -> None:

@@ -12,23 +12,22 @@ a change must be visible at once.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2pfed.daemon.prepare import AUDIT_FILE, MODELS_DIR, Prepared
-from p2pfed.durable import atomic_write, write_json
-from p2pfed.errors import BudgetExceededError, DataError, IntegrityError
+from p2pfed.daemon.prepare import AUDIT_FILE, Prepared
+from p2pfed.durable import atomic_write
+from p2pfed.errors import BudgetExceededError, DataError, IntegrityError, ReasonCode
 from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
 from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
 from p2pfed.governance.metrics import NodeMetrics
-from p2pfed.governance.models import ModelRegistry, tensors_from_flat
+from p2pfed.governance.models import MODELS_DIR, ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
+from p2pfed.governance.status_file import write_status
 from p2pfed.identity import Identity, RosterError
 from p2pfed.lifecycle import expiry_guard, roster_expired
 from p2pfed.node import Peer, RoundReport, weights_digest
@@ -45,26 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("p2pfed.daemon")
 
-STATUS_FILE = "status.json"
 WAIT_LOG_INTERVAL_S = 30.0
 """A member that keeps waiting for the same reason logs it at most this often."""
-
-
-def write_status(state_dir: Path, status: dict[str, Any]) -> None:
-    """Atomically replace ``status.json`` (read by ``p2pfed status`` and the demo)."""
-    status = {**status, "updated": time.time(), "pid": os.getpid()}
-    write_json(state_dir / STATUS_FILE, status, indent=None)  # one line, as it always was
-
-
-def read_status(state_dir: Path) -> dict[str, Any] | None:
-    """The last status a daemon wrote, or None."""
-    try:
-        loaded: dict[str, Any] = json.loads((state_dir / STATUS_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{state_dir / STATUS_FILE} is unreadable ({exc})") from None
-    return loaded
 
 
 def open_audit_log(path: Path, identity: Identity, salt: bytes) -> AuditLog:
@@ -157,6 +138,7 @@ class RoundReporter:
     def refused(self, refusal: SyncRefusal) -> None:
         """Model sync refused a member's model: audited naming the sender by salted hash."""
         self.recorder.refuse_model(refusal.round, refusal.peer, refusal.reason, refusal.detail)
+        self._member_error(refusal.peer, f"round {refusal.round}: model refused ({refusal.detail})")
 
     def waiting(self, wait: Waiting, now: float | None = None) -> None:
         """This member cannot progress: why, since when and for whom, in status and the log.
@@ -189,12 +171,54 @@ class RoundReporter:
     def running(self, peer: Peer, transport: Libp2pTransport, roster_version: int) -> None:
         """A cohort's peer starts its rounds (resumed from the checkpoint's round)."""
         self._peer, self._transport, self._roster_version = peer, transport, roster_version
+        metrics = self.recorder.metrics
+        if metrics is not None:  # streams refused for their rate, in the exclusions counter
+            transport.limiter.on_refuse = lambda _peer, _protocol: metrics.excluded(
+                ReasonCode.RATE_LIMITED
+            )
         self.status |= {
             "state": "running",
             "listen": list(transport.listen_addrs),
             "completed_round": peer.model_round,  # resumed from the checkpoint
         }
+        if self._ledger is not None:
+            self.status |= {
+                "epsilon": self._ledger.spent_epsilon(),
+                "epsilon_budget": self._ledger.budget_epsilon,
+                "delta": self._ledger.delta,
+            }
+        versions = self.recorder.registry.versions()
+        if versions:  # a restarted node shows the model it holds before its next round
+            self.status.setdefault("model_version", versions[-1].version)
+        self._update_members(None)
         self.write()
+
+    def _update_members(self, report: RoundReport | None) -> None:
+        """Per member: connected now, the last round it was in, its last error (status)."""
+        transport = self._transport
+        connected = set(transport.connected_peers()) if transport is not None else set()
+        own = self._prepared.identity.peer_id
+        current = {m.name for m in self._prepared.gate.roster.members if m.peer_id != own}
+        rows: dict[str, Any] = {  # members a newer roster removed are no longer shown
+            name: row for name, row in self.status.get("members", {}).items() if name in current
+        }
+        self.status["members"] = rows
+        for m in self._prepared.gate.roster.members:
+            if m.peer_id == own:
+                continue
+            row = rows.setdefault(m.name, {"last_round": None, "last_error": None})
+            row["connected"] = m.peer_id in connected
+            if report is not None and m.peer_id in report.cohort:
+                row["last_round"] = report.round
+        for e in report.exclusions if report is not None else ():
+            self._member_error(e.peer, f"round {e.round}: excluded, {e.reason} ({e.detail})")
+
+    def _member_error(self, peer_id: str, error: str) -> None:
+        rows: dict[str, Any] = self.status.setdefault("members", {})
+        for m in self._prepared.gate.roster.members:
+            if m.peer_id == peer_id:
+                rows.setdefault(m.name, {"last_round": None, "connected": False})
+                rows[m.name]["last_error"] = error
 
     def on_report(self, report: RoundReport) -> None:
         """One round ended: audit, registry, drift, metrics, ``status.json`` and a log line."""
@@ -231,9 +255,11 @@ class RoundReporter:
             epsilon=report.epsilon,
             bytes_sent=peer.bytes_sent,
             connected_peers=len(transport.connected_peers()),
+            refused_streams=transport.limiter.refused_total,
             model_digest=report.model_digest,
             test_accuracy=report.test_accuracy,
         )
+        self._update_members(report)
         self.write()
         log.info(
             "round %d %s: accuracy %.3f, eps %s, %d contributors",

@@ -6,7 +6,8 @@ the one it installed before, never anyone else's) with either a plain formatter 
 ``level``, ``logger``, ``msg`` and every ``extra=`` field the caller passed, so a log
 shipper can index ``round`` or ``peer`` without parsing text. Loggers that do not
 propagate to the root (py-libp2p's ``libp2p`` logger writes straight to stderr) can be
-captured too, so the JSON stream is not interleaved with stray text lines.
+captured too, and ``warnings.warn`` is routed through logging while the handler is installed,
+so the JSON stream is not interleaved with stray text lines.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def setup_logging(
     remove_logging()
     root.addHandler(handler)
     root.setLevel(level)
+    # warnings.warn() writes plain text to stderr; as records they take the same format.
+    logging.captureWarnings(True)
     for name in capture:
         logger = logging.getLogger(name)
         if not logger.propagate:
@@ -81,6 +84,7 @@ def setup_logging(
 
 def remove_logging() -> None:
     """Remove the handler ``setup_logging`` installed and give captured loggers theirs back."""
+    logging.captureWarnings(False)
     for logger in [logging.getLogger(), *_all_loggers()]:
         for handler in list(logger.handlers):
             if getattr(handler, _MARK, False):

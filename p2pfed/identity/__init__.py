@@ -3,7 +3,8 @@
 ``keys`` holds identities, key files and libp2p peer IDs (computed without importing
 libp2p); ``roster`` holds the consortium roster document and its m-of-n admin signatures,
 ``roster_fields`` its checked fields, ``roster_trust`` the acceptance rules, the state file
-that stops rollbacks and the live ``RosterGate``; ``expiry`` warns ahead of the expiry.
+that stops rollbacks and the live ``RosterGate``; ``expiry`` warns ahead of the expiry;
+``protocol`` holds the study protocol the admins signed.
 See docs/deployment.md for the operator's view.
 """
 
@@ -16,6 +17,7 @@ from p2pfed.identity.keys import (
     public_key_from_peer_id,
     verify_signature,
 )
+from p2pfed.identity.protocol import Feature, StudyProtocol, check_protocol
 from p2pfed.identity.roster import Roster
 from p2pfed.identity.roster_fields import (
     Member,
@@ -39,6 +41,7 @@ __all__ = [
     "SEED_SIZE",
     "SIGNATURE_SIZE",
     "AcceptedRoster",
+    "Feature",
     "Identity",
     "Member",
     "Role",
@@ -48,6 +51,8 @@ __all__ = [
     "RosterProblem",
     "RosterSignature",
     "RosterStore",
+    "StudyProtocol",
+    "check_protocol",
     "check_roster",
     "format_time",
     "load_roster",

@@ -19,19 +19,15 @@ refusal, and one sentence naming what was wrong.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from p2pfed.canonical import canonical_json
-from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError
-from p2pfed.identity.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Signer, verify_signature
+from p2pfed.identity.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Signer
 from p2pfed.identity.roster_fields import (
     Member,
     RosterSignature,
@@ -40,10 +36,10 @@ from p2pfed.identity.roster_fields import (
     format_time,
     hex_bytes,
     json_int,
-    json_object,
     malformed,
     parse_time,
 )
+from p2pfed.identity.signed import Signed, parse_signed, read_signed
 
 ROSTER_FORMAT = "p2pfed-roster/1"
 SIGNING_DOMAIN = b"p2pfed roster signature v1\x00"
@@ -51,8 +47,10 @@ MAX_ROSTER_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
-class Roster:
+class Roster(Signed):
     """A consortium's membership at one version, with the admin signatures it carries."""
+
+    DOMAIN: ClassVar[bytes] = SIGNING_DOMAIN
 
     consortium_id: str
     version: int
@@ -117,58 +115,22 @@ class Roster:
             "members": [m.to_dict() for m in self.members],
         }
 
-    def canonical_body(self) -> bytes:
-        """The body as canonical JSON: sorted keys, no whitespace, ASCII only."""
-        return canonical_json(self.body())
-
-    def signing_message(self) -> bytes:
-        """The exact bytes admins sign (domain-separated canonical body)."""
-        return SIGNING_DOMAIN + self.canonical_body()
-
-    def digest(self) -> str:
-        """SHA-256 (hex) of the canonical body; identifies this version's content."""
-        return hashlib.sha256(self.canonical_body()).hexdigest()
-
-    def to_json(self) -> str:
-        """The whole document (body and signatures), indented for people to read."""
-        document = {"body": self.body(), "signatures": [s.to_dict() for s in self.signatures]}
-        return json.dumps(document, indent=2, sort_keys=True) + "\n"
-
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "roster") -> Roster:
         """Parse a roster document; ``RosterError(MALFORMED)`` names the first problem."""
-        if len(text) > MAX_ROSTER_BYTES:
-            raise malformed(f"{source} is larger than {MAX_ROSTER_BYTES} bytes")
-        try:
-            document = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise malformed(f"{source} is not valid JSON: {exc}") from None
-        top = json_object(document, source, {"body", "signatures"})
-        body = json_object(
-            top["body"],
-            f"{source} body",
+        body, signatures = parse_signed(
+            text,
+            MAX_ROSTER_BYTES,
+            source,
             {"format", "consortium_id", "version", "expires_at", "admins", "threshold", "members"},
+            ROSTER_FORMAT,
         )
-        if body["format"] != ROSTER_FORMAT:
-            raise malformed(f"{source} has format {body['format']!r}; expected {ROSTER_FORMAT}")
         admins = body["admins"]
         if not isinstance(admins, list):
             raise malformed(f"{source}: admins must be a list of hex public keys")
         members = body["members"]
         if not isinstance(members, list):
             raise malformed(f"{source}: members must be a list")
-        signatures = top["signatures"]
-        if not isinstance(signatures, list):
-            raise malformed(f"{source}: signatures must be a list")
-        parsed_sigs = []
-        for i, entry in enumerate(signatures):
-            sig = json_object(entry, f"{source} signature {i + 1}", {"public_key", "signature"})
-            parsed_sigs.append(
-                RosterSignature(
-                    hex_bytes(sig["public_key"], PUBLIC_KEY_SIZE, f"signature {i + 1} key"),
-                    hex_bytes(sig["signature"], SIGNATURE_SIZE, f"signature {i + 1}"),
-                )
-            )
         return cls(
             consortium_id=check_name(body["consortium_id"], "consortium id"),
             version=json_int(body["version"], "version"),
@@ -180,25 +142,15 @@ class Roster:
                 hex_bytes(k, PUBLIC_KEY_SIZE, f"admin key {i + 1}") for i, k in enumerate(admins)
             ),
             threshold=json_int(body["threshold"], "threshold"),
-            signatures=tuple(parsed_sigs),
+            signatures=signatures,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Roster:
         """Read and parse a roster file (no signature or freshness check: see ``RosterStore``)."""
         path = Path(path)
-        try:
-            with path.open("rb") as f:
-                data = f.read(MAX_ROSTER_BYTES + 1)
-        except FileNotFoundError:
-            raise ConfigError(f"roster file {path} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read roster file {path}: {exc.strerror}") from None
+        data = read_signed(path, MAX_ROSTER_BYTES, "roster file")
         return cls.from_json(data, f"roster file {path}")
-
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
-        """Write the document atomically (temp file, fsync, rename), mode 0644."""
-        atomic_write(Path(path), self.to_json().encode(), 0o644, overwrite=overwrite)
 
     # --- editing: every change is a new, unsigned version ---------------------------------
 
@@ -229,13 +181,7 @@ class Roster:
 
         Raises ``ConfigError`` if that key already signed this version.
         """
-        if any(s.public_key == identity.public_key for s in self.signatures):
-            raise ConfigError(
-                f"key {identity.public_key.hex()[:16]}… already signed roster version "
-                f"{self.version}"
-            )
-        sig = RosterSignature(identity.public_key, identity.sign(self.signing_message()))
-        return dataclasses.replace(self, signatures=(*self.signatures, sig))
+        return self.sign(identity, f"roster version {self.version}")
 
     # --- queries --------------------------------------------------------------------------
 
@@ -253,23 +199,3 @@ class Roster:
     def is_expired(self, now: datetime) -> bool:
         """Whether the roster is past its expiry at ``now`` (an aware datetime)."""
         return check_aware(now, "now") >= self.expires_at
-
-    def valid_signers(self, keys: Iterable[bytes]) -> set[bytes]:
-        """The distinct keys among ``keys`` with a valid signature on this version."""
-        allowed = set(keys)
-        message = self.signing_message()
-        return {
-            s.public_key
-            for s in self.signatures
-            if s.public_key in allowed and verify_signature(s.public_key, message, s.signature)
-        }
-
-    def bad_signers(self, keys: Iterable[bytes]) -> set[bytes]:
-        """Keys among ``keys`` that signed *something*, but not this version's body."""
-        allowed = set(keys)
-        message = self.signing_message()
-        return {
-            s.public_key
-            for s in self.signatures
-            if s.public_key in allowed and not verify_signature(s.public_key, message, s.signature)
-        } - self.valid_signers(allowed)

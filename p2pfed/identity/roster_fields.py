@@ -19,7 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from p2pfed.errors import ConfigError
-from p2pfed.identity.keys import PUBLIC_KEY_SIZE, peer_id_from_public_key
+from p2pfed.identity.keys import (
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Signer,
+    peer_id_from_public_key,
+    verify_signature,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HOST = re.compile(
@@ -259,3 +265,53 @@ class RosterSignature:
     def to_dict(self) -> dict[str, str]:
         """The signature's JSON object."""
         return {"public_key": self.public_key.hex(), "signature": self.signature.hex()}
+
+
+def signature_of(
+    identity: Signer, message: bytes, signatures: Iterable[RosterSignature], what: str
+) -> RosterSignature:
+    """``identity``'s signature over ``message``; ``ConfigError`` if it already signed ``what``."""
+    if any(s.public_key == identity.public_key for s in signatures):
+        raise ConfigError(f"key {identity.public_key.hex()[:16]}… already signed {what}")
+    return RosterSignature(identity.public_key, identity.sign(message))
+
+
+def valid_signers(
+    signatures: Iterable[RosterSignature], message: bytes, keys: Iterable[bytes]
+) -> set[bytes]:
+    """The distinct keys among ``keys`` with a valid signature over ``message``."""
+    allowed = set(keys)
+    return {
+        s.public_key
+        for s in signatures
+        if s.public_key in allowed and verify_signature(s.public_key, message, s.signature)
+    }
+
+
+def bad_signers(
+    signatures: Iterable[RosterSignature], message: bytes, keys: Iterable[bytes]
+) -> set[bytes]:
+    """Keys among ``keys`` that signed *something*, but not ``message``."""
+    signatures = tuple(signatures)
+    allowed = set(keys)
+    return {
+        s.public_key
+        for s in signatures
+        if s.public_key in allowed and not verify_signature(s.public_key, message, s.signature)
+    } - valid_signers(signatures, message, allowed)
+
+
+def parse_signatures(value: object, source: str) -> tuple[RosterSignature, ...]:
+    """The ``signatures`` list of a signed document's JSON."""
+    if not isinstance(value, list):
+        raise malformed(f"{source}: signatures must be a list")
+    parsed = []
+    for i, entry in enumerate(value):
+        sig = json_object(entry, f"{source} signature {i + 1}", {"public_key", "signature"})
+        parsed.append(
+            RosterSignature(
+                hex_bytes(sig["public_key"], PUBLIC_KEY_SIZE, f"signature {i + 1} key"),
+                hex_bytes(sig["signature"], SIGNATURE_SIZE, f"signature {i + 1}"),
+            )
+        )
+    return tuple(parsed)

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from p2pfed.durable import write_json
 from p2pfed.errors import IntegrityError
@@ -80,22 +81,36 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _check_signed(roster: Roster, admins: tuple[bytes, ...], threshold: int, whose: str) -> None:
-    valid = len(roster.valid_signers(admins))
+class SignedDocument(Protocol):
+    """A document admins sign m-of-n: the roster, the study protocol."""
+
+    def valid_signers(self, keys: Iterable[bytes]) -> set[bytes]: ...
+
+    def bad_signers(self, keys: Iterable[bytes]) -> set[bytes]: ...
+
+
+def check_signed(
+    document: SignedDocument, admins: tuple[bytes, ...], threshold: int, whose: str, what: str
+) -> None:
+    """Raise ``RosterError`` unless ``threshold`` of ``admins`` validly signed ``document``.
+
+    ``whose`` names the admins ("its own", "the roster's"), ``what`` the document.
+    """
+    valid = len(document.valid_signers(admins))
     if valid >= threshold:
         # Enough distinct valid signatures: a stray invalid one does not count, as an
         # unknown signer does not.
         return
-    bad = roster.bad_signers(admins)
+    bad = document.bad_signers(admins)
     if bad:
         raise RosterError(
             RosterProblem.TAMPERED,
-            f"roster version {roster.version} was changed after it was signed: the signature "
+            f"{what} was changed after it was signed: the signature "
             f"of {whose} admin {sorted(bad)[0].hex()[:16]}… does not match its content",
         )
     raise RosterError(
         RosterProblem.UNDER_SIGNED,
-        f"roster version {roster.version} carries {_count(valid, 'valid signature')} of "
+        f"{what} carries {_count(valid, 'valid signature')} of "
         f"{whose} admins; {threshold} of {len(admins)} are required",
     )
 
@@ -106,7 +121,9 @@ def check_roster(roster: Roster, *, now: datetime, accepted: AcceptedRoster | No
     See the module docstring for the rules, checked in that order.
     """
     check_aware(now, "now")
-    _check_signed(roster, roster.admins, roster.threshold, "its own")
+    check_signed(
+        roster, roster.admins, roster.threshold, "its own", f"roster version {roster.version}"
+    )
     if accepted is not None:
         if roster.consortium_id != accepted.consortium_id:
             raise RosterError(
@@ -127,7 +144,13 @@ def check_roster(roster: Roster, *, now: datetime, accepted: AcceptedRoster | No
                 f"accepted before; a changed roster needs a new version",
             )
         if roster.version > accepted.version:
-            _check_signed(roster, accepted.admins, accepted.threshold, "the previous")
+            check_signed(
+                roster,
+                accepted.admins,
+                accepted.threshold,
+                "the previous",
+                f"roster version {roster.version}",
+            )
     if roster.is_expired(now):
         raise RosterError(
             RosterProblem.EXPIRED,

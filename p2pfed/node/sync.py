@@ -155,6 +155,16 @@ class ModelSync:
         self.timeout = timeout
         transport.serve(MODEL_SYNC_PROTOCOL, self._handle)
 
+    def _check_session(self, session: str, peer: str) -> None:
+        # A member of another consortium or study protocol (its session differs) must neither
+        # serve us a model nor be served ours, even with a certificate its own cohort signed.
+        if session != self.consortium:
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_CONSORTIUM,
+                f"model sync for session {session!r}, not ours ({self.consortium!r})",
+                peer,
+            )
+
     def _frame(self, round_: int, payload: bytes) -> Frame:
         return Frame(
             FrameType.CONTROL,
@@ -167,6 +177,7 @@ class ModelSync:
 
     async def _handle(self, stream: Stream) -> None:
         request = await read_one_frame(stream, timeout=self.timeout)
+        self._check_session(request.consortium, stream.remote_peer)
         if request.payload not in (STATUS, MODEL):
             raise RemoteProtocolError(
                 ReasonCode.PROTOCOL_VIOLATION,
@@ -215,6 +226,7 @@ class ModelSync:
                 raise RemoteProtocolError(
                     ReasonCode.PROTOCOL_VIOLATION, f"{peer} answered with {reply.type.name}", peer
                 )
+            self._check_session(reply.consortium, peer)
             status = ModelStatus.decode(reply.payload, peer)
             extra = reply.payload[_STATUS.size :]
             certificate = CommitCertificate.decode(extra, peer) if extra else None

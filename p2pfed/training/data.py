@@ -160,7 +160,8 @@ def _features(
     features = wanted or [n for n in names if n != label]
     missing = [c for c in features if c not in names]
     if missing:
-        raise DataError(f"{where}: no feature column {missing[0]!r}{place}")
+        # One sentence per missing column, so an operator fixes them all in one go.
+        raise DataError("; ".join(f"{where}: no feature column {c!r}{place}" for c in missing))
     return features
 
 
@@ -229,6 +230,31 @@ def load_table(
     if Path(path).suffix.lower() in (".parquet", ".pq"):
         return load_parquet(path, label_column, feature_columns)
     return load_csv(path, label_column, feature_columns)
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV's header row or a Parquet file's schema."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such data file") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such data file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from None
+    if header is None:
+        raise DataError(f"{path}: the file is empty (a header row is needed)")
+    return [h.strip() for h in header]
 
 
 def stratified_indices(

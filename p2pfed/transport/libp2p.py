@@ -6,7 +6,7 @@ security protocol (``/noise``) and one muxer (``/yamux/1.0.0``). py-libp2p's def
 public key is accepted as that member; offering Noise alone closes that door, because the
 Noise XX handshake proves possession of the identity key behind the peer ID.
 
-Admission happens at two places:
+Admission happens at two places, and the rate limit right after the second:
 
 1. ``GatedNoise`` (``libp2p_gate``) subclasses py-libp2p's Noise transport and asks the
    ``PeerGate`` about the authenticated remote peer right after the handshake, in both
@@ -16,6 +16,9 @@ Admission happens at two places:
    handler runs, or ``REFUSE`` and the stream ends. ``open_stream`` waits for that byte, so a
    refusal surfaces to the dialer as ``RemoteProtocolError(UNKNOWN_PEER)`` instead of a later,
    unexplained reset — the same contract as ``MemoryTransport``.
+3. Then the ``limiter`` (``ratelimit.StreamLimiter``) takes a token of the peer's bucket for
+   that protocol; a stream over the rate gets ``THROTTLED`` and ends before anything of it is
+   read, and the dialer sees ``BrokenError`` (``open_with_backoff`` retries later).
 
 Concurrency: the transport is an async context manager that owns a nursery. Inbound stream
 handlers run in that nursery (libp2p's per-stream task only waits for them, so libp2p's
@@ -69,14 +72,16 @@ from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
 from p2pfed.transport.libp2p_compat import allow_redial, tame_swarm, use_large_yamux_frames
 from p2pfed.transport.libp2p_gate import GatedNoise, gate_allows
 from p2pfed.transport.libp2p_inbound import PendingHandshakes
-from p2pfed.transport.libp2p_logging import route_libp2p_logging
+from p2pfed.transport.libp2p_logging import DialNotices, roster_names, route_libp2p_logging
 from p2pfed.transport.libp2p_stream import Libp2pStream
+from p2pfed.transport.ratelimit import StreamLimiter
 
 log = logging.getLogger(__name__)
 
 SEED_BYTES = 32
 ACCEPT = b"\x01"
 REFUSE = b"\x00"
+THROTTLED = b"\x02"
 """The admission byte a server writes first on every inbound stream."""
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -97,6 +102,8 @@ class Libp2pTransport(Transport):
 
     ``seed`` is the 32-byte Ed25519 seed of the peer's identity (the peer ID derives from it).
     ``peer_addrs`` says where other peers listen; update it with ``set_peer_addrs``.
+    ``limiter`` rates inbound streams per peer and protocol (default: ``DEFAULT_LIMITS`` on
+    trio's clock); it stays reachable as ``limiter`` for its counters and ``on_refuse`` hook.
     Use as ``async with Libp2pTransport(...) as transport:``; ``listen_addrs`` then holds the
     bound addresses (port 0 picks a free port).
     """
@@ -113,6 +120,7 @@ class Libp2pTransport(Transport):
         admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         pending_per_source: int = DEFAULT_PENDING_PER_SOURCE,
+        limiter: StreamLimiter | None = None,
     ) -> None:
         if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise ConfigError(f"identity seed must be {SEED_BYTES} bytes, got {_describe(seed)}")
@@ -132,9 +140,11 @@ class Libp2pTransport(Transport):
         if pending_per_source < 1:
             raise ConfigError(f"pending_per_source must be at least 1, got {pending_per_source}")
         self.pending = PendingHandshakes(handshake_timeout, pending_per_source)
+        self.limiter = StreamLimiter(clock=trio.current_time) if limiter is None else limiter
         self._key_pair = create_new_key_pair(bytes(seed))
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
         self._gate = gate
+        self.dial_notices = DialNotices(roster_names(gate))
         family = "ip4" if ip.version == 4 else "ip6"
         self._listen = multiaddr.Multiaddr(f"/{family}/{ip}/tcp/{port}")
         self._peer_addrs: dict[str, tuple[multiaddr.Multiaddr, ...]] = {}
@@ -296,11 +306,10 @@ class Libp2pTransport(Transport):
             return
         if not gate_allows(self._gate, remote):
             log.warning("refused a %s stream from peer %s: no longer admitted", protocol, remote)
-            try:
-                await net_stream.write(REFUSE)
-            except Exception as exc:
-                log.debug("telling %s it was refused failed: %s", remote, exc)
-            await stream.aclose()
+            await _answer_and_close(net_stream, stream, REFUSE)
+            return
+        if not self.limiter.admit(remote, protocol):
+            await _answer_and_close(net_stream, stream, THROTTLED)
             return
         done = trio.Event()
         self._nursery.start_soon(self._run_handler, handler, stream, done)
@@ -368,6 +377,8 @@ class Libp2pTransport(Transport):
                 f"peer {peer} refused our stream: we are not admitted",
                 peer,
             )
+        if verdict == THROTTLED:
+            raise BrokenError(f"peer {peer} refused our {protocol} stream: over its rate")
         raise BrokenError(f"peer {peer} closed our {protocol} stream before admitting it")
 
     async def _ensure_connected(self, peer: str, peer_id: ID) -> None:
@@ -387,6 +398,7 @@ class Libp2pTransport(Transport):
                 with trio.fail_after(self._connect_timeout):
                     await self._host.connect(PeerInfo(peer_id, list(addrs)))
             except trio.TooSlowError as exc:
+                self.dial_notices.failed(peer, addrs, TimeoutError("timed out"))
                 raise BrokenError(f"connecting to peer {peer} timed out") from exc
             except Exception as exc:
                 if peer in self._noise.authenticated:
@@ -396,7 +408,9 @@ class Libp2pTransport(Transport):
                         "it does not admit us",
                         peer,
                     ) from exc
+                self.dial_notices.failed(peer, addrs, exc)  # libp2p's own lines are dropped
                 raise BrokenError(f"peer {peer} is unreachable: {exc!r}") from exc
+            self.dial_notices.connected(peer)
 
     async def disconnect(self, peer: str) -> None:
         """Close every connection to ``peer`` (for example after it left the roster)."""
@@ -413,6 +427,15 @@ class Libp2pTransport(Transport):
             await self.disconnect(peer)
         await trio.lowlevel.checkpoint()
         return dropped
+
+
+async def _answer_and_close(net_stream: INetStream, stream: Libp2pStream, verdict: bytes) -> None:
+    """Tell the dialer why its stream ends here, then end it (nothing of it was read)."""
+    try:
+        await net_stream.write(verdict)
+    except Exception as exc:
+        log.debug("telling %s its stream was refused failed: %s", stream.remote_peer, exc)
+    await stream.aclose()
 
 
 def _parse_peer_id(peer: str) -> ID:

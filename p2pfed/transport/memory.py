@@ -6,6 +6,10 @@ slow reader applies back-pressure as a real socket would) and starts the server'
 the server transport's nursery. Admission runs the same gate on both ends as the libp2p
 transport does. Faults are injectable: ``crash(peer)`` breaks every stream of that peer and
 makes it unreachable, as a killed process would; ``cut(a, b)`` breaks one link.
+
+Each transport's ``limiter`` (``ratelimit.StreamLimiter``) admits inbound streams per peer and
+protocol before the handler starts, as the libp2p transport does; a stream over the limit is
+refused to the dialer with ``BrokenError`` (``open_with_backoff`` then retries later).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import trio
 
 from p2pfed.errors import BrokenError, ClosedError, ReasonCode, RemoteProtocolError
 from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
+from p2pfed.transport.ratelimit import StreamLimiter
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +110,18 @@ class MemoryNetwork:
         self._cut: set[frozenset[str]] = set()
 
     @asynccontextmanager
-    async def open(self, peer: str, gate: PeerGate = _allow_all) -> AsyncIterator[MemoryTransport]:
-        """Attach a transport for ``peer``; it is closed on exit."""
+    async def open(
+        self, peer: str, gate: PeerGate = _allow_all, limiter: StreamLimiter | None = None
+    ) -> AsyncIterator[MemoryTransport]:
+        """Attach a transport for ``peer``; it is closed on exit.
+
+        ``limiter`` admits inbound streams (default: ``DEFAULT_LIMITS`` on trio's clock).
+        """
         if peer in self._peers:
             raise ValueError(f"peer {peer} is already attached to this network")
         try:
             async with trio.open_nursery() as nursery:
-                transport = MemoryTransport(self, peer, gate, nursery)
+                transport = MemoryTransport(self, peer, gate, nursery, limiter)
                 self._peers[peer] = transport
                 try:
                     yield transport
@@ -154,8 +164,14 @@ class MemoryTransport(Transport):
     """A peer's endpoint on a ``MemoryNetwork``; create it with ``MemoryNetwork.open``."""
 
     def __init__(
-        self, network: MemoryNetwork, peer: str, gate: PeerGate, nursery: trio.Nursery
+        self,
+        network: MemoryNetwork,
+        peer: str,
+        gate: PeerGate,
+        nursery: trio.Nursery,
+        limiter: StreamLimiter | None = None,
     ) -> None:
+        self.limiter = StreamLimiter(clock=trio.current_time) if limiter is None else limiter
         self._network = network
         self._peer = peer
         self._gate = gate
@@ -191,6 +207,9 @@ class MemoryTransport(Transport):
         handler = self._handlers.get(protocol)
         if handler is None:
             raise BrokenError(f"peer {self._peer} does not serve protocol {protocol}")
+        if not self.limiter.admit(dialer, protocol):
+            # Refused before any pipe or task exists: a flood costs the victim a dict lookup.
+            raise BrokenError(f"peer {self._peer} refused our {protocol} stream: over its rate")
         a_to_b, b_to_a = _Pipe(), _Pipe()
         client = MemoryStream(self._peer, a_to_b, b_to_a)
         server = MemoryStream(dialer, b_to_a, a_to_b)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2pfed.output import print_json
+
+if TYPE_CHECKING:
+    from p2pfed.governance.models import ModelCard
 
 NAME = "model"
 HELP = "List, inspect and export the aggregated model of each round, with its lineage."
@@ -19,9 +22,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = add_group(parser)
 
     def registry_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--registry", default="models", help="model registry folder (default: ./models)"
-        )
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--config", help="the node's config.toml: its state folder's models")
+        where.add_argument("--registry", help="model registry folder (default: ./models)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
     lst = sub.add_parser("list", help="One line per stored model version.")
@@ -33,10 +36,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     registry_arg(show)
     show.set_defaults(func=_show)
 
-    exp = sub.add_parser("export", help="Write a version as a torch or safetensors file.")
+    exp = sub.add_parser(
+        "export",
+        help="Write a version's weights and a manifest with its architecture, feature order, "
+        "normalisation, rounds, ε/δ and lineage (with --config), for `load_model`.",
+    )
     exp.add_argument("version", help="'latest', a round number, or a model-hash prefix")
     exp.add_argument("--out", required=True, help="file to write (its manifest goes next to it)")
-    exp.add_argument("--format", choices=["torch", "safetensors"], default="torch")
+    # safetensors is offered only where the optional package is installed.
+    exp.add_argument("--format", choices=_formats(), default="torch")
     registry_arg(exp)
     exp.set_defaults(func=_export)
 
@@ -49,13 +57,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     chk.set_defaults(func=_check)
 
 
+def _formats() -> list[str]:
+    import importlib.util
+
+    return ["torch"] + (["safetensors"] if importlib.util.find_spec("safetensors") else [])
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _registry_folder(args: argparse.Namespace) -> str:
+    """``--registry``, else the models folder in ``--config``'s state folder, else ./models."""
+    if args.config is None:
+        return str(args.registry or "models")
+    from p2pfed.governance.models import MODELS_DIR
+    from p2pfed.governance.status_file import node_state
+
+    return str(node_state(args.config)[1] / MODELS_DIR)
 
 
 def _list(args: argparse.Namespace) -> int:
     from p2pfed.governance.models import ModelRegistry
 
+    args.registry = _registry_folder(args)
     versions = ModelRegistry.open_existing(args.registry).versions()
     if args.json:
         print_json([m.to_dict() for m in versions])
@@ -88,7 +113,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from p2pfed.governance.models import ModelManifest, ModelRegistry
 
-    registry = ModelRegistry.open_existing(args.registry)
+    registry = ModelRegistry.open_existing(_registry_folder(args))
     manifest = registry.resolve(args.version)
     chain = registry.lineage(manifest.model_hash)
     hashes = [c.model_hash if isinstance(c, ModelManifest) else c for c in chain]
@@ -115,10 +140,45 @@ def _show(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from p2pfed.governance.models import ModelRegistry
 
-    registry = ModelRegistry.open_existing(args.registry)
-    out, manifest = registry.export(args.version, args.out, args.format)
+    registry = ModelRegistry.open_existing(_registry_folder(args))
+    card = None if args.config is None else _card(args.config)
+    out, manifest = registry.export(args.version, args.out, args.format, card)
     print(f"wrote {out} ({args.format}) and {manifest}")
+    if card is None:
+        print("no --config: the manifest has no architecture or preprocessing for load_model")
     return 0
+
+
+def _card(config_path: str) -> ModelCard:
+    """The node's architecture, feature order and normalisation, as the daemon derives them."""
+    import numpy as np
+
+    from p2pfed.config import load_config
+    from p2pfed.daemon.prepare import load_data, normalisation
+    from p2pfed.governance.models import ModelCard
+    from p2pfed.training.data import train_test_split
+
+    config = load_config(config_path)
+    data = load_data(config)
+    # The daemon's own split (seeded by [model] seed): local statistics are of these rows.
+    train, _ = train_test_split(
+        data, config.data.test_fraction, np.random.default_rng(config.model.seed)
+    )
+    center, scale = normalisation(train, config.schema.center, config.schema.scale)
+    labels = config.schema.labels
+    return ModelCard(
+        kind=config.model.kind,
+        hidden=config.model.hidden,
+        seed=config.model.seed,
+        n_classes=max(len(labels), int(train.y.max()) + 1),  # as daemon.build.class_count
+        features=data.feature_names,
+        labels=labels,
+        center=tuple(float(c) for c in center),
+        scale=tuple(float(v) for v in scale),
+        normalisation="agreed" if config.schema.center else "local",
+        configured_rounds=config.rounds.rounds,
+        privacy_mode=config.privacy.mode,
+    )
 
 
 def _check(args: argparse.Namespace) -> int:

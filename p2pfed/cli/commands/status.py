@@ -1,13 +1,18 @@
-"""``p2pfed status --config FILE``: what a daemon is doing, from its state folder."""
+"""``p2pfed status --config FILE``: what a daemon is doing, from its state folder.
+
+Quick on purpose (a health check calls it): it reads ``status.json`` through
+``p2pfed.governance.status_file`` and imports neither torch nor libp2p.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from p2pfed.output import print_json
 
 NAME = "status"
-HELP = "Show a node's round, connected peers, privacy spent and last model hash."
+HELP = "Show a node's state, members, rounds, privacy spent and model version."
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -18,54 +23,49 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read status.json and the ledger (read-only) and print them; check the pid is alive."""
+    """Read status.json, check the daemon's pid is alive, and print them."""
     import time
 
-    from p2pfed.config import load_config
-    from p2pfed.daemon import read_status
-    from p2pfed.lifecycle import process_alive
+    from p2pfed.governance.status_file import node_state, read_status, with_liveness
 
-    config = load_config(args.config)
-    status = read_status(config.path(config.node.state_dir))
-    if status is None:
-        print(f"{config.node.name}: no status yet (the daemon has not started here)")
+    name, state_dir = node_state(args.config)
+    raw = read_status(state_dir)
+    if raw is None:
+        print(f"{name}: no status yet (the daemon has not started here)")
         return 1
-    ledger_path = config.path(config.privacy.ledger)
-    if config.privacy.mode != "off" and ledger_path.exists():
-        from p2pfed.privacy import PrivacyLedger
-
-        p = config.privacy
-        ledger = PrivacyLedger(
-            ledger_path, p.epsilon_budget, p.delta, config.accountant, read_only=True
-        )
-        status |= {
-            "epsilon": ledger.spent_epsilon(),
-            "epsilon_budget": p.epsilon_budget,
-            "delta": p.delta,
-            "releases": len(ledger.records),
-        }
-    status["age_s"] = round(time.time() - float(status.get("updated", 0)), 1)
-    # The file outlives its writer: a killed daemon leaves "running" behind.
-    status["running"] = process_alive(status.get("pid"))
-    shown = str(status.get("state"))
-    if not status["running"]:
-        shown = (
-            f"not running (last recorded: {shown}; the daemon ended without recording a stop)"
-            if shown in ("starting", "running")
-            else f"{shown}, not running"
-        )
+    status = with_liveness(raw, time.time())
     if args.json:
         print_json(status)
         return 0
+    rows = _rows(status)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    members = _members(status)
+    if members:
+        print("members")
+        width = max(len(k) for k, _ in members)
+        for key, value in members:
+            print(f"  {key:<{width}}  {value}")
+    return 0
+
+
+def _rows(status: dict[str, Any]) -> list[tuple[str, str]]:
+    pid = status.get("pid", "—")
     rows = [
         ("node", f"{status.get('name')} ({status.get('peer_id')})"),
-        ("state", f"{shown} (updated {status['age_s']} s ago)"),
+        ("state", f"{status['shown_state']} (updated {status['age_s']} s ago)"),
+        ("daemon pid", f"{pid} ({'alive' if status['running'] else 'not running'})"),
         ("rounds done", f"{int(status.get('completed_round', -1)) + 1} of {status.get('rounds')}"),
         ("connected peers", str(status.get("connected_peers", 0))),
         ("test accuracy", _fmt(status.get("test_accuracy"))),
-        ("ε spent", _fmt(status.get("epsilon")) + f" of {status.get('epsilon_budget', '—')}"),
+        (
+            "ε spent",
+            _fmt(status.get("epsilon"))
+            + f" of {status.get('epsilon_budget', '—')}, left {_fmt(status.get('epsilon_left'))}",
+        ),
         ("bytes sent", str(status.get("bytes_sent", 0))),
-        ("last model", str(status.get("model_digest", "—"))[:16]),
+        ("model version", str(status.get("model_version", "—"))),
         (
             "roster",
             f"version {status.get('roster_version', '—')}, expires "
@@ -75,10 +75,21 @@ def run(args: argparse.Namespace) -> int:
     ]
     if status.get("error"):
         rows.append(("stopped because", str(status["error"])))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
-    return 0
+    return rows
+
+
+def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """Per member: connected now, the last round it was in, its last error."""
+    members = status.get("members")
+    rows = []
+    for member, row in sorted(members.items() if isinstance(members, dict) else []):
+        seen = row.get("last_round")
+        line = "connected" if row.get("connected") else "not connected"
+        line += f", last round {'—' if seen is None else seen}"
+        if row.get("last_error"):
+            line += f", last error: {row['last_error']}"
+        rows.append((str(member), line))
+    return rows
 
 
 def _fmt(value: object) -> str:

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from p2pfed.durable import atomic_write, fsync_dir, write_json
 from p2pfed.errors import ConfigError, IntegrityError, LocalError
+from p2pfed.governance.models.card import ModelCard
 from p2pfed.governance.models.format import (
     ModelManifest,
     Tensors,
@@ -34,6 +35,9 @@ from p2pfed.governance.models.format import (
     tensor_infos,
 )
 from p2pfed.governance.models.portable import EXPORT_FORMATS, save_portable
+
+MODELS_DIR = "models"
+"""A node's registry: this folder inside its ``[node] state_dir``."""
 
 
 class ModelRegistry:
@@ -47,7 +51,9 @@ class ModelRegistry:
     def open_existing(cls, root: str | os.PathLike[str]) -> ModelRegistry:
         """A registry that must already exist (for read-only commands)."""
         if not Path(root).is_dir():
-            raise ConfigError(f"model registry {root} does not exist (pass --registry DIR)")
+            raise ConfigError(
+                f"model registry {root} does not exist (pass --config FILE or --registry DIR)"
+            )
         return cls(root)
 
     def add(
@@ -171,9 +177,18 @@ class ModelRegistry:
         return chain
 
     def export(
-        self, version: str, out: str | os.PathLike[str], fmt: str = "torch"
+        self,
+        version: str,
+        out: str | os.PathLike[str],
+        fmt: str = "torch",
+        card: ModelCard | None = None,
     ) -> tuple[Path, Path]:
-        """Write the version as a ``fmt`` file plus ``<out>.manifest.json``; returns both paths."""
+        """Write the version as a ``fmt`` file plus ``<out>.manifest.json``; returns both paths.
+
+        The exported manifest's ``export`` block adds the lineage (hashes, newest first), the
+        round's ε and δ and, given a ``card``, the architecture and preprocessing that
+        ``load_model`` needs.
+        """
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"export format {fmt!r} is not one of {EXPORT_FORMATS}")
         out = Path(out)
@@ -181,7 +196,17 @@ class ModelRegistry:
             raise ConfigError(f"cannot export to {out}: folder {out.parent} does not exist")
         manifest, tensors = self.load(version)
         save_portable(tensors, out, fmt, manifest.model_hash)
-        exported = dataclasses.replace(manifest, export={"format": fmt, "file": out.name})
+        lineage = [
+            c.model_hash if isinstance(c, ModelManifest) else c for c in self.lineage(version)
+        ]
+        block: dict[str, Any] = {
+            "format": fmt,
+            "file": out.name,
+            "round": manifest.round,
+            "privacy": {"epsilon": manifest.dp.get("epsilon"), "delta": manifest.dp.get("delta")},
+            "lineage": lineage,
+        }
+        exported = dataclasses.replace(manifest, export=block | (card.to_dict() if card else {}))
         manifest_path = manifest_path_for(out)
         write_json(manifest_path, exported.to_dict())
         certificate = self._folder(manifest) / "certificate.json"
