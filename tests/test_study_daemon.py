@@ -20,7 +20,8 @@ from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.config import load_config
 from p2pfed.daemon import prepare
-from p2pfed.daemon.build import cohort_of
+from p2pfed.daemon.build import build_peer, build_trainer, cohort_of, model_sync_session
+from p2pfed.daemon.reporter import RoundReporter, open_governance
 from p2pfed.demo import CONSORTIUM, DemoSettings, build_consortium
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.identity import Identity, RosterError, RosterProblem, StudyProtocol
@@ -180,6 +181,8 @@ def test_the_session_every_round_message_carries_names_the_protocol(site: Path) 
     assert cohort.session == session_id(CONSORTIUM, 1, prepared.protocol.digest())
     assert prepared.protocol.digest()[:16] in cohort.session
     assert cohort.session != session_id(CONSORTIUM, 1)
+    # Model sync too: a member of another protocol can neither serve nor fetch a model.
+    assert model_sync_session(prepared) == f"{CONSORTIUM}~{prepared.protocol.digest()[:16]}"
 
 
 async def test_a_peer_on_another_protocol_is_refused_and_named_never_mixed_in() -> None:
@@ -274,3 +277,16 @@ def test_data_keys_the_config_sets_must_match_and_a_builtin_set_cannot_follow(
     site.write_text(text.replace('path = "patients.csv"', 'builtin = "breast_cancer"'))
     with pytest.raises(ConfigError, match=r"\[data\] builtin cannot follow a study protocol"):
         prepare(load_config(site))
+
+
+async def test_the_daemons_model_sync_runs_in_the_protocols_session(site: Path) -> None:
+    prepared = prepare(load_config(site))
+    cohort = cohort_of(prepared)
+    assert cohort is not None
+    trainer = build_trainer(prepared)
+    recorder = open_governance(prepared, cohort.roster.consortium_id, 2)
+    reporter = RoundReporter(prepared, {"state": "starting"}, recorder, None, trainer.layout)
+    with recorder.audit:
+        async with MemoryNetwork().open(prepared.identity.peer_id) as transport:
+            peer = build_peer(prepared, transport, cohort, trainer, None, reporter)  # type: ignore[arg-type]
+            assert peer.sync.consortium == model_sync_session(prepared) != CONSORTIUM

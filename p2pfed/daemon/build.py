@@ -38,6 +38,7 @@ from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.training.models import build_model
 from p2pfed.training.trainer import DPSGD, LocalTrainer
+from p2pfed.wire.frames import DEFAULT_LIMITS
 
 if TYPE_CHECKING:
     from p2pfed.transport.libp2p import Libp2pTransport
@@ -140,6 +141,19 @@ def cohort_of(prepared: Prepared) -> Cohort | None:
         ),
         Ed25519CohortSigner(prepared.identity.seed, keys),
     )
+
+
+def model_sync_session(prepared: Prepared) -> str:
+    """Model sync's session: the consortium, and the study protocol's hash when there is one.
+
+    Not the roster version: members on either side of a roster renewal still see each
+    other's status (a certificate binds its roster version anyway).
+    """
+    consortium = prepared.gate.roster.consortium_id
+    if prepared.protocol is None:
+        return consortium
+    suffix = f"~{prepared.protocol.digest()[:16]}"
+    return consortium[: DEFAULT_LIMITS.max_consortium_len - len(suffix)] + suffix
 
 
 def build_aggregator(
@@ -286,4 +300,5 @@ def build_peer(
         on_refusal=reporter.refused,
         guard=reporter.expiry_guard(),
         on_wait=reporter.waiting,
+        sync_session=model_sync_session(prepared),
     )

@@ -101,6 +101,7 @@ class Peer:
         guard: Callable[[], None] | None = None,
         on_wait: Callable[[Waiting], None] | None = None,
         rng: random.Random | None = None,
+        sync_session: str = "",
     ) -> None:
         """``signer``/``roster_version``/``certificate_floor``: commit certificates (above).
 
@@ -108,7 +109,7 @@ class Peer:
         ``guard`` runs before each round and before each release, and raises to stop the
         rounds (the daemon's raises once the roster has expired, so no further ε is spent).
         ``on_wait`` hears why this peer cannot progress (too few members, a missed round);
-        ``rng`` jitters the retry backoff.
+        ``rng`` jitters the retry backoff. ``sync_session``: model sync's id (``consortium``).
         """
         self.transport = transport
         self.consortium = consortium
@@ -144,7 +145,7 @@ class Peer:
         # hand others one more sum per round (enough to solve for every update).
         self.sync = ModelSync(
             transport,
-            consortium,
+            sync_session or consortium,
             self._current,
             self.weights.size,
             serve_models=aggregator.exact or not aggregator.secure,
