@@ -20,12 +20,12 @@ from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.config import load_config
 from p2pfed.daemon import prepare
-from p2pfed.daemon.build import build_peer, build_trainer, cohort_of, model_sync_session
+from p2pfed.daemon.build import build_peer, build_trainer, cohort_of
 from p2pfed.daemon.reporter import RoundReporter, open_governance
 from p2pfed.demo import CONSORTIUM, DemoSettings, build_consortium
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.identity import Identity, RosterError, RosterProblem, StudyProtocol
-from p2pfed.node.roster_sync import session_id
+from p2pfed.node.roster_sync import session_id, sync_session_id
 from p2pfed.transport.memory import MemoryNetwork
 
 
@@ -182,7 +182,9 @@ def test_the_session_every_round_message_carries_names_the_protocol(site: Path) 
     assert prepared.protocol.digest()[:16] in cohort.session
     assert cohort.session != session_id(CONSORTIUM, 1)
     # Model sync too: a member of another protocol can neither serve nor fetch a model.
-    assert model_sync_session(prepared) == f"{CONSORTIUM}~{prepared.protocol.digest()[:16]}"
+    assert sync_session_id(CONSORTIUM, prepared.protocol.digest()) == (
+        f"{CONSORTIUM}~{prepared.protocol.digest()[:16]}"
+    )
 
 
 async def test_a_peer_on_another_protocol_is_refused_and_named_never_mixed_in() -> None:
@@ -289,4 +291,6 @@ async def test_the_daemons_model_sync_runs_in_the_protocols_session(site: Path) 
     with recorder.audit:
         async with MemoryNetwork().open(prepared.identity.peer_id) as transport:
             peer = build_peer(prepared, transport, cohort, trainer, None, reporter)  # type: ignore[arg-type]
-            assert peer.sync.consortium == model_sync_session(prepared) != CONSORTIUM
+            assert prepared.protocol is not None
+            expected = sync_session_id(CONSORTIUM, prepared.protocol.digest())
+            assert peer.sync.consortium == expected != CONSORTIUM

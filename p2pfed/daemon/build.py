@@ -31,14 +31,13 @@ from p2pfed.errors import ConfigError
 from p2pfed.identity import Member, Role, Roster
 from p2pfed.node import GossipAggregator, Peer, RingAggregator, SecureRingAggregator
 from p2pfed.node.aggregators import Aggregator
-from p2pfed.node.roster_sync import session_id
+from p2pfed.node.roster_sync import session_id, sync_session_id
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.training.models import build_model
 from p2pfed.training.trainer import DPSGD, LocalTrainer
-from p2pfed.wire.frames import DEFAULT_LIMITS
 
 if TYPE_CHECKING:
     from p2pfed.transport.libp2p import Libp2pTransport
@@ -123,6 +122,11 @@ class Cohort:
     signer: Ed25519CohortSigner
 
 
+def protocol_hash(prepared: Prepared) -> str:
+    """The verified study protocol's hash, or "" for a node without one."""
+    return prepared.protocol.digest() if prepared.protocol else ""
+
+
 def cohort_of(prepared: Prepared) -> Cohort | None:
     """The cohort of the roster in force; None when this node is no longer a member."""
     roster = prepared.gate.roster
@@ -137,23 +141,10 @@ def cohort_of(prepared: Prepared) -> Cohort | None:
         session_id(
             roster.consortium_id,
             roster.version,
-            prepared.protocol.digest() if prepared.protocol else "",
+            protocol_hash(prepared),
         ),
         Ed25519CohortSigner(prepared.identity.seed, keys),
     )
-
-
-def model_sync_session(prepared: Prepared) -> str:
-    """Model sync's session: the consortium, and the study protocol's hash when there is one.
-
-    Not the roster version: members on either side of a roster renewal still see each
-    other's status (a certificate binds its roster version anyway).
-    """
-    consortium = prepared.gate.roster.consortium_id
-    if prepared.protocol is None:
-        return consortium
-    suffix = f"~{prepared.protocol.digest()[:16]}"
-    return consortium[: DEFAULT_LIMITS.max_consortium_len - len(suffix)] + suffix
 
 
 def build_aggregator(
@@ -300,5 +291,5 @@ def build_peer(
         on_refusal=reporter.refused,
         guard=reporter.expiry_guard(),
         on_wait=reporter.waiting,
-        sync_session=model_sync_session(prepared),
+        sync_session=sync_session_id(cohort.roster.consortium_id, protocol_hash(prepared)),
     )

@@ -173,6 +173,18 @@ def session_id(consortium: str, version: int, protocol: str = "", limit: int = 6
     return consortium[: limit - len(suffix)] + suffix
 
 
+def sync_session_id(consortium: str, protocol: str = "", limit: int = 64) -> str:
+    """Model sync's session: ``consortium``, with a study protocol's hash when there is one.
+
+    Not the roster version: members on either side of a roster renewal still see each
+    other's status (a commit certificate binds its roster version anyway).
+    """
+    if not protocol:
+        return consortium[:limit]
+    tag = "~" + protocol[:16]
+    return consortium[: limit - len(tag)] + tag
+
+
 class Admission(Protocol):
     """What a transport offers to enforce a roster change (``Libp2pTransport`` does)."""
 
