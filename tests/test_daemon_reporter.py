@@ -10,49 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p2pfed.config import load_config
-from p2pfed.daemon import RoundReporter, open_governance, prepare, read_status
-from p2pfed.demo import DemoSettings, build_consortium
+from p2pfed.daemon import RoundReporter, read_status
 from p2pfed.node import RoundReport
 from p2pfed.training import ParameterLayout
 from p2pfed.transport.ratelimit import Limit, StreamLimiter
-
-
-@dataclasses.dataclass
-class FakePeer:
-    """What the reporter reads of a peer."""
-
-    weights: np.ndarray
-    model_round: int = -1
-    bytes_sent: int = 0
-    epsilon: float | None = None
-
-
-@dataclasses.dataclass
-class FakeTransport:
-    """What the reporter reads of the transport."""
-
-    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/4001",)
-    limiter: StreamLimiter = dataclasses.field(
-        default_factory=lambda: StreamLimiter({"/x": Limit(rate=1.0, burst=1)}, clock=lambda: 0.0)
-    )
-
-    def connected_peers(self) -> list[str]:
-        return ["a", "b"]
+from tests.reporter_fakes import FakePeer, FakeTransport, demo_member
 
 
 def test_a_committed_and_a_missed_round_are_reported_everywhere(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=2))
-    prepared = prepare(load_config(c.hospitals[0].config))
+    _, prepared, recorder = demo_member(tmp_path)
     roster = prepared.gate.roster
-    recorder = open_governance(prepared, roster.consortium_id, 2)
     layout = ParameterLayout(("w", "b"), ((2, 3), (2,)))
     status: dict[str, object] = {"state": "starting"}
     reporter = RoundReporter(prepared, status, recorder, None, layout)
     peer = FakePeer(np.zeros(layout.size, np.float32))
-    transport = FakeTransport()
+    transport = FakeTransport(
+        limiter=StreamLimiter({"/x": Limit(rate=1.0, burst=1)}, clock=lambda: 0.0)
+    )
     reporter.running(peer, transport, roster.version)  # type: ignore[arg-type]
     assert read_status(prepared.state_dir)["state"] == "running"
     # A member over its stream rate: refusals reach the metrics and status.json.

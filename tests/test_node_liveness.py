@@ -11,13 +11,12 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pfed.config import load_config
-from p2pfed.daemon import RoundReporter, open_governance, prepare, read_status
-from p2pfed.demo import DemoSettings, build_consortium
+from p2pfed.daemon import RoundReporter, read_status
 from p2pfed.errors import ConfigError
 from p2pfed.node import Peer
 from p2pfed.node.liveness import Backoff, Waiting
 from p2pfed.training import ParameterLayout
+from tests.reporter_fakes import demo_member
 from tests.test_node import Consortium
 
 
@@ -109,10 +108,8 @@ def test_backoff_refuses_a_cap_below_its_base() -> None:
 def test_waiting_is_in_status_and_logged_once_per_interval(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=2))
-    prepared = prepare(load_config(c.hospitals[0].config))
+    _, prepared, recorder = demo_member(tmp_path)
     roster = prepared.gate.roster
-    recorder = open_governance(prepared, roster.consortium_id, 2)
     layout = ParameterLayout(("w",), ((2,),))
     status: dict[str, object] = {"state": "running"}
     reporter = RoundReporter(prepared, status, recorder, None, layout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -14,14 +13,12 @@ import pytest
 
 from p2pfed.cli import main
 from p2pfed.collectives.faults import Exclusion
-from p2pfed.config import load_config
-from p2pfed.daemon import RoundReporter, open_governance, prepare, read_status
-from p2pfed.demo import DemoSettings, build_consortium
+from p2pfed.daemon import RoundReporter, read_status
 from p2pfed.errors import ReasonCode
 from p2pfed.governance.status_file import write_status
 from p2pfed.node import RoundReport
 from p2pfed.training import ParameterLayout
-from p2pfed.transport.ratelimit import StreamLimiter
+from tests.reporter_fakes import FakePeer, FakeTransport, demo_member
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,38 +91,18 @@ def test_a_node_that_never_started_says_so(
     )
 
 
-@dataclasses.dataclass
-class _Peer:
-    weights: np.ndarray
-    model_round: int = 0
-    bytes_sent: int = 0
-    epsilon: float | None = None
-
-
-@dataclasses.dataclass
-class _Transport:
-    connected: tuple[str, ...]
-    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/4001",)
-    limiter: StreamLimiter = dataclasses.field(default_factory=StreamLimiter)
-
-    def connected_peers(self) -> list[str]:
-        return list(self.connected)
-
-
 def test_status_shows_each_member_connected_its_last_round_and_last_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=2))
-    prepared = prepare(load_config(c.hospitals[0].config))
+    c, prepared, recorder = demo_member(tmp_path)
     roster = prepared.gate.roster
     names = {m.peer_id: m.name for m in roster.members}
     me = prepared.identity.peer_id
     b, d = sorted(p for p in names if p != me)
     layout = ParameterLayout(("w",), ((3,),))
-    recorder = open_governance(prepared, roster.consortium_id, 2)
     reporter = RoundReporter(prepared, {"state": "starting"}, recorder, None, layout)
-    peer = _Peer(np.zeros(3, np.float32))
-    reporter.running(peer, _Transport((b,)), roster.version)  # type: ignore[arg-type]
+    peer = FakePeer(np.zeros(3, np.float32), model_round=0)
+    reporter.running(peer, FakeTransport((b,)), roster.version)  # type: ignore[arg-type]
     report = RoundReport(
         round=0,
         committed=True,
@@ -159,5 +136,5 @@ def test_status_shows_each_member_connected_its_last_round_and_last_error(
 
     # Restarted, the node shows the model it holds before its next round.
     again = RoundReporter(prepared, {"state": "starting"}, recorder, None, layout)
-    again.running(peer, _Transport(()), roster.version)  # type: ignore[arg-type]
+    again.running(peer, FakeTransport(()), roster.version)  # type: ignore[arg-type]
     assert (read_status(prepared.state_dir) or {})["model_version"] == version
