@@ -25,10 +25,12 @@ def wait_for(predicate, what: str, timeout: float = 120) -> None:
 def test_three_daemons_one_killed_the_two_never_unmask_a_sum_of_two(tmp_path: Path) -> None:
     """Two survivors of three abort every round before any reveal, then resume with three."""
     c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=6))
-    for h in c.hospitals:  # short stage deadlines and retry slots keep the test quick
+    for h in c.hospitals:
+        # Shorter stage deadlines (6 s) keep the floor aborts quick; shorter still and a
+        # loaded machine misses the key exchange itself (seen once in CI at 3 s).
         text = h.config.read_text()
         assert "round_timeout_s = 60.0" in text
-        h.config.write_text(text.replace("round_timeout_s = 60.0", "round_timeout_s = 12.0"))
+        h.config.write_text(text.replace("round_timeout_s = 60.0", "round_timeout_s = 24.0"))
     victim, survivors = c.hospitals[0], c.hospitals[1:]
 
     def logs(h) -> str:
