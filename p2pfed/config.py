@@ -69,6 +69,21 @@ class RoundsSection:
     robust: str = "off"
     #: Byzantine in-neighbours the clipping radius allows for (δ_i = their heaviest weights).
     byzantine_neighbours: int = 1
+    #: Stage deadlines follow the measured round cost between these (0: the defaults below).
+    stage_timeout_min_s: float = 0.0
+    stage_timeout_max_s: float = 0.0
+    #: The link rate assumed until the first round has been measured.
+    link_mbps: float = 100.0
+
+    @property
+    def stage_floor_s(self) -> float:
+        """The shortest stage deadline: set, or min(10 s, round_timeout_s / 4)."""
+        return self.stage_timeout_min_s or min(10.0, self.round_timeout_s / 4)
+
+    @property
+    def stage_ceiling_s(self) -> float:
+        """The longest stage deadline: set (no upper limit of its own), or round_timeout_s."""
+        return self.stage_timeout_max_s or max(self.round_timeout_s, self.stage_floor_s)
 
     def validate(self) -> None:
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
@@ -80,6 +95,14 @@ class RoundsSection:
         check(self.rounds >= 1, "[rounds] rounds", "must be ≥ 1")
         check(self.min_peers >= 2, "[rounds] min_peers", "must be ≥ 2")
         positive(self.round_timeout_s, "[rounds] round_timeout_s")
+        positive(self.link_mbps, "[rounds] link_mbps")
+        for key in ("stage_timeout_min_s", "stage_timeout_max_s"):
+            check(getattr(self, key) >= 0, f"[rounds] {key}", "must be ≥ 0 (0: the default)")
+        check(
+            self.stage_floor_s <= self.stage_ceiling_s,
+            "[rounds] stage_timeout_max_s",
+            f"must be at least the shortest stage deadline, {self.stage_floor_s:g} s",
+        )
 
 
 @dataclass(frozen=True)
@@ -363,7 +386,10 @@ mode = "ring"                  # ring (exact average) or gossip (neighbours in a
 topology = "exponential"       # for gossip: see `p2pfed topology list`
 rounds = 20
 min_peers = 2                  # rounds start only when this many members are reachable
-round_timeout_s = 120.0        # start-up and catch-up wait; stages time out at min(10 s, 1/4 of it)
+round_timeout_s = 120.0        # start-up and catch-up wait, and the longest stage deadline
+# stage_timeout_min_s = 0      # shortest stage deadline (0: min(10 s, round_timeout_s / 4))
+# stage_timeout_max_s = 0      # longest (0: round_timeout_s); deadlines follow the measured
+# link_mbps = 100.0            # ...round cost, from this link rate until one is measured
 robust = "off"                 # clear gossip: "clipped-gossip" bounds a Byzantine neighbour
 byzantine_neighbours = 1       # ...the clipping radius allows for this many per member
 

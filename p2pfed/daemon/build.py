@@ -12,6 +12,7 @@ inputs and returns one object, so a custom peer can reuse any of them.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from p2pfed.errors import ConfigError
 from p2pfed.identity import Member, Role, Roster
 from p2pfed.node import GossipAggregator, Peer, RingAggregator, SecureRingAggregator
 from p2pfed.node.aggregators import Aggregator
+from p2pfed.node.deadlines import DeadlinePolicy, Paced, PacedAggregator
 from p2pfed.node.roster_sync import session_id, sync_session_id
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
@@ -161,13 +163,16 @@ def build_aggregator(
         plan = secagg_plan(config, cohort.peers)
         min_survivors = max(min_survivors, plan.min_survivors)
         min_contributors, threshold = plan.min_contributors, plan.threshold
-    stage_timeout = min(10.0, config.rounds.round_timeout_s / 4)
+    stage_timeout = config.rounds.stage_floor_s
     fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
     if config.rounds.mode == "gossip":
         service = build_gossip(
             prepared, transport, cohort, fixed_point, stage_timeout, min_contributors
         )
-        return GossipAggregator(service, config.secagg.enabled), None
+        gossip = GossipAggregator(service, config.secagg.enabled)
+        if isinstance(service, SecureGossipService):
+            return paced(gossip, service, config, dimension), None
+        return gossip, None
     if not config.secagg.enabled:
         return RingAggregator(
             RingRound(transport, cohort.session, cohort.roster.version, cohort.peers, cohort.signer)
@@ -196,7 +201,20 @@ def build_aggregator(
         noise_multiplier=prepared.sigma,
     )
     aggregator = SecureRingAggregator(secure, encoder, n, min_survivors, np.random.default_rng())
-    return aggregator, discrete
+    return paced(aggregator, secure, config, dimension), discrete
+
+
+def paced(inner: Aggregator, service: Paced, config: Config, dimension: int) -> Aggregator:
+    """``inner`` with stage deadlines derived from each round's measured cost."""
+    rounds = config.rounds
+    policy = DeadlinePolicy(
+        floor_s=rounds.stage_floor_s,
+        ceiling_s=rounds.stage_ceiling_s,
+        assumed_rate=rounds.link_mbps * 1e6 / 8,
+    )
+    # A ring all-reduce sends about twice the update; a word is ceil(bits / 8) bytes.
+    update_bytes = 2 * dimension * -(-config.secagg.bits // 8)
+    return PacedAggregator(inner, service, policy, update_bytes, time.monotonic)
 
 
 def build_gossip(

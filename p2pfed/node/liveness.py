@@ -86,9 +86,11 @@ class PendingRelease:
         update: NDArray[np.float32],
         sample_rate: float,
         steps: int,
+        trained_s: float = 0.0,
     ) -> None:
         self.releaser, self.guard, self.round = releaser, guard, round_
         self.update, self.sample_rate, self.steps = update, sample_rate, steps
+        self.trained_s = trained_s  # local training's wall time (stage deadlines follow it)
         self.released: NDArray[np.float32] | None = None
         self.error: P2PFedError | None = None
 

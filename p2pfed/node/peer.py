@@ -399,8 +399,9 @@ class Peer:
         # Released (ε charged) only once the aggregator has a cohort for it: a round that
         # cannot form one costs nothing, and nothing leaves before the ledger says yes.
         pending = PendingRelease(
-            self.releaser, self.guard, round_, result.update, result.sample_rate, result.steps
-        )
+            self.releaser, self.guard, round_, result.update, result.sample_rate, result.steps,
+            self.clock() - started,
+        )  # fmt: skip
         try:
             outcome = await self.aggregator.aggregate(round_, pending, self.weights)
         except BaseException:
