@@ -65,7 +65,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pfed.errors import BrokenError, ClosedError, ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
@@ -74,6 +73,7 @@ from p2pfed.transport.libp2p_gate import GatedNoise, gate_allows
 from p2pfed.transport.libp2p_inbound import PendingHandshakes
 from p2pfed.transport.libp2p_logging import DialNotices, roster_names, route_libp2p_logging
 from p2pfed.transport.libp2p_stream import Libp2pStream
+from p2pfed.transport.libp2p_yamux import BoundedYamux, use_bounded_yamux
 from p2pfed.transport.ratelimit import StreamLimiter
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class Libp2pTransport(Transport):
             raise ClosedError("a Libp2pTransport can be entered only once")
         route_libp2p_logging()
         use_large_yamux_frames()
+        use_bounded_yamux()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -222,7 +223,7 @@ class Libp2pTransport(Transport):
             host = new_host(
                 key_pair=self._key_pair,
                 sec_opt={NOISE_PROTOCOL_ID: noise},
-                muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): cast(Any, Yamux)},
+                muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): cast(Any, BoundedYamux)},
                 listen_addrs=[self._listen],
                 # One connection per peer skips the ~250 ms happy-eyeballs wait on connect.
                 connection_config=ConnectionConfig(max_connections_per_peer=1),

@@ -1,6 +1,6 @@
 """Every change p2pfed makes to py-libp2p, in one place, checked against what is installed.
 
-Theory of operation: py-libp2p 0.8.1 (with noiseprotocol 0.3.1 under its Noise) needs six
+Theory of operation: py-libp2p 0.8.1 (with noiseprotocol 0.3.1 under its Noise) needs seven
 changes for a long-lived, fast, roster-gated member. Each is named here, applies only through
 the functions below, and reaches into py-libp2p only as far as ``REQUIREMENTS`` lists:
 
@@ -18,6 +18,8 @@ the functions below, and reaches into py-libp2p only as far as ``REQUIREMENTS`` 
   restarts must be reachable at once, so it is taken out before each dial.
 - ``no-dial-retries``: no dial retries with back-off inside py-libp2p; the protocol decides.
 - ``no-auto-connector``: the auto-connector dials peerstore peers on its own; it is stopped.
+- ``bounded-yamux``: the Yamux class py-libp2p builds by name is rebound to ``libp2p_yamux``'s,
+  whose stream buffers a sender ignoring flow control cannot grow past the windows granted.
 
 Importing this module runs ``check_libp2p``: every name a change needs (and the Noise hooks
 ``libp2p_gate.GatedNoise`` overrides, which if renamed would admit everyone) must exist with
@@ -100,6 +102,13 @@ _NOISE = "libp2p.security.noise"
 _SWARM = "libp2p.network.swarm:Swarm"
 REQUIREMENTS = (
     _require("yamux-256k-frames", "libp2p.stream_muxer.yamux.yamux:MAX_MESSAGE_SIZE"),
+    _require("bounded-yamux", "libp2p.stream_muxer.yamux.yamux:MAX_WINDOW_SIZE"),
+    _require("bounded-yamux", "libp2p.stream_muxer.muxer_multistream:Yamux"),
+    _require(
+        "bounded-yamux",
+        "libp2p.stream_muxer.yamux.yamux:Yamux.__init__",
+        "self, secured_conn, peer_id, is_initiator, on_close",
+    ),
     _require(
         "buffered-noise-session",
         "libp2p.security.secure_session:SecureSession.__init__",

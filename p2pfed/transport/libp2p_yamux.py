@@ -1,0 +1,98 @@
+"""Yamux with its receive window enforced: a member that ignores flow control is cut off.
+
+Theory of operation: py-libp2p 0.8.1's Yamux appends every DATA frame to the stream's buffer
+and, when the sender overran the window it was granted, only logs a warning: a member (or a
+stolen member key) that ignores flow control could push 256 MiB into a stream nobody reads
+and grow the victim's memory without bound. ``BoundedYamux`` keeps py-libp2p's Yamux and
+swaps its table of stream buffers for one whose buffers refuse to grow past what an honest
+sender can have in flight: one stream at most its largest receive window plus one frame, one
+connection at most ``CONNECTION_LIMIT`` over all its streams. The frame that would cross a
+bound is dropped (py-libp2p then ends that stream for reading), the connection is closed, and
+one warning names the member; it may dial again, and meets the same bound.
+
+py-libp2p builds its Yamux by name inside ``muxer_multistream`` (whatever class the host's
+``muxer_opt`` names), so ``use_bounded_yamux`` rebinds that name, process-wide, like the other
+changes of ``libp2p_compat``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from libp2p.stream_muxer import muxer_multistream
+from libp2p.stream_muxer.yamux import yamux as yamux_module
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from p2pfed.errors import ReasonCode, RemoteProtocolError
+from p2pfed.transport.libp2p_compat import YAMUX_FRAME_BYTES
+
+log = logging.getLogger(__name__)
+
+STREAM_LIMIT = yamux_module.MAX_WINDOW_SIZE + YAMUX_FRAME_BYTES
+"""The most one stream may hold unread: its largest granted window plus a frame in flight."""
+CONNECTION_LIMIT = 8 * STREAM_LIMIT
+"""The most one connection may hold unread over all its streams (striped transfers use a few
+streams at once, each with its own window)."""
+
+
+class _Buffer(bytearray):
+    """A stream's receive buffer that asks its table before it grows."""
+
+    table: _Buffers
+
+    def extend(self, data: Any) -> None:
+        self.table.admit(self, len(data))
+        super().extend(data)
+
+
+class _Buffers(dict[int, bytearray]):
+    """The muxer's stream buffers, bounded per stream and per connection."""
+
+    def __init__(self, conn: BoundedYamux) -> None:
+        super().__init__()
+        self.conn = conn
+        self.stream_limit = STREAM_LIMIT
+        self.connection_limit = CONNECTION_LIMIT
+
+    def __setitem__(self, stream_id: int, value: bytearray) -> None:
+        buffer = _Buffer(value)
+        buffer.table = self
+        super().__setitem__(stream_id, buffer)
+
+    def admit(self, buffer: bytearray, n: int) -> None:
+        """Refuse (and cut the connection) if ``n`` more bytes would cross a bound."""
+        held = sum(len(b) for b in self.values())
+        if len(buffer) + n <= self.stream_limit and held + n <= self.connection_limit:
+            return
+        peer = str(self.conn.peer_id)
+        self.conn.window_exceeded(
+            f"member {peer} sent {n} bytes beyond its Yamux receive window "
+            f"({len(buffer)} unread on the stream, {held} on the connection): "
+            "it ignores flow control; connection closed"
+        )
+        raise RemoteProtocolError(ReasonCode.OVERSIZED, "Yamux receive window exceeded", peer)
+
+
+class BoundedYamux(Yamux):
+    """py-libp2p's Yamux whose receive buffers cannot outgrow the windows it grants."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_buffers = _Buffers(self)
+        self.violations = 0
+
+    def window_exceeded(self, sentence: str) -> None:
+        """Name the member once, and close its connection from the muxer's own nursery."""
+        self.violations += 1
+        if self.violations > 1:
+            return
+        log.warning("%s", sentence)
+        nursery = self._nursery
+        if nursery is not None:
+            nursery.start_soon(self.close)
+
+
+def use_bounded_yamux() -> None:
+    """Make every Yamux connection py-libp2p opens in this process a ``BoundedYamux``."""
+    setattr(muxer_multistream, "Yamux", BoundedYamux)  # noqa: B010 (a module attribute)

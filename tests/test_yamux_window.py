@@ -1,0 +1,89 @@
+"""A member that ignores Yamux flow control cannot grow another member's memory without bound.
+
+The attacker is an admitted member (its key may be stolen) on real libp2p over 127.0.0.1: it
+opens streams to a protocol whose handler does not read yet and pushes data with flow control
+switched off on its side (its send window set beyond anything granted). What the victim holds
+for it is then read back by the handler: at most the bound, and the member is named.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+from transport_harness import libp2p_group
+
+from p2pfed.errors import P2PFedError
+from p2pfed.transport import libp2p_yamux
+from p2pfed.transport.base import Stream
+
+pytestmark = pytest.mark.network
+
+SINK = "/p2pfed/test/sink/1.0.0"
+MiB = 1 << 20
+
+
+async def flood(streams: list[Stream], each: int) -> None:
+    """Push ``each`` bytes down every stream, ignoring the windows the victim granted."""
+    chunk = bytes(256 * 1024 - 12)
+    for stream in streams:
+        stream._stream.muxed_stream.send_window = 1 << 40  # type: ignore[attr-defined]
+    try:
+        for stream in streams:
+            sent = 0
+            while sent < each:
+                await stream.send_all(chunk)
+                sent += len(chunk)
+            await stream.send_eof()
+    except P2PFedError:
+        pass  # the victim closed the connection: what the protection does
+
+
+async def attack(streams_wanted: int, each: int) -> tuple[list[int], str]:
+    """Run the flood; returns the bytes each victim handler could read, and the attacker's ID."""
+    read: list[int] = []
+    release, drained = trio.Event(), trio.Event()
+
+    async def sink(stream: Stream) -> None:
+        await release.wait()  # nothing is read while the flood runs
+        got = 0
+        try:
+            while data := await stream.receive_some(1 << 20):
+                got += len(data)
+        except P2PFedError:
+            pass
+        read.append(got)
+        if len(read) == streams_wanted:
+            drained.set()
+
+    with trio.fail_after(120):
+        async with libp2p_group(2, "yamux-window") as g:
+            victim, attacker = g.transports
+            victim.serve(SINK, sink)
+            peer = victim.local_peer
+            streams = [await attacker.open_stream(peer, SINK) for _ in range(streams_wanted)]
+            await flood(streams, each)
+            release.set()
+            await drained.wait()  # the handlers have read what the victim kept
+    return read, attacker.local_peer
+
+
+async def test_a_stream_flooded_past_its_window_is_cut_at_the_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="p2pfed.transport.libp2p_yamux")
+    read, attacker = await attack(1, 64 * MiB)
+    assert sum(read) <= libp2p_yamux.STREAM_LIMIT < 64 * MiB
+    named = [r.getMessage() for r in caplog.records if "ignores flow control" in r.getMessage()]
+    assert len(named) == 1 and attacker in named[0]
+
+
+async def test_many_streams_together_are_cut_at_the_connection_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Smaller bounds keep the flood short: six streams of 2 MiB, each within its own bound.
+    monkeypatch.setattr(libp2p_yamux, "STREAM_LIMIT", 3 * MiB)
+    monkeypatch.setattr(libp2p_yamux, "CONNECTION_LIMIT", 4 * MiB)
+    read, _ = await attack(6, 2 * MiB)
+    assert sum(read) <= 4 * MiB < 12 * MiB
