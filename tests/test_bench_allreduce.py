@@ -19,3 +19,12 @@ def test_bad_arguments_fail_with_one_sentence(
     assert main(["bench", "allreduce", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_anchors_run_gloo_and_a_raw_tcp_ring_on_real_processes() -> None:
+    from p2pfed.bench._baseline import gloo_allreduce_s, tcp_ring_bound_s
+
+    # gloo_allreduce_s checks every element of the sum (n) in every process, or raises.
+    gloo = gloo_allreduce_s(2, 1, repeats=1, timeout=120)
+    tcp = tcp_ring_bound_s(2, 1, repeats=1, timeout=120)
+    assert 0 < gloo < 60 and 0 < tcp < 60

@@ -12,7 +12,10 @@ with its own libp2p host on 127.0.0.1. For each vector size M the same processes
    slowest peer's time), with its bytes sent per peer (payload + framing) against the ideal
    2(n−1)/n·M,
 4. with ``--secure``, time a whole secure-aggregation round (key exchange, shares, masking
-   of M bytes of uint32 words, the masked ring, unmasking) against the same bound.
+   of M bytes of uint32 words, the masked ring, unmasking) against the same bound,
+5. run the anchors for the same n and M in fresh processes (``_baseline``): gloo's
+   ``all_reduce`` (``gloo_s``: what users would otherwise run, with neither authentication
+   nor encryption) and the ring's bound on raw TCP (``tcp_bound_s``).
 
 Every timed task starts at one instant shared by all processes (``time.monotonic`` is one
 clock per machine), so the skew of handing tasks to n processes is not timed; a peer's time
@@ -95,9 +98,12 @@ def run(args: argparse.Namespace) -> int:
         with ProcessGroup(n, tag=f"bench-{n}", start_timeout=120) as group:
             for mb in args.mb:
                 ring, bound = _ring_case(group, n, mb, args, rounds)
-                cases.append(ring)
+                found = [ring]
                 if args.secure:
-                    cases.append(_secure_case(group, n, mb, args.repeats, rounds, bound))
+                    found.append(_secure_case(group, n, mb, args.repeats, rounds, bound))
+                _progress(f"n={n} M={mb} MB: gloo all-reduce and raw-TCP ring (anchors)")
+                anchors = _anchors(n, mb, args.repeats)
+                cases += [case | anchors | _over(case, anchors) for case in found]
     print_json(
         {
             "bench": "allreduce",
@@ -183,6 +189,23 @@ def _secure_case(
         secure_best = min(secure_best, max(float(r["time_s"]) for r in results if r))
         secure_bytes = max(int(r["bytes_sent"] or 0) for r in results if r)
     return _case(n, mb, True, secure_best, bound, secure_bytes, ideal)
+
+
+def _anchors(n: int, mb: int, repeats: int) -> dict[str, float]:
+    """The anchors: gloo's all-reduce and the raw-TCP ring bound, same peers and bytes."""
+    from p2pfed.bench._baseline import gloo_allreduce_s, tcp_ring_bound_s
+
+    return {
+        "gloo_s": round(gloo_allreduce_s(n, mb, repeats), 4),
+        "tcp_bound_s": round(tcp_ring_bound_s(n, mb, repeats), 4),
+    }
+
+
+def _over(case: dict[str, Any], anchors: dict[str, float]) -> dict[str, float]:
+    return {
+        "time_over_gloo": round(case["time_s"] / anchors["gloo_s"], 2),
+        "time_over_tcp_bound": round(case["time_s"] / anchors["tcp_bound_s"], 2),
+    }
 
 
 def _case(
