@@ -22,6 +22,7 @@ from p2pfed.training.trainer import TrainingConfig
 
 MODES = ("ring", "gossip")
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
+WEIGHTINGS = ("uniform", "examples")
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,18 @@ class RoundsSection:
     robust: str = "off"
     #: Byzantine in-neighbours the clipping radius allows for (δ_i = their heaviest weights).
     byzantine_neighbours: int = 1
+    #: The exact mean's weights: "uniform" (1 per member) or "examples" (FedAvg: each
+    #: member weighs min(n_k, max_examples) training rows; ring mode, privacy off only).
+    weighting: str = "uniform"
+    max_examples: int = 10_000
 
     def validate(self) -> None:
+        check(
+            self.weighting in WEIGHTINGS,
+            "[rounds] weighting",
+            f"must be one of {WEIGHTINGS}, not {self.weighting!r}",
+        )
+        check(self.max_examples >= 1, "[rounds] max_examples", "must be ≥ 1")
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
         rules = ROBUST_RULES
         check(
@@ -300,6 +311,14 @@ class Config:
                 "[rounds] robust",
                 f"= {self.rounds.robust} needs [rounds] mode = gossip with [secagg] enabled = "
                 "false: clipping needs visible updates",
+            )
+        if self.rounds.weighting == "examples":
+            check(
+                self.rounds.mode == "ring" and self.privacy.mode == "off",
+                "[rounds] weighting",
+                '= "examples" needs [rounds] mode = ring and [privacy] mode = off (the exact '
+                "total of examples in each sum would be released without noise, and a "
+                "weight would scale the noise calibrated for one update)",
             )
         # Distributed noise shares are safe only inside an exact secure sum.
         if self.privacy.mode == "distributed":

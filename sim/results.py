@@ -102,7 +102,7 @@ def theoretical_rho(scenario: Scenario, topology: Any | None, model_size: int) -
     NaN when the graph has more than ``RHO_MAX_N`` nodes (stored as null).
     """
     algo = scenario.algorithm.name
-    if algo in ("fedavg", "fedprox"):
+    if algo in ("fedavg", "fedprox", "scaffold"):
         return 0.0
     if algo == "local" or topology is None:
         return 1.0
