@@ -276,3 +276,15 @@ def test_min_examples_redraws_until_every_site_has_data() -> None:
 def test_bad_algorithm_settings_are_refused(extra: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _scenario(str(extra.pop("algorithm", "fedavg")), **extra)
+
+
+def test_empty_sites_are_reported_in_the_result_and_the_summary() -> None:
+    from sim.results import RunResult
+    from sim.sweep import grid_points, run_point, summary_rows
+
+    scenario = _scenario("fedavg", rounds=1)
+    result = run_point(scenario)
+    assert result.empty_sites == Simulator(scenario).empty_sites >= 1
+    assert RunResult.from_json(result.to_json()).empty_sites == result.empty_sites
+    points = grid_points(scenario, [], 1)
+    assert summary_rows(points, [result])[0]["empty_sites"] == result.empty_sites
