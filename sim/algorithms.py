@@ -165,8 +165,10 @@ def secure_weighted_mean(
 ) -> tuple[torch.Tensor | None, NDArray[np.float64]]:
     """The members' weighted mean computed by p2pfed.secagg's masked-sum protocol.
 
-    Site i sends (v_i x_i, v_i) with v_i = w_i / max w ∈ [0, 1] in one fixed-point vector,
-    so one masked sum gives both Σ v_i x_i and Σ v_i, and the mean is their ratio. The whole
+    With ``examples`` weighting site i sends (v_i x_i, v_i), v_i = w_i / max w ∈ [0, 1], in
+    one fixed-point vector, so one masked sum gives both Σ v_i x_i and Σ v_i, and the mean is
+    their ratio (the daemon's ``p2pfed.node.aggregators`` rule); ``uniform`` sends x_i and
+    divides by the number of contributors. The whole
     protocol runs in process (keys, shares, masks, the masked sum, unmasking). Bytes per
     site are the protocol's encoded messages plus a ring all-reduce of the masked vector,
     2(k-1)/k of its size.
@@ -182,12 +184,15 @@ def secure_weighted_mean(
     point = FixedPoint(clip=spec.clip_range, level_bits=spec.level_bits, ring_bits=spec.bits)
     values = sent.detach().to(torch.float64).numpy()
     names = {i: f"peer-{i:05d}" for i in members_list}
-    inputs = {
-        names[i]: point.encode(np.append(values[i] * w[i] / top, w[i] / top), rng, peers=k)
+    weighted = scenario.algorithm.weighting == "examples"
+    vectors = {
+        i: np.append(values[i] * w[i] / top, w[i] / top) if weighted else values[i]
         for i in members_list
     }
+    inputs = {names[i]: point.encode(vectors[i], rng, peers=k) for i in members_list}
+    dimension = values.shape[1] + (1 if weighted else 0)
     config = SecAggConfig(
-        consortium=scenario.name, round=t, dimension=values.shape[1] + 1, ring_bits=spec.bits
+        consortium=scenario.name, round=t, dimension=dimension, ring_bits=spec.bits
     )
     first = names[members_list[0]]
     run = run_cohort(
@@ -197,7 +202,9 @@ def secure_weighted_mean(
     for i in members_list:
         vector = run.vector_bytes.get(names[i], 0)
         sent_bytes[i] = run.bytes_sent[names[i]] + 2 * (k - 1) / k * vector
-    if total[-1] <= 0.0:
+    if not weighted:
+        return torch.from_numpy(total / len(run.survivors)).to(sent.dtype), sent_bytes
+    if total[-1] <= len(run.survivors) * point.step:  # Σv within rounding of 0: no examples
         return None, sent_bytes
     mean = total[:-1] / total[-1]
     return torch.from_numpy(mean).to(sent.dtype), sent_bytes

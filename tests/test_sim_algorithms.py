@@ -300,3 +300,15 @@ def test_the_shipped_fedavg_scenario_reaches_fedavgs_accuracy() -> None:
     result = run_point(scenario)
     assert result.empty_sites == 64  # the Dirichlet(0.5) split leaves a quarter empty
     assert result.records[-1].accuracy_mean >= 0.94  # FedAvg's ≈ 0.947 on this task
+
+
+@pytest.mark.parametrize("weighting", ["examples", "uniform"])
+def test_the_real_secure_sum_gives_the_exact_weighted_mean(weighting: str) -> None:
+    extra = {"n": 8, "rounds": 2, "partition.alpha": 0.5, "algorithm.weighting": weighting}
+    exact = Simulator(_scenario("fedavg", **extra))
+    exact.run()
+    real = Simulator(_scenario("fedavg", **extra, **{"secagg.enabled": True, "secagg.real": True}))
+    real.run()
+    assert len(set(exact.counts.tolist())) > 2  # unequal sites, so the weighting shows
+    # Fixed-point rounding only (grid step 16 / 2^22 per coordinate, divided by Σv ≥ 1).
+    assert float((real.theta - exact.theta).abs().max()) < 1e-4
