@@ -100,8 +100,26 @@ def study(n: int, rounds: int, seeds: int) -> list[dict[str, Scalar]]:
     return rows
 
 
+def pivot(rows: Sequence[dict[str, Scalar]]) -> str:
+    """The table of docs/simulation.md: one line per method and graph, one column per α."""
+    cells: dict[tuple[Scalar, Scalar], dict[Scalar, str]] = {}
+    for row in rows:
+        text = (
+            f"{float(row['final_accuracy']):.3f} / {float(row['worst_site']):.3f} / "
+            f"{float(row['rounds_to_0.9']):.1f}"
+        )
+        cells.setdefault((row["method"], row["topology"]), {})[row["alpha"]] = text
+    head = ["| method | graph | " + " | ".join(f"α = {a}" for a in ALPHAS) + " |"]
+    head.append("|---|---|" + "---|" * len(ALPHAS))
+    body = [
+        f"| {method} | {graph} | " + " | ".join(by_alpha[a] for a in ALPHAS) + " |"
+        for (method, graph), by_alpha in cells.items()
+    ]
+    return "\n".join(head + body) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study and print (or write) its Markdown table."""
+    """Run the study and print (or write) its Markdown tables: every row, then the pivot."""
     parser = argparse.ArgumentParser(prog="python -m sim.algorithms_study", description=__doc__)
     parser.add_argument("--n", type=int, default=32, help="sites (32)")
     parser.add_argument("--rounds", type=int, default=40, help="rounds (40)")
@@ -109,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    table = markdown_table(study(args.n, args.rounds, args.seeds))
+    rows = study(args.n, args.rounds, args.seeds)
+    table = markdown_table(rows) + "\n" + pivot(rows)
     print(table, end="")
     print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.out is not None:

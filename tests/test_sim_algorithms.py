@@ -312,3 +312,17 @@ def test_the_real_secure_sum_gives_the_exact_weighted_mean(weighting: str) -> No
     assert len(set(exact.counts.tolist())) > 2  # unequal sites, so the weighting shows
     # Fixed-point rounding only (grid step 16 / 2^22 per coordinate, divided by Σv ≥ 1).
     assert float((real.theta - exact.theta).abs().max()) < 1e-4
+
+
+def test_the_study_table_reports_rounds_to_a_share_of_the_final_accuracy() -> None:
+    from sim.algorithms_study import pivot, rounds_to
+    from sim.sweep import run_point
+
+    result = run_point(_scenario("fedavg", rounds=4))
+    accuracies = [r.accuracy_mean for r in result.records]
+    reached = rounds_to(result, 0.9)
+    assert accuracies[reached] >= 0.9 * accuracies[-1]
+    assert all(a < 0.9 * accuracies[-1] for a in accuracies[:reached])
+    row = {"method": "m", "topology": "ring", "final_accuracy": 0.5, "worst_site": 0.25}
+    rows = [{**row, "alpha": a, "rounds_to_0.9": 2.0} for a in (0.1, 0.5, 1.0)]
+    assert "| m | ring | 0.500 / 0.250 / 2.0 | 0.500 / 0.250 / 2.0 |" in pivot(rows)
