@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trio
+from transport_harness import libp2p_group, seed_for
 
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.secure import SecureRingRound
@@ -17,7 +19,7 @@ from p2pfed.identity import Identity
 from p2pfed.node import Aggregate, RingAggregator, SecureRingAggregator
 from p2pfed.node.aggregators import Aggregator, Missed, examples_weight
 from p2pfed.secagg.fixedpoint import FixedPoint
-from p2pfed.transport import MemoryNetwork
+from p2pfed.transport import MemoryNetwork, Transport
 
 D = 12
 MAX_EXAMPLES = 1000
@@ -35,8 +37,15 @@ def _expected(updates: list[np.ndarray]) -> np.ndarray:
     return sum(k * u.astype(np.float64) for k, u in zip(n, updates, strict=True)) / n.sum()
 
 
-async def _run(secure: bool, examples: list[int]) -> dict[int, Aggregate | Missed]:
-    ids = [Identity.generate() for _ in examples]
+async def _run(
+    secure: bool, examples: list[int], transports: list[Transport] | None = None, tag: str = ""
+) -> dict[int, Aggregate | Missed]:
+    """Every member aggregates its update once; over memory, or over the given transports."""
+    if transports is None:
+        ids = [Identity.generate() for _ in examples]
+    else:
+        ids = [Identity.from_seed(seed_for(f"{tag}{i}")) for i in range(len(examples))]
+        assert [i.peer_id for i in ids] == [t.local_peer for t in transports]
     keys = {i.peer_id: i.public_key for i in ids}
     peers = sorted(keys)
     net = MemoryNetwork()
@@ -49,7 +58,9 @@ async def _run(secure: bool, examples: list[int]) -> dict[int, Aggregate | Misse
         nonlocal opened
         me = ids[k]
         weight = examples_weight(examples[k], MAX_EXAMPLES)
-        async with net.open(me.peer_id) as transport:
+        async with (
+            net.open(me.peer_id) if transports is None else nullcontext(transports[k])
+        ) as transport:
             signer = Ed25519CohortSigner(me.seed, keys)
             agg: Aggregator
             if secure:
@@ -82,6 +93,17 @@ async def test_the_committed_mean_is_weighted_by_examples(secure: bool) -> None:
     uniform = np.mean(_updates(), axis=0)
     assert np.abs(means[0] - expected).max() < 1e-4  # fixed-point rounding only
     assert np.abs(expected - uniform).max() > 0.05  # and the weighting mattered
+
+
+@pytest.mark.network
+@pytest.mark.slow
+async def test_the_weighted_secure_mean_over_real_libp2p_hosts() -> None:
+    """Four libp2p hosts on 127.0.0.1 (Noise, roster-gated): ≈ 27 s at load average 8."""
+    async with libp2p_group(len(EXAMPLES), "weighted") as group:
+        results = await _run(True, EXAMPLES, group.transports, "weighted")
+    means = [r.mean for r in results.values() if isinstance(r, Aggregate)]
+    assert len(means) == len(EXAMPLES) and len({m.tobytes() for m in means}) == 1
+    assert np.abs(means[0] - _expected(_updates())).max() < 1e-4
 
 
 async def test_a_sum_without_examples_is_missed_not_divided_by_zero() -> None:
