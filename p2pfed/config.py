@@ -385,6 +385,8 @@ min_peers = 2                  # rounds start only when this many members are re
 round_timeout_s = 120.0        # start-up and catch-up wait; stages time out at min(10 s, 1/4 of it)
 robust = "off"                 # clear gossip: "clipped-gossip" bounds a Byzantine neighbour
 byzantine_neighbours = 1       # ...the clipping radius allows for this many per member
+weighting = "uniform"          # "examples": FedAvg's mean weighted by rows (ring, privacy off)
+max_examples = 10000           # ...a member's rows count up to this many
 
 [model]
 kind = "logistic"              # logistic, mlp, or module:factory
