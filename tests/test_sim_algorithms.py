@@ -163,6 +163,15 @@ def test_scaffold_corrects_local_steps_with_control_variates() -> None:
     assert torch.allclose(sim.exact.scaffold.server, c, atol=1e-9)  # type: ignore[union-attr]
 
 
+def test_local_training_keeps_each_site_to_itself() -> None:
+    sim, ref, _ = _played(_scenario("local"))
+    xs = ref.start.clone()
+    for _ in range(ROUNDS):
+        xs = torch.stack([ref.local(xs[i], i) for i in range(len(ref.counts))])
+    for i in range(len(ref.counts)):
+        _agree(sim, ref, xs[i], row=i)
+
+
 def _gossip_w(scenario: Scenario, t: int) -> Vector:
     topo = topologies.build(scenario.topology.name, scenario.n)
     return torch.from_numpy(np.asarray(topo.mixing_at(t).todense(), dtype=np.float64))
