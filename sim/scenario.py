@@ -2,11 +2,11 @@
 
 Theory of operation: a scenario file is a flat top level (``name``, ``seed``, ``n``,
 ``rounds``, ...) plus one table per concern (``[data]``, ``[partition]``, ``[model]``,
-``[topology]``, ``[algorithm]``, ``[training]``, ``[privacy]``, ``[secagg]``, ``[network]``,
-``[faults]``). Each table maps onto one frozen, slotted dataclass; the parser walks the
-dataclass fields (``p2pfed.settings``, the parser of the daemon's config too), so the accepted
-keys *are* the fields and an unknown key, a wrong type or a value out of range ends in one
-``ConfigError`` sentence naming the key (``scenario key [data] name ...``).
+``[topology]``, ``[algorithm]``, ``[training]``, ``[selection]``, ``[privacy]``, ``[secagg]``,
+``[network]``, ``[faults]``). Each table maps onto one frozen, slotted dataclass; the parser
+walks the dataclass fields (``p2pfed.settings``, the parser of the daemon's config too), so
+the accepted keys *are* the fields and an unknown key, a wrong type or a value out of range
+ends in one ``ConfigError`` sentence naming the key (``scenario key [data] name ...``).
 
 Sweeps override values by dotted path (``training.lr=0.1``); a path naming a table sets its
 ``name`` (``topology=ring`` means ``topology.name=ring``). A scenario has a canonical
