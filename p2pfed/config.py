@@ -22,6 +22,7 @@ from p2pfed.training.trainer import TrainingConfig
 
 MODES = ("ring", "gossip")
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
+WEIGHTINGS = ("uniform", "examples")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class RoundsSection:
     robust: str = "off"
     #: Byzantine in-neighbours the clipping radius allows for (δ_i = their heaviest weights).
     byzantine_neighbours: int = 1
+    #: The exact mean's weights: "uniform" (1 per member) or "examples" (FedAvg: each
+    #: member weighs min(n_k, max_examples) training rows; ring mode, privacy off only).
+    weighting: str = "uniform"
+    max_examples: int = 10_000
     #: Stage deadlines follow the measured round cost between these (0: the defaults below).
     stage_timeout_min_s: float = 0.0
     stage_timeout_max_s: float = 0.0
@@ -86,6 +91,12 @@ class RoundsSection:
         return self.stage_timeout_max_s or max(self.round_timeout_s, self.stage_floor_s)
 
     def validate(self) -> None:
+        check(
+            self.weighting in WEIGHTINGS,
+            "[rounds] weighting",
+            f"must be one of {WEIGHTINGS}, not {self.weighting!r}",
+        )
+        check(self.max_examples >= 1, "[rounds] max_examples", "must be ≥ 1")
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
         rules = ROBUST_RULES
         check(
@@ -324,6 +335,14 @@ class Config:
                 f"= {self.rounds.robust} needs [rounds] mode = gossip with [secagg] enabled = "
                 "false: clipping needs visible updates",
             )
+        if self.rounds.weighting == "examples":
+            check(
+                self.rounds.mode == "ring" and self.privacy.mode == "off",
+                "[rounds] weighting",
+                '= "examples" needs [rounds] mode = ring and [privacy] mode = off (the exact '
+                "total of examples in each sum would be released without noise, and a "
+                "weight would scale the noise calibrated for one update)",
+            )
         # Distributed noise shares are safe only inside an exact secure sum.
         if self.privacy.mode == "distributed":
             ok = self.rounds.mode == "ring" and self.secagg.enabled
@@ -392,6 +411,8 @@ round_timeout_s = 120.0        # start-up and catch-up wait, and the longest sta
 # link_mbps = 100.0            # ...round cost, from this link rate until one is measured
 robust = "off"                 # clear gossip: "clipped-gossip" bounds a Byzantine neighbour
 byzantine_neighbours = 1       # ...the clipping radius allows for this many per member
+weighting = "uniform"          # "examples": FedAvg's mean weighted by rows (ring, privacy off)
+max_examples = 10000           # ...a member's rows count up to this many
 
 [model]
 kind = "logistic"              # logistic, mlp, or module:factory

@@ -48,6 +48,13 @@ def check_emulable(s: Scenario) -> None:
             f"scenario key [algorithm] name = {s.algorithm.name!r} cannot be emulated: the "
             "daemon averages over a ring (use fedavg or fedprox)"
         )
+    if s.algorithm.weighting == "examples" and s.privacy.enabled:
+        raise ConfigError(
+            "scenario [algorithm] weighting = examples with [privacy] enabled cannot be "
+            'emulated: the daemon refuses [rounds] weighting = "examples" with privacy on'
+        )
+    if s.selection.mode != "all" or s.selection.fraction < 1.0:
+        raise ConfigError("scenario [selection] cannot be emulated: every daemon trains")
     f = s.faults
     if f.dropout or f.straggler_prob or f.link_failure or f.byzantine:
         raise ConfigError("scenario [faults] cannot be emulated: a real run has its own faults")
@@ -87,6 +94,7 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, SplitData]:
     }
     for h in hospitals:
         config = member_config(h, rounds=s.rounds, **tables)
+        config["rounds"]["weighting"] = s.algorithm.weighting
         h.config.write_text(render_toml(config, f"Emulation of scenario {s.name}, {h.name}."))
     return consortium, data
 

@@ -22,9 +22,9 @@ A round t, for the active (not dropped-out) peers:
    - ``local``: no communication (baseline);
    - ``gossip`` (D-PSGD, local steps then gossip): X ← W_t X', or ClippedGossip
      (``sim.mixing.clipped_mix``) with ``[algorithm] robust = "clipped-gossip"``;
-   - ``fedavg`` (exact averaging ≡ ring all-reduce): every active peer gets the mean of the
-     active peers' X' (uniform weights, as a ring all-reduce sums);
-   - ``fedprox``: ``fedavg`` with the proximal term in the local loss;
+   - ``fedavg``, ``fedprox``, ``scaffold`` (exact averaging ≡ ring all-reduce): the sites
+     selected for the round (all non-empty ones by default) train, and every site that is up
+     gets their mean weighted by example count n_k; rules in ``sim.algorithms``;
    - ``gradient_tracking`` (GT-DSGD / DIGing, adapt-then-combine, with local steps): a
      tracker y_i of the network-average gradient corrects the local steps (g + y_i − d_i)
      and moves the model: d_i = mean raw gradient of the round, y ← W y + d − d_prev,
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from p2pfed.secagg import FixedPoint, SecAggConfig, run_cohort
+from sim.algorithms import ExactRounds, site_losses
 from sim.byzantine import attack_direction, poison_model, poison_update
 from sim.cost import RoundCost, round_cost
 from sim.data import SplitData, load_dataset
@@ -62,11 +62,14 @@ from sim.models import FlatModel, default_init_scale, flat_model
 from sim.partition import Partition, partition
 from sim.privacy import epsilon
 from sim.results import RoundRecord
-from sim.scenario import Scenario
+from sim.scenario import EXACT_ALGORITHMS, Scenario
 
 # Appending a stream leaves the earlier ones unchanged (SeedSequence children are keyed by
 # their index), so old seeds keep their meaning.
-_STREAMS = ("data", "partition", "init", "batches", "faults", "noise", "topology", "secagg")
+_STREAMS = (
+    *("data", "partition", "init", "batches", "faults", "noise", "topology", "secagg"),
+    "selection",
+)
 
 
 def _seeds(seed: int) -> dict[str, np.random.SeedSequence]:
@@ -148,6 +151,11 @@ class Simulator:
             self.topology = build_topology(scenario.topology, n, topo_seed)
             self.schedule = MixingSchedule(self.topology, self.dtype)
         self.tracker = torch.zeros_like(self.theta)
+        #: Sites without a training example: never selected, never in a mean (reported).
+        self.empty_sites = int((self.partition.counts == 0).sum())
+        self.exact = ExactRounds(
+            scenario, self.partition.counts, self.theta, seeds["selection"], self.secagg_rng
+        )
         self.last_direction = torch.zeros_like(self.theta)
         self.bytes_cumulative = np.zeros(n, dtype=np.float64)
         self._plan_batches()
@@ -310,8 +318,11 @@ class Simulator:
             else None
         )
         active = ~dropped if dropped is not None else np.ones(n, dtype=np.bool_)
-        steps = self._steps_per_peer(None if dropped is None else active, straggling)
         algo = sc.algorithm.name
+        training = active
+        if algo in EXACT_ALGORITHMS:
+            training = active & self.exact.select(self._site_losses, self.dataset.classes)
+        steps = self._steps_per_peer(None if training.all() else training, straggling)
         mu = sc.algorithm.mu if algo == "fedprox" else 0.0
         start = self.theta
         real_bytes: NDArray[np.float64] | None = None
@@ -327,23 +338,17 @@ class Simulator:
         correction = None
         if algo == "gradient_tracking":
             correction = self.tracker - self.last_direction
+        elif self.exact.scaffold is not None:
+            correction = self.exact.scaffold.correction()
         local = self.local_phase(start, steps, correction, mu)
-        sent = self.release(start, local.theta, active)
+        sent = self.release(start, local.theta, training)
 
         vectors = 1
         if algo == "local":
             self.theta = sent
-        elif algo in ("fedavg", "fedprox"):
-            if sc.secagg.real and active.any():
-                mean, real_bytes = self._secure_mean(sent, active, t)
-                act = torch.from_numpy(active)
-                self.theta = torch.where(act[:, None], mean[None, :], start)
-            elif active.all():
-                self.theta = sent.mean(dim=0, keepdim=True).expand(n, -1).clone()
-            elif active.any():
-                act = torch.from_numpy(active)
-                mean = sent[act].mean(dim=0, keepdim=True)
-                self.theta = torch.where(act[:, None], mean, start)
+        elif algo in EXACT_ALGORITHMS:
+            vectors = 1 if self.exact.scaffold is None else 2
+            self.theta, real_bytes = self.exact.mix(start, local.theta, sent, steps, active, t)
         elif algo == "gossip":
             self.theta = gossip_mix(w_round, w_torch, sent, sc.algorithm)
         else:  # gradient_tracking
@@ -378,7 +383,7 @@ class Simulator:
                 sends,
                 groups,
                 active if algo != "local" else np.zeros(n, dtype=np.bool_),
-                algo in ("fedavg", "fedprox"),
+                algo in EXACT_ALGORITHMS,
                 vectors,
                 sc.network,
                 sc.secagg,
@@ -388,45 +393,11 @@ class Simulator:
         if real_bytes is not None:
             cost = RoundCost(real_bytes, cost.time_s)
         self.bytes_cumulative += cost.bytes_sent
-        return RoundOutcome(cost.bytes_sent, cost.time_s, active, steps, local.loss_mean)
+        return RoundOutcome(cost.bytes_sent, cost.time_s, training, steps, local.loss_mean)
 
-    def _secure_mean(
-        self, sent: torch.Tensor, active: NDArray[np.bool_], t: int
-    ) -> tuple[torch.Tensor, NDArray[np.float64]]:
-        """The active peers' mean computed by p2pfed.secagg's masked-sum protocol.
-
-        Each peer encodes its vector in fixed point, the whole protocol runs in process
-        (keys, shares, masks, the masked sum, unmasking), and the unmasked sum is decoded.
-        Bytes per peer are the protocol's encoded messages plus a ring all-reduce of the
-        masked vector, 2(k-1)/k of its size.
-        """
-        spec = self.scenario.secagg
-        members = [int(i) for i in np.flatnonzero(active)]
-        k = len(members)
-        point = FixedPoint(clip=spec.clip_range, level_bits=spec.level_bits, ring_bits=spec.bits)
-        values = sent.detach().to(torch.float64).numpy()
-        names = {i: f"peer-{i:05d}" for i in members}
-        inputs = {names[i]: point.encode(values[i], self.secagg_rng, peers=k) for i in members}
-        config = SecAggConfig(
-            consortium=self.scenario.name,
-            round=t,
-            dimension=self.model.size,
-            ring_bits=spec.bits,
-        )
-        run = run_cohort(
-            config,
-            inputs,
-            random_seed=int(self.secagg_rng.integers(2**63 - 1)),
-            compute_results={names[members[0]]},
-        )
-        total = run.results[names[members[0]]]
-        contributors = len(run.survivors)
-        mean = point.decode_sum(total, contributors) / contributors
-        sent_bytes = np.zeros(self.scenario.n, dtype=np.float64)
-        for i in members:
-            vector = run.vector_bytes.get(names[i], 0)
-            sent_bytes[i] = run.bytes_sent[names[i]] + 2 * (k - 1) / k * vector
-        return torch.from_numpy(mean).to(self.dtype), sent_bytes
+    def _site_losses(self) -> torch.Tensor:
+        x, y = self.x_train, self.y_train
+        return site_losses(self.model, self.theta, x, y, self.indices, self.counts)
 
     # -- metrics --------------------------------------------------------------------------
 

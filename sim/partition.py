@@ -20,6 +20,11 @@ without within a peer where possible), so N may exceed the data set (N = 10,000 
 samples): ``iid`` draws uniformly; ``dirichlet`` draws labels from q_i ~ Dir_C(α) (Hsu et al.
 2019); ``classes`` draws labels uniformly from the peer's k classes; ``quantity`` draws
 round(s·N·p_i) ≥ 1 samples with p ~ Dir_N(α).
+
+Split schemes may leave a site empty (Dirichlet with small α, N above the data set size).
+``min_examples = m`` redraws the whole partition from the same stream until every site holds
+at least m examples (a ``ConfigError`` after ``MAX_REDRAWS`` tries); with 0, empty sites are
+kept and the exact-mean algorithms leave them out (``sim.algorithms``).
 """
 
 from __future__ import annotations
@@ -122,8 +127,23 @@ def partition(spec: PartitionSpec, y: IntArray, n: int, rng: np.random.Generator
             f"scenario key [partition] classes_per_peer = {spec.classes_per_peer} exceeds "
             f"the {classes} classes of the data set"
         )
-    parts = _draw(spec, y, n, rng) if spec.samples_per_peer > 0 else _split(spec, y, n, rng)
-    return _pad(parts)
+    if spec.min_examples * n > len(y) and spec.samples_per_peer == 0:
+        raise ConfigError(
+            f"scenario key [partition] min_examples = {spec.min_examples} cannot hold for "
+            f"{n} sites splitting {len(y)} training examples"
+        )
+    for _ in range(MAX_REDRAWS):
+        parts = _draw(spec, y, n, rng) if spec.samples_per_peer > 0 else _split(spec, y, n, rng)
+        if min(len(p) for p in parts) >= spec.min_examples:
+            return _pad(parts)
+    raise ConfigError(
+        f"scenario key [partition] min_examples = {spec.min_examples}: no partition in "
+        f"{MAX_REDRAWS} draws gave every site that many examples (raise alpha or lower it)"
+    )
+
+
+#: Draws of a partition tried before ``min_examples`` is declared unreachable.
+MAX_REDRAWS = 100
 
 
 def label_histogram(part: Partition, y: IntArray, classes: int) -> NDArray[np.int64]:

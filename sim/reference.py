@@ -36,7 +36,9 @@ def fedavg_full_batch(
     local_steps: int,
     lr: float,
 ) -> torch.Tensor:
-    """Centralised FedAvg of logistic regression: full-batch local steps, uniform average.
+    """Centralised FedAvg of logistic regression: full-batch local steps, n_k-weighted mean.
+
+    Peers without examples are left out of the mean.
 
     ``peers[i]`` indexes peer i's rows of ``x``; starts from zeros; returns the final flat
     global model (weight then bias, as ``sim.models`` lays it out).
@@ -44,8 +46,11 @@ def fedavg_full_batch(
     features = x.shape[1]
     global_theta = torch.zeros(features * classes + classes, dtype=x.dtype)
     for _ in range(rounds):
-        updates = []
+        updates, sizes = [], []
         for idx in peers:
+            if len(idx) == 0:
+                continue
+            sizes.append(float(len(idx)))
             model = _linear(global_theta, features, classes)
             opt = torch.optim.SGD(model.parameters(), lr=lr)
             for _ in range(local_steps):
@@ -54,7 +59,8 @@ def fedavg_full_batch(
                 torch.autograd.backward(loss)
                 opt.step()
             updates.append(_flat(model))
-        global_theta = torch.stack(updates).mean(dim=0)
+        weights = torch.tensor(sizes, dtype=x.dtype)[:, None]
+        global_theta = (weights * torch.stack(updates)).sum(dim=0) / weights.sum()
     return global_theta
 
 

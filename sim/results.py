@@ -58,6 +58,8 @@ class RunResult:
     scenario: dict[str, Any]
     rho: float
     records: tuple[RoundRecord, ...]
+    #: Sites the partition left without a training example (never in a mean; reported).
+    empty_sites: int = 0
 
     def to_json(self) -> str:
         payload = {
@@ -65,6 +67,7 @@ class RunResult:
             "scenario": self.scenario,
             "rho": None if math.isnan(self.rho) else self.rho,
             "records": [_record_dict(r) for r in self.records],
+            "empty_sites": self.empty_sites,
         }
         return json.dumps(payload, indent=1, sort_keys=True) + "\n"
 
@@ -76,7 +79,8 @@ class RunResult:
             for r in payload["records"]
         )
         rho = math.nan if payload["rho"] is None else float(payload["rho"])
-        return cls(payload["digest"], payload["scenario"], rho, records)
+        empty = int(payload.get("empty_sites", 0))
+        return cls(payload["digest"], payload["scenario"], rho, records, empty)
 
 
 def _record_dict(record: RoundRecord) -> dict[str, Any]:
@@ -102,7 +106,7 @@ def theoretical_rho(scenario: Scenario, topology: Any | None, model_size: int) -
     NaN when the graph has more than ``RHO_MAX_N`` nodes (stored as null).
     """
     algo = scenario.algorithm.name
-    if algo in ("fedavg", "fedprox"):
+    if algo in ("fedavg", "fedprox", "scaffold"):
         return 0.0
     if algo == "local" or topology is None:
         return 1.0

@@ -2,11 +2,11 @@
 
 Theory of operation: a scenario file is a flat top level (``name``, ``seed``, ``n``,
 ``rounds``, ...) plus one table per concern (``[data]``, ``[partition]``, ``[model]``,
-``[topology]``, ``[algorithm]``, ``[training]``, ``[privacy]``, ``[secagg]``, ``[network]``,
-``[faults]``). Each table maps onto one frozen, slotted dataclass; the parser walks the
-dataclass fields (``p2pfed.settings``, the parser of the daemon's config too), so the accepted
-keys *are* the fields and an unknown key, a wrong type or a value out of range ends in one
-``ConfigError`` sentence naming the key (``scenario key [data] name ...``).
+``[topology]``, ``[algorithm]``, ``[training]``, ``[selection]``, ``[privacy]``, ``[secagg]``,
+``[network]``, ``[faults]``). Each table maps onto one frozen, slotted dataclass; the parser
+walks the dataclass fields (``p2pfed.settings``, the parser of the daemon's config too), so
+the accepted keys *are* the fields and an unknown key, a wrong type or a value out of range
+ends in one ``ConfigError`` sentence naming the key (``scenario key [data] name ...``).
 
 Sweeps override values by dotted path (``training.lr=0.1``); a path naming a table sets its
 ``name`` (``topology=ring`` means ``topology.name=ring``). A scenario has a canonical
@@ -32,7 +32,7 @@ from p2pfed.settings import check, open_unit, parse, positive, read_toml
 from topologies.mixing import MIXING_RULES
 
 #: Bumped whenever the simulator's numerics change, so stale sweep points are recomputed.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 
 Scalar = int | float | str | bool
 _WHAT = "scenario"
@@ -68,6 +68,9 @@ class PartitionSpec:
     #: 0: split the training set; > 0: every peer draws this many samples (with replacement
     #: across peers) following its scheme, so N may exceed the data set size.
     samples_per_peer: int = 0
+    #: Redraw the partition (up to 100 times) until every site holds at least this many
+    #: training examples; 0 accepts empty sites (they are then left out of every mean).
+    min_examples: int = 0
 
     def validate(self) -> None:
         _check(
@@ -79,6 +82,7 @@ class PartitionSpec:
         _check(self.alpha > 0.0, "partition", "alpha", "must be > 0")
         _check(self.classes_per_peer >= 1, "partition", "classes_per_peer", "must be >= 1")
         _check(self.samples_per_peer >= 0, "partition", "samples_per_peer", "must be >= 0")
+        _check(self.min_examples >= 0, "partition", "min_examples", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,6 +134,9 @@ class AlgorithmSpec:
     robust: str = "off"
     #: Byzantine neighbours the clipping radius allows for (δ_i = their heaviest weights).
     byzantine_neighbours: int = 1
+    #: Weights of the exact means (fedavg, fedprox, scaffold): ``examples`` (n_k, FedAvg)
+    #: or ``uniform`` (1 per non-empty site).
+    weighting: str = "examples"
 
     def validate(self) -> None:
         _check(
@@ -139,6 +146,12 @@ class AlgorithmSpec:
             f"must be one of {', '.join(ALGORITHMS)}",
         )
         _check(self.mu >= 0.0, "algorithm", "mu", "must be >= 0")
+        _check(
+            self.weighting in ("examples", "uniform"),
+            "algorithm",
+            "weighting",
+            "must be examples or uniform",
+        )
         rules = ", ".join(ROBUST_RULES)
         _check(self.robust in ROBUST_RULES, "algorithm", "robust", f"must be one of {rules}")
         _check(self.byzantine_neighbours >= 0, "algorithm", "byzantine_neighbours", "must be >= 0")
@@ -148,6 +161,33 @@ class AlgorithmSpec:
             "robust",
             "needs [algorithm] name = gossip (clipping acts on the neighbours' models)",
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SelectionSpec:
+    """Which sites train in a round (``sim.algorithms.select``); the rest receive the mean."""
+
+    #: ``all``; ``availability`` (site i is up with probability a_i ~ U[availability_min, 1]);
+    #: ``quality`` (highest coarse local-loss bucket first).
+    mode: str = "all"
+    #: Share of the non-empty sites that train per round (at least one).
+    fraction: float = 1.0
+    availability_min: float = 0.5
+    #: Number of coarse buckets a site reveals its quality score in (``quality``).
+    buckets: int = 4
+
+    def validate(self) -> None:
+        _check(
+            self.mode in SELECTION_MODES,
+            "selection",
+            "mode",
+            f"must be one of {', '.join(SELECTION_MODES)}",
+        )
+        _check(0.0 < self.fraction <= 1.0, "selection", "fraction", "must be in (0, 1]")
+        _check(
+            0.0 < self.availability_min <= 1.0, "selection", "availability_min", "must be in (0, 1]"
+        )
+        _check(2 <= self.buckets <= 16, "selection", "buckets", "must be in [2, 16]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -285,6 +325,7 @@ class Scenario:
     topology: TopologySpec = TopologySpec()
     algorithm: AlgorithmSpec = AlgorithmSpec()
     training: TrainingSpec = TrainingSpec()
+    selection: SelectionSpec = SelectionSpec()
     privacy: PrivacySpec = PrivacySpec()
     secagg: SecAggSpec = SecAggSpec()
     network: NetworkSpec = NetworkSpec()
@@ -325,11 +366,26 @@ class Scenario:
             "attack",
             f"{self.faults.attack} poisons the model sent, which gradient_tracking does not mix",
         )
-        if self.privacy.enabled and self.algorithm.name == "gradient_tracking":
+        if self.privacy.enabled and self.algorithm.name in ("gradient_tracking", "scaffold"):
             raise ConfigError(
                 "[privacy] enabled cannot be combined with [algorithm] name = "
-                "gradient_tracking: its tracker variable would be released un-noised"
+                f"{self.algorithm.name}: its tracker or control variate would be released "
+                "un-noised"
             )
+        _check(
+            self.algorithm.name != "scaffold" or self.training.lr > 0.0,
+            "training",
+            "lr",
+            "must be > 0 for scaffold (its control variates divide by it)",
+        )
+        _check(
+            (self.selection.mode == "all" and self.selection.fraction == 1.0)
+            or self.algorithm.name in EXACT_ALGORITHMS,
+            "selection",
+            "mode",
+            "needs [algorithm] name = fedavg, fedprox or scaffold (a site left out of a gossip "
+            "round would break the mixing)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical dictionary form (TOML-able; tuples of pairs become tables)."""
@@ -356,7 +412,10 @@ class Scenario:
 REAL_SECAGG_MAX_N = 64
 PARTITION_SCHEMES = ("iid", "dirichlet", "classes", "quantity")
 MODELS = ("logreg", "mlp")
-ALGORITHMS = ("local", "gossip", "fedavg", "fedprox", "gradient_tracking")
+ALGORITHMS = ("local", "gossip", "fedavg", "fedprox", "scaffold", "gradient_tracking")
+#: Algorithms whose mixing is one exact (weighted) mean over the sites of the round.
+EXACT_ALGORITHMS = ("fedavg", "fedprox", "scaffold")
+SELECTION_MODES = ("all", "availability", "quality")
 #: Attacks on the update Δ_i (sign_flip, scale) and on the model sent (flip_model, large_norm).
 MODEL_ATTACKS = ("flip_model", "large_norm")
 ATTACKS = ("sign_flip", "scale", *MODEL_ATTACKS)

@@ -81,7 +81,7 @@ def run_point(
     sim = Simulator(scenario)
     records = sim.run(on_round, threads)
     rho = theoretical_rho(scenario, sim.topology, sim.model.size)
-    return RunResult(scenario.digest(), scenario.to_dict(), rho, tuple(records))
+    return RunResult(scenario.digest(), scenario.to_dict(), rho, tuple(records), sim.empty_sites)
 
 
 def point_path(out: Path, point: SweepPoint) -> Path:
@@ -139,7 +139,10 @@ def group_by_label(
 def summary_rows(
     points: Sequence[SweepPoint], results: Sequence[RunResult]
 ) -> list[dict[str, Scalar]]:
-    """One row per label: final accuracy (seed mean, min over seeds), consensus, bytes, ε."""
+    """One row per label: final accuracy (mean, min over seeds), consensus, bytes, ε, empty sites.
+
+    ``empty_sites`` is the most any seed's partition left without a training example.
+    """
     rows: list[dict[str, Scalar]] = []
     for label, group in group_by_label(points, results).items():
         finals = [r.records[-1] for r in group]
@@ -158,6 +161,7 @@ def summary_rows(
                     sum(f.bytes_cumulative_mean for f in finals) / len(finals)
                 ),
                 "epsilon": "" if eps is None else round(eps, 3),
+                "empty_sites": max(r.empty_sites for r in group),
             }
         )
     return rows

@@ -65,6 +65,8 @@ def test_emulation_reports_the_simulators_metrics(
     [
         ("gossip", "", "cannot be emulated"),
         ("fedavg", "\n[faults]\ndropout = 0.1\n", "faults"),
+        ("fedavg", "\n[selection]\nfraction = 0.5\n", "[selection] cannot be emulated"),
+        ("fedavg", "\n[privacy]\nenabled = true\n", "weighting = examples with [privacy]"),
     ],
 )
 def test_what_cannot_be_emulated_is_refused(

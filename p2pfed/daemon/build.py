@@ -31,7 +31,7 @@ from p2pfed.daemon.reporter import RoundReporter
 from p2pfed.errors import ConfigError
 from p2pfed.identity import Member, Role, Roster
 from p2pfed.node import GossipAggregator, Peer, RingAggregator, SecureRingAggregator
-from p2pfed.node.aggregators import Aggregator
+from p2pfed.node.aggregators import Aggregator, examples_weight
 from p2pfed.node.deadlines import DeadlinePolicy, Paced, PacedAggregator
 from p2pfed.node.roster_sync import session_id, sync_session_id
 from p2pfed.privacy import NoiseMode, PrivacyLedger
@@ -165,6 +165,10 @@ def build_aggregator(
         min_contributors, threshold = plan.min_contributors, plan.threshold
     stage_timeout = config.rounds.stage_floor_s
     fixed_point = FixedPoint(clip=config.secagg.clip_range, ring_bits=config.secagg.bits)
+    rounds = config.rounds
+    weight = None
+    if rounds.weighting == "examples":
+        weight = examples_weight(len(prepared.train), rounds.max_examples)
     if config.rounds.mode == "gossip":
         service = build_gossip(
             prepared, transport, cohort, fixed_point, stage_timeout, min_contributors
@@ -175,7 +179,10 @@ def build_aggregator(
         return gossip, None
     if not config.secagg.enabled:
         return RingAggregator(
-            RingRound(transport, cohort.session, cohort.roster.version, cohort.peers, cohort.signer)
+            RingRound(
+                transport, cohort.session, cohort.roster.version, cohort.peers, cohort.signer
+            ),
+            weight,
         ), None
     secure = SecureRingRound(
         transport,
@@ -200,7 +207,9 @@ def build_aggregator(
         clip_norm=config.privacy.clip_norm,
         noise_multiplier=prepared.sigma,
     )
-    aggregator = SecureRingAggregator(secure, encoder, n, min_survivors, np.random.default_rng())
+    aggregator = SecureRingAggregator(
+        secure, encoder, n, min_survivors, np.random.default_rng(), weight
+    )
     return paced(aggregator, secure, config, dimension), discrete
 
 

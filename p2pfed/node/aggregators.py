@@ -16,6 +16,12 @@ with who they were and what it cost. Implementations compose the collectives:
   others' model to equal its own. Being secure and not exact, its peers do not serve their
   models (``Peer`` turns ``ModelSync``'s ``serve_models`` off).
 
+Example weighting (``[rounds] weighting = "examples"``, exact modes only): a member with
+weight v = min(n, max_examples) / max_examples ∈ (0, 1] sends the vector (v·x, v) — its
+update scaled and, as one extra coordinate, the weight itself — so a single (masked) sum
+yields Σ v·x and Σ v together and the mean is their ratio: FedAvg's example-weighted mean,
+with no count ever sent on its own. ``weighted_vector`` and ``weighted_mean`` do this.
+
 Each is a thin adapter: all protocol logic lives in ``p2pfed.collectives`` and
 ``p2pfed.secagg``. A round that cannot complete (too few survivors, this peer left out)
 returns ``Missed`` instead of a partial result.
@@ -40,6 +46,7 @@ from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.secure import SecureRingRound
 from p2pfed.errors import P2PFedError
+from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.secagg.primitives import UIntVector
 
 
@@ -70,6 +77,33 @@ Update = NDArray[np.float32] | Callable[[], NDArray[np.float32]]
 def made(update: Update) -> NDArray[np.float32]:
     """The update itself (calling it if it is made on demand)."""
     return update() if callable(update) else update
+
+
+def examples_weight(examples: int, max_examples: int) -> float:
+    """A member's weight v = min(n, max_examples) / max_examples (in [0, 1])."""
+    return min(examples, max_examples) / max_examples
+
+
+def weighted_vector(update: NDArray[np.floating], weight: float | None) -> NDArray[np.float64]:
+    """What a member puts into the sum: x (uniform), or (v·x, v) with example weight v."""
+    values = np.asarray(update, dtype=np.float64)
+    if weight is None:
+        return values
+    return np.append(values * weight, weight)
+
+
+def weighted_mean(
+    total: NDArray[np.floating], contributors: int, weighted: bool, error: float = 0.0
+) -> NDArray[np.float32] | None:
+    """The mean from a sum of ``weighted_vector``s: Σx / k, or Σv·x / Σv.
+
+    None when Σv is within the sum's rounding ``error`` of zero: nobody held examples.
+    """
+    if not weighted:
+        return (np.asarray(total, dtype=np.float64) / contributors).astype(np.float32)
+    if not total[-1] > error:
+        return None
+    return (np.asarray(total[:-1], dtype=np.float64) / float(total[-1])).astype(np.float32)
 
 
 class Aggregator(Protocol):
@@ -133,8 +167,13 @@ class SecureRingAggregator:
         members: int,
         min_survivors: int,
         rng: np.random.Generator,
+        weight: float | None = None,
     ) -> None:
         fixed_point.check_peers(members)
+        if weight is not None and not 0.0 <= weight <= 1.0:
+            raise ValueError(f"an example weight must lie in [0, 1], not {weight}")
+        if weight is not None and not isinstance(fixed_point, FixedPoint):
+            raise ValueError("example weighting needs the plain fixed-point encoder")
         if secure_round.min_survivors not in (None, min_survivors):
             raise ValueError("the aggregator and its secure round disagree on min_survivors")
         self.secure_round = secure_round
@@ -142,6 +181,8 @@ class SecureRingAggregator:
         self.members = members
         self.min_survivors = min_survivors
         self.rng = rng
+        #: This member's example weight v, or None for the uniform mean.
+        self.weight = weight
         # The protocol enforces it: a sum with fewer vectors aborts instead of completing.
         secure_round.min_survivors = min_survivors
 
@@ -162,10 +203,15 @@ class SecureRingAggregator:
         """Encode, mask, ring-sum, unmask and decode; the mean over the survivors."""
 
         def words() -> UIntVector:  # called once the share holders are fixed
-            return self.fixed_point.encode(made(update), self.rng, self.members)
+            vector = weighted_vector(made(update), self.weight)
+            return self.fixed_point.encode(vector, self.rng, self.members)
 
+        weighted = self.weight is not None
         outcome = await self.secure_round.aggregate(
-            words, round, ring_bits=self.fixed_point.ring_bits, dimension=weights.size
+            words,
+            round,
+            ring_bits=self.fixed_point.ring_bits,
+            dimension=weights.size + (1 if weighted else 0),
         )
         exclusions = tuple(outcome.exclusions)
         if not outcome.ok or outcome.result is None:
@@ -173,7 +219,12 @@ class SecureRingAggregator:
         survivors = outcome.survivors
         total = self.fixed_point.decode_sum(outcome.result, len(survivors))
         sent = outcome.ring.result.bytes_sent if outcome.ring and outcome.ring.result else 0
-        mean = (total / len(survivors)).astype(np.float32)
+        # Each decoded word is off by less than one grid step: a Σv below that is zero.
+        step = self.fixed_point.step if isinstance(self.fixed_point, FixedPoint) else 0.0
+        error = len(survivors) * step if weighted else 0.0
+        mean = weighted_mean(total, len(survivors), weighted, error)
+        if mean is None:
+            return Missed(round, "the members in the sum hold no examples", exclusions)
         return Aggregate(round, mean, frozenset(survivors), sent, exclusions)
 
 
@@ -183,8 +234,10 @@ class RingAggregator:
     secure = False
     exact = True
 
-    def __init__(self, ring_round: RingRound) -> None:
+    def __init__(self, ring_round: RingRound, weight: float | None = None) -> None:
         self.ring_round = ring_round
+        #: This member's example weight v, or None for the uniform mean.
+        self.weight = weight
 
     @property
     def guaranteed_contributors(self) -> int:
@@ -199,12 +252,18 @@ class RingAggregator:
         self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
         """Sum the float updates by ring all-reduce; the mean over the committed cohort."""
-        outcome = await self.ring_round.all_reduce(lambda: made(update).astype(np.float32), round)
+
+        def vector() -> NDArray[np.float32]:
+            return weighted_vector(made(update), self.weight).astype(np.float32)
+
+        outcome = await self.ring_round.all_reduce(vector, round)
         exclusions = tuple(outcome.exclusions)
         if not outcome.committed or outcome.result is None or outcome.cohort is None:
             return Missed(round, outcome.phase.value, exclusions)
         cohort = frozenset(outcome.cohort)
-        mean = (outcome.result.vector / len(cohort)).astype(np.float32)
+        mean = weighted_mean(outcome.result.vector, len(cohort), self.weight is not None)
+        if mean is None:
+            return Missed(round, "the members in the sum hold no examples", exclusions)
         return Aggregate(round, mean, cohort, outcome.result.bytes_sent, exclusions)
 
 

@@ -212,6 +212,11 @@ def _run(args: argparse.Namespace) -> int:
         f"{last.consensus_distance:.3g}, ρ = {result.rho:.4f}{eps}; {wall:.1f} s"
         + (" (ρ not computed above 4096 peers)" if math.isnan(result.rho) else "")
     )
+    if result.empty_sites:
+        print(
+            f"{result.empty_sites} of {scenario.n} sites hold no training example: left out "
+            "of every mean ([partition] min_examples redraws instead)"
+        )
     print(f"wrote {out / 'metrics.csv'}, {out / 'result.json'}, " + ", ".join(map(str, figures)))
     return 0
 
