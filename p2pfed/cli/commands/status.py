@@ -1,6 +1,6 @@
 """``p2pfed status --config FILE``: what a daemon is doing, from its state folder.
 
-Quick on purpose (a health check calls it): it reads ``status.json`` through
+Quick on purpose (a container's HEALTHCHECK calls ``--health``): it reads ``status.json`` through
 ``p2pfed.governance.status_file`` and imports neither torch nor libp2p.
 """
 
@@ -19,6 +19,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the arguments."""
     parser.add_argument("--config", required=True, help="the institution's config.toml")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="one line; exit 0 if the daemon's pid is alive and its status fresh, else 1",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --health: the oldest status still fresh, in seconds (default 600)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -26,10 +38,21 @@ def run(args: argparse.Namespace) -> int:
     """Read status.json, check the daemon's pid is alive, and print them."""
     import time
 
-    from p2pfed.governance.status_file import node_state, read_status, with_liveness
+    from p2pfed.governance.status_file import (
+        HEALTH_MAX_AGE_S,
+        health,
+        node_state,
+        read_status,
+        with_liveness,
+    )
 
     name, state_dir = node_state(args.config)
     raw = read_status(state_dir)
+    if args.health:  # a container's HEALTHCHECK: one line, 0 healthy, 1 not
+        max_age = HEALTH_MAX_AGE_S if args.max_age is None else args.max_age
+        ok, line = health(raw, time.time(), max_age)
+        print(line)
+        return 0 if ok else 1
     if raw is None:
         print(f"{name}: no status yet (the daemon has not started here)")
         return 1
