@@ -38,17 +38,13 @@ def run(args: argparse.Namespace) -> int:
     """Read status.json, check the daemon's pid is alive, and print them."""
     import time
 
-    from p2pfed.governance.status_file import (
-        HEALTH_MAX_AGE_S,
-        health,
-        node_state,
-        read_status,
-        with_liveness,
-    )
+    from p2pfed.governance.status_file import node_state, read_status, with_liveness
 
     name, state_dir = node_state(args.config)
     raw = read_status(state_dir)
     if args.health:  # a container's HEALTHCHECK: one line, 0 healthy, 1 not
+        from p2pfed.governance.status_file import HEALTH_MAX_AGE_S, health
+
         max_age = HEALTH_MAX_AGE_S if args.max_age is None else args.max_age
         ok, line = health(raw, time.time(), max_age)
         print(line)
