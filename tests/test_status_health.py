@@ -64,6 +64,18 @@ def test_no_status_yet_is_unhealthy(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rc == 1 and line.startswith("unhealthy: no status yet")
 
 
+def test_a_bad_config_or_status_file_is_unhealthy_not_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Docker reserves exit status 2: every failure of the check is 1, in one line."""
+    config = _node(tmp_path)
+    (tmp_path / "st" / STATUS_FILE).write_text("{")
+    rc, line = _health(config, capsys)
+    assert rc == 1 and line.startswith("unhealthy: ") and "status.json is unreadable" in line
+    rc, line = _health(tmp_path / "nowhere.toml", capsys)
+    assert rc == 1 and line.startswith("unhealthy: ") and "nowhere.toml" in line
+
+
 def test_the_health_check_process_loads_neither_torch_nor_libp2p(tmp_path: Path) -> None:
     """As the HEALTHCHECK runs it: ``python -m p2pfed``; ``-X importtime`` lists every import."""
     config = _node(tmp_path)

@@ -40,15 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     from p2pfed.governance.status_file import node_state, read_status, with_liveness
 
+    if args.health:
+        return _health(args)
     name, state_dir = node_state(args.config)
     raw = read_status(state_dir)
-    if args.health:  # a container's HEALTHCHECK: one line, 0 healthy, 1 not
-        from p2pfed.governance.status_file import HEALTH_MAX_AGE_S, health
-
-        max_age = HEALTH_MAX_AGE_S if args.max_age is None else args.max_age
-        ok, line = health(raw, time.time(), max_age)
-        print(line)
-        return 0 if ok else 1
     if raw is None:
         print(f"{name}: no status yet (the daemon has not started here)")
         return 1
@@ -67,6 +62,22 @@ def run(args: argparse.Namespace) -> int:
         for key, value in members:
             print(f"  {key:<{width}}  {value}")
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """A container's HEALTHCHECK: one line; 0 healthy, 1 not (Docker reserves 2)."""
+    import time
+
+    from p2pfed.errors import P2PFedError
+    from p2pfed.governance.status_file import HEALTH_MAX_AGE_S, health, node_state, read_status
+
+    max_age = HEALTH_MAX_AGE_S if args.max_age is None else args.max_age
+    try:
+        ok, line = health(read_status(node_state(args.config)[1]), time.time(), max_age)
+    except P2PFedError as exc:  # a missing config or a torn status file: unhealthy too
+        ok, line = False, f"unhealthy: {exc}"
+    print(line)
+    return 0 if ok else 1
 
 
 def _rows(status: dict[str, Any]) -> list[tuple[str, str]]:
