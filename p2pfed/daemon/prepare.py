@@ -34,6 +34,8 @@ from p2pfed.identity import Identity, Role, RosterGate, StudyProtocol
 from p2pfed.lifecycle import load_audit_salt
 from p2pfed.node.peer import CHECKPOINT
 from p2pfed.privacy import PrivacyLedger, noise_multiplier_for
+from p2pfed.privacy.accountants import Accountant, make_accountant
+from p2pfed.privacy.calibrate import releases_within_budget
 from p2pfed.privacy.ledger_format import Anchor
 from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
 from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split
@@ -217,7 +219,12 @@ def check_ledger(config: Config, state_dir: Path) -> tuple[tuple[Anchor, ...], f
     found = ledger_anchors.collect(state_dir / CHECKPOINT, state_dir / AUDIT_FILE)
     if not config.path(p.ledger).exists():
         found.refuse_missing(config.path(p.ledger))
-        return found.heads, None
+        # A first start spends from an empty ledger: rounds that cannot fit are refused now,
+        # not after the budget has gone on the first few of them.
+        sigma = noise_multiplier(config)
+        fresh = FreshBudget(p.epsilon_budget, p.delta, make_accountant(config.accountant))
+        check_rounds_fit(config, fresh, completed_round(state_dir), sigma)
+        return found.heads, sigma
     with PrivacyLedger(
         config.path(p.ledger),
         p.epsilon_budget,
@@ -277,7 +284,29 @@ def release_shape(config: Config) -> tuple[int, float]:
     return 1, 1.0
 
 
-def check_rounds_fit(config: Config, ledger: PrivacyLedger, completed: int, sigma: float) -> None:
+@dataclass(frozen=True)
+class FreshBudget:
+    """What ``check_rounds_fit`` asks of a ledger, for one that holds no release yet."""
+
+    budget_epsilon: float
+    delta: float
+    empty: Accountant
+
+    def accountant(self) -> Accountant:
+        return self.empty.copy()
+
+    def remaining_epsilon(self) -> float:
+        return self.budget_epsilon
+
+    def rounds_left(self, noise_multiplier: float, sample_rate: float, steps: int) -> int:
+        return releases_within_budget(
+            self.empty, self.budget_epsilon, self.delta, noise_multiplier, sample_rate, steps
+        )
+
+
+def check_rounds_fit(
+    config: Config, ledger: PrivacyLedger | FreshBudget, completed: int, sigma: float
+) -> None:
     """Refuse to start when the rounds still to run cannot fit what is left of the budget.
 
     Checked for local and DP-SGD noise, whose releases the ledger charges exactly as planned
@@ -288,13 +317,17 @@ def check_rounds_fit(config: Config, ledger: PrivacyLedger, completed: int, sigm
     if p.mode not in ("local", "dp-sgd") or to_go <= 0:
         return
     steps, q = release_shape(config)
+    after = ledger.accountant()
+    after.step(noise_multiplier=sigma, sample_rate=q, steps=steps * to_go)
+    if after.get_epsilon(ledger.delta) <= ledger.budget_epsilon:
+        return  # one composition; the search for how many fit only when they do not
     fits = ledger.rounds_left(sigma, q, steps)
     if fits < to_go:
+        fix = f"lower [rounds] rounds to {completed + 1 + fits}, or raise σ" if fits else "raise σ"
         raise BudgetExceededError(
             f"the {to_go} rounds still to run at σ = {sigma:.3g} need more than the ε "
             f"{ledger.remaining_epsilon():.3g} left of the budget {p.epsilon_budget:g} (only "
-            f"{fits} fit): lower [rounds] rounds to {completed + 1 + fits}, or raise σ (set "
-            "[privacy] target_epsilon, or see `p2pfed privacy plan`)"
+            f"{fits} fit): {fix} (set [privacy] target_epsilon, or see `p2pfed privacy plan`)"
         )
 
 

@@ -128,7 +128,12 @@ class RoundReporter:
 
     def removed(self, peer_id: str, version: int) -> None:
         """This node is not in roster ``version``: its own gate now refuses everyone."""
-        log.error("this node (%s) was removed in roster version %d; stopping", peer_id, version)
+        log.error(
+            "this node (%s) was removed in roster version %d; stopping",
+            peer_id,
+            version,
+            extra={"peer": peer_id},
+        )
         self.status |= {"state": "stopped", "stop_reason": f"removed in roster version {version}"}
 
     def expiry_guard(self) -> Callable[[], None]:
@@ -165,7 +170,12 @@ class RoundReporter:
         self._wait_logged = (what, now)
         who = f" for {', '.join(missing)} (not answering)" if missing else ""
         log.warning(
-            "round %d: waiting%s: %s; retry in %.0f s", wait.round, who, wait.reason, wait.retry_in
+            "round %d: waiting%s: %s; retry in %.0f s",
+            wait.round,
+            who,
+            wait.reason,
+            wait.retry_in,
+            extra={"round": wait.round, "missing": missing},
         )
 
     def running(self, peer: Peer, transport: Libp2pTransport, roster_version: int) -> None:
@@ -268,6 +278,7 @@ class RoundReporter:
             report.test_accuracy,
             "off" if report.epsilon is None else f"{report.epsilon:.3f}",
             report.contributors,
+            extra={"round": report.round},
         )
 
     def _committed(self, report: RoundReport, peer: Peer) -> None:

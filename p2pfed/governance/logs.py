@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -27,6 +28,35 @@ _STANDARD = frozenset(
 _MARK = "_p2pfed_handler"
 _displaced: dict[str, list[logging.Handler]] = {}
 """Handlers taken off captured loggers, put back by ``remove_logging``."""
+_hooks: dict[str, Any] = {}
+"""The interpreter's hooks ``setup_logging`` replaced, put back by ``remove_logging``."""
+_hook_log = logging.getLogger("p2pfed.uncaught")
+
+
+CONTEXT = ("round", "peer")
+"""Record fields the plain format appends when the message does not already name them."""
+
+
+class PlainFormatter(logging.Formatter):
+    """``ts LEVEL logger: msg``, then ``(round N, peer X)`` for the fields the text omits."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        message = record.getMessage()
+        named = [
+            f"{key} {value}"
+            for key in CONTEXT
+            if (value := getattr(record, key, None)) is not None
+            and f"{key} {value}" not in message
+            and not (key == "peer" and str(value) in message)
+        ]
+        if not named:
+            return line
+        head, sep, tail = line.partition("\n")  # a traceback stays below the line
+        return f"{head} ({', '.join(named)}){sep}{tail}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,11 +90,7 @@ def setup_logging(
     Calling it again replaces the handler it installed before. ``remove_logging`` undoes it.
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if json_format
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_format else PlainFormatter())
     setattr(handler, _MARK, True)
     root = logging.getLogger()
     remove_logging()
@@ -72,6 +98,12 @@ def setup_logging(
     root.setLevel(level)
     # warnings.warn() writes plain text to stderr; as records they take the same format.
     logging.captureWarnings(True)
+    # So do "Exception ignored in …" (an async generator closed late under trio) and a
+    # thread's uncaught error: as records, they cannot break a JSON stream either.
+    _hooks.setdefault("unraisable", sys.unraisablehook)
+    _hooks.setdefault("thread", threading.excepthook)
+    sys.unraisablehook = _log_unraisable
+    threading.excepthook = _log_thread_error
     for name in capture:
         logger = logging.getLogger(name)
         if not logger.propagate:
@@ -85,6 +117,10 @@ def setup_logging(
 def remove_logging() -> None:
     """Remove the handler ``setup_logging`` installed and give captured loggers theirs back."""
     logging.captureWarnings(False)
+    if "unraisable" in _hooks:
+        sys.unraisablehook = _hooks.pop("unraisable")
+    if "thread" in _hooks:
+        threading.excepthook = _hooks.pop("thread")
     for logger in [logging.getLogger(), *_all_loggers()]:
         for handler in list(logger.handlers):
             if getattr(handler, _MARK, False):
@@ -103,3 +139,27 @@ def _all_loggers() -> list[logging.Logger]:
     return [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
+
+
+def _log_unraisable(info: sys.UnraisableHookArgs) -> None:
+    exc = info.exc_value
+    where = f" in {info.object!r}" if info.object is not None else ""
+    _hook_log.error(
+        "%s%s: %r",
+        info.err_msg or "Exception ignored",
+        where,
+        exc,
+        exc_info=(info.exc_type, exc, info.exc_traceback) if exc is not None else None,
+    )
+
+
+def _log_thread_error(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _hook_log.error(
+        "uncaught error in thread %s: %r",
+        name,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )

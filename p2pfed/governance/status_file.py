@@ -23,6 +23,9 @@ from p2pfed.settings import read_toml
 STATUS_FILE = "status.json"
 DEFAULT_STATE_DIR = "state"
 """``[node] state_dir`` when the config leaves it out (``p2pfed.config.NodeSection``)."""
+HEALTH_MAX_AGE_S = 600.0
+"""``status --health``: a status older than this is stale. The daemon rewrites it at every
+round, retry and wait (seconds apart), so 10 minutes of silence means it is stuck."""
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
@@ -88,3 +91,16 @@ def with_liveness(status: dict[str, Any], now: float) -> dict[str, Any]:
         )
     out["shown_state"] = shown
     return out
+
+
+def health(status: dict[str, Any] | None, now: float, max_age: float) -> tuple[bool, str]:
+    """Whether the daemon is healthy (its pid alive, its status fresh), and one line why."""
+    if status is None:
+        return False, "unhealthy: no status yet (the daemon has not started here)"
+    shown = with_liveness(status, now)
+    name, age = status.get("name", "?"), shown["age_s"]
+    if not shown["running"]:
+        return False, f"unhealthy: {name}: daemon pid {status.get('pid', '—')} is not running"
+    if not age <= max_age:
+        return False, f"unhealthy: {name}: status not updated for {age:g} s (limit {max_age:g} s)"
+    return True, f"healthy: {name} {status.get('state')}, pid {status['pid']}, status {age:g} s old"

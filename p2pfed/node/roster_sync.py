@@ -142,11 +142,14 @@ class LiveRoster:
         if problem is RosterProblem.ROLLED_BACK and source != FILE_SOURCE:
             # A member that is behind sends its older version; ours went back to it.
             log.info(
-                "peer %s holds an older roster than version %d", source, self.gate.roster.version
+                "peer %s holds an older roster than version %d",
+                source,
+                self.gate.roster.version,
+                extra={"peer": source},
             )
             return
         self.refusals.append(Refusal(source, problem, str(exc)))
-        log.warning("%s", exc)
+        log.warning("%s", exc, extra={"peer": source})
 
     def _stat_digest(self) -> tuple[int, int, str] | None:
         try:
@@ -279,10 +282,10 @@ class RosterAnnouncer:
                     await write_frame(stream, self._frame(), _LIMITS, self.timeout)
                     theirs = await read_one_frame(stream, _LIMITS, self.timeout, expect=None)
         except (BrokenError, ClosedError, RemoteProtocolError, LocalProtocolError) as exc:
-            log.info("roster exchange with %s failed: %s", peer, exc)
+            log.info("roster exchange with %s failed: %s", peer, exc, extra={"peer": peer})
             return None
         except trio.TooSlowError:
-            log.info("roster exchange with %s timed out", peer)
+            log.info("roster exchange with %s timed out", peer, extra={"peer": peer})
             return None
         await self._consider(theirs, peer)
         return theirs.round
@@ -324,6 +327,7 @@ class RosterAnnouncer:
             change.old.version,
             len(change.added),
             len(change.removed),
+            extra={"peer": change.source},
         )
         await self.on_change(change)
         # Push to the members of the new version (the source already has it).

@@ -16,6 +16,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check everything, then run rounds until done, out of budget, or signalled."""
+    import logging
+
     import trio
 
     from p2pfed.config import load_config
@@ -24,23 +26,32 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     setup_logging(config.node.log_level.upper(), json_format=config.node.log_json)
+
+    said = logging.getLogger("p2pfed.run")
+    said.setLevel(logging.INFO)  # these lines show whatever [node] log_level says
+
+    def say(line: str) -> None:
+        """A line for the operator: on stdout, or with ``log_json`` a record like the rest."""
+        if config.node.log_json:
+            said.info("%s", line)
+        else:
+            print(line, flush=True)
+
     try:
         prepared = prepare(config)
         done = completed_round(prepared.state_dir)
         if done >= config.rounds.rounds - 1:
-            print(
+            say(
                 f"{config.node.name}: already finished: all {config.rounds.rounds} rounds are done "
-                f"(checkpoint at round {done}); nothing to run",
-                flush=True,
+                f"(checkpoint at round {done}); nothing to run"
             )
             return 0
-        print(prepared.report.summary(), flush=True)
+        say(prepared.report.summary())
         status = trio.run(run_until_signalled, prepared)
         state = status.get("state", "stopped")
-        print(
+        say(
             f"{config.node.name}: {state} after round {status.get('completed_round', -1)}"
-            + (f"; {status['error']}" if "error" in status else ""),
-            flush=True,
+            + (f"; {status['error']}" if "error" in status else "")
         )
         return 0 if state in ("finished", "stopped") else 1
     finally:

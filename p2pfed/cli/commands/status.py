@@ -1,6 +1,6 @@
 """``p2pfed status --config FILE``: what a daemon is doing, from its state folder.
 
-Quick on purpose (a health check calls it): it reads ``status.json`` through
+Quick on purpose (a container's HEALTHCHECK calls ``--health``): it reads ``status.json`` through
 ``p2pfed.governance.status_file`` and imports neither torch nor libp2p.
 """
 
@@ -19,6 +19,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the arguments."""
     parser.add_argument("--config", required=True, help="the institution's config.toml")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="one line; exit 0 if the daemon's pid is alive and its status fresh, else 1",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --health: the oldest status still fresh, in seconds (default 600)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -28,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     from p2pfed.governance.status_file import node_state, read_status, with_liveness
 
+    if args.health:
+        return _health(args)
     name, state_dir = node_state(args.config)
     raw = read_status(state_dir)
     if raw is None:
@@ -48,6 +62,22 @@ def run(args: argparse.Namespace) -> int:
         for key, value in members:
             print(f"  {key:<{width}}  {value}")
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """A container's HEALTHCHECK: one line; 0 healthy, 1 not (Docker reserves 2)."""
+    import time
+
+    from p2pfed.errors import P2PFedError
+    from p2pfed.governance.status_file import HEALTH_MAX_AGE_S, health, node_state, read_status
+
+    max_age = HEALTH_MAX_AGE_S if args.max_age is None else args.max_age
+    try:
+        ok, line = health(read_status(node_state(args.config)[1]), time.time(), max_age)
+    except P2PFedError as exc:  # a missing config or a torn status file: unhealthy too
+        ok, line = False, f"unhealthy: {exc}"
+    print(line)
+    return 0 if ok else 1
 
 
 def _rows(status: dict[str, Any]) -> list[tuple[str, str]]:
