@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
@@ -19,6 +20,9 @@ from p2pfed.settings import check, open_unit, parse, positive, read_toml
 from p2pfed.training.data import BUILTIN_DATASETS
 from p2pfed.training.models import BUILTIN_MODELS
 from p2pfed.training.trainer import TrainingConfig
+
+if TYPE_CHECKING:
+    from p2pfed.governance.metrics import MetricsConfig
 
 MODES = ("ring", "gossip")
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
@@ -268,6 +272,8 @@ class MetricsSection:
 
     port: int = 0
     host: str = "127.0.0.1"
+    dashboard_token_file: str = ""
+    """Required when ``host`` is not loopback: clients send the token it holds."""
 
     def validate(self) -> None:
         check(0 <= self.port < 65536, "[metrics] port", "must be 0 (off) or a TCP port")
@@ -326,6 +332,14 @@ class Config:
         """``relative`` resolved against the config file's folder."""
         p = Path(relative).expanduser()
         return p if p.is_absolute() else Path(self.base_dir or ".") / p
+
+    def metrics_config(self, state_dir: Path) -> MetricsConfig:
+        """What the daemon serves on the metrics port: metrics, and this node's dashboard."""
+        from p2pfed.governance.metrics import MetricsConfig
+
+        m = self.metrics
+        token = self.path(m.dashboard_token_file) if m.dashboard_token_file else None
+        return MetricsConfig(m.port != 0, m.host, m.port or 9464, token, state_dir)
 
 
 def load_config(path: str | Path) -> Config:
@@ -424,8 +438,9 @@ accuracy_drop = 0.05           # drift alert when accuracy falls this much
 psi_major = 0.2                # drift alert when a feature's PSI exceeds this
 
 [metrics]
-port = 0                       # Prometheus endpoint; 0 = off
-host = "127.0.0.1"
+port = 0                       # Prometheus /metrics and the dashboard at /; 0 = off
+host = "127.0.0.1"             # off loopback, dashboard_token_file is required
+dashboard_token_file = ""      # a file with one token line; clients send it as Bearer
 """
 
 

@@ -208,6 +208,7 @@ class RoundReporter:
                 continue
             row = rows.setdefault(m.name, {"last_round": None, "last_error": None})
             row["connected"] = m.peer_id in connected
+            row["addresses"] = list(m.addresses)  # how it is dialled (the roster's, for now)
             if report is not None and m.peer_id in report.cohort:
                 row["last_round"] = report.round
         for e in report.exclusions if report is not None else ():
