@@ -221,3 +221,24 @@ def test_check_request_decides_before_any_page_runs():
     assert check_request({"REQUEST_METHOD": "GET"}, TOKEN)[0].startswith("401")
     ok = {"REQUEST_METHOD": "GET", "HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
     assert check_request(ok, TOKEN) is None
+
+
+def test_epsilon_per_round_replays_the_ledger_including_a_failed_rounds_release(tmp_path):
+    # A round whose noised update was released but which then failed spent ε, and has no
+    # audit ``dp`` entry: the ledger is the record of spend, so the chart follows it.
+    from p2pfed.privacy import PrivacyLedger
+    from p2pfed.privacy.ledger_format import Release
+    from p2pfed.privacy.mechanisms import NoiseMode
+
+    state = _state(tmp_path, rounds=2)
+    with PrivacyLedger(state / "privacy.ledger", 10.0, 1e-5, "rdp") as ledger:
+        for r in range(3):
+            ledger.reserve(Release(r, 1.1, 0.1, 4, 1.0, NoiseMode.DP_SGD))
+        spent = ledger.spent_epsilon()
+    status = json.loads((state / "status.json").read_text())
+    status |= {"privacy_ledger": str(state / "privacy.ledger"), "accountant": "rdp", "delta": 1e-5}
+    write_status(state, status)
+    d = collect(state)
+    assert [r for r, _ in d.epsilon] == [0, 1, 2]  # the audit log has dp entries for 1, 2 only
+    assert d.epsilon[-1][1] == pytest.approx(spent)
+    assert d.epsilon[0][1] < d.epsilon[1][1] < d.epsilon[2][1]

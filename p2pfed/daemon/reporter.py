@@ -186,6 +186,8 @@ class RoundReporter:
                 "epsilon": self._ledger.spent_epsilon(),
                 "epsilon_budget": self._ledger.budget_epsilon,
                 "delta": self._ledger.delta,
+                "accountant": self._ledger.accountant_kind,  # the dashboard replays the ledger
+                "privacy_ledger": str(self._ledger.path.resolve()),
             }
         versions = self.recorder.registry.versions()
         if versions:  # a restarted node shows the model it holds before its next round

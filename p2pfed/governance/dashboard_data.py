@@ -5,8 +5,11 @@ budget, state), its audit log (verified with ``verify_log``; round, DP and drift
 parsed from it), and its model registry's manifests, and returns one ``DashboardData``.
 Nothing here reads the node's data files: the page can only show what these records hold,
 which are counts, ε, durations, hashes and validation metrics — never rows or per-patient
-values. The planned ε curve is the accountant's answer for the DP parameters the audit log
-recorded, one point per configured round (cached: the page refreshes itself often).
+values. ε spent per round replays the privacy ledger's releases on its accountant (a round
+that failed after its noised update was released spent ε too, and has no audit ``dp``
+entry); without a ledger the audit log's ``dp`` entries are shown. The planned ε curve is
+the accountant's answer for the DP parameters recorded, one point per configured round.
+Both are cached, since the page refreshes itself often.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pfed.errors import P2PFedError
+from p2pfed.errors import IntegrityError, P2PFedError
 from p2pfed.governance.audit import verify_log
 from p2pfed.governance.models import MODELS_DIR, ModelRegistry
 from p2pfed.governance.status_file import read_status
+from p2pfed.privacy.accountants import make_accountant
 from p2pfed.privacy.calibrate import epsilon_for
+from p2pfed.privacy.ledger_format import decode_line, record_from
 
 AUDIT_FILE = "audit.jsonl"  # p2pfed.daemon.prepare.AUDIT_FILE (the daemon is a layer above)
 
@@ -81,7 +86,7 @@ class DashboardData:
     members: tuple[MemberRow, ...] = ()
     rounds: tuple[RoundRow, ...] = ()
     epsilon: tuple[tuple[int, float], ...] = ()
-    """(round, ε spent after it), from the audit log's ``dp`` entries."""
+    """(round, ε spent after it): the privacy ledger replayed, else the audit log's."""
     epsilon_budget: float | None = None
     planned: tuple[tuple[int, float], ...] = ()
     models: tuple[ModelRow, ...] = ()
@@ -141,6 +146,42 @@ def planned_curve(
         (k, epsilon_for(sigma, delta, sample_rate, steps * (k + 1), accountant))
         for k in range(rounds)
     )
+
+
+@functools.lru_cache(maxsize=64)
+def spent_curve(
+    releases: tuple[tuple[int, float, float, int], ...], accountant: str, delta: float
+) -> tuple[tuple[int, float], ...]:
+    """(round, ε after it) for ledger releases (round, σ, q, steps), composed in order."""
+    acc = make_accountant(accountant)
+    out = []
+    for r, sigma, q, steps in releases:
+        acc.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+        out.append((r, acc.get_epsilon(delta)))
+    return tuple(out)
+
+
+def _from_ledger(status: dict[str, Any]) -> dict[str, Any]:
+    """ε per released round by replaying the ledger, or nothing (then the audit log's)."""
+    path, kind = status.get("privacy_ledger"), status.get("accountant")
+    delta = _number(status.get("delta"))
+    if not (isinstance(path, str) and isinstance(kind, str) and delta):
+        return {}
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError:
+        return {}
+    releases = []
+    for n, line in enumerate(lines[1:], start=2):  # line 1 is the header
+        try:
+            rel = record_from(decode_line(line, f"ledger line {n}"), f"ledger line {n}").release
+        except IntegrityError:
+            continue  # a torn last line: the daemon's own recovery decides about it
+        releases.append((rel.round, rel.noise_multiplier, rel.sample_rate, rel.steps))
+    try:
+        return {"epsilon": spent_curve(tuple(releases), kind, delta)}
+    except P2PFedError:
+        return {}
 
 
 def _from_audit(path: Path, rounds: int) -> dict[str, Any]:
@@ -219,5 +260,5 @@ def collect(state_dir: Path) -> DashboardData:
         members=_members(status),
         epsilon_budget=_number(status.get("epsilon_budget")),
         models=_models(state_dir),
-        **_from_audit(state_dir / AUDIT_FILE, planned_rounds),
+        **(_from_audit(state_dir / AUDIT_FILE, planned_rounds) | _from_ledger(status)),
     )
