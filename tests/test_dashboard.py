@@ -46,7 +46,7 @@ def _data(**over: object) -> DashboardData:
         members=(MemberRow("hospital-b", True, ("/ip4/127.0.0.1/tcp/4001",), 2, None),),
         rounds=(RoundRow(0, "completed", 1.5, 3), RoundRow(1, "completed", 2.0, 3)),
         epsilon=((0, 0.4), (1, 0.7)),
-        epsilon_budget=5.0,
+        epsilon_budget=2.0,
         planned=((0, 0.4), (1, 0.7), (2, 0.9), (3, 1.1)),
         audit=AuditStatus(True, 12),
     )
@@ -79,6 +79,8 @@ def test_the_page_shows_members_rounds_epsilon_points_and_audit_status():
     assert 'class="planned"' in page and 'class="budget"' in page
     assert "audit chain verified: 12 entries" in page
     assert "status written 30 s ago" in page
+    far = render_page([_data(epsilon_budget=50.0)], "node")
+    assert 'class="budget"' not in far and "budget 50: far above" in far  # curves stay legible
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")
 
 

@@ -30,7 +30,11 @@ def epsilon_chart(
     """ε spent per round (points joined by a line), the planned curve (dashed), the budget."""
     if not spent and not planned:
         return '<p class="empty">no privacy spend recorded yet</p>'
-    ys = [e for _, e in spent] + [e for _, e in planned] + ([budget] if budget else [])
+    ys = [e for _, e in spent] + [e for _, e in planned]
+    # A budget far above the spend would flatten the curves: then it is named, not drawn.
+    budget_drawn = budget is not None and budget > 0 and budget <= 3 * max(ys)
+    if budget_drawn:
+        ys.append(float(budget or 0))
     xs = [r for r, _ in spent] + [r for r, _ in planned] + [max(0, rounds - 1)]
     kx, bx = _scale(min(0, *xs), max(1, *xs), PAD, WIDTH - PAD / 2)
     ky, by = _scale(0.0, max(ys) * 1.08, HEIGHT - PAD, PAD / 2)
@@ -51,13 +55,18 @@ def epsilon_chart(
     parts.append(
         f'<text x="4" y="{ky * top + by + 4:.1f}" font-size="10">{escape(f"{top:.2f}")}</text>'
     )
-    if budget:
+    if budget is not None and budget_drawn:
         y = ky * budget + by
         parts.append(
             f'<line class="budget" x1="{PAD}" y1="{y:.1f}" x2="{WIDTH - PAD / 2}" y2="{y:.1f}" '
             'stroke="#c0392b" stroke-dasharray="2,3"/>'
             f'<text x="{PAD + 4}" y="{y - 4:.1f}" font-size="10" fill="#c0392b">'
             f"budget {escape(f'{budget:g}')}</text>"
+        )
+    if budget is not None and not budget_drawn:
+        parts.append(
+            f'<text class="budget-note" x="{WIDTH - PAD * 5}" y="{PAD / 2 + 4}" font-size="10" '
+            f'fill="#c0392b">budget {escape(f"{budget:g}")}: far above</text>'
         )
     if planned:
         parts.append(
