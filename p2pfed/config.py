@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
@@ -20,9 +19,6 @@ from p2pfed.settings import check, open_unit, parse, positive, read_toml
 from p2pfed.training.data import BUILTIN_DATASETS
 from p2pfed.training.models import BUILTIN_MODELS
 from p2pfed.training.trainer import TrainingConfig
-
-if TYPE_CHECKING:
-    from p2pfed.governance.metrics import MetricsConfig
 
 MODES = ("ring", "gossip")
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
@@ -332,14 +328,6 @@ class Config:
         """``relative`` resolved against the config file's folder."""
         p = Path(relative).expanduser()
         return p if p.is_absolute() else Path(self.base_dir or ".") / p
-
-    def metrics_config(self, state_dir: Path) -> MetricsConfig:
-        """What the daemon serves on the metrics port: metrics, and this node's dashboard."""
-        from p2pfed.governance.metrics import MetricsConfig
-
-        m = self.metrics
-        token = self.path(m.dashboard_token_file) if m.dashboard_token_file else None
-        return MetricsConfig(m.port != 0, m.host, m.port or 9464, token, state_dir)
 
 
 def load_config(path: str | Path) -> Config:

@@ -15,10 +15,12 @@ import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from p2pfed.config import Config, MetricsSection, NodeSection
+from p2pfed.daemon.reporter import metrics_config
 from p2pfed.errors import ConfigError
 from p2pfed.governance.dashboard import render_page
 from p2pfed.governance.dashboard_data import (
@@ -201,7 +203,7 @@ def test_only_get_and_head_are_served(tmp_path):
 def test_a_daemon_bound_off_loopback_without_a_token_refuses_to_start(tmp_path):
     config = Config(node=NodeSection(name="h"), metrics=MetricsSection(port=9999, host="0.0.0.0"))
     with pytest.raises(ConfigError, match=r"not a loopback address: set \[metrics\] dashboard_"):
-        config.metrics_config(tmp_path)
+        metrics_config(SimpleNamespace(config=config, state_dir=tmp_path))  # what serve() calls
     # Loopback needs none; a hostname may resolve anywhere, so it counts as off loopback.
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("dashboard.example")

@@ -24,7 +24,7 @@ from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, DataError, IntegrityError, ReasonCode
 from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
 from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
-from p2pfed.governance.metrics import NodeMetrics
+from p2pfed.governance.metrics import MetricsConfig, NodeMetrics
 from p2pfed.governance.models import MODELS_DIR, ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.governance.status_file import write_status
@@ -86,6 +86,13 @@ def open_governance(prepared: Prepared, consortium: str, classes: int) -> Govern
     return GovernanceRecorder(
         audit, ModelRegistry(prepared.state_dir / MODELS_DIR), drift=drift, metrics=NodeMetrics()
     )
+
+
+def metrics_config(prepared: Prepared) -> MetricsConfig:
+    """What the daemon serves on its metrics port: metrics, and this node's dashboard."""
+    m = prepared.config.metrics
+    token = prepared.config.path(m.dashboard_token_file) if m.dashboard_token_file else None
+    return MetricsConfig(m.port != 0, m.host, m.port or 9464, token, prepared.state_dir)
 
 
 class RoundReporter:
