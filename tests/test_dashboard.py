@@ -246,3 +246,10 @@ def test_epsilon_per_round_replays_the_ledger_including_a_failed_rounds_release(
     assert [r for r, _ in d.epsilon] == [0, 1, 2]  # the audit log has dp entries for 1, 2 only
     assert d.epsilon[-1][1] == pytest.approx(spent)
     assert d.epsilon[0][1] < d.epsilon[1][1] < d.epsilon[2][1]
+
+
+def test_demo_dashboard_port_out_of_range_is_one_sentence(capsys):
+    from p2pfed.cli import main
+
+    assert main(["demo", "--dashboard", "--dashboard-port", "70000"]) == 2
+    assert "--dashboard-port must be a TCP port (0-65535), got 70000" in capsys.readouterr().err
