@@ -28,7 +28,7 @@ h1{font-size:1.3em;margin:.2em 0} h2{font-size:1.05em;margin:1em 0 .3em}
 .node{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em 1em}
 table{border-collapse:collapse;font-size:.85em;width:100%}
 th,td{border-bottom:1px solid #eee;padding:2px 6px;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}
 .ok{color:#1e8449;font-weight:600} .bad{color:#c0392b;font-weight:600}
 .empty,.muted{color:#888;font-size:.85em} code{font-size:.9em}
 """
