@@ -31,6 +31,7 @@ th,td{border-bottom:1px solid #eee;padding:2px 6px;text-align:left;vertical-alig
 overflow-wrap:break-word}
 .ok{color:#1e8449;font-weight:600} .bad{color:#c0392b;font-weight:600}
 .empty,.muted{color:#888;font-size:.85em} code{font-size:.9em}
+.err{word-break:break-all}
 """
 
 
@@ -57,7 +58,7 @@ def _members(d: DashboardData) -> str:
             else '<span class="bad">not connected</span>',
             "<br>".join(f"<code>{_text(a)}</code>" for a in m.addresses) or "—",
             "—" if m.last_round is None else str(m.last_round),
-            "—" if m.last_error is None else _text(m.last_error),
+            "—" if m.last_error is None else f'<span class="err">{_text(m.last_error)}</span>',
         ]
         for m in d.members
     ]
