@@ -133,6 +133,7 @@ def test_collect_reads_status_audit_and_plans_the_epsilon_curve(tmp_path):
 
 def test_an_edited_audit_log_shows_as_broken(tmp_path):
     state = _state(tmp_path)
+    assert collect(state).audit.verified  # seen (and cached) before the edit
     lines = (state / "audit.jsonl").read_text().splitlines()
     entry = json.loads(lines[4])
     entry["body"]["round"] = 99  # rewritten history: the signature no longer matches

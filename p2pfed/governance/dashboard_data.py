@@ -185,8 +185,16 @@ def _from_ledger(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_audit(path: Path, rounds: int) -> dict[str, Any]:
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except OSError:
         return {}
+    # Verifying every signature on each refresh would grow with the log: only when it changed.
+    return _audit_cached(path, st.st_size, st.st_ctime_ns, rounds)  # ctime: cannot be set back
+
+
+@functools.lru_cache(maxsize=16)
+def _audit_cached(path: Path, _size: int, _ctime_ns: int, rounds: int) -> dict[str, Any]:
     report = verify_log(path)
     problem = None if report.problem is None else report.summary()
     out: dict[str, Any] = {"audit": AuditStatus(report.ok, report.entries, problem)}
