@@ -91,7 +91,7 @@ def _privacy(d: DashboardData) -> str:
     budget = "no budget" if d.epsilon_budget is None else f"budget {d.epsilon_budget:g}"
     legend = (
         f'<p class="muted">ε spent <b class="eps-spent">{spent}</b> of {budget}; '
-        f"{len(d.epsilon)} rounds charged; dashed: the accountant's plan for "
+        f"{len(d.epsilon)} rounds charged; dashed orange: the accountant's plan for "
         f"{d.planned_rounds} rounds at the recorded mechanism</p>"
     )
     return chart + legend

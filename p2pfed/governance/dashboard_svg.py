@@ -68,15 +68,16 @@ def epsilon_chart(
             f'<text class="budget-note" x="{WIDTH - PAD * 5}" y="{PAD / 2 + 4}" font-size="10" '
             f'fill="#c0392b">budget {escape(f"{budget:g}")}: far above</text>'
         )
-    if planned:
-        parts.append(
-            '<polyline class="planned" fill="none" stroke="#7f8c8d" stroke-dasharray="5,4" '
-            f'points="{" ".join(pt(r, e) for r, e in planned)}"/>'
-        )
     if spent:
         parts.append(
             '<polyline class="spent" fill="none" stroke="#2471a3" stroke-width="2" '
             f'points="{" ".join(pt(r, e) for r, e in spent)}"/>'
+        )
+    if planned:
+        parts.append(
+            '<polyline class="planned" fill="none" stroke="#f39c12" stroke-width="1.5" '
+            'stroke-dasharray="5,4" '
+            f'points="{" ".join(pt(r, e) for r, e in planned)}"/>'
         )
     for r, e in spent:
         cx, cy = pt(r, e).split(",")
