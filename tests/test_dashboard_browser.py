@@ -7,8 +7,8 @@ the member table, the ε chart's points (one per round done) and the audit statu
 screenshot goes to the CI artefact folder (``$P2PFED_ARTEFACTS``, default
 ``build/artefacts``) and to ``docs/figures/dashboard.png``. Skipped, saying why, only where
 no chromium binary exists (``.ci/run`` installs it). Slow: four daemons start and run
-three rounds; 104 s measured at a load average of 9-11 on 2 cores (most of it daemon
-start-up and the retry of a first round missed while others were still starting).
+three rounds; 50-190 s measured on 2 cores at load averages of 9-13 (most of it daemon
+start-up, and the retry of a first round missed while others were still starting).
 """
 
 from __future__ import annotations
