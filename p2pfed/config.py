@@ -302,6 +302,8 @@ class MetricsSection:
 
     port: int = 0
     host: str = "127.0.0.1"
+    dashboard_token_file: str = ""
+    """Required when ``host`` is not loopback: clients send the token it holds."""
 
     def validate(self) -> None:
         check(0 <= self.port < 65536, "[metrics] port", "must be 0 (off) or a TCP port")
@@ -471,8 +473,9 @@ accuracy_drop = 0.05           # drift alert when accuracy falls this much
 psi_major = 0.2                # drift alert when a feature's PSI exceeds this
 
 [metrics]
-port = 0                       # Prometheus endpoint; 0 = off
-host = "127.0.0.1"
+port = 0                       # Prometheus /metrics and the dashboard at /; 0 = off
+host = "127.0.0.1"             # off loopback, dashboard_token_file is required
+dashboard_token_file = ""      # a file with one token line; clients send it as Bearer
 """
 
 

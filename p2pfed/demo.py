@@ -7,7 +7,8 @@ signed roster; the demo writes a config per hospital with secure aggregation and
 ``p2pfed.consortium`` launches, watches and stops the daemons. ``references`` then trains,
 in-process and with the same model and epochs, the two baselines the federated model is
 judged against: each hospital alone (local-only) and all data pooled without privacy
-(centralized). The held-out test set never reaches any hospital.
+(centralized). The held-out test set never reaches any hospital. ``dashboard_server``
+serves one page with every hospital's dashboard side by side (``p2pfed demo --dashboard``).
 
 The schema's normalisation constants are computed from the pooled training rows here; they
 stand in for the published reference ranges a real consortium would agree on.
@@ -23,6 +24,7 @@ import numpy as np
 from p2pfed.consortium import Consortium, Hospital, enrol, member_config, render_toml
 from p2pfed.errors import LocalError
 from p2pfed.governance.audit import compare_logs, verify_log
+from p2pfed.governance.web import ReadOnlyServer
 from p2pfed.training.data import Dataset, dirichlet_split, load_builtin, train_test_split
 
 CONSORTIUM = "demo-consortium"
@@ -156,6 +158,25 @@ def check_audit_logs(c: DemoConsortium) -> tuple[bool, bool]:
     paths = [h.state / "audit.jsonl" for h in c.hospitals]
     verified = all(verify_log(p, members=members).problem is None for p in paths)
     return verified, compare_logs(paths, members=members).ok
+
+
+def dashboard_server(c: Consortium, port: int = 0) -> ReadOnlyServer:
+    """A started page on 127.0.0.1 showing every hospital's dashboard side by side.
+
+    It reads each hospital's state folder (``dashboard_data.collect``) at every request, so
+    it works before, during and after the daemons run, and needs none of their tokens.
+    """
+    from p2pfed.governance.dashboard import render_page
+    from p2pfed.governance.dashboard_data import collect
+
+    def page() -> tuple[str, bytes]:
+        nodes = [collect(h.state) for h in c.hospitals]
+        title = f"p2pfed {c.label}: {len(nodes)} hospitals"
+        return "text/html; charset=utf-8", render_page(nodes, title).encode()
+
+    server = ReadOnlyServer("127.0.0.1", port, {"/": page}, token=None, label="the demo dashboard")
+    server.start()
+    return server
 
 
 def federated_accuracy(c: DemoConsortium, h: Hospital) -> float:

@@ -120,7 +120,12 @@ def test_status_shows_each_member_connected_its_last_round_and_last_error(
     recorder.stop(reason="finished")
     written = read_status(prepared.state_dir)
     assert written is not None
-    assert written["members"][names[b]] == {"connected": True, "last_round": 0, "last_error": None}
+    row_b = dict(written["members"][names[b]])
+    # How the member is dialled (the roster's addresses), for the dashboard.
+    assert row_b.pop("addresses") == [
+        a for m in roster.members if m.peer_id == b for a in m.addresses
+    ]
+    assert row_b == {"connected": True, "last_round": 0, "last_error": None}
     assert written["members"][names[d]]["connected"] is False
     assert written["members"][names[d]]["last_round"] is None
     assert "excluded" in written["members"][names[d]]["last_error"]

@@ -24,7 +24,7 @@ from p2pfed.durable import atomic_write
 from p2pfed.errors import BudgetExceededError, DataError, IntegrityError, ReasonCode
 from p2pfed.governance.audit import AuditLog, ProblemKind, verify_log
 from p2pfed.governance.drift import DriftConfig, DriftMonitor, MetricRule
-from p2pfed.governance.metrics import NodeMetrics
+from p2pfed.governance.metrics import MetricsConfig, NodeMetrics
 from p2pfed.governance.models import MODELS_DIR, ModelRegistry, tensors_from_flat
 from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.governance.status_file import write_status
@@ -86,6 +86,13 @@ def open_governance(prepared: Prepared, consortium: str, classes: int) -> Govern
     return GovernanceRecorder(
         audit, ModelRegistry(prepared.state_dir / MODELS_DIR), drift=drift, metrics=NodeMetrics()
     )
+
+
+def metrics_config(prepared: Prepared) -> MetricsConfig:
+    """What the daemon serves on its metrics port: metrics, and this node's dashboard."""
+    m = prepared.config.metrics
+    token = prepared.config.path(m.dashboard_token_file) if m.dashboard_token_file else None
+    return MetricsConfig(m.port != 0, m.host, m.port or 9464, token, prepared.state_dir)
 
 
 class RoundReporter:
@@ -196,6 +203,8 @@ class RoundReporter:
                 "epsilon": self._ledger.spent_epsilon(),
                 "epsilon_budget": self._ledger.budget_epsilon,
                 "delta": self._ledger.delta,
+                "accountant": self._ledger.accountant_kind,  # the dashboard replays the ledger
+                "privacy_ledger": str(self._ledger.path.resolve()),
             }
         versions = self.recorder.registry.versions()
         if versions:  # a restarted node shows the model it holds before its next round
@@ -218,6 +227,7 @@ class RoundReporter:
                 continue
             row = rows.setdefault(m.name, {"last_round": None, "last_error": None})
             row["connected"] = m.peer_id in connected
+            row["addresses"] = list(m.addresses)  # how it is dialled (the roster's, for now)
             if report is not None and m.peer_id in report.cohort:
                 row["last_round"] = report.round
         for e in report.exclusions if report is not None else ():

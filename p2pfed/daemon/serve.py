@@ -30,9 +30,9 @@ from p2pfed.daemon.build import (
     cohort_of,
 )
 from p2pfed.daemon.prepare import Prepared
-from p2pfed.daemon.reporter import RoundReporter, open_governance
+from p2pfed.daemon.reporter import RoundReporter, metrics_config, open_governance
 from p2pfed.errors import BudgetExceededError
-from p2pfed.governance.metrics import MetricsConfig, serve_if_enabled
+from p2pfed.governance.metrics import serve_if_enabled
 from p2pfed.governance.recorder import GovernanceRecorder
 from p2pfed.identity import RosterError
 from p2pfed.lifecycle import ended, stop_reason
@@ -84,7 +84,7 @@ def open_recorder(
 
     The ``daemon_stop`` (with the reason ``status`` holds by then) is left to ``cleanup``.
     """
-    config, roster = prepared.config, prepared.gate.roster
+    roster = prepared.gate.roster
     recorder = open_governance(prepared, roster.consortium_id, class_count(prepared))
     cleanup.callback(lambda: recorder.stop(reason=stop_reason(status)))
     recorder.start(
@@ -94,10 +94,7 @@ def open_recorder(
         roster_digest=roster.digest(),
     )
     assert recorder.metrics is not None  # open_governance always attaches metrics
-    metrics_server = serve_if_enabled(
-        recorder.metrics,
-        MetricsConfig(config.metrics.port != 0, config.metrics.host, config.metrics.port or 9464),
-    )
+    metrics_server = serve_if_enabled(recorder.metrics, metrics_config(prepared))
     if metrics_server is not None:
         cleanup.callback(metrics_server.close)
     return recorder

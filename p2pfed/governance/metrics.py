@@ -4,9 +4,11 @@ Theory of operation: ``NodeMetrics`` owns a private ``CollectorRegistry`` (never
 process-global one), so two nodes in one process, or many tests, never collide; the daemon
 calls its small methods as things happen (a round ended, bytes moved, ε spent, a peer was
 excluded). Nothing is exposed unless the operator enables ``MetricsConfig``: then
-``MetricsServer`` serves ``/metrics`` from a background thread, on 127.0.0.1 unless another
-address is configured (metrics reveal participation and privacy spend, which are not
-public). ``render`` gives the text exposition without a server, for ``p2pfed status``.
+``MetricsServer`` serves ``/metrics`` and, given the node's state folder, the dashboard at
+``/`` (``governance.dashboard``) from a background thread (``governance.web``: read-only),
+on 127.0.0.1 unless another address is configured. Metrics and the dashboard reveal
+participation and privacy spend, which are not public: off loopback a token file is
+required. ``render`` gives the text exposition without a server, for ``p2pfed status``.
 
 Metrics (all prefixed ``p2pfed_``): ``rounds_total{outcome}``, ``round_duration_seconds``
 (histogram), ``current_round``, ``bytes_sent_total``, ``bytes_received_total``,
@@ -18,14 +20,22 @@ refused messages count one each), ``drift_alerts_total{kind}``, ``roster_expiry_
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from p2pfed.errors import ConfigError, LocalError, ReasonCode
+from p2pfed.governance.dashboard import render_page
+from p2pfed.governance.dashboard_data import collect
+from p2pfed.governance.web import ReadOnlyServer, Route, is_loopback, read_token
 
 ROUND_OUTCOMES = ("completed", "failed", "aborted")
 DRIFT_KINDS = ("metric-drop", "feature-shift", "label-shift")
@@ -41,12 +51,21 @@ class MetricsConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 9464
+    token_file: Path | None = None
+    """Required off loopback: requests must carry the token it holds."""
+    state_dir: Path | None = None
+    """The node's state folder: when set, the dashboard is served at ``/``."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"metrics.port {self.port} is not a TCP port (0-65535)")
         if not self.host:
             raise ConfigError("metrics.host must not be empty")
+        if self.enabled and not is_loopback(self.host) and self.token_file is None:
+            raise ConfigError(
+                f"[metrics] host {self.host} is not a loopback address: set [metrics] "
+                "dashboard_token_file so that metrics and the dashboard require a token"
+            )
 
 
 class NodeMetrics:
@@ -155,7 +174,7 @@ class NodeMetrics:
 
 
 class MetricsServer:
-    """Serves ``/metrics`` for one ``NodeMetrics`` from a background thread.
+    """Serves ``/metrics`` (and the dashboard at ``/``) for one ``NodeMetrics``.
 
     Use as a context manager, or ``start()`` / ``close()``; ``close`` stops the thread and
     closes the listening socket. ``port`` 0 picks a free port (see ``address``).
@@ -164,22 +183,31 @@ class MetricsServer:
     def __init__(self, metrics: NodeMetrics, config: MetricsConfig) -> None:
         self._metrics = metrics
         self._config = config
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ReadOnlyServer | None = None
+
+    def _routes(self) -> dict[str, Route]:
+        routes: dict[str, Route] = {"/metrics": lambda: (CONTENT_TYPE_LATEST, self.render())}
+        state_dir = self._config.state_dir
+        if state_dir is not None:
+            routes["/"] = lambda: (
+                "text/html; charset=utf-8",
+                render_page([collect(state_dir)], "p2pfed node dashboard").encode(),
+            )
+        return routes
+
+    def render(self) -> bytes:
+        """The metrics exposition served at ``/metrics``."""
+        return self._metrics.render()
 
     def start(self) -> tuple[str, int]:
         """Listen and serve; returns the bound (host, port)."""
         if self._server is not None:
             raise LocalError("the metrics server is already running")
-        try:
-            server, thread = start_http_server(
-                self._config.port, addr=self._config.host, registry=self._metrics.registry
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on {self._config.host}:{self._config.port}: {exc.strerror}"
-            ) from None
-        self._server, self._thread = server, thread
+        c = self._config
+        token = None if c.token_file is None else read_token(c.token_file)
+        server = ReadOnlyServer(c.host, c.port, self._routes(), token, "metrics")
+        server.start()
+        self._server = server
         return self.address
 
     @property
@@ -187,18 +215,13 @@ class MetricsServer:
         """The (host, port) being served."""
         if self._server is None:
             raise LocalError("the metrics server is not running")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server.address
 
     def close(self) -> None:
         """Stop serving and release the socket and thread (idempotent)."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     def __enter__(self) -> MetricsServer:
         self.start()

@@ -7,9 +7,12 @@ command module), so ``p2pfed --help`` stays fast; ``p2pfed.demo`` itself is ligh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", help="keep the consortium in this folder (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many s")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve every hospital's dashboard side by side on 127.0.0.1, print its URL, "
+        "and keep serving after the run until Ctrl-C",
+    )
+    parser.add_argument(
+        "--dashboard-port", type=int, default=0, help="its port (default: a free one)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -43,6 +55,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--rounds must be ≥ 1, got {args.rounds}")
     if not args.alpha > 0:
         raise ConfigError(f"--alpha must be positive, got {args.alpha}")
+    if not 0 <= args.dashboard_port <= 65535:
+        raise ConfigError(
+            f"--dashboard-port must be a TCP port (0-65535), got {args.dashboard_port}"
+        )
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
 
@@ -73,17 +89,44 @@ def run(args: argparse.Namespace) -> int:
         console.print(
             f"  {h.name}: {h.rows} patients, peer {h.identity.peer_id[:16]}…, port {h.port}"
         )
-    final = _run_live(consortium, args.timeout, console)
-    summary = _summary(consortium, final, time.monotonic() - started)
-    if args.json:
-        print_json(summary["figures"])
-    else:
-        _print_results(consortium, summary)
+    with contextlib.ExitStack() as stack:
+        if args.dashboard:
+            stack.enter_context(_dashboard(consortium, args.dashboard_port, console))
+        final = _run_live(consortium, args.timeout, console)
+        summary = _summary(consortium, final, time.monotonic() - started)
+        if args.json:
+            print_json(summary["figures"])
+        else:
+            _print_results(consortium, summary)
+        if args.dashboard:
+            _serve_until_interrupted(console)
     if args.dir is None:
         shutil.rmtree(root, ignore_errors=True)
     figures = summary["figures"]
     ok = figures["models_agree"] and figures["audit_logs_verify"] and figures["audit_logs_agree"]
     return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def _dashboard(consortium: DemoConsortium, port: int, console: Any) -> Iterator[None]:
+    """The side-by-side dashboard, its URL printed, served until the block ends."""
+    from p2pfed.demo import dashboard_server
+
+    server = dashboard_server(consortium, port)
+    host, bound = server.address
+    console.print(f"dashboard: http://{host}:{bound}/")
+    try:
+        yield
+    finally:
+        server.close()
+
+
+def _serve_until_interrupted(console: Any) -> None:
+    console.print("the dashboard stays up for a look at the final state; Ctrl-C to stop")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 def _status_table(consortium: DemoConsortium, current: list[dict[str, Any]]) -> Any:
