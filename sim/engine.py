@@ -118,6 +118,7 @@ class Simulator:
             self.dataset.train.y,
             scenario.n,
             np.random.default_rng(seeds["partition"]),
+            self.dataset.partition,
         )
         self.model: FlatModel = flat_model(
             scenario.model, self.dataset.features, self.dataset.classes

@@ -29,6 +29,7 @@ from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.errors import ConfigError
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
 from p2pfed.settings import check, open_unit, parse, positive, read_toml
+from sim.paths import FILE_KEYS, resolve_files, resolve_path, table_key
 from topologies.mixing import MIXING_RULES
 
 #: Bumped whenever the simulator's numerics change, so stale sweep points are recomputed.
@@ -48,9 +49,13 @@ class DataSpec:
     samples: int = 2000
     features: int = 20
     classes: int = 2
+    #: Bring your own: ``module:function`` or ``file.py:function`` returning the train and
+    #: test arrays (and optionally the partition); replaces ``name`` (see ``sim.sources``).
+    loader: str = ""
 
     def validate(self) -> None:
         open_unit(self.test_fraction, "[data] test_fraction", _WHAT)
+        _check_callable(self.loader, "data", "loader")
         _check(self.samples >= 10, "data", "samples", "must be at least 10")
         _check(self.features >= 1, "data", "features", "must be at least 1")
         _check(self.classes >= 2, "data", "classes", "must be at least 2")
@@ -68,6 +73,9 @@ class PartitionSpec:
     #: 0: split the training set; > 0: every peer draws this many samples (with replacement
     #: across peers) following its scheme, so N may exceed the data set size.
     samples_per_peer: int = 0
+    #: Bring your own: a JSON file listing each peer's training-sample indices (replaces
+    #: ``scheme``; see ``sim.sources``).
+    file: str = ""
 
     def validate(self) -> None:
         _check(
@@ -92,9 +100,14 @@ class ModelSpec:
     init: str = "same"
     #: Standard deviation of the initial weights (0 gives zeros for ``logreg``).
     init_scale: float = 0.0
+    #: Bring your own: ``module:function`` or ``file.py:function`` called as
+    #: ``function(features, classes)`` returning a ``torch.nn.Module``; its own initialisation
+    #: (seeded from the scenario) gives the initial weights unless ``init_scale`` > 0.
+    factory: str = ""
 
     def validate(self) -> None:
         _check(self.name in MODELS, "model", "name", f"must be one of {', '.join(MODELS)}")
+        _check_callable(self.factory, "model", "factory")
         _check(self.hidden >= 1, "model", "hidden", "must be >= 1")
         _check(self.init in ("same", "independent"), "model", "init", "must be same or independent")
         _check(self.init_scale >= 0.0, "model", "init_scale", "must be >= 0")
@@ -112,9 +125,18 @@ class TopologySpec:
     lazy: float = 0.0
     #: Extra parameters passed to ``topologies.build`` (e.g. ``p`` for erdos_renyi).
     params: tuple[tuple[str, Scalar], ...] = ()
+    #: Bring your own graph: GraphML, GML, edge list or (node-link) JSON, with exactly n nodes;
+    #: replaces ``name`` and ``params``.
+    file: str = ""
 
     def validate(self) -> None:
         rules = ("auto", *MIXING_RULES)
+        _check(
+            not (self.file and self.params),
+            "topology",
+            "params",
+            "cannot be combined with [topology] file (a graph file has no generator)",
+        )
         _check(self.mixing in rules, "topology", "mixing", f"must be one of {', '.join(rules)}")
         _check(0.0 <= self.lazy < 1.0, "topology", "lazy", "must be in [0, 1)")
 
@@ -366,14 +388,27 @@ def _check(ok: bool, section: str, key: str, why: str) -> None:
     check(ok, f"[{section}] {key}" if section else key, why, _WHAT)
 
 
+def _check_callable(text: str, section: str, key: str) -> None:
+    module, sep, function = text.rpartition(":")
+    ok = not text or (bool(sep) and bool(module) and function.isidentifier())
+    _check(ok, section, key, f"must look like module:function or file.py:function, not {text!r}")
+
+
 def scenario_from_dict(raw: Mapping[str, object]) -> Scenario:
     """Build and validate a scenario from a parsed TOML document."""
     return parse(Scenario, raw, _WHAT)
 
 
+def read_scenario_document(path: Path) -> dict[str, Any]:
+    """A scenario file's TOML document with its file keys resolved against its folder."""
+    raw = read_toml(path, _WHAT)
+    resolve_files(raw, Path(path).parent)
+    return raw
+
+
 def load_scenario(path: Path) -> Scenario:
-    """Read and validate a scenario TOML file."""
-    return scenario_from_dict(read_toml(path, _WHAT))
+    """Read and validate a scenario TOML file (paths in it are relative to its folder)."""
+    return scenario_from_dict(read_scenario_document(path))
 
 
 def parse_value(text: str) -> Scalar:
@@ -388,19 +423,31 @@ def parse_value(text: str) -> Scalar:
 
 
 def with_overrides(scenario: Scenario, overrides: Mapping[str, Scalar]) -> Scenario:
-    """A copy of ``scenario`` with dotted-path overrides applied and re-validated."""
+    """A copy of ``scenario`` with dotted-path overrides applied and re-validated.
+
+    ``table=v`` sets ``table.name`` (``topology=x.graphml`` sets ``topology.file`` instead and
+    a generator name clears it); ``table.params.key=v`` reaches a parameter table; file
+    values are resolved against the current folder.
+    """
     raw = scenario.to_dict()
     for path, value in overrides.items():
         parts = path.split(".")
         if len(parts) == 1 and isinstance(raw.get(parts[0]), dict):
-            parts.append("name")
-        if len(parts) > 2 or parts[0] not in raw:
+            parts.append(table_key(parts[0], raw[parts[0]], value))
+        if len(parts) > 3 or parts[0] not in raw:
             raise ConfigError(f"--set path {path!r} names no scenario key")
         if len(parts) == 1:
             raw[parts[0]] = value
+            continue
+        table = raw[parts[0]]
+        if not isinstance(table, dict) or parts[1] not in table:
+            raise ConfigError(f"--set path {path!r} names no scenario key")
+        if len(parts) == 3:
+            if not isinstance(table[parts[1]], dict):
+                raise ConfigError(f"--set path {path!r}: [{parts[0]}] {parts[1]} is no table")
+            table[parts[1]] = {**table[parts[1]], parts[2]: value}
+        elif (parts[0], parts[1]) in FILE_KEYS and isinstance(value, str):
+            table[parts[1]] = resolve_path(value, Path.cwd())
         else:
-            table = raw[parts[0]]
-            if not isinstance(table, dict) or parts[1] not in table:
-                raise ConfigError(f"--set path {path!r} names no scenario key")
             table[parts[1]] = value
     return scenario_from_dict(raw)

@@ -118,17 +118,20 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _scenario(args: argparse.Namespace) -> Any:
-    from sim.scenario import load_scenario, parse_value, with_overrides
+    from sim.scenario import parse_value, with_overrides
+    from sim.specs import load_checked, preflight
 
     path = resolve_scenario(args.scenario)
-    scenario = load_scenario(path)
+    scenario = load_checked(path)
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ConfigError(f"--set {item!r} must look like PATH=VALUE")
         overrides[key.strip()] = parse_value(value.strip())
-    return with_overrides(scenario, overrides)
+    scenario = with_overrides(scenario, overrides)
+    preflight([scenario], f"scenario {scenario.name}")
+    return scenario
 
 
 def _emulate(args: argparse.Namespace) -> int:
@@ -142,7 +145,7 @@ def _emulate(args: argparse.Namespace) -> int:
 
     scenario = _scenario(args)
     emulate.check_emulable(scenario)
-    out: Path = args.out or Path("out") / "emulate" / scenario.name
+    out: Path = (args.out or Path("out") / "emulate" / scenario.name).resolve()
     _prepare_directory(out)
     print(f"scenario {scenario.name}: simulating {scenario.n} peers, then emulating", flush=True)
     simulated = run_point(scenario).records
@@ -226,11 +229,12 @@ def _sweep(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from sim.scenario import load_scenario
+    from sim.specs import load_checked, preflight
     from sim.sweep import SweepPoint, grid_points, parse_set
 
-    scenario = load_scenario(resolve_scenario(args.scenario))
+    scenario = load_checked(resolve_scenario(args.scenario))
     points = grid_points(scenario, parse_set(args.set), args.seeds)
+    preflight([p.scenario for p in points], f"sweep {scenario.name}")
     out: Path = args.out or Path("out") / "sweeps" / scenario.name
     _prepare_directory(out)
     print(f"sweep {scenario.name}: {len(points)} points into {out}", flush=True)
