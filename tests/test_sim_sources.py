@@ -15,6 +15,7 @@ import topologies
 from p2pfed.cli import main
 from p2pfed.errors import ConfigError
 from sim.engine import Simulator
+from sim.results import read_result
 from sim.scenario import Scenario, with_overrides
 from sim.specs import load_checked, preflight
 from sim.sweep import grid_points, parse_set, run_point
@@ -101,6 +102,9 @@ def test_a_user_graphml_runs_in_a_sweep_next_to_generated_ones(
     assert float(rows["topology=hospitals.graphml"]) == pytest.approx(star, abs=1e-6)
     assert len({rows[k] for k in rows}) == 3
     assert "3 points run" in capsys.readouterr().out
+    stored = [read_result(f) for f in (tmp_path / "rel/out/points").iterdir()]
+    files = {r.scenario["topology"]["file"] for r in stored if r is not None}
+    assert files == {"", str(tmp_path / "hospitals.graphml")}  # absolute: runs from anywhere
 
 
 def test_loader_partition_factory_and_relative_paths(tmp_path: Path) -> None:

@@ -87,6 +87,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--seeds", type=int, default=1, help="seeds per grid point (1)")
     sweep.add_argument("--out", type=Path, default=None, help="output folder (out/sweeps/NAME)")
     sweep.add_argument("--threads", type=_positive, default=1, help="torch threads (1)")
+    sweep.add_argument(
+        "--engine",
+        choices=("thread", "ray"),
+        default="thread",
+        help="run points here one after another (thread) or as Ray tasks (ray; p2pfed[ray])",
+    )
+    sweep.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto or HOST:PORT (default: start a local one)",
+    )
     sweep.set_defaults(func=_sweep)
 
     emu = sub.add_parser(
@@ -235,6 +246,12 @@ def _sweep(args: argparse.Namespace) -> int:
     scenario = load_checked(resolve_scenario(args.scenario))
     points = grid_points(scenario, parse_set(args.set), args.seeds)
     preflight([p.scenario for p in points], f"sweep {scenario.name}")
+    if args.engine == "ray":
+        from sim.raysweep import require_ray
+
+        require_ray()  # before any output: say how to install it
+    elif args.address is not None:
+        raise ConfigError("--address needs --engine ray")
     out: Path = args.out or Path("out") / "sweeps" / scenario.name
     _prepare_directory(out)
     print(f"sweep {scenario.name}: {len(points)} points into {out}", flush=True)
@@ -272,7 +289,19 @@ def _sweep(args: argparse.Namespace) -> int:
             if r == progress.tasks[rounds].total:
                 progress.advance(overall)
 
-        results = run_sweep(points, out, on_point, on_round, args.threads)
+        if args.engine == "ray":
+            from sim.raysweep import run_sweep_ray
+
+            progress.update(rounds, visible=False)  # rounds run on the workers
+
+            def on_done(point: SweepPoint, was_stored: bool) -> None:
+                nonlocal skipped
+                skipped += was_stored
+                progress.advance(overall)
+
+            results = run_sweep_ray(points, out, on_done, args.threads, args.address)
+        else:
+            results = run_sweep(points, out, on_point, on_round, args.threads)
     atomic_write(out / "sweep.csv", sweep_csv(points, results).encode(), 0o644)
     maybe_parquet(out / "sweep.csv")
     rows = summary_rows(points, results)
