@@ -99,3 +99,12 @@ def test_engine_ray_without_ray_says_how_to_install(
     scenario.write_text(SCENARIO)
     assert main(["sim", "sweep", str(scenario), "--engine", "ray", "--out", str(tmp_path)]) == 2
     assert INSTALL_HINT in capsys.readouterr().err
+
+
+def test_bench_sweep_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2pfed.bench.sweep import measure
+    from p2pfed.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match="pip install 'p2pfed\\[ray\\]'"):
+        measure(2, 4, 1, 1)
