@@ -182,3 +182,14 @@ def test_bad_user_code_and_files_fail_in_one_sentence(tmp_path: Path) -> None:
         with_overrides(
             _gossip(topology="erdos_renyi"), {"topology.params.p": 0.5, "topology": "x.gml"}
         )
+
+
+def test_demo_dir_relative_to_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from p2pfed.cli.commands.demo import _root
+
+    monkeypatch.chdir(tmp_path)
+    assert _root(argparse.Namespace(dir="rel/demo")) == tmp_path / "rel" / "demo"
