@@ -7,8 +7,9 @@ result file ``points/<digest>.json``. Before running a point we look for that fi
 parses and carries the same digest, the point is done and is skipped, so an interrupted
 sweep resumes where it stopped and a changed scenario is recomputed rather than mistaken for
 an old one. Points run one after another (the machine's cores are better spent inside
-torch than on parallel points). Afterwards ``sweep.csv`` gathers every point's records and
-the figures are drawn with one line per grid label, averaged over seeds.
+torch than on parallel points); ``sim.raysweep`` runs them as Ray tasks into the same store.
+Afterwards ``sweep.csv`` gathers every point's records and the figures are drawn with one
+line per grid label, averaged over seeds (a min–max band over them).
 """
 
 from __future__ import annotations
