@@ -18,6 +18,7 @@ submitting. Ray is optional (``pip install 'p2pfed[ray]'``); it is imported only
 from __future__ import annotations
 
 import importlib
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from sim.sweep import SweepPoint, point_path
 INSTALL_HINT = "--engine ray needs Ray: install it with pip install 'p2pfed[ray]'"
 #: Re-runs of a point whose worker died before it finished.
 MAX_RETRIES = 3
+#: How long --address HOST:PORT may take to accept a TCP connection.
+PROBE_TIMEOUT_S = 5.0
 
 
 def require_ray() -> Any:
@@ -65,6 +68,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
+    if address and address != "auto" and "://" not in address:
+        _probe(address)
     try:
         ray.init(
             address=address,
@@ -77,6 +82,20 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         where = address or "a local cluster"
         raise ConfigError(f"cannot reach Ray at {where} ({exc})") from None
     return True
+
+
+def _probe(address: str) -> None:
+    """Fail fast on an unreachable ``HOST:PORT`` (Ray itself waits minutes for it)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--address {address!r} must be auto or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach Ray at {address} ({exc.strerror or exc}); is `ray start --head` "
+            "running there?"
+        ) from None
 
 
 def run_sweep_ray(

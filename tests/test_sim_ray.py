@@ -108,3 +108,18 @@ def test_bench_sweep_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match="pip install 'p2pfed\\[ray\\]'"):
         measure(2, 4, 1, 1)
+
+
+def test_an_unreachable_address_fails_fast_in_one_sentence() -> None:
+    import socket
+
+    from p2pfed.errors import ConfigError
+    from sim.raysweep import _probe
+
+    with socket.socket() as sock:  # a port nobody listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"cannot reach Ray at 127.0.0.1:{port}"):
+        _probe(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="must be auto or HOST:PORT"):
+        _probe("head-node")
