@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,6 +58,7 @@ def test_batched_gradients_equal_vmap_of_grad(
     assert not got[0].requires_grad and not got[1].requires_grad
 
 
+@pytest.mark.slow
 def test_a_simulation_never_imports_torchs_compiler() -> None:
     code = (
         "import sys\n"

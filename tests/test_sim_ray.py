@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray cluster (2 CPUs, one per module): same bytes as the thread engine.
 
-Runtime: about 30-60 s on a loaded 2-core machine (cluster start-up is most of it).
+Runtime: about 40 s idle, 55-75 s on a 2-core machine under load 10 (cluster start-up and
+the workers' torch imports are most of it).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def cluster() -> Iterator[Any]:
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_sixteen_point_sweep_on_ray_equals_the_thread_engine(
     cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -73,6 +75,7 @@ def test_sixteen_point_sweep_on_ray_equals_the_thread_engine(
     assert (tmp_path / "ray/sweep.csv").read_text().splitlines() == thread_csv
 
 
+@pytest.mark.slow
 def test_a_point_whose_worker_dies_is_run_again(cluster: Any, tmp_path: Path) -> None:
     (tmp_path / "crash.py").write_text(CRASH_ONCE)
     base = with_overrides(
