@@ -82,7 +82,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PATH=V1,V2",
-        help="sweep a scenario value over a list, e.g. --set topology=ring,torus (repeatable)",
+        help="sweep a scenario value over a list, e.g. --set topology=ring,torus,my.graphml "
+        "or --set topology.params.p=0.05,0.1 (repeatable)",
     )
     sweep.add_argument("--seeds", type=int, default=1, help="seeds per grid point (1)")
     sweep.add_argument("--out", type=Path, default=None, help="output folder (out/sweeps/NAME)")
