@@ -3,9 +3,9 @@
 Theory of operation: parsing a scenario stops at its first bad key, and some mistakes (a
 mistyped generator, a graph file with the wrong node count, a loader that does not import)
 would otherwise surface only when a point starts, perhaps hours into a sweep. So the CLI
-first parses each table of the document on its own (one sentence per bad table), then,
-for every scenario it is about to run (each sweep point), checks what the dataclasses
-cannot: the data set or loader, the partition file, the model factory and the topology
+first parses each table of the document on its own, dropping each key an error names and
+parsing again (every bad key gets its sentence); then, for every scenario it is about to
+run (each sweep point), it checks what the dataclasses cannot: the data set or loader, the partition file, the model factory and the topology
 (built or loaded once per distinct spec and N). All sentences are gathered, duplicates
 dropped, and raised together as one ``ConfigError``.
 """
@@ -19,20 +19,37 @@ from pathlib import Path
 from typing import Any
 
 from p2pfed.errors import ConfigError
+from p2pfed.settings import SettingError
 from sim.scenario import Scenario, read_scenario_document, scenario_from_dict
 
 #: Algorithms that mix over the topology (the others never build it).
 TOPOLOGY_ALGORITHMS = ("gossip", "gradient_tracking")
 
 
+def _key_problems(key: str, value: Any) -> list[str]:
+    """Every bad key of one table: parse, drop the key an error names, parse again."""
+    problems: list[str] = []
+    table = dict(value) if isinstance(value, Mapping) else value
+    while True:
+        try:
+            scenario_from_dict({key: table})
+            return problems
+        except SettingError as exc:
+            problems.append(str(exc))
+            name = exc.where.rpartition("] ")[2].split(".")[0].split("[")[0]
+            if not isinstance(table, dict) or name not in table:
+                return problems
+            del table[name]
+        except ConfigError as exc:  # a rule across keys: nothing single to drop
+            problems.append(str(exc))
+            return problems
+
+
 def document_problems(raw: Mapping[str, Any]) -> list[str]:
-    """One sentence per bad table or top-level key of a scenario document ([] if it parses)."""
+    """One sentence per bad key of a scenario document ([] if it parses)."""
     problems = []
     for key, value in raw.items():
-        try:
-            scenario_from_dict({key: value})
-        except ConfigError as exc:
-            problems.append(str(exc))
+        problems += _key_problems(key, value)
     if not problems:
         try:
             scenario_from_dict(raw)  # cross-table rules (e.g. byzantine < n)
@@ -42,7 +59,7 @@ def document_problems(raw: Mapping[str, Any]) -> list[str]:
 
 
 def load_checked(path: Path) -> Scenario:
-    """Read a scenario file; ``ConfigError`` lists every bad table, one sentence each."""
+    """Read a scenario file; ``ConfigError`` lists every bad key, one sentence each."""
     raw = read_scenario_document(path)
     problems = document_problems(raw)
     if problems:

@@ -142,11 +142,12 @@ def test_every_bad_key_is_reported_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text("n = 0\n[training]\nlr = 'fast'\n[topology]\nmixing = 'best'\n")
+    bad.write_text("n = 0\n[training]\nlr = 'fast'\nbatch_size = 0\n[topology]\nmixing = 'best'\n")
     with pytest.raises(ConfigError) as caught:
         load_checked(bad)
     lines = str(caught.value).splitlines()
-    assert lines[0] == "bad.toml has 3 problems:"
+    assert lines[0] == "bad.toml has 4 problems:"
+    assert any("[training] batch_size must be >= 1" in line for line in lines)
     assert any("n must be >= 1" in line for line in lines)
     assert any("[training] lr must be a number" in line for line in lines)
     assert any("[topology] mixing must be one of" in line for line in lines)
