@@ -5,9 +5,10 @@ mistyped generator, a graph file with the wrong node count, a loader that does n
 would otherwise surface only when a point starts, perhaps hours into a sweep. So the CLI
 first parses each table of the document on its own, dropping each key an error names and
 parsing again (every bad key gets its sentence); then, for every scenario it is about to
-run (each sweep point), it checks what the dataclasses cannot: the data set or loader, the partition file, the model factory and the topology
-(built or loaded once per distinct spec and N). All sentences are gathered, duplicates
-dropped, and raised together as one ``ConfigError``.
+run (each sweep point), it checks what the dataclasses cannot: the data set or loader,
+the partition file, the model factory and the topology (built or loaded once per distinct
+spec and N). All sentences are gathered, duplicates dropped, and raised together as one
+``ConfigError``.
 """
 
 from __future__ import annotations
