@@ -30,19 +30,10 @@ async def hospital(net: MemoryNetwork, me: Identity, keys: dict, state: str, out
         secure = SecureRingRound(transport, "my-consortium", 1, keys, me, signer)
         rng = np.random.default_rng()
         aggregator = SecureRingAggregator(secure, FixedPoint(), len(keys), 3, rng)
-        peer = Peer(
-            transport=transport,
-            consortium="my-consortium",
-            members=list(keys),
-            trainer=trainer,
-            train=my_loader(len(out)),
-            test=my_loader(99),
-            aggregator=aggregator,
-            releaser=None,
-            state_dir=f"{state}/{me.peer_id}",
-            signer=signer,
-            roster_version=1,
-        )
+        peer = Peer(transport=transport, consortium="my-consortium", members=list(keys),
+                    trainer=trainer, train=my_loader(len(out)), test=my_loader(99),
+                    aggregator=aggregator, releaser=None, state_dir=f"{state}/{me.peer_id}",
+                    signer=signer, roster_version=1)
         out.append(await peer.run(rounds=3, startup_timeout=5.0))
 
 
