@@ -81,3 +81,12 @@ def test_too_many_peers_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     p.write_text(p.read_text().replace("n = 3", "n = 12"))
     assert main(["sim", "emulate", str(p)]) == 2
     assert "3..8 real peers" in capsys.readouterr().err
+
+
+def test_a_model_factory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = scenario(tmp_path)
+    p.write_text(
+        p.read_text().replace('name = "logreg"', 'name = "logreg"\nfactory = "torch.nn:Linear"')
+    )
+    assert main(["sim", "emulate", str(p)]) == 2
+    assert "[model] factory cannot be emulated" in capsys.readouterr().err
