@@ -66,8 +66,11 @@ def grid_points(
     points: list[SweepPoint] = []
     for combo in itertools.product(*(values for _, values in grid)):
         overrides = tuple(zip(paths, combo, strict=True))
+        first = dict(overrides).get("seed", base.seed)  # --set seed=a,b: K seeds from each
+        if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+            raise ConfigError(f"--set seed values must be integers >= 0, not {first!r}")
         for k in range(seeds):
-            seed = base.seed + k
+            seed = first + k
             scenario = with_overrides(base, {**dict(overrides), "seed": seed})
             points.append(SweepPoint(overrides, seed, scenario))
     return points

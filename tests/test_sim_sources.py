@@ -194,3 +194,24 @@ def test_demo_dir_relative_to_the_current_folder(
 
     monkeypatch.chdir(tmp_path)
     assert _root(argparse.Namespace(dir="rel/demo")) == tmp_path / "rel" / "demo"
+
+
+def test_the_documented_example_sweeps_its_own_graph_beside_a_generated_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = Path(__file__).resolve().parent.parent / "docs/examples/bring_your_own"
+    args = ["sim", "sweep", str(folder / "study.toml"), "--out", str(tmp_path)]
+    graph = str(folder / "hospitals.graphml")
+    assert main([*args, "--set", f"topology=ring,{graph}", "--seeds", "2"]) == 0
+    assert "4 points run" in capsys.readouterr().out
+    rows = (tmp_path / "summary.md").read_text().splitlines()[2:]
+    assert len(rows) == 2
+    assert all(float(row.split(" | ")[3]) > 0.85 for row in rows)  # the MLP learned
+
+
+def test_set_seed_starts_each_run_of_seeds() -> None:
+    points = grid_points(_gossip(), parse_set(["seed=3,7"]), 2)
+    assert [p.scenario.seed for p in points] == [3, 4, 7, 8]
+    assert len({p.digest for p in points}) == 4
+    with pytest.raises(ConfigError, match="--set seed values must be integers"):
+        grid_points(_gossip(), parse_set(["seed=x"]), 1)
