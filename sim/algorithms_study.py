@@ -23,8 +23,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sim.overrides import with_overrides
 from sim.results import RunResult
-from sim.scenario import Scalar, Scenario, scenario_from_dict, with_overrides
+from sim.scenario import Scalar, Scenario, scenario_from_dict
 from sim.sweep import markdown_table, run_point
 
 ALPHAS = (0.1, 0.5, 1.0)

@@ -60,6 +60,10 @@ def check_emulable(s: Scenario) -> None:
         raise ConfigError("scenario [faults] cannot be emulated: a real run has its own faults")
     if s.model.name not in ("logreg", "mlp"):
         raise ConfigError(f"scenario key [model] name = {s.model.name!r} cannot be emulated")
+    if s.model.factory:
+        raise ConfigError(
+            "scenario key [model] factory cannot be emulated: the daemon builds its own model"
+        )
 
 
 def _peer_data(data: SplitData, idx: np.ndarray, name: str) -> PeerData:
@@ -72,7 +76,9 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, SplitData]:
     check_emulable(s)
     seeds = _seeds(s.seed)
     data = load_dataset(s.data, np.random.default_rng(seeds["data"]))
-    part = partition(s.partition, data.train.y, s.n, np.random.default_rng(seeds["partition"]))
+    part = partition(
+        s.partition, data.train.y, s.n, np.random.default_rng(seeds["partition"]), data.partition
+    )
     slices = [
         (f"peer-{i}", _peer_data(data, part.indices[i, : part.counts[i]], f"peer-{i}"))
         for i in range(s.n)

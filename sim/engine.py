@@ -48,6 +48,7 @@ from sim.algorithms import ExactRounds, site_losses
 from sim.byzantine import attack_direction, poison_model, poison_update
 from sim.cost import RoundCost, round_cost
 from sim.data import SplitData, load_dataset
+from sim.fastgrad import batched_grad_and_value
 from sim.metrics import Evaluation, Traffic, evaluate, round_record
 from sim.mixing import (
     MixingSchedule,
@@ -121,6 +122,7 @@ class Simulator:
             self.dataset.train.y,
             scenario.n,
             np.random.default_rng(seeds["partition"]),
+            self.dataset.partition,
         )
         self.model: FlatModel = flat_model(
             scenario.model, self.dataset.features, self.dataset.classes
@@ -160,9 +162,8 @@ class Simulator:
         self.bytes_cumulative = np.zeros(n, dtype=np.float64)
         self._plan_batches()
         self._cost_cache: dict[int, RoundCost] = {}
-        self._grad_fn = torch.func.vmap(
-            torch.func.grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0, None, None)
-        )
+        # vmap(grad_and_value(loss)) without importing torch._dynamo (sim.fastgrad).
+        self._grad_fn = batched_grad_and_value(self._loss, (0, 0, 0, 0, 0, None, None))
 
     # -- set-up ---------------------------------------------------------------------------
 

@@ -46,7 +46,11 @@ def to_torch_csr(matrix: Any, dtype: torch.dtype) -> torch.Tensor:
 
 
 def build_topology(spec: TopologySpec, n: int, seed: int) -> Any:
-    """``topologies.build`` for the spec, with its errors reworded as scenario errors."""
+    """``topologies.build`` for the spec (or its graph file), errors as scenario errors."""
+    if spec.file:
+        from sim.sources import load_topology_file
+
+        return load_topology_file(spec, n)
     try:
         return topologies.build(
             spec.name,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,6 +36,8 @@ class FlatModel:
     module: nn.Module
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
+    #: A ``[model] factory`` rebuilding the module (its initialisation gives initial weights).
+    factory: Callable[[], nn.Module] | None = None
 
     @property
     def size(self) -> int:
@@ -59,7 +62,21 @@ class FlatModel:
     def init(
         self, count: int, scale: float, generator: torch.Generator, dtype: torch.dtype
     ) -> torch.Tensor:
-        """``count`` initial parameter vectors ``[count, P]``: N(0, scale²), zero biases."""
+        """``count`` initial parameter vectors ``[count, P]``: N(0, scale²), zero biases.
+
+        With a factory and scale 0, each vector is a fresh module's own initialisation, run
+        under a torch seed drawn from ``generator`` (so the scenario seed fixes it).
+        """
+        if self.factory is not None and scale == 0.0:
+            rows = []
+            for _ in range(count):
+                seed = int(torch.randint(2**62, (1,), generator=generator))
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    module = self.factory()
+                flat = [p.detach().reshape(-1) for _, p in module.named_parameters()]
+                rows.append(torch.cat(flat).to(dtype))
+            return torch.stack(rows)
         theta = torch.zeros(count, self.size, dtype=dtype)
         if scale > 0.0:
             offset = 0
@@ -76,7 +93,11 @@ class FlatModel:
 def flat_model(spec: ModelSpec, features: int, classes: int) -> FlatModel:
     """The template for ``spec`` on ``features`` inputs and ``classes`` outputs."""
     module: nn.Module
-    if spec.name == "logreg":
+    factory = None
+    if spec.factory:
+        factory = _user_factory(spec.factory, features, classes)
+        module = factory()
+    elif spec.name == "logreg":
         module = build_model("logistic", features, classes)
     else:
         module = nn.Sequential(
@@ -86,11 +107,31 @@ def flat_model(spec: ModelSpec, features: int, classes: int) -> FlatModel:
     shapes = tuple(tuple(p.shape) for _, p in module.named_parameters())
     # The template's own tensors are never used: functional_call substitutes views of theta.
     module.requires_grad_(False)
-    return FlatModel(module, names, shapes)
+    return FlatModel(module, names, shapes, factory)
+
+
+def _user_factory(text: str, features: int, classes: int) -> Callable[[], nn.Module]:
+    from p2pfed.errors import ConfigError
+    from sim.sources import import_callable
+
+    function = import_callable(text, "[model] factory")
+
+    def build() -> nn.Module:
+        try:
+            module = function(features, classes)
+        except Exception as exc:  # the user's code: report it in one sentence
+            raise ConfigError(
+                f"scenario key [model] factory {text} failed ({type(exc).__name__}: {exc})"
+            ) from None
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"scenario key [model] factory {text} returned no torch.nn.Module")
+        return module
+
+    return build
 
 
 def default_init_scale(spec: ModelSpec, features: int) -> float:
     """``init_scale`` if set, else 0 for logreg and 1/sqrt(fan-in) for the MLP."""
-    if spec.init_scale > 0.0 or spec.name == "logreg":
+    if spec.init_scale > 0.0 or spec.name == "logreg" or spec.factory:
         return spec.init_scale
     return 1.0 / math.sqrt(features)

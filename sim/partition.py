@@ -52,7 +52,8 @@ class Partition:
         return int(self.counts.shape[0])
 
 
-def _pad(parts: list[IntArray]) -> Partition:
+def pad_parts(parts: list[IntArray]) -> Partition:
+    """Per-peer index arrays as a padded ``Partition``."""
     counts = np.array([len(p) for p in parts], dtype=np.int64)
     width = max(1, int(counts.max(initial=0)))
     indices = np.zeros((len(parts), width), dtype=np.int64)
@@ -119,8 +120,24 @@ def _draw(spec: PartitionSpec, y: IntArray, n: int, rng: np.random.Generator) ->
     return [from_labels(rng.choice(held[i], size=s)) for i in range(n)]
 
 
-def partition(spec: PartitionSpec, y: IntArray, n: int, rng: np.random.Generator) -> Partition:
-    """Deal the training labels ``y`` out to ``n`` peers as the spec says."""
+def partition(
+    spec: PartitionSpec,
+    y: IntArray,
+    n: int,
+    rng: np.random.Generator,
+    given: object | None = None,
+) -> Partition:
+    """Deal the training labels ``y`` out to ``n`` peers as the spec says.
+
+    A ``[partition] file`` wins, then a partition ``given`` by the data loader, then the
+    scheme (``sim.sources`` checks the first two).
+    """
+    if spec.file or given is not None:
+        from sim import sources  # sources imports this module
+
+        if spec.file:
+            return sources.read_partition_file(spec.file, n, len(y))
+        return sources.partition_from(given, n, len(y), "[data] loader")
     classes = int(y.max()) + 1
     if spec.scheme == "classes" and spec.classes_per_peer > classes:
         raise ConfigError(
@@ -135,7 +152,7 @@ def partition(spec: PartitionSpec, y: IntArray, n: int, rng: np.random.Generator
     for _ in range(MAX_REDRAWS):
         parts = _draw(spec, y, n, rng) if spec.samples_per_peer > 0 else _split(spec, y, n, rng)
         if min(len(p) for p in parts) >= spec.min_examples:
-            return _pad(parts)
+            return pad_parts(parts)
     raise ConfigError(
         f"scenario key [partition] min_examples = {spec.min_examples}: no partition in "
         f"{MAX_REDRAWS} draws gave every site that many examples (raise alpha or lower it)"

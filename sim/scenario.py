@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.errors import ConfigError
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
 from p2pfed.settings import check, open_unit, parse, positive, read_toml
+from sim.paths import resolve_files
 from topologies.mixing import MIXING_RULES
 
 #: Bumped whenever the simulator's numerics change, so stale sweep points are recomputed.
@@ -48,9 +48,13 @@ class DataSpec:
     samples: int = 2000
     features: int = 20
     classes: int = 2
+    #: Bring your own: ``module:function`` or ``file.py:function`` returning the train and
+    #: test arrays (and optionally the partition); replaces ``name`` (see ``sim.sources``).
+    loader: str = ""
 
     def validate(self) -> None:
         open_unit(self.test_fraction, "[data] test_fraction", _WHAT)
+        _check_callable(self.loader, "data", "loader")
         _check(self.samples >= 10, "data", "samples", "must be at least 10")
         _check(self.features >= 1, "data", "features", "must be at least 1")
         _check(self.classes >= 2, "data", "classes", "must be at least 2")
@@ -71,6 +75,9 @@ class PartitionSpec:
     #: Redraw the partition (up to 100 times) until every site holds at least this many
     #: training examples; 0 accepts empty sites (they are then left out of every mean).
     min_examples: int = 0
+    #: Bring your own: a JSON file listing each peer's training-sample indices (replaces
+    #: ``scheme``; see ``sim.sources``).
+    file: str = ""
 
     def validate(self) -> None:
         _check(
@@ -96,9 +103,14 @@ class ModelSpec:
     init: str = "same"
     #: Standard deviation of the initial weights (0 gives zeros for ``logreg``).
     init_scale: float = 0.0
+    #: Bring your own: ``module:function`` or ``file.py:function`` called as
+    #: ``function(features, classes)`` returning a ``torch.nn.Module``; its own initialisation
+    #: (seeded from the scenario) gives the initial weights unless ``init_scale`` > 0.
+    factory: str = ""
 
     def validate(self) -> None:
         _check(self.name in MODELS, "model", "name", f"must be one of {', '.join(MODELS)}")
+        _check_callable(self.factory, "model", "factory")
         _check(self.hidden >= 1, "model", "hidden", "must be >= 1")
         _check(self.init in ("same", "independent"), "model", "init", "must be same or independent")
         _check(self.init_scale >= 0.0, "model", "init_scale", "must be >= 0")
@@ -116,9 +128,18 @@ class TopologySpec:
     lazy: float = 0.0
     #: Extra parameters passed to ``topologies.build`` (e.g. ``p`` for erdos_renyi).
     params: tuple[tuple[str, Scalar], ...] = ()
+    #: Bring your own graph: GraphML, GML, edge list or (node-link) JSON, with exactly n nodes;
+    #: replaces ``name`` and ``params``.
+    file: str = ""
 
     def validate(self) -> None:
         rules = ("auto", *MIXING_RULES)
+        _check(
+            not (self.file and self.params),
+            "topology",
+            "params",
+            "cannot be combined with [topology] file (a graph file has no generator)",
+        )
         _check(self.mixing in rules, "topology", "mixing", f"must be one of {', '.join(rules)}")
         _check(0.0 <= self.lazy < 1.0, "topology", "lazy", "must be in [0, 1)")
 
@@ -425,41 +446,24 @@ def _check(ok: bool, section: str, key: str, why: str) -> None:
     check(ok, f"[{section}] {key}" if section else key, why, _WHAT)
 
 
+def _check_callable(text: str, section: str, key: str) -> None:
+    module, sep, function = text.rpartition(":")
+    ok = not text or (bool(sep) and bool(module) and function.isidentifier())
+    _check(ok, section, key, f"must look like module:function or file.py:function, not {text!r}")
+
+
 def scenario_from_dict(raw: Mapping[str, object]) -> Scenario:
     """Build and validate a scenario from a parsed TOML document."""
     return parse(Scenario, raw, _WHAT)
 
 
+def read_scenario_document(path: Path) -> dict[str, Any]:
+    """A scenario file's TOML document with its file keys resolved against its folder."""
+    raw = read_toml(path, _WHAT)
+    resolve_files(raw, Path(path).parent)
+    return raw
+
+
 def load_scenario(path: Path) -> Scenario:
-    """Read and validate a scenario TOML file."""
-    return scenario_from_dict(read_toml(path, _WHAT))
-
-
-def parse_value(text: str) -> Scalar:
-    """A ``--set`` value: TOML scalar syntax (``0.1``, ``true``, ``64``), else a bare string."""
-    try:
-        parsed = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-    if isinstance(parsed, int | float | str | bool):
-        return parsed
-    return text
-
-
-def with_overrides(scenario: Scenario, overrides: Mapping[str, Scalar]) -> Scenario:
-    """A copy of ``scenario`` with dotted-path overrides applied and re-validated."""
-    raw = scenario.to_dict()
-    for path, value in overrides.items():
-        parts = path.split(".")
-        if len(parts) == 1 and isinstance(raw.get(parts[0]), dict):
-            parts.append("name")
-        if len(parts) > 2 or parts[0] not in raw:
-            raise ConfigError(f"--set path {path!r} names no scenario key")
-        if len(parts) == 1:
-            raw[parts[0]] = value
-        else:
-            table = raw[parts[0]]
-            if not isinstance(table, dict) or parts[1] not in table:
-                raise ConfigError(f"--set path {path!r} names no scenario key")
-            table[parts[1]] = value
-    return scenario_from_dict(raw)
+    """Read and validate a scenario TOML file (paths in it are relative to its folder)."""
+    return scenario_from_dict(read_scenario_document(path))

@@ -7,8 +7,9 @@ result file ``points/<digest>.json``. Before running a point we look for that fi
 parses and carries the same digest, the point is done and is skipped, so an interrupted
 sweep resumes where it stopped and a changed scenario is recomputed rather than mistaken for
 an old one. Points run one after another (the machine's cores are better spent inside
-torch than on parallel points). Afterwards ``sweep.csv`` gathers every point's records and
-the figures are drawn with one line per grid label, averaged over seeds.
+torch than on parallel points); ``sim.raysweep`` runs them as Ray tasks into the same store.
+Afterwards ``sweep.csv`` gathers every point's records and the figures are drawn with one
+line per grid label, averaged over seeds (a min–max band over them).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pathlib import Path
 
 from p2pfed.durable import atomic_write
 from p2pfed.errors import ConfigError
+from sim.overrides import parse_value, with_overrides
 from sim.results import RunResult, read_result, records_csv, theoretical_rho
-from sim.scenario import Scalar, Scenario, parse_value, with_overrides
+from sim.scenario import Scalar, Scenario
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,8 +67,11 @@ def grid_points(
     points: list[SweepPoint] = []
     for combo in itertools.product(*(values for _, values in grid)):
         overrides = tuple(zip(paths, combo, strict=True))
+        first = dict(overrides).get("seed", base.seed)  # --set seed=a,b: K seeds from each
+        if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+            raise ConfigError(f"--set seed values must be integers >= 0, not {first!r}")
         for k in range(seeds):
-            seed = base.seed + k
+            seed = first + k
             scenario = with_overrides(base, {**dict(overrides), "seed": seed})
             points.append(SweepPoint(overrides, seed, scenario))
     return points

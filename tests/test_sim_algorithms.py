@@ -20,7 +20,8 @@ import topologies
 from p2pfed.errors import ConfigError
 from sim.algorithms import quality_buckets
 from sim.engine import Simulator
-from sim.scenario import Scenario, with_overrides
+from sim.overrides import with_overrides
+from sim.scenario import Scenario
 
 ROUNDS = 6
 STEPS = 3

@@ -41,10 +41,11 @@ def scenario(tmp_path: Path, algorithm: str = "fedavg", extra: str = "") -> Path
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_emulation_reports_the_simulators_metrics(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    assert main(["sim", "emulate", str(scenario(tmp_path)), "--out", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative --out: the daemons run from other folders
+    assert main(["sim", "emulate", str(scenario(tmp_path)), "--out", "out"]) == 0
     simulated = list(csv.DictReader((out / "metrics-simulated.csv").read_text().splitlines()))
     emulated = list(csv.DictReader((out / "metrics-emulated.csv").read_text().splitlines()))
     assert list(simulated[0]) == list(emulated[0])  # the same columns
@@ -82,3 +83,12 @@ def test_too_many_peers_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     p.write_text(p.read_text().replace("n = 3", "n = 12"))
     assert main(["sim", "emulate", str(p)]) == 2
     assert "3..8 real peers" in capsys.readouterr().err
+
+
+def test_a_model_factory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = scenario(tmp_path)
+    p.write_text(
+        p.read_text().replace('name = "logreg"', 'name = "logreg"\nfactory = "torch.nn:Linear"')
+    )
+    assert main(["sim", "emulate", str(p)]) == 2
+    assert "[model] factory cannot be emulated" in capsys.readouterr().err

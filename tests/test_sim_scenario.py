@@ -14,6 +14,7 @@ from p2pfed.errors import ConfigError
 from p2pfed.training.data import load_builtin, load_raw
 from sim.cost import round_cost
 from sim.data import load_dataset
+from sim.overrides import with_overrides
 from sim.partition import label_histogram, partition
 from sim.privacy import epsilon
 from sim.scenario import (
@@ -24,7 +25,6 @@ from sim.scenario import (
     SecAggSpec,
     load_scenario,
     scenario_from_dict,
-    with_overrides,
 )
 
 SHIPPED = sorted((Path(__file__).parent.parent / "sim" / "scenarios").glob("*.toml"))

@@ -11,8 +11,9 @@ import torch
 from p2pfed.cli import main
 from p2pfed.errors import ConfigError
 from sim.engine import Simulator
+from sim.overrides import with_overrides
 from sim.results import read_result
-from sim.scenario import Scenario, with_overrides
+from sim.scenario import Scenario
 from sim.sweep import SweepPoint, grid_points, parse_set, point_path, run_point, run_sweep
 
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 import topologies
 from sim.engine import Simulator, run_scenario
 from sim.mixing import with_faults
+from sim.overrides import with_overrides
 from sim.reference import fedavg_full_batch
-from sim.scenario import Scenario, with_overrides
+from sim.scenario import Scenario
 
 
 @pytest.fixture(autouse=True)

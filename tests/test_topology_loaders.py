@@ -116,3 +116,29 @@ def test_malformed_files(tmp_path: Path) -> None:
     extra.write_text(json.dumps({"edges": [], "colour": "red"}))
     with pytest.raises(TopologyError, match="unknown key 'colour'"):
         T.load(extra)
+
+
+def test_gml_and_node_link_json_read_and_bad_ones_refused(tmp_path: Path) -> None:
+    import networkx as nx
+
+    graph = nx.path_graph(4)
+    nx.set_edge_attributes(graph, 0.25, "weight")
+    graph[1][2]["weight"] = 0.5
+    nx.write_gml(graph, tmp_path / "p.gml")
+    (tmp_path / "p.json").write_text(json.dumps(nx.node_link_data(graph, edges="links")))
+    for name in ("p.gml", "p.json"):
+        topo = T.load(tmp_path / name, mixing="weights")
+        assert topo.labels == ("0", "1", "2", "3")
+        assert topo.union_graph().number_of_edges() == 3
+        assert topo.mixing_at(0)[1, 2] == pytest.approx(0.5)  # the file's weight is read
+    doc = json.loads((tmp_path / "p.json").read_text())
+    cases = {
+        "multi.json": json.dumps({**doc, "multigraph": True}),
+        "noid.json": json.dumps({**doc, "nodes": [{"name": "a"}]}),
+        "bad.gml": "graph [ node [ id 0 ] edge [ source 0 ]",
+    }
+    expected = {"multi.json": "multigraphs", "noid.json": "no 'id'", "bad.gml": "not valid GML"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(TopologyError, match=expected[name]):
+            T.load(tmp_path / name)

@@ -1,8 +1,8 @@
 """Communication graphs for decentralised training, their mixing matrices and spectra.
 
 ``build(name, n, seed=...)`` makes a ``Topology``; ``analyze(topology)`` reports its spectral
-gap, rounds to consensus, degrees, diameter and traffic. Loaders read edge lists, GraphML and
-JSON (the only I/O here). No torch, no networking. Names load on first use (PEP 562), so
+gap, rounds to consensus, degrees, diameter and traffic. Loaders read edge lists, GraphML, GML
+and JSON (the only I/O here). No torch, no networking. Names load on first use (PEP 562), so
 importing ``topologies.errors`` alone stays cheap.
 """
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from topologies.graphs import make_mixing as make_mixing
     from topologies.loaders import load as load
     from topologies.loaders import load_edgelist as load_edgelist
+    from topologies.loaders import load_gml as load_gml
     from topologies.loaders import load_graphml as load_graphml
     from topologies.loaders import load_json as load_json
 
@@ -41,6 +42,7 @@ _WHERE = {
     "lazy": "mixing",
     "load": "loaders",
     "load_edgelist": "loaders",
+    "load_gml": "loaders",
     "load_graphml": "loaders",
     "load_json": "loaders",
     "make_mixing": "graphs",

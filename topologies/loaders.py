@@ -12,7 +12,10 @@ Formats:
 - GraphML: ``<graph edgedefault=...>`` with ``<node id>``, ``<edge source target>`` and an
   optional edge ``<data>`` whose key is declared with ``attr.name="weight"``.
 - JSON: ``{"directed": false, "nodes": [...], "edges": [[u, v], [u, v, w] or
-  {"source": u, "target": v, "weight": w}, ...]}``.
+  {"source": u, "target": v, "weight": w}, ...]}``; networkx's node-link form (nodes as
+  ``{"id": ...}`` objects, edges under ``"links"`` or ``"edges"``, ``"multigraph"``,
+  ``"graph"``) is read too.
+- GML: parsed by networkx (``label`` ignored, node ``id`` kept), an edge ``weight`` used.
 """
 
 from __future__ import annotations
@@ -140,18 +143,25 @@ def load_json(path: str | Path, symmetric: bool | None = None, mixing: str = "au
         doc = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise TopologyError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict):
+        raise TopologyError(f"{path}: expected an object with an 'edges' (or 'links') list")
+    if "links" in doc and "edges" not in doc:
+        doc = {**doc, "edges": doc["links"]}
+        del doc["links"]
     if not isinstance(doc, dict) or not isinstance(doc.get("edges"), list):
-        raise TopologyError(f"{path}: expected an object with an 'edges' list")
-    unknown = sorted(set(doc) - {"directed", "nodes", "edges", "name"})
+        raise TopologyError(f"{path}: expected an object with an 'edges' (or 'links') list")
+    unknown = sorted(set(doc) - {"directed", "nodes", "edges", "name", "multigraph", "graph"})
     if unknown:
         raise TopologyError(f"{path}: unknown key {unknown[0]!r}")
+    if doc.get("multigraph", False) is not False:
+        raise TopologyError(f"{path}: multigraphs are not supported (parallel edges)")
     directed = doc.get("directed", False)
     if not isinstance(directed, bool):
         raise TopologyError(f"{path}: 'directed' must be true or false")
     raw_nodes = doc.get("nodes")
     if raw_nodes is not None and not isinstance(raw_nodes, list):
         raise TopologyError(f"{path}: 'nodes' must be a list")
-    nodes = None if raw_nodes is None else [str(x) for x in raw_nodes]
+    nodes = None if raw_nodes is None else [_node_id(x, path) for x in raw_nodes]
     edges: list[RawEdge] = []
     for i, item in enumerate(doc["edges"]):
         where = f"{path}: edge #{i}"
@@ -165,6 +175,34 @@ def load_json(path: str | Path, symmetric: bool | None = None, mixing: str = "au
             raise TopologyError(f"{where} must be [source, target, weight?] or an object")
         edges.append((str(a), str(b), None if w is None else _weight(w, where)))
     return assemble(str(path), nodes, edges, directed, symmetric, mixing)
+
+
+def _node_id(item: Any, path: Path) -> str:
+    """A JSON node: a bare id, or a node-link ``{"id": ...}`` object."""
+    if isinstance(item, dict):
+        if "id" not in item:
+            raise TopologyError(f"{path}: a node object has no 'id'")
+        return str(item["id"])
+    return str(item)
+
+
+def load_gml(path: str | Path, mixing: str = "auto") -> Topology:
+    """Read a GML file (one graph; an edge ``weight`` is used if present)."""
+    path = Path(path)
+    try:
+        graph = nx.parse_gml(_read_text(path), label="id")
+    except (nx.NetworkXError, ValueError) as exc:
+        raise TopologyError(f"{path}: not valid GML ({exc})") from None
+    if graph.is_multigraph():
+        raise TopologyError(f"{path}: multigraphs are not supported (parallel edges)")
+    nodes = [str(v) for v in graph.nodes]
+    edges: list[RawEdge] = []
+    for a, b, data in graph.edges(data=True):
+        w = data.get("weight")
+        edges.append(
+            (str(a), str(b), None if w is None else _weight(w, f"{path}: edge ({a}, {b})"))
+        )
+    return assemble(str(path), nodes, edges, graph.is_directed(), mixing=mixing)
 
 
 _GML = "{http://graphml.graphdrawing.org/xmlns}"
@@ -211,8 +249,10 @@ def load_graphml(path: str | Path, symmetric: bool | None = None, mixing: str = 
 
 
 def load(path: str | Path, mixing: str = "auto") -> Topology:
-    """Read a topology file, choosing the format by extension (.json, .graphml, else edges)."""
+    """Read a topology file by extension: .json, .graphml/.xml, .gml, else an edge list."""
     suffix = Path(path).suffix.lower()
+    if suffix == ".gml":
+        return load_gml(path, mixing=mixing)
     if suffix == ".json":
         return load_json(path, mixing=mixing)
     if suffix in (".graphml", ".xml"):

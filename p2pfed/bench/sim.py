@@ -14,12 +14,18 @@ the best of several timings each (the machine is shared; the minimum is the leas
 Peak RSS is the child's ``ru_maxrss`` read after the vectorised run and before the loop
 starts, so it is the simulator's high-water mark (interpreter, torch and data included).
 The loop is timed on fewer rounds than the simulator; rates are per peer-round either way.
+
+Then, because a short job's wall time is mostly one-off costs, ``jobs`` times a complete
+20-round job end to end for each of ``--job-sizes`` (issue 17's task: FedAvg, logistic
+regression, breast cancer, Dirichlet(0.5) sites; ``p2pfed.bench._simjob``), each side in its
+own fresh process: imports, set-up, round 1, rounds 2..R, evaluation, and the steady rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -27,7 +33,8 @@ from typing import Any
 from p2pfed.bench._timing import best_of
 from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
-from sim.scenario import Scenario, with_overrides
+from sim.overrides import with_overrides
+from sim.scenario import Scenario
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
@@ -59,6 +66,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loop-max-n", type=int, default=4096, help="skip the loop above this N (4096)"
     )
+    parser.add_argument(
+        "--job-sizes", type=_sizes, default=[256, 1024], help="N of the end-to-end jobs"
+    )
+    parser.add_argument("--job-rounds", type=int, default=20, help="rounds of a job (20)")
     parser.set_defaults(func=_main)
 
 
@@ -145,9 +156,44 @@ def _child(n: int, rounds: int, loop_rounds: int, run_loop: bool, repeats: int) 
     return result
 
 
+def _job(n: int, rounds: int, side: str) -> dict[str, Any]:
+    code = (
+        "import time\n"
+        "started = time.perf_counter()\n"
+        "import json\n"
+        "from p2pfed.bench._simjob import measure_job\n"
+        f"print(json.dumps(measure_job({n}, {rounds}, {side!r}, started)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"benchmark job n={n} ({side}) failed: {tail[0]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def jobs(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+    """End-to-end jobs, simulator and loop each in a fresh process, per N."""
+    out = []
+    for n in sizes:
+        vector = _job(n, rounds, "vectorized")
+        loop = _job(n, rounds, "loop")
+        speedup = loop["total_s"] / vector["total_s"]
+        out.append(
+            {
+                "n": n,
+                "rounds": rounds,
+                "vectorized": vector,
+                "loop": loop,
+                "end_to_end_speedup": round(speedup, 2),
+            }
+        )
+    return out
+
+
 def _main(args: argparse.Namespace) -> int:
-    if min(args.rounds, args.loop_rounds, args.repeats) < 1:
-        raise ConfigError("--rounds, --loop-rounds and --repeats must be at least 1")
+    if min(args.rounds, args.loop_rounds, args.repeats, args.job_rounds) < 1:
+        raise ConfigError("--rounds, --loop-rounds, --repeats and --job-rounds must be at least 1")
     cases = []
     for n in args.sizes:
         if not args.json:
@@ -158,6 +204,10 @@ def _main(args: argparse.Namespace) -> int:
         "workload": "logreg, breast_cancer, 32 samples/peer, 1 local epoch, batch 16, fedavg",
         "threads": 1,
         "cases": cases,
+        "job_workload": "fedavg, logreg, breast_cancer, dirichlet alpha 0.5, 1 local epoch, "
+        "batch 16, lr 0.1; each side in a fresh process",
+        "jobs": jobs(args.job_sizes, args.job_rounds),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     print_json(payload)
     return 0

@@ -66,7 +66,7 @@ def _check(args: argparse.Namespace) -> None:
 def _root(args: argparse.Namespace) -> Path:
     if args.dir is None:
         return Path(tempfile.mkdtemp(prefix="p2pfed-demo-"))
-    root = Path(args.dir)
+    root = Path(args.dir).resolve()  # daemons run elsewhere: a relative path would move
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ConfigError(f"--dir {root} must be an empty folder or not exist yet")
     return root

@@ -82,11 +82,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PATH=V1,V2",
-        help="sweep a scenario value over a list, e.g. --set topology=ring,torus (repeatable)",
+        help="sweep a scenario value over a list, e.g. --set topology=ring,torus,my.graphml "
+        "or --set topology.params.p=0.05,0.1 (repeatable)",
     )
     sweep.add_argument("--seeds", type=int, default=1, help="seeds per grid point (1)")
     sweep.add_argument("--out", type=Path, default=None, help="output folder (out/sweeps/NAME)")
     sweep.add_argument("--threads", type=_positive, default=1, help="torch threads (1)")
+    sweep.add_argument(
+        "--engine",
+        choices=("thread", "ray"),
+        default="thread",
+        help="run points here one after another (thread) or as Ray tasks (ray; p2pfed[ray])",
+    )
+    sweep.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto or HOST:PORT (default: start a local one)",
+    )
     sweep.set_defaults(func=_sweep)
 
     emu = sub.add_parser(
@@ -118,17 +130,20 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _scenario(args: argparse.Namespace) -> Any:
-    from sim.scenario import load_scenario, parse_value, with_overrides
+    from sim.overrides import parse_value, with_overrides
+    from sim.specs import load_checked, preflight
 
     path = resolve_scenario(args.scenario)
-    scenario = load_scenario(path)
+    scenario = load_checked(path)
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ConfigError(f"--set {item!r} must look like PATH=VALUE")
         overrides[key.strip()] = parse_value(value.strip())
-    return with_overrides(scenario, overrides)
+    scenario = with_overrides(scenario, overrides)
+    preflight([scenario], f"scenario {scenario.name}")
+    return scenario
 
 
 def _emulate(args: argparse.Namespace) -> int:
@@ -142,7 +157,7 @@ def _emulate(args: argparse.Namespace) -> int:
 
     scenario = _scenario(args)
     emulate.check_emulable(scenario)
-    out: Path = args.out or Path("out") / "emulate" / scenario.name
+    out: Path = (args.out or Path("out") / "emulate" / scenario.name).resolve()
     _prepare_directory(out)
     print(f"scenario {scenario.name}: simulating {scenario.n} peers, then emulating", flush=True)
     simulated = run_point(scenario).records
@@ -231,11 +246,18 @@ def _sweep(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from sim.scenario import load_scenario
+    from sim.specs import load_checked, preflight
     from sim.sweep import SweepPoint, grid_points, parse_set
 
-    scenario = load_scenario(resolve_scenario(args.scenario))
+    scenario = load_checked(resolve_scenario(args.scenario))
     points = grid_points(scenario, parse_set(args.set), args.seeds)
+    preflight([p.scenario for p in points], f"sweep {scenario.name}")
+    if args.engine == "ray":
+        from sim.raysweep import require_ray
+
+        require_ray()  # before any output: say how to install it
+    elif args.address is not None:
+        raise ConfigError("--address needs --engine ray")
     out: Path = args.out or Path("out") / "sweeps" / scenario.name
     _prepare_directory(out)
     print(f"sweep {scenario.name}: {len(points)} points into {out}", flush=True)
@@ -273,7 +295,19 @@ def _sweep(args: argparse.Namespace) -> int:
             if r == progress.tasks[rounds].total:
                 progress.advance(overall)
 
-        results = run_sweep(points, out, on_point, on_round, args.threads)
+        if args.engine == "ray":
+            from sim.raysweep import run_sweep_ray
+
+            progress.update(rounds, visible=False)  # rounds run on the workers
+
+            def on_done(point: SweepPoint, was_stored: bool) -> None:
+                nonlocal skipped
+                skipped += was_stored
+                progress.advance(overall)
+
+            results = run_sweep_ray(points, out, on_done, args.threads, args.address)
+        else:
+            results = run_sweep(points, out, on_point, on_round, args.threads)
     atomic_write(out / "sweep.csv", sweep_csv(points, results).encode(), 0o644)
     maybe_parquet(out / "sweep.csv")
     rows = summary_rows(points, results)
