@@ -34,7 +34,9 @@ import trio.testing
 from p2pfed.cli import main
 from p2pfed.config import load_config
 from p2pfed.consortium import free_ports, write_csv
+from p2pfed.daemon import prepare
 from p2pfed.demo import DemoSettings, build_consortium
+from p2pfed.errors import DataError
 from p2pfed.identity import StudyProtocol
 from p2pfed.node.liveness import Waiting
 from p2pfed.training.data import Dataset, load_builtin
@@ -351,6 +353,8 @@ def test_a_site_past_the_missing_value_limit_is_refused_naming_column_and_count(
     column = data.read_text().splitlines()[0].split(",")[2]
     rewrite(data, lambda row, i: [*row[:2], "", *row[3:]] if 1 <= i <= 3 else row)
     rows = len(data.read_text().splitlines()) - 1
+    with pytest.raises(DataError, match="missing_values"):  # before any network: fails fast
+        prepare(load_config(config))
     assert main(["run", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
