@@ -7,8 +7,12 @@ are refused before joining, one sentence each, exit status 2. A 5-member roster 
 every secure round (``(n + collusion) // 2 + 1``), so the admins remove the two refused
 sites and re-sign; the good three, with the settings ``p2pfed init`` wrote, train all the
 default rounds within the default budget. ``p2pfed status`` is checked before the start,
-while waiting, after a SIGTERM, while training and at the end. About 2–3 minutes on a
-loaded 2-core machine (five daemons start at once).
+while waiting, after a SIGTERM, while training and at the end.
+
+Slow: about 100 s of CPU (six daemon starts — five at once — and about 30 CLI processes;
+the 20 default rounds take about 2.3 s each); 280 s of wall time on a 2-core machine at
+load average 12–15, where it got a third of a core. The fast tests at the end check each
+piece on its own.
 """
 
 from __future__ import annotations
