@@ -38,12 +38,14 @@ import trio.testing
 from p2pfed.cli import main
 from p2pfed.config import load_config
 from p2pfed.consortium import free_ports, write_csv
-from p2pfed.daemon import prepare
+from p2pfed.daemon import RoundReporter, prepare, read_status
 from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.errors import DataError
 from p2pfed.identity import StudyProtocol
 from p2pfed.node.liveness import Waiting
+from p2pfed.training import ParameterLayout
 from p2pfed.training.data import Dataset, load_builtin
+from tests.reporter_fakes import FakePeer, FakeTransport, demo_member
 from tests.test_node import Consortium
 
 GOOD = ("st-olav", "haukeland", "ulleval")
@@ -405,3 +407,25 @@ async def test_the_start_up_wait_says_whom_it_waits_for_while_it_lasts(
     assert {(w.round, w.reason, frozenset(w.missing)) for w in waits} == {
         (0, "start-up: 1 of 3 answer", frozenset(peer.others))
     }
+
+
+def test_while_waiting_the_status_shows_who_is_connected_now(tmp_path: Path) -> None:
+    """A member that came up after the start is shown connected while the wait goes on."""
+    _, prepared, recorder = demo_member(tmp_path)
+    others = [m for m in prepared.gate.roster.members if m.peer_id != prepared.identity.peer_id]
+    status: dict[str, Any] = {}
+    reporter = RoundReporter(prepared, status, recorder, None, ParameterLayout(("w",), ((2,),)))
+    transport = FakeTransport(connected=())
+    peer = FakePeer(np.zeros(2, np.float32))
+    reporter.running(peer, transport, prepared.gate.roster.version)  # type: ignore[arg-type]
+    assert not any(row["connected"] for row in status["members"].values())
+    transport.connected = (others[0].peer_id,)  # it answered; the other is still down
+    reporter.waiting(Waiting(0, "start-up: 2 of 3 answer", (others[1].peer_id,), 0.4))
+    written = read_status(prepared.state_dir)
+    recorder.stop(reason="finished")
+    assert written is not None and written["connected_peers"] == 1
+    assert {m: row["connected"] for m, row in written["members"].items()} == {
+        others[0].name: True,
+        others[1].name: False,
+    }
+    assert written["waiting"]["missing"] == [others[1].name]
