@@ -108,8 +108,9 @@ def _normalised(features: tuple[Feature, ...], path: str, label: str) -> tuple[F
     for i, feature in enumerate(features):
         column = x[np.isfinite(x[:, i]), i]
         if column.size < 2:
-            raise ConfigError(f"{path}: feature {feature.name!r} has fewer than 2 values to "
-                              "normalise from")  # fmt: skip
+            raise ConfigError(
+                f"{path}: feature {feature.name!r} has fewer than 2 values to normalise from"
+            )
         std = float(column.std())
         # A constant column keeps scale 1: centring alone makes it 0 everywhere.
         scale = std if std > 0 else 1.0
