@@ -39,6 +39,7 @@ from p2pfed.cli import main
 from p2pfed.config import load_config
 from p2pfed.consortium import free_ports, write_csv
 from p2pfed.daemon import RoundReporter, prepare, read_status
+from p2pfed.daemon.prepare import secagg_plan
 from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.errors import DataError
 from p2pfed.identity import StudyProtocol
@@ -429,3 +430,15 @@ def test_while_waiting_the_status_shows_who_is_connected_now(tmp_path: Path) -> 
         others[1].name: False,
     }
     assert written["waiting"]["missing"] == [others[1].name]
+
+
+def test_with_init_defaults_three_of_five_cannot_meet_a_secure_round_three_of_three_can(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why the guide has the admins remove the refused sites (section 0, step 7)."""
+    assert main(["init", str(tmp_path / "site"), "--name", "site"]) == 0
+    capsys.readouterr()
+    config = load_config(tmp_path / "site" / "config.toml")
+    five = secagg_plan(config, [f"m{i}" for i in range(5)])
+    assert five.min_survivors == 4  # (5 + collusion 1) // 2 + 1
+    assert secagg_plan(config, ["m0", "m1", "m2"]).min_survivors == 3
