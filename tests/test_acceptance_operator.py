@@ -9,10 +9,10 @@ sites and re-sign; the good three, with the settings ``p2pfed init`` wrote, trai
 default rounds within the default budget. ``p2pfed status`` is checked before the start,
 while waiting, after a SIGTERM, while training and at the end.
 
-Slow: about 100 s of CPU (six daemon starts — five at once — and about 30 CLI processes;
-the 20 default rounds take about 2.3 s each); 280 s of wall time on a 2-core machine at
-load average 12–15, where it got a third of a core. The fast tests at the end check each
-piece on its own.
+Slow: about 100 s of CPU (six daemon starts — five at once, each importing torch and
+libp2p — and about 30 CLI processes; the 20 default rounds take about 2.3 s each). Wall
+time on a 2-core machine: 76 s idle (load average 0.7), 260–280 s at load average 9–15.
+The fast tests at the end check each piece on its own.
 """
 
 from __future__ import annotations
