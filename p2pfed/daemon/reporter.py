@@ -168,6 +168,9 @@ class RoundReporter:
             "missing": missing,
             "retry_in_s": round(wait.retry_in, 1),
         }
+        if self._transport is not None:  # who is connected right now, not at the last round
+            self.status["connected_peers"] = len(self._transport.connected_peers())
+        self._update_members(None)
         self.write()
         # Round numbers move on while the cause stays the same: not a new line each round.
         what = (re.sub(r"\d+", "#", wait.reason), *missing)

@@ -6,19 +6,18 @@ its update to the ``Aggregator`` (secure ring by default) as a ``PendingRelease`
 aggregator calls once the round's cohort is fixed: only then does the privacy layer
 (``PrivateReleaser``: clip, record the spend durably in the ledger, then noise) release it,
 so a round this peer cannot join costs no ε and nothing leaves before the ledger says yes.
-It applies the mean update it gets back. After each committed
-round the cohort signs a commit certificate for the new model (``CertificateService``) and
-the model is checkpointed atomically with it, so a restarted peer resumes where it stopped.
+It applies the mean update it gets back. After each committed round the cohort signs a
+commit certificate for the new model (``CertificateService``) and the model is
+checkpointed atomically with it, so a restarted peer resumes where it stopped.
 
 A peer that misses a round (it crashed, came late, or was left out) asks the other members
 for the newest certified model (``ModelSync``: never one without a valid certificate) and
-joins the next round from there. Round numbers only
-go forward: a round that failed for everyone is not re-run under the same number (its
-secure-aggregation session and privacy record are spent), the next number starts from the
-same weights. ``model_round`` is the round the weights are from; ``next_round`` the next to
-attempt. Every part is
-injected, so the same class runs in the daemon over libp2p and in tests over the in-memory
-transport; nothing here knows which.
+joins the next round from there. Round numbers only go forward: a round that failed for
+everyone is not re-run under the same number (its secure-aggregation session and privacy
+record are spent), the next number starts from the same weights. ``model_round`` is the
+round the weights are from; ``next_round`` the next to attempt. Every part is injected, so
+the same class runs in the daemon over libp2p and in tests over the in-memory transport;
+nothing here knows which.
 """
 
 from __future__ import annotations
@@ -108,8 +107,8 @@ class Peer:
         ``on_refusal`` hears of every member whose model sync refused (once per round).
         ``guard`` runs before each round and before each release, and raises to stop the
         rounds (the daemon's raises once the roster has expired, so no further ε is spent).
-        ``on_wait`` hears why this peer cannot progress (too few members, a missed round);
-        ``rng`` jitters the retry backoff. ``sync_session``: model sync's id (``consortium``).
+        ``on_wait`` hears why this peer cannot progress (start-up, too few members, a missed
+        round); ``rng`` jitters retries. ``sync_session``: model sync's id (``consortium``).
         """
         self.transport = transport
         self.consortium = consortium
@@ -121,10 +120,7 @@ class Peer:
         self.releaser = releaser
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.clock = clock
-        self.wall = wall
-        self.guard = guard
-        self.on_wait = on_wait
+        self.clock, self.wall, self.guard, self.on_wait = clock, wall, guard, on_wait
         self.rng = rng if rng is not None else random.Random()
         self.unreached: tuple[str, ...] = ()
         self.model_round = -1
@@ -293,14 +289,18 @@ class Peer:
     def _backoff(self) -> Backoff:
         return Backoff(0.2, 5.0, self.rng)
 
-    async def _retry(self, backoff: Backoff, deadline: float) -> None:
-        """Sleep the backoff's next delay, but not past ``deadline``."""
-        await trio.sleep(max(0.0, min(backoff.next(), deadline - trio.current_time())))
+    async def _retry(self, backoff: Backoff, deadline: float, why: str = "") -> None:
+        """Sleep the backoff's next delay, but not past ``deadline`` (``why``: to on_wait)."""
+        delay = max(0.0, min(backoff.next(), deadline - trio.current_time()))
+        if why:
+            self._waiting(why, delay)
+        await trio.sleep(delay)
 
-    async def wait_for_members(self, needed: int, timeout: float) -> int:
+    async def wait_for_members(self, needed: int, timeout: float, report: str = "") -> int:
         """Wait until ``needed`` members (this one included) answer, or ``timeout``; count.
 
-        The members that did not answer are left in ``unreached``.
+        The members that did not answer are left in ``unreached`` (and, with ``report``,
+        told to ``on_wait`` after each probe, so a long wait is visible while it lasts).
         """
         reachable: set[str] = set()
         backoff = self._backoff()
@@ -309,8 +309,10 @@ class Peer:
             while len(reachable) + 1 < needed:
                 pending = [m for m in self.others if m not in reachable]
                 reachable |= set(await self.sync.probe_all(pending, 2.0))
+                self.unreached = tuple(m for m in self.others if m not in reachable)
                 if len(reachable) + 1 < needed:
-                    await self._retry(backoff, deadline)
+                    why = f"{report}: {len(reachable) + 1} of {needed} answer" if report else ""
+                    await self._retry(backoff, deadline, why)
         self.unreached = tuple(m for m in self.others if m not in reachable)
         return len(reachable) + 1
 
@@ -467,18 +469,18 @@ class Peer:
     ) -> list[RoundReport]:
         """Run rounds numbered below ``rounds``; a missed round triggers a catch-up.
 
-        First waits (up to ``startup_timeout``) for every member to answer, so a consortium
-        started together does not spend its first round on peers still booting, and then
-        for as long as it takes until at least ``min_peers`` members (this one included) are
-        reachable. After a
-        missed round, waits for a member to complete it and adopts that model; if none does,
-        the round failed for everyone and the next number starts from the same weights at
-        the next slot boundary of a shared clock (``slot_wait``), so members that missed it
-        at different times start the next round together.
+        First waits (up to ``startup_timeout``, reported to ``on_wait``) for every member to
+        answer, so a consortium started together does not spend its first round on peers
+        still booting, then for as long as it takes until at least ``min_peers`` members
+        (this one included) are reachable. After a missed round, waits for a member to
+        complete it and adopts that model; if none does, the round failed for everyone and
+        the next number starts from the same weights at the next slot boundary of a shared
+        clock (``slot_wait``), so members that missed it at different times start the next
+        round together.
         """
         miss_timeout = startup_timeout if miss_timeout is None else miss_timeout
         reports = []
-        up = await self.wait_for_members(len(self.members), startup_timeout)
+        up = await self.wait_for_members(len(self.members), startup_timeout, "start-up")
         while up < min_peers:
             self._waiting(f"{up} of {len(self.members)} members reachable, {min_peers} needed", 0)
             up = await self.wait_for_members(min_peers, startup_timeout)

@@ -165,8 +165,9 @@ def validate(data: Dataset, schema: Schema, thresholds: Thresholds) -> Validatio
         Check(
             "missing_values",
             worst_frac <= thresholds.max_missing_fraction,
-            f"worst feature {worst!r} is {worst_frac:.1%} missing "
-            f"(limit {thresholds.max_missing_fraction:.1%})",
+            f"worst feature {worst!r} has {round(worst_frac * n)} of {n} values missing or "
+            f"not finite ({worst_frac:.1%}; limit "
+            f"{thresholds.max_missing_fraction:.1%})",
         )
     )
 

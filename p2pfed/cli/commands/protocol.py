@@ -4,8 +4,9 @@ Theory of operation: ``init`` writes an unsigned study protocol: the model, trai
 rounds and privacy settings of a config file (``--config``; else the defaults ``p2pfed
 init`` writes), the label column and classes, and the features from a data file's header
 (``--from-data``), from ``--feature NAME[:TYPE]`` flags, or from the config's ``[schema]``.
-Centres and scales start at 0 and 1 (or the config's ``[schema]`` ones): the admins agree
-on them and edit the file before anyone signs. ``sign`` appends one admin's signature;
+Centres and scales start at 0 and 1 (or the config's ``[schema]`` ones), or at one table's
+means and standard deviations (``--normalise-from``): the admins agree on them and edit the
+file before anyone signs. ``sign`` appends one admin's signature;
 ``show`` prints the document, its hash and, with ``--roster``, whether the roster's admins
 signed it (exit status 2 with the one sentence saying why not).
 """
@@ -42,6 +43,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="a feature as NAME or NAME:TYPE (float, int, binary); repeat in order",
+    )
+    init.add_argument(
+        "--normalise-from",
+        metavar="TABLE",
+        help="set each feature's center and scale to this CSV's (or Parquet's) mean and "
+        "standard deviation: one site's table or a pooled one (this reveals those figures)",
     )
     init.add_argument("--label", help="the label column (default: the config's)")
     init.add_argument("--classes", help="the label classes, e.g. 0,1 (default: the config's)")
@@ -88,6 +95,29 @@ def _features(args: argparse.Namespace, config: Config, label: str) -> tuple[Fea
     return tuple(map(Feature, s.features, types, center, scale))
 
 
+def _normalised(features: tuple[Feature, ...], path: str, label: str) -> tuple[Feature, ...]:
+    """``features`` with centre and scale set to ``path``'s mean and std (missing cells skipped)."""
+    import dataclasses
+
+    import numpy as np
+
+    from p2pfed.training.data import load_table
+
+    x = load_table(path, label, [f.name for f in features]).x.astype(np.float64)
+    out = []
+    for i, feature in enumerate(features):
+        column = x[np.isfinite(x[:, i]), i]
+        if column.size < 2:
+            raise ConfigError(
+                f"{path}: feature {feature.name!r} has fewer than 2 values to normalise from"
+            )
+        std = float(column.std())
+        # A constant column keeps scale 1: centring alone makes it 0 everywhere.
+        scale = std if std > 0 else 1.0
+        out.append(dataclasses.replace(feature, center=float(column.mean()), scale=scale))
+    return tuple(out)
+
+
 def _classes(text: str | None, config: Config) -> tuple[int, ...]:
     if text is None:
         return config.schema.labels
@@ -104,9 +134,12 @@ def run_init(args: argparse.Namespace) -> int:
     config = _config(args.config)
     label = args.label or config.data.label_column
     t, p = config.training, config.privacy
+    features = _features(args, config, label)
+    if args.normalise_from:
+        features = _normalised(features, args.normalise_from, label)
     document = StudyProtocol(
         args.consortium,
-        _features(args, config, label),
+        features,
         label,
         _classes(args.classes, config),
         model=config.model.kind,
@@ -122,10 +155,14 @@ def run_init(args: argparse.Namespace) -> int:
         delta=p.delta,
     )
     document.save(args.protocol, overwrite=args.force)
+    todo = (
+        f"centers and scales from {args.normalise_from}; check them"
+        if args.normalise_from
+        else "set each feature's center and scale"
+    )
     print(
         f"{args.protocol}: study protocol {document.short} of {document.consortium_id} with "
-        f"{len(document.features)} features, unsigned (set each feature's center and scale, "
-        "then have the admins sign it)"
+        f"{len(document.features)} features, unsigned ({todo}, then have the admins sign it)"
     )
     return 0
 

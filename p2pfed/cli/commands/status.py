@@ -103,8 +103,13 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str]]:
             + (f"; {status['roster_warning']}" if status.get("roster_warning") else ""),
         ),
     ]
-    if status.get("error"):
-        rows.append(("stopped because", str(status["error"])))
+    if status.get("waiting") and status["shown_state"] == "running":
+        w = status["waiting"]
+        missing = f" for {', '.join(w['missing'])}" if w.get("missing") else ""
+        rows.append(("waiting", f"round {w.get('round')}{missing}: {w.get('reason')}"))
+    why = status.get("error") or status.get("stop_reason")
+    if why and status.get("state") not in ("running", "starting", "finished"):
+        rows.append(("stopped because", str(why)))
     return rows
 
 
