@@ -101,6 +101,8 @@ class Consortium:
                 build_model(kind, 30, 2, hidden=self.hidden or (1,), seed=0),
                 TrainingConfig(learning_rate=0.2, personal_prefixes=self.personal),
                 torch.Generator().manual_seed(k),
+                train=self.train.subset(self.parts[k]),
+                test=self.test,
             )
             ledger = PrivacyLedger(self.tmp / f"ledger-{k}", 1e6, 1e-5)
             self.ledgers[k] = ledger
@@ -119,8 +121,6 @@ class Consortium:
                     consortium="test",
                     members=list(self.keys),
                     trainer=trainer,
-                    train=self.train.subset(self.parts[k]),
-                    test=self.test,
                     aggregator=aggregator,
                     releaser=releaser,
                     state_dir=self.tmp / f"state-{k}",

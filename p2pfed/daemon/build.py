@@ -67,6 +67,8 @@ def build_trainer(prepared: Prepared) -> LocalTrainer:
             if config.privacy.mode == "dp-sgd"
             else None
         ),
+        train=prepared.train,
+        test=prepared.test,
     )
 
 
@@ -280,8 +282,6 @@ def build_peer(
         consortium=cohort.roster.consortium_id,
         members=cohort.peers,
         trainer=trainer,
-        train=prepared.train,
-        test=prepared.test,
         aggregator=aggregator,
         releaser=releaser,
         state_dir=prepared.state_dir,
