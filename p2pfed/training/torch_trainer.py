@@ -62,8 +62,10 @@ class TorchTrainer:
         generator: torch.Generator | None = None,
         noise_generator: NoiseSource | None = None,
     ) -> None:
-        """``generator`` draws DP-SGD's Poisson samples; ``noise_generator`` its noise
-        (default: the CSPRNG). ``loss_fn(outputs, targets)`` must average over the batch.
+        """``loss_fn(outputs, targets)`` must average over the batch it is given.
+
+        ``generator`` draws DP-SGD's Poisson samples, ``noise_generator`` its noise (by
+        default the CSPRNG); ``optimizer`` builds the optimizer from the parameters.
         """
         if epochs < 1:
             raise ConfigError(f"TorchTrainer epochs must be ≥ 1, got {epochs}")
