@@ -74,7 +74,8 @@ class Watched:
 async def run_three(tmp: Path, trainers: list, rounds: int = 2) -> list[Peer]:  # type: ignore[type-arg]
     ids = [Identity.generate() for _ in trainers]
     keys = {i.peer_id: i.public_key for i in ids}
-    net, peers = MemoryNetwork(), []
+    net, peers, finished = MemoryNetwork(), [], []
+    everyone_done = trio.Event()
 
     async def one(k: int) -> None:
         me = ids[k]
@@ -95,6 +96,11 @@ async def run_three(tmp: Path, trainers: list, rounds: int = 2) -> list[Peer]:  
             peers.append(peer)
             reports = await peer.run(rounds, startup_timeout=5.0)
             assert all(r.committed and r.contributors == 3 for r in reports)
+            # Stay reachable until all are done: a late peer's final check probes the others.
+            finished.append(k)
+            if len(finished) == len(trainers):
+                everyone_done.set()
+            await everyone_done.wait()
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -153,7 +159,7 @@ def test_training_runs_off_the_trio_thread(tmp_path: Path) -> None:
 
 def test_batchnorm_is_refused_under_dp_sgd_with_one_sentence() -> None:
     dp = DPSGD(sample_rate=0.25, clip_norm=1.0, noise_multiplier=1.0)
-    with pytest.raises(ConfigError, match="BatchNorm.*GroupNorm") as info:
+    with pytest.raises(ConfigError, match=r"BatchNorm.*GroupNorm") as info:
         TorchTrainer(bn_model(), nn.CrossEntropyLoss(), loader(0), dpsgd=dp)
     assert "\n" not in str(info.value)
 
@@ -184,5 +190,5 @@ def test_flatten_round_trips_and_refuses_a_wrong_vector() -> None:
     assert np.array_equal(flatten(layout, unflatten(layout, vector)), vector)
     with pytest.raises(DataError, match="shape"):
         unflatten(layout, vector[:-1])
-    with pytest.raises(DataError, match="has no tensor named 'head.w'"):
+    with pytest.raises(DataError, match=r"has no tensor named 'head\.w'"):
         t.set_state({"head.w": torch.zeros(1)})
