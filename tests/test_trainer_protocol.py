@@ -192,3 +192,37 @@ def test_flatten_round_trips_and_refuses_a_wrong_vector() -> None:
         unflatten(layout, vector[:-1])
     with pytest.raises(DataError, match=r"has no tensor named 'head\.w'"):
         t.set_state({"head.w": torch.zeros(1)})
+
+
+def test_build_peer_refuses_a_key_outside_the_roster_and_unsafe_privacy(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import p2pfed
+    from p2pfed.identity import Member, Roster
+    from p2pfed.privacy import NoiseMode
+
+    admin, member, stranger = Identity.generate(), Identity.generate(), Identity.generate()
+    roster = Roster(
+        "c",
+        1,
+        datetime.now(UTC) + timedelta(days=1),
+        (Member("a", member.peer_id, member.public_key),),
+        (admin.public_key,),
+    ).signed_by(admin)
+
+    async def build(identity: Identity, **settings: object) -> None:
+        async with p2pfed.build_peer(
+            identity=identity,
+            roster=roster,
+            listen="/ip4/127.0.0.1/tcp/0",
+            trainer=trainer(0),
+            state_dir=tmp_path / identity.peer_id,
+            **settings,  # type: ignore[arg-type]
+        ):
+            raise AssertionError("the peer should not have been built")
+
+    with pytest.raises(ConfigError, match=r"is not a member of the roster"):
+        trio.run(build, stranger)
+    unmasked = p2pfed.Privacy(1.0, 1.0, 10.0, mode=NoiseMode.DISTRIBUTED)
+    with pytest.raises(ConfigError, match=r"distributed noise needs secure aggregation"):
+        trio.run(lambda: build(member, secagg=False, privacy=unmasked))

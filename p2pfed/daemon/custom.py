@@ -33,6 +33,7 @@ from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.secagg.params import SecAggConfig, plan_cohort
 from p2pfed.training.state import Trainer
+from p2pfed.transport.base import Transport
 
 
 @dataclass(frozen=True)
@@ -87,30 +88,11 @@ async def build_peer(
     addrs = {p: list(m.addresses) for p, m in members.items() if p != identity.peer_id}
     keys = {p: m.public_key for p, m in members.items()}
     signer = Ed25519CohortSigner(identity.seed, keys)
-    session = session_id(roster.consortium_id, roster.version)
     async with AsyncExitStack() as stack:
         transport = await stack.enter_async_context(
             Libp2pTransport(identity.seed, gate, host=host, port=port, peer_addrs=addrs)
         )
-        aggregator: Aggregator
-        if secagg:
-            secure = SecureRingRound(
-                transport,
-                session,
-                roster.version,
-                keys,
-                identity,
-                signer,
-                stage_timeout=stage_timeout,
-            )
-            # The fewest contributions a sum may hold: the protocol's consistency quorum.
-            plan = plan_cohort(SecAggConfig(session, 0, 1), frozenset(keys))
-            aggregator = SecureRingAggregator(
-                secure, FixedPoint(), len(keys), plan.min_survivors, np.random.default_rng()
-            )
-        else:
-            ring = RingRound(transport, session, roster.version, sorted(keys), signer)
-            aggregator = RingAggregator(ring)
+        aggregator = _aggregator(transport, roster, identity, signer, secagg, stage_timeout)
         releaser = None
         if privacy is not None:
             ledger = stack.enter_context(
@@ -140,3 +122,26 @@ async def build_peer(
             signer=signer,
             roster_version=roster.version,
         )
+
+
+def _aggregator(
+    transport: Transport,
+    roster: Roster,
+    identity: Identity,
+    signer: Ed25519CohortSigner,
+    secagg: bool,
+    stage_timeout: float,
+) -> Aggregator:
+    """The secure ring over the roster's members, or the plain ring without ``secagg``."""
+    keys = {p: m.public_key for p, m in members_of(roster).items()}
+    session = session_id(roster.consortium_id, roster.version)
+    if not secagg:
+        return RingAggregator(RingRound(transport, session, roster.version, sorted(keys), signer))
+    secure = SecureRingRound(
+        transport, session, roster.version, keys, identity, signer, stage_timeout=stage_timeout
+    )
+    # The fewest contributions a sum may hold: the protocol's consistency quorum.
+    plan = plan_cohort(SecAggConfig(session, 0, 1), frozenset(keys))
+    return SecureRingAggregator(
+        secure, FixedPoint(), len(keys), plan.min_survivors, np.random.default_rng()
+    )
