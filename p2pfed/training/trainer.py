@@ -29,7 +29,7 @@ from torch import nn
 
 from p2pfed.durable import atomic_write, seal, unseal
 from p2pfed.errors import ConfigError, DataError, IntegrityError
-from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample
+from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample, refuse_batch_mixing
 from p2pfed.privacy.sampling import SecureGaussian
 from p2pfed.training.data import Dataset
 from p2pfed.training.state import (
@@ -131,6 +131,8 @@ class LocalTrainer:
         test: Dataset | None = None,
     ) -> None:
         """``train``/``test``: the tables ``fit`` and ``evaluate`` use (the protocol's data)."""
+        if dp_sgd is not None:
+            refuse_batch_mixing(model)  # at build time, not at the first round
         self.model = model
         self.train = train
         self.test = test

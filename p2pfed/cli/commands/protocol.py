@@ -109,7 +109,7 @@ def run_init(args: argparse.Namespace) -> int:
         _features(args, config, label),
         label,
         _classes(args.classes, config),
-        model=config.model.kind,
+        model=config.model.reference(),
         hidden=config.model.hidden,
         seed=config.model.seed,
         local_epochs=t.local_epochs,
