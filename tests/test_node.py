@@ -54,7 +54,10 @@ class Consortium:
         hidden: tuple[int, ...] = (),
         personal: tuple[str, ...] = (),
         gossip: str = "",
+        virtual_clock: bool = False,
     ) -> None:
+        # On trio's autojump clock, time leaps while a worker thread trains: train inline.
+        self.train_in_thread = not virtual_clock
         self.gossip = gossip
         self.tmp = tmp
         self.ids = [Identity.generate() for _ in range(n)]
@@ -127,6 +130,7 @@ class Consortium:
                     signer=Ed25519CohortSigner(ident.seed, self.keys),
                     roster_version=1,
                     on_refusal=on_refusal,
+                    train_in_thread=self.train_in_thread,
                 )
             finally:
                 ledger.close()

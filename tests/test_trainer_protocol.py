@@ -226,3 +226,24 @@ def test_build_peer_refuses_a_key_outside_the_roster_and_unsafe_privacy(tmp_path
     unmasked = p2pfed.Privacy(1.0, 1.0, 10.0, mode=NoiseMode.DISTRIBUTED)
     with pytest.raises(ConfigError, match=r"distributed noise needs secure aggregation"):
         trio.run(lambda: build(member, secagg=False, privacy=unmasked))
+
+
+def test_checkpoints_restore_the_full_state_and_refuse_a_damaged_file(tmp_path: Path) -> None:
+    from p2pfed.errors import IntegrityError
+    from p2pfed.training.state import load_checkpoint, save_checkpoint
+
+    heartbeat = threading.Event()
+    heartbeat.set()
+    for k, make in enumerate((trainer, lambda s: Watched(trainer(s), heartbeat))):  # own, generic
+        made, fresh = make(1), make(1)
+        made.fit(made.get_state(), 0)  # moves parameters and BatchNorm statistics
+        path = tmp_path / f"checkpoint-{k}"
+        save_checkpoint(made, path, 7, {"note": "x"})
+        assert load_checkpoint(fresh, path) == (7, {"note": "x"})
+        for name, tensor in made.get_state().items():
+            assert torch.equal(fresh.get_state()[name], tensor), name
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 1
+        path.write_bytes(bytes(data))
+        with pytest.raises(IntegrityError):
+            load_checkpoint(fresh, path)

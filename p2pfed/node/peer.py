@@ -30,15 +30,16 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import trio
 from numpy.typing import NDArray
 
 from p2pfed.collectives.agreement import CohortSigner
-from p2pfed.errors import DataError, P2PFedError
+from p2pfed.errors import DataError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
-from p2pfed.node.certificates import CertificatePolicy, CommitCertificate, CommitStatement
+from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.node.certify import CertificateService
 from p2pfed.node.liveness import Backoff, PendingRelease, Waiting, slot_wait
 from p2pfed.node.report import RoundReport
@@ -55,6 +56,7 @@ from p2pfed.training.state import (
 from p2pfed.transport.base import Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -83,6 +85,7 @@ class Peer:
         on_wait: Callable[[Waiting], None] | None = None,
         rng: random.Random | None = None,
         sync_session: str = "",
+        train_in_thread: bool = True,
     ) -> None:
         """``signer``/``roster_version``/``certificate_floor``: commit certificates (above).
 
@@ -91,6 +94,8 @@ class Peer:
         rounds (the daemon's raises once the roster has expired, so no further ε is spent).
         ``on_wait`` hears why this peer cannot progress (too few members, a missed round);
         ``rng`` jitters the retry backoff. ``sync_session``: model sync's id (``consortium``).
+        ``train_in_thread=False`` trains on the trio thread: only for tests on trio's virtual
+        clock, which jumps ahead (firing every timeout) while a worker thread computes.
         """
         self.transport = transport
         self.consortium = consortium
@@ -107,6 +112,7 @@ class Peer:
         self.guard = guard
         self.on_wait = on_wait
         self.rng = rng if rng is not None else random.Random()
+        self.train_in_thread = train_in_thread
         self.unreached: tuple[str, ...] = ()
         self.model_round = -1
         self.next_round = 0
@@ -150,6 +156,12 @@ class Peer:
 
     def _load(self, weights: NDArray[np.float32]) -> None:
         self.trainer.set_state(unflatten(self.layout, weights))
+
+    async def _offload(self, work: Callable[..., T], *args: object) -> T:
+        """``work(*args)`` in a worker thread: the peer's protocols answer while it trains."""
+        if not self.train_in_thread:
+            return work(*args)
+        return await trio.to_thread.run_sync(work, *args)
 
     def _current(self) -> tuple[int, NDArray[np.float32], CommitCertificate | None]:
         return self.model_round, self.weights, self.certificate
@@ -382,8 +394,7 @@ class Peer:
         if self.certifier is not None:  # votes for this round may arrive before we commit
             self.certifier.low = max(self.certifier.low, round_)
         started = self.clock()
-        fit = self.trainer.fit
-        result = await trio.to_thread.run_sync(fit, unflatten(self.layout, self.weights), round_)
+        result = await self._offload(self.trainer.fit, unflatten(self.layout, self.weights), round_)
         update = flatten(self.layout, result.state) - self.weights
         if not np.all(np.isfinite(update)):
             raise DataError("local training produced NaN or infinite tensors; lower the step size")
@@ -406,8 +417,7 @@ class Peer:
             weights = self.weights + outcome.mean
             certificate = await self._certify(round_, weights, outcome.contributors)
             self._adopt(round_, weights, certificate)
-        evaluate = self.trainer.evaluate
-        metrics = await trio.to_thread.run_sync(evaluate, unflatten(self.layout, self.weights))
+        metrics = await self._offload(self.trainer.evaluate, unflatten(self.layout, self.weights))
         return RoundReport(
             round=round_,
             committed=committed,
@@ -430,23 +440,11 @@ class Peer:
     async def _certify(
         self, round_: int, weights: NDArray[np.float32], contributors: frozenset[str]
     ) -> CommitCertificate | None:
-        """Gather the cohort's signatures on this round's model; None in gossip or below quorum."""
+        """The cohort's signatures on this round's model; None in gossip or below quorum."""
         if self.certifier is None:
             return None
-        statement = CommitStatement(
-            self.consortium,
-            self.policy.roster_version,
-            round_,
-            weights_digest(weights.astype(np.float32)),
-            tuple(sorted(contributors)),
-        )
-        certificate = await self.certifier.certify(statement)
-        try:
-            self.policy.check(certificate, self.me)
-        except P2PFedError as exc:
-            log.warning("round %d stays uncertified: %s", round_, exc)
-            return None
-        return certificate
+        digest = weights_digest(weights.astype(np.float32))
+        return await self.certifier.certify_round(round_, digest, contributors)
 
     async def run(
         self,
