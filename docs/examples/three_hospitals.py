@@ -45,11 +45,11 @@ def setup(folder: Path) -> None:
     roster.signed_by(admin).save(folder / "roster.json")
 
 
-def hospital_data(k: int, n: int) -> TensorDataset:
+def hospital_data(k: int, n: int, seed: int) -> TensorDataset:
     """Stands in for hospital k's own records: each site has its own case mix."""
-    g = torch.Generator().manual_seed(k)
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 6, generator=g) * (1 + 0.5 * k) + k
-    y = (x[:, 0] + x[:, 1] > 2 * k).long()
+    y = (x[:, 0] + x[:, 1] > 2).long()
     return TensorDataset(x, y)
 
 
@@ -73,8 +73,9 @@ async def hospital(folder: Path, k: int) -> None:
     torch.manual_seed(0)  # every member starts from the same weights
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
     shuffle = torch.Generator().manual_seed(k)
-    train = DataLoader(hospital_data(k, 256), batch_size=32, shuffle=True, generator=shuffle)
-    test = DataLoader(hospital_data(100 + k, 128), batch_size=128)
+    rows = hospital_data(k, 256, seed=k)
+    train = DataLoader(rows, batch_size=32, shuffle=True, generator=shuffle)
+    test = DataLoader(hospital_data(k, 128, seed=100 + k), batch_size=128)
     trainer = TorchTrainer(model, focal_loss, train, test, sgd(0.1))
     member = roster.member(me.peer_id)
     assert member is not None, "this key is not in the roster"
