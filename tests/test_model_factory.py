@@ -5,6 +5,7 @@ otherwise), its BatchNorm statistics enter the exchanged state, and a study prot
 the factory and its arguments.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,27 @@ def test_batchnorm_under_dp_sgd_is_refused_when_the_trainer_is_built(member: Pat
     config.write_text(config.read_text().replace('mode = "off"', 'mode = "dp-sgd"'))
     with pytest.raises(ConfigError, match=r"BatchNorm.*GroupNorm"):
         build_trainer(prepare(load_config(config)))
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_three_daemons_train_a_factory_model_with_batchnorm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real daemons load tests/tiny_models.py by reference and end on one model (~60 s CPU)."""
+    from p2pfed.consortium import launch, stop, watch
+
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    c = build_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=2))
+    for h in c.hospitals:
+        with_model(h.config, 'factory = "tiny_models:bn_mlp"\nargs = { n_features = 30 }')
+        h.config.write_text(h.config.with_name("factory.toml").read_text())
+    try:
+        launch(c)
+        final = watch(c, timeout=360)
+    finally:
+        stop(c)
+    assert [s["completed_round"] for s in final] == [1, 1, 1]
+    assert len({s["model_digest"] for s in final}) == 1
