@@ -88,7 +88,7 @@ def test_the_study_protocol_pins_the_factory_and_its_args(member: Path) -> None:
     assert main([*args, "--from-data", str(member.with_name("patients.csv"))]) == 0
     check_matches(StudyProtocol.load(protocol), load_config(agreed))  # the same model: fine
     other = load_config(with_model(member, 'factory = "m:f"\nargs = { width = 9, norm = "g" }'))
-    with pytest.raises(ConfigError, match=r"\[model\] kind/factory = \"m:f\(norm='g', width=9\)\""):
+    with pytest.raises(ConfigError, match=r"\[model\] factory = \"m:f\(norm='g', width=9\)\""):
         check_matches(StudyProtocol.load(protocol), other)
 
 
