@@ -105,7 +105,10 @@ def test_batchnorm_under_dp_sgd_is_refused_when_the_trainer_is_built(member: Pat
 def test_three_daemons_train_a_factory_model_with_batchnorm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Real daemons load tests/tiny_models.py by reference and end on one model (12 s at load 1.3; 90 s at load 15)."""
+    """Real daemons load tests/tiny_models.py by reference and end on one model.
+
+    12 s at load average 1.3 on 2 cores; 90 s at load average 15.
+    """
     from p2pfed.consortium import launch, stop, watch
 
     tests = str(Path(__file__).parent)
