@@ -123,11 +123,24 @@ class ModelSection:
     kind: str = "logistic"
     hidden: tuple[int, ...] = (32,)
     seed: int = 0
+    factory: str = ""
+    """``module:function`` returning your ``nn.Module``; ``args`` are its keyword arguments."""
+    args: tuple[tuple[str, bool | int | float | str], ...] = ()
 
     def validate(self) -> None:
         ok = self.kind in BUILTIN_MODELS or ":" in self.kind
         check(ok, "[model] kind", f"must be one of {BUILTIN_MODELS} or module:factory")
         check(all(h >= 1 for h in self.hidden), "[model] hidden", "must list positive widths")
+        module, _, function = self.factory.partition(":")
+        named = bool(module and function) or not self.factory
+        check(named, "[model] factory", f"{self.factory!r} must look like package.module:function")
+        check(bool(self.factory) or not self.args, "[model] args", "are given without a factory")
+
+    def reference(self) -> str:
+        """What the study protocol's model kind must say: the kind, or the factory call."""
+        if not self.factory:
+            return self.kind
+        return f"{self.factory}({', '.join(f'{k}={v!r}' for k, v in self.args)})"
 
 
 @dataclass(frozen=True)
@@ -418,6 +431,8 @@ max_examples = 10000           # ...a member's rows count up to this many
 
 [model]
 kind = "logistic"              # logistic, mlp, or module:factory
+# factory = "my_models:resnet"  # your own model: a function returning a torch nn.Module
+# args = {{ width = 64 }}        # ...called with these keyword arguments
 hidden = [32]                  # mlp hidden layer widths
 seed = 0                       # every member must use the same seed
 

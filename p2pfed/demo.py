@@ -138,7 +138,7 @@ def _train_plain(c: DemoConsortium, data: Dataset, epochs: int) -> float:
         torch.Generator().manual_seed(s.seed),
     )
     trainer.train_round(_scaled(c, data), trainer.shared_weights())
-    return trainer.evaluate(_scaled(c, c.test)).accuracy
+    return trainer.score(_scaled(c, c.test)).accuracy
 
 
 def references(c: DemoConsortium) -> tuple[float, list[float]]:
@@ -187,4 +187,4 @@ def federated_accuracy(c: DemoConsortium, h: Hospital) -> float:
 
     trainer = LocalTrainer(build_model("logistic", c.pooled.n_features, 2), TrainingConfig())
     trainer.load_checkpoint(h.state / "checkpoint.pt")
-    return trainer.evaluate(_scaled(c, c.test)).accuracy
+    return trainer.score(_scaled(c, c.test)).accuracy

@@ -79,7 +79,7 @@ def test_three_peers_leave_logs_that_verify_and_agree(tmp_path, caplog):
         tensors = tensors_from_flat(layout.names, layout.shapes, weights)
         for k, (_, train, val, trainer, rec) in enumerate(peers):
             trainer.load_shared(weights)
-            m = trainer.evaluate(val)
+            m = trainer.score(val)
             current = train
             if k == 2 and r == ROUNDS:  # peer 2's intake changes in the last round
                 x = train.x.copy()

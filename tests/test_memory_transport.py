@@ -83,3 +83,18 @@ async def test_closing_a_transport_leaves_the_block_running() -> None:
         await trio.sleep(0)  # still running: only b's handlers were cancelled
         with pytest.raises(BrokenError):
             await a.open_stream("b", "/echo")
+
+
+async def test_a_peer_that_closes_while_we_dial_is_unreachable_not_a_crash() -> None:
+    """The dialer looks the target up, yields once, then opens: the target may close between."""
+    net = MemoryNetwork()
+
+    async def handler(stream: Stream) -> None:
+        await stream.aclose()
+
+    async with net.open("b") as b:
+        async with net.open("a") as a:
+            a.serve("p", handler)
+            target = net._lookup("b", "a")
+        with pytest.raises(BrokenError, match="unreachable"):
+            target._accept("b", "p", b)  # its nursery is gone: no handler can start

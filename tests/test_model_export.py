@@ -62,7 +62,7 @@ def test_an_exported_model_scores_raw_held_out_rows_as_the_daemon_does(
     tmp_path: Path, normalisation: str
 ) -> None:
     config_path, prepared, trainer = _trained_node(tmp_path, normalisation)
-    inside = trainer.evaluate(prepared.test)
+    inside = trainer.score(prepared.test)
     out = tmp_path / "export" / "model.pt"
     out.parent.mkdir()
     argv = ["model", "export", "latest", "--config", str(config_path), "--out", str(out)]

@@ -54,7 +54,10 @@ class Consortium:
         hidden: tuple[int, ...] = (),
         personal: tuple[str, ...] = (),
         gossip: str = "",
+        virtual_clock: bool = False,
     ) -> None:
+        # On trio's autojump clock, time leaps while a worker thread trains: train inline.
+        self.train_in_thread = not virtual_clock
         self.gossip = gossip
         self.tmp = tmp
         self.ids = [Identity.generate() for _ in range(n)]
@@ -101,6 +104,8 @@ class Consortium:
                 build_model(kind, 30, 2, hidden=self.hidden or (1,), seed=0),
                 TrainingConfig(learning_rate=0.2, personal_prefixes=self.personal),
                 torch.Generator().manual_seed(k),
+                train=self.train.subset(self.parts[k]),
+                test=self.test,
             )
             ledger = PrivacyLedger(self.tmp / f"ledger-{k}", 1e6, 1e-5)
             self.ledgers[k] = ledger
@@ -119,14 +124,13 @@ class Consortium:
                     consortium="test",
                     members=list(self.keys),
                     trainer=trainer,
-                    train=self.train.subset(self.parts[k]),
-                    test=self.test,
                     aggregator=aggregator,
                     releaser=releaser,
                     state_dir=self.tmp / f"state-{k}",
                     signer=Ed25519CohortSigner(ident.seed, self.keys),
                     roster_version=1,
                     on_refusal=on_refusal,
+                    train_in_thread=self.train_in_thread,
                 )
             finally:
                 ledger.close()

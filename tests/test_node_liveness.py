@@ -25,7 +25,7 @@ async def test_a_member_alone_spends_no_epsilon(
 ) -> None:
     # The attack (or failure): every other member is down. The lone member attempts round
     # after round; no cohort ever forms, so nothing may be charged to its ledger.
-    c = Consortium(tmp_path, 3)
+    c = Consortium(tmp_path, 3, virtual_clock=True)
     async with c.peer(0) as peer:
         for _ in range(3):
             report = await peer.run_round()
@@ -40,7 +40,7 @@ async def test_two_of_three_below_the_sum_floor_spend_no_epsilon(
 ) -> None:
     # Two members up, but a sum needs three (min_survivors): they exchange keys and shares,
     # yet no sum can complete, so neither makes (nor is charged for) its release.
-    c = Consortium(tmp_path, 3)
+    c = Consortium(tmp_path, 3, virtual_clock=True)
     reports = {}
     async with c.peer(0) as a, c.peer(1) as b, trio.open_nursery() as nursery:
 
@@ -57,7 +57,7 @@ async def test_two_of_three_below_the_sum_floor_spend_no_epsilon(
 async def test_a_member_alone_says_whom_it_waits_for(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    c = Consortium(tmp_path, 3)
+    c = Consortium(tmp_path, 3, virtual_clock=True)
     waits: list[Waiting] = []
     async with c.peer(0) as peer:
         peer.on_wait = waits.append
@@ -141,7 +141,7 @@ async def test_members_a_round_number_apart_realign(
     # After a disturbance one member is a round number behind the two others: a secure
     # round needs all three on one number, and each missed round kept the gap. Messages
     # from the members ahead show the one behind where to go.
-    c = Consortium(tmp_path, 3)
+    c = Consortium(tmp_path, 3, virtual_clock=True)
     done: dict[int, Peer] = {}
 
     async def one(k: int) -> None:

@@ -89,7 +89,7 @@ def test_trainer_learns_and_returns_update() -> None:
     w0 = trainer.shared_weights()
     result = trainer.train_round(train, w0)
     np.testing.assert_allclose(trainer.shared_weights(), w0 + result.update, atol=1e-6)
-    assert trainer.evaluate(test).accuracy > 0.93
+    assert trainer.score(test).accuracy > 0.93
 
 
 def test_training_is_reproducible() -> None:

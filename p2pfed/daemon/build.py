@@ -38,7 +38,7 @@ from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.fixedpoint import FixedPoint
-from p2pfed.training.models import build_model
+from p2pfed.training.models import build_model, check_fits, model_from_factory
 from p2pfed.training.trainer import DPSGD, LocalTrainer
 
 if TYPE_CHECKING:
@@ -52,14 +52,13 @@ def class_count(prepared: Prepared) -> int:
 
 def build_trainer(prepared: Prepared) -> LocalTrainer:
     """The local model and its trainer (DP-SGD when ``[privacy] mode = "dp-sgd"``)."""
-    config = prepared.config
-    model = build_model(
-        config.model.kind,
-        prepared.train.n_features,
-        class_count(prepared),
-        config.model.hidden,
-        config.model.seed,
-    )
+    config, m = prepared.config, prepared.config.model
+    n_features, n_classes = prepared.train.n_features, class_count(prepared)
+    if m.factory:
+        model = model_from_factory(m.factory, dict(m.args), m.seed)
+        check_fits(model, m.reference(), n_features, n_classes)
+    else:
+        model = build_model(m.kind, n_features, n_classes, m.hidden, m.seed)
     return LocalTrainer(
         model,
         config.training,
@@ -69,6 +68,8 @@ def build_trainer(prepared: Prepared) -> LocalTrainer:
             if config.privacy.mode == "dp-sgd"
             else None
         ),
+        train=prepared.train,
+        test=prepared.test,
     )
 
 
@@ -307,8 +308,6 @@ def build_peer(
         consortium=cohort.roster.consortium_id,
         members=cohort.peers,
         trainer=trainer,
-        train=prepared.train,
-        test=prepared.test,
         aggregator=aggregator,
         releaser=releaser,
         state_dir=prepared.state_dir,

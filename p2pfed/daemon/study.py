@@ -33,8 +33,9 @@ def load_study(config: Config, roster: Roster) -> StudyProtocol | None:
 def _pairs(protocol: StudyProtocol, config: Config) -> list[tuple[str, object, str, object]]:
     """(config key, its value, protocol field, its value) for every value both fix."""
     t, p = config.training, config.privacy
+    model_key = "[model] factory" if config.model.factory else "[model] kind"
     pairs: list[tuple[str, object, str, object]] = [
-        ("[model] kind", config.model.kind, "model kind", protocol.model),
+        (model_key, config.model.reference(), "model kind", protocol.model),
         ("[model] hidden", config.model.hidden, "model hidden", protocol.hidden),
         ("[model] seed", config.model.seed, "model seed", protocol.seed),
         ("[training] local_epochs", t.local_epochs, "training local_epochs", protocol.local_epochs),

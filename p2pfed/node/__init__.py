@@ -8,7 +8,8 @@ from p2pfed.node.aggregators import (
     RingAggregator,
     SecureRingAggregator,
 )
-from p2pfed.node.peer import Peer, RoundReport
+from p2pfed.node.peer import Peer
+from p2pfed.node.report import RoundReport
 from p2pfed.node.sync import ModelStatus, ModelSync, weights_digest
 
 __all__ = [

@@ -146,5 +146,24 @@ class CertificateService:
         votes = self._votes.get(statement.round, {})
         return {peer: sig for peer, (signed, sig) in votes.items() if signed == data}
 
+    async def certify_round(
+        self, round_: int, digest: bytes, contributors: frozenset[str]
+    ) -> CommitCertificate | None:
+        """The cohort's certificate for this round's model ``digest``; None below quorum."""
+        statement = CommitStatement(
+            self.policy.consortium,
+            self.policy.roster_version,
+            round_,
+            digest,
+            tuple(sorted(contributors)),
+        )
+        certificate = await self.certify(statement)
+        try:
+            self.policy.check(certificate, self.me)
+        except P2PFedError as exc:
+            log.warning("round %d stays uncertified: %s", round_, exc)
+            return None
+        return certificate
+
 
 __all__ = ["CERT_PROTOCOL", "CertificateService"]

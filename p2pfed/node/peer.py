@@ -1,7 +1,8 @@
 """``Peer``: one institution's participant, composed of small parts.
 
 Theory of operation: a round is train → privatise → aggregate → apply. The peer starts from
-the consortium's shared weights after round r−1, trains locally (``LocalTrainer``), hands
+the consortium's shared weights after round r−1, trains locally (any ``Trainer``: its
+``fit`` and ``evaluate`` run in a worker thread, so the protocols keep answering), hands
 its update to the ``Aggregator`` (secure ring by default) as a ``PendingRelease``, which the
 aggregator calls once the round's cohort is fixed: only then does the privacy layer
 (``PrivateReleaser``: clip, record the spend durably in the ledger, then noise) release it,
@@ -23,56 +24,40 @@ nothing here knows which.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import trio
 from numpy.typing import NDArray
 
 from p2pfed.collectives.agreement import CohortSigner
-from p2pfed.collectives.faults import Exclusion
-from p2pfed.errors import P2PFedError
+from p2pfed.errors import DataError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
-from p2pfed.node.certificates import CertificatePolicy, CommitCertificate, CommitStatement
+from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.node.certify import CertificateService
 from p2pfed.node.liveness import Backoff, PendingRelease, Waiting, slot_wait
+from p2pfed.node.report import RoundReport
 from p2pfed.node.sync import ModelSync, SyncRefusal, weights_digest
 from p2pfed.privacy.release import PrivateReleaser
-from p2pfed.training.data import Dataset
-from p2pfed.training.trainer import LocalTrainer
+from p2pfed.training.state import (
+    Trainer,
+    flatten,
+    layout_of,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten,
+)
 from p2pfed.transport.base import Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    """What one round did at this peer."""
-
-    round: int
-    committed: bool
-    contributors: int
-    train_loss: float
-    test_accuracy: float
-    test_loss: float
-    epsilon: float | None
-    bytes_sent: int
-    duration_s: float
-    model_digest: str
-    reason: str = ""
-    exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
-    cohort: tuple[str, ...] = field(default_factory=tuple)
-    """Peer IDs whose updates are in this round's aggregate (empty when missed)."""
-    sample_rate: float = 1.0
-    steps: int = 1
-    certificate: CommitCertificate | None = None
-    """The round's commit certificate (None when missed, uncertified, or in gossip)."""
 
 
 class Peer:
@@ -84,9 +69,7 @@ class Peer:
         transport: Transport,
         consortium: str,
         members: Sequence[str],
-        trainer: LocalTrainer,
-        train: Dataset,
-        test: Dataset,
+        trainer: Trainer,
         aggregator: Aggregator,
         releaser: PrivateReleaser | None,
         state_dir: str | Path,
@@ -101,6 +84,7 @@ class Peer:
         on_wait: Callable[[Waiting], None] | None = None,
         rng: random.Random | None = None,
         sync_session: str = "",
+        train_in_thread: bool = True,
     ) -> None:
         """``signer``/``roster_version``/``certificate_floor``: commit certificates (above).
 
@@ -109,23 +93,26 @@ class Peer:
         rounds (the daemon's raises once the roster has expired, so no further ε is spent).
         ``on_wait`` hears why this peer cannot progress (start-up, too few members, a missed
         round); ``rng`` jitters retries. ``sync_session``: model sync's id (``consortium``).
+        ``train_in_thread=False`` trains on the trio thread: only for tests on trio's virtual
+        clock, which jumps ahead (firing every timeout) while a worker thread computes.
         """
         self.transport = transport
         self.consortium = consortium
         self.members = tuple(sorted(members))
         self.trainer = trainer
-        self.train = train
-        self.test = test
+        # The exchanged vector: the tensors the trainer's policy shares, in a fixed order.
+        self.layout = layout_of(trainer.get_state(), trainer.policy)
         self.aggregator = aggregator
         self.releaser = releaser
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.clock, self.wall, self.guard, self.on_wait = clock, wall, guard, on_wait
         self.rng = rng if rng is not None else random.Random()
+        self.train_in_thread = train_in_thread
         self.unreached: tuple[str, ...] = ()
         self.model_round = -1
         self.next_round = 0
-        self.weights = trainer.shared_weights()
+        self.weights = self._shared()
         self.bytes_sent = 0
         self.certificate: CommitCertificate | None = None
         self.policy = CertificatePolicy(
@@ -160,13 +147,25 @@ class Peer:
         """Where the model after the last completed round is kept."""
         return self.state_dir / CHECKPOINT
 
+    def _shared(self) -> NDArray[np.float32]:
+        return flatten(self.layout, self.trainer.get_state())
+
+    def _load(self, weights: NDArray[np.float32]) -> None:
+        self.trainer.set_state(unflatten(self.layout, weights))
+
+    async def _offload(self, work: Callable[..., T], *args: object) -> T:
+        """``work(*args)`` in a worker thread: the peer's protocols answer while it trains."""
+        if not self.train_in_thread:
+            return work(*args)
+        return await trio.to_thread.run_sync(work, *args)
+
     def _current(self) -> tuple[int, NDArray[np.float32], CommitCertificate | None]:
         return self.model_round, self.weights, self.certificate
 
     def _resume(self) -> None:
         if self.checkpoint_path.exists():
-            self.model_round, extra = self.trainer.load_checkpoint(self.checkpoint_path)
-            self.weights = self.trainer.shared_weights()
+            self.model_round, extra = load_checkpoint(self.trainer, self.checkpoint_path)
+            self.weights = self._shared()
             self.bytes_sent = int(extra.get("bytes_sent", 0))
             self.next_round = max(self.model_round + 1, int(extra.get("next_round", 0)))
             self.certificate = self._stored_certificate(extra.get("certificate"))
@@ -194,7 +193,7 @@ class Peer:
             extra["certificate"] = self.certificate.to_dict()
         if self.releaser is not None:  # anchors the ledger: a cut or older copy is then seen
             extra["ledger_head"] = self.releaser.ledger.head().to_dict()
-        self.trainer.save_checkpoint(self.checkpoint_path, self.model_round, extra)
+        save_checkpoint(self.trainer, self.checkpoint_path, self.model_round, extra)
 
     def _adopt(
         self,
@@ -202,8 +201,8 @@ class Peer:
         weights: NDArray[np.float32],
         certificate: CommitCertificate | None = None,
     ) -> None:
-        self.trainer.load_shared(weights)
-        self.weights = self.trainer.shared_weights()
+        self._load(weights)
+        self.weights = self._shared()
         self.certificate = certificate
         self.model_round = round_
         self.next_round = max(self.next_round, round_ + 1)
@@ -215,7 +214,7 @@ class Peer:
         Nothing is saved: as after a crash, the next ``Peer`` resumes from the checkpoint
         (the same round number, under a new roster version and so a new session).
         """
-        self.trainer.load_shared(self.weights)
+        self._load(self.weights)
 
     def renumber(self) -> None:
         """A new cohort (a new roster version, so a new session) starts after our model's round.
@@ -397,11 +396,14 @@ class Peer:
         if self.certifier is not None:  # votes for this round may arrive before we commit
             self.certifier.low = max(self.certifier.low, round_)
         started = self.clock()
-        result = self.trainer.train_round(self.train, self.weights)
+        result = await self._offload(self.trainer.fit, unflatten(self.layout, self.weights), round_)
+        update = flatten(self.layout, result.state) - self.weights
+        if not np.all(np.isfinite(update)):
+            raise DataError("local training produced NaN or infinite tensors; lower the step size")
         # Released (ε charged) only once the aggregator has a cohort for it: a round that
         # cannot form one costs nothing, and nothing leaves before the ledger says yes.
         pending = PendingRelease(
-            self.releaser, self.guard, round_, result.update, result.sample_rate, result.steps,
+            self.releaser, self.guard, round_, update, result.sample_rate, result.steps,
             self.clock() - started,
         )  # fmt: skip
         try:
@@ -411,21 +413,21 @@ class Peer:
             raise
         committed = isinstance(outcome, Aggregate)
         if isinstance(outcome, Missed):
-            self.trainer.load_shared(self.weights)  # undo local steps: the round did not happen
+            self._load(self.weights)  # undo local steps: the round did not happen
             self._save()
         else:
             self.bytes_sent += outcome.bytes_sent
             weights = self.weights + outcome.mean
             certificate = await self._certify(round_, weights, outcome.contributors)
             self._adopt(round_, weights, certificate)
-        metrics = self.trainer.evaluate(self.test)
+        metrics = await self._offload(self.trainer.evaluate, unflatten(self.layout, self.weights))
         return RoundReport(
             round=round_,
             committed=committed,
             contributors=len(outcome.contributors) if isinstance(outcome, Aggregate) else 0,
-            train_loss=result.loss,
-            test_accuracy=metrics.accuracy,
-            test_loss=metrics.loss,
+            train_loss=result.metrics.get("loss", math.nan),
+            test_accuracy=metrics.get("accuracy", math.nan),
+            test_loss=metrics.get("loss", math.nan),
             epsilon=self.epsilon,
             bytes_sent=outcome.bytes_sent if isinstance(outcome, Aggregate) else 0,
             duration_s=self.clock() - started,
@@ -441,23 +443,11 @@ class Peer:
     async def _certify(
         self, round_: int, weights: NDArray[np.float32], contributors: frozenset[str]
     ) -> CommitCertificate | None:
-        """Gather the cohort's signatures on this round's model; None in gossip or below quorum."""
+        """The cohort's signatures on this round's model; None in gossip or below quorum."""
         if self.certifier is None:
             return None
-        statement = CommitStatement(
-            self.consortium,
-            self.policy.roster_version,
-            round_,
-            weights_digest(weights.astype(np.float32)),
-            tuple(sorted(contributors)),
-        )
-        certificate = await self.certifier.certify(statement)
-        try:
-            self.policy.check(certificate, self.me)
-        except P2PFedError as exc:
-            log.warning("round %d stays uncertified: %s", round_, exc)
-            return None
-        return certificate
+        digest = weights_digest(weights.astype(np.float32))
+        return await self.certifier.certify_round(round_, digest, contributors)
 
     async def run(
         self,

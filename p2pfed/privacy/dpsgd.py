@@ -59,7 +59,8 @@ class DPSGDStepStats:
     mean_grad_norm: float
 
 
-def _refuse_batch_mixing(model: nn.Module) -> None:
+def refuse_batch_mixing(model: nn.Module) -> None:
+    """Raise ``ConfigError`` if ``model`` holds a BatchNorm (it mixes the examples of a batch)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise ConfigError(
@@ -90,7 +91,7 @@ def dp_sgd_step(
     expected = float(expected_batch_size)
     if not expected > 0:
         raise ConfigError(f"expected batch size must be > 0, got {expected_batch_size!r}")
-    _refuse_batch_mixing(model)
+    refuse_batch_mixing(model)
     inputs, targets = batch
     if inputs.shape[0] != targets.shape[0]:
         raise DataError(f"batch has {inputs.shape[0]} inputs but {targets.shape[0]} targets")

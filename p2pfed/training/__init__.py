@@ -1,4 +1,4 @@
-"""Local training: data, models, the shared parameter layout, the trainer, validation.
+"""Local training: data, models, the shared layout, the trainer protocol and trainers, validation.
 
 Names are loaded on first use (PEP 562), so importing ``p2pfed.training.data`` for a
 ``Dataset`` does not pull in torch; the command line stays quick to start.
@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from p2pfed.training.models import build_model as build_model
     from p2pfed.training.params import ParameterLayout as ParameterLayout
+    from p2pfed.training.state import FitResult as FitResult
+    from p2pfed.training.state import StatePolicy as StatePolicy
+    from p2pfed.training.state import Trainer as Trainer
+    from p2pfed.training.torch_trainer import TorchTrainer as TorchTrainer
     from p2pfed.training.trainer import DPSGD as DPSGD
     from p2pfed.training.trainer import LocalTrainer as LocalTrainer
     from p2pfed.training.trainer import Metrics as Metrics
@@ -30,6 +34,8 @@ _MODULES = {
     ),
     "models": ("build_model",),
     "params": ("ParameterLayout",),
+    "state": ("FitResult", "StatePolicy", "Trainer"),
+    "torch_trainer": ("TorchTrainer",),
     "trainer": ("DPSGD", "LocalTrainer", "Metrics", "TrainingConfig", "TrainResult"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}

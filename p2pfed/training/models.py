@@ -6,12 +6,17 @@ Theory of operation: every model is a plain ``torch.nn.Module`` mapping a float3
 ``factory(n_features, n_classes) -> nn.Module``, for institutions bringing their own
 architecture. Every peer of a consortium must build the same architecture: the shared
 parameter names and shapes are checked on every exchange.
+
+The daemon's ``[model] factory = "module:function"`` with ``args`` names a model by
+reference instead: ``function(**args)`` builds it (any architecture; the data's width is
+not passed), and ``check_fits`` runs a batch of the data's width through it and refuses, in
+one sentence, a model whose inputs or outputs do not match the data.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -68,3 +73,42 @@ def _from_factory(spec: str, n_features: int, n_classes: int) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not a Module")
     return model
+
+
+def model_from_factory(spec: str, args: Mapping[str, object], seed: int = 0) -> nn.Module:
+    """``function(**args)`` of ``spec`` (``module:function``), its weights seeded by ``seed``."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"[model] factory {spec!r} cannot be imported ({exc})") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = factory(**args)
+        except TypeError as exc:  # wrong or missing keyword arguments
+            raise ConfigError(f"[model] factory {spec!r} refused [model] args ({exc})") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"[model] factory {spec!r} returned {type(model).__name__}, not a Module")
+    return model
+
+
+@torch.no_grad()
+def check_fits(model: nn.Module, spec: str, n_features: int, n_classes: int) -> None:
+    """``ConfigError`` unless ``model`` maps [batch, n_features] to [batch, n_classes]."""
+    was_training = model.training
+    model.eval()  # BatchNorm in training mode would update its statistics
+    try:
+        out = model(torch.zeros(2, n_features))
+    except Exception as exc:  # a shape mismatch raises RuntimeError, others vary
+        raise ConfigError(
+            f"model {spec!r} cannot take the data's {n_features} features per row ({exc})"
+        ) from None
+    finally:
+        model.train(was_training)
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != (2, n_classes):
+        raise ConfigError(
+            f"model {spec!r} outputs shape {list(shape[1:])} per row, "
+            f"but the data has {n_classes} classes: it must output [{n_classes}]"
+        )

@@ -7,13 +7,17 @@ vector in the ``ParameterLayout`` order. Only that vector may leave the node, af
 privacy layer has clipped and noised it. FedProx adds ``(μ/2)‖w − w_global‖²`` over the
 shared weights to the loss, limiting client drift on non-IID data. Randomness (shuffling)
 comes from an injected ``torch.Generator`` so runs are reproducible.
+
+``LocalTrainer`` is the daemon's implementation of the trainer protocol
+(``p2pfed.training.state``): given its ``train`` and ``test`` tables, ``fit`` and
+``evaluate`` work on states; ``train_round`` and ``score`` work on vectors and tables.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +29,18 @@ from torch import nn
 
 from p2pfed.durable import atomic_write, seal, unseal
 from p2pfed.errors import ConfigError, DataError, IntegrityError
-from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample
+from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample, refuse_batch_mixing
 from p2pfed.privacy.sampling import SecureGaussian
 from p2pfed.training.data import Dataset
-from p2pfed.training.params import ParameterLayout
+from p2pfed.training.state import (
+    FitResult,
+    State,
+    StatePolicy,
+    flatten,
+    layout_of,
+    load_into,
+    unflatten,
+)
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -114,13 +126,22 @@ class LocalTrainer:
         generator: torch.Generator | None = None,
         dp_sgd: DPSGD | None = None,
         noise_generator: NoiseSource | None = None,
+        *,
+        train: Dataset | None = None,
+        test: Dataset | None = None,
     ) -> None:
+        """``train``/``test``: the tables ``fit`` and ``evaluate`` use (the protocol's data)."""
+        if dp_sgd is not None:
+            refuse_batch_mixing(model)  # at build time, not at the first round
         self.model = model
+        self.train = train
+        self.test = test
         self.config = config
         self.dp_sgd = dp_sgd
         # Noise must not be predictable from the shuffling seed: its own generator.
         self.noise_generator = noise_generator
-        self.layout = ParameterLayout.of(model, config.personal_prefixes)
+        self._policy = StatePolicy(local=config.personal_prefixes)
+        self.layout = layout_of(model.state_dict(), self._policy)
         self.generator = generator if generator is not None else torch.Generator()
         self.optimizer = self._make_optimizer()
         self._loss = nn.CrossEntropyLoss()
@@ -134,13 +155,48 @@ class LocalTrainer:
             params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay
         )
 
+    @property
+    def policy(self) -> StatePolicy:
+        """Personal prefixes stay local; every other floating tensor is shared."""
+        return self._policy
+
+    def get_state(self) -> State:
+        """A copy of the model's full ``state_dict``."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load the given tensors (others keep their values)."""
+        load_into(self.model, state)
+
+    def fit(self, state: Mapping[str, torch.Tensor], round: int) -> FitResult:
+        """The protocol's round: ``train_round`` on ``train`` from ``state``."""
+        if self.train is None:
+            raise ConfigError("LocalTrainer was built without train=: it has no data to fit on")
+        self.set_state(state)
+        result = self.train_round(self.train, self.shared_weights())
+        return FitResult(
+            self.get_state(),
+            result.samples,
+            {"loss": result.loss},
+            result.sample_rate,
+            result.steps,
+        )
+
+    def evaluate(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """The protocol's metrics: ``score`` of ``state`` on ``test`` (none without it)."""
+        if self.test is None:
+            return {}
+        self.set_state(state)
+        metrics = self.score(self.test)
+        return {"loss": metrics.loss, "accuracy": metrics.accuracy}
+
     def shared_weights(self) -> NDArray[np.float32]:
         """The current shared weights as a flat vector."""
-        return self.layout.flatten(self.model)
+        return flatten(self.layout, self.model.state_dict())
 
     def load_shared(self, vector: NDArray[np.floating]) -> None:
         """Set the shared weights (personal layers keep theirs)."""
-        self.layout.load_flat(self.model, vector)
+        load_into(self.model, unflatten(self.layout, vector))
 
     def train_round(self, data: Dataset, global_weights: NDArray[np.floating]) -> TrainResult:
         """Start from ``global_weights``, train locally, return ``local − global``."""
@@ -238,7 +294,7 @@ class LocalTrainer:
         )
 
     @torch.no_grad()
-    def evaluate(self, data: Dataset) -> Metrics:
+    def score(self, data: Dataset) -> Metrics:
         """Loss and accuracy of the current model on ``data``."""
         if len(data) == 0:
             raise DataError(f"{data.name}: no rows to evaluate on")

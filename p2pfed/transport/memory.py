@@ -200,6 +200,9 @@ class MemoryTransport(Transport):
         return target._accept(self._peer, protocol, self)
 
     def _accept(self, dialer: str, protocol: str, origin: MemoryTransport) -> MemoryStream:
+        if self._closed or self._network._peers.get(self._peer) is not self:
+            # It closed (or crashed) while the dialer waited: as a dial to a gone process.
+            raise BrokenError(f"peer {self._peer} is unreachable")
         if not self._gate(dialer):
             raise RemoteProtocolError(
                 ReasonCode.UNKNOWN_PEER, f"peer {self._peer} refused us", self._peer

@@ -142,7 +142,7 @@ def run_init(args: argparse.Namespace) -> int:
         features,
         label,
         _classes(args.classes, config),
-        model=config.model.kind,
+        model=config.model.reference(),
         hidden=config.model.hidden,
         seed=config.model.seed,
         local_epochs=t.local_epochs,

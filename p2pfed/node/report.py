@@ -1,0 +1,32 @@
+"""``RoundReport``: what one round did at a peer (the daemon's status and metrics read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pfed.collectives.faults import Exclusion
+from p2pfed.node.certificates import CommitCertificate
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one round did at this peer."""
+
+    round: int
+    committed: bool
+    contributors: int
+    train_loss: float
+    test_accuracy: float
+    test_loss: float
+    epsilon: float | None
+    bytes_sent: int
+    duration_s: float
+    model_digest: str
+    reason: str = ""
+    exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+    cohort: tuple[str, ...] = field(default_factory=tuple)
+    """Peer IDs whose updates are in this round's aggregate (empty when missed)."""
+    sample_rate: float = 1.0
+    steps: int = 1
+    certificate: CommitCertificate | None = None
+    """The round's commit certificate (None when missed, uncertified, or in gossip)."""
