@@ -13,7 +13,6 @@ spec and N). All sentences are gathered, duplicates dropped, and raised together
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -90,22 +89,10 @@ def _data_problem(scenario: Scenario) -> str | None:
 
 
 def _partition_problem(scenario: Scenario) -> None:
-    from sim.sources import partition_from
+    from sim.sources import read_partition_file
 
-    path = scenario.partition.file
-    if not path:
-        return
-    key = "[partition] file"
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"scenario key {key}: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"scenario key {key}: {path} is not readable JSON ({exc})") from None
-    try:
-        partition_from(doc, scenario.n, sys.maxsize, key)  # row range: checked on the data
-    except (TypeError, ValueError):
-        raise ConfigError(f"scenario key {key}: {path} must hold lists of integers") from None
+    if scenario.partition.file:  # the row range is checked against the data when it runs
+        read_partition_file(scenario.partition.file, scenario.n, sys.maxsize)
 
 
 def _model_problem(scenario: Scenario) -> None:

@@ -142,18 +142,23 @@ def measure_case(
     }
 
 
+def _in_child(code: str, what: str) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; the JSON object its last line prints."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"benchmark {what} failed: {tail[0]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def _child(n: int, rounds: int, loop_rounds: int, run_loop: bool, repeats: int) -> dict[str, Any]:
     code = (
         "import json, sys\n"
         "from p2pfed.bench.sim import measure_case\n"
         f"print(json.dumps(measure_case({n}, {rounds}, {loop_rounds}, {run_loop}, {repeats})))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"benchmark case n={n} failed: {tail[0]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return _in_child(code, f"case n={n}")
 
 
 def _job(n: int, rounds: int, side: str) -> dict[str, Any]:
@@ -164,12 +169,7 @@ def _job(n: int, rounds: int, side: str) -> dict[str, Any]:
         "from p2pfed.bench._simjob import measure_job\n"
         f"print(json.dumps(measure_job({n}, {rounds}, {side!r}, started)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"benchmark job n={n} ({side}) failed: {tail[0]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return _in_child(code, f"job n={n} ({side})")
 
 
 def jobs(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
