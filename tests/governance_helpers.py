@@ -29,6 +29,10 @@ def model_hash_for(round_number: int, variant: str = "") -> str:
     return hashlib.sha256(f"model-{round_number}{variant}".encode()).hexdigest()
 
 
+STAGES = (("train", 0.5), ("aggregate", 1.5), ("commit", 0.25), ("evaluate", 0.25))
+"""Seconds per stage of every round of the demo log (they add up to its 2.5 s)."""
+
+
 def write_demo_log(path, signer, rounds=3, cohort=("peer-a", "peer-b", "peer-c"), variant=None):
     """A log as a daemon would write it; ``variant`` maps round → suffix for its model hash."""
     from p2pfed.errors import ReasonCode
@@ -56,7 +60,13 @@ def write_demo_log(path, signer, rounds=3, cohort=("peer-a", "peer-b", "peer-c")
                 epsilon=0.5 * r,
                 accountant="rdp",
             )
-            log.round_end(r, outcome="completed", duration_s=2.5, participants=len(cohort))
+            log.round_end(
+                r,
+                outcome="completed",
+                duration_s=2.5,
+                participants=len(cohort),
+                stages_s=STAGES,
+            )
         log.daemon_stop(reason="shutdown")
 
 

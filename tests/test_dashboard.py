@@ -33,7 +33,7 @@ from p2pfed.governance.dashboard_data import (
 from p2pfed.governance.metrics import MetricsConfig, MetricsServer, NodeMetrics
 from p2pfed.governance.status_file import write_status
 from p2pfed.governance.web import check_request, is_loopback
-from tests.governance_helpers import make_signer, write_demo_log
+from tests.governance_helpers import STAGES, make_signer, write_demo_log
 
 EVIL = "<script>alert(1)</script>"
 TOKEN = "s3cret-dashboard-token-0123456789"
@@ -129,6 +129,10 @@ def test_collect_reads_status_audit_and_plans_the_epsilon_curve(tmp_path):
     assert len(d.planned) == 5
     assert all(a < b for (_, a), (_, b) in zip(d.planned, d.planned[1:], strict=False))
     assert d.audit.verified and d.audit.entries > 0
+    # Each round's stages, as the daemon audited them, reach the page's round timeline.
+    assert d.rounds[0].stages_s == STAGES
+    page = render_page([d], "node")
+    assert "train 0.50 s · aggregate 1.50 s · commit 0.25 s · evaluate 0.25 s" in page
 
 
 def test_an_edited_audit_log_shows_as_broken(tmp_path):

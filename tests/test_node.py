@@ -149,6 +149,12 @@ async def test_peers_agree_on_every_round(tmp_path: Path) -> None:
                     assert [r.round for r in reports] == [0, 1, 2, 3]
                     assert all(r.committed and r.contributors == 3 for r in reports)
                     assert reports[-1].test_accuracy > 0.9
+                    # Each round says where its time went, stage by stage, in order.
+                    for r in reports:
+                        names = [name for name, _ in r.stages_s]
+                        assert names == ["train", "aggregate", "commit", "evaluate"]
+                        seconds = sum(s for _, s in r.stages_s)
+                        assert 0 <= seconds <= r.duration_s + 1e-9
 
             for k in range(3):
                 nursery.start_soon(one, k)

@@ -261,7 +261,10 @@ class RoundReporter:
             self._wait_logged = None
         else:
             self.recorder.fail_round(
-                report.round, duration_s=report.duration_s, reason=report.reason
+                report.round,
+                duration_s=report.duration_s,
+                reason=report.reason,
+                stages_s=report.stages_s,
             )
         if self.recorder.metrics is not None:
             self.recorder.metrics.set_peers(len(transport.connected_peers()))
@@ -308,6 +311,7 @@ class RoundReporter:
             duration_s=report.duration_s,
             bytes_sent=report.bytes_sent,
             certificate=report.certificate,
+            stages_s=report.stages_s,
         )
         self.status["model_version"] = record.manifest.version
         self.status["drift_alerts"] = [a.to_dict() for a in record.alerts]

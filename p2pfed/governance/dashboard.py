@@ -75,13 +75,14 @@ def _rounds(d: DashboardData) -> str:
             if r.outcome == "completed"
             else f'<span class="bad">{_text(r.outcome)}</span>',
             f"{r.duration_s:.2f} s",
+            " · ".join(f"{_text(name)} {s:.2f} s" for name, s in r.stages_s) or "—",
             str(r.contributors),
             "—" if r.reason is None else _text(r.reason),
         ]
         for r in reversed(d.rounds[-12:])
     ]
-    head = ("round", "outcome", "duration", "contributors", "reason")
-    note = '<p class="muted">per-stage durations are not recorded yet; latest 12 rounds</p>'
+    head = ("round", "outcome", "duration", "stages", "contributors", "reason")
+    note = '<p class="muted">latest 12 rounds</p>'
     return bars + _table("rounds", head, rows) + note
 
 

@@ -53,6 +53,7 @@ class RoundRow:
     duration_s: float
     contributors: int
     reason: str | None = None
+    stages_s: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,15 @@ def _from_audit(path: Path, rounds: int) -> dict[str, Any]:
     return _audit_cached(path, st.st_size, st.st_ctime_ns, rounds)  # ctime: cannot be set back
 
 
+def _stages(value: Any) -> tuple[tuple[str, float], ...]:
+    """A round's ``stages_s`` ([name, seconds] pairs) as written; malformed pairs left out."""
+    if not isinstance(value, list):
+        return ()
+    pairs = [p for p in value if isinstance(p, list) and len(p) == 2]
+    seconds = [(str(name), _number(s)) for name, s in pairs]
+    return tuple((name, s) for name, s in seconds if s is not None)
+
+
 @functools.lru_cache(maxsize=16)
 def _audit_cached(path: Path, _size: int, _ctime_ns: int, rounds: int) -> dict[str, Any]:
     report = verify_log(path)
@@ -212,6 +222,7 @@ def _audit_cached(path: Path, _size: int, _ctime_ns: int, rounds: int) -> dict[s
                     _number(body.get("duration_s")) or 0.0,
                     int(body.get("participants") or 0),
                     None if body.get("reason") is None else str(body["reason"]),
+                    _stages(body.get("stages_s")),
                 )
             )
         elif kind == "dp" and _number(body.get("epsilon")) is not None:

@@ -204,6 +204,7 @@ class GovernanceRecorder:
         bytes_sent: int = 0,
         bytes_received: int = 0,
         certificate: Certificate | None = None,
+        stages_s: Iterable[tuple[str, float]] = (),
     ) -> RoundRecord:
         """The round's aggregate was applied: store it, audit it, check drift, count it.
 
@@ -252,7 +253,11 @@ class GovernanceRecorder:
             for line in describe(alerts):
                 log.warning(line, extra={"round": round_number})
         self.audit.round_end(
-            round_number, outcome="completed", duration_s=duration_s, participants=len(people)
+            round_number,
+            outcome="completed",
+            duration_s=duration_s,
+            participants=len(people),
+            stages_s=stages_s,
         )
         if self.metrics is not None:
             self.metrics.round_finished(duration_s, "completed")
@@ -270,7 +275,13 @@ class GovernanceRecorder:
         return RoundRecord(round_number, manifest, tuple(alerts))
 
     def fail_round(
-        self, round_number: int, *, duration_s: float, reason: str, outcome: str = "failed"
+        self,
+        round_number: int,
+        *,
+        duration_s: float,
+        reason: str,
+        outcome: str = "failed",
+        stages_s: Iterable[tuple[str, float]] = (),
     ) -> None:
         """The round ended without a new model (``outcome``: failed or aborted)."""
         self.audit.round_end(
@@ -279,6 +290,7 @@ class GovernanceRecorder:
             duration_s=duration_s,
             participants=len(self._cohort),
             reason=reason,
+            stages_s=stages_s,
         )
         if self.metrics is not None:
             self.metrics.round_finished(duration_s, outcome)

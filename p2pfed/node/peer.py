@@ -41,7 +41,7 @@ from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.node.certify import CertificateService
 from p2pfed.node.liveness import Backoff, PendingRelease, Waiting, slot_wait
-from p2pfed.node.report import RoundReport
+from p2pfed.node.report import RoundReport, StageTimer
 from p2pfed.node.sync import ModelSync, SyncRefusal, weights_digest
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.training.state import (
@@ -395,22 +395,23 @@ class Peer:
         self.next_round += 1
         if self.certifier is not None:  # votes for this round may arrive before we commit
             self.certifier.low = max(self.certifier.low, round_)
-        started = self.clock()
+        timer = StageTimer(self.clock)
         result = await self._offload(self.trainer.fit, unflatten(self.layout, self.weights), round_)
+        trained = timer.mark("train")
         update = flatten(self.layout, result.state) - self.weights
         if not np.all(np.isfinite(update)):
             raise DataError("local training produced NaN or infinite tensors; lower the step size")
         # Released (ε charged) only once the aggregator has a cohort for it: a round that
         # cannot form one costs nothing, and nothing leaves before the ledger says yes.
         pending = PendingRelease(
-            self.releaser, self.guard, round_, update, result.sample_rate, result.steps,
-            self.clock() - started,
-        )  # fmt: skip
+            self.releaser, self.guard, round_, update, result.sample_rate, result.steps, trained
+        )
         try:
             outcome = await self.aggregator.aggregate(round_, pending, self.weights)
         except BaseException:
             pending.raise_own_error()  # as itself, not inside the aggregator's task group
             raise
+        timer.mark("aggregate")
         committed = isinstance(outcome, Aggregate)
         if isinstance(outcome, Missed):
             self._load(self.weights)  # undo local steps: the round did not happen
@@ -420,7 +421,9 @@ class Peer:
             weights = self.weights + outcome.mean
             certificate = await self._certify(round_, weights, outcome.contributors)
             self._adopt(round_, weights, certificate)
+        timer.mark("commit")
         metrics = await self._offload(self.trainer.evaluate, unflatten(self.layout, self.weights))
+        timer.mark("evaluate")
         return RoundReport(
             round=round_,
             committed=committed,
@@ -430,7 +433,7 @@ class Peer:
             test_loss=metrics.get("loss", math.nan),
             epsilon=self.epsilon,
             bytes_sent=outcome.bytes_sent if isinstance(outcome, Aggregate) else 0,
-            duration_s=self.clock() - started,
+            duration_s=timer.total(),
             model_digest=weights_digest(self.weights).hex(),
             reason=outcome.reason if isinstance(outcome, Missed) else "",
             exclusions=tuple(outcome.exclusions),
@@ -438,6 +441,7 @@ class Peer:
             sample_rate=result.sample_rate,
             steps=result.steps,
             certificate=self.certificate if committed else None,
+            stages_s=tuple(timer.stages),
         )
 
     async def _certify(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2pfed.collectives.faults import Exclusion
@@ -30,3 +31,26 @@ class RoundReport:
     steps: int = 1
     certificate: CommitCertificate | None = None
     """The round's commit certificate (None when missed, uncertified, or in gossip)."""
+    stages_s: tuple[tuple[str, float], ...] = ()
+    """Seconds spent in each stage, in order: train, aggregate (mask, ring, unmask), commit
+    (certify and adopt, or roll back a missed round), evaluate."""
+
+
+class StageTimer:
+    """Seconds per stage of one round, read off an injected clock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.started = self.last = clock()
+        self.stages: list[tuple[str, float]] = []
+
+    def mark(self, stage: str) -> float:
+        """End ``stage`` now; returns its seconds."""
+        now = self.clock()
+        took, self.last = now - self.last, now
+        self.stages.append((stage, took))
+        return took
+
+    def total(self) -> float:
+        """Seconds since the round started."""
+        return self.clock() - self.started

@@ -185,8 +185,12 @@ class AuditLog:
         duration_s: float,
         participants: int,
         reason: str | None = None,
+        stages_s: Iterable[tuple[str, float]] = (),
     ) -> dict[str, Any]:
-        """A round finished (``outcome``: completed, failed, aborted; ``reason`` if not)."""
+        """A round finished (``outcome``: completed, failed, aborted; ``reason`` if not).
+
+        ``stages_s``: seconds per stage, in order (train, aggregate, commit, evaluate).
+        """
         body: dict[str, Any] = {
             "round": round_number,
             "outcome": outcome,
@@ -195,6 +199,10 @@ class AuditLog:
         }
         if reason is not None:
             body["reason"] = reason
+        # Pairs, not a mapping: canonical JSON sorts keys, and the order is the round's.
+        stages = [[name, finite(round(s, 4), f"{name} duration")] for name, s in stages_s]
+        if stages:
+            body["stages_s"] = stages
         return self.append(EntryKind.ROUND_END, body)
 
     def cohort(self, round_number: int, peer_ids: Iterable[str]) -> dict[str, Any]:
