@@ -76,7 +76,8 @@ def loop_round(
 ) -> torch.Tensor:
     """One FedAvg round the plain way: per peer, copy weights, one local epoch, then average.
 
-    ``theta`` is the current global model; returns the next one.
+    ``theta`` is the current global model; returns the next one: the mean of the peers'
+    models weighted by their example counts n_k (a peer without examples weighs nothing).
     """
     features = x.shape[1]
     updates = []
@@ -91,4 +92,5 @@ def loop_round(
             torch.autograd.backward(loss)
             opt.step()
         updates.append(_flat(model))
-    return torch.stack(updates).mean(dim=0)
+    counts = torch.tensor([len(idx) for idx in peers], dtype=theta.dtype)
+    return (counts[:, None] * torch.stack(updates)).sum(dim=0) / counts.sum()

@@ -177,8 +177,10 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
         config = apply_study(config, protocol)
     check_port_free(*parse_listen(config.network.listen))
     check_membership(config, [m.peer_id for m in gate.roster.members if m.role is Role.MEMBER])
-    anchors, sigma = check_ledger(config, state_dir)
+    # The data first: a site whose data cannot join hears that alone, before the budget's
+    # calibration says anything.
     report, train, test = validated_data(config, state_dir)
+    anchors, sigma = check_ledger(config, state_dir)
     salt = load_audit_salt(config, state_dir / AUDIT_FILE)
     if sigma is None:
         sigma = noise_multiplier(config)
