@@ -26,13 +26,18 @@ from sim.scenario import Scenario, read_scenario_document, scenario_from_dict
 TOPOLOGY_ALGORITHMS = ("gossip", "gradient_tracking")
 
 
-def _key_problems(key: str, value: Any) -> list[str]:
+CONTEXT_KEYS = ("n", "algorithm", "training")
+"""What other tables' rules refer to: a table is parsed beside those of its document that
+parse on their own (a bad one would mask the table's own problems)."""
+
+
+def _key_problems(key: str, value: Any, context: Mapping[str, Any]) -> list[str]:
     """Every bad key of one table: parse, drop the key an error names, parse again."""
     problems: list[str] = []
     table = dict(value) if isinstance(value, Mapping) else value
     while True:
         try:
-            scenario_from_dict({key: table})
+            scenario_from_dict({**context, key: table})
             return problems
         except SettingError as exc:
             problems.append(str(exc))
@@ -47,9 +52,11 @@ def _key_problems(key: str, value: Any) -> list[str]:
 
 def document_problems(raw: Mapping[str, Any]) -> list[str]:
     """One sentence per bad key of a scenario document ([] if it parses)."""
-    problems = []
+    problems: list[str] = []
+    sound = {k: raw[k] for k in CONTEXT_KEYS if k in raw and not _key_problems(k, raw[k], {})}
     for key, value in raw.items():
-        problems += _key_problems(key, value)
+        context = {k: v for k, v in sound.items() if k != key}
+        problems += [p for p in _key_problems(key, value, context) if p not in problems]
     if not problems:
         try:
             scenario_from_dict(raw)  # cross-table rules (e.g. byzantine < n)

@@ -62,7 +62,7 @@ def test_batched_gradients_equal_vmap_of_grad(
 def test_a_simulation_never_imports_torchs_compiler() -> None:
     code = (
         "import sys\n"
-        "from sim.scenario import Scenario, with_overrides\n"
+        "from sim.overrides import with_overrides\nfrom sim.scenario import Scenario\n"
         "from sim.sweep import run_point\n"
         "run_point(with_overrides(Scenario(), {'n': 4, 'rounds': 2, 'model.name': 'mlp',"
         " 'algorithm': 'gradient_tracking'}))\n"
