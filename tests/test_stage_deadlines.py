@@ -130,3 +130,10 @@ def test_each_round_runs_under_the_deadline_its_measured_predecessors_give() -> 
     assert inner.seen[2] == pytest.approx(3 * (5.0 + 2.0))  # 20 MB/s
     # The missed round's 50 s were a wait for the others: the deadline does not grow.
     assert inner.seen[3] == pytest.approx(3 * (5.0 + 2.0))
+
+
+def test_a_small_models_slow_round_is_latency_not_rate_and_keeps_the_floor() -> None:
+    # The demo model: 500 bytes in a second of round trips under load is not a 500 B/s link.
+    p = policy(floor_s=6.0)
+    p.observe(busy_s=0.05, bytes_sent=500, aggregate_s=3.0)
+    assert p.stage_timeout(2 * 62 * 4) == 6.0

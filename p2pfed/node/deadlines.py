@@ -36,6 +36,8 @@ from p2pfed.node.liveness import PendingRelease
 
 WINDOW = 8
 """Rounds of measurements a deadline is derived from."""
+MIN_MEASURED_BYTES = 1 << 20
+"""An aggregation must move this much to count as a measurement of the links' rate."""
 
 
 @dataclass
@@ -61,7 +63,10 @@ class DeadlinePolicy:
         """Record one round: its local training time (< 0: unknown), bytes sent and time."""
         if busy_s >= 0 and np.isfinite(busy_s):
             self._busy.append(busy_s)
-        if bytes_sent > 0 and aggregate_s > 0:
+        # Below a megabyte an aggregation's time is round trips and protocol, not the links'
+        # rate: measured as a rate, a 31-parameter model's 500 bytes in a slow second would
+        # stretch its deadlines as if the link ran at 500 B/s. The floor covers those.
+        if bytes_sent >= MIN_MEASURED_BYTES and aggregate_s > 0:
             self._rates.append(bytes_sent / aggregate_s)
 
     def stage_timeout(self, update_bytes: int) -> float:
