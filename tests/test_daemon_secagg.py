@@ -50,13 +50,20 @@ def test_three_daemons_one_killed_the_two_never_unmask_a_sum_of_two(tmp_path: Pa
         victim.process.wait()
         committed = {h.folder.name: read_status(h.state)["completed_round"] for h in survivors}
         # Each survivor misses a round for the floor, with nothing revealed ...
-        floor = "at least 3 are needed (min_contributors 3"
+        # Two ways to miss for the floor, both before anything is unmasked: the key
+        # advertisements close with two keys (the victim died before advertising), or its
+        # keys were in and recovery refuses a sum of two (it died after).
+        floor = re.compile(
+            r"only 2 peers advertised keys, a sum needs 3"
+            r"|at least 3 are needed \(min_contributors 3"
+        )
         wait_for(
-            lambda: all(logs(h).count(floor) >= 2 for h in survivors),
+            lambda: all(len(floor.findall(logs(h))) >= 2 for h in survivors),
             "two floor aborts at each survivor",
         )
         for h in survivors:
-            assert "nothing was revealed" in logs(h)
+            if "at least 3 are needed" in logs(h):
+                assert "nothing was revealed" in logs(h)
             # ... and commits nothing while only two members are up (a round already
             # in flight with all three may still have committed).
             now = read_status(h.state)["completed_round"]
