@@ -1,7 +1,8 @@
 """``p2pfed bench transport``: bulk throughput of the libp2p transport against plain trio TCP.
 
-Theory of operation: for every payload size, two cases run back to back — our
-``Libp2pTransport`` (TCP + Noise + Yamux, roster-gated) and plain trio TCP, the baseline that
+Theory of operation: for every payload size, three cases run back to back — our
+``Libp2pTransport`` (TCP + Yamux, roster-gated) secured by Noise (``libp2p_*`` keys), the
+same secured by libp2p TLS 1.3 (``tls_*`` keys), and plain trio TCP, the baseline that
 shares the machine's state at that moment. Each case starts a *fresh* receiver process
 (``python -m p2pfed.bench.transport --receive ...``, which reports JSON lines on stdout),
 so the receiver's peak RSS (``VmHWM``, see ``peak_rss_kb``) belongs to that case alone; the
@@ -41,7 +42,7 @@ from p2pfed.output import print_json
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
 NAME = "transport"
-HELP = "Throughput of the libp2p transport (Noise+Yamux) vs plain trio TCP, separate processes."
+HELP = "Throughput of the libp2p transport (Noise or TLS, Yamux) vs plain trio TCP, in processes."
 
 DEFAULT_SIZES = (1, 16, 64, 256)
 PROTOCOL = "/p2pfed/bench/bulk/1"
@@ -50,6 +51,9 @@ WARM_CONNECTS = 5
 CHUNK = 1 << 20
 CASE_TIMEOUT_S = 300.0
 _LENGTH = struct.Struct(">Q")
+
+KINDS = ("noise", "tls", "tcp")
+"""What a case measures: the transport secured by Noise, by TLS 1.3, or plain trio TCP."""
 
 Report = Callable[[dict[str, Any]], None]
 """How a receiver hands its messages (ready, figures, error) to the sender's process."""
@@ -67,6 +71,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="libp2p streams the payload is striped across (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each case, interleaved; figures are the medians (default: %(default)s)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print only the JSON document (no progress lines)"
@@ -90,25 +100,34 @@ def run(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes)
     if not 1 <= args.streams <= 64:
         raise ConfigError(f"--streams must be in 1..64, got {args.streams}")
+    if not 1 <= args.repeats <= 20:
+        raise ConfigError(f"--repeats must be in 1..20, got {args.repeats}")
     # libp2p's background identify exchange logs an ERROR whenever the connect probe's
     # disconnect overtakes it; that is expected here and would bury the figures.
     libp2p_log = logging.getLogger("p2pfed.libp2p")
     previous_level = libp2p_log.level
     libp2p_log.setLevel(logging.CRITICAL)
     try:
-        return _run_cases(sizes, args.streams, quiet=args.json)
+        return _run_cases(sizes, args.streams, args.repeats, quiet=args.json)
     finally:
         libp2p_log.setLevel(previous_level)
 
 
-def _run_cases(sizes: list[int], streams: int, *, quiet: bool) -> int:
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def _run_cases(sizes: list[int], streams: int, repeats: int, *, quiet: bool) -> int:
 
     cases = []
     for size_mb in sizes:
         if not quiet:
             print(f"transport bench: {size_mb} MiB ...", file=sys.stderr, flush=True)
-        libp2p = run_case("libp2p", size_mb, streams)
-        tcp = run_case("tcp", size_mb, 1)
+        runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+        for _ in range(repeats):  # interleaved, so each kind meets the same machine states
+            for kind in KINDS:
+                runs[kind].append(run_case(kind, size_mb, 1 if kind == "tcp" else streams))
+        libp2p, tls, tcp = (_medians(runs[kind]) for kind in KINDS)
         case = {
             "size_mb": size_mb,
             "libp2p_mb_s": round(libp2p["mb_s"], 1),
@@ -122,13 +141,23 @@ def _run_cases(sizes: list[int], streams: int, *, quiet: bool) -> int:
             "tcp_cpu_mb_s": round(tcp["cpu_mb_s"], 1),
             "libp2p_sender_cpu_s": round(libp2p["cpu_s"], 3),
             "libp2p_receiver_cpu_s": round(libp2p["receiver_cpu_s"], 3),
+            "tls_mb_s": round(tls["mb_s"], 1),
+            "tls_ratio": round(tls["mb_s"] / tcp["mb_s"], 3),
+            "tls_receiver_peak_rss_mb": round(tls["peak_rss_mb"], 1),
+            "tls_connect_ms": round(tls["connect_ms"], 2),
+            "tls_warm_connect_ms": round(tls["warm_connect_ms"], 2),
+            "tls_cpu_mb_s": round(tls["cpu_mb_s"], 1),
+            "tls_sender_cpu_s": round(tls["cpu_s"], 3),
+            "tls_receiver_cpu_s": round(tls["receiver_cpu_s"], 3),
             "streams": streams,
+            "repeats": repeats,
         }
         cases.append(case)
         if not quiet:
             print(
-                f"  libp2p {case['libp2p_mb_s']} MB/s, tcp {case['tcp_mb_s']} MB/s, "
-                f"ratio {case['ratio']}, receiver peak RSS {case['receiver_peak_rss_mb']} MB",
+                f"  noise {case['libp2p_mb_s']} MB/s ({case['ratio']}), tls {case['tls_mb_s']} "
+                f"MB/s ({case['tls_ratio']}), tcp {case['tcp_mb_s']} MB/s, "
+                f"receiver peak RSS {case['receiver_peak_rss_mb']} MB",
                 file=sys.stderr,
                 flush=True,
             )
@@ -224,6 +253,7 @@ async def _send(kind: str, ready: dict[str, Any], payload: bytes, streams: int) 
                 _seed("sender"),
                 lambda peer: peer == receiver,
                 peer_addrs={receiver: ready["addrs"]},
+                security=(kind,),
             )
             async with transport:
                 connects = []
@@ -291,8 +321,8 @@ def _report_on_stdout(message: dict[str, Any]) -> None:
 
 def _receiver_cli(argv: list[str]) -> int:
     """``python -m p2pfed.bench.transport --receive KIND SIZE STREAMS`` (used by run_case)."""
-    if len(argv) != 4 or argv[0] != "--receive" or argv[1] not in ("tcp", "libp2p"):
-        print("usage: python -m p2pfed.bench.transport --receive tcp|libp2p SIZE STREAMS")
+    if len(argv) != 4 or argv[0] != "--receive" or argv[1] not in KINDS:
+        print(f"usage: python -m p2pfed.bench.transport --receive {'|'.join(KINDS)} SIZE STREAMS")
         return 2
     receiver_main(argv[1], int(argv[2]), int(argv[3]), _report_on_stdout)
     return 0
@@ -303,7 +333,7 @@ async def _receive(kind: str, size: int, streams: int, report: Report) -> float:
     buffer = bytearray(size)
     if kind == "tcp":
         return await _receive_tcp(buffer, report)
-    return await _receive_libp2p(buffer, report)
+    return await _receive_libp2p(buffer, report, kind)
 
 
 async def _receive_tcp(buffer: bytearray, report: Report) -> float:
@@ -341,7 +371,7 @@ async def _receive_tcp(buffer: bytearray, report: Report) -> float:
     return cpu_end - cpu_start[0]
 
 
-async def _receive_libp2p(buffer: bytearray, report: Report) -> float:
+async def _receive_libp2p(buffer: bytearray, report: Report, security: str) -> float:
     import trio
 
     from p2pfed.transport.base import Stream
@@ -362,7 +392,9 @@ async def _receive_libp2p(buffer: bytearray, report: Report) -> float:
         await stream.send_all(b"\x01")
         done.set()
 
-    transport = Libp2pTransport(_seed("receiver"), lambda peer: peer == sender)
+    transport = Libp2pTransport(
+        _seed("receiver"), lambda peer: peer == sender, security=(security,)
+    )
     async with transport:
         transport.serve(PROTOCOL, on_stream)
         transport.serve(PING_PROTOCOL, _nothing)

@@ -64,15 +64,17 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.tls.transport import PROTOCOL_ID as TLS_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
 from p2pfed.errors import BrokenError, ClosedError, ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.transport.base import Handler, PeerGate, Stream, Transport
 from p2pfed.transport.libp2p_compat import allow_redial, tame_swarm, use_large_yamux_frames
-from p2pfed.transport.libp2p_gate import GatedNoise, gate_allows
+from p2pfed.transport.libp2p_gate import Admission, GatedNoise, gate_allows
 from p2pfed.transport.libp2p_inbound import PendingHandshakes
 from p2pfed.transport.libp2p_logging import DialNotices, roster_names, route_libp2p_logging
 from p2pfed.transport.libp2p_stream import Libp2pStream
+from p2pfed.transport.libp2p_tls import GatedTLS
 from p2pfed.transport.libp2p_yamux import BoundedYamux, use_bounded_yamux
 from p2pfed.transport.ratelimit import StreamLimiter
 
@@ -92,6 +94,12 @@ DEFAULT_PENDING_PER_SOURCE = 32
 """Inbound connections from one IP address that may be mid-handshake at once (many members
 may dial from one address on loopback or behind a NAT); a newer one
 closes the oldest, so idle sockets from one address cannot hold py-libp2p's inbound slots."""
+
+SECURITY_PROTOCOLS = ("tls", "noise")
+"""The security protocols a transport may offer: libp2p TLS 1.3 and Noise XX."""
+DEFAULT_SECURITY = ("noise",)
+"""What a transport offers, in order of preference (multistream-select takes the first the
+remote also speaks)."""
 
 PeerAddrs = Mapping[str, str | Sequence[str]]
 """Where peers listen: peer ID → one multiaddr or several (``/ip4/10.0.0.2/tcp/4001``)."""
@@ -121,6 +129,7 @@ class Libp2pTransport(Transport):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         pending_per_source: int = DEFAULT_PENDING_PER_SOURCE,
         limiter: StreamLimiter | None = None,
+        security: Sequence[str] = DEFAULT_SECURITY,
     ) -> None:
         if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
             raise ConfigError(f"identity seed must be {SEED_BYTES} bytes, got {_describe(seed)}")
@@ -139,6 +148,14 @@ class Libp2pTransport(Transport):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
         if pending_per_source < 1:
             raise ConfigError(f"pending_per_source must be at least 1, got {pending_per_source}")
+        security = tuple(security)
+        unknown = [name for name in security if name not in SECURITY_PROTOCOLS]
+        if unknown or not security or len(set(security)) != len(security):
+            raise ConfigError(
+                f"security must list some of {', '.join(SECURITY_PROTOCOLS)} once each, "
+                f"got {', '.join(map(repr, security)) or 'nothing'}"
+            )
+        self.security = security
         self.pending = PendingHandshakes(handshake_timeout, pending_per_source)
         self.limiter = StreamLimiter(clock=trio.current_time) if limiter is None else limiter
         self._key_pair = create_new_key_pair(bytes(seed))
@@ -154,7 +171,7 @@ class Libp2pTransport(Transport):
         self._admission_timeout = admission_timeout
         self._handlers: dict[str, Handler] = {}
         self._dial_locks: dict[str, trio.Lock] = {}
-        self._noise: GatedNoise | None = None
+        self._admission = Admission(gate)
         self._host: IHost | None = None
         self._nursery: trio.Nursery | None = None
         self._exit_stack: AsyncExitStack | None = None
@@ -176,7 +193,7 @@ class Libp2pTransport(Transport):
     @property
     def refused_inbound(self) -> int:
         """How many inbound connections the gate refused after the Noise handshake."""
-        return 0 if self._noise is None else self._noise.refused_inbound
+        return self._admission.refused_inbound
 
     def set_peer_addrs(self, peer: str, addrs: str | Iterable[str]) -> None:
         """Record where ``peer`` listens (replacing what was known).
@@ -219,16 +236,15 @@ class Libp2pTransport(Transport):
         await stack.__aenter__()
         try:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
-            noise = GatedNoise(self._key_pair, create_x25519_key_pair().private_key, self._gate)
             host = new_host(
                 key_pair=self._key_pair,
-                sec_opt={NOISE_PROTOCOL_ID: noise},
+                sec_opt=self._security_options(),
                 muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): cast(Any, BoundedYamux)},
                 listen_addrs=[self._listen],
                 # One connection per peer skips the ~250 ms happy-eyeballs wait on connect.
                 connection_config=ConnectionConfig(max_connections_per_peer=1),
             )
-            self._noise, self._host = noise, host
+            self._host = host
             await stack.enter_async_context(host.run([self._listen]))
             # No dial retries, no auto-connector, inbound tasks scoped to their connection.
             await tame_swarm(cast(Swarm, host.get_network()), self.pending)
@@ -246,6 +262,17 @@ class Libp2pTransport(Transport):
             raise
         self._exit_stack = stack
         return self
+
+    def _security_options(self) -> dict[TProtocol, Any]:
+        """One gated transport per offered protocol, in the order of ``security``."""
+        options: dict[TProtocol, Any] = {}
+        for name in self.security:
+            if name == "tls":
+                options[TLS_PROTOCOL_ID] = GatedTLS(self._key_pair, self._admission)
+            else:
+                noise_key = create_x25519_key_pair().private_key
+                options[NOISE_PROTOCOL_ID] = GatedNoise(self._key_pair, noise_key, self._admission)
+        return options
 
     async def __aexit__(
         self,
@@ -339,7 +366,7 @@ class Libp2pTransport(Transport):
     async def open_stream(self, peer: str, protocol: str) -> Stream:
         if self._closed:
             raise ClosedError("transport was closed by us")
-        if self._host is None or self._noise is None:
+        if self._host is None:
             raise ClosedError("transport is not running: enter it with 'async with' first")
         if not gate_allows(self._gate, peer):
             raise RemoteProtocolError(
@@ -383,7 +410,7 @@ class Libp2pTransport(Transport):
         raise BrokenError(f"peer {peer} closed our {protocol} stream before admitting it")
 
     async def _ensure_connected(self, peer: str, peer_id: ID) -> None:
-        assert self._host is not None and self._noise is not None
+        assert self._host is not None
         lock = self._dial_locks.setdefault(peer, trio.Lock())
         async with lock:
             if self._conns_of(peer_id):
@@ -391,7 +418,7 @@ class Libp2pTransport(Transport):
             addrs = self._peer_addrs.get(peer)
             if not addrs:
                 raise BrokenError(f"peer {peer} is unreachable: no address is known for it")
-            self._noise.authenticated.discard(peer)
+            self._admission.authenticated.discard(peer)
             # libp2p blocks a peer for 60 s after a failed dial ("negative cache"); a member
             # that restarts must be reachable at once, and our own timeouts bound each dial.
             allow_redial(cast(Swarm, self._host.get_network()), peer_id)
@@ -402,10 +429,10 @@ class Libp2pTransport(Transport):
                 self.dial_notices.failed(peer, addrs, TimeoutError("timed out"))
                 raise BrokenError(f"connecting to peer {peer} timed out") from exc
             except Exception as exc:
-                if peer in self._noise.authenticated:
+                if peer in self._admission.authenticated:
                     raise RemoteProtocolError(
                         ReasonCode.UNKNOWN_PEER,
-                        f"peer {peer} closed the connection after the Noise handshake: "
+                        f"peer {peer} closed the connection after the security handshake: "
                         "it does not admit us",
                         peer,
                     ) from exc
