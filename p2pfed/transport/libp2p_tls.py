@@ -37,7 +37,33 @@ from libp2p.security.tls.certificate import verify_certificate_chain
 from libp2p.security.tls.io import TLSReadWriter
 from libp2p.security.tls.transport import TLSTransport
 
+from p2pfed.errors import ConfigError
+from p2pfed.transport.libp2p_compat import WRITTEN_FOR, _require, check_libp2p, installed_version
 from p2pfed.transport.libp2p_gate import Admission
+
+_TLS = "libp2p.security.tls"
+TLS_REQUIREMENTS = (
+    _require(
+        "gated-tls", f"{_TLS}.transport:TLSTransport.__init__", "self, libp2p_keypair", "prefix"
+    ),
+    _require("gated-tls", f"{_TLS}.transport:TLSTransport.secure_inbound", "self, conn"),
+    _require("gated-tls", f"{_TLS}.transport:TLSTransport.secure_outbound", "self, conn, peer_id"),
+    _require(
+        "gated-tls", f"{_TLS}.transport:TLSTransport._extract_public_key_from_cert", "self, cert"
+    ),
+    _require("gated-tls", f"{_TLS}.transport:TLSTransport.create_ssl_context", "self, server_side"),
+    _require("gated-tls", f"{_TLS}.certificate:verify_certificate_chain", "cert_chain"),
+    _require(
+        "buffered-tls-session",
+        f"{_TLS}.io:TLSStreamReadWriter.__init__",
+        "self, conn, ssl_context, local_prim_pk, server_side, server_hostname",
+    ),
+)
+"""What ``GatedTLS`` and ``BufferedTlsSession`` reach in py-libp2p (checked at import, as
+``libp2p_compat`` checks its own): a renamed ``_extract_public_key_from_cert`` would
+silently bypass ``bound_host_key``."""
+
+check_libp2p(TLS_REQUIREMENTS)
 
 READ_SIZE = 256 * 1024
 """Most ciphertext bytes ``BufferedTlsSession`` takes from the socket per read."""
@@ -111,11 +137,18 @@ class BufferedTlsSession(SecureSession):
             is_initiator=handshaken.is_initiator,
             conn=conn,
         )
-        tls = conn.stream_writer
-        self._raw = tls.raw_connection
-        self._ssl: ssl.SSLObject = tls._ssl_socket
-        self._in: ssl.MemoryBIO = tls._in_bio
-        self._out: ssl.MemoryBIO = tls._out_bio
+        try:
+            tls = conn.stream_writer
+            self._raw = tls.raw_connection
+            self._ssl: ssl.SSLObject = tls._ssl_socket
+            self._in: ssl.MemoryBIO = tls._in_bio
+            self._out: ssl.MemoryBIO = tls._out_bio
+        except AttributeError as exc:
+            raise ConfigError(
+                f"the installed libp2p {installed_version('libp2p')} keeps no {exc.name} on its "
+                "TLS session after the handshake, which p2pfed's 'buffered-tls-session' change "
+                f"needs (written for libp2p {WRITTEN_FOR['libp2p']}); install that version"
+            ) from None
         self._eof = False
 
     async def _flush(self) -> None:
