@@ -9,7 +9,9 @@ c + 1 of step s is still arriving.
 
 Inbound streams may arrive before this peer has reached the round (its predecessor was
 quicker to agree): the handler reads the first frame, waits a bounded time for the matching
-inbox and hands the stream over, then stays alive until the session is done with it (the
+inbox and hands the stream over (reading ahead at most ``max_read_ahead`` bytes meanwhile,
+then no more until the attempt claims the stream: a fast sender waits, the receiver's memory
+does not grow), then stays alive until the session is done with it (the
 transport closes a stream when its handler returns). Whether a stream may feed an attempt
 is the core's decision (``RingAttempts``): a first frame for a round or attempt this peer
 has already left is rejected with ``WRONG_ROUND``, a stream from anyone but the predecessor
@@ -53,13 +55,16 @@ from p2pfed.wire.exchange import finish_sending, open_with_backoff
 log = logging.getLogger(__name__)
 
 RING_PROTOCOL = "/p2pfed/ring/1.0.0"
+DEFAULT_CHUNK_BYTES = 256 * 1024
+READ_AHEAD_CHUNKS = 16
+"""Chunks a ring peer reads ahead of an attempt it has not started yet (then it stops reading)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RingConfig:
     """How one all-reduce runs; every peer of a cohort must use the same chunk size."""
 
-    chunk_bytes: int = 256 * 1024
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     timeout: float = 10.0
     modulus_bits: int | None = None
 
@@ -98,8 +103,10 @@ class _ReadAhead:
     stops after the frame it is reading, the session drains the queue and from there on
     reads the stream itself (no extra hop on the hot path, and never two readers at once:
     a reader is never cancelled mid-read, which could lose bytes a transport had taken).
-    What may wait unread is capped; an honest predecessor cannot run more than about
-    (n−1)/n·M bytes ahead, far below the cap.
+    What waits here is capped: at ``cap`` bytes the pump stops reading until the session
+    claims the stream, so the sender is held back by the transport's flow control (over
+    libp2p, a sender kept waiting more than 5 s has its stream reset and the round retries).
+    ``peak`` is the most this reader ever held.
     """
 
     def __init__(self, messages: MessageStream, first: Envelope, cap: int) -> None:
@@ -107,6 +114,7 @@ class _ReadAhead:
         self.first = first
         self.cap = cap
         self.buffered = 0
+        self.peak = 0
         self.items: deque[_Item] = deque()
         self.changed = trio.Event()
         self.handover = False
@@ -121,17 +129,15 @@ class _ReadAhead:
         peer = self.messages.peer
         try:
             while not self.handover:
+                if self.buffered >= self.cap:
+                    await self.changed.wait()  # full: read on only once the session claims
+                    continue
                 envelope = await self.messages.receive()
                 if envelope is None:
                     self.ended = True
                     break
                 self.buffered += envelope.frame_bytes
-                if self.buffered > self.cap:
-                    raise RemoteProtocolError(
-                        ReasonCode.OVERSIZED,
-                        f"peer {peer} ran more than {self.cap} bytes ahead of this ring peer",
-                        peer,
-                    )
+                self.peak = max(self.peak, self.buffered)
                 self.items.append(envelope)
                 self._notify()
         except (RemoteProtocolError, BrokenError, ClosedError) as exc:
@@ -142,7 +148,9 @@ class _ReadAhead:
 
     async def next(self, timeout: float) -> Envelope | None:
         """The next frame; None at end of stream. Raises what the reader hit, or TIMEOUT."""
-        self.handover = True
+        if not self.handover:
+            self.handover = True
+            self._notify()  # a pump waiting at the cap stops
         peer = self.messages.peer
         if not self.stopped or self.items:
             with trio.move_on_after(timeout):
@@ -286,10 +294,14 @@ class RingService:
         *,
         accept_timeout: float = 10.0,
         fault: FaultPlan | None = None,
-        max_read_ahead: int = 1 << 30,
+        max_read_ahead: int = READ_AHEAD_CHUNKS * DEFAULT_CHUNK_BYTES,
     ) -> None:
+        if max_read_ahead < 1:
+            raise LocalProtocolError(f"max_read_ahead {max_read_ahead} must be positive")
         self.transport = transport
         self.max_read_ahead = max_read_ahead
+        self.read_ahead_peak = 0
+        """The most bytes any inbound stream had waiting before its attempt claimed it."""
         self.consortium = consortium
         self.accept_timeout = accept_timeout
         self.fault = fault
@@ -342,6 +354,7 @@ class RingService:
                 inbox.arrived.set()
                 await inbox.released.wait()
             nursery.cancel_scope.cancel()
+        self.read_ahead_peak = max(self.read_ahead_peak, reader.peak)
 
     async def all_reduce(
         self,

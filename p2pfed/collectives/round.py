@@ -43,7 +43,12 @@ from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
 from p2pfed.collectives.messages import Message, Ready
 from p2pfed.collectives.ring import ring_order
-from p2pfed.collectives.ring_driver import RingConfig, RingResult, RingService
+from p2pfed.collectives.ring_driver import (
+    READ_AHEAD_CHUNKS,
+    RingConfig,
+    RingResult,
+    RingService,
+)
 from p2pfed.errors import (
     BrokenError,
     ClosedError,
@@ -301,7 +306,11 @@ class RingRound:
         )
         if ring is None:
             ring = RingService(
-                transport, consortium, accept_timeout=self.ring_config.timeout, fault=fault
+                transport,
+                consortium,
+                accept_timeout=self.ring_config.timeout,
+                fault=fault,
+                max_read_ahead=READ_AHEAD_CHUNKS * self.ring_config.chunk_bytes,
             )
         elif fault is not None:
             ring.fault = fault
