@@ -153,6 +153,27 @@ async def test_buffered_noise_session_sends_many_noise_messages_per_socket_call(
     assert max(sizes) > NOISE_MESSAGE_ON_WIRE
 
 
+class Reads:
+    """A reader handing out the given pieces, one per read, whatever is asked."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = list(pieces)
+
+    async def read(self, n: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+async def test_yamux_frame_reads_hand_over_the_sessions_bytes_uncopied() -> None:
+    with trio.fail_after(15):
+        async with pair("frames") as (server, client):
+            await round_trip(client, server, 1 << 20)
+    frame = bytes(256 * 1024)
+    # py-libp2p's read_exactly returns a fresh copy even when one read brought the frame.
+    assert await yamux_module.read_exactly(Reads(frame), len(frame)) is frame
+    assert await yamux_module.read_exactly(Reads(b"ab", b"c", b"de"), 5) == b"abcde"
+
+
 async def test_an_inbound_connections_task_ends_with_the_connection() -> None:
     async def cycle(server: Libp2pTransport, client: Libp2pTransport) -> None:
         await round_trip(client, server, 256)

@@ -126,7 +126,6 @@ class _ReadAhead:
         self.changed = trio.Event()
 
     async def pump(self) -> None:
-        peer = self.messages.peer
         try:
             while not self.handover:
                 if self.buffered >= self.cap:

@@ -105,6 +105,11 @@ REQUIREMENTS = (
     _require("bounded-yamux", "libp2p.stream_muxer.yamux.yamux:MAX_WINDOW_SIZE"),
     _require("bounded-yamux", "libp2p.stream_muxer.muxer_multistream:Yamux"),
     _require(
+        "yamux-frame-reads-uncopied",
+        "libp2p.stream_muxer.yamux.yamux:read_exactly",
+        "reader, n, retry_count",
+    ),
+    _require(
         "bounded-yamux",
         "libp2p.stream_muxer.yamux.yamux:Yamux.__init__",
         "self, secured_conn, peer_id, is_initiator, on_close",

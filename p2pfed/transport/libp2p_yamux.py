@@ -12,7 +12,10 @@ one warning names the member; it may dial again, and meets the same bound.
 
 py-libp2p builds its Yamux by name inside ``muxer_multistream`` (whatever class the host's
 ``muxer_opt`` names), so ``use_bounded_yamux`` rebinds that name, process-wide, like the other
-changes of ``libp2p_compat``.
+changes of ``libp2p_compat``. It also applies ``yamux-frame-reads-uncopied``: py-libp2p's
+Yamux reads every frame through ``read_exactly``, which copies the bytes twice (into a
+``bytearray``, then out as ``bytes``) even when one read brought them all, as the secure
+sessions' reads always do; ``read_exactly_uncopied`` hands that read over as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from libp2p.io.abc import Reader
+from libp2p.io.utils import DEFAULT_RETRY_READ_COUNT
+from libp2p.io.utils import read_exactly as stock_read_exactly
 from libp2p.stream_muxer import muxer_multistream
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import Yamux
@@ -93,6 +99,17 @@ class BoundedYamux(Yamux):
             nursery.start_soon(self.close)
 
 
+async def read_exactly_uncopied(
+    reader: Reader, n: int, retry_count: int = DEFAULT_RETRY_READ_COUNT
+) -> bytes:
+    """``n`` bytes from ``reader``: its first read itself if complete, else py-libp2p's way."""
+    first = await reader.read(n)
+    if len(first) == n:
+        return first
+    return bytes(first) + await stock_read_exactly(reader, n - len(first), retry_count)
+
+
 def use_bounded_yamux() -> None:
     """Make every Yamux connection py-libp2p opens in this process a ``BoundedYamux``."""
     setattr(muxer_multistream, "Yamux", BoundedYamux)  # noqa: B010 (a module attribute)
+    setattr(yamux_module, "read_exactly", read_exactly_uncopied)  # noqa: B010
