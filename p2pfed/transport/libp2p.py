@@ -1,14 +1,16 @@
-"""The libp2p transport: TCP, Noise only, Yamux only, every peer checked against the roster.
+"""The libp2p transport: TCP, Noise (or TLS 1.3), Yamux only, every peer checked against the roster.
 
-Theory of operation: a ``Libp2pTransport`` wraps one py-libp2p host built with exactly one
-security protocol (``/noise``) and one muxer (``/yamux/1.0.0``). py-libp2p's defaults also offer
-``/plaintext/2.0.0``, secio and TLS, and a plaintext dialer that merely *claims* a member's
-public key is accepted as that member; offering Noise alone closes that door, because the
-Noise XX handshake proves possession of the identity key behind the peer ID.
+Theory of operation: a ``Libp2pTransport`` wraps one py-libp2p host built with the security
+protocols of ``security`` only (``/noise`` by default; ``/tls/1.0.0`` on request, see
+``libp2p_tls``) and one muxer (``/yamux/1.0.0``). py-libp2p's defaults also offer
+``/plaintext/2.0.0``, and a plaintext dialer that merely *claims* a member's public key is
+accepted as that member; plaintext is never offered here, because the Noise XX and TLS 1.3
+handshakes prove possession of the identity key behind the peer ID.
 
 Admission happens at two places, and the rate limit right after the second:
 
-1. ``GatedNoise`` (``libp2p_gate``) subclasses py-libp2p's Noise transport and asks the
+1. ``GatedNoise`` (``libp2p_gate``) subclasses py-libp2p's Noise transport (``GatedTLS`` its
+   TLS transport) and asks the
    ``PeerGate`` about the authenticated remote peer right after the handshake, in both
    directions, before any muxer or stream exists. A refused peer's connection is closed there.
 2. Every inbound stream is checked again before its handler runs (the roster may have changed
