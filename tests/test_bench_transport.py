@@ -25,7 +25,15 @@ def test_bench_runs_both_transports_in_separate_processes(
     assert document["bench"] == "transport"
     (case,) = document["cases"]
     assert case["size_mb"] == 1 and case["streams"] == 2
-    for key in ("libp2p_mb_s", "tcp_mb_s", "receiver_peak_rss_mb", "libp2p_connect_ms"):
+    for key in (
+        "libp2p_mb_s",
+        "tls_mb_s",
+        "tcp_mb_s",
+        "receiver_peak_rss_mb",
+        "tls_receiver_peak_rss_mb",
+        "libp2p_connect_ms",
+        "tls_connect_ms",
+    ):
         assert case[key] > 0, key
     # A receiver holds the 1 MiB payload plus an interpreter: tens of MB, not nothing.
     assert 10 < case["receiver_peak_rss_mb"] < 1000

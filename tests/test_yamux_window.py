@@ -80,10 +80,13 @@ async def test_a_stream_flooded_past_its_window_is_cut_at_the_bound(
 
 
 async def test_many_streams_together_are_cut_at_the_connection_bound(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="p2pfed.transport.libp2p_yamux")
     # Smaller bounds keep the flood short: six streams of 2 MiB, each within its own bound.
     monkeypatch.setattr(libp2p_yamux, "STREAM_LIMIT", 3 * MiB)
     monkeypatch.setattr(libp2p_yamux, "CONNECTION_LIMIT", 4 * MiB)
-    read, _ = await attack(6, 2 * MiB)
+    read, attacker = await attack(6, 2 * MiB)
     assert sum(read) <= 4 * MiB < 12 * MiB
+    named = [r.getMessage() for r in caplog.records if "ignores flow control" in r.getMessage()]
+    assert len(named) == 1 and attacker in named[0]
