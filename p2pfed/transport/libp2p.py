@@ -114,6 +114,8 @@ class Libp2pTransport(Transport):
     ``peer_addrs`` says where other peers listen; update it with ``set_peer_addrs``.
     ``limiter`` rates inbound streams per peer and protocol (default: ``DEFAULT_LIMITS`` on
     trio's clock); it stays reachable as ``limiter`` for its counters and ``on_refuse`` hook.
+    ``security`` names the security protocols offered, most preferred first: ``("noise",)``
+    (default) or any of ``SECURITY_PROTOCOLS`` (``("tls", "noise")``: TLS 1.3, Noise fallback).
     Use as ``async with Libp2pTransport(...) as transport:``; ``listen_addrs`` then holds the
     bound addresses (port 0 picks a free port).
     """
