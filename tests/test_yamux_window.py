@@ -90,3 +90,32 @@ async def test_many_streams_together_are_cut_at_the_connection_bound(
     assert sum(read) <= 4 * MiB < 12 * MiB
     named = [r.getMessage() for r in caplog.records if "ignores flow control" in r.getMessage()]
     assert len(named) == 1 and attacker in named[0]
+
+
+async def test_a_writer_waits_out_a_receiver_that_reads_late() -> None:
+    """A closed window is backpressure: the writer waits past py-libp2p's 5 s, nothing fails.
+
+    (A ring peer still training has its read-ahead full; its predecessor must wait for it.)
+    """
+    held_s = 6.0  # past py-libp2p's own 5 s reset of a writer facing a closed window
+    payload = bytes(range(256)) * (4 * MiB // 256)  # 16 initial windows: the writer blocks
+    got = bytearray()
+    done = trio.Event()
+
+    async def late_sink(stream: Stream) -> None:
+        await trio.sleep(held_s)  # the condition under test: a receiver that is not reading
+        while data := await stream.receive_some(1 << 20):
+            got.extend(data)
+        done.set()
+
+    with trio.fail_after(120):
+        async with libp2p_group(2, "yamux-patient") as g:
+            receiver, writer = g.transports
+            receiver.serve(SINK, late_sink)
+            stream = await writer.open_stream(receiver.local_peer, SINK)
+            started = trio.current_time()
+            await stream.send_all(payload)
+            await stream.send_eof()
+            await done.wait()
+    assert trio.current_time() - started >= held_s
+    assert bytes(got) == payload

@@ -110,6 +110,9 @@ REQUIREMENTS = (
         "reader, n, retry_count",
     ),
     _require(
+        "patient-yamux-writer", "libp2p.stream_muxer.yamux.yamux:YamuxStream.write", "self, data"
+    ),
+    _require(
         "bounded-yamux",
         "libp2p.stream_muxer.yamux.yamux:Yamux.__init__",
         "self, secured_conn, peer_id, is_initiator, on_close",

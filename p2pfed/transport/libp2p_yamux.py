@@ -16,19 +16,26 @@ changes of ``libp2p_compat``. It also applies ``yamux-frame-reads-uncopied``: py
 Yamux reads every frame through ``read_exactly``, which copies the bytes twice (into a
 ``bytearray``, then out as ``bytes``) even when one read brought them all, as the secure
 sessions' reads always do; ``read_exactly_uncopied`` hands that read over as it is.
+
+A writer facing a closed window is a receiver applying backpressure, not a failure: py-libp2p
+resets the stream after 5 s of zero window, which turned a ring peer that is still training
+(its read-ahead full) into a retried round. ``PatientYamuxStream`` waits for the window as
+long as the caller's own stage deadline allows (``FLOW_CONTROL_WAIT_S`` is only a last resort).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
+import trio
 from libp2p.io.abc import Reader
 from libp2p.io.utils import DEFAULT_RETRY_READ_COUNT
 from libp2p.io.utils import read_exactly as stock_read_exactly
 from libp2p.stream_muxer import muxer_multistream
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as yamux_module
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 from p2pfed.errors import ReasonCode, RemoteProtocolError
 from p2pfed.transport.libp2p_compat import YAMUX_FRAME_BYTES
@@ -80,6 +87,36 @@ class _Buffers(dict[int, bytearray]):
         raise RemoteProtocolError(ReasonCode.OVERSIZED, "Yamux receive window exceeded", peer)
 
 
+FLOW_CONTROL_WAIT_S = 600.0
+"""The longest a writer waits for a window update; every p2pfed stage deadline is shorter."""
+WINDOW_POLL_S = 0.01
+"""How often a blocked writer looks at its window (py-libp2p signals updates no other way)."""
+
+
+class PatientYamuxStream(YamuxStream):
+    """A Yamux stream whose writer waits out a closed window instead of failing after 5 s."""
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            await self._window_open()
+            # Never more than the window: the stock write then sends without waiting.
+            n = min(self.send_window, len(view) - sent)
+            # The stock writer only slices it and adds it to a header: a view is not copied.
+            await super().write(cast(bytes, view[sent : sent + n]))
+            sent += n
+
+    async def _window_open(self) -> None:
+        with trio.move_on_after(FLOW_CONTROL_WAIT_S) as scope:
+            while self.send_window <= 0 and not (self.closed or self.send_closed):
+                await trio.sleep(WINDOW_POLL_S)
+        if scope.cancelled_caught:
+            raise MuxedStreamError(
+                f"the receiver granted no Yamux window for {FLOW_CONTROL_WAIT_S:.0f} s"
+            )
+
+
 class BoundedYamux(Yamux):
     """py-libp2p's Yamux whose receive buffers cannot outgrow the windows it grants."""
 
@@ -113,3 +150,4 @@ def use_bounded_yamux() -> None:
     """Make every Yamux connection py-libp2p opens in this process a ``BoundedYamux``."""
     setattr(muxer_multistream, "Yamux", BoundedYamux)  # noqa: B010 (a module attribute)
     setattr(yamux_module, "read_exactly", read_exactly_uncopied)  # noqa: B010
+    setattr(yamux_module, "YamuxStream", PatientYamuxStream)  # noqa: B010
