@@ -61,6 +61,11 @@ def build_trainer(prepared: Prepared) -> LocalTrainer:
     n_features, n_classes = prepared.train.n_features, class_count(prepared)
     shape = prepared.train.shape if len(prepared.train.shape) > 1 else ()
     if m.torchscript:
+        if config.privacy.mode == "dp-sgd":
+            raise ConfigError(
+                '[model] torchscript cannot train under [privacy] mode = "dp-sgd": per-example '
+                "gradients (torch.func) cannot call a TorchScript module; use a [model] factory"
+            )
         model = load_torchscript(config.path(m.torchscript))
         check_fits(model, m.torchscript, n_features, n_classes, shape)
     elif m.factory:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -102,7 +103,11 @@ def load_torchscript(path: Path) -> nn.Module:
     if not path.is_file():
         raise ConfigError(f"[model] torchscript {path}: no such file")
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.9 deprecates TorchScript in favour of torch.export, yet still loads it
+            # (files hospitals already have); the node's log is no place for that notice.
+            warnings.filterwarnings("ignore", r".*torch\.jit\.load.* is deprecated", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError, ValueError… for a foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"[model] torchscript {path} is not a TorchScript file ({first})") from None
