@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import bn_mlp
 
 from p2pfed.config import load_config
 from p2pfed.daemon import prepare
@@ -18,7 +19,6 @@ from p2pfed.daemon.build import build_trainer
 from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.errors import ConfigError
 from p2pfed.training.models import load_torchscript
-from tiny_models import bn_mlp
 
 
 def scripted(path: Path, seed: int) -> Path:
@@ -66,10 +66,16 @@ def test_a_torchscript_model_trains_and_shares_its_buffers(member: Path) -> None
 @pytest.mark.parametrize(
     ("lines", "privacy", "error"),
     [
-        ('torchscript = "model.pt"\nfactory = "tiny_models:bn_mlp"', "off",
-         r"\[model\] torchscript replaces kind and factory: set exactly one"),
-        ('torchscript = "model.pt"\nkind = "mlp"', "off",
-         r"\[model\] torchscript replaces kind and factory: set exactly one"),
+        (
+            'torchscript = "model.pt"\nfactory = "tiny_models:bn_mlp"',
+            "off",
+            r"\[model\] torchscript replaces kind and factory: set exactly one",
+        ),
+        (
+            'torchscript = "model.pt"\nkind = "mlp"',
+            "off",
+            r"\[model\] torchscript replaces kind and factory: set exactly one",
+        ),
     ],
 )
 def test_torchscript_with_another_model_key_is_refused(

@@ -57,8 +57,10 @@ class Dataset:
         if self.y.size and self.y.min() < 0:
             raise DataError(f"{self.name}: labels must be non-negative class indices")
         if self.shape and math.prod(self.shape) != self.x.shape[1]:
-            raise DataError(f"{self.name}: examples of shape {list(self.shape)} are not rows of "
-                            f"{self.x.shape[1]} values")
+            raise DataError(
+                f"{self.name}: examples of shape {list(self.shape)} are not rows of "
+                f"{self.x.shape[1]} values"
+            )
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -106,11 +106,17 @@ def load_torchscript(path: Path) -> nn.Module:
         with warnings.catch_warnings():
             # torch 2.9 deprecates TorchScript in favour of torch.export, yet still loads it
             # (files hospitals already have); the node's log is no place for that notice.
-            warnings.filterwarnings("ignore", r".*torch\.jit\.load.* is deprecated", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
+            warnings.filterwarnings(
+                "ignore", r".*torch\.jit\.load.* is deprecated", DeprecationWarning
+            )
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:  # torch raises RuntimeError, ValueError… for a foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"[model] torchscript {path} is not a TorchScript file ({first})") from None
+        raise ConfigError(
+            f"[model] torchscript {path} is not a TorchScript file ({first})"
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"[model] torchscript {path} holds no module")
     return module
 
 
@@ -128,8 +134,7 @@ TORCHSCRIPT_PREFIX = "torchscript sha256:"
 def check_fits(
     model: nn.Module, spec: str, n_features: int, n_classes: int, shape: Sequence[int] = ()
 ) -> None:
-    """``ConfigError`` unless ``model`` maps [batch, *shape] (or [batch, n_features]) to
-    [batch, n_classes]."""
+    """``ConfigError`` unless ``model`` maps [batch, *shape or n_features] to [batch, n_classes]."""
     was_training = model.training
     model.eval()  # BatchNorm in training mode would update its statistics
     what = f"examples of shape {list(shape)}" if shape else f"{n_features} features per row"
