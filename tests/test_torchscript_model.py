@@ -9,6 +9,7 @@ import hashlib
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import bn_mlp
@@ -18,7 +19,9 @@ from p2pfed.daemon import prepare
 from p2pfed.daemon.build import build_trainer
 from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.errors import ConfigError
+from p2pfed.governance.models import load_model
 from p2pfed.training.models import load_torchscript
+from p2pfed.training.trainer import LocalTrainer as Trainer
 
 
 def scripted(path: Path, seed: int) -> Path:
@@ -124,3 +127,55 @@ def test_the_study_protocol_pins_the_file_by_its_digest(member: Path) -> None:
     assert f"has SHA-256 {other}, but the study protocol" in message
     assert f"pins model 'torchscript sha256:{digest}'" in message
     assert "\n" not in message
+
+
+def _exported(
+    config: Path, tmp_path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, object], Trainer]:
+    """Train one round, store the model as the daemon does, export it with ``--config``."""
+    from p2pfed.cli import main
+    from p2pfed.governance.models import MODELS_DIR, ModelRegistry, import_model, tensors_from_flat
+
+    prepared = prepare(load_config(config))
+    trainer = build_trainer(prepared)
+    trainer.fit(trainer.get_state(), 0)
+    layout = trainer.layout
+    registry = ModelRegistry(prepared.state_dir / MODELS_DIR)
+    weights = tensors_from_flat(layout.names, layout.shapes, trainer.shared_weights())
+    registry.add(0, weights, parent_hash=None)
+    out = tmp_path / "export" / "model.pt"
+    out.parent.mkdir()
+    assert main(["model", "export", "latest", "--config", str(config), "--out", str(out)]) == 0
+    manifest, tensors = import_model(out)
+    with pytest.raises(ConfigError, match=r"load_model cannot rebuild: build it with your"):
+        load_model(out)
+    return dict(tensors), manifest.export, trainer
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "factory"])
+def test_model_export_writes_a_factory_or_torchscript_model(
+    member: Path, tmp_path: Path, kind: str
+) -> None:
+    line = (
+        'torchscript = "model.pt"'
+        if kind == "torchscript"
+        else ('factory = "tiny_models:bn_mlp"\nargs = { n_features = 30 }')
+    )
+    tensors, export, trainer = _exported(with_model(member, line), tmp_path)
+    if kind == "torchscript":
+        digest = hashlib.sha256(member.with_name("model.pt").read_bytes()).hexdigest()
+        assert export["architecture"]["kind"] == f"torchscript sha256:{digest}"
+        model = load_torchscript(member.with_name("model.pt"))
+    else:
+        assert export["architecture"]["kind"] == "tiny_models:bn_mlp(n_features=30)"
+        model = bn_mlp(30)
+    # The exported weights rebuild the trained model (BatchNorm statistics included).
+    state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+    missing, extra = model.load_state_dict(state, strict=False)
+    # A step counter is no state to share (eager BatchNorm fills it in itself when absent).
+    assert set(missing) <= {"1.num_batches_tracked"} and not extra
+    model.eval()
+    trainer.model.eval()
+    x = torch.randn(5, 30, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(x), trainer.model(x))
