@@ -116,6 +116,13 @@ class RoundsSection:
         )
 
 
+def _reference(spec: str, has_args: bool, key: str, args_key: str) -> None:
+    """``spec`` is empty or ``module:function``; ``args`` only with it."""  # factory, loader
+    module, _, function = spec.partition(":")
+    check(bool(module and function) or not spec, key, f"{spec!r} must look like module:function")
+    check(bool(spec) or not has_args, args_key, f"are given without a {key.split()[1]}")
+
+
 @dataclass(frozen=True)
 class ModelSection:
     """The model architecture every member builds (same seed: same starting weights)."""
@@ -123,21 +130,21 @@ class ModelSection:
     kind: str = "logistic"
     hidden: tuple[int, ...] = (32,)
     seed: int = 0
-    factory: str = ""
-    """``module:function`` returning your ``nn.Module``; ``args`` are its keyword arguments."""
+    factory: str = ""  # module:function returning your nn.Module; args: its keywords
     args: tuple[tuple[str, bool | int | float | str], ...] = ()
+    torchscript: str = ""  # a torch.jit.save file (its weights are the starting point)
 
     def validate(self) -> None:
         ok = self.kind in BUILTIN_MODELS or ":" in self.kind
         check(ok, "[model] kind", f"must be one of {BUILTIN_MODELS} or module:factory")
         check(all(h >= 1 for h in self.hidden), "[model] hidden", "must list positive widths")
-        module, _, function = self.factory.partition(":")
-        named = bool(module and function) or not self.factory
-        check(named, "[model] factory", f"{self.factory!r} must look like package.module:function")
-        check(bool(self.factory) or not self.args, "[model] args", "are given without a factory")
+        _reference(self.factory, bool(self.args), "[model] factory", "[model] args")
+        # kind has a default, so only a kind other than it can be told apart from "unset".
+        alone = not self.torchscript or (not self.factory and self.kind == "logistic")
+        check(alone, "[model] torchscript", "replaces kind and factory: set exactly one of them")
 
     def reference(self) -> str:
-        """What the study protocol's model kind must say: the kind, or the factory call."""
+        """The study protocol's model kind: the kind, or the factory call (not TorchScript's)."""
         if not self.factory:
             return self.kind
         return f"{self.factory}({', '.join(f'{k}={v!r}' for k, v in self.args)})"
@@ -145,26 +152,22 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """The local data: a CSV file or a built-in data set, and the held-out test share."""
+    """The local data: a CSV file, a built-in data set or a loader, and the held-out share."""
 
     path: str = ""
     builtin: str = ""
     label_column: str = "label"
     feature_columns: tuple[str, ...] = ()
     test_fraction: float = 0.2
+    loader: str = ""  # module:function returning a torch Dataset of (x, y); args: its keywords
+    args: tuple[tuple[str, bool | int | float | str], ...] = ()
 
     def validate(self) -> None:
-        check(
-            bool(self.path) != bool(self.builtin),
-            "[data] path",
-            "or [data] builtin must be set (exactly one)",
-        )
-        if self.builtin:
-            check(
-                self.builtin in BUILTIN_DATASETS,
-                "[data] builtin",
-                f"must be one of {BUILTIN_DATASETS}",
-            )
+        one = [bool(self.path), bool(self.builtin), bool(self.loader)].count(True) == 1
+        check(one, "[data] path", "or [data] builtin or [data] loader must be set (exactly one)")
+        _reference(self.loader, bool(self.args), "[data] loader", "[data] args")
+        known = not self.builtin or self.builtin in BUILTIN_DATASETS
+        check(known, "[data] builtin", f"must be one of {BUILTIN_DATASETS}")
         open_unit(self.test_fraction, "[data] test_fraction")
 
 
@@ -182,18 +185,11 @@ class SchemaSection:
     """Agreed per-feature scale; empty: each node uses its own standard deviation."""
 
     def validate(self) -> None:
-        check(
-            len(self.center) == len(self.scale),
-            "[schema] scale",
-            "must have one entry per center entry",
-        )
+        paired = len(self.center) == len(self.scale)
+        check(paired, "[schema] scale", "must have one entry per center entry")
         check(all(s > 0 for s in self.scale), "[schema] scale", "entries must be positive")
-        if self.features and self.center:
-            check(
-                len(self.center) == len(self.features),
-                "[schema] center",
-                "needs one entry per feature",
-            )
+        fits = not (self.features and self.center) or len(self.center) == len(self.features)
+        check(fits, "[schema] center", "needs one entry per feature")
 
 
 @dataclass(frozen=True)
@@ -433,11 +429,13 @@ max_examples = 10000           # ...a member's rows count up to this many
 kind = "logistic"              # logistic, mlp, or module:factory
 # factory = "my_models:resnet"  # your own model: a function returning a torch nn.Module
 # args = {{ width = 64 }}        # ...called with these keyword arguments
+# torchscript = "model.pt"     # or a TorchScript file (instead of kind and factory)
 hidden = [32]                  # mlp hidden layer widths
 seed = 0                       # every member must use the same seed
 
 [data]
 builtin = "breast_cancer"      # or: path = "data/patients.csv" (and remove builtin)
+# loader = "my_data:images"    # or a function returning a torch Dataset of (x, y) pairs
 label_column = "label"
 feature_columns = []           # empty: every column but the label
 test_fraction = 0.2            # held out locally for evaluation

@@ -38,7 +38,12 @@ from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.fixedpoint import FixedPoint
-from p2pfed.training.models import build_model, check_fits, model_from_factory
+from p2pfed.training.models import (
+    build_model,
+    check_fits,
+    load_torchscript,
+    model_from_factory,
+)
 from p2pfed.training.trainer import DPSGD, LocalTrainer
 
 if TYPE_CHECKING:
@@ -54,11 +59,22 @@ def build_trainer(prepared: Prepared) -> LocalTrainer:
     """The local model and its trainer (DP-SGD when ``[privacy] mode = "dp-sgd"``)."""
     config, m = prepared.config, prepared.config.model
     n_features, n_classes = prepared.train.n_features, class_count(prepared)
-    if m.factory:
+    shape = prepared.train.shape if len(prepared.train.shape) > 1 else ()
+    if m.torchscript:
+        if config.privacy.mode == "dp-sgd":
+            raise ConfigError(
+                '[model] torchscript cannot train under [privacy] mode = "dp-sgd": per-example '
+                "gradients (torch.func) cannot call a TorchScript module; use a [model] factory"
+            )
+        model = load_torchscript(config.path(m.torchscript))
+        check_fits(model, m.torchscript, n_features, n_classes, shape)
+    elif m.factory:
         model = model_from_factory(m.factory, dict(m.args), m.seed)
-        check_fits(model, m.reference(), n_features, n_classes)
+        check_fits(model, m.reference(), n_features, n_classes, shape)
     else:
         model = build_model(m.kind, n_features, n_classes, m.hidden, m.seed)
+        if shape:  # a built-in takes rows: images reach it only by mistake
+            check_fits(model, m.kind, n_features, n_classes, shape)
     return LocalTrainer(
         model,
         config.training,

@@ -39,6 +39,7 @@ from p2pfed.privacy.calibrate import releases_within_budget
 from p2pfed.privacy.ledger_format import Anchor
 from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
 from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split
+from p2pfed.training.loaders import load_reference
 from p2pfed.training.validation import Schema, Thresholds, ValidationReport, validate
 
 log = logging.getLogger("p2pfed.daemon")
@@ -100,10 +101,12 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def load_data(config: Config) -> Dataset:
-    """The node's local data set, from a CSV or Parquet file or a built-in set."""
+    """The node's local data set, from a CSV or Parquet file, a built-in set or a loader."""
     d = config.data
     if d.builtin:
         return load_builtin(d.builtin)
+    if d.loader:
+        return load_reference(d.loader, dict(d.args))
     return load_table(config.path(d.path), d.label_column, list(d.feature_columns) or None)
 
 
@@ -134,7 +137,7 @@ def standardise(
     mean, std = normalisation(train, center, scale)
 
     def rescale(d: Dataset) -> Dataset:
-        return Dataset(((d.x - mean) / std).astype(np.float32), d.y, d.feature_names, d.name)
+        return d.with_x(((d.x - mean) / std).astype(np.float32), d.name)
 
     return rescale(train), rescale(test)
 

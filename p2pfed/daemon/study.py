@@ -8,7 +8,8 @@ label column and classes, and centre and scale the node's ``[data]`` and ``[sche
 the config also fixes must equal the protocol (must match, never silently overridden, so an
 operator never runs settings they did not see): ``[model]``, ``[training]``, ``[rounds]
 rounds``, ``[privacy] mode``, ``epsilon_budget`` and ``delta``, and any of the data keys the
-config sets. ``check_matches`` names every differing key, one sentence each.
+config sets. ``check_matches`` names every differing key, one sentence each. A
+``[model] torchscript`` file is pinned by its SHA-256: another file is refused by digest.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 from p2pfed.config import Config
 from p2pfed.errors import ConfigError
 from p2pfed.identity import Roster, StudyProtocol, check_protocol
+from p2pfed.training.models import TORCHSCRIPT_PREFIX, torchscript_reference
 
 
 def load_study(config: Config, roster: Roster) -> StudyProtocol | None:
@@ -34,8 +36,10 @@ def _pairs(protocol: StudyProtocol, config: Config) -> list[tuple[str, object, s
     """(config key, its value, protocol field, its value) for every value both fix."""
     t, p = config.training, config.privacy
     model_key = "[model] factory" if config.model.factory else "[model] kind"
+    # A TorchScript file is compared by its digest alone, in check_torchscript.
+    model = [] if config.model.torchscript else [(model_key, config.model.reference())]
     pairs: list[tuple[str, object, str, object]] = [
-        (model_key, config.model.reference(), "model kind", protocol.model),
+        *((key, mine, "model kind", protocol.model) for key, mine in model),
         ("[model] hidden", config.model.hidden, "model hidden", protocol.hidden),
         ("[model] seed", config.model.seed, "model seed", protocol.seed),
         ("[training] local_epochs", t.local_epochs, "training local_epochs", protocol.local_epochs),
@@ -61,8 +65,29 @@ def _pairs(protocol: StudyProtocol, config: Config) -> list[tuple[str, object, s
     return pairs + [pair for pair in optional if pair[1]]
 
 
+def model_reference(config: Config) -> str:
+    """The model as a study protocol names it: kind, factory call, or TorchScript digest."""
+    if config.model.torchscript:
+        return torchscript_reference(config.path(config.model.torchscript))
+    return config.model.reference()
+
+
+def check_torchscript(protocol: StudyProtocol, config: Config) -> None:
+    """``ConfigError`` unless ``[model] torchscript`` is the very file the protocol pins."""
+    if not config.model.torchscript:
+        return
+    mine = torchscript_reference(config.path(config.model.torchscript))
+    if mine != protocol.model:
+        raise ConfigError(
+            f"[model] torchscript {config.model.torchscript} has SHA-256 "
+            f"{mine.removeprefix(TORCHSCRIPT_PREFIX)}, but the study protocol {protocol.short} "
+            f"pins model {protocol.model!r}: every member must run the agreed file"
+        )
+
+
 def check_matches(protocol: StudyProtocol, config: Config) -> None:
     """``ConfigError`` naming every config key that differs from the protocol."""
+    check_torchscript(protocol, config)
     mismatches = [
         f"config key {key} = {mine!r} differs from the study protocol's {field} {theirs!r}"
         for key, mine, field, theirs in _pairs(protocol, config)
@@ -89,9 +114,11 @@ def _scales(protocol: StudyProtocol) -> tuple[float, ...]:
 def apply_study(config: Config, protocol: StudyProtocol) -> Config:
     """``config`` with the protocol's features, label and normalisation as its data keys."""
     names = tuple(f.name for f in protocol.features)
-    if config.data.builtin:
+    if config.data.builtin or config.data.loader:
+        key = "builtin" if config.data.builtin else "loader"
         raise ConfigError(
-            "[data] builtin cannot follow a study protocol; set [data] path to the node's file"
+            f"[data] {key} cannot follow a study protocol (its features are named table "
+            "columns); set [data] path to the node's file"
         )
     data = dataclasses.replace(
         config.data, feature_columns=names, label_column=protocol.label_column

@@ -13,6 +13,7 @@ only in where diabetes's real-valued target is cut into two classes.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,18 @@ _MAX_CSV_BYTES = 2 * 1024**3
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features ``x`` [n, f] (float32 to train), labels ``y`` [n] int64, and the feature names."""
+    """Features ``x`` [n, f] (float32 to train), labels ``y`` [n] int64, and the feature names.
+
+    ``shape``: each example's shape as the model takes it (an image's [1, 8, 8]); empty for a
+    table row. ``x`` always holds examples flattened to rows, so validation and
+    normalisation treat pixels as columns.
+    """
 
     x: NDArray[np.floating[Any]]
     y: NDArray[np.int64]
     feature_names: tuple[str, ...]
     name: str = "data"
+    shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2:
@@ -49,6 +56,11 @@ class Dataset:
             raise DataError(f"{self.name}: {names} feature names for {cols} columns")
         if self.y.size and self.y.min() < 0:
             raise DataError(f"{self.name}: labels must be non-negative class indices")
+        if self.shape and math.prod(self.shape) != self.x.shape[1]:
+            raise DataError(
+                f"{self.name}: examples of shape {list(self.shape)} are not rows of "
+                f"{self.x.shape[1]} values"
+            )
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -60,7 +72,17 @@ class Dataset:
 
     def subset(self, index: NDArray[np.int64], name: str | None = None) -> Dataset:
         """The rows at ``index``."""
-        return Dataset(self.x[index], self.y[index], self.feature_names, name or self.name)
+        return self.with_x(self.x[index], name or self.name, self.y[index])
+
+    def with_x(
+        self, x: NDArray[np.floating[Any]], name: str, y: NDArray[np.int64] | None = None
+    ) -> Dataset:
+        """The same kind of data set (names, example shape) holding ``x`` (and ``y``)."""
+        return Dataset(x, self.y if y is None else y, self.feature_names, name, self.shape)
+
+    def inputs(self) -> NDArray[np.floating[Any]]:
+        """``x`` shaped as the model takes it: [n, *shape], or the [n, f] table."""
+        return self.x.reshape(len(self), *self.shape) if self.shape else self.x
 
 
 @dataclass(frozen=True, slots=True)

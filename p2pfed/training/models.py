@@ -10,13 +10,18 @@ parameter names and shapes are checked on every exchange.
 The daemon's ``[model] factory = "module:function"`` with ``args`` names a model by
 reference instead: ``function(**args)`` builds it (any architecture; the data's width is
 not passed), and ``check_fits`` runs a batch of the data's width through it and refuses, in
-one sentence, a model whose inputs or outputs do not match the data.
+one sentence, a model whose inputs or outputs do not match the data (for data from a
+loader, a batch of its example shape, e.g. images [1, 8, 8]). ``[model] torchscript`` loads
+a ``torch.jit.save`` file instead; a study protocol pins it by the file's SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -93,17 +98,51 @@ def model_from_factory(spec: str, args: Mapping[str, object], seed: int = 0) -> 
     return model
 
 
+def load_torchscript(path: Path) -> nn.Module:
+    """The TorchScript module saved at ``path`` (on the CPU); one sentence if it cannot be."""
+    if not path.is_file():
+        raise ConfigError(f"[model] torchscript {path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            # torch 2.9 deprecates TorchScript in favour of torch.export, yet still loads it
+            # (files hospitals already have); the node's log is no place for that notice.
+            warnings.filterwarnings(
+                "ignore", r".*torch\.jit\.load.* is deprecated", DeprecationWarning
+            )
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as exc:  # torch raises RuntimeError, ValueError… for a foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"[model] torchscript {path} is not a TorchScript file ({first})"
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"[model] torchscript {path} holds no module")
+    return module
+
+
+def torchscript_reference(path: Path) -> str:
+    """What a study protocol's model kind says for this file: its SHA-256."""
+    if not path.is_file():
+        raise ConfigError(f"[model] torchscript {path}: no such file")
+    return TORCHSCRIPT_PREFIX + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+TORCHSCRIPT_PREFIX = "torchscript sha256:"
+
+
 @torch.no_grad()
-def check_fits(model: nn.Module, spec: str, n_features: int, n_classes: int) -> None:
-    """``ConfigError`` unless ``model`` maps [batch, n_features] to [batch, n_classes]."""
+def check_fits(
+    model: nn.Module, spec: str, n_features: int, n_classes: int, shape: Sequence[int] = ()
+) -> None:
+    """``ConfigError`` unless ``model`` maps [batch, *shape or n_features] to [batch, n_classes]."""
     was_training = model.training
     model.eval()  # BatchNorm in training mode would update its statistics
+    what = f"examples of shape {list(shape)}" if shape else f"{n_features} features per row"
     try:
-        out = model(torch.zeros(2, n_features))
+        out = model(torch.zeros(2, *(shape or (n_features,))))
     except Exception as exc:  # a shape mismatch raises RuntimeError, others vary
-        raise ConfigError(
-            f"model {spec!r} cannot take the data's {n_features} features per row ({exc})"
-        ) from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {spec!r} cannot take the data's {what} ({detail})") from None
     finally:
         model.train(was_training)
     shape = tuple(getattr(out, "shape", ()))

@@ -211,7 +211,7 @@ class LocalTrainer:
             if name in set(self.layout.names)
         ]
         shared = [p for name, p in self.model.named_parameters() if name in set(self.layout.names)]
-        x = torch.from_numpy(data.x)
+        x = torch.from_numpy(data.inputs())
         y = torch.from_numpy(data.y)
         mu = self.config.fedprox_mu
         self.model.train()
@@ -299,7 +299,7 @@ class LocalTrainer:
         if len(data) == 0:
             raise DataError(f"{data.name}: no rows to evaluate on")
         self.model.eval()
-        logits = self.model(torch.from_numpy(data.x))
+        logits = self.model(torch.from_numpy(data.inputs()))
         y = torch.from_numpy(data.y)
         loss = float(self._loss(logits, y))
         accuracy = float((logits.argmax(dim=1) == y).float().mean())

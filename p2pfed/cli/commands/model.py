@@ -155,6 +155,7 @@ def _card(config_path: str) -> ModelCard:
 
     from p2pfed.config import load_config
     from p2pfed.daemon.prepare import load_data, normalisation
+    from p2pfed.daemon.study import model_reference
     from p2pfed.governance.models import ModelCard
     from p2pfed.training.data import train_test_split
 
@@ -167,7 +168,7 @@ def _card(config_path: str) -> ModelCard:
     center, scale = normalisation(train, config.schema.center, config.schema.scale)
     labels = config.schema.labels
     return ModelCard(
-        kind=config.model.kind,
+        kind=model_reference(config),  # a factory call or a TorchScript digest, or the kind
         hidden=config.model.hidden,
         seed=config.model.seed,
         n_classes=max(len(labels), int(train.y.max()) + 1),  # as daemon.build.class_count

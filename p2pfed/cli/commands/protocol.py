@@ -129,6 +129,7 @@ def _classes(text: str | None, config: Config) -> tuple[int, ...]:
 
 def run_init(args: argparse.Namespace) -> int:
     """Write the unsigned protocol."""
+    from p2pfed.daemon.study import model_reference
     from p2pfed.identity import StudyProtocol
 
     config = _config(args.config)
@@ -142,7 +143,7 @@ def run_init(args: argparse.Namespace) -> int:
         features,
         label,
         _classes(args.classes, config),
-        model=config.model.reference(),
+        model=model_reference(config),
         hidden=config.model.hidden,
         seed=config.model.seed,
         local_epochs=t.local_epochs,

@@ -45,11 +45,17 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, Predict]:
     """The exported model at ``path`` (file, or folder with one) and its ``predict(rows)``."""
     import torch
 
-    from p2pfed.training.models import build_model
+    from p2pfed.training.models import TORCHSCRIPT_PREFIX, build_model
 
     file = exported_file(path)
     manifest, tensors = import_model(file)
     card = ModelCard.from_export(manifest.export, str(file))
+    if card.kind.startswith(TORCHSCRIPT_PREFIX) or "(" in card.kind:  # [model] factory call
+        raise ConfigError(
+            f"{file} holds a {card.kind} model, which load_model cannot rebuild: build it with "
+            "your factory (or torch.jit.load the agreed TorchScript file) and load the file's "
+            "weights with load_state_dict"
+        )
     model = build_model(card.kind, len(card.features), card.n_classes, card.hidden, card.seed)
     state = {name: torch.from_numpy(np.array(a)) for name, a in tensors}
     expected = set(model.state_dict())
