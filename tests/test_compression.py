@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,17 @@ from hypothesis import strategies as st
 
 from p2pfed.collectives import RingConfig
 from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.messages import Ready
 from p2pfed.collectives.ring import RingAllReduce
+from p2pfed.collectives.round import ControlService
 from p2pfed.collectives.secure import SecureOutcome, SecureRingRound
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.config import load_config
+from p2pfed.daemon.build import compression_tag
+from p2pfed.daemon.study import check_matches
 from p2pfed.errors import ConfigError, DataError, ReasonCode, RemoteProtocolError
+from p2pfed.identity import Feature, RosterError, StudyProtocol
+from p2pfed.node.roster_sync import session_id
 from p2pfed.secagg import DirectMaskedSum
 from p2pfed.secagg.compression import (
     ErrorFeedback,
@@ -222,7 +229,8 @@ async def test_secure_ring_sums_packed_words_with_three_times_fewer_bytes(
             np.testing.assert_array_equal(encoder.reduce(got.result), plain)
         ring = outcomes["h0"].ring
         assert ring is not None and ring.result is not None
-        sent[bits] = ring.result.counts.payload_sent
+        sent[bits] = ring.result.bytes_sent  # payload and framing, as counted on the stream
+    print(f"bytes per peer: uncompressed {sent[None]}, q8 packed {sent[encoder.width]}")
     assert sent[None] >= 3 * sent[encoder.width]
 
 
@@ -250,9 +258,7 @@ def write_config(tmp_path: Path, extra: str) -> Path:
         ),
     ],
 )
-def test_config_refuses_compression_it_cannot_honour(
-    tmp_path: Path, text: str, match: str
-) -> None:
+def test_config_refuses_compression_it_cannot_honour(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_config(write_config(tmp_path, text))
 
@@ -260,3 +266,44 @@ def test_config_refuses_compression_it_cannot_honour(
 def test_config_accepts_q8_with_local_dp(tmp_path: Path) -> None:
     text = '[rounds]\ncompression = "q8"\n[privacy]\nmode = "local"\n'
     assert load_config(write_config(tmp_path, text)).rounds.compression == "q8"
+
+
+def test_a_study_protocol_declares_compression_and_the_config_must_match(tmp_path: Path) -> None:
+    base = StudyProtocol("cardio", (Feature("age", "int", 60.0, 12.5),), "outcome", (0, 1))
+    q8 = dataclasses.replace(base, compression="q8")
+    assert "compression" not in base.body()  # documents signed before the field keep their hash
+    assert q8.digest() != base.digest()
+    assert StudyProtocol.from_json(q8.to_json()).compression == "q8"
+    config = load_config(write_config(tmp_path, ""))
+    with pytest.raises(ConfigError) as info:
+        check_matches(q8, config)
+    assert (
+        "config key [rounds] compression = 'none' differs from the study protocol's "
+        "compression 'q8'" in str(info.value)
+    )
+    with pytest.raises(RosterError, match="compression must be one of"):
+        dataclasses.replace(base, compression="q2")
+
+
+async def test_a_member_declaring_another_compression_is_refused_and_named(
+    tmp_path: Path,
+) -> None:
+    """Its round messages carry another session: refused at agreement, never mis-summed."""
+    mine = load_config(write_config(tmp_path, '[privacy]\nmode = "local"\n'))
+    theirs = load_config(
+        write_config(tmp_path, '[rounds]\ncompression = "q8"\n[privacy]\nmode = "local"\n')
+    )
+    ours, other = (
+        session_id("cardio", 1, "ab" * 32, tag=compression_tag(c)) for c in (mine, theirs)
+    )
+    assert ours != other
+    network = MemoryNetwork()
+    with trio.fail_after(5):
+        async with network.open("q8-member") as them, network.open("me") as me:
+            receiving = ControlService(me, ours, timeout=1)
+            mailbox = receiving.open_round(0)
+            await ControlService(them, other, timeout=1).send("me", Ready(0, 0, 0))
+            with pytest.raises(trio.WouldBlock):
+                mailbox.receive_nowait()
+            (refusal,) = receiving.exclusions
+            assert refusal.peer == "q8-member" and "+q8" in refusal.detail

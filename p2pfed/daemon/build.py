@@ -152,7 +152,8 @@ def cohort_of(prepared: Prepared) -> Cohort | None:
         session_id(
             roster.consortium_id,
             roster.version,
-            protocol_hash(prepared) + compression_tag(prepared.config),
+            protocol_hash(prepared),
+            tag=compression_tag(prepared.config),
         ),
         Ed25519CohortSigner(prepared.identity.seed, keys),
     )

@@ -74,9 +74,7 @@ def pack_words(words: NDArray[np.unsignedinteger[Any]], bits: int) -> bytes:
     return np.packbits(every[:, :bits], bitorder="little").tobytes()
 
 
-def unpack_words(
-    data: bytes, bits: int, count: int, dtype: Any = np.uint32
-) -> UIntVector:
+def unpack_words(data: bytes, bits: int, count: int, dtype: Any = np.uint32) -> UIntVector:
     """The ``count`` words of ``dtype`` that ``pack_words(…, bits)`` made ``data`` from.
 
     ``DataError`` unless ``data`` is exactly ``packed_size(count, bits)`` bytes.
