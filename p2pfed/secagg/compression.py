@@ -131,7 +131,10 @@ class QuantisedEncoder:
         return self.fixed_point.step
 
     def check_peers(self, n: int) -> None:
-        """``ConfigError`` unless a sum of ``n`` words fits ``width`` bits and the ring."""
+        """``ConfigError`` unless a sum of ``n`` words fits ``width`` bits and the ring.
+
+        n(2^l − 1) < 2^(l + ⌈log2 n⌉): a sum of at most ``peers`` words cannot wrap.
+        """
         width = sum_width(self.level_bits, self.peers)
         if n < 1 or n > self.peers:
             raise ConfigError(f"a sum of {n} peers does not fit a ring sized for {self.peers}")
@@ -139,10 +142,6 @@ class QuantisedEncoder:
             raise ConfigError(
                 f"{self.peers} peers need {width}-bit sums of {self.level_bits}-bit levels, "
                 f"more than the {RING_BITS}-bit ring: use fewer members or no compression"
-            )
-        if n * ((1 << self.level_bits) - 1) >= 1 << width:
-            raise ConfigError(
-                f"a sum of {n} peers could wrap {width}-bit words of {self.level_bits}-bit levels"
             )
 
     def encode(self, values: NDArray[np.floating], rng: Any, peers: int) -> UIntVector:
