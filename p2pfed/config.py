@@ -15,7 +15,6 @@ from pathlib import Path
 
 from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
-from p2pfed.secagg.compression import COMPRESSIONS
 from p2pfed.settings import check, open_unit, parse, positive, read_toml
 from p2pfed.training.data import BUILTIN_DATASETS
 from p2pfed.training.models import BUILTIN_MODELS
@@ -80,9 +79,7 @@ class RoundsSection:
     stage_timeout_max_s: float = 0.0
     #: The link rate assumed until the first round has been measured.
     link_mbps: float = 100.0
-    #: Updates quantised to 8 or 4 bits inside the secure ring, with error feedback
-    #: ("none", "q8", "q4"); every member must declare the same (p2pfed.secagg.compression).
-    compression: str = "none"
+    compression: str = "none"  # "q8"/"q4": p2pfed.secagg.compression (checked by prepare)
 
     @property
     def stage_floor_s(self) -> float:
@@ -101,11 +98,6 @@ class RoundsSection:
             f"must be one of {WEIGHTINGS}, not {self.weighting!r}",
         )
         check(self.max_examples >= 1, "[rounds] max_examples", "must be ≥ 1")
-        check(
-            self.compression in COMPRESSIONS,
-            "[rounds] compression",
-            f"must be one of {tuple(COMPRESSIONS)}, not {self.compression!r}",
-        )
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
         rules = ROBUST_RULES
         check(
@@ -367,8 +359,6 @@ class Config:
                 "total of examples in each sum would be released without noise, and a "
                 "weight would scale the noise calibrated for one update)",
             )
-        if self.rounds.compression != "none":
-            self._check_compression()
         # Distributed noise shares are safe only inside an exact secure sum.
         if self.privacy.mode == "distributed":
             ok = self.rounds.mode == "ring" and self.secagg.enabled
@@ -378,26 +368,6 @@ class Config:
                 "= distributed needs [rounds] mode = ring with [secagg] enabled (otherwise a "
                 "small noise share can be exposed); use local or dp-sgd",
             )
-
-    def _check_compression(self) -> None:
-        what = f"= {self.rounds.compression!r}"
-        check(
-            self.rounds.mode == "ring" and self.secagg.enabled,
-            "[rounds] compression",
-            f"{what} needs [rounds] mode = ring with [secagg] enabled (it quantises inside the "
-            "secure ring; gossip compresses in the simulator only)",
-        )
-        check(
-            self.privacy.mode != "distributed",
-            "[rounds] compression",
-            f"{what} cannot be combined with [privacy] mode = distributed: its discrete noise is "
-            "calibrated to the full-width ring and would be rounded away; use local or dp-sgd",
-        )
-        check(
-            self.rounds.weighting == "uniform",
-            "[rounds] compression",
-            f'{what} needs [rounds] weighting = "uniform" (a quantised weight would skew the mean)',
-        )
 
     @property
     def accountant(self) -> str:
@@ -459,7 +429,6 @@ robust = "off"                 # clear gossip: "clipped-gossip" bounds a Byzanti
 byzantine_neighbours = 1       # ...the clipping radius allows for this many per member
 weighting = "uniform"          # "examples": FedAvg's mean weighted by rows (ring, privacy off)
 max_examples = 10000           # ...a member's rows count up to this many
-compression = "none"           # "q8"/"q4": 8/4-bit updates in the secure ring (all must agree)
 
 [model]
 kind = "logistic"              # logistic, mlp, or module:factory

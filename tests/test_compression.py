@@ -23,6 +23,7 @@ from p2pfed.collectives.secure import SecureOutcome, SecureRingRound
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.config import load_config
 from p2pfed.daemon.build import compression_tag
+from p2pfed.daemon.prepare import check_compression
 from p2pfed.daemon.study import check_matches
 from p2pfed.errors import ConfigError, DataError, ReasonCode, RemoteProtocolError
 from p2pfed.identity import Feature, RosterError, StudyProtocol
@@ -243,7 +244,7 @@ def write_config(tmp_path: Path, extra: str) -> Path:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('[rounds]\ncompression = "q2"\n', r"\[rounds\] compression must be one of"),
+        ('[rounds]\ncompression = "q2"\n', r"\[rounds\] compression = 'q2' must be one of"),
         (
             '[rounds]\ncompression = "q8"\n[privacy]\nmode = "distributed"\n',
             r"cannot be combined with \[privacy\] mode = distributed",
@@ -259,13 +260,16 @@ def write_config(tmp_path: Path, extra: str) -> Path:
     ],
 )
 def test_config_refuses_compression_it_cannot_honour(tmp_path: Path, text: str, match: str) -> None:
+    config = load_config(write_config(tmp_path, text))
     with pytest.raises(ConfigError, match=match):
-        load_config(write_config(tmp_path, text))
+        check_compression(config)
 
 
 def test_config_accepts_q8_with_local_dp(tmp_path: Path) -> None:
     text = '[rounds]\ncompression = "q8"\n[privacy]\nmode = "local"\n'
-    assert load_config(write_config(tmp_path, text)).rounds.compression == "q8"
+    config = load_config(write_config(tmp_path, text))
+    check_compression(config)
+    assert config.rounds.compression == "q8"
 
 
 def test_a_study_protocol_declares_compression_and_the_config_must_match(tmp_path: Path) -> None:

@@ -44,6 +44,29 @@ def level_bits_of(compression: str) -> int:
     return COMPRESSIONS[compression]
 
 
+def compression_refusal(
+    compression: str, mode: str, secure: bool, privacy: str, weighting: str
+) -> str | None:
+    """Why a consortium cannot run ``compression`` with these settings (None: it can)."""
+    if compression not in COMPRESSIONS:
+        return f"must be one of {tuple(COMPRESSIONS)}"
+    if compression == "none":
+        return None
+    if mode != "ring" or not secure:
+        return (
+            "needs [rounds] mode = ring with [secagg] enabled (it quantises inside the secure "
+            "ring; compressed gossip runs in the simulator only)"
+        )
+    if privacy == "distributed":
+        return (
+            "cannot be combined with [privacy] mode = distributed: its discrete noise is "
+            "planned for the full-width ring, where a narrow ring would wrap; use local or dp-sgd"
+        )
+    if weighting != "uniform":
+        return 'needs [rounds] weighting = "uniform" (a quantised weight would skew the mean)'
+    return None
+
+
 def sum_width(level_bits: int, peers: int) -> int:
     """Bits w in which a sum of ``peers`` words of ``level_bits`` bits cannot wrap."""
     if peers < 1:
