@@ -203,10 +203,6 @@ class ErrorFeedback:
         """Keep ``intended − sent`` (what the compressed words missed) for the next round."""
         self.residual = np.asarray(intended, dtype=np.float64) - np.asarray(sent, np.float64)
 
-    def reset(self) -> None:
-        """Forget the residual (a restart, or a model that jumped by resynchronising)."""
-        self.residual = None
-
 
 def compress_with_feedback(
     encoder: QuantisedEncoder,
