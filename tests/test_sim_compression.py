@@ -9,8 +9,11 @@ import pytest
 import torch
 
 import sim
+from p2pfed.config import load_config
+from p2pfed.daemon.prepare import check_compression
 from p2pfed.errors import ConfigError
 from sim.compression import CompressionSpec, Compressor
+from sim.emulate import build, check_emulable
 from sim.engine import run_scenario
 from sim.overrides import with_overrides
 from sim.scenario import Scenario, load_scenario
@@ -92,3 +95,15 @@ def test_the_shipped_study_scenario_loads_and_off_keeps_old_digests() -> None:
     assert "compression" not in str(Scenario().digest())
     on = with_overrides(study, {"compression.scheme": "q8"})
     assert on.digest() != study.digest()
+
+
+def test_emulation_declares_the_scenarios_compression_to_every_daemon(tmp_path: Path) -> None:
+    uniform = {"n": 3, "algorithm.name": "fedavg", "algorithm.weighting": "uniform"}
+    s = quick(**uniform, **{"compression.scheme": "q8"})
+    consortium, _ = build(with_overrides(s, {"compression.clip": 0.3}), tmp_path)
+    for h in consortium.hospitals:
+        config = load_config(h.config)
+        check_compression(config)
+        assert config.rounds.compression == "q8" and config.secagg.clip_range == 0.3
+    with pytest.raises(ConfigError, match=r"cannot be emulated with \[privacy\] enabled"):
+        check_emulable(with_overrides(s, {"privacy.enabled": True}))
