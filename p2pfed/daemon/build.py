@@ -210,7 +210,7 @@ def build_aggregator(
         min_contributors=config.secagg.min_contributors or None,
         ring_config=ring,
     )
-    if quantised is not None:  # config refuses compression with distributed DP
+    if quantised is not None:  # prepare refuses compression with distributed DP
         feedback = ErrorFeedback()  # in memory: restarts at zero with the daemon
         return paced(
             SecureRingAggregator(
