@@ -79,6 +79,7 @@ class RoundsSection:
     stage_timeout_max_s: float = 0.0
     #: The link rate assumed until the first round has been measured.
     link_mbps: float = 100.0
+    compression: str = "none"  # "q8"/"q4": p2pfed.secagg.compression (checked by prepare)
 
     @property
     def stage_floor_s(self) -> float:

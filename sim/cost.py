@@ -2,7 +2,8 @@
 
 Theory of operation: the simulator computes exact averages; this module only *prices* them.
 A model of P parameters is M = P·b bytes on the wire (b = ``bytes_per_param``, or bits/8 of
-the fixed-point ring when secure aggregation is on).
+the fixed-point ring when secure aggregation is on, or the packed width / 8 with
+``[compression]``: level bits + ⌈log2 n⌉ for a ring sum, level bits for a CHOCO difference).
 
 - Gossip: peer i sends its vector to each of its s_i out-neighbours (one message round).
 - Ring all-reduce (exact averaging over k active peers): each peer sends 2(k-1)/k·M bytes
@@ -45,11 +46,17 @@ def round_cost(
     vectors: int,
     network: NetworkSpec,
     secagg: SecAggSpec,
+    coordinate_bits: int = 0,
 ) -> RoundCost:
-    """Price one round: ``send_counts``/``group_sizes`` per peer (ignored for all-reduce)."""
+    """Price one round: ``send_counts``/``group_sizes`` per peer (ignored for all-reduce).
+
+    ``coordinate_bits``: compressed coordinates' width on the wire (0: uncompressed).
+    """
     n = len(active)
     k = int(active.sum())
     per_coord = secagg.bits / 8 if secagg.enabled else float(network.bytes_per_param)
+    if coordinate_bits:
+        per_coord = coordinate_bits / 8
     model_bytes = params * per_coord
     if allreduce:
         steps = 2 * (k - 1) if k > 1 else 0

@@ -64,6 +64,15 @@ def check_emulable(s: Scenario) -> None:
         raise ConfigError(
             "scenario key [model] factory cannot be emulated: the daemon builds its own model"
         )
+    c = s.compression
+    if c.scheme != "none" and (
+        s.privacy.enabled or not c.error_feedback or s.algorithm.weighting != "uniform"
+    ):
+        raise ConfigError(
+            "scenario [compression] cannot be emulated with [privacy] enabled (the daemon runs "
+            "it as distributed noise, refused with compression), without error_feedback or "
+            'with weighting = "examples"'
+        )
 
 
 def _peer_data(data: SplitData, idx: np.ndarray, name: str) -> PeerData:
@@ -101,6 +110,9 @@ def build(s: Scenario, root: Path) -> tuple[Consortium, SplitData]:
     for h in hospitals:
         config = member_config(h, rounds=s.rounds, **tables)
         config["rounds"]["weighting"] = s.algorithm.weighting
+        if s.compression.scheme != "none":  # the daemon's quantiser range is [secagg]'s
+            config["rounds"]["compression"] = s.compression.scheme
+            config["secagg"]["clip_range"] = s.compression.clip
         h.config.write_text(render_toml(config, f"Emulation of scenario {s.name}, {h.name}."))
     return consortium, data
 

@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 
 from sim.algorithms import ExactRounds, site_losses
 from sim.byzantine import attack_direction, poison_model, poison_update
+from sim.compression import Compressor
 from sim.cost import RoundCost, round_cost
 from sim.data import SplitData, load_dataset
 from sim.fastgrad import batched_grad_and_value
@@ -70,6 +71,7 @@ from sim.scenario import EXACT_ALGORITHMS, Scenario
 _STREAMS = (
     *("data", "partition", "init", "batches", "faults", "noise", "topology", "secagg"),
     "selection",
+    "compression",
 )
 
 
@@ -159,6 +161,10 @@ class Simulator:
             scenario, self.partition.counts, self.theta, seeds["selection"], self.secagg_rng
         )
         self.last_direction = torch.zeros_like(self.theta)
+        self.compressor: Compressor | None = None  # [compression]: quantised updates, EF, CHOCO
+        if scenario.compression.scheme != "none":
+            seed = int(seeds["compression"].generate_state(1, np.uint32)[0])
+            self.compressor = Compressor(scenario.compression, n, self.theta, seed)
         self.bytes_cumulative = np.zeros(n, dtype=np.float64)
         self._plan_batches()
         self._cost_cache: dict[int, RoundCost] = {}
@@ -343,6 +349,7 @@ class Simulator:
             correction = self.exact.scaffold.correction()
         local = self.local_phase(start, steps, correction, mu)
         sent = self.release(start, local.theta, training)
+        sent = self._compress(algo, start, sent, training)
 
         vectors = 1
         if algo == "local":
@@ -351,7 +358,7 @@ class Simulator:
             vectors = 1 if self.exact.scaffold is None else 2
             self.theta, real_bytes = self.exact.mix(start, local.theta, sent, steps, active, t)
         elif algo == "gossip":
-            self.theta = gossip_mix(w_round, w_torch, sent, sc.algorithm)
+            self.theta = self._gossip(w_round, w_torch, start, sent)
         else:  # gradient_tracking
             vectors = 2
             assert local.grad_sum is not None
@@ -388,6 +395,7 @@ class Simulator:
                 vectors,
                 sc.network,
                 sc.secagg,
+                self._coordinate_bits(algo),
             )
             if not faulty_links:
                 self._cost_cache[phase] = cost
@@ -395,6 +403,28 @@ class Simulator:
             cost = RoundCost(real_bytes, cost.time_s)
         self.bytes_cumulative += cost.bytes_sent
         return RoundOutcome(cost.bytes_sent, cost.time_s, training, steps, local.loss_mean)
+
+    def _compress(
+        self, algo: str, start: torch.Tensor, sent: torch.Tensor, members: NDArray[np.bool_]
+    ) -> torch.Tensor:
+        """The members' models with quantised updates (exact means under [compression])."""
+        if self.compressor is None or algo not in EXACT_ALGORITHMS:
+            return sent
+        return self.compressor.exact(start, sent, members)
+
+    def _gossip(
+        self, w: Any, w_torch: torch.Tensor, start: torch.Tensor, sent: torch.Tensor
+    ) -> torch.Tensor:
+        """Plain gossip, or CHOCO-SGD under [compression]."""
+        if self.compressor is None:
+            return gossip_mix(w, w_torch, sent, self.scenario.algorithm)
+        return self.compressor.choco(w_torch, start, sent)
+
+    def _coordinate_bits(self, algo: str) -> int:
+        """Compressed coordinates' wire width for the byte model (0: uncompressed)."""
+        if self.compressor is None:
+            return 0
+        return self.compressor.coordinate_bits(algo in EXACT_ALGORITHMS)
 
     def _site_losses(self) -> torch.Tensor:
         x, y = self.x_train, self.y_train

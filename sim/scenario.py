@@ -3,7 +3,8 @@
 Theory of operation: a scenario file is a flat top level (``name``, ``seed``, ``n``,
 ``rounds``, ...) plus one table per concern (``[data]``, ``[partition]``, ``[model]``,
 ``[topology]``, ``[algorithm]``, ``[training]``, ``[selection]``, ``[privacy]``, ``[secagg]``,
-``[network]``, ``[faults]``). Each table maps onto one frozen, slotted dataclass; the parser
+``[network]``, ``[faults]``, ``[compression]``). Each table maps onto one frozen, slotted
+dataclass; the parser
 walks the dataclass fields (``p2pfed.settings``, the parser of the daemon's config too), so
 the accepted keys *are* the fields and an unknown key, a wrong type or a value out of range
 ends in one ``ConfigError`` sentence naming the key (``scenario key [data] name ...``).
@@ -28,6 +29,7 @@ from p2pfed.collectives.robust import ROBUST_RULES
 from p2pfed.errors import ConfigError
 from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
 from p2pfed.settings import check, open_unit, parse, positive, read_toml
+from sim.compression import CompressionSpec
 from sim.paths import resolve_files
 from topologies.mixing import MIXING_RULES
 
@@ -351,6 +353,7 @@ class Scenario:
     secagg: SecAggSpec = SecAggSpec()
     network: NetworkSpec = NetworkSpec()
     faults: FaultSpec = FaultSpec()
+    compression: CompressionSpec = dataclasses.field(default_factory=CompressionSpec)
 
     def validate(self) -> None:
         _check(self.n >= 1, "", "n", "must be >= 1")
@@ -399,6 +402,8 @@ class Scenario:
             "lr",
             "must be > 0 for scaffold (its control variates divide by it)",
         )
+        if self.compression.scheme != "none":
+            self._check_compression()
         _check(
             (self.selection.mode == "all" and self.selection.fraction == 1.0)
             or self.algorithm.name in EXACT_ALGORITHMS,
@@ -406,6 +411,19 @@ class Scenario:
             "mode",
             "needs [algorithm] name = fedavg, fedprox or scaffold (a site left out of a gossip "
             "round would break the mixing)",
+        )
+
+    def _check_compression(self) -> None:
+        name, exact = self.algorithm.name, self.algorithm.name in ("fedavg", "fedprox")
+        _check(
+            exact or name == "gossip", "compression", "scheme", "needs fedavg, fedprox or gossip"
+        )
+        _check(not self.secagg.real, "compression", "scheme", "needs [secagg] real = false")
+        _check(
+            exact or (not self.secagg.enabled and self.algorithm.robust == "off"),
+            "compression",
+            "scheme",
+            "with gossip (CHOCO-SGD) needs [secagg] enabled = false and robust = off",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -425,7 +443,10 @@ class Scenario:
 
     def digest(self) -> str:
         """SHA-256 of the canonical form plus the engine version: a sweep point's identity."""
-        payload = {"engine": ENGINE_VERSION, "scenario": self.to_dict()}
+        form = self.to_dict()
+        if self.compression == CompressionSpec():  # off: digests from before the table hold
+            del form["compression"]
+        payload = {"engine": ENGINE_VERSION, "scenario": form}
         return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 

@@ -9,7 +9,9 @@ it without looking at the frame.
 
 Vectors travel as raw little-endian words with an explicit ``WordType``: the receiver knows
 the dtype and the length it expects and rejects anything else with ``WRONG_DTYPE`` or
-``WRONG_SHAPE`` instead of reinterpreting bytes.
+``WRONG_SHAPE`` instead of reinterpreting bytes. ``PACKED`` words are bit-packed integer
+words of a ring whose reduced modulus 2^w every member agreed (``[rounds] compression``): the
+width is never sent, a chunk of the wrong byte length is ``WRONG_SHAPE``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class WordType(enum.IntEnum):
     FLOAT64 = 2
     UINT32 = 3
     UINT64 = 4
+    PACKED = 5
 
     @property
     def dtype(self) -> np.dtype[np.generic]:
@@ -52,7 +55,7 @@ class WordType(enum.IntEnum):
     def of(cls, dtype: np.dtype[np.generic]) -> WordType:
         """The word type of a numpy dtype; ``LocalProtocolError`` for any other dtype."""
         for member, name in _DTYPES.items():
-            if np.dtype(name) == dtype:
+            if np.dtype(name) == dtype and member is not WordType.PACKED:
                 return member
         raise LocalProtocolError(
             f"dtype {dtype} cannot be summed by a collective; use float32, float64, "
@@ -65,6 +68,7 @@ _DTYPES: dict[WordType, str] = {
     WordType.FLOAT64: "<f8",
     WordType.UINT32: "<u4",
     WordType.UINT64: "<u8",
+    WordType.PACKED: "<u1",  # bytes of bit-packed words; never a vector's own dtype
 }
 
 

@@ -12,6 +12,8 @@ step s has arrived: sends and receives overlap chunk by chunk instead of step by
 
 Each peer sends 2(n−1) segments of ≈ M/n bytes: 2(n−1)/n·M payload bytes, the bandwidth
 optimum. Integer words (masked vectors) are summed modulo 2^k; floats in their own precision.
+With a reduced modulus 2^w (``modulus_bits`` below the word width: compressed updates) the
+words travel bit-packed, w bits each (``WordType.PACKED``), so the payload falls to w/32.
 
 The core is strict, so every deviation has a culprit: chunks from the predecessor must come
 in exactly the order it must send them, for this round and attempt, with the expected word
@@ -37,6 +39,7 @@ import numpy.typing as npt
 
 from p2pfed.collectives.messages import MAX_COHORT, Message, RingChunk, WordType
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
+from p2pfed.secagg.compression import pack_words, packed_size, unpack_words
 
 
 def ring_order(
@@ -139,6 +142,7 @@ class RingAllReduce:
         if chunk_bytes < itemsize:
             raise LocalProtocolError(f"chunk_bytes {chunk_bytes} is smaller than one word")
         self._mask: int | None = None
+        self._bits = 0
         if self.word.is_integer:
             width = itemsize * 8
             bits = width if modulus_bits is None else modulus_bits
@@ -147,11 +151,12 @@ class RingAllReduce:
                     f"modulus 2^{bits} does not fit {self.word.name.lower()} words"
                 )
             if bits < width:
-                self._mask = (1 << bits) - 1
+                self._mask, self._bits = (1 << bits) - 1, bits
                 if vector.size and int(vector.max()) > self._mask:
                     raise LocalProtocolError(f"vector has words ≥ 2^{bits}, the modulus")
         elif modulus_bits is not None:
             raise LocalProtocolError("a modulus applies to uint32/uint64 vectors only")
+        self.wire_word = WordType.PACKED if self._bits else self.word
         self.rank = rank
         self.size = size
         self.round = round
@@ -188,9 +193,10 @@ class RingAllReduce:
     def _chunk(self, step: int, chunk: int) -> RingChunk:
         segment = (self.rank - step) % self.size
         lo, hi = self._bounds[segment][chunk]
-        data = self._buf[lo:hi].tobytes()
+        part = self._buf[lo:hi]
+        data = pack_words(part, self._bits) if self._bits else part.tobytes()
         self.payload_bytes_sent += len(data)
-        return RingChunk(self.round, self.attempt, step, chunk, self.word, data)
+        return RingChunk(self.round, self.attempt, step, chunk, self.wire_word, data)
 
     def start(self) -> list[RingChunk]:
         """Begin; returns every chunk of step 0 (empty for a ring of one)."""
@@ -247,7 +253,10 @@ class RingAllReduce:
             self._fire(RingEvent.FAULT)
             raise
         step, chunk = self._expect
-        incoming = np.frombuffer(message.data, dtype=self.word.dtype)
+        if self._bits:
+            incoming = unpack_words(message.data, self._bits, view.shape[0], self.word.dtype.type)
+        else:
+            incoming = np.frombuffer(message.data, dtype=self.word.dtype)
         if step < self.size - 1:
             np.add(view, incoming, out=view)
             if self._mask is not None:
@@ -283,16 +292,23 @@ class RingAllReduce:
                 f"peer {sender} sent ring chunk {got} when {want} was due",
                 sender,
             )
-        if message.word is not self.word:
+        if message.word is not self.wire_word:
             raise RemoteProtocolError(
                 ReasonCode.WRONG_DTYPE,
                 f"peer {sender} sent {message.word.name.lower()} words into a "
-                f"{self.word.name.lower()} all-reduce",
+                f"{self.wire_word.name.lower()} all-reduce",
                 sender,
             )
         segment = (self.rank - message.step - 1) % self.size
         lo, hi = self._bounds[segment][message.chunk]
-        if message.count != hi - lo:
+        if self._bits and len(message.data) != packed_size(hi - lo, self._bits):
+            raise RemoteProtocolError(
+                ReasonCode.WRONG_SHAPE,
+                f"peer {sender} sent {len(message.data)} bytes where ring chunk {got} has "
+                f"{hi - lo} words of {self._bits} bits",
+                sender,
+            )
+        if not self._bits and message.count != hi - lo:
             raise RemoteProtocolError(
                 ReasonCode.WRONG_SHAPE,
                 f"peer {sender} sent {message.count} words where ring chunk {got} has {hi - lo}",

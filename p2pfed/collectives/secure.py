@@ -11,7 +11,9 @@ agreement plus ring all-reduce over the uint words, retried without peers that f
 committed cohort of the ring is exactly the contributor set S handed to
 ``SecAggPeer.receive_sum``; peers that dropped before or during the ring are outside S and
 their pair masks are removed by threshold recovery. No peer ever sees another's unmasked
-vector: the ring and its coordinator only move masked words.
+vector: the ring and its coordinator only move masked words. With a reduced ring modulus
+(``RingConfig.modulus_bits``: compressed updates) the masked words are cut to their low bits
+before the ring; masks drawn mod 2^32 cancel mod 2^bits as well.
 
 ``RingMaskedSum`` is the same step as a stand-alone object: given only the local peer's
 masked vector it returns the same (total, contributors) at every peer, the distributed
@@ -257,8 +259,12 @@ class SecureRingRound:
         mailbox = self.channel.open_round(round)
         ring_outcome: RoundOutcome | None = None
 
+        bits = self.ring_round.ring_config.modulus_bits
+
         async def summation(masked: UIntVector) -> tuple[UIntVector, frozenset[str]] | None:
             nonlocal ring_outcome
+            if bits is not None and bits < ring_bits:  # compressed: masks cancel mod 2^bits too
+                masked = masked & masked.dtype.type((1 << bits) - 1)
             ring_outcome = await self.ring_round.all_reduce(masked, round)
             if not ring_outcome.committed or ring_outcome.result is None:
                 return None

@@ -21,6 +21,7 @@ import torch
 
 import topologies
 from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
+from p2pfed.collectives.ring_driver import RingConfig
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.secure import SecureRingRound
 from p2pfed.collectives.secure_gossip import SecureGossipService
@@ -37,6 +38,7 @@ from p2pfed.node.roster_sync import session_id, sync_session_id
 from p2pfed.privacy import NoiseMode, PrivacyLedger
 from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
 from p2pfed.privacy.release import PrivateReleaser
+from p2pfed.secagg.compression import ErrorFeedback, QuantisedEncoder, level_bits_of
 from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.training.models import (
     build_model,
@@ -146,6 +148,12 @@ def protocol_hash(prepared: Prepared) -> str:
     return prepared.protocol.digest() if prepared.protocol else ""
 
 
+def compression_tag(config: Config) -> str:
+    """Joins the session id: a member declaring another compression is refused, not summed."""
+    compression = config.rounds.compression
+    return "" if compression == "none" else f"+{compression}"
+
+
 def cohort_of(prepared: Prepared) -> Cohort | None:
     """The cohort of the roster in force; None when this node is no longer a member."""
     roster = prepared.gate.roster
@@ -161,6 +169,7 @@ def cohort_of(prepared: Prepared) -> Cohort | None:
             roster.consortium_id,
             roster.version,
             protocol_hash(prepared),
+            tag=compression_tag(prepared.config),
         ),
         Ed25519CohortSigner(prepared.identity.seed, keys),
     )
@@ -201,6 +210,9 @@ def build_aggregator(
             ),
             weight,
         ), None
+    levels = level_bits_of(config.rounds.compression)
+    quantised = QuantisedEncoder(config.secagg.clip_range, levels, n) if levels else None
+    ring = RingConfig(modulus_bits=quantised.width) if quantised else None
     secure = SecureRingRound(
         transport,
         cohort.session,
@@ -212,7 +224,19 @@ def build_aggregator(
         threshold=config.secagg.threshold or None,
         collusion=config.secagg.collusion,
         min_contributors=config.secagg.min_contributors or None,
+        ring_config=ring,
     )
+    if quantised is not None:  # prepare refuses compression with distributed DP
+        feedback = ErrorFeedback()  # in memory: restarts at zero with the daemon
+        return paced(
+            SecureRingAggregator(
+                secure, quantised, n, min_survivors, np.random.default_rng(), feedback=feedback
+            ),
+            secure,
+            config,
+            dimension,
+            quantised.width,
+        ), None
     encoder, discrete = secure_ring_encoder(
         fixed_point,
         distributed=config.privacy.mode == "distributed",
@@ -230,7 +254,9 @@ def build_aggregator(
     return paced(aggregator, secure, config, dimension), discrete
 
 
-def paced(inner: Aggregator, service: Paced, config: Config, dimension: int) -> Aggregator:
+def paced(
+    inner: Aggregator, service: Paced, config: Config, dimension: int, bits: int = 0
+) -> Aggregator:
     """``inner`` with stage deadlines derived from each round's measured cost."""
     rounds = config.rounds
     policy = DeadlinePolicy(
@@ -238,8 +264,9 @@ def paced(inner: Aggregator, service: Paced, config: Config, dimension: int) -> 
         ceiling_s=rounds.stage_ceiling_s,
         assumed_rate=rounds.link_mbps * 1e6 / 8,
     )
-    # A ring all-reduce sends about twice the update; a word is ceil(bits / 8) bytes.
-    update_bytes = 2 * dimension * -(-config.secagg.bits // 8)
+    # A ring all-reduce sends about twice the update; a word is ceil(bits / 8) bytes, or
+    # bits / 8 when packed.
+    update_bytes = 2 * -(-dimension * (bits or 8 * -(-config.secagg.bits // 8)) // 8)
     return PacedAggregator(inner, service, policy, update_bytes, time.monotonic)
 
 

@@ -37,6 +37,7 @@ from p2pfed.privacy import PrivacyLedger, noise_multiplier_for
 from p2pfed.privacy.accountants import Accountant, make_accountant
 from p2pfed.privacy.calibrate import releases_within_budget
 from p2pfed.privacy.ledger_format import Anchor
+from p2pfed.secagg.compression import compression_refusal
 from p2pfed.secagg.params import CohortPlan, SecAggConfig, plan_cohort
 from p2pfed.training.data import Dataset, load_builtin, load_table, train_test_split
 from p2pfed.training.loaders import load_reference
@@ -178,6 +179,7 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     protocol = load_study(config, gate.roster)
     if protocol is not None:
         config = apply_study(config, protocol)
+    check_compression(config)
     check_port_free(*parse_listen(config.network.listen))
     check_membership(config, [m.peer_id for m in gate.roster.members if m.role is Role.MEMBER])
     # The data first: a site whose data cannot join hears that alone, before the budget's
@@ -190,6 +192,16 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     return Prepared(
         config, identity, gate, train, test, report, state_dir, anchors, salt, sigma, protocol
     )
+
+
+def check_compression(config: Config) -> None:
+    """Refuse a ``[rounds] compression`` the rest of the config cannot honour."""
+    r = config.rounds
+    why = compression_refusal(
+        r.compression, r.mode, config.secagg.enabled, config.privacy.mode, r.weighting
+    )
+    if why is not None:
+        raise ConfigError(f"[rounds] compression = {r.compression!r} {why}")
 
 
 def check_membership(config: Config, members: Sequence[str]) -> None:

@@ -7,9 +7,9 @@ data is read by column name, so a file with its columns in another order works),
 label column and classes, and centre and scale the node's ``[data]`` and ``[schema]``. What
 the config also fixes must equal the protocol (must match, never silently overridden, so an
 operator never runs settings they did not see): ``[model]``, ``[training]``, ``[rounds]
-rounds``, ``[privacy] mode``, ``epsilon_budget`` and ``delta``, and any of the data keys the
-config sets. ``check_matches`` names every differing key, one sentence each. A
-``[model] torchscript`` file is pinned by its SHA-256: another file is refused by digest.
+rounds`` and ``compression``, ``[privacy] mode``, ``epsilon_budget`` and ``delta``, and any
+of the data keys the config sets. ``check_matches`` names every differing key, one sentence each.
+A ``[model] torchscript`` file is pinned by its SHA-256: another file is refused by digest.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def _pairs(protocol: StudyProtocol, config: Config) -> list[tuple[str, object, s
         ("[training] learning_rate", t.learning_rate, "learning_rate", protocol.learning_rate),
         ("[training] optimizer", t.optimizer, "training optimizer", protocol.optimizer),
         ("[rounds] rounds", config.rounds.rounds, "rounds", protocol.rounds),
+        ("[rounds] compression", config.rounds.compression, "compression", protocol.compression),
         ("[privacy] mode", p.mode, "privacy mode", protocol.privacy_mode),
         ("[privacy] epsilon_budget", p.epsilon_budget, "privacy epsilon", protocol.epsilon),
         ("[privacy] delta", p.delta, "privacy delta", protocol.delta),

@@ -48,6 +48,8 @@ FEATURE_TYPES = ("float", "int", "binary")
 """As ``p2pfed.training.validation`` checks them (identity sits below training)."""
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
 """As ``[privacy] mode`` accepts them (identity sits below config)."""
+COMPRESSIONS = ("none", "q8", "q4")
+"""As ``[rounds] compression`` accepts them; "none" is left out of the body (older hashes)."""
 BODY_KEYS = {
     "format",
     "consortium_id",
@@ -138,6 +140,7 @@ class StudyProtocol(Signed):
     privacy_mode: str = "distributed"
     epsilon: float = 10.0
     delta: float = 1e-5
+    compression: str = "none"
     signatures: tuple[RosterSignature, ...] = ()
 
     def __post_init__(self) -> None:
@@ -164,12 +167,14 @@ class StudyProtocol(Signed):
         _check(self.privacy_mode in PRIVACY_MODES, f"privacy mode must be one of {PRIVACY_MODES}")
         _check(self.epsilon > 0, "privacy epsilon must be positive")
         _check(0 < self.delta < 1, "privacy delta must be in (0, 1)")
+        _check(self.compression in COMPRESSIONS, f"compression must be one of {COMPRESSIONS}")
 
     # --- serialisation --------------------------------------------------------------------
 
     def body(self) -> dict[str, Any]:
         """The signed part, as a JSON-ready dict."""
-        return {
+        extra = {} if self.compression == "none" else {"compression": self.compression}
+        return extra | {
             "format": PROTOCOL_FORMAT,
             "consortium_id": self.consortium_id,
             "features": [f.to_dict() for f in self.features],
@@ -193,7 +198,7 @@ class StudyProtocol(Signed):
     def from_json(cls, text: str | bytes, source: str = "study protocol") -> StudyProtocol:
         """Parse a protocol document; ``RosterError(MALFORMED)`` names the first problem."""
         body, signatures = parse_signed(
-            text, MAX_PROTOCOL_BYTES, source, BODY_KEYS, PROTOCOL_FORMAT
+            text, MAX_PROTOCOL_BYTES, source, BODY_KEYS, PROTOCOL_FORMAT, frozenset({"compression"})
         )
         features = body["features"]
         _check(isinstance(features, list), f"{source}: features must be a list")
@@ -209,6 +214,7 @@ class StudyProtocol(Signed):
             **_training(body["training"], source),
             rounds=json_int(body["rounds"], f"{source}: rounds"),
             **_privacy(body["privacy"], source),
+            compression=_text(body.get("compression", "none"), f"{source}: compression"),
         )
 
     @classmethod

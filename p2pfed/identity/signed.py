@@ -80,9 +80,17 @@ class Signed:
 
 
 def parse_signed(
-    text: str | bytes, limit: int, source: str, keys: set[str], form: str
+    text: str | bytes,
+    limit: int,
+    source: str,
+    keys: set[str],
+    form: str,
+    optional: frozenset[str] = frozenset(),
 ) -> tuple[Mapping[str, Any], tuple[RosterSignature, ...]]:
-    """(body, signatures) of a signed document whose body has exactly ``keys`` and format."""
+    """(body, signatures) of a signed document whose body has exactly ``keys`` and format.
+
+    Keys in ``optional`` may also appear (fields added later, absent from older documents).
+    """
     if len(text) > limit:
         raise malformed(f"{source} is larger than {limit} bytes")
     try:
@@ -90,7 +98,9 @@ def parse_signed(
     except (ValueError, UnicodeDecodeError) as exc:
         raise malformed(f"{source} is not valid JSON: {exc}") from None
     top = json_object(document, source, {"body", "signatures"})
-    body = json_object(top["body"], f"{source} body", keys)
+    body = top["body"]
+    present = optional & body.keys() if isinstance(body, dict) else frozenset()
+    body = json_object(body, f"{source} body", keys | present)
     if body["format"] != form:
         raise malformed(f"{source} has format {body['format']!r}; expected {form}")
     return body, parse_signatures(top["signatures"], source)

@@ -5,7 +5,8 @@ update and gets back the *mean update over the peers whose updates made it into 
 with who they were and what it cost. Implementations compose the collectives:
 
 - ``SecureRingAggregator``: encode into Z_2^k (``FixedPoint``, or with distributed DP the
-  ``DiscreteGaussianEncoder``, which adds each peer's integer noise in the ring) → secure
+  ``DiscreteGaussianEncoder``, which adds each peer's integer noise in the ring, or with
+  ``[rounds] compression`` the ``QuantisedEncoder`` plus error feedback) → secure
   aggregation (masks) → the masked words summed by round agreement + ring all-reduce →
   unmask → decode → mean. No peer ever holds another's update; only the sum is revealed.
 - ``RingAggregator``: plain float ring all-reduce (secure aggregation off).
@@ -46,6 +47,7 @@ from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.secure import SecureRingRound
 from p2pfed.errors import P2PFedError
+from p2pfed.secagg.compression import ErrorFeedback, QuantisedEncoder, compress_with_feedback
 from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.secagg.primitives import UIntVector
 
@@ -168,8 +170,12 @@ class SecureRingAggregator:
         min_survivors: int,
         rng: np.random.Generator,
         weight: float | None = None,
+        feedback: ErrorFeedback | None = None,
     ) -> None:
+        """``feedback``: error feedback for a ``QuantisedEncoder`` (compressed updates)."""
         fixed_point.check_peers(members)
+        if feedback is not None and not isinstance(fixed_point, QuantisedEncoder):
+            raise ValueError("error feedback needs a compressing (quantised) encoder")
         if weight is not None and not 0.0 <= weight <= 1.0:
             raise ValueError(f"an example weight must lie in [0, 1], not {weight}")
         if weight is not None and not isinstance(fixed_point, FixedPoint):
@@ -183,6 +189,8 @@ class SecureRingAggregator:
         self.rng = rng
         #: This member's example weight v, or None for the uniform mean.
         self.weight = weight
+        #: EF-SGD's residual, in memory only: it restarts at zero with the daemon.
+        self.feedback = feedback
         # The protocol enforces it: a sum with fewer vectors aborts instead of completing.
         secure_round.min_survivors = min_survivors
 
@@ -204,6 +212,10 @@ class SecureRingAggregator:
 
         def words() -> UIntVector:  # called once the share holders are fixed
             vector = weighted_vector(made(update), self.weight)
+            if isinstance(self.fixed_point, QuantisedEncoder):
+                return compress_with_feedback(
+                    self.fixed_point, self.feedback, vector, self.rng, self.members
+                )
             return self.fixed_point.encode(vector, self.rng, self.members)
 
         weighted = self.weight is not None

@@ -163,16 +163,19 @@ class LiveRoster:
 OnChange = Callable[[RosterChange], Awaitable[None]]
 
 
-def session_id(consortium: str, version: int, protocol: str = "", limit: int = 64) -> str:
+def session_id(
+    consortium: str, version: int, protocol: str = "", limit: int = 64, tag: str = ""
+) -> str:
     """The aggregation session of ``consortium``'s cohort under roster ``version``.
 
     Frames carry it as their consortium id, so a message from a cohort of another roster
     version (a member that has not switched yet, or a removed one) is refused, never mixed
     into this cohort's round of the same number; with ``protocol`` (a study protocol's hash)
-    so is a message of a member that runs another study protocol. At most ``limit``
-    characters (the wire's).
+    so is a message of a member that runs another study protocol; with ``tag`` (a setting
+    all members must share, such as ``[rounds] compression``) so is one of a member that
+    declares another. At most ``limit`` characters (the wire's).
     """
-    suffix = f"@v{version}" + (f"~{protocol[:16]}" if protocol else "")
+    suffix = f"@v{version}" + (f"~{protocol[:16]}" if protocol else "") + tag
     return consortium[: limit - len(suffix)] + suffix
 
 
