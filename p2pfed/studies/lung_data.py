@@ -83,16 +83,23 @@ def standardise(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return ((x - np.array(CENTER)) / np.array(SCALE)).astype(np.float32)
 
 
-def build_sites(min_events: int, test_fraction: float, seed: int) -> list[Site]:
-    """The study's sites with their train/test patients (see the module docstring)."""
+def build_sites(
+    min_events: int, test_fraction: float, seed: int, *, agreed_units: bool = True
+) -> list[Site]:
+    """The study's sites with their train/test patients (see the module docstring).
+
+    ``agreed_units=False`` keeps the covariates as recorded (what a site's own file holds;
+    its daemon standardises them with the protocol's centres and scales).
+    """
     if not 0 < test_fraction < 1:
         raise ConfigError(f"the test fraction must be in (0, 1), got {test_fraction}")
     table = load_complete_cases()
     inst = table["inst"].to_numpy().astype(int)
     event = table["status"].to_numpy().astype(bool)
     counts = {int(c): (int((inst == c).sum()), int(event[inst == c].sum())) for c in set(inst)}
+    raw = table[list(COVARIATES)].to_numpy(dtype=np.float64)
     data = Survival(
-        standardise(table[list(COVARIATES)].to_numpy(dtype=np.float64)),
+        standardise(raw) if agreed_units else raw.astype(np.float32),
         table["time"].to_numpy(dtype=np.float64),
         event,
     )
