@@ -5,8 +5,9 @@ Theory of operation: ``setup`` does what the consortium's admin does once: a key
 with their agreed centres and scales, the Cox model, local steps, learning rate, rounds,
 distributed DP with ε and δ) signed by the same admin; each site's own patients go to its
 own file, covariates as recorded. ``run_sites`` starts ``p2pfed.studies.lung_site`` once per
-site, waits for all of them, and checks that every site committed the same models (digests)
-in every round before returning the consortium's β per round and the ε the ledgers recorded.
+site, waits for all of them, and checks that every site committed the same model (digest)
+in every round it reports, and that every round was committed, before returning the
+consortium's β per round and the ε the ledgers recorded.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def setup(folder: Path, raw_sites: list[Site], settings: LungSettings) -> None:
     (folder / "study.json").write_text(json.dumps(dp))
 
 
-def run_sites(folder: Path, n_sites: int, timeout: float) -> tuple[list[np.ndarray], float]:
+def run_sites(
+    folder: Path, n_sites: int, rounds: int, timeout: float
+) -> tuple[list[np.ndarray], float]:
     """Run every site's process; (consortium β after each round, ε recorded by the ledgers)."""
     procs = [
         subprocess.Popen(
@@ -107,22 +110,32 @@ def run_sites(folder: Path, n_sites: int, timeout: float) -> tuple[list[np.ndarr
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return agreed_history(results)
+    return agreed_history(results, rounds)
 
 
-def agreed_history(results: list[dict[str, Any]]) -> tuple[list[np.ndarray], float]:
-    """The β history every site reported, refused unless all committed the same models."""
-    digests = {tuple(r["digests"]) for r in results}
-    if len(digests) != 1:
-        raise LocalError("the lung sites committed different models: the federation disagrees")
-    if not results[0]["history"]:
-        raise LocalError("no round of the lung study committed")
+def agreed_history(
+    results: list[dict[str, Any]], rounds: int
+) -> tuple[list[np.ndarray], float]:
+    """The consortium's β after each round, refused unless every site that reported a round
+    committed the same model in it, and unless every round was committed by some site."""
+    digests: dict[int, set[str]] = {}
+    betas: dict[int, list[float]] = {}
+    for result in results:
+        for entry in result["history"]:
+            digests.setdefault(int(entry["round"]), set()).add(entry["digest"])
+            betas[int(entry["round"])] = entry["beta"]
+    split = sorted(r for r, seen in digests.items() if len(seen) > 1)
+    if split:
+        raise LocalError(f"the lung sites committed different models in round {split[0]}")
+    missing = sorted(set(range(rounds)) - set(betas))
+    if missing:
+        raise LocalError(f"no lung site committed round {missing[0]} of {rounds}")
     epsilon = max(float(r["epsilon"] or 0.0) for r in results)
-    return [np.asarray(b, dtype=np.float64) for b in results[0]["history"]], epsilon
+    return [np.asarray(betas[r], dtype=np.float64) for r in range(rounds)], epsilon
 
 
 def run_study(
-    settings: LungSettings, *, sim: bool, folder: Path, timeout: float = 170.0
+    settings: LungSettings, *, sim: bool, folder: Path, timeout: float = 300.0
 ) -> tuple[dict[str, Any], list[Site], np.ndarray]:
     """The whole study: (its figures, the sites, the federated β).
 
@@ -140,7 +153,7 @@ def run_study(
             settings.min_events, settings.test_fraction, settings.seed, agreed_units=False
         )
         setup(folder, raw, settings)
-        history, epsilon = run_sites(folder, len(sites), timeout)
+        history, epsilon = run_sites(folder, len(sites), settings.rounds, timeout)
     federated = lung.tail_average(history)
     locals_ = [lung.local_only(site, settings) for site in sites]
     reference = lung.pooled_reference(pooled([site.train for site in sites]))

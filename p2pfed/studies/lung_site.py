@@ -6,8 +6,9 @@ did not sign; reads its own patients (``site-K.npz``, covariates as recorded) an
 standardises them with the protocol's agreed centres and scales; then joins the consortium
 through ``build_peer`` (libp2p with Noise, secure aggregation, distributed DP noise
 with the clip and σ of ``study.json``) and runs the protocol's rounds with a ``CoxTrainer``.
-It prints one JSON line at the end: the consortium's β after every committed round, the
-digest of each, and the ε its ledger recorded.
+It prints one JSON line at the end: the consortium's β after every round it committed
+(a site that starts late adopts the rounds it missed from the others and reports the rest),
+the digest of each, and the ε its ledger recorded.
 """
 
 from __future__ import annotations
@@ -60,13 +61,12 @@ async def site(folder: Path, k: int) -> dict[str, Any]:
     member = roster.member(me.peer_id)
     if member is None:
         raise ConfigError(f"key site-{k}.key is not a member of the roster")
-    history: list[list[float]] = []
-    digests: list[str] = []
+    history: list[dict[str, Any]] = []
 
     def report(r: RoundReport) -> None:
         if r.committed:  # the trainer holds the consortium's model after evaluating it
-            history.append(trainer.coefficients().tolist())
-            digests.append(r.model_digest)
+            beta = trainer.coefficients().tolist()
+            history.append({"round": r.round, "beta": beta, "digest": r.model_digest})
 
     privacy = Privacy(
         clip_norm=dp["clip_norm"],
@@ -86,7 +86,7 @@ async def site(folder: Path, k: int) -> dict[str, Any]:
     ) as peer:
         await peer.run(protocol.rounds, on_report=report, startup_timeout=60.0)
         epsilon = peer.epsilon
-    return {"site": k, "history": history, "digests": digests, "epsilon": epsilon}
+    return {"site": k, "history": history, "epsilon": epsilon}
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ reverse cumulative log-sum-exp at the *first* position of its tie group, which i
 risk set. It returns the mean over events, so a learning rate means the same at every site.
 
 ``concordance_index`` is Harrell's C: over the comparable pairs (the shorter time is an
-event), the share in which the shorter-lived patient has the higher risk score, ties in
+event; a patient censored at a death time counts as outliving it), the share in which the shorter-lived patient has the higher risk score, ties in
 score counting one half (lifelines' ``concordance_index`` takes survival-like scores, i.e.
 the negated risk).
 
@@ -91,8 +91,10 @@ def concordance_index(
     """Harrell's C of risk scores (higher = earlier event); ``DataError`` without a pair."""
     t, r, e = (np.asarray(a).reshape(-1) for a in (time, risk, event))
     e = e.astype(bool)
-    # Pair (i, j) is comparable when i had the event strictly before j's time.
-    shorter = (t[:, None] < t[None, :]) & e[:, None]
+    # Pair (i, j) is comparable when i had the event before j's time, or at it while j was
+    # censored then (a patient censored at a death time outlived that death).
+    later = (t[:, None] < t[None, :]) | ((t[:, None] == t[None, :]) & ~e[None, :])
+    shorter = later & e[:, None]
     pairs = int(shorter.sum())
     if pairs == 0:
         raise DataError("no comparable pair of patients: the concordance index is undefined")
