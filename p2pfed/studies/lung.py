@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from p2pfed.errors import ConfigError
 from p2pfed.privacy.accountants import make_accountant
 from p2pfed.studies.lung_data import CENTER, COVARIATES, SCALE, Site, pooled
-from p2pfed.training.cox import CoxTrainer, Survival, concordance_index, cox_model
+from p2pfed.training.cox import CoxTrainer, Survival, concordance_index
 
 Vector = NDArray[np.float64]
 
@@ -142,9 +142,7 @@ def c_index(beta: Vector, data: Survival) -> float:
 
 def hazard_ratios(beta: Vector) -> dict[str, float]:
     """exp(β) per unit of each covariate in its own units (years, score points, kg …)."""
-    return {
-        name: float(np.exp(b / s)) for name, b, s in zip(COVARIATES, beta, SCALE, strict=True)
-    }
+    return {name: float(np.exp(b / s)) for name, b, s in zip(COVARIATES, beta, SCALE, strict=True)}
 
 
 def summarise(
@@ -195,7 +193,3 @@ def summarise(
         "normalisation": {"center": list(CENTER), "scale": list(SCALE)},
     }
 
-
-def initial_state(n_features: int) -> dict[str, torch.Tensor]:
-    """β = 0: every site starts from the same model."""
-    return {k: v.detach().clone() for k, v in cox_model(n_features).state_dict().items()}

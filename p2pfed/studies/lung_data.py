@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from p2pfed.errors import ConfigError
 from p2pfed.training.cox import Survival
@@ -78,9 +79,10 @@ def merge_sites(counts: dict[int, tuple[int, int]], min_events: int) -> list[tup
     return [tuple(site) for site in sites]
 
 
-def standardise(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+def standardise(x: NDArray[np.float64]) -> NDArray[np.float32]:
     """Covariates in the protocol's agreed units."""
-    return ((x - np.array(CENTER)) / np.array(SCALE)).astype(np.float32)
+    out: NDArray[np.float32] = ((x - np.array(CENTER)) / np.array(SCALE)).astype(np.float32)
+    return out
 
 
 def build_sites(
@@ -108,7 +110,7 @@ def build_sites(
     for k, codes in enumerate(merge_sites(counts, min_events)):
         rows = np.flatnonzero(np.isin(inst, codes))
         rows = rows[rng.permutation(len(rows))]
-        n_test = max(2, int(round(test_fraction * len(rows))))
+        n_test = max(2, round(test_fraction * len(rows)))
         sites.append(
             Site(f"site-{k + 1}", codes, data.subset(rows[n_test:]), data.subset(rows[:n_test]))
         )

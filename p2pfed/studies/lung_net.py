@@ -100,7 +100,9 @@ def run_sites(
             try:
                 out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise LocalError(f"the lung study's sites did not finish within {timeout:g} s")
+                raise LocalError(
+                    f"the lung study's sites did not finish within {timeout:g} s"
+                ) from None
             if proc.returncode != 0:
                 last = (err.strip().splitlines() or ["no message"])[-1]
                 raise LocalError(f"lung site {k} stopped with status {proc.returncode}: {last}")
@@ -113,11 +115,12 @@ def run_sites(
     return agreed_history(results, rounds)
 
 
-def agreed_history(
-    results: list[dict[str, Any]], rounds: int
-) -> tuple[list[np.ndarray], float]:
-    """The consortium's β after each round, refused unless every site that reported a round
-    committed the same model in it, and unless every round was committed by some site."""
+def agreed_history(results: list[dict[str, Any]], rounds: int) -> tuple[list[np.ndarray], float]:
+    """The consortium's β after each round, checked across the sites' reports.
+
+    Refused unless every site that reported a round committed the same model in it, and
+    every round was committed by some site.
+    """
     digests: dict[int, set[str]] = {}
     betas: dict[int, list[float]] = {}
     for result in results:

@@ -31,7 +31,10 @@ def plot_risk_groups(
     for name, beta in models.items():
         score = test.x.astype(np.float64) @ beta
         high = score > np.median(score)
-        for group, mask, colour in (("high risk", high, "tab:red"), ("low risk", ~high, "tab:blue")):
+        for group, mask, colour in (
+            ("high risk", high, "tab:red"),
+            ("low risk", ~high, "tab:blue"),
+        ):
             km = KaplanMeierFitter(label=f"{name}: {group} (n={int(mask.sum())})")
             km.fit(test.time[mask], test.event[mask])
             km.plot_survival_function(
