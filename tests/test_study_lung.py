@@ -7,6 +7,7 @@ load average 2, several minutes at load average 15. The rest takes a few seconds
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -89,3 +90,41 @@ def test_a_late_site_that_adopted_early_rounds_still_agrees() -> None:
     assert [float(b[0]) for b in history] == [0.0, 1.0]
     assert epsilon == 2.0
     np.testing.assert_array_equal(history[1], [1.0])
+
+
+def _sites_folder(folder: Path) -> list:  # type: ignore[type-arg]
+    from p2pfed.studies.lung import LungSettings
+    from p2pfed.studies.lung_data import build_sites
+    from p2pfed.studies.lung_net import setup
+
+    setup(folder, build_sites(30, 0.3, 0, agreed_units=False), LungSettings(rounds=2))
+    return build_sites(30, 0.3, 0)
+
+
+def test_a_site_standardises_its_own_file_with_the_protocols_agreed_units(tmp_path: Path) -> None:
+    from p2pfed.identity import StudyProtocol
+    from p2pfed.studies.lung_site import load_site
+
+    agreed = _sites_folder(tmp_path)
+    protocol = StudyProtocol.load(tmp_path / "protocol.json")
+    for k, expected in enumerate(agreed):
+        train, test = load_site(tmp_path, k, protocol)
+        np.testing.assert_allclose(train.x, expected.train.x, atol=1e-5)
+        np.testing.assert_array_equal(test.time, expected.test.time)
+
+
+@pytest.mark.timeout(120)  # accepted, the site would wait for its peers instead
+def test_a_site_refuses_a_protocol_its_admins_did_not_sign(tmp_path: Path) -> None:
+    import trio
+
+    from p2pfed.errors import P2PFedError
+    from p2pfed.identity import Identity, StudyProtocol
+    from p2pfed.studies.lung_site import site
+
+    _sites_folder(tmp_path)
+    protocol = StudyProtocol.load(tmp_path / "protocol.json")
+    forged = dataclasses.replace(protocol, epsilon=1000.0, signatures=())
+    forged.signed_by(Identity.generate()).save(tmp_path / "protocol.json")
+    with pytest.raises(P2PFedError, match="study protocol"):
+        trio.run(site, tmp_path, 0)
+    assert not (tmp_path / "state-0").exists()  # refused before it joined anything
