@@ -52,6 +52,8 @@ class LungSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= 200:
             raise ConfigError(f"--rounds must be between 1 and 200, got {self.rounds}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed}")
         if not (self.clip_norm > 0 and self.noise_multiplier > 0 and 0 < self.delta < 1):
             raise ConfigError("the lung study needs a positive clip norm, σ and δ in (0, 1)")
 
