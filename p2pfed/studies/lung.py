@@ -194,4 +194,3 @@ def summarise(
         "settings": asdict(settings),
         "normalisation": {"center": list(CENTER), "scale": list(SCALE)},
     }
-
