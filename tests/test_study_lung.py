@@ -1,8 +1,8 @@
 """``p2pfed study lung``: the in-process study's figures, and one run on real daemons.
 
 The daemon run starts four site processes on 127.0.0.1 (libp2p, secure aggregation,
-distributed DP) for 20 rounds: about 60 s of CPU; measured at 6-7 min of wall time on 2
-cores at load average 15-20 (not measured idle). The simulated study takes about 10 s of
+distributed DP) for 20 rounds: 4 min 40 s of wall time on 2 cores at load average 15-18
+(eight sessions sharing the machine; not measured idle). The simulated study takes about 10 s of
 CPU; the other tests a few seconds.
 """
 
