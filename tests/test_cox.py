@@ -69,6 +69,12 @@ def test_breslow_ties_on_a_hand_example() -> None:
     # Order of the input rows does not matter.
     perm = torch.tensor([3, 1, 2, 0])
     assert float(cox_loss(eta[perm], time[perm], event[perm])) == pytest.approx(breslow)
+    # Three deaths on one day, then a censored patient: all three share all four.
+    eta3 = torch.tensor([0.4, -0.1, 0.2, 0.7], dtype=torch.float64)
+    time3, event3 = torch.tensor([5.0, 5.0, 5.0, 9.0]), torch.tensor([True, True, True, False])
+    lse = math.log(sum(math.exp(float(v)) for v in eta3))
+    expected = -sum(float(v) - lse for v in eta3[:3]) / 3
+    assert float(cox_loss(eta3, time3, event3)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_risk_set_holds_the_later_patients_not_the_earlier() -> None:
