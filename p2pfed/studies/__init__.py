@@ -1,0 +1,1 @@
+"""Studies on real multi-site data, run end to end on real daemons (``p2pfed study …``)."""

@@ -1,0 +1,168 @@
+"""The lung study on real daemons: keys, signed roster and protocol, one process per site.
+
+Theory of operation: ``setup`` does what the consortium's admin does once: a key and a
+127.0.0.1 port per site, the roster signed by the admin, and the study protocol (covariates
+with their agreed centres and scales, the Cox model, local steps, learning rate, rounds,
+distributed DP with ε and δ) signed by the same admin; each site's own patients go to its
+own file, covariates as recorded. ``run_sites`` starts ``p2pfed.studies.lung_site`` once per
+site, waits for all of them, and checks that every site committed the same model (digest)
+in every round it reports, and that every round was committed, before returning the
+consortium's β per round and the ε the ledgers recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2pfed.consortium import free_ports
+from p2pfed.errors import LocalError
+from p2pfed.identity import Feature, Identity, Member, Roster, StudyProtocol
+from p2pfed.studies.lung import LungSettings
+from p2pfed.studies.lung_data import CENTER, COVARIATES, SCALE, Site
+
+CONSORTIUM = "ncctg-lung"
+KINDS = {"sex": "binary"}  # sex is coded 1/2; the scores are ordinal, used as numbers
+
+
+def protocol_for(settings: LungSettings, max_patients: int) -> StudyProtocol:
+    """The study protocol the admin signs (ε budget: what the rounds spend, rounded up)."""
+    return StudyProtocol(
+        CONSORTIUM,
+        tuple(
+            Feature(name, KINDS.get(name, "float"), c, s)
+            for name, c, s in zip(COVARIATES, CENTER, SCALE, strict=True)
+        ),
+        "status",
+        (0, 1),
+        model="cox",
+        seed=settings.seed,
+        local_epochs=settings.local_steps,
+        batch_size=max_patients,  # full batch: every step sees the site's whole risk sets
+        learning_rate=settings.learning_rate,
+        optimizer="sgd",
+        rounds=settings.rounds,
+        privacy_mode="distributed",
+        epsilon=math.ceil(settings.epsilon() * 100 + 1) / 100,
+        delta=settings.delta,
+    )
+
+
+def setup(folder: Path, raw_sites: list[Site], settings: LungSettings) -> None:
+    """Keys, ports, the signed roster and protocol, and each site's file in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    admin, members = Identity.generate(), []
+    for k, (site, port) in enumerate(zip(raw_sites, free_ports(len(raw_sites)), strict=True)):
+        me = Identity.generate()
+        me.save(folder / f"site-{k}.key")
+        address = f"/ip4/127.0.0.1/tcp/{port}"
+        members.append(Member(site.name, me.peer_id, me.public_key, (address,)))
+        np.savez(
+            folder / f"site-{k}.npz",
+            train_x=site.train.x, train_t=site.train.time, train_e=site.train.event,
+            test_x=site.test.x, test_t=site.test.time, test_e=site.test.event,
+        )  # fmt: skip
+    expiry = datetime.now(UTC) + timedelta(days=1)
+    Roster(CONSORTIUM, 1, expiry, tuple(members), (admin.public_key,)).signed_by(admin).save(
+        folder / "roster.json"
+    )
+    most = max(len(s.train) for s in raw_sites)
+    protocol_for(settings, most).signed_by(admin).save(folder / "protocol.json")
+    dp = {"clip_norm": settings.clip_norm, "noise_multiplier": settings.noise_multiplier}
+    (folder / "study.json").write_text(json.dumps(dp))
+
+
+def run_sites(
+    folder: Path, n_sites: int, rounds: int, timeout: float
+) -> tuple[list[np.ndarray], float]:
+    """Run every site's process; (consortium β after each round, ε recorded by the ledgers)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "p2pfed.studies.lung_site", str(folder), str(k)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(n_sites)
+    ]
+    deadline = time.monotonic() + timeout
+    results: list[dict[str, Any]] = []
+    try:
+        for k, proc in enumerate(procs):
+            try:
+                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise LocalError(
+                    f"the lung study's sites did not finish within {timeout:g} s"
+                ) from None
+            if proc.returncode != 0:
+                last = (err.strip().splitlines() or ["no message"])[-1]
+                raise LocalError(f"lung site {k} stopped with status {proc.returncode}: {last}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return agreed_history(results, rounds)
+
+
+def agreed_history(results: list[dict[str, Any]], rounds: int) -> tuple[list[np.ndarray], float]:
+    """The consortium's β after each round, checked across the sites' reports.
+
+    Refused unless every site that reported a round committed the same model in it, and
+    every round was committed by some site.
+    """
+    digests: dict[int, set[str]] = {}
+    betas: dict[int, list[float]] = {}
+    for result in results:
+        for entry in result["history"]:
+            digests.setdefault(int(entry["round"]), set()).add(entry["digest"])
+            betas[int(entry["round"])] = entry["beta"]
+    split = sorted(r for r, seen in digests.items() if len(seen) > 1)
+    if split:
+        raise LocalError(f"the lung sites committed different models in round {split[0]}")
+    missing = sorted(set(range(rounds)) - set(betas))
+    if missing:
+        raise LocalError(f"no lung site committed round {missing[0]} of {rounds}")
+    epsilon = max(float(r["epsilon"] or 0.0) for r in results)
+    return [np.asarray(betas[r], dtype=np.float64) for r in range(rounds)], epsilon
+
+
+def run_study(
+    settings: LungSettings, *, sim: bool, folder: Path, timeout: float = 300.0
+) -> tuple[dict[str, Any], list[Site], np.ndarray]:
+    """The whole study: (its figures, the sites, the federated β).
+
+    On real daemons in ``folder`` by default; with ``sim``, ``simulate``'s identical rounds
+    in this process.
+    """
+    from p2pfed.studies import lung
+    from p2pfed.studies.lung_data import build_sites, pooled
+
+    sites = build_sites(settings.min_events, settings.test_fraction, settings.seed)
+    if sim:
+        history, epsilon = lung.simulate(sites, settings), settings.epsilon()
+    else:
+        raw = build_sites(
+            settings.min_events, settings.test_fraction, settings.seed, agreed_units=False
+        )
+        setup(folder, raw, settings)
+        history, epsilon = run_sites(folder, len(sites), settings.rounds, timeout)
+    federated = lung.tail_average(history)
+    locals_ = [lung.local_only(site, settings) for site in sites]
+    reference = lung.pooled_reference(pooled([site.train for site in sites]))
+    figures = lung.summarise(
+        sites, settings, federated, locals_, reference, "simulated" if sim else "daemons"
+    )
+    figures["epsilon"] = epsilon
+    figures["rounds_committed"] = len(history)
+    return figures, sites, federated
