@@ -1,0 +1,125 @@
+"""Circuit relay v2 over p2pfed's transport, on 127.0.0.1: members without a dialable address
+reach each other through a roster-gated relay; Noise stays end to end (the relay carries
+ciphertext only); non-members and removed members get neither reservations nor circuits."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from p2pfed.errors import BrokenError
+from p2pfed.transport.base import Stream
+from p2pfed.transport.libp2p_relayed import RelayedTransport
+from p2pfed.transport.relay import GatedRelay, serve_relay
+
+pytestmark = [pytest.mark.network]
+SECRET = b"patient-0042 HbA1c 7.9 -- must never be readable by the relay"
+
+
+def _seed(name: str) -> bytes:
+    return hashlib.sha256(f"relay-test/{name}".encode()).digest()
+
+
+async def _echo(stream: Stream) -> None:
+    data = await stream.receive_some(1024)
+    await stream.send_all(b"echo:" + data)
+
+
+async def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+@asynccontextmanager
+async def _consortium(
+    names: list[str], roster: set[str]
+) -> AsyncIterator[tuple[GatedRelay, RelayedTransport, dict[str, RelayedTransport], list[bytes]]]:
+    """A relay and members ``names`` (none with a known address); ``roster`` holds names."""
+    ids = {n: RelayedTransport(_seed(n), lambda _: True).local_peer for n in ["relay", *names]}
+    admitted = {ids[n] for n in roster | {"relay"}}
+
+    def gate(peer: str) -> bool:
+        return peer in admitted
+
+    relay_t = RelayedTransport(_seed("relay"), gate)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(relay_t)
+        relay = await stack.enter_async_context(serve_relay(relay_t, gate))
+        seen: list[bytes] = []
+        tap = relay._read_stream_with_retry
+
+        async def tapped(stream: Any, *args: Any, **kwargs: Any) -> Any:
+            data = await tap(stream, *args, **kwargs)
+            seen.append(bytes(data or b""))
+            return data
+
+        relay._read_stream_with_retry = tapped  # type: ignore[method-assign]
+        members = {}
+        for n in names:
+            t = RelayedTransport(
+                _seed(n), gate, relays={relay_t.local_peer: list(relay_t.listen_addrs)}
+            )
+            t.serve("/test/echo/1", _echo)
+            members[n] = await stack.enter_async_context(t)
+        yield relay, relay_t, members, seen
+
+
+async def test_members_behind_nat_talk_through_the_relay_which_sees_only_ciphertext() -> None:
+    async with _consortium(["a", "b"], {"a", "b"}) as (_relay, relay_t, m, seen):
+        relay_id = relay_t.local_peer
+        await _wait_for(lambda: relay_id in m["b"].relay_client.reserved, "b's reservation")  # type: ignore[union-attr]
+        stream = await m["a"].open_stream(m["b"].local_peer, "/test/echo/1")
+        await stream.send_all(SECRET)
+        assert await stream.receive_exactly(5 + len(SECRET)) == b"echo:" + SECRET
+        await stream.aclose()
+        links = m["a"].links()
+        assert links[m["b"].local_peer]["via"] == "relayed"
+        assert links[m["b"].local_peer]["open_s"] > 0
+        assert links[relay_id]["via"] == "direct"
+        # The relay carried the exchange (Noise handshake and the echo) but never the text.
+        carried = b"".join(seen)
+        assert len(carried) > 2 * len(SECRET)
+        assert SECRET not in carried and b"patient-0042" not in carried
+
+
+async def test_a_non_member_gets_no_reservation_and_no_circuit() -> None:
+    async with _consortium(["a", "mallory"], {"a"}) as (_relay, relay_t, m, _seen):
+        relay_id = relay_t.local_peer
+        await _wait_for(lambda: relay_id in m["a"].relay_client.reserved, "a's reservation")  # type: ignore[union-attr]
+        mallory = m["mallory"].relay_client
+        assert mallory is not None
+        await _wait_for(lambda: relay_id in mallory.problems, "mallory's refusal")
+        assert relay_id not in mallory.reserved
+        with pytest.raises(BrokenError, match="unreachable"):
+            await m["mallory"].open_stream(m["a"].local_peer, "/test/echo/1")
+        assert relay_t.refused_inbound >= 1
+
+
+async def test_a_member_removed_while_connected_loses_reservations_and_circuits() -> None:
+    async with _consortium(["a", "x"], {"a", "x"}) as (relay, relay_t, m, _seen):
+        relay_id, x_id = relay_t.local_peer, m["x"].local_peer
+        for n in ("a", "x"):
+            client = m[n].relay_client
+            assert client is not None
+            await _wait_for(lambda c=client: relay_id in c.reserved, f"{n}'s reservation")
+        # x leaves the roster while its connection to the relay stays open.
+        relay._gate = {relay_id, m["a"].local_peer}.__contains__
+        x_client = m["x"].relay_client
+        assert x_client is not None
+        await x_client._reserve(relay_id)  # x asks again for a slot: refused on the open connection
+        assert relay_id not in x_client.reserved
+        assert "refused" in x_client.problems[relay_id]
+        # a member asking the relay for a circuit to x is refused too, at the relay.
+        a_client = m["a"].relay_client
+        assert a_client is not None
+        with pytest.raises(BrokenError, match="unreachable"):
+            await a_client.dial(x_id)
+        assert x_id in relay.refused
