@@ -123,3 +123,14 @@ async def test_a_member_removed_while_connected_loses_reservations_and_circuits(
         with pytest.raises(BrokenError, match="unreachable"):
             await a_client.dial(x_id)
         assert x_id in relay.refused
+
+
+async def test_a_member_unreachable_without_a_relay_is_named_with_the_reason() -> None:
+    admitted = {RelayedTransport(_seed(n), lambda _: True).local_peer for n in ("a", "b")}
+    a = RelayedTransport(_seed("a"), admitted.__contains__)
+    b_id = RelayedTransport(_seed("b"), lambda _: True).local_peer
+    async with a:
+        with pytest.raises(BrokenError, match="no address is known"):
+            await a.open_stream(b_id, "/test/echo/1")
+    assert "no address is known" in a.unreachable[b_id]
+    assert "no relay is listed in the roster" in a.unreachable[b_id]

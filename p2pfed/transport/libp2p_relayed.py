@@ -80,7 +80,9 @@ class RelayedTransport(Libp2pTransport):
             self.unreachable.pop(peer, None)
             return
         except BrokenError as exc:
-            if self.relay_client is None or peer in self._relays:
+            if peer in self._relays:  # the relay client names its own relays' problems
+                raise
+            if self.relay_client is None:
                 self._unreachable(peer, f"direct: {exc}; no relay is listed in the roster")
                 raise
             direct = str(exc)

@@ -284,6 +284,10 @@ class Topology:
                 pass
 
     def close(self) -> None:
+        for proc in self.procs:  # all at once: daemons take seconds to stop cleanly
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             self.stop(proc)
         for ns in reversed(self.created):
