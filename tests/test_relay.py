@@ -134,3 +134,36 @@ async def test_a_member_unreachable_without_a_relay_is_named_with_the_reason() -
             await a.open_stream(b_id, "/test/echo/1")
     assert "no address is known" in a.unreachable[b_id]
     assert "no relay is listed in the roster" in a.unreachable[b_id]
+
+
+async def test_relayed_members_drop_with_the_relay_and_rejoin_when_it_returns() -> None:
+    names = ("relay", "a", "b")
+    admitted = {RelayedTransport(_seed(n), lambda _: True).local_peer for n in names}
+    gate = admitted.__contains__
+    first = RelayedTransport(_seed("relay"), gate)
+    async with first, serve_relay(first, gate):
+        relay_id, addrs = first.local_peer, list(first.listen_addrs)
+        a = RelayedTransport(_seed("a"), gate, relays={relay_id: addrs})
+        b = RelayedTransport(_seed("b"), gate, relays={relay_id: addrs})
+        b.serve("/test/echo/1", _echo)
+        async with a, b:
+            assert a.relay_client is not None and b.relay_client is not None
+            b_client = b.relay_client
+            await _wait_for(lambda: relay_id in b_client.reserved, "b's reservation")
+            stream = await a.open_stream(b.local_peer, "/test/echo/1")
+            await stream.send_all(b"one")
+            assert await stream.receive_exactly(8) == b"echo:one"
+            await first.aclose()  # the relay dies
+            await _wait_for(lambda: b.local_peer not in a.connected_peers(), "a losing b")
+            await _wait_for(lambda: relay_id not in b_client.reserved, "b losing its slot")
+            with pytest.raises(BrokenError, match="unreachable"):
+                await a.open_stream(b.local_peer, "/test/echo/1")
+            assert "cannot reach it" in b_client.problems.get(relay_id, "cannot reach it")
+            port = int(addrs[0].rsplit("/", 1)[1])
+            second = RelayedTransport(_seed("relay"), gate, port=port)  # back, same address
+            async with second, serve_relay(second, gate):
+                await _wait_for(lambda: relay_id in b_client.reserved, "b's new reservation")
+                stream = await a.open_stream(b.local_peer, "/test/echo/1")
+                await stream.send_all(b"two")
+                assert await stream.receive_exactly(8) == b"echo:two"
+                assert a.links()[b.local_peer]["via"] == "relayed"

@@ -62,6 +62,15 @@ class RelayedTransport(Libp2pTransport):
             await self._exit_stack.enter_async_context(self.relay_client.running())
         return self
 
+    async def connect(self, peer: str) -> None:
+        """Make sure a connection to ``peer`` is open (dialling it if needed)."""
+        peer_id = ID.from_base58(peer)
+        if not self.is_connected(peer):
+            # py-libp2p's circuit dial stores a bare /p2p/<relay> address in the peerstore,
+            # on which the swarm's next dial of the relay gives up: dial ours only.
+            self.host.get_peerstore().clear_addrs(peer_id)
+        await self._ensure_connected(peer, peer_id)
+
     async def open_raw_stream(self, peer: str, protocol: str) -> Any:
         """A py-libp2p stream to ``peer`` without our admission byte (relay protocols)."""
         peer_id = ID.from_base58(peer)

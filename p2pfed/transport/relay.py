@@ -47,6 +47,8 @@ class RelayedTransport(Protocol):
 
     def is_connected(self, peer: str) -> bool: ...
 
+    async def connect(self, peer: str) -> None: ...
+
     async def open_raw_stream(self, peer: str, protocol: str) -> Any: ...
 
 
@@ -162,6 +164,7 @@ class RelayClient:
             circuit = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{peer}")
             try:
                 with trio.fail_after(15):
+                    await self._transport.connect(relay)  # the relay may have restarted
                     await self._circuits.dial(circuit)
                 return relay
             except Exception as exc:  # py-libp2p raises many kinds; each is named
