@@ -7,12 +7,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from p2pfed.cli import main
 from p2pfed.errors import BrokenError
+from p2pfed.identity import Identity, Member, Roster
 from p2pfed.transport.base import Stream
 from p2pfed.transport.libp2p_relayed import RelayedTransport
 from p2pfed.transport.relay import GatedRelay, serve_relay
@@ -167,3 +171,25 @@ async def test_relayed_members_drop_with_the_relay_and_rejoin_when_it_returns() 
                 await stream.send_all(b"two")
                 assert await stream.receive_exactly(8) == b"echo:two"
                 assert a.links()[b.local_peer]["via"] == "relayed"
+
+
+def test_p2pfed_relay_refuses_a_key_the_roster_does_not_list_as_relay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin, site, relay = Identity.generate(), Identity.generate(), Identity.generate()
+    site.save(tmp_path / "site.key")
+    relay.save(tmp_path / "relay.key")
+    roster = Roster(
+        "eu-test",
+        1,
+        datetime.now(UTC) + timedelta(days=1),
+        (Member.from_public_key("site", site.public_key, []),),
+        (admin.public_key,),
+    ).signed_by(admin)
+    roster.save(tmp_path / "roster.json")
+    for key in ("site.key", "relay.key"):  # a member that is no relay; a key not listed
+        argv = ["relay", "--key", str(tmp_path / key), "--roster", str(tmp_path / "roster.json")]
+        assert main([*argv, "--state", str(tmp_path / "state")]) == 2
+        err = capsys.readouterr().err
+        assert "is not listed with role relay in roster version 1" in err
+        assert "Traceback" not in err
