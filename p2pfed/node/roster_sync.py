@@ -39,7 +39,7 @@ from p2pfed.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from p2pfed.identity import Roster, RosterError, RosterGate, RosterProblem
+from p2pfed.identity import Role, Roster, RosterError, RosterGate, RosterProblem
 from p2pfed.transport.base import Stream, Transport
 from p2pfed.wire import Frame, FrameType, write_frame
 from p2pfed.wire.exchange import read_one_frame
@@ -313,7 +313,8 @@ class RosterAnnouncer:
         """Exchange with ``peers`` (default: the other members in force) concurrently."""
         me = self.transport.local_peer
         if peers is None:
-            peers = [m.peer_id for m in self.live.gate.roster.members]
+            # Relays do not serve rosters: each gets its copy from the admins.
+            peers = [m.peer_id for m in self.live.gate.roster.members if m.role is not Role.RELAY]
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 if peer != me:
@@ -332,7 +333,11 @@ class RosterAnnouncer:
         await self.on_change(change)
         # Push to the members of the new version (the source already has it).
         await self.exchange_all(
-            [m.peer_id for m in change.new.members if m.peer_id != change.source]
+            [
+                m.peer_id
+                for m in change.new.members
+                if m.peer_id != change.source and m.role is not Role.RELAY
+            ]
         )
 
     async def run(self) -> None:

@@ -29,6 +29,9 @@ from p2pfed.transport.relay import RelayClient
 
 log = logging.getLogger(__name__)
 
+SIMULTANEOUS_DIAL_WAIT = 1.0
+"""Seconds the member with the larger peer ID waits for an inbound circuit before dialling."""
+
 
 class RelayedTransport(Libp2pTransport):
     """``Libp2pTransport`` plus reservations on ``relays`` (peer ID → addresses) and fallback."""
@@ -79,7 +82,14 @@ class RelayedTransport(Libp2pTransport):
 
     async def open_stream(self, peer: str, protocol: str) -> Stream:
         start = trio.current_time()
-        stream = await super().open_stream(peer, protocol)
+        try:
+            stream = await super().open_stream(peer, protocol)
+        except BrokenError:
+            if self.links().get(peer, {}).get("via") == "relayed":
+                # A circuit the other side or the relay dropped may linger in the swarm;
+                # closing it makes the next attempt dial a fresh one.
+                await self.disconnect(peer)
+            raise
         self.open_times[peer] = trio.current_time() - start
         return stream
 
@@ -96,6 +106,13 @@ class RelayedTransport(Libp2pTransport):
                 raise
             direct = str(exc)
         async with self._dial_locks.setdefault(peer, trio.Lock()):
+            if self.local_peer > peer:
+                # Both ends dialling each other through the relay at once make two circuits,
+                # and each end may close a different one: the larger ID first gives the
+                # smaller one's dial (if any) a moment to arrive.
+                with trio.move_on_after(SIMULTANEOUS_DIAL_WAIT):
+                    while not self._conns_of(peer_id):
+                        await trio.sleep(0.05)
             if self._conns_of(peer_id):
                 return
             try:
