@@ -193,3 +193,20 @@ def test_p2pfed_relay_refuses_a_key_the_roster_does_not_list_as_relay(
         err = capsys.readouterr().err
         assert "is not listed with role relay in roster version 1" in err
         assert "Traceback" not in err
+
+
+def test_status_says_how_each_member_is_reached_or_why_not() -> None:
+    from p2pfed.cli.commands.status import _members
+
+    rows = dict(
+        _members(
+            {
+                "members": {
+                    "st-olav": {"connected": True, "reached": "relayed", "open_s": 0.052},
+                    "karolinska": {"connected": False, "reached": None, "unreachable": "no route"},
+                }
+            }
+        )
+    )
+    assert rows["st-olav"].startswith("connected (relayed, stream open 52 ms)")
+    assert rows["karolinska"].startswith("not connected (unreachable: no route)")

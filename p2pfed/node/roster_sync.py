@@ -333,11 +333,7 @@ class RosterAnnouncer:
         await self.on_change(change)
         # Push to the members of the new version (the source already has it).
         await self.exchange_all(
-            [
-                m.peer_id
-                for m in change.new.members
-                if m.peer_id != change.source and m.role is not Role.RELAY
-            ]
+            [m.peer_id for m in change.new.members if m.peer_id != change.source]
         )
 
     async def run(self) -> None:
