@@ -50,6 +50,7 @@ from p2pfed.training.trainer import DPSGD, LocalTrainer
 
 if TYPE_CHECKING:
     from p2pfed.transport.libp2p import Libp2pTransport
+    from p2pfed.transport.libp2p_relayed import RelayedTransport
 
 
 def class_count(prepared: Prepared) -> int:
@@ -109,19 +110,30 @@ def peer_addresses(config: Config, members: dict[str, Any], me: str) -> dict[str
     return addrs
 
 
-def build_transport(prepared: Prepared) -> Libp2pTransport:
-    """The libp2p host on ``[network] listen``, gated by the roster, dialling its members."""
+def build_transport(prepared: Prepared) -> RelayedTransport:
+    """The libp2p host on ``[network] listen``, gated by the roster, dialling its members.
+
+    It holds a reservation on each relay the roster lists and dials through them what it
+    cannot reach directly.
+    """
     # Lazily: libp2p takes seconds to import, and `p2pfed status` imports this package.
-    from p2pfed.transport.libp2p import Libp2pTransport
+    from p2pfed.transport.libp2p_relayed import RelayedTransport
 
     config, identity = prepared.config, prepared.identity
     host, port = parse_listen(config.network.listen)
-    return Libp2pTransport(
+    roster = prepared.gate.roster
+    relays = {
+        m.peer_id: list(m.addresses)
+        for m in roster.members
+        if m.role is Role.RELAY and m.peer_id != identity.peer_id
+    }
+    return RelayedTransport(
         identity.seed,
         prepared.gate,
         host=host,
         port=port,
-        peer_addrs=peer_addresses(config, members_of(prepared.gate.roster), identity.peer_id),
+        peer_addrs=peer_addresses(config, members_of(roster), identity.peer_id),
+        relays=relays,
     )
 
 

@@ -113,6 +113,7 @@ class RoundReporter:
         self._layout = layout
         self._peer: Peer | None = None
         self._transport: Libp2pTransport | None = None
+        self._reached: dict[str, str | None] = {}  # member name -> how it was last reached
         self._roster_version = prepared.gate.roster.version
         self._names = {m.peer_id: m.name for m in prepared.gate.roster.members}
         self._wait_logged: tuple[tuple[str, ...], float] | None = None  # (what, when)
@@ -231,10 +232,24 @@ class RoundReporter:
             row = rows.setdefault(m.name, {"last_round": None, "last_error": None})
             row["connected"] = m.peer_id in connected
             row["addresses"] = list(m.addresses)  # how it is dialled (the roster's, for now)
+            self._reach(m.name, m.peer_id, row)
             if report is not None and m.peer_id in report.cohort:
                 row["last_round"] = report.round
         for e in report.exclusions if report is not None else ():
             self._member_error(e.peer, f"round {e.round}: excluded, {e.reason} ({e.detail})")
+
+    def _reach(self, name: str, peer_id: str, row: dict[str, Any]) -> None:
+        """How ``peer_id`` is reached now (direct or relayed, stream-open time), or why not."""
+        links: dict[str, dict[str, Any]] = getattr(self._transport, "links", dict)()
+        unreachable = getattr(self._transport, "unreachable", {})
+        link = links.get(peer_id)
+        row["reached"] = link["via"] if link else None
+        row["open_s"] = link["open_s"] if link else None
+        row["unreachable"] = unreachable.get(peer_id) if link is None else None
+        if row["reached"] != self._reached.get(name):
+            self._reached[name] = row["reached"]
+            if link:
+                log.info("member %s is reached %s", name, link["via"], extra={"peer": peer_id})
 
     def _member_error(self, peer_id: str, error: str) -> None:
         rows: dict[str, Any] = self.status.setdefault("members", {})

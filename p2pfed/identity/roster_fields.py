@@ -61,10 +61,15 @@ def malformed(message: str) -> RosterError:
 
 
 class Role(enum.StrEnum):
-    """What a member does: members train and aggregate; observers only connect and audit."""
+    """What a member does: members train, observers connect and audit, relays carry circuits.
+
+    A relay (``p2pfed relay``) carries Noise-encrypted circuits between members that cannot
+    dial each other; like an observer it takes no part in rounds.
+    """
 
     MEMBER = "member"
     OBSERVER = "observer"
+    RELAY = "relay"
 
 
 def parse_role(value: object, where: str = "") -> Role:

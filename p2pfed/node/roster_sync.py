@@ -39,7 +39,7 @@ from p2pfed.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from p2pfed.identity import Roster, RosterError, RosterGate, RosterProblem
+from p2pfed.identity import Role, Roster, RosterError, RosterGate, RosterProblem
 from p2pfed.transport.base import Stream, Transport
 from p2pfed.wire import Frame, FrameType, write_frame
 from p2pfed.wire.exchange import read_one_frame
@@ -316,7 +316,8 @@ class RosterAnnouncer:
         """Exchange with ``peers`` (default: the other members in force) concurrently."""
         me = self.transport.local_peer
         if peers is None:
-            peers = [m.peer_id for m in self.live.gate.roster.members]
+            # Relays do not serve rosters: each gets its copy from the admins.
+            peers = [m.peer_id for m in self.live.gate.roster.members if m.role is not Role.RELAY]
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 if peer != me:

@@ -50,7 +50,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a multiaddr where the member listens, e.g. /dns4/fl.example.org/tcp/4001",
     )
-    add.add_argument("--role", default="member", choices=["member", "observer"])
+    add.add_argument("--role", default="member", choices=["member", "observer", "relay"])
     add.set_defaults(func=run_add)
 
     remove = sub.add_parser("remove", help="remove a member (next version, signatures cleared)")

@@ -120,6 +120,13 @@ def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
     for member, row in sorted(members.items() if isinstance(members, dict) else []):
         seen = row.get("last_round")
         line = "connected" if row.get("connected") else "not connected"
+        if row.get("reached"):
+            opened = row.get("open_s")
+            line += f" ({row['reached']}" + (
+                f", stream open {opened * 1000:.0f} ms)" if opened else ")"
+            )
+        elif row.get("unreachable"):
+            line += f" (unreachable: {row['unreachable']})"
         line += f", last round {'—' if seen is None else seen}"
         if row.get("last_error"):
             line += f", last error: {row['last_error']}"

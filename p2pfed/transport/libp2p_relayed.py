@@ -1,0 +1,158 @@
+"""A ``Libp2pTransport`` that falls back to the roster's relays and says how each peer is reached.
+
+Theory of operation: a member behind NAT lists no address in the roster (nobody can dial it)
+or one that cannot be dialled from outside. ``RelayedTransport`` keeps a reservation on every
+relay given to it (``relay.RelayClient``), so members can reach it through a relay; when its
+own direct dial to a peer fails or no address is known, it dials that peer through a relay.
+Noise and the roster gate run end to end over the circuit (``relay`` module doc). ``links``
+says per connected peer whether the connection is direct or relayed (py-libp2p marks a
+circuit's connection ``RELAYED``), and the time the last stream took to open and be admitted
+(one to two round trips), so status and logs can report it; ``unreachable`` names each peer
+that could be reached neither way, with the reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import trio
+from libp2p.abc import IHost
+from libp2p.connection_types import ConnectionType
+from libp2p.peer.id import ID
+
+from p2pfed.errors import BrokenError, ClosedError
+from p2pfed.transport.base import Stream
+from p2pfed.transport.libp2p import Libp2pTransport
+from p2pfed.transport.relay import RelayClient
+
+log = logging.getLogger(__name__)
+
+SIMULTANEOUS_DIAL_WAIT = 1.0
+"""Seconds the member with the larger peer ID waits for an inbound circuit before dialling."""
+
+
+class RelayedTransport(Libp2pTransport):
+    """``Libp2pTransport`` plus reservations on ``relays`` (peer ID → addresses) and fallback."""
+
+    def __init__(
+        self, *args: Any, relays: Mapping[str, Sequence[str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.relay_client: RelayClient | None = None
+        self._relays = dict(relays or {})
+        for relay, addrs in self._relays.items():
+            self.set_peer_addrs(relay, addrs)
+        self.open_times: dict[str, float] = {}
+        self.unreachable: dict[str, str] = {}
+        """Peer → why neither a direct dial nor any relay reached it (cleared on success)."""
+
+    @property
+    def host(self) -> IHost:
+        if self._host is None:
+            raise ClosedError("transport is not running: enter it with 'async with' first")
+        return self._host
+
+    def is_connected(self, peer: str) -> bool:
+        return self._host is not None and bool(self._conns_of(ID.from_base58(peer)))
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        if self._relays:
+            assert self._exit_stack is not None
+            self.relay_client = RelayClient(self, self._relays)
+            await self._exit_stack.enter_async_context(self.relay_client.running())
+        return self
+
+    async def connect(self, peer: str) -> None:
+        """Make sure a connection to ``peer`` is open (dialling it if needed)."""
+        peer_id = ID.from_base58(peer)
+        if not self.is_connected(peer):
+            # py-libp2p's circuit dial stores a bare /p2p/<relay> address in the peerstore,
+            # on which the swarm's next dial of the relay gives up: dial ours only.
+            self.host.get_peerstore().clear_addrs(peer_id)
+        await self._ensure_connected(peer, peer_id)
+
+    async def open_raw_stream(self, peer: str, protocol: str) -> Any:
+        """A py-libp2p stream to ``peer`` without our admission byte (relay protocols)."""
+        peer_id = ID.from_base58(peer)
+        await self._ensure_connected(peer, peer_id)
+        return await self.host.new_stream(peer_id, [protocol])  # type: ignore[list-item]
+
+    async def open_stream(self, peer: str, protocol: str) -> Stream:
+        start = trio.current_time()
+        try:
+            stream = await super().open_stream(peer, protocol)
+        except BrokenError:
+            if self.links().get(peer, {}).get("via") == "relayed":
+                # A circuit the other side or the relay dropped may linger in the swarm;
+                # closing it makes the next attempt dial a fresh one.
+                await self.disconnect(peer)
+            raise
+        self.open_times[peer] = trio.current_time() - start
+        return stream
+
+    async def _ensure_connected(self, peer: str, peer_id: ID) -> None:
+        try:
+            await super()._ensure_connected(peer, peer_id)
+            self.unreachable.pop(peer, None)
+            return
+        except BrokenError as exc:
+            if peer in self._relays:  # the relay client names its own relays' problems
+                raise
+            if self.relay_client is None:
+                self._unreachable(peer, f"direct: {exc}; no relay is listed in the roster")
+                raise
+            direct = str(exc)
+        async with self._dial_locks.setdefault(peer, trio.Lock()):
+            if self.local_peer > peer:
+                # Both ends dialling each other through the relay at once make two circuits,
+                # and each end may close a different one: the larger ID first gives the
+                # smaller one's dial (if any) a moment to arrive.
+                with trio.move_on_after(SIMULTANEOUS_DIAL_WAIT):
+                    while not self._conns_of(peer_id):
+                        await trio.sleep(0.05)
+            if self._conns_of(peer_id):
+                return
+            try:
+                relay = await self.relay_client.dial(peer)
+            except BrokenError as exc:
+                self._unreachable(peer, f"direct: {direct}; relayed: {exc}")
+                raise BrokenError(
+                    f"peer {peer} is unreachable directly and by relay: {exc}"
+                ) from exc
+        self.unreachable.pop(peer, None)
+        log.info("connected to %s through relay %s", peer, relay)
+
+    def _unreachable(self, peer: str, why: str) -> None:
+        if self.unreachable.get(peer) is None:
+            log.warning("cannot reach member %s: %s", peer, why)
+        self.unreachable[peer] = why
+
+    def links(self) -> dict[str, dict[str, Any]]:
+        """Per connected peer: ``via`` ("direct" or "relayed") and ``open_s`` when measured."""
+        out: dict[str, dict[str, Any]] = {}
+        for peer in self.connected_peers():
+            conns = self._conns_of(ID.from_base58(peer))
+            kinds = {_kind(conn) for conn in conns}
+            via = "direct" if "direct" in kinds else "relayed"
+            out[peer] = {"via": via, "open_s": self.open_times.get(peer)}
+        return out
+
+
+def _kind(conn: Any) -> str:
+    try:
+        relayed = conn.get_connection_type() is ConnectionType.RELAYED
+    except Exception:  # a connection without the accessor is a plain TCP one
+        relayed = False
+    if not relayed:
+        relayed = any("p2p-circuit" in str(a) for a in _addrs(conn))
+    return "relayed" if relayed else "direct"
+
+
+def _addrs(conn: Any) -> list[Any]:
+    try:
+        return list(conn.get_transport_addresses())
+    except Exception:  # no addresses known: the type decides
+        return []

@@ -1,0 +1,1 @@
+"""Network-namespace scenarios: hospitals behind NAT routers, a public relay (root only)."""
