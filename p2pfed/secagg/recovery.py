@@ -222,11 +222,10 @@ class Recovery:
         while pending:
             groups: dict[tuple[int, ...], list[tuple[str, dict[str, RevealedShare]]]] = {}
             for dealer in pending:
-                shares = {
-                    h: s
-                    for h, s in self._revealed.get((dealer, self.needed[dealer]), {}).items()
-                    if h not in excluded
-                }
+                revealed = self._revealed.get((dealer, self.needed[dealer]), {})
+                if len(revealed) < self.plan.threshold:
+                    continue  # exclusions only shrink it: skip the filtering below
+                shares = {h: s for h, s in revealed.items() if h not in excluded}
                 if len(shares) < self.plan.threshold:
                     continue
                 chosen = sorted(shares, key=self.plan.x)[: self.plan.threshold]
