@@ -68,7 +68,9 @@ def test_split_many_equals_the_scalar_split_secret_by_secret(secrets, holders):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=5), holder_sets, st.data())
+@given(
+    st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=5), holder_sets, st.data()
+)
 def test_any_t_shares_rebuild_every_secret_and_equal_the_scalar_combine(secrets, holders, data):
     t, xs = holders
     dealt = shamir.split_many(secrets, t, xs, det_random(len(xs)))
@@ -82,9 +84,7 @@ def test_any_t_shares_rebuild_every_secret_and_equal_the_scalar_combine(secrets,
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, shamir.MAX_SHARES), min_size=1, max_size=12, unique=True), st.data())
 def test_lagrange_weights_interpolate_any_polynomial_at_zero(xs, data):
-    coefficients = data.draw(
-        st.lists(st.integers(0, P - 1), min_size=len(xs), max_size=len(xs))
-    )
+    coefficients = data.draw(st.lists(st.integers(0, P - 1), min_size=len(xs), max_size=len(xs)))
     values = [sum(c * pow(x, j, P) for j, c in enumerate(coefficients)) % P for x in xs]
     weights = shamir.lagrange_at_zero(tuple(xs))
     assert sum(w * v for w, v in zip(weights, values, strict=True)) % P == coefficients[0]

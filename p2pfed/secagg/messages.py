@@ -363,11 +363,9 @@ class _Reader:
             if kind is None:
                 raise DataError(f"unknown share kind {data[kind_at]}")
             share_end = kind_at + 1 + SHARE_BYTES
-            out.append(
-                RevealedShare(
-                    _name(data[start:kind_at]), kind, data[kind_at + 1 : share_end], data[share_end:pos]
-                )
-            )
+            dealer = _name(data[start:kind_at])
+            share, signature = data[kind_at + 1 : share_end], data[share_end:pos]
+            out.append(RevealedShare(dealer, kind, share, signature))
         self.pos = pos
         return tuple(out)
 

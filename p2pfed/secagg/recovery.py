@@ -233,7 +233,7 @@ class Recovery:
                 groups.setdefault(xs, []).append((dealer, {h: shares[h] for h in chosen}))
             retry = []
             for xs, items in groups.items():
-                for (dealer, chosen), secret in zip(items, self._combine(xs, items), strict=True):
+                for (dealer, _), secret in zip(items, self._combine(xs, items), strict=True):
                     if secret is not None:
                         self.recovered[dealer] = secret
                         continue
