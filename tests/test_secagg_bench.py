@@ -4,13 +4,8 @@ from p2pfed.cli import main
 
 
 def test_bench_prints_the_documented_json(capsys):
-    assert (
-        main(
-            ["bench", "secagg", "--json", "--n", "3", "12", "--d", "2000", "--repeats", "1"]
-            + ["--procs", "2"]
-        )
-        == 0
-    )
+    args = "bench secagg --json --n 3 12 --d 2000 --repeats 1 --procs 2"
+    assert main(args.split()) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["bench"] == "secagg" and doc["keystream_gb_s"] > 0
     assert [(c["n"], c["d"]) for c in doc["cases"]] == [(3, 2000), (12, 2000)]
@@ -37,7 +32,7 @@ def test_bench_prints_the_documented_json(capsys):
 
 def test_a_case_over_the_memory_budget_is_refused_naming_the_memory(capsys):
     args = ["bench", "secagg", "--json", "--n", "128", "--d", "10000000", "--repeats", "1"]
-    assert main(args + ["--memory-budget-mb", "100"]) == 2
+    assert main([*args, "--memory-budget-mb", "100"]) == 2
     err = capsys.readouterr().err
     assert "MiB" in err and "--memory-budget-mb 100" in err and "Traceback" not in err
 

@@ -23,6 +23,7 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -116,7 +117,7 @@ class _Worker:
                     if peer.stage is Stage.ABORTED:
                         continue
                     try:
-                        out += self.call(to, lambda p=peer, s=sender, b=data: p.receive_bytes(s, b))
+                        out += self.call(to, partial(peer.receive_bytes, sender, data))
                     except RemoteProtocolError:
                         self.refused += 1
                 return out, self._stages()
@@ -124,8 +125,8 @@ class _Worker:
                 live = [p for p in self.peers.values() if p.stage.value == stage]
                 return self._each(lambda p: p.deadline, live)
             case ("partial",):
-                partial, self.partial = self.partial, None
-                return partial, self.streamed
+                summed, self.partial = self.partial, None
+                return summed, self.streamed
             case ("sum", total, survivors):
                 self.total = total
                 live = [p for p in self.peers.values() if p.stage is Stage.MASKED_INPUT]
