@@ -59,7 +59,9 @@ _KINDS: Final = frozenset(ShareKind)
 def _check_header(version: int, consortium: str, round_: int) -> None:
     if version != VERSION:
         raise DataError(f"secagg message version {version} is not supported (want {VERSION})")
-    if not consortium or len(consortium.encode()) > MAX_CONSORTIUM_BYTES:
+    ascii_ok = type(consortium) is str and consortium.isascii()  # no encode on that path
+    size = len(consortium) if ascii_ok else len(str(consortium).encode())
+    if not 1 <= size <= MAX_CONSORTIUM_BYTES:
         raise DataError(f"the consortium ID must be 1..{MAX_CONSORTIUM_BYTES} bytes")
     if not 0 <= round_ < 1 << 63:
         raise DataError(f"the round must be a non-negative 63-bit integer, got {round_}")
@@ -273,6 +275,7 @@ _HEAD = struct.Struct(">2sBB")
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 _SHARE_KINDS: Final = {int(k): k for k in ShareKind}
+_MESSAGE_KINDS: Final = {int(k): k for k in MessageKind}
 _NAME_CACHE_MAX: Final = 8192
 _names: dict[bytes, str] = {}
 """Peer IDs already decoded: a round repeats the same n names tens of thousands of times."""
@@ -386,12 +389,9 @@ def decode(data: bytes) -> Message:
         raise RemoteProtocolError(
             ReasonCode.UNKNOWN_VERSION, f"secagg message version {version} is not supported"
         )
-    try:
-        kind_enum = MessageKind(kind)
-    except ValueError:
-        raise RemoteProtocolError(
-            ReasonCode.UNKNOWN_TYPE, f"unknown secagg message kind {kind}"
-        ) from None
+    kind_enum = _MESSAGE_KINDS.get(kind)
+    if kind_enum is None:
+        raise RemoteProtocolError(ReasonCode.UNKNOWN_TYPE, f"unknown secagg message kind {kind}")
     reader.pos = _HEAD.size
     consortium = reader.string()
     (round_,) = _U64.unpack(reader.take(8))

@@ -94,18 +94,18 @@ def _text_field(value: str) -> bytes:
     return b"b" + _U32(len(raw)) + raw
 
 
-def _field(value: bytes | str | int) -> bytes:
-    if type(value) is int:
-        return b"i" + _U64(value)
-    if isinstance(value, str):
-        return _text_field(value)
-    raw = bytes(value)
-    return b"b" + _U32(len(raw)) + raw
-
-
 def domain(*parts: bytes | str | int) -> bytes:
     """An unambiguous (length-prefixed) encoding of a domain-separation tuple."""
-    return PROTOCOL_LABEL + b"".join(map(_field, parts))
+    out = [PROTOCOL_LABEL]
+    for part in parts:  # inlined: signed bytes are built for every signature checked
+        if isinstance(part, int):
+            out.append(b"i" + _U64(part))
+        elif isinstance(part, str):
+            out.append(_text_field(part))
+        else:
+            raw = bytes(part)
+            out.append(b"b" + _U32(len(raw)) + raw)
+    return b"".join(out)
 
 
 def derive_key(ikm: bytes, *context: bytes | str | int) -> bytes:
