@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 
-from p2pfed.errors import DataError, LocalProtocolError, ReasonCode
+from p2pfed.errors import LocalProtocolError, ReasonCode
 from p2pfed.identity.keys import verify_signature
 from p2pfed.secagg import shamir
 from p2pfed.secagg.admission import Refusal
@@ -184,6 +184,7 @@ class Recovery:
         self.bad_dealer: str | None = None
         self._revealed: dict[tuple[str, ShareKind], dict[str, RevealedShare]] = {}
         self._touched: set[str] = set()
+        self._weights: dict[tuple[int, ...], tuple[int, ...]] = {}  # Lagrange, per x set
 
     def take(self, sender: str, reveal: Reveal) -> Refusal | None:
         """Keep ``sender``'s shares for this set, or say why they are refused (none kept)."""
@@ -250,23 +251,15 @@ class Recovery:
         self, xs: tuple[int, ...], items: list[tuple[str, dict[str, RevealedShare]]]
     ) -> list[bytes | None]:
         """The checked secret of each dealer in ``items`` (None: it failed its check)."""
-        rows, usable = [], []
-        for _, chosen in items:
-            row = [s.share for s in chosen.values()]
-            try:
-                for share in row:
-                    shamir.share_value(share)
-            except DataError:
-                usable.append(False)
-                continue
-            usable.append(True)
-            # Rows are ordered like ``xs``: ``chosen`` was built in x order.
-            rows.append(row)
-        rebuilt = iter(shamir.combine_many(xs, rows))
+        # Rows are ordered like ``xs``: each ``chosen`` was built in x order.
+        rows = [[s.share for s in chosen.values()] for _, chosen in items]
         c, r = self.config.consortium, self.config.round
         out: list[bytes | None] = []
-        for (dealer, _), ok in zip(items, usable, strict=True):
-            secret = next(rebuilt) if ok else None
+        weights = self._weights.get(xs)
+        if weights is None:
+            weights = self._weights[xs] = shamir.lagrange_at_zero(xs)
+        rebuilt = shamir.combine_many(xs, rows, weights)
+        for (dealer, _), secret in zip(items, rebuilt, strict=True):
             if secret is not None:
                 advert = self._adverts[dealer]
                 if self.needed[dealer] is ShareKind.SELF_SEED:

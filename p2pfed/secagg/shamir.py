@@ -9,12 +9,14 @@ determine f and so s = f(0) by Lagrange interpolation; any t − 1 shares are co
 rejection sampling from the injected random-byte source, never reduced with bias.
 
 Vectorised: ``split_many`` shares many secrets among one holder set as one matrix product
-(the holders' Vandermonde rows times every secret's coefficient column, numpy object arrays
-of Python integers, reduced mod p once); ``combine_many`` rebuilds many secrets whose
-shares sit at the same x coordinates as one product with the Lagrange weights at 0, which
+(the holders' Vandermonde rows, computed once, times every secret's coefficient column,
+reduced mod p once per share); ``combine_many`` rebuilds many secrets whose shares sit at
+the same x coordinates as one product with the Lagrange weights at 0, which
 ``lagrange_at_zero`` computes once per x set (one field inversion, Montgomery's trick) and
-caches, so recovering every secret of a survivor set costs t multiplications each.
-``split`` and ``combine`` are the one-secret forms.
+callers keep, so recovering every secret of a survivor set costs t multiplications each. The
+products run on Python's integers: numpy has no 257-bit type, and its object arrays cost
+more per call than the t-term sums they would replace (measured: they made recovery
+slower). ``split`` and ``combine`` are the one-secret forms.
 
 Shares travel as 33-byte big-endian field elements; the x coordinate is implied by the
 holder's position in the cohort. Own implementation rather than pycryptodome's because
@@ -27,10 +29,8 @@ Raises ``ConfigError`` for an impossible (t, n) or x, ``DataError`` for a malfor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from typing import Any, Final
-
-import numpy as np
+from operator import mul
+from typing import Final
 
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.secagg.primitives import RandomBytes
@@ -76,12 +76,13 @@ def split_many(
         [int.from_bytes(s, "big")] + [_random_element(random_bytes) for _ in range(threshold - 1)]
         for s in secrets
     ]
-    coefficients = np.array(columns, dtype=object).T  # t × secrets
-    vandermonde = np.array([[pow(x, j, PRIME) for j in range(threshold)] for x in xs], dtype=object)
-    values = (vandermonde.dot(coefficients)) % PRIME  # holders × secrets
+    vandermonde = [[pow(x, j, PRIME) for j in range(threshold)] for x in xs]
     return [
-        {x: int(values[i, k]).to_bytes(SHARE_BYTES, "big") for i, x in enumerate(xs)}
-        for k in range(len(secrets))
+        {
+            x: (sum(map(mul, row, column)) % PRIME).to_bytes(SHARE_BYTES, "big")
+            for x, row in zip(xs, vandermonde, strict=True)
+        }
+        for column in columns
     ]
 
 
@@ -102,13 +103,13 @@ def share_value(share: bytes) -> int:
     return y
 
 
-@lru_cache(maxsize=4096)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     """The weights λ_i with f(0) = Σ λ_i f(x_i) for any polynomial of degree < len(xs).
 
     λ_i = Π_{j≠i} x_j / (x_j − x_i); all denominators are inverted with one ``pow`` (batch
-    inversion), and the result is cached per x tuple: a survivor set reuses it for every
-    secret whose shares come from the same holders.
+    inversion). Callers keep them per x tuple (``Recovery`` does, per survivor set): every
+    secret whose shares come from the same holders reuses them. Not memoised here, so
+    peers simulated in one process do not share work a real peer would do alone.
     """
     if not xs:
         raise ConfigError("combining needs at least one share")
@@ -133,24 +134,30 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(weights)
 
 
-def combine_many(xs: Sequence[int], rows: Sequence[Sequence[bytes]]) -> list[bytes | None]:
-    """The secret of each row of shares at ``xs``; None where it is not a 32-byte secret.
+def combine_many(
+    xs: Sequence[int], rows: Sequence[Sequence[bytes]], weights: Sequence[int] | None = None
+) -> list[bytes | None]:
+    """The secret of each row of shares at ``xs``; None where the row rebuilds none.
 
     Every row must use all of ``xs`` (give exactly the threshold number: more is fine only
-    if they lie on one polynomial). None marks inconsistent shares. ``DataError`` for a
-    share that is not a field element, ``ConfigError`` for bad ``xs`` or a row's length.
+    if they lie on one polynomial). None marks a row with a share that is not a field
+    element or shares that do not rebuild a 32-byte secret (inconsistent shares).
+    ``ConfigError`` for bad ``xs`` or a row's length. ``weights``: ``lagrange_at_zero(xs)``
+    if the caller kept them.
     """
-    weights = lagrange_at_zero(tuple(xs))
-    if any(len(row) != len(xs) for row in rows):
-        raise ConfigError("every row of shares must have one share per x coordinate")
-    if not rows:
-        return []
-    values: Any = np.array([[share_value(y) for y in row] for row in rows], dtype=object)
-    secrets = values.dot(np.array(weights, dtype=object)) % PRIME
-    return [
-        None if int(s) >> (8 * SECRET_BYTES) else int(s).to_bytes(SECRET_BYTES, "big")
-        for s in secrets
-    ]
+    if weights is None or len(weights) != len(xs):
+        weights = lagrange_at_zero(tuple(xs))
+    out: list[bytes | None] = []
+    for row in rows:
+        if len(row) != len(weights):
+            raise ConfigError("every row of shares must have one share per x coordinate")
+        values = [int.from_bytes(y, "big") for y in row]
+        if any(len(y) != SHARE_BYTES for y in row) or any(v >= PRIME for v in values):
+            out.append(None)
+            continue
+        secret = sum(map(mul, weights, values)) % PRIME
+        out.append(None if secret >> (8 * SECRET_BYTES) else secret.to_bytes(SECRET_BYTES, "big"))
+    return out
 
 
 def combine(shares: Mapping[int, bytes]) -> bytes:
@@ -161,6 +168,8 @@ def combine(shares: Mapping[int, bytes]) -> bytes:
     """
     if not shares:
         raise ConfigError("combining needs at least one share")
+    for share in shares.values():
+        share_value(share)  # names a malformed share
     xs = list(shares)
     secret = combine_many(xs, [[shares[x] for x in xs]])[0]
     if secret is None:
