@@ -6,7 +6,10 @@ byte counted is real). When the queue is empty and some live peers still wait in
 stage, the *earliest* such stage's deadline fires for the peers in it (as a synchronised
 per-stage timeout would), so a fast peer never times out while a slow one is still about
 to send. When every live peer waits for the sum, the vectors of those that reached
-MASKED_INPUT go through the ``MaskedSum`` and each contributor gets (total, S).
+MASKED_INPUT go through the ``MaskedSum`` and each contributor gets (total, S). With
+``stream_sum`` each masked vector is instead added to one running total the moment it is
+made, and every contributor shares that total (``receive_sum(..., shared=True)``), so a
+big cohort in one process holds a few vectors, not n.
 
 Faults are injected with ``drops``: ``{peer: Drop(stage, partial)}`` kills a peer the moment
 it reaches (or passes) ``stage``: the messages of the step that took it there are not sent (or, with
