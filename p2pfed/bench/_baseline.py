@@ -95,9 +95,7 @@ def _gloo(rank: int, n: int, port: int, mb: int, repeats: int) -> dict[str, Any]
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=n
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=n)
     try:
         best, correct = math.inf, True
         for _ in range(repeats):

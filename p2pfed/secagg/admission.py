@@ -149,7 +149,8 @@ def check_reveal(
     if digest and reveal.survivors_digest != digest:
         return Refusal(ReasonCode.PROTOCOL_VIOLATION, "reveal for another survivor set", True)
     for share in reveal.shares:
-        if share.dealer not in identities or sender not in plan.holders(share.dealer):
+        dealer = share.dealer  # sender ∈ holders(dealer), without building that set per share
+        if dealer not in identities or (sender != dealer and sender not in plan.neighbours[dealer]):
             return Refusal(
                 ReasonCode.PROTOCOL_VIOLATION,
                 f"reveal of a share of {share.dealer!r} it cannot hold",

@@ -150,9 +150,8 @@ class KeyExchange:
         config, plan, me, sign = self.config, self.plan, self.me, self._signer.sign
         c, r = config.consortium, config.round
         xs = {peer: plan.x(peer) for peer in holders}
-        seed_shares = shamir.split(self.keys.seed, plan.threshold, list(xs.values()), self._random)
-        mask_shares = shamir.split(
-            self.keys.mask.secret, plan.threshold, list(xs.values()), self._random
+        seed_shares, mask_shares = shamir.split_many(
+            [self.keys.seed, self.keys.mask.secret], plan.threshold, list(xs.values()), self._random
         )
         sealed: list[tuple[str, ShareKeys]] = []
         for peer in sorted(xs):

@@ -6,7 +6,10 @@ byte counted is real). When the queue is empty and some live peers still wait in
 stage, the *earliest* such stage's deadline fires for the peers in it (as a synchronised
 per-stage timeout would), so a fast peer never times out while a slow one is still about
 to send. When every live peer waits for the sum, the vectors of those that reached
-MASKED_INPUT go through the ``MaskedSum`` and each contributor gets (total, S).
+MASKED_INPUT go through the ``MaskedSum`` and each contributor gets (total, S). With
+``stream_sum`` each masked vector is instead added to one running total the moment it is
+made, and every contributor shares that total (``receive_sum(..., shared=True)``), so a
+big cohort in one process holds a few vectors, not n.
 
 Faults are injected with ``drops``: ``{peer: Drop(stage, partial)}`` kills a peer the moment
 it reaches (or passes) ``stage``: the messages of the step that took it there are not sent (or, with
@@ -34,12 +37,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
+import numpy as np
+
 from p2pfed.errors import ConfigError, ReasonCode, RemoteProtocolError
 from p2pfed.identity.keys import Identity
 from p2pfed.secagg.messages import encode
 from p2pfed.secagg.params import SecAggConfig
 from p2pfed.secagg.primitives import RandomBytes, UIntVector
-from p2pfed.secagg.protocol import Outgoing, SecAggPeer
+from p2pfed.secagg.protocol import Input, Outgoing, SecAggPeer
 from p2pfed.secagg.state import POST_SUM, PRE_SUM, PROGRESS, Stage
 from p2pfed.secagg.summation import DirectMaskedSum, MaskedSum
 
@@ -118,8 +123,12 @@ class _Cohort:
         drops: Mapping[str, Drop],
         tamper: Tamper | None,
         probe: str | None,
+        stream_sum: bool = False,
     ) -> None:
         self.peers = peers
+        self.stream_sum = stream_sum
+        self.streamed: list[str] = []
+        self.stream_total: UIntVector | None = None
         self.names = sorted(peers)
         self.drops = drops
         self.tamper = tamper
@@ -159,6 +168,8 @@ class _Cohort:
             outgoing = outgoing[: len(outgoing) // 2] if drop.partial else []
         elif sender in run.dead:
             outgoing = []
+        if self.stream_sum and sender not in run.dead:
+            self.absorb(sender)
         cache: dict[int, bytes] = {}
         for item in outgoing:
             data = cache.get(id(item.message))
@@ -168,6 +179,23 @@ class _Cohort:
                 data = self.tamper(sender, item.to, data)
             run.bytes_sent[sender] += len(data)
             self.queue.append((sender, item.to, data))
+
+    def absorb(self, name: str) -> None:
+        """Add ``name``'s masked vector to the running sum as soon as it exists, and drop it.
+
+        So a cohort in one process holds one running total, not n masked vectors.
+        """
+        peer = self.peers[name]
+        vector = peer.masked_vector
+        if peer.stage is not Stage.MASKED_INPUT or vector is None:
+            return
+        if self.stream_total is None:
+            self.stream_total = vector  # the peer gave it up: it becomes the accumulator
+        else:
+            np.add(self.stream_total, vector, out=self.stream_total)
+        peer.masked_vector = None
+        self.streamed.append(name)
+        self.run.vector_bytes[name] = vector.nbytes
 
     def pump(self) -> None:
         """Deliver every queued message, FIFO, including what the deliveries send."""
@@ -225,12 +253,22 @@ class _Cohort:
     ) -> None:
         """Every contributor gets the true (total, S); the ``late`` ones after the others."""
         total, survivors = masked_sum.sum(vectors, ring_bits)
-        self.run.survivors = survivors
         vectors.clear()  # no reference here to a buffer a peer reuses for the total
+        self.give_sum(total, survivors, late)
+
+    def give_sum(
+        self,
+        total: UIntVector,
+        survivors: frozenset[str],
+        late: Collection[str],
+        shared: bool = False,
+    ) -> None:
+        """Every contributor gets (total, S); the ``late`` ones after the others."""
+        self.run.survivors = survivors
         for group in (sorted(survivors - set(late)), sorted(survivors & set(late))):
             for n in group:
-                if n not in self.run.dead:
-                    step = partial(self.peers[n].receive_sum, total, survivors)
+                if n not in self.run.dead and self.peers[n].stage is Stage.MASKED_INPUT:
+                    step = partial(self.peers[n].receive_sum, total, survivors, shared=shared)
                     self.emit(n, self.call(n, step, total.nbytes))
             self.pump()
 
@@ -248,7 +286,7 @@ class _Cohort:
 
 def run_cohort(
     config: SecAggConfig,
-    inputs: Mapping[str, UIntVector],
+    inputs: Mapping[str, Input],
     *,
     drops: Mapping[str, Drop] | None = None,
     masked_sum: MaskedSum | None = None,
@@ -259,6 +297,7 @@ def run_cohort(
     probe: str | None = None,
     views: Views | None = None,
     late: Collection[str] = (),
+    stream_sum: bool = False,
 ) -> CohortRun:
     """Run every peer of ``inputs`` to completion; see the module docstring.
 
@@ -266,8 +305,13 @@ def run_cohort(
     recipient, data)`` may rewrite any message in flight (to test rejections);
     ``copy_inputs=False`` lets peers mask the given arrays in place (saves memory);
     ``late`` peers get the sum only after everything the others sent was delivered (so the
-    others' signatures and reveals reach them early and are buffered).
+    others' signatures and reveals reach them early and are buffered). ``stream_sum``
+    adds each masked vector to one running total the moment it is made and shares that
+    total with every contributor (for big cohorts in one process: one vector held, not n);
+    inputs may then be callables that make each input only when it is masked.
     """
+    if stream_sum and (views is not None or masked_sum is not None):
+        raise ConfigError("stream_sum forms the sum itself: it takes neither views nor masked_sum")
     names = sorted(inputs)
     if unknown := set(drops or {}) - set(names):
         raise ConfigError(f"drops name peers outside the cohort: {sorted(unknown)}")
@@ -282,12 +326,19 @@ def run_cohort(
         )
         for n in names
     }
-    cohort = _Cohort(peers, dict(drops or {}), tamper, probe)
+    cohort = _Cohort(peers, dict(drops or {}), tamper, probe, stream_sum)
     for n in names:
-        own = 0 if copy_inputs else inputs[n].nbytes
-        step = partial(peers[n].start, inputs[n], copy=copy_inputs)
+        given = inputs[n]
+        own = 0 if copy_inputs or callable(given) else given.nbytes
+        step = partial(peers[n].start, given, copy=copy_inputs)
         cohort.emit(n, cohort.call(n, step, own))
     cohort.run_pre_sum()
+    if cohort.stream_total is not None:
+        streamed = frozenset(cohort.streamed)
+        cohort.give_sum(cohort.stream_total, streamed, late, shared=True)
+        cohort.stream_total = None
+        cohort.finish(compute_results)
+        return cohort.run
     vectors = cohort.masked_vectors()
     if vectors and views is not None:
         cohort.lying_sum(vectors, views, config.ring_bits)

@@ -53,21 +53,29 @@ class ShareKind(enum.IntEnum):
     PAIR_SECRET = 2
 
 
+_KINDS: Final = frozenset(ShareKind)
+
+
 def _check_header(version: int, consortium: str, round_: int) -> None:
     if version != VERSION:
         raise DataError(f"secagg message version {version} is not supported (want {VERSION})")
-    if not consortium or len(consortium.encode()) > MAX_CONSORTIUM_BYTES:
+    ascii_ok = type(consortium) is str and consortium.isascii()  # no encode on that path
+    size = len(consortium) if ascii_ok else len(str(consortium).encode())
+    if not 1 <= size <= MAX_CONSORTIUM_BYTES:
         raise DataError(f"the consortium ID must be 1..{MAX_CONSORTIUM_BYTES} bytes")
     if not 0 <= round_ < 1 << 63:
         raise DataError(f"the round must be a non-negative 63-bit integer, got {round_}")
 
 
 def _check_bytes(name: str, value: bytes, size: int) -> None:
-    if not isinstance(value, bytes) or len(value) != size:
+    if type(value) is not bytes or len(value) != size:
         raise DataError(f"{name} must be {size} bytes")
 
 
 def _check_peer(name: str, peer: str) -> None:
+    # ASCII IDs (every libp2p peer ID) are their own UTF-8 length: no encode on that path.
+    if type(peer) is str and peer.isascii() and 1 <= len(peer) <= MAX_PEER_ID_BYTES:
+        return
     if not isinstance(peer, str) or not 1 <= len(peer.encode()) <= MAX_PEER_ID_BYTES:
         raise DataError(f"{name} must be a peer ID of 1..{MAX_PEER_ID_BYTES} bytes")
 
@@ -153,8 +161,21 @@ class RevealedShare:
     signature: bytes
 
     def __post_init__(self) -> None:
+        # One combined test on the hot path (a peer decodes ~(k+1)·n of these per round);
+        # the field-by-field checks below only run to name what is wrong.
+        if (
+            type(self.share) is bytes
+            and len(self.share) == SHARE_BYTES
+            and type(self.signature) is bytes
+            and len(self.signature) == SIGNATURE_BYTES
+            and self.kind in _KINDS
+            and type(self.dealer) is str
+            and self.dealer.isascii()
+            and 1 <= len(self.dealer) <= MAX_PEER_ID_BYTES
+        ):
+            return
         _check_peer("dealer", self.dealer)
-        if self.kind not in (ShareKind.SELF_SEED, ShareKind.PAIR_SECRET):
+        if self.kind not in _KINDS:
             raise DataError(f"unknown share kind {self.kind}")
         _check_bytes("share", self.share, SHARE_BYTES)
         _check_bytes("share signature", self.signature, SIGNATURE_BYTES)
@@ -250,41 +271,106 @@ def encode(message: Message) -> bytes:
     return head + body
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+_HEAD = struct.Struct(">2sBB")
+_U16 = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
+_SHARE_KINDS: Final = {int(k): k for k in ShareKind}
+_MESSAGE_KINDS: Final = {int(k): k for k in MessageKind}
+_NAME_CACHE_MAX: Final = 8192
+_names: dict[bytes, str] = {}
+"""Peer IDs already decoded: a round repeats the same n names tens of thousands of times."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
 
-    def take(self, size: int) -> bytes:
-        if self.pos + size > len(self.data):
-            raise RemoteProtocolError(ReasonCode.MALFORMED, "secagg message is truncated")
-        chunk = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return chunk
+def _truncated() -> RemoteProtocolError:
+    return RemoteProtocolError(ReasonCode.MALFORMED, "secagg message is truncated")
 
-    def u8(self) -> int:
-        return self.take(1)[0]
 
-    def u16(self) -> int:
-        value: int = struct.unpack(">H", self.take(2))[0]
-        return value
-
-    def string(self) -> str:
-        raw = self.take(self.u8())
+def _name(raw: bytes) -> str:
+    name = _names.get(raw)
+    if name is None:
         try:
-            return raw.decode()
+            name = raw.decode()
         except UnicodeDecodeError:
             raise RemoteProtocolError(
                 ReasonCode.MALFORMED, "secagg message has a string that is not UTF-8"
             ) from None
+        if len(_names) >= _NAME_CACHE_MAX:
+            _names.clear()  # bounded: a flood of fresh names cannot grow it
+        _names[raw] = name
+    return name
+
+
+class _Reader:
+    """A cursor over one message; every read checks the bounds, none copies the rest."""
+
+    __slots__ = ("data", "end", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.end = len(data)
+        self.pos = 0
+
+    def take(self, size: int) -> bytes:
+        start, stop = self.pos, self.pos + size
+        if stop > self.end:
+            raise _truncated()
+        self.pos = stop
+        return self.data[start:stop]
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise _truncated()
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def u16(self) -> int:
+        if self.pos + 2 > self.end:
+            raise _truncated()
+        (value,) = _U16.unpack_from(self.data, self.pos)
+        self.pos += 2
+        return int(value)
+
+    def string(self) -> str:
+        size = self.u8()
+        return _name(self.take(size))
 
     def strings(self) -> tuple[str, ...]:
         count = self.u16()
         if count > MAX_PEERS:
             raise RemoteProtocolError(ReasonCode.OVERSIZED, f"secagg list of {count} peers")
-        return tuple(self.string() for _ in range(count))
+        data, end, pos, out = self.data, self.end, self.pos, []
+        for _ in range(count):  # inlined string(): this loop runs once per listed peer
+            if pos >= end:
+                raise _truncated()
+            stop = pos + 1 + data[pos]
+            if stop > end:
+                raise _truncated()
+            out.append(_name(data[pos + 1 : stop]))
+            pos = stop
+        self.pos = pos
+        return tuple(out)
+
+    def revealed_shares(self, count: int) -> tuple[RevealedShare, ...]:
+        """``count`` records of dealer string, kind u8, share and signature."""
+        data, end, pos, out = self.data, self.end, self.pos, []
+        fixed = 1 + SHARE_BYTES + SIGNATURE_BYTES
+        for _ in range(count):
+            if pos >= end:
+                raise _truncated()
+            start = pos + 1
+            kind_at = start + data[pos]
+            pos = kind_at + fixed
+            if pos > end:
+                raise _truncated()
+            kind = _SHARE_KINDS.get(data[kind_at])
+            if kind is None:
+                raise DataError(f"unknown share kind {data[kind_at]}")
+            share_end = kind_at + 1 + SHARE_BYTES
+            dealer = _name(data[start:kind_at])
+            share, signature = data[kind_at + 1 : share_end], data[share_end:pos]
+            out.append(RevealedShare(dealer, kind, share, signature))
+        self.pos = pos
+        return tuple(out)
 
 
 def decode(data: bytes) -> Message:
@@ -293,27 +379,27 @@ def decode(data: bytes) -> Message:
         raise RemoteProtocolError(
             ReasonCode.OVERSIZED, f"secagg message of {len(data)} bytes exceeds the limit"
         )
-    reader = _Reader(bytes(data))
-    if reader.take(2) != MAGIC:
+    reader = _Reader(data if type(data) is bytes else bytes(data))
+    if reader.end < _HEAD.size:
+        raise _truncated()
+    magic, version, kind = _HEAD.unpack_from(reader.data)
+    if magic != MAGIC:
         raise RemoteProtocolError(ReasonCode.MALFORMED, "not a secagg message (bad magic)")
-    version, kind = reader.u8(), reader.u8()
     if version != VERSION:
         raise RemoteProtocolError(
             ReasonCode.UNKNOWN_VERSION, f"secagg message version {version} is not supported"
         )
-    try:
-        kind_enum = MessageKind(kind)
-    except ValueError:
-        raise RemoteProtocolError(
-            ReasonCode.UNKNOWN_TYPE, f"unknown secagg message kind {kind}"
-        ) from None
+    kind_enum = _MESSAGE_KINDS.get(kind)
+    if kind_enum is None:
+        raise RemoteProtocolError(ReasonCode.UNKNOWN_TYPE, f"unknown secagg message kind {kind}")
+    reader.pos = _HEAD.size
     consortium = reader.string()
-    round_: int = struct.unpack(">Q", reader.take(8))[0]
+    (round_,) = _U64.unpack(reader.take(8))
     try:
         message = _decode_body(reader, kind_enum, consortium, round_)
     except DataError as exc:
         raise RemoteProtocolError(ReasonCode.MALFORMED, f"bad secagg message: {exc}") from None
-    if reader.pos != len(reader.data):
+    if reader.pos != reader.end:
         raise RemoteProtocolError(ReasonCode.MALFORMED, "secagg message has trailing bytes")
     return message
 
@@ -340,21 +426,7 @@ def _decode_body(reader: _Reader, kind: MessageKind, consortium: str, round_: in
             count = reader.u16()
             if count > MAX_PEERS:
                 raise RemoteProtocolError(ReasonCode.OVERSIZED, f"reveal of {count} shares")
-            shares = []
-            for _ in range(count):
-                dealer = reader.string()
-                share_kind = reader.u8()
-                if share_kind not in (1, 2):
-                    raise DataError(f"unknown share kind {share_kind}")
-                shares.append(
-                    RevealedShare(
-                        dealer,
-                        ShareKind(share_kind),
-                        reader.take(SHARE_BYTES),
-                        reader.take(SIGNATURE_BYTES),
-                    )
-                )
-            return Reveal(consortium, round_, digest, tuple(shares))
+            return Reveal(consortium, round_, digest, reader.revealed_shares(count))
         case MessageKind.SURVIVOR_SIGNATURE:
             return SurvivorSignature(
                 consortium, round_, reader.take(DIGEST_BYTES), reader.take(SIGNATURE_BYTES)

@@ -23,6 +23,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 import numpy as np
@@ -82,16 +83,29 @@ def agree(secret: bytes, peer_public: bytes) -> bytes:
         raise DataError("X25519 agreement failed: the public key has low order") from exc
 
 
-def _field(value: bytes | str | int) -> bytes:
-    if isinstance(value, int):
-        return b"i" + struct.pack(">Q", value)
-    raw = value.encode() if isinstance(value, str) else value
-    return b"b" + struct.pack(">I", len(raw)) + raw
+_U64 = struct.Struct(">Q").pack
+_U32 = struct.Struct(">I").pack
+
+
+@lru_cache(maxsize=8192)
+def _text_field(value: str) -> bytes:
+    # Names (consortium, peers, purposes) repeat in every domain of a round: encode once.
+    raw = value.encode()
+    return b"b" + _U32(len(raw)) + raw
 
 
 def domain(*parts: bytes | str | int) -> bytes:
     """An unambiguous (length-prefixed) encoding of a domain-separation tuple."""
-    return PROTOCOL_LABEL + b"".join(_field(p) for p in parts)
+    out = [PROTOCOL_LABEL]
+    for part in parts:  # inlined: signed bytes are built for every signature checked
+        if isinstance(part, int):
+            out.append(b"i" + _U64(part))
+        elif isinstance(part, str):
+            out.append(_text_field(part))
+        else:
+            raw = bytes(part)
+            out.append(b"b" + _U32(len(raw)) + raw)
+    return b"".join(out)
 
 
 def derive_key(ikm: bytes, *context: bytes | str | int) -> bytes:

@@ -27,12 +27,11 @@ Theory of operation (Bonawitz et al. 2017, with SecAgg+ neighbourhoods, no serve
 
 I/O is the caller's: ``start``/``receive``/``deadline``/``receive_sum`` return
 ``Outgoing(to, message)`` lists (``session.SecAggSession`` adds bytes, time and hold-back).
-The steps live in their own modules: ``dealing`` (keys, shares, masking), ``admission``
-(what a message must prove on arrival), ``recovery`` (survivor checks and unmasking).
-A message refused on arrival raises ``RemoteProtocolError`` (reason code, sender) and
-changes nothing; a peer whose keys or shares fail verification is excluded and named in
-``excluded``. Too few survivors or holders ends the round in ABORTED with
-``abort_code``/``abort_reason`` before anything is revealed.
+Steps live in ``dealing`` (keys, shares, masking), ``admission`` (what a message must
+prove on arrival) and ``recovery`` (survivor checks, unmasking). A refused message raises
+``RemoteProtocolError`` (reason code, sender) and changes nothing; a peer whose keys or
+shares fail verification is excluded and named in ``excluded``. Too few survivors or
+holders ends the round in ABORTED (``abort_code``/``abort_reason``), nothing revealed.
 """
 
 from __future__ import annotations
@@ -132,6 +131,7 @@ class SecAggPeer:
         self._digest = b""
         self._votes = SurvivorVotes()
         self._result: UIntVector | None = None
+        self._shared = False
 
     # ----------------------------------------------------------------- public API
 
@@ -190,13 +190,7 @@ class SecAggPeer:
         return self._advance()
 
     def is_early(self, sender: str, message: Message) -> bool:
-        """Whether ``message`` arrived before something it depends on and may be taken later.
-
-        Messages travel on separate streams, so a fast peer's shares can overtake its own key
-        advertisement, or its commitment can reach us before we left ``ADVERTISE``. A session
-        holds such a message back and offers it again after the next change, instead of
-        having it refused; anything not early is for ``receive`` to judge.
-        """
+        """Whether ``message`` came before what it depends on (see ``session``: held back)."""
         if message.round != self.config.round or message.consortium != self.config.consortium:
             return False
         kind = kind_of(message)
@@ -233,10 +227,14 @@ class SecAggPeer:
                 pass
         return []
 
-    def receive_sum(self, total: UIntVector, contributors: Iterable[str]) -> list[Outgoing]:
+    def receive_sum(
+        self, total: UIntVector, contributors: Iterable[str], *, shared: bool = False
+    ) -> list[Outgoing]:
         """The masked sum of ``contributors``' vectors: check it and sign the survivor set.
 
         Shares are revealed later, once, when a quorum of survivors signed the same set.
+        A ``shared`` total (one array for a whole in-process cohort) is kept by reference,
+        never written, and copied only by ``result()``.
 
         Aborts (nothing revealed) when this peer is not a contributor, too few peers
         contributed, a contributor's mask set or keys are unknown, two contributors disagree
@@ -268,11 +266,12 @@ class SecAggPeer:
         digest = self._digest = recovery.digest
         # The masked vector's buffer is free once summed: reuse it for the total, so a peer
         # never holds more than its input, one working vector and the incoming sum.
-        buffer = self.masked_vector
+        buffer = total if shared else self.masked_vector
         if buffer is None:
             buffer = cast(UIntVector, np.empty(self.config.dimension, dtype=dtype))
-        np.copyto(buffer, total)
-        self._total, self.masked_vector = buffer, None
+        if buffer is not total:
+            np.copyto(buffer, total)
+        self._total, self._shared, self.masked_vector = buffer, shared, None
         self._move(Event.SUM_RECEIVED)
         signature = self._signer.sign(survivor_set_signed_bytes(self.config, digest))
         self._votes.add(self.me, digest)
@@ -284,6 +283,7 @@ class SecAggPeer:
         if self.stage is not Stage.DONE or self._total is None or self._recovery is None:
             raise LocalProtocolError(f"no result in stage {self.stage.value}")
         total, self._total = self._total, None
+        total = total.copy() if self._shared else total  # a shared total is never written
         self._result = self._recovery.unmask(total, self._expander)
         return self._result
 

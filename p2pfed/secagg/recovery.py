@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 
-from p2pfed.errors import DataError, LocalProtocolError, ReasonCode
+from p2pfed.errors import LocalProtocolError, ReasonCode
 from p2pfed.identity.keys import verify_signature
 from p2pfed.secagg import shamir
 from p2pfed.secagg.admission import Refusal
@@ -184,6 +184,7 @@ class Recovery:
         self.bad_dealer: str | None = None
         self._revealed: dict[tuple[str, ShareKind], dict[str, RevealedShare]] = {}
         self._touched: set[str] = set()
+        self._weights: dict[tuple[int, ...], tuple[int, ...]] = {}  # Lagrange, per x set
 
     def take(self, sender: str, reveal: Reveal) -> Refusal | None:
         """Keep ``sender``'s shares for this set, or say why they are refused (none kept)."""
@@ -211,43 +212,63 @@ class Recovery:
         """Rebuild every needed secret that has t shares; True when all are recovered.
 
         Only dealers with new shares since the last call are looked at, so a peer does
-        O(shares) work over the whole unmask stage, not O(secrets) per message. A revealer
-        caught lying is passed to ``reject``; a dealer whose own shares do not rebuild its
-        secret is rejected too and left in ``bad_dealer`` (the round must abort).
+        O(shares) work over the whole unmask stage, not O(secrets) per message. Dealers
+        whose chosen shares sit at the same x coordinates are rebuilt together, with one
+        set of Lagrange weights (``shamir.combine_many``). A revealer caught lying is passed
+        to ``reject``; a dealer whose own shares do not rebuild its secret is rejected too
+        and left in ``bad_dealer`` (the round must abort).
         """
         touched, self._touched = self._touched, set()
-        for dealer in sorted(touched):
-            kind = self.needed[dealer]
-            while dealer not in self.recovered:
-                shares = {
-                    h: s
-                    for h, s in self._revealed.get((dealer, kind), {}).items()
-                    if h not in excluded
-                }
+        pending = sorted(touched - self.recovered.keys())
+        while pending:
+            groups: dict[tuple[int, ...], list[tuple[str, dict[str, RevealedShare]]]] = {}
+            for dealer in pending:
+                revealed = self._revealed.get((dealer, self.needed[dealer]), {})
+                if len(revealed) < self.plan.threshold:
+                    continue  # exclusions only shrink it: skip the filtering below
+                shares = {h: s for h, s in revealed.items() if h not in excluded}
                 if len(shares) < self.plan.threshold:
-                    break
+                    continue
                 chosen = sorted(shares, key=self.plan.x)[: self.plan.threshold]
-                secret = self._combine(dealer, kind, {h: shares[h] for h in chosen})
-                if secret is not None:
-                    self.recovered[dealer] = secret
-                elif not self._blame(dealer, kind, shares, reject):
-                    return False
+                xs = tuple(self.plan.x(h) for h in chosen)
+                groups.setdefault(xs, []).append((dealer, {h: shares[h] for h in chosen}))
+            retry = []
+            for xs, items in groups.items():
+                for (dealer, _), secret in zip(items, self._combine(xs, items), strict=True):
+                    if secret is not None:
+                        self.recovered[dealer] = secret
+                        continue
+                    kind = self.needed[dealer]
+                    every = self._revealed[(dealer, kind)]
+                    shares = {h: s for h, s in every.items() if h not in excluded}
+                    if not self._blame(dealer, kind, shares, reject):
+                        return False
+                    retry.append(dealer)
+            pending = retry
         return len(self.recovered) == len(self.needed)
 
     def _combine(
-        self, dealer: str, kind: ShareKind, shares: Mapping[str, RevealedShare]
-    ) -> bytes | None:
-        try:
-            secret = shamir.combine({self.plan.x(h): s.share for h, s in shares.items()})
-        except DataError:
-            return None
-        advert = self._adverts[dealer]
+        self, xs: tuple[int, ...], items: list[tuple[str, dict[str, RevealedShare]]]
+    ) -> list[bytes | None]:
+        """The checked secret of each dealer in ``items`` (None: it failed its check)."""
+        # Rows are ordered like ``xs``: each ``chosen`` was built in x order.
+        rows = [[s.share for s in chosen.values()] for _, chosen in items]
         c, r = self.config.consortium, self.config.round
-        if kind is ShareKind.SELF_SEED:
-            ok = commitment(secret, c, r, dealer) == advert.seed_commitment
-        else:
-            ok = AgreementKeyPair.from_secret(secret).public == advert.mask_public
-        return secret if ok else None
+        out: list[bytes | None] = []
+        weights = self._weights.get(xs)
+        if weights is None:
+            weights = self._weights[xs] = shamir.lagrange_at_zero(xs)
+        rebuilt = shamir.combine_many(xs, rows, weights)
+        for (dealer, _), secret in zip(items, rebuilt, strict=True):
+            if secret is not None:
+                advert = self._adverts[dealer]
+                if self.needed[dealer] is ShareKind.SELF_SEED:
+                    good = commitment(secret, c, r, dealer) == advert.seed_commitment
+                else:
+                    good = AgreementKeyPair.from_secret(secret).public == advert.mask_public
+                secret = secret if good else None
+            out.append(secret)
+        return out
 
     def _blame(
         self, dealer: str, kind: ShareKind, shares: Mapping[str, RevealedShare], reject: Reject

@@ -8,6 +8,16 @@ determine f and so s = f(0) by Lagrange interpolation; any t − 1 shares are co
 *every* secret (perfect secrecy), provided the coefficients are uniform — they are drawn by
 rejection sampling from the injected random-byte source, never reduced with bias.
 
+Vectorised: ``split_many`` shares many secrets among one holder set as one matrix product
+(the holders' Vandermonde rows, computed once, times every secret's coefficient column,
+reduced mod p once per share); ``combine_many`` rebuilds many secrets whose shares sit at
+the same x coordinates as one product with the Lagrange weights at 0, which
+``lagrange_at_zero`` computes once per x set (one field inversion, Montgomery's trick) and
+callers keep, so recovering every secret of a survivor set costs t multiplications each. The
+products run on Python's integers: numpy has no 257-bit type, and its object arrays cost
+more per call than the t-term sums they would replace (measured: they made recovery
+slower). ``split`` and ``combine`` are the one-secret forms.
+
 Shares travel as 33-byte big-endian field elements; the x coordinate is implied by the
 holder's position in the cohort. Own implementation rather than pycryptodome's because
 pycryptodome's works over GF(2^128) with 16-byte secrets, which would force splitting our
@@ -19,6 +29,8 @@ Raises ``ConfigError`` for an impossible (t, n) or x, ``DataError`` for a malfor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from math import prod
+from operator import mul
 from typing import Final
 
 from p2pfed.errors import ConfigError, DataError
@@ -38,27 +50,48 @@ def _random_element(random_bytes: RandomBytes) -> int:
             return candidate
 
 
-def split(
-    secret: bytes, threshold: int, xs: Sequence[int], random_bytes: RandomBytes
-) -> dict[int, bytes]:
-    """Shares of ``secret`` for holders at ``xs``; any ``threshold`` of them rebuild it."""
-    if len(secret) != SECRET_BYTES:
-        raise ConfigError(f"a shared secret must be {SECRET_BYTES} bytes, got {len(secret)}")
+def _check_xs(xs: Sequence[int]) -> None:
     if len(set(xs)) != len(xs):
         raise ConfigError("share x coordinates must be distinct")
     if any(not 0 < x <= MAX_SHARES for x in xs):
         raise ConfigError(f"share x coordinates must lie in 1..{MAX_SHARES}")
+
+
+def split_many(
+    secrets: Sequence[bytes], threshold: int, xs: Sequence[int], random_bytes: RandomBytes
+) -> list[dict[int, bytes]]:
+    """Shares of every secret for holders at ``xs`` (one x → share map per secret).
+
+    Coefficients are drawn secret by secret in order, so with the same random source the
+    shares equal ``split`` called once per secret.
+    """
+    for secret in secrets:
+        if len(secret) != SECRET_BYTES:
+            raise ConfigError(f"a shared secret must be {SECRET_BYTES} bytes, got {len(secret)}")
+    _check_xs(xs)
     if not 1 <= threshold <= len(xs):
         raise ConfigError(f"threshold {threshold} is impossible with {len(xs)} holders")
-    coefficients = [int.from_bytes(secret, "big")]
-    coefficients += [_random_element(random_bytes) for _ in range(threshold - 1)]
-    shares = {}
-    for x in xs:
-        y = 0
-        for c in reversed(coefficients):  # Horner
-            y = (y * x + c) % PRIME
-        shares[x] = y.to_bytes(SHARE_BYTES, "big")
-    return shares
+    if not secrets:
+        return []
+    columns = [
+        [int.from_bytes(s, "big")] + [_random_element(random_bytes) for _ in range(threshold - 1)]
+        for s in secrets
+    ]
+    vandermonde = [[pow(x, j, PRIME) for j in range(threshold)] for x in xs]
+    return [
+        {
+            x: (sum(map(mul, row, column)) % PRIME).to_bytes(SHARE_BYTES, "big")
+            for x, row in zip(xs, vandermonde, strict=True)
+        }
+        for column in columns
+    ]
+
+
+def split(
+    secret: bytes, threshold: int, xs: Sequence[int], random_bytes: RandomBytes
+) -> dict[int, bytes]:
+    """Shares of ``secret`` for holders at ``xs``; any ``threshold`` of them rebuild it."""
+    return split_many([secret], threshold, xs, random_bytes)[0]
 
 
 def share_value(share: bytes) -> int:
@@ -71,6 +104,59 @@ def share_value(share: bytes) -> int:
     return y
 
 
+def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """The weights λ_i with f(0) = Σ λ_i f(x_i) for any polynomial of degree < len(xs).
+
+    λ_i = Π_{j≠i} x_j / (x_j − x_i); all denominators are inverted with one ``pow`` (batch
+    inversion). Callers keep them per x tuple (``Recovery`` does, per survivor set): every
+    secret whose shares come from the same holders reuses them. Not memoised here, so
+    peers simulated in one process do not share work a real peer would do alone.
+    """
+    if not xs:
+        raise ConfigError("combining needs at least one share")
+    _check_xs(xs)
+    # x ≤ 65535 and t is small: the products are exact integers of a few hundred bits at
+    # most, formed by math.prod in C and reduced once, not mod p after every factor.
+    every = prod(xs)
+    numerators = [every // xi for xi in xs]
+    denominators = [prod([xj - xi for xj in xs if xj != xi]) % PRIME for xi in xs]
+    prefix = [1]
+    for d in denominators:
+        prefix.append(prefix[-1] * d % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    weights = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        weights[i] = numerators[i] * inverse * prefix[i] % PRIME  # 1/d_i
+        inverse = inverse * denominators[i] % PRIME
+    return tuple(weights)
+
+
+def combine_many(
+    xs: Sequence[int], rows: Sequence[Sequence[bytes]], weights: Sequence[int] | None = None
+) -> list[bytes | None]:
+    """The secret of each row of shares at ``xs``; None where the row rebuilds none.
+
+    Every row must use all of ``xs`` (give exactly the threshold number: more is fine only
+    if they lie on one polynomial). None marks a row with a share that is not a field
+    element or shares that do not rebuild a 32-byte secret (inconsistent shares).
+    ``ConfigError`` for bad ``xs`` or a row's length. ``weights``: ``lagrange_at_zero(xs)``
+    if the caller kept them.
+    """
+    if weights is None or len(weights) != len(xs):
+        weights = lagrange_at_zero(tuple(xs))
+    out: list[bytes | None] = []
+    for row in rows:
+        if len(row) != len(weights):
+            raise ConfigError("every row of shares must have one share per x coordinate")
+        values = [int.from_bytes(y, "big") for y in row]
+        if any(len(y) != SHARE_BYTES for y in row) or any(v >= PRIME for v in values):
+            out.append(None)
+            continue
+        secret = sum(map(mul, weights, values)) % PRIME
+        out.append(None if secret >> (8 * SECRET_BYTES) else secret.to_bytes(SECRET_BYTES, "big"))
+    return out
+
+
 def combine(shares: Mapping[int, bytes]) -> bytes:
     """The secret interpolated at 0 from ``shares`` (x → y); uses all shares given.
 
@@ -79,17 +165,10 @@ def combine(shares: Mapping[int, bytes]) -> bytes:
     """
     if not shares:
         raise ConfigError("combining needs at least one share")
-    if any(not 0 < x <= MAX_SHARES for x in shares):
-        raise ConfigError(f"share x coordinates must lie in 1..{MAX_SHARES}")
-    points = [(x, share_value(y)) for x, y in shares.items()]
-    secret = 0
-    for i, (xi, yi) in enumerate(points):
-        numerator, denominator = 1, 1
-        for j, (xj, _) in enumerate(points):
-            if i != j:
-                numerator = numerator * xj % PRIME
-                denominator = denominator * (xj - xi) % PRIME
-        secret = (secret + yi * numerator * pow(denominator, -1, PRIME)) % PRIME
-    if secret >> (8 * SECRET_BYTES):
+    for share in shares.values():
+        share_value(share)  # names a malformed share
+    xs = list(shares)
+    secret = combine_many(xs, [[shares[x] for x in xs]])[0]
+    if secret is None:
         raise DataError("the shares do not lie on one polynomial of a 32-byte secret")
-    return secret.to_bytes(SECRET_BYTES, "big")
+    return secret
