@@ -1,9 +1,10 @@
 """Secure rounds of real daemons behind NAT, through a relay at 40 ms RTT and 100 Mbit/s.
 
 The first test (three hospitals: 77 s at load average 16, 185 s at 20, on two cores) runs
-in CI. The second (four hospitals; one's outbound traffic is blackholed after round 1 and the other three
-finish without it, each round within its deadline) takes about 3 min and failed to start
-cleanly in one run of three at load average 20, so it runs only with P2PFED_NETNS_LONG=1.
+in CI. The second (four hospitals; one's outbound traffic is blackholed after round 1 and the
+other three finish without it, each round within its deadline) takes about 3 min and failed
+to start cleanly in one run of three at load average 20, so it runs only with
+P2PFED_NETNS_LONG=1.
 """
 
 from __future__ import annotations
