@@ -154,6 +154,8 @@ class SecureOutcome:
     ring: RoundOutcome | None
     exclusions: list[Exclusion] = field(default_factory=list)
     abort_reason: str | None = None
+    stages_s: tuple[tuple[str, float], ...] = ()
+    """Seconds in mask (keys, shares, encoding, masking), all-reduce and unmask, when summed."""
 
     @property
     def ok(self) -> bool:
@@ -256,10 +258,13 @@ class SecureRingRound:
         )
         mailbox = self.channel.open_round(round)
         ring_outcome: RoundOutcome | None = None
+        marks = [trio.current_time()]  # start, masked vector ready, ring sum back
 
         async def summation(masked: UIntVector) -> tuple[UIntVector, frozenset[str]] | None:
             nonlocal ring_outcome
+            marks.append(trio.current_time())
             ring_outcome = await self.ring_round.all_reduce(masked, round)
+            marks.append(trio.current_time())
             if not ring_outcome.committed or ring_outcome.result is None:
                 return None
             assert ring_outcome.cohort is not None
@@ -271,6 +276,14 @@ class SecureRingRound:
         exclusions = list(ring_outcome.exclusions) if ring_outcome is not None else []
         exclusions += [Exclusion(round, r.peer, r.reason, r.detail) for r in peer.rejections]
         exclusions += self.channel.drain(round)
+        stages: tuple[tuple[str, float], ...] = ()
+        if len(marks) == 3:
+            start, masked, summed = marks
+            stages = (
+                ("mask", masked - start),
+                ("all-reduce", summed - masked),
+                ("unmask", trio.current_time() - summed),
+            )
         return SecureOutcome(
             round,
             peer.stage,
@@ -279,4 +292,5 @@ class SecureRingRound:
             ring_outcome,
             exclusions,
             peer.abort_reason,
+            stages,
         )

@@ -411,7 +411,10 @@ class Peer:
         except BaseException:
             pending.raise_own_error()  # as itself, not inside the aggregator's task group
             raise
-        timer.mark("aggregate")
+        if isinstance(outcome, Aggregate) and outcome.stages_s:
+            timer.mark_parts(outcome.stages_s, "decode")
+        else:
+            timer.mark("aggregate")
         committed = isinstance(outcome, Aggregate)
         if isinstance(outcome, Missed):
             self._load(self.weights)  # undo local steps: the round did not happen
