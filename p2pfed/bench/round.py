@@ -68,6 +68,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="minibatch rows (16)")
     parser.add_argument("--local-steps", type=int, default=4, help="local steps a round (4)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case (900)")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep each case's folder (logs) under this one"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (the default)")
     parser.set_defaults(func=run)
 
@@ -84,7 +87,9 @@ def _check(args: argparse.Namespace) -> None:
     if not 1 <= args.params <= 1e9:
         raise ConfigError(f"--params must lie in 1..1e9, got {args.params:g}")
     if not 3 <= args.peers <= 16:
-        raise ConfigError(f"--peers must lie in 3..16 (secure aggregation needs 3), got {args.peers}")
+        raise ConfigError(
+            f"--peers must lie in 3..16 (secure aggregation needs 3), got {args.peers}"
+        )
     if not 1 <= args.rounds <= 100:
         raise ConfigError(f"--rounds must lie in 1..100, got {args.rounds}")
     if args.batch_size < 1 or args.local_steps < 1:
@@ -99,9 +104,14 @@ def run(args: argparse.Namespace) -> int:
     load_before = _load()
     cases = []
     for privacy in args.privacy:
-        with tempfile.TemporaryDirectory(prefix="p2pfed-bench-round-") as tmp:
-            _progress(f"{privacy}: {args.peers} daemons, {args.params:g} parameters")
-            cases.append(_case(Path(tmp), privacy, args))
+        _progress(f"{privacy}: {args.peers} daemons, {args.params:g} parameters")
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            kept = Path(tempfile.mkdtemp(prefix=f"{privacy}-", dir=args.keep))
+            cases.append(_case(kept, privacy, args))
+        else:
+            with tempfile.TemporaryDirectory(prefix="p2pfed-bench-round-") as tmp:
+                cases.append(_case(Path(tmp), privacy, args))
     print_json(
         {
             "bench": "round",
@@ -249,15 +259,20 @@ def _figures(
             per_round.setdefault(int(e["round"]), []).append(e)
     full = [entries for _, entries in sorted(per_round.items()) if len(entries) == len(ends)]
     rounds_s = [max(float(e["duration_s"]) for e in entries) for entries in full]
-    stages: dict[str, float] = {}
+    stages: dict[str, float] = {}  # per stage: the slowest member's, summed over the rounds
     for entries in full:
-        for e in entries:
-            for name, seconds in _pairs(e.get("stages_s")):
-                stages.setdefault(name, 0.0)
-        for name in stages:
-            stages[name] += max(dict(_pairs(e.get("stages_s"))).get(name, 0.0) for e in entries)
+        timed = [dict(_pairs(e.get("stages_s"))) for e in entries]
+        for name in {name for member in timed for name in member}:
+            slowest = max(member.get(name, 0.0) for member in timed)
+            stages[name] = stages.get(name, 0.0) + slowest
     final = statuses(c)
-    sent = [int(s.get("bytes_sent", 0)) for s in final]
+    # Per member: bytes it sent over the rounds it committed (a member that missed a round
+    # and adopted the others' model sent nothing for it).
+    sent = [
+        int(s.get("bytes_sent", 0)) / len(member)
+        for s, member in zip(final, committed, strict=True)
+        if member
+    ]
     dimension = _dimension(args)
     ideal = 2 * (args.peers - 1) / args.peers * dimension * 4
     return {
@@ -270,9 +285,10 @@ def _figures(
         "round_s": round(sum(rounds_s) / len(rounds_s), 3) if rounds_s else None,
         "rounds_s": [round(s, 3) for s in rounds_s],
         "stages_s": {k: round(v / len(full), 3) for k, v in stages.items()} if full else {},
-        "bytes_per_peer": max(sent) // max(1, done),
+        "committed_per_member": [len(member) for member in committed],
+        "bytes_per_peer": int(max(sent, default=0)),
         "bytes_ideal": int(ideal),
-        "bytes_over_ideal": round(max(sent) / max(1, done) / ideal, 4),
+        "bytes_over_ideal": round(max(sent, default=0) / ideal, 4),
         "peak_rss_mb": [round(kb / 1024, 1) for kb in watcher.peak_kb],
         "model_mb": round(dimension * 4 / 1e6, 1),
         "start_s": [None if s is None else round(s, 2) for s in watcher.start_s],
@@ -294,4 +310,3 @@ def _dimension(args: argparse.Namespace) -> int:
 
     build = sized.mlp if args.model == "mlp" else sized.cnn
     return sized.count(build(_FEATURES, int(args.params)))
-
