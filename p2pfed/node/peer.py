@@ -357,7 +357,7 @@ class Peer:
         """
         if self.model_round < 0 or not self.aggregator.exact:
             return False  # gossip: members hold different models by design
-        mine = weights_digest(self.weights)
+        mine = self.sync.digest(self.model_round, self.weights)  # hashed once per version
         votes: dict[bytes, list[str]] = {mine: [self.me]}
         for peer, status in (await self.sync.probe_all(self.others, 2.0)).items():
             if status.round == self.model_round:
@@ -437,7 +437,7 @@ class Peer:
             epsilon=self.epsilon,
             bytes_sent=outcome.bytes_sent if isinstance(outcome, Aggregate) else 0,
             duration_s=timer.total(),
-            model_digest=weights_digest(self.weights).hex(),
+            model_digest=self.sync.digest(self.model_round, self.weights).hex(),
             reason=outcome.reason if isinstance(outcome, Missed) else "",
             exclusions=tuple(outcome.exclusions),
             cohort=tuple(sorted(outcome.contributors)) if isinstance(outcome, Aggregate) else (),
@@ -453,7 +453,7 @@ class Peer:
         """The cohort's signatures on this round's model; None in gossip or below quorum."""
         if self.certifier is None:
             return None
-        digest = weights_digest(weights.astype(np.float32))
+        digest = weights_digest(weights)  # float32 already: no copy of the model
         return await self.certifier.certify_round(round_, digest, contributors)
 
     async def run(
