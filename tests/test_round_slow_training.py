@@ -96,3 +96,28 @@ def test_a_first_round_whose_training_outlasts_the_floor_commits(tmp_path: Path)
     ]
     # Each member trained for longer than the floor before its deadline was set.
     assert all(dict(r.stages_s)["train"] > FLOOR_S for r in reports)
+
+
+def test_pacing_a_long_stage_stretches_the_ring_agreements_waits_never_below_the_config() -> None:
+    """A 2 s collect window fixes a cohort without a big model's late maskers: it grows."""
+    ids = [Identity.generate() for _ in range(3)]
+    keys = {i.peer_id: i.public_key for i in ids}
+
+    async def main() -> None:
+        async with MemoryNetwork().open(ids[0].peer_id) as transport:
+            signer = Ed25519CohortSigner(ids[0].seed, keys)
+            secure = SecureRingRound(transport, "test", 1, keys, ids[0], signer)
+            base, ring = secure.ring_round.timing, secure.ring_round.ring_config
+            secure.pace(5.0)  # below the reference stage: the configured waits stay
+            assert secure.stage_timeout == 5.0
+            assert (secure.ring_round.timing, secure.ring_round.ring_config) == (base, ring)
+            secure.pace(60.0)  # six times the reference: six times the waits
+            timing = secure.ring_round.timing
+            assert timing.collect_window == pytest.approx(6 * base.collect_window)
+            assert timing.takeover_timeout == pytest.approx(6 * base.takeover_timeout)
+            assert timing.commit_timeout == pytest.approx(6 * base.commit_timeout)
+            assert secure.ring_round.ring_config.timeout == pytest.approx(6 * ring.timeout)
+            secure.pace(10.0)  # and back: from the configured values, not compounded
+            assert secure.ring_round.timing == base
+
+    trio.run(main)

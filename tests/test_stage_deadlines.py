@@ -83,6 +83,9 @@ def test_the_config_lifts_the_old_cap() -> None:
 class Service:
     stage_timeout: float = 1.0
 
+    def pace(self, stage_timeout: float) -> None:
+        self.stage_timeout = stage_timeout
+
 
 @dataclass
 class Inner:

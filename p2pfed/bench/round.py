@@ -17,7 +17,10 @@ encoding and masking —, all-reduce, unmask and decode), ``committed`` rounds (
 any member committed), ``bytes_per_peer`` (the most any member sent per committed round,
 from ``status.json``) against ``bytes_ideal`` = 2(n−1)/n·M for the M bytes of ring words
 one update takes. ``load_avg`` is the machine's load before and after: the machine is
-shared, and nothing here asserts a time.
+shared, and nothing here asserts a time. ``--link-mbps`` and ``--stage-max-s`` set the
+members' ``[rounds] link_mbps`` (the rate their first stage deadlines assume) and
+``stage_timeout_max_s`` (the ceiling, 600 s here, so a loaded machine's slow ring still
+commits rather than measuring the config's failure detection).
 """
 
 from __future__ import annotations
@@ -67,6 +70,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="minibatch rows (16)")
     parser.add_argument("--local-steps", type=int, default=4, help="local steps a round (4)")
+    parser.add_argument(
+        "--link-mbps",
+        type=float,
+        default=100.0,
+        help="[rounds] link_mbps: the link rate assumed until one is measured (100)",
+    )
+    parser.add_argument(
+        "--stage-max-s",
+        type=float,
+        default=600.0,
+        help="[rounds] stage_timeout_max_s: the longest stage deadline (600)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case (900)")
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep each case's folder (logs) under this one"
@@ -94,6 +109,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--rounds must lie in 1..100, got {args.rounds}")
     if args.batch_size < 1 or args.local_steps < 1:
         raise ConfigError("--batch-size and --local-steps must be at least 1")
+    if not (args.link_mbps > 0 and args.stage_max_s > 0):
+        raise ConfigError("--link-mbps and --stage-max-s must be positive")
     if args.timeout <= 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout:g}")
 
@@ -162,6 +179,9 @@ def consortium(root: Path, privacy: str, args: argparse.Namespace) -> Consortium
             privacy=_privacy(privacy, q, args.local_steps),
             model={"factory": f"p2pfed.training.sized:{args.model}"},
         )
+        # The stages of a big model's round may need more than the default ceiling (the
+        # round timeout); a benchmark measures rounds that commit, not failure detection.
+        tables["rounds"] |= {"link_mbps": args.link_mbps, "stage_timeout_max_s": args.stage_max_s}
         tables["model.args"] = {"n_features": data.n_features, "params": int(args.params)}
         h.config.write_text(render_toml(tables, f"bench round, {privacy}, {h.name}"))
     return Consortium(root, hospitals, f"bench round ({privacy})")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 import trio
@@ -44,6 +44,8 @@ from p2pfed.transport.base import Transport
 log = logging.getLogger(__name__)
 
 SECAGG_PROTOCOL = "/p2pfed/secagg/1.0.0"
+REFERENCE_STAGE_S = 10.0
+"""The stage deadline the ring's default agreement waits and silence timeout were set for."""
 
 
 Summation = Callable[[UIntVector], Awaitable[tuple[UIntVector, frozenset[str]] | None]]
@@ -217,6 +219,8 @@ class SecureRingRound:
             ring_config=ring_config,
             fault=fault,
         )
+        self._base_timing = self.ring_round.timing
+        self._base_ring = self.ring_round.ring_config
         self.masked_sum = RingMaskedSum(self.ring_round)
         self.channel = ControlService(
             transport,
@@ -226,6 +230,29 @@ class SecureRingRound:
             senders=self.identities.__contains__,
         )
         self.me = transport.local_peer
+
+    def pace(self, stage_timeout: float) -> None:
+        """Run the next rounds under ``stage_timeout``, the ring's own waits stretched to match.
+
+        A big model's members finish masking seconds apart on a loaded machine, and a
+        coordinator's 2 s collect window then fixes a cohort without the late ones. Beyond
+        ``REFERENCE_STAGE_S`` the agreement's waits and the ring's silence timeout grow in
+        proportion to the stage deadline, never below what was configured; a collect window
+        ends as soon as every member is ready, so a longer one costs nothing when all are.
+        """
+        if stage_timeout <= 0:
+            raise LocalProtocolError(f"stage_timeout {stage_timeout} must be positive")
+        self.stage_timeout = stage_timeout
+        factor = max(1.0, stage_timeout / REFERENCE_STAGE_S)
+        base = self._base_timing
+        self.ring_round.timing = AgreementTiming(
+            base.collect_window * factor,
+            base.takeover_timeout * factor,
+            base.commit_timeout * factor,
+        )
+        self.ring_round.ring_config = replace(
+            self._base_ring, timeout=self._base_ring.timeout * factor
+        )
 
     async def aggregate(
         self, words: Input, round: int, ring_bits: int = 32, *, dimension: int | None = None

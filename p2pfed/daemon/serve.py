@@ -16,7 +16,6 @@ import contextlib
 import importlib
 import logging
 import signal
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -129,7 +128,7 @@ async def run_node(
         async with build_transport(prepared) as transport, trio.open_nursery() as warm:
             # torch's optimizers import torch._dynamo when first made (seconds): imported
             # here, off the path to listening, while the members are still being waited for.
-            warm.start_soon(partial(trio.to_thread.run_sync, abandon_on_cancel=True), _warm_up)
+            warm.start_soon(_warm_up)
             await CohortRunner(prepared, reporter, ledger, trainer, transport).run()
             warm.cancel_scope.cancel()
     except BaseException as exc:
@@ -139,8 +138,8 @@ async def run_node(
         raise
 
 
-def _warm_up() -> None:
-    importlib.import_module("torch._dynamo")
+async def _warm_up() -> None:
+    await trio.to_thread.run_sync(importlib.import_module, "torch._dynamo", abandon_on_cancel=True)
 
 
 class CohortRunner:

@@ -18,7 +18,8 @@ small models at the old fixed deadline; ``ceiling_s`` is a configuration setting
 upper limit of its own (no hard cap a big model cannot lift).
 
 ``DeadlinePolicy`` is pure (numbers in, seconds out); ``PacedAggregator`` is the layer that
-feeds it one measurement per round and sets the wrapped service's ``stage_timeout``.
+feeds it one measurement per round and paces the wrapped service: its ``stage_timeout``, and
+in the secure ring the round agreement's waits too (``SecureRingRound.pace``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class Paced(Protocol):
 
     stage_timeout: float
 
+    def pace(self, stage_timeout: float) -> None:
+        """Run the next rounds under ``stage_timeout`` (and whatever it implies)."""
+
 
 class PacedAggregator:
     """An ``Aggregator`` whose service's stage deadline follows a ``DeadlinePolicy``."""
@@ -123,7 +127,7 @@ class PacedAggregator:
     ) -> Aggregate | Missed:
         """Set this round's stage deadline, aggregate, and measure what the round cost."""
         trained = update.trained_s if isinstance(update, PendingRelease) else -1.0
-        self.service.stage_timeout = self.policy.stage_timeout(self.update_bytes, trained)
+        self.service.pace(self.policy.stage_timeout(self.update_bytes, trained))
         start = self.clock()
         outcome = await self.inner.aggregate(round, update, weights)
         took = self.clock() - start
