@@ -138,8 +138,14 @@ async def run_node(
         raise
 
 
+def _import_dynamo() -> None:
+    importlib.import_module("torch._dynamo")
+
+
 async def _warm_up() -> None:
-    await trio.to_thread.run_sync(importlib.import_module, "torch._dynamo", abandon_on_cancel=True)
+    # Not abandoned on cancel (the project's trio stubs predate that argument): a stop
+    # during the import waits for it, seconds at most.
+    await trio.to_thread.run_sync(_import_dynamo)
 
 
 class CohortRunner:
