@@ -108,6 +108,7 @@ def test_pacing_a_long_stage_stretches_the_ring_agreements_waits_never_below_the
             signer = Ed25519CohortSigner(ids[0].seed, keys)
             secure = SecureRingRound(transport, "test", 1, keys, ids[0], signer)
             base, ring = secure.ring_round.timing, secure.ring_round.ring_config
+            control = secure.ring_round.control.timeout
             secure.pace(5.0)  # below the reference stage: the configured waits stay
             assert secure.stage_timeout == 5.0
             assert (secure.ring_round.timing, secure.ring_round.ring_config) == (base, ring)
@@ -117,6 +118,8 @@ def test_pacing_a_long_stage_stretches_the_ring_agreements_waits_never_below_the
             assert timing.takeover_timeout == pytest.approx(6 * base.takeover_timeout)
             assert timing.commit_timeout == pytest.approx(6 * base.commit_timeout)
             assert secure.ring_round.ring_config.timeout == pytest.approx(6 * ring.timeout)
+            assert secure.ring_round.control.timeout == pytest.approx(6 * control)
+            assert secure.channel.timeout == 60.0  # secure aggregation's own messages
             secure.pace(10.0)  # and back: from the configured values, not compounded
             assert secure.ring_round.timing == base
 

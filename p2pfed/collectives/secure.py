@@ -221,6 +221,7 @@ class SecureRingRound:
         )
         self._base_timing = self.ring_round.timing
         self._base_ring = self.ring_round.ring_config
+        self._base_control = self.ring_round.control.timeout
         self.masked_sum = RingMaskedSum(self.ring_round)
         self.channel = ControlService(
             transport,
@@ -236,9 +237,10 @@ class SecureRingRound:
 
         A big model's members finish masking seconds apart on a loaded machine, and a
         coordinator's 2 s collect window then fixes a cohort without the late ones. Beyond
-        ``REFERENCE_STAGE_S`` the agreement's waits and the ring's silence timeout grow in
-        proportion to the stage deadline, never below what was configured; a collect window
-        ends as soon as every member is ready, so a longer one costs nothing when all are.
+        ``REFERENCE_STAGE_S`` the agreement's waits, its control messages' send timeout and
+        the ring's silence timeout grow in proportion to the stage deadline, never below what
+        was configured; a collect window ends as soon as every member is ready, so a longer
+        one costs nothing when all are.
         """
         if stage_timeout <= 0:
             raise LocalProtocolError(f"stage_timeout {stage_timeout} must be positive")
@@ -253,6 +255,10 @@ class SecureRingRound:
         self.ring_round.ring_config = replace(
             self._base_ring, timeout=self._base_ring.timeout * factor
         )
+        # Sending one control message may take seconds on a loaded machine: the agreement's
+        # (its collect window, 2 s by default) and ours (the stage) are paced as well.
+        self.ring_round.control.timeout = self._base_control * factor
+        self.channel.timeout = stage_timeout
 
     async def aggregate(
         self, words: Input, round: int, ring_bits: int = 32, *, dimension: int | None = None
