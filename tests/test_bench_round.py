@@ -36,7 +36,8 @@ def test_a_small_model_runs_its_rounds_through_three_daemons_with_ideal_bytes() 
     assert case["bytes_ideal"] == int(2 * 2 / 3 * case["params"] * 4)
     assert 1.0 <= case["bytes_per_peer"] / case["bytes_ideal"] <= 1.05
     assert set(case["stages_s"]) == STAGES
-    assert sum(case["stages_s"].values()) <= case["round_s"] + 0.01
+    # Each stage is the slowest member's, within that member's round (one round here).
+    assert 0 <= min(case["stages_s"].values()) <= max(case["stages_s"].values()) <= case["round_s"]
     assert len(case["peak_rss_mb"]) == len(case["start_s"]) == 3
     assert all(mb > 50 for mb in case["peak_rss_mb"])  # torch alone is more than that
     assert all(s is not None and s > 0 for s in case["start_s"])
