@@ -15,12 +15,13 @@ audit log's ``round_end`` entries (per round the slowest member, then the mean o
 rounds; the secure round's aggregate stage is split into mask — key agreement, shares,
 encoding and masking —, all-reduce, unmask and decode), ``committed`` rounds (the fewest
 any member committed; ``committed_per_member`` lists each), ``bytes_per_peer`` (the most
-any member sent per round it committed, from ``status.json``) against ``bytes_ideal`` = 2(n−1)/n·M for the M bytes of ring words
-one update takes. ``load_avg`` is the machine's load before and after: the machine is
-shared, and nothing here asserts a time. ``--link-mbps`` and ``--stage-max-s`` set the
-members' ``[rounds] link_mbps`` (the rate their first stage deadlines assume) and
-``stage_timeout_max_s`` (the ceiling, 600 s here, so a loaded machine's slow ring still
-commits rather than measuring the config's failure detection).
+any member sent per round it committed, from ``status.json``) against ``bytes_ideal`` =
+2(n−1)/n·M for the M bytes of ring words one update takes. ``load_avg`` is the machine's
+load before and after: the machine is shared, and nothing here asserts a time.
+``--link-mbps`` and ``--stage-max-s`` set the members' ``[rounds] link_mbps`` (the rate
+their first stage deadlines assume) and ``stage_timeout_max_s`` (the ceiling, 600 s here,
+so a loaded machine's slow ring still commits rather than measuring the config's failure
+detection).
 """
 
 from __future__ import annotations
