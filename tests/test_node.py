@@ -152,7 +152,8 @@ async def test_peers_agree_on_every_round(tmp_path: Path) -> None:
                     # Each round says where its time went, stage by stage, in order.
                     for r in reports:
                         names = [name for name, _ in r.stages_s]
-                        assert names == ["train", "aggregate", "commit", "evaluate"]
+                        secure = ["mask", "all-reduce", "unmask", "decode"]
+                        assert names == ["train", *secure, "commit", "evaluate"]
                         seconds = sum(s for _, s in r.stages_s)
                         assert 0 <= seconds <= r.duration_s + 1e-9
 

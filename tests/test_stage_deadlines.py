@@ -83,6 +83,9 @@ def test_the_config_lifts_the_old_cap() -> None:
 class Service:
     stage_timeout: float = 1.0
 
+    def pace(self, stage_timeout: float) -> None:
+        self.stage_timeout = stage_timeout
+
 
 @dataclass
 class Inner:
@@ -124,12 +127,20 @@ def test_each_round_runs_under_the_deadline_its_measured_predecessors_give() -> 
             await paced.aggregate(r, update, np.zeros(2, np.float32))
 
     trio.run(rounds)
-    assumed = 3 * 40 * MB / (12.5 * MB)
-    assert inner.seen[0] == pytest.approx(assumed)  # nothing measured yet
+    # Nothing measured yet: the assumed rate, and this round's own 5 s of training.
+    assert inner.seen[0] == pytest.approx(3 * (5.0 + 40 * MB / (12.5 * MB)))
     assert inner.seen[1] == pytest.approx(3 * (5.0 + 4.0))  # 10 MB/s measured, 5 s training
     assert inner.seen[2] == pytest.approx(3 * (5.0 + 2.0))  # 20 MB/s
     # The missed round's 50 s were a wait for the others: the deadline does not grow.
     assert inner.seen[3] == pytest.approx(3 * (5.0 + 2.0))
+
+
+def test_the_first_round_is_stretched_by_its_own_training_time() -> None:
+    p = policy()  # nothing measured: a DP-SGD round whose training took 30 s
+    assert p.stage_timeout(2 * 40 * MB, busy_now=30.0) == pytest.approx(3 * (30.0 + 6.4))
+    assert p.stage_timeout(2 * 40 * MB, busy_now=-1.0) == pytest.approx(3 * 6.4)  # unknown
+    p.observe(busy_s=50.0, bytes_sent=0, aggregate_s=1.0)
+    assert p.stage_timeout(2 * 40 * MB, busy_now=30.0) == pytest.approx(3 * (50.0 + 6.4))
 
 
 def test_a_small_models_slow_round_is_latency_not_rate_and_keeps_the_floor() -> None:

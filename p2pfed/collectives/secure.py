@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 import trio
@@ -46,6 +46,8 @@ from p2pfed.transport.base import Transport
 log = logging.getLogger(__name__)
 
 SECAGG_PROTOCOL = "/p2pfed/secagg/1.0.0"
+REFERENCE_STAGE_S = 10.0
+"""The stage deadline the ring's default agreement waits and silence timeout were set for."""
 
 
 Summation = Callable[[UIntVector], Awaitable[tuple[UIntVector, frozenset[str]] | None]]
@@ -156,6 +158,8 @@ class SecureOutcome:
     ring: RoundOutcome | None
     exclusions: list[Exclusion] = field(default_factory=list)
     abort_reason: str | None = None
+    stages_s: tuple[tuple[str, float], ...] = ()
+    """Seconds in mask (keys, shares, encoding, masking), all-reduce and unmask, when summed."""
 
     @property
     def ok(self) -> bool:
@@ -217,6 +221,9 @@ class SecureRingRound:
             ring_config=ring_config,
             fault=fault,
         )
+        self._base_timing = self.ring_round.timing
+        self._base_ring = self.ring_round.ring_config
+        self._base_control = self.ring_round.control.timeout
         self.masked_sum = RingMaskedSum(self.ring_round)
         self.channel = ControlService(
             transport,
@@ -226,6 +233,34 @@ class SecureRingRound:
             senders=self.identities.__contains__,
         )
         self.me = transport.local_peer
+
+    def pace(self, stage_timeout: float) -> None:
+        """Run the next rounds under ``stage_timeout``, the ring's own waits stretched to match.
+
+        A big model's members finish masking seconds apart on a loaded machine, and a
+        coordinator's 2 s collect window then fixes a cohort without the late ones. Beyond
+        ``REFERENCE_STAGE_S`` the agreement's waits, its control messages' send timeout and
+        the ring's silence timeout grow in proportion to the stage deadline, never below what
+        was configured; a collect window ends as soon as every member is ready, so a longer
+        one costs nothing when all are.
+        """
+        if stage_timeout <= 0:
+            raise LocalProtocolError(f"stage_timeout {stage_timeout} must be positive")
+        self.stage_timeout = stage_timeout
+        factor = max(1.0, stage_timeout / REFERENCE_STAGE_S)
+        base = self._base_timing
+        self.ring_round.timing = AgreementTiming(
+            base.collect_window * factor,
+            base.takeover_timeout * factor,
+            base.commit_timeout * factor,
+        )
+        self.ring_round.ring_config = replace(
+            self._base_ring, timeout=self._base_ring.timeout * factor
+        )
+        # Sending one control message may take seconds on a loaded machine: the agreement's
+        # (its collect window, 2 s by default) and ours (the stage) are paced as well.
+        self.ring_round.control.timeout = self._base_control * factor
+        self.channel.timeout = stage_timeout
 
     async def aggregate(
         self, words: Input, round: int, ring_bits: int = 32, *, dimension: int | None = None
@@ -258,6 +293,7 @@ class SecureRingRound:
         )
         mailbox = self.channel.open_round(round)
         ring_outcome: RoundOutcome | None = None
+        marks = [trio.current_time()]  # start, masked vector ready, ring sum back
 
         bits = self.ring_round.ring_config.modulus_bits
 
@@ -265,7 +301,9 @@ class SecureRingRound:
             nonlocal ring_outcome
             if bits is not None and bits < ring_bits:  # compressed: masks cancel mod 2^bits too
                 masked = masked & masked.dtype.type((1 << bits) - 1)
+            marks.append(trio.current_time())
             ring_outcome = await self.ring_round.all_reduce(masked, round)
+            marks.append(trio.current_time())
             if not ring_outcome.committed or ring_outcome.result is None:
                 return None
             assert ring_outcome.cohort is not None
@@ -277,6 +315,14 @@ class SecureRingRound:
         exclusions = list(ring_outcome.exclusions) if ring_outcome is not None else []
         exclusions += [Exclusion(round, r.peer, r.reason, r.detail) for r in peer.rejections]
         exclusions += self.channel.drain(round)
+        stages: tuple[tuple[str, float], ...] = ()
+        if len(marks) == 3:
+            start, masked, summed = marks
+            stages = (
+                ("mask", masked - start),
+                ("all-reduce", summed - masked),
+                ("unmask", trio.current_time() - summed),
+            )
         return SecureOutcome(
             round,
             peer.stage,
@@ -285,4 +331,5 @@ class SecureRingRound:
             ring_outcome,
             exclusions,
             peer.abort_reason,
+            stages,
         )

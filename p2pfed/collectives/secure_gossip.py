@@ -159,6 +159,10 @@ class SecureGossipService:
         self._collections: dict[int, _Collection] = {}
         transport.serve(MASKED_SUM_PROTOCOL, self._handle_masked)
 
+    def pace(self, stage_timeout: float) -> None:
+        """Run the next rounds under ``stage_timeout`` (``PacedAggregator`` sets it each round)."""
+        self.stage_timeout = stage_timeout
+
     def _group(self, t: int, k: int) -> tuple[dict[str, float], float]:
         weights, self_weight, _ = mixing_row_and_targets(self.topology, t, k)
         return {self.peers[j]: w for j, w in weights.items()}, self_weight

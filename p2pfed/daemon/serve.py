@@ -13,6 +13,7 @@ stack writes the final status and the audit log's ``daemon_stop``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import signal
 from typing import TYPE_CHECKING, Any
@@ -124,13 +125,27 @@ async def run_node(
 ) -> None:
     """Open the transport and run the cohorts of successive rosters until the node is done."""
     try:
-        async with build_transport(prepared) as transport:
+        async with build_transport(prepared) as transport, trio.open_nursery() as warm:
+            # torch's optimizers import torch._dynamo when first made (seconds): imported
+            # here, off the path to listening, while the members are still being waited for.
+            warm.start_soon(_warm_up)
             await CohortRunner(prepared, reporter, ledger, trainer, transport).run()
+            warm.cancel_scope.cancel()
     except BaseException as exc:
         # Before serve's callbacks write status.json and daemon_stop. trio delivers a cancel
         # inside an exception group, which ``except trio.Cancelled`` would not see.
         ended(reporter.status, exc)
         raise
+
+
+def _import_dynamo() -> None:
+    importlib.import_module("torch._dynamo")
+
+
+async def _warm_up() -> None:
+    # Not abandoned on cancel (the project's trio stubs predate that argument): a stop
+    # during the import waits for it, seconds at most.
+    await trio.to_thread.run_sync(_import_dynamo)
 
 
 class CohortRunner:

@@ -61,6 +61,8 @@ class Aggregate:
     contributors: frozenset[str]
     bytes_sent: int
     exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+    stages_s: tuple[tuple[str, float], ...] = ()
+    """Seconds of the aggregation's own stages (secure: mask, all-reduce, unmask), if timed."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ class SecureRingAggregator:
         mean = weighted_mean(total, len(survivors), weighted, error)
         if mean is None:
             return Missed(round, "the members in the sum hold no examples", exclusions)
-        return Aggregate(round, mean, frozenset(survivors), sent, exclusions)
+        return Aggregate(round, mean, frozenset(survivors), sent, exclusions, outcome.stages_s)
 
 
 class RingAggregator:

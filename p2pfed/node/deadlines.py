@@ -6,9 +6,10 @@ round; too long and a crashed member stalls the others. So each round's stage de
 
     clamp(slack × (busy_s + update_bytes / rate), floor_s, ceiling_s)
 
-where ``busy_s`` is the longest local training of the recent rounds (the members train before
-they send their first message, so the spread between the first and the last arrival is of
-that order; a DP-SGD step that takes 30 s must not meet a 10 s deadline), and ``rate``
+where ``busy_s`` is the longest local training of the recent rounds and of this one (the
+members train before they send their first message, so the spread between the first and the
+last arrival is of that order; a DP-SGD step that takes 30 s must not meet a 10 s deadline,
+in the first round either, before anything has been measured), and ``rate``
 is the best aggregation throughput (bytes this peer sent per second of aggregation) seen over
 the recent rounds, or ``assumed_rate`` before the first measurement. The best, not the mean,
 because a round that waited for a crashed member measures the wait, not the link: averaging
@@ -17,7 +18,8 @@ small models at the old fixed deadline; ``ceiling_s`` is a configuration setting
 upper limit of its own (no hard cap a big model cannot lift).
 
 ``DeadlinePolicy`` is pure (numbers in, seconds out); ``PacedAggregator`` is the layer that
-feeds it one measurement per round and sets the wrapped service's ``stage_timeout``.
+feeds it one measurement per round and paces the wrapped service: its ``stage_timeout``, and
+in the secure ring the round agreement's waits too (``SecureRingRound.pace``).
 """
 
 from __future__ import annotations
@@ -69,10 +71,16 @@ class DeadlinePolicy:
         if bytes_sent >= MIN_MEASURED_BYTES and aggregate_s > 0:
             self._rates.append(bytes_sent / aggregate_s)
 
-    def stage_timeout(self, update_bytes: int) -> float:
-        """This round's stage deadline in seconds for an update of ``update_bytes``."""
+    def stage_timeout(self, update_bytes: int, busy_now: float = -1.0) -> float:
+        """This round's stage deadline in seconds for an update of ``update_bytes``.
+
+        ``busy_now`` is this round's own local training time (< 0: unknown), known before it
+        aggregates: the first round, with nothing measured yet, is stretched by it too.
+        """
         rate = max(self._rates, default=self.assumed_rate)
         busy = max(self._busy, default=0.0)
+        if np.isfinite(busy_now):
+            busy = max(busy, busy_now)
         wanted = self.slack * (busy + update_bytes / rate)
         return float(min(self.ceiling_s, max(self.floor_s, wanted)))
 
@@ -81,6 +89,9 @@ class Paced(Protocol):
     """A service whose stages read ``stage_timeout`` at each round."""
 
     stage_timeout: float
+
+    def pace(self, stage_timeout: float) -> None:
+        """Run the next rounds under ``stage_timeout`` (and whatever it implies)."""
 
 
 class PacedAggregator:
@@ -115,11 +126,11 @@ class PacedAggregator:
         self, round: int, update: Update, weights: NDArray[np.float32]
     ) -> Aggregate | Missed:
         """Set this round's stage deadline, aggregate, and measure what the round cost."""
-        self.service.stage_timeout = self.policy.stage_timeout(self.update_bytes)
+        trained = update.trained_s if isinstance(update, PendingRelease) else -1.0
+        self.service.pace(self.policy.stage_timeout(self.update_bytes, trained))
         start = self.clock()
         outcome = await self.inner.aggregate(round, update, weights)
         took = self.clock() - start
-        trained = update.trained_s if isinstance(update, PendingRelease) else -1.0
         # A missed round's time is a wait for the others, not what the links can do.
         sent = outcome.bytes_sent if isinstance(outcome, Aggregate) else 0
         self.policy.observe(trained, sent, took)

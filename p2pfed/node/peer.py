@@ -357,7 +357,7 @@ class Peer:
         """
         if self.model_round < 0 or not self.aggregator.exact:
             return False  # gossip: members hold different models by design
-        mine = weights_digest(self.weights)
+        mine = self.sync.digest(self.model_round, self.weights)  # hashed once per version
         votes: dict[bytes, list[str]] = {mine: [self.me]}
         for peer, status in (await self.sync.probe_all(self.others, 2.0)).items():
             if status.round == self.model_round:
@@ -411,7 +411,10 @@ class Peer:
         except BaseException:
             pending.raise_own_error()  # as itself, not inside the aggregator's task group
             raise
-        timer.mark("aggregate")
+        if isinstance(outcome, Aggregate) and outcome.stages_s:
+            timer.mark_parts(outcome.stages_s, "decode")
+        else:
+            timer.mark("aggregate")
         committed = isinstance(outcome, Aggregate)
         if isinstance(outcome, Missed):
             self._load(self.weights)  # undo local steps: the round did not happen
@@ -434,7 +437,7 @@ class Peer:
             epsilon=self.epsilon,
             bytes_sent=outcome.bytes_sent if isinstance(outcome, Aggregate) else 0,
             duration_s=timer.total(),
-            model_digest=weights_digest(self.weights).hex(),
+            model_digest=self.sync.digest(self.model_round, self.weights).hex(),
             reason=outcome.reason if isinstance(outcome, Missed) else "",
             exclusions=tuple(outcome.exclusions),
             cohort=tuple(sorted(outcome.contributors)) if isinstance(outcome, Aggregate) else (),
@@ -450,7 +453,7 @@ class Peer:
         """The cohort's signatures on this round's model; None in gossip or below quorum."""
         if self.certifier is None:
             return None
-        digest = weights_digest(weights.astype(np.float32))
+        digest = weights_digest(weights)  # float32 already: no copy of the model
         return await self.certifier.certify_round(round_, digest, contributors)
 
     async def run(

@@ -32,8 +32,9 @@ class RoundReport:
     certificate: CommitCertificate | None = None
     """The round's commit certificate (None when missed, uncertified, or in gossip)."""
     stages_s: tuple[tuple[str, float], ...] = ()
-    """Seconds spent in each stage, in order: train, aggregate (mask, ring, unmask), commit
-    (certify and adopt, or roll back a missed round), evaluate."""
+    """Seconds spent in each stage, in order: train, aggregate — under secure aggregation
+    split into mask, all-reduce, unmask and decode —, commit (certify and adopt, or roll
+    back a missed round), evaluate."""
 
 
 class StageTimer:
@@ -50,6 +51,13 @@ class StageTimer:
         took, self.last = now - self.last, now
         self.stages.append((stage, took))
         return took
+
+    def mark_parts(self, parts: tuple[tuple[str, float], ...], rest: str) -> None:
+        """End a stage timed in ``parts`` elsewhere; what they do not cover is ``rest``."""
+        now = self.clock()
+        took, self.last = now - self.last, now
+        self.stages += parts
+        self.stages.append((rest, max(0.0, took - sum(s for _, s in parts))))
 
     def total(self) -> float:
         """Seconds since the round started."""

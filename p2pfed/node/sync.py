@@ -64,7 +64,8 @@ _STATUS = struct.Struct(">q32s")  # last completed round (-1: none yet), weights
 
 def weights_digest(weights: NDArray[np.float32]) -> bytes:
     """SHA-256 of the shared weights as little-endian float32 (the model's identity)."""
-    return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f4").tobytes()).digest()
+    # Hashed through the buffer protocol: ``tobytes`` would copy the whole model first.
+    return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f4").data).digest()
 
 
 class DigestCache:

@@ -143,8 +143,19 @@ class LocalTrainer:
         self._policy = StatePolicy(local=config.personal_prefixes)
         self.layout = layout_of(model.state_dict(), self._policy)
         self.generator = generator if generator is not None else torch.Generator()
-        self.optimizer = self._make_optimizer()
+        self._optimizer: torch.optim.Optimizer | None = None
         self._loss = nn.CrossEntropyLoss()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer, made at first use.
+
+        Making one imports ``torch._dynamo`` (seconds), which a daemon should not wait for
+        before it listens (``daemon.serve`` imports it in a worker thread once listening).
+        """
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+        return self._optimizer
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config

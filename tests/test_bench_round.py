@@ -1,0 +1,85 @@
+"""``p2pfed bench round`` on a small model: the JSON's shape and what the daemons recorded."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from p2pfed.cli import main
+from p2pfed.training import sized
+
+STAGES = {"train", "mask", "all-reduce", "unmask", "decode", "commit", "evaluate"}
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_small_model_runs_its_rounds_through_three_daemons_with_ideal_bytes() -> None:
+    """Three real daemons, one round of a 20 k-parameter MLP declared by reference.
+
+    33 s at load average 1.2 on 2 cores; about 90 s at load average 10.
+    """
+    cmd = [sys.executable, "-m", "p2pfed", "bench", "round", "--params", "2e4", "--peers", "3"]
+    cmd += ["--rounds", "1", "--privacy", "off", "--timeout", "300", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=380, env=os.environ)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["bench"] == "round" and len(report["load_avg"]["before"]) == 3
+    (case,) = report["cases"]
+    assert case["privacy"] == "off" and case["peers"] == 3
+    assert case["params"] == sized.count(sized.mlp(30, 20_000))  # the model the daemons built
+    assert case["committed"] == case["rounds"] == 1
+    # A ring all-reduce sends 2(n−1)/n of the update's words per member, plus framing.
+    assert case["bytes_ideal"] == int(2 * 2 / 3 * case["params"] * 4)
+    assert 1.0 <= case["bytes_per_peer"] / case["bytes_ideal"] <= 1.05
+    assert set(case["stages_s"]) == STAGES
+    # Each stage is the slowest member's, within that member's round (one round here).
+    assert 0 <= min(case["stages_s"].values()) <= max(case["stages_s"].values()) <= case["round_s"]
+    assert len(case["peak_rss_mb"]) == len(case["start_s"]) == 3
+    assert all(mb > 50 for mb in case["peak_rss_mb"])  # torch alone is more than that
+    assert all(s is not None and s > 0 for s in case["start_s"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--peers", "2"], r"--peers must lie in 3\.\.16"),
+        (["--params", "0"], r"--params must lie in 1\.\.1e9"),
+        (["--rounds", "0"], r"--rounds must lie in 1\.\.100"),
+    ],
+)
+def test_bad_options_are_refused_in_one_sentence(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "round", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert re.search(message, err), err
+
+
+def test_an_unknown_privacy_case_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "round", "--privacy", "off,central"])
+    assert "expected a comma-separated list of off, dpsgd, ddp" in capsys.readouterr().err
+
+
+def test_the_sized_models_come_close_to_the_asked_parameter_count() -> None:
+    import torch
+
+    for params in (2_000, 20_000, 1_000_000):
+        for build in (sized.mlp, sized.cnn):
+            model = build(30, params)
+            assert abs(sized.count(model) - params) / params < 0.02
+            assert model(torch.zeros(2, 30)).shape == (2, 2)
+
+
+def test_a_sized_model_refuses_bad_sizes_in_one_sentence() -> None:
+    from p2pfed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="params ≥ 1"):
+        sized.mlp(30, 0)
+    with pytest.raises(ConfigError, match="at least one hidden layer"):
+        sized.mlp(30, 1000, depth=0)
