@@ -58,7 +58,7 @@ def ours(model: nn.Module, loss: Loss, x: torch.Tensor, y: torch.Tensor, c: floa
     sums = []
     for p in model.parameters():
         if p.requires_grad:
-            noise = torch.normal(0.0, SIGMA * c, size=p.shape, generator=replay)
+            noise = dpsgd.add_noise(torch.zeros_like(p), replay, SIGMA * c)
             sums.append(p.grad.double() - noise.double())  # type: ignore[union-attr]
     return sq.sqrt(), sums
 

@@ -116,7 +116,7 @@ def measure(model_name: str, params: int, batch: int, kind: str, repeats: int) -
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            torch.autograd.backward(loss_fn(model(x), y))
             optimizer.step()
 
     elif kind == "p2pfed":

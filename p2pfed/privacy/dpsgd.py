@@ -76,14 +76,22 @@ def refuse_batch_mixing(model: nn.Module) -> None:
     ghost.plan(model)
 
 
-def _noise(generator: NoiseSource, std: float, like: torch.Tensor) -> torch.Tensor:
-    if not isinstance(generator, SecureGaussian):
-        return torch.normal(0.0, std, size=like.shape, generator=generator, dtype=like.dtype)
-    flat = torch.empty(like.numel(), dtype=like.dtype)
-    for start in range(0, flat.numel(), _NOISE_CHUNK):  # float64 draws, a chunk at a time
-        part = generator.normal(0.0, std, (min(_NOISE_CHUNK, flat.numel() - start),))
-        flat[start : start + len(part)] = torch.from_numpy(part)
-    return flat.reshape(like.shape)
+def add_noise(total: torch.Tensor, generator: NoiseSource, std: float) -> torch.Tensor:
+    """``total`` plus N(0, std²) per coordinate, drawn a chunk at a time into one buffer.
+
+    Chunks keep the transient memory at a few MB whatever the model's size (a 10 M-parameter
+    layer's noise would otherwise be a second copy of its gradient).
+    """
+    out = total if total.is_contiguous() else total.contiguous()
+    flat = out.view(-1)
+    buffer = torch.empty(min(_NOISE_CHUNK, flat.numel()), dtype=flat.dtype)
+    for start in range(0, flat.numel(), _NOISE_CHUNK):
+        part = flat[start : start + _NOISE_CHUNK]
+        if isinstance(generator, SecureGaussian):  # float64 draws of the CSPRNG
+            part.add_(torch.from_numpy(generator.normal(0.0, std, (part.numel(),))))
+        else:
+            part.add_(buffer[: part.numel()].normal_(0.0, std, generator=generator))
+    return out
 
 
 def _per_example_losses(
@@ -157,7 +165,7 @@ def dp_sgd_step(
     with torch.no_grad():
         for p in params:
             total = p.grad if p.grad is not None else torch.zeros_like(p)
-            p.grad = total.add_(_noise(generator, sigma * c, total)).div_(expected)
+            p.grad = add_noise(total, generator, sigma * c).div_(expected)
     if optimizer is not None:
         optimizer.step()
     return stats
