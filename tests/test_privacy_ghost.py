@@ -320,6 +320,10 @@ def test_layers_dp_sgd_cannot_bound_are_refused_and_no_hook_is_left() -> None:
         step(models[2], torch.ones(4, 3))
     for model in models:
         assert all(not m._forward_hooks for m in model.modules())
+    dropout = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.PReLU(), nn.Linear(3, 3))
+    with pytest.raises(ConfigError, match="cannot replay the dropout masks of '1'"):
+        step(dropout, torch.ones(4, 3))
+    step(dropout.eval(), torch.ones(4, 3))  # no dropout at evaluation: accepted
     shared = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 5))
     shared[1].weight = shared[0].weight  # tied weights: two layers, one parameter
     with pytest.raises(ConfigError, match="is shared by layers '0' and '1'"):

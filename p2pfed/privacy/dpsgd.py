@@ -109,6 +109,7 @@ def _clip_weights(
     n = int(inputs.shape[0])
     sq = torch.zeros(n, dtype=torch.float64)
     if layers.fallback:
+        ghost.refuse_random_fallback(model, layers)
         sq += ghost.fallback_sq_norms(model, loss_fn, inputs, targets, layers.fallback)
     with ghost.Capture(layers.ghosted, n) as capture:
         losses = _per_example_losses(model, loss_fn, inputs, targets)

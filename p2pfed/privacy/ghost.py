@@ -201,6 +201,19 @@ def plan(model: nn.Module) -> Plan:
     return out
 
 
+def refuse_random_fallback(model: nn.Module, layers: Plan) -> None:
+    """``ConfigError`` if a fallback layer meets dropout: ``torch.func`` cannot replay its masks."""
+    if layers.fallback and model.training:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                raise ConfigError(
+                    f"parameter {layers.fallback[0]!r} needs per-example gradients by "
+                    f"torch.func, which cannot replay the dropout masks of {name!r}; remove "
+                    "the dropout or use layers DP-SGD clips directly (Linear, Conv, "
+                    "Embedding, LayerNorm, GroupNorm)"
+                )
+
+
 def fallback_sq_norms(
     model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, names: list[str]
 ) -> torch.Tensor:
