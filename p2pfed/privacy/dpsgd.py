@@ -113,10 +113,7 @@ def _clip_weights(
         sq += ghost.fallback_sq_norms(model, loss_fn, inputs, targets, layers.fallback)
     with ghost.Capture(layers.ghosted, n) as capture:
         losses = _per_example_losses(model, loss_fn, inputs, targets)
-        asked = capture.targets()
-        if asked:  # first backward pass: output gradients only, no weight gradients
-            torch.autograd.grad(losses.sum(), asked, retain_graph=True, allow_unused=True)
-        sq += capture.sq_norms()
+        sq += capture.sq_norms(losses.sum())  # first backward pass: no weight gradients
         unused = [k for k in layers.ghosted if k not in capture.inputs]
     return losses, sq, unused
 

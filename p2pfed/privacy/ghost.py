@@ -12,12 +12,14 @@ per-example gradients are formed directly. Every other module holding parameters
 *fallback*: its parameters' per-example gradients come from ``torch.func`` over the whole
 model, a micro-batch at a time.
 
-``Capture`` installs one forward hook per ghosted layer: it keeps the layer's input and puts
-a tensor hook on its output to receive the output's gradient in the first backward pass. A
-tensor hook (rather than ``register_full_backward_hook``) still sees the right gradient when
-a later ``ReLU(inplace=True)`` rewrites the output, which full backward hooks refuse. All
-hooks are removed when the ``with`` block ends, also on an exception. Everything stays in the
-model's dtype (float32); only the B per-example sums are added up in float64.
+``Capture`` installs one forward hook per ghosted layer: it keeps the layer's input and
+output and passes a clone of the output on, and the first backward pass asks for the
+gradients of exactly those kept outputs, so autograd computes no weight gradient in it. The
+clone (B·d_out values, small beside the weights) keeps the right output when a later
+``ReLU(inplace=True)`` rewrites what it was given, which ``register_full_backward_hook``
+refuses. All hooks are removed when the ``with`` block ends, also on an exception.
+Everything stays in the model's dtype (float32); only the B per-example sums are added up
+in float64.
 """
 
 from __future__ import annotations
@@ -238,13 +240,18 @@ def fallback_sq_norms(
 
 
 class Capture:
-    """Forward hooks on the ghosted layers of one step; squared norms after the first backward."""
+    """Forward hooks on the ghosted layers of one step; squared norms after the first backward.
+
+    Each hook keeps the layer's input and its output, and hands the rest of the model a
+    clone of that output: a later in-place operation (``ReLU(inplace=True)``) then changes
+    the clone, so the kept output still names the layer's own result, and the first backward
+    pass can stop there, computing no weight gradient at all.
+    """
 
     def __init__(self, layers: dict[str, nn.Module], batch: int) -> None:
         self.layers, self.batch = layers, batch
         self.inputs: dict[str, torch.Tensor] = {}
-        self._raw: dict[str, torch.Tensor] = {}
-        self.grads: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> Capture:
@@ -257,8 +264,8 @@ class Capture:
             handle.remove()
         self._handles.clear()
 
-    def _forward_hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _forward_hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             x = args[0]
             if name in self.inputs:
                 raise ConfigError(
@@ -270,32 +277,25 @@ class Capture:
                     f"layer {name!r} got {tuple(x.shape)} whose first axis is not the batch of "
                     f"{self.batch}; DP-SGD needs batch-first inputs in every layer"
                 )
-            self.inputs[name], self._raw[name] = x.detach(), x
-            if isinstance(output, torch.Tensor) and output.requires_grad:
-                handle = output.register_hook(self._grad_hook(name))  # type: ignore[no-untyped-call]
-                self._handles.append(handle)
+            self.inputs[name] = x.detach()
+            if not (isinstance(output, torch.Tensor) and output.requires_grad):
+                return None
+            self.outputs[name] = output
+            return output.clone()
 
         return hook
 
-    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
-        def hook(g: torch.Tensor) -> None:
-            self.grads[name] = g.detach()
-
-        return hook
-
-    def targets(self) -> list[torch.Tensor]:
-        """What the first backward pass asks for: enough to reach every layer, no weight grads."""
-        out: dict[int, torch.Tensor] = {}
-        for name, x in self._raw.items():
-            layer = self.layers[name]
-            ask = [x] if x.requires_grad else [p for p in layer.parameters() if p.requires_grad]
-            out.update((id(t), t) for t in ask)
-        return list(out.values())
-
-    def sq_norms(self) -> torch.Tensor:
-        """Squared per-example gradient norms summed over the ghosted layers (float64, (B,))."""
+    def sq_norms(self, total_loss: torch.Tensor) -> torch.Tensor:
+        """First backward pass, to the kept outputs only; per-example squared norms (float64)."""
         sq = torch.zeros(self.batch, dtype=torch.float64)
-        for name, g in self.grads.items():
-            layer = self.layers[name]
-            sq += _HANDLERS[type(layer)](layer, self.inputs[name], g).double()
+        if not self.outputs:
+            return sq
+        names = list(self.outputs)
+        grads = torch.autograd.grad(
+            total_loss, [self.outputs[k] for k in names], retain_graph=True, allow_unused=True
+        )
+        for name, g in zip(names, grads, strict=True):
+            if g is not None:  # None: the layer's output did not reach the loss
+                layer = self.layers[name]
+                sq += _HANDLERS[type(layer)](layer, self.inputs[name], g).double()
         return sq
