@@ -318,6 +318,7 @@ def test_layers_dp_sgd_cannot_bound_are_refused_and_no_hook_is_left() -> None:
         step(models[1], torch.ones(4, 3))
     with pytest.raises(ConfigError, match="'lin' never ran but its parameters got a gradient"):
         step(models[2], torch.ones(4, 3))
+    assert all(p.grad is None for p in models[2].parameters())  # no unnoised sum left
     for model in models:
         assert all(not m._forward_hooks for m in model.modules())
     dropout = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.PReLU(), nn.Linear(3, 3))

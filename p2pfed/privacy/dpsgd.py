@@ -158,7 +158,7 @@ def dp_sgd_step(
         scale = (c / (norms * (1 + 1e-6))).clamp(max=1.0)
         # second backward pass: the clipped sum Σ w_i g_i lands in param.grad
         torch.autograd.backward((losses * scale.to(losses.dtype)).sum())
-        _refuse_hidden_use(layers, unused)
+        _refuse_hidden_use(layers, unused, params)
         stats = DPSGDStepStats(n, float((norms > c).double().mean()), float(norms.mean()))
     with torch.no_grad():
         for p in params:
@@ -169,10 +169,12 @@ def dp_sgd_step(
     return stats
 
 
-def _refuse_hidden_use(layers: ghost.Plan, unused: list[str]) -> None:
+def _refuse_hidden_use(layers: ghost.Plan, unused: list[str], params: list[nn.Parameter]) -> None:
     """A layer whose forward never ran yet whose weights got a gradient was used elsewhere."""
     for name in unused:
         if any(p.grad is not None for p in layers.ghosted[name].parameters()):
+            for p in params:  # no unnoised sum is left behind in .grad
+                p.grad = None
             raise ConfigError(
                 f"layer {name!r} never ran but its parameters got a gradient (used outside "
                 "its forward, as in MultiheadAttention's out_proj); DP-SGD cannot clip them"
