@@ -222,6 +222,17 @@ def test_mixed_models_equal_a_per_example_loop(name, n, seed):
     check(MODELS[name](), nn.functional.cross_entropy, x, torch.randint(0, 3, (n,), generator=g))
 
 
+def test_a_loss_vmap_cannot_batch_is_called_per_example_and_still_matches() -> None:
+    def branching(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = 2.0 if float(target.sum()) > 0 else 1.0  # Python on values: no vmap
+        return weight * nn.functional.mse_loss(out, target)
+
+    torch.manual_seed(0)
+    model = mlp()
+    x = torch.randn(5, 6)
+    check(model, branching, x, batch_for(model, x, 0))
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_an_outlier_a_million_times_larger_moves_the_sum_by_at_most_c(name: str) -> None:
     """The attack: one poisoned example whose gradient is ~10^6 times the others'."""

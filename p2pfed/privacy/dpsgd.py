@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import vmap
 
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.privacy import ghost, validate
@@ -98,7 +99,13 @@ def _per_example_losses(
     model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     out = model(inputs)
-    return torch.stack([loss_fn(out[i : i + 1], targets[i : i + 1]) for i in range(len(out))])
+    try:  # one batched call; each example's loss still sees that example alone
+        losses: torch.Tensor = vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(
+            out, targets
+        )
+    except RuntimeError:  # a loss vmap cannot batch (Python control flow on values)
+        losses = torch.stack([loss_fn(out[i : i + 1], targets[i : i + 1]) for i in range(len(out))])
+    return losses
 
 
 def _clip_weights(
