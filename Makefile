@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray,studies]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,studies,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)

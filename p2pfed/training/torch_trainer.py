@@ -8,7 +8,7 @@ built once by the caller's factory, so its state (momentum, Adam moments) carrie
 rounds as in a local loop.
 
 With ``dpsgd``, each local step is one DP-SGD step (``p2pfed.privacy.dpsgd``: per-example
-gradients by ``torch.func``, clipped and noised) on a Poisson sample of the loader's data
+gradient norms by ghost clipping, clipped and noised) on a Poisson sample of the loader's data
 set, collated by the loader's ``collate_fn``; ``⌈1/q⌉`` steps make one expected epoch. A
 module with BatchNorm is refused when the trainer is built, as it mixes examples.
 """
