@@ -29,8 +29,10 @@ imports: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers (pytest-xdist): most of the slow tests wait on real daemons' rounds and
+# deadlines, so two at a time keep both cores busy (docs/benchmarks.md: suite time).
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=30
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=30
 
 test: lint imports typecheck unit
 
