@@ -3,6 +3,7 @@ adopts only a certified model (attacks performed through real ``ModelSync`` obje
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfed.collectives.signing import Ed25519CohortSigner
-from p2pfed.errors import ReasonCode, RemoteProtocolError
+from p2pfed.errors import IntegrityError, ReasonCode, RemoteProtocolError
 from p2pfed.identity import Identity
 from p2pfed.node.certificates import (
     CertificatePolicy,
@@ -350,3 +351,48 @@ async def test_a_member_on_another_study_protocol_neither_serves_nor_is_served()
             assert await ours.fetch(NAMES[1], 3) is None
     assert [r.peer for r in ours.refusals] == [NAMES[1]]
     assert "session" in ours.refusals[0].detail
+
+
+async def certify_rounds(
+    digests: dict[str, bytes], timeout: float = 2.0
+) -> dict[str, CommitCertificate | IntegrityError | None]:
+    """Each named member certifies round 0 over the same cohort, for its own model digest."""
+    net = MemoryNetwork()
+    cohort = frozenset(digests)
+    got: dict[str, CommitCertificate | IntegrityError | None] = {}
+    with trio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            services = {}
+            for name in digests:
+                t = await stack.enter_async_context(net.open(name))
+                services[name] = CertificateService(t, policy(), SIGNERS[name], timeout=timeout)
+
+            async def one(name: str) -> None:
+                try:
+                    got[name] = await services[name].certify_round(0, digests[name], cohort)
+                except IntegrityError as exc:
+                    got[name] = exc
+
+            async with trio.open_nursery() as nursery:
+                for name in services:
+                    nursery.start_soon(one, name)
+    return got
+
+
+async def test_a_member_outvoted_by_a_quorum_does_not_keep_its_divergent_model() -> None:
+    """Summed onto a stale base, a member's model differs from the cohort's: not adopted."""
+    good, stale = b"\1" * 32, b"\2" * 32
+    got = await certify_rounds({NAMES[0]: good, NAMES[1]: good, NAMES[2]: stale})
+    for name in NAMES[:2]:
+        cert = got[name]
+        assert isinstance(cert, CommitCertificate) and cert.digest == good
+    refused = got[NAMES[2]]
+    assert isinstance(refused, IntegrityError)
+    assert good.hex()[:16] in str(refused) and "not adopted, catching up" in str(refused)
+
+
+async def test_one_member_voting_for_another_model_cannot_make_the_others_drop_theirs() -> None:
+    """A lone vote (a stolen key) is below the quorum: the round stays uncertified, not dropped."""
+    mine, forged = b"\1" * 32, b"\3" * 32
+    got = await certify_rounds({NAMES[0]: mine, NAMES[1]: forged}, timeout=0.5)
+    assert got[NAMES[0]] is None and got[NAMES[1]] is None

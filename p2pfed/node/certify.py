@@ -20,12 +20,13 @@ import trio
 
 from p2pfed.collectives.agreement import CohortSigner
 from p2pfed.collectives.faults import Exclusion
-from p2pfed.errors import P2PFedError, ReasonCode, RemoteProtocolError
+from p2pfed.errors import IntegrityError, P2PFedError, ReasonCode, RemoteProtocolError
 from p2pfed.node.certificates import (
     CertificatePolicy,
     CommitCertificate,
     CommitStatement,
     assemble,
+    commit_quorum,
     decode_statement,
 )
 from p2pfed.transport.base import Stream, Transport
@@ -59,7 +60,8 @@ class CertificateService:
         self.low = 0
         # Bounded: a member sending bad votes in a loop must not grow our memory.
         self.exclusions: deque[Exclusion] = deque(maxlen=256)
-        self._votes: dict[int, dict[str, tuple[bytes, bytes]]] = {}  # round → peer → vote
+        # round → peer → (signed statement, signature, digest voted for)
+        self._votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}
         self._arrived = trio.Event()
         transport.serve(CERT_PROTOCOL, self._handle)
 
@@ -85,7 +87,7 @@ class CertificateService:
         if peer in votes and votes[peer][0] != data:
             self._exclude(round_, peer, ReasonCode.DUPLICATE, "two different votes for one round")
             return
-        votes[peer] = (data, signature)
+        votes[peer] = (data, signature, statement.digest)
         self._arrived.set()
 
     def _exclude(self, round_: int, peer: str, reason: ReasonCode, detail: str) -> None:
@@ -129,6 +131,7 @@ class CertificateService:
         self._votes.setdefault(statement.round, {})[self.me] = (
             statement.signed_bytes(),
             signature,
+            statement.digest,
         )
         payload = statement.encode() + signature
         others: Sequence[str] = [p for p in statement.contributors if p != self.me]
@@ -144,7 +147,20 @@ class CertificateService:
     def _agreeing(self, statement: CommitStatement) -> dict[str, bytes]:
         data = statement.signed_bytes()
         votes = self._votes.get(statement.round, {})
-        return {peer: sig for peer, (signed, sig) in votes.items() if signed == data}
+        return {peer: sig for peer, (signed, sig, _) in votes.items() if signed == data}
+
+    def outvoted(self, statement: CommitStatement) -> bytes | None:
+        """The model digest a quorum of this round's contributors signed instead of ours.
+
+        Every vote counted here verified and came from a named contributor, so no member (nor
+        a stolen key) alone can make this member drop its model: it takes a quorum.
+        """
+        tally: dict[bytes, int] = {}
+        for _, _, digest in self._votes.get(statement.round, {}).values():
+            if digest != statement.digest:
+                tally[digest] = tally.get(digest, 0) + 1
+        needed = commit_quorum(len(statement.contributors), self.policy.floor)
+        return next((d for d, n in tally.items() if n >= needed), None)
 
     async def certify_round(
         self, round_: int, digest: bytes, contributors: frozenset[str]
@@ -161,6 +177,13 @@ class CertificateService:
         try:
             self.policy.check(certificate, self.me)
         except P2PFedError as exc:
+            theirs = self.outvoted(statement)
+            if theirs is not None:  # our sum went onto another base model: ours is not theirs
+                raise IntegrityError(
+                    f"round {round_}: a quorum of the cohort certified model "
+                    f"{theirs.hex()[:16]}, not this member's {digest.hex()[:16]} (it summed "
+                    "onto another base model); not adopted, catching up"
+                ) from None
             log.warning("round %d stays uncertified: %s", round_, exc)
             return None
         return certificate

@@ -8,17 +8,15 @@ aggregator calls once the round's cohort is fixed: only then does the privacy la
 (``PrivateReleaser``: clip, record the spend durably in the ledger, then noise) release it,
 so a round this peer cannot join costs no ε and nothing leaves before the ledger says yes.
 It applies the mean update it gets back. After each committed round the cohort signs a
-commit certificate for the new model (``CertificateService``) and the model is
-checkpointed atomically with it, so a restarted peer resumes where it stopped.
+commit certificate for the new model (``CertificateService``), checkpointed atomically with
+it, so a restarted peer resumes where it stopped; a member whose model a quorum did not sign
+(it summed onto a stale base) does not adopt it and catches up instead.
 
 A peer that misses a round (it crashed, came late, or was left out) asks the other members
 for the newest certified model (``ModelSync``: never one without a valid certificate) and
 joins the next round from there. Round numbers only go forward: a round that failed for
-everyone is not re-run under the same number (its secure-aggregation session and privacy
-record are spent), the next number starts from the same weights. ``model_round`` is the
-round the weights are from; ``next_round`` the next to attempt. Every part is injected, so
-the same class runs in the daemon over libp2p and in tests over the in-memory transport;
-nothing here knows which.
+everyone is not re-run under the same number (its session and privacy record are spent).
+``model_round``: the round the weights are from; ``next_round``: the next to attempt.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ import trio
 from numpy.typing import NDArray
 
 from p2pfed.collectives.agreement import CohortSigner
-from p2pfed.errors import DataError
+from p2pfed.errors import DataError, IntegrityError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.node.certify import CertificateService
@@ -415,15 +413,12 @@ class Peer:
             timer.mark_parts(outcome.stages_s, "decode")
         else:
             timer.mark("aggregate")
-        committed = isinstance(outcome, Aggregate)
+        if isinstance(outcome, Aggregate):
+            outcome = await self._commit(round_, outcome)
         if isinstance(outcome, Missed):
             self._load(self.weights)  # undo local steps: the round did not happen
             self._save()
-        else:
-            self.bytes_sent += outcome.bytes_sent
-            weights = self.weights + outcome.mean
-            certificate = await self._certify(round_, weights, outcome.contributors)
-            self._adopt(round_, weights, certificate)
+        committed = isinstance(outcome, Aggregate)
         timer.mark("commit")
         metrics = await self._offload(self.trainer.evaluate, unflatten(self.layout, self.weights))
         timer.mark("evaluate")
@@ -447,14 +442,21 @@ class Peer:
             stages_s=tuple(timer.stages),
         )
 
-    async def _certify(
-        self, round_: int, weights: NDArray[np.float32], contributors: frozenset[str]
-    ) -> CommitCertificate | None:
-        """The cohort's signatures on this round's model; None in gossip or below quorum."""
-        if self.certifier is None:
-            return None
-        digest = weights_digest(weights)  # float32 already: no copy of the model
-        return await self.certifier.certify_round(round_, digest, contributors)
+    async def _commit(self, round_: int, outcome: Aggregate) -> Aggregate | Missed:
+        """Adopt the round's model (certified unless gossip or below quorum), or Missed."""
+        self.bytes_sent += outcome.bytes_sent
+        weights = self.weights + outcome.mean
+        certificate = None
+        if self.certifier is not None:
+            digest = weights_digest(weights)  # float32 already: no copy of the model
+            try:
+                certificate = await self.certifier.certify_round(
+                    round_, digest, outcome.contributors
+                )
+            except IntegrityError as exc:  # a stale base: the catch-up fetches theirs
+                return Missed(round_, str(exc), outcome.exclusions)
+        self._adopt(round_, weights, certificate)
+        return outcome
 
     async def run(
         self,
