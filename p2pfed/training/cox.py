@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from p2pfed.errors import ConfigError, DataError
-from p2pfed.training.state import FitResult, State, StatePolicy, load_into
+from p2pfed.training.state import FitResult, ModuleState, StatePolicy
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,10 @@ def _tensors(d: Survival) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     )
 
 
-class CoxTrainer:
+class CoxTrainer(ModuleState):
     """Full-batch gradient descent on one site's Cox partial likelihood (a ``Trainer``)."""
+
+    module: nn.Linear  # β: every coefficient is shared
 
     def __init__(
         self,
@@ -143,19 +145,6 @@ class CoxTrainer:
         self.learning_rate, self.local_steps = learning_rate, local_steps
         self.optimizer = torch.optim.SGD(self.module.parameters(), lr=learning_rate)
         self._policy = StatePolicy()
-
-    @property
-    def policy(self) -> StatePolicy:
-        """Every coefficient is shared."""
-        return self._policy
-
-    def get_state(self) -> State:
-        """A copy of β."""
-        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-
-    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load β."""
-        load_into(self.module, state)
 
     def fit(self, state: Mapping[str, torch.Tensor], round: int) -> FitResult:
         """``local_steps`` gradient steps from the consortium's β on this site's patients."""

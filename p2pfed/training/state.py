@@ -110,6 +110,26 @@ def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> Non
             target.copy_(value.to(target.dtype))
 
 
+class ModuleState:
+    """The state half of a ``Trainer`` over one torch ``module`` and its ``StatePolicy``."""
+
+    module: torch.nn.Module
+    _policy: StatePolicy
+
+    @property
+    def policy(self) -> StatePolicy:
+        """Which tensors of the state are averaged (the others stay local)."""
+        return self._policy
+
+    def get_state(self) -> State:
+        """A copy of the module's full ``state_dict`` (parameters and buffers)."""
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load the given tensors into the module (others keep their values)."""
+        load_into(self.module, state)
+
+
 @dataclass(frozen=True)
 class FitResult:
     """What one round of local training produced."""

@@ -34,7 +34,7 @@ from p2pfed.privacy.dpsgd import (
     refuse_batch_mixing,
 )
 from p2pfed.privacy.sampling import SecureGaussian
-from p2pfed.training.state import FitResult, State, StatePolicy, load_into
+from p2pfed.training.state import FitResult, ModuleState, StatePolicy
 from p2pfed.training.trainer import DPSGD
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -45,7 +45,7 @@ def sgd(learning_rate: float = 0.1) -> OptimizerFactory:
     return lambda params: torch.optim.SGD(params, lr=learning_rate)
 
 
-class TorchTrainer:
+class TorchTrainer(ModuleState):
     """Trains ``module`` with ``loss_fn`` on ``train_loader``; evaluates on ``eval_loader``."""
 
     def __init__(
@@ -81,19 +81,6 @@ class TorchTrainer:
         self.dpsgd = dpsgd
         self.generator = generator if generator is not None else torch.Generator()
         self.noise_generator = noise_generator
-
-    @property
-    def policy(self) -> StatePolicy:
-        """Which tensors of the state are averaged."""
-        return self._policy
-
-    def get_state(self) -> State:
-        """A copy of the module's full ``state_dict``."""
-        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-
-    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load the given tensors into the module (others keep their values)."""
-        load_into(self.module, state)
 
     def fit(self, state: Mapping[str, torch.Tensor], round: int) -> FitResult:
         """Train one round from ``state``; returns the new full state."""
