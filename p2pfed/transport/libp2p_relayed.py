@@ -9,6 +9,13 @@ says per connected peer whether the connection is direct or relayed (py-libp2p m
 circuit's connection ``RELAYED``), and the time the last stream took to open and be admitted
 (one to two round trips), so status and logs can report it; ``unreachable`` names each peer
 that could be reached neither way, with the reasons.
+
+Two members that dial each other through a relay at the same moment get two circuits. Both
+ends keep the same one, the circuit the smaller peer ID dialled, and close the other as soon as
+both exist (``_keep_one_circuit``, on py-libp2p's ``connected`` event); the relay closes only
+that circuit (``relay.GatedRelay._relay_data``). Safety net: a connection on which
+``STALLS_BEFORE_REDIAL`` stream opens in a row time out (not opened, or not admitted, in time)
+is closed with a log line naming the peer and the reason, and the next stream redials it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.connection_types import ConnectionType
 from libp2p.peer.id import ID
 
@@ -29,6 +36,8 @@ from p2pfed.transport.relay import RelayClient
 
 log = logging.getLogger(__name__)
 
+STALLS_BEFORE_REDIAL = 2
+"""Stream opens in a row that time out on one connection before it is closed and redialled."""
 SIMULTANEOUS_DIAL_WAIT = 1.0
 """Seconds the member with the larger peer ID waits for an inbound circuit before dialling."""
 
@@ -47,6 +56,8 @@ class RelayedTransport(Libp2pTransport):
         self.open_times: dict[str, float] = {}
         self.unreachable: dict[str, str] = {}
         """Peer → why neither a direct dial nor any relay reached it (cleared on success)."""
+        self.stalls: dict[str, int] = {}
+        """Peer → stream opens in a row that timed out on its connection."""
 
     @property
     def host(self) -> IHost:
@@ -57,8 +68,14 @@ class RelayedTransport(Libp2pTransport):
     def is_connected(self, peer: str) -> bool:
         return self._host is not None and bool(self._conns_of(ID.from_base58(peer)))
 
+    def _conns_of(self, peer: ID) -> list[Any]:
+        # A circuit the relay or the other end closed may linger in the swarm's table for a
+        # while; counted as a connection, it would stop us from dialling a fresh one.
+        return [c for c in super()._conns_of(peer) if not c.muxed_conn.is_closed]
+
     async def __aenter__(self) -> Self:
         await super().__aenter__()
+        self.host.get_network().register_notifee(_OnConnected(self._circuit_arrived))
         if self._relays:
             assert self._exit_stack is not None
             self.relay_client = RelayClient(self, self._relays)
@@ -84,14 +101,53 @@ class RelayedTransport(Libp2pTransport):
         start = trio.current_time()
         try:
             stream = await super().open_stream(peer, protocol)
-        except BrokenError:
-            if self.links().get(peer, {}).get("via") == "relayed":
-                # A circuit the other side or the relay dropped may linger in the swarm;
-                # closing it makes the next attempt dial a fresh one.
-                await self.disconnect(peer)
+        except BrokenError as exc:
+            await self._after_failed_open(peer, exc)
             raise
+        self.stalls.pop(peer, None)
         self.open_times[peer] = trio.current_time() - start
         return stream
+
+    async def _after_failed_open(self, peer: str, exc: BrokenError) -> None:
+        """Drop dead connections to ``peer``; close a live one that keeps timing out."""
+        for conn in super()._conns_of(ID.from_base58(peer)):
+            if conn.muxed_conn.is_closed:  # lingering: removing it lets the next open redial
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await conn.close()
+        if not isinstance(exc.__cause__, trio.TooSlowError):
+            return
+        stalls = self.stalls[peer] = self.stalls.get(peer, 0) + 1
+        if stalls >= STALLS_BEFORE_REDIAL:
+            log.warning(
+                "closing the connection to %s: %d stream opens in a row timed out (last: %s); "
+                "the next stream redials it",
+                peer,
+                stalls,
+                exc,
+            )
+            del self.stalls[peer]
+            await self.disconnect(peer)
+
+    def _circuit_arrived(self, conn: INetConn) -> None:
+        if _kind(conn) == "relayed" and self._nursery is not None and not self._closed:
+            self._nursery.start_soon(self._keep_one_circuit, conn.muxed_conn.peer_id)
+
+    async def _keep_one_circuit(self, peer_id: ID) -> None:
+        """Of two circuits with ``peer_id``, close the one the larger peer ID dialled.
+
+        Both ends decide alike, so they never keep different circuits; until the keeper has
+        arrived here, nothing is closed (the other end may be the one that sees both first).
+        """
+        circuits = [c for c in self._conns_of(peer_id) if _kind(c) == "relayed"]
+        keeper_is_ours = self.local_peer < str(peer_id)
+        keepers = [c for c in circuits if _dialled_by_us(c) is keeper_is_ours]
+        if len(circuits) < 2 or not keepers:
+            return
+        for conn in circuits:
+            if conn is not keepers[0]:
+                log.info("closing a second circuit with %s (simultaneous dial)", peer_id)
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await conn.close()
 
     async def _ensure_connected(self, peer: str, peer_id: ID) -> None:
         try:
@@ -139,6 +195,36 @@ class RelayedTransport(Libp2pTransport):
             via = "direct" if "direct" in kinds else "relayed"
             out[peer] = {"via": via, "open_s": self.open_times.get(peer)}
         return out
+
+
+class _OnConnected(INotifee):
+    """Calls ``on_connected`` with every connection the swarm adds (py-libp2p's notifee)."""
+
+    def __init__(self, on_connected: Any) -> None:
+        self._on_connected = on_connected
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._on_connected(conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: Any) -> None:
+        pass
+
+
+def _dialled_by_us(conn: Any) -> bool:
+    """Whether we opened ``conn`` (its Yamux session's initiator; a circuit's is its dialler)."""
+    return bool(getattr(conn.muxed_conn, "is_initiator_value", False))
 
 
 def _kind(conn: Any) -> str:

@@ -8,7 +8,10 @@ pipe (``upgrade_outbound_connection`` / ``upgrade_inbound_connection``), i.e. *o
 relay sees ciphertext only (tests/test_relay.py asserts it). The relay itself runs on a
 ``Libp2pTransport`` whose gate refuses non-members at its Noise handshake; ``GatedRelay``
 asks the gate again on every hop stream (a member removed while connected) and refuses a
-CONNECT towards a peer the gate does not admit. A member with relays in its roster keeps a
+CONNECT towards a peer the gate does not admit; it also pumps each circuit itself, so that a
+circuit that ends closes its own two streams and no other (py-libp2p's pump looks them up by
+peer ID and, with two circuits through one member, closed the other circuit and left its own
+half open: ``GatedRelay._relay_data``). A member with relays in its roster keeps a
 connection and a reservation on each (``RelayClient.keep_reserved``, re-reserving when the
 relay comes back) and, when a direct dial fails or no address is known, dials through them.
 """
@@ -16,6 +19,7 @@ relay comes back) and, when a direct dial fails or no address is known, dials th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -81,6 +85,40 @@ class GatedRelay(CircuitV2Protocol):
             await self._refuse(stream, target, "its target is not admitted by the roster")
             return
         await super()._handle_connect(stream, msg)
+
+    async def _relay_data(
+        self,
+        src: INetStream,
+        dst: INetStream,
+        peer_id: ID,
+        deadline: float | None = None,
+        circuit_data_limit: list[int] | None = None,
+    ) -> None:
+        """Pump ``src`` into ``dst`` (one direction of one circuit), then close both.
+
+        Replaces py-libp2p's pump, whose cleanup closes the streams stored under
+        ``_active_relays[peer_id]``: that table is keyed by peer, so two circuits through one
+        member (two members dialling each other at once; one member's circuits to two others)
+        overwrite each other's entry, and a circuit that ends closed another one and left its
+        own other half open, i.e. established at one end and dead. ``LIMITS`` sets no data cap
+        worth counting (2^50 bytes), so ``circuit_data_limit`` is not enforced; the duration is.
+        """
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                data = await self._read_stream_with_retry(src)
+                if not data:
+                    break
+                with trio.fail_after(self.write_timeout):
+                    await dst.write(data)
+        except Exception as exc:  # py-libp2p raises many kinds; the circuit ends either way
+            log.info("a circuit of %s ended: %r", peer_id, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_stream(src)
+                await self._close_stream(dst)
+            for key, pair in list(self._active_relays.items()):
+                if src in pair or dst in pair:
+                    del self._active_relays[key]
 
     async def _refuse(self, stream: INetStream, peer: str, why: str) -> None:
         self.refused.append(peer)

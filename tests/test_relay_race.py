@@ -1,0 +1,176 @@
+"""Circuits through one relay that overlap (issue 16), on 127.0.0.1.
+
+Two members dialling each other through the relay at the same moment get two circuits; both
+ends must keep the same one and the relay must close only the other. A member's circuit that
+ends must not take its other circuits down. A connection on which stream opens keep timing
+out is closed and redialled, and the log names the peer and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from libp2p.peer.id import ID
+
+from p2pfed.errors import BrokenError
+from p2pfed.transport import libp2p_relayed
+from p2pfed.transport.base import Stream
+from p2pfed.transport.libp2p_relayed import RelayedTransport, _dialled_by_us
+from p2pfed.transport.relay import serve_relay
+
+pytestmark = [pytest.mark.network]
+ECHO = "/test/echo/1"
+
+
+def _seed(name: str) -> bytes:
+    return hashlib.sha256(f"relay-race/{name}".encode()).digest()
+
+
+async def _echo(stream: Stream) -> None:
+    data = await stream.receive_some(1024)
+    await stream.send_all(b"echo:" + data)
+
+
+async def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+async def _round_trip(x: RelayedTransport, y: RelayedTransport, text: bytes) -> None:
+    with trio.fail_after(10):
+        stream = await x.open_stream(y.local_peer, ECHO)
+        await stream.send_all(text)
+        assert await stream.receive_exactly(5 + len(text)) == b"echo:" + text
+        await stream.aclose()
+
+
+def _circuits(x: RelayedTransport, y: RelayedTransport) -> list[Any]:
+    return x._conns_of(ID.from_base58(y.local_peer))
+
+
+@asynccontextmanager
+async def _members(names: list[str], tag: str) -> AsyncIterator[dict[str, RelayedTransport]]:
+    """A relay and members ``names`` with no known address, each with its reservation."""
+    seeds = {n: _seed(f"{tag}/{n}") for n in ["relay", *names]}
+    admitted = {RelayedTransport(s, lambda _: True).local_peer for s in seeds.values()}
+    gate = admitted.__contains__
+    relay_t = RelayedTransport(seeds["relay"], gate)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(relay_t)
+        await stack.enter_async_context(serve_relay(relay_t, gate))
+        relay_id = relay_t.local_peer
+        members = {}
+        for n in names:
+            t = RelayedTransport(seeds[n], gate, relays={relay_id: list(relay_t.listen_addrs)})
+            t.serve(ECHO, _echo)
+            members[n] = await stack.enter_async_context(t)
+        for n, t in members.items():
+            client = t.relay_client
+            assert client is not None
+            await _wait_for(lambda c=client: relay_id in c.reserved, f"{n}'s reservation")
+        yield members
+
+
+async def test_members_dialling_each_other_at_once_keep_one_working_circuit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No head start for the smaller peer ID: both dial at the same moment, every time.
+    monkeypatch.setattr(libp2p_relayed, "SIMULTANEOUS_DIAL_WAIT", 0.0)
+    for attempt in range(6):
+        async with _members(["a", "b"], f"race{attempt}") as m:
+            a, b = m["a"], m["b"]
+            go = trio.Event()
+
+            async def dial(x: RelayedTransport, y: RelayedTransport) -> None:
+                await go.wait()
+                with trio.fail_after(20):
+                    assert x.relay_client is not None
+                    await x.relay_client.dial(y.local_peer)  # the circuit, nothing else
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dial, a, b)
+                nursery.start_soon(dial, b, a)
+                await trio.sleep(0)
+                go.set()
+            assert a.relay_client is not None
+
+            def settled() -> bool:
+                ab, ba = _circuits(a, b), _circuits(b, a)
+                # One circuit each, the same one: dialled by exactly one of the two ends.
+                return len(ab) == len(ba) == 1 and _dialled_by_us(ab[0]) != _dialled_by_us(ba[0])
+
+            await _wait_for(settled, f"attempt {attempt}: one circuit at both ends")
+            kept = (_circuits(a, b)[0], _circuits(b, a)[0])
+            smaller = min(a, b, key=lambda t: t.local_peer)
+            assert _dialled_by_us(kept[0 if smaller is a else 1]), "the smaller ID's dial stays"
+            for i in range(3):
+                await _round_trip(a, b, b"a%d" % i)
+                await _round_trip(b, a, b"b%d" % i)
+            # The same circuit carried all of it: nothing died and was redialled.
+            assert (_circuits(a, b), _circuits(b, a)) == ([kept[0]], [kept[1]]), attempt
+            assert not a.stalls and not b.stalls
+
+
+async def test_a_circuit_that_ends_takes_no_other_circuit_of_its_member_down() -> None:
+    async with _members(["a", "b", "c"], "three") as m:
+        a, b, c = m["a"], m["b"], m["c"]
+        await _round_trip(a, b, b"to b")
+        await _round_trip(a, c, b"to c")
+        to_c = _circuits(a, c)
+        assert len(to_c) == 1
+        await a.disconnect(b.local_peer)  # a's circuit with b ends
+        await _wait_for(lambda: not _circuits(b, a), "b seeing its circuit with a end")
+        # a's circuit with c is untouched: both directions still cross it.
+        await _round_trip(a, c, b"still")
+        await _round_trip(c, a, b"back")
+        assert _circuits(a, c) == to_c
+
+
+async def test_a_connection_whose_stream_opens_keep_timing_out_is_closed_and_redialled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seeds = {n: _seed(f"stall/{n}") for n in ("a", "b")}
+    admitted = {RelayedTransport(s, lambda _: True).local_peer for s in seeds.values()}
+    b = RelayedTransport(seeds["b"], admitted.__contains__)
+    b.serve(ECHO, _echo)
+    async with b:
+        a = RelayedTransport(
+            seeds["a"],
+            admitted.__contains__,
+            peer_addrs={b.local_peer: list(b.listen_addrs)},
+            admission_timeout=0.5,
+        )
+        async with a:
+            await _round_trip(a, b, b"fine")
+            first = _circuits(a, b)
+            # b's end goes silent: streams open but their admission byte never comes.
+            stuck = trio.Event()
+            serve_stream = b._on_stream
+
+            async def silent(protocol: str, net_stream: Any) -> None:
+                await stuck.wait()
+                await serve_stream(protocol, net_stream)
+
+            b._on_stream = silent  # type: ignore[method-assign]
+            with caplog.at_level(logging.WARNING, logger="p2pfed.transport.libp2p_relayed"):
+                for stall in range(1, libp2p_relayed.STALLS_BEFORE_REDIAL + 1):
+                    assert _circuits(a, b) == first  # kept until the last of them
+                    with pytest.raises(BrokenError, match="did not admit"):
+                        await a.open_stream(b.local_peer, ECHO)
+            assert not _circuits(a, b), "the stalled connection is closed"
+            line = next(r.getMessage() for r in caplog.records if "timed out" in r.getMessage())
+            assert b.local_peer in line and "did not admit" in line, line
+            b._on_stream = serve_stream  # type: ignore[method-assign]
+            stuck.set()
+            await _round_trip(a, b, b"again")  # redialled
+            assert _circuits(a, b) and _circuits(a, b) != first
+            assert not a.stalls
