@@ -22,7 +22,7 @@ from p2pfed.errors import BrokenError
 from p2pfed.transport import libp2p_relayed
 from p2pfed.transport.base import Stream
 from p2pfed.transport.libp2p_relayed import RelayedTransport, _dialled_by_us
-from p2pfed.transport.relay import serve_relay
+from p2pfed.transport.relay import GatedRelay, serve_relay
 
 pytestmark = [pytest.mark.network]
 ECHO = "/test/echo/1"
@@ -58,7 +58,9 @@ def _circuits(x: RelayedTransport, y: RelayedTransport) -> list[Any]:
 
 
 @asynccontextmanager
-async def _members(names: list[str], tag: str) -> AsyncIterator[dict[str, RelayedTransport]]:
+async def _members(
+    names: list[str], tag: str
+) -> AsyncIterator[tuple[GatedRelay, dict[str, RelayedTransport]]]:
     """A relay and members ``names`` with no known address, each with its reservation."""
     seeds = {n: _seed(f"{tag}/{n}") for n in ["relay", *names]}
     admitted = {RelayedTransport(s, lambda _: True).local_peer for s in seeds.values()}
@@ -66,7 +68,7 @@ async def _members(names: list[str], tag: str) -> AsyncIterator[dict[str, Relaye
     relay_t = RelayedTransport(seeds["relay"], gate)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(relay_t)
-        await stack.enter_async_context(serve_relay(relay_t, gate))
+        relay = await stack.enter_async_context(serve_relay(relay_t, gate))
         relay_id = relay_t.local_peer
         members = {}
         for n in names:
@@ -77,7 +79,7 @@ async def _members(names: list[str], tag: str) -> AsyncIterator[dict[str, Relaye
             client = t.relay_client
             assert client is not None
             await _wait_for(lambda c=client: relay_id in c.reserved, f"{n}'s reservation")
-        yield members
+        yield relay, members
 
 
 async def test_members_dialling_each_other_at_once_keep_one_working_circuit(
@@ -86,7 +88,7 @@ async def test_members_dialling_each_other_at_once_keep_one_working_circuit(
     # No head start for the smaller peer ID: both dial at the same moment, every time.
     monkeypatch.setattr(libp2p_relayed, "SIMULTANEOUS_DIAL_WAIT", 0.0)
     for attempt in range(6):
-        async with _members(["a", "b"], f"race{attempt}") as m:
+        async with _members(["a", "b"], f"race{attempt}") as (_relay, m):
             a, b = m["a"], m["b"]
             go = trio.Event()
 
@@ -121,18 +123,30 @@ async def test_members_dialling_each_other_at_once_keep_one_working_circuit(
 
 
 async def test_a_circuit_that_ends_takes_no_other_circuit_of_its_member_down() -> None:
-    async with _members(["a", "b", "c"], "three") as m:
+    async with _members(["a", "b", "c"], "three") as (relay, m):
         a, b, c = m["a"], m["b"], m["c"]
+        ended: list[str] = []
+        pump = relay._relay_data
+
+        async def counted(*args: Any, **kwargs: Any) -> None:
+            try:
+                await pump(*args, **kwargs)
+            finally:
+                ended.append(str(args[2]))
+
+        relay._relay_data = counted  # type: ignore[method-assign]  # circuits from now on
         await _round_trip(a, b, b"to b")
         await _round_trip(a, c, b"to c")
-        to_c = _circuits(a, c)
-        assert len(to_c) == 1
+        to_c, from_c = _circuits(a, c), _circuits(c, a)
+        assert len(to_c) == len(from_c) == 1
         await a.disconnect(b.local_peer)  # a's circuit with b ends
+        await _wait_for(lambda: len(ended) == 2, "the relay ending both its directions")
         await _wait_for(lambda: not _circuits(b, a), "b seeing its circuit with a end")
-        # a's circuit with c is untouched: both directions still cross it.
+        # a's circuit with c is untouched, at both ends, and both directions still cross it.
+        assert (_circuits(a, c), _circuits(c, a)) == (to_c, from_c)
         await _round_trip(a, c, b"still")
         await _round_trip(c, a, b"back")
-        assert _circuits(a, c) == to_c
+        assert (_circuits(a, c), _circuits(c, a)) == (to_c, from_c)
 
 
 async def test_a_connection_whose_stream_opens_keep_timing_out_is_closed_and_redialled(

@@ -133,18 +133,18 @@ class RelayedTransport(Libp2pTransport):
             self._nursery.start_soon(self._keep_one_circuit, conn.muxed_conn.peer_id)
 
     async def _keep_one_circuit(self, peer_id: ID) -> None:
-        """Of two circuits with ``peer_id``, close the one the larger peer ID dialled.
+        """Of several circuits with ``peer_id``, keep the newest the smaller peer ID dialled.
 
-        Both ends decide alike, so they never keep different circuits; until the keeper has
-        arrived here, nothing is closed (the other end may be the one that sees both first).
+        Both ends decide alike, so of two simultaneous circuits they close the same one (the
+        larger ID's). Of two circuits one member dialled, the older is one it gave up on.
         """
         circuits = [c for c in self._conns_of(peer_id) if _kind(c) == "relayed"]
-        keeper_is_ours = self.local_peer < str(peer_id)
-        keepers = [c for c in circuits if _dialled_by_us(c) is keeper_is_ours]
-        if len(circuits) < 2 or not keepers:
+        if len(circuits) < 2:
             return
+        smaller_is_us = self.local_peer < str(peer_id)
+        keep = ([c for c in circuits if _dialled_by_us(c) is smaller_is_us] or circuits)[-1]
         for conn in circuits:
-            if conn is not keepers[0]:
+            if conn is not keep:
                 log.info("closing a second circuit with %s (simultaneous dial)", peer_id)
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await conn.close()
