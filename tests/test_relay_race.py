@@ -89,37 +89,39 @@ async def test_members_dialling_each_other_at_once_keep_one_working_circuit(
     monkeypatch.setattr(libp2p_relayed, "SIMULTANEOUS_DIAL_WAIT", 0.0)
     for attempt in range(6):
         async with _members(["a", "b"], f"race{attempt}") as (_relay, m):
-            a, b = m["a"], m["b"]
-            go = trio.Event()
+            await _dial_at_once(m["a"], m["b"], attempt)
 
-            async def dial(x: RelayedTransport, y: RelayedTransport) -> None:
-                await go.wait()
-                with trio.fail_after(20):
-                    assert x.relay_client is not None
-                    await x.relay_client.dial(y.local_peer)  # the circuit, nothing else
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(dial, a, b)
-                nursery.start_soon(dial, b, a)
-                await trio.sleep(0)
-                go.set()
-            assert a.relay_client is not None
+async def _dial_at_once(a: RelayedTransport, b: RelayedTransport, attempt: int) -> None:
+    go = trio.Event()
 
-            def settled() -> bool:
-                ab, ba = _circuits(a, b), _circuits(b, a)
-                # One circuit each, the same one: dialled by exactly one of the two ends.
-                return len(ab) == len(ba) == 1 and _dialled_by_us(ab[0]) != _dialled_by_us(ba[0])
+    async def dial(x: RelayedTransport, y: RelayedTransport) -> None:
+        await go.wait()
+        with trio.fail_after(20):
+            assert x.relay_client is not None
+            await x.relay_client.dial(y.local_peer)  # the circuit, nothing else
 
-            await _wait_for(settled, f"attempt {attempt}: one circuit at both ends")
-            kept = (_circuits(a, b)[0], _circuits(b, a)[0])
-            smaller = min(a, b, key=lambda t: t.local_peer)
-            assert _dialled_by_us(kept[0 if smaller is a else 1]), "the smaller ID's dial stays"
-            for i in range(3):
-                await _round_trip(a, b, b"a%d" % i)
-                await _round_trip(b, a, b"b%d" % i)
-            # The same circuit carried all of it: nothing died and was redialled.
-            assert (_circuits(a, b), _circuits(b, a)) == ([kept[0]], [kept[1]]), attempt
-            assert not a.stalls and not b.stalls
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dial, a, b)
+        nursery.start_soon(dial, b, a)
+        await trio.sleep(0)
+        go.set()
+
+    def settled() -> bool:
+        ab, ba = _circuits(a, b), _circuits(b, a)
+        # One circuit each, the same one: dialled by exactly one of the two ends.
+        return len(ab) == len(ba) == 1 and _dialled_by_us(ab[0]) != _dialled_by_us(ba[0])
+
+    await _wait_for(settled, f"attempt {attempt}: one circuit at both ends")
+    kept = (_circuits(a, b)[0], _circuits(b, a)[0])
+    smaller = min(a, b, key=lambda t: t.local_peer)
+    assert _dialled_by_us(kept[0 if smaller is a else 1]), "the smaller ID's dial stays"
+    for i in range(3):
+        await _round_trip(a, b, b"a%d" % i)
+        await _round_trip(b, a, b"b%d" % i)
+    # The same circuit carried all of it: nothing died and was redialled.
+    assert (_circuits(a, b), _circuits(b, a)) == ([kept[0]], [kept[1]]), attempt
+    assert not a.stalls and not b.stalls
 
 
 async def test_a_circuit_that_ends_takes_no_other_circuit_of_its_member_down() -> None:
@@ -176,7 +178,7 @@ async def test_a_connection_whose_stream_opens_keep_timing_out_is_closed_and_red
 
             b._on_stream = silent  # type: ignore[method-assign]
             with caplog.at_level(logging.WARNING, logger="p2pfed.transport.libp2p_relayed"):
-                for stall in range(1, libp2p_relayed.STALLS_BEFORE_REDIAL + 1):
+                for _ in range(1, libp2p_relayed.STALLS_BEFORE_REDIAL + 1):
                     assert _circuits(a, b) == first  # kept until the last of them
                     with pytest.raises(BrokenError, match="did not admit"):
                         await a.open_stream(b.local_peer, ECHO)
