@@ -1,10 +1,10 @@
 """Secure rounds of real daemons behind NAT, through a relay at 40 ms RTT and 100 Mbit/s.
 
-Both are opt-in (P2PFED_NETNS_LONG=1). The first (three hospitals, 34–77 s): a simultaneous
-relayed dial can leave a circuit established but unusable (see its skip reason). The second
-(four hospitals; one's outbound traffic is blackholed after round 1 and the other three finish
-without it, each round within its deadline) takes about 3 min and failed to start cleanly in
-one run of three at load average 20.
+The first (three hospitals, 34–77 s) runs in CI; it was opt-in until the simultaneous relayed
+dial was fixed (docs/transport.md, "Simultaneous relayed dials"). The second (four hospitals;
+one's outbound traffic is blackholed after round 1 and the other three finish without it, each
+round within its deadline) is opt-in (P2PFED_NETNS_LONG=1): it takes about 3 min and failed to
+start cleanly in one run of three at load average 20.
 """
 
 from __future__ import annotations
@@ -23,14 +23,6 @@ from tests.netns.consortium_nat import nat_consortium, start_hospitals, start_re
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
-@pytest.mark.skipif(
-    os.environ.get("P2PFED_NETNS_LONG") != "1",
-    reason=(
-        "opt-in (P2PFED_NETNS_LONG=1): two members dialling each other through the relay at "
-        "once can leave one circuit established but unusable (identify times out), and the "
-        "three then miss every round; seen in 1 of 3 CI runs, open in issue 16"
-    ),
-)
 def test_hospitals_behind_nat_complete_secure_rounds_through_the_relay(
     topology_factory,  # type: ignore[no-untyped-def]
     tmp_path: Path,
