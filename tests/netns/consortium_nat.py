@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 from p2pfed.daemon import read_status
@@ -57,26 +58,19 @@ def nat_consortium(root: Path, settings: DemoSettings) -> NatConsortium:
     return NatConsortium(demo, root / "relay.key", relay.peer_id)
 
 
-def start_relay(topo: Topology, c: NatConsortium, one_way: float, rate: float) -> None:
+def spawn_relay(topo: Topology, c: NatConsortium, name: str = "relay") -> Popen[bytes]:
+    """``p2pfed relay`` in the relay namespace, behind the proxy; waits until it listens."""
     root = c.demo.root
-    relay = topo.spawn(
-        topo.relay,
-        [
-            sys.executable,
-            "-m",
-            "p2pfed",
-            "relay",
-            "--key",
-            str(c.relay_key),
-            "--roster",
-            str(root / "roster.json"),
-            "--state",
-            str(root / "relay-state"),
-            "--listen",
-            f"/ip4/127.0.0.1/tcp/{RELAY_PORT}",
-        ],
-        "relay",
-    )
+    argv = [sys.executable, "-m", "p2pfed", "relay", "--key", str(c.relay_key)]
+    argv += ["--roster", str(root / "roster.json"), "--state", str(root / "relay-state")]
+    relay = topo.spawn(topo.relay, [*argv, "--listen", f"/ip4/127.0.0.1/tcp/{RELAY_PORT}"], name)
+    topo.wait_for_text(name, "listening on", 60, relay)
+    return relay
+
+
+def start_relay(topo: Topology, c: NatConsortium, one_way: float, rate: float) -> Popen[bytes]:
+    """The relay and, in front of it, the proxy with ``one_way`` delay and ``rate`` B/s."""
+    relay = spawn_relay(topo, c)
     proxy = topo.python(
         topo.relay,
         "proxy.py",
@@ -90,8 +84,8 @@ def start_relay(topo: Topology, c: NatConsortium, one_way: float, rate: float) -
         str(rate),
         name="proxy",
     )
-    topo.wait_for_text("relay", "listening on", 60, relay)
     topo.wait_for_text("proxy", "listening", 30, proxy)
+    return relay
 
 
 def start_hospitals(topo: Topology, c: NatConsortium) -> None:
