@@ -1,10 +1,10 @@
 """Secure rounds of real daemons behind NAT, through a relay at 40 ms RTT and 100 Mbit/s.
 
-The first (three hospitals, 34–115 s, by load) runs in CI; it was opt-in until the simultaneous relayed
-dial was fixed (docs/transport.md, "Simultaneous relayed dials"). The second (four hospitals;
-one's outbound traffic is blackholed after round 1 and the other three finish without it, each
-round within its deadline) is opt-in (P2PFED_NETNS_LONG=1): it takes about 3 min and failed to
-start cleanly in one run of three at load average 20.
+The first (three hospitals, 34–115 s by load) runs in CI; it was opt-in until the simultaneous
+relayed dial was fixed (docs/transport.md, "Simultaneous relayed dials"). The second (four
+hospitals; one's outbound traffic is blackholed after round 1 and the other three finish without
+it, each round within its deadline) is opt-in (P2PFED_NETNS_LONG=1): it takes about 3 min and
+failed to start cleanly in one run of three at load average 20.
 """
 
 from __future__ import annotations
