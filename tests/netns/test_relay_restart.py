@@ -3,7 +3,7 @@
 Three hospitals behind NAT reach each other only through the relay. After round 1 the relay
 process is killed: every hospital's status shows the other two as not connected. The relay
 is started again (same key, same address); the hospitals re-reserve, redial and finish every
-round with one model. Opt-in (P2PFED_NETNS_LONG=1): real daemons for about 2-3 min. The harness
+round with one model. Opt-in (P2PFED_NETNS_LONG=1): real daemons for 2.5-3.5 min. The harness
 has no member with a public address, so "direct links survive" is not part of it (the
 in-process test_relay.py covers a relay restart with direct links to the relay).
 """
@@ -40,7 +40,7 @@ def _hospital_rows(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.skipif(
     os.environ.get("P2PFED_NETNS_LONG") != "1",
-    reason="3 daemons for 2-3 min with a relay restart: set P2PFED_NETNS_LONG=1",
+    reason="3 daemons for 2.5-3.5 min with a relay restart: set P2PFED_NETNS_LONG=1",
 )
 def test_relayed_members_drop_with_the_relay_and_rejoin_when_it_returns(
     topology_factory,  # type: ignore[no-untyped-def]
