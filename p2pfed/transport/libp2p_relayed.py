@@ -145,7 +145,7 @@ class RelayedTransport(Libp2pTransport):
         keep = ([c for c in circuits if _dialled_by_us(c) is smaller_is_us] or circuits)[-1]
         for conn in circuits:
             if conn is not keep:
-                log.info("closing a second circuit with %s (simultaneous dial)", peer_id)
+                log.info("closing a second circuit with %s (dialled at once, or stale)", peer_id)
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await conn.close()
 
