@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from p2pfed.bench._netns.consortium_nat import nat_consortium, start_hospitals, wait_until
 from p2pfed.demo import DemoSettings
-from tests.netns.consortium_nat import nat_consortium, start_hospitals, wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
