@@ -7,10 +7,12 @@ The properties are checked against every permutation of small cohorts (brute for
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +27,12 @@ from p2pfed.collectives.gossip import RELAYED_PARTNER_WEIGHT, partner_weights, p
 from p2pfed.collectives.gossip_driver import GossipService
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.signing import Ed25519CohortSigner
-from p2pfed.daemon.build import relayed_members
+from p2pfed.daemon.build import build_gossip, cohort_of, relayed_members
 from p2pfed.errors import LocalProtocolError
 from p2pfed.identity import Identity, Member, Role, Roster
+from p2pfed.secagg.fixedpoint import FixedPoint
 from p2pfed.transport import MemoryNetwork
+from tests.reporter_fakes import demo_member
 from tests.test_collectives_round import RING, TIMING, signers
 
 CONSORTIUM = "direct-links"
@@ -232,3 +236,30 @@ def test_the_daemon_derives_who_is_behind_nat_from_the_roster() -> None:
     expires = datetime.now(UTC) + timedelta(days=1)
     roster = Roster("consortium", 1, expires, tuple(members), (admin.public_key,))
     assert relayed_members(roster) == {ids[1].peer_id, ids[2].peer_id}
+
+
+def test_the_daemon_places_gossip_members_behind_nat_apart(tmp_path: Path) -> None:
+    """``build_gossip`` with a star of three: the two members behind NAT take the leaves."""
+    _, prepared, recorder = demo_member(tmp_path)
+    recorder.audit.close()  # not reported to here
+    config = prepared.config
+    prepared.config = dataclasses.replace(
+        config,
+        rounds=dataclasses.replace(config.rounds, mode="gossip", topology="star"),
+        secagg=dataclasses.replace(config.secagg, enabled=False),
+    )
+    cohort = cohort_of(prepared)
+    assert cohort is not None and cohort.relayed == frozenset()  # the demo lists addresses
+    behind = frozenset(cohort.peers[:2])  # sorted, they would take the centre and a leaf
+    cohort = dataclasses.replace(cohort, relayed=behind)
+    peers: list[tuple[str, ...]] = []
+
+    async def main() -> None:
+        async with MemoryNetwork().open(prepared.identity.peer_id) as transport:
+            service = build_gossip(prepared, transport, cohort, FixedPoint(), 5.0, 3)
+            assert isinstance(service, GossipService) and service.relayed == behind
+            peers.append(service.peers)
+
+    trio.run(main)
+    (placed,) = peers
+    assert sorted(placed) == cohort.peers and placed[0] not in behind  # node 0 is the centre
