@@ -102,7 +102,8 @@ def test_the_code_keeps_the_declared_layers(graph: grimp.ImportGraph) -> None:
         ("p2pfed.wire.frames", "p2pfed.node.peer"),  # a protocol core reaching the node
         ("p2pfed.node.peer", "p2pfed.daemon"),  # the node reaching its composition
         ("p2pfed.daemon", "p2pfed.testing.process"),  # the peer importing a test harness
-        ("p2pfed.bench.wire", "p2pfed.demo"),  # two independent siblings
+        ("p2pfed.demo", "p2pfed.bench.wire"),  # the demo reaching a benchmark
+        ("p2pfed.studies", "p2pfed.demo"),  # two independent siblings
         ("sim.engine", "p2pfed.cli"),  # the simulator reaching the command line
     ],
 )

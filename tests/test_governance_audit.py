@@ -66,6 +66,7 @@ def test_clean_log_verifies_and_has_the_expected_shape(log_path):
     assert {e["kind"] for e in entries} >= {k.value for k in EntryKind} - {
         "roster_change",
         "drift_alert",
+        "unreachable",
     }
     assert verify_log(log_path, public_key=ALICE.public_key).trust == "public-key"
     assert verify_log(log_path, members={ALICE.peer_id: ALICE.public_key}).ok

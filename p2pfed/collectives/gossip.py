@@ -23,12 +23,19 @@ Vectors are float32/float64 and mixed in float64. Misbehaviour raises
 ``RemoteProtocolError`` naming the sender: wrong round (``WRONG_ROUND``), a second vector
 (``REPLAY``), a peer that is not an in-neighbour this round (``PROTOCOL_VIOLATION``), the
 wrong length or word type (``WRONG_SHAPE``/``WRONG_DTYPE``).
+
+*Direct links first*: a link between two members behind NAT (``relayed``: the roster lists
+no address for them) runs through a relay. ``place_peers`` puts those members on topology
+nodes that share as few edges as possible, and ``partner_weights`` makes a push-pull partner
+over a relayed link ``RELAYED_PARTNER_WEIGHT`` times as likely as one over a direct link.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import itertools
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -64,6 +71,61 @@ class GossipEvent(enum.Enum):
 
     ALL_HEARD = "all-heard"
     DEADLINE = "deadline"
+
+
+RELAYED_PARTNER_WEIGHT = 0.25
+"""A relayed link's push-pull draw weight against 1 for a direct one: above zero, so every
+edge of the topology stays in use (the exchanges still mix over a connected graph)."""
+EXACT_PLACEMENT_LIMIT = 20_000
+"""Up to this many candidate node sets ``place_peers`` tries them all; beyond, greedily."""
+
+
+def partner_weights(me: str, candidates: Sequence[str], relayed: Collection[str]) -> list[float]:
+    """Draw weights of ``candidates`` as ``me``'s push-pull partner: direct links first."""
+    mine = me in relayed
+    return [RELAYED_PARTNER_WEIGHT if mine and c in relayed else 1.0 for c in candidates]
+
+
+def place_peers(
+    peers: Sequence[str], relayed: Collection[str], n: int, edges: Iterable[tuple[int, int]]
+) -> tuple[str, ...]:
+    """Which peer sits on each of the n topology nodes: members behind NAT kept apart.
+
+    The relayed peers take the node set with the fewest edges inside it (every set when
+    there are at most ``EXACT_PLACEMENT_LIMIT``, the first such in lexicographic order;
+    else greedily, each next node the one with the fewest edges to those taken, then the
+    lowest degree, then the lowest index), in sorted order; the others take the remaining
+    nodes in sorted order. Pure and deterministic, so every member computes the same.
+    """
+    ordered = sorted(peers)
+    if len(ordered) != n or len(set(ordered)) != n:
+        raise LocalProtocolError(f"placing peers needs {n} distinct peers, got {len(peers)}")
+    behind = [p for p in ordered if p in relayed]
+    direct = [p for p in ordered if p not in relayed]
+    adjacent: list[set[int]] = [set() for _ in range(n)]
+    for a, b in edges:
+        if a != b:
+            adjacent[a].add(b)
+            adjacent[b].add(a)
+
+    def inside(nodes: Iterable[int]) -> int:
+        chosen = set(nodes)
+        return sum(len(adjacent[v] & chosen) for v in chosen)
+
+    r = len(behind)
+    if math.comb(n, r) <= EXACT_PLACEMENT_LIMIT:
+        taken: list[int] = list(min(itertools.combinations(range(n), r), key=inside))
+    else:
+        taken = []
+        for _ in range(r):
+            free = (v for v in range(n) if v not in taken)
+            taken.append(
+                min(free, key=lambda v: (len(adjacent[v] & set(taken)), len(adjacent[v]), v))
+            )
+        taken.sort()
+    rest = iter(direct)
+    behind_at = dict(zip(taken, behind, strict=True))
+    return tuple(behind_at[v] if v in behind_at else next(rest) for v in range(n))
 
 
 GOSSIP_TRANSITIONS: dict[tuple[GossipState, GossipEvent], GossipState] = {

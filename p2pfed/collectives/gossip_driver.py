@@ -6,7 +6,8 @@ one in, collects in-neighbours' vectors from the round's mailbox until all are h
 the deadline passes, and mixes with ``GossipRound``. Vectors for a round this peer has left
 are rejected with ``WRONG_ROUND``; early ones (a quicker neighbour) wait in the mailbox.
 
-``push_pull(t)`` exchanges with one random neighbour of the time-t graph: the served side
+``push_pull(t)`` exchanges with one random neighbour of the time-t graph (a neighbour over
+a relayed link less often: ``gossip.partner_weights``): the served side
 answers with its current vector and moves halfway; both update by deltas
 (``gossip.push_pull_delta``), so concurrent exchanges conserve the sum. The value used by
 the served side is ``self.value``, set with ``set_value``; a peer not in asynchronous mode
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from p2pfed.collectives.gossip import (
     VectorAssembly,
     exchanged_vector,
     mixing_row_and_targets,
+    partner_weights,
     peer_weights,
     push_pull_delta,
 )
@@ -150,7 +152,9 @@ class GossipService:
         *,
         config: GossipConfig | None = None,
         rng: random.Random | None = None,
+        relayed: Collection[str] = (),
     ) -> None:
+        """Node k of ``topology`` is ``peers[k]``; ``relayed``: the members behind NAT."""
         if len(peers) != topology.n or len(set(peers)) != len(peers):
             raise LocalProtocolError(
                 f"gossip needs {topology.n} distinct peers for the topology, got {len(peers)}"
@@ -161,6 +165,7 @@ class GossipService:
         self.topology = topology
         self.config = config or GossipConfig()
         self.rng = rng or random.Random(0)
+        self.relayed = frozenset(relayed)
         self.me = transport.local_peer
         if self.me not in self.peers:
             raise LocalProtocolError(f"peer {self.me} is not a node of the topology")
@@ -311,7 +316,8 @@ class GossipService:
         candidates = sorted(set(weights) | set(targets))
         if not candidates:
             return None
-        partner = self.peers[self.rng.choice(candidates)]
+        names = [self.peers[j] for j in candidates]
+        partner = self.rng.choices(names, partner_weights(self.me, names, self.relayed))[0]
         sent = self.value.copy()
         try:
             with trio.fail_after(self.config.timeout):

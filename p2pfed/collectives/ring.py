@@ -2,8 +2,9 @@
 
 Theory of operation: the n peers of a cohort sit on a ring in an order every peer computes
 alone (``ring_order``: sort by SHA-256 of consortium, roster version, round, attempt and
-peer ID). The flat vector is cut into n segments and every segment into the same number of
-pipeline chunks. Over 2(n−1) steps, peer r sends segment (r − s) mod n to its successor and
+peer ID, then spread the members behind NAT between the others, ``spread_relayed``). The
+flat vector is cut into n segments and every segment into the same number of pipeline
+chunks. Over 2(n−1) steps, peer r sends segment (r − s) mod n to its successor and
 receives segment (r − s − 1) mod n from its predecessor: in the first n − 1 steps it adds
 what it receives into its own copy (reduce-scatter; afterwards peer r holds the complete sum
 of segment r + 1), in the last n − 1 it overwrites (all-gather). The segment sent at step
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,12 +44,19 @@ from p2pfed.secagg.compression import pack_words, packed_size, unpack_words
 
 
 def ring_order(
-    consortium: str, roster_version: int, round: int, cohort: Iterable[str], attempt: int = 0
+    consortium: str,
+    roster_version: int,
+    round: int,
+    cohort: Iterable[str],
+    attempt: int = 0,
+    relayed: Collection[str] = (),
 ) -> tuple[str, ...]:
     """The ring order of ``cohort`` for one attempt of one round; the same on every peer.
 
     A hash order (rather than, say, sorted IDs) moves every peer's neighbours from round to
-    round and attempt to attempt, so one bad link does not fail every retry.
+    round and attempt to attempt, so one bad link does not fail every retry. ``relayed``
+    (members every peer knows to be behind NAT: the roster lists no address for them) are
+    then spread between the others (``spread_relayed``).
     """
     members = sorted(set(cohort))
     if not members:
@@ -58,7 +66,30 @@ def ring_order(
         text = f"{consortium}\x00{roster_version}\x00{round}\x00{attempt}\x00{peer}"
         return hashlib.sha256(text.encode()).digest()
 
-    return tuple(sorted(members, key=key))
+    return spread_relayed(sorted(members, key=key), relayed)
+
+
+def spread_relayed(order: Sequence[str], relayed: Collection[str]) -> tuple[str, ...]:
+    """``order`` with its ``relayed`` members spread evenly between the direct ones.
+
+    Two members behind NAT reach each other only through a relay (one more hop, and the
+    relay's bandwidth shared); a member behind NAT reaches a direct one by dialling it. So
+    a ring link is relayed exactly when both its ends are. The r relayed members go into
+    the gaps after the d direct ones, ⌈r/d⌉ or ⌊r/d⌋ per gap (the first r mod d gaps take
+    one more), keeping both groups' relative order: at most ⌈r/d⌉ relayed members sit in a
+    row, so no two relayed links follow each other whenever r ≤ 2d (exactly when some order
+    achieves it), and the r − min(r, d) relayed links are the fewest any order has.
+    """
+    direct = [p for p in order if p not in relayed]
+    behind = iter([p for p in order if p in relayed])
+    d, r = len(direct), len(order) - len(direct)
+    if d == 0 or r == 0:
+        return tuple(order)
+    out: list[str] = []
+    for i, peer in enumerate(direct):
+        out.append(peer)
+        out.extend(next(behind) for _ in range(r // d + (i < r % d)))
+    return tuple(out)
 
 
 class RingState(enum.Enum):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,16 +280,20 @@ class RingRound:
         fault: FaultPlan | None = None,
         max_attempts: int = 8,
         ring: RingService | None = None,
+        relayed: Collection[str] = (),
     ) -> None:
         """``ring``: an existing ``RingService`` of this transport to share.
 
-        A transport serves each protocol once (a second ``serve`` replaces the first), so
+        ``relayed``: the members behind NAT (derived from the roster, so the same on every
+        peer), which the ring order keeps apart (``ring.spread_relayed``). A transport
+        serves each protocol once (a second ``serve`` replaces the first), so
         everything that runs rings on one transport must share one ``RingService``, and one
         transport holds at most one ``RingRound``.
         """
         self.consortium = consortium
         self.roster_version = roster_version
         self.members = tuple(members)
+        self.relayed = frozenset(relayed)
         self.signer = signer
         self.timing = timing or AgreementTiming()
         self.ring_config = ring_config or RingConfig()
@@ -452,7 +456,9 @@ class _RoundRun:
     async def _run_ring(self, attempt: int, cohort: tuple[str, ...]) -> None:
         owner = self.owner
         round = self.agreement.round
-        order = ring_order(owner.consortium, owner.roster_version, round, cohort, attempt)
+        order = ring_order(
+            owner.consortium, owner.roster_version, round, cohort, attempt, owner.relayed
+        )
         with trio.CancelScope() as scope:
             self._scopes[attempt] = scope
             try:

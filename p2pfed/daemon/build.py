@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import topologies
+from p2pfed.collectives.gossip import place_peers
 from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
 from p2pfed.collectives.ring_driver import RingConfig
 from p2pfed.collectives.round import RingRound
@@ -153,6 +154,8 @@ class Cohort:
     session: str
     """Aggregation messages of another roster version's cohort are refused."""
     signer: Ed25519CohortSigner
+    relayed: frozenset[str] = frozenset()
+    """Members behind NAT (the roster lists no address for them): the ring keeps them apart."""
 
 
 def protocol_hash(prepared: Prepared) -> str:
@@ -184,7 +187,17 @@ def cohort_of(prepared: Prepared) -> Cohort | None:
             tag=compression_tag(prepared.config),
         ),
         Ed25519CohortSigner(prepared.identity.seed, keys),
+        relayed_members(roster),
     )
+
+
+def relayed_members(roster: Roster) -> frozenset[str]:
+    """Members the roster lists no address for: behind NAT, reached through a relay.
+
+    Derived from the roster alone, so every member derives the same set (the ring order
+    depends on it).
+    """
+    return frozenset(pid for pid, m in members_of(roster).items() if not m.addresses)
 
 
 def build_aggregator(
@@ -218,13 +231,27 @@ def build_aggregator(
     if not config.secagg.enabled:
         return RingAggregator(
             RingRound(
-                transport, cohort.session, cohort.roster.version, cohort.peers, cohort.signer
+                transport,
+                cohort.session,
+                cohort.roster.version,
+                cohort.peers,
+                cohort.signer,
+                relayed=cohort.relayed,
             ),
             weight,
         ), None
     levels = level_bits_of(config.rounds.compression)
     quantised = QuantisedEncoder(config.secagg.clip_range, levels, n) if levels else None
     ring = RingConfig(modulus_bits=quantised.width) if quantised else None
+    ring_round = RingRound(
+        transport,
+        cohort.session,
+        cohort.roster.version,
+        cohort.peers,
+        cohort.signer,
+        ring_config=ring,
+        relayed=cohort.relayed,
+    )
     secure = SecureRingRound(
         transport,
         cohort.session,
@@ -236,7 +263,7 @@ def build_aggregator(
         threshold=config.secagg.threshold or None,
         collusion=config.secagg.collusion,
         min_contributors=config.secagg.min_contributors or None,
-        ring_config=ring,
+        ring_round=ring_round,
     )
     if quantised is not None:  # prepare refuses compression with distributed DP
         feedback = ErrorFeedback()  # in memory: restarts at zero with the daemon
@@ -293,11 +320,13 @@ def build_gossip(
     """Gossip averaging over ``[rounds] topology``, inside secure groups under ``[secagg]``."""
     config = prepared.config
     topology = topologies.build(config.rounds.topology, len(cohort.peers))
+    # Members behind NAT on nodes that share few edges: most links stay direct.
+    peers = place_peers(cohort.peers, cohort.relayed, topology.n, topology.union_graph().edges)
     if config.secagg.enabled:
         return SecureGossipService(
             transport,
             cohort.session,
-            cohort.peers,
+            peers,
             topology,
             cohort.keys,
             prepared.identity,
@@ -310,8 +339,9 @@ def build_gossip(
     return GossipService(
         transport,
         cohort.session,
-        cohort.peers,
+        peers,
         topology,
+        relayed=cohort.relayed,
         config=GossipConfig(
             deadline=stage_timeout,
             timeout=stage_timeout,

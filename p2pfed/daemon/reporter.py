@@ -114,6 +114,7 @@ class RoundReporter:
         self._peer: Peer | None = None
         self._transport: Libp2pTransport | None = None
         self._reached: dict[str, str | None] = {}  # member name -> how it was last reached
+        self._unreachable_audited: set[str] = set()  # members audited unreachable, not since
         self._roster_version = prepared.gate.roster.version
         self._names = {m.peer_id: m.name for m in prepared.gate.roster.members}
         self._wait_logged: tuple[tuple[str, ...], float] | None = None  # (what, when)
@@ -246,6 +247,15 @@ class RoundReporter:
         row["reached"] = link["via"] if link else None
         row["open_s"] = link["open_s"] if link else None
         row["unreachable"] = unreachable.get(peer_id) if link is None else None
+        if link is not None:
+            self._unreachable_audited.discard(name)
+        elif row["unreachable"] and name not in self._unreachable_audited:
+            # Once per outage: the reason repeats at every failed dial until it is reached.
+            self._unreachable_audited.add(name)
+            round_number = self.status.get("round")
+            self.recorder.unreachable(
+                peer_id, row["unreachable"], round_number if isinstance(round_number, int) else None
+            )
         if row["reached"] != self._reached.get(name):
             self._reached[name] = row["reached"]
             if link:

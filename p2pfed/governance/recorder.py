@@ -16,6 +16,7 @@ and the ledger has recorded the spend, so a crash between the two leaves a round
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +30,8 @@ from p2pfed.governance.metrics import NodeMetrics
 from p2pfed.governance.models import ModelManifest, ModelRegistry
 
 log = logging.getLogger("p2pfed.governance")
+PEER_ID = re.compile(r"\b(?:12D3KooW|Qm)[1-9A-HJ-NP-Za-km-z]{40,}\b")
+"""A libp2p peer ID as text (Ed25519 identity keys, or SHA-256 multihashes)."""
 
 
 class Certificate(Protocol):
@@ -176,6 +179,16 @@ class GovernanceRecorder:
                 "count": count,
             },
         )
+
+    def unreachable(self, peer_id: str, reason: str, round_number: int | None = None) -> None:
+        """This node reaches ``peer_id`` neither directly nor by relay: audited with the reason.
+
+        Every peer ID in ``reason`` (the peer's, a relay's) is replaced by its salted hash,
+        as everywhere in the audit log.
+        """
+        hashed = PEER_ID.sub(lambda m: self.audit.hash_peer(m.group(0)), reason)
+        self.audit.unreachable(peer_id, hashed, round_number)
+        log.warning("member unreachable", extra={"peer": peer_id, "reason": reason})
 
     def refuse_model(
         self, claimed_round: int, peer_id: str, reason: ReasonCode, detail: str = ""

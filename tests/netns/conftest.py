@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import Topology, ours, skip_reason, sweep_stale
+from p2pfed.bench._netns.harness import Topology, ours, skip_reason, sweep_stale
 
 REASON = skip_reason()
 

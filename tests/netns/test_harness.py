@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.netns.harness import HERE, PREFIX, RELAY_IP, Topology, ours, sweep_stale
+from p2pfed.bench._netns.harness import HERE, PREFIX, RELAY_IP, Topology, ours, sweep_stale
 
 pytestmark = pytest.mark.network
 

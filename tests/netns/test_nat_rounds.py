@@ -16,9 +16,14 @@ from typing import Any
 
 import pytest
 
+from p2pfed.bench._netns.consortium_nat import (
+    nat_consortium,
+    start_hospitals,
+    start_relay,
+    wait_until,
+)
 from p2pfed.daemon import read_status
 from p2pfed.demo import DemoSettings
-from tests.netns.consortium_nat import nat_consortium, start_hospitals, start_relay, wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from p2pfed.demo import DemoSettings
-from tests.netns.consortium_nat import (
+from p2pfed.bench._netns.consortium_nat import (
     nat_consortium,
     spawn_relay,
     start_hospitals,
     start_relay,
     wait_until,
 )
+from p2pfed.demo import DemoSettings
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 ROUNDS = 6

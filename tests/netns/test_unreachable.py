@@ -2,16 +2,17 @@
 
 Three hospitals behind NAT list no address and their relay is down: every daemon's status
 names each other member as unreachable, with the direct and the relayed reason, and its
-log says so. Slow: about 20-30 s (real daemons in network namespaces)."""
+log and audit log say so. Slow: about 20-30 s (real daemons in network namespaces)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from p2pfed.bench._netns.consortium_nat import nat_consortium, start_hospitals, wait_until
 from p2pfed.demo import DemoSettings
-from tests.netns.consortium_nat import nat_consortium, start_hospitals, wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -43,3 +44,8 @@ def test_unreachable_pairs_are_named_with_the_reason(topology_factory, tmp_path:
     for h in c.demo.hospitals:
         log = (topo.logs / f"{h.name}.log").read_text(errors="replace")
         assert "cannot reach member" in log and "relay" in log
+        # The audit log names each pair too: one signed entry per member it cannot reach.
+        entries = [json.loads(x) for x in (h.state / "audit.jsonl").read_text().splitlines()]
+        pairs = [e["body"] for e in entries if e["kind"] == "unreachable"]
+        assert len({b["peer"] for b in pairs}) == 2, pairs
+        assert all("relayed:" in b["reason"] for b in pairs), pairs

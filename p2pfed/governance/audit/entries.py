@@ -43,6 +43,7 @@ class EntryKind(enum.StrEnum):
     ROSTER_CHANGE = "roster_change"
     EXCLUSION = "exclusion"
     DRIFT_ALERT = "drift_alert"
+    UNREACHABLE = "unreachable"
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:

@@ -310,6 +310,19 @@ class AuditLog:
             body["count"] = count
         return self.append(EntryKind.EXCLUSION, body)
 
+    def unreachable(
+        self, peer_id: str, reason: str, round_number: int | None = None
+    ) -> dict[str, Any]:
+        """This node cannot reach ``peer_id`` directly nor by relay: the pair and the reason.
+
+        The pair is the signer and the (hashed) peer; the caller keeps raw peer IDs out of
+        ``reason``. ``round_number``: the round this node was at, when it had one.
+        """
+        body: dict[str, Any] = {"peer": self.hash_peer(peer_id), "reason": reason}
+        if round_number is not None:
+            body["round"] = round_number
+        return self.append(EntryKind.UNREACHABLE, body)
+
     def drift_alert(self, round_number: int, alert: Mapping[str, Any]) -> dict[str, Any]:
         """A drift alert (``DriftAlert.to_dict()``) raised in this round."""
         return self.append(EntryKind.DRIFT_ALERT, {"round": round_number, **alert})

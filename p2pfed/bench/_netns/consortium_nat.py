@@ -20,10 +20,10 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from p2pfed.daemon import read_status
+from p2pfed.bench._netns.harness import RELAY_IP, Topology
 from p2pfed.demo import DemoConsortium, DemoSettings, build_consortium
+from p2pfed.governance.status_file import read_status
 from p2pfed.identity import Identity, Member, Role, Roster
-from tests.netns.harness import RELAY_IP, Topology
 
 PUBLIC_PORT = 4001
 RELAY_PORT = 4002  # the relay itself, on the relay namespace's loopback behind the proxy

@@ -1,0 +1,34 @@
+"""``p2pfed bench nat`` refuses, in one sentence, what it cannot run; the run itself is
+measured by hand (docs/benchmarks.md, *NAT*) and its machinery is tests/netns's."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pfed.bench._netns import harness
+from p2pfed.cli import main
+
+
+def test_without_root_or_nft_it_says_why_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = "network-namespace tests need the 'nft' command (apt-get install nftables)"
+    monkeypatch.setattr(harness, "skip_reason", lambda: reason)
+    assert main(["bench", "nat", "--rounds", "2", "--peers", "3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "bench nat cannot run here" in lines[0] and "'nft'" in lines[0]
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--peers", "2"], "--peers"), (["--mbit", "0"], "--mbit"), (["--rounds", "1"], "--rounds")],
+)
+def test_bad_settings_are_named(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "nat", *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
