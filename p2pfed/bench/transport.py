@@ -38,6 +38,7 @@ from typing import Any
 from p2pfed.bench._timing import timed
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
+from p2pfed.settings import comma_list
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
@@ -63,7 +64,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the options and set ``func``."""
     parser.add_argument(
         "--sizes",
-        default=",".join(str(s) for s in DEFAULT_SIZES),
+        type=parse_sizes,
+        default=list(DEFAULT_SIZES),
         help="payload sizes in MiB, comma-separated (default: %(default)s)",
     )
     parser.add_argument(
@@ -84,20 +86,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_sizes(text: str) -> list[int]:
-    """``"1,16,64"`` → ``[1, 16, 64]``; raises ``ConfigError`` naming a bad entry."""
-    sizes = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or not 1 <= int(part) <= 4096:
-            raise ConfigError(f"--sizes entry {part!r} is not a whole number of MiB in 1..4096")
-        sizes.append(int(part))
-    return sizes
+parse_sizes = comma_list(int, "a whole number of MiB in 1..4096", lambda n: 1 <= n <= 4096)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run every case and print the JSON document."""
-    sizes = parse_sizes(args.sizes)
+    sizes = args.sizes
     if not 1 <= args.streams <= 64:
         raise ConfigError(f"--streams must be in 1..64, got {args.streams}")
     if not 1 <= args.repeats <= 20:
