@@ -129,7 +129,8 @@ def _train_plain(c: DemoConsortium, data: Dataset, epochs: int) -> float:
     import torch
 
     from p2pfed.training.models import build_model
-    from p2pfed.training.trainer import LocalTrainer, TrainingConfig
+    from p2pfed.training.options import TrainingConfig
+    from p2pfed.training.trainer import LocalTrainer
 
     s = c.settings
     trainer = LocalTrainer(
@@ -183,7 +184,8 @@ def federated_accuracy(c: DemoConsortium, h: Hospital) -> float:
     """Accuracy of ``h``'s final federated model on the held-out test set."""
     # torch loads here, not at the top: `p2pfed --help` imports this module for DemoSettings.
     from p2pfed.training.models import build_model
-    from p2pfed.training.trainer import LocalTrainer, TrainingConfig
+    from p2pfed.training.options import TrainingConfig
+    from p2pfed.training.trainer import LocalTrainer
 
     trainer = LocalTrainer(build_model("logistic", c.pooled.n_features, 2), TrainingConfig())
     trainer.load_checkpoint(h.state / "checkpoint.pt")

@@ -10,17 +10,19 @@ refuses ends in one ``ConfigError`` naming the document (``what``: the daemon's 
 the simulator's ``scenario``) and the key, e.g.
 ``config key [privacy] delta must be in (0, 1), not 2.0``. ``validate()`` methods raise
 through ``check``; bounds both documents share (``positive``, ``open_unit``) are written once
-here.
+here. ``comma_list`` is the one reader of comma-separated command-line values (``--sizes
+1,16,64``): a bad item is named in one sentence, after the flag argparse puts before it.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -158,3 +160,29 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{what} file {path} is not valid TOML ({exc})") from None
     except OSError as exc:
         raise ConfigError(f"{what} file {path} cannot be read ({exc.strerror})") from None
+
+
+def comma_list(
+    kind: Callable[[str], T], expected: str, ok: Callable[[T], bool] = lambda _: True
+) -> Callable[[str], list[T]]:
+    """An argparse ``type=``: comma-separated items, each read by ``kind`` and kept if ``ok``.
+
+    An item ``kind`` cannot read (``ValueError``, ``ArithmeticError``) or ``ok`` refuses, an
+    empty item included, raises ``ArgumentTypeError`` naming it and what was ``expected``
+    (argparse names the flag), e.g. ``argument --sizes: item 'x' is not a whole number``.
+    """
+
+    def parse(text: str) -> list[T]:
+        items = []
+        for part in (p.strip() for p in text.split(",")):
+            try:
+                value = kind(part)
+                good = ok(value)
+            except (ValueError, ArithmeticError):
+                good = False
+            if not good:
+                raise argparse.ArgumentTypeError(f"item {part!r} of {text!r} is not {expected}")
+            items.append(value)
+        return items
+
+    return parse

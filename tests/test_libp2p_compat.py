@@ -28,6 +28,7 @@ from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.transport import Stream
 from p2pfed.transport import libp2p_compat as compat
 from p2pfed.transport.libp2p import Libp2pTransport
+from p2pfed.transport.libp2p_noise import BufferedNoiseSession
 
 pytestmark = pytest.mark.network
 
@@ -121,13 +122,13 @@ def test_a_changed_signature_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
 async def test_yamux_256k_frames_are_sent(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every Yamux frame is one write to the secured session: its largest write is one frame.
     frames: list[int] = []
-    write = compat.BufferedNoiseSession.write
+    write = BufferedNoiseSession.write
 
-    async def spy(self: compat.BufferedNoiseSession, data: bytes) -> None:
+    async def spy(self: BufferedNoiseSession, data: bytes) -> None:
         frames.append(len(data))
         await write(self, data)
 
-    monkeypatch.setattr(compat.BufferedNoiseSession, "write", spy)
+    monkeypatch.setattr(BufferedNoiseSession, "write", spy)
     with trio.fail_after(15):
         async with pair("frames") as (server, client):
             await round_trip(client, server, 1 << 20)

@@ -1,4 +1,4 @@
-"""BufferedNoiseSession (libp2p_compat) keeps py-libp2p's Noise wire format: it interoperates
+"""BufferedNoiseSession (libp2p_noise) keeps py-libp2p's Noise wire format: it interoperates
 with the stock session in both directions, for sizes around the 65,519-byte message boundary."""
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
+from libp2p.security.tls.io import TLSReadWriter
 
-from p2pfed.transport.libp2p_compat import BufferedNoiseSession
+from p2pfed.errors import ConfigError
+from p2pfed.transport.libp2p_noise import BufferedNoiseSession
+from p2pfed.transport.libp2p_tls import BufferedTlsSession
 
 SIZES = [1, 12, 0, 65_518, 65_519, 65_520, 3 * 65_519 + 7, 1_000_003]
 
@@ -121,3 +124,22 @@ def test_only_noise_sessions_are_accepted() -> None:
 
     with pytest.raises(TypeError, match="expected a Noise transport session"):
         BufferedNoiseSession(NotNoise())  # type: ignore[arg-type]
+
+
+def test_a_tls_session_missing_what_the_buffered_session_takes_over_is_refused() -> None:
+    # Both buffered sessions start as a TakenOverSession: a TLS transport of another libp2p,
+    # without the SSL object the buffered TLS session takes over, is refused in one sentence.
+    keys = create_new_key_pair(b"t" * 32)
+    handshaken = SecureSession(
+        local_peer=ID.from_pubkey(keys.public_key),
+        local_private_key=keys.private_key,
+        remote_peer=ID.from_pubkey(keys.public_key),
+        remote_permanent_pubkey=keys.public_key,
+        is_initiator=True,
+        conn=TLSReadWriter.__new__(TLSReadWriter),  # nothing set: no stream_writer
+    )
+    with pytest.raises(ConfigError, match="'buffered-tls-session' change to py-libp2p needs"):
+        BufferedTlsSession(handshaken)
+    handshaken.conn = object()  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="expected a TLS session, got object"):
+        BufferedTlsSession(handshaken)

@@ -675,4 +675,8 @@ def test_bench_wire_prints_its_cases(capsys: pytest.CaptureFixture[str]) -> None
     for key in ("memcpy", "sha256", "encode_tensor", "decode_tensor", "frame_decoder"):
         assert case[f"{key}_mb_s"] > 0
     assert case["memory_exchange_mb_s"] > 0
-    assert main(["bench", "wire", "--sizes", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "wire", "--sizes", "0"])
+    assert "argument --sizes: item '0' of '0' is not a positive whole number of MiB" in (
+        capsys.readouterr().err
+    )

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
+from p2pfed.settings import comma_list
 
 if TYPE_CHECKING:  # the harness loads libp2p: imported by run() only
     from p2pfed.testing.process import ProcessGroup
@@ -47,16 +48,7 @@ _START_DELAY = 0.5  # seconds between handing out a timed task and its common st
 HELP = "Ring all-reduce between peer processes over libp2p vs the bandwidth bound (JSON)."
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+_int_list = comma_list(int, "a positive whole number", lambda n: n >= 1)
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ from p2pfed.bench._timing import timed
 from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
 from p2pfed.secagg.params import guaranteed_contributors
+from p2pfed.settings import comma_list
 from sim.scenario import scenario_from_dict
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
@@ -65,7 +66,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the task, ε, δ, rounds, repeats and coordinate-count options."""
     parser.add_argument("--json", action="store_true", help="print JSON (the default)")
     parser.add_argument(
-        "--tasks", default="demo,sim", help="comma-separated: demo (4 hospitals), sim (64 peers)"
+        "--tasks",
+        type=comma_list(str, "a task name", bool),
+        default=["demo", "sim"],
+        help="comma-separated: demo (4 hospitals), sim (64 peers)",
     )
     parser.add_argument("--epsilon", type=float, default=8.0, help="target ε after all rounds")
     parser.add_argument("--delta", type=float, default=1e-5, help="δ")
@@ -249,11 +253,8 @@ def run(args: argparse.Namespace) -> int:
     """Run every task and print one JSON document."""
     with timed() as wall:
         cases = [
-            run_case(
-                t.strip(), args.epsilon, args.delta, args.rounds, args.repeats, args.coordinates
-            )
-            for t in args.tasks.split(",")
-            if t.strip()
+            run_case(t, args.epsilon, args.delta, args.rounds, args.repeats, args.coordinates)
+            for t in args.tasks
         ]
     print_json({"bench": "ddp", "cases": cases, "seconds": wall.wall})
     return 0

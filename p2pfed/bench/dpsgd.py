@@ -33,6 +33,7 @@ from typing import Any
 
 from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
+from p2pfed.settings import comma_list
 
 # torch and opacus are imported inside functions: every benchmark module is imported when
 # `p2pfed --help` builds its parser.
@@ -43,16 +44,10 @@ _KINDS = ("plain", "p2pfed", "opacus")
 _TARGET_TIME, _TARGET_MEM = 3.0, 1.5
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 50_000:
-        raise argparse.ArgumentTypeError(
-            f"--params must be parameter counts of at least 5e4 like 1e6,10e6, not {text!r}"
-        )
-    return counts
+_counts = comma_list(
+    lambda v: int(float(v)), "a parameter count of at least 5e4 (like 1e6)", lambda n: n >= 5e4
+)
+_models = comma_list(str, "mlp or cnn", ("mlp", "cnn").__contains__)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +56,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=_counts, default=[10**6, 10**7], help="1e6,10e6")
     parser.add_argument("--batch", type=int, default=32, help="examples per step (32)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per case (5)")
-    parser.add_argument("--models", default="mlp,cnn", help="mlp,cnn")
+    parser.add_argument("--models", type=_models, default=["mlp", "cnn"], help="mlp,cnn")
     parser.set_defaults(func=run)
 
 
@@ -224,13 +219,10 @@ def run(args: argparse.Namespace) -> int:
     """Run every case in fresh subprocesses and print one JSON document."""
     if args.batch < 1 or args.repeats < 1:
         raise ConfigError(f"--batch and --repeats must be ≥ 1, got {args.batch}, {args.repeats}")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models or set(models) - {"mlp", "cnn"}:
-        raise ConfigError(f"--models must name mlp and/or cnn, not {args.models!r}")
     opacus = _opacus_version()
     load_before = os.getloadavg()
     cases = []
-    for model in models:
+    for model in args.models:
         for params in args.params:
             print(f"timing {model} at {params} parameters…", file=sys.stderr, flush=True)
             cases.append(_case(model, params, args.batch, args.repeats, opacus is not None))

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
+from p2pfed.settings import comma_list
 
 if TYPE_CHECKING:  # loaded by run() only: `p2pfed --help` imports every bench module
     from p2pfed.consortium import Consortium
@@ -50,14 +51,7 @@ _POLL_S = 0.1
 _FEATURES = 30  # columns of the breast-cancer table
 
 
-def _privacy_list(text: str) -> list[str]:
-    cases = [part.strip() for part in text.split(",") if part.strip()]
-    wrong = [c for c in cases if c not in PRIVACY]
-    if not cases or wrong:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(PRIVACY)}, got {text!r}"
-        )
-    return cases
+_privacy_list = comma_list(str, f"one of {', '.join(PRIVACY)}", PRIVACY.__contains__)
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from p2pfed.bench._timing import best_of
 from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
+from p2pfed.settings import comma_list
 from sim.overrides import with_overrides
 from sim.scenario import Scenario
 
@@ -42,16 +43,7 @@ NAME = "sim"
 HELP = "Simulator peer-rounds/s for N in {64, 256, 1024} vs a per-peer Python loop, and peak RSS."
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(
-            f"--sizes must be positive integers like 64,256, not {text!r}"
-        )
-    return sizes
+_sizes = comma_list(int, "a positive whole number of peers", lambda n: n >= 1)
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 from p2pfed.bench._timing import timed
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
+from p2pfed.settings import comma_list
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
@@ -63,7 +64,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the options and set ``func``."""
     parser.add_argument(
         "--sizes",
-        default=",".join(str(s) for s in DEFAULT_SIZES),
+        type=parse_sizes,
+        default=list(DEFAULT_SIZES),
         help="payload sizes in MiB, comma-separated (default: %(default)s)",
     )
     parser.add_argument(
@@ -84,20 +86,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_sizes(text: str) -> list[int]:
-    """``"1,16,64"`` → ``[1, 16, 64]``; raises ``ConfigError`` naming a bad entry."""
-    sizes = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or not 1 <= int(part) <= 4096:
-            raise ConfigError(f"--sizes entry {part!r} is not a whole number of MiB in 1..4096")
-        sizes.append(int(part))
-    return sizes
+parse_sizes = comma_list(int, "a whole number of MiB in 1..4096", lambda n: 1 <= n <= 4096)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run every case and print the JSON document."""
-    sizes = parse_sizes(args.sizes)
+    sizes = args.sizes
     if not 1 <= args.streams <= 64:
         raise ConfigError(f"--streams must be in 1..64, got {args.streams}")
     if not 1 <= args.repeats <= 20:
@@ -117,6 +111,37 @@ def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+# A kind's median figure → (its JSON name after the kind's prefix, decimals kept).
+FIGURES = {
+    "mb_s": ("mb_s", 1),
+    "peak_rss_mb": ("receiver_peak_rss_mb", 1),
+    "connect_ms": ("connect_ms", 2),
+    "warm_connect_ms": ("warm_connect_ms", 2),
+    "cpu_mb_s": ("cpu_mb_s", 1),
+    "cpu_s": ("sender_cpu_s", 3),
+    "receiver_cpu_s": ("receiver_cpu_s", 3),
+}
+TCP_FIGURES = ("mb_s", "peak_rss_mb", "cpu_mb_s")  # plain TCP: no handshake, one side timed
+PREFIX = {"noise": "libp2p_", "tls": "tls_", "tcp": "tcp_"}
+OLDER_NAMES = {"libp2p_ratio": "ratio", "libp2p_receiver_peak_rss_mb": "receiver_peak_rss_mb"}
+"""Noise figures the reports named without a prefix before TLS was measured; kept."""
+
+
+def _case_figures(medians: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One size's JSON figures: each kind's medians, and its MB/s as a ratio of plain TCP's."""
+    tcp = medians["tcp"]["mb_s"]
+    out = {}
+    for kind, figures in medians.items():
+        kept = TCP_FIGURES if kind == "tcp" else tuple(FIGURES)
+        named = {FIGURES[f][0]: round(figures[f], FIGURES[f][1]) for f in kept}
+        if kind != "tcp":
+            named["ratio"] = round(figures["mb_s"] / tcp, 3)
+        for name, value in named.items():
+            key = PREFIX[kind] + name
+            out[OLDER_NAMES.get(key, key)] = value
+    return out
+
+
 def _run_cases(sizes: list[int], streams: int, repeats: int, *, quiet: bool) -> int:
 
     cases = []
@@ -127,31 +152,9 @@ def _run_cases(sizes: list[int], streams: int, repeats: int, *, quiet: bool) -> 
         for _ in range(repeats):  # interleaved, so each kind meets the same machine states
             for kind in KINDS:
                 runs[kind].append(run_case(kind, size_mb, 1 if kind == "tcp" else streams))
-        libp2p, tls, tcp = (_medians(runs[kind]) for kind in KINDS)
-        case = {
-            "size_mb": size_mb,
-            "libp2p_mb_s": round(libp2p["mb_s"], 1),
-            "tcp_mb_s": round(tcp["mb_s"], 1),
-            "ratio": round(libp2p["mb_s"] / tcp["mb_s"], 3),
-            "receiver_peak_rss_mb": round(libp2p["peak_rss_mb"], 1),
-            "tcp_receiver_peak_rss_mb": round(tcp["peak_rss_mb"], 1),
-            "libp2p_connect_ms": round(libp2p["connect_ms"], 2),
-            "libp2p_warm_connect_ms": round(libp2p["warm_connect_ms"], 2),
-            "libp2p_cpu_mb_s": round(libp2p["cpu_mb_s"], 1),
-            "tcp_cpu_mb_s": round(tcp["cpu_mb_s"], 1),
-            "libp2p_sender_cpu_s": round(libp2p["cpu_s"], 3),
-            "libp2p_receiver_cpu_s": round(libp2p["receiver_cpu_s"], 3),
-            "tls_mb_s": round(tls["mb_s"], 1),
-            "tls_ratio": round(tls["mb_s"] / tcp["mb_s"], 3),
-            "tls_receiver_peak_rss_mb": round(tls["peak_rss_mb"], 1),
-            "tls_connect_ms": round(tls["connect_ms"], 2),
-            "tls_warm_connect_ms": round(tls["warm_connect_ms"], 2),
-            "tls_cpu_mb_s": round(tls["cpu_mb_s"], 1),
-            "tls_sender_cpu_s": round(tls["cpu_s"], 3),
-            "tls_receiver_cpu_s": round(tls["receiver_cpu_s"], 3),
-            "streams": streams,
-            "repeats": repeats,
-        }
+        case: dict[str, float] = {"size_mb": size_mb}
+        case |= _case_figures({kind: _medians(runs[kind]) for kind in KINDS})
+        case |= {"streams": streams, "repeats": repeats}
         cases.append(case)
         if not quiet:
             print(

@@ -23,6 +23,7 @@ import numpy as np
 from p2pfed.bench._timing import best_of
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.output import print_json
+from p2pfed.settings import comma_list
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
@@ -36,7 +37,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the options and set ``func``."""
     parser.add_argument(
         "--sizes",
-        default=",".join(str(s) for s in DEFAULT_SIZES),
+        type=_sizes,
+        default=list(DEFAULT_SIZES),
         help="tensor sizes in MiB, comma-separated (default: %(default)s)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; best is kept (3)")
@@ -44,13 +46,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def _sizes(text: str) -> list[int]:
-    sizes = []
-    for part in text.split(","):
-        if not part.strip().isdigit() or int(part) < 1:
-            raise ConfigError(f"--sizes entry {part!r} must be a positive whole number of MiB")
-        sizes.append(int(part))
-    return sizes
+_sizes = comma_list(int, "a positive whole number of MiB", lambda n: n >= 1)
 
 
 def _best(repeat: int, nbytes: int, case: Callable[[], object]) -> float:
@@ -122,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     """Run every case for every size and print the JSON document."""
     if args.repeat < 1:
         raise ConfigError(f"--repeat must be at least 1, not {args.repeat}")
-    cases = [_case(size_mb, args.repeat) for size_mb in _sizes(args.sizes)]
+    cases = [_case(size_mb, args.repeat) for size_mb in args.sizes]
     print_json(
         {
             "bench": "wire",

@@ -12,10 +12,9 @@ commit certificate for the new model (``CertificateService``), checkpointed atom
 it, so a restarted peer resumes where it stopped; a member whose model a quorum did not sign
 (it summed onto a stale base) does not adopt it and catches up instead.
 
-A peer that misses a round (it crashed, came late, or was left out) asks the other members
-for the newest certified model (``ModelSync``: never one without a valid certificate) and
-joins the next round from there. Round numbers only go forward: a round that failed for
-everyone is not re-run under the same number (its session and privacy record are spent).
+A peer that misses a round catches up from the other members (``CatchUp``, its other half).
+Round numbers only go forward: a round that failed for everyone is not re-run under the same
+number (its session and privacy record are spent).
 ``model_round``: the round the weights are from; ``next_round``: the next to attempt.
 """
 
@@ -36,9 +35,10 @@ from numpy.typing import NDArray
 from p2pfed.collectives.agreement import CohortSigner
 from p2pfed.errors import DataError, IntegrityError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
+from p2pfed.node.catchup import CatchUp
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.node.certify import CertificateService
-from p2pfed.node.liveness import Backoff, PendingRelease, Waiting, slot_wait
+from p2pfed.node.liveness import PendingRelease, Waiting, slot_wait
 from p2pfed.node.report import RoundReport, StageTimer
 from p2pfed.node.sync import ModelSync, SyncRefusal, weights_digest
 from p2pfed.privacy.release import PrivateReleaser
@@ -58,7 +58,7 @@ T = TypeVar("T")
 CHECKPOINT = "checkpoint.pt"
 
 
-class Peer:
+class Peer(CatchUp):
     """A federated-learning participant; see the module docstring."""
 
     def __init__(
@@ -134,11 +134,6 @@ class Peer:
             on_refusal=on_refusal,
         )
         self._resume()
-
-    @property
-    def me(self) -> str:
-        """This peer's ID."""
-        return self.transport.local_peer
 
     @property
     def checkpoint_path(self) -> Path:
@@ -227,158 +222,6 @@ class Peer:
     def epsilon(self) -> float | None:
         """Privacy spent so far (None when DP is off)."""
         return None if self.releaser is None else self.releaser.ledger.spent_epsilon()
-
-    async def catch_up(self, round_: int | None = None, timeout: float = 0.0) -> bool:
-        """Adopt a newer model from the other members; True if one was adopted.
-
-        In secure gossip, where models are not served, True once the others' round is joined
-        with this peer's own model (``_rejoin``).
-
-        With ``round_``, wait up to ``timeout`` for some member to complete that round first:
-        a peer that missed a round must not race ahead of the others into the next one
-        (it would wait there for messages they have not sent yet, and miss again).
-        """
-        deadline = trio.current_time() + timeout
-        target = self.model_round if round_ is None else round_ - 1
-        if not self.aggregator.exact:
-            # Gossip members hold different models: none carries a certificate to adopt.
-            return await self._rejoin(target, deadline)
-        backoff = self._backoff()
-        while True:
-            fetched = await self.sync.best_model(self.others, newer_than=self.model_round)
-            if fetched is not None and fetched.round > target:
-                self._adopt(fetched.round, fetched.weights, fetched.certificate)
-                log.info("caught up to round %d from %s", fetched.round, fetched.peer)
-                return True
-            if fetched is not None:  # newer than ours, not yet enough
-                self._adopt(fetched.round, fetched.weights, fetched.certificate)
-            if trio.current_time() >= deadline:
-                return False
-            await self._retry(backoff, deadline)
-
-    async def _rejoin(self, target: int, deadline: float) -> bool:
-        """Secure gossip: keep our model (all weight on ourselves) and join the others' round.
-
-        Models are not served there, so a peer that missed rounds learns from the members'
-        statuses only how far they got, and continues from its own model at the next round.
-        """
-        backoff = self._backoff()
-        while True:
-            statuses = await self.sync.probe_all(self.others, self.sync.timeout)
-            # Nothing is certified here, so no single claim is believed: the floor-th highest
-            # round claimed, so one member (a stolen key) cannot push everyone's round ahead.
-            claims = sorted((s.round for s in statuses.values()), reverse=True)
-            newest = claims[min(self.policy.floor, len(claims)) - 1] if claims else -1
-            if newest > target:
-                self.next_round = max(self.next_round, newest + 1)
-                self._save()
-                log.info("rejoining at round %d with our own model", self.next_round)
-                return True
-            if trio.current_time() >= deadline:
-                return False
-            await self._retry(backoff, deadline)
-
-    @property
-    def others(self) -> list[str]:
-        """The other members."""
-        return [m for m in self.members if m != self.me]
-
-    def _backoff(self) -> Backoff:
-        return Backoff(0.2, 5.0, self.rng)
-
-    async def _retry(self, backoff: Backoff, deadline: float, why: str = "") -> None:
-        """Sleep the backoff's next delay, but not past ``deadline`` (``why``: to on_wait)."""
-        delay = max(0.0, min(backoff.next(), deadline - trio.current_time()))
-        if why:
-            self._waiting(why, delay)
-        await trio.sleep(delay)
-
-    async def wait_for_members(self, needed: int, timeout: float, report: str = "") -> int:
-        """Wait until ``needed`` members (this one included) answer, or ``timeout``; count.
-
-        The members that did not answer are left in ``unreached`` (and, with ``report``,
-        told to ``on_wait`` after each probe, so a long wait is visible while it lasts).
-        """
-        reachable: set[str] = set()
-        backoff = self._backoff()
-        deadline = trio.current_time() + timeout
-        with trio.move_on_at(deadline):
-            while len(reachable) + 1 < needed:
-                pending = [m for m in self.others if m not in reachable]
-                reachable |= set(await self.sync.probe_all(pending, 2.0))
-                self.unreached = tuple(m for m in self.others if m not in reachable)
-                if len(reachable) + 1 < needed:
-                    why = f"{report}: {len(reachable) + 1} of {needed} answer" if report else ""
-                    await self._retry(backoff, deadline, why)
-        self.unreached = tuple(m for m in self.others if m not in reachable)
-        return len(reachable) + 1
-
-    def _step_to_the_others(self) -> None:
-        """After a round nobody completed, take the round after the newest the others tried.
-
-        Members that missed at different times can each stay one number apart forever (a
-        secure round needs one number); messages from members for rounds ahead of ours
-        (at most ``max_ahead``, members only) show where they are.
-        """
-        ahead = self.aggregator.newest_round_seen() + 1
-        if ahead > self.next_round:
-            log.info("round %d: the others are at round %d; joining", self.next_round, ahead - 1)
-            self.next_round = ahead
-            self._save()
-
-    def _waiting(self, reason: str, retry_in: float) -> None:
-        log.debug("round %d: waiting (%s)", self.next_round, reason)
-        if self.on_wait is not None:
-            self.on_wait(Waiting(self.next_round, reason, self.unreached, retry_in))
-
-    async def linger(self, final_round: int, timeout: float) -> None:
-        """Keep serving the final model until every reachable member has it, or ``timeout``.
-
-        A member that is restarting or came late fetches the final model from us; members
-        that cannot be reached are not waited for.
-        """
-        with trio.move_on_after(timeout):
-            while True:
-                statuses = await self.sync.probe_all(self.others, 2.0)
-                if all(s.round >= final_round for s in statuses.values()):
-                    await self.reconcile()  # the last round gets the same check as any other
-                    return
-                await trio.sleep(0.5)
-
-    async def reconcile(self) -> bool:
-        """Adopt the majority's model if the members at our round hold a different one.
-
-        Round agreement has no consensus under timeouts: a member that missed the final
-        ``Commit`` may retry and commit a different cohort's sum for the same round. The
-        members at our round vote with their weights digest; if most of them (counting us)
-        hold another model, we fetch it, so a divergence lasts at most one round.
-        """
-        if self.model_round < 0 or not self.aggregator.exact:
-            return False  # gossip: members hold different models by design
-        mine = self.sync.digest(self.model_round, self.weights)  # hashed once per version
-        votes: dict[bytes, list[str]] = {mine: [self.me]}
-        for peer, status in (await self.sync.probe_all(self.others, 2.0)).items():
-            if status.round == self.model_round:
-                votes.setdefault(status.digest, []).append(peer)
-        best = max(votes, key=lambda d: (len(votes[d]), d == mine))
-        if best == mine:
-            return False
-        for peer in votes[best]:
-            fetched = await self.sync.fetch(peer, self.model_round)
-            if (
-                fetched is not None
-                and fetched.round == self.model_round
-                and weights_digest(fetched.weights) == best
-            ):
-                log.warning(
-                    "round %d: our model differs from %d of %d members; adopting theirs",
-                    self.model_round,
-                    len(votes[best]),
-                    sum(map(len, votes.values())),
-                )
-                self._adopt(fetched.round, fetched.weights, fetched.certificate)
-                return True
-        return False
 
     async def run_round(self) -> RoundReport:
         """Train, privatise, aggregate and apply round ``next_round``.

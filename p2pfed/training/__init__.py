@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from p2pfed.training.models import build_model as build_model
+    from p2pfed.training.options import TrainingConfig as TrainingConfig
     from p2pfed.training.params import ParameterLayout as ParameterLayout
     from p2pfed.training.state import FitResult as FitResult
     from p2pfed.training.state import StatePolicy as StatePolicy
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from p2pfed.training.trainer import DPSGD as DPSGD
     from p2pfed.training.trainer import LocalTrainer as LocalTrainer
     from p2pfed.training.trainer import Metrics as Metrics
-    from p2pfed.training.trainer import TrainingConfig as TrainingConfig
     from p2pfed.training.trainer import TrainResult as TrainResult
 
 _MODULES = {
@@ -33,10 +33,11 @@ _MODULES = {
         "train_test_split",
     ),
     "models": ("build_model",),
+    "options": ("TrainingConfig",),
     "params": ("ParameterLayout",),
     "state": ("FitResult", "StatePolicy", "Trainer"),
     "torch_trainer": ("TorchTrainer",),
-    "trainer": ("DPSGD", "LocalTrainer", "Metrics", "TrainingConfig", "TrainResult"),
+    "trainer": ("DPSGD", "LocalTrainer", "Metrics", "TrainResult"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 

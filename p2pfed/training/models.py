@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from p2pfed.errors import ConfigError
-
-BUILTIN_MODELS = ("logistic", "mlp")
+from p2pfed.training.options import BUILTIN_MODELS
 
 
 def build_model(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,48 +32,16 @@ from p2pfed.errors import ConfigError, DataError, IntegrityError
 from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample, refuse_batch_mixing
 from p2pfed.privacy.sampling import SecureGaussian
 from p2pfed.training.data import Dataset
+from p2pfed.training.options import TrainingConfig
 from p2pfed.training.state import (
     FitResult,
-    State,
+    ModuleState,
     StatePolicy,
     flatten,
     layout_of,
     load_into,
     unflatten,
 )
-
-OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """How a peer trains locally each round."""
-
-    local_epochs: int = 1
-    local_steps: int = 0
-    """If > 0: exactly this many minibatch steps per round instead of ``local_epochs``."""
-    batch_size: int = 32
-    learning_rate: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    fedprox_mu: float = 0.0
-    personal_prefixes: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.local_epochs >= 1, "[training] local_epochs must be ≥ 1"),
-            (self.local_steps >= 0, "[training] local_steps must be ≥ 0"),
-            (self.batch_size >= 1, "[training] batch_size must be ≥ 1"),
-            (self.learning_rate > 0, "[training] learning_rate must be positive"),
-            (self.optimizer in OPTIMIZERS, f"[training] optimizer must be one of {OPTIMIZERS}"),
-            (0 <= self.momentum < 1, "[training] momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "[training] weight_decay must be ≥ 0"),
-            (self.fedprox_mu >= 0, "[training] fedprox_mu must be ≥ 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -116,8 +84,12 @@ class TrainResult:
     """Poisson rate of each step (DP-SGD); 1.0 when every example is used."""
 
 
-class LocalTrainer:
-    """Trains one peer's model; owns the model, optimizer and shuffling generator."""
+class LocalTrainer(ModuleState):
+    """Trains one peer's model; owns the model, optimizer and shuffling generator.
+
+    Its state half (``policy``: personal prefixes stay local, every other floating tensor is
+    shared; ``get_state``, ``set_state``) is ``ModuleState``'s, as for the other trainers.
+    """
 
     def __init__(
         self,
@@ -133,7 +105,7 @@ class LocalTrainer:
         """``train``/``test``: the tables ``fit`` and ``evaluate`` use (the protocol's data)."""
         if dp_sgd is not None:
             refuse_batch_mixing(model)  # at build time, not at the first round
-        self.model = model
+        self.module = model
         self.train = train
         self.test = test
         self.config = config
@@ -159,7 +131,7 @@ class LocalTrainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        params = self.model.parameters()
+        params = self.module.parameters()
         if c.optimizer == "adam":
             return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
         return torch.optim.SGD(
@@ -167,17 +139,9 @@ class LocalTrainer:
         )
 
     @property
-    def policy(self) -> StatePolicy:
-        """Personal prefixes stay local; every other floating tensor is shared."""
-        return self._policy
-
-    def get_state(self) -> State:
-        """A copy of the model's full ``state_dict``."""
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load the given tensors (others keep their values)."""
-        load_into(self.model, state)
+    def model(self) -> nn.Module:
+        """The model trained (``module``, the name ``ModuleState`` gives it)."""
+        return self.module
 
     def fit(self, state: Mapping[str, torch.Tensor], round: int) -> FitResult:
         """The protocol's round: ``train_round`` on ``train`` from ``state``."""
@@ -203,11 +167,11 @@ class LocalTrainer:
 
     def shared_weights(self) -> NDArray[np.float32]:
         """The current shared weights as a flat vector."""
-        return flatten(self.layout, self.model.state_dict())
+        return flatten(self.layout, self.module.state_dict())
 
     def load_shared(self, vector: NDArray[np.floating]) -> None:
         """Set the shared weights (personal layers keep theirs)."""
-        load_into(self.model, unflatten(self.layout, vector))
+        load_into(self.module, unflatten(self.layout, vector))
 
     def train_round(self, data: Dataset, global_weights: NDArray[np.floating]) -> TrainResult:
         """Start from ``global_weights``, train locally, return ``local − global``."""
@@ -218,20 +182,20 @@ class LocalTrainer:
         self.load_shared(global_weights)
         reference = [
             p.detach().clone()
-            for name, p in self.model.named_parameters()
+            for name, p in self.module.named_parameters()
             if name in set(self.layout.names)
         ]
-        shared = [p for name, p in self.model.named_parameters() if name in set(self.layout.names)]
+        shared = [p for name, p in self.module.named_parameters() if name in set(self.layout.names)]
         x = torch.from_numpy(data.inputs())
         y = torch.from_numpy(data.y)
         mu = self.config.fedprox_mu
-        self.model.train()
+        self.module.train()
         if self.dp_sgd is not None:
             return self._train_dp_sgd(data, x, y, global_weights, shared, reference)
         steps, total = 0, 0.0
         for idx in self._batches(len(data)):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(self.model(x[idx]), y[idx])
+            loss = self._loss(self.module(x[idx]), y[idx])
             if mu > 0:
                 prox = sum(((p - r) ** 2).sum() for p, r in zip(shared, reference, strict=True))
                 loss = loss + 0.5 * mu * prox
@@ -279,7 +243,7 @@ class LocalTrainer:
             idx = poisson_sample(len(data), dp.sample_rate, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             dp_sgd_step(
-                self.model,
+                self.module,
                 self._loss,
                 (x[idx], y[idx]),
                 clip_norm=dp.clip_norm,
@@ -296,7 +260,7 @@ class LocalTrainer:
             self.optimizer.step()
             if len(idx):
                 with torch.no_grad():
-                    total += float(self._loss(self.model(x[idx]), y[idx]))
+                    total += float(self._loss(self.module(x[idx]), y[idx]))
         update = self.shared_weights() - np.asarray(global_weights, dtype=np.float32)
         if not np.all(np.isfinite(update)):
             raise DataError("local training diverged (update is not finite)")
@@ -309,8 +273,8 @@ class LocalTrainer:
         """Loss and accuracy of the current model on ``data``."""
         if len(data) == 0:
             raise DataError(f"{data.name}: no rows to evaluate on")
-        self.model.eval()
-        logits = self.model(torch.from_numpy(data.inputs()))
+        self.module.eval()
+        logits = self.module(torch.from_numpy(data.inputs()))
         y = torch.from_numpy(data.y)
         loss = float(self._loss(logits, y))
         accuracy = float((logits.argmax(dim=1) == y).float().mean())
@@ -322,7 +286,7 @@ class LocalTrainer:
         """Atomically write model, optimizer and generator state after ``round_number``."""
         state = {
             "round": round_number,
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "layout": [list(self.layout.names), [list(s) for s in self.layout.shapes]],
@@ -349,7 +313,7 @@ class LocalTrainer:
         layout = [list(self.layout.names), [list(s) for s in self.layout.shapes]]
         if state.get("layout") != layout:
             raise IntegrityError(f"checkpoint {path} is for a different model architecture")
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         return int(state["round"]), dict(state["extra"])

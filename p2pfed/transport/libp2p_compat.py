@@ -2,14 +2,17 @@
 
 Theory of operation: py-libp2p 0.8.1 (with noiseprotocol 0.3.1 under its Noise) needs seven
 changes for a long-lived, fast, roster-gated member. Each is named here, applies only through
-the functions below, and reaches into py-libp2p only as far as ``REQUIREMENTS`` lists:
+the functions below (the Noise session's in ``libp2p_noise``), and reaches into py-libp2p only
+as far as ``REQUIREMENTS`` lists:
 
 - ``yamux-256k-frames``: Yamux DATA frames of up to 256 KiB instead of 64 KiB, by setting the
   module constant ``MAX_MESSAGE_SIZE`` (so for every py-libp2p Yamux connection of the
   process). Four times fewer frames roughly doubled throughput; every Yamux receiver accepts
   them, as 256 KiB is the window every stream starts with.
-- ``buffered-noise-session``: ``BufferedNoiseSession`` takes over the Noise cipher states
-  after the handshake and moves many Noise messages per socket call, byte-identical on the wire.
+- ``buffered-noise-session``: ``libp2p_noise.BufferedNoiseSession`` takes over the Noise
+  cipher states after the handshake and moves many Noise messages per socket call,
+  byte-identical on the wire (its TLS twin, ``libp2p_tls.BufferedTlsSession``, checks its own
+  requirements; both start as a ``TakenOverSession``).
 - ``connection-scoped-inbound``: the swarm's per-inbound-connection task (a private method)
   is replaced so it ends, and frees its inbound slot, when its connection closes (py-libp2p
   keeps it until the swarm stops), and the Noise handshake runs under ``PendingHandshakes``.
@@ -33,21 +36,17 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import multiaddr
 import trio
-from cryptography.exceptions import InvalidTag
-from libp2p.abc import IMuxedConn, IRawConnection, ISecureConn
-from libp2p.io.exceptions import ConnectionClosedError, DecryptionFailedException
+from libp2p.abc import IMuxedConn
+from libp2p.io.abc import EncryptedMsgReadWriter
 from libp2p.network.config import RetryConfig
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
-from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 
@@ -63,11 +62,6 @@ YAMUX_FRAME_BYTES = 256 * 1024
 YAMUX_HEADER_BYTES = 12
 YAMUX_MAX_FRAME_PAYLOAD = YAMUX_FRAME_BYTES - YAMUX_HEADER_BYTES
 """The most payload our Yamux frames carry (py-libp2p's own sender stops at 65,524 B)."""
-
-READ_SIZE = 256 * 1024
-"""Most ciphertext bytes ``BufferedNoiseSession`` takes from the socket per read."""
-
-_LENGTH_BYTES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,19 +200,25 @@ def _problem(requirement: Requirement) -> str | None:
     return f"has a different signature ({', '.join(found)}) for"
 
 
+def unsupported(change: str, dist: str, lacks: str) -> ConfigError:
+    """The one sentence for an installed ``dist`` that ``lacks`` what ``change`` needs."""
+    return ConfigError(
+        f"the installed {dist} {installed_version(dist)} {lacks}, which p2pfed's '{change}' "
+        f"change to py-libp2p needs (written for {dist} {WRITTEN_FOR[dist]}); install that version"
+    )
+
+
 def check_libp2p(requirements: tuple[Requirement, ...] = REQUIREMENTS) -> None:
     """Raise ``ConfigError`` unless every name the changes need is there, as written for."""
     for requirement in requirements:
         problem = _problem(requirement)
         if problem is None:
             continue
-        dist = requirement.distribution
         expected = "" if requirement.params is None else f"({', '.join(requirement.params)})"
-        raise ConfigError(
-            f"the installed {dist} {installed_version(dist)} {problem} "
-            f"{requirement.module}.{requirement.name}{expected}, which p2pfed's "
-            f"'{requirement.change}' change to py-libp2p needs (written for {dist} "
-            f"{WRITTEN_FOR[dist]}); install that version"
+        raise unsupported(
+            requirement.change,
+            requirement.distribution,
+            f"{problem} {requirement.module}.{requirement.name}{expected}",
         )
 
 
@@ -233,47 +233,25 @@ def use_large_yamux_frames() -> None:
     yamux_module.MAX_MESSAGE_SIZE = YAMUX_FRAME_BYTES
 
 
-# -- buffered-noise-session --------------------------------------------------------------
+# -- buffered sessions (Noise: libp2p_noise, TLS: libp2p_tls) ----------------------------
 
 
-def buffered(secured: ISecureConn) -> ISecureConn:
-    """``secured`` with the buffered session if it is a Noise session, else unchanged."""
-    if isinstance(secured, SecureSession) and isinstance(secured.conn, NoiseTransportReadWriter):
-        return BufferedNoiseSession(secured)
-    return secured
+Conn = TypeVar("Conn", bound=EncryptedMsgReadWriter)
 
 
-def _cipher(noise_state: Any, which: str) -> Callable[[Any, Any], bytes]:
-    """The ``encrypt``/``decrypt`` of the cipher state the Noise handshake left behind."""
-    try:
-        state = getattr(noise_state.noise_protocol, f"cipher_state_{which}")
-        return cast(Callable[[Any, Any], bytes], getattr(state, f"{which}_with_ad"))
-    except AttributeError:
-        dist = "noiseprotocol"
-        raise ConfigError(
-            f"the installed {dist} {installed_version(dist)} has no "
-            f"noise_protocol.cipher_state_{which}.{which}_with_ad after the handshake, which "
-            f"p2pfed's 'buffered-noise-session' change to py-libp2p needs (written for {dist} "
-            f"{WRITTEN_FOR[dist]}); install that version"
-        ) from None
+class TakenOverSession(SecureSession, Generic[Conn]):
+    """A ``SecureSession`` taking over a finished handshake's, for the buffered sessions.
 
-
-class BufferedNoiseSession(SecureSession):
-    """Drop-in replacement for py-libp2p's Noise ``SecureSession`` after the handshake.
-
-    py-libp2p's session reads one Noise message at a time (two socket reads for the length,
-    more for the body) and writes one socket call per message. This one keeps the same cipher
-    states and the wire format byte for byte (``u16 length || ChaCha20-Poly1305 ciphertext``,
-    nonces in order), but reads up to ``READ_SIZE`` bytes per socket call and decrypts every
-    complete message in them, and sends all messages of one ``write`` in one socket call. It
-    reads only when its plaintext buffer cannot serve the caller, so memory stays bounded.
-    A message that fails authentication raises, as py-libp2p's own session does.
+    Same peers, keys, role and transport (of the ``kind`` the subclass buffers): only how
+    bytes move changes after the handshake.
     """
 
-    def __init__(self, handshaken: SecureSession) -> None:
+    conn: Conn
+
+    def __init__(self, handshaken: SecureSession, kind: type[Conn], what: str) -> None:
         conn = handshaken.conn
-        if not isinstance(conn, NoiseTransportReadWriter):
-            raise TypeError(f"expected a Noise transport session, got {type(conn).__name__}")
+        if not isinstance(conn, kind):
+            raise TypeError(f"expected a {what} session, got {type(conn).__name__}")
         super().__init__(
             local_peer=handshaken.local_peer,
             local_private_key=handshaken.local_private_key,
@@ -282,109 +260,6 @@ class BufferedNoiseSession(SecureSession):
             is_initiator=handshaken.is_initiator,
             conn=conn,
         )
-        self._raw: IRawConnection = conn.read_writer.read_write_closer  # type: ignore[assignment]
-        # The cipher states take any buffer, sparing the copies NoiseConnection's
-        # encrypt/decrypt need (they insist on bytes); nonces stay in the noise library.
-        self._encrypt = _cipher(conn.noise_state, "encrypt")
-        self._decrypt = _cipher(conn.noise_state, "decrypt")
-        self._ciphertext = bytearray()
-        self._plaintext: deque[bytes] = deque()  # decrypted messages, oldest first
-        self._offset = 0  # bytes of the oldest message already handed out
-        self._buffered = 0  # plaintext bytes not yet handed out
-
-    async def _read_more(self) -> bool:
-        """Read once from the socket and decrypt every complete message; False at EOF."""
-        data = await self._raw.read(READ_SIZE)
-        if not data:
-            return False
-        if self._ciphertext:
-            self._ciphertext += data
-            source: bytes | bytearray = self._ciphertext
-        else:
-            source = data  # the common case: parse the socket's bytes without copying them
-        position = 0
-        with memoryview(source) as view:
-            end = len(view)
-            while end - position >= _LENGTH_BYTES:
-                length = (view[position] << 8) | view[position + 1]
-                start = position + _LENGTH_BYTES
-                if end - start < length:
-                    break
-                with view[start : start + length] as sealed:
-                    opened = self._open(sealed)
-                if opened:
-                    self._plaintext.append(opened)
-                    self._buffered += len(opened)
-                position = start + length
-            if source is data:
-                self._ciphertext = bytearray(view[position:])
-        if source is not data:
-            del self._ciphertext[:position]
-        return True
-
-    def _open(self, sealed: memoryview) -> bytes:
-        try:
-            return bytes(self._decrypt(None, sealed))
-        except InvalidTag as exc:
-            raise DecryptionFailedException("a Noise message failed authentication") from exc
-
-    def _take(self, n: int) -> bytes:
-        """Remove and return the first ``n`` buffered plaintext bytes (at most one copy)."""
-        chunks = self._plaintext
-        first = chunks[0]
-        if self._offset == 0 and len(first) == n:
-            chunks.popleft()  # the caller wants exactly one decrypted message: no copy at all
-            self._buffered -= n
-            return first
-        pieces: list[memoryview] = []
-        left = n
-        while left:
-            view = memoryview(chunks[0])[self._offset :]
-            if len(view) <= left:
-                pieces.append(view)
-                chunks.popleft()
-                self._offset = 0
-                left -= len(view)
-            else:
-                pieces.append(view[:left])
-                self._offset += left
-                left = 0
-        self._buffered -= n
-        return b"".join(pieces)
-
-    async def read(self, n: int | None = None) -> bytes:
-        """``n`` bytes (fewer only if the connection ends); all buffered bytes if ``n`` is None."""
-        if n == 0:
-            return b""
-        while not self._buffered:
-            if not await self._read_more():
-                raise ConnectionClosedError("Connection closed")
-        if n is None:
-            n = self._buffered
-        while self._buffered < n:
-            if not await self._read_more():
-                n = self._buffered  # the connection ended: hand over what there is, as
-                break  # SecureSession does
-        return self._take(n)
-
-    async def write(self, data: bytes) -> None:
-        """Encrypt ``data`` as one or more Noise messages and send them in one socket call.
-
-        Nothing is sent for empty ``data``: py-libp2p's reader takes an empty message for the
-        end of the connection.
-        """
-        view = memoryview(data)
-        if not view:
-            await trio.lowlevel.checkpoint()
-            return
-        out = bytearray()
-        for start in range(0, len(view), MAX_PLAINTEXT_LENGTH):
-            with view[start : start + MAX_PLAINTEXT_LENGTH] as piece:
-                sealed = self._encrypt(None, piece)
-            out += len(sealed).to_bytes(_LENGTH_BYTES, "big")
-            out += sealed
-        # trio sends any buffer; handing over the bytearray itself spares one more copy.
-        await self._raw.write(cast(bytes, out))
 
 
 # -- connection-scoped-inbound, redial-at-once, no-dial-retries, no-auto-connector --------

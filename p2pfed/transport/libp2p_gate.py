@@ -7,7 +7,7 @@ remote peer at the end of both, before any muxer or stream exists; a refused pee
 is closed there. The peer ID checked is the one the Noise XX handshake bound to the identity
 key. ``Admission`` holds the check so ``libp2p_tls.GatedTLS`` runs the same one after the TLS
 handshake. ``gate_allows`` fails closed: a gate that raises refuses. An admitted session is handed
-on as ``libp2p_compat.buffered`` makes it (fewer socket calls, same wire format).
+on as ``libp2p_noise.buffered`` makes it (fewer socket calls, same wire format).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from p2pfed.transport.base import PeerGate
-from p2pfed.transport.libp2p_compat import buffered
+from p2pfed.transport.libp2p_noise import buffered
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,12 @@ from libp2p.security.tls.certificate import verify_certificate_chain
 from libp2p.security.tls.io import TLSReadWriter
 from libp2p.security.tls.transport import TLSTransport
 
-from p2pfed.errors import ConfigError
-from p2pfed.transport.libp2p_compat import WRITTEN_FOR, _require, check_libp2p, installed_version
+from p2pfed.transport.libp2p_compat import (
+    TakenOverSession,
+    _require,
+    check_libp2p,
+    unsupported,
+)
 from p2pfed.transport.libp2p_gate import Admission
 
 _TLS = "libp2p.security.tls"
@@ -116,7 +120,7 @@ def buffered_tls(secured: ISecureConn) -> ISecureConn:
     return secured
 
 
-class BufferedTlsSession(SecureSession):
+class BufferedTlsSession(TakenOverSession[TLSReadWriter]):
     """py-libp2p's TLS ``SecureSession`` after the handshake, with fewer, larger socket calls.
 
     The SSL object and memory BIOs of the handshake stay in charge of the records (so the
@@ -126,28 +130,18 @@ class BufferedTlsSession(SecureSession):
     """
 
     def __init__(self, handshaken: SecureSession) -> None:
-        conn = handshaken.conn
-        if not isinstance(conn, TLSReadWriter):
-            raise TypeError(f"expected a TLS session, got {type(conn).__name__}")
-        super().__init__(
-            local_peer=handshaken.local_peer,
-            local_private_key=handshaken.local_private_key,
-            remote_peer=handshaken.remote_peer,
-            remote_permanent_pubkey=handshaken.remote_permanent_pubkey,
-            is_initiator=handshaken.is_initiator,
-            conn=conn,
-        )
+        super().__init__(handshaken, TLSReadWriter, "TLS")
         try:
-            tls = conn.stream_writer
+            tls = self.conn.stream_writer
             self._raw = tls.raw_connection
             self._ssl: ssl.SSLObject = tls._ssl_socket
             self._in: ssl.MemoryBIO = tls._in_bio
             self._out: ssl.MemoryBIO = tls._out_bio
         except AttributeError as exc:
-            raise ConfigError(
-                f"the installed libp2p {installed_version('libp2p')} keeps no {exc.name} on its "
-                "TLS session after the handshake, which p2pfed's 'buffered-tls-session' change "
-                f"needs (written for libp2p {WRITTEN_FOR['libp2p']}); install that version"
+            raise unsupported(
+                "buffered-tls-session",
+                "libp2p",
+                f"keeps no {exc.name} on its TLS session after the handshake",
             ) from None
         self._eof = False
 

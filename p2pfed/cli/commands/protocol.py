@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from p2pfed.errors import ConfigError
+from p2pfed.settings import comma_list
 
 if TYPE_CHECKING:
     from p2pfed.config import Config
@@ -51,7 +52,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "standard deviation: one site's table or a pooled one (this reveals those figures)",
     )
     init.add_argument("--label", help="the label column (default: the config's)")
-    init.add_argument("--classes", help="the label classes, e.g. 0,1 (default: the config's)")
+    init.add_argument(
+        "--classes",
+        type=comma_list(int, "an integer class label"),
+        help="the label classes, e.g. 0,1 (default: the config's)",
+    )
     init.add_argument("--force", action="store_true", help="replace an existing file")
     init.set_defaults(func=run_init)
 
@@ -118,13 +123,8 @@ def _normalised(features: tuple[Feature, ...], path: str, label: str) -> tuple[F
     return tuple(out)
 
 
-def _classes(text: str | None, config: Config) -> tuple[int, ...]:
-    if text is None:
-        return config.schema.labels
-    try:
-        return tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--classes {text!r} must be integers separated by commas") from None
+def _classes(given: list[int] | None, config: Config) -> tuple[int, ...]:
+    return config.schema.labels if given is None else tuple(given)
 
 
 def run_init(args: argparse.Namespace) -> int:

@@ -15,16 +15,22 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check everything, then run rounds until done, out of budget, or signalled."""
+    """Check everything, then run rounds until done, out of budget, or signalled.
+
+    The config is checked first, before torch, trio or libp2p load: an operator's typo or a
+    missing file is refused at once.
+    """
     import logging
+
+    from p2pfed.config import load_config
+
+    config = load_config(args.config)
 
     import trio
 
-    from p2pfed.config import load_config
     from p2pfed.daemon import completed_round, prepare, run_until_signalled
     from p2pfed.governance.logs import remove_logging, setup_logging
 
-    config = load_config(args.config)
     setup_logging(config.node.log_level.upper(), json_format=config.node.log_json)
 
     said = logging.getLogger("p2pfed.run")

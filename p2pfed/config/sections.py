@@ -1,24 +1,18 @@
-"""The peer daemon's configuration (``config.toml``), parsed and checked in one place.
+"""The tables of ``config.toml``, one frozen dataclass each, with their own checks.
 
-Theory of operation: every table of the file maps onto one frozen dataclass below, parsed by
-``p2pfed.settings`` — so the accepted keys are exactly these fields, and an unknown key, a
-wrong type or a bad value ends in one ``ConfigError`` naming the key. Relative paths are
-resolved against the folder holding the config file, so an institution folder can be moved
-as a whole. ``render_default`` writes the commented file ``p2pfed init`` creates.
+Theory of operation: ``p2pfed.settings`` parses each table onto its dataclass, so the
+accepted keys are exactly these fields; each ``validate`` checks the table on its own (checks
+across tables are ``Config.validate``'s). Nothing here imports torch or libp2p, so a bad
+config is refused before either loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from p2pfed.collectives.robust import ROBUST_RULES
-from p2pfed.privacy.accountants import ACCOUNTANT_KINDS
-from p2pfed.settings import check, open_unit, parse, positive, read_toml
+from p2pfed.settings import check, open_unit, positive
 from p2pfed.training.data import BUILTIN_DATASETS
-from p2pfed.training.models import BUILTIN_MODELS
-from p2pfed.training.trainer import TrainingConfig
+from p2pfed.training.options import BUILTIN_MODELS
 
 MODES = ("ring", "gossip")
 PRIVACY_MODES = ("distributed", "local", "dp-sgd", "off")
@@ -99,7 +93,10 @@ class RoundsSection:
         )
         check(self.max_examples >= 1, "[rounds] max_examples", "must be ≥ 1")
         check(self.mode in MODES, "[rounds] mode", f"must be one of {MODES}, not {self.mode!r}")
-        rules = ROBUST_RULES
+        # Imported here: the collectives (trio) and the accountants (scipy) load only for a
+        # config that got this far, so a missing file or a typo is refused at once.
+        from p2pfed.collectives.robust import ROBUST_RULES as rules
+
         check(
             self.robust in rules, "[rounds] robust", f"must be one of {rules}, not {self.robust!r}"
         )
@@ -244,6 +241,8 @@ class PrivacySection:
             "[privacy] target_epsilon",
             "must not exceed epsilon_budget",
         )
+        from p2pfed.privacy.accountants import ACCOUNTANT_KINDS  # scipy: see RoundsSection
+
         check(
             self.accountant in ACCOUNTANT_KINDS,
             "[privacy] accountant",
@@ -317,182 +316,3 @@ class MetricsSection:
 
     def validate(self) -> None:
         check(0 <= self.port < 65536, "[metrics] port", "must be 0 (off) or a TCP port")
-
-
-@dataclass(frozen=True)
-class Config:
-    """A whole ``config.toml``."""
-
-    node: NodeSection
-    network: NetworkSection = field(default_factory=NetworkSection)
-    rounds: RoundsSection = field(default_factory=RoundsSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=lambda: DataSection(builtin="breast_cancer"))
-    schema: SchemaSection = field(default_factory=SchemaSection)
-    study: StudySection = field(default_factory=StudySection)
-    validation: ValidationSection = field(default_factory=ValidationSection)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    privacy: PrivacySection = field(default_factory=PrivacySection)
-    secagg: SecAggSection = field(default_factory=SecAggSection)
-    governance: GovernanceSection = field(default_factory=GovernanceSection)
-    metrics: MetricsSection = field(default_factory=MetricsSection)
-    base_dir: str = ""
-    """Folder relative paths are resolved against (set by ``load_config``, not the file)."""
-
-    def validate(self) -> None:
-        if self.rounds.robust != "off":
-            check(
-                self.rounds.mode == "gossip" and not self.secagg.enabled,
-                "[rounds] robust",
-                f"= {self.rounds.robust} needs [rounds] mode = gossip with [secagg] enabled = "
-                "false: clipping needs visible updates",
-            )
-        if self.rounds.weighting == "examples":
-            check(
-                self.rounds.mode == "ring" and self.privacy.mode == "off",
-                "[rounds] weighting",
-                '= "examples" needs [rounds] mode = ring and [privacy] mode = off (the exact '
-                "total of examples in each sum would be released without noise, and a "
-                "weight would scale the noise calibrated for one update)",
-            )
-        # Distributed noise shares are safe only inside an exact secure sum.
-        if self.privacy.mode == "distributed":
-            ok = self.rounds.mode == "ring" and self.secagg.enabled
-            check(
-                ok,
-                "[privacy] mode",
-                "= distributed needs [rounds] mode = ring with [secagg] enabled (otherwise a "
-                "small noise share can be exposed); use local or dp-sgd",
-            )
-
-    @property
-    def accountant(self) -> str:
-        """The accountant that governs the ledger.
-
-        The distributed discrete Gaussian is bounded in zCDP, which the RDP accountant
-        composes exactly; the PLD accountant would treat it as a Gaussian, unproven.
-        """
-        if self.privacy.mode == "distributed" and self.secagg.enabled:
-            return "rdp"
-        return self.privacy.accountant
-
-    def path(self, relative: str) -> Path:
-        """``relative`` resolved against the config file's folder."""
-        p = Path(relative).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir or ".") / p
-
-
-def load_config(path: str | Path) -> Config:
-    """Read and check a daemon config file; ``ConfigError`` names any bad key."""
-    path = Path(path)
-    raw = read_toml(path)
-    check(
-        "base_dir" not in raw,
-        "base_dir",
-        "is not a setting (paths are relative to the config file)",
-    )
-    config = parse(Config, raw)
-    return dataclasses.replace(config, base_dir=str(path.parent.resolve()))
-
-
-DEFAULT_TEMPLATE = """\
-# p2pfed peer configuration for {name}.
-# Relative paths are resolved against this file's folder. Every key is optional except
-# [node] name; unknown keys are refused, so a typo never goes unnoticed.
-
-[node]
-name = "{name}"
-identity = "identity.key"      # Ed25519 key, mode 0600; never share it
-state_dir = "state"            # checkpoints, ledger, audit log, status
-log_json = false               # one JSON object per log line
-log_level = "info"
-
-[network]
-listen = "/ip4/0.0.0.0/tcp/4001"   # open this TCP port to consortium members only
-roster = "roster.json"             # the consortium's signed member list
-bootstrap = []                     # multiaddrs of members to dial first
-
-[rounds]
-mode = "ring"                  # ring (exact average) or gossip (neighbours in a topology)
-topology = "exponential"       # for gossip: see `p2pfed topology list`
-rounds = 20
-min_peers = 2                  # rounds start only when this many members are reachable
-round_timeout_s = 120.0        # start-up and catch-up wait, and the longest stage deadline
-# stage_timeout_min_s = 0      # shortest stage deadline (0: min(10 s, round_timeout_s / 4))
-# stage_timeout_max_s = 0      # longest (0: round_timeout_s); deadlines follow the measured
-# link_mbps = 100.0            # ...round cost, from this link rate until one is measured
-robust = "off"                 # clear gossip: "clipped-gossip" bounds a Byzantine neighbour
-byzantine_neighbours = 1       # ...the clipping radius allows for this many per member
-weighting = "uniform"          # "examples": FedAvg's mean weighted by rows (ring, privacy off)
-max_examples = 10000           # ...a member's rows count up to this many
-
-[model]
-kind = "logistic"              # logistic, mlp, or module:factory
-# factory = "my_models:resnet"  # your own model: a function returning a torch nn.Module
-# args = {{ width = 64 }}        # ...called with these keyword arguments
-# torchscript = "model.pt"     # or a TorchScript file (instead of kind and factory)
-hidden = [32]                  # mlp hidden layer widths
-seed = 0                       # every member must use the same seed
-
-[data]
-builtin = "breast_cancer"      # or: path = "data/patients.csv" (and remove builtin)
-# loader = "my_data:images"    # or a function returning a torch Dataset of (x, y) pairs
-label_column = "label"
-feature_columns = []           # empty: every column but the label
-test_fraction = 0.2            # held out locally for evaluation
-
-[schema]                       # the consortium's declared data schema
-features = []                  # empty: taken from the data
-labels = [0, 1]
-
-[study]
-protocol = ""                  # the consortium's signed study protocol file, e.g. "protocol.json"
-
-[validation]                   # the node refuses to join past these limits
-min_samples = 30
-max_missing_fraction = 0.0
-max_label_skew = 0.45          # total-variation distance from the declared label shares
-min_classes = 1
-
-[training]
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.1
-optimizer = "sgd"              # sgd or adam
-fedprox_mu = 0.0               # > 0 adds (mu/2)|w - w_global|^2 against client drift
-personal_prefixes = []         # parameter-name prefixes that never leave this node
-
-[privacy]
-mode = "distributed"           # distributed, local, dp-sgd (per patient), or off
-clip_norm = 1.0                # L2 bound S on each update (dp-sgd: on each example's gradient)
-noise_multiplier = 1.0         # sigma: noise std is sigma * S (split across members)
-target_epsilon = 8.0           # > 0: pick sigma so all rounds spend at most this epsilon
-sample_rate = 1.0              # dp-sgd: Poisson rate of each local step
-steps_per_round = 1            # for `privacy report`: dp-sgd local steps per round
-delta = 1e-5
-epsilon_budget = 10.0          # the node refuses any release past this
-accountant = "pld"             # pld or rdp (distributed + secagg: rdp governs)
-ledger = "state/privacy.ledger"
-
-[secagg]
-enabled = true
-threshold = 0                  # Shamir shares to recover a dropped member; 0 = a majority
-collusion = 1                  # members assumed to pool what they see (threat model's c)
-min_contributors = 0           # fewest inputs any unmasked sum holds; 0 = collusion + 2
-bits = 32                      # ring Z_2^bits
-clip_range = 8.0
-
-[governance]
-accuracy_drop = 0.05           # drift alert when accuracy falls this much
-psi_major = 0.2                # drift alert when a feature's PSI exceeds this
-
-[metrics]
-port = 0                       # Prometheus /metrics and the dashboard at /; 0 = off
-host = "127.0.0.1"             # off loopback, dashboard_token_file is required
-dashboard_token_file = ""      # a file with one token line; clients send it as Bearer
-"""
-
-
-def render_default(name: str) -> str:
-    """The commented ``config.toml`` that ``p2pfed init`` writes."""
-    return DEFAULT_TEMPLATE.format(name=name.replace('"', ""))
