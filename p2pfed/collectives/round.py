@@ -41,7 +41,7 @@ from p2pfed.collectives.agreement import (
 from p2pfed.collectives.agreement_state import Phase
 from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
-from p2pfed.collectives.messages import Message, Ready
+from p2pfed.collectives.messages import NO_BASE, Message, ModelBase, Ready
 from p2pfed.collectives.ring import ring_order
 from p2pfed.collectives.ring_driver import (
     READ_AHEAD_CHUNKS,
@@ -321,11 +321,15 @@ class RingRound:
         # Read at each stream: ``members`` may be replaced when the roster changes.
         return peer in self.members
 
-    async def all_reduce(self, vector: Vector, round: int) -> RoundOutcome:
+    async def all_reduce(
+        self, vector: Vector, round: int, base: ModelBase = NO_BASE
+    ) -> RoundOutcome:
         """Agree on round ``round``'s cohort and sum ``vector`` over it, retrying on faults.
 
         ``vector`` may be a callable: it is called once, when the first cohort is fixed, so
         a round where none forms never makes it (a privacy release behind it is not charged).
+        ``base``: the model the caller adds the sum to; the cohort forms on the majority's
+        base, and a peer on another is left out (``LEFT_OUT``, a ``STALE_BASE`` exclusion).
 
         Returns the outcome: ``COMMITTED`` with the sum over the committed cohort,
         ``LEFT_OUT`` when this peer came too late, ``FAILED`` when no attempt succeeded.
@@ -340,6 +344,7 @@ class RingRound:
             self.timing,
             max_attempts=self.max_attempts,
             roster_version=self.roster_version,
+            base=base,
         )
         seen = len(self.ring.exclusions)
         run = _RoundRun(self, agreement, vector)

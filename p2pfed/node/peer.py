@@ -178,10 +178,7 @@ class Peer:
         except ValueError as exc:
             log.warning("checkpoint certificate ignored: %s", exc)
             return None
-        if (certificate.round, certificate.digest) != (
-            self.model_round,
-            weights_digest(self.weights),
-        ):
+        if (certificate.round, certificate.digest) != (self.model_round, self.sync.base().digest):
             return None
         return certificate
 
@@ -405,7 +402,8 @@ class Peer:
             self.releaser, self.guard, round_, update, result.sample_rate, result.steps, trained
         )
         try:
-            outcome = await self.aggregator.aggregate(round_, pending, self.weights)
+            base = self.sync.base()  # only members on this model sum with us (stale: caught up)
+            outcome = await self.aggregator.aggregate(round_, pending, self.weights, base)
         except BaseException:
             pending.raise_own_error()  # as itself, not inside the aggregator's task group
             raise
