@@ -138,8 +138,12 @@ class RoundAgreement:
         max_attempts: int = 8,
         roster_version: int = 0,
         base: ModelBase = NO_BASE,
+        min_cohort: int = 1,
     ) -> None:
-        """``roster_version`` and ``base`` (the model we add the sum to): a cohort shares both."""
+        """``roster_version``, ``base`` (the model we add the sum to): a cohort shares both.
+
+        ``min_cohort``: no smaller cohort is fixed (the round fails instead).
+        """
         if me not in members:
             raise LocalProtocolError(f"peer {me} is not a member of the roster it was given")
         if not 1 <= max_attempts <= MAX_ATTEMPTS + 1:
@@ -148,7 +152,7 @@ class RoundAgreement:
         self.consortium = consortium
         self.round = round
         self.roster_version = roster_version
-        self.base = base
+        self.base, self.min_cohort = base, min_cohort
         self.timing = timing or AgreementTiming()
         self.max_attempts = max_attempts
         self._signer = signer
@@ -228,18 +232,13 @@ class RoundAgreement:
             return []
         candidates = [p for p in self._ready if p in wanted]
         base = majority_base(self._ready[p].base for p in candidates or [self.me])
-        # Accused with evidence, or on a stale base (a cohort without its own coordinator
-        # could not commit): step aside, the next coordinator leaves us out.
-        if self._evidence_against(self.me) or base != self.base:
+        members = tuple(sorted(p for p in candidates if self._ready[p].base == base))
+        # Accused with evidence, on a stale base (a cohort without its coordinator cannot
+        # commit) or too few on ours: step aside, the next coordinator decides without us.
+        if self._evidence_against(self.me) or base != self.base or len(members) < self.min_cohort:
             self.takeover += 1
             self._fire(Trigger.ABDICATE)
-            self.deadline = now + self.timing.takeover_timeout
-            if self.takeover >= len(self.eligible):
-                self._fire(Trigger.EXHAUSTED)
-                self.deadline = None
-                return []
-            return [Send(self.coordinator, self._own_ready())]
-        members = tuple(sorted(p for p in candidates if self._ready[p].base == base))
+            return self._announce(now)  # to the next coordinator, or exhausted
         for peer in self.eligible:
             if self._evidence_against(peer):
                 self._exclude(peer, ReasonCode.PROTOCOL_VIOLATION, "accused with evidence")

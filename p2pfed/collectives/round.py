@@ -280,8 +280,11 @@ class RingRound:
         fault: FaultPlan | None = None,
         max_attempts: int = 8,
         ring: RingService | None = None,
+        min_cohort: int = 1,
     ) -> None:
         """``ring``: an existing ``RingService`` of this transport to share.
+
+        ``min_cohort``: a round with fewer members on one base fails rather than commit.
 
         A transport serves each protocol once (a second ``serve`` replaces the first), so
         everything that runs rings on one transport must share one ``RingService``, and one
@@ -294,6 +297,7 @@ class RingRound:
         self.timing = timing or AgreementTiming()
         self.ring_config = ring_config or RingConfig()
         self.max_attempts = max_attempts
+        self.min_cohort = min_cohort
         if ring is not None and (ring.transport is not transport or ring.consortium != consortium):
             raise LocalProtocolError(
                 "a shared RingService must use the same transport and consortium"
@@ -345,6 +349,7 @@ class RingRound:
             max_attempts=self.max_attempts,
             roster_version=self.roster_version,
             base=base,
+            min_cohort=self.min_cohort,
         )
         seen = len(self.ring.exclusions)
         run = _RoundRun(self, agreement, vector)

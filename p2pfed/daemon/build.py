@@ -218,7 +218,12 @@ def build_aggregator(
     if not config.secagg.enabled:
         return RingAggregator(
             RingRound(
-                transport, cohort.session, cohort.roster.version, cohort.peers, cohort.signer
+                transport,
+                cohort.session,
+                cohort.roster.version,
+                cohort.peers,
+                cohort.signer,
+                min_cohort=config.rounds.min_peers,  # a lone member's sum is no round
             ),
             weight,
         ), None
