@@ -68,7 +68,9 @@ def test_the_version_before_ours_certifies_rounds_before_ours_took_over() -> Non
     assert info.value.reason is ReasonCode.PROTOCOL_VIOLATION
 
 
-@pytest.mark.parametrize("case", ["not followed", "two versions back", "followed without the removed member"])
+@pytest.mark.parametrize(
+    "case", ["not followed", "two versions back", "followed without the removed member"]
+)
 def test_no_other_old_certificate_is_trusted(case: str) -> None:
     policy = v2_policy(follow=case != "not followed")
     if case == "two versions back":
