@@ -27,7 +27,7 @@ from p2pfed.collectives.bases import majority_base
 from p2pfed.collectives.messages import Cohort, Commit, Done, ModelBase, Ready
 from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
 from p2pfed.errors import LocalProtocolError, ReasonCode
-from p2pfed.transport import MemoryNetwork
+from p2pfed.transport import MemoryNetwork, Transport
 
 PEERS = ["a", "b", "c", "d"]
 KEYS = signers(PEERS)
@@ -230,7 +230,13 @@ async def run(
 
 def committed(outcomes: dict[str, RoundOutcome]) -> dict[str, tuple[str, ...]]:
     """Each committing member's cohort, checked to be the sum over that cohort."""
-    peers = sorted({*outcomes, "a"})
+    return committed_over(outcomes, sorted({*outcomes, "a"}))
+
+
+def committed_over(
+    outcomes: dict[str, RoundOutcome], peers: list[str]
+) -> dict[str, tuple[str, ...]]:
+    """As ``committed``, member k having added k + 1 (``peers`` sorted)."""
     out = {}
     for me, o in outcomes.items():
         if o.committed:
@@ -290,3 +296,36 @@ async def test_a_lying_coordinator_is_refused_and_the_honest_members_commit_on_t
         if ("a", ReasonCode.PROTOCOL_VIOLATION) in {(e.peer, e.reason) for e in o.exclusions}
     }
     assert refused_by == ({"d"} if base == FRESH else {"b", "c", "d"})
+
+
+@pytest.mark.network
+@pytest.mark.slow
+async def test_over_real_libp2p_a_stale_member_is_left_out_and_the_others_commit() -> None:
+    """The same rule over three real hosts on 127.0.0.1 (Noise, yamux), on the real clock."""
+    from transport_harness import libp2p_group
+
+    with trio.fail_after(60):
+        async with libp2p_group(3, "base") as group:
+            peers = sorted(group.ids)
+            keys = signers(peers)
+            stale = peers[-1]  # not the coordinator of round 0: left out at once
+            outcomes: dict[str, RoundOutcome] = {}
+
+            async def one(transport: Transport) -> None:
+                me = transport.local_peer
+                runner = RingRound(
+                    transport, CONSORTIUM, 1, peers, keys[me], timing=TIMING, ring_config=RING
+                )
+                vector = np.full(64, peers.index(me) + 1, np.uint32)
+                base = STALE if me == stale else FRESH
+                outcomes[me] = await runner.all_reduce(vector, 0, base)
+
+            async with trio.open_nursery() as nursery:
+                for t in group.transports:
+                    nursery.start_soon(one, t)
+    fresh = tuple(p for p in peers if p != stale)
+    assert committed_over(outcomes, peers) == {p: fresh for p in fresh}
+    assert outcomes[stale].phase is Phase.LEFT_OUT
+    assert (stale, ReasonCode.STALE_BASE) in {
+        (e.peer, e.reason) for e in outcomes[stale].exclusions
+    }
