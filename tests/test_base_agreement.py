@@ -20,6 +20,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_collectives_round import CONSORTIUM, RING, TIMING, signers
+from transport_harness import libp2p_group
 
 from p2pfed.collectives.agreement import RoundAgreement, Send, StartRing
 from p2pfed.collectives.agreement_state import Phase
@@ -302,8 +303,6 @@ async def test_a_lying_coordinator_is_refused_and_the_honest_members_commit_on_t
 @pytest.mark.slow
 async def test_over_real_libp2p_a_stale_member_is_left_out_and_the_others_commit() -> None:
     """The same rule over three real hosts on 127.0.0.1 (Noise, yamux), on the real clock."""
-    from transport_harness import libp2p_group
-
     with trio.fail_after(60):
         async with libp2p_group(3, "base") as group:
             peers = sorted(group.ids)
