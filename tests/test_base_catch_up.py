@@ -4,7 +4,7 @@ A member whose model is a round behind (it missed a round and did not catch up, 
 took a new roster version first and refused the others' round) would add the round's sum to
 its own older model. Here it is left out of the cohort, misses the round, fetches the
 certified model and sums with the others again; no round ever ends with two models.
-Slow: two in-memory consortia of real peers (secure ring), about 20 s together.
+Slow: two in-memory consortia of composed peers, 25 to 45 s together (load-dependent).
 """
 
 from __future__ import annotations
