@@ -45,6 +45,7 @@ class ReasonCode(enum.StrEnum):
     PROTOCOL_VIOLATION = "protocol-violation"
     NOT_MEMBER = "not-member"
     RATE_LIMITED = "rate-limited"
+    STALE_BASE = "stale-base"
 
 
 class P2PFedError(Exception):

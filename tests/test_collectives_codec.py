@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from p2pfed.collectives.messages import (
     Done,
     GossipValue,
     Message,
+    ModelBase,
     Ready,
     RingChunk,
     SecAggData,
@@ -23,6 +26,7 @@ from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
 peer = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=40)
 rounds = st.integers(0, 2**63 - 1)
 words = st.sampled_from(list(WordType))
+bases = st.builds(ModelBase, st.integers(-1, 2**63 - 1), st.binary(min_size=32, max_size=32))
 
 
 @st.composite
@@ -67,7 +71,14 @@ def messages(draw: st.DrawFn) -> Message:
         accused = draw(
             st.lists(st.tuples(peer, st.sampled_from(["timeout", "dropped"])), max_size=3)
         )
-        return Ready(rnd, draw(st.integers(0, 255)), draw(st.integers(0, 1023)), tuple(accused))
+        return Ready(
+            rnd,
+            draw(st.integers(0, 255)),
+            draw(st.integers(0, 1023)),
+            tuple(accused),
+            draw(st.integers(0, 2**63 - 1)),
+            draw(bases),
+        )
     if kind == "cohort":
         members = tuple(draw(st.lists(peer, min_size=1, max_size=8, unique=True)))
         return Cohort(
@@ -77,6 +88,8 @@ def messages(draw: st.DrawFn) -> Message:
             draw(peer),
             members,
             draw(st.binary(max_size=64)),
+            draw(st.integers(0, 2**63 - 1)),
+            draw(bases),
         )
     if kind == "abort":
         return Abort(rnd, draw(st.integers(0, 255)), draw(peer), "wrong-shape")
@@ -135,6 +148,30 @@ def test_messages_check_their_limits_on_construction() -> None:
         Ready(-1, 0, 0)
     with pytest.raises(LocalProtocolError, match="does not fit"):
         GossipValue(0, 5, 6, WordType.UINT32, bytes(8))
+    with pytest.raises(LocalProtocolError, match="base model round"):
+        ModelBase(-2, bytes(32))
+    with pytest.raises(LocalProtocolError, match="32 bytes"):
+        ModelBase(0, bytes(31))
+
+
+@settings(max_examples=100, deadline=None)
+@given(base=bases, other=bases)
+def test_the_cohort_signature_covers_the_base(base: ModelBase, other: ModelBase) -> None:
+    """A cohort moved onto another base no longer matches what its coordinator signed."""
+    cohort = Cohort(3, 0, 0, "c", ("a", "b"), b"", 2, base)
+    moved = Cohort(3, 0, 0, "c", ("a", "b"), b"", 2, other)
+    assert (cohort.signed_bytes("x") == moved.signed_bytes("x")) == (base == other)
+
+
+def test_a_base_round_below_minus_one_on_the_wire_is_malformed() -> None:
+    frame, _ = encode(Ready(1, 0, 0, (), 0, ModelBase(-1, bytes(32))), "c", "peer-b", 0)
+    at = frame.rindex(struct.pack("<q", -1) + bytes(32))
+    bad = frame[:at] + struct.pack("<q", -5) + frame[at + 8 :]
+    decoder = Decoder("peer-b")
+    decoder.feed(bad)
+    with pytest.raises(RemoteProtocolError, match="base model round") as info:
+        decoder.next()
+    assert info.value.reason is ReasonCode.MALFORMED and info.value.peer == "peer-b"
 
 
 def test_a_hostile_list_count_or_a_cut_body_is_refused_naming_the_sender() -> None:

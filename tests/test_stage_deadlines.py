@@ -103,7 +103,7 @@ class Inner:
         return -1
 
     async def aggregate(
-        self, round: int, update: Update, weights: np.ndarray
+        self, round: int, update: Update, weights: np.ndarray, base: object = None
     ) -> Aggregate | Missed:
         self.seen.append(self.service.stage_timeout)
         self.clock[0] += self.costs[round]

@@ -19,6 +19,9 @@ whole cohort. The coordinator sends ``Commit`` once every member is done; anyone
 and the crashed, silent peers simply never answer its ``Ready`` round. The round's result is
 therefore always the sum over exactly the cohort of the committed attempt.
 
+``Ready`` and the signed ``Cohort`` name a base model: the cohort is the members on the
+majority's base (``bases``), the rest are left out (``STALE_BASE``) and catch up.
+
 A straggler whose ``Ready`` arrives after the cohort was fixed gets that cohort back, sees
 itself left out (``LEFT_OUT``) and joins the next round. The coordinator orders the round but
 handles only these small control messages: it never sees a vector.
@@ -37,14 +40,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from p2pfed.collectives.agreement_state import FINAL_PHASES, Phase, Trigger, next_phase
+from p2pfed.collectives.bases import majority_base
 from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.messages import (
     MAX_ATTEMPTS,
+    NO_BASE,
     Abort,
     Cohort,
     Commit,
     Done,
     Message,
+    ModelBase,
     Ready,
 )
 from p2pfed.errors import LocalProtocolError, ReasonCode
@@ -131,8 +137,13 @@ class RoundAgreement:
         *,
         max_attempts: int = 8,
         roster_version: int = 0,
+        base: ModelBase = NO_BASE,
+        min_cohort: int = 1,
     ) -> None:
-        """``roster_version``: ours; peers announcing another are kept out of every cohort."""
+        """``roster_version``, ``base`` (the model we add the sum to): a cohort shares both.
+
+        ``min_cohort``: no smaller cohort is fixed (the round fails instead).
+        """
         if me not in members:
             raise LocalProtocolError(f"peer {me} is not a member of the roster it was given")
         if not 1 <= max_attempts <= MAX_ATTEMPTS + 1:
@@ -141,6 +152,7 @@ class RoundAgreement:
         self.consortium = consortium
         self.round = round
         self.roster_version = roster_version
+        self.base, self.min_cohort = base, min_cohort
         self.timing = timing or AgreementTiming()
         self.max_attempts = max_attempts
         self._signer = signer
@@ -210,29 +222,31 @@ class RoundAgreement:
 
     def _own_ready(self) -> Ready:
         accused = tuple(sorted((peer, reason.value) for peer, reason in self.accusations.items()))
-        return Ready(self.round, self.attempt, self.takeover, accused, self.roster_version)
+        return Ready(
+            self.round, self.attempt, self.takeover, accused, self.roster_version, self.base
+        )
 
     def _maybe_fix(self, now: float) -> list[Action]:
         wanted = {p for p in self.eligible if not self._evidence_against(p)}
         if not wanted <= set(self._ready) and now < (self.deadline or now):
             return []
-        if self._evidence_against(self.me):
-            # Accused with evidence: step aside, the next coordinator leaves us out.
+        candidates = [p for p in self._ready if p in wanted]
+        base = majority_base(self._ready[p].base for p in candidates or [self.me])
+        members = tuple(sorted(p for p in candidates if self._ready[p].base == base))
+        # Accused with evidence, on a stale base (a cohort without its coordinator cannot
+        # commit) or too few on ours: step aside, the next coordinator decides without us.
+        if self._evidence_against(self.me) or base != self.base or len(members) < self.min_cohort:
             self.takeover += 1
             self._fire(Trigger.ABDICATE)
-            self.deadline = now + self.timing.takeover_timeout
-            if self.takeover >= len(self.eligible):
-                self._fire(Trigger.EXHAUSTED)
-                self.deadline = None
-                return []
-            return [Send(self.coordinator, self._own_ready())]
-        members = tuple(sorted(p for p in self._ready if p in wanted))
+            return self._announce(now)  # to the next coordinator, or exhausted
         for peer in self.eligible:
             if self._evidence_against(peer):
                 self._exclude(peer, ReasonCode.PROTOCOL_VIOLATION, "accused with evidence")
-        unsigned = Cohort(
-            self.round, self.attempt, self.takeover, self.me, members, b"", self.roster_version
-        )
+        for peer in sorted(set(candidates) - set(members)):
+            theirs = self._ready[peer].base
+            self._exclude(peer, ReasonCode.STALE_BASE, f"on {theirs}, the cohort on {base}")
+        fixed = (self.round, self.attempt, self.takeover, self.me, members)
+        unsigned = Cohort(*fixed, b"", self.roster_version, base)
         signature = self._signer.sign(unsigned.signed_bytes(self.consortium))
         cohort = dataclasses.replace(unsigned, signature=signature)
         actions: list[Action] = [Send(p, cohort) for p in self._ready if p != self.me]
@@ -347,11 +361,12 @@ class RoundAgreement:
             self._exclude(sender, ReasonCode.PROTOCOL_VIOLATION, "Ready sent to a non-coordinator")
             return []
         if self.phase is Phase.ANNOUNCED and message.takeover > self.takeover:
-            # The others have given up on earlier coordinators and it is our turn.
+            # Our turn: the others give up on the earlier coordinator when we would (one that
+            # abdicated, a stale one, says so at once), so collect until then and a window more.
             self.takeover = message.takeover
             self._fire(Trigger.COORDINATE)
             self._ready = {self.me: self._own_ready()}
-            self.deadline = now + self.timing.collect_window
+            self.deadline = max(now, self.deadline or now) + self.timing.collect_window
         if self.phase is Phase.COLLECTING and message.takeover == self.takeover:
             self._ready[sender] = message
             return self._maybe_fix(now)
@@ -385,6 +400,12 @@ class RoundAgreement:
         ):
             self._exclude(sender, ReasonCode.BAD_SIGNATURE, "cohort signature does not verify")
             return []
+        if message.base != self.base:
+            why = f"cohort on {message.base} while this peer is on {self.base}"
+            if self.me in message.members:  # never summed onto a model this peer does not hold
+                self._exclude(sender, ReasonCode.PROTOCOL_VIOLATION, why)
+                return []
+            self._exclude(self.me, ReasonCode.STALE_BASE, why)
         return self._adopt(message)
 
     def _on_done(self, sender: str, now: float) -> list[Action]:

@@ -34,6 +34,7 @@ from p2pfed.collectives.messages import (
     Done,
     GossipValue,
     Message,
+    ModelBase,
     Ready,
     RingChunk,
     SecAggData,
@@ -101,6 +102,7 @@ def _body(message: Message) -> tuple[bytes, bytes]:
         for peer, reason in message.accused:
             parts += [_short(peer), _short(reason)]
         parts.append(_U64.pack(message.roster_version))
+        parts.append(_BASE.pack(message.base.round, message.base.digest))
         return b"".join(parts), b""
     if isinstance(message, Cohort):
         parts = [
@@ -111,6 +113,7 @@ def _body(message: Message) -> tuple[bytes, bytes]:
         parts += [_short(member) for member in message.members]
         parts.append(_short(message.signature))
         parts.append(_U64.pack(message.roster_version))
+        parts.append(_BASE.pack(message.base.round, message.base.digest))
         return b"".join(parts), b""
     if isinstance(message, SecAggData):
         return b"", message.data
@@ -136,6 +139,7 @@ def encode(message: Message, consortium: str, sender: str, seq: int) -> tuple[by
 _U8H = struct.Struct("<BH")
 _U16 = struct.Struct("<H")
 _U64 = struct.Struct("<Q")
+_BASE = struct.Struct("<q32s")  # base model: the round that committed it (-1: initial), digest
 
 
 def _word(code: int, sender: str) -> WordType:
@@ -168,7 +172,8 @@ def _decode_body(kind: int, round: int, body: BodyReader) -> Message:
         count = body.count(_U16, MAX_COHORT, "accused peers")
         accused = tuple((body.short(), body.short()) for _ in range(count))
         (roster_version,) = body.unpack(_U64)
-        return Ready(round, attempt, takeover, accused, _roster_version(roster_version, sender))
+        version = _roster_version(roster_version, sender)
+        return Ready(round, attempt, takeover, accused, version, ModelBase(*body.unpack(_BASE)))
     if kind == 3:
         attempt, takeover = body.unpack(_U8H)
         coordinator = body.short()
@@ -185,6 +190,7 @@ def _decode_body(kind: int, round: int, body: BodyReader) -> Message:
             members,
             signature,
             _roster_version(roster_version, sender),
+            ModelBase(*body.unpack(_BASE)),
         )
     if kind == 4:
         (attempt,) = body.take(1)

@@ -30,6 +30,7 @@ MAX_PEER_ID = 128
 MAX_ROUND = (1 << 63) - 1
 MAX_ATTEMPTS = 255
 MAX_SIGNATURE = 128
+DIGEST_BYTES = 32
 
 
 class WordType(enum.IntEnum):
@@ -103,6 +104,34 @@ def _check_words(what: str, word: WordType, data: bytes) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelBase:
+    """The model a member adds a round's sum to: the round that committed it and its digest.
+
+    ``round`` is -1 for the initial model; ``digest`` is the SHA-256 the commit certificates
+    sign (``p2pfed.node.sync.weights_digest``). Members on different bases add the same sum
+    to different models, so a cohort forms only on one base.
+    """
+
+    round: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if not -1 <= self.round <= MAX_ROUND:
+            raise LocalProtocolError(f"base model round {self.round} is outside -1..2^63-1")
+        if len(self.digest) != DIGEST_BYTES:
+            raise LocalProtocolError(
+                f"a base model digest is {DIGEST_BYTES} bytes, got {len(self.digest)}"
+            )
+
+    def __str__(self) -> str:
+        return f"round {self.round} model {self.digest.hex()[:16]}"
+
+
+NO_BASE = ModelBase(-1, bytes(DIGEST_BYTES))
+"""The base of collectives run without a model (tests, benchmarks): all agree on it."""
+
+
+@dataclass(frozen=True, slots=True)
 class RingChunk:
     """One pipeline chunk of one ring step: ``step`` counts reduce-scatter then all-gather.
 
@@ -146,6 +175,8 @@ class Ready:
     accused: tuple[tuple[str, str], ...] = ()
     roster_version: int = 0
     """The roster version the sender runs under: a cohort forms only within one version."""
+    base: ModelBase = NO_BASE
+    """The model the sender will add the sum to: a cohort forms only on one base."""
     version: int = MESSAGE_VERSION
 
     def __post_init__(self) -> None:
@@ -173,6 +204,8 @@ class Cohort:
     members: tuple[str, ...]
     signature: bytes = b""
     roster_version: int = 0
+    base: ModelBase = NO_BASE
+    """The base every member shares: a member on another base does not sum with them."""
     version: int = MESSAGE_VERSION
 
     def __post_init__(self) -> None:
@@ -194,12 +227,14 @@ class Cohort:
             raise LocalProtocolError(f"cohort signature exceeds {MAX_SIGNATURE} bytes")
 
     def signed_bytes(self, consortium: str) -> bytes:
-        """The bytes the coordinator signs: domain, consortium, roster version, round, members."""
+        """The bytes the coordinator signs: domain, consortium, roster version, base, members."""
         body = "\n".join(
             [
-                "p2pfed-cohort-v2",
+                "p2pfed-cohort-v3",
                 consortium,
                 str(self.roster_version),
+                str(self.base.round),
+                self.base.digest.hex(),
                 str(self.round),
                 str(self.attempt),
                 str(self.takeover),

@@ -41,7 +41,7 @@ from p2pfed.collectives.agreement import (
 from p2pfed.collectives.agreement_state import Phase
 from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
-from p2pfed.collectives.messages import Message, Ready
+from p2pfed.collectives.messages import NO_BASE, Message, ModelBase, Ready
 from p2pfed.collectives.ring import ring_order
 from p2pfed.collectives.ring_driver import (
     READ_AHEAD_CHUNKS,
@@ -281,12 +281,15 @@ class RingRound:
         max_attempts: int = 8,
         ring: RingService | None = None,
         relayed: Collection[str] = (),
+        min_cohort: int = 1,
     ) -> None:
         """``ring``: an existing ``RingService`` of this transport to share.
 
         ``relayed``: the members behind NAT (derived from the roster, so the same on every
-        peer), which the ring order keeps apart (``ring.spread_relayed``). A transport
-        serves each protocol once (a second ``serve`` replaces the first), so
+        peer), which the ring order keeps apart (``ring.spread_relayed``).
+        ``min_cohort``: a round with fewer members on one base fails rather than commit.
+
+        A transport serves each protocol once (a second ``serve`` replaces the first), so
         everything that runs rings on one transport must share one ``RingService``, and one
         transport holds at most one ``RingRound``.
         """
@@ -298,6 +301,7 @@ class RingRound:
         self.timing = timing or AgreementTiming()
         self.ring_config = ring_config or RingConfig()
         self.max_attempts = max_attempts
+        self.min_cohort = min_cohort
         if ring is not None and (ring.transport is not transport or ring.consortium != consortium):
             raise LocalProtocolError(
                 "a shared RingService must use the same transport and consortium"
@@ -325,11 +329,15 @@ class RingRound:
         # Read at each stream: ``members`` may be replaced when the roster changes.
         return peer in self.members
 
-    async def all_reduce(self, vector: Vector, round: int) -> RoundOutcome:
+    async def all_reduce(
+        self, vector: Vector, round: int, base: ModelBase = NO_BASE
+    ) -> RoundOutcome:
         """Agree on round ``round``'s cohort and sum ``vector`` over it, retrying on faults.
 
         ``vector`` may be a callable: it is called once, when the first cohort is fixed, so
         a round where none forms never makes it (a privacy release behind it is not charged).
+        ``base``: the model the caller adds the sum to; the cohort forms on the majority's
+        base, and a peer on another is left out (``LEFT_OUT``, a ``STALE_BASE`` exclusion).
 
         Returns the outcome: ``COMMITTED`` with the sum over the committed cohort,
         ``LEFT_OUT`` when this peer came too late, ``FAILED`` when no attempt succeeded.
@@ -344,6 +352,8 @@ class RingRound:
             self.timing,
             max_attempts=self.max_attempts,
             roster_version=self.roster_version,
+            base=base,
+            min_cohort=self.min_cohort,
         )
         seen = len(self.ring.exclusions)
         run = _RoundRun(self, agreement, vector)

@@ -32,7 +32,7 @@ import trio
 
 from p2pfed.collectives.agreement import AgreementTiming, CohortSigner
 from p2pfed.collectives.faults import Exclusion, FaultPlan
-from p2pfed.collectives.messages import Message, SecAggData
+from p2pfed.collectives.messages import NO_BASE, Message, ModelBase, SecAggData
 from p2pfed.collectives.ring_driver import RingConfig
 from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
 from p2pfed.errors import DataError, LocalProtocolError
@@ -263,9 +263,17 @@ class SecureRingRound:
         self.channel.timeout = stage_timeout
 
     async def aggregate(
-        self, words: Input, round: int, ring_bits: int = 32, *, dimension: int | None = None
+        self,
+        words: Input,
+        round: int,
+        ring_bits: int = 32,
+        *,
+        dimension: int | None = None,
+        base: ModelBase = NO_BASE,
     ) -> SecureOutcome:
         """Securely sum ``words`` (already quantised to Z_2^ring_bits) with the cohort.
+
+        ``base``: the model the sum goes onto; the ring's cohort forms on one base.
 
         ``words`` may be a callable: it is called only once the share holders are fixed
         (``SecAggPeer.start``), so a round that never gathers them never draws the input;
@@ -302,7 +310,7 @@ class SecureRingRound:
             if bits is not None and bits < ring_bits:  # compressed: masks cancel mod 2^bits too
                 masked = masked & masked.dtype.type((1 << bits) - 1)
             marks.append(trio.current_time())
-            ring_outcome = await self.ring_round.all_reduce(masked, round)
+            ring_outcome = await self.ring_round.all_reduce(masked, round, base)
             marks.append(trio.current_time())
             if not ring_outcome.committed or ring_outcome.result is None:
                 return None

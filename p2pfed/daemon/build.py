@@ -237,6 +237,7 @@ def build_aggregator(
                 cohort.peers,
                 cohort.signer,
                 relayed=cohort.relayed,
+                min_cohort=config.rounds.min_peers,  # a lone member's sum is no round
             ),
             weight,
         ), None

@@ -165,6 +165,7 @@ class CohortRunner:
         self.trainer = trainer
         self.transport = transport
         self._changed = trio.Event()
+        self._previous: Cohort | None = None
         live = LiveRoster(prepared.gate, prepared.config.path(prepared.config.network.roster))
         self.announcer = RosterAnnouncer(transport, live, self.on_change)
 
@@ -198,6 +199,10 @@ class CohortRunner:
         peer = build_peer(
             prepared, self.transport, cohort, self.trainer, self.ledger, self.reporter
         )
+        if self._previous is not None:  # the rounds it ran before ours certify models too
+            old = self._previous
+            peer.policy.handover.follow(old.roster.version, frozenset(old.peers), old.signer)
+        self._previous = cohort
         assert peer.guard is not None
         peer.guard()  # an expiring roster is in status and warned about from the start
         if rebuilt:

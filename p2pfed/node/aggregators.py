@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from p2pfed.collectives.faults import Exclusion
+from p2pfed.collectives.messages import NO_BASE, ModelBase
 from p2pfed.collectives.round import RingRound
 from p2pfed.collectives.secure import SecureRingRound
 from p2pfed.errors import P2PFedError
@@ -128,11 +129,12 @@ class Aggregator(Protocol):
         ...
 
     async def aggregate(
-        self, round: int, update: Update, weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32], base: ModelBase = NO_BASE
     ) -> Aggregate | Missed:
         """The mean update over this round's contributors, or why there is none.
 
-        ``weights`` are this peer's shared weights before the update (gossip mixes models).
+        ``weights`` are this peer's shared weights before the update (gossip mixes models);
+        ``base`` names them (exact modes sum only with members on the same base).
         """
         ...
 
@@ -208,7 +210,7 @@ class SecureRingAggregator:
         )
 
     async def aggregate(
-        self, round: int, update: Update, weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32], base: ModelBase = NO_BASE
     ) -> Aggregate | Missed:
         """Encode, mask, ring-sum, unmask and decode; the mean over the survivors."""
 
@@ -226,6 +228,7 @@ class SecureRingAggregator:
             round,
             ring_bits=self.fixed_point.ring_bits,
             dimension=weights.size + (1 if weighted else 0),
+            base=base,
         )
         exclusions = tuple(outcome.exclusions)
         if not outcome.ok or outcome.result is None:
@@ -263,14 +266,14 @@ class RingAggregator:
         return self.ring_round.control.newest_seen
 
     async def aggregate(
-        self, round: int, update: Update, weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32], base: ModelBase = NO_BASE
     ) -> Aggregate | Missed:
         """Sum the float updates by ring all-reduce; the mean over the committed cohort."""
 
         def vector() -> NDArray[np.float32]:
             return weighted_vector(made(update), self.weight).astype(np.float32)
 
-        outcome = await self.ring_round.all_reduce(vector, round)
+        outcome = await self.ring_round.all_reduce(vector, round, base)
         exclusions = tuple(outcome.exclusions)
         if not outcome.committed or outcome.result is None or outcome.cohort is None:
             return Missed(round, outcome.phase.value, exclusions)
@@ -310,9 +313,9 @@ class GossipAggregator:
         return -1
 
     async def aggregate(
-        self, round: int, update: Update, weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32], base: ModelBase = NO_BASE
     ) -> Aggregate | Missed:
-        """The mixed model minus ours: the update that takes us to the neighbourhood mix."""
+        """The mixed model minus ours (``base`` unused: members' models differ by design)."""
         current = weights
         mine = made(update)  # no cohort to wait for: neighbours are fixed by the topology
         try:

@@ -8,6 +8,12 @@ distinct contributors. ``CertificatePolicy.check`` decides whether a certificate
 trusted: the consortium and roster version are ours, every contributor is a member of the
 roster in force, and enough of them signed this exact statement.
 
+Roster switches: members take a new roster version one by one, so the rounds the others ran
+under the old version just before are the consortium's rounds. ``RosterHandover`` keeps the
+version before ours (its members and keys) and trusts its certificates for the rounds before
+the first one certified under ours (``current_from``): valid under the old roster, and run
+while it was still the one in force.
+
 Quorum: more than half of the round's cohort, and never fewer than ``floor`` (2 by default).
 The majority is the cohort's own commit rule (a round commits only when every cohort member
 reported its ring done, so an honest member signs only what it computed itself); the floor
@@ -21,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from p2pfed.collectives.agreement import CohortSigner
@@ -210,6 +216,31 @@ def assemble(statement: CommitStatement, votes: Iterable[tuple[str, bytes]]) -> 
     return CommitCertificate(statement, tuple(sorted(by_peer.items())))
 
 
+class RosterHandover:
+    """The roster version before ours, trusted for the rounds it ran (see the module)."""
+
+    def __init__(self) -> None:
+        self.before: tuple[int, frozenset[str], CohortSigner] | None = None
+        self.current_from: int | None = None
+        """The first round certified under our version that this member has seen."""
+
+    def follow(self, version: int, members: frozenset[str], verifier: CohortSigner) -> None:
+        """Trust ``version`` (its ``members``, keys in ``verifier``) for rounds before ours."""
+        self.before = (version, members, verifier)
+
+    def certified(self, round_: int) -> None:
+        """A round certified under our version: older versions' rounds from it on are stale."""
+        self.current_from = round_ if self.current_from is None else min(self.current_from, round_)
+
+    def rules_for(self, version: int, round_: int) -> tuple[frozenset[str], CohortSigner] | None:
+        """The members and keys a certificate of ``version`` for ``round_`` is judged by."""
+        if self.before is None or self.before[0] != version:
+            return None
+        if self.current_from is not None and round_ >= self.current_from:
+            return None
+        return self.before[1], self.before[2]
+
+
 @dataclass(frozen=True)
 class CertificatePolicy:
     """What a certificate must satisfy here: our consortium, our roster, the quorum."""
@@ -219,14 +250,20 @@ class CertificatePolicy:
     members: frozenset[str]
     verifier: CohortSigner
     floor: int = 2
+    handover: RosterHandover = field(default_factory=RosterHandover, compare=False)
 
-    def valid_signers(self, certificate: CommitCertificate) -> list[str]:
-        """The contributors whose signatures over the statement verify."""
+    def valid_signers(
+        self,
+        certificate: CommitCertificate,
+        rules: tuple[frozenset[str], CohortSigner] | None = None,
+    ) -> list[str]:
+        """The contributors whose signatures over the statement verify (under ``rules``)."""
+        members, verifier = rules or (self.members, self.verifier)
         data = certificate.statement.signed_bytes()
         return [
             peer
             for peer, sig in certificate.signatures
-            if peer in self.members and self.verifier.verify(peer, data, sig)
+            if peer in members and verifier.verify(peer, data, sig)
         ]
 
     def check(self, certificate: CommitCertificate, peer: str) -> None:
@@ -240,15 +277,19 @@ class CertificatePolicy:
 
         if s.consortium != self.consortium:
             raise refuse(ReasonCode.WRONG_CONSORTIUM, f"is for consortium {s.consortium!r}")
+        rules = None
         if s.roster_version != self.roster_version:
-            raise refuse(
-                ReasonCode.PROTOCOL_VIOLATION,
-                f"is for roster version {s.roster_version}, not {self.roster_version}",
-            )
-        strangers = sorted(set(s.contributors) - self.members)
+            rules = self.handover.rules_for(s.roster_version, s.round)
+            if rules is None:
+                raise refuse(
+                    ReasonCode.PROTOCOL_VIOLATION,
+                    f"is for roster version {s.roster_version}, not {self.roster_version} "
+                    "(nor the version before it, for a round before ours took over)",
+                )
+        strangers = sorted(set(s.contributors) - (rules or (self.members,))[0])
         if strangers:
             raise refuse(ReasonCode.UNKNOWN_PEER, f"names non-members {', '.join(strangers)}")
-        valid = self.valid_signers(certificate)
+        valid = self.valid_signers(certificate, rules)
         needed = commit_quorum(len(s.contributors), self.floor)
         if len(valid) < needed:
             raise refuse(
@@ -256,12 +297,15 @@ class CertificatePolicy:
                 f"has {len(valid)} valid signatures of {len(s.contributors)} contributors, "
                 f"{needed} needed",
             )
+        if rules is None:
+            self.handover.certified(s.round)
 
 
 __all__ = [
     "CertificatePolicy",
     "CommitCertificate",
     "CommitStatement",
+    "RosterHandover",
     "assemble",
     "commit_quorum",
     "decode_statement",

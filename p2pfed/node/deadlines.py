@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from p2pfed.collectives.messages import NO_BASE, ModelBase
 from p2pfed.errors import ConfigError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed, Update
 from p2pfed.node.liveness import PendingRelease
@@ -123,13 +124,13 @@ class PacedAggregator:
         return self.inner.newest_round_seen()
 
     async def aggregate(
-        self, round: int, update: Update, weights: NDArray[np.float32]
+        self, round: int, update: Update, weights: NDArray[np.float32], base: ModelBase = NO_BASE
     ) -> Aggregate | Missed:
         """Set this round's stage deadline, aggregate, and measure what the round cost."""
         trained = update.trained_s if isinstance(update, PendingRelease) else -1.0
         self.service.pace(self.policy.stage_timeout(self.update_bytes, trained))
         start = self.clock()
-        outcome = await self.inner.aggregate(round, update, weights)
+        outcome = await self.inner.aggregate(round, update, weights, base)
         took = self.clock() - start
         # A missed round's time is a wait for the others, not what the links can do.
         sent = outcome.bytes_sent if isinstance(outcome, Aggregate) else 0

@@ -173,10 +173,7 @@ class Peer(CatchUp):
         except ValueError as exc:
             log.warning("checkpoint certificate ignored: %s", exc)
             return None
-        if (certificate.round, certificate.digest) != (
-            self.model_round,
-            weights_digest(self.weights),
-        ):
+        if (certificate.round, certificate.digest) != (self.model_round, self.sync.base().digest):
             return None
         return certificate
 
@@ -248,7 +245,8 @@ class Peer(CatchUp):
             self.releaser, self.guard, round_, update, result.sample_rate, result.steps, trained
         )
         try:
-            outcome = await self.aggregator.aggregate(round_, pending, self.weights)
+            base = self.sync.base()  # only members on this model sum with us (stale: caught up)
+            outcome = await self.aggregator.aggregate(round_, pending, self.weights, base)
         except BaseException:
             pending.raise_own_error()  # as itself, not inside the aggregator's task group
             raise

@@ -38,6 +38,7 @@ import numpy as np
 import trio
 from numpy.typing import NDArray
 
+from p2pfed.collectives.messages import ModelBase
 from p2pfed.errors import P2PFedError, ReasonCode, RemoteProtocolError
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.transport.base import Stream, Transport
@@ -236,6 +237,11 @@ class ModelSync:
                 seq=1,
                 timeout=self.timeout,
             )
+
+    def base(self) -> ModelBase:
+        """The identity of the model served: its round and digest (a round's ``ModelBase``)."""
+        round_, weights, _ = self.current()
+        return ModelBase(round_, self.digest(round_, weights))
 
     async def _ask(
         self, peer: str, what: bytes
