@@ -5,9 +5,10 @@ Theory of operation: ``setup`` does what the consortium's admin does once: a key
 with their agreed centres and scales, the Cox model, local steps, learning rate, rounds,
 distributed DP with ε and δ) signed by the same admin; each site's own patients go to its
 own file, covariates as recorded. ``run_sites`` starts ``p2pfed.studies.lung_site`` once per
-site, waits for all of them, and checks that every site committed the same model (digest)
-in every round it reports, and that every round was committed, before returning the
-consortium's β per round and the ε the ledgers recorded.
+site, waits for all of them (each site's log goes to ``site-K.log``), and checks that every
+site committed the same model (digest) in every round it reports, before returning the
+consortium's β per round, the rounds no site committed with the reasons they gave, and the
+ε the ledgers recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,61 +82,88 @@ def setup(folder: Path, raw_sites: list[Site], settings: LungSettings) -> None:
     (folder / "study.json").write_text(json.dumps(dp))
 
 
-def run_sites(
-    folder: Path, n_sites: int, rounds: int, timeout: float
-) -> tuple[list[np.ndarray], float]:
-    """Run every site's process; (consortium β after each round, ε recorded by the ledgers)."""
+def run_sites(folder: Path, n_sites: int, rounds: int, timeout: float) -> AgreedHistory:
+    """Run every site's process; what their reports agree on (ε is the ledgers')."""
+    logs = [(folder / f"site-{k}.log").open("w") for k in range(n_sites)]
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "p2pfed.studies.lung_site", str(folder), str(k)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log,
             text=True,
         )
-        for k in range(n_sites)
+        for k, log in enumerate(logs)
     ]
     deadline = time.monotonic() + timeout
     results: list[dict[str, Any]] = []
     try:
         for k, proc in enumerate(procs):
             try:
-                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 raise LocalError(
                     f"the lung study's sites did not finish within {timeout:g} s"
                 ) from None
             if proc.returncode != 0:
+                err = (folder / f"site-{k}.log").read_text()
                 last = (err.strip().splitlines() or ["no message"])[-1]
                 raise LocalError(f"lung site {k} stopped with status {proc.returncode}: {last}")
             results.append(json.loads(out.strip().splitlines()[-1]))
     finally:
-        for proc in procs:
+        for proc, log in zip(procs, logs, strict=True):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return agreed_history(results, rounds)
+            log.close()
+    return agreed_history(results, rounds, len(COVARIATES))
 
 
-def agreed_history(results: list[dict[str, Any]], rounds: int) -> tuple[list[np.ndarray], float]:
+@dataclass(frozen=True)
+class AgreedHistory:
+    """What the sites' reports agree on: β after each round and the rounds nobody committed."""
+
+    betas: list[np.ndarray]
+    epsilon: float
+    missed: dict[int, list[str]]
+    """Round → the reasons the sites gave, for every round no site committed."""
+    contributors: list[int]
+    """Per round, how many sites' updates its aggregate held (0 when nobody committed it)."""
+
+
+def agreed_history(results: list[dict[str, Any]], rounds: int, n_features: int) -> AgreedHistory:
     """The consortium's β after each round, checked across the sites' reports.
 
-    Refused unless every site that reported a round committed the same model in it, and
-    every round was committed by some site.
+    Refused unless every site that committed a round committed the same model in it. A round
+    no site committed leaves the consortium's model where it was (every site rolled back to
+    its base), so its β is the previous round's (0 before round 0) and its reasons are kept.
     """
     digests: dict[int, set[str]] = {}
     betas: dict[int, list[float]] = {}
+    counts: dict[int, int] = {}
+    reasons: dict[int, set[str]] = {}
     for result in results:
         for entry in result["history"]:
-            digests.setdefault(int(entry["round"]), set()).add(entry["digest"])
-            betas[int(entry["round"])] = entry["beta"]
+            r = int(entry["round"])
+            if entry.get("committed", True):
+                digests.setdefault(r, set()).add(entry["digest"])
+                betas[r] = entry["beta"]
+                counts[r] = int(entry.get("contributors", 0))
+            else:
+                reasons.setdefault(r, set()).add(str(entry.get("reason") or "no reason given"))
     split = sorted(r for r, seen in digests.items() if len(seen) > 1)
     if split:
         raise LocalError(f"the lung sites committed different models in round {split[0]}")
-    missing = sorted(set(range(rounds)) - set(betas))
-    if missing:
-        raise LocalError(f"no lung site committed round {missing[0]} of {rounds}")
+    if not betas:
+        raise LocalError(f"no lung site committed any of the {rounds} rounds")
+    history, beta = [], np.zeros(n_features)
+    for r in range(rounds):
+        beta = np.asarray(betas[r], dtype=np.float64) if r in betas else beta
+        history.append(beta)
+    missed = {
+        r: sorted(reasons.get(r, {"no site reported it"})) for r in range(rounds) if r not in betas
+    }
     epsilon = max(float(r["epsilon"] or 0.0) for r in results)
-    return [np.asarray(betas[r], dtype=np.float64) for r in range(rounds)], epsilon
+    return AgreedHistory(history, epsilon, missed, [counts.get(r, 0) for r in range(rounds)])
 
 
 def run_study(
@@ -150,19 +179,23 @@ def run_study(
 
     sites = build_sites(settings.min_events, settings.test_fraction, settings.seed)
     if sim:
-        history, epsilon = lung.simulate(sites, settings), settings.epsilon()
+        betas = lung.simulate(sites, settings)
+        agreed = AgreedHistory(betas, settings.epsilon(), {}, [len(sites)] * len(betas))
     else:
         raw = build_sites(
             settings.min_events, settings.test_fraction, settings.seed, agreed_units=False
         )
         setup(folder, raw, settings)
-        history, epsilon = run_sites(folder, len(sites), settings.rounds, timeout)
-    federated = lung.tail_average(history)
+        agreed = run_sites(folder, len(sites), settings.rounds, timeout)
+    federated = lung.tail_average(agreed.betas)
     locals_ = [lung.local_only(site, settings) for site in sites]
     reference = lung.pooled_reference(pooled([site.train for site in sites]))
     figures = lung.summarise(
         sites, settings, federated, locals_, reference, "simulated" if sim else "daemons"
     )
-    figures["epsilon"] = epsilon
-    figures["rounds_committed"] = len(history)
+    figures["epsilon"] = agreed.epsilon
+    figures["rounds_committed"] = settings.rounds - len(agreed.missed)
+    figures["rounds_missed"] = {str(r): why for r, why in agreed.missed.items()}
+    figures["history"] = [beta.tolist() for beta in agreed.betas]
+    figures["contributors"] = agreed.contributors
     return figures, sites, federated

@@ -64,9 +64,13 @@ async def site(folder: Path, k: int) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
 
     def report(r: RoundReport) -> None:
+        entry: dict[str, Any] = {"round": r.round, "committed": r.committed}
         if r.committed:  # the trainer holds the consortium's model after evaluating it
-            beta = trainer.coefficients().tolist()
-            history.append({"round": r.round, "beta": beta, "digest": r.model_digest})
+            entry |= {"beta": trainer.coefficients().tolist(), "digest": r.model_digest}
+            entry["contributors"] = r.contributors
+        else:
+            entry["reason"] = r.reason
+        history.append(entry)
 
     privacy = Privacy(
         clip_norm=dp["clip_norm"],

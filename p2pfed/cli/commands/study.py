@@ -77,6 +77,8 @@ def run_lung(args: argparse.Namespace) -> int:
 
 def _print(f: dict[str, Any]) -> None:
     print(f"lung study ({f['mode']}): {f['rounds_committed']} rounds, ε = {f['epsilon']:.3g}")
+    for r, why in f["rounds_missed"].items():
+        print(f"  round {r} committed by no site (model unchanged): {'; '.join(why)}")
     print(
         f"C-index on {f['test_patients']} held-out patients: federated "
         f"{f['federated_c_index']:.3f}, pooled {f['pooled_c_index']:.3f}, median local-only "
