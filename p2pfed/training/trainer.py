@@ -27,7 +27,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from p2pfed.durable import atomic_write, seal, unseal
+from p2pfed.durable import atomic_write, sealed_parts, unseal
 from p2pfed.errors import ConfigError, DataError, IntegrityError
 from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample, refuse_batch_mixing
 from p2pfed.privacy.sampling import SecureGaussian
@@ -330,7 +330,7 @@ class LocalTrainer:
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        atomic_write(path, seal(buffer.getvalue()))
+        atomic_write(path, sealed_parts(buffer.getbuffer()))
 
     def load_checkpoint(self, path: str | Path) -> tuple[int, dict[str, Any]]:
         """Restore state from ``save_checkpoint``; returns (round, extra).
