@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 from torch.utils.data import DataLoader, TensorDataset
 
 from p2pfed.durable import atomic_write, seal, sealed_parts, unseal
@@ -20,6 +21,7 @@ from p2pfed.governance.models import ModelRegistry, model_hash, serialize_model
 from p2pfed.node.aggregators import decoded_mean, weighted_mean, weighted_vector
 from p2pfed.privacy.ddg import DiscreteGaussianEncoder, plan_ddg
 from p2pfed.secagg.fixedpoint import FixedPoint
+from p2pfed.training import LocalTrainer, TrainingConfig, build_model, load_builtin
 from p2pfed.training.state import (
     flatten,
     layout_of,
@@ -156,3 +158,23 @@ def test_a_round_keeps_neither_the_trained_state_nor_the_gradients_past_training
     broken = replace(result, state={k: v * np.inf for k, v in result.state.items()})
     with pytest.raises(DataError, match="NaN or infinite"):
         update_of(layout, broken, weights)
+
+
+def test_the_daemons_trainer_frees_its_gradients_and_returns_the_same_update() -> None:
+    data = load_builtin("breast_cancer")
+    config = TrainingConfig(local_steps=3, batch_size=8, momentum=0.5)
+
+    def trained() -> tuple[LocalTrainer, NDArray[np.float32]]:
+        model = build_model("mlp", 30, 2, seed=3)
+        trainer = LocalTrainer(model, config, torch.Generator().manual_seed(5), train=data)
+        start = trainer.shared_weights()
+        return trainer, trainer.train_round(data, start).update + start
+
+    trainer, weights = trained()
+    assert all(p.grad is None for p in trainer.model.parameters())
+    # The update made in place is local − global exactly as before.
+    np.testing.assert_array_equal(weights, trained()[1])
+    np.testing.assert_array_equal(trainer.shared_weights(), trained()[0].shared_weights())
+    result = trainer.fit(unflatten(trainer.layout, trainer.shared_weights()), 1)
+    assert all(p.grad is None for p in trainer.model.parameters())
+    assert set(result.state) == set(trainer.model.state_dict())

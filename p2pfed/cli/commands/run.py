@@ -18,6 +18,9 @@ def run(args: argparse.Namespace) -> int:
     """Check everything, then run rounds until done, out of budget, or signalled."""
     import logging
 
+    from p2pfed.daemon.memory import return_freed_memory
+
+    return_freed_memory()  # before the model is built: freed rounds' memory is given back
     import trio
 
     from p2pfed.config import load_config
