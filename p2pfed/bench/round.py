@@ -268,7 +268,8 @@ def _rss_by_stage(
     """Per stage, the highest VmRSS polled while any member was in it (MB), and at round start.
 
     A round's stages are laid end to end back from its ``round_end`` entry's time (written
-    as the round ends): a profile of where the memory goes, to the poll interval.
+    as the round ends): a profile of where the memory goes, to the poll interval (each
+    window starts one poll early).
     """
     peak: dict[str, int] = {}
     for member, polled in zip(ends, samples, strict=True):
@@ -279,7 +280,8 @@ def _rss_by_stage(
                 windows.append((name, at, at + seconds))
                 at += seconds
             for name, lo, hi in windows:
-                inside = [kb for t, kb in polled if lo <= t <= hi]
+                # From one poll before: a stage shorter than the interval has a value too.
+                inside = [kb for t, kb in polled if lo - _POLL_S <= t <= hi]
                 peak[name] = max([peak.get(name, 0), *inside])
     return {name: round(kb / 1024, 1) for name, kb in peak.items()}
 
