@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from p2pfed.errors import ConfigError, IntegrityError
@@ -49,10 +49,17 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+Data = bytes | bytearray | memoryview | Iterable[bytes | memoryview]
+"""What ``atomic_write`` takes: one buffer, or buffers written one after another (streamed)."""
+
+
 def atomic_write(
-    path: str | Path, data: bytes, mode: int = 0o600, *, overwrite: bool = True
+    path: str | Path, data: Data, mode: int = 0o600, *, overwrite: bool = True
 ) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``.
+
+    ``data`` may be a sequence or generator of buffers: a 40 MB model is then written from
+    its own memory, never joined into one more copy.
 
     With ``overwrite=False`` an existing file is kept (even one that appears meanwhile).
     Raises ``ConfigError`` naming the path if it exists (and not ``overwrite``), its folder
@@ -72,9 +79,11 @@ def atomic_write(
     try:
         try:
             os.fchmod(fd, mode)  # the umask may have removed bits; never added any
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+            for part in parts:
+                view = memoryview(part).cast("B")
+                while view:
+                    view = view[os.write(fd, view) :]
             fsync(fd)
         finally:
             os.close(fd)
@@ -119,7 +128,12 @@ def write_json(
 
 def seal(payload: bytes) -> bytes:
     """Frame ``payload`` with a magic line and its SHA-256 so corruption is detectable."""
-    return _SEAL_MAGIC + hashlib.sha256(payload).digest() + payload
+    return b"".join(sealed_parts(payload))
+
+
+def sealed_parts(payload: bytes | memoryview) -> list[bytes | memoryview]:
+    """``seal(payload)`` as buffers for ``atomic_write``: the payload itself is not copied."""
+    return [_SEAL_MAGIC + hashlib.sha256(payload).digest(), payload]
 
 
 def unseal(data: bytes, what: str) -> bytes:

@@ -41,6 +41,22 @@ def test_a_small_model_runs_its_rounds_through_three_daemons_with_ideal_bytes() 
     assert len(case["peak_rss_mb"]) == len(case["start_s"]) == 3
     assert all(mb > 50 for mb in case["peak_rss_mb"])  # torch alone is more than that
     assert all(s is not None and s > 0 for s in case["start_s"])
+    # Polled memory attributed to the stages: none above the peak, none below torch.
+    by_stage = case["rss_by_stage_mb"]
+    assert set(by_stage) <= STAGES | {"round start"} and "train" in by_stage
+    assert 50 < min(by_stage.values()) <= max(by_stage.values()) <= max(case["peak_rss_mb"])
+
+
+def test_memory_is_attributed_to_the_stage_whose_window_holds_the_poll() -> None:
+    from p2pfed.bench.round import _rss_by_stage
+
+    entry = {"ts": 110.0, "body": {"duration_s": 10.0, "stages_s": [["train", 4], ["mask", 6]]}}
+    polled = [(100.05, 300), (102.0, 500), (104.5, 900), (109.0, 700), (111.0, 5000)]
+    assert _rss_by_stage([[entry]], [polled]) == {
+        "round start": round(300 / 1024, 1),
+        "train": round(500 / 1024, 1),
+        "mask": round(900 / 1024, 1),
+    }
 
 
 @pytest.mark.parametrize(

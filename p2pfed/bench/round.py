@@ -216,6 +216,8 @@ class _Watcher:
         self.started = 0.0
         self.peak_kb = [0] * len(c.hospitals)
         self.start_s: list[float | None] = [None] * len(c.hospitals)
+        self.rss: list[list[tuple[float, int]]] = [[] for _ in c.hospitals]
+        """Per daemon: (wall time, VmRSS KiB) at every poll, to attribute memory to stages."""
 
     def follow(self, timeout: float) -> None:
         """Poll until every daemon has exited; ``BrokenError`` after ``timeout``."""
@@ -230,7 +232,10 @@ class _Watcher:
                 )
             for i, h in enumerate(self.c.hospitals):
                 if h.process is not None:
-                    self.peak_kb[i] = max(self.peak_kb[i], _vm_hwm_kb(h.process.pid))
+                    hwm, rss = _vm_kb(h.process.pid)
+                    self.peak_kb[i] = max(self.peak_kb[i], hwm)
+                    if rss:
+                        self.rss[i].append((time.time(), rss))
             if None in self.start_s:
                 for i, status in enumerate(statuses(self.c)):
                     if self.start_s[i] is None and status.get("state") == "running":
@@ -238,25 +243,50 @@ class _Watcher:
             time.sleep(_POLL_S)
 
 
-def _vm_hwm_kb(pid: int) -> int:
-    """Peak resident set of process ``pid`` in KiB (0 once it has gone)."""
+def _vm_kb(pid: int) -> tuple[int, int]:
+    """Peak and current resident set of process ``pid`` in KiB (0, 0 once it has gone)."""
+    found = {"VmHWM:": 0, "VmRSS:": 0}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+                if line[:6] in found:
+                    found[line[:6]] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return found["VmHWM:"], found["VmRSS:"]
+
+
+def _rss_by_stage(
+    ends: list[list[dict[str, Any]]], samples: list[list[tuple[float, int]]]
+) -> dict[str, float]:
+    """Per stage, the highest VmRSS polled while any member was in it (MB), and at round start.
+
+    A round's stages are laid end to end back from its ``round_end`` entry's time (written
+    as the round ends): a profile of where the memory goes, to the poll interval (each
+    window starts one poll early).
+    """
+    peak: dict[str, int] = {}
+    for member, polled in zip(ends, samples, strict=True):
+        for entry in member:
+            at = float(entry["ts"]) - float(entry["body"]["duration_s"])
+            windows = [("round start", at, at + _POLL_S)]
+            for name, seconds in _pairs(entry["body"].get("stages_s")):
+                windows.append((name, at, at + seconds))
+                at += seconds
+            for name, lo, hi in windows:
+                # From one poll before: a stage shorter than the interval has a value too.
+                inside = [kb for t, kb in polled if lo - _POLL_S <= t <= hi]
+                peak[name] = max([peak.get(name, 0), *inside])
+    return {name: round(kb / 1024, 1) for name, kb in peak.items()}
 
 
 def _round_ends(state: Path) -> list[dict[str, Any]]:
-    """The ``round_end`` entries of a member's audit log, in order."""
+    """The ``round_end`` entries of a member's audit log (with their ``ts``), in order."""
     ends = []
     for line in (state / "audit.jsonl").read_text().splitlines():
         entry = json.loads(line)
         if entry.get("kind") == "round_end":
-            ends.append(entry["body"])
+            ends.append(entry)
     return ends
 
 
@@ -265,7 +295,8 @@ def _figures(
 ) -> dict[str, Any]:
     from p2pfed.consortium import statuses
 
-    ends = [_round_ends(h.state) for h in c.hospitals]
+    logged = [_round_ends(h.state) for h in c.hospitals]
+    ends = [[e["body"] for e in member] for member in logged]
     committed = [[e for e in member if e.get("outcome") == "completed"] for member in ends]
     done = min(len(member) for member in committed)
     per_round: dict[int, list[dict[str, Any]]] = {}
@@ -305,6 +336,7 @@ def _figures(
         "bytes_ideal": int(ideal),
         "bytes_over_ideal": round(max(sent, default=0) / ideal, 4),
         "peak_rss_mb": [round(kb / 1024, 1) for kb in watcher.peak_kb],
+        "rss_by_stage_mb": _rss_by_stage(logged, watcher.rss),
         "model_mb": round(dimension * 4 / 1e6, 1),
         "start_s": [None if s is None else round(s, 2) for s in watcher.start_s],
         "epsilon": [s.get("epsilon") for s in final],

@@ -75,6 +75,9 @@ class Missed:
     exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
 
 
+DECODE_CHUNK = 1 << 20
+"""Ring words decoded at a time (8 MB of float64 temporaries)."""
+
 Update = NDArray[np.float32] | Callable[[], NDArray[np.float32]]
 """This peer's update for a round, or what releases it once the cohort is fixed."""
 
@@ -89,11 +92,15 @@ def examples_weight(examples: int, max_examples: int) -> float:
     return min(examples, max_examples) / max_examples
 
 
-def weighted_vector(update: NDArray[np.floating], weight: float | None) -> NDArray[np.float64]:
-    """What a member puts into the sum: x (uniform), or (v·x, v) with example weight v."""
-    values = np.asarray(update, dtype=np.float64)
+def weighted_vector(update: NDArray[np.floating], weight: float | None) -> NDArray[np.floating]:
+    """What a member puts into the sum: x (uniform, as it is), or (v·x, v) with weight v.
+
+    The uniform case is no copy: the encoders widen a chunk at a time, and a float64 copy
+    of a 10 M-parameter update would be 80 MB.
+    """
     if weight is None:
-        return values
+        return np.asarray(update)
+    values = np.asarray(update, dtype=np.float64)
     return np.append(values * weight, weight)
 
 
@@ -109,6 +116,34 @@ def weighted_mean(
     if not total[-1] > error:
         return None
     return (np.asarray(total[:-1], dtype=np.float64) / float(total[-1])).astype(np.float32)
+
+
+def decoded_mean(
+    encoder: RingEncoder,
+    total: UIntVector,
+    contributors: int,
+    weighted: bool,
+    error: float = 0.0,
+    *,
+    chunk: int = DECODE_CHUNK,
+) -> NDArray[np.float32] | None:
+    """``weighted_mean(encoder.decode_sum(total, k), k, weighted, error)``, a chunk at a time.
+
+    The same float64 arithmetic per coordinate, so the same float32 mean bit for bit, with
+    float64 temporaries of one chunk instead of two or three of the whole model.
+    """
+    size = total.size - (1 if weighted else 0)
+    divisor = float(contributors)
+    if weighted:
+        divisor = float(encoder.decode_sum(total[size:], contributors)[0])
+        if not divisor > error:
+            return None
+    mean = np.empty(size, dtype=np.float32)
+    for lo in range(0, size, chunk):
+        part = encoder.decode_sum(total[lo : min(lo + chunk, size)], contributors)
+        part /= divisor
+        mean[lo : lo + chunk] = part
+    return mean
 
 
 class Aggregator(Protocol):
@@ -234,12 +269,11 @@ class SecureRingAggregator:
         if not outcome.ok or outcome.result is None:
             return Missed(round, outcome.abort_reason or outcome.stage.value, exclusions)
         survivors = outcome.survivors
-        total = self.fixed_point.decode_sum(outcome.result, len(survivors))
         sent = outcome.ring.result.bytes_sent if outcome.ring and outcome.ring.result else 0
         # Each decoded word is off by less than one grid step: a Σv below that is zero.
         step = self.fixed_point.step if isinstance(self.fixed_point, FixedPoint) else 0.0
         error = len(survivors) * step if weighted else 0.0
-        mean = weighted_mean(total, len(survivors), weighted, error)
+        mean = decoded_mean(self.fixed_point, outcome.result, len(survivors), weighted, error)
         if mean is None:
             return Missed(round, "the members in the sum hold no examples", exclusions)
         return Aggregate(round, mean, frozenset(survivors), sent, exclusions, outcome.stages_s)

@@ -33,7 +33,7 @@ import trio
 from numpy.typing import NDArray
 
 from p2pfed.collectives.agreement import CohortSigner
-from p2pfed.errors import DataError, IntegrityError
+from p2pfed.errors import IntegrityError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.catchup import CatchUp
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
@@ -49,6 +49,7 @@ from p2pfed.training.state import (
     load_checkpoint,
     save_checkpoint,
     unflatten,
+    update_of,
 )
 from p2pfed.transport.base import Transport
 
@@ -236,9 +237,7 @@ class Peer(CatchUp):
         timer = StageTimer(self.clock)
         result = await self._offload(self.trainer.fit, unflatten(self.layout, self.weights), round_)
         trained = timer.mark("train")
-        update = flatten(self.layout, result.state) - self.weights
-        if not np.all(np.isfinite(update)):
-            raise DataError("local training produced NaN or infinite tensors; lower the step size")
+        update, result = update_of(self.layout, result, self.weights)  # DataError if not finite
         # Released (ε charged) only once the aggregator has a cohort for it: a round that
         # cannot form one costs nothing, and nothing leaves before the ledger says yes.
         pending = PendingRelease(

@@ -57,6 +57,8 @@ MAX_SCALE_PER_ROOT_D = 2.0**12
 #: Coarsest grid accepted: S/γ at least this many units per √d (rounding inflates Δ₂ ≤ 1 %).
 MIN_SCALE_PER_ROOT_D = 50.0
 _MAX_ROUNDING_TRIES = 1000
+CHUNK = 1 << 18
+"""Coordinates encoded at a time: the sampler's temporaries are ~14 × 8 bytes per coordinate."""
 
 
 def rounding_bound(scale: float, dimension: int, beta: float = ROUNDING_BETA) -> float:
@@ -196,30 +198,58 @@ class DiscreteGaussianEncoder:
                 f"the discrete Gaussian plan covers 1..{self.plan.n_peers} peers, got {n}"
             )
 
-    def round(self, values: NDArray[np.floating]) -> NDArray[np.int64]:
-        """Conditional randomised rounding of values/γ to an integer vector of norm ≤ Δ₂."""
-        array = np.asarray(values, dtype=np.float64)
+    def _checked(self, values: NDArray[np.floating], chunk: int) -> NDArray[np.floating]:
+        """``values`` as a vector of the plan's dimension, finite and within the clip norm."""
+        array = np.asarray(values)
         if array.ndim != 1 or array.size != self.plan.dimension:
             raise DataError(
                 f"an update must be a vector of {self.plan.dimension} values, got {array.shape}"
             )
-        if not np.all(np.isfinite(array)):
-            raise DataError("an update contains NaN or infinite values")
-        if float(np.linalg.norm(array)) > self.plan.clip_norm * (1 + 1e-9):
+        squares = 0.0
+        for lo in range(0, array.size, chunk):
+            part = array[lo : lo + chunk].astype(np.float64)
+            if not np.isfinite(part).all():
+                raise DataError("an update contains NaN or infinite values")
+            squares += float(np.dot(part, part))
+        if math.sqrt(squares) > self.plan.clip_norm * (1 + 1e-9):
             raise DataError(
-                f"an update of norm {np.linalg.norm(array):.6g} exceeds the clip norm "
+                f"an update of norm {math.sqrt(squares):.6g} exceeds the clip norm "
                 f"{self.plan.clip_norm:g}; clip before encoding"
             )
-        scaled = array / self.plan.gamma
-        floor = np.floor(scaled)
-        frac = scaled - floor
-        bound = self.plan.sensitivity
+        return array
+
+    def _rounded_words(self, values: NDArray[np.floating], chunk: int) -> UIntVector:
+        """Conditional randomised rounding of values/γ, stored as ring words, ``chunk`` at a time.
+
+        Each attempt draws the uniforms of the whole vector in order, so the result equals
+        rounding it at once; the words hold the integers mod 2^k, and as the plan keeps
+        every |coordinate| ≤ Δ₂ < 2^(k−1), their signed view holds them exactly.
+        """
+        array = self._checked(values, chunk)
+        words = np.empty(array.size, dtype=ring_dtype(self.ring_bits))
+        bound, gamma = self.plan.sensitivity, self.plan.gamma
         for _ in range(_MAX_ROUNDING_TRIES):
-            u = (self.source.uint64(array.size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-            rounded = floor + (u < frac)
-            if float(np.linalg.norm(rounded)) <= bound:
-                return rounded.astype(np.int64)
+            squares = 0.0
+            for lo in range(0, array.size, chunk):
+                scaled = array[lo : lo + chunk].astype(np.float64)  # a copy: worked in place
+                scaled /= gamma
+                rounded = np.floor(scaled)
+                scaled -= rounded  # the fractional part
+                u = self.source.uint64(scaled.size) >> np.uint64(11)
+                rounded += u.astype(np.float64) * 2.0**-53 < scaled
+                squares += float(np.dot(rounded, rounded))
+                words[lo : lo + chunk] = self.wrap(rounded.astype(np.int64))
+            if math.sqrt(squares) <= bound:
+                return cast(UIntVector, words)
         raise DataError(f"randomised rounding exceeded Δ₂ = {bound:.6g} in every attempt")
+
+    def _signed(self, words: UIntVector) -> NDArray[np.signedinteger[Any]]:
+        """The words read as two's-complement integers of the ring's width (no copy)."""
+        return words.view(np.int32 if self.ring_bits == 32 else np.int64)
+
+    def round(self, values: NDArray[np.floating], *, chunk: int = CHUNK) -> NDArray[np.int64]:
+        """Conditional randomised rounding of values/γ to an integer vector of norm ≤ Δ₂."""
+        return self._signed(self._rounded_words(values, chunk)).astype(np.int64)
 
     def noise(self, size: int) -> NDArray[np.int64]:
         """This peer's integer noise N_Z(0, σ_i²) per coordinate."""
@@ -230,23 +260,41 @@ class DiscreteGaussianEncoder:
         words = integers.astype(np.int64).view(np.uint64)
         return cast(UIntVector, words.astype(ring_dtype(self.ring_bits)))
 
+    def _add_noise(self, words: UIntVector, lo: int, hi: int) -> NDArray[np.int64]:
+        """Add fresh noise to the rounded words[lo:hi] in the ring; the noise drawn."""
+        rounded = self._signed(words)[lo:hi].astype(np.int64)
+        noise = self.noise(rounded.size)
+        words[lo:hi] = self.wrap(rounded + noise)
+        return noise
+
     def encode_parts(
-        self, values: NDArray[np.floating]
+        self, values: NDArray[np.floating], *, chunk: int = CHUNK
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], UIntVector]:
         """(rounded signal, noise, words): the words are their sum mod 2^k, nothing clipped."""
-        rounded = self.round(values)
-        noise = self.noise(rounded.size)
-        return rounded, noise, self.wrap(rounded + noise)
+        words = self._rounded_words(values, chunk)
+        rounded = self._signed(words).astype(np.int64)
+        noise = [self._add_noise(words, lo, lo + chunk) for lo in range(0, words.size, chunk)]
+        return rounded, np.concatenate(noise), words
 
-    def encode(self, values: NDArray[np.floating], rng: Any, peers: int) -> UIntVector:
-        """Words for the secure sum: round(values/γ) + noise mod 2^k. ``rng`` is unused."""
+    def encode(
+        self, values: NDArray[np.floating], rng: Any, peers: int, *, chunk: int = CHUNK
+    ) -> UIntVector:
+        """Words for the secure sum: round(values/γ) + noise mod 2^k. ``rng`` is unused.
+
+        ``chunk`` coordinates at a time: the temporaries are a few chunks in size instead of
+        about ten float64/int64 copies of the update; the noise of each chunk is drawn after
+        the whole vector is rounded, so the words equal ``encode_parts``' for the same stream.
+        """
         self.check_peers(peers)
-        return self.encode_parts(values)[2]
+        words = self._rounded_words(values, chunk)
+        for lo in range(0, words.size, chunk):
+            self._add_noise(words, lo, lo + chunk)
+        return words
 
     def centred(self, total: UIntVector) -> NDArray[np.int64]:
         """The ring sum read as its representative in [−2^(k−1), 2^(k−1))."""
-        signed = np.int32 if self.ring_bits == 32 else np.int64
-        return np.asarray(total, dtype=ring_dtype(self.ring_bits)).view(signed).astype(np.int64)
+        words = np.asarray(total, dtype=ring_dtype(self.ring_bits))
+        return self._signed(cast(UIntVector, words)).astype(np.int64)
 
     def decode_sum(self, total: UIntVector, peers: int) -> NDArray[np.float64]:
         """The float sum (noise included) of ``peers`` encoded updates from their ring sum."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from p2pfed.durable import atomic_write, seal, unseal
+from p2pfed.durable import atomic_write, sealed_parts, unseal
 from p2pfed.errors import DataError, IntegrityError
 from p2pfed.training.params import ParameterLayout
 
@@ -77,7 +77,7 @@ def flatten(layout: ParameterLayout, state: Mapping[str, torch.Tensor]) -> NDArr
         raise DataError(f"model state lacks the shared tensor {missing[0]!r}")
     with torch.no_grad():
         parts = [state[n].detach().reshape(-1).to(torch.float32).cpu() for n in layout.names]
-    return torch.cat(parts).numpy().copy()
+    return torch.cat(parts).numpy()  # cat made a new tensor: nothing else shares its memory
 
 
 def unflatten(layout: ParameterLayout, vector: NDArray[np.floating]) -> State:
@@ -184,7 +184,7 @@ def save_checkpoint(
         return
     buffer = io.BytesIO()
     torch.save({"round": round_number, "state": trainer.get_state(), "extra": extra}, buffer)
-    atomic_write(path, seal(buffer.getvalue()))
+    atomic_write(path, sealed_parts(buffer.getbuffer()))
 
 
 def load_checkpoint(trainer: Trainer, path: str | Path) -> tuple[int, dict[str, Any]]:
@@ -202,3 +202,18 @@ def load_checkpoint(trainer: Trainer, path: str | Path) -> tuple[int, dict[str, 
     except Exception as exc:  # a bad archive or a state of another model
         raise IntegrityError(f"checkpoint {path} cannot be restored ({exc})") from None
     return int(payload["round"]), dict(payload["extra"])
+
+
+def update_of(
+    layout: ParameterLayout, result: FitResult, weights: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], FitResult]:
+    """``flatten(result.state) − weights`` (made in place), and ``result`` without its state.
+
+    A round then holds neither a second float32 difference nor the trained state dict (a
+    copy of the whole model) through its aggregation. ``DataError`` if training diverged.
+    """
+    update = flatten(layout, result.state)
+    update -= weights
+    if not np.isfinite(update).all():
+        raise DataError("local training produced NaN or infinite tensors; lower the step size")
+    return update, replace(result, state={})

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from p2pfed.durable import atomic_write, seal, unseal
+from p2pfed.durable import atomic_write, sealed_parts, unseal
 from p2pfed.errors import ConfigError, DataError, IntegrityError
 from p2pfed.privacy.dpsgd import (
     LossFn,
@@ -102,6 +102,7 @@ class TorchTrainer(ModuleState):
             raise DataError("the training DataLoader yielded no examples")
         if not torch.isfinite(torch.tensor(total)):
             raise DataError("local training diverged (loss is not finite); lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)  # a model's worth of memory, idle till then
         return FitResult(self.get_state(), seen // self.epochs, {"loss": total / seen}, 1.0, steps)
 
     def _fit_dp(self, dp: DPSGD) -> FitResult:
@@ -131,6 +132,7 @@ class TorchTrainer(ModuleState):
             if idx:
                 with torch.no_grad():
                     total += float(self.loss_fn(self.module(batch[0]), batch[1]))
+        self.optimizer.zero_grad(set_to_none=True)
         state = self.get_state()
         if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
             raise DataError("local training diverged (the model is not finite)")
@@ -172,7 +174,7 @@ class TorchTrainer(ModuleState):
             },
             buffer,
         )
-        atomic_write(path, seal(buffer.getvalue()))
+        atomic_write(path, sealed_parts(buffer.getbuffer()))
 
     def load_checkpoint(self, path: str | Path) -> tuple[int, dict[str, Any]]:
         """Restore ``save_checkpoint``'s file; ``IntegrityError`` if bad or another model's."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from p2pfed.durable import atomic_write, seal, unseal
+from p2pfed.durable import atomic_write, sealed_parts, unseal
 from p2pfed.errors import ConfigError, DataError, IntegrityError
 from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample, refuse_batch_mixing
 from p2pfed.privacy.sampling import SecureGaussian
@@ -149,6 +149,8 @@ class LocalTrainer(ModuleState):
             raise ConfigError("LocalTrainer was built without train=: it has no data to fit on")
         self.set_state(state)
         result = self.train_round(self.train, self.shared_weights())
+        # The update is the caller's to make from the state: dropped before the state copy.
+        result = replace(result, update=np.empty(0, dtype=np.float32))
         return FitResult(
             self.get_state(),
             result.samples,
@@ -180,15 +182,12 @@ class LocalTrainer(ModuleState):
         if not np.all(np.isfinite(data.x)):
             raise DataError(f"{data.name}: features hold NaN or infinite values; clean them first")
         self.load_shared(global_weights)
-        reference = [
-            p.detach().clone()
-            for name, p in self.module.named_parameters()
-            if name in set(self.layout.names)
-        ]
+        mu = self.config.fedprox_mu
         shared = [p for name, p in self.module.named_parameters() if name in set(self.layout.names)]
+        # FedProx's anchor, a copy of the model: only when the proximal term is on.
+        reference = [p.detach().clone() for p in shared] if mu > 0 else []
         x = torch.from_numpy(data.inputs())
         y = torch.from_numpy(data.y)
-        mu = self.config.fedprox_mu
         self.module.train()
         if self.dp_sgd is not None:
             return self._train_dp_sgd(data, x, y, global_weights, shared, reference)
@@ -205,8 +204,14 @@ class LocalTrainer(ModuleState):
             total += float(loss.detach())
         if not np.isfinite(total):
             raise DataError("local training diverged (loss is not finite); lower the learning rate")
-        update = self.shared_weights() - np.asarray(global_weights, dtype=np.float32)
-        return TrainResult(update.astype(np.float32), total / steps, steps, len(data))
+        return TrainResult(self._update(global_weights), total / steps, steps, len(data))
+
+    def _update(self, global_weights: NDArray[np.floating]) -> NDArray[np.float32]:
+        """``local − global`` made in place; the gradients (a model's worth) freed first."""
+        self.optimizer.zero_grad(set_to_none=True)
+        update = self.shared_weights()
+        update -= np.asarray(global_weights, dtype=np.float32)
+        return update
 
     def _batches(self, n: int) -> list[torch.Tensor]:
         """Minibatch indices of one round: whole shuffled epochs, or ``local_steps`` batches."""
@@ -261,12 +266,10 @@ class LocalTrainer(ModuleState):
             if len(idx):
                 with torch.no_grad():
                     total += float(self._loss(self.module(x[idx]), y[idx]))
-        update = self.shared_weights() - np.asarray(global_weights, dtype=np.float32)
+        update = self._update(global_weights)
         if not np.all(np.isfinite(update)):
             raise DataError("local training diverged (update is not finite)")
-        return TrainResult(
-            update.astype(np.float32), total / steps, steps, len(data), dp.sample_rate
-        )
+        return TrainResult(update, total / steps, steps, len(data), dp.sample_rate)
 
     @torch.no_grad()
     def score(self, data: Dataset) -> Metrics:
@@ -294,7 +297,7 @@ class LocalTrainer(ModuleState):
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        atomic_write(path, seal(buffer.getvalue()))
+        atomic_write(path, sealed_parts(buffer.getbuffer()))
 
     def load_checkpoint(self, path: str | Path) -> tuple[int, dict[str, Any]]:
         """Restore state from ``save_checkpoint``; returns (round, extra).

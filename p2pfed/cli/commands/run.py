@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
 
+    from p2pfed.daemon.memory import return_freed_memory
+
+    return_freed_memory()  # before the model is built: freed rounds' memory is given back
+
     import trio
 
     from p2pfed.daemon import completed_round, prepare, run_until_signalled

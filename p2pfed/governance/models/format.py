@@ -90,6 +90,11 @@ def serialize_model(tensors: Sequence[tuple[str, NDArray[Any]]]) -> bytes:
     return b"".join(_chunks(tensors))
 
 
+def model_parts(tensors: Sequence[tuple[str, NDArray[Any]]]) -> Iterator[bytes | memoryview]:
+    """``serialize_model(tensors)`` as buffers in order, the tensors' memory not copied."""
+    return _chunks(tensors)
+
+
 def model_hash(tensors: Sequence[tuple[str, NDArray[Any]]]) -> str:
     """SHA-256 (hex) of ``serialize_model(tensors)``, computed without building the bytes."""
     digest = hashlib.sha256()

@@ -30,8 +30,8 @@ from p2pfed.governance.models.format import (
     deserialize_model,
     manifest_path_for,
     model_hash,
+    model_parts,
     read_manifest,
-    serialize_model,
     tensor_infos,
 )
 from p2pfed.governance.models.portable import EXPORT_FORMATS, save_portable
@@ -95,7 +95,7 @@ class ModelRegistry:
         folder = self.root / f"{round_number:08d}-{digest[:16]}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(folder / "model.bin", serialize_model(tensors), 0o644)
+            atomic_write(folder / "model.bin", model_parts(tensors), 0o644)  # streamed
             write_json(folder / "manifest.json", manifest.to_dict())
             if certificate is not None:
                 write_json(folder / "certificate.json", dict(certificate))

@@ -1,0 +1,34 @@
+"""Memory the daemon frees goes back to the system (glibc's allocator on Linux).
+
+Theory of operation: glibc serves a request of at least ``M_MMAP_THRESHOLD`` bytes with its
+own ``mmap`` and unmaps it when freed; smaller ones come from the heap, whose freed memory
+mostly stays with the process. The threshold starts at 128 KiB but, by default, rises to
+the size of every mmapped block freed (up to 32 MiB). A round at model scale frees 13 MB
+layer tensors and 8 MB chunks, after which blocks of those sizes come from the heap and
+stay resident: 120–200 MB per daemon at 10 M parameters (docs/benchmarks.md, *A round
+with a big model*). Setting the threshold with ``mallopt`` fixes it (the dynamic rule is
+off), so every block of 256 KiB or more is returned when freed. Elsewhere (no glibc) this
+does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+THRESHOLD = 256 * 1024
+"""Blocks this large or larger are mapped on their own and unmapped when freed."""
+
+
+def return_freed_memory(threshold: int = THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes; False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):  # a C library without mallopt (musl)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
