@@ -5,10 +5,11 @@ and, when the sender overran the window it was granted, only logs a warning: a m
 stolen member key) that ignores flow control could push 256 MiB into a stream nobody reads
 and grow the victim's memory without bound. ``BoundedYamux`` keeps py-libp2p's Yamux and
 swaps its table of stream buffers for one whose buffers refuse to grow past what an honest
-sender can have in flight: one stream at most its largest receive window plus one frame, one
+sender can have in flight: one stream at most the window it was granted, one
 connection at most ``CONNECTION_LIMIT`` over all its streams. The frame that would cross a
 bound is dropped (py-libp2p then ends that stream for reading), the connection is closed, and
-one warning names the member; it may dial again, and meets the same bound.
+one warning names the member; it may dial again, and meets the same bound. A stream's bound
+is exactly the window this side granted and the sender has not used (``_Buffers.granted``).
 
 py-libp2p builds its Yamux by name inside ``muxer_multistream`` (whatever class the host's
 ``muxer_opt`` names), so ``use_bounded_yamux`` rebinds that name, process-wide, like the other
@@ -53,6 +54,7 @@ class _Buffer(bytearray):
     """A stream's receive buffer that asks its table before it grows."""
 
     table: _Buffers
+    stream_id: int
 
     def extend(self, data: Any) -> None:
         self.table.admit(self, len(data))
@@ -70,13 +72,28 @@ class _Buffers(dict[int, bytearray]):
 
     def __setitem__(self, stream_id: int, value: bytearray) -> None:
         buffer = _Buffer(value)
-        buffer.table = self
+        buffer.table, buffer.stream_id = self, stream_id
         super().__setitem__(stream_id, buffer)
 
-    def admit(self, buffer: bytearray, n: int) -> None:
+    def granted(self, buffer: _Buffer) -> int:
+        """Bytes the sender may still send on ``buffer``'s stream.
+
+        The window this side granted and has not yet seen used: py-libp2p counts a stream's
+        ``recv_window`` down right after appending a frame, and raises it before it sends the
+        update, so an honest sender never exceeds it. (Its window tuning may grant a little
+        more than ``MAX_WINDOW_SIZE`` beyond what is unread: a fixed bound on the unread
+        bytes cut an honest 40 MB ring transfer.) A buffer whose stream is gone keeps the
+        fixed bound.
+        """
+        stream = self.conn.streams.get(buffer.stream_id)
+        if stream is None:
+            return self.stream_limit - len(buffer)
+        return int(stream.recv_window)
+
+    def admit(self, buffer: _Buffer, n: int) -> None:
         """Refuse (and cut the connection) if ``n`` more bytes would cross a bound."""
         held = sum(len(b) for b in self.values())
-        if len(buffer) + n <= self.stream_limit and held + n <= self.connection_limit:
+        if n <= self.granted(buffer) and held + n <= self.connection_limit:
             return
         peer = str(self.conn.peer_id)
         self.conn.window_exceeded(
