@@ -5,19 +5,18 @@ ciphertext only); non-members and removed members get neither reservations nor c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
+from transport_harness import echo, wait_for
 
 from p2pfed.cli import main
 from p2pfed.errors import BrokenError
 from p2pfed.identity import Identity, Member, Roster
-from p2pfed.transport.base import Stream
 from p2pfed.transport.libp2p_relayed import RelayedTransport
 from p2pfed.transport.relay import GatedRelay, serve_relay
 
@@ -27,19 +26,6 @@ SECRET = b"patient-0042 HbA1c 7.9 -- must never be readable by the relay"
 
 def _seed(name: str) -> bytes:
     return hashlib.sha256(f"relay-test/{name}".encode()).digest()
-
-
-async def _echo(stream: Stream) -> None:
-    data = await stream.receive_some(1024)
-    await stream.send_all(b"echo:" + data)
-
-
-async def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    with trio.move_on_after(timeout):
-        while not check():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 @asynccontextmanager
@@ -71,7 +57,7 @@ async def _consortium(
             t = RelayedTransport(
                 _seed(n), gate, relays={relay_t.local_peer: list(relay_t.listen_addrs)}
             )
-            t.serve("/test/echo/1", _echo)
+            t.serve("/test/echo/1", echo)
             members[n] = await stack.enter_async_context(t)
         yield relay, relay_t, members, seen
 
@@ -79,7 +65,7 @@ async def _consortium(
 async def test_members_behind_nat_talk_through_the_relay_which_sees_only_ciphertext() -> None:
     async with _consortium(["a", "b"], {"a", "b"}) as (_relay, relay_t, m, seen):
         relay_id = relay_t.local_peer
-        await _wait_for(lambda: relay_id in m["b"].relay_client.reserved, "b's reservation")  # type: ignore[union-attr]
+        await wait_for(lambda: relay_id in m["b"].relay_client.reserved, "b's reservation")  # type: ignore[union-attr]
         stream = await m["a"].open_stream(m["b"].local_peer, "/test/echo/1")
         await stream.send_all(SECRET)
         assert await stream.receive_exactly(5 + len(SECRET)) == b"echo:" + SECRET
@@ -97,10 +83,10 @@ async def test_members_behind_nat_talk_through_the_relay_which_sees_only_ciphert
 async def test_a_non_member_gets_no_reservation_and_no_circuit() -> None:
     async with _consortium(["a", "mallory"], {"a"}) as (_relay, relay_t, m, _seen):
         relay_id = relay_t.local_peer
-        await _wait_for(lambda: relay_id in m["a"].relay_client.reserved, "a's reservation")  # type: ignore[union-attr]
+        await wait_for(lambda: relay_id in m["a"].relay_client.reserved, "a's reservation")  # type: ignore[union-attr]
         mallory = m["mallory"].relay_client
         assert mallory is not None
-        await _wait_for(lambda: relay_id in mallory.problems, "mallory's refusal")
+        await wait_for(lambda: relay_id in mallory.problems, "mallory's refusal")
         assert relay_id not in mallory.reserved
         with pytest.raises(BrokenError, match="unreachable"):
             await m["mallory"].open_stream(m["a"].local_peer, "/test/echo/1")
@@ -113,7 +99,7 @@ async def test_a_member_removed_while_connected_loses_reservations_and_circuits(
         for n in ("a", "x"):
             client = m[n].relay_client
             assert client is not None
-            await _wait_for(lambda c=client: relay_id in c.reserved, f"{n}'s reservation")
+            await wait_for(lambda c=client: relay_id in c.reserved, f"{n}'s reservation")
         # x leaves the roster while its connection to the relay stays open.
         relay._gate = {relay_id, m["a"].local_peer}.__contains__
         x_client = m["x"].relay_client
@@ -149,24 +135,24 @@ async def test_relayed_members_drop_with_the_relay_and_rejoin_when_it_returns() 
         relay_id, addrs = first.local_peer, list(first.listen_addrs)
         a = RelayedTransport(_seed("a"), gate, relays={relay_id: addrs})
         b = RelayedTransport(_seed("b"), gate, relays={relay_id: addrs})
-        b.serve("/test/echo/1", _echo)
+        b.serve("/test/echo/1", echo)
         async with a, b:
             assert a.relay_client is not None and b.relay_client is not None
             b_client = b.relay_client
-            await _wait_for(lambda: relay_id in b_client.reserved, "b's reservation")
+            await wait_for(lambda: relay_id in b_client.reserved, "b's reservation")
             stream = await a.open_stream(b.local_peer, "/test/echo/1")
             await stream.send_all(b"one")
             assert await stream.receive_exactly(8) == b"echo:one"
             await first.aclose()  # the relay dies
-            await _wait_for(lambda: b.local_peer not in a.connected_peers(), "a losing b")
-            await _wait_for(lambda: relay_id not in b_client.reserved, "b losing its slot")
+            await wait_for(lambda: b.local_peer not in a.connected_peers(), "a losing b")
+            await wait_for(lambda: relay_id not in b_client.reserved, "b losing its slot")
             with pytest.raises(BrokenError, match="unreachable"):
                 await a.open_stream(b.local_peer, "/test/echo/1")
             assert "cannot reach it" in b_client.problems.get(relay_id, "cannot reach it")
             port = int(addrs[0].rsplit("/", 1)[1])
             second = RelayedTransport(_seed("relay"), gate, port=port)  # back, same address
             async with second, serve_relay(second, gate):
-                await _wait_for(lambda: relay_id in b_client.reserved, "b's new reservation")
+                await wait_for(lambda: relay_id in b_client.reserved, "b's new reservation")
                 stream = await a.open_stream(b.local_peer, "/test/echo/1")
                 await stream.send_all(b"two")
                 assert await stream.receive_exactly(8) == b"echo:two"

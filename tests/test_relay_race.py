@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 from libp2p.peer.id import ID
+from transport_harness import echo, wait_for
 
 from p2pfed.errors import BrokenError
 from p2pfed.transport import libp2p_relayed
-from p2pfed.transport.base import Stream
 from p2pfed.transport.libp2p_relayed import RelayedTransport, _dialled_by_us
 from p2pfed.transport.relay import GatedRelay, serve_relay
 
@@ -30,19 +30,6 @@ ECHO = "/test/echo/1"
 
 def _seed(name: str) -> bytes:
     return hashlib.sha256(f"relay-race/{name}".encode()).digest()
-
-
-async def _echo(stream: Stream) -> None:
-    data = await stream.receive_some(1024)
-    await stream.send_all(b"echo:" + data)
-
-
-async def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    with trio.move_on_after(timeout):
-        while not check():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 async def _round_trip(x: RelayedTransport, y: RelayedTransport, text: bytes) -> None:
@@ -73,12 +60,12 @@ async def _members(
         members = {}
         for n in names:
             t = RelayedTransport(seeds[n], gate, relays={relay_id: list(relay_t.listen_addrs)})
-            t.serve(ECHO, _echo)
+            t.serve(ECHO, echo)
             members[n] = await stack.enter_async_context(t)
         for n, t in members.items():
             client = t.relay_client
             assert client is not None
-            await _wait_for(lambda c=client: relay_id in c.reserved, f"{n}'s reservation")
+            await wait_for(lambda c=client: relay_id in c.reserved, f"{n}'s reservation")
         yield relay, members
 
 
@@ -112,7 +99,7 @@ async def _dial_at_once(a: RelayedTransport, b: RelayedTransport, attempt: int) 
         # One circuit each, the same one: dialled by exactly one of the two ends.
         return len(ab) == len(ba) == 1 and _dialled_by_us(ab[0]) != _dialled_by_us(ba[0])
 
-    await _wait_for(settled, f"attempt {attempt}: one circuit at both ends")
+    await wait_for(settled, f"attempt {attempt}: one circuit at both ends")
     kept = (_circuits(a, b)[0], _circuits(b, a)[0])
     smaller = min(a, b, key=lambda t: t.local_peer)
     assert _dialled_by_us(kept[0 if smaller is a else 1]), "the smaller ID's dial stays"
@@ -142,8 +129,8 @@ async def test_a_circuit_that_ends_takes_no_other_circuit_of_its_member_down() -
         to_c, from_c = _circuits(a, c), _circuits(c, a)
         assert len(to_c) == len(from_c) == 1
         await a.disconnect(b.local_peer)  # a's circuit with b ends
-        await _wait_for(lambda: len(ended) == 2, "the relay ending both its directions")
-        await _wait_for(lambda: not _circuits(b, a), "b seeing its circuit with a end")
+        await wait_for(lambda: len(ended) == 2, "the relay ending both its directions")
+        await wait_for(lambda: not _circuits(b, a), "b seeing its circuit with a end")
         # a's circuit with c is untouched, at both ends, and both directions still cross it.
         assert (_circuits(a, c), _circuits(c, a)) == (to_c, from_c)
         await _round_trip(a, c, b"still")
@@ -157,7 +144,7 @@ async def test_a_connection_whose_stream_opens_keep_timing_out_is_closed_and_red
     seeds = {n: _seed(f"stall/{n}") for n in ("a", "b")}
     admitted = {RelayedTransport(s, lambda _: True).local_peer for s in seeds.values()}
     b = RelayedTransport(seeds["b"], admitted.__contains__)
-    b.serve(ECHO, _echo)
+    b.serve(ECHO, echo)
     async with b:
         a = RelayedTransport(
             seeds["a"],

@@ -9,13 +9,14 @@ addresses.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
 from p2pfed.transport import MemoryNetwork, Transport
+from p2pfed.transport.base import Stream
 
 
 @dataclass
@@ -38,6 +39,21 @@ def count_tasks() -> int:
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
     return count
+
+
+async def echo(stream: Stream) -> None:
+    """A handler that answers one message with ``echo:`` and the message."""
+    data = await stream.receive_some(1024)
+    await stream.send_all(b"echo:" + data)
+
+
+async def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll ``check`` until it holds; ``AssertionError`` naming ``what`` after ``timeout``."""
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def seed_for(name: str) -> bytes:

@@ -66,8 +66,8 @@ async def site(folder: Path, k: int) -> dict[str, Any]:
     def report(r: RoundReport) -> None:
         entry: dict[str, Any] = {"round": r.round, "committed": r.committed}
         if r.committed:  # the trainer holds the consortium's model after evaluating it
-            entry |= {"beta": trainer.coefficients().tolist(), "digest": r.model_digest}
-            entry["contributors"] = r.contributors
+            beta = trainer.coefficients().tolist()
+            entry |= {"beta": beta, "digest": r.model_digest, "contributors": r.contributors}
         else:
             entry["reason"] = r.reason
         history.append(entry)
