@@ -106,7 +106,7 @@ async def test_a_stolen_key_serving_a_forged_high_round_model_is_never_adopted(
 
 
 @pytest.mark.network
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Path) -> None:
     """The same attack against three real daemons on 127.0.0.1 (libp2p, Noise)."""
     from p2pfed.config import load_config
@@ -137,7 +137,7 @@ async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Pat
     host, port = parse_listen(config.network.listen)
     try:
         launch(c, honest)
-        with trio.fail_after(240):
+        with trio.fail_after(400):
             async with Libp2pTransport(
                 me.seed,
                 prepared.gate,

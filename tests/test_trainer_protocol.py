@@ -226,6 +226,53 @@ def test_build_peer_refuses_a_key_outside_the_roster_and_unsafe_privacy(tmp_path
     unmasked = p2pfed.Privacy(1.0, 1.0, 10.0, mode=NoiseMode.DISTRIBUTED)
     with pytest.raises(ConfigError, match=r"distributed noise needs secure aggregation"):
         trio.run(lambda: build(member, secagg=False, privacy=unmasked))
+    for bad in (1, 0, True, 2.5):  # as the daemon's [rounds] min_peers: an integer ≥ 2
+        with pytest.raises(ConfigError, match=r"min_cohort must be an integer ≥ 2"):
+            trio.run(lambda: build(member, min_cohort=bad))  # noqa: B023
+
+
+def test_build_peer_takes_min_cohort_into_the_round_and_the_certificates(tmp_path: Path) -> None:
+    """No sum of fewer than ``min_cohort`` members commits, nor is certified by fewer."""
+    from datetime import UTC, datetime, timedelta
+
+    import p2pfed
+    from p2pfed.identity import Member, Roster
+    from p2pfed.node import RingAggregator, SecureRingAggregator
+
+    admin = Identity.generate()
+    ids = [Identity.generate() for _ in range(4)]
+    members = tuple(Member(f"m{k}", i.peer_id, i.public_key) for k, i in enumerate(ids))
+    roster = Roster(
+        "c", 1, datetime.now(UTC) + timedelta(days=1), members, (admin.public_key,)
+    ).signed_by(admin)
+    seen: dict[tuple[bool, int | None], tuple[int, int]] = {}
+
+    async def build(secagg: bool, min_cohort: int | None) -> None:
+        extra = {} if min_cohort is None else {"min_cohort": min_cohort}
+        async with p2pfed.build_peer(
+            identity=ids[0],
+            roster=roster,
+            listen="/ip4/127.0.0.1/tcp/0",
+            trainer=trainer(0),
+            state_dir=tmp_path / f"{secagg}-{min_cohort}",
+            secagg=secagg,
+            **extra,  # type: ignore[arg-type]
+        ) as peer:
+            agg = peer.aggregator
+            if isinstance(agg, RingAggregator):
+                fewest = agg.ring_round.min_cohort
+            else:
+                assert isinstance(agg, SecureRingAggregator)
+                fewest = agg.guaranteed_contributors
+            seen[(secagg, min_cohort)] = (fewest, peer.policy.floor)
+
+    for secagg in (False, True):
+        for min_cohort in (None, 4):
+            trio.run(build, secagg, min_cohort)
+    assert seen[(False, None)] == (2, 2)  # the daemon's default
+    assert seen[(False, 4)] == (4, 4)
+    assert seen[(True, 4)] == (4, 4)
+    assert seen[(True, None)][1] == 2 and seen[(True, None)][0] >= 2  # consistency quorum
 
 
 def test_checkpoints_restore_the_full_state_and_refuse_a_damaged_file(tmp_path: Path) -> None:

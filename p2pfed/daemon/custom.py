@@ -64,6 +64,7 @@ async def build_peer(
     secagg: bool = True,
     privacy: Privacy | None = None,
     stage_timeout: float = 10.0,
+    min_cohort: int = 2,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> AsyncIterator[Peer]:
     """A ``Peer`` of ``roster``'s consortium listening on ``listen`` (``/ip4/HOST/tcp/PORT``).
@@ -71,7 +72,9 @@ async def build_peer(
     ``roster`` must be signed by its admins (trusted on first use, then remembered under
     ``state_dir`` so it cannot be rolled back); ``identity`` must be one of its members.
     Checkpoints and the privacy ledger live in ``state_dir``. ``stage_timeout`` bounds each
-    stage of a secure round.
+    stage of a secure round. ``min_cohort`` (≥ 2, as the daemon's ``[rounds] min_peers``):
+    no round commits a sum of fewer members, and a commit certificate needs at least that
+    many signatures.
     """
     from p2pfed.transport.libp2p import Libp2pTransport  # libp2p takes seconds to import
 
@@ -84,6 +87,8 @@ async def build_peer(
         raise ConfigError(f"identity {identity.peer_id} is not a member of the roster")
     if privacy is not None and privacy.mode is NoiseMode.DISTRIBUTED and not secagg:
         raise ConfigError("distributed noise needs secure aggregation: set secagg=True")
+    if isinstance(min_cohort, bool) or not isinstance(min_cohort, int) or min_cohort < 2:
+        raise ConfigError(f"min_cohort must be an integer ≥ 2, got {min_cohort!r}")
     host, port = parse_listen(listen)
     addrs = {p: list(m.addresses) for p, m in members.items() if p != identity.peer_id}
     keys = {p: m.public_key for p, m in members.items()}
@@ -92,7 +97,9 @@ async def build_peer(
         transport = await stack.enter_async_context(
             Libp2pTransport(identity.seed, gate, host=host, port=port, peer_addrs=addrs)
         )
-        aggregator = _aggregator(transport, roster, identity, signer, secagg, stage_timeout)
+        aggregator = _aggregator(
+            transport, roster, identity, signer, secagg, stage_timeout, min_cohort
+        )
         releaser = None
         if privacy is not None:
             ledger = stack.enter_context(
@@ -121,6 +128,7 @@ async def build_peer(
             state_dir=state,
             signer=signer,
             roster_version=roster.version,
+            certificate_floor=min_cohort,
         )
 
 
@@ -131,17 +139,21 @@ def _aggregator(
     signer: Ed25519CohortSigner,
     secagg: bool,
     stage_timeout: float,
+    min_cohort: int,
 ) -> Aggregator:
     """The secure ring over the roster's members, or the plain ring without ``secagg``."""
     keys = {p: m.public_key for p, m in members_of(roster).items()}
     session = session_id(roster.consortium_id, roster.version)
     if not secagg:
-        return RingAggregator(RingRound(transport, session, roster.version, sorted(keys), signer))
+        ring = RingRound(
+            transport, session, roster.version, sorted(keys), signer, min_cohort=min_cohort
+        )
+        return RingAggregator(ring)
     secure = SecureRingRound(
         transport, session, roster.version, keys, identity, signer, stage_timeout=stage_timeout
     )
-    # The fewest contributions a sum may hold: the protocol's consistency quorum.
+    # The fewest contributions a sum may hold: the protocol's consistency quorum, and never
+    # fewer than min_cohort (as the daemon's min_survivors).
     plan = plan_cohort(SecAggConfig(session, 0, 1), frozenset(keys))
-    return SecureRingAggregator(
-        secure, FixedPoint(), len(keys), plan.min_survivors, np.random.default_rng()
-    )
+    fewest = max(min_cohort, plan.min_survivors)
+    return SecureRingAggregator(secure, FixedPoint(), len(keys), fewest, np.random.default_rng())

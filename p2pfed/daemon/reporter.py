@@ -31,6 +31,7 @@ from p2pfed.governance.status_file import write_status
 from p2pfed.identity import Identity, RosterError
 from p2pfed.lifecycle import expiry_guard, roster_expired
 from p2pfed.node import Peer, RoundReport, weights_digest
+from p2pfed.node.certificates import CommitCertificate
 from p2pfed.node.liveness import Waiting
 from p2pfed.node.roster_sync import RosterChange
 from p2pfed.node.sync import SyncRefusal
@@ -370,9 +371,15 @@ class RoundReporter:
         """Every configured round ran."""
         self.status |= {"state": "finished", "stop_reason": "finished"}
 
+    def certified_late(self, certificate: CommitCertificate) -> None:
+        """The model held got its certificate after its round (late votes, or a member's)."""
+        self.status["certified"] = True
+        self.write()
+
     def rounds_over(self, peer: Peer) -> None:
-        """Where the rounds left the node: its last round, ε and model digest."""
+        """Where the rounds left the node: its last round, ε, model digest and certificate."""
         self.status |= {
+            "certified": peer.certificate is not None,  # of the model held, not the last round
             "completed_round": peer.model_round,
             "epsilon": peer.epsilon,
             "model_digest": weights_digest(peer.weights).hex(),

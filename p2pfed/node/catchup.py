@@ -6,6 +6,10 @@ valid certificate) and joins the next round from there; in secure gossip, where 
 not served, it rejoins the others' round with its own model. Before each round it
 reconciles with the members at its round (a divergence lasts at most one round), at
 start-up it waits for them, and at the end it lingers, serving the final model to the late.
+A member whose model's votes never reached a quorum in time takes another member's valid
+certificate for exactly that model when it reconciles or lingers; the final linger lasts until
+every member reached holds one (or the timeout), so none ends with an uncertified model that
+the others could have certified.
 All of it reads the peer's model state and moves it only through ``_adopt`` and ``_save``;
 this half of ``Peer`` is apart from the round itself (``peer.py``) only to keep both small.
 """
@@ -24,7 +28,7 @@ from numpy.typing import NDArray
 from p2pfed.node.aggregators import Aggregator
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.node.liveness import Backoff, Waiting
-from p2pfed.node.sync import ModelSync, weights_digest
+from p2pfed.node.sync import Answers, ModelSync, weights_digest
 from p2pfed.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,11 @@ class CatchUp(ABC):
     model_round: int
     next_round: int
     weights: NDArray[np.float32]
+    certificate: CommitCertificate | None
+
+    @abstractmethod
+    def certified_late(self, certificate: CommitCertificate) -> None:
+        """Keep ``certificate`` if it covers the model held and none is held yet."""
 
     @abstractmethod
     def _save(self) -> None:
@@ -175,11 +184,29 @@ class CatchUp(ABC):
         """
         with trio.move_on_after(timeout):
             while True:
-                statuses = await self.sync.probe_all(self.others, 2.0)
-                if all(s.round >= final_round for s in statuses.values()):
+                answers = await self.sync.probe(self.others, 2.0)
+                self._certificate_from(answers)
+                if all(s.round >= final_round for s, _ in answers.values()) and self._certified(
+                    answers, final_round
+                ):
                     await self.reconcile()  # the last round gets the same check as any other
                     return
                 await trio.sleep(0.5)
+
+    def _certified(self, answers: Answers, final_round: int) -> bool:
+        """Exact modes: we and every member at the final round hold its certificate."""
+        if not self.aggregator.exact or final_round < 0:
+            return True  # gossip certifies nothing
+        held = [c for s, c in answers.values() if s.round == final_round]
+        return self.certificate is not None and None not in held
+
+    def _certificate_from(self, answers: Answers) -> None:
+        """Take a member's valid certificate for the model we hold if we have none."""
+        if self.certificate is None and self.model_round >= 0 and self.aggregator.exact:
+            digest = self.sync.digest(self.model_round, self.weights)
+            found = self.sync.certificate_of(answers, self.model_round, digest)
+            if found is not None:
+                self.certified_late(found)
 
     async def reconcile(self) -> bool:
         """Adopt the majority's model if the members at our round hold a different one.
@@ -193,7 +220,9 @@ class CatchUp(ABC):
             return False  # gossip: members hold different models by design
         mine = self.sync.digest(self.model_round, self.weights)  # hashed once per version
         votes: dict[bytes, list[str]] = {mine: [self.me]}
-        for peer, status in (await self.sync.probe_all(self.others, 2.0)).items():
+        answers = await self.sync.probe(self.others, 2.0)
+        self._certificate_from(answers)
+        for peer, (status, _) in answers.items():
             if status.round == self.model_round:
                 votes.setdefault(status.digest, []).append(peer)
         best = max(votes, key=lambda d: (len(votes[d]), d == mine))

@@ -8,13 +8,17 @@ committed wait in a bounded store: only from roster members named as contributor
 signature that verifies, for rounds from ``low`` to ``low + max_ahead``, one per peer and
 round (a second, different vote is equivocation and is recorded). The certificate holds the
 votes gathered; ``CertificatePolicy.check`` decides whether it reaches the quorum.
+
+Late votes: a member whose wait ended below the quorum (a loaded machine delivers votes late)
+holds its statement until it certifies its next round; a vote for it that arrives meanwhile
+still counts, and once the quorum is in, ``on_certified`` gets the certificate.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -51,7 +55,12 @@ class CertificateService:
         *,
         timeout: float = 2.0,
         max_ahead: int = _MAX_AHEAD,
+        on_certified: Callable[[CommitCertificate], None] | None = None,
     ) -> None:
+        """``timeout``: the wait for the votes, and for each one sent.
+
+        ``on_certified``: hears of a certificate its late votes completed (see the module).
+        """
         self.transport = transport
         self.policy = policy
         self.signer = signer
@@ -63,6 +72,9 @@ class CertificateService:
         # round → peer → (signed statement, signature, digest voted for)
         self._votes: dict[int, dict[str, tuple[bytes, bytes, bytes]]] = {}
         self._arrived = trio.Event()
+        self.on_certified = on_certified
+        # This member's last statement, while below the quorum: a late vote may certify it.
+        self._held: CommitStatement | None = None
         transport.serve(CERT_PROTOCOL, self._handle)
 
     @property
@@ -73,7 +85,8 @@ class CertificateService:
     def _record(self, peer: str, statement: CommitStatement, signature: bytes) -> None:
         """Keep a verified vote; refusals are recorded, never raised to the sender's handler."""
         round_ = statement.round
-        if not self.low <= round_ <= self.low + self.max_ahead:
+        held = self._held is not None and round_ == self._held.round
+        if not (held or self.low <= round_ <= self.low + self.max_ahead):
             self._exclude(round_, peer, ReasonCode.WRONG_ROUND, "vote for a round not open here")
             return
         if peer not in statement.contributors or peer not in self.policy.members:
@@ -89,6 +102,21 @@ class CertificateService:
             return
         votes[peer] = (data, signature, statement.digest)
         self._arrived.set()
+        if held:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Certify the held statement once its votes reach the quorum, and hand it on."""
+        assert self._held is not None
+        certificate = assemble(self._held, self._agreeing(self._held).items())
+        try:
+            self.policy.check(certificate, self.me)
+        except P2PFedError:
+            return  # still below the quorum
+        self._held = None
+        log.info("round %d certified by votes that came late", certificate.round)
+        if self.on_certified is not None:
+            self.on_certified(certificate)
 
     def _exclude(self, round_: int, peer: str, reason: ReasonCode, detail: str) -> None:
         log.info("commit vote from %s for round %d refused: %s", peer, round_, detail)
@@ -125,6 +153,7 @@ class CertificateService:
     async def certify(self, statement: CommitStatement) -> CommitCertificate:
         """Vote for ``statement`` and gather the other contributors' votes (see module)."""
         signature = self.signer.sign(statement.signed_bytes())
+        self._held = None  # a new model: the last one's certificate no longer matters
         self.low = max(self.low, statement.round)
         for old in [r for r in self._votes if r < self.low]:
             del self._votes[old]
@@ -184,7 +213,8 @@ class CertificateService:
                     f"{theirs.hex()[:16]}, not this member's {digest.hex()[:16]} (it summed "
                     "onto another base model); not adopted, catching up"
                 ) from None
-            log.warning("round %d stays uncertified: %s", round_, exc)
+            log.warning("round %d uncertified for now (late votes still count): %s", round_, exc)
+            self._held = statement
             return None
         return certificate
 

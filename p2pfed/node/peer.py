@@ -10,7 +10,9 @@ so a round this peer cannot join costs no ε and nothing leaves before the ledge
 It applies the mean update it gets back. After each committed round the cohort signs a
 commit certificate for the new model (``CertificateService``), checkpointed atomically with
 it, so a restarted peer resumes where it stopped; a member whose model a quorum did not sign
-(it summed onto a stale base) does not adopt it and catches up instead.
+(it summed onto a stale base) does not adopt it and catches up instead. A model adopted before
+its quorum of votes arrived is certified later: by the late votes, or by a member's
+certificate for the same model (``reconcile``, ``linger``), and ``on_certified`` hears of it.
 
 A peer that misses a round catches up from the other members (``CatchUp``, its other half).
 Round numbers only go forward: a round that failed for everyone is not re-run under the same
@@ -77,6 +79,7 @@ class Peer(CatchUp):
         certificate_floor: int = 2,
         certify_timeout: float = 2.0,
         on_refusal: Callable[[SyncRefusal], None] | None = None,
+        on_certified: Callable[[CommitCertificate], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         guard: Callable[[], None] | None = None,
@@ -87,7 +90,8 @@ class Peer(CatchUp):
     ) -> None:
         """``signer``/``roster_version``/``certificate_floor``: commit certificates (above).
 
-        ``on_refusal`` hears of every member whose model sync refused (once per round).
+        ``on_refusal`` hears of every member whose model sync refused (once per round);
+        ``on_certified`` of a certificate that came after its round (module docstring).
         ``guard`` runs before each round and before each release, and raises to stop the
         rounds (the daemon's raises once the roster has expired, so no further ε is spent).
         ``on_wait`` hears why this peer cannot progress (start-up, too few members, a missed
@@ -114,12 +118,20 @@ class Peer(CatchUp):
         self.weights = self._shared()
         self.bytes_sent = 0
         self.certificate: CommitCertificate | None = None
+        self.on_certified = on_certified
+        self._in_round = False  # the trainer holds local steps: no checkpoint now
         self.policy = CertificatePolicy(
             consortium, roster_version, frozenset(members), signer, certificate_floor
         )
         # Only exact modes end a round with one model everyone can sign.
         self.certifier = (
-            CertificateService(transport, self.policy, signer, timeout=certify_timeout)
+            CertificateService(
+                transport,
+                self.policy,
+                signer,
+                timeout=certify_timeout,
+                on_certified=self.certified_late,
+            )
             if aggregator.exact
             else None
         )
@@ -199,6 +211,20 @@ class Peer(CatchUp):
         self.next_round = max(self.next_round, round_ + 1)
         self._save()
 
+    def certified_late(self, certificate: CommitCertificate) -> None:
+        """Keep ``certificate`` if it covers the model we hold and we have none for it yet."""
+        if self.certificate is not None or (certificate.round, certificate.digest) != (
+            self.model_round,
+            self.sync.base().digest,
+        ):
+            return
+        self.certificate = certificate
+        if not self._in_round:  # else the round's end checkpoints it (adopted or missed)
+            self._save()
+        log.info("round %d's model is certified after all", certificate.round)
+        if self.on_certified is not None:
+            self.on_certified(certificate)
+
     def abandon(self) -> None:
         """After a cancelled ``run``: undo the local steps of the round cut short.
 
@@ -230,6 +256,13 @@ class Peer(CatchUp):
         if self.guard is not None:
             self.guard()
         await self.reconcile()
+        self._in_round = True
+        try:
+            return await self._round()
+        finally:
+            self._in_round = False
+
+    async def _round(self) -> RoundReport:
         round_ = self.next_round
         self.next_round += 1
         if self.certifier is not None:  # votes for this round may arrive before we commit

@@ -145,6 +145,9 @@ class SyncRefusal:
 CurrentModel = Callable[[], tuple[int, NDArray[np.float32], CommitCertificate | None]]
 """Returns (last completed round, shared weights, their certificate) of the local peer."""
 
+Answers = dict[str, tuple[ModelStatus, CommitCertificate | None]]
+"""Per peer: its status and the certificate it served with it (``ModelSync.probe``)."""
+
 _BACKOFF_FIRST, _BACKOFF_MAX = 1.0, 60.0
 _MAX_NAMED = 4096
 
@@ -288,11 +291,10 @@ class ModelSync:
 
     async def probe_all(self, peers: Sequence[str], timeout: float) -> dict[str, ModelStatus]:
         """The status of every peer that answers within ``timeout`` (asked concurrently)."""
-        return {p: s for p, (s, _) in (await self._probe(peers, timeout)).items()}
+        return {p: s for p, (s, _) in (await self.probe(peers, timeout)).items()}
 
-    async def _probe(
-        self, peers: Sequence[str], timeout: float
-    ) -> dict[str, tuple[ModelStatus, CommitCertificate | None]]:
+    async def probe(self, peers: Sequence[str], timeout: float) -> Answers:
+        """Each answering peer's status and the certificate it serves (asked concurrently)."""
         answers: dict[str, tuple[ModelStatus, CommitCertificate | None]] = {}
 
         async def probe(peer: str) -> None:
@@ -348,6 +350,25 @@ class ModelSync:
         self.policy.check(certificate, peer)
         return certificate
 
+    def certificate_of(
+        self, answers: Answers, round_: int, digest: bytes
+    ) -> CommitCertificate | None:
+        """A valid certificate a member serves for exactly the model (``round_``, ``digest``).
+
+        What a member takes whose own wait for the votes ended below the quorum. It passes the
+        same checks as one for a model to adopt: a stolen key's own is refused and named.
+        """
+        if self.policy is None:
+            return None
+        for peer, (status, certificate) in sorted(answers.items()):
+            if certificate is None or (status.round, status.digest) != (round_, digest):
+                continue
+            try:
+                return self._certified(peer, status, certificate)
+            except RemoteProtocolError as exc:
+                self._refuse(peer, status.round, exc)
+        return None
+
     async def fetch(self, peer: str, claimed: int = -1) -> FetchedModel | None:
         """``peer``'s current certified model, or None (refused, or not had in time).
 
@@ -376,7 +397,7 @@ class ModelSync:
         """
         if self.policy is None:
             return None
-        answers = await self._probe([p for p in peers if not self.backing_off(p)], self.timeout)
+        answers = await self.probe([p for p in peers if not self.backing_off(p)], self.timeout)
         certified: dict[str, CommitCertificate] = {}
         for peer, (status, certificate) in answers.items():
             if status.round <= newer_than:
