@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -157,11 +157,15 @@ async def test_a_dial_given_up_mid_upgrade_leaves_no_circuit_at_the_other_end() 
     async with _members(["a", "b"], "abandoned") as (_relay, m):
         a, b = m["a"], m["b"]
         arrived = trio.Event()
-        on_b = _OnConnected(lambda conn: _kind(conn) == "relayed" and arrived.set())
-        b.host.get_network().register_notifee(on_b)
+
+        def circuit_at_b(conn: Any) -> None:
+            if _kind(conn) == "relayed":
+                arrived.set()
+
+        b.host.get_network().register_notifee(_OnConnected(circuit_at_b))
         # a is loaded: it reads b's answer to the muxer proposal late, and the caller's
         # deadline (a 2 s probe, say) expires once b has finished its half of the upgrade.
-        upgrader = a.host.get_network().upgrader
+        upgrader = cast(Any, a.host.get_network()).upgrader
         upgrade = upgrader.upgrade_connection
 
         async def late_reads(secured: Any, peer_id: ID) -> Any:

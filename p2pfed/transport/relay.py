@@ -11,7 +11,9 @@ asks the gate again on every hop stream (a member removed while connected) and r
 CONNECT towards a peer the gate does not admit; it also pumps each circuit itself, so that a
 circuit that ends closes its own two streams and no other (py-libp2p's pump looks them up by
 peer ID and, with two circuits through one member, closed the other circuit and left its own
-half open: ``GatedRelay._relay_data``). A member with relays in its roster keeps a
+half open: ``GatedRelay._relay_data``). A circuit whose upgrade does not finish (its
+caller's deadline expired mid-way) is reset, so the other end is not left holding a connection
+nobody reads (``RelayClient._dial_circuit``). A member with relays in its roster keeps a
 connection and a reservation on each (``RelayClient.keep_reserved``, re-reserving when the
 relay comes back) and, when a direct dial fails or no address is known, dials through them.
 """
