@@ -231,9 +231,10 @@ class RelayClient:
         )
         try:
             await self._transport.host.upgrade_outbound_connection(raw, peer_id)
-        except BaseException:
+        except BaseException as exc:
             with trio.CancelScope(shield=True), trio.move_on_after(ABANDON_WAIT):
                 await _end_circuit(raw)
+            log.info("circuit to %s through %s given up half-way (%r): reset", peer, relay, exc)
             raise
 
 
