@@ -2,7 +2,8 @@
 
 Two members dialling each other through the relay at the same moment get two circuits; both
 ends must keep the same one and the relay must close only the other. A member's circuit that
-ends must not take its other circuits down. A connection on which stream opens keep timing
+ends must not take its other circuits down. A dial whose caller gives up half-way through the
+upgrade leaves no circuit at the other end. A connection on which stream opens keep timing
 out is closed and redialled, and the log names the peer and why.
 """
 
@@ -12,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -21,7 +22,7 @@ from transport_harness import echo, wait_for
 
 from p2pfed.errors import BrokenError
 from p2pfed.transport import libp2p_relayed
-from p2pfed.transport.libp2p_relayed import RelayedTransport, _dialled_by_us
+from p2pfed.transport.libp2p_relayed import RelayedTransport, _dialled_by_us, _kind, _OnConnected
 from p2pfed.transport.relay import GatedRelay, serve_relay
 
 pytestmark = [pytest.mark.network]
@@ -136,6 +137,58 @@ async def test_a_circuit_that_ends_takes_no_other_circuit_of_its_member_down() -
         await _round_trip(a, c, b"still")
         await _round_trip(c, a, b"back")
         assert (_circuits(a, c), _circuits(c, a)) == (to_c, from_c)
+
+
+class _LateReads:
+    """A secured connection whose reads come late, as on a loaded member (any other use passes)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        await trio.sleep(0.3)
+        return bytes(await self.inner.read(n))
+
+
+async def test_a_dial_given_up_mid_upgrade_leaves_no_circuit_at_the_other_end() -> None:
+    async with _members(["a", "b"], "abandoned") as (_relay, m):
+        a, b = m["a"], m["b"]
+        arrived = trio.Event()
+
+        def circuit_at_b(conn: Any) -> None:
+            if _kind(conn) == "relayed":
+                arrived.set()
+
+        b.host.get_network().register_notifee(_OnConnected(circuit_at_b))
+        # a is loaded: it reads b's answer to the muxer proposal late, and the caller's
+        # deadline (a 2 s probe, say) expires once b has finished its half of the upgrade.
+        upgrader = cast(Any, a.host.get_network()).upgrader
+        upgrade = upgrader.upgrade_connection
+
+        async def late_reads(secured: Any, peer_id: ID) -> Any:
+            return await upgrade(_LateReads(secured), peer_id)
+
+        upgrader.upgrade_connection = late_reads
+        with trio.CancelScope() as caller:
+            async with trio.open_nursery() as nursery:
+
+                async def deadline() -> None:
+                    await arrived.wait()
+                    caller.cancel()
+
+                nursery.start_soon(deadline)
+                assert a.relay_client is not None
+                await a.relay_client.dial(b.local_peer)
+        upgrader.upgrade_connection = upgrade
+        assert caller.cancelled_caught and not _circuits(a, b)
+        # b's half goes as well: kept, it would swallow every stream b opens to a, and b
+        # would never redial (it counts as connected).
+        await wait_for(lambda: not _circuits(b, a), "b's half of the abandoned circuit", 5)
+        await _round_trip(b, a, b"redialled")
+        assert len(_circuits(a, b)) == len(_circuits(b, a)) == 1
 
 
 async def test_a_connection_whose_stream_opens_keep_timing_out_is_closed_and_redialled(

@@ -11,7 +11,9 @@ asks the gate again on every hop stream (a member removed while connected) and r
 CONNECT towards a peer the gate does not admit; it also pumps each circuit itself, so that a
 circuit that ends closes its own two streams and no other (py-libp2p's pump looks them up by
 peer ID and, with two circuits through one member, closed the other circuit and left its own
-half open: ``GatedRelay._relay_data``). A member with relays in its roster keeps a
+half open: ``GatedRelay._relay_data``). A circuit whose upgrade does not finish (its
+caller's deadline expired mid-way) is reset, so the other end is not left holding a connection
+nobody reads (``RelayClient._dial_circuit``). A member with relays in its roster keeps a
 connection and a reservation on each (``RelayClient.keep_reserved``, re-reserving when the
 relay comes back) and, when a direct dial fails or no address is known, dials through them.
 """
@@ -28,6 +30,7 @@ import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.relay.circuit_v2 import PROTOCOL_ID, CircuitV2Protocol, CircuitV2Transport
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
@@ -62,6 +65,8 @@ LIMITS = RelayLimits(
 )
 RESERVE_EVERY = 2.0
 """Seconds between checks that each relay still holds our reservation (and redials it)."""
+ABANDON_WAIT = 5.0
+"""Seconds a circuit whose upgrade did not finish may take to be reset."""
 
 
 class GatedRelay(CircuitV2Protocol):
@@ -199,12 +204,43 @@ class RelayClient:
         """
         why = []
         for relay in sorted(self.relays, key=lambda r: r not in self.reserved):
-            circuit = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{peer}")
             try:
                 with trio.fail_after(15):
                     await self._transport.connect(relay)  # the relay may have restarted
-                    await self._circuits.dial(circuit)
+                    await self._dial_circuit(relay, peer)
                 return relay
             except Exception as exc:  # py-libp2p raises many kinds; each is named
                 why.append(f"via relay {relay}: {self.problems.get(relay) or exc}")
         raise BrokenError(f"peer {peer} is unreachable: {'; '.join(why) or 'no relay listed'}")
+
+    async def _dial_circuit(self, relay: str, peer: str) -> None:
+        """Open a circuit to ``peer`` through ``relay`` and upgrade it; end it if that fails.
+
+        py-libp2p cleans up a failed outbound upgrade with awaits that are not shielded, so
+        when the caller's deadline cancels us mid-upgrade (a 2 s probe while a loaded
+        member's dial takes 2 s) nothing reaches the wire: the relay keeps piping the
+        circuit, and ``peer``, whose half of the upgrade had finished, keeps a connection
+        whose other end nobody reads. Its streams to us then hang, and it never redials (it
+        counts as connected). So a circuit whose upgrade did not finish is reset here, in a
+        shielded scope; the relay then ends both halves (``GatedRelay._relay_data``).
+        """
+        circuit = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{peer}")
+        relay_addr, peer_id = self._circuits.parse_circuit_ma(circuit)
+        raw = await self._circuits.dial_peer_info(
+            PeerInfo(peer_id, [circuit]), relay_info=PeerInfo(ID.from_base58(relay), [relay_addr])
+        )
+        try:
+            await self._transport.host.upgrade_outbound_connection(raw, peer_id)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True), trio.move_on_after(ABANDON_WAIT):
+                await _end_circuit(raw)
+            log.info("circuit to %s through %s given up half-way (%r): reset", peer, relay, exc)
+            raise
+
+
+async def _end_circuit(raw: Any) -> None:
+    """Reset the relay stream under a circuit (a reset reaches the relay at once)."""
+    try:
+        await raw.stream.reset()
+    except Exception as exc:  # already gone: nothing left to end
+        log.debug("ending an abandoned circuit: %r", exc)
