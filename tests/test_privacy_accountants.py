@@ -216,6 +216,31 @@ def test_rounds_left() -> None:
     assert fits.get_epsilon(1e-5) > 3.0
 
 
+def test_a_budget_search_builds_the_plain_gaussian_pld_once_per_grid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every accountant copy used to rebuild it (a start refused for budget: 3-4 builds)."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    from p2pfed.privacy import accountants
+
+    built: list[float] = []
+    real = pld_lib.from_gaussian_mechanism
+
+    def counting(sigma: float, **kwargs: float) -> object:
+        if "sampling_prob" not in kwargs:
+            built.append(sigma)
+        return real(sigma, **kwargs)
+
+    monkeypatch.setattr(pld_lib, "from_gaussian_mechanism", counting)
+    accountants._gaussian_pld.cache_clear()
+    acc = PLDAccountant(1e-2)
+    acc.step(noise_multiplier=2.0, sample_rate=1.0, steps=3)  # the ledger's q = 1 releases
+    n = releases_within_budget(acc, 8.0, 1e-5, 2.0, 0.2, 4)
+    assert n > 0
+    assert len(built) <= 2  # one per grid: the accountant's and the search's coarser one
+
+
 sigmas = st.floats(min_value=0.6, max_value=20.0)
 rates = st.floats(min_value=1e-3, max_value=1.0)
 

@@ -43,7 +43,6 @@ from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
 from p2pfed.secagg.params import guaranteed_contributors
 from p2pfed.settings import comma_list
-from sim.scenario import scenario_from_dict
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
@@ -100,6 +99,10 @@ def _scenario(task: str, rounds: int, seed: int) -> Any:
         raise ConfigError(f"unknown bench ddp task {task!r}; use demo or sim")
     raw |= {"name": f"ddp-{task}", "seed": seed, "dtype": "float64"}
     raw |= {"data": {"name": "breast_cancer"}, "model": {"name": "logreg"}}
+    # Here, not at the top: the CLI imports this module to list its options, and the
+    # simulator's scenario loads torch (4 s of CPU for every `p2pfed --help`).
+    from sim.scenario import scenario_from_dict
+
     return scenario_from_dict(raw)
 
 

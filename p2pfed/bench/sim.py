@@ -34,8 +34,6 @@ from p2pfed.bench._timing import best_of
 from p2pfed.errors import ConfigError
 from p2pfed.output import print_json
 from p2pfed.settings import comma_list
-from sim.overrides import with_overrides
-from sim.scenario import Scenario
 
 # torch, trio, libp2p and the modules that load them are imported inside functions: every
 # benchmark module is imported when `p2pfed --help` builds its parser.
@@ -74,7 +72,9 @@ def measure_case(
     import torch
 
     from sim.engine import Simulator
-    from sim.reference import loop_round
+    from sim.overrides import with_overrides  # the simulator loads torch: not at the top,
+    from sim.reference import loop_round  # where the CLI imports this module for its options
+    from sim.scenario import Scenario
 
     torch.set_num_threads(1)
     warmup_rounds = 3
