@@ -3,7 +3,9 @@
 Theory of operation: a member behind NAT lists no address in the roster (nobody can dial it)
 or one that cannot be dialled from outside. ``RelayedTransport`` keeps a reservation on every
 relay given to it (``relay.RelayClient``), so members can reach it through a relay; when its
-own direct dial to a peer fails or no address is known, it dials that peer through a relay.
+own direct dial to a peer fails or no address is known, it dials that peer through a relay,
+in its own nursery: a caller whose deadline expires stops waiting, the dial goes on, and the
+next caller waits for it (``_relay_dial``).
 Noise and the roster gate run end to end over the circuit (``relay`` module doc). ``links``
 says per connected peer whether the connection is direct or relayed (py-libp2p marks a
 circuit's connection ``RELAYED``), and the time the last stream took to open and be admitted
