@@ -3,7 +3,8 @@
 Two members dialling each other through the relay at the same moment get two circuits; both
 ends must keep the same one and the relay must close only the other. A member's circuit that
 ends must not take its other circuits down. A dial whose caller gives up half-way through the
-upgrade leaves no circuit at the other end. A connection on which stream opens keep timing
+upgrade leaves no circuit at the other end, and a stream that gives up on a dial does not cut
+the dial short. A connection on which stream opens keep timing
 out is closed and redialled, and the log names the peer and why.
 """
 
@@ -140,16 +141,19 @@ async def test_a_circuit_that_ends_takes_no_other_circuit_of_its_member_down() -
 
 
 class _LateReads:
-    """A secured connection whose reads come late, as on a loaded member (any other use passes)."""
+    """A secured connection whose reads come late until ``punctual`` is set, as on a loaded
+    member (any other use passes through)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, punctual: trio.Event) -> None:
         self.inner = inner
+        self.punctual = punctual
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     async def read(self, n: int | None = None) -> bytes:
-        await trio.sleep(0.3)
+        if not self.punctual.is_set():
+            await trio.sleep(0.3)
         return bytes(await self.inner.read(n))
 
 
@@ -167,9 +171,10 @@ async def test_a_dial_given_up_mid_upgrade_leaves_no_circuit_at_the_other_end() 
         # deadline (a 2 s probe, say) expires once b has finished its half of the upgrade.
         upgrader = cast(Any, a.host.get_network()).upgrader
         upgrade = upgrader.upgrade_connection
+        punctual = trio.Event()
 
         async def late_reads(secured: Any, peer_id: ID) -> Any:
-            return await upgrade(_LateReads(secured), peer_id)
+            return await upgrade(_LateReads(secured, punctual), peer_id)
 
         upgrader.upgrade_connection = late_reads
         with trio.CancelScope() as caller:
@@ -182,13 +187,53 @@ async def test_a_dial_given_up_mid_upgrade_leaves_no_circuit_at_the_other_end() 
                 nursery.start_soon(deadline)
                 assert a.relay_client is not None
                 await a.relay_client.dial(b.local_peer)
-        upgrader.upgrade_connection = upgrade
+        punctual.set()
         assert caller.cancelled_caught and not _circuits(a, b)
         # b's half goes as well: kept, it would swallow every stream b opens to a, and b
         # would never redial (it counts as connected).
         await wait_for(lambda: not _circuits(b, a), "b's half of the abandoned circuit", 5)
         await _round_trip(b, a, b"redialled")
         assert len(_circuits(a, b)) == len(_circuits(b, a)) == 1
+
+
+async def test_a_relayed_dial_goes_on_after_the_stream_that_started_it_gave_up() -> None:
+    async with _members(["a", "b"], "given-up-open") as (_relay, m):
+        a, b = m["a"], m["b"]
+        arrived = trio.Event()
+
+        def circuit_at_b(conn: Any) -> None:
+            if _kind(conn) == "relayed":
+                arrived.set()
+
+        b.host.get_network().register_notifee(_OnConnected(circuit_at_b))
+        upgrader = cast(Any, a.host.get_network()).upgrader
+        upgrade = upgrader.upgrade_connection
+        punctual = trio.Event()
+
+        async def late_reads(secured: Any, peer_id: ID) -> Any:
+            return await upgrade(_LateReads(secured, punctual), peer_id)
+
+        upgrader.upgrade_connection = late_reads
+        # A probe's deadline expires while the dial it started is still upgrading.
+        with trio.move_on_after(20) as caller:
+            async with trio.open_nursery() as nursery:
+
+                async def deadline() -> None:
+                    await arrived.wait()
+                    caller.cancel()
+
+                nursery.start_soon(deadline)
+                await a.open_stream(b.local_peer, ECHO)
+        assert caller.cancelled_caught
+        punctual.set()
+        # The dial was not cut short: it ends with one circuit, the same at both ends, and the
+        # next stream uses it without dialling again.
+        await wait_for(lambda: len(_circuits(a, b)) == 1, "a's dial finishing on its own", 10)
+        kept = _circuits(a, b)
+        await wait_for(lambda: len(_circuits(b, a)) == 1, "one circuit at b", 10)
+        await _round_trip(a, b, b"no redial")
+        await _round_trip(b, a, b"both ways")
+        assert (_circuits(a, b), len(_circuits(b, a))) == (kept, 1), (a.stalls, b.stalls)
 
 
 async def test_a_connection_whose_stream_opens_keep_timing_out_is_closed_and_redialled(

@@ -3,7 +3,9 @@
 Theory of operation: a member behind NAT lists no address in the roster (nobody can dial it)
 or one that cannot be dialled from outside. ``RelayedTransport`` keeps a reservation on every
 relay given to it (``relay.RelayClient``), so members can reach it through a relay; when its
-own direct dial to a peer fails or no address is known, it dials that peer through a relay.
+own direct dial to a peer fails or no address is known, it dials that peer through a relay,
+in its own nursery: a caller whose deadline expires stops waiting, the dial goes on, and the
+next caller waits for it (``_relay_dial``).
 Noise and the roster gate run end to end over the circuit (``relay`` module doc). ``links``
 says per connected peer whether the connection is direct or relayed (py-libp2p marks a
 circuit's connection ``RELAYED``), and the time the last stream took to open and be admitted
@@ -58,6 +60,7 @@ class RelayedTransport(Libp2pTransport):
         """Peer → why neither a direct dial nor any relay reached it (cleared on success)."""
         self.stalls: dict[str, int] = {}
         """Peer → stream opens in a row that timed out on its connection."""
+        self._relay_dials: dict[str, _Dial] = {}
 
     @property
     def host(self) -> IHost:
@@ -172,7 +175,7 @@ class RelayedTransport(Libp2pTransport):
             if self._conns_of(peer_id):
                 return
             try:
-                relay = await self.relay_client.dial(peer)
+                relay = await self._relay_dial(peer)
             except BrokenError as exc:
                 self._unreachable(peer, f"direct: {direct}; relayed: {exc}")
                 raise BrokenError(
@@ -180,6 +183,34 @@ class RelayedTransport(Libp2pTransport):
                 ) from exc
         self.unreachable.pop(peer, None)
         log.info("connected to %s through relay %s", peer, relay)
+
+    async def _relay_dial(self, peer: str) -> str:
+        """Dial ``peer`` through a relay in our own nursery and wait for it; the relay's ID.
+
+        A caller whose deadline expires (a 2 s probe, while a loaded member's dial takes 2 s)
+        stops waiting, but the dial goes on: cut short it would only be reset and redialled
+        by the next caller, which may then be cut short too. The next caller waits for the
+        dial already under way instead of starting one.
+        """
+        assert self.relay_client is not None and self._nursery is not None
+        dial = self._relay_dials.get(peer)
+        if dial is None:
+            dial = self._relay_dials[peer] = _Dial()
+            self._nursery.start_soon(self._run_relay_dial, peer, dial)
+        await dial.done.wait()
+        if dial.relay is None:
+            raise BrokenError(dial.error)
+        return dial.relay
+
+    async def _run_relay_dial(self, peer: str, dial: _Dial) -> None:
+        assert self.relay_client is not None
+        try:
+            dial.relay = await self.relay_client.dial(peer)
+        except BrokenError as exc:
+            dial.error = str(exc)
+        finally:
+            del self._relay_dials[peer]
+            dial.done.set()
 
     def _unreachable(self, peer: str, why: str) -> None:
         if self.unreachable.get(peer) is None:
@@ -195,6 +226,15 @@ class RelayedTransport(Libp2pTransport):
             via = "direct" if "direct" in kinds else "relayed"
             out[peer] = {"via": via, "open_s": self.open_times.get(peer)}
         return out
+
+
+class _Dial:
+    """A relayed dial under way: its callers wait for ``done``, then read ``relay`` or ``error``."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.relay: str | None = None
+        self.error = "the dial was cancelled (the transport closed)"
 
 
 class _OnConnected(INotifee):

@@ -36,8 +36,14 @@ class NatConsortium:
     relay_id: str
 
 
-def nat_consortium(root: Path, settings: DemoSettings) -> NatConsortium:
-    """The demo consortium with no hospital address and one relay in the roster."""
+def nat_consortium(
+    root: Path, settings: DemoSettings, stage_floor_s: float | None = None
+) -> NatConsortium:
+    """The demo consortium with no hospital address and one relay in the roster.
+
+    ``stage_floor_s`` sets every hospital's ``[rounds] stage_timeout_min_s`` (the agreement's
+    waits and control timeouts stretch with it, ``SecureRingRound.pace``).
+    """
     demo = build_consortium(root, settings)
     admin = Identity.load(root / "admin.key")
     relay = Identity.generate()
@@ -54,6 +60,8 @@ def nat_consortium(root: Path, settings: DemoSettings) -> NatConsortium:
     for h in demo.hospitals:
         roster.save(h.folder / "roster.json")
         text = h.config.read_text().replace(f"/ip4/127.0.0.1/tcp/{h.port}", "/ip4/0.0.0.0/tcp/4001")
+        if stage_floor_s is not None:
+            text = text.replace("[rounds]\n", f"[rounds]\nstage_timeout_min_s = {stage_floor_s}\n")
         h.config.write_text(text)
     return NatConsortium(demo, root / "relay.key", relay.peer_id)
 
