@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     try:
-        prepared = prepare(config)
+        # The ledger and σ once listening (daemon.serve): the accountants take seconds.
+        prepared = prepare(config, plan_privacy=False)
         done = completed_round(prepared.state_dir)
         if done >= config.rounds.rounds - 1:
             say(
