@@ -4,7 +4,7 @@ The model here is a factory that returns only once the test lets it, so what the
 before its model exists is observed, not timed: it accepts connections, ``status.json``
 says ``starting`` with the addresses it listens on, and its audit log records no start. A
 model that does not fit the data stops the listening node with one sentence, still before
-its audit log records a start. (Real daemons; about 20–40 s each on a loaded machine.)
+its audit log records a start. (Real daemons: about 15 s each at load 5, minutes at load 20.)
 """
 
 from __future__ import annotations
