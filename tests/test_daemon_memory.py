@@ -52,4 +52,4 @@ def test_memory_a_round_frees_goes_back_to_the_system() -> None:
 
 def test_the_daemon_sets_it_before_it_builds_anything() -> None:
     source = (Path(p2pfed.__file__).parent / "cli" / "commands" / "run.py").read_text()
-    assert source.index("return_freed_memory()") < source.index("prepare(config)")
+    assert source.index("return_freed_memory()") < source.index("prepare(config")

@@ -15,6 +15,8 @@ abandoned at its next await (trio delivers the cancel inside an exception group,
 ``ended`` unwraps), the transport, ledger and files are closed on the way out, the last
 completed round stays checkpointed, ``status.json`` says ``stopped`` with that round, and
 the audit log's ``daemon_stop`` says why (the signal, finished, budget exhausted, error).
+Importing the package loads neither torch nor libp2p: the node listens first, and builds
+its model once it does (``daemon.serve``).
 """
 
 from p2pfed.daemon.build import peer_addresses

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 import topologies
 from p2pfed.collectives.gossip import place_peers
@@ -32,8 +31,13 @@ from p2pfed.daemon.prepare import Prepared, parse_listen, secagg_plan
 from p2pfed.daemon.reporter import RoundReporter
 from p2pfed.errors import ConfigError
 from p2pfed.identity import Member, Role, Roster
-from p2pfed.node import GossipAggregator, Peer, RingAggregator, SecureRingAggregator
-from p2pfed.node.aggregators import Aggregator, examples_weight
+from p2pfed.node.aggregators import (
+    Aggregator,
+    GossipAggregator,
+    RingAggregator,
+    SecureRingAggregator,
+    examples_weight,
+)
 from p2pfed.node.deadlines import DeadlinePolicy, Paced, PacedAggregator
 from p2pfed.node.roster_sync import session_id, sync_session_id
 from p2pfed.privacy import NoiseMode, PrivacyLedger
@@ -41,15 +45,10 @@ from p2pfed.privacy.ddg import DDGPlan, secure_ring_encoder
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.secagg.compression import ErrorFeedback, QuantisedEncoder, level_bits_of
 from p2pfed.secagg.fixedpoint import FixedPoint
-from p2pfed.training.models import (
-    build_model,
-    check_fits,
-    load_torchscript,
-    model_from_factory,
-)
-from p2pfed.training.trainer import DPSGD, LocalTrainer
 
 if TYPE_CHECKING:
+    from p2pfed.node.peer import Peer
+    from p2pfed.training.trainer import LocalTrainer
     from p2pfed.transport.libp2p import Libp2pTransport
     from p2pfed.transport.libp2p_relayed import RelayedTransport
 
@@ -60,7 +59,16 @@ def class_count(prepared: Prepared) -> int:
 
 
 def build_trainer(prepared: Prepared) -> LocalTrainer:
-    """The local model and its trainer (DP-SGD when ``[privacy] mode = "dp-sgd"``)."""
+    """The local model and its trainer (DP-SGD when ``[privacy] mode = "dp-sgd"``).
+
+    torch loads here, not when this module does: ``daemon.serve`` listens first and calls
+    this in a worker thread.
+    """
+    import torch
+
+    from p2pfed.training.models import build_model, check_fits, load_torchscript, model_from_factory
+    from p2pfed.training.trainer import DPSGD, LocalTrainer
+
     config, m = prepared.config, prepared.config.model
     n_features, n_classes = prepared.train.n_features, class_count(prepared)
     shape = prepared.train.shape if len(prepared.train.shape) > 1 else ()
@@ -384,6 +392,8 @@ def build_peer(
     reporter: RoundReporter,
 ) -> Peer:
     """The ``Peer`` that runs this cohort's rounds, reporting through ``reporter``."""
+    from p2pfed.node.peer import Peer  # torch, which the trainer has loaded by now
+
     config = prepared.config
     aggregator, discrete = build_aggregator(prepared, transport, cohort, trainer.layout.size)
     releaser = build_releaser(

@@ -7,7 +7,10 @@ aggregation floors, the privacy ledger (integrity, anchoring, budget, whether th
 still to run fit) and the data (loading, schema and validation report), so a bad
 installation stops with one clear sentence and the audit log never records a start that
 could not run. It plans σ once (the target-ε search can take seconds) and hands every
-checked part to ``serve`` in one ``Prepared``.
+checked part to ``serve`` in one ``Prepared``. ``p2pfed run`` asks for the ledger and σ
+later (``plan_privacy=False``, then ``with_privacy_plan``): the accountants take seconds
+to load and compose, and the node checks them while it listens, before it takes part in
+anything or its audit log records a start (``daemon.serve``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import math
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ from p2pfed.errors import BudgetExceededError, ConfigError, DataError
 from p2pfed.governance import ledger_anchors
 from p2pfed.identity import Identity, Role, RosterGate, StudyProtocol
 from p2pfed.lifecycle import load_audit_salt
-from p2pfed.node.peer import CHECKPOINT
+from p2pfed.node.files import CHECKPOINT
 from p2pfed.privacy import PrivacyLedger, noise_multiplier_for
 from p2pfed.privacy.accountants import Accountant, make_accountant
 from p2pfed.privacy.calibrate import releases_within_budget
@@ -66,6 +69,8 @@ class Prepared:
     """The noise multiplier the node will use (planned once: the search can take seconds)."""
     protocol: StudyProtocol | None = None
     """The verified study protocol (``[study] protocol``); its hash names the session."""
+    privacy_planned: bool = False
+    """Whether the ledger is checked and ``sigma`` planned (``with_privacy_plan``)."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -163,8 +168,16 @@ def secagg_plan(config: Config, members: Sequence[str]) -> CohortPlan:
         raise ConfigError(f"[secagg] with {len(members)} members: {exc}") from None
 
 
-def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Prepared:
-    """Check key, roster, listen address, membership, ledger and data, before any network use."""
+def prepare(
+    config: Config,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    *,
+    plan_privacy: bool = True,
+) -> Prepared:
+    """Check key, roster, listen address, membership, data and ledger, before any network use.
+
+    With ``plan_privacy=False`` the ledger and σ are left to ``with_privacy_plan``.
+    """
     state_dir = config.path(config.node.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     identity = Identity.load(config.path(config.node.identity))
@@ -185,13 +198,20 @@ def prepare(config: Config, now: Callable[[], datetime] = lambda: datetime.now(U
     # The data first: a site whose data cannot join hears that alone, before the budget's
     # calibration says anything.
     report, train, test = validated_data(config, state_dir)
-    anchors, sigma = check_ledger(config, state_dir)
     salt = load_audit_salt(config, state_dir / AUDIT_FILE)
+    prepared = Prepared(
+        config, identity, gate, train, test, report, state_dir, audit_salt=salt, protocol=protocol
+    )
+    return with_privacy_plan(prepared) if plan_privacy else prepared
+
+
+def with_privacy_plan(prepared: Prepared) -> Prepared:
+    """``prepared`` with its ledger checked (integrity, anchoring, budget) and σ planned."""
+    config = prepared.config
+    anchors, sigma = check_ledger(config, prepared.state_dir)
     if sigma is None:
         sigma = noise_multiplier(config)
-    return Prepared(
-        config, identity, gate, train, test, report, state_dir, anchors, salt, sigma, protocol
-    )
+    return replace(prepared, ledger_anchors=anchors, sigma=sigma, privacy_planned=True)
 
 
 def check_compression(config: Config) -> None:

@@ -30,17 +30,18 @@ from p2pfed.governance.recorder import DPRecord, GovernanceRecorder
 from p2pfed.governance.status_file import write_status
 from p2pfed.identity import Identity, RosterError
 from p2pfed.lifecycle import expiry_guard, roster_expired
-from p2pfed.node import Peer, RoundReport, weights_digest
 from p2pfed.node.certificates import CommitCertificate
 from p2pfed.node.liveness import Waiting
+from p2pfed.node.report import RoundReport
 from p2pfed.node.roster_sync import RosterChange
-from p2pfed.node.sync import SyncRefusal
+from p2pfed.node.sync import SyncRefusal, weights_digest
 from p2pfed.privacy import PrivacyLedger
-from p2pfed.training.params import ParameterLayout
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch: the reporter exists (status.json) before the model is built
     from collections.abc import Callable
 
+    from p2pfed.node.peer import Peer
+    from p2pfed.training.params import ParameterLayout
     from p2pfed.transport.libp2p import Libp2pTransport
 
 log = logging.getLogger("p2pfed.daemon")
@@ -105,13 +106,14 @@ class RoundReporter:
         status: dict[str, Any],
         recorder: GovernanceRecorder,
         ledger: PrivacyLedger | None,
-        layout: ParameterLayout,
+        layout: ParameterLayout | None = None,
     ) -> None:
         self.status = status
         self.recorder = recorder
         self._prepared = prepared
         self._ledger = ledger
-        self._layout = layout
+        self.layout = layout
+        """The shared parameters' layout, once the model is built (``daemon.serve``)."""
         self._peer: Peer | None = None
         self._transport: Libp2pTransport | None = None
         self._reached: dict[str, str | None] = {}  # member name -> how it was last reached
@@ -325,9 +327,11 @@ class RoundReporter:
 
     def _committed(self, report: RoundReport, peer: Peer) -> None:
         """Store and audit the round's model with its DP record; drift alerts into status."""
+        layout = self.layout
+        assert layout is not None, "a round committed before the model was built"
         record = self.recorder.finish_round(
             report.round,
-            tensors_from_flat(self._layout.names, self._layout.shapes, peer.weights),
+            tensors_from_flat(layout.names, layout.shapes, peer.weights),
             dp=self._dp_record(report),
             metrics={
                 "accuracy": report.test_accuracy,

@@ -1,11 +1,18 @@
 """Running the node: the transport, the cohort of each roster in force, and a clean stop.
 
-Theory of operation: ``serve`` opens what outlives one cohort (governance, metrics
-server, privacy ledger, the reporter) in an exit stack, so each is closed however the run
-ends, and ``status.json`` is written last. ``run_node`` opens the libp2p host and hands it
-to a ``CohortRunner``: it serves roster exchanges in the background and runs the cohort of
-the roster in force; when a newer roster is accepted the round in progress is abandoned
-and the cohort rebuilt over the new membership on the same transport. A cancel (a signal,
+Theory of operation: ``serve`` opens the libp2p host first, so the node listens, and
+authenticates whoever dials it against the roster, within moments of ``p2pfed run``, and
+``status.json`` says ``starting`` with the addresses it listens on. torch and the model
+load next, in a worker thread (``load_trainer``), seconds later; until then the node runs
+no protocol but the transport's own, so a member probing it sees it as not answering yet,
+exactly as a member still booting, and waits for it (or, past the start-up wait, runs its
+rounds without it; the node catches up when it is ready). A model that does not fit the
+data stops the node before its audit log records a start. Then ``serve`` opens what
+outlives one cohort (governance, metrics server, privacy ledger, the reporter) in an exit
+stack, so each is closed however the run ends, and ``status.json`` is written last. A
+``CohortRunner`` serves roster exchanges in the background and runs the cohort of the
+roster in force; when a newer roster is accepted the round in progress is abandoned and
+the cohort rebuilt over the new membership on the same transport. A cancel (a signal,
 delivered by trio inside an exception group) is recorded by ``ended`` before the exit
 stack writes the final status and the audit log's ``daemon_stop``.
 """
@@ -13,12 +20,10 @@ stack writes the final status and the audit log's ``daemon_stop``.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
-import torch
 import trio
 
 from p2pfed import __version__
@@ -30,19 +35,20 @@ from p2pfed.daemon.build import (
     class_count,
     cohort_of,
 )
-from p2pfed.daemon.prepare import Prepared
+from p2pfed.daemon.prepare import Prepared, with_privacy_plan
 from p2pfed.daemon.reporter import RoundReporter, metrics_config, open_governance
 from p2pfed.errors import BudgetExceededError
 from p2pfed.governance.metrics import serve_if_enabled
 from p2pfed.governance.recorder import GovernanceRecorder
+from p2pfed.governance.status_file import write_status
 from p2pfed.identity import RosterError
 from p2pfed.lifecycle import ended, stop_reason
-from p2pfed.node import Peer
 from p2pfed.node.roster_sync import LiveRoster, RosterAnnouncer, RosterChange, enforce, run_unless
 from p2pfed.privacy import PrivacyLedger
-from p2pfed.training.trainer import LocalTrainer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch: loaded once the node listens (``load_trainer``)
+    from p2pfed.node.peer import Peer
+    from p2pfed.training.trainer import LocalTrainer
     from p2pfed.transport.libp2p import Libp2pTransport
 
 log = logging.getLogger("p2pfed.daemon")
@@ -55,8 +61,6 @@ async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dic
     learns the last completed round and why the run ended.
     """
     config, roster = prepared.config, prepared.gate.roster
-    torch.set_num_threads(1)  # peers share the machine's cores with their neighbours
-    trainer = build_trainer(prepared)
     status = {} if status is None else status
     status |= {
         "name": config.node.name,
@@ -66,7 +70,53 @@ async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dic
         "rounds": config.rounds.rounds,
         "state": "starting",
     }
-    # Everything opened here is closed (in reverse order) however start-up or the run ends.
+    try:
+        async with build_transport(prepared) as transport:
+            status["listen"] = list(transport.listen_addrs)
+            write_status(prepared.state_dir, status)  # `p2pfed status` answers from here on
+            prepared, trainer = await load_trainer(prepared)
+            await run_node(prepared, status, trainer, transport)
+    except BaseException as exc:
+        # Before the status is written for the last time (here, or by run_node's exit
+        # stack). trio delivers a cancel inside an exception group, which
+        # ``except trio.Cancelled`` would not see.
+        ended(status, exc)
+        write_status(prepared.state_dir, status)
+        raise
+    return status
+
+
+async def load_trainer(prepared: Prepared) -> tuple[Prepared, LocalTrainer]:
+    """The privacy plan, then torch, the model and its trainer, in a worker thread.
+
+    The node listens meanwhile. The ledger is checked and σ planned first if ``prepare``
+    left them (``with_privacy_plan``: the accountants take seconds to load); the optimizer
+    is made here too (``torch.optim`` imports ``torch._dynamo``, seconds). Not abandoned on
+    cancel (the project's trio stubs predate that argument): a stop during the load waits
+    for it.
+    """
+    return await trio.to_thread.run_sync(_load, prepared)
+
+
+def _load(prepared: Prepared) -> tuple[Prepared, LocalTrainer]:
+    if not prepared.privacy_planned:
+        prepared = with_privacy_plan(prepared)
+    import torch
+
+    torch.set_num_threads(1)  # peers share the machine's cores with their neighbours
+    trainer = build_trainer(prepared)
+    trainer.optimizer  # noqa: B018 (made now, off the round's clock)
+    return prepared, trainer
+
+
+async def run_node(
+    prepared: Prepared,
+    status: dict[str, Any],
+    trainer: LocalTrainer,
+    transport: Libp2pTransport,
+) -> None:
+    """Open governance and the ledger, then run the cohorts of successive rosters."""
+    # Everything opened here is closed (in reverse order) however the run ends.
     cleanup = contextlib.ExitStack()
     with cleanup:
         recorder = open_recorder(prepared, status, cleanup)
@@ -74,8 +124,11 @@ async def serve(prepared: Prepared, status: dict[str, Any] | None = None) -> dic
         reporter = RoundReporter(prepared, status, recorder, ledger, trainer.layout)
         cleanup.callback(reporter.write)
         reporter.write()
-        await run_node(prepared, reporter, ledger, trainer)
-    return status
+        try:
+            await CohortRunner(prepared, reporter, ledger, trainer, transport).run()
+        except BaseException as exc:
+            ended(status, exc)  # before the exit stack writes status.json and daemon_stop
+            raise
 
 
 def open_recorder(
@@ -115,37 +168,6 @@ def open_ledger(prepared: Prepared, cleanup: contextlib.ExitStack) -> PrivacyLed
     )
     cleanup.callback(ledger.close)
     return ledger
-
-
-async def run_node(
-    prepared: Prepared,
-    reporter: RoundReporter,
-    ledger: PrivacyLedger | None,
-    trainer: LocalTrainer,
-) -> None:
-    """Open the transport and run the cohorts of successive rosters until the node is done."""
-    try:
-        async with build_transport(prepared) as transport, trio.open_nursery() as warm:
-            # torch's optimizers import torch._dynamo when first made (seconds): imported
-            # here, off the path to listening, while the members are still being waited for.
-            warm.start_soon(_warm_up)
-            await CohortRunner(prepared, reporter, ledger, trainer, transport).run()
-            warm.cancel_scope.cancel()
-    except BaseException as exc:
-        # Before serve's callbacks write status.json and daemon_stop. trio delivers a cancel
-        # inside an exception group, which ``except trio.Cancelled`` would not see.
-        ended(reporter.status, exc)
-        raise
-
-
-def _import_dynamo() -> None:
-    importlib.import_module("torch._dynamo")
-
-
-async def _warm_up() -> None:
-    # Not abandoned on cancel (the project's trio stubs predate that argument): a stop
-    # during the import waits for it, seconds at most.
-    await trio.to_thread.run_sync(_import_dynamo)
 
 
 class CohortRunner:

@@ -19,7 +19,7 @@ import dataclasses
 from p2pfed.config import Config
 from p2pfed.errors import ConfigError
 from p2pfed.identity import Roster, StudyProtocol, check_protocol
-from p2pfed.training.models import TORCHSCRIPT_PREFIX, torchscript_reference
+from p2pfed.training.options import TORCHSCRIPT_PREFIX, torchscript_reference
 
 
 def load_study(config: Config, roster: Roster) -> StudyProtocol | None:

@@ -36,12 +36,12 @@ class Anchors:
 
 def checkpoint_state(path: Path) -> dict[str, Any] | None:
     """The round and extra fields of a checkpoint (None if there is none)."""
-    import torch
-
     try:
         payload = unseal(path.read_bytes(), f"checkpoint {path}")
     except FileNotFoundError:
         return None
+    import torch  # only for a checkpoint: a first start listens before torch loads
+
     try:
         state = torch.load(io.BytesIO(payload), weights_only=True)
     except Exception as exc:  # torch raises many types for a bad archive

@@ -40,6 +40,7 @@ from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.catchup import CatchUp
 from p2pfed.node.certificates import CertificatePolicy, CommitCertificate
 from p2pfed.node.certify import CertificateService
+from p2pfed.node.files import CHECKPOINT
 from p2pfed.node.liveness import PendingRelease, Waiting, slot_wait
 from p2pfed.node.report import RoundReport, StageTimer
 from p2pfed.node.sync import ModelSync, SyncRefusal, weights_digest
@@ -57,8 +58,6 @@ from p2pfed.transport.base import Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class Peer(CatchUp):

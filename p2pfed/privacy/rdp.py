@@ -45,7 +45,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import gammaln, log_ndtr
 
 from p2pfed.errors import ConfigError
 
@@ -71,6 +70,8 @@ def _lse(x: NDArray[np.float64] | list[float]) -> float:
 
 
 def _log_a_integer(q: float, sigma: float, alpha: int) -> float:
+    from scipy.special import gammaln  # here: `p2pfed run` listens before scipy loads
+
     k = np.arange(alpha + 1, dtype=np.float64)
     log_binom = gammaln(alpha + 1.0) - gammaln(k + 1.0) - gammaln(alpha - k + 1.0)
     with np.errstate(divide="ignore"):
@@ -86,6 +87,8 @@ def _log_a_integer(q: float, sigma: float, alpha: int) -> float:
 
 
 def _log_a_fractional(q: float, sigma: float, alpha: float, signed: bool) -> float:
+    from scipy.special import gammaln, log_ndtr
+
     log_q, log_1mq = math.log(q), math.log1p(-q)
     z0 = sigma * sigma * (math.log(1.0 / q - 1.0)) + 0.5
     inv_2s2 = 1.0 / (2.0 * sigma * sigma)

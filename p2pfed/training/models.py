@@ -17,7 +17,6 @@ a ``torch.jit.save`` file instead; a study protocol pins it by the file's SHA-25
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -117,16 +116,6 @@ def load_torchscript(path: Path) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise ConfigError(f"[model] torchscript {path} holds no module")
     return module
-
-
-def torchscript_reference(path: Path) -> str:
-    """What a study protocol's model kind says for this file: its SHA-256."""
-    if not path.is_file():
-        raise ConfigError(f"[model] torchscript {path}: no such file")
-    return TORCHSCRIPT_PREFIX + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-TORCHSCRIPT_PREFIX = "torchscript sha256:"
 
 
 @torch.no_grad()

@@ -8,12 +8,22 @@ from here.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from p2pfed.errors import ConfigError
 
 BUILTIN_MODELS = ("logistic", "mlp")
 OPTIMIZERS = ("sgd", "adam")
+TORCHSCRIPT_PREFIX = "torchscript sha256:"
+
+
+def torchscript_reference(path: Path) -> str:
+    """What a study protocol's model kind says for this file: its SHA-256."""
+    if not path.is_file():
+        raise ConfigError(f"[model] torchscript {path}: no such file")
+    return TORCHSCRIPT_PREFIX + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)

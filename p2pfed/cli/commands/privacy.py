@@ -135,7 +135,7 @@ def _anchors(config: Any) -> Any:
     """The ledger heads the node's checkpoint and audit log record."""
     from p2pfed.daemon import AUDIT_FILE
     from p2pfed.governance.ledger_anchors import collect
-    from p2pfed.node.peer import CHECKPOINT
+    from p2pfed.node.files import CHECKPOINT
 
     state = config.path(config.node.state_dir)
     return collect(state / CHECKPOINT, state / AUDIT_FILE)
@@ -147,7 +147,7 @@ def run_recover(args: argparse.Namespace) -> int:
     from p2pfed.daemon import AUDIT_FILE
     from p2pfed.errors import ConfigError
     from p2pfed.governance.ledger_recovery import recover
-    from p2pfed.node.peer import CHECKPOINT
+    from p2pfed.node.files import CHECKPOINT
     from p2pfed.privacy.mechanisms import NoiseMode
 
     config = load_config(args.config)

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from p2pfed.daemon import completed_round, prepare, run_until_signalled
+    from p2pfed.daemon.prepare import with_privacy_plan
     from p2pfed.governance.logs import remove_logging, setup_logging
 
     setup_logging(config.node.log_level.upper(), json_format=config.node.log_json)
@@ -48,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     try:
-        prepared = prepare(config)
+        # The ledger and σ once listening (daemon.serve): the accountants take seconds.
+        prepared = prepare(config, plan_privacy=False)
         done = completed_round(prepared.state_dir)
         if done >= config.rounds.rounds - 1:
+            with_privacy_plan(prepared)  # a missing or altered ledger is refused all the same
             say(
                 f"{config.node.name}: already finished: all {config.rounds.rounds} rounds are done "
                 f"(checkpoint at round {done}); nothing to run"

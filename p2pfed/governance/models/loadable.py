@@ -45,7 +45,8 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, Predict]:
     """The exported model at ``path`` (file, or folder with one) and its ``predict(rows)``."""
     import torch
 
-    from p2pfed.training.models import TORCHSCRIPT_PREFIX, build_model
+    from p2pfed.training.models import build_model
+    from p2pfed.training.options import TORCHSCRIPT_PREFIX
 
     file = exported_file(path)
     manifest, tensors = import_model(file)
