@@ -91,6 +91,8 @@ class LocalTrainer(ModuleState):
     shared; ``get_state``, ``set_state``) is ``ModuleState``'s, as for the other trainers.
     """
 
+    copies_state_in = True  # set_state copies in (load_into); fit and evaluate call it first
+
     def __init__(
         self,
         model: nn.Module,
