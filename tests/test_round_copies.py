@@ -7,6 +7,8 @@ count the passes a round's steps make and check that the numbers are the same as
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 import trio
 
+import p2pfed.daemon.memory
 import p2pfed.node.peer as peer_module
 import p2pfed.node.sync as sync_module
 import p2pfed.training.state as state_module
@@ -159,3 +162,31 @@ def test_the_digest_cache_keeps_the_served_model_and_the_new_one() -> None:
     cache(5, np.full(8, 2.0, np.float32))  # a third version: the oldest goes
     cache(3, old)
     assert len(calls) == 4
+
+
+# A process fixes the daemon's threshold, then handles 400 ring-chunk-sized buffers (256 KiB
+# of payload plus framing, as the ring and the transport do per chunk): page faults taken?
+CHUNK_PROBE = """
+import resource, runpy, sys
+assert runpy.run_path(sys.argv[1])["return_freed_memory"]()
+size = 256 * 1024 + 64
+for _ in range(20):
+    bytearray(size)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(400):
+    buffer = bytearray(size)
+    del buffer
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator, rusage")
+def test_ring_chunk_buffers_are_reused_from_the_heap_not_mapped_each_time() -> None:
+    """The attack: at a 256 KiB threshold every chunk's buffers were mapped, faulted in page
+    by page (65 faults each) and unmapped again, several times per chunk of a round."""
+    module = Path(p2pfed.daemon.memory.__file__)
+    done = subprocess.run(
+        [sys.executable, "-c", CHUNK_PROBE, str(module)], capture_output=True, text=True, check=True
+    )
+    faults = int(done.stdout)
+    assert faults < 400, f"{faults} page faults for 400 chunk-sized buffers"
