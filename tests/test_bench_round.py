@@ -45,6 +45,23 @@ def test_a_small_model_runs_its_rounds_through_three_daemons_with_ideal_bytes() 
     by_stage = case["rss_by_stage_mb"]
     assert set(by_stage) <= STAGES | {"round start"} and "train" in by_stage
     assert 50 < min(by_stage.values()) <= max(by_stage.values()) <= max(case["peak_rss_mb"])
+    # CPU seconds of a round per member: something, and no more than 2 cores' worth of it.
+    assert len(case["round_cpu_s"]) == 3
+    assert all(0 < s <= 2 * case["round_s"] + 0.5 for s in case["round_cpu_s"])
+
+
+def test_a_rounds_cpu_is_read_off_the_counters_polled_in_its_window() -> None:
+    from p2pfed.bench.round import _cpu_per_round
+
+    ends = [
+        {"ts": 110.0, "body": {"round": 0, "duration_s": 10.0}},
+        {"ts": 130.0, "body": {"round": 1, "duration_s": 5.0}},
+    ]
+    polled = [(99.0, 1.0), (100.5, 2.0), (110.0, 7.0), (124.0, 8.0), (126.0, 9.5), (131.0, 11.0)]
+    # Round 1 ran from 125 to 130: the counter read 8.0 at its start and 9.5 at its end.
+    assert _cpu_per_round([ends], [polled], {1}) == [1.5]
+    assert _cpu_per_round([ends], [polled], {0, 1}) == [round((6.0 + 1.5) / 2, 2)]
+    assert _cpu_per_round([ends, []], [polled, []], {7}) == [None, None]
 
 
 def test_memory_is_attributed_to_the_stage_whose_window_holds_the_poll() -> None:

@@ -41,7 +41,7 @@ def test_chunked_words_equal_the_whole_vector_encoding(
 
 
 def test_encoding_a_big_update_keeps_its_temporaries_to_a_few_chunks() -> None:
-    n = 4 * CHUNK  # 4 M float32 values: 16 MB in, 16 MB of words out
+    n = 1 << 22  # 4 M float32 values: 16 MB in, 16 MB of words out
     values = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
     tracemalloc.start()
     try:

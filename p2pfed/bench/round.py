@@ -16,7 +16,10 @@ rounds; the secure round's aggregate stage is split into mask — key agreement,
 encoding and masking —, all-reduce, unmask and decode), ``committed`` rounds (the fewest
 any member committed; ``committed_per_member`` lists each), ``bytes_per_peer`` (the most
 any member sent per round it committed, from ``status.json``) against ``bytes_ideal`` =
-2(n−1)/n·M for the M bytes of ring words one update takes. ``load_avg`` is the machine's
+2(n−1)/n·M for the M bytes of ring words one update takes, and ``round_cpu_s``: per member,
+the CPU seconds (all its threads, from ``/proc/<pid>/stat`` polled with the memory) of a
+committed round after the first, which unlike wall seconds keep their value on a loaded
+machine. ``load_avg`` is the machine's
 load before and after: the machine is shared, and nothing here asserts a time.
 ``--link-mbps`` and ``--stage-max-s`` set the members' ``[rounds] link_mbps`` (the rate
 their first stage deadlines assume) and ``stage_timeout_max_s`` (the ceiling, 600 s here,
@@ -218,6 +221,8 @@ class _Watcher:
         self.start_s: list[float | None] = [None] * len(c.hospitals)
         self.rss: list[list[tuple[float, int]]] = [[] for _ in c.hospitals]
         """Per daemon: (wall time, VmRSS KiB) at every poll, to attribute memory to stages."""
+        self.cpu: list[list[tuple[float, float]]] = [[] for _ in c.hospitals]
+        """Per daemon: (wall time, CPU seconds so far, all its threads) at every poll."""
 
     def follow(self, timeout: float) -> None:
         """Poll until every daemon has exited; ``BrokenError`` after ``timeout``."""
@@ -236,6 +241,9 @@ class _Watcher:
                     self.peak_kb[i] = max(self.peak_kb[i], hwm)
                     if rss:
                         self.rss[i].append((time.time(), rss))
+                    cpu = _cpu_s(h.process.pid)
+                    if cpu is not None:
+                        self.cpu[i].append((time.time(), cpu))
             if None in self.start_s:
                 for i, status in enumerate(statuses(self.c)):
                     if self.start_s[i] is None and status.get("state") == "running":
@@ -254,6 +262,41 @@ def _vm_kb(pid: int) -> tuple[int, int]:
     except OSError:
         pass
     return found["VmHWM:"], found["VmRSS:"]
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of process ``pid`` so far (None once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _cpu_per_round(
+    ends: list[list[dict[str, Any]]], samples: list[list[tuple[float, float]]], rounds: set[int]
+) -> list[float | None]:
+    """Per member, the mean CPU seconds (all its threads) of its rounds in ``rounds``.
+
+    Each round's window runs from its start (its ``round_end`` time less its duration) to
+    its end, read off the polled CPU counters (to the poll interval). Unlike wall seconds,
+    CPU seconds hold their value on a loaded machine: the comparison figure of a change.
+    """
+
+    def at(polled: list[tuple[float, float]], t: float) -> float:
+        before = [cpu for when, cpu in polled if when <= t]
+        return before[-1] if before else polled[0][1]
+
+    out: list[float | None] = []
+    for member, polled in zip(ends, samples, strict=True):
+        used = [
+            at(polled, float(e["ts"])) - at(polled, float(e["ts"]) - float(e["body"]["duration_s"]))
+            for e in member
+            if int(e["body"]["round"]) in rounds and polled
+        ]
+        out.append(round(sum(used) / len(used), 2) if used else None)
+    return out
 
 
 def _rss_by_stage(
@@ -305,6 +348,12 @@ def _figures(
             per_round.setdefault(int(e["round"]), []).append(e)
     full = [entries for _, entries in sorted(per_round.items()) if len(entries) == len(ends)]
     rounds_s = [max(float(e["duration_s"]) for e in entries) for entries in full]
+    # CPU of the rounds after the first (whose start waited for imports and the others).
+    steady = {int(entries[0]["round"]) for entries in full[1:] or full}
+    completed = [
+        [e for e in member if e["body"].get("outcome") == "completed"] for member in logged
+    ]
+    round_cpu = _cpu_per_round(completed, watcher.cpu, steady)
     stages: dict[str, float] = {}  # per stage: the slowest member's, summed over the rounds
     for entries in full:
         timed = [dict(_pairs(e.get("stages_s"))) for e in entries]
@@ -331,6 +380,7 @@ def _figures(
         "round_s": round(sum(rounds_s) / len(rounds_s), 3) if rounds_s else None,
         "rounds_s": [round(s, 3) for s in rounds_s],
         "stages_s": {k: round(v / len(full), 3) for k, v in stages.items()} if full else {},
+        "round_cpu_s": round_cpu,
         "committed_per_member": [len(member) for member in committed],
         "bytes_per_peer": int(max(sent, default=0)),
         "bytes_ideal": int(ideal),

@@ -75,8 +75,9 @@ class Missed:
     exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
 
 
-DECODE_CHUNK = 1 << 20
-"""Ring words decoded at a time (8 MB of float64 temporaries)."""
+DECODE_CHUNK = 1 << 14
+"""Ring words decoded at a time (128 KiB of float64 temporaries: below the daemon's mmap
+threshold and inside L2 cache, as ``p2pfed.secagg.fixedpoint.CHUNK``)."""
 
 Update = NDArray[np.float32] | Callable[[], NDArray[np.float32]]
 """This peer's update for a round, or what releases it once the cohort is fixed."""

@@ -43,13 +43,15 @@ from p2pfed.node.certify import CertificateService
 from p2pfed.node.files import CHECKPOINT
 from p2pfed.node.liveness import PendingRelease, Waiting, slot_wait
 from p2pfed.node.report import RoundReport, StageTimer
-from p2pfed.node.sync import ModelSync, SyncRefusal, weights_digest
+from p2pfed.node.sync import ModelSync, SyncRefusal
 from p2pfed.privacy.release import PrivateReleaser
 from p2pfed.training.state import (
+    State,
     Trainer,
     flatten,
     layout_of,
     load_checkpoint,
+    loads_verbatim,
     save_checkpoint,
     unflatten,
     update_of,
@@ -104,6 +106,9 @@ class Peer(CatchUp):
         self.trainer = trainer
         # The exchanged vector: the tensors the trainer's policy shares, in a fixed order.
         self.layout = layout_of(trainer.get_state(), trainer.policy)
+        # Such a trainer reads views of our weights and holds exactly what it loaded: no
+        # copy of the weights for it, and no flattening its model back (40 MB each).
+        self.verbatim = loads_verbatim(trainer, self.layout)
         self.aggregator = aggregator
         self.releaser = releaser
         self.state_dir = Path(state_dir)
@@ -156,7 +161,11 @@ class Peer(CatchUp):
         return flatten(self.layout, self.trainer.get_state())
 
     def _load(self, weights: NDArray[np.float32]) -> None:
-        self.trainer.set_state(unflatten(self.layout, weights))
+        self.trainer.set_state(self._state(weights))
+
+    def _state(self, weights: NDArray[np.float32]) -> State:
+        """``weights`` as the trainer's shared tensors (views where it copies them in)."""
+        return unflatten(self.layout, weights, copy=not self.verbatim)
 
     async def _offload(self, work: Callable[..., T], *args: object) -> T:
         """``work(*args)`` in a worker thread: the peer's protocols answer while it trains."""
@@ -204,7 +213,8 @@ class Peer(CatchUp):
         certificate: CommitCertificate | None = None,
     ) -> None:
         self._load(weights)
-        self.weights = self._shared()
+        # The weights array is ours from here and never written into (DigestCache).
+        self.weights = weights if self.verbatim else self._shared()
         self.certificate = certificate
         self.model_round = round_
         self.next_round = max(self.next_round, round_ + 1)
@@ -267,7 +277,7 @@ class Peer(CatchUp):
         if self.certifier is not None:  # votes for this round may arrive before we commit
             self.certifier.low = max(self.certifier.low, round_)
         timer = StageTimer(self.clock)
-        result = await self._offload(self.trainer.fit, unflatten(self.layout, self.weights), round_)
+        result = await self._offload(self.trainer.fit, self._state(self.weights), round_)
         trained = timer.mark("train")
         update, result = update_of(self.layout, result, self.weights)  # DataError if not finite
         # Released (ε charged) only once the aggregator has a cohort for it: a round that
@@ -292,7 +302,9 @@ class Peer(CatchUp):
             self._save()
         committed = isinstance(outcome, Aggregate)
         timer.mark("commit")
-        metrics = await self._offload(self.trainer.evaluate, unflatten(self.layout, self.weights))
+        # The trainer holds our weights already (adopted, or restored after a missed round).
+        shared = {} if self.verbatim else unflatten(self.layout, self.weights)
+        metrics = await self._offload(self.trainer.evaluate, shared)
         timer.mark("evaluate")
         return RoundReport(
             round=round_,
@@ -320,7 +332,8 @@ class Peer(CatchUp):
         weights = self.weights + outcome.mean
         certificate = None
         if self.certifier is not None:
-            digest = weights_digest(weights)  # float32 already: no copy of the model
+            # Hashed once: the report and the next round's base find it in the cache.
+            digest = self.sync.digest(round_, weights)
             try:
                 certificate = await self.certifier.certify_round(
                     round_, digest, outcome.contributors

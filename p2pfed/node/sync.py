@@ -75,20 +75,23 @@ class DigestCache:
     Every member probes every other's status each round: hashing 40 MB of weights per probe
     was most of a 10 M-parameter round's model-sync time. A version is the round *and* the
     array object (held here, so its id cannot be reused): the peer replaces its weights array
-    whenever the model changes, never writes into it.
+    whenever the model changes, never writes into it. Two versions are kept: a round's new
+    model is hashed for its certificate while the others still probe the old one.
     """
+
+    KEEP = 2
 
     def __init__(self, digest: Callable[[NDArray[np.float32]], bytes] = weights_digest) -> None:
         self._digest = digest
-        self._held: tuple[int, NDArray[np.float32], bytes] | None = None
+        self._held: list[tuple[int, NDArray[np.float32], bytes]] = []
 
     def __call__(self, round_: int, weights: NDArray[np.float32]) -> bytes:
         """The digest of ``weights`` as of ``round_``."""
-        held = self._held
-        if held is not None and held[0] == round_ and held[1] is weights:
-            return held[2]
+        for held_round, held, value in self._held:
+            if held_round == round_ and held is weights:
+                return value
         value = self._digest(weights)
-        self._held = (round_, weights, value)
+        self._held = [*self._held[1 - self.KEEP :], (round_, weights, value)]
         return value
 
 

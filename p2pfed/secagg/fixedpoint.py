@@ -24,8 +24,14 @@ from numpy.typing import NDArray
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.secagg.primitives import UIntVector, ring_dtype
 
-CHUNK = 1 << 20
-"""Values encoded at a time (8 MB of float64 temporaries each)."""
+CHUNK = 1 << 14
+"""Values encoded at a time (128 KiB of float64 temporaries each).
+
+Below the mmap threshold the daemon fixes (1 MiB, ``p2pfed.daemon.memory``), so each
+chunk's temporaries are reused from the heap, and small enough to stay in L2 cache; 8 MB
+chunks were mapped, faulted in and unmapped again, temporary by temporary: at 10 M values
+0.25 CPU s against 0.14 (the same words either way).
+"""
 
 
 @dataclass(frozen=True, slots=True)

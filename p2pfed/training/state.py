@@ -80,13 +80,20 @@ def flatten(layout: ParameterLayout, state: Mapping[str, torch.Tensor]) -> NDArr
     return torch.cat(parts).numpy()  # cat made a new tensor: nothing else shares its memory
 
 
-def unflatten(layout: ParameterLayout, vector: NDArray[np.floating]) -> State:
-    """The shared tensors named by ``layout`` from a vector ``flatten`` made."""
+def unflatten(layout: ParameterLayout, vector: NDArray[np.floating], *, copy: bool = True) -> State:
+    """The shared tensors named by ``layout`` from a vector ``flatten`` made.
+
+    With ``copy=False`` a writable float32 vector is not copied: the tensors are views of
+    it, for a trainer that ``copies_state_in`` (one 40 MB copy fewer at 10 M parameters).
+    """
     if vector.ndim != 1 or vector.shape[0] != layout.size:
         raise DataError(f"state vector has shape {vector.shape}, expected ({layout.size},)")
     if not np.all(np.isfinite(vector)):
         raise DataError("state vector holds NaN or infinite values")
-    flat = torch.from_numpy(np.asarray(vector, dtype=np.float32).copy())
+    values = np.asarray(vector, dtype=np.float32)
+    if copy or not values.flags.writeable:
+        values = values.copy()
+    flat = torch.from_numpy(values)
     return {
         name: flat[sl].reshape(shape)
         for name, sl, shape in zip(layout.names, layout.slices(), layout.shapes, strict=True)
@@ -115,6 +122,11 @@ class ModuleState:
 
     module: torch.nn.Module
     _policy: StatePolicy
+    copies_state_in: bool = False
+    """True when ``set_state``, ``fit`` and ``evaluate`` copy the tensors they are given into
+    the module and neither keep nor write them (the caller may pass views of its own
+    memory), and a partial state leaves the module's other tensors as they are
+    (``evaluate({})`` scores the model as it is). Declared by the trainers that do."""
 
     @property
     def policy(self) -> StatePolicy:
@@ -128,6 +140,19 @@ class ModuleState:
     def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load the given tensors into the module (others keep their values)."""
         load_into(self.module, state)
+
+
+def loads_verbatim(trainer: object, layout: ParameterLayout) -> bool:
+    """Whether ``trainer`` holds exactly the shared vector it was given, as given.
+
+    True for a trainer that ``copies_state_in`` whose shared tensors are all float32: after
+    ``set_state(unflatten(layout, v))`` its ``flatten`` is ``v`` bit for bit, so a caller
+    need neither copy ``v`` for it nor flatten the model back.
+    """
+    if not getattr(trainer, "copies_state_in", False) or not isinstance(trainer, ModuleState):
+        return False
+    state = trainer.module.state_dict()
+    return all(state[name].dtype == torch.float32 for name in layout.names)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ def sgd(learning_rate: float = 0.1) -> OptimizerFactory:
 class TorchTrainer(ModuleState):
     """Trains ``module`` with ``loss_fn`` on ``train_loader``; evaluates on ``eval_loader``."""
 
+    copies_state_in = True  # set_state copies in (load_into); fit and evaluate call it first
+
     def __init__(
         self,
         module: nn.Module,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,8 @@ class LocalTrainer(ModuleState):
     shared; ``get_state``, ``set_state``) is ``ModuleState``'s, as for the other trainers.
     """
 
+    copies_state_in = True  # set_state copies in (load_into); fit and evaluate call it first
+
     def __init__(
         self,
         model: nn.Module,
@@ -144,20 +146,17 @@ class LocalTrainer(ModuleState):
         return self.module
 
     def fit(self, state: Mapping[str, torch.Tensor], round: int) -> FitResult:
-        """The protocol's round: ``train_round`` on ``train`` from ``state``."""
+        """The protocol's round: local steps on ``train`` from ``state``.
+
+        The state is loaded once and no update is made here (the caller makes it from the
+        returned state): at 10 M parameters ``train_round`` would load the model a second
+        time and flatten it twice more, 40 MB each.
+        """
         if self.train is None:
             raise ConfigError("LocalTrainer was built without train=: it has no data to fit on")
         self.set_state(state)
-        result = self.train_round(self.train, self.shared_weights())
-        # The update is the caller's to make from the state: dropped before the state copy.
-        result = replace(result, update=np.empty(0, dtype=np.float32))
-        return FitResult(
-            self.get_state(),
-            result.samples,
-            {"loss": result.loss},
-            result.sample_rate,
-            result.steps,
-        )
+        loss, steps, sample_rate = self._local_steps(self.train)
+        return FitResult(self.get_state(), len(self.train), {"loss": loss}, sample_rate, steps)
 
     def evaluate(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """The protocol's metrics: ``score`` of ``state`` on ``test`` (none without it)."""
@@ -177,11 +176,19 @@ class LocalTrainer(ModuleState):
 
     def train_round(self, data: Dataset, global_weights: NDArray[np.floating]) -> TrainResult:
         """Start from ``global_weights``, train locally, return ``local − global``."""
+        self.load_shared(global_weights)
+        loss, steps, sample_rate = self._local_steps(data)
+        update = self._update(global_weights)
+        if self.dp_sgd is not None and not np.all(np.isfinite(update)):
+            raise DataError("local training diverged (update is not finite)")
+        return TrainResult(update, loss, steps, len(data), sample_rate)
+
+    def _local_steps(self, data: Dataset) -> tuple[float, int, float]:
+        """Train the model as it is on ``data``: (mean loss, steps, Poisson sample rate)."""
         if len(data) == 0:
             raise DataError(f"{data.name}: no rows to train on")
         if not np.all(np.isfinite(data.x)):
             raise DataError(f"{data.name}: features hold NaN or infinite values; clean them first")
-        self.load_shared(global_weights)
         mu = self.config.fedprox_mu
         shared = [p for name, p in self.module.named_parameters() if name in set(self.layout.names)]
         # FedProx's anchor, a copy of the model: only when the proximal term is on.
@@ -190,9 +197,23 @@ class LocalTrainer(ModuleState):
         y = torch.from_numpy(data.y)
         self.module.train()
         if self.dp_sgd is not None:
-            return self._train_dp_sgd(data, x, y, global_weights, shared, reference)
+            done = self._train_dp_sgd(data, x, y, shared, reference)
+        else:
+            done = self._train_plain(x, y, len(data), shared, reference)
+        self.optimizer.zero_grad(set_to_none=True)  # the gradients, a model's worth, freed
+        return done
+
+    def _train_plain(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        n: int,
+        shared: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+    ) -> tuple[float, int, float]:
+        mu = self.config.fedprox_mu
         steps, total = 0, 0.0
-        for idx in self._batches(len(data)):
+        for idx in self._batches(n):
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._loss(self.module(x[idx]), y[idx])
             if mu > 0:
@@ -204,11 +225,10 @@ class LocalTrainer(ModuleState):
             total += float(loss.detach())
         if not np.isfinite(total):
             raise DataError("local training diverged (loss is not finite); lower the learning rate")
-        return TrainResult(self._update(global_weights), total / steps, steps, len(data))
+        return total / steps, steps, 1.0
 
     def _update(self, global_weights: NDArray[np.floating]) -> NDArray[np.float32]:
-        """``local − global`` made in place; the gradients (a model's worth) freed first."""
-        self.optimizer.zero_grad(set_to_none=True)
+        """``local − global``, made in place."""
         update = self.shared_weights()
         update -= np.asarray(global_weights, dtype=np.float32)
         return update
@@ -233,10 +253,9 @@ class LocalTrainer(ModuleState):
         data: Dataset,
         x: torch.Tensor,
         y: torch.Tensor,
-        global_weights: NDArray[np.floating],
         shared: Sequence[torch.Tensor],
         reference: Sequence[torch.Tensor],
-    ) -> TrainResult:
+    ) -> tuple[float, int, float]:
         dp = self.dp_sgd
         assert dp is not None
         if self.noise_generator is None:
@@ -266,10 +285,7 @@ class LocalTrainer(ModuleState):
             if len(idx):
                 with torch.no_grad():
                     total += float(self._loss(self.module(x[idx]), y[idx]))
-        update = self._update(global_weights)
-        if not np.all(np.isfinite(update)):
-            raise DataError("local training diverged (update is not finite)")
-        return TrainResult(update, total / steps, steps, len(data), dp.sample_rate)
+        return total / steps, steps, dp.sample_rate
 
     @torch.no_grad()
     def score(self, data: Dataset) -> Metrics:
