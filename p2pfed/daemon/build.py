@@ -410,9 +410,9 @@ def build_peer(
         signer=cohort.signer,
         roster_version=cohort.roster.version,
         certificate_floor=max(2, config.rounds.min_peers),
-        # The votes' wait and each send: the same floor as every stage (10 s by default); a
-        # vote later than that still certifies the model (node/certify.py).
-        certify_timeout=config.rounds.stage_floor_s,
+        # The wait for the votes stays short (a late vote still certifies the model), but a
+        # vote not delivered is lost: its send gets the stage floor (10 s by default).
+        vote_send_timeout=config.rounds.stage_floor_s,
         on_refusal=reporter.refused,
         on_certified=reporter.certified_late,
         guard=reporter.expiry_guard(),

@@ -56,15 +56,18 @@ class CertificateService:
         timeout: float = 2.0,
         max_ahead: int = _MAX_AHEAD,
         on_certified: Callable[[CommitCertificate], None] | None = None,
+        send_timeout: float | None = None,
     ) -> None:
-        """``timeout``: the wait for the votes, and for each one sent.
+        """``timeout``: the wait for the votes; ``on_certified``: see the module.
 
-        ``on_certified``: hears of a certificate its late votes completed (see the module).
+        ``send_timeout`` (default ``timeout``): for delivering each of ours, which, unlike
+        the wait, nothing makes up for if cut short.
         """
         self.transport = transport
         self.policy = policy
         self.signer = signer
         self.timeout = timeout
+        self.send_timeout = timeout if send_timeout is None else send_timeout
         self.max_ahead = max_ahead
         self.low = 0
         # Bounded: a member sending bad votes in a loop must not grow our memory.
@@ -142,10 +145,10 @@ class CertificateService:
     async def _send(self, peer: str, payload: bytes, round_: int) -> None:
         frame = Frame(FrameType.CONTROL, self.policy.consortium, round_, self.me, 0, payload)
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(self.send_timeout):
                 stream = await self.transport.open_stream(peer, CERT_PROTOCOL)
                 async with stream:
-                    await write_frame(stream, frame, timeout=self.timeout)
+                    await write_frame(stream, frame, timeout=self.send_timeout)
                     await stream.send_eof()
         except (P2PFedError, trio.TooSlowError) as exc:
             log.info("commit vote to %s not delivered: %s", peer, exc)

@@ -79,6 +79,7 @@ class Peer(CatchUp):
         roster_version: int,
         certificate_floor: int = 2,
         certify_timeout: float = 2.0,
+        vote_send_timeout: float | None = None,
         on_refusal: Callable[[SyncRefusal], None] | None = None,
         on_certified: Callable[[CommitCertificate], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -93,6 +94,7 @@ class Peer(CatchUp):
 
         ``on_refusal`` hears of every member whose model sync refused (once per round);
         ``on_certified`` of a certificate that came after its round (module docstring).
+        ``certify_timeout``: the wait for the votes; ``vote_send_timeout``: for sending ours.
         ``guard`` runs before each round and before each release, and raises to stop the
         rounds (the daemon's raises once the roster has expired, so no further ε is spent).
         ``on_wait`` hears why this peer cannot progress (start-up, too few members, a missed
@@ -135,6 +137,7 @@ class Peer(CatchUp):
                 signer,
                 timeout=certify_timeout,
                 on_certified=self.certified_late,
+                send_timeout=vote_send_timeout,
             )
             if aggregator.exact
             else None
