@@ -152,8 +152,13 @@ async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Pat
         stop(c)
     final = statuses(c)[:3]
     assert [s["state"] for s in final] == ["finished"] * 3
-    assert {s["completed_round"] for s in final} == {1}
+    # The claim is about adoption, not liveness (test_daemon's sigkill test has that): a
+    # secure round that misses its 2 s stages on a loaded machine leaves the honest members
+    # one round back, together and certified, never on the thief's round or model.
+    assert len({s["completed_round"] for s in final}) == 1
+    assert final[0]["completed_round"] in (0, 1)
     assert len({s["model_digest"] for s in final}) == 1
+    assert final[0]["model_digest"] != weights_digest(evil).hex()
     assert all(s["certified"] for s in final)
     for h in honest:
         salt = read_salt_file(h.folder / "audit.salt")
