@@ -57,7 +57,7 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-# The four-line PEP 562 loader is also in p2pfed/training/__init__.py: topologies
+# p2pfed.lazy holds the same four-line PEP 562 loader for p2pfed's packages: topologies
 # imports neither p2pfed nor torch, so it cannot share p2pfed's copy.
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:

@@ -6,8 +6,9 @@ from ``node.files`` before torch loads, and ``Peer`` brings torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from p2pfed.lazy import lazy_names
 
 if TYPE_CHECKING:
     from p2pfed.node.aggregators import Aggregate as Aggregate
@@ -35,12 +36,4 @@ _MODULES = {
     "report": ("RoundReport",),
     "sync": ("ModelStatus", "ModelSync", "weights_digest"),
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__all__, __getattr__ = lazy_names(__name__, _MODULES)

@@ -6,8 +6,9 @@ Names are loaded on first use (PEP 562), so importing ``p2pfed.training.data`` f
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from p2pfed.lazy import lazy_names
 
 if TYPE_CHECKING:
     from p2pfed.training.models import build_model as build_model
@@ -39,14 +40,4 @@ _MODULES = {
     "torch_trainer": ("TorchTrainer",),
     "trainer": ("DPSGD", "LocalTrainer", "Metrics", "TrainResult"),
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-# The four-line PEP 562 loader is also in topologies/__init__.py: topologies may import
-# neither p2pfed nor torch, and training must not depend on topologies.
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__all__, __getattr__ = lazy_names(__name__, _MODULES)
