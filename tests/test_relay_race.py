@@ -157,26 +157,33 @@ class _LateReads:
         return bytes(await self.inner.read(n))
 
 
+def _slow_upgrade(a: Any, b: Any) -> tuple[trio.Event, trio.Event]:
+    """a reads its upgrade's answers late until ``punctual`` is set; ``arrived`` is set once
+    b holds the relayed circuit (its half of the upgrade done)."""
+    arrived = trio.Event()
+
+    def circuit_at_b(conn: Any) -> None:
+        if _kind(conn) == "relayed":
+            arrived.set()
+
+    b.host.get_network().register_notifee(_OnConnected(circuit_at_b))
+    upgrader = cast(Any, a.host.get_network()).upgrader
+    upgrade = upgrader.upgrade_connection
+    punctual = trio.Event()
+
+    async def late_reads(secured: Any, peer_id: ID) -> Any:
+        return await upgrade(_LateReads(secured, punctual), peer_id)
+
+    upgrader.upgrade_connection = late_reads
+    return arrived, punctual
+
+
 async def test_a_dial_given_up_mid_upgrade_leaves_no_circuit_at_the_other_end() -> None:
     async with _members(["a", "b"], "abandoned") as (_relay, m):
         a, b = m["a"], m["b"]
-        arrived = trio.Event()
-
-        def circuit_at_b(conn: Any) -> None:
-            if _kind(conn) == "relayed":
-                arrived.set()
-
-        b.host.get_network().register_notifee(_OnConnected(circuit_at_b))
         # a is loaded: it reads b's answer to the muxer proposal late, and the caller's
         # deadline (a 2 s probe, say) expires once b has finished its half of the upgrade.
-        upgrader = cast(Any, a.host.get_network()).upgrader
-        upgrade = upgrader.upgrade_connection
-        punctual = trio.Event()
-
-        async def late_reads(secured: Any, peer_id: ID) -> Any:
-            return await upgrade(_LateReads(secured, punctual), peer_id)
-
-        upgrader.upgrade_connection = late_reads
+        arrived, punctual = _slow_upgrade(a, b)
         with trio.CancelScope() as caller:
             async with trio.open_nursery() as nursery:
 
@@ -199,21 +206,7 @@ async def test_a_dial_given_up_mid_upgrade_leaves_no_circuit_at_the_other_end() 
 async def test_a_relayed_dial_goes_on_after_the_stream_that_started_it_gave_up() -> None:
     async with _members(["a", "b"], "given-up-open") as (_relay, m):
         a, b = m["a"], m["b"]
-        arrived = trio.Event()
-
-        def circuit_at_b(conn: Any) -> None:
-            if _kind(conn) == "relayed":
-                arrived.set()
-
-        b.host.get_network().register_notifee(_OnConnected(circuit_at_b))
-        upgrader = cast(Any, a.host.get_network()).upgrader
-        upgrade = upgrader.upgrade_connection
-        punctual = trio.Event()
-
-        async def late_reads(secured: Any, peer_id: ID) -> Any:
-            return await upgrade(_LateReads(secured, punctual), peer_id)
-
-        upgrader.upgrade_connection = late_reads
+        arrived, punctual = _slow_upgrade(a, b)
         # A probe's deadline expires while the dial it started is still upgrading.
         with trio.move_on_after(20) as caller:
             async with trio.open_nursery() as nursery:
