@@ -298,7 +298,7 @@ class ModelSync:
 
     async def probe(self, peers: Sequence[str], timeout: float) -> Answers:
         """Each answering peer's status and the certificate it serves (asked concurrently)."""
-        answers: dict[str, tuple[ModelStatus, CommitCertificate | None]] = {}
+        answers: Answers = {}
 
         async def probe(peer: str) -> None:
             try:
