@@ -328,3 +328,43 @@ async def test_over_real_libp2p_a_stale_member_is_left_out_and_the_others_commit
     assert (stale, ReasonCode.STALE_BASE) in {
         (e.peer, e.reason) for e in outcomes[stale].exclusions
     }
+
+
+# -- a straggler the quorum needs ----------------------------------------------------------
+
+
+def test_a_coordinator_short_of_the_quorum_waits_past_its_window_for_a_straggler() -> None:
+    """Two of three ready when the window closes: a secure sum of two could only abort."""
+    peers = ["a", "b", "c"]
+    a = RoundAgreement("a", CONSORTIUM, 0, peers, KEYS["a"], TIMING, roster_version=1, quorum=3)
+    assert TIMING.collect_window < TIMING.patience < TIMING.takeover_timeout
+    assert a.start(0.0) == [] and a.receive("b", Ready(0, 0, 0, (), 1), 0.1) == []
+    assert a.tick(TIMING.collect_window) == [] and a.phase is Phase.COLLECTING
+    actions = a.receive("c", Ready(0, 0, 0, (), 1), TIMING.patience - 0.1)
+    assert StartRing(0, ("a", "b", "c")) in actions
+    # The straggler had not given up on its coordinator yet: it takes the cohort.
+    c = RoundAgreement("c", CONSORTIUM, 0, peers, KEYS["c"], TIMING, roster_version=1, quorum=3)
+    assert c.start(TIMING.patience - 0.2) == [Send("a", Ready(0, 0, 0, (), 1))]
+    cohort = next(s.message for s in actions if isinstance(s, Send) and s.peer == "c")
+    assert c.receive("a", cohort, TIMING.patience) == [StartRing(0, ("a", "b", "c"))]
+
+
+def test_a_coordinator_stops_waiting_for_the_quorum_before_the_others_take_over() -> None:
+    """Patience ends before the takeover timeout: the members present get their cohort."""
+    a = RoundAgreement(
+        "a", CONSORTIUM, 0, ["a", "b", "c"], KEYS["a"], TIMING, roster_version=1, quorum=3
+    )
+    a.start(0.0)
+    a.receive("b", Ready(0, 0, 0, (), 1), 0.1)
+    assert a.tick(TIMING.patience - 0.01) == []
+    # b gives up on a at the takeover timeout: the cohort must leave a margin to reach it.
+    actions = a.tick(0.8 * TIMING.takeover_timeout)
+    assert StartRing(0, ("a", "b")) in actions
+    assert Send("b", a.cohort_message) in actions  # type: ignore[arg-type]
+
+
+def test_without_a_quorum_to_wait_for_the_window_fixes_the_cohort() -> None:
+    a = RoundAgreement("a", CONSORTIUM, 0, ["a", "b", "c"], KEYS["a"], TIMING, roster_version=1)
+    a.start(0.0)
+    a.receive("b", Ready(0, 0, 0, (), 1), 0.1)
+    assert StartRing(0, ("a", "b")) in a.tick(TIMING.collect_window)

@@ -16,7 +16,7 @@ from p2pfed.collectives.agreement import (
     coordinator_of,
 )
 from p2pfed.collectives.agreement_state import AGREEMENT_TRANSITIONS, FINAL_PHASES, Phase
-from p2pfed.collectives.round import RingRound, RoundOutcome
+from p2pfed.collectives.round import CONTROL_PROTOCOL, RingRound, RoundOutcome
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import ReasonCode
 from p2pfed.transport import MemoryNetwork
@@ -91,6 +91,56 @@ def total(vectors: dict[str, npt.NDArray[Any]], peers: list[str] | set[str]) -> 
 def vectors_for(peers: list[str], length: int = 3000) -> dict[str, npt.NDArray[Any]]:
     rng = np.random.default_rng(len(peers))
     return {p: rng.integers(0, 2**32, length, dtype=np.uint64).astype(np.uint32) for p in peers}
+
+
+class _SlowControl:
+    """A transport whose round-control streams take ``delay`` seconds to open (a relay)."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self._inner, self._delay = inner, delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_stream(self, peer: str, protocol: str) -> Any:
+        if protocol == CONTROL_PROTOCOL:
+            await trio.sleep(self._delay)
+        return await self._inner.open_stream(peer, protocol)
+
+
+async def test_a_ready_slower_to_deliver_than_the_window_still_counts_for_the_quorum(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """c's Ready takes longer than the collect window to reach coordinator a: its send lasts
+    the agreement's patience, and a, short of the quorum of 3, waits for it."""
+    peers = ["a", "b", "c"]
+    keys, vectors = signers(peers), vectors_for(peers)
+    delay = (TIMING.collect_window + TIMING.patience) / 2
+    outcomes: dict[str, RoundOutcome] = {}
+    net = MemoryNetwork()
+
+    async def peer(me: str, opened: trio.Event) -> None:
+        async with net.open(me) as inner:
+            transport = _SlowControl(inner, delay) if me == "c" else inner
+            runner = RingRound(transport, CONSORTIUM, 1, peers, keys[me], timing=TIMING)
+            opened.set()
+            await everyone.wait()
+            outcomes[me] = await runner.all_reduce(vectors[me], 0, quorum=3)
+            await trio.sleep(TIMING.takeover_timeout)
+
+    everyone = trio.Event()
+    async with trio.open_nursery() as nursery:
+        opened = [trio.Event() for _ in peers]
+        for name, event in zip(peers, opened, strict=True):
+            nursery.start_soon(peer, name, event)
+        for event in opened:
+            await event.wait()
+        everyone.set()
+    assert coordinator_of(peers, 0, 0, 0) == "a"
+    for name in peers:
+        assert outcomes[name].committed and outcomes[name].cohort == tuple(peers), outcomes[name]
+        assert outcomes[name].result is not None
+        np.testing.assert_array_equal(outcomes[name].result.vector, total(vectors, peers))
 
 
 def test_transition_table_is_closed_and_final_phases_have_no_exits() -> None:

@@ -30,7 +30,9 @@ async def run_secure(
     *,
     faults: dict[str, FaultPlan] | None = None,
     network: MemoryNetwork | None = None,
+    late: dict[str, float] | None = None,
 ) -> dict[str, SecureOutcome | BaseException]:
+    """``late``: seconds a peer's masked vector is late for the ring (slow masking)."""
     net = network or MemoryNetwork()
     names = sorted(inputs)
     signers, identities = make_identities(names)
@@ -53,6 +55,14 @@ async def run_secure(
                 fault=(faults or {}).get(me),
                 random_bytes=seeded_random_bytes(7, me),
             )
+            if me in (late or {}):
+                summed = secure.ring_round.all_reduce
+
+                async def slowly(*args: Any, **kwargs: Any) -> Any:
+                    await trio.sleep((late or {})[me])
+                    return await summed(*args, **kwargs)
+
+                secure.ring_round.all_reduce = slowly  # type: ignore[method-assign]
             built.add(me)
             if len(built) == len(names):
                 ready.set()
@@ -99,6 +109,23 @@ async def test_secure_ring_unmasks_the_exact_sum(
         # What crossed the ring was masked: no peer's sum equals a plain partial sum.
         assert got.ring is not None and got.ring.result is not None
         assert not np.array_equal(got.ring.result.vector, got.result)
+
+
+async def test_a_member_masking_later_than_the_collect_window_is_still_in_the_sum(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its Ready reaches the coordinator (h2) after the window: a cohort without it would
+    fall short of the survivors' quorum (3 of 3) and abort, so the coordinator waits."""
+    inputs = inputs_for(3)
+    late = (TIMING.collect_window + TIMING.patience) / 2
+    outcomes = await run_secure(inputs, late={"h0": late})
+    for name in inputs:
+        got = outcomes[name]
+        assert isinstance(got, SecureOutcome) and got.ok, got
+        assert got.survivors == frozenset(inputs)
+        assert got.result is not None
+        np.testing.assert_array_equal(got.result, plain_sum(inputs, set(inputs)))
+        assert got.ring is not None and got.ring.attempts == 1
 
 
 async def test_peer_killed_during_the_masked_ring_is_recovered_by_threshold(

@@ -6,11 +6,13 @@ the first attempt, the previous attempt's cohort afterwards) are sorted and peer
 (r + a + k) mod n is the coordinator for takeover index k, starting at k = 0. Every peer
 sends ``Ready`` (with its accusations from the previous attempt) to coordinator k. The
 coordinator collects Ready messages until every eligible peer has answered or its collect
-window closes, leaves out peers accused with evidence (a malformed, misshapen, replayed or
-stale message: not mere silence, which any victim of a cascade shows), signs the cohort and
-sends it to every peer that answered. Peers that hear nothing within the takeover timeout
-move on to coordinator k + 1, so no single peer's failure stops a round; a coordinator
-accused with evidence abdicates the same way, by staying silent.
+window closes (while fewer than the round's quorum have answered, until its patience runs
+out, still before the others would take over), leaves out peers accused with evidence (a
+malformed, misshapen, replayed or stale message: not mere silence, which any victim of a
+cascade shows), signs the cohort and sends it to every peer that answered. Peers that hear
+nothing within the takeover timeout move on to coordinator k + 1, so no single peer's
+failure stops a round; a coordinator accused with evidence abdicates the same way, by
+staying silent.
 
 Then the driver runs the ring over the cohort. A member whose ring finishes sends ``Done``
 to the coordinator; one whose ring fails sends ``Abort`` (naming whom it accuses) to the
@@ -90,6 +92,15 @@ class AgreementTiming:
         if not self.commit_timeout > 0:
             raise LocalProtocolError(f"commit_timeout {self.commit_timeout} must be positive")
 
+    @property
+    def patience(self) -> float:
+        """How long a coordinator short of its quorum collects: ¾ of the takeover timeout.
+
+        The quarter left is for its ``Cohort`` to reach the members before they give up on
+        it and move to the next coordinator.
+        """
+        return max(self.collect_window, 0.75 * self.takeover_timeout)
+
 
 @dataclass(frozen=True, slots=True)
 class Send:
@@ -139,10 +150,14 @@ class RoundAgreement:
         roster_version: int = 0,
         base: ModelBase = NO_BASE,
         min_cohort: int = 1,
+        quorum: int = 1,
     ) -> None:
         """``roster_version``, ``base`` (the model we add the sum to): a cohort shares both.
 
-        ``min_cohort``: no smaller cohort is fixed (the round fails instead).
+        ``min_cohort``: no smaller cohort is fixed (the round fails instead). ``quorum``:
+        while fewer members than this (or ``min_cohort``) have answered, a coordinator
+        collects past its window, up to ``timing.patience``: a straggler that finished its
+        local work late is worth the wait when a cohort without it could not complete.
         """
         if me not in members:
             raise LocalProtocolError(f"peer {me} is not a member of the roster it was given")
@@ -153,6 +168,7 @@ class RoundAgreement:
         self.round = round
         self.roster_version = roster_version
         self.base, self.min_cohort = base, min_cohort
+        self.quorum = max(quorum, min_cohort)
         self.timing = timing or AgreementTiming()
         self.max_attempts = max_attempts
         self._signer = signer
@@ -163,6 +179,7 @@ class RoundAgreement:
         self.cohort: tuple[str, ...] | None = None
         self.cohort_message: Cohort | None = None
         self.deadline: float | None = None
+        self.patient_until = 0.0  # the latest a coordinator short of its quorum collects
         self.exclusions: list[Exclusion] = []
         self.accusations: dict[str, ReasonCode] = {}
         self._ready: dict[str, Ready] = {}
@@ -215,6 +232,7 @@ class RoundAgreement:
             self._fire(Trigger.COORDINATE)
             self._ready = {self.me: self._own_ready()}
             self.deadline = now + self.timing.collect_window
+            self.patient_until = now + self.timing.patience
             return self._maybe_fix(now)
         self._fire(Trigger.TAKEOVER if self.phase is Phase.ANNOUNCED else Trigger.ANNOUNCE)
         self.deadline = now + self.timing.takeover_timeout
@@ -228,9 +246,15 @@ class RoundAgreement:
 
     def _maybe_fix(self, now: float) -> list[Action]:
         wanted = {p for p in self.eligible if not self._evidence_against(p)}
-        if not wanted <= set(self._ready) and now < (self.deadline or now):
-            return []
         candidates = [p for p in self._ready if p in wanted]
+        if not wanted <= set(self._ready):
+            if now < (self.deadline or now):
+                return []
+            if len(candidates) < self.quorum and now < self.patient_until:
+                # Fixing now would leave out a member that is merely slower (a big model's
+                # masking under load) and the round would fail short of its quorum.
+                self.deadline = self.patient_until
+                return []
         base = majority_base(self._ready[p].base for p in candidates or [self.me])
         members = tuple(sorted(p for p in candidates if self._ready[p].base == base))
         # Accused with evidence, on a stale base (a cohort without its coordinator cannot
@@ -366,7 +390,9 @@ class RoundAgreement:
             self.takeover = message.takeover
             self._fire(Trigger.COORDINATE)
             self._ready = {self.me: self._own_ready()}
-            self.deadline = max(now, self.deadline or now) + self.timing.collect_window
+            began = max(now, self.deadline or now)
+            self.deadline = began + self.timing.collect_window
+            self.patient_until = began + self.timing.patience
         if self.phase is Phase.COLLECTING and message.takeover == self.takeover:
             self._ready[sender] = message
             return self._maybe_fix(now)

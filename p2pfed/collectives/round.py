@@ -309,7 +309,9 @@ class RingRound:
         self.control = ControlService(
             transport,
             consortium,
-            timeout=self.timing.collect_window,
+            # A relayed member's first dial can outlast the collect window; its Ready still
+            # counts while a coordinator short of its quorum is waiting.
+            timeout=self.timing.patience,
             senders=self._is_member,
         )
         if ring is None:
@@ -330,7 +332,7 @@ class RingRound:
         return peer in self.members
 
     async def all_reduce(
-        self, vector: Vector, round: int, base: ModelBase = NO_BASE
+        self, vector: Vector, round: int, base: ModelBase = NO_BASE, *, quorum: int = 1
     ) -> RoundOutcome:
         """Agree on round ``round``'s cohort and sum ``vector`` over it, retrying on faults.
 
@@ -338,6 +340,8 @@ class RingRound:
         a round where none forms never makes it (a privacy release behind it is not charged).
         ``base``: the model the caller adds the sum to; the cohort forms on the majority's
         base, and a peer on another is left out (``LEFT_OUT``, a ``STALE_BASE`` exclusion).
+        ``quorum``: the cohort a coordinator waits for past its collect window (up to the
+        agreement's patience), as a secure sum needs its survivors' quorum.
 
         Returns the outcome: ``COMMITTED`` with the sum over the committed cohort,
         ``LEFT_OUT`` when this peer came too late, ``FAILED`` when no attempt succeeded.
@@ -354,6 +358,7 @@ class RingRound:
             roster_version=self.roster_version,
             base=base,
             min_cohort=self.min_cohort,
+            quorum=quorum,
         )
         seen = len(self.ring.exclusions)
         run = _RoundRun(self, agreement, vector)

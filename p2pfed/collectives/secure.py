@@ -258,7 +258,7 @@ class SecureRingRound:
             self._base_ring, timeout=self._base_ring.timeout * factor
         )
         # Sending one control message may take seconds on a loaded machine: the agreement's
-        # (its collect window, 2 s by default) and ours (the stage) are paced as well.
+        # (its patience, 3.75 s by default) and ours (the stage) are paced as well.
         self.ring_round.control.timeout = self._base_control * factor
         self.channel.timeout = stage_timeout
 
@@ -310,7 +310,9 @@ class SecureRingRound:
             if bits is not None and bits < ring_bits:  # compressed: masks cancel mod 2^bits too
                 masked = masked & masked.dtype.type((1 << bits) - 1)
             marks.append(trio.current_time())
-            ring_outcome = await self.ring_round.all_reduce(masked, round, base)
+            # A cohort short of the survivors' quorum could only abort: wait for stragglers.
+            quorum = peer.plan.min_survivors
+            ring_outcome = await self.ring_round.all_reduce(masked, round, base, quorum=quorum)
             marks.append(trio.current_time())
             if not ring_outcome.committed or ring_outcome.result is None:
                 return None
