@@ -12,6 +12,8 @@ import pytest
 
 from p2pfed.daemon import RoundReporter, read_status
 from p2pfed.node import RoundReport
+from p2pfed.node.certificates import CommitStatement, assemble
+from p2pfed.node.sync import weights_digest
 from p2pfed.training import ParameterLayout
 from p2pfed.transport.ratelimit import Limit, StreamLimiter
 from tests.reporter_fakes import FakePeer, FakeTransport, demo_member
@@ -97,3 +99,37 @@ def test_a_committed_and_a_missed_round_are_reported_everywhere(
     dp = entries[3]["body"]
     assert dp["accountant"] == "off" and dp["noise_multiplier"] == 0.0
     assert [m.round for m in recorder.registry.versions()] == [0]
+
+
+def test_a_late_certificate_of_the_model_held_reaches_the_registry_audit_and_status(
+    tmp_path: Path,
+) -> None:
+    """Round 0 committed uncertified (its votes came late); the certificate follows."""
+    _, prepared, recorder = demo_member(tmp_path)
+    roster = prepared.gate.roster
+    layout = ParameterLayout(("w", "b"), ((2, 3), (2,)))
+    reporter = RoundReporter(prepared, {"state": "starting"}, recorder, None, layout)
+    peer = FakePeer(np.linspace(-1, 1, layout.size).astype(np.float32), model_round=0)
+    reporter.running(peer, FakeTransport(), roster.version)  # type: ignore[arg-type]
+    members = tuple(sorted(m.peer_id for m in roster.members))
+    reporter.on_report(
+        RoundReport(0, True, 3, 0.5, 0.75, 0.4, None, 100, 0.25, "ab" * 16, cohort=members)
+    )
+    assert read_status(prepared.state_dir)["certified"] is False
+    (manifest,) = recorder.registry.versions()
+    assert not recorder.registry.certificate_file(manifest).exists()
+
+    statement = CommitStatement(
+        roster.consortium_id, roster.version, 0, weights_digest(peer.weights), members
+    )
+    certificate = assemble(statement, [(p, b"\1" * 64) for p in members])
+    reporter.certified_late(certificate)
+    recorder.stop(reason="finished")
+
+    assert read_status(prepared.state_dir)["certified"] is True
+    stored = json.loads(recorder.registry.certificate_file(manifest).read_text())
+    assert stored == certificate.to_dict()
+    entries = [json.loads(x) for x in (prepared.state_dir / "audit.jsonl").read_text().splitlines()]
+    (late,) = [e for e in entries if e["kind"] == "model_certified"]
+    assert late["body"]["model_hash"] == manifest.model_hash and late["body"]["stored"] is True
+    assert late["body"]["certificate"] == certificate.summary()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,3 +132,65 @@ async def test_a_peer_keeps_a_late_certificate_only_for_the_model_it_holds(
             assert other.certificate == good
     async with c.peer(0) as restarted:  # checkpointed with the model
         assert restarted.certificate == good
+
+
+class _SlowLink:
+    """A transport whose streams take ``delay`` seconds to open (a relayed first dial)."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self._inner, self._delay = inner, delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_stream(self, peer: str, protocol: str) -> Any:
+        await trio.sleep(self._delay)
+        return await self._inner.open_stream(peer, protocol)
+
+
+async def test_a_vote_slower_than_the_wait_is_still_delivered_within_its_send_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The wait for the others' votes is 1 s; ours takes 3 s to reach them and still counts:
+    a vote cut off at the wait would be lost, as nothing resends it."""
+    net = MemoryNetwork()
+    with trio.fail_after(60):
+        async with net.open(NAMES[0]) as a, net.open(NAMES[1]) as b:
+            slow = CertificateService(
+                _SlowLink(a, 3.0), policy(), SIGNERS[NAMES[0]], timeout=1.0, send_timeout=5.0
+            )
+            other = CertificateService(b, policy(), SIGNERS[NAMES[1]], timeout=1.0)
+            started = trio.current_time()
+            await slow.certify(MINE)
+            assert trio.current_time() - started >= 3.0  # it waited for its sends
+            certificate = await other.certify(MINE)
+            assert NAMES[0] in [p for p, _ in certificate.signatures]
+
+
+@pytest.mark.slow  # a few seconds: Peers with their trainers
+async def test_the_final_linger_lasts_until_the_reachable_members_hold_the_certificate(
+    tmp_path: Path,
+) -> None:
+    """Every member at the final round must hold its certificate before we stop serving:
+    b's wait ended below the quorum, so a lingers until b has one."""
+    c = Consortium(tmp_path, 2)
+    weights = np.full(30 * 2 + 2, 0.25, np.float32)
+    good = cohort_certificate(c, 0, weights)
+    probes = 0
+    with trio.fail_after(60):
+        async with c.peer(0) as a, c.peer(1) as b:
+            a._adopt(0, weights, good)
+            b._adopt(0, weights)
+            probe = a.sync.probe
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                nonlocal probes
+                probes += 1
+                if probes == 3:  # b's late votes arrive only now
+                    b.certified_late(good)
+                return await probe(*args, **kwargs)
+
+            a.sync.probe = counted  # type: ignore[method-assign]
+            await a.linger(0, 30.0)
+            assert b.certificate == good
+            assert probes >= 3  # not done while b held no certificate

@@ -376,7 +376,14 @@ class RoundReporter:
         self.status |= {"state": "finished", "stop_reason": "finished"}
 
     def certified_late(self, certificate: CommitCertificate) -> None:
-        """The model held got its certificate after its round (late votes, or a member's)."""
+        """The model held got its certificate after its round (late votes, or a member's).
+
+        ``Peer`` calls this only for the model it holds, so its weights are the certified ones.
+        """
+        peer, layout = self._peer, self.layout
+        if peer is not None and layout is not None:
+            tensors = tensors_from_flat(layout.names, layout.shapes, peer.weights)
+            self.recorder.certified_late(certificate.round, tensors, certificate)
         self.status["certified"] = True
         self.write()
 

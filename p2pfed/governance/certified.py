@@ -5,8 +5,9 @@ Theory of operation: the model registry keeps each round's full certificate
 ``check_certificate`` verifies against a roster: its consortium and version, its signatures
 and quorum, and that it certifies exactly the weights in hand. The audit log names peers only
 by salted hash, so its ``model_version`` entry holds the certificate's summary (statement
-hash, counts); ``compare_certificates`` reports logs whose summaries fall short of the
-quorum or that hold different statements for one round.
+hash, counts), and a ``model_certified`` entry that of a certificate which came after its
+round (late votes, or a member's copy); ``compare_certificates`` reports logs whose
+summaries fall short of the quorum or that hold different statements for one round.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from p2pfed.errors import ConfigError, IntegrityError, P2PFedError
 from p2pfed.governance.audit import roster_members
 from p2pfed.identity import Role, Roster
 
-CERTIFICATE_FILE = "certificate.json"
-
+_CERTIFIED = ("model_version", "model_certified")
+"""Audit entries that may hold a certificate's summary: in its round, or later."""
 
 def certificate_path_for(model_file: str | os.PathLike[str]) -> Path:
     """Where an exported model's certificate lives: ``<file>.certificate.json``."""
@@ -86,7 +87,7 @@ def compare_certificates(logs: Sequence[str | os.PathLike[str]]) -> list[str]:
         for line in Path(log).read_bytes().splitlines():
             entry: dict[str, Any] = json.loads(line)
             body = entry.get("body", {})
-            summary = body.get("certificate") if entry.get("kind") == "model_version" else None
+            summary = body.get("certificate") if entry.get("kind") in _CERTIFIED else None
             if not isinstance(summary, dict):
                 continue
             rnd = body.get("round")

@@ -5,8 +5,9 @@ an audit ``model_version`` and ``dp`` entry, a registry version, a drift check w
 go to the audit log, the metrics and the log, in that order. ``GovernanceRecorder``
 composes an ``AuditLog``, a ``ModelRegistry``, and optionally a ``DriftMonitor`` and
 ``NodeMetrics``, and turns the daemon's few calls (``start``, ``begin_round``, ``exclude``,
-``finish_round``, ``fail_round``, ``stop``) into all of that. It owns no I/O beyond what its
-parts do and holds no protocol state: the parent hash is the previous round's model hash.
+``finish_round``, ``fail_round``, ``certified_late``, ``stop``) into all of that. It owns
+no I/O beyond what its parts do and holds no protocol state: the parent hash is the
+previous round's model hash.
 
 Ordering: the model and DP entries are written only after the aggregate has been applied
 and the ledger has recorded the spend, so a crash between the two leaves a round with a
@@ -27,7 +28,7 @@ from p2pfed.errors import ReasonCode
 from p2pfed.governance.audit import AuditLog
 from p2pfed.governance.drift import DriftAlert, DriftMonitor, Samples, describe
 from p2pfed.governance.metrics import NodeMetrics
-from p2pfed.governance.models import ModelManifest, ModelRegistry
+from p2pfed.governance.models import ModelManifest, ModelRegistry, model_hash
 
 log = logging.getLogger("p2pfed.governance")
 PEER_ID = re.compile(r"\b(?:12D3KooW|Qm)[1-9A-HJ-NP-Za-km-z]{40,}\b")
@@ -286,6 +287,29 @@ class GovernanceRecorder:
             },
         )
         return RoundRecord(round_number, manifest, tuple(alerts))
+
+    def certified_late(
+        self,
+        round_number: int,
+        tensors: Sequence[tuple[str, NDArray[Any]]],
+        certificate: Certificate,
+    ) -> ModelManifest | None:
+        """The model held (``tensors``, from ``round_number``) was certified after its round.
+
+        Its certificate goes beside it in the registry (when stored here: a model caught up
+        by model sync may not be) and its summary into the audit log, so ``audit`` and
+        ``model check`` see every certified model, not only those certified in time.
+        """
+        digest = model_hash(tensors)
+        manifest = self.registry.attach_certificate(round_number, digest, certificate.to_dict())
+        self.audit.model_certified(
+            round_number,
+            model_hash=digest,
+            stored=manifest is not None,
+            certificate=certificate.summary(),
+        )
+        log.info("model certified after its round", extra={"round": round_number})
+        return manifest
 
     def fail_round(
         self,

@@ -38,6 +38,7 @@ class EntryKind(enum.StrEnum):
     ROUND_END = "round_end"
     COHORT = "cohort"
     MODEL_VERSION = "model_version"
+    MODEL_CERTIFIED = "model_certified"
     DP = "dp"
     ROSTER_VERSION = "roster_version"
     ROSTER_CHANGE = "roster_change"

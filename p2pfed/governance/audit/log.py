@@ -235,6 +235,29 @@ class AuditLog:
             body["certificate"] = dict(certificate)
         return self.append(EntryKind.MODEL_VERSION, body)
 
+    def model_certified(
+        self,
+        round_number: int,
+        *,
+        model_hash: str,
+        stored: bool,
+        certificate: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """A model held got its commit certificate after its round's ``model_version``.
+
+        ``stored``: whether the registry holds that model (one caught up by model sync may
+        not be); ``certificate``: its summary (``CommitCertificate.summary``).
+        """
+        if not is_hex(model_hash, 32):
+            raise LocalError("model hashes must be 64 hex digits (SHA-256)")
+        body = {
+            "round": round_number,
+            "model_hash": model_hash,
+            "stored": stored,
+            "certificate": dict(certificate),
+        }
+        return self.append(EntryKind.MODEL_CERTIFIED, body)
+
     def dp(
         self,
         round_number: int,

@@ -39,6 +39,9 @@ from p2pfed.governance.models.portable import EXPORT_FORMATS, save_portable
 MODELS_DIR = "models"
 """A node's registry: this folder inside its ``[node] state_dir``."""
 
+CERTIFICATE_FILE = "certificate.json"
+"""A version's commit certificate, beside its model."""
+
 
 class ModelRegistry:
     """A folder of model versions, one sub-folder per round's aggregated model."""
@@ -98,7 +101,7 @@ class ModelRegistry:
             atomic_write(folder / "model.bin", model_parts(tensors), 0o644)  # streamed
             write_json(folder / "manifest.json", manifest.to_dict())
             if certificate is not None:
-                write_json(folder / "certificate.json", dict(certificate))
+                write_json(folder / CERTIFICATE_FILE, dict(certificate))
             fsync_dir(self.root)
         except OSError as exc:
             raise ConfigError(f"cannot store model in {folder}: {exc.strerror}") from None
@@ -140,6 +143,27 @@ class ModelRegistry:
 
     def _folder(self, manifest: ModelManifest) -> Path:
         return self.root / f"{manifest.round:08d}-{manifest.model_hash[:16]}"
+
+    def certificate_file(self, manifest: ModelManifest) -> Path:
+        """Where ``manifest``'s commit certificate is (or would be) stored."""
+        return self._folder(manifest) / CERTIFICATE_FILE
+
+    def attach_certificate(
+        self, round_number: int, digest: str, certificate: Mapping[str, Any]
+    ) -> ModelManifest | None:
+        """Store a certificate that came after its model (late votes, or a member's copy).
+
+        Returns the manifest it was stored beside; None when this registry holds no model
+        ``digest`` for ``round_number`` (a model caught up by model sync). A certificate
+        already stored is kept: the first one to certify a model is as good as any later.
+        """
+        for manifest in self.versions():
+            if (manifest.round, manifest.model_hash) == (round_number, digest):
+                path = self.certificate_file(manifest)
+                if not path.exists():
+                    write_json(path, dict(certificate))  # ConfigError naming path on failure
+                return manifest
+        return None
 
     def load(self, version: str) -> tuple[ModelManifest, Tensors]:
         """A version's manifest and tensors, after checking the hash."""
@@ -209,7 +233,7 @@ class ModelRegistry:
         exported = dataclasses.replace(manifest, export=block | (card.to_dict() if card else {}))
         manifest_path = manifest_path_for(out)
         write_json(manifest_path, exported.to_dict())
-        certificate = self._folder(manifest) / "certificate.json"
+        certificate = self.certificate_file(manifest)
         if certificate.exists():  # travels with the file, so ``model check`` can verify it
             copy = out.with_name(out.name + ".certificate.json")
             atomic_write(copy, certificate.read_bytes(), 0o644)
