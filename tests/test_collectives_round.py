@@ -9,13 +9,13 @@ import trio
 import trio.testing
 
 from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
-from p2pfed.collectives.agreement import (
+from p2pfed.collectives.agreement import RoundAgreement, StartRing, coordinator_of
+from p2pfed.collectives.agreement_state import (
+    AGREEMENT_TRANSITIONS,
+    FINAL_PHASES,
     AgreementTiming,
-    RoundAgreement,
-    StartRing,
-    coordinator_of,
+    Phase,
 )
-from p2pfed.collectives.agreement_state import AGREEMENT_TRANSITIONS, FINAL_PHASES, Phase
 from p2pfed.collectives.round import CONTROL_PROTOCOL, RingRound, RoundOutcome
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.errors import ReasonCode

@@ -11,7 +11,7 @@ import trio.testing
 from secure_gossip_peers import run_peers, secure_service
 
 from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
-from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.agreement_state import AgreementTiming
 from p2pfed.collectives.secure import SecureOutcome, SecureRingRound
 from p2pfed.collectives.secure_gossip import SecureGossipService
 from p2pfed.collectives.signing import Ed25519CohortSigner

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfed.collectives import RingConfig
-from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.agreement_state import AgreementTiming
 from p2pfed.collectives.messages import Ready
 from p2pfed.collectives.ring import RingAllReduce
 from p2pfed.collectives.round import ControlService

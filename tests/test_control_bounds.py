@@ -17,8 +17,7 @@ import trio
 from transport_harness import Group, libp2p_group, memory_group
 
 from p2pfed.collectives import round as round_module
-from p2pfed.collectives.agreement import AgreementTiming
-from p2pfed.collectives.agreement_state import Phase
+from p2pfed.collectives.agreement_state import AgreementTiming, Phase
 from p2pfed.collectives.codec import Envelope, MessageStream, encode
 from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.messages import Done, Ready

@@ -14,7 +14,7 @@ import trio.testing
 
 from p2pfed.cli import main
 from p2pfed.collectives import RingConfig
-from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.agreement_state import AgreementTiming
 from p2pfed.collectives.messages import Ready
 from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
 from p2pfed.collectives.signing import Ed25519CohortSigner

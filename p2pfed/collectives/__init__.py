@@ -7,8 +7,8 @@ masked vectors with it. ``GossipService`` averages over a ``topologies`` topolog
 secure aggregation inside every averaging group. See ``docs/protocols.md``.
 """
 
-from p2pfed.collectives.agreement import AgreementTiming, CohortSigner, RoundAgreement
-from p2pfed.collectives.agreement_state import Phase
+from p2pfed.collectives.agreement import CohortSigner, RoundAgreement
+from p2pfed.collectives.agreement_state import AgreementTiming, Phase
 from p2pfed.collectives.codec import ByteCounts
 from p2pfed.collectives.faults import Exclusion, Fault, FaultPlan, InjectedCrash
 from p2pfed.collectives.gossip import GossipRound

@@ -41,7 +41,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from p2pfed.collectives.agreement_state import FINAL_PHASES, Phase, Trigger, next_phase
+from p2pfed.collectives.agreement_state import (
+    FINAL_PHASES,
+    AgreementTiming,
+    Phase,
+    Trigger,
+    next_phase,
+)
 from p2pfed.collectives.bases import majority_base
 from p2pfed.collectives.faults import Exclusion
 from p2pfed.collectives.messages import (
@@ -73,33 +79,6 @@ class CohortSigner(Protocol):
 # Accusations that prove misbehaviour. Silence and broken streams do not: when one peer
 # fails, its neighbours' streams break too, and they would be accused in a cascade.
 _SILENCE = frozenset({ReasonCode.TIMEOUT, ReasonCode.DROPPED})
-
-
-@dataclass(frozen=True, slots=True)
-class AgreementTiming:
-    """Timeouts in seconds: collect window < takeover timeout, commit timeout ≥ ring timeout."""
-
-    collect_window: float = 2.0
-    takeover_timeout: float = 5.0
-    commit_timeout: float = 15.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.collect_window < self.takeover_timeout:
-            raise LocalProtocolError(
-                "agreement timing needs 0 < collect_window < takeover_timeout, got "
-                f"{self.collect_window} and {self.takeover_timeout}"
-            )
-        if not self.commit_timeout > 0:
-            raise LocalProtocolError(f"commit_timeout {self.commit_timeout} must be positive")
-
-    @property
-    def patience(self) -> float:
-        """How long a coordinator short of its quorum collects: ¾ of the takeover timeout.
-
-        The quarter left is for its ``Cohort`` to reach the members before they give up on
-        it and move to the next coordinator.
-        """
-        return max(self.collect_window, 0.75 * self.takeover_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +134,8 @@ class RoundAgreement:
         """``roster_version``, ``base`` (the model we add the sum to): a cohort shares both.
 
         ``min_cohort``: no smaller cohort is fixed (the round fails instead). ``quorum``:
-        while fewer members than this (or ``min_cohort``) have answered, a coordinator
-        collects past its window, up to ``timing.patience``: a straggler that finished its
-        local work late is worth the wait when a cohort without it could not complete.
+        while fewer (or fewer than ``min_cohort``) answered, a coordinator collects past its
+        window, up to ``timing.patience``: a cohort short of it could not complete.
         """
         if me not in members:
             raise LocalProtocolError(f"peer {me} is not a member of the roster it was given")
@@ -251,8 +229,7 @@ class RoundAgreement:
             if now < (self.deadline or now):
                 return []
             if len(candidates) < self.quorum and now < self.patient_until:
-                # Fixing now would leave out a member that is merely slower (a big model's
-                # masking under load) and the round would fail short of its quorum.
+                # Fixing now would leave out a merely slower member and fail the round.
                 self.deadline = self.patient_until
                 return []
         base = majority_base(self._ready[p].base for p in candidates or [self.me])

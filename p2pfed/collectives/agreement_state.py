@@ -1,4 +1,4 @@
-"""The phases of one peer's round agreement, with their legal moves written as data.
+"""The phases of one peer's round agreement, their legal moves written as data, its timeouts.
 
 Theory of operation: ``AGREEMENT_TRANSITIONS`` maps (phase, trigger) to the next phase and is
 the only place where the order of round agreement is defined; ``RoundAgreement`` moves only
@@ -9,6 +9,7 @@ through ``next_phase``, which raises ``LocalProtocolError`` for any pair not in 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from p2pfed.errors import LocalProtocolError
 
@@ -72,3 +73,30 @@ def next_phase(phase: Phase, trigger: Trigger) -> Phase:
         raise LocalProtocolError(
             f"round agreement cannot {trigger.value} in phase {phase.value}"
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementTiming:
+    """Timeouts in seconds: collect window < takeover timeout, commit timeout ≥ ring timeout."""
+
+    collect_window: float = 2.0
+    takeover_timeout: float = 5.0
+    commit_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.collect_window < self.takeover_timeout:
+            raise LocalProtocolError(
+                "agreement timing needs 0 < collect_window < takeover_timeout, got "
+                f"{self.collect_window} and {self.takeover_timeout}"
+            )
+        if not self.commit_timeout > 0:
+            raise LocalProtocolError(f"commit_timeout {self.commit_timeout} must be positive")
+
+    @property
+    def patience(self) -> float:
+        """How long a coordinator short of its quorum collects: ¾ of the takeover timeout.
+
+        The quarter left is for its ``Cohort`` to reach the members before they give up on
+        it and move to the next coordinator.
+        """
+        return max(self.collect_window, 0.75 * self.takeover_timeout)

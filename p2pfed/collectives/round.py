@@ -31,14 +31,13 @@ import trio
 
 from p2pfed.collectives.agreement import (
     Action,
-    AgreementTiming,
     CancelRing,
     CohortSigner,
     RoundAgreement,
     Send,
     StartRing,
 )
-from p2pfed.collectives.agreement_state import Phase
+from p2pfed.collectives.agreement_state import AgreementTiming, Phase
 from p2pfed.collectives.codec import MessageStream
 from p2pfed.collectives.faults import Exclusion, FaultPlan, RefusalSummary
 from p2pfed.collectives.messages import NO_BASE, Message, ModelBase, Ready

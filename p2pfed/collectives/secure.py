@@ -30,7 +30,8 @@ from typing import cast
 
 import trio
 
-from p2pfed.collectives.agreement import AgreementTiming, CohortSigner
+from p2pfed.collectives.agreement import CohortSigner
+from p2pfed.collectives.agreement_state import AgreementTiming
 from p2pfed.collectives.faults import Exclusion, FaultPlan
 from p2pfed.collectives.messages import NO_BASE, Message, ModelBase, SecAggData
 from p2pfed.collectives.ring_driver import RingConfig
@@ -310,8 +311,7 @@ class SecureRingRound:
             if bits is not None and bits < ring_bits:  # compressed: masks cancel mod 2^bits too
                 masked = masked & masked.dtype.type((1 << bits) - 1)
             marks.append(trio.current_time())
-            # A cohort short of the survivors' quorum could only abort: wait for stragglers.
-            quorum = peer.plan.min_survivors
+            quorum = peer.plan.min_survivors  # a cohort short of it could only abort: wait
             ring_outcome = await self.ring_round.all_reduce(masked, round, base, quorum=quorum)
             marks.append(trio.current_time())
             if not ring_outcome.committed or ring_outcome.result is None:

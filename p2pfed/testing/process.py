@@ -37,7 +37,7 @@ import numpy.typing as npt
 import trio
 
 import topologies
-from p2pfed.collectives.agreement import AgreementTiming
+from p2pfed.collectives.agreement_state import AgreementTiming
 from p2pfed.collectives.faults import Fault, FaultPlan
 from p2pfed.collectives.gossip_driver import GossipConfig, GossipService
 from p2pfed.collectives.ring import ring_order
