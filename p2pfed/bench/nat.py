@@ -10,6 +10,13 @@ sentence saying which is missing. Prints one JSON document: per setting the dura
 round as the members report it (``last.duration_s``, the median over members) and the wall
 time, and the load average before and after. Round 0 includes connection set-up: compare
 the medians of the later rounds. Nothing here asserts a time.
+
+``--params N`` replaces the demo's logistic model with an MLP of N parameters declared by
+reference (``p2pfed.training.sized:mlp``, as ``bench round`` does), privacy off, secure
+aggregation on; the JSON then adds ``bandwidth_bound_s``: the ring bytes one member sends
+per round, 2(n−1)/n × N words of 4 bytes, over ``--mbit``. Each member's connection to the
+relay passes the proxy, which paces each direction of each connection at ``--mbit``, so no
+relayed round can be faster than that.
 """
 
 from __future__ import annotations
@@ -20,13 +27,17 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2pfed.errors import ConfigError, LocalError
 from p2pfed.output import print_json
 
+if TYPE_CHECKING:  # loaded by run() only: `p2pfed --help` imports every bench module
+    from p2pfed.demo import DemoConsortium
+
 NAME = "nat"
 HELP = "A round of the demo behind NAT via a relay at 40 ms RTT, beside loopback (root; JSON)."
+_FEATURES = 30  # columns of the demo's breast-cancer table
 
 
 def _follow(states: list[Path], rounds: int, timeout: float) -> dict[int, list[float]]:
@@ -69,6 +80,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mbit", type=float, default=100.0, help="Mbit/s per direction (100)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per setting (600)")
+    parser.add_argument(
+        "--params",
+        type=float,
+        default=0.0,
+        help="an MLP of this many parameters instead of the demo model, privacy off (0: demo)",
+    )
     parser.add_argument("--json", action="store_true", help="accepted for symmetry; JSON only")
     parser.set_defaults(func=run)
 
@@ -84,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--peers must be ≥ 3 and --rounds ≥ 2, got {args.peers}, {args.rounds}")
     if args.one_way < 0 or args.mbit <= 0 or args.timeout <= 0:
         raise ConfigError("--one-way must be ≥ 0, and --mbit and --timeout positive")
+    if args.params and not 1e3 <= args.params <= 1e9:
+        raise ConfigError(
+            f"--params must be 0 (the demo model) or lie in 1e3..1e9, got {args.params:g}"
+        )
     if reason := skip_reason():
         raise LocalError(f"bench nat cannot run here: {reason}")
     sweep_stale()
@@ -96,8 +117,19 @@ def run(args: argparse.Namespace) -> int:
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),
     }
+    if args.params:
+        words = _sized_words(args.params)
+        ring_bytes = 2 * (args.peers - 1) / args.peers * words * 4
+        out |= {
+            "model": "mlp",
+            "params": words,
+            "privacy": "off",
+            "bandwidth_bound_s": round(ring_bytes / (args.mbit * 1e6 / 8), 3),
+        }
     with tempfile.TemporaryDirectory() as tmp:
         loop = build_consortium(Path(tmp) / "loopback", settings)
+        if args.params:
+            _sized(loop, args.params)
         start = time.monotonic()
         try:
             launch(loop)
@@ -106,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
             stop(loop)
         out["loopback"] = _summary(per_round, time.monotonic() - start)
         nat = nat_consortium(Path(tmp) / "nat", settings)
+        if args.params:
+            _sized(nat.demo, args.params)
         logs = Path(tmp) / "logs"
         logs.mkdir()
         topo = Topology(args.peers, logs)
@@ -125,3 +159,28 @@ def run(args: argparse.Namespace) -> int:
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print_json(out)
     return 0
+
+
+def _sized_words(params: float) -> int:
+    """The exact parameter count of the MLP the daemons build: the ring's words."""
+    from p2pfed.training import sized
+
+    return sized.count(sized.mlp(_FEATURES, int(params)))
+
+
+def _sized(demo: DemoConsortium, params: float) -> None:
+    """Every member's config: an MLP of ``params`` by reference, privacy off."""
+    import tomllib
+
+    from p2pfed.consortium import render_toml
+
+    for h in demo.hospitals:
+        tables = tomllib.loads(h.config.read_text())
+        tables["model"] = {"factory": "p2pfed.training.sized:mlp"}
+        tables["model.args"] = {"n_features": _FEATURES, "params": int(params)}
+        tables["privacy"] = {"mode": "off", "epsilon_budget": 1000.0, "delta": 1e-5}
+        tables["training"]["learning_rate"] = 0.05  # the demo's 0.5 suits its logistic model
+        # A big model's stages may need more than the default ceiling (the round timeout):
+        # measured here are rounds that commit, not failure detection.
+        tables["rounds"] |= {"stage_timeout_max_s": 600.0, "round_timeout_s": 600.0}
+        h.config.write_text(render_toml(tables, f"bench nat, {params:g} parameters, {h.name}"))
