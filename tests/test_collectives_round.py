@@ -230,6 +230,12 @@ async def test_dead_coordinator_is_replaced_by_the_next_in_rotation(
         assert got.cohort == tuple(alive)
         assert got.result is not None
         np.testing.assert_array_equal(got.result.vector, total(vectors, alive))
+        # Never silent: every member's outcome names the absent one (the audit log's
+        # exclusion): its coordinator (p2, after p1's takeover) for the missing Ready, the
+        # others as left out of the cohort. Nobody present is named.
+        named = {(e.peer, e.reason) for e in got.exclusions}
+        expected = ReasonCode.TIMEOUT if p == "p2" else ReasonCode.DROPPED
+        assert named == {("p1", expected)}, got.exclusions
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ masked vectors with it. ``GossipService`` averages over a ``topologies`` topolog
 secure aggregation inside every averaging group. See ``docs/protocols.md``.
 """
 
-from p2pfed.collectives.agreement import CohortSigner, RoundAgreement
+from p2pfed.collectives.agreement import RoundAgreement
 from p2pfed.collectives.agreement_state import AgreementTiming, Phase
 from p2pfed.collectives.codec import ByteCounts
 from p2pfed.collectives.faults import Exclusion, Fault, FaultPlan, InjectedCrash
@@ -19,7 +19,7 @@ from p2pfed.collectives.ring_driver import RING_PROTOCOL, RingConfig, RingResult
 from p2pfed.collectives.round import RingRound, RoundOutcome
 from p2pfed.collectives.secure import RingMaskedSum, SecureOutcome, SecureRingRound
 from p2pfed.collectives.secure_gossip import SecureGossipOutcome, SecureGossipService
-from p2pfed.collectives.signing import Ed25519CohortSigner
+from p2pfed.collectives.signing import CohortSigner, Ed25519CohortSigner
 
 __all__ = [
     "RING_PROTOCOL",

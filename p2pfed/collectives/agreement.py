@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from p2pfed.collectives.agreement_state import (
     FINAL_PHASES,
@@ -61,20 +60,8 @@ from p2pfed.collectives.messages import (
     ModelBase,
     Ready,
 )
+from p2pfed.collectives.signing import CohortSigner
 from p2pfed.errors import LocalProtocolError, ReasonCode
-
-
-class CohortSigner(Protocol):
-    """Signs cohorts as this peer and checks other peers' signatures."""
-
-    def sign(self, data: bytes) -> bytes:
-        """This peer's signature over ``data``."""
-        ...
-
-    def verify(self, peer: str, data: bytes, signature: bytes) -> bool:
-        """True if ``signature`` is ``peer``'s signature over ``data``."""
-        ...
-
 
 # Accusations that prove misbehaviour. Silence and broken streams do not: when one peer
 # fails, its neighbours' streams break too, and they would be accused in a cascade.
@@ -246,6 +233,8 @@ class RoundAgreement:
         for peer in sorted(set(candidates) - set(members)):
             theirs = self._ready[peer].base
             self._exclude(peer, ReasonCode.STALE_BASE, f"on {theirs}, the cohort on {base}")
+        for peer in sorted(wanted - set(self._ready)):  # silent: down, cut off or too late
+            self._exclude(peer, ReasonCode.TIMEOUT, f"no Ready for attempt {self.attempt} in time")
         fixed = (self.round, self.attempt, self.takeover, self.me, members)
         unsigned = Cohort(*fixed, b"", self.roster_version, base)
         signature = self._signer.sign(unsigned.signed_bytes(self.consortium))
@@ -255,6 +244,10 @@ class RoundAgreement:
 
     def _adopt(self, cohort: Cohort) -> list[Action]:
         self.cohort_message = cohort
+        if cohort.coordinator != self.me:  # it recorded why; we record that they are out
+            for peer in sorted(set(self.eligible) - set(cohort.members) - {self.me}):
+                why = f"left out of attempt {cohort.attempt}'s cohort by its coordinator"
+                self._exclude(peer, ReasonCode.DROPPED, why)
         if self.me not in cohort.members:
             self._fire(Trigger.LEFT_OUT)
             self.deadline = None

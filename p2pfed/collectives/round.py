@@ -32,7 +32,6 @@ import trio
 from p2pfed.collectives.agreement import (
     Action,
     CancelRing,
-    CohortSigner,
     RoundAgreement,
     Send,
     StartRing,
@@ -48,6 +47,7 @@ from p2pfed.collectives.ring_driver import (
     RingResult,
     RingService,
 )
+from p2pfed.collectives.signing import CohortSigner
 from p2pfed.errors import (
     BrokenError,
     ClosedError,

@@ -30,12 +30,12 @@ from typing import cast
 
 import trio
 
-from p2pfed.collectives.agreement import CohortSigner
 from p2pfed.collectives.agreement_state import AgreementTiming
 from p2pfed.collectives.faults import Exclusion, FaultPlan
 from p2pfed.collectives.messages import NO_BASE, Message, ModelBase, SecAggData
 from p2pfed.collectives.ring_driver import RingConfig
 from p2pfed.collectives.round import ControlService, RingRound, RoundOutcome
+from p2pfed.collectives.signing import CohortSigner
 from p2pfed.errors import DataError, LocalProtocolError
 from p2pfed.identity.keys import Signer
 from p2pfed.secagg import SecAggConfig, SecAggPeer, Stage

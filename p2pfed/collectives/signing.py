@@ -10,11 +10,24 @@ already authenticates whoever sends it; the signature makes the decision itself 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from p2pfed.errors import ConfigError
+
+
+class CohortSigner(Protocol):
+    """Signs cohorts as this peer and checks other peers' signatures."""
+
+    def sign(self, data: bytes) -> bytes:
+        """This peer's signature over ``data``."""
+        ...
+
+    def verify(self, peer: str, data: bytes, signature: bytes) -> bool:
+        """True if ``signature`` is ``peer``'s signature over ``data``."""
+        ...
 
 
 class Ed25519CohortSigner:

@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pfed.collectives.agreement import CohortSigner
 from p2pfed.collectives.messages import MAX_COHORT, MAX_PEER_ID
+from p2pfed.collectives.signing import CohortSigner
 from p2pfed.errors import LocalProtocolError, ReasonCode, RemoteProtocolError
 from p2pfed.wire.reader import BodyReader
 

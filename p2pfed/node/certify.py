@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from p2pfed.collectives.agreement import CohortSigner
 from p2pfed.collectives.faults import Exclusion
+from p2pfed.collectives.signing import CohortSigner
 from p2pfed.errors import IntegrityError, P2PFedError, ReasonCode, RemoteProtocolError
 from p2pfed.node.certificates import (
     CertificatePolicy,

@@ -34,7 +34,7 @@ import numpy as np
 import trio
 from numpy.typing import NDArray
 
-from p2pfed.collectives.agreement import CohortSigner
+from p2pfed.collectives.signing import CohortSigner
 from p2pfed.errors import IntegrityError
 from p2pfed.node.aggregators import Aggregate, Aggregator, Missed
 from p2pfed.node.catchup import CatchUp
