@@ -7,6 +7,7 @@ import numpy.typing as npt
 import pytest
 import trio
 import trio.testing
+from transport_harness import SlowOpens
 
 from p2pfed.collectives import Fault, FaultPlan, InjectedCrash, RingConfig
 from p2pfed.collectives.agreement import RoundAgreement, StartRing, coordinator_of
@@ -93,21 +94,6 @@ def vectors_for(peers: list[str], length: int = 3000) -> dict[str, npt.NDArray[A
     return {p: rng.integers(0, 2**32, length, dtype=np.uint64).astype(np.uint32) for p in peers}
 
 
-class _SlowControl:
-    """A transport whose round-control streams take ``delay`` seconds to open (a relay)."""
-
-    def __init__(self, inner: Any, delay: float) -> None:
-        self._inner, self._delay = inner, delay
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def open_stream(self, peer: str, protocol: str) -> Any:
-        if protocol == CONTROL_PROTOCOL:
-            await trio.sleep(self._delay)
-        return await self._inner.open_stream(peer, protocol)
-
-
 async def test_a_ready_slower_to_deliver_than_the_window_still_counts_for_the_quorum(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -121,7 +107,7 @@ async def test_a_ready_slower_to_deliver_than_the_window_still_counts_for_the_qu
 
     async def peer(me: str, opened: trio.Event) -> None:
         async with net.open(me) as inner:
-            transport = _SlowControl(inner, delay) if me == "c" else inner
+            transport = SlowOpens(inner, delay, CONTROL_PROTOCOL) if me == "c" else inner
             runner = RingRound(transport, CONSORTIUM, 1, peers, keys[me], timing=TIMING)
             opened.set()
             await everyone.wait()

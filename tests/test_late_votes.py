@@ -18,6 +18,7 @@ import trio
 import trio.testing
 from test_certificates import HONEST_W, NAMES, SIGNERS, SIZE, Server, certify, policy
 from test_node import Consortium
+from transport_harness import SlowOpens
 
 from p2pfed.collectives.signing import Ed25519CohortSigner
 from p2pfed.node.certificates import CommitCertificate, CommitStatement
@@ -134,20 +135,6 @@ async def test_a_peer_keeps_a_late_certificate_only_for_the_model_it_holds(
         assert restarted.certificate == good
 
 
-class _SlowLink:
-    """A transport whose streams take ``delay`` seconds to open (a relayed first dial)."""
-
-    def __init__(self, inner: Any, delay: float) -> None:
-        self._inner, self._delay = inner, delay
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def open_stream(self, peer: str, protocol: str) -> Any:
-        await trio.sleep(self._delay)
-        return await self._inner.open_stream(peer, protocol)
-
-
 async def test_a_vote_slower_than_the_wait_is_still_delivered_within_its_send_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -157,7 +144,7 @@ async def test_a_vote_slower_than_the_wait_is_still_delivered_within_its_send_de
     with trio.fail_after(60):
         async with net.open(NAMES[0]) as a, net.open(NAMES[1]) as b:
             slow = CertificateService(
-                _SlowLink(a, 3.0), policy(), SIGNERS[NAMES[0]], timeout=1.0, send_timeout=5.0
+                SlowOpens(a, 3.0), policy(), SIGNERS[NAMES[0]], timeout=1.0, send_timeout=5.0
             )
             other = CertificateService(b, policy(), SIGNERS[NAMES[1]], timeout=1.0)
             started = trio.current_time()

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -54,6 +55,24 @@ async def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) 
             await trio.sleep(0.02)
         return
     raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+class SlowOpens:
+    """``inner`` whose streams (of ``protocol`` only, if given) take ``delay`` s to open.
+
+    A relayed first dial under load: the transport works, only slowly.
+    """
+
+    def __init__(self, inner: Transport, delay: float, protocol: str | None = None) -> None:
+        self._inner, self._delay, self._protocol = inner, delay, protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_stream(self, peer: str, protocol: str) -> Stream:
+        if self._protocol in (None, protocol):
+            await trio.sleep(self._delay)
+        return await self._inner.open_stream(peer, protocol)
 
 
 def seed_for(name: str) -> bytes:
