@@ -94,6 +94,17 @@ def plain_sum(inputs: dict[str, npt.NDArray[Any]], peers: set[str] | frozenset[s
     return total
 
 
+def exact_sum(
+    got: SecureOutcome | BaseException, inputs: dict[str, npt.NDArray[Any]], members: Any
+) -> SecureOutcome:
+    """``got``: a completed secure round whose result is the plain sum over ``members``."""
+    assert isinstance(got, SecureOutcome) and got.ok, got
+    assert got.survivors == frozenset(members)
+    assert got.result is not None
+    np.testing.assert_array_equal(got.result, plain_sum(inputs, set(members)))
+    return got
+
+
 @pytest.mark.parametrize("n", [3, 5])
 async def test_secure_ring_unmasks_the_exact_sum(
     n: int, autojump_clock: trio.testing.MockClock
@@ -101,11 +112,7 @@ async def test_secure_ring_unmasks_the_exact_sum(
     inputs = inputs_for(n)
     outcomes = await run_secure(inputs)
     for name in inputs:
-        got = outcomes[name]
-        assert isinstance(got, SecureOutcome) and got.ok, got
-        assert got.survivors == frozenset(inputs)
-        assert got.result is not None
-        np.testing.assert_array_equal(got.result, plain_sum(inputs, set(inputs)))
+        got = exact_sum(outcomes[name], inputs, inputs)
         # What crossed the ring was masked: no peer's sum equals a plain partial sum.
         assert got.ring is not None and got.ring.result is not None
         assert not np.array_equal(got.ring.result.vector, got.result)
@@ -120,11 +127,7 @@ async def test_a_member_masking_later_than_the_collect_window_is_still_in_the_su
     late = (TIMING.collect_window + TIMING.patience) / 2
     outcomes = await run_secure(inputs, late={"h0": late})
     for name in inputs:
-        got = outcomes[name]
-        assert isinstance(got, SecureOutcome) and got.ok, got
-        assert got.survivors == frozenset(inputs)
-        assert got.result is not None
-        np.testing.assert_array_equal(got.result, plain_sum(inputs, set(inputs)))
+        got = exact_sum(outcomes[name], inputs, inputs)
         assert got.ring is not None and got.ring.attempts == 1
 
 
@@ -137,11 +140,7 @@ async def test_peer_killed_during_the_masked_ring_is_recovered_by_threshold(
     outcomes = await run_secure(inputs, faults={"h1": plan}, network=net)
     survivors = frozenset(inputs) - {"h1"}
     for name in survivors:
-        got = outcomes[name]
-        assert isinstance(got, SecureOutcome) and got.ok, got
-        assert got.survivors == survivors
-        assert got.result is not None
-        np.testing.assert_array_equal(got.result, plain_sum(inputs, survivors))
+        got = exact_sum(outcomes[name], inputs, survivors)
         assert got.ring is not None and got.ring.attempts == 2
     assert not isinstance(outcomes.get("h1"), SecureOutcome)
 
