@@ -8,8 +8,9 @@ reached only through ``p2pfed relay`` behind the userspace delay/bandwidth proxy
 direction). Needs root with the ``ip`` and ``nft`` commands; without them it stops with one
 sentence saying which is missing. Prints one JSON document: per setting the duration of each
 round as the members report it (``last.duration_s``, the median over members) and the wall
-time, and the load average before and after. Round 0 includes connection set-up: compare
-the medians of the later rounds. Nothing here asserts a time.
+time, the relay process's CPU seconds over the NAT run, and the load average before and
+after. Round 0 includes connection set-up: compare the medians of the later rounds. Nothing
+here asserts a time.
 
 ``--params N`` replaces the demo's logistic model with an MLP of N parameters declared by
 reference (``p2pfed.training.sized:mlp``, as ``bench round`` does), privacy off, secure
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2pfed.bench._timing import process_cpu_s
 from p2pfed.errors import ConfigError, LocalError
 from p2pfed.output import print_json
 
@@ -145,16 +147,22 @@ def run(args: argparse.Namespace) -> int:
         topo = Topology(args.peers, logs)
         try:
             topo.build()
-            start_relay(topo, nat, args.one_way, args.mbit * 1e6 / 8)
+            relay = start_relay(topo, nat, args.one_way, args.mbit * 1e6 / 8)
+            relay_cpu = process_cpu_s(relay.pid) or 0.0
             start = time.monotonic()
             start_hospitals(topo, nat)
             states = [h.state for h in nat.demo.hospitals]
             per_round = _follow(states, args.rounds, args.timeout)
+            relay_cpu = (process_cpu_s(relay.pid) or relay_cpu) - relay_cpu
         finally:
             topo.close()
-        out["nat_relay"] = _summary(per_round, time.monotonic() - start) | {
+        wall = time.monotonic() - start
+        out["nat_relay"] = _summary(per_round, wall) | {
             "rtt_s": 4 * args.one_way,
             "mbit_per_direction": args.mbit,
+            # Every relayed byte passes the relay's Python process: its CPU share is the
+            # first place to look when rounds stay far above the bandwidth bound.
+            "relay_cpu_s": round(relay_cpu, 2),
         }
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print_json(out)

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2pfed.bench._timing import process_cpu_s
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
 from p2pfed.settings import comma_list
@@ -241,7 +242,7 @@ class _Watcher:
                     self.peak_kb[i] = max(self.peak_kb[i], hwm)
                     if rss:
                         self.rss[i].append((time.time(), rss))
-                    cpu = _cpu_s(h.process.pid)
+                    cpu = process_cpu_s(h.process.pid)
                     if cpu is not None:
                         self.cpu[i].append((time.time(), cpu))
             if None in self.start_s:
@@ -262,16 +263,6 @@ def _vm_kb(pid: int) -> tuple[int, int]:
     except OSError:
         pass
     return found["VmHWM:"], found["VmRSS:"]
-
-
-def _cpu_s(pid: int) -> float | None:
-    """User plus system CPU seconds of process ``pid`` so far (None once it has gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _cpu_per_round(
