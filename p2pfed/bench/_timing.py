@@ -10,12 +10,14 @@ leading underscore keeps this module out of the ``p2pfed bench`` sub-commands.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from pathlib import Path
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from p2pfed.errors import ConfigError
 
@@ -30,6 +32,23 @@ def process_cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def round_ends(state: Path) -> list[dict[str, Any]]:
+    """The ``round_end`` entries of a member's audit log (with their ``ts``), in order."""
+    ends = []
+    for line in (state / "audit.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") == "round_end":
+            ends.append(entry)
+    return ends
+
+
+def stage_pairs(stages: Any) -> list[tuple[str, float]]:
+    """A round's ``stages_s`` as (name, seconds) pairs (the audit log stores a list of pairs)."""
+    if isinstance(stages, dict):
+        return [(str(k), float(v)) for k, v in stages.items()]
+    return [(str(k), float(v)) for k, v in stages or ()]
 
 
 @dataclass

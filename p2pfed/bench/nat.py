@@ -8,9 +8,10 @@ reached only through ``p2pfed relay`` behind the userspace delay/bandwidth proxy
 direction). Needs root with the ``ip`` and ``nft`` commands; without them it stops with one
 sentence saying which is missing. Prints one JSON document: per setting the duration of each
 round as the members report it (``last.duration_s``, the median over members) and the wall
-time, the relay process's CPU seconds over the NAT run, and the load average before and
-after. Round 0 includes connection set-up: compare the medians of the later rounds. Nothing
-here asserts a time.
+time, the seconds per stage (the median over members and rounds after the first, from
+their audit logs), the relay process's CPU seconds over the NAT run, and the load average
+before and after. Round 0 includes connection set-up: compare the medians of the later
+rounds. Nothing here asserts a time.
 
 ``--params N`` replaces the demo's logistic model with an MLP of N parameters declared by
 reference (``p2pfed.training.sized:mlp``, as ``bench round`` does), privacy off, secure
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2pfed.bench._timing import process_cpu_s
+from p2pfed.bench._timing import process_cpu_s, round_ends, stage_pairs
 from p2pfed.errors import ConfigError, LocalError
 from p2pfed.output import print_json
 
@@ -60,14 +61,27 @@ def _follow(states: list[Path], rounds: int, timeout: float) -> dict[int, list[f
     raise LocalError(f"the consortium did not finish {rounds} rounds in {timeout:g} s")
 
 
-def _summary(per_round: dict[int, list[float]], wall: float) -> dict[str, Any]:
+def _summary(per_round: dict[int, list[float]], wall: float, states: list[Path]) -> dict[str, Any]:
     medians = {r: statistics.median(v) for r, v in per_round.items()}
     later = [m for r, m in medians.items() if r > 0]
     return {
         "round_s": {str(r): round(m, 3) for r, m in medians.items()},
         "median_round_s_after_first": round(statistics.median(later), 3) if later else None,
+        "stages_s_after_first": _stages(states),
         "wall_s": round(wall, 1),
     }
+
+
+def _stages(states: list[Path]) -> dict[str, float]:
+    """Per stage, the median over members and rounds after the first (audit ``round_end``)."""
+    seconds: dict[str, list[float]] = {}
+    for state in states:
+        for entry in round_ends(state):
+            body = entry["body"]
+            if body.get("round", 0) > 0 and body.get("outcome") == "completed":
+                for name, took in stage_pairs(body.get("stages_s")):
+                    seconds.setdefault(name, []).append(took)
+    return {name: round(statistics.median(v), 3) for name, v in seconds.items()}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -135,10 +149,11 @@ def run(args: argparse.Namespace) -> int:
         start = time.monotonic()
         try:
             launch(loop)
-            per_round = _follow([h.state for h in loop.hospitals], args.rounds, args.timeout)
+            states = [h.state for h in loop.hospitals]
+            per_round = _follow(states, args.rounds, args.timeout)
         finally:
             stop(loop)
-        out["loopback"] = _summary(per_round, time.monotonic() - start)
+        out["loopback"] = _summary(per_round, time.monotonic() - start, states)
         nat = nat_consortium(Path(tmp) / "nat", settings)
         if args.params:
             _sized(nat.demo, args.params)
@@ -157,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             topo.close()
         wall = time.monotonic() - start
-        out["nat_relay"] = _summary(per_round, wall) | {
+        out["nat_relay"] = _summary(per_round, wall, states) | {
             "rtt_s": 4 * args.one_way,
             "mbit_per_direction": args.mbit,
             # Every relayed byte passes the relay's Python process: its CPU share is the

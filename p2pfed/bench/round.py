@@ -30,7 +30,6 @@ detection).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2pfed.bench._timing import process_cpu_s
+from p2pfed.bench._timing import process_cpu_s, round_ends, stage_pairs
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
 from p2pfed.settings import comma_list
@@ -304,7 +303,7 @@ def _rss_by_stage(
         for entry in member:
             at = float(entry["ts"]) - float(entry["body"]["duration_s"])
             windows = [("round start", at, at + _POLL_S)]
-            for name, seconds in _pairs(entry["body"].get("stages_s")):
+            for name, seconds in stage_pairs(entry["body"].get("stages_s")):
                 windows.append((name, at, at + seconds))
                 at += seconds
             for name, lo, hi in windows:
@@ -314,22 +313,12 @@ def _rss_by_stage(
     return {name: round(kb / 1024, 1) for name, kb in peak.items()}
 
 
-def _round_ends(state: Path) -> list[dict[str, Any]]:
-    """The ``round_end`` entries of a member's audit log (with their ``ts``), in order."""
-    ends = []
-    for line in (state / "audit.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("kind") == "round_end":
-            ends.append(entry)
-    return ends
-
-
 def _figures(
     c: Consortium, privacy: str, args: argparse.Namespace, watcher: _Watcher
 ) -> dict[str, Any]:
     from p2pfed.consortium import statuses
 
-    logged = [_round_ends(h.state) for h in c.hospitals]
+    logged = [round_ends(h.state) for h in c.hospitals]
     ends = [[e["body"] for e in member] for member in logged]
     committed = [[e for e in member if e.get("outcome") == "completed"] for member in ends]
     done = min(len(member) for member in committed)
@@ -347,7 +336,7 @@ def _figures(
     round_cpu = _cpu_per_round(completed, watcher.cpu, steady)
     stages: dict[str, float] = {}  # per stage: the slowest member's, summed over the rounds
     for entries in full:
-        timed = [dict(_pairs(e.get("stages_s"))) for e in entries]
+        timed = [dict(stage_pairs(e.get("stages_s"))) for e in entries]
         for name in {name for member in timed for name in member}:
             slowest = max(member.get(name, 0.0) for member in timed)
             stages[name] = stages.get(name, 0.0) + slowest
@@ -383,13 +372,6 @@ def _figures(
         "epsilon": [s.get("epsilon") for s in final],
         "test_accuracy": [s.get("test_accuracy") for s in final],
     }
-
-
-def _pairs(stages: Any) -> list[tuple[str, float]]:
-    """``stages_s`` as (name, seconds) pairs (the audit log stores a list of pairs)."""
-    if isinstance(stages, dict):
-        return [(str(k), float(v)) for k, v in stages.items()]
-    return [(str(k), float(v)) for k, v in stages or ()]
 
 
 def _dimension(args: argparse.Namespace) -> int:
