@@ -11,10 +11,11 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+import p2pfed.node.peer as peer_module
 from p2pfed.daemon import RoundReporter, read_status
 from p2pfed.errors import ConfigError
 from p2pfed.node import Peer
-from p2pfed.node.liveness import Backoff, Waiting
+from p2pfed.node.liveness import Backoff, Waiting, slot_wait
 from p2pfed.training import ParameterLayout
 from tests.reporter_fakes import demo_member
 from tests.test_node import Consortium
@@ -136,13 +137,20 @@ def test_waiting_is_in_status_and_logged_once_per_interval(
 
 
 async def test_members_a_round_number_apart_realign(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # After a disturbance one member is a round number behind the two others: a secure
     # round needs all three on one number, and each missed round kept the gap. Messages
     # from the members ahead show the one behind where to go.
     c = Consortium(tmp_path, 3, virtual_clock=True)
     done: dict[int, Peer] = {}
+    took: list[float] = []  # what each wait after a miss knew of how long the miss lasted
+
+    def recorded(now: float, slot: float, lasted: float = 0.0) -> float:
+        took.append(lasted)
+        return slot_wait(now, slot, lasted)
+
+    monkeypatch.setattr(peer_module, "slot_wait", recorded)
 
     async def one(k: int) -> None:
         async with c.peer(k) as peer:
@@ -158,3 +166,4 @@ async def test_members_a_round_number_apart_realign(
                 nursery.start_soon(one, k)
     assert {p.model_round for p in done.values()} == {5}
     assert len({p.weights.tobytes() for p in done.values()}) == 1
+    assert took and all(t > 0 for t in took)  # slot_wait heard each missed round's duration

@@ -25,18 +25,25 @@ from p2pfed.privacy.mechanisms import NoiseMode
 from p2pfed.privacy.release import PrivateReleaser
 
 
-def slot_wait(now: float, slot: float) -> float:
-    """Seconds from wall-clock ``now`` to the next multiple of ``slot`` at least slot/2 away.
+def slot_wait(now: float, slot: float, took: float = 0.0) -> float:
+    """Seconds from wall-clock ``now`` to the next multiple of ``slot`` at least a margin away.
 
     Members that all missed a round finished it at different times (stage deadlines);
     restarting after a fixed wait would keep those offsets forever and every round would
     miss again. Boundaries of a shared (NTP) clock re-align them: members less than a slot
     apart start together, or one slot apart and then together after the early one's miss.
+    ``took``: how long the missed round lasted, which a lone attempt at the next boundary
+    will last too. The margin is (slot − took)/2, so that lone attempt ends (slot − took)/2
+    before the boundary where the later member starts, leaving that much for it to last
+    longer than the last; a fixed margin of slot/2 let two members that miss slowly
+    (took > slot/2) alternate boundaries forever. A round longer than the slot cannot
+    re-align: the slot must outlast a missed round.
     """
     if slot <= 0:
         return 0.0
+    margin = max(0.0, (slot - took) / 2)
     wait = slot - now % slot
-    return wait + slot if wait < slot / 2 else wait
+    return wait + slot if wait < margin else wait
 
 
 class Backoff:

@@ -380,7 +380,7 @@ class Peer(CatchUp):
                 on_report(report)
             if not report.committed:
                 await self.wait_for_members(len(self.members), 2.0)  # who is not answering
-                wait = slot_wait(self.wall(), miss_timeout)
+                wait = slot_wait(self.wall(), miss_timeout, report.duration_s)
                 self._waiting(f"round {report.round} missed ({report.reason})", wait)
                 if not await self.catch_up(report.round, wait):
                     self._step_to_the_others()
