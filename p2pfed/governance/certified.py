@@ -28,6 +28,7 @@ from p2pfed.identity import Role, Roster
 _CERTIFIED = ("model_version", "model_certified")
 """Audit entries that may hold a certificate's summary: in its round, or later."""
 
+
 def certificate_path_for(model_file: str | os.PathLike[str]) -> Path:
     """Where an exported model's certificate lives: ``<file>.certificate.json``."""
     path = Path(model_file)
