@@ -167,8 +167,11 @@ async def test_real_daemons_never_adopt_a_stolen_keys_forged_model(tmp_path: Pat
             for e in read_entries(h.state / "audit.jsonl")
             if e["kind"] == "exclusion" and e["body"]["peer"] == hash_peer_id(salt, me.peer_id)
         ]
-        assert [b["round"] for b in named] == [CLAIMED]
-        assert "model sync refused" in named[0]["detail"]
+        refused = [b for b in named if b["reason"] not in ("timeout", "dropped")]
+        assert [b["round"] for b in refused] == [CLAIMED]
+        assert "model sync refused" in refused[0]["detail"]
+        # The rest: it took part in no round, so each round names it as absent, nothing else.
+        assert {b["round"] for b in named if b not in refused} <= {0, 1}
 
 
 async def test_in_gossip_one_members_claimed_round_does_not_move_the_others(
