@@ -9,6 +9,7 @@ import pytest
 
 from p2pfed.bench import nat
 from p2pfed.bench._netns import harness
+from p2pfed.bench.round import model_words
 from p2pfed.cli import main
 from p2pfed.config import load_config
 from p2pfed.demo import DemoSettings, build_consortium
@@ -54,4 +55,4 @@ def test_params_give_every_member_an_mlp_of_that_size_by_reference_privacy_off(
         assert config.model.factory == "p2pfed.training.sized:mlp"
         assert dict(config.model.args) == {"n_features": 30, "params": 100_000}
         assert config.privacy.mode == "off" and config.secagg.enabled
-    assert 99_000 <= nat._sized_words(1e5) <= 101_000  # the words the bound is computed from
+    assert 99_000 <= model_words("mlp", 1e5) <= 101_000  # the words the bound is computed from

@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # loaded by run() only: `p2pfed --help` imports every bench m
 
 NAME = "nat"
 HELP = "A round of the demo behind NAT via a relay at 40 ms RTT, beside loopback (root; JSON)."
-_FEATURES = 30  # columns of the demo's breast-cancer table
 
 
 def _follow(states: list[Path], rounds: int, timeout: float) -> dict[int, list[float]]:
@@ -110,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     """Both settings, one after the other, and the JSON document."""
     from p2pfed.bench._netns.consortium_nat import nat_consortium, start_hospitals, start_relay
     from p2pfed.bench._netns.harness import Topology, skip_reason, sweep_stale
+    from p2pfed.bench.round import model_words
     from p2pfed.consortium import launch, stop
     from p2pfed.demo import DemoSettings, build_consortium
 
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "cpu_count": os.cpu_count(),
     }
     if args.params:
-        words = _sized_words(args.params)
+        words = model_words("mlp", args.params)
         ring_bytes = 2 * (args.peers - 1) / args.peers * words * 4
         out |= {
             "model": "mlp",
@@ -184,24 +184,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sized_words(params: float) -> int:
-    """The exact parameter count of the MLP the daemons build: the ring's words."""
-    from p2pfed.training import sized
-
-    return sized.count(sized.mlp(_FEATURES, int(params)))
-
-
 def _sized(demo: DemoConsortium, params: float) -> None:
     """Every member's config: an MLP of ``params`` by reference, privacy off."""
     import tomllib
 
+    from p2pfed.bench.round import model_tables, privacy_table
     from p2pfed.consortium import render_toml
 
     for h in demo.hospitals:
         tables = tomllib.loads(h.config.read_text())
-        tables["model"] = {"factory": "p2pfed.training.sized:mlp"}
-        tables["model.args"] = {"n_features": _FEATURES, "params": int(params)}
-        tables["privacy"] = {"mode": "off", "epsilon_budget": 1000.0, "delta": 1e-5}
+        tables |= model_tables("mlp", params) | {"privacy": privacy_table("off")}
         tables["training"]["learning_rate"] = 0.05  # the demo's 0.5 suits its logistic model
         # A big model's stages may need more than the default ceiling (the round timeout):
         # measured here are rounds that commit, not failure detection.

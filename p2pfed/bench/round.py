@@ -51,7 +51,8 @@ HELP = "Whole secure rounds of a big model (by reference) through real daemons (
 PRIVACY = {"off": "off", "dpsgd": "dp-sgd", "ddp": "distributed"}
 MODELS = ("mlp", "cnn")
 _POLL_S = 0.1
-_FEATURES = 30  # columns of the breast-cancer table
+FEATURES = 30
+"""Columns of the breast-cancer table the benchmark consortia train on."""
 
 
 _privacy_list = comma_list(str, f"one of {', '.join(PRIVACY)}", PRIVACY.__contains__)
@@ -174,18 +175,18 @@ def consortium(root: Path, privacy: str, args: argparse.Namespace) -> Consortium
                 "batch_size": args.batch_size,
                 "learning_rate": 0.05,
             },
-            privacy=_privacy(privacy, q, args.local_steps),
-            model={"factory": f"p2pfed.training.sized:{args.model}"},
+            privacy=privacy_table(privacy, q, args.local_steps),
         )
         # The stages of a big model's round may need more than the default ceiling (the
         # round timeout); a benchmark measures rounds that commit, not failure detection.
         tables["rounds"] |= {"link_mbps": args.link_mbps, "stage_timeout_max_s": args.stage_max_s}
-        tables["model.args"] = {"n_features": data.n_features, "params": int(args.params)}
+        tables |= model_tables(args.model, args.params)
         h.config.write_text(render_toml(tables, f"bench round, {privacy}, {h.name}"))
     return Consortium(root, hospitals, f"bench round ({privacy})")
 
 
-def _privacy(case: str, q: float, steps: int) -> dict[str, Any]:
+def privacy_table(case: str, q: float = 1.0, steps: int = 1) -> dict[str, Any]:
+    """A member's ``[privacy]`` for ``case`` (a key of ``PRIVACY``); ``q``, ``steps``: DP-SGD's."""
     found: dict[str, Any] = {"mode": PRIVACY[case], "epsilon_budget": 1000.0, "delta": 1e-5}
     if case == "dpsgd":
         found |= {"sample_rate": q, "steps_per_round": steps, "noise_multiplier": 1.0}
@@ -348,7 +349,7 @@ def _figures(
         for s, member in zip(final, committed, strict=True)
         if member
     ]
-    dimension = _dimension(args)
+    dimension = model_words(args.model, args.params)
     ideal = 2 * (args.peers - 1) / args.peers * dimension * 4
     return {
         "privacy": privacy,
@@ -374,9 +375,17 @@ def _figures(
     }
 
 
-def _dimension(args: argparse.Namespace) -> int:
+def model_tables(model: str, params: float) -> dict[str, dict[str, Any]]:
+    """A member's ``[model]`` and ``[model.args]``: ``model`` (``MODELS``) by reference."""
+    return {
+        "model": {"factory": f"p2pfed.training.sized:{model}"},
+        "model.args": {"n_features": FEATURES, "params": int(params)},
+    }
+
+
+def model_words(model: str, params: float) -> int:
     """The exact parameter count of the model the daemons build (the ring's words)."""
     from p2pfed.training import sized
 
-    build = sized.mlp if args.model == "mlp" else sized.cnn
-    return sized.count(build(_FEATURES, int(args.params)))
+    build = sized.mlp if model == "mlp" else sized.cnn
+    return sized.count(build(FEATURES, int(params)))
