@@ -107,6 +107,8 @@ def test_audit_compare_reports_certificates_short_of_quorum_or_in_disagreement(
 
 # -- a certificate that came after its round ----------------------------------------------
 
+TENSORS = tensors_from_flat(["w"], [(6,)], WEIGHTS)
+
 
 def late_record(tmp_path: Path) -> tuple[GovernanceRecorder, Path]:
     """A member whose round-4 model was stored without a certificate (the votes came late)."""
@@ -116,9 +118,6 @@ def late_record(tmp_path: Path) -> tuple[GovernanceRecorder, Path]:
     )
     recorder.registry.add(4, TENSORS, parent_hash=None)
     return recorder, log
-
-
-TENSORS = tensors_from_flat(["w"], [(6,)], WEIGHTS)
 
 
 def test_a_late_certificate_is_stored_beside_its_model_audited_and_verifiable(
