@@ -48,6 +48,7 @@ class CatchUp(ABC):
     unreached: tuple[str, ...]
     model_round: int
     next_round: int
+    wall: Callable[[], float]
     weights: NDArray[np.float32]
     certificate: CommitCertificate | None
 
@@ -158,14 +159,57 @@ class CatchUp(ABC):
         self.unreached = tuple(m for m in self.others if m not in reachable)
         return len(reachable) + 1
 
-    def _step_to_the_others(self) -> None:
+    async def join_in_step(self, slot: float, rounds: int) -> None:
+        """At start-up, join the others' round if they are retrying missed rounds.
+
+        Members that missed rounds since their last model start each attempt at a boundary
+        of ``slot`` (``slot_wait``) with a new number; a member starting then takes that
+        number and boundary from their status, where a lone round of its own would miss and
+        cost a slot. While they are inside an attempt it asks again until they wait for the
+        next (at most two slots). It follows the lower median of the answers, so members
+        fewer than half of those answering cannot send it past every honest one's number (a
+        stolen key claiming round 10^9 would otherwise end this member's run), nor past the
+        last of ``rounds``, nor make it wait more than two slots.
+        """
+        deadline = trio.current_time() + 2 * slot
+        while True:
+            answers = sorted(
+                (await self.sync.probe_all(self.others, 2.0)).values(),
+                key=lambda s: s.starts_next,
+            )
+            median = answers[(len(answers) - 1) // 2] if answers else None
+            if median is None or not median.retrying:
+                return
+            if not median.running:
+                if median.starts_at > 0:
+                    break
+                return  # starting a round at no boundary (its own start-up): nothing to join
+            if trio.current_time() >= deadline:
+                return
+            await trio.sleep(min(1.0, slot / 10))
+        target = min(median.starts_next, rounds - 1)
+        if target <= self.next_round:
+            return
+        wait = min(max(0.0, median.starts_at - self.wall()), 2 * slot)
+        log.info(
+            "round %d: the others retry round %d in %.1f s; joining them",
+            self.next_round,
+            target,
+            wait,
+        )
+        self.next_round = target
+        self._save()
+        self._waiting(f"joining the others' round {target} at their next slot", wait)
+        await trio.sleep(wait)
+
+    def _step_to_the_others(self, seen: int) -> None:
         """After a round nobody completed, take the round after the newest the others tried.
 
         Members that missed at different times can each stay one number apart forever (a
         secure round needs one number); messages from members for rounds ahead of ours
         (at most ``max_ahead``, members only) show where they are.
         """
-        ahead = self.aggregator.newest_round_seen() + 1
+        ahead = seen + 1
         if ahead > self.next_round:
             log.info("round %d: the others are at round %d; joining", self.next_round, ahead - 1)
             self.next_round = ahead

@@ -126,6 +126,7 @@ class Peer(CatchUp):
         self.certificate: CommitCertificate | None = None
         self.on_certified = on_certified
         self._in_round = False  # the trainer holds local steps: no checkpoint now
+        self.starts_at = 0.0  # the wall-clock slot boundary it waits for (0: none)
         self.policy = CertificatePolicy(
             consortium, roster_version, frozenset(members), signer, certificate_floor
         )
@@ -152,6 +153,7 @@ class Peer(CatchUp):
             serve_models=aggregator.exact or not aggregator.secure,
             policy=self.policy,
             on_refusal=on_refusal,
+            progress=lambda: (self.next_round, self._in_round, self.starts_at),
         )
         self._resume()
 
@@ -268,7 +270,7 @@ class Peer(CatchUp):
         if self.guard is not None:
             self.guard()
         await self.reconcile()
-        self._in_round = True
+        self._in_round, self.starts_at = True, 0.0
         try:
             return await self._round()
         finally:
@@ -363,7 +365,8 @@ class Peer(CatchUp):
         complete it and adopts that model; if none does, the round failed for everyone and
         the next number starts from the same weights at the next slot boundary of a shared
         clock (``slot_wait``), so members that missed it at different times start the next
-        round together.
+        round together. A member (re)starting while the others retry so joins them at once
+        (``join_in_step``), instead of spending a round of its own to learn their number.
         """
         miss_timeout = startup_timeout if miss_timeout is None else miss_timeout
         reports = []
@@ -373,16 +376,28 @@ class Peer(CatchUp):
             up = await self.wait_for_members(min_peers, startup_timeout)
         log.info("%d of %d members reachable; starting", up, len(self.members))
         await self.catch_up()
+        await self.join_in_step(miss_timeout, rounds)
         while self.next_round < rounds:
             report = await self.run_round()
             reports.append(report)
             if on_report is not None:
                 on_report(report)
             if not report.committed:
-                await self.wait_for_members(len(self.members), 2.0)  # who is not answering
-                wait = slot_wait(self.wall(), miss_timeout, report.duration_s)
-                self._waiting(f"round {report.round} missed ({report.reason})", wait)
-                if not await self.catch_up(report.round, wait):
-                    self._step_to_the_others()
+                await self._after_miss(report, miss_timeout)
         await self.linger(self.model_round, startup_timeout)
         return reports
+
+    async def _after_miss(self, report: RoundReport, slot: float) -> None:
+        """After a missed round: adopt its model, or take the others' number at the next slot."""
+        await self.wait_for_members(len(self.members), 2.0)  # who is not answering
+        wait = slot_wait(self.wall(), slot, report.duration_s)
+        self.starts_at = self.wall() + wait  # told in our status (join_in_step)
+        self._waiting(f"round {report.round} missed ({report.reason})", wait)
+        guard = min(1.0, wait / 4)
+        if await self.catch_up(report.round, wait - guard):
+            return
+        # Where the others are, as known a little before the boundary: a member starting
+        # our next number at the boundary with us (one joining) is not ahead of us.
+        seen = self.aggregator.newest_round_seen()
+        await trio.sleep(guard)
+        self._step_to_the_others(seen)

@@ -2,12 +2,12 @@
 
 Theory of operation: every peer serves ``MODEL_SYNC_PROTOCOL``. A request is one CONTROL frame
 whose payload is a single byte (``STATUS`` or ``MODEL``); the answer is one CONTROL frame
-with a ``ModelStatus`` (the last completed round and the SHA-256 of the shared weights)
-and, when it has one, the commit certificate of those weights, followed, for ``MODEL``, by
-the weights as a wire tensor (digest-checked in transit). The fetcher checks the received
-weights against the announced digest and shape before using them. ``best_model`` asks every
-reachable member and takes the most advanced certified model; unreachable or misbehaving
-members are skipped with their reason.
+with a ``ModelStatus`` (the last completed round, the SHA-256 of the shared weights, the
+round the member starts next and when) and, when it has one, the commit certificate of those
+weights, followed, for ``MODEL``, by the weights as a wire tensor (digest-checked in
+transit). The fetcher checks the received weights against the announced digest and shape
+before using them. ``best_model`` asks every reachable member and takes the most advanced
+certified model; unreachable or misbehaving members are skipped with their reason.
 
 Confidentiality: with ``serve_models`` off (secure gossip, where each member's model is its
 own group's secure sum, which nobody else learns) a ``MODEL`` request is answered with a
@@ -56,11 +56,13 @@ from p2pfed.wire.exchange import read_one_frame
 
 log = logging.getLogger(__name__)
 
-MODEL_SYNC_PROTOCOL = "/p2pfed/model-sync/2.0.0"
+MODEL_SYNC_PROTOCOL = "/p2pfed/model-sync/3.0.0"
 STATUS = b"S"
 MODEL = b"M"
 NOT_SERVED = "this member does not serve its model: in secure gossip it is its own group's sum"
-_STATUS = struct.Struct(">q32s")  # last completed round (-1: none yet), weights digest
+# Last completed round (-1: none yet), weights digest, the round it starts next, whether it
+# is in a round now, and the wall-clock time it starts the next at (0: not waiting for one).
+_STATUS = struct.Struct(">q32sqBd")
 
 
 def weights_digest(weights: NDArray[np.float32]) -> bytes:
@@ -97,18 +99,43 @@ class DigestCache:
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
-    """A member's last completed round and the digest of its weights after it."""
+    """A member's last completed round, the digest of its weights after it, and where it is.
+
+    ``next_round``: the round number it starts next (None: ``round + 1``); ``running``: it
+    is inside a round now (numbered ``next_round - 1``); ``starts_at``: the wall-clock time
+    it waits for to start the next (a slot boundary after a miss; 0: none). Unsigned, like
+    the rest of the status: a starting member trusts no single member's claim
+    (``CatchUp.join_in_step``).
+    """
 
     round: int
     digest: bytes
+    next_round: int | None = None
+    running: bool = False
+    starts_at: float = 0.0
 
     def __post_init__(self) -> None:
         if not -1 <= self.round < 1 << 62 or len(self.digest) != 32:
             raise ValueError("a model status needs a round ≥ -1 and a 32-byte digest")
+        if not self.round < self.starts_next < 1 << 62:
+            raise ValueError("a model status's next round must follow its completed round")
+        if not 0.0 <= self.starts_at < float("inf"):
+            raise ValueError("a model status's start time must be finite and ≥ 0")
+
+    @property
+    def starts_next(self) -> int:
+        """The round number this member starts next."""
+        return self.round + 1 if self.next_round is None else self.next_round
+
+    @property
+    def retrying(self) -> bool:
+        """It missed rounds since its model's: it starts rounds at the shared slot boundaries."""
+        current = self.starts_next - 1 if self.running else self.starts_next
+        return current > self.round + 1
 
     def encode(self) -> bytes:
-        """Fixed 40-byte encoding."""
-        return _STATUS.pack(self.round, self.digest)
+        """Fixed 57-byte encoding."""
+        return _STATUS.pack(self.round, self.digest, self.starts_next, self.running, self.starts_at)
 
     @classmethod
     def decode(cls, payload: bytes, peer: str) -> ModelStatus:
@@ -117,12 +144,18 @@ class ModelStatus:
             raise RemoteProtocolError(
                 ReasonCode.MALFORMED, f"model status from {peer} has {len(payload)} bytes", peer
             )
-        round_, digest = _STATUS.unpack(payload[: _STATUS.size])
-        if round_ < -1:
+        round_, digest, next_round, running, starts_at = _STATUS.unpack(payload[: _STATUS.size])
+        if not -1 <= round_ < next_round < 1 << 62 or running > 1:
             raise RemoteProtocolError(
-                ReasonCode.MALFORMED, f"bad round in status from {peer}", peer
+                ReasonCode.MALFORMED,
+                f"bad rounds in status from {peer}: completed {round_}, next {next_round}",
+                peer,
             )
-        return cls(round_, digest)
+        if not 0.0 <= starts_at < float("inf"):  # NaN fails too
+            raise RemoteProtocolError(
+                ReasonCode.MALFORMED, f"bad start time in status from {peer}: {starts_at}", peer
+            )
+        return cls(round_, digest, next_round, bool(running), starts_at)
 
 
 @dataclass(frozen=True)
@@ -148,6 +181,10 @@ class SyncRefusal:
 CurrentModel = Callable[[], tuple[int, NDArray[np.float32], CommitCertificate | None]]
 """Returns (last completed round, shared weights, their certificate) of the local peer."""
 
+Progress = Callable[[], tuple[int, bool, float]]
+"""Returns (the round it starts next, whether it is in a round now, when it starts the next:
+a wall-clock time, 0 if it waits for none) of the local peer."""
+
 Answers = dict[str, tuple[ModelStatus, CommitCertificate | None]]
 """Per peer: its status and the certificate it served with it (``ModelSync.probe``)."""
 
@@ -170,8 +207,13 @@ class ModelSync:
         policy: CertificatePolicy | None = None,
         on_refusal: Callable[[SyncRefusal], None] | None = None,
         clock: Callable[[], float] = trio.current_time,
+        progress: Progress | None = None,
     ) -> None:
-        """``policy``: the certificates to demand; without one nothing is ever adopted."""
+        """``policy``: the certificates to demand; without one nothing is ever adopted.
+
+        ``progress``: where the local peer is, told in its status (without: a model's next).
+        """
+        self.progress = progress
         self.policy = policy
         self.on_refusal = on_refusal
         self.clock = clock
@@ -229,7 +271,12 @@ class ModelSync:
             )
             await write_frame(stream, frame, timeout=self.timeout)
             return
-        status = ModelStatus(round_, self.digest(round_, weights)).encode()
+        next_round, running, starts_at = (
+            (round_ + 1, False, 0.0) if self.progress is None else self.progress()
+        )
+        status = ModelStatus(
+            round_, self.digest(round_, weights), max(next_round, round_ + 1), running, starts_at
+        ).encode()
         if certificate is not None:  # the fetcher judges whether it covers the status
             status += certificate.encode()
         await write_frame(stream, self._frame(round_, status), timeout=self.timeout)

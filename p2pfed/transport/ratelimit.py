@@ -76,7 +76,7 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
     "/p2pfed/gossip/sync/1.0.0": Limit.per_round(2, "one vector per round per neighbour"),
     "/p2pfed/gossip/masked-sum/2.0.0": Limit.per_round(2, "one masked sum per group per round"),
     "/p2pfed/commit-vote/1.0.0": Limit.per_round(1, "one signed vote per contributor per round"),
-    "/p2pfed/model-sync/2.0.0": Limit(
+    "/p2pfed/model-sync/3.0.0": Limit(
         rate=20.0, burst=40, why="catch-up polls each member every 0.2 s; a round ends in a probe"
     ),
     "/p2pfed/roster/1.0.0": Limit(
