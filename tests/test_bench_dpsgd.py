@@ -10,10 +10,11 @@ from p2pfed.cli import main
 KEYS = {
     "model", "params", "batch", "plain_step_s", "dpsgd_step_s", "opacus_step_s",
     "plain_peak_mb", "dpsgd_peak_mb", "opacus_peak_mb", "ratio_time", "ratio_mem",
+    "node_step_s", "node_step_cpu_s", "ratio_time_node", "meets_time_target_node",
 }  # fmt: skip
 
 
-@pytest.mark.slow  # two fresh interpreters importing torch: 12 s at load 3, 73 s at load 18
+@pytest.mark.slow  # three fresh interpreters importing torch: 12 s at load 3, 73 s at load 18
 def test_tiny_bench_prints_measured_ratios_and_no_opacus_figure_when_absent(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -28,7 +29,12 @@ def test_tiny_bench_prints_measured_ratios_and_no_opacus_figure_when_absent(
     assert case["plain_step_s"] > 0 and case["dpsgd_peak_mb"] > 0
     assert case["ratio_time"] == round(case["dpsgd_step_cpu_s"] / case["plain_step_cpu_s"], 3)
     assert case["ratio_mem"] == round(case["dpsgd_peak_mb"] / case["plain_peak_mb"], 3)
+    # the member's own noise (ChaCha20) is timed beside the seeded generator's
+    assert case["ratio_time_node"] == round(case["node_step_cpu_s"] / case["plain_step_cpu_s"], 3)
     assert len(doc["load_avg"]["before"]) == 3
+    noise = doc["noise_cpu_ns_per_value"]
+    assert set(noise) == {"secure_gaussian", "torch_normal", "numpy_pcg64"}
+    assert all(v > 0 for v in noise.values())
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])

@@ -120,6 +120,44 @@ def test_secure_gaussian_has_the_requested_spread_and_differs_per_instance() -> 
     assert isinstance(SecureGaussian().source, ChaChaSource)
 
 
+class FixedWords:
+    """A seeded ChaCha stream's first words, with one word replaced (not a ChaChaSource)."""
+
+    def __init__(self, n: int, changed: int | None) -> None:
+        self.words = ChaChaSource.from_seed(7).uint64(n)
+        if changed is not None:
+            self.words[changed] ^= np.uint64(1 << 40)
+
+    def uint64(self, n: int) -> np.ndarray:
+        out, self.words = self.words[:n], self.words[n:]
+        return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 40), st.data())
+def test_each_float_value_mixes_four_box_muller_pairs_and_each_pair_feeds_two_values(
+    m: int, data: st.DataObject
+) -> None:
+    # Uniform k < 2m is pair k's radius: shared by its cosine and sine output. Changing it
+    # must change exactly two values (each output of a pair in a different value); if a
+    # pair's two outputs were summed into one value, that value would be one draw × √2.
+    k = data.draw(st.integers(0, 2 * m - 1))
+    base = SecureGaussian(FixedWords(4 * m, None)).normal(0.0, 1.0, m)
+    moved = SecureGaussian(FixedWords(4 * m, k)).normal(0.0, 1.0, m)
+    assert np.count_nonzero(base != moved) == 2
+
+
+@given(st.integers(0, 3000), st.integers(0, 3000))
+@settings(max_examples=30, deadline=None)
+def test_keystream_into_a_buffer_continues_the_same_stream(a: int, b: int) -> None:
+    one, two = ChaChaSource.from_seed(11), ChaChaSource.from_seed(11)
+    buffer = np.empty(max(a, b) + 8, np.uint64)
+    got = np.concatenate([one.uint64_into(buffer, a).copy(), one.uint64(b)])
+    assert np.array_equal(got, two.uint64(a + b))
+    with pytest.raises(ValueError, match="contiguous buffer of 11 words"):
+        one.uint64_into(np.empty(10, np.uint64), 3)
+
+
 def test_bad_variance_is_refused_in_one_sentence() -> None:
     with pytest.raises(ConfigError, match="variance must be positive"):
         discrete_gaussian(0.0, 4, ChaChaSource.from_seed(0))

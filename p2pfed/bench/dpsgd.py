@@ -7,7 +7,9 @@ parameter count, three fresh Python processes each build the same model and rand
 
 - ``plain``: forward, backward, SGD step (the non-private baseline);
 - ``p2pfed``: ``p2pfed.privacy.dpsgd.dp_sgd_step`` (ghost clipping, noise from a seeded
-  ``torch.Generator``; a node draws it from ChaCha20 instead, timed by ``bench privacy``);
+  ``torch.Generator``: the clipping's own cost);
+- ``node``: the same step with the noise a daemon draws, ``SecureGaussian`` over ChaCha20
+  (four Box–Muller draws per value): what a member's DP-SGD step costs;
 - ``opacus``: Opacus's own fast gradient clipping (``grad_sample_mode="ghost"``), the anchor,
   when the ``bench`` extra is installed; otherwise the case says so and reports no figure.
 
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from p2pfed.errors import ConfigError
@@ -40,7 +43,7 @@ from p2pfed.settings import comma_list
 NAME = "dpsgd"
 HELP = "DP-SGD step time and peak memory vs a plain step and Opacus, MLP and CNN (JSON)."
 
-_KINDS = ("plain", "p2pfed", "opacus")
+_KINDS = ("plain", "p2pfed", "node", "opacus")
 _TARGET_TIME, _TARGET_MEM = 3.0, 1.5
 
 
@@ -116,12 +119,16 @@ def measure(model_name: str, params: int, batch: int, kind: str, repeats: int) -
             torch.autograd.backward(loss_fn(model(x), y))
             optimizer.step()
 
-    elif kind == "p2pfed":
+    elif kind in ("p2pfed", "node"):
+        from p2pfed.privacy.sampling import SecureGaussian
+
+        noise = g if kind == "p2pfed" else SecureGaussian()
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             dp_sgd_step(model, loss_fn, (x, y), clip_norm=1.0, noise_multiplier=1.0,
-                        generator=g, expected_batch_size=batch, optimizer=optimizer)  # fmt: skip
+                        generator=noise, expected_batch_size=batch,
+                        optimizer=optimizer)  # fmt: skip
 
     else:
         step = _opacus_step(model, optimizer, x, y)
@@ -195,15 +202,17 @@ def _case(model: str, params: int, batch: int, repeats: int, opacus: bool) -> di
         for kind in _KINDS
         if kind != "opacus" or opacus
     }
-    plain, ours = got["plain"], got["p2pfed"]
+    plain, ours, node = got["plain"], got["p2pfed"], got["node"]
     anchor = got.get("opacus")
     case: dict[str, Any] = {"model": model, "params": plain["params"], "batch": batch}
-    for kind, name in (("plain", "plain"), ("p2pfed", "dpsgd"), ("opacus", "opacus")):
+    names = (("plain", "plain"), ("p2pfed", "dpsgd"), ("node", "node"), ("opacus", "opacus"))
+    for kind, name in names:
         for key in ("step_s", "step_cpu_s", "peak_mb", "step_mb"):
             case[f"{name}_{key}"] = got[kind][key] if kind in got else None
     # CPU seconds of a one-thread process: wall time on a shared machine is mostly waiting
     case["ratio_time"] = round(ours["step_cpu_s"] / plain["step_cpu_s"], 3)
     case["ratio_time_wall"] = round(ours["step_s"] / plain["step_s"], 3)
+    case["ratio_time_node"] = round(node["step_cpu_s"] / plain["step_cpu_s"], 3)
     case["ratio_mem"] = round(ours["peak_mb"] / plain["peak_mb"], 3)
     case["ratio_mem_step"] = round(max(ours["step_mb"], 1.0) / max(plain["step_mb"], 1.0), 3)
     case["ratio_time_vs_opacus"] = (
@@ -211,8 +220,35 @@ def _case(model: str, params: int, batch: int, repeats: int, opacus: bool) -> di
     )
     if model == "mlp":
         case["meets_time_target"] = case["ratio_time"] <= _TARGET_TIME
+        case["meets_time_target_node"] = case["ratio_time_node"] <= _TARGET_TIME
         case["meets_mem_target"] = case["ratio_mem"] <= _TARGET_MEM
     return case
+
+
+def noise_ns_per_value(n: int = 1 << 20, repeats: int = 3) -> dict[str, float]:
+    """CPU ns per Gaussian value of each noise source, best of ``repeats`` draws of ``n``."""
+    import numpy as np
+    import torch
+
+    from p2pfed.privacy.sampling import SecureGaussian
+
+    torch.set_num_threads(1)
+    secure, pcg, gen = SecureGaussian(), np.random.default_rng(), torch.Generator()
+    buffer = torch.empty(n)
+    draws: dict[str, Callable[[], object]] = {
+        "secure_gaussian": lambda: secure.normal(0.0, 1.0, n),
+        "torch_normal": lambda: buffer.normal_(0.0, 1.0, generator=gen),
+        "numpy_pcg64": lambda: pcg.normal(0.0, 1.0, n),
+    }
+    out = {}
+    for name, draw in draws.items():
+        times = []
+        for _ in range(repeats + 1):
+            start = time.process_time()
+            draw()
+            times.append(time.process_time() - start)
+        out[name] = round(min(times[1:]) / n * 1e9, 1)  # the first warms up
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,6 +270,9 @@ def run(args: argparse.Namespace) -> int:
             or "not installed (pip install -e '.[bench]'): no Opacus figures in this run",
             "timing": f"median of {args.repeats} steps after 2 warm-up, 1 torch thread: "
             "*_step_s wall, *_step_cpu_s CPU seconds; ratio_time uses CPU seconds",
+            "noise": "dpsgd_*: a seeded torch.Generator (the clipping's cost); node_*: "
+            "SecureGaussian over ChaCha20, what a member draws",
+            "noise_cpu_ns_per_value": noise_ns_per_value(),
             "memory": "VmHWM of a fresh process per case and kind, MB; *_step_mb above setup",
             "targets": {"mlp_ratio_time": _TARGET_TIME, "mlp_ratio_mem": _TARGET_MEM},
             "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},

@@ -384,6 +384,7 @@ class Peer(CatchUp):
                 on_report(report)
             if not report.committed:
                 await self._after_miss(report, miss_timeout)
+        self.starts_at = 0.0  # no more rounds: nobody should wait for us at a boundary
         await self.linger(self.model_round, startup_timeout)
         return reports
 
