@@ -85,6 +85,9 @@ def test_three_daemons_one_killed_the_two_never_unmask_a_sum_of_two(tmp_path: Pa
         )
     finally:
         stop(c)
+    # The restarted member took the others' round number and slot from their status at
+    # start-up (CatchUp.join_in_step), instead of a round of its own to learn it.
+    assert re.search(r"the others retry round \d+ in [\d.]+ s; joining them", logs(victim))
     resumed = min(set.intersection(*(full_rounds(h, after) for h in c.hospitals)))
     digests = {model_hashes(h)[resumed] for h in c.hospitals}
     assert len(digests) == 1, (resumed, digests)

@@ -24,8 +24,8 @@ def topology_factory(tmp_path: Path) -> Iterator[object]:
     sweep_stale()
     made: list[Topology] = []
 
-    def make(hospitals: int) -> Topology:
-        topo = Topology(hospitals, tmp_path)
+    def make(hospitals: int, public: tuple[int, ...] = ()) -> Topology:
+        topo = Topology(hospitals, tmp_path, public)
         made.append(topo)
         return topo.build()
 

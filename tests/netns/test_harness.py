@@ -57,6 +57,21 @@ def test_hospitals_dial_out_but_cannot_be_dialled_in(topology_factory) -> None: 
     assert _dial(topo, topo.hospital(1), RELAY_IP, 7000)["ok"]
 
 
+def test_a_public_hospital_is_dialled_by_all_and_the_natted_ones_by_none(topology_factory) -> None:  # type: ignore[no-untyped-def]
+    topo = topology_factory(2, public=(1,))
+    assert topo.hospital_ip(1) == "198.51.100.31" and topo.hospital_ip(2) == "10.2.0.2"
+    echo = topo.python(topo.hospital(1), "probe.py", "serve", "0.0.0.0", "7000", name="h1-echo")
+    nat = topo.python(topo.hospital(2), "probe.py", "serve", "0.0.0.0", "7000", name="h2-echo")
+    topo.wait_for_text("h1-echo", "listening", 30, echo)
+    topo.wait_for_text("h2-echo", "listening", 30, nat)
+    # The public one takes connections from the relay and from behind the other's NAT ...
+    for ns in (topo.relay, topo.hospital(2)):
+        assert _dial(topo, ns, topo.hospital_ip(1), 7000)["ok"]
+    # ... and cannot dial into that NAT, at its router's address or its private one.
+    assert not _dial(topo, topo.hospital(1), topo.router_ip(2), 7000, timeout=1.0)["ok"]
+    assert not _dial(topo, topo.hospital(1), topo.hospital_ip(2), 7000, timeout=1.0)["ok"]
+
+
 def test_the_proxy_adds_delay_and_caps_bandwidth(topology_factory) -> None:  # type: ignore[no-untyped-def]
     topo = topology_factory(1)
     echo = topo.python(topo.relay, "probe.py", "serve", "127.0.0.1", "7000", name="echo")

@@ -37,19 +37,28 @@ class NatConsortium:
 
 
 def nat_consortium(
-    root: Path, settings: DemoSettings, stage_floor_s: float | None = None
+    root: Path,
+    settings: DemoSettings,
+    stage_floor_s: float | None = None,
+    public: dict[int, str] | None = None,
 ) -> NatConsortium:
     """The demo consortium with no hospital address and one relay in the roster.
 
     ``stage_floor_s`` sets every hospital's ``[rounds] stage_timeout_min_s`` (the agreement's
-    waits and control timeouts stretch with it, ``SecureRingRound.pace``).
+    waits and control timeouts stretch with it, ``SecureRingRound.pace``). ``public``: hospital
+    number (from 1) → its public IP (``Topology.hospital_ip``), listed in the roster.
     """
+    public = public or {}
     demo = build_consortium(root, settings)
     admin = Identity.load(root / "admin.key")
     relay = Identity.generate()
     relay.save(root / "relay.key")
     old = Roster.load(demo.hospitals[0].folder / "roster.json")
-    members = [replace(m, addresses=()) for m in old.members]
+    ips = {h.name: public[i] for i, h in enumerate(demo.hospitals, start=1) if i in public}
+    members = [
+        replace(m, addresses=(f"/ip4/{ips[m.name]}/tcp/{PUBLIC_PORT}",) if m.name in ips else ())
+        for m in old.members
+    ]
     members.append(
         Member.from_public_key(
             "relay", relay.public_key, [f"/ip4/{RELAY_IP}/tcp/{PUBLIC_PORT}"], Role.RELAY

@@ -5,11 +5,13 @@ Theory of operation: one ``Topology`` builds, as root, a namespace ``inet`` hold
 and per hospital ``i`` a router namespace (public 198.51.100.(10+i), LAN 10.i.0.1/24) and the
 hospital's namespace (10.i.0.2, default route via its router). Each router masquerades
 outbound traffic with nftables and drops every new inbound connection, as a hospital
-firewall does: hospitals can dial out, nobody can dial in. Processes started with ``spawn``
-run inside a namespace, each in its own session; ``close`` kills them (and anything else
-left in our namespaces) and deletes the namespaces, which removes their veths. Namespace
-names carry a prefix and the creating process's PID, so ``sweep_stale`` removes what a
-killed earlier run left behind without touching a concurrent run's namespaces.
+firewall does: hospitals can dial out, nobody can dial in. A hospital listed in ``public``
+has no router: its namespace sits on the bridge itself (198.51.100.(30+i)), dialable by
+all. Processes started with ``spawn`` run inside a namespace, each in its own session;
+``close`` kills them (and anything else left in our namespaces) and deletes the namespaces,
+which removes their veths. Namespace names carry a prefix and the creating process's PID,
+so ``sweep_stale`` removes what a killed earlier run left behind without touching a
+concurrent run's namespaces.
 """
 
 from __future__ import annotations
@@ -118,9 +120,10 @@ def ours() -> list[str]:
 class Topology:
     """A relay and ``hospitals`` hospitals behind their own NAT routers (see module doc)."""
 
-    def __init__(self, hospitals: int, logs: Path) -> None:
+    def __init__(self, hospitals: int, logs: Path, public: Sequence[int] = ()) -> None:
         self.tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.hospitals = hospitals
+        self.public = frozenset(public)
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
         self.created: list[str] = []
@@ -144,9 +147,8 @@ class Topology:
     def router_ip(i: int) -> str:
         return f"198.51.100.{10 + i}"
 
-    @staticmethod
-    def hospital_ip(i: int) -> str:
-        return f"10.{i}.0.2"
+    def hospital_ip(self, i: int) -> str:
+        return f"198.51.100.{30 + i}" if i in self.public else f"10.{i}.0.2"
 
     # -- building -----------------------------------------------------------------------
 
@@ -159,6 +161,10 @@ class Topology:
         self._wire(self.relay, "pub", inet, "relay", f"{RELAY_IP}/24", bridge=True)
         for i in range(1, self.hospitals + 1):
             router, hospital = self.router(i), self.hospital(i)
+            if i in self.public:
+                self._add(hospital)
+                self._wire(hospital, "pub", inet, f"h{i}", f"{self.hospital_ip(i)}/24", bridge=True)
+                continue
             self._add(router)
             self._add(hospital)
             self._wire(router, "pub", inet, f"r{i}", f"{self.router_ip(i)}/24", bridge=True)
