@@ -33,7 +33,9 @@ def test_tiny_bench_prints_measured_ratios_and_no_opacus_figure_when_absent(
     assert case["ratio_time_node"] == round(case["node_step_cpu_s"] / case["plain_step_cpu_s"], 3)
     assert len(doc["load_avg"]["before"]) == 3
     noise = doc["noise_cpu_ns_per_value"]
-    assert set(noise) == {"secure_gaussian", "torch_normal", "numpy_pcg64"}
+    assert set(noise) == {
+        "secure_gaussian", "secure_gaussian_torch", "torch_normal", "numpy_pcg64"
+    }  # fmt: skip
     assert all(v > 0 for v in noise.values())
 
 

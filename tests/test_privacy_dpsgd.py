@@ -6,6 +6,7 @@ from torch import nn
 
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.privacy.dpsgd import dp_sgd_step, poisson_sample
+from p2pfed.privacy.sampling import ChaChaSource, SecureGaussian
 
 
 def _model() -> nn.Module:
@@ -86,6 +87,25 @@ def test_noise_has_sigma_c_over_batch_and_is_seeded() -> None:
         expected_batch_size=4,
     )
     torch.testing.assert_close(model.weight.grad, first)
+
+
+def test_a_members_chacha20_noise_has_sigma_c_over_batch_too() -> None:
+    # The node's noise source takes its own path (torch maths on CSPRNG uniforms, scaled
+    # by σC/2 for the four draws' sum): its spread must be exactly σC/q·N as well.
+    model = nn.Linear(400, 250)
+    dp_sgd_step(
+        model,
+        nn.functional.mse_loss,
+        (torch.zeros(0, 400), torch.zeros(0, 250)),
+        clip_norm=2.0,
+        noise_multiplier=1.5,
+        generator=SecureGaussian(ChaChaSource.from_seed(8)),
+        expected_batch_size=4,
+    )
+    grad = model.weight.grad
+    assert grad is not None and grad.dtype == torch.float32
+    assert float(grad.std()) == pytest.approx(1.5 * 2.0 / 4, rel=0.01)  # 10^5 values
+    assert abs(float(grad.mean())) < 0.01
 
 
 def test_training_with_optimizer_reduces_loss() -> None:

@@ -234,9 +234,11 @@ def noise_ns_per_value(n: int = 1 << 20, repeats: int = 3) -> dict[str, float]:
 
     torch.set_num_threads(1)
     secure, pcg, gen = SecureGaussian(), np.random.default_rng(), torch.Generator()
-    buffer = torch.empty(n)
+    buffer, wide = torch.empty(n), torch.empty(n, dtype=torch.float64)
     draws: dict[str, Callable[[], object]] = {
         "secure_gaussian": lambda: secure.normal(0.0, 1.0, n),
+        # what DP-SGD draws: the same uniforms and pairs, torch's float64 maths
+        "secure_gaussian_torch": lambda: secure.standard_into(wide, torch, torch.from_numpy),
         "torch_normal": lambda: buffer.normal_(0.0, 1.0, generator=gen),
         "numpy_pcg64": lambda: pcg.normal(0.0, 1.0, n),
     }

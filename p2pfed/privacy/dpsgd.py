@@ -85,13 +85,17 @@ def add_noise(total: torch.Tensor, generator: NoiseSource, std: float) -> torch.
     """
     out = total if total.is_contiguous() else total.contiguous()
     flat = out.view(-1)
-    buffer = torch.empty(min(_NOISE_CHUNK, flat.numel()), dtype=flat.dtype)
+    secure = isinstance(generator, SecureGaussian)
+    dtype = torch.float64 if secure else flat.dtype  # the CSPRNG's maths is float64
+    buffer = torch.empty(min(_NOISE_CHUNK, flat.numel()), dtype=dtype)
     for start in range(0, flat.numel(), _NOISE_CHUNK):
         part = flat[start : start + _NOISE_CHUNK]
-        if isinstance(generator, SecureGaussian):  # float64 draws of the CSPRNG
-            part.add_(torch.from_numpy(generator.normal(0.0, std, (part.numel(),))))
+        noise = buffer[: part.numel()]
+        if isinstance(generator, SecureGaussian):  # torch's maths on the CSPRNG's uniforms
+            generator.standard_into(noise, torch, torch.from_numpy)
+            part.add_(noise, alpha=std / 2)  # the four draws' sum is 2·N(0, 1)
         else:
-            part.add_(buffer[: part.numel()].normal_(0.0, std, generator=generator))
+            part.add_(noise.normal_(0.0, std, generator=generator))
     return out
 
 

@@ -244,37 +244,50 @@ class SecureGaussian:
         words += np.uint64(1)
         return np.multiply(words, 2.0**-53, out=out[:n])
 
-    def _sum_of_four(self, out: NDArray[np.float64], u: NDArray[np.float64]) -> None:
-        """``out[j]`` = the sum of four standard normals, one from each of four pairs (m ≥ 2)."""
-        m = out.size
-        uniforms = self._uniform(4 * m, u)
+    def _sum_of_four(self, out: Any, u: NDArray[np.float64], xp: Any, wrap: Any) -> None:
+        """``out[j]`` = the sum of four standard normals, one from each of four pairs (m ≥ 2).
+
+        ``xp`` is the array module doing the float64 maths on ``out`` (numpy, or torch from a
+        caller that has it: its vectorised log, cos and sin are 2–3× numpy's); ``wrap`` turns
+        the numpy uniforms into its arrays without a copy.
+        """
+        m = len(out)
+        uniforms = wrap(self._uniform(4 * m, u))
         r, theta = uniforms[: 2 * m], uniforms[2 * m :]
-        np.log(r, out=r)
+        xp.log(r, out=r)
         r *= -2.0
-        np.sqrt(r, out=r)
+        xp.sqrt(r, out=r)
         theta *= 2.0 * math.pi
-        cos = np.cos(theta)
-        np.sin(theta, out=theta)
+        cos = xp.cos(theta)
+        xp.sin(theta, out=theta)
         cos *= r  # pairs 0..2m−1: cos[k] and sin[k] share r[k]
         theta *= r
-        np.add(cos[:m], cos[m:], out=out)  # pairs j and m + j
-        out += np.roll(theta[:m], 1)  # pair j − 1 (mod m): for m ≥ 2 never j or m + j
-        out += np.roll(theta[m:], 1)  # pair m + j − 1 (mod m)
+        xp.add(cos[:m], cos[m:], out=out)  # pairs j and m + j
+        out += xp.roll(theta[:m], 1)  # pair j − 1 (mod m): for m ≥ 2 never j or m + j
+        out += xp.roll(theta[m:], 1)  # pair m + j − 1 (mod m)
+
+    def standard_into(self, out: Any, xp: Any = np, wrap: Any = None) -> None:
+        """Fill the 1-D float64 array ``out`` (of module ``xp``) with 2·N(0, 1) per entry.
+
+        Twice a standard normal, the four draws' plain sum: callers scale by σ/2 in one pass.
+        """
+        wrap = (lambda a: a) if wrap is None else wrap
+        n = len(out)
+        scratch = np.empty(4 * max(2, min(n, self.CHUNK)), dtype=np.float64)
+        for start in range(0, n, self.CHUNK):
+            part = out[start : start + self.CHUNK]
+            if len(part) == 1:  # four distinct pairs need two values' worth: keep one
+                two = np.empty(2)
+                self._sum_of_four(two, scratch, np, lambda a: a)
+                part[0] = float(two[0])
+            else:
+                self._sum_of_four(part, scratch, xp, wrap)
 
     def normal(self, loc: float, scale: float, size: Any) -> NDArray[np.float64]:
         """N(loc, scale²) per entry of an array of shape ``size``."""
         shape = tuple(np.atleast_1d(np.asarray(size, dtype=np.int64)).tolist())
-        n = math.prod(shape)
-        out = np.empty(n, dtype=np.float64)
-        scratch = np.empty(4 * max(2, min(n, self.CHUNK)), dtype=np.float64)
-        for start in range(0, n, self.CHUNK):
-            part = out[start : start + self.CHUNK]
-            if part.size == 1:  # four distinct pairs need two values' worth: keep one
-                two = np.empty(2)
-                self._sum_of_four(two, scratch)
-                part[0] = two[0]
-            else:
-                self._sum_of_four(part, scratch)
+        out = np.empty(math.prod(shape), dtype=np.float64)
+        self.standard_into(out)
         out *= 0.5 * scale
         out += loc
         return out.reshape(shape)
