@@ -49,7 +49,7 @@ def expected(pair: tuple[str, str]) -> str:
 
 @pytest.mark.skipif(
     os.environ.get("P2PFED_NETNS_LONG") != "1",
-    reason="3 daemons for 2.5-3.5 min with a relay restart: set P2PFED_NETNS_LONG=1",
+    reason="3 daemons for 1.5-3.5 min with a relay restart: set P2PFED_NETNS_LONG=1",
 )
 def test_the_relay_dies_direct_links_survive_relayed_ones_return_with_it(
     topology_factory,  # type: ignore[no-untyped-def]
