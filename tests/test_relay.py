@@ -74,6 +74,13 @@ async def test_members_behind_nat_talk_through_the_relay_which_sees_only_ciphert
         assert links[m["b"].local_peer]["via"] == "relayed"
         assert links[m["b"].local_peer]["open_s"] > 0
         assert links[relay_id]["via"] == "direct"
+        # Each link's round trip is measured by its own Yamux pings (the first after 0.5 s).
+        b_id = m["b"].local_peer
+        await wait_for(
+            lambda: m["a"].links()[b_id]["rtt_s"] is not None, "a ping through the relay"
+        )
+        await wait_for(lambda: m["a"].links()[relay_id]["rtt_s"] is not None, "a ping to the relay")
+        assert 0 < m["a"].links()[b_id]["rtt_s"] < 5.0
         # The relay carried the exchange (Noise handshake and the echo) but never the text.
         carried = b"".join(seen)
         assert len(carried) > 2 * len(SECRET)
@@ -188,11 +195,15 @@ def test_status_says_how_each_member_is_reached_or_why_not() -> None:
         _members(
             {
                 "members": {
-                    "st-olav": {"connected": True, "reached": "relayed", "open_s": 0.052},
+                    "st-olav": {
+                        "connected": True, "reached": "relayed", "open_s": 0.052, "rtt_s": 0.0412,
+                    },
+                    "haukeland": {"connected": True, "reached": "direct", "open_s": None},
                     "karolinska": {"connected": False, "reached": None, "unreachable": "no route"},
                 }
             }
         )
-    )
-    assert rows["st-olav"].startswith("connected (relayed, stream open 52 ms)")
+    )  # fmt: skip
+    assert rows["st-olav"].startswith("connected (relayed, stream open 52 ms, round trip 41.2 ms)")
+    assert rows["haukeland"].startswith("connected (direct), last round")
     assert rows["karolinska"].startswith("not connected (unreachable: no route)")

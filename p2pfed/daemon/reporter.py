@@ -243,12 +243,13 @@ class RoundReporter:
             self._member_error(e.peer, f"round {e.round}: excluded, {e.reason} ({e.detail})")
 
     def _reach(self, name: str, peer_id: str, row: dict[str, Any]) -> None:
-        """How ``peer_id`` is reached now (direct or relayed, stream-open time), or why not."""
+        """How ``peer_id`` is reached now (direct or relayed, open time, RTT), or why not."""
         links: dict[str, dict[str, Any]] = getattr(self._transport, "links", dict)()
         unreachable = getattr(self._transport, "unreachable", {})
         link = links.get(peer_id)
         row["reached"] = link["via"] if link else None
         row["open_s"] = link["open_s"] if link else None
+        row["rtt_s"] = link.get("rtt_s") if link else None
         row["unreachable"] = unreachable.get(peer_id) if link is None else None
         if link is not None:
             self._unreachable_audited.discard(name)

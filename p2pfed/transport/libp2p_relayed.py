@@ -218,13 +218,19 @@ class RelayedTransport(Libp2pTransport):
         self.unreachable[peer] = why
 
     def links(self) -> dict[str, dict[str, Any]]:
-        """Per connected peer: ``via`` ("direct" or "relayed") and ``open_s`` when measured."""
+        """Per connected peer: ``via`` ("direct" or "relayed"), ``open_s`` and ``rtt_s``.
+
+        Both are None until measured: ``rtt_s`` is the Yamux session's smoothed ping round
+        trip over that link (through the relay: end to end).
+        """
         out: dict[str, dict[str, Any]] = {}
         for peer in self.connected_peers():
             conns = self._conns_of(ID.from_base58(peer))
             kinds = {_kind(conn) for conn in conns}
             via = "direct" if "direct" in kinds else "relayed"
-            out[peer] = {"via": via, "open_s": self.open_times.get(peer)}
+            rtts = [_rtt(conn) for conn in conns if _kind(conn) == via]
+            rtt = min((r for r in rtts if r is not None), default=None)
+            out[peer] = {"via": via, "open_s": self.open_times.get(peer), "rtt_s": rtt}
         return out
 
 
@@ -275,6 +281,13 @@ def _kind(conn: Any) -> str:
     if not relayed:
         relayed = any("p2p-circuit" in str(a) for a in _addrs(conn))
     return "relayed" if relayed else "direct"
+
+
+def _rtt(conn: Any) -> float | None:
+    """The connection's Yamux ping round trip in seconds; None until its first pong."""
+    rtt = getattr(getattr(conn, "muxed_conn", None), "rtt", None)
+    value = rtt() if callable(rtt) else 0.0
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _addrs(conn: Any) -> list[Any]:

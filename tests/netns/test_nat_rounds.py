@@ -50,6 +50,8 @@ def test_hospitals_behind_nat_complete_secure_rounds_through_the_relay(
         assert len(others) == 2 and all(row["reached"] == "relayed" for row in others), status
         # The relay is a direct connection; every stream to a hospital crossed it twice.
         assert all(row["open_s"] >= 0.04 for row in others), status["members"]
+        # ... and so does each link's own ping: 4 × 10 ms of proxy delay, end to end.
+        assert all(row["rtt_s"] >= 0.04 for row in others), status["members"]
 
 
 @pytest.mark.skipif(
@@ -72,6 +74,8 @@ def test_a_blackholed_hospital_is_left_behind_and_the_others_finish_in_time(
         assert len(others) == 3 and all(row["reached"] == "relayed" for row in others), status
         # The relay is a direct connection; every stream to a hospital crossed it twice.
         assert all(row["open_s"] >= 0.04 for row in others), status["members"]
+        # ... and so does each link's own ping: 4 × 10 ms of proxy delay, end to end.
+        assert all(row["rtt_s"] >= 0.04 for row in others), status["members"]
     assert len({s["model_digest"] for s in first if s["completed_round"] == 1}) == 1
 
     victim = c.demo.hospitals[3]

@@ -121,10 +121,11 @@ def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
         seen = row.get("last_round")
         line = "connected" if row.get("connected") else "not connected"
         if row.get("reached"):
-            opened = row.get("open_s")
-            line += f" ({row['reached']}" + (
-                f", stream open {opened * 1000:.0f} ms)" if opened else ")"
-            )
+            opened, rtt = row.get("open_s"), row.get("rtt_s")
+            line += f" ({row['reached']}"
+            line += f", stream open {opened * 1000:.0f} ms" if opened else ""
+            line += f", round trip {rtt * 1000:.1f} ms" if rtt else ""
+            line += ")"
         elif row.get("unreachable"):
             line += f" (unreachable: {row['unreachable']})"
         line += f", last round {'—' if seen is None else seen}"
