@@ -218,10 +218,11 @@ class RelayedTransport(Libp2pTransport):
         self.unreachable[peer] = why
 
     def links(self) -> dict[str, dict[str, Any]]:
-        """Per connected peer: ``via`` ("direct" or "relayed"), ``open_s`` and ``rtt_s``.
+        """Per connected peer: ``via`` ("direct"/"relayed"), ``open_s``, ``rtt_s``, ``send_mbps``.
 
-        Both are None until measured: ``rtt_s`` is the Yamux session's smoothed ping round
-        trip over that link (through the relay: end to end).
+        Each is None until measured: ``rtt_s`` is the Yamux session's smoothed ping round
+        trip over that link (through the relay: end to end), ``send_mbps`` the pace of our
+        recent large writes to the peer (``SendMeter``), the link's throughput as we use it.
         """
         out: dict[str, dict[str, Any]] = {}
         for peer in self.connected_peers():
@@ -230,7 +231,13 @@ class RelayedTransport(Libp2pTransport):
             via = "direct" if "direct" in kinds else "relayed"
             rtts = [_rtt(conn) for conn in conns if _kind(conn) == via]
             rtt = min((r for r in rtts if r is not None), default=None)
-            out[peer] = {"via": via, "open_s": self.open_times.get(peer), "rtt_s": rtt}
+            rate = self.send_meter.rate(peer)
+            out[peer] = {
+                "via": via,
+                "open_s": self.open_times.get(peer),
+                "rtt_s": rtt,
+                "send_mbps": None if rate is None else round(rate * 8 / 1e6, 2),
+            }
         return out
 
 
