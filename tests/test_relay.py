@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 from transport_harness import echo, wait_for
 
 from p2pfed.cli import main
 from p2pfed.errors import BrokenError
 from p2pfed.identity import Identity, Member, Roster
 from p2pfed.transport.libp2p_relayed import RelayedTransport
-from p2pfed.transport.libp2p_stream import SendMeter
 from p2pfed.transport.relay import GatedRelay, serve_relay
 
 pytestmark = [pytest.mark.network]
@@ -190,41 +188,6 @@ def test_p2pfed_relay_refuses_a_key_the_roster_does_not_list_as_relay(
         assert "Traceback" not in err
 
 
-async def test_a_links_send_rate_comes_from_its_large_writes_only() -> None:
-    async with _consortium(["a", "b"], {"a", "b"}) as (_relay, relay_t, m, _seen):
-        big, done = 4 << 20, trio.Event()
-
-        async def sink(stream: Any) -> None:
-            total = 0
-            while total < 1000 + big and (chunk := await stream.receive_some(1 << 20)):
-                total += len(chunk)
-            done.set()
-
-        m["b"].serve("/test/sink/1", sink)
-        await wait_for(lambda: relay_t.local_peer in m["b"].relay_client.reserved, "reservation")  # type: ignore[union-attr]
-        b_id = m["b"].local_peer
-        stream = await m["a"].open_stream(b_id, "/test/sink/1")
-        await stream.send_all(bytes(1000))  # a buffer takes it at once: no measure of a link
-        assert m["a"].links()[b_id]["send_mbps"] is None
-        await stream.send_all(bytes(big))
-        await done.wait()
-        assert m["a"].links()[b_id]["send_mbps"] > 0
-        await stream.aclose()
-
-
-def test_a_send_meter_keeps_the_last_large_writes_per_peer() -> None:
-    meter = SendMeter()
-    meter.record("p", 1000, 0.001)  # small: not a measure of the link
-    assert meter.rate("p") is None
-    meter.record("p", 2 << 20, 1.0)
-    meter.record("p", 2 << 20, 3.0)
-    assert meter.rate("p") == (4 << 20) / 4.0
-    for _ in range(SendMeter.KEEP):
-        meter.record("p", 1 << 20, 0.5)
-    assert meter.rate("p") == (1 << 20) / 0.5  # the two slow ones have left the window
-    assert meter.rate("q") is None
-
-
 def test_status_says_how_each_member_is_reached_or_why_not() -> None:
     from p2pfed.cli.commands.status import _members
 
@@ -234,7 +197,6 @@ def test_status_says_how_each_member_is_reached_or_why_not() -> None:
                 "members": {
                     "st-olav": {
                         "connected": True, "reached": "relayed", "open_s": 0.052, "rtt_s": 0.0412,
-                        "send_mbps": 94.25,
                     },
                     "haukeland": {"connected": True, "reached": "direct", "open_s": None},
                     "karolinska": {"connected": False, "reached": None, "unreachable": "no route"},
@@ -242,8 +204,6 @@ def test_status_says_how_each_member_is_reached_or_why_not() -> None:
             }
         )
     )  # fmt: skip
-    assert rows["st-olav"].startswith(
-        "connected (relayed, stream open 52 ms, round trip 41.2 ms, sending 94.25 Mbit/s)"
-    )
+    assert rows["st-olav"].startswith("connected (relayed, stream open 52 ms, round trip 41.2 ms)")
     assert rows["haukeland"].startswith("connected (direct), last round")
     assert rows["karolinska"].startswith("not connected (unreachable: no route)")

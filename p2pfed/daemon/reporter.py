@@ -250,7 +250,6 @@ class RoundReporter:
         row["reached"] = link["via"] if link else None
         row["open_s"] = link["open_s"] if link else None
         row["rtt_s"] = link.get("rtt_s") if link else None
-        row["send_mbps"] = link.get("send_mbps") if link else None
         row["unreachable"] = unreachable.get(peer_id) if link is None else None
         if link is not None:
             self._unreachable_audited.discard(name)

@@ -218,11 +218,10 @@ class RelayedTransport(Libp2pTransport):
         self.unreachable[peer] = why
 
     def links(self) -> dict[str, dict[str, Any]]:
-        """Per connected peer: ``via`` ("direct"/"relayed"), ``open_s``, ``rtt_s``, ``send_mbps``.
+        """Per connected peer: ``via`` ("direct" or "relayed"), ``open_s`` and ``rtt_s``.
 
-        Each is None until measured: ``rtt_s`` is the Yamux session's smoothed ping round
-        trip over that link (through the relay: end to end), ``send_mbps`` the pace of our
-        recent large writes to the peer (``SendMeter``), the link's throughput as we use it.
+        Both are None until measured: ``rtt_s`` is the Yamux session's smoothed ping round
+        trip over that link (through the relay: end to end).
         """
         out: dict[str, dict[str, Any]] = {}
         for peer in self.connected_peers():
@@ -231,13 +230,7 @@ class RelayedTransport(Libp2pTransport):
             via = "direct" if "direct" in kinds else "relayed"
             rtts = [_rtt(conn) for conn in conns if _kind(conn) == via]
             rtt = min((r for r in rtts if r is not None), default=None)
-            rate = self.send_meter.rate(peer)
-            out[peer] = {
-                "via": via,
-                "open_s": self.open_times.get(peer),
-                "rtt_s": rtt,
-                "send_mbps": None if rate is None else round(rate * 8 / 1e6, 2),
-            }
+            out[peer] = {"via": via, "open_s": self.open_times.get(peer), "rtt_s": rtt}
         return out
 
 

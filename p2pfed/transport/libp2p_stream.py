@@ -10,7 +10,6 @@ one frame (``libp2p_compat.YAMUX_MAX_FRAME_PAYLOAD``); libp2p's errors map onto 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import cast
 
 import trio
@@ -25,40 +24,13 @@ from p2pfed.transport.libp2p_compat import YAMUX_MAX_FRAME_PAYLOAD
 log = logging.getLogger(__name__)
 
 
-class SendMeter:
-    """Per peer, the rate of the recent large writes to it: bytes ÷ seconds they took.
-
-    Only writes of at least ``MIN_BYTES`` count: a large write waits on the link's flow
-    control (Yamux windows, socket buffers, the relay), so its pace is the link's, where a
-    small one returns as soon as a buffer took it. The last ``KEEP`` per peer are kept.
-    """
-
-    MIN_BYTES = 1 << 20
-    KEEP = 16
-
-    def __init__(self) -> None:
-        self._writes: dict[str, deque[tuple[int, float]]] = {}
-
-    def record(self, peer: str, size: int, seconds: float) -> None:
-        if size >= self.MIN_BYTES and seconds > 0:
-            self._writes.setdefault(peer, deque(maxlen=self.KEEP)).append((size, seconds))
-
-    def rate(self, peer: str) -> float | None:
-        """Bytes per second of ``peer``'s recent large writes; None if it had none."""
-        writes = self._writes.get(peer)
-        if not writes:
-            return None
-        return sum(size for size, _ in writes) / sum(seconds for _, seconds in writes)
-
-
 class Libp2pStream(Stream):
     """One Yamux stream over a Noise-secured connection to an admitted peer."""
 
-    def __init__(self, stream: INetStream, remote: str, meter: SendMeter | None = None) -> None:
+    def __init__(self, stream: INetStream, remote: str) -> None:
         # The host hands out NetStreams; the interface lacks close_write, which send_eof needs.
         self._stream = cast(NetStream, stream)
         self._remote = remote
-        self._meter = meter
         self._closed = False
         self._eof_sent = False
 
@@ -70,14 +42,11 @@ class Libp2pStream(Stream):
         if self._closed or self._eof_sent:
             raise ClosedError("stream was closed for sending by us")
         view = memoryview(data).cast("B")
-        began = trio.current_time()
         try:
             for start in range(0, len(view), YAMUX_MAX_FRAME_PAYLOAD):
                 # Yamux copies each frame into header + payload anyway, so a view suffices.
                 piece = view[start : start + YAMUX_MAX_FRAME_PAYLOAD]
                 await self._stream.write(cast(bytes, piece))
-            if self._meter is not None:
-                self._meter.record(self._remote, len(view), trio.current_time() - began)
         except StreamClosed as exc:
             if self._closed:
                 raise ClosedError("stream was closed by us") from exc

@@ -125,7 +125,6 @@ def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
             line += f" ({row['reached']}"
             line += f", stream open {opened * 1000:.0f} ms" if opened else ""
             line += f", round trip {rtt * 1000:.1f} ms" if rtt else ""
-            line += f", sending {row['send_mbps']:g} Mbit/s" if row.get("send_mbps") else ""
             line += ")"
         elif row.get("unreachable"):
             line += f" (unreachable: {row['unreachable']})"
