@@ -169,7 +169,7 @@ class CatchUp(ABC):
         next (at most two slots). It follows the lower median of the answers, so members
         fewer than half of those answering cannot send it past every honest one's number (a
         stolen key claiming round 10^9 would otherwise end this member's run), nor past the
-        last of ``rounds``, nor make it wait more than two slots.
+        last of ``rounds``, nor hold it more than two slots of polling and two of waiting.
         """
         deadline = trio.current_time() + 2 * slot
         while True:
