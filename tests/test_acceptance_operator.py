@@ -302,7 +302,9 @@ def test_a_new_operator_gets_five_sites_to_the_end_of_a_signed_study(
     text = ok(root, "status", "--config", "st-olav/config.toml")
     done = re.search(rf"rounds done +(\d+) of {rounds}\n", text)
     assert done is not None and int(done[1]) >= mid["completed_round"] + 1, text
-    assert re.search(r"haukeland +connected \(direct, stream open \d+ ms\), last round \d+", text)
+    # the link's round trip once its first Yamux ping came back (0.5 s after connecting)
+    reached = r"haukeland +connected \(direct, stream open \d+ ms(, round trip [\d.]+ ms)?\)"
+    assert re.search(reached + r", last round \d+", text), text
 
     # 10. The end: every default round, within the budget, the same model everywhere.
     for site, process in daemons.items():

@@ -132,6 +132,7 @@ def test_status_shows_each_member_connected_its_last_round_and_last_error(
         "last_error": None,
         "reached": None,
         "open_s": None,
+        "rtt_s": None,
         "unreachable": None,
     }
     assert written["members"][names[d]]["connected"] is False
