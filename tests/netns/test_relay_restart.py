@@ -7,7 +7,7 @@ directly and b and c still have a, but b and c lose each other (named in status)
 secure round, which needs all three here, waits. The relay is started again (same key,
 same address); b and c re-reserve, redial through it and every member finishes every
 round with one model, the pairs still reached as before. Opt-in (P2PFED_NETNS_LONG=1):
-real daemons for 2.5-3.5 min.
+real daemons for 1.5-3.5 min.
 """
 
 from __future__ import annotations
