@@ -1,6 +1,10 @@
-"""Shared helpers for the governance tests: a PyNaCl signer and a fake clock."""
+"""Shared helpers for the governance tests: a PyNaCl signer, a fake clock, audit entries."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 from p2pfed.identity import Identity
 
@@ -80,3 +84,9 @@ def read_entries(path) -> list[dict]:
     report = verify_log(path)
     assert report.ok, report.summary()
     return [json.loads(line) for line in Path(path).read_bytes().splitlines()]
+
+
+def whole_entries(state: Path) -> list[dict[str, Any]]:
+    """A member's audit entries; a running daemon may be writing the last line: skipped."""
+    lines = (state / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]

@@ -1,6 +1,5 @@
 """Issue 21 acceptance (a): a rolling roster renewal across 4 real daemons while training."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 from p2pfed.consortium import Hospital, launch, stop
 from p2pfed.demo import DemoSettings, build_consortium
 from p2pfed.identity import Identity, Roster
+from tests.governance_helpers import whole_entries
 from tests.test_daemon_roster import status, wait_for
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -36,17 +36,11 @@ def back(h: Hospital, before: int, version: int) -> bool:
     )
 
 
-def audit(h: Hospital) -> list[dict[str, Any]]:
-    lines = (h.state / "audit.jsonl").read_text().splitlines()
-    # A running daemon may be writing the last line; a stopped one has written it whole.
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
 def committed_under(h: Hospital) -> dict[int, int]:
     """Round → roster version, for each round this member committed (a model version)."""
     versions: dict[int, int] = {}
     out: dict[int, int] = {}
-    for e in audit(h):
+    for e in whole_entries(h.state):
         if e["kind"] == "round_start":
             versions[e["body"]["round"]] = e["body"]["roster_version"]
         elif e["kind"] == "model_version":

@@ -1,6 +1,5 @@
 """Secure aggregation's survivor floor over real daemons on 127.0.0.1."""
 
-import json
 import re
 import signal
 import time
@@ -11,6 +10,7 @@ import pytest
 from p2pfed.consortium import launch, stop
 from p2pfed.daemon import read_status
 from p2pfed.demo import DemoSettings, build_consortium
+from tests.governance_helpers import whole_entries
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -101,9 +101,9 @@ def full_rounds(h, after: int) -> set[int]:
 
 
 def model_hashes(h) -> dict[int, str]:
-    """Round → the model hash ``h`` audited for it (whole lines only: it may be writing)."""
-    lines = (h.state / "audit.jsonl").read_text().splitlines()
-    entries = [json.loads(line) for line in lines if line.endswith("}")]
+    """Round → the model hash ``h`` audited for it."""
     return {
-        e["body"]["round"]: e["body"]["model_hash"] for e in entries if e["kind"] == "model_version"
+        e["body"]["round"]: e["body"]["model_hash"]
+        for e in whole_entries(h.state)
+        if e["kind"] == "model_version"
     }

@@ -168,8 +168,25 @@ def test_keystream_into_a_buffer_continues_the_same_stream(a: int, b: int) -> No
     buffer = np.empty(max(a, b) + 8, np.uint64)
     got = np.concatenate([one.uint64_into(buffer, a).copy(), one.uint64(b)])
     assert np.array_equal(got, two.uint64(a + b))
+    assert np.array_equal(got, _chacha20_words(11, a + b))  # the cipher's own keystream
     with pytest.raises(ValueError, match="contiguous buffer of 11 words"):
         one.uint64_into(np.empty(10, np.uint64), 3)
+
+
+def test_a_keystream_longer_than_the_plaintext_buffer_is_the_cipher_s() -> None:
+    n = 3 * (1 << 17) + 5  # 3 MiB and 40 bytes: three whole passes of zeros, then a part
+    assert np.array_equal(ChaChaSource.from_seed(12).uint64(n), _chacha20_words(12, n))
+
+
+def _chacha20_words(seed: int, n: int) -> np.ndarray:
+    """``n`` keystream words of ``from_seed(seed)``'s key, straight from ``cryptography``."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    key = hashlib.sha256(b"p2pfed test noise seed " + str(seed).encode()).digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return np.frombuffer(stream.update(bytes(8 * n)), dtype="<u8").astype(np.uint64)
 
 
 def test_bad_variance_is_refused_in_one_sentence() -> None:

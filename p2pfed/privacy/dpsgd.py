@@ -85,8 +85,8 @@ def add_noise(total: torch.Tensor, generator: NoiseSource, std: float) -> torch.
     """
     out = total if total.is_contiguous() else total.contiguous()
     flat = out.view(-1)
-    secure = isinstance(generator, SecureGaussian)
-    dtype = torch.float64 if secure else flat.dtype  # the CSPRNG's maths is float64
+    # The CSPRNG's maths is float64.
+    dtype = torch.float64 if isinstance(generator, SecureGaussian) else flat.dtype
     buffer = torch.empty(min(_NOISE_CHUNK, flat.numel()), dtype=dtype)
     for start in range(0, flat.numel(), _NOISE_CHUNK):
         part = flat[start : start + _NOISE_CHUNK]

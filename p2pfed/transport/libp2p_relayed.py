@@ -225,10 +225,9 @@ class RelayedTransport(Libp2pTransport):
         """
         out: dict[str, dict[str, Any]] = {}
         for peer in self.connected_peers():
-            conns = self._conns_of(ID.from_base58(peer))
-            kinds = {_kind(conn) for conn in conns}
-            via = "direct" if "direct" in kinds else "relayed"
-            rtts = [_rtt(conn) for conn in conns if _kind(conn) == via]
+            kinds = [(_kind(conn), conn) for conn in self._conns_of(ID.from_base58(peer))]
+            via = "direct" if any(kind == "direct" for kind, _ in kinds) else "relayed"
+            rtts = [_rtt(conn) for kind, conn in kinds if kind == via]
             rtt = min((r for r in rtts if r is not None), default=None)
             out[peer] = {"via": via, "open_s": self.open_times.get(peer), "rtt_s": rtt}
         return out
