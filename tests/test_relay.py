@@ -4,66 +4,32 @@ ciphertext only); non-members and removed members get neither reservations nor c
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+import gc
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from transport_harness import echo, wait_for
+import trio
+from transport_harness import echo, relay_consortium, relay_seed, wait_for
 
 from p2pfed.cli import main
 from p2pfed.errors import BrokenError
 from p2pfed.identity import Identity, Member, Roster
+from p2pfed.transport import relay as relay_module
 from p2pfed.transport.libp2p_relayed import RelayedTransport
-from p2pfed.transport.relay import GatedRelay, serve_relay
+from p2pfed.transport.relay import serve_relay
 
 pytestmark = [pytest.mark.network]
 SECRET = b"patient-0042 HbA1c 7.9 -- must never be readable by the relay"
 
 
 def _seed(name: str) -> bytes:
-    return hashlib.sha256(f"relay-test/{name}".encode()).digest()
-
-
-@asynccontextmanager
-async def _consortium(
-    names: list[str], roster: set[str]
-) -> AsyncIterator[tuple[GatedRelay, RelayedTransport, dict[str, RelayedTransport], list[bytes]]]:
-    """A relay and members ``names`` (none with a known address); ``roster`` holds names."""
-    ids = {n: RelayedTransport(_seed(n), lambda _: True).local_peer for n in ["relay", *names]}
-    admitted = {ids[n] for n in roster | {"relay"}}
-
-    def gate(peer: str) -> bool:
-        return peer in admitted
-
-    relay_t = RelayedTransport(_seed("relay"), gate)
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(relay_t)
-        relay = await stack.enter_async_context(serve_relay(relay_t, gate))
-        seen: list[bytes] = []
-        tap = relay._read_stream_with_retry
-
-        async def tapped(stream: Any, *args: Any, **kwargs: Any) -> Any:
-            data = await tap(stream, *args, **kwargs)
-            seen.append(bytes(data or b""))
-            return data
-
-        relay._read_stream_with_retry = tapped  # type: ignore[method-assign]
-        members = {}
-        for n in names:
-            t = RelayedTransport(
-                _seed(n), gate, relays={relay_t.local_peer: list(relay_t.listen_addrs)}
-            )
-            t.serve("/test/echo/1", echo)
-            members[n] = await stack.enter_async_context(t)
-        yield relay, relay_t, members, seen
+    return relay_seed(name)
 
 
 async def test_members_behind_nat_talk_through_the_relay_which_sees_only_ciphertext() -> None:
-    async with _consortium(["a", "b"], {"a", "b"}) as (_relay, relay_t, m, seen):
+    async with relay_consortium(["a", "b"], {"a", "b"}) as (_relay, relay_t, m, seen):
         relay_id = relay_t.local_peer
         await wait_for(lambda: relay_id in m["b"].relay_client.reserved, "b's reservation")  # type: ignore[union-attr]
         stream = await m["a"].open_stream(m["b"].local_peer, "/test/echo/1")
@@ -88,7 +54,7 @@ async def test_members_behind_nat_talk_through_the_relay_which_sees_only_ciphert
 
 
 async def test_a_non_member_gets_no_reservation_and_no_circuit() -> None:
-    async with _consortium(["a", "mallory"], {"a"}) as (_relay, relay_t, m, _seen):
+    async with relay_consortium(["a", "mallory"], {"a"}) as (_relay, relay_t, m, _seen):
         relay_id = relay_t.local_peer
         await wait_for(lambda: relay_id in m["a"].relay_client.reserved, "a's reservation")  # type: ignore[union-attr]
         mallory = m["mallory"].relay_client
@@ -101,7 +67,7 @@ async def test_a_non_member_gets_no_reservation_and_no_circuit() -> None:
 
 
 async def test_a_member_removed_while_connected_loses_reservations_and_circuits() -> None:
-    async with _consortium(["a", "x"], {"a", "x"}) as (relay, relay_t, m, _seen):
+    async with relay_consortium(["a", "x"], {"a", "x"}) as (relay, relay_t, m, _seen):
         relay_id, x_id = relay_t.local_peer, m["x"].local_peer
         for n in ("a", "x"):
             client = m[n].relay_client
@@ -140,8 +106,9 @@ async def test_relayed_members_drop_with_the_relay_and_rejoin_when_it_returns() 
     first = RelayedTransport(_seed("relay"), gate)
     async with first, serve_relay(first, gate):
         relay_id, addrs = first.local_peer, list(first.listen_addrs)
-        a = RelayedTransport(_seed("a"), gate, relays={relay_id: addrs})
-        b = RelayedTransport(_seed("b"), gate, relays={relay_id: addrs})
+        # On 127.0.0.1 every member is dialable: no hole punching, the links stay relayed.
+        a = RelayedTransport(_seed("a"), gate, relays={relay_id: addrs}, hole_punch=None)
+        b = RelayedTransport(_seed("b"), gate, relays={relay_id: addrs}, hole_punch=None)
         b.serve("/test/echo/1", echo)
         async with a, b:
             assert a.relay_client is not None and b.relay_client is not None
@@ -199,6 +166,12 @@ def test_status_says_how_each_member_is_reached_or_why_not() -> None:
                         "connected": True, "reached": "relayed", "open_s": 0.052, "rtt_s": 0.0412,
                     },
                     "haukeland": {"connected": True, "reached": "direct", "open_s": None},
+                    "oslo": {"connected": True, "reached": "hole-punched", "open_s": 0.003},
+                    "uppsala": {
+                        "connected": True, "reached": "relayed", "open_s": 0.06,
+                        "hole_punch": "no direct connection after dialling its addresses "
+                        "(/ip4/198.51.100.14/tcp/4001) at once",
+                    },
                     "karolinska": {"connected": False, "reached": None, "unreachable": "no route"},
                 }
             }
@@ -206,4 +179,33 @@ def test_status_says_how_each_member_is_reached_or_why_not() -> None:
     )  # fmt: skip
     assert rows["st-olav"].startswith("connected (relayed, stream open 52 ms, round trip 41.2 ms)")
     assert rows["haukeland"].startswith("connected (direct), last round")
+    assert rows["oslo"].startswith("connected (hole-punched, stream open 3 ms), last round")
+    assert rows["uppsala"].startswith(
+        "connected (relayed, stream open 60 ms; hole punch failed: no direct connection after "
+        "dialling its addresses (/ip4/198.51.100.14/tcp/4001) at once), last round"
+    )
     assert rows["karolinska"].startswith("not connected (unreachable: no route)")
+
+
+async def test_a_member_closing_while_it_redials_its_relay_leaves_no_socket_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A member re-reserves on a relay that dropped it; closing mid-redial, the dial must not
+    # finish into a host that already closed (its socket would stay open until collected).
+    monkeypatch.setattr(relay_module, "RESERVE_EVERY", 0.001)
+    leaked: list[str] = []
+    for attempt in range(20):
+        async with relay_consortium(["a"], {"a"}) as (_relay, relay_t, m, _seen):
+            a, relay_id = m["a"], relay_t.local_peer
+            client = a.relay_client
+            assert client is not None
+            await wait_for(lambda c=client, r=relay_id: r in c.reserved, "a's reservation")
+            await relay_t.disconnect(a.local_peer)
+            for _ in range(attempt % 5):  # close at different points of the redial
+                await trio.lowlevel.checkpoint()
+            await a.aclose()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            gc.collect()
+        leaked += [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaked == []

@@ -12,12 +12,16 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from p2pfed.transport import MemoryNetwork, Transport
 from p2pfed.transport.base import Stream
+
+if TYPE_CHECKING:
+    from p2pfed.transport.libp2p_relayed import RelayedTransport
+    from p2pfed.transport.relay import GatedRelay
 
 
 @dataclass
@@ -118,3 +122,51 @@ async def libp2p_group(n: int, tag: str = "") -> AsyncIterator[Group]:
 
 
 GROUPS = {"memory": memory_group, "libp2p": libp2p_group}
+
+
+def relay_seed(name: str) -> bytes:
+    return hashlib.sha256(f"relay-test/{name}".encode()).digest()
+
+
+@asynccontextmanager
+async def relay_consortium(
+    names: list[str], roster: set[str], hole_punch: bool | None = None
+) -> AsyncIterator[tuple[GatedRelay, RelayedTransport, dict[str, RelayedTransport], list[bytes]]]:
+    """A relay and members ``names`` (none with a known address); ``roster`` holds names.
+
+    On 127.0.0.1 every member is dialable, so by default (``hole_punch=None``) nobody starts
+    a hole punch: the links stay relayed (tests/test_hole_punch.py punches them).
+    """
+    from p2pfed.transport.libp2p_relayed import RelayedTransport
+    from p2pfed.transport.relay import serve_relay
+
+    ids = {n: RelayedTransport(relay_seed(n), lambda _: True).local_peer for n in ["relay", *names]}
+    admitted = {ids[n] for n in roster | {"relay"}}
+
+    def gate(peer: str) -> bool:
+        return peer in admitted
+
+    relay_t = RelayedTransport(relay_seed("relay"), gate)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(relay_t)
+        relay = await stack.enter_async_context(serve_relay(relay_t, gate))
+        seen: list[bytes] = []
+        tap = relay._read_stream_with_retry
+
+        async def tapped(stream: Any, *args: Any, **kwargs: Any) -> Any:
+            data = await tap(stream, *args, **kwargs)
+            seen.append(bytes(data or b""))
+            return data
+
+        relay._read_stream_with_retry = tapped  # type: ignore[method-assign]
+        members = {}
+        for n in names:
+            t = RelayedTransport(
+                relay_seed(n),
+                gate,
+                relays={relay_t.local_peer: list(relay_t.listen_addrs)},
+                hole_punch=hole_punch,
+            )
+            t.serve("/test/echo/1", echo)
+            members[n] = await stack.enter_async_context(t)
+        yield relay, relay_t, members, seen

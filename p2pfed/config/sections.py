@@ -42,6 +42,9 @@ class NetworkSection:
     listen: str = "/ip4/0.0.0.0/tcp/4001"
     roster: str = "roster.json"
     bootstrap: tuple[str, ...] = ()
+    #: With relays in the roster: upgrade relayed links to direct ones through the NATs
+    #: (DCUtR, transport.holepunch) where they allow it.
+    hole_punch: bool = True
 
     def validate(self) -> None:
         check(

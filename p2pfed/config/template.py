@@ -18,6 +18,7 @@ log_level = "info"
 listen = "/ip4/0.0.0.0/tcp/4001"   # open this TCP port to consortium members only
 roster = "roster.json"             # the consortium's signed member list
 bootstrap = []                     # multiaddrs of members to dial first
+hole_punch = true                  # behind NAT: turn relayed links direct where NATs allow
 
 [rounds]
 mode = "ring"                  # ring (exact average) or gossip (neighbours in a topology)

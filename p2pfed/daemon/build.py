@@ -143,6 +143,7 @@ def build_transport(prepared: Prepared) -> RelayedTransport:
         port=port,
         peer_addrs=peer_addresses(config, members_of(roster), identity.peer_id),
         relays=relays,
+        hole_punch=config.network.hole_punch,
     )
 
 

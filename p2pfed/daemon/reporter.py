@@ -250,6 +250,10 @@ class RoundReporter:
         row["reached"] = link["via"] if link else None
         row["open_s"] = link["open_s"] if link else None
         row["rtt_s"] = link.get("rtt_s") if link else None
+        if link and link.get("hole_punch"):  # relayed, though both ends tried to go direct
+            row["hole_punch"] = link["hole_punch"]
+        else:
+            row.pop("hole_punch", None)
         row["unreachable"] = unreachable.get(peer_id) if link is None else None
         if link is not None:
             self._unreachable_audited.discard(name)

@@ -1,7 +1,7 @@
 """Every change p2pfed makes to py-libp2p, in one place, checked against what is installed.
 
-Theory of operation: py-libp2p 0.8.1 (with noiseprotocol 0.3.1 under its Noise) needs seven
-changes for a long-lived, fast, roster-gated member. Each is named here, applies only through
+Theory of operation: py-libp2p 0.8.1 (with noiseprotocol 0.3.1 under its Noise) needs the changes
+below for a long-lived, fast, roster-gated member. Each is named here, applies only through
 the functions below (the Noise session's in ``libp2p_noise``), and reaches into py-libp2p only
 as far as ``REQUIREMENTS`` lists:
 
@@ -23,6 +23,10 @@ as far as ``REQUIREMENTS`` lists:
 - ``no-auto-connector``: the auto-connector dials peerstore peers on its own; it is stopped.
 - ``bounded-yamux``: the Yamux class py-libp2p builds by name is rebound to ``libp2p_yamux``'s,
   whose stream buffers a sender ignoring flow control cannot grow past the windows granted.
+- ``recorded-hole-punch``: ``holepunch.HolePuncher`` subclasses py-libp2p's DCUtR and
+  overrides four of its methods (to record each punch's connection or failure, to never
+  dial a peer's loopback address, to start punches only when asked and only towards larger
+  peer IDs); py-libp2p's host tells it of disconnections through ``_dcutr_protocol``.
 
 Importing this module runs ``check_libp2p``: every name a change needs (and the Noise hooks
 ``libp2p_gate.GatedNoise`` overrides, which if renamed would admit everyone) must exist with
@@ -94,6 +98,7 @@ def _require(
 
 _NOISE = "libp2p.security.noise"
 _SWARM = "libp2p.network.swarm:Swarm"
+_DCUTR = "libp2p.relay.circuit_v2.dcutr:DCUtRProtocol"
 REQUIREMENTS = (
     _require("yamux-256k-frames", "libp2p.stream_muxer.yamux.yamux:MAX_MESSAGE_SIZE"),
     _require("bounded-yamux", "libp2p.stream_muxer.yamux.yamux:MAX_WINDOW_SIZE"),
@@ -164,6 +169,16 @@ REQUIREMENTS = (
         "no-dial-retries", "libp2p.network.config:RetryConfig.__init__", "max_retries", "includes"
     ),
     _require("no-auto-connector", "libp2p.network.auto_connector:AutoConnector.stop", "self"),
+    # ``holepunch.HolePuncher`` extends py-libp2p's DCUtR through these hooks.
+    _require(
+        "recorded-hole-punch",
+        f"{_DCUTR}._perform_hole_punch",
+        "self, peer_id, addrs, as_responder",
+    ),
+    _require("recorded-hole-punch", f"{_DCUTR}._decode_observed_addrs", "self, addr_bytes"),
+    _require("recorded-hole-punch", f"{_DCUTR}._auto_drive_loop", "self"),
+    _require("recorded-hole-punch", f"{_DCUTR}.initiate_hole_punch", "self, peer_id"),
+    _require("recorded-hole-punch", "libp2p.host.basic_host:BasicHost._on_notifee_disconnected"),
 )
 
 

@@ -6,11 +6,13 @@ relay given to it (``relay.RelayClient``), so members can reach it through a rel
 own direct dial to a peer fails or no address is known, it dials that peer through a relay,
 in its own nursery: a caller whose deadline expires stops waiting, the dial goes on, and the
 next caller waits for it (``_relay_dial``).
-Noise and the roster gate run end to end over the circuit (``relay`` module doc). ``links``
-says per connected peer whether the connection is direct or relayed (py-libp2p marks a
-circuit's connection ``RELAYED``), and the time the last stream took to open and be admitted
-(one to two round trips), so status and logs can report it; ``unreachable`` names each peer
-that could be reached neither way, with the reasons.
+Noise and the roster gate run end to end over the circuit (``relay`` module doc). With relays
+it also runs ``holepunch.HolePuncher``, which turns a circuit into a direct connection through
+the NATs where they allow it. ``links`` says per connected peer whether the connection is
+direct, hole-punched or relayed (py-libp2p marks a circuit's connection ``RELAYED``), and the
+time the last stream took to open and be admitted (one to two round trips), so status and
+logs can report it; ``unreachable`` names each peer that could be reached neither way, with
+the reasons.
 
 Two members that dial each other through a relay at the same moment get two circuits. Both
 ends keep the same one, the circuit the smaller peer ID dialled, and close the other as soon as
@@ -30,9 +32,11 @@ import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.connection_types import ConnectionType
 from libp2p.peer.id import ID
+from libp2p.tools.anyio_service import background_trio_service
 
 from p2pfed.errors import BrokenError, ClosedError
 from p2pfed.transport.base import Stream
+from p2pfed.transport.holepunch import HolePuncher
 from p2pfed.transport.libp2p import Libp2pTransport
 from p2pfed.transport.relay import RelayClient
 
@@ -40,18 +44,30 @@ log = logging.getLogger(__name__)
 
 STALLS_BEFORE_REDIAL = 2
 """Stream opens in a row that time out on one connection before it is closed and redialled."""
+LINK_PREFERENCE = ("direct", "hole-punched", "relayed")
+"""How a peer with several connections is reported: by the best of them (new streams use it)."""
 SIMULTANEOUS_DIAL_WAIT = 1.0
 """Seconds the member with the larger peer ID waits for an inbound circuit before dialling."""
 
 
 class RelayedTransport(Libp2pTransport):
-    """``Libp2pTransport`` plus reservations on ``relays`` (peer ID → addresses) and fallback."""
+    """``Libp2pTransport`` plus reservations on ``relays`` (peer ID → addresses) and fallback.
+
+    ``hole_punch``: True (with relays) starts hole punches towards relayed peers and answers
+    theirs; None only answers; False does neither.
+    """
 
     def __init__(
-        self, *args: Any, relays: Mapping[str, Sequence[str]] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        relays: Mapping[str, Sequence[str]] | None = None,
+        hole_punch: bool | None = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.relay_client: RelayClient | None = None
+        self.hole_puncher: HolePuncher | None = None
+        self._hole_punch = hole_punch
         self._relays = dict(relays or {})
         for relay, addrs in self._relays.items():
             self.set_peer_addrs(relay, addrs)
@@ -83,7 +99,23 @@ class RelayedTransport(Libp2pTransport):
             assert self._exit_stack is not None
             self.relay_client = RelayClient(self, self._relays)
             await self._exit_stack.enter_async_context(self.relay_client.running())
+            if self._hole_punch is not False:
+                # None: answer the peers' punches but start none (tests pin a link's kind).
+                self.hole_puncher = HolePuncher(self.host, drive=self._hole_punch is True)
+                await self._exit_stack.enter_async_context(
+                    background_trio_service(self.hole_puncher)
+                )
         return self
+
+    async def aclose(self) -> None:
+        # What dials on its own stops first: a re-reservation or hole punch whose dial
+        # finishes while the host closes adds a connection the closing host never sees
+        # again (its socket then leaks until garbage collection).
+        if self.relay_client is not None:
+            self.relay_client.stop()
+        if self.hole_puncher is not None:
+            self.hole_puncher.manager.cancel()
+        await super().aclose()
 
     async def connect(self, peer: str) -> None:
         """Make sure a connection to ``peer`` is open (dialling it if needed)."""
@@ -218,19 +250,32 @@ class RelayedTransport(Libp2pTransport):
         self.unreachable[peer] = why
 
     def links(self) -> dict[str, dict[str, Any]]:
-        """Per connected peer: ``via`` ("direct" or "relayed"), ``open_s`` and ``rtt_s``.
+        """Per connected peer: ``via``, ``open_s`` and ``rtt_s``.
 
-        Both are None until measured: ``rtt_s`` is the Yamux session's smoothed ping round
-        trip over that link (through the relay: end to end).
+        ``via`` is "direct", "hole-punched" (a direct connection our hole punch made) or
+        "relayed". ``open_s`` and ``rtt_s`` are None until measured: ``rtt_s`` is the Yamux
+        session's smoothed ping round trip over that link (through the relay: end to end). A
+        relayed link of a hole-punching transport also has ``hole_punch``: why the last punch
+        failed, or None while none has.
         """
         out: dict[str, dict[str, Any]] = {}
         for peer in self.connected_peers():
-            kinds = [(_kind(conn), conn) for conn in self._conns_of(ID.from_base58(peer))]
-            via = "direct" if any(kind == "direct" for kind, _ in kinds) else "relayed"
+            kinds = [
+                (self._kind(peer, conn), conn) for conn in self._conns_of(ID.from_base58(peer))
+            ]
+            found = {kind for kind, _ in kinds}
+            via = next(k for k in LINK_PREFERENCE if k in found)
             rtts = [_rtt(conn) for kind, conn in kinds if kind == via]
             rtt = min((r for r in rtts if r is not None), default=None)
             out[peer] = {"via": via, "open_s": self.open_times.get(peer), "rtt_s": rtt}
+            if via == "relayed" and self.hole_puncher is not None:
+                out[peer]["hole_punch"] = self.hole_puncher.failures.get(peer)
         return out
+
+    def _kind(self, peer: str, conn: Any) -> str:
+        kind = _kind(conn)
+        punched = self.hole_puncher is not None and self.hole_puncher.is_punched(peer, conn)
+        return "hole-punched" if kind == "direct" and punched else kind
 
 
 class _Dial:

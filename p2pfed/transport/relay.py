@@ -156,6 +156,7 @@ class RelayClient:
             transport.host, self._protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT)
         )
         self.reserved: set[str] = set()
+        self._keeping = trio.CancelScope()
         self.problems: dict[str, str] = {}
         """Relay peer ID → why it holds no reservation for us (unreachable, refused…)."""
 
@@ -163,9 +164,17 @@ class RelayClient:
     async def running(self) -> AsyncIterator[RelayClient]:
         """Accept relayed connections (the STOP side) and keep reservations while inside."""
         async with background_trio_service(self._protocol), trio.open_nursery() as nursery:
-            nursery.start_soon(self.keep_reserved)
+            nursery.start_soon(self._keep_reserved_until_stopped)
             yield self
             nursery.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Reserve no more: called before the host closes, so no redial races its closing."""
+        self._keeping.cancel()
+
+    async def _keep_reserved_until_stopped(self) -> None:
+        with self._keeping:
+            await self.keep_reserved()
 
     async def keep_reserved(self) -> None:
         """Reserve on every relay, and again whenever the connection to it was lost."""

@@ -24,8 +24,8 @@ def topology_factory(tmp_path: Path) -> Iterator[object]:
     sweep_stale()
     made: list[Topology] = []
 
-    def make(hospitals: int, public: tuple[int, ...] = ()) -> Topology:
-        topo = Topology(hospitals, tmp_path, public)
+    def make(hospitals: int, public: tuple[int, ...] = (), nat: str = "symmetric") -> Topology:
+        topo = Topology(hospitals, tmp_path, public, nat)
         made.append(topo)
         return topo.build()
 

@@ -75,12 +75,19 @@ def nat_consortium(
     return NatConsortium(demo, root / "relay.key", relay.peer_id)
 
 
-def spawn_relay(topo: Topology, c: NatConsortium, name: str = "relay") -> Popen[bytes]:
-    """``p2pfed relay`` in the relay namespace, behind the proxy; waits until it listens."""
+def spawn_relay(
+    topo: Topology, c: NatConsortium, name: str = "relay", proxied: bool = True
+) -> Popen[bytes]:
+    """``p2pfed relay`` in the relay namespace; waits until it listens.
+
+    ``proxied``: on the namespace's loopback, for the proxy in front of it (which hides the
+    members' public addresses from it); else on the public address itself.
+    """
     root = c.demo.root
     argv = [sys.executable, "-m", "p2pfed", "relay", "--key", str(c.relay_key)]
     argv += ["--roster", str(root / "roster.json"), "--state", str(root / "relay-state")]
-    relay = topo.spawn(topo.relay, [*argv, "--listen", f"/ip4/127.0.0.1/tcp/{RELAY_PORT}"], name)
+    listen = f"/ip4/127.0.0.1/tcp/{RELAY_PORT}" if proxied else f"/ip4/{RELAY_IP}/tcp/{PUBLIC_PORT}"
+    relay = topo.spawn(topo.relay, [*argv, "--listen", listen], name)
     topo.wait_for_text(name, "listening on", 60, relay)
     return relay
 

@@ -32,9 +32,10 @@ RELAY_IP = "198.51.100.2"
 HERE = Path(__file__).resolve().parent
 _counter = itertools.count()
 
+NAT_KINDS = {"symmetric": "masquerade random", "cone": "masquerade"}
 ROUTER_RULES = """
 table ip nat {
-  chain post { type nat hook postrouting priority 100; oifname "pub" masquerade; }
+  chain post { type nat hook postrouting priority 100; oifname "pub" %s; }
 }
 table inet fw {
   chain forward {
@@ -120,7 +121,12 @@ def ours() -> list[str]:
 class Topology:
     """A relay and ``hospitals`` hospitals behind their own NAT routers (see module doc)."""
 
-    def __init__(self, hospitals: int, logs: Path, public: Sequence[int] = ()) -> None:
+    def __init__(
+        self, hospitals: int, logs: Path, public: Sequence[int] = (), nat: str = "symmetric"
+    ) -> None:
+        if nat not in NAT_KINDS:
+            raise ValueError(f"nat must be one of {sorted(NAT_KINDS)}, not {nat!r}")
+        self.nat = nat
         self.tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.hospitals = hospitals
         self.public = frozenset(public)
@@ -178,7 +184,7 @@ class Topology:
             )
             _sh("ip", "route", "add", "default", "via", f"10.{i}.0.1", ns=hospital)
             _sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=router)
-            _sh("nft", "-f", "-", ns=router, stdin=ROUTER_RULES)
+            _sh("nft", "-f", "-", ns=router, stdin=ROUTER_RULES % NAT_KINDS[self.nat])
         return self
 
     def _add(self, ns: str) -> None:

@@ -125,6 +125,7 @@ def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
             line += f" ({row['reached']}"
             line += f", stream open {opened * 1000:.0f} ms" if opened else ""
             line += f", round trip {rtt * 1000:.1f} ms" if rtt else ""
+            line += f"; hole punch failed: {row['hole_punch']}" if row.get("hole_punch") else ""
             line += ")"
         elif row.get("unreachable"):
             line += f" (unreachable: {row['unreachable']})"
