@@ -131,16 +131,8 @@ def run_one(mutant: Mutant, root: Path = ROOT) -> dict[str, object]:
         env = dict(os.environ, PYTHONPATH=str(scratch), PYTHONDONTWRITEBYTECODE="1")
         try:
             proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pytest",
-                    "-x",
-                    "-q",
-                    "-p",
-                    "no:cacheprovider",
-                    *mutant.tests,
-                ],
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                 *mutant.tests],
                 cwd=scratch,
                 env=env,
                 capture_output=True,
@@ -191,14 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_one(m)
         except RegistryError as exc:
-            result = {
-                "name": m.name,
-                "protects": m.protects,
-                "verdict": "error",
-                "rc": -2,
-                "seconds": 0.0,
-                "tail": [str(exc)],
-            }
+            result = {"name": m.name, "protects": m.protects, "verdict": "error",
+                      "rc": -2, "seconds": 0.0, "tail": [str(exc)]}
         results.append(result)
         if not args.json:
             print(f"{result['verdict']} in {result['seconds']} s")

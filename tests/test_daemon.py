@@ -163,7 +163,9 @@ def test_target_epsilon_picks_a_sigma_that_meets_it(member: Path) -> None:
     acc = PLDAccountant()
     acc.step(noise_multiplier=sigma, sample_rate=config.privacy.sample_rate, steps=steps)
     assert acc.get_epsilon(config.privacy.delta) <= 3.0
-    assert noise_multiplier(load_config(member)) == load_config(member).privacy.noise_multiplier
+    assert (
+        noise_multiplier(load_config(member)) == load_config(member).privacy.noise_multiplier
+    )
 
 
 def test_bootstrap_entries_are_checked(member: Path) -> None:

@@ -37,7 +37,9 @@ async def test_members_probing_every_round_see_the_current_digest_hashed_once_pe
     state = {"round": 0, "weights": np.zeros(SIZE, np.float32)}
     with trio.fail_after(20):
         async with net.open("server") as server, net.open("prober") as prober:
-            served = ModelSync(server, "c", lambda: (state["round"], state["weights"], None), SIZE)
+            served = ModelSync(
+                server, "c", lambda: (state["round"], state["weights"], None), SIZE
+            )
             count = Counting()
             served.digest = DigestCache(count)
             asking = ModelSync(prober, "c", lambda: (-1, np.zeros(SIZE, np.float32), None), SIZE)

@@ -25,28 +25,16 @@ async def hospital(net: MemoryNetwork, me: Identity, keys: dict, state: str, out
     async with net.open(me.peer_id) as transport:  # a Libp2pTransport in production
         torch.manual_seed(0)  # every member starts from the same weights
         model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2))
-        trainer = LocalTrainer(
-            model,
-            TrainingConfig(learning_rate=0.1),
-            torch.Generator(),
-            train=my_loader(len(out)),
-            test=my_loader(99),
-        )
+        trainer = LocalTrainer(model, TrainingConfig(learning_rate=0.1), torch.Generator(),
+                               train=my_loader(len(out)), test=my_loader(99))
         signer = Ed25519CohortSigner(me.seed, keys)
         secure = SecureRingRound(transport, "my-consortium", 1, keys, me, signer)
         rng = np.random.default_rng()
         aggregator = SecureRingAggregator(secure, FixedPoint(), len(keys), 3, rng)
-        peer = Peer(
-            transport=transport,
-            consortium="my-consortium",
-            members=list(keys),
-            trainer=trainer,
-            aggregator=aggregator,
-            releaser=None,
-            state_dir=f"{state}/{me.peer_id}",
-            signer=signer,
-            roster_version=1,
-        )
+        peer = Peer(transport=transport, consortium="my-consortium", members=list(keys),
+                    trainer=trainer,
+                    aggregator=aggregator, releaser=None, state_dir=f"{state}/{me.peer_id}",
+                    signer=signer, roster_version=1)
         out.append(await peer.run(rounds=3, startup_timeout=5.0))
 
 

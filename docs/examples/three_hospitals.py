@@ -81,22 +81,12 @@ async def hospital(folder: Path, k: int) -> None:
     assert member is not None, "this key is not in the roster"
 
     def report(r: RoundReport) -> None:
-        line = {
-            "hospital": k,
-            "round": r.round,
-            "committed": r.committed,
-            "state_digest": digest(trainer.get_state()),
-            "accuracy": r.test_accuracy,
-        }
+        line = {"hospital": k, "round": r.round, "committed": r.committed,
+                "state_digest": digest(trainer.get_state()), "accuracy": r.test_accuracy}
         print(json.dumps(line), flush=True)
 
-    async with p2pfed.build_peer(
-        identity=me,
-        roster=roster,
-        listen=member.addresses[0],
-        trainer=trainer,
-        state_dir=folder / f"state-{k}",
-    ) as peer:
+    async with p2pfed.build_peer(identity=me, roster=roster, listen=member.addresses[0],
+                                 trainer=trainer, state_dir=folder / f"state-{k}") as peer:
         await peer.run(ROUNDS, on_report=report, startup_timeout=30.0)
 
 
