@@ -10,7 +10,7 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2 import dcutr
 from multiaddr import Multiaddr
-from transport_harness import relay_consortium, wait_for
+from transport_harness import echoed, relay_consortium, wait_for
 
 from p2pfed.transport.holepunch import _local_only
 
@@ -18,20 +18,12 @@ pytestmark = [pytest.mark.network]
 SECRET = b"patient-0042 HbA1c 7.9"
 
 
-async def _echo(transport, peer: str, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
-    stream = await transport.open_stream(peer, "/test/echo/1")
-    await stream.send_all(payload)
-    got = await stream.receive_exactly(5 + len(payload))
-    await stream.aclose()
-    return bytes(got)
-
-
 async def test_a_hole_punch_turns_a_relayed_link_direct_and_it_outlives_the_relay() -> None:
     async with relay_consortium(["a", "b"], {"a", "b"}) as (_relay, relay_t, m, _seen):
         a, b = m["a"], m["b"]
         relay_id = relay_t.local_peer
         await wait_for(lambda: relay_id in b.relay_client.reserved, "b's reservation")  # type: ignore[union-attr]
-        assert await _echo(a, b.local_peer, SECRET) == b"echo:" + SECRET
+        assert await echoed(a, b.local_peer, SECRET) == b"echo:" + SECRET
         assert a.links()[b.local_peer]["via"] == "relayed"
         assert a.links()[b.local_peer]["hole_punch"] is None  # nobody has tried yet
         puncher = a.hole_puncher
@@ -47,7 +39,7 @@ async def test_a_hole_punch_turns_a_relayed_link_direct_and_it_outlives_the_rela
         # The relay goes away; the link does not need it any more.
         await relay_t.aclose()
         with trio.fail_after(20):
-            assert await _echo(a, b.local_peer, b"after the relay") == b"echo:after the relay"
+            assert await echoed(a, b.local_peer, b"after the relay") == b"echo:after the relay"
         assert a.links()[b.local_peer]["via"] == "hole-punched"
 
 
@@ -62,7 +54,7 @@ async def test_an_advertised_address_decides_where_we_dial_never_whom_we_accept(
         a, b, c = m["a"], m["b"], m["c"]
         relay_id = relay_t.local_peer
         await wait_for(lambda: relay_id in b.relay_client.reserved, "b's reservation")  # type: ignore[union-attr]
-        assert await _echo(a, b.local_peer, SECRET) == b"echo:" + SECRET
+        assert await echoed(a, b.local_peer, SECRET) == b"echo:" + SECRET
         puncher = a.hole_puncher
         assert puncher is not None
         forged = c.listen_addrs[0]
@@ -77,7 +69,7 @@ async def test_an_advertised_address_decides_where_we_dial_never_whom_we_accept(
         assert forged in link["hole_punch"]  # status names what was tried
         assert b.local_peer not in puncher.punched
         # Whatever a holds to b is still the circuit: b's streams keep working through it.
-        assert await _echo(a, b.local_peer, b"still b") == b"echo:still b"
+        assert await echoed(a, b.local_peer, b"still b") == b"echo:still b"
 
 
 async def test_with_hole_punching_on_a_relayed_peer_that_can_be_dialled_becomes_direct() -> None:
@@ -87,7 +79,7 @@ async def test_with_hole_punching_on_a_relayed_peer_that_can_be_dialled_becomes_
         a, b = m["a"], m["b"]
         relay_id = relay_t.local_peer
         await wait_for(lambda: relay_id in b.relay_client.reserved, "b's reservation")  # type: ignore[union-attr]
-        assert await _echo(a, b.local_peer, SECRET) == b"echo:" + SECRET
+        assert await echoed(a, b.local_peer, SECRET) == b"echo:" + SECRET
         await wait_for(
             lambda: a.links()[b.local_peer]["via"] != "relayed", "a direct link to b", timeout=30
         )

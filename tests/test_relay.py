@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from transport_harness import echo, relay_consortium, relay_seed, wait_for
+from transport_harness import echo, relay_consortium, wait_for
+from transport_harness import relay_seed as _seed
 
 from p2pfed.cli import main
 from p2pfed.errors import BrokenError
@@ -22,10 +23,6 @@ from p2pfed.transport.relay import serve_relay
 
 pytestmark = [pytest.mark.network]
 SECRET = b"patient-0042 HbA1c 7.9 -- must never be readable by the relay"
-
-
-def _seed(name: str) -> bytes:
-    return relay_seed(name)
 
 
 async def test_members_behind_nat_talk_through_the_relay_which_sees_only_ciphertext() -> None:

@@ -19,7 +19,8 @@ from typing import Any, cast
 import pytest
 import trio
 from libp2p.peer.id import ID
-from transport_harness import echo, wait_for
+from transport_harness import ECHO_PROTOCOL as ECHO
+from transport_harness import echo, echoed, wait_for
 
 from p2pfed.errors import BrokenError
 from p2pfed.transport import libp2p_relayed
@@ -27,7 +28,6 @@ from p2pfed.transport.libp2p_relayed import RelayedTransport, _dialled_by_us, _k
 from p2pfed.transport.relay import GatedRelay, serve_relay
 
 pytestmark = [pytest.mark.network]
-ECHO = "/test/echo/1"
 
 
 def _seed(name: str) -> bytes:
@@ -36,10 +36,7 @@ def _seed(name: str) -> bytes:
 
 async def _round_trip(x: RelayedTransport, y: RelayedTransport, text: bytes) -> None:
     with trio.fail_after(10):
-        stream = await x.open_stream(y.local_peer, ECHO)
-        await stream.send_all(text)
-        assert await stream.receive_exactly(5 + len(text)) == b"echo:" + text
-        await stream.aclose()
+        assert await echoed(x, y.local_peer, text) == b"echo:" + text
 
 
 def _circuits(x: RelayedTransport, y: RelayedTransport) -> list[Any]:

@@ -52,6 +52,18 @@ async def echo(stream: Stream) -> None:
     await stream.send_all(b"echo:" + data)
 
 
+ECHO_PROTOCOL = "/test/echo/1"
+
+
+async def echoed(transport: Transport, peer: str, payload: bytes) -> bytes:
+    """What ``peer``'s ``echo`` handler (on ``ECHO_PROTOCOL``) answers to ``payload``."""
+    stream = await transport.open_stream(peer, ECHO_PROTOCOL)
+    await stream.send_all(payload)
+    got = await stream.receive_exactly(5 + len(payload))
+    await stream.aclose()
+    return bytes(got)
+
+
 async def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     """Poll ``check`` until it holds; ``AssertionError`` naming ``what`` after ``timeout``."""
     with trio.move_on_after(timeout):
@@ -167,6 +179,6 @@ async def relay_consortium(
                 relays={relay_t.local_peer: list(relay_t.listen_addrs)},
                 hole_punch=hole_punch,
             )
-            t.serve("/test/echo/1", echo)
+            t.serve(ECHO_PROTOCOL, echo)
             members[n] = await stack.enter_async_context(t)
         yield relay, relay_t, members, seen

@@ -12,16 +12,19 @@ relayed and every member's status says why. Real daemons, 20-60 s each.
 from __future__ import annotations
 
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
 
 from p2pfed.bench._netns.consortium_nat import (
+    NatConsortium,
     nat_consortium,
     spawn_relay,
     start_hospitals,
     wait_until,
 )
+from p2pfed.bench._netns.harness import Topology
 from p2pfed.daemon import read_status
 from p2pfed.demo import DemoSettings
 
@@ -43,16 +46,24 @@ def _all(statuses: list[dict[str, Any]], check: Any) -> bool:
     return len(rows) == 6 and all(check(row) for row in rows)
 
 
+def _start(
+    topology_factory: Any, tmp_path: Path, nat: str, rounds: int
+) -> tuple[NatConsortium, Topology, Popen[bytes]]:
+    """Three hospitals behind ``nat`` routers, the relay on the public address, all running."""
+    c = nat_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=rounds))
+    topo = topology_factory(3, nat=nat)
+    relay = spawn_relay(topo, c, proxied=False)
+    start_hospitals(topo, c)
+    return c, topo, relay
+
+
 def test_behind_cone_nats_every_link_is_hole_punched_and_outlives_the_relay(
     topology_factory,  # type: ignore[no-untyped-def]
     tmp_path: Path,
 ) -> None:
     # Many rounds (the demo's take ~0.6 s here; 300 fit its privacy budget): the test ends
     # once it has seen enough.
-    c = nat_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=300))
-    topo = topology_factory(3, nat="cone")
-    relay = spawn_relay(topo, c, proxied=False)
-    start_hospitals(topo, c)
+    c, topo, relay = _start(topology_factory, tmp_path, "cone", rounds=300)
     punched = wait_until(
         topo,
         c,
@@ -90,10 +101,7 @@ def test_behind_symmetric_nats_links_stay_relayed_and_status_says_why(
     topology_factory,  # type: ignore[no-untyped-def]
     tmp_path: Path,
 ) -> None:
-    c = nat_consortium(tmp_path / "demo", DemoSettings(peers=3, rounds=200))
-    topo = topology_factory(3, nat="symmetric")
-    spawn_relay(topo, c, proxied=False)
-    start_hospitals(topo, c)
+    c, topo, _relay = _start(topology_factory, tmp_path, "symmetric", rounds=200)
     # A punch gives up after three dial rounds (~20 s); the consortium trains meanwhile.
     statuses = wait_until(
         topo,
