@@ -67,6 +67,7 @@ def test_clean_log_verifies_and_has_the_expected_shape(log_path):
         "roster_change",
         "drift_alert",
         "unreachable",
+        "link",
         "model_certified",  # only when a certificate comes after its round
     }
     assert verify_log(log_path, public_key=ALICE.public_key).trust == "public-key"

@@ -161,6 +161,7 @@ def test_status_says_how_each_member_is_reached_or_why_not() -> None:
                 "members": {
                     "st-olav": {
                         "connected": True, "reached": "relayed", "open_s": 0.052, "rtt_s": 0.0412,
+                        "throughput_mbps": 87.314,
                     },
                     "haukeland": {"connected": True, "reached": "direct", "open_s": None},
                     "oslo": {"connected": True, "reached": "hole-punched", "open_s": 0.003},
@@ -174,7 +175,9 @@ def test_status_says_how_each_member_is_reached_or_why_not() -> None:
             }
         )
     )  # fmt: skip
-    assert rows["st-olav"].startswith("connected (relayed, stream open 52 ms, round trip 41.2 ms)")
+    assert rows["st-olav"].startswith(
+        "connected (relayed, stream open 52 ms, round trip 41.2 ms, receiving 87.3 Mbit/s)"
+    )
     assert rows["haukeland"].startswith("connected (direct), last round")
     assert rows["oslo"].startswith("connected (hole-punched, stream open 3 ms), last round")
     assert rows["uppsala"].startswith(

@@ -133,6 +133,7 @@ def test_status_shows_each_member_connected_its_last_round_and_last_error(
         "reached": None,
         "open_s": None,
         "rtt_s": None,
+        "throughput_mbps": None,
         "unreachable": None,
     }
     assert written["members"][names[d]]["connected"] is False

@@ -9,8 +9,9 @@ direction). Needs root with the ``ip`` and ``nft`` commands; without them it sto
 sentence saying which is missing. Prints one JSON document: per setting the duration of each
 round as the members report it (``last.duration_s``, the median over members) and the wall
 time, the seconds per stage (the median over members and rounds after the first, from
-their audit logs), the relay process's CPU seconds over the NAT run, and the load average
-before and after. Round 0 includes connection set-up: compare the medians of the later
+their audit logs), how the members reached each other at the end and the throughput they
+measured (``links``: min, median and max over the member pairs whose rate is known), the
+relay process's CPU seconds over the NAT run, and the load average before and after. Round 0 includes connection set-up: compare the medians of the later
 rounds. Nothing here asserts a time.
 
 ``--params N`` replaces the demo's logistic model with an MLP of N parameters declared by
@@ -67,7 +68,32 @@ def _summary(per_round: dict[int, list[float]], wall: float, states: list[Path])
         "round_s": {str(r): round(m, 3) for r, m in medians.items()},
         "median_round_s_after_first": round(statistics.median(later), 3) if later else None,
         "stages_s_after_first": _stages(states),
+        "links": _links(states),
         "wall_s": round(wall, 1),
+    }
+
+
+def _links(states: list[Path]) -> dict[str, Any]:
+    """How the members reached each other at the end, and the rates they measured (status)."""
+    from p2pfed.governance.status_file import read_status
+
+    via: dict[str, int] = {}
+    rates = []
+    for state in states:
+        for name, row in ((read_status(state) or {}).get("members") or {}).items():
+            if name == "relay":  # the relay's own link carries only circuits' ciphertext
+                continue
+            via[str(row.get("reached"))] = via.get(str(row.get("reached")), 0) + 1
+            if row.get("throughput_mbps"):
+                rates.append(row["throughput_mbps"])
+    return {
+        "via": via,
+        "measured": len(rates),
+        "throughput_mbps": (
+            {"min": min(rates), "median": statistics.median(rates), "max": max(rates)}
+            if rates
+            else None
+        ),
     }
 
 

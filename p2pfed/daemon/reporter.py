@@ -118,6 +118,7 @@ class RoundReporter:
         self._transport: Libp2pTransport | None = None
         self._reached: dict[str, str | None] = {}  # member name -> how it was last reached
         self._unreachable_audited: set[str] = set()  # members audited unreachable, not since
+        self._links_audited: dict[str, tuple[str, float | None]] = {}  # name -> (via, Mbit/s)
         self._roster_version = prepared.gate.roster.version
         self._names = {m.peer_id: m.name for m in prepared.gate.roster.members}
         self._wait_logged: tuple[tuple[str, ...], float] | None = None  # (what, when)
@@ -243,13 +244,14 @@ class RoundReporter:
             self._member_error(e.peer, f"round {e.round}: excluded, {e.reason} ({e.detail})")
 
     def _reach(self, name: str, peer_id: str, row: dict[str, Any]) -> None:
-        """How ``peer_id`` is reached now (direct or relayed, open time, RTT), or why not."""
+        """How ``peer_id`` is reached now (direct or relayed, open time, RTT, rate), or why not."""
         links: dict[str, dict[str, Any]] = getattr(self._transport, "links", dict)()
         unreachable = getattr(self._transport, "unreachable", {})
         link = links.get(peer_id)
         row["reached"] = link["via"] if link else None
         row["open_s"] = link["open_s"] if link else None
         row["rtt_s"] = link.get("rtt_s") if link else None
+        row["throughput_mbps"] = link.get("throughput_mbps") if link else None
         if link and link.get("hole_punch"):  # relayed, though both ends tried to go direct
             row["hole_punch"] = link["hole_punch"]
         else:
@@ -257,6 +259,8 @@ class RoundReporter:
         row["unreachable"] = unreachable.get(peer_id) if link is None else None
         if link is not None:
             self._unreachable_audited.discard(name)
+            if self._link_changed(name, link):
+                self.recorder.link(peer_id, link["via"], row["rtt_s"], row["throughput_mbps"])
         elif row["unreachable"] and name not in self._unreachable_audited:
             # Once per outage: the reason repeats at every failed dial until it is reached.
             self._unreachable_audited.add(name)
@@ -268,6 +272,20 @@ class RoundReporter:
             self._reached[name] = row["reached"]
             if link:
                 log.info("member %s is reached %s", name, link["via"], extra={"peer": peer_id})
+
+    def _link_changed(self, name: str, link: dict[str, Any]) -> bool:
+        """Whether the audit log last said otherwise: another way, or a rate first or 2× off."""
+        via, rate = link["via"], link.get("throughput_mbps")
+        last = self._links_audited.get(name)
+        changed = (
+            last is None
+            or last[0] != via
+            # Rates wander with load; a new entry only when the figure first or truly moves.
+            or (rate is not None and (last[1] is None or not 0.5 < rate / last[1] < 2))
+        )
+        if changed:
+            self._links_audited[name] = (via, rate)
+        return changed
 
     def _member_error(self, peer_id: str, error: str) -> None:
         rows: dict[str, Any] = self.status.setdefault("members", {})

@@ -191,6 +191,12 @@ class GovernanceRecorder:
         self.audit.unreachable(peer_id, hashed, round_number)
         log.warning("member unreachable", extra={"peer": peer_id, "reason": reason})
 
+    def link(
+        self, peer_id: str, via: str, rtt_s: float | None, throughput_mbps: float | None
+    ) -> None:
+        """How this node reaches ``peer_id`` now, as measured: audited (peer by salted hash)."""
+        self.audit.link(peer_id, via, rtt_s, throughput_mbps)
+
     def refuse_model(
         self, claimed_round: int, peer_id: str, reason: ReasonCode, detail: str = ""
     ) -> None:

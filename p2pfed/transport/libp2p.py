@@ -78,6 +78,7 @@ from p2pfed.transport.libp2p_logging import DialNotices, roster_names, route_lib
 from p2pfed.transport.libp2p_stream import Libp2pStream
 from p2pfed.transport.libp2p_tls import GatedTLS
 from p2pfed.transport.libp2p_yamux import BoundedYamux, use_bounded_yamux
+from p2pfed.transport.linkrate import LinkMeter
 from p2pfed.transport.ratelimit import StreamLimiter
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class Libp2pTransport(Transport):
         self.security = security
         self.pending = PendingHandshakes(handshake_timeout, pending_per_source)
         self.limiter = StreamLimiter(clock=trio.current_time) if limiter is None else limiter
+        self.link_meter = LinkMeter()  # each peer's receive throughput, from our reads
         self._key_pair = create_new_key_pair(bytes(seed))
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
         self._gate = gate
@@ -331,7 +333,7 @@ class Libp2pTransport(Transport):
     async def _on_stream(self, protocol: str, net_stream: INetStream) -> None:
         """libp2p's task for one inbound stream: admit, then wait for our handler task."""
         remote = str(net_stream.muxed_conn.peer_id)
-        stream = Libp2pStream(net_stream, remote)
+        stream = Libp2pStream(net_stream, remote, self.link_meter)
         handler = self._handlers.get(protocol)
         if self._closed or self._nursery is None or handler is None:
             await stream.aclose()
@@ -390,7 +392,7 @@ class Libp2pTransport(Transport):
             raise BrokenError(f"opening a {protocol} stream to {peer} timed out") from exc
         except Exception as exc:
             raise BrokenError(f"peer {peer} did not accept a {protocol} stream: {exc!r}") from exc
-        stream = Libp2pStream(net_stream, peer)
+        stream = Libp2pStream(net_stream, peer, self.link_meter)
         try:
             with trio.fail_after(self._admission_timeout):
                 verdict = await stream.receive_some(1)

@@ -250,11 +250,13 @@ class RelayedTransport(Libp2pTransport):
         self.unreachable[peer] = why
 
     def links(self) -> dict[str, dict[str, Any]]:
-        """Per connected peer: ``via``, ``open_s`` and ``rtt_s``.
+        """Per connected peer: ``via``, ``open_s``, ``rtt_s`` and ``throughput_mbps``.
 
         ``via`` is "direct", "hole-punched" (a direct connection our hole punch made) or
-        "relayed". ``open_s`` and ``rtt_s`` are None until measured: ``rtt_s`` is the Yamux
-        session's smoothed ping round trip over that link (through the relay: end to end). A
+        "relayed". The figures are None until measured: ``rtt_s`` is the Yamux session's
+        smoothed ping round trip over that link (through the relay: end to end);
+        ``throughput_mbps`` the rate we last received at from that peer during a transfer
+        (``LinkMeter``: megabits per second, a lower bound on the link's capacity). A
         relayed link of a hole-punching transport also has ``hole_punch``: why the last punch
         failed, or None while none has.
         """
@@ -267,7 +269,13 @@ class RelayedTransport(Libp2pTransport):
             via = next(k for k in LINK_PREFERENCE if k in found)
             rtts = [_rtt(conn) for kind, conn in kinds if kind == via]
             rtt = min((r for r in rtts if r is not None), default=None)
-            out[peer] = {"via": via, "open_s": self.open_times.get(peer), "rtt_s": rtt}
+            rate = self.link_meter.rate(peer)
+            out[peer] = {
+                "via": via,
+                "open_s": self.open_times.get(peer),
+                "rtt_s": rtt,
+                "throughput_mbps": None if rate is None else round(rate * 8 / 1e6, 3),
+            }
             if via == "relayed" and self.hole_puncher is not None:
                 out[peer]["hole_punch"] = self.hole_puncher.failures.get(peer)
         return out

@@ -4,7 +4,8 @@ Theory of operation: ``Libp2pStream`` wraps a py-libp2p ``NetStream`` (a Yamux s
 Noise-secured connection to an admitted peer). Writes are handed to Yamux in pieces of at most
 one frame (``libp2p_compat.YAMUX_MAX_FRAME_PAYLOAD``); libp2p's errors map onto ``ClosedError``
 (we closed it) and ``BrokenError`` (the peer or the network broke it); end of stream is
-``b""``; closing sends a FIN, so data the peer already buffered stays readable there.
+``b""``; closing sends a FIN, so data the peer already buffered stays readable there. Every
+read is counted by the transport's ``LinkMeter`` (the link's measured throughput).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from libp2p.network.stream.net_stream import NetStream
 from p2pfed.errors import BrokenError, ClosedError
 from p2pfed.transport.base import Stream
 from p2pfed.transport.libp2p_compat import YAMUX_MAX_FRAME_PAYLOAD
+from p2pfed.transport.linkrate import LinkMeter
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,11 @@ log = logging.getLogger(__name__)
 class Libp2pStream(Stream):
     """One Yamux stream over a Noise-secured connection to an admitted peer."""
 
-    def __init__(self, stream: INetStream, remote: str) -> None:
+    def __init__(self, stream: INetStream, remote: str, meter: LinkMeter | None = None) -> None:
         # The host hands out NetStreams; the interface lacks close_write, which send_eof needs.
         self._stream = cast(NetStream, stream)
         self._remote = remote
+        self._meter = meter
         self._closed = False
         self._eof_sent = False
 
@@ -69,6 +72,8 @@ class Libp2pStream(Stream):
             if self._closed:
                 raise ClosedError("stream was closed by us") from exc
             raise BrokenError(f"stream from {self._remote} was broken: {exc!r}") from exc
+        if self._meter is not None:
+            self._meter.received(self._remote, len(data))
         # A zero-length read from py-libp2p also means the stream has ended.
         return bytes(data)
 

@@ -125,6 +125,8 @@ def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
             line += f" ({row['reached']}"
             line += f", stream open {opened * 1000:.0f} ms" if opened else ""
             line += f", round trip {rtt * 1000:.1f} ms" if rtt else ""
+            rate = row.get("throughput_mbps")
+            line += f", receiving {rate:.1f} Mbit/s" if rate else ""
             line += f"; hole punch failed: {row['hole_punch']}" if row.get("hole_punch") else ""
             line += ")"
         elif row.get("unreachable"):

@@ -45,6 +45,7 @@ class EntryKind(enum.StrEnum):
     EXCLUSION = "exclusion"
     DRIFT_ALERT = "drift_alert"
     UNREACHABLE = "unreachable"
+    LINK = "link"
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:

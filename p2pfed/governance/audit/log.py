@@ -346,6 +346,23 @@ class AuditLog:
             body["round"] = round_number
         return self.append(EntryKind.UNREACHABLE, body)
 
+    def link(
+        self, peer_id: str, via: str, rtt_s: float | None, throughput_mbps: float | None
+    ) -> dict[str, Any]:
+        """How this node reaches ``peer_id`` now (direct, hole-punched, relayed), as measured.
+
+        ``rtt_s`` and ``throughput_mbps`` are None while not measured.
+        """
+        body = {
+            "peer": self.hash_peer(peer_id),
+            "via": via,
+            "rtt_s": None if rtt_s is None else finite(rtt_s, "a round trip"),
+            "throughput_mbps": (
+                None if throughput_mbps is None else finite(throughput_mbps, "a throughput")
+            ),
+        }
+        return self.append(EntryKind.LINK, body)
+
     def drift_alert(self, round_number: int, alert: Mapping[str, Any]) -> dict[str, Any]:
         """A drift alert (``DriftAlert.to_dict()``) raised in this round."""
         return self.append(EntryKind.DRIFT_ALERT, {"round": round_number, **alert})
