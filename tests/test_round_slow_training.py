@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch._dynamo  # what making an optimizer imports (seconds): not part of the test
 import trio
 
 from p2pfed.collectives.secure import SecureRingRound

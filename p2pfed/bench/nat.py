@@ -11,8 +11,9 @@ round as the members report it (``last.duration_s``, the median over members) an
 time, the seconds per stage (the median over members and rounds after the first, from
 their audit logs), how the members reached each other at the end and the throughput they
 measured (``links``: min, median and max over the member pairs whose rate is known), the
-relay process's CPU seconds over the NAT run, and the load average before and after. Round 0 includes connection set-up: compare the medians of the later
-rounds. Nothing here asserts a time.
+relay process's CPU seconds over the NAT run, and the load average before and after.
+Round 0 includes connection set-up: compare the medians of the later rounds. Nothing here
+asserts a time.
 
 ``--params N`` replaces the demo's logistic model with an MLP of N parameters declared by
 reference (``p2pfed.training.sized:mlp``, as ``bench round`` does), privacy off, secure

@@ -90,8 +90,7 @@ async def load_trainer(prepared: Prepared) -> tuple[Prepared, LocalTrainer]:
     """The privacy plan, then torch, the model and its trainer, in a worker thread.
 
     The node listens meanwhile. The ledger is checked and σ planned first if ``prepare``
-    left them (``with_privacy_plan``: the accountants take seconds to load); the optimizer
-    is made here too (``torch.optim`` imports ``torch._dynamo``, seconds). Not abandoned on
+    left them (``with_privacy_plan``: the accountants take seconds to load). Not abandoned on
     cancel (the project's trio stubs predate that argument): a stop during the load waits
     for it.
     """
@@ -105,7 +104,6 @@ def _load(prepared: Prepared) -> tuple[Prepared, LocalTrainer]:
 
     torch.set_num_threads(1)  # peers share the machine's cores with their neighbours
     trainer = build_trainer(prepared)
-    trainer.optimizer  # noqa: B018 (made now, off the round's clock)
     return prepared, trainer
 
 

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from p2pfed.errors import ConfigError, DataError
+from p2pfed.training.optim import SGD
 from p2pfed.training.state import FitResult, ModuleState, StatePolicy
 
 
@@ -143,7 +144,7 @@ class CoxTrainer(ModuleState):
         self.train, self.test = _tensors(train), (None if test is None else _tensors(test))
         self.n_examples = len(train)
         self.learning_rate, self.local_steps = learning_rate, local_steps
-        self.optimizer = torch.optim.SGD(self.module.parameters(), lr=learning_rate)
+        self.optimizer = SGD(self.module.parameters(), lr=learning_rate)
         self._policy = StatePolicy()
 
     def fit(self, state: Mapping[str, torch.Tensor], round: int) -> FitResult:

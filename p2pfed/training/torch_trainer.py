@@ -34,15 +34,16 @@ from p2pfed.privacy.dpsgd import (
     refuse_batch_mixing,
 )
 from p2pfed.privacy.sampling import SecureGaussian
+from p2pfed.training.optim import SGD, Optimizer
 from p2pfed.training.state import FitResult, ModuleState, StatePolicy
 from p2pfed.training.trainer import DPSGD
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer | Optimizer]
 
 
 def sgd(learning_rate: float = 0.1) -> OptimizerFactory:
-    """A factory for plain SGD at ``learning_rate``."""
-    return lambda params: torch.optim.SGD(params, lr=learning_rate)
+    """A factory for plain SGD at ``learning_rate`` (``p2pfed.training.optim``: no dynamo)."""
+    return lambda params: SGD(params, lr=learning_rate)
 
 
 class TorchTrainer(ModuleState):

@@ -32,6 +32,7 @@ from p2pfed.errors import ConfigError, DataError, IntegrityError
 from p2pfed.privacy.dpsgd import NoiseSource, dp_sgd_step, poisson_sample, refuse_batch_mixing
 from p2pfed.privacy.sampling import SecureGaussian
 from p2pfed.training.data import Dataset
+from p2pfed.training.optim import SGD, Adam, Optimizer
 from p2pfed.training.options import TrainingConfig
 from p2pfed.training.state import (
     FitResult,
@@ -117,28 +118,22 @@ class LocalTrainer(ModuleState):
         self._policy = StatePolicy(local=config.personal_prefixes)
         self.layout = layout_of(model.state_dict(), self._policy)
         self.generator = generator if generator is not None else torch.Generator()
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer: Optimizer | None = None
         self._loss = nn.CrossEntropyLoss()
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        """The optimizer, made at first use.
-
-        Making one imports ``torch._dynamo`` (seconds), which a daemon should not wait for
-        before it listens (``daemon.serve`` imports it in a worker thread once listening).
-        """
+    def optimizer(self) -> Optimizer:
+        """The optimizer, made at first use (``p2pfed.training.optim``: not ``torch.optim``)."""
         if self._optimizer is None:
             self._optimizer = self._make_optimizer()
         return self._optimizer
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self) -> Optimizer:
         c = self.config
         params = self.module.parameters()
         if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
-        return torch.optim.SGD(
-            params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay
-        )
+            return Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        return SGD(params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay)
 
     @property
     def model(self) -> nn.Module:
@@ -333,6 +328,9 @@ class LocalTrainer(ModuleState):
         if state.get("layout") != layout:
             raise IntegrityError(f"checkpoint {path} is for a different model architecture")
         self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except IntegrityError as exc:
+            raise IntegrityError(f"checkpoint {path}: {exc}") from None
         self.generator.set_state(state["generator"])
         return int(state["round"]), dict(state["extra"])
