@@ -19,6 +19,7 @@ from p2pfed.errors import ConfigError
 from p2pfed.node.certify import CERT_PROTOCOL
 from p2pfed.node.roster_sync import ROSTER_PROTOCOL
 from p2pfed.node.sync import MODEL_SYNC_PROTOCOL
+from p2pfed.transport.dialback import DIALBACK_PROTOCOL
 from p2pfed.transport.ratelimit import (
     DEFAULT_LIMITS,
     FALLBACK,
@@ -116,6 +117,7 @@ def test_every_protocol_the_peer_serves_has_a_default_limit() -> None:
         CERT_PROTOCOL,
         MODEL_SYNC_PROTOCOL,
         ROSTER_PROTOCOL,
+        DIALBACK_PROTOCOL,
     }
     assert set(DEFAULT_LIMITS) == served
     for limit in DEFAULT_LIMITS.values():

@@ -144,6 +144,8 @@ def build_transport(prepared: Prepared) -> RelayedTransport:
         peer_addrs=peer_addresses(config, members_of(roster), identity.peer_id),
         relays=relays,
         hole_punch=config.network.hole_punch,
+        # A member the roster lists addresses for checks that others can dial them.
+        own_addrs=next((m.addresses for m in roster.members if m.peer_id == identity.peer_id), ()),
     )
 
 

@@ -231,6 +231,11 @@ class RoundReporter:
             name: row for name, row in self.status.get("members", {}).items() if name in current
         }
         self.status["members"] = rows
+        dialback = getattr(transport, "dialback", None)
+        if dialback is not None and dialback.own_addrs:  # only a member with roster addresses
+            self.status["reachability"] = dialback.reachability.to_status(
+                lambda p: self._names.get(p, p)
+            )
         for m in self._prepared.gate.roster.members:
             if m.peer_id == own:
                 continue

@@ -201,6 +201,10 @@ class Libp2pTransport(Transport):
         """How many inbound connections the gate refused after the Noise handshake."""
         return self._admission.refused_inbound
 
+    def peer_addrs(self, peer: str) -> tuple[multiaddr.Multiaddr, ...]:
+        """Where ``peer`` listens, as far as we know (its roster addresses)."""
+        return self._peer_addrs.get(peer, ())
+
     def set_peer_addrs(self, peer: str, addrs: str | Iterable[str]) -> None:
         """Record where ``peer`` listens (replacing what was known).
 

@@ -32,9 +32,22 @@ NOTICE_INTERVAL_S = 30.0
 log = logging.getLogger(DIAL_LOGGER)
 
 
+EXPECTED_MUX_FAILURES: dict[str, float] = {}
+"""Peer → until when (``time.monotonic``) it may dial us back (``transport.dialback``): such a
+connection closes after the handshake, and our side may notice only after the answer came."""
+
+
 def _is_dial_failure(record: logging.LogRecord) -> bool:
-    """libp2p's own line for a failed dial, which ``DialNotices`` reports instead."""
-    return record.name.startswith("libp2p.transport.tcp") and record.getMessage().startswith(
+    """libp2p's line for a failed dial (``DialNotices`` reports it) or an asked-for dial-back.
+
+    A dial-back closes after its handshake, before the muxer, by design.
+    """
+    message = record.getMessage()
+    if record.name.startswith("libp2p.network.swarm") and message.startswith(
+        "fail to upgrade mux for peer "
+    ):
+        return EXPECTED_MUX_FAILURES.get(message.rsplit(" ", 1)[-1], 0.0) > time.monotonic()
+    return record.name.startswith("libp2p.transport.tcp") and message.startswith(
         "Failed to open TCP stream"
     )
 

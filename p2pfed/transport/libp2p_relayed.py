@@ -24,10 +24,12 @@ is closed with a log line naming the peer and the reason, and the next stream re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
+import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.connection_types import ConnectionType
@@ -36,8 +38,10 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2pfed.errors import BrokenError, ClosedError
 from p2pfed.transport.base import Stream
+from p2pfed.transport.dialback import DialBack
 from p2pfed.transport.holepunch import HolePuncher
 from p2pfed.transport.libp2p import Libp2pTransport
+from p2pfed.transport.libp2p_logging import roster_names
 from p2pfed.transport.relay import RelayClient
 
 log = logging.getLogger(__name__)
@@ -62,9 +66,15 @@ class RelayedTransport(Libp2pTransport):
         *args: Any,
         relays: Mapping[str, Sequence[str]] | None = None,
         hole_punch: bool | None = True,
+        own_addrs: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # Serves every member's dial-backs; checks our own roster addresses if we have any.
+        self._checking = trio.CancelScope()
+        self.dialback = DialBack(
+            self, own_addrs, last_resort=relays or {}, name_of=roster_names(self._gate)
+        )
         self.relay_client: RelayClient | None = None
         self.hole_puncher: HolePuncher | None = None
         self._hole_punch = hole_punch
@@ -105,7 +115,33 @@ class RelayedTransport(Libp2pTransport):
                 await self._exit_stack.enter_async_context(
                     background_trio_service(self.hole_puncher)
                 )
+        if self.dialback.own_addrs:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._keep_checking)
         return self
+
+    async def _keep_checking(self) -> None:
+        with self._checking:  # cancelled by aclose, like the relay client and hole puncher
+            await self.dialback.keep_checking()
+
+    async def dial_and_authenticate(self, addr: Any, peer: str) -> None:
+        """A fresh TCP connection to ``addr`` whose handshake must authenticate ``peer``.
+
+        Closed right after the handshake (a dial-back: ``transport.dialback``); raises what
+        the dial or the handshake raised.
+        """
+        swarm: Any = self.host.get_network()
+        maddr = multiaddr.Multiaddr(str(addr))
+        tcp = swarm.transport_manager.transport_for_dialing(maddr)
+        if tcp is None:
+            raise BrokenError(f"no transport dials {addr}")
+        raw = await tcp.dial(maddr)
+        try:
+            secured = await swarm.upgrader.upgrade_security(raw, True, ID.from_base58(peer))
+            await secured.close()
+        finally:
+            with contextlib.suppress(Exception):
+                await raw.close()
 
     async def aclose(self) -> None:
         # What dials on its own stops first: a re-reservation or hole punch whose dial
@@ -115,6 +151,7 @@ class RelayedTransport(Libp2pTransport):
             self.relay_client.stop()
         if self.hole_puncher is not None:
             self.hole_puncher.manager.cancel()
+        self._checking.cancel()
         await super().aclose()
 
     async def connect(self, peer: str) -> None:

@@ -87,6 +87,9 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
     ),
     "/p2pfed/secagg/1.0.0": Limit.per_round(8, "a few secure-aggregation stages per round"),
     "/p2pfed/gossip/secagg/1.0.0": Limit.per_round(8, "a few stages per group per round"),
+    "/p2pfed/dialback/1.0.0": Limit(
+        rate=0.05, burst=4, why="a member asks two others at most every minute"
+    ),
 }
 
 FALLBACK = Limit(rate=1000.0, burst=2000, why="any other protocol: only a flood is cut")

@@ -103,6 +103,8 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str]]:
             + (f"; {status['roster_warning']}" if status.get("roster_warning") else ""),
         ),
     ]
+    if status.get("reachability"):
+        rows.append(("dialable", _reachability(status["reachability"])))
     if status.get("waiting") and status["shown_state"] == "running":
         w = status["waiting"]
         missing = f" for {', '.join(w['missing'])}" if w.get("missing") else ""
@@ -111,6 +113,21 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str]]:
     if why and status.get("state") not in ("running", "starting", "finished"):
         rows.append(("stopped because", str(why)))
     return rows
+
+
+def _reachability(r: dict[str, Any]) -> str:
+    """Whether other members could dial this node at its roster addresses (dial-back)."""
+    by_addr: dict[str, dict[str, str]] = r.get("addresses") or {}
+    if r.get("state") == "dialable":
+        ok = [a for a, by in by_addr.items() if "ok" in by.values()]
+        who = sorted({h for a in ok for h, why in by_addr[a].items() if why == "ok"})
+        return f"yes, at {', '.join(ok)} (dialled back by {', '.join(who)})"
+    if r.get("state") == "not dialable":
+        why = "; ".join(
+            f"{a}: " + ", ".join(f"{h}: {w}" for h, w in by.items()) for a, by in by_addr.items()
+        )
+        return f"NO ({why}): check the port forwarding and the firewall's inbound rule"
+    return "not checked yet (waits for a connected member)"
 
 
 def _members(status: dict[str, Any]) -> list[tuple[str, str]]:
