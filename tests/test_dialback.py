@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
-import trio
 from libp2p.peer.id import ID
 from transport_harness import wait_for
 
@@ -126,15 +125,22 @@ class _Records(logging.Handler):
 async def test_a_dial_back_logs_no_error_and_a_member_checks_itself_once_connected() -> None:
     # What the daemon's log gets: p2pfed's loggers, libp2p's records routed through them.
     seen, logger = _Records(), logging.getLogger("p2pfed")
+    raw, libp2p = _Records(), logging.getLogger("libp2p")  # before the routing's filter
     logger.addHandler(seen)
     level, logger.level = logger.level, logging.INFO
     try:
         async with members("a", "b", own="a") as m:
+            libp2p.addHandler(raw)
             a, b = m["a"], m["b"]
             await a.connect(b.local_peer)
             await wait_for(lambda: a.dialback.reachability.state == "dialable", "a's own check")
-            await trio.sleep(0.5)  # the closed dial-back's upgrade failure is noticed after
+            # a's swarm notices the closed dial-back (libp2p logs it) after the answer came.
+            await wait_for(
+                lambda: any("fail to upgrade mux" in r.getMessage() for r in raw.records),
+                "a's swarm noticing the dial-back close",
+            )
     finally:
+        libp2p.removeHandler(raw)
         logger.removeHandler(seen)
         logger.setLevel(level)
     errors = [(r.name, r.getMessage()) for r in seen.records if r.levelno >= logging.ERROR]

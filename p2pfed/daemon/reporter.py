@@ -233,9 +233,7 @@ class RoundReporter:
         self.status["members"] = rows
         dialback = getattr(transport, "dialback", None)
         if dialback is not None and dialback.own_addrs:  # only a member with roster addresses
-            self.status["reachability"] = dialback.reachability.to_status(
-                lambda p: self._names.get(p, p)
-            )
+            self.status["reachability"] = dialback.reachability.to_status(dialback.name_of)
         for m in self._prepared.gate.roster.members:
             if m.peer_id == own:
                 continue

@@ -2,11 +2,11 @@
 
 Why not ``torch.optim``: every ``torch.optim.Optimizer`` imports ``torch._dynamo`` the first
 time it is made or stepped (``Optimizer.add_param_group`` and ``step`` are wrapped to keep
-``torch.compile`` out of them). That import costs a daemon ~70 MB resident and 1–2.5 s of a
-worker thread here, for a compiler p2pfed never runs. These two classes do the same
-arithmetic, operation for operation, as torch's single-tensor SGD (momentum, L2 weight decay)
-and Adam (bias-corrected, L2 weight decay) — the path torch takes for CPU tensors — which
-``tests/test_optim.py`` checks against ``torch.optim`` itself.
+``torch.compile`` out of them). That import cost a daemon of the 10 M model about 50 MB
+resident and 2 s of start-up here (docs/benchmarks.md), for a compiler p2pfed never runs.
+These two classes do the same arithmetic, operation for operation, as torch's single-tensor
+SGD (momentum, L2 weight decay) and Adam (bias-corrected, L2 weight decay) — the path torch
+takes for CPU tensors — which ``tests/test_optim.py`` checks against ``torch.optim`` itself.
 
 ``state_dict`` has torch's layout (``state`` keyed by parameter index, ``param_groups``), so
 checkpoints written with ``torch.optim`` load here and the other way round. Unlike
@@ -73,7 +73,8 @@ class Optimizer:
                 if value is None:  # torch's SGD without momentum stores none
                     continue
                 if key not in self._state_keys or not isinstance(value, torch.Tensor):
-                    raise IntegrityError(f"optimizer state entry {key!r} is not {self._kind()}'s")
+                    kind = type(self).__name__
+                    raise IntegrityError(f"optimizer state entry {key!r} is not {kind}'s")
                 wanted = () if key == "step" else self.params[int(index)].shape
                 if value.shape != wanted:
                     raise IntegrityError(
@@ -86,9 +87,6 @@ class Optimizer:
     def step(self) -> None:
         """One update of every parameter that has a gradient."""
         raise NotImplementedError
-
-    def _kind(self) -> str:
-        return type(self).__name__
 
 
 class SGD(Optimizer):
