@@ -5,12 +5,13 @@ fresh connection whose handshake must authenticate the asker: a closed port and 
 that reaches another member both come back "not dialable" with the reason; the asker cannot
 name other addresses to dial (a forged request's extra field is ignored); the dial-back
 never joins the asker's connection table and logs no error; a member with roster addresses
-checks itself once connected.
+checks itself once connected, and again sooner when nobody answered than when it failed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import socket
@@ -18,10 +19,22 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
+import trio
+import trio.testing
 from libp2p.peer.id import ID
 from transport_harness import wait_for
 
-from p2pfed.transport.dialback import DIALBACK_PROTOCOL, OK, decode_answer, summarize
+from p2pfed.transport.dialback import (
+    DIALBACK_PROTOCOL,
+    OK,
+    RECHECK_S,
+    RETRY_S,
+    UNKNOWN_RETRY_S,
+    DialBack,
+    Reachability,
+    decode_answer,
+    summarize,
+)
 from p2pfed.transport.libp2p_relayed import RelayedTransport
 
 pytestmark = [pytest.mark.network]
@@ -171,3 +184,32 @@ def test_status_says_whether_others_can_dial_this_node() -> None:
         "NO (/ip4/192.0.2.7/tcp/4001: haukeland: connection refused): check the port forwarding"
     )
     assert _reachability({"state": "unknown"}).startswith("not checked yet")
+
+
+async def test_a_check_nobody_answered_is_repeated_sooner_than_a_failed_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Connected:
+        """Just enough transport for ``keep_checking``: one peer connected, nothing served."""
+
+        def serve(self, protocol: str, handler: object) -> None:
+            pass
+
+        def connected_peers(self) -> list[str]:
+            return ["helper"]
+
+    verdicts = iter(["unknown", "unknown", "not dialable", "dialable", "dialable"])
+    at: list[tuple[float, str]] = []
+    db = DialBack(Connected(), ["/ip4/192.0.2.7/tcp/4001"])  # type: ignore[arg-type]
+
+    async def check() -> Reachability:
+        state = next(verdicts)
+        at.append((trio.current_time(), state))
+        return Reachability(state)
+
+    db.check = check  # type: ignore[method-assign]
+    with trio.move_on_after(UNKNOWN_RETRY_S * 2 + RETRY_S + RECHECK_S + 1):
+        await db.keep_checking()
+    gaps = [round(b[0] - a[0], 6) for a, b in itertools.pairwise(at)]
+    assert gaps == [UNKNOWN_RETRY_S, UNKNOWN_RETRY_S, RETRY_S, RECHECK_S]
+    assert UNKNOWN_RETRY_S < RETRY_S < RECHECK_S

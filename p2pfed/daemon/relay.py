@@ -5,7 +5,9 @@ relay's own state file, so it never moves backwards) and refuses, in one sentenc
 the roster does not list with role ``relay``. ``serve`` runs a ``RelayedTransport`` with the
 roster gate and ``transport.relay.serve_relay`` on it, re-reads the roster file every
 ``RELOAD_EVERY`` seconds, applies a newer valid version and closes connections of peers it
-removed. The relay holds no data and takes no part in rounds.
+removed. The relay holds no data and takes no part in rounds. It knows the members' roster
+addresses, so it can dial a member back (``transport.dialback``): being outside every
+hospital's network, it is the helper whose answer says most about a port forward.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from p2pfed.daemon.prepare import parse_listen
 from p2pfed.errors import ConfigError
 from p2pfed.identity import Identity, Role, Roster, RosterGate
+
+if TYPE_CHECKING:
+    from p2pfed.transport.libp2p_relayed import RelayedTransport
 
 RELOAD_EVERY = 5.0
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ async def serve(identity: Identity, gate: RosterGate, listen: str, roster_path: 
 
     host, port = parse_listen(listen)
     transport = RelayedTransport(identity.seed, gate, host=host, port=port)
+    _learn_addresses(transport, gate.roster)
     async with transport, serve_relay(transport, gate):
         addrs = ", ".join(transport.listen_addrs)
         print(f"relay {transport.local_peer} listening on {addrs}", flush=True)
@@ -59,8 +66,16 @@ async def serve(identity: Identity, gate: RosterGate, listen: str, roster_path: 
             seen = text
             try:
                 gate.update(Roster.from_json(text, source=str(roster_path)))
+                _learn_addresses(transport, gate.roster)
             except ConfigError as exc:  # a refused roster leaves the one in force
                 log.warning("new roster refused, keeping version %d: %s", gate.roster.version, exc)
                 continue
             dropped = await transport.drop_refused_peers()
             log.info("roster version %d in force; dropped %s", gate.roster.version, dropped)
+
+
+def _learn_addresses(transport: RelayedTransport, roster: Roster) -> None:
+    """Record every other member's roster addresses (the ones a dial-back may dial)."""
+    for member in roster.members:
+        if member.peer_id != transport.local_peer:
+            transport.set_peer_addrs(member.peer_id, member.addresses)

@@ -14,8 +14,10 @@ asker is told it is public.) The answer says, per address, ``ok`` or why not.
 address, "not dialable" when every helper that answered tried and failed (each address with
 each helper's reason), "unknown" while none answered. ``DialBack.keep_checking`` checks once
 a member is connected, then every ``RECHECK_S`` (``RETRY_S`` while not dialable, so a fixed
-port forward shows within a minute). It decides nothing else: relay reservations stay, since
-a helper outside the asker's network may fail where members inside it succeed.
+port forward shows within a minute; ``UNKNOWN_RETRY_S`` while no helper answered, as when
+the first connected peers knew no address for us). It decides nothing else: relay
+reservations stay, since a helper outside the asker's network may fail where members inside
+it succeed.
 
 Bounds: requests and answers are at most ``MAX_MESSAGE`` bytes of JSON; a helper dials at
 most ``MAX_ADDRS`` addresses for at most ``DIAL_TIMEOUT_S`` each; the stream limiter allows a
@@ -60,6 +62,7 @@ DIAL_TIMEOUT_S = 5.0
 HELPERS = 2
 RECHECK_S = 600.0
 RETRY_S = 60.0
+UNKNOWN_RETRY_S = 15.0
 OK = "ok"
 EXPECTED_GRACE_S = 10.0
 """How long after an answer a helper's closed dial-back may still be noticed here."""
@@ -208,7 +211,7 @@ class DialBack:
                 return decode_answer(await _read_all(stream), nonce)
 
     async def keep_checking(self, *, poll_s: float = 2.0) -> None:
-        """Check once a peer is connected, then every ``RECHECK_S`` (``RETRY_S`` if not ok)."""
+        """Check once a peer is connected, then every ``RECHECK_S`` (sooner if not ok)."""
         while True:
             if not self.transport.connected_peers():
                 await trio.sleep(poll_s)
@@ -217,7 +220,8 @@ class DialBack:
             now = await self.check()
             if now.state != before:
                 self._log(now)
-            await trio.sleep(RETRY_S if now.state != "dialable" else RECHECK_S)
+            wait = {"dialable": RECHECK_S, "unknown": UNKNOWN_RETRY_S}.get(now.state, RETRY_S)
+            await trio.sleep(wait)
 
     def _log(self, r: Reachability) -> None:
         if r.state == "dialable":

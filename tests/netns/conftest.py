@@ -24,8 +24,13 @@ def topology_factory(tmp_path: Path) -> Iterator[object]:
     sweep_stale()
     made: list[Topology] = []
 
-    def make(hospitals: int, public: tuple[int, ...] = (), nat: str = "symmetric") -> Topology:
-        topo = Topology(hospitals, tmp_path, public, nat)
+    def make(
+        hospitals: int,
+        public: tuple[int, ...] = (),
+        nat: str = "symmetric",
+        forwards: dict[int, tuple[int, int]] | None = None,
+    ) -> Topology:
+        topo = Topology(hospitals, tmp_path, public, nat, forwards)
         made.append(topo)
         return topo.build()
 

@@ -1,16 +1,13 @@
 """Secure rounds of real daemons behind NAT, through a relay at 40 ms RTT and 100 Mbit/s.
 
-The first (three hospitals, 34–210 s by load) runs in CI; it was opt-in until the simultaneous
-relayed dial and then the dial given up half-way were fixed (docs/transport.md, "Simultaneous
-relayed dials", "Dials given up half-way"). The second (four
-hospitals; one's outbound traffic is blackholed after round 1 and the other three finish without
-it, each round within its deadline) is opt-in (P2PFED_NETNS_LONG=1): it takes about 3 min and
-failed to start cleanly in one run of three at load average 20.
+The first has three hospitals (13–210 s by load). The second has four; one's outbound traffic
+is blackholed after round 1 and the other three finish without it, each round within its
+deadline (about 75 s; it was opt-in while it failed to start cleanly at load average 20, before
+the simultaneous relayed dial and the dial given up half-way were fixed: docs/transport.md).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -54,10 +51,6 @@ def test_hospitals_behind_nat_complete_secure_rounds_through_the_relay(
         assert all(row["rtt_s"] >= 0.04 for row in others), status["members"]
 
 
-@pytest.mark.skipif(
-    os.environ.get("P2PFED_NETNS_LONG") != "1",
-    reason="4 daemons for ~3 min, flaky on a loaded 2-core machine: set P2PFED_NETNS_LONG=1",
-)
 def test_a_blackholed_hospital_is_left_behind_and_the_others_finish_in_time(
     topology_factory,  # type: ignore[no-untyped-def]
     tmp_path: Path,

@@ -46,7 +46,8 @@ def nat_consortium(
 
     ``stage_floor_s`` sets every hospital's ``[rounds] stage_timeout_min_s`` (the agreement's
     waits and control timeouts stretch with it, ``SecureRingRound.pace``). ``public``: hospital
-    number (from 1) → its public IP (``Topology.hospital_ip``), listed in the roster.
+    number (from 1) → the public "IP" (port ``PUBLIC_PORT``) or "IP:port" the roster lists for
+    it (``Topology.hospital_ip``, or its router's for a port forward).
     """
     public = public or {}
     demo = build_consortium(root, settings)
@@ -54,11 +55,15 @@ def nat_consortium(
     relay = Identity.generate()
     relay.save(root / "relay.key")
     old = Roster.load(demo.hospitals[0].folder / "roster.json")
-    ips = {h.name: public[i] for i, h in enumerate(demo.hospitals, start=1) if i in public}
-    members = [
-        replace(m, addresses=(f"/ip4/{ips[m.name]}/tcp/{PUBLIC_PORT}",) if m.name in ips else ())
-        for m in old.members
-    ]
+    listed = {h.name: public[i] for i, h in enumerate(demo.hospitals, start=1) if i in public}
+
+    def addresses(name: str) -> tuple[str, ...]:
+        if name not in listed:
+            return ()
+        ip, _, port = listed[name].partition(":")
+        return (f"/ip4/{ip}/tcp/{port or PUBLIC_PORT}",)
+
+    members = [replace(m, addresses=addresses(m.name)) for m in old.members]
     members.append(
         Member.from_public_key(
             "relay", relay.public_key, [f"/ip4/{RELAY_IP}/tcp/{PUBLIC_PORT}"], Role.RELAY

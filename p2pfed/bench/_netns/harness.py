@@ -2,16 +2,17 @@
 
 Theory of operation: one ``Topology`` builds, as root, a namespace ``inet`` holding a bridge
 (the public internet, 198.51.100.0/24), a namespace ``relay`` on that bridge (198.51.100.2),
-and per hospital ``i`` a router namespace (public 198.51.100.(10+i), LAN 10.i.0.1/24) and the
-hospital's namespace (10.i.0.2, default route via its router). Each router masquerades
+and per hospital ``i`` a router namespace (public 198.51.100.(10+i), LAN 10.i.0.1/24) and
+the hospital's namespace (10.i.0.2, default route via its router). Each router masquerades
 outbound traffic with nftables and drops every new inbound connection, as a hospital
 firewall does: hospitals can dial out, nobody can dial in. A hospital listed in ``public``
-has no router: its namespace sits on the bridge itself (198.51.100.(30+i)), dialable by
-all. Processes started with ``spawn`` run inside a namespace, each in its own session;
-``close`` kills them (and anything else left in our namespaces) and deletes the namespaces,
-which removes their veths. Namespace names carry a prefix and the creating process's PID,
-so ``sweep_stale`` removes what a killed earlier run left behind without touching a
-concurrent run's namespaces.
+has no router: its namespace sits on the bridge itself (198.51.100.(30+i)), dialable by all.
+``forwards`` maps a hospital to a (public port, LAN port) pair its router forwards to it
+(DNAT), as a hospital's firewall does for a published service. Processes started with
+``spawn`` run inside a namespace, each in its own session; ``close`` kills them (and
+anything else left in our namespaces) and deletes the namespaces, which removes their veths.
+Namespace names carry a prefix and the creating process's PID, so ``sweep_stale`` removes
+what a killed earlier run left behind without touching a concurrent run's namespaces.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 PREFIX = "p2pfnat-"
@@ -35,12 +36,14 @@ _counter = itertools.count()
 NAT_KINDS = {"symmetric": "masquerade random", "cone": "masquerade"}
 ROUTER_RULES = """
 table ip nat {
-  chain post { type nat hook postrouting priority 100; oifname "pub" %s; }
+  chain pre { type nat hook prerouting priority -100; %(dnat)s }
+  chain post { type nat hook postrouting priority 100; oifname "pub" %(nat)s; }
 }
 table inet fw {
   chain forward {
     type filter hook forward priority 0; policy drop;
     ct state established,related accept
+    ct status dnat accept
     iifname "lan" oifname "pub" accept
   }
   chain input {
@@ -122,7 +125,12 @@ class Topology:
     """A relay and ``hospitals`` hospitals behind their own NAT routers (see module doc)."""
 
     def __init__(
-        self, hospitals: int, logs: Path, public: Sequence[int] = (), nat: str = "symmetric"
+        self,
+        hospitals: int,
+        logs: Path,
+        public: Sequence[int] = (),
+        nat: str = "symmetric",
+        forwards: Mapping[int, tuple[int, int]] | None = None,
     ) -> None:
         if nat not in NAT_KINDS:
             raise ValueError(f"nat must be one of {sorted(NAT_KINDS)}, not {nat!r}")
@@ -130,6 +138,7 @@ class Topology:
         self.tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.hospitals = hospitals
         self.public = frozenset(public)
+        self.forwards = dict(forwards or {})
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
         self.created: list[str] = []
@@ -184,7 +193,14 @@ class Topology:
             )
             _sh("ip", "route", "add", "default", "via", f"10.{i}.0.1", ns=hospital)
             _sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=router)
-            _sh("nft", "-f", "-", ns=router, stdin=ROUTER_RULES % NAT_KINDS[self.nat])
+            outside, inside = self.forwards.get(i, (None, None))
+            dnat = (
+                f'iifname "pub" tcp dport {outside} dnat to {self.hospital_ip(i)}:{inside};'
+                if outside
+                else ""
+            )
+            rules = ROUTER_RULES % {"nat": NAT_KINDS[self.nat], "dnat": dnat}
+            _sh("nft", "-f", "-", ns=router, stdin=rules)
         return self
 
     def _add(self, ns: str) -> None:
