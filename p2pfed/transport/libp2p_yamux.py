@@ -27,6 +27,7 @@ long as the caller's own stage deadline allows (``FLOW_CONTROL_WAIT_S`` is only 
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any, cast
 
 import trio
@@ -36,7 +37,14 @@ from libp2p.io.utils import read_exactly as stock_read_exactly
 from libp2p.stream_muxer import muxer_multistream
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as yamux_module
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.stream_muxer.yamux.yamux import (
+    FLAG_SYN,
+    RTT_MEASURE_INTERVAL,
+    TYPE_PING,
+    YAMUX_HEADER_FORMAT,
+    Yamux,
+    YamuxStream,
+)
 
 from p2pfed.errors import ReasonCode, RemoteProtocolError
 from p2pfed.transport.libp2p_compat import YAMUX_FRAME_BYTES
@@ -104,6 +112,8 @@ class _Buffers(dict[int, bytearray]):
         raise RemoteProtocolError(ReasonCode.OVERSIZED, "Yamux receive window exceeded", peer)
 
 
+PONG_WAIT_S = 10.0
+"""Seconds a ping waits for its pong before the next interval (py-libp2p's own figure)."""
 FLOW_CONTROL_WAIT_S = 600.0
 """The longest a writer waits for a window update; every p2pfed stage deadline is shorter."""
 WINDOW_POLL_S = 0.01
@@ -141,6 +151,31 @@ class BoundedYamux(Yamux):
         super().__init__(*args, **kwargs)
         self.stream_buffers = _Buffers(self)
         self.violations = 0
+
+    async def _measure_rtt_loop(self) -> None:
+        """py-libp2p's RTT pings (its interval and timeout), timed from before the write.
+
+        py-libp2p, like go-yamux, starts the clock once the write returned. On a loaded
+        machine the writer may run again only after the pong arrived, and the round trip then
+        came out below the path's own (under 40 ms across a 40 ms relayed path in
+        tests/netns). Timed from before the write, it can only include the wait to be sent,
+        which every control message on the link has too; deadlines built on it stay safe.
+        """
+        await trio.sleep(0.5)  # as py-libp2p: let the connection settle first
+        while not self.event_shutting_down.is_set():
+            self._ping_id += 1
+            self._ping_event = trio.Event()
+            self._ping_sent_time = trio.current_time()
+            try:
+                await self._write_frame(
+                    struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_PING, FLAG_SYN, 0, self._ping_id)
+                )
+            except Exception:  # the connection is going away: so does its ping
+                return
+            with trio.move_on_after(PONG_WAIT_S):
+                await self._ping_event.wait()
+            with trio.move_on_after(RTT_MEASURE_INTERVAL):
+                await self.event_shutting_down.wait()
 
     def window_exceeded(self, sentence: str) -> None:
         """Name the member once, and close its connection from the muxer's own nursery."""
