@@ -34,7 +34,8 @@ def test_tiny_bench_prints_measured_ratios_and_no_opacus_figure_when_absent(
     assert len(doc["load_avg"]["before"]) == 3
     noise = doc["noise_cpu_ns_per_value"]
     assert set(noise) == {
-        "secure_gaussian", "secure_gaussian_torch", "torch_normal", "numpy_pcg64"
+        "secure_gaussian", "secure_gaussian_torch", "chacha20_keystream_4_words",
+        "torch_normal", "numpy_pcg64",
     }  # fmt: skip
     assert all(v > 0 for v in noise.values())
 

@@ -3,7 +3,7 @@ from argparse import ArgumentTypeError
 
 import pytest
 
-from p2pfed.bench.transport import _case_figures, parse_sizes
+from p2pfed.bench.transport import _case_figures, aead_rates, cipher_bound_ratio, parse_sizes
 from p2pfed.cli import main
 
 
@@ -35,6 +35,14 @@ def test_bench_runs_both_transports_in_separate_processes(
         "tls_connect_ms",
     ):
         assert case[key] > 0, key
+    assert set(document["aead_mb_s"]) == {
+        "chacha20_poly1305_seal",
+        "chacha20_poly1305_open",
+        "aes_256_gcm_seal",
+        "aes_256_gcm_open",
+    }
+    assert 0 < case["libp2p_cipher_bound_ratio"] <= 1
+    assert 0 < case["tls_cipher_bound_ratio"] <= 1
     # A receiver holds the 1 MiB payload plus an interpreter: tens of MB, not nothing.
     assert 10 < case["receiver_peak_rss_mb"] < 1000
 
@@ -74,3 +82,22 @@ def test_each_kinds_figures_keep_their_report_names() -> None:
         "tls_sender_cpu_s": 55,
         "tls_receiver_cpu_s": 56,
     }
+
+
+def test_the_cipher_bound_adds_the_ciphers_cpu_to_tcps_own() -> None:
+    # TCP's CPU allows 2,500 MB/s, opening 1,400 (slower than sealing): 1/(1/2500 + 1/1400)
+    # = 897.4 MB/s, 0.449 of the 2,000 MB/s TCP moved.
+    assert cipher_bound_ratio(2000, 2500, 1500, 1400) == 0.449
+    # A cipher costing nothing leaves TCP's rate, never more.
+    assert cipher_bound_ratio(2000, 2500, 1e12, 1e12) == 1.0
+
+
+def test_aead_rates_name_each_channels_cipher_both_ways() -> None:
+    rates = aead_rates(total=1 << 20, repeats=1)
+    assert sorted(rates) == [
+        "aes_256_gcm_open",
+        "aes_256_gcm_seal",
+        "chacha20_poly1305_open",
+        "chacha20_poly1305_seal",
+    ]
+    assert all(rate > 0 for rate in rates.values())

@@ -7,6 +7,8 @@ import hashlib
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.io.exceptions import ConnectionClosedError, DecryptionFailedException
@@ -16,6 +18,8 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
 from libp2p.security.tls.io import TLSReadWriter
+from noise.constants import MAX_NONCE
+from noise.exceptions import NoiseMaxNonceError
 
 from p2pfed.errors import ConfigError
 from p2pfed.transport.libp2p_noise import BufferedNoiseSession
@@ -79,6 +83,75 @@ async def test_buffered_session_interoperates_with_stock_session(buffered_side: 
                 # Odd read sizes cross message boundaries on purpose.
                 received += await reader.read(min(70_001, len(expected) - len(received)))
         assert bytes(received) == expected
+        await writer.close()
+        await reader.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    writes=st.lists(
+        st.one_of(st.integers(0, 200_000), st.sampled_from([65_518, 65_519, 65_520])),
+        min_size=1,
+        max_size=6,
+    ),
+    reads=st.lists(st.integers(1, 150_000), min_size=1, max_size=6),
+    buffered_side=st.sampled_from(["writer", "reader", "both"]),
+)
+def test_any_writes_read_back_in_any_sizes_arrive_intact(
+    writes: list[int], reads: list[int], buffered_side: str
+) -> None:
+    # Messages split across socket reads and reads cut across messages, in any mix: the
+    # stock session on the other side sees exactly py-libp2p's wire, and the bytes arrive.
+    async def scenario() -> None:
+        with trio.fail_after(20):
+            client, server = await handshaken_pair()
+            writer = BufferedNoiseSession(client) if buffered_side != "reader" else client
+            reader = BufferedNoiseSession(server) if buffered_side != "writer" else server
+            expected = b"".join(payload(size) + bytes([i]) for i, size in enumerate(writes))
+            received = bytearray()
+
+            async def send() -> None:
+                for i, size in enumerate(writes):
+                    await writer.write(payload(size) + bytes([i]))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                turn = 0
+                while len(received) < len(expected):
+                    want = min(reads[turn % len(reads)], len(expected) - len(received))
+                    received += await reader.read(want)
+                    turn += 1
+            assert bytes(received) == expected
+            await writer.close()
+            await reader.close()
+
+    trio.run(scenario)
+
+
+async def test_a_message_shorter_than_its_tag_is_refused() -> None:
+    with trio.fail_after(20):
+        client, server = await handshaken_pair()
+        reader = BufferedNoiseSession(server)
+        await client.conn.read_writer.read_write_closer.write(b"\x00\x05hello")  # type: ignore[attr-defined]
+        with pytest.raises(DecryptionFailedException, match="failed authentication"):
+            await reader.read(1)
+        await client.close()
+        await reader.close()
+
+
+async def test_a_depleted_nonce_is_never_reused() -> None:
+    # The noise library's rule holds through the buffered session: the last nonce
+    # (2**64 - 1) is never used, in either direction.
+    with trio.fail_after(20):
+        client, server = await handshaken_pair()
+        writer, reader = BufferedNoiseSession(client), BufferedNoiseSession(server)
+        client.conn.noise_state.noise_protocol.cipher_state_encrypt.n = MAX_NONCE  # type: ignore[attr-defined]
+        with pytest.raises(NoiseMaxNonceError):
+            await writer.write(b"x")
+        server.conn.noise_state.noise_protocol.cipher_state_decrypt.n = MAX_NONCE  # type: ignore[attr-defined]
+        await client.conn.read_writer.read_write_closer.write(b"\x00\x11" + bytes(17))  # type: ignore[attr-defined]
+        with pytest.raises(NoiseMaxNonceError):
+            await reader.read(1)
         await writer.close()
         await reader.close()
 

@@ -230,15 +230,23 @@ def noise_ns_per_value(n: int = 1 << 20, repeats: int = 3) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from p2pfed.privacy.sampling import SecureGaussian
+    from p2pfed.privacy.sampling import ChaChaSource, SecureGaussian
 
     torch.set_num_threads(1)
     secure, pcg, gen = SecureGaussian(), np.random.default_rng(), torch.Generator()
     buffer, wide = torch.empty(n), torch.empty(n, dtype=torch.float64)
+    keystream, words = ChaChaSource(), np.empty(4 * SecureGaussian.CHUNK + 8, np.uint64)
+
+    def keystream_alone() -> None:  # the four words a value takes, as standard_into draws them
+        for _ in range(0, n, SecureGaussian.CHUNK):
+            keystream.uint64_into(words, 4 * SecureGaussian.CHUNK)
+
     draws: dict[str, Callable[[], object]] = {
         "secure_gaussian": lambda: secure.normal(0.0, 1.0, n),
         # what DP-SGD draws: the same uniforms and pairs, torch's float64 maths
         "secure_gaussian_torch": lambda: secure.standard_into(wide, torch, torch.from_numpy),
+        # of which the ChaCha20 keystream alone (the rest: float64 log, sqrt, cos, sin)
+        "chacha20_keystream_4_words": keystream_alone,
         "torch_normal": lambda: buffer.normal_(0.0, 1.0, generator=gen),
         "numpy_pcg64": lambda: pcg.normal(0.0, 1.0, n),
     }

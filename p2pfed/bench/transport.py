@@ -14,6 +14,12 @@ reported separately: ``libp2p_connect_ms`` is the first connect + Noise + Yamux 
 admitted stream of a fresh process, ``libp2p_warm_connect_ms`` the median of the next
 ``WARM_CONNECTS`` (each after a disconnect), as a long-running peer would see.
 
+The same run measures what the ciphers alone allow (``aead_mb_s``: one core sealing and
+opening each channel's messages, ChaCha20-Poly1305 over Noise's 65,519-byte messages and
+AES-256-GCM over TLS's 16 KiB records, in this process) and, per case, ``*_cipher_bound_ratio``:
+the share of plain TCP's rate a channel with no cost but TCP's own CPU and its cipher's could
+reach (``cipher_bound_ratio``), the ceiling a channel written in C would meet on this machine.
+
 MB/s are 10^6 bytes per second of payload. Nothing is asserted: figures on a shared machine
 are only comparable within one run, which is why the baseline runs in the same run.
 """
@@ -21,6 +27,7 @@ are only comparable within one run, which is why the baseline runs in the same r
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -55,6 +62,11 @@ _LENGTH = struct.Struct(">Q")
 
 KINDS = ("noise", "tls", "tcp")
 """What a case measures: the transport secured by Noise, by TLS 1.3, or plain trio TCP."""
+
+AEADS = {"noise": ("chacha20_poly1305", 65_519), "tls": ("aes_256_gcm", 16_384)}
+"""Each secure kind's AEAD and message size: Noise's largest message, TLS's full record
+(OpenSSL's TLS 1.3 offers TLS_AES_256_GCM_SHA384 first, and py-libp2p's TLS keeps its order)."""
+AEAD_BYTES = 32 << 20
 
 Report = Callable[[dict[str, Any]], None]
 """How a receiver hands its messages (ready, figures, error) to the sender's process."""
@@ -142,8 +154,48 @@ def _case_figures(medians: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _run_cases(sizes: list[int], streams: int, repeats: int, *, quiet: bool) -> int:
+def aead_rates(total: int = AEAD_BYTES, repeats: int = 3) -> dict[str, float]:
+    """MB/s of plaintext one core seals and opens at, for each secure kind's AEAD (best run)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+    classes: dict[str, type[ChaCha20Poly1305] | type[AESGCM]] = {
+        "chacha20_poly1305": ChaCha20Poly1305,
+        "aes_256_gcm": AESGCM,
+    }
+    rates = {}
+    for name, size in AEADS.values():
+        aead = classes[name](os.urandom(32))
+        nonce, message, count = os.urandom(12), os.urandom(size), max(1, total // size)
+        sealed = aead.encrypt(nonce, message, None)
+        # One key and nonce throughout: a measurement of speed, nothing here is secret.
+        for op, run_once in (
+            ("seal", functools.partial(aead.encrypt, nonce, message, None)),
+            ("open", functools.partial(aead.decrypt, nonce, sealed, None)),
+        ):
+            best = min(_timed_calls(run_once, count) for _ in range(repeats))
+            rates[f"{name}_{op}"] = round(count * size / 1e6 / max(best, 1e-9), 1)
+    return rates
+
+
+def _timed_calls(call: Callable[[], object], count: int) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        call()
+    return time.perf_counter() - start
+
+
+def cipher_bound_ratio(tcp_mb_s: float, tcp_cpu_mb_s: float, seal: float, open_: float) -> float:
+    """The share of plain TCP's rate a channel costing only TCP's CPU and the cipher's reaches.
+
+    Each side spends TCP's own CPU per byte plus its cipher's (the slower of sealing and
+    opening), so its CPU allows ``1 / (1/tcp_cpu + 1/cipher)`` MB/s; never more than TCP's.
+    """
+    cpu_bound = 1 / (1 / tcp_cpu_mb_s + 1 / min(seal, open_))
+    return round(min(cpu_bound, tcp_mb_s) / tcp_mb_s, 3)
+
+
+def _run_cases(sizes: list[int], streams: int, repeats: int, *, quiet: bool) -> int:
+    rates = aead_rates()
     cases = []
     for size_mb in sizes:
         if not quiet:
@@ -154,6 +206,10 @@ def _run_cases(sizes: list[int], streams: int, repeats: int, *, quiet: bool) -> 
                 runs[kind].append(run_case(kind, size_mb, 1 if kind == "tcp" else streams))
         case: dict[str, float] = {"size_mb": size_mb}
         case |= _case_figures({kind: _medians(runs[kind]) for kind in KINDS})
+        for kind, (aead, _) in AEADS.items():
+            case[f"{PREFIX[kind]}cipher_bound_ratio"] = cipher_bound_ratio(
+                case["tcp_mb_s"], case["tcp_cpu_mb_s"], rates[f"{aead}_seal"], rates[f"{aead}_open"]
+            )
         case |= {"streams": streams, "repeats": repeats}
         cases.append(case)
         if not quiet:
@@ -168,6 +224,7 @@ def _run_cases(sizes: list[int], streams: int, repeats: int, *, quiet: bool) -> 
         {
             "bench": "transport",
             "cases": cases,
+            "aead_mb_s": rates,
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "cpus": os.cpu_count(),
         }
