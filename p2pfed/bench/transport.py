@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from p2pfed.bench._timing import timed
+from p2pfed.bench._timing import best_of, timed
 from p2pfed.errors import BrokenError, ConfigError
 from p2pfed.output import print_json
 from p2pfed.settings import comma_list
@@ -172,16 +172,17 @@ def aead_rates(total: int = AEAD_BYTES, repeats: int = 3) -> dict[str, float]:
             ("seal", functools.partial(aead.encrypt, nonce, message, None)),
             ("open", functools.partial(aead.decrypt, nonce, sealed, None)),
         ):
-            best = min(_timed_calls(run_once, count) for _ in range(repeats))
+            best = best_of(repeats, _repeated(run_once, count)).seconds
             rates[f"{name}_{op}"] = round(count * size / 1e6 / max(best, 1e-9), 1)
     return rates
 
 
-def _timed_calls(call: Callable[[], object], count: int) -> float:
-    start = time.perf_counter()
-    for _ in range(count):
-        call()
-    return time.perf_counter() - start
+def _repeated(call: Callable[[], object], count: int) -> Callable[[], None]:
+    def calls() -> None:
+        for _ in range(count):
+            call()
+
+    return calls
 
 
 def cipher_bound_ratio(tcp_mb_s: float, tcp_cpu_mb_s: float, seal: float, open_: float) -> float:
